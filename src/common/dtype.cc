@@ -49,7 +49,7 @@ StatusOr<DType> ParseSafetensorsDType(std::string_view name) {
   for (DType d : kAll) {
     if (DTypeName(d) == name) return d;
   }
-  return absl::InvalidArgumentError(absl::StrCat("unknown dtype '", name, "'"));
+  return absl::InvalidArgumentError(absl::StrCat("unknown dtype '", std::string(name), "'"));
 }
 
 float F16ToF32(uint16_t h) {

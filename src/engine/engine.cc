@@ -9,7 +9,7 @@ Status ValidateForwardArgs(const MoeSpec& spec, const ForwardArgs& args, int num
   }
   if (!IsComputeDType(args.dtype)) {
     return absl::InvalidArgumentError(
-        absl::StrCat("dtype ", DTypeName(args.dtype), " is not supported; expected F32, F16 or BF16"));
+        absl::StrCat("dtype ", std::string(DTypeName(args.dtype)), " is not supported; expected F32, F16 or BF16"));
   }
   if (args.n_tokens <= 0) {
     return absl::InvalidArgumentError(absl::StrCat("n_tokens must be > 0, got ", args.n_tokens));
