@@ -36,6 +36,10 @@ struct ExpertWeights {
   TensorView gate;
   TensorView up;
   TensorView down;
+  // F8_E4M3 weights only (MoeSpec::quant_block_out > 0): the weight_scale_inv tensors.
+  std::optional<TensorView> gate_scale;
+  std::optional<TensorView> up_scale;
+  std::optional<TensorView> down_scale;
   int intermediate() const { return static_cast<int>(gate.dim(0)); }
 };
 

@@ -66,6 +66,12 @@ struct MoeSpec {
   bool shared_expert_gate = false;  // Qwen2-MoE: output *= sigmoid(x . shared_expert_gate)
   DType weight_dtype = DType::kBF16;  // dtype of the expert weights in the checkpoint
   std::string torch_dtype;            // config.json "torch_dtype"/"dtype" as written
+  // Block-quantised F8_E4M3 weights (config.json quantization_config {"quant_method": "fp8",
+  // "weight_block_size": [out, in]}): every weight W [rows, cols] comes with W_scale_inv
+  // [ceil(rows / block_out), ceil(cols / block_in)], real W = W_f8 * scale_inv per tile.
+  // 0 when the weights are not quantised.
+  int quant_block_out = 0;
+  int quant_block_in = 0;
 
   int n_experts() const { return routing.n_experts; }
   int top_k() const { return routing.top_k; }
