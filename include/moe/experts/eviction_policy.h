@@ -1,0 +1,78 @@
+// Eviction policies of the GPU expert cache: which resident expert to drop when a slot is needed.
+//
+// A policy ranks the slots of ONE shape class of an ExpertSlotPool (slot indices 0..n_slots-1).
+// The pool tells it what happens to each slot (a load put a key there, a batch used it, the key was
+// evicted) and asks it for a victim, passing a predicate that says which slots may be evicted right
+// now (resident, ready and not pinned by a batch). Policies never see pins or loading states.
+//
+// Implementations:
+//   kLru  - least recently used (the default). O(1) per event; victim search walks from the cold
+//           end past the few pinned slots.
+//   kLfu  - least frequently used, with per-expert demand counts that survive eviction ("perfect"
+//           LFU) and optional periodic halving (aging); ties go to the least recently used.
+//   kLruK - LRU-2 (O'Neil et al., SIGMOD'93): evict the slot whose second most recent demand use is
+//           oldest; experts used only once are evicted first. Frequency-aware, scan-resistant.
+//   Belady (offline only, MakeBeladyPolicy): evict the key whose next use is farthest in the
+//   future,
+//           given an oracle over a recorded trace. Used by the simulator as the optimum.
+//
+// Thread safety: policies are not thread safe. ExpertSlotPool calls them under its own mutex.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <string_view>
+
+#include "absl/functional/function_ref.h"
+#include "moe/common/status.h"
+
+namespace moe::experts {
+
+enum class EvictionKind : uint8_t { kLru, kLfu, kLruK };
+
+// "lru", "lfu", "lru2" (the names accepted on the command line, e.g. --expert-eviction).
+std::string_view EvictionKindName(EvictionKind kind);
+StatusOr<EvictionKind> ParseEvictionKind(std::string_view name);
+
+// Knobs of the built-in policies (ignored by the ones they do not apply to).
+struct EvictionOptions {
+  // kLfu: every `lfu_decay_period` policy events, all demand counts are halved so that old
+  // popularity fades. 0 disables aging.
+  int64_t lfu_decay_period = 0;
+};
+
+class EvictionPolicy {
+ public:
+  virtual ~EvictionPolicy() = default;
+
+  virtual std::string_view Name() const = 0;
+
+  // `slot` now holds the expert `key_id` (dense id, see ExpertSlotPool::KeyId). `demand` is true
+  // when a batch needs the expert now, false for a prefetch (which must not count as a use).
+  virtual void OnInsert(int slot, int64_t key_id, bool demand) = 0;
+
+  // A batch used the expert resident in `slot` (a hit).
+  virtual void OnHit(int slot) = 0;
+
+  // `slot` no longer holds an expert.
+  virtual void OnEvict(int slot) = 0;
+
+  // The slot to evict: the policy's worst resident slot for which `evictable(slot)` is true, or -1
+  // when there is none. Does not change the policy's state (the pool calls OnEvict next).
+  virtual int PickVictim(absl::FunctionRef<bool(int)> evictable) = 0;
+};
+
+// A built-in online policy for a class of `n_slots` slots over `n_keys` dense expert ids.
+std::unique_ptr<EvictionPolicy> MakeEvictionPolicy(EvictionKind kind, int n_slots, int64_t n_keys,
+                                                   const EvictionOptions& options = {});
+
+// Belady's MIN: `next_use(key_id)` returns the position of the key's next use strictly after the
+// current position of the replay (any monotone clock), or INT64_MAX if it is never used again.
+// The oracle is queried when a key is inserted or hit; the caller must advance its clock so that
+// these answers stay right until the key's next hit (true when the clock is the replay position).
+std::unique_ptr<EvictionPolicy> MakeBeladyPolicy(int n_slots,
+                                                 std::function<int64_t(int64_t key_id)> next_use);
+
+}  // namespace moe::experts

@@ -1,0 +1,260 @@
+// Built-in eviction policies of the expert cache (see include/moe/experts/eviction_policy.h).
+#include "moe/experts/eviction_policy.h"
+
+#include <algorithm>
+#include <limits>
+#include <set>
+#include <tuple>
+#include <utility>
+#include <vector>
+
+namespace moe::experts {
+namespace {
+
+// Least recently used: an intrusive doubly linked list over slot indices, most recent at the head.
+class LruPolicy final : public EvictionPolicy {
+ public:
+  explicit LruPolicy(int n_slots) : prev_(n_slots, -1), next_(n_slots, -1), linked_(n_slots, 0) {}
+
+  std::string_view Name() const override { return "lru"; }
+  void OnInsert(int slot, int64_t /*key_id*/, bool /*demand*/) override { MoveToFront(slot); }
+  void OnHit(int slot) override { MoveToFront(slot); }
+  void OnEvict(int slot) override { Unlink(slot); }
+
+  int PickVictim(absl::FunctionRef<bool(int)> evictable) override {
+    for (int slot = tail_; slot != -1; slot = prev_[slot]) {
+      if (evictable(slot)) return slot;
+    }
+    return -1;
+  }
+
+ private:
+  void Unlink(int slot) {
+    if (!linked_[slot]) return;
+    if (prev_[slot] != -1)
+      next_[prev_[slot]] = next_[slot];
+    else
+      head_ = next_[slot];
+    if (next_[slot] != -1)
+      prev_[next_[slot]] = prev_[slot];
+    else
+      tail_ = prev_[slot];
+    prev_[slot] = next_[slot] = -1;
+    linked_[slot] = 0;
+  }
+  void MoveToFront(int slot) {
+    Unlink(slot);
+    next_[slot] = head_;
+    if (head_ != -1) prev_[head_] = slot;
+    head_ = slot;
+    if (tail_ == -1) tail_ = slot;
+    linked_[slot] = 1;
+  }
+
+  std::vector<int> prev_, next_;  // [n_slots] neighbours toward the head (prev) and the tail (next)
+  std::vector<uint8_t> linked_;   // [n_slots] 1 when the slot is in the list
+  int head_ = -1;                 // most recently used
+  int tail_ = -1;                 // least recently used
+};
+
+// Shared bookkeeping of the ordered-set policies: each resident slot has a rank tuple; the victim
+// is the evictable slot with the smallest rank.
+template <typename Rank>
+class RankedSlots {
+ public:
+  explicit RankedSlots(int n_slots) : rank_(n_slots), present_(n_slots, 0) {}
+
+  void Set(int slot, const Rank& rank) {
+    Erase(slot);
+    rank_[slot] = rank;
+    present_[slot] = 1;
+    order_.emplace(rank, slot);
+  }
+  void Erase(int slot) {
+    if (!present_[slot]) return;
+    order_.erase({rank_[slot], slot});
+    present_[slot] = 0;
+  }
+  bool Present(int slot) const { return present_[slot] != 0; }
+  const Rank& Get(int slot) const { return rank_[slot]; }
+  int PickSmallest(absl::FunctionRef<bool(int)> evictable) const {
+    for (const auto& [rank, slot] : order_) {
+      if (evictable(slot)) return slot;
+    }
+    return -1;
+  }
+
+ private:
+  std::vector<Rank> rank_;
+  std::vector<uint8_t> present_;
+  std::set<std::pair<Rank, int>> order_;
+};
+
+// Least frequently used over demand counts per expert that survive eviction; ties -> older use.
+class LfuPolicy final : public EvictionPolicy {
+ public:
+  LfuPolicy(int n_slots, int64_t n_keys, int64_t decay_period)
+      : counts_(n_keys, 0), slot_key_(n_slots, -1), ranks_(n_slots), decay_period_(decay_period) {}
+
+  std::string_view Name() const override { return "lfu"; }
+
+  void OnInsert(int slot, int64_t key_id, bool demand) override {
+    slot_key_[slot] = key_id;
+    if (demand) ++counts_[key_id];
+    ranks_.Set(slot, {counts_[key_id], Tick()});
+    MaybeDecay();
+  }
+  void OnHit(int slot) override {
+    const int64_t key = slot_key_[slot];
+    ++counts_[key];
+    ranks_.Set(slot, {counts_[key], Tick()});
+    MaybeDecay();
+  }
+  void OnEvict(int slot) override {
+    ranks_.Erase(slot);
+    slot_key_[slot] = -1;
+  }
+  int PickVictim(absl::FunctionRef<bool(int)> evictable) override {
+    return ranks_.PickSmallest(evictable);
+  }
+
+ private:
+  using Rank = std::pair<uint64_t, uint64_t>;  // (demand count, tick of the last event)
+
+  uint64_t Tick() { return ++clock_; }
+  // Aging: halve every count, then re-rank the resident slots (O(n_keys + n_slots log n_slots)
+  // once per decay period).
+  void MaybeDecay() {
+    if (decay_period_ <= 0 || clock_ % static_cast<uint64_t>(decay_period_) != 0) return;
+    for (uint64_t& count : counts_) count /= 2;
+    for (int slot = 0; slot < static_cast<int>(slot_key_.size()); ++slot) {
+      if (!ranks_.Present(slot)) continue;
+      ranks_.Set(slot, {counts_[slot_key_[slot]], ranks_.Get(slot).second});
+    }
+  }
+
+  std::vector<uint64_t> counts_;   // [n_keys] demand uses, kept after eviction
+  std::vector<int64_t> slot_key_;  // [n_slots] resident key or -1
+  RankedSlots<Rank> ranks_;
+  int64_t decay_period_;
+  uint64_t clock_ = 0;
+};
+
+// LRU-2: rank by the tick of the second most recent demand use (0 = used fewer than twice, evicted
+// first), then by the most recent event. Histories survive eviction.
+class LruKPolicy final : public EvictionPolicy {
+ public:
+  LruKPolicy(int n_slots, int64_t n_keys)
+      : last_(n_keys, 0), second_last_(n_keys, 0), slot_key_(n_slots, -1), ranks_(n_slots) {}
+
+  std::string_view Name() const override { return "lru2"; }
+
+  void OnInsert(int slot, int64_t key_id, bool demand) override {
+    slot_key_[slot] = key_id;
+    const uint64_t now = ++clock_;
+    if (demand) Use(key_id, now);
+    // A prefetched key keeps its history; its insertion time only breaks ties.
+    ranks_.Set(slot, {second_last_[key_id], now});
+  }
+  void OnHit(int slot) override {
+    const int64_t key = slot_key_[slot];
+    const uint64_t now = ++clock_;
+    Use(key, now);
+    ranks_.Set(slot, {second_last_[key], now});
+  }
+  void OnEvict(int slot) override {
+    ranks_.Erase(slot);
+    slot_key_[slot] = -1;
+  }
+  int PickVictim(absl::FunctionRef<bool(int)> evictable) override {
+    return ranks_.PickSmallest(evictable);
+  }
+
+ private:
+  void Use(int64_t key, uint64_t now) {
+    second_last_[key] = last_[key];
+    last_[key] = now;
+  }
+
+  std::vector<uint64_t> last_, second_last_;  // [n_keys] ticks of the last two demand uses
+  std::vector<int64_t> slot_key_;             // [n_slots] resident key or -1
+  RankedSlots<std::pair<uint64_t, uint64_t>> ranks_;
+  uint64_t clock_ = 0;
+};
+
+// Belady's MIN: rank = -(next use), so the farthest next use is the smallest rank.
+class BeladyPolicy final : public EvictionPolicy {
+ public:
+  BeladyPolicy(int n_slots, std::function<int64_t(int64_t)> next_use)
+      : next_use_(std::move(next_use)), slot_key_(n_slots, -1), ranks_(n_slots) {}
+
+  std::string_view Name() const override { return "belady"; }
+
+  void OnInsert(int slot, int64_t key_id, bool /*demand*/) override {
+    slot_key_[slot] = key_id;
+    Rerank(slot);
+  }
+  void OnHit(int slot) override { Rerank(slot); }
+  void OnEvict(int slot) override {
+    ranks_.Erase(slot);
+    slot_key_[slot] = -1;
+  }
+  int PickVictim(absl::FunctionRef<bool(int)> evictable) override {
+    return ranks_.PickSmallest(evictable);
+  }
+
+ private:
+  void Rerank(int slot) {
+    const int64_t next = next_use_(slot_key_[slot]);
+    // Negate so that "never used again" (INT64_MAX) sorts first; ties -> lower slot index.
+    ranks_.Set(slot, next == std::numeric_limits<int64_t>::max()
+                         ? std::numeric_limits<int64_t>::min()
+                         : -next);
+  }
+
+  std::function<int64_t(int64_t)> next_use_;
+  std::vector<int64_t> slot_key_;
+  RankedSlots<int64_t> ranks_;
+};
+
+}  // namespace
+
+std::string_view EvictionKindName(EvictionKind kind) {
+  switch (kind) {
+    case EvictionKind::kLru:
+      return "lru";
+    case EvictionKind::kLfu:
+      return "lfu";
+    case EvictionKind::kLruK:
+      return "lru2";
+  }
+  return "unknown";
+}
+
+StatusOr<EvictionKind> ParseEvictionKind(std::string_view name) {
+  for (EvictionKind kind : {EvictionKind::kLru, EvictionKind::kLfu, EvictionKind::kLruK}) {
+    if (name == EvictionKindName(kind)) return kind;
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown eviction policy '", std::string(name), "' (want lru, lfu or lru2)"));
+}
+
+std::unique_ptr<EvictionPolicy> MakeEvictionPolicy(EvictionKind kind, int n_slots, int64_t n_keys,
+                                                   const EvictionOptions& options) {
+  switch (kind) {
+    case EvictionKind::kLru:
+      return std::make_unique<LruPolicy>(n_slots);
+    case EvictionKind::kLfu:
+      return std::make_unique<LfuPolicy>(n_slots, n_keys, options.lfu_decay_period);
+    case EvictionKind::kLruK:
+      return std::make_unique<LruKPolicy>(n_slots, n_keys);
+  }
+  return nullptr;
+}
+
+std::unique_ptr<EvictionPolicy> MakeBeladyPolicy(int n_slots,
+                                                 std::function<int64_t(int64_t)> next_use) {
+  return std::make_unique<BeladyPolicy>(n_slots, std::move(next_use));
+}
+
+}  // namespace moe::experts
