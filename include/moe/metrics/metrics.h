@@ -1,0 +1,144 @@
+// Prometheus metrics of the daemon: one `Metrics` object owns the registry and every family.
+//
+// Other components record through the narrow methods below and never see prometheus-cpp types.
+// Names follow the Prometheus conventions: one prefix `moe_`, base units (`_seconds`, `_bytes`),
+// counters end in `_total`, and every label has a bounded value set:
+//   model   the models registered with RegisterModel() (anything else is recorded as "_other"),
+//   code    the 17 canonical gRPC status codes ("OK", "INVALID_ARGUMENT", ...),
+//   layer   decoder layer indices [0, n_layers) of the configured model,
+//   expert  expert indices [0, n_experts) and only while n_experts <= Options::max_expert_labels,
+//   device  GPU ordinals [0, Options::max_devices),
+//   worker  swarm worker indices [0, Options::max_workers).
+// Out-of-range layer/expert/device/worker values are dropped (never a new series) and counted in
+// moe_metrics_dropped_total, so a caller bug cannot blow up the series count.
+// docs/OPERATIONS.md lists every family with its meaning.
+//
+// Thread safety: every method may be called from any thread concurrently. Recording methods are
+// cheap (atomic adds, or a short mutex inside a prometheus histogram); RegisterModel() and
+// ConfigureExpertLoad() take a writer lock and are meant for start-up / model load.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/types/span.h"
+#include "moe/common/status.h"
+
+namespace prometheus {
+class Registry;
+}  // namespace prometheus
+
+namespace moe::metrics {
+
+// Build facts published as the labels of moe_build_info (value 1).
+struct BuildInfo {
+  std::string version;       // project version, e.g. "0.1.0"
+  std::string git_revision;  // short git hash at configure time, "unknown" outside a checkout
+  std::string cuda;          // CUDA toolkit version compiled in, e.g. "13.0", or "none"
+  std::string engine;        // the engine serving: "cpu" or "cuda"
+};
+
+// The values CMake baked into this build (version, git revision, CUDA version); engine = "cpu".
+BuildInfo DefaultBuildInfo();
+
+class Metrics {
+ public:
+  struct Options {
+    BuildInfo build = DefaultBuildInfo();
+    // Per-(layer, expert) token counters exist only for models with at most this many experts;
+    // larger models get only the per-layer imbalance gauge.
+    int max_expert_labels = 64;
+    // The per-layer imbalance gauge is recomputed each time a layer has seen this many
+    // token->expert assignments since the previous computation (top_k assignments per token).
+    int64_t imbalance_window_assignments = 4096;
+    int max_devices = 16;
+    int max_workers = 1024;
+  };
+
+  // INVALID_ARGUMENT when an option is out of range or a build label is empty.
+  static StatusOr<std::unique_ptr<Metrics>> Create(const Options& options);
+  ~Metrics();
+  Metrics(const Metrics&) = delete;
+  Metrics& operator=(const Metrics&) = delete;
+
+  // ---- Set-up ------------------------------------------------------------------------------
+  // Makes `model` a label value of the per-model families (idempotent). Requests for models
+  // never registered are recorded under model="_other". INVALID_ARGUMENT for an empty name.
+  absl::Status RegisterModel(std::string_view model);
+  // Declares the shape for RecordExpertLoad(): decoder layers [0, n_layers), experts
+  // [0, n_experts). Re-configuring (a model reload) drops the previous per-expert series.
+  // INVALID_ARGUMENT unless both are positive.
+  absl::Status ConfigureExpertLoad(int n_layers, int n_experts);
+
+  // ---- Requests (gRPC front end) -------------------------------------------------------------
+  // One finished request: moe_requests_total{model,code} += 1 and its end-to-end latency into
+  // moe_request_duration_seconds{model}. `code` uses the gRPC numbering (absl::StatusCode and
+  // grpc::StatusCode agree; cast either); unknown numbers are recorded as "UNKNOWN".
+  void RecordRequest(std::string_view model, absl::StatusCode code, double seconds);
+  void RecordRequest(std::string_view model, int grpc_code, double seconds);
+  // moe_inflight_requests: +1 when a request is accepted, -1 when its response is sent.
+  void RequestStarted();
+  void RequestFinished();
+
+  // ---- Scheduler -----------------------------------------------------------------------------
+  // Time one request spent queued before its batch was dispatched.
+  void RecordQueueWait(double seconds);
+  // Requests currently waiting in the scheduler queue.
+  void SetQueueDepth(int64_t requests);
+  // One dispatched batch: its size in tokens (moe_batch_size_tokens) and the tokens it carried
+  // (moe_tokens_processed_total).
+  void RecordBatch(int64_t tokens);
+
+  // ---- Engine --------------------------------------------------------------------------------
+  // Router (gating scores + top-k) and expert compute time of one layer forward of one batch.
+  void RecordRouting(double seconds);
+  void RecordCompute(double seconds);
+  // Tokens routed to each expert of decoder layer `layer` in one forward;
+  // tokens_per_expert.size() must equal the configured n_experts (else dropped).
+  void RecordExpertLoad(int layer, absl::Span<const uint32_t> tokens_per_expert);
+
+  // ---- Expert cache (GPU) --------------------------------------------------------------------
+  void RecordExpertCacheHit(int device, int64_t count = 1);
+  void RecordExpertCacheMiss(int device, int64_t count = 1);
+  void RecordExpertCacheEviction(int device, int64_t count = 1);
+  // One host->device expert copy: bytes copied, and how long a compute stream waited for it.
+  void RecordExpertCacheCopy(int device, int64_t bytes, double wait_seconds);
+
+  // ---- GPU -----------------------------------------------------------------------------------
+  void SetGpuMemory(int device, int64_t used_bytes, int64_t total_bytes);
+  // Fraction of the last sampling interval the device had work in flight, in [0, 1].
+  void SetGpuBusyRatio(int device, double ratio);
+
+  // ---- Worker swarm --------------------------------------------------------------------------
+  void SetWorkerQueueLength(int worker, int64_t length);
+  void RecordWorkerMessagesSent(int worker, int64_t count = 1);
+  void RecordWorkerMessagesReceived(int worker, int64_t count = 1);
+
+  // ---- Lifecycle -----------------------------------------------------------------------------
+  // moe_ready: 1 while the daemon serves (weights loaded and warmed, not draining), else 0.
+  // HttpServer::SetReady() keeps it in step with /readyz.
+  void SetReady(bool ready);
+
+  // ---- Exposition ----------------------------------------------------------------------------
+  // The whole registry in the Prometheus text exposition format (version 0.0.4).
+  std::string Serialize() const;
+  // The registry, for code in src/metrics (the HTTP server) and tests; others use the methods.
+  const std::shared_ptr<prometheus::Registry>& registry() const;
+
+  // Canonical gRPC name of a status code number ("OK" ... "UNAUTHENTICATED"), "UNKNOWN" if none.
+  static std::string_view CodeName(int grpc_code);
+
+ private:
+  struct Families;
+  explicit Metrics(const Options& options);
+  absl::Status Init();
+
+  const Options options_;
+  std::unique_ptr<Families> f_;
+};
+
+}  // namespace moe::metrics

@@ -1,0 +1,523 @@
+#include "moe/metrics/metrics.h"
+
+#include <algorithm>
+#include <array>
+#include <atomic>
+#include <chrono>
+#include <exception>
+#include <string>
+#include <utility>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/synchronization/mutex.h"
+#include "metrics/lazy_slots.h"
+#include "prometheus/counter.h"
+#include "prometheus/family.h"
+#include "prometheus/gauge.h"
+#include "prometheus/histogram.h"
+#include "prometheus/registry.h"
+#include "prometheus/text_serializer.h"
+
+namespace moe::metrics {
+namespace {
+
+using prometheus::Counter;
+using prometheus::Family;
+using prometheus::Gauge;
+using prometheus::Histogram;
+
+constexpr int kNumCodes = 17;  // gRPC codes 0 (OK) .. 16 (UNAUTHENTICATED)
+constexpr int kUnknownCode = 2;
+constexpr char kOtherModel[] = "_other";
+
+// 10 us .. 10 s in a 1-2.5-5 progression: 19 bounds covering a cache hit to a cold request.
+Histogram::BucketBoundaries LatencyBuckets() {
+  Histogram::BucketBoundaries bounds;
+  for (double decade = 1e-5; decade < 10.0; decade *= 10.0) {
+    bounds.push_back(decade);
+    bounds.push_back(2.5 * decade);
+    bounds.push_back(5.0 * decade);
+  }
+  bounds.push_back(10.0);
+  return bounds;
+}
+
+// 1 .. 65536 tokens, powers of two.
+Histogram::BucketBoundaries TokenBuckets() {
+  Histogram::BucketBoundaries bounds;
+  for (double t = 1; t <= 65536; t *= 2) bounds.push_back(t);
+  return bounds;
+}
+
+template <typename T>
+Family<T>& Build(prometheus::Registry& registry, const std::string& name, const std::string& help);
+
+template <>
+Family<Counter>& Build(prometheus::Registry& registry, const std::string& name,
+                       const std::string& help) {
+  return prometheus::BuildCounter().Name(name).Help(help).Register(registry);
+}
+template <>
+Family<Gauge>& Build(prometheus::Registry& registry, const std::string& name,
+                     const std::string& help) {
+  return prometheus::BuildGauge().Name(name).Help(help).Register(registry);
+}
+template <>
+Family<Histogram>& Build(prometheus::Registry& registry, const std::string& name,
+                         const std::string& help) {
+  return prometheus::BuildHistogram().Name(name).Help(help).Register(registry);
+}
+
+// Per-model series. Counters for non-OK codes are created on first use.
+struct ModelSeries {
+  std::string label;  // the model label value
+  std::array<std::atomic<Counter*>, kNumCodes> requests{};
+  Histogram* duration = nullptr;
+};
+
+struct DeviceSeries {
+  Counter* cache_hits;
+  Counter* cache_misses;
+  Counter* cache_evictions;
+  Counter* cache_copied_bytes;
+  Histogram* cache_copy_wait;
+  Gauge* memory_used;
+  Gauge* memory_total;
+  Gauge* busy;
+};
+
+struct WorkerSeries {
+  Gauge* queue_length;
+  Counter* sent;
+  Counter* received;
+};
+
+// One decoder layer's expert-load state.
+struct LayerLoad {
+  absl::Mutex mu;
+  std::vector<Counter*> per_expert;  // empty when n_experts > max_expert_labels
+  std::vector<int64_t> window ABSL_GUARDED_BY(mu);
+  int64_t window_total ABSL_GUARDED_BY(mu) = 0;
+  Gauge* imbalance ABSL_GUARDED_BY(mu) = nullptr;  // created on the first full window
+};
+
+}  // namespace
+
+struct Metrics::Families {
+  std::shared_ptr<prometheus::Registry> registry = std::make_shared<prometheus::Registry>();
+
+  Family<Gauge>* build_info = nullptr;
+  Family<Gauge>* start_time = nullptr;
+  Gauge* ready = nullptr;
+  Counter* dropped = nullptr;
+
+  Family<Counter>* requests = nullptr;
+  Family<Histogram>* request_duration = nullptr;
+  Gauge* inflight = nullptr;
+
+  Histogram* queue_wait = nullptr;
+  Gauge* queue_depth = nullptr;
+  Histogram* batch_tokens = nullptr;
+  Counter* tokens = nullptr;
+
+  Histogram* routing = nullptr;
+  Histogram* compute = nullptr;
+  Family<Counter>* expert_tokens = nullptr;
+  Family<Gauge>* expert_imbalance = nullptr;
+
+  Family<Counter>* cache_hits = nullptr;
+  Family<Counter>* cache_misses = nullptr;
+  Family<Counter>* cache_evictions = nullptr;
+  Family<Counter>* cache_copied_bytes = nullptr;
+  Family<Histogram>* cache_copy_wait = nullptr;
+  Family<Gauge>* gpu_memory_used = nullptr;
+  Family<Gauge>* gpu_memory_total = nullptr;
+  Family<Gauge>* gpu_busy = nullptr;
+
+  Family<Gauge>* worker_queue = nullptr;
+  Family<Counter>* worker_sent = nullptr;
+  Family<Counter>* worker_received = nullptr;
+
+  absl::Mutex models_mu;
+  absl::flat_hash_map<std::string, std::unique_ptr<ModelSeries>> models ABSL_GUARDED_BY(models_mu);
+
+  absl::Mutex experts_mu;  // writer: ConfigureExpertLoad; reader: RecordExpertLoad
+  int n_layers ABSL_GUARDED_BY(experts_mu) = 0;
+  int n_experts ABSL_GUARDED_BY(experts_mu) = 0;
+  std::vector<std::unique_ptr<LayerLoad>> layers ABSL_GUARDED_BY(experts_mu);
+
+  std::unique_ptr<LazySlots<DeviceSeries>> devices;
+  std::unique_ptr<LazySlots<WorkerSeries>> workers;
+};
+
+Metrics::Metrics(const Options& options) : options_(options), f_(std::make_unique<Families>()) {}
+Metrics::~Metrics() = default;
+
+StatusOr<std::unique_ptr<Metrics>> Metrics::Create(const Options& options) {
+  const BuildInfo& b = options.build;
+  if (b.version.empty() || b.git_revision.empty() || b.cuda.empty() || b.engine.empty()) {
+    return absl::InvalidArgumentError(
+        "metrics: build info needs version, git_revision, cuda and engine (use \"none\"/"
+        "\"unknown\" rather than empty)");
+  }
+  if (options.max_expert_labels < 0 || options.imbalance_window_assignments <= 0 ||
+      options.max_devices <= 0 || options.max_workers <= 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("metrics: options out of range: max_expert_labels=", options.max_expert_labels,
+                     " imbalance_window_assignments=", options.imbalance_window_assignments,
+                     " max_devices=", options.max_devices, " max_workers=", options.max_workers));
+  }
+  std::unique_ptr<Metrics> metrics(new Metrics(options));
+  MOE_RETURN_IF_ERROR(metrics->Init());
+  return metrics;
+}
+
+absl::Status Metrics::Init() {
+  Families& f = *f_;
+  prometheus::Registry& r = *f.registry;
+  // prometheus-cpp reports invalid names by throwing; keep that inside this function.
+  try {
+    f.build_info =
+        &Build<Gauge>(r, "moe_build_info", "Build facts as labels; the value is always 1.");
+    f.build_info
+        ->Add({{"version", options_.build.version},
+               {"git_revision", options_.build.git_revision},
+               {"cuda", options_.build.cuda},
+               {"engine", options_.build.engine}})
+        .Set(1);
+    f.start_time = &Build<Gauge>(r, "moe_start_time_seconds",
+                                 "Unix time the daemon's metrics were created, in seconds.");
+    f.start_time->Add({}).Set(
+        std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count());
+    f.ready = &Build<Gauge>(r, "moe_ready",
+                            "1 while the daemon serves (weights loaded and warmed, not "
+                            "draining), else 0; mirrors /readyz.")
+                   .Add({});
+    f.dropped = &Build<Counter>(r, "moe_metrics_dropped_total",
+                                "Observations dropped because a layer, expert, device or worker "
+                                "index was out of the configured range.")
+                     .Add({});
+
+    f.requests = &Build<Counter>(r, "moe_requests_total",
+                                 "Finished inference requests by model and gRPC status code.");
+    f.request_duration = &Build<Histogram>(
+        r, "moe_request_duration_seconds",
+        "End-to-end latency of an inference request, from receipt to response, in seconds.");
+    f.inflight = &Build<Gauge>(r, "moe_inflight_requests",
+                               "Inference requests accepted and not yet answered.")
+                      .Add({});
+
+    f.queue_wait =
+        &Build<Histogram>(r, "moe_queue_wait_seconds",
+                          "Time a request waited in the scheduler queue before its batch was "
+                          "dispatched, in seconds.")
+             .Add({}, LatencyBuckets());
+    f.queue_depth =
+        &Build<Gauge>(r, "moe_queue_depth", "Requests waiting in the scheduler queue.").Add({});
+    f.batch_tokens =
+        &Build<Histogram>(r, "moe_batch_size_tokens", "Tokens in each dispatched batch.")
+             .Add({}, TokenBuckets());
+    f.tokens =
+        &Build<Counter>(r, "moe_tokens_processed_total", "Tokens carried by dispatched batches.")
+             .Add({});
+
+    f.routing = &Build<Histogram>(r, "moe_routing_duration_seconds",
+                                  "Router time (gating scores and top-k) of one MoE layer "
+                                  "forward of one batch, in seconds.")
+                     .Add({}, LatencyBuckets());
+    f.compute = &Build<Histogram>(r, "moe_compute_duration_seconds",
+                                  "Expert compute time of one MoE layer forward of one batch, "
+                                  "in seconds.")
+                     .Add({}, LatencyBuckets());
+    f.expert_tokens = &Build<Counter>(
+        r, "moe_expert_routed_tokens_total",
+        "Tokens routed to each expert of each MoE layer (models with few experts only).");
+    f.expert_imbalance = &Build<Gauge>(
+        r, "moe_expert_load_imbalance_ratio",
+        "Per MoE layer: max over experts of routed tokens divided by the mean, over the last "
+        "window of routed tokens; 1 is perfectly balanced.");
+
+    f.cache_hits = &Build<Counter>(r, "moe_expert_cache_hits_total",
+                                   "Expert lookups served from the GPU expert cache.");
+    f.cache_misses = &Build<Counter>(r, "moe_expert_cache_misses_total",
+                                     "Expert lookups that had to copy the expert to the GPU.");
+    f.cache_evictions = &Build<Counter>(r, "moe_expert_cache_evictions_total",
+                                        "Experts evicted from the GPU expert cache.");
+    f.cache_copied_bytes = &Build<Counter>(r, "moe_expert_cache_copied_bytes_total",
+                                           "Bytes of expert weights copied host to device.");
+    f.cache_copy_wait =
+        &Build<Histogram>(r, "moe_expert_cache_copy_wait_seconds",
+                          "Time a compute stream waited for an expert copy to finish, in seconds.");
+    f.gpu_memory_used =
+        &Build<Gauge>(r, "moe_gpu_memory_used_bytes", "GPU memory in use on the device, in bytes.");
+    f.gpu_memory_total =
+        &Build<Gauge>(r, "moe_gpu_memory_total_bytes", "GPU memory of the device, in bytes.");
+    f.gpu_busy = &Build<Gauge>(r, "moe_gpu_busy_ratio",
+                               "Fraction of the last sampling interval the GPU had work in "
+                               "flight (0..1).");
+
+    f.worker_queue = &Build<Gauge>(r, "moe_worker_queue_length",
+                                   "Messages waiting in each swarm worker's queue.");
+    f.worker_sent =
+        &Build<Counter>(r, "moe_worker_messages_sent_total", "Messages each swarm worker sent.");
+    f.worker_received = &Build<Counter>(r, "moe_worker_messages_received_total",
+                                        "Messages each swarm worker received.");
+  } catch (const std::exception& e) {
+    return absl::InternalError(absl::StrCat("metrics: registering families: ", e.what()));
+  }
+
+  f.devices = std::make_unique<LazySlots<DeviceSeries>>(options_.max_devices, [&f](int device) {
+    const prometheus::Labels l = {{"device", std::to_string(device)}};
+    auto s = std::make_unique<DeviceSeries>();
+    s->cache_hits = &f.cache_hits->Add(l);
+    s->cache_misses = &f.cache_misses->Add(l);
+    s->cache_evictions = &f.cache_evictions->Add(l);
+    s->cache_copied_bytes = &f.cache_copied_bytes->Add(l);
+    s->cache_copy_wait = &f.cache_copy_wait->Add(l, LatencyBuckets());
+    s->memory_used = &f.gpu_memory_used->Add(l);
+    s->memory_total = &f.gpu_memory_total->Add(l);
+    s->busy = &f.gpu_busy->Add(l);
+    return s;
+  });
+  f.workers = std::make_unique<LazySlots<WorkerSeries>>(options_.max_workers, [&f](int worker) {
+    const prometheus::Labels l = {{"worker", std::to_string(worker)}};
+    auto s = std::make_unique<WorkerSeries>();
+    s->queue_length = &f.worker_queue->Add(l);
+    s->sent = &f.worker_sent->Add(l);
+    s->received = &f.worker_received->Add(l);
+    return s;
+  });
+  // Requests for unregistered models are counted under "_other", which always exists.
+  return RegisterModel(kOtherModel);
+}
+
+const std::shared_ptr<prometheus::Registry>& Metrics::registry() const { return f_->registry; }
+
+std::string Metrics::Serialize() const {
+  return prometheus::TextSerializer().Serialize(f_->registry->Collect());
+}
+
+std::string_view Metrics::CodeName(int grpc_code) {
+  static constexpr std::array<std::string_view, kNumCodes> kNames = {
+      "OK",
+      "CANCELLED",
+      "UNKNOWN",
+      "INVALID_ARGUMENT",
+      "DEADLINE_EXCEEDED",
+      "NOT_FOUND",
+      "ALREADY_EXISTS",
+      "PERMISSION_DENIED",
+      "RESOURCE_EXHAUSTED",
+      "FAILED_PRECONDITION",
+      "ABORTED",
+      "OUT_OF_RANGE",
+      "UNIMPLEMENTED",
+      "INTERNAL",
+      "UNAVAILABLE",
+      "DATA_LOSS",
+      "UNAUTHENTICATED",
+  };
+  if (grpc_code < 0 || grpc_code >= kNumCodes) return kNames[kUnknownCode];
+  return kNames[grpc_code];
+}
+
+// ---- Set-up --------------------------------------------------------------------------------
+
+absl::Status Metrics::RegisterModel(std::string_view model) {
+  if (model.empty()) return absl::InvalidArgumentError("metrics: empty model name");
+  Families& f = *f_;
+  absl::MutexLock lock(&f.models_mu);
+  auto [it, inserted] = f.models.try_emplace(std::string(model));
+  if (!inserted) return absl::OkStatus();
+  auto series = std::make_unique<ModelSeries>();
+  series->label = std::string(model);
+  const prometheus::Labels model_label = {{"model", std::string(model)}};
+  series->duration = &f.request_duration->Add(model_label, LatencyBuckets());
+  // The OK series exists from the start so rate() over it is defined before the first request.
+  series->requests[0].store(
+      &f.requests->Add({{"model", std::string(model)}, {"code", std::string(CodeName(0))}}),
+      std::memory_order_release);
+  it->second = std::move(series);
+  return absl::OkStatus();
+}
+
+absl::Status Metrics::ConfigureExpertLoad(int n_layers, int n_experts) {
+  if (n_layers <= 0 || n_experts <= 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("metrics: ConfigureExpertLoad(n_layers=", n_layers, ", n_experts=", n_experts,
+                     "): both must be positive"));
+  }
+  Families& f = *f_;
+  absl::MutexLock lock(&f.experts_mu);
+  // A reload: the old model's series go away so they do not linger with stale values.
+  for (auto& layer : f.layers) {
+    for (Counter* c : layer->per_expert) f.expert_tokens->Remove(c);
+    absl::MutexLock layer_lock(&layer->mu);
+    if (layer->imbalance != nullptr) f.expert_imbalance->Remove(layer->imbalance);
+  }
+  f.layers.clear();
+  f.n_layers = n_layers;
+  f.n_experts = n_experts;
+  const bool per_expert = n_experts <= options_.max_expert_labels;
+  for (int l = 0; l < n_layers; ++l) {
+    auto layer = std::make_unique<LayerLoad>();
+    // Per-expert counters are created here (not on first use) for every layer; layers that are
+    // not MoE never receive tokens and stay at 0. Bounded by n_layers * max_expert_labels.
+    if (per_expert) {
+      layer->per_expert.reserve(n_experts);
+      for (int e = 0; e < n_experts; ++e) {
+        layer->per_expert.push_back(
+            &f.expert_tokens->Add({{"layer", std::to_string(l)}, {"expert", std::to_string(e)}}));
+      }
+    }
+    absl::MutexLock layer_lock(&layer->mu);
+    layer->window.assign(n_experts, 0);
+    f.layers.push_back(std::move(layer));
+  }
+  return absl::OkStatus();
+}
+
+// ---- Requests ------------------------------------------------------------------------------
+
+void Metrics::RecordRequest(std::string_view model, absl::StatusCode code, double seconds) {
+  RecordRequest(model, static_cast<int>(code), seconds);
+}
+
+void Metrics::RecordRequest(std::string_view model, int grpc_code, double seconds) {
+  Families& f = *f_;
+  if (grpc_code < 0 || grpc_code >= kNumCodes) grpc_code = kUnknownCode;
+  ModelSeries* series = nullptr;
+  {
+    absl::ReaderMutexLock lock(&f.models_mu);
+    auto it = f.models.find(absl::string_view(model.data(), model.size()));
+    if (it == f.models.end()) it = f.models.find(kOtherModel);
+    series = it->second.get();  // ModelSeries are never removed
+  }
+  Counter* counter = series->requests[grpc_code].load(std::memory_order_acquire);
+  if (counter == nullptr) {
+    // Family::Add returns the existing series for equal labels, so a race here is harmless.
+    counter =
+        &f.requests->Add({{"model", series->label}, {"code", std::string(CodeName(grpc_code))}});
+    series->requests[grpc_code].store(counter, std::memory_order_release);
+  }
+  counter->Increment();
+  series->duration->Observe(seconds);
+}
+
+void Metrics::RequestStarted() { f_->inflight->Increment(); }
+void Metrics::RequestFinished() { f_->inflight->Decrement(); }
+
+// ---- Scheduler -----------------------------------------------------------------------------
+
+void Metrics::RecordQueueWait(double seconds) { f_->queue_wait->Observe(seconds); }
+void Metrics::SetQueueDepth(int64_t requests) {
+  f_->queue_depth->Set(static_cast<double>(requests));
+}
+void Metrics::RecordBatch(int64_t tokens) {
+  if (tokens < 0) {
+    f_->dropped->Increment();
+    return;
+  }
+  f_->batch_tokens->Observe(static_cast<double>(tokens));
+  f_->tokens->Increment(static_cast<double>(tokens));
+}
+
+// ---- Engine --------------------------------------------------------------------------------
+
+void Metrics::RecordRouting(double seconds) { f_->routing->Observe(seconds); }
+void Metrics::RecordCompute(double seconds) { f_->compute->Observe(seconds); }
+
+void Metrics::RecordExpertLoad(int layer, absl::Span<const uint32_t> tokens_per_expert) {
+  Families& f = *f_;
+  absl::ReaderMutexLock lock(&f.experts_mu);
+  if (layer < 0 || layer >= f.n_layers ||
+      tokens_per_expert.size() != static_cast<size_t>(f.n_experts)) {
+    f.dropped->Increment();
+    return;
+  }
+  LayerLoad& load = *f.layers[layer];
+  for (size_t e = 0; e < load.per_expert.size(); ++e) {
+    if (tokens_per_expert[e] != 0) load.per_expert[e]->Increment(tokens_per_expert[e]);
+  }
+  absl::MutexLock layer_lock(&load.mu);
+  for (size_t e = 0; e < tokens_per_expert.size(); ++e) {
+    load.window[e] += tokens_per_expert[e];
+    load.window_total += tokens_per_expert[e];
+  }
+  if (load.window_total < options_.imbalance_window_assignments) return;
+  const int64_t max_load = *std::max_element(load.window.begin(), load.window.end());
+  const double mean = static_cast<double>(load.window_total) / f.n_experts;
+  if (load.imbalance == nullptr) {
+    load.imbalance = &f.expert_imbalance->Add({{"layer", std::to_string(layer)}});
+  }
+  load.imbalance->Set(static_cast<double>(max_load) / mean);
+  std::fill(load.window.begin(), load.window.end(), 0);
+  load.window_total = 0;
+}
+
+// ---- Expert cache and GPU ------------------------------------------------------------------
+
+namespace {
+template <typename T>
+T* SlotOrDrop(LazySlots<T>& slots, int index, Counter& dropped) {
+  T* s = slots.Get(index);
+  if (s == nullptr) dropped.Increment();
+  return s;
+}
+}  // namespace
+
+void Metrics::RecordExpertCacheHit(int device, int64_t count) {
+  if (DeviceSeries* s = SlotOrDrop(*f_->devices, device, *f_->dropped)) {
+    s->cache_hits->Increment(static_cast<double>(count));
+  }
+}
+void Metrics::RecordExpertCacheMiss(int device, int64_t count) {
+  if (DeviceSeries* s = SlotOrDrop(*f_->devices, device, *f_->dropped)) {
+    s->cache_misses->Increment(static_cast<double>(count));
+  }
+}
+void Metrics::RecordExpertCacheEviction(int device, int64_t count) {
+  if (DeviceSeries* s = SlotOrDrop(*f_->devices, device, *f_->dropped)) {
+    s->cache_evictions->Increment(static_cast<double>(count));
+  }
+}
+void Metrics::RecordExpertCacheCopy(int device, int64_t bytes, double wait_seconds) {
+  if (DeviceSeries* s = SlotOrDrop(*f_->devices, device, *f_->dropped)) {
+    s->cache_copied_bytes->Increment(static_cast<double>(bytes));
+    s->cache_copy_wait->Observe(wait_seconds);
+  }
+}
+void Metrics::SetGpuMemory(int device, int64_t used_bytes, int64_t total_bytes) {
+  if (DeviceSeries* s = SlotOrDrop(*f_->devices, device, *f_->dropped)) {
+    s->memory_used->Set(static_cast<double>(used_bytes));
+    s->memory_total->Set(static_cast<double>(total_bytes));
+  }
+}
+void Metrics::SetGpuBusyRatio(int device, double ratio) {
+  if (DeviceSeries* s = SlotOrDrop(*f_->devices, device, *f_->dropped)) {
+    s->busy->Set(std::clamp(ratio, 0.0, 1.0));
+  }
+}
+
+// ---- Worker swarm --------------------------------------------------------------------------
+
+void Metrics::SetWorkerQueueLength(int worker, int64_t length) {
+  if (WorkerSeries* s = SlotOrDrop(*f_->workers, worker, *f_->dropped)) {
+    s->queue_length->Set(static_cast<double>(length));
+  }
+}
+void Metrics::RecordWorkerMessagesSent(int worker, int64_t count) {
+  if (WorkerSeries* s = SlotOrDrop(*f_->workers, worker, *f_->dropped)) {
+    s->sent->Increment(static_cast<double>(count));
+  }
+}
+void Metrics::RecordWorkerMessagesReceived(int worker, int64_t count) {
+  if (WorkerSeries* s = SlotOrDrop(*f_->workers, worker, *f_->dropped)) {
+    s->received->Increment(static_cast<double>(count));
+  }
+}
+
+void Metrics::SetReady(bool ready) { f_->ready->Set(ready ? 1 : 0); }
+
+}  // namespace moe::metrics
