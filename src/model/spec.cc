@@ -6,12 +6,18 @@ namespace moe {
 
 std::string_view FamilyName(Family family) {
   switch (family) {
-    case Family::kMixtral: return "mixtral";
-    case Family::kQwen2Moe: return "qwen2_moe";
-    case Family::kQwen3Moe: return "qwen3_moe";
-    case Family::kDeepseekV2: return "deepseek_v2";
-    case Family::kDeepseekV3: return "deepseek_v3";
-    case Family::kOlmoe: return "olmoe";
+    case Family::kMixtral:
+      return "mixtral";
+    case Family::kQwen2Moe:
+      return "qwen2_moe";
+    case Family::kQwen3Moe:
+      return "qwen3_moe";
+    case Family::kDeepseekV2:
+      return "deepseek_v2";
+    case Family::kDeepseekV3:
+      return "deepseek_v3";
+    case Family::kOlmoe:
+      return "olmoe";
   }
   return "?";
 }
