@@ -91,8 +91,10 @@ const std::vector<Expected>& AllExpected() {
       {"deepseek_v3-fp32",           F::kDeepseekV3, S::kSigmoid, T::kNoAuxTc,            16, 4, 4, 2, true,  2.5f, 32, 32, false, f32,  {1, 2}},
       {"deepseek_v3-fp32-fused",     F::kDeepseekV3, S::kSigmoid, T::kNoAuxTc,            16, 4, 4, 2, true,  2.5f, 32, 32, false, f32,  {1, 2}},
       {"deepseek_v3-bf16",           F::kDeepseekV3, S::kSigmoid, T::kNoAuxTc,            16, 4, 4, 2, true,  2.5f, 32, 32, false, bf16, {1, 2}},
+      {"deepseek_v3_negbias-fp32",   F::kDeepseekV3, S::kSigmoid, T::kNoAuxTc,            16, 4, 4, 2, true,  2.5f, 32, 32, false, f32,  {1, 2}},
       {"olmoe-fp32",                 F::kOlmoe,      S::kSoftmax, T::kGreedy,             8, 3, 1, 1, false, 1.0f, 32, 0,  false, f32,  {0, 1}},
       {"olmoe-bf16",                 F::kOlmoe,      S::kSoftmax, T::kGreedy,             8, 3, 1, 1, false, 1.0f, 32, 0,  false, bf16, {0, 1}},
+      {"olmoe-bf16-sharded",         F::kOlmoe,      S::kSoftmax, T::kGreedy,             8, 3, 1, 1, false, 1.0f, 32, 0,  false, bf16, {0, 1}},
   };
   // clang-format on
   return *table;

@@ -103,6 +103,18 @@ FAMILIES = {
              first_k_dense_replace=1, q_lora_rank=16, kv_lora_rank=16, qk_rope_head_dim=8,
              qk_nope_head_dim=8, v_head_dim=8, head_dim=8),
     ),
+    # deepseek_v3 with NEGATIVE correction biases U[-1, -0.3): many kept-group experts get negative
+    # selection scores, so it matters how experts outside the kept groups are masked (transformers
+    # 5.17 masks with -inf; 4.x masked with 0.0, which lets a masked expert beat them). fp32 only.
+    "deepseek_v3_negbias": (
+        "DeepseekV3ForCausalLM",
+        "DeepseekV3Config",
+        dict(_COMMON, num_hidden_layers=3, intermediate_size=40, moe_intermediate_size=32,
+             n_routed_experts=16, num_experts_per_tok=4, n_shared_experts=1, n_group=4,
+             topk_group=2, topk_method="noaux_tc", routed_scaling_factor=2.5, norm_topk_prob=True,
+             first_k_dense_replace=1, q_lora_rank=16, kv_lora_rank=16, qk_rope_head_dim=8,
+             qk_nope_head_dim=8, v_head_dim=8, head_dim=8),
+    ),
     # softmax, top-3 of 8 without renormalisation (OLMoE's default).
     "olmoe": (
         "OlmoeForCausalLM",
@@ -112,9 +124,15 @@ FAMILIES = {
     ),
 }
 DTYPES = ("fp32", "bf16")
+# Per-family overrides: dtypes built and the e_score_correction_bias range [lo, hi).
+FAMILY_DTYPES = {"deepseek_v3_negbias": ("fp32",)}
+BIAS_RANGE = {"deepseek_v3_negbias": (-1.0, -0.3)}
+DEFAULT_BIAS_RANGE = (0.0, 0.4)
 # Extra fixtures saved with save_original_format=False (transformers' fused v5 layout), so the
 # loader is tested on both layouts: (family, dtype).
 FUSED_EXTRAS = (("mixtral", "bf16"), ("deepseek_v3", "fp32"))
+# Extra fixtures saved in shards of at most this size, with model.safetensors.index.json.
+SHARDED_EXTRAS = {("olmoe", "bf16"): "100KB"}
 # Tokens fed to the first MoE layer and to the others (odd sizes on purpose).
 N_TOKENS_FIRST = 13
 N_TOKENS_OTHER = 29
@@ -147,15 +165,15 @@ def reinit_(torch, model, gen):
                 p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=gen))
 
 
-def set_correction_bias_(torch, model, gen):
-    """Sets every e_score_correction_bias (parameter or buffer) to uniform [0, 0.4): big enough to
-    change which experts win (sigmoid scores spread ~0.2), positive so transformers' masked_fill
-    with 0.0 never outranks a kept group's expert."""
+def set_correction_bias_(torch, model, gen, lo, hi):
+    """Sets every e_score_correction_bias (parameter or buffer) to uniform [lo, hi). The default
+    [0, 0.4) is big enough to change which experts win (sigmoid scores spread ~0.2) and positive,
+    so selection scores are > 0 and the masking value of dropped groups cannot matter."""
     n = 0
     with torch.no_grad():
         for name, t in list(model.named_parameters()) + list(model.named_buffers()):
             if name.endswith("e_score_correction_bias"):
-                t.copy_(0.4 * torch.rand(t.shape, generator=gen))
+                t.copy_(lo + (hi - lo) * torch.rand(t.shape, generator=gen))
                 n += 1
     return n
 
@@ -173,9 +191,11 @@ def force_eager_experts(model):
             log(f"    set_experts_implementation('eager') failed: {e!r}")
 
 
-def save_checkpoint(model, out_dir, original_format=True):
+def save_checkpoint(model, out_dir, original_format=True, max_shard_size=None):
     os.makedirs(out_dir, exist_ok=True)
     kwargs = dict(safe_serialization=True)
+    if max_shard_size:
+        kwargs["max_shard_size"] = max_shard_size
     if not original_format:
         kwargs["save_original_format"] = False
     try:
@@ -246,6 +266,21 @@ def describe_routing(torch, name, model, moe_layers, io):
         if bias is not None:
             log(f"    layer {li}: e_score_correction_bias dtype={bias.dtype} "
                 f"range [{bias.min().item():.3f}, {bias.max().item():.3f}]")
+            # How many tokens would pick other experts if dropped groups were masked with 0.0
+            # (transformers 4.x) instead of -inf: the fixture pins that choice down when > 0.
+            cfg = model.config
+            n, e = logits.shape
+            sfc = logits.sigmoid() + bias.float()
+            groups = sfc.view(n, cfg.n_group, e // cfg.n_group).topk(2, dim=-1)[0].sum(-1)
+            keep = torch.zeros_like(groups).scatter_(
+                1, groups.topk(cfg.topk_group, dim=-1)[1], 1.0).bool()
+            keep = keep.unsqueeze(-1).expand(n, cfg.n_group, e // cfg.n_group).reshape(n, e)
+            by_inf = sfc.masked_fill(~keep, float("-inf")).topk(k, dim=-1)[1]
+            by_zero = sfc.masked_fill(~keep, 0.0).topk(k, dim=-1)[1]
+            masking = sum(set(a.tolist()) != set(b.tolist()) for a, b in zip(by_inf, by_zero))
+            agree = sum(set(a.tolist()) == set(b.tolist()) for a, b in zip(by_inf, ids))
+            log(f"    layer {li}: tokens where -inf vs 0.0 masking differ: {masking}; "
+                f"-inf emulation agrees with transformers on {agree}/{n} tokens")
 
 
 def tensor_layout(path):
@@ -281,7 +316,7 @@ def build_family(torch, transformers, name, out_root, layout_file, sources_file)
     gen = torch.Generator().manual_seed(SEED)
     model = model_cls(config).eval()
     reinit_(torch, model, gen)
-    n_bias = set_correction_bias_(torch, model, gen)
+    n_bias = set_correction_bias_(torch, model, gen, *BIAS_RANGE.get(name, DEFAULT_BIAS_RANGE))
     force_eager_experts(model)
 
     moe_layers = [i for i, layer in enumerate(model.model.layers) if moe_block_of(layer)[1] is not None]
@@ -306,7 +341,7 @@ def build_family(torch, transformers, name, out_root, layout_file, sources_file)
 
     results = {}
     fp32_dir = os.path.join(out_root, f"{name}-fp32")
-    for dtype_name in DTYPES:
+    for dtype_name in FAMILY_DTYPES.get(name, DTYPES):
         label = f"{name}-{dtype_name}"
         out_dir = os.path.join(out_root, label)
         try:
@@ -332,19 +367,25 @@ def build_family(torch, transformers, name, out_root, layout_file, sources_file)
                         for k in io if k.endswith(".output"))
             log(f"    {label}: saved; reload max |diff| of outputs = {worst:.3g}")
             results[label] = "ok" if worst == 0.0 else f"reload-diff {worst:.3g}"
+            extras = []
             if (name, dtype_name) in FUSED_EXTRAS:
-                fused_label = f"{label}-fused"
-                fused_dir = os.path.join(out_root, fused_label)
-                save_checkpoint(m, fused_dir, original_format=False)
-                save_file(io, os.path.join(fused_dir, "io.safetensors"), metadata=meta)
-                dump_layout(fused_dir, layout_file, fused_label)
-                reloaded = model_cls.from_pretrained(fused_dir, dtype=m.dtype).eval()
+                extras.append(("fused", dict(original_format=False)))
+            if (name, dtype_name) in SHARDED_EXTRAS:
+                extras.append(("sharded", dict(max_shard_size=SHARDED_EXTRAS[(name, dtype_name)])))
+            for suffix, save_kwargs in extras:
+                extra_label = f"{label}-{suffix}"
+                extra_dir = os.path.join(out_root, extra_label)
+                save_checkpoint(m, extra_dir, **save_kwargs)
+                save_file(io, os.path.join(extra_dir, "io.safetensors"), metadata=meta)
+                dump_layout(extra_dir, layout_file, extra_label)
+                reloaded = model_cls.from_pretrained(extra_dir, dtype=m.dtype).eval()
                 force_eager_experts(reloaded)
                 io3 = run_blocks(torch, reloaded, moe_layers, inputs)
                 worst = max((io3[k].float() - io[k].float()).abs().max().item()
                             for k in io if k.endswith(".output"))
-                log(f"    {fused_label}: saved; reload max |diff| of outputs = {worst:.3g}")
-                results[fused_label] = "ok" if worst == 0.0 else f"reload-diff {worst:.3g}"
+                log(f"    {extra_label}: saved ({sorted(os.listdir(extra_dir))}); reload max |diff| "
+                    f"of outputs = {worst:.3g}")
+                results[extra_label] = "ok" if worst == 0.0 else f"reload-diff {worst:.3g}"
         except Exception:  # noqa: BLE001 - one fixture's failure must not lose the others
             log(f"    FAILED {label}:\n{traceback.format_exc()}")
             results[label] = "FAILED"
@@ -366,7 +407,7 @@ def main():
         for f in families:
             arch, cfg, kw = FAMILIES[f]
             log(f"{f}: {arch}({cfg}) {json.dumps(kw, sort_keys=True)}")
-            for d in DTYPES:
+            for d in FAMILY_DTYPES.get(f, DTYPES):
                 log(f"  -> {os.path.join(args.out, f + '-' + d)}")
         return 0
 
