@@ -10,35 +10,36 @@
 //        kGroupLimitedGreedy: group score = max of s in the group (DeepSeek-V2);
 //        kNoAuxTc:           group score = sum of the top-2 s in the group (DeepSeek-V3);
 //        for both, the topk_group best groups are kept and the s of every expert outside them is
-//        replaced by 0.0 (exactly transformers' `masked_fill(~score_mask, 0.0)`; note that a 0.0
-//        can beat a negative biased score of a kept expert, as it does in transformers).
+//        masked: kGroupLimitedGreedy replaces it by 0.0 (transformers' DeepseekV2Moe:
+//        `masked_fill(~score_mask, 0.0)`; softmax scores are > 0, so only kept experts win unless
+//        top_k exceeds the kept experts); kNoAuxTc replaces it by -inf (transformers 5.x
+//        DeepseekV3TopkRouter; 4.x used 0.0, which lets a dropped expert beat a kept expert whose
+//        biased score is negative; we follow 5.x, verified against transformers 5.17 outputs in
+//        tests/fixtures/hf/deepseek_v3_negbias-fp32).
 //   4. ids = the top_k experts by masked s, best first.
 //   5. weights = the chosen experts' UNBIASED scores (kGroupLimitedGreedy: an expert outside the
-//   kept
-//      groups weighs 0.0, since DeepSeek-V2 takes its weights from the masked scores; kNoAuxTc
-//      takes them from the unmasked sigmoid scores, like DeepSeek-V3); if norm_topk_prob:
-//        weights /= (sum(weights) + 1e-20); then weights *= routed_scaling_factor.
-//      (The 1e-20 is DeepSeek-V3's epsilon; for softmax scores the sum is >= 1/n_experts and adding
-//      1e-20 does not change a float, so Mixtral/Qwen/OLMoE's epsilon-free division is matched bit
-//      for bit.)
+//      kept groups weighs 0.0, since DeepSeek-V2 takes its weights from the masked scores;
+//      kNoAuxTc takes them from the unmasked sigmoid scores, like DeepSeek-V3);
+//      if norm_topk_prob: weights /= (sum(weights) + 1e-20); then weights *= routed_scaling_factor.
+//      (The 1e-20 is DeepSeek-V3's epsilon; for softmax scores the sum is >= 1/n_experts and
+//      adding 1e-20 does not change a float, so Mixtral/Qwen/OLMoE's epsilon-free division is
+//      matched bit for bit.)
 //
 // Ties: ordering is by (score descending, index ascending): of equal scores the lower expert index
 // (or group index) is chosen and listed first. NaN scores order above everything (like torch.topk).
 //
-// Families (verified against transformers' modeling_*.py, 4.5x and 5.x):
+// Families (verified against transformers' modeling_*.py, 4.5x and 5.x, and against transformers
+// 5.17 outputs by tests/parity/hf_parity_test):
 //   Mixtral:      softmax, kGreedy, norm_topk_prob = true, scale 1.
 //   Qwen2-MoE:    softmax, kGreedy, norm_topk_prob from config (the shared expert and its sigmoid
-//   gate
-//                 are applied by the engine, not here).
+//                 gate are applied by the engine, not here).
 //   Qwen3-MoE, OLMoE: softmax, kGreedy, norm_topk_prob from config.
 //   DeepSeek-V2:  softmax, kGreedy or kGroupLimitedGreedy, weights * routed_scaling_factor.
-//   transformers'
-//                 DeepseekV2Moe.route_tokens_to_experts never renormalises (it ignores
-//                 norm_topk_prob), so a V2 RoutingSpec must carry norm_topk_prob = false to match
-//                 it.
+//                 transformers' DeepseekV2Moe.route_tokens_to_experts never renormalises (it
+//                 ignores norm_topk_prob), so a V2 RoutingSpec carries norm_topk_prob = false
+//                 (src/model/config.cc sets it so).
 //   DeepSeek-V3:  sigmoid, kNoAuxTc with e_score_correction_bias, renormalise iff norm_topk_prob
-//   (+1e-20),
-//                 then * routed_scaling_factor.
+//                 (+1e-20), then * routed_scaling_factor.
 #pragma once
 
 #include <cstdint>

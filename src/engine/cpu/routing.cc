@@ -2,6 +2,7 @@
 #include "moe/engine/routing.h"
 
 #include <cmath>
+#include <limits>
 #include <vector>
 
 namespace moe {
@@ -95,7 +96,7 @@ void Route(const RoutingSpec& spec, const float* logits, const float* correction
                                            ? scores[static_cast<size_t>(i)] + correction_bias[i]
                                            : scores[static_cast<size_t>(i)];
     }
-    // 3. Group limit: keep the topk_group best groups, zero the selection scores of the others.
+    // 3. Group limit: keep the topk_group best groups, mask the selection scores of the others.
     if (grouped && spec.topk_group < n_group) {
       for (int g = 0; g < n_group; ++g) {
         const float* s = select.data() + static_cast<size_t>(g) * group_size;
@@ -114,8 +115,10 @@ void Route(const RoutingSpec& spec, const float* logits, const float* correction
       TopK(group_scores.data(), n_group, spec.topk_group, taken, kept_groups.data());
       keep.assign(static_cast<size_t>(n_group), 0);
       for (int g : kept_groups) keep[static_cast<size_t>(g)] = 1;
+      const float masked =
+          spec.topk_method == TopkMethod::kNoAuxTc ? -std::numeric_limits<float>::infinity() : 0.0f;
       for (int i = 0; i < n; ++i) {
-        if (!keep[static_cast<size_t>(i / group_size)]) select[static_cast<size_t>(i)] = 0.0f;
+        if (!keep[static_cast<size_t>(i / group_size)]) select[static_cast<size_t>(i)] = masked;
       }
     }
     // 4. Top-k by (masked) selection score, best first.
