@@ -100,6 +100,9 @@ const std::vector<Expected>& AllExpected() {
   return *table;
 }
 
+// gtest prints the fixture's directory for a failing parameter instead of its bytes.
+void PrintTo(const Expected& x, std::ostream* os) { *os << x.dir; }
+
 std::string FixturesRoot() {
   const char* src = std::getenv("MOE_SOURCE_DIR");
   return (fs::path(src != nullptr ? src : ".") / "tests" / "fixtures" / "hf").string();
