@@ -75,6 +75,13 @@ StatusOr<std::unique_ptr<HttpServer>> HttpServer::Create(const Options& options)
   }
   static std::once_flag init_once;
   std::call_once(init_once, [] { mg_init_library(0); });
+  constexpr unsigned kFeatureIpv6 = 8;  // mg_check_feature() bit
+  if (is_v6 && mg_check_feature(kFeatureIpv6) == 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "metrics HTTP server: bind address '", options.bind_address,
+        "' is IPv6, but this civetweb build has no IPv6 support (Debian's has none); use an "
+        "IPv4 address such as 0.0.0.0 or 127.0.0.1"));
+  }
 
   const std::string host =
       is_v6 ? absl::StrCat("[", options.bind_address, "]") : options.bind_address;

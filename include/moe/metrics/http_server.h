@@ -11,8 +11,9 @@
 // destroy last.
 //
 // Thread safety: SetReady/SetLive/ready()/port() may be called from any thread while civetweb's
-// threads serve requests. The destructor stops civetweb and waits for handlers in flight; the
-// Metrics passed in must outlive the server.
+// threads serve requests. The destructor stops civetweb and waits for handlers in flight (up to
+// about 2 s: civetweb's accept loop polls in 2 s quanta); the Metrics passed in must outlive the
+// server.
 #pragma once
 
 #include <memory>
@@ -34,7 +35,8 @@ class Metrics;
 class HttpServer {
  public:
   struct Options {
-    // IPv4 or IPv6 literal ("0.0.0.0", "127.0.0.1", "::"); host names are not resolved.
+    // IPv4 literal ("0.0.0.0", "127.0.0.1"); IPv6 literals ("::") only where civetweb was built
+    // with IPv6 (Debian 12's is not: INVALID_ARGUMENT). Host names are not resolved.
     std::string bind_address = config::kDefaultBindAddress;
     // 0 picks a free port; port() tells which.
     int port = config::kDefaultMetricsPort;

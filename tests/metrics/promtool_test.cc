@@ -1,0 +1,90 @@
+// `promtool check metrics` (Prometheus' own linter) accepts our exposition with every family
+// populated. Skips with a reason when promtool is not installed (Debian package `prometheus`).
+#include <gtest/gtest.h>
+#include <stdio.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "moe/metrics/metrics.h"
+
+namespace moe::metrics {
+namespace {
+
+std::string FindPromtool() {
+  if (const char* env = std::getenv("PROMTOOL"); env != nullptr && access(env, X_OK) == 0) {
+    return env;
+  }
+  for (const char* dir : {"/usr/bin", "/usr/local/bin", "/bin"}) {
+    const std::string path = std::string(dir) + "/promtool";
+    if (access(path.c_str(), X_OK) == 0) return path;
+  }
+  return "";
+}
+
+// Every family with series and observations, as a busy GPU daemon would expose them.
+void Populate(Metrics& m) {
+  ASSERT_TRUE(m.RegisterModel("Mixtral-8x7B").ok());
+  ASSERT_TRUE(m.RegisterModel("weird \"name\"\\with\nescapes").ok());
+  ASSERT_TRUE(m.ConfigureExpertLoad(2, 8).ok());
+  for (int i = 0; i < 10; ++i) {
+    m.RequestStarted();
+    m.RecordRequest("Mixtral-8x7B", i % 3 == 0 ? 8 : 0, 1e-3 * i);
+    m.RecordRequest("weird \"name\"\\with\nescapes", 3, 2e-5);
+    m.RecordRequest("unregistered", 5, 1e-4);
+    m.RecordQueueWait(1e-4 * i);
+    m.RecordBatch(16 * i);
+    m.RecordRouting(2e-5);
+    m.RecordCompute(3e-3);
+    m.RecordExpertLoad(i % 2, std::vector<uint32_t>{400, 1, 2, 3, 4, 5, 6, 7});
+    m.RecordExpertCacheHit(0);
+    m.RecordExpertCacheMiss(1);
+    m.RecordExpertCacheEviction(1);
+    m.RecordExpertCacheCopy(1, 176160768, 2e-3);
+    m.SetWorkerQueueLength(i % 4, i);
+    m.RecordWorkerMessagesSent(i % 4);
+    m.RecordWorkerMessagesReceived(i % 4);
+  }
+  m.SetQueueDepth(3);
+  m.SetGpuMemory(0, int64_t{20} << 30, int64_t{80} << 30);
+  m.SetGpuMemory(1, int64_t{21} << 30, int64_t{80} << 30);
+  m.SetGpuBusyRatio(0, 0.5);
+  m.SetReady(true);
+}
+
+TEST(PromtoolTest, CheckMetricsAcceptsOurExposition) {
+  const std::string promtool = FindPromtool();
+  if (promtool.empty()) {
+    GTEST_SKIP() << "promtool not found (install Debian's `prometheus` package or set PROMTOOL)";
+  }
+  auto metrics = Metrics::Create({});
+  ASSERT_TRUE(metrics.ok()) << metrics.status();
+  Populate(**metrics);
+  const std::string exposition = (*metrics)->Serialize();
+
+  char dir_template[] = "/tmp/moe_promtool_XXXXXX";
+  ASSERT_NE(mkdtemp(dir_template), nullptr);
+  const std::string dir = dir_template;
+  const std::string in = dir + "/metrics.txt";
+  const std::string out = dir + "/promtool.out";
+  std::ofstream(in) << exposition;
+  const std::string cmd = promtool + " check metrics < " + in + " > " + out + " 2>&1";
+  const int rc = std::system(cmd.c_str());
+  std::ifstream report_file(out);
+  const std::string report((std::istreambuf_iterator<char>(report_file)),
+                           std::istreambuf_iterator<char>());
+  std::remove(in.c_str());
+  std::remove(out.c_str());
+  rmdir(dir.c_str());
+  ASSERT_TRUE(WIFEXITED(rc)) << cmd;
+  EXPECT_EQ(WEXITSTATUS(rc), 0) << "promtool check metrics found problems:\n"
+                                << report << "\n--- exposition ---\n"
+                                << exposition;
+}
+
+}  // namespace
+}  // namespace moe::metrics
