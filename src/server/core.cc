@@ -1,0 +1,139 @@
+#include "core.h"
+
+#include <spdlog/spdlog.h>
+
+#include "moe/metrics/metrics.h"
+
+namespace moe::server {
+
+Clock::time_point EffectiveDeadline(Clock::time_point arrival, uint64_t timeout_us,
+                                    uint64_t default_timeout_us,
+                                    std::chrono::system_clock::time_point grpc_deadline) {
+  Clock::time_point deadline = Clock::time_point::max();
+  uint64_t us = timeout_us != 0 ? timeout_us : default_timeout_us;
+  // Cap at ~100 years so the addition cannot overflow.
+  constexpr uint64_t kMaxUs = uint64_t{100} * 365 * 24 * 3600 * 1000000;
+  if (us != 0) deadline = arrival + std::chrono::microseconds(std::min(us, kMaxUs));
+  if (grpc_deadline != std::chrono::system_clock::time_point::max()) {
+    auto left = grpc_deadline - std::chrono::system_clock::now();
+    Clock::time_point d = Clock::now() + std::chrono::duration_cast<Clock::duration>(left);
+    deadline = std::min(deadline, d);
+  }
+  return deadline;
+}
+
+Core::Core(const Catalog* catalog, Backend* backend, metrics::Metrics* metrics)
+    : catalog_(catalog), backend_(backend), metrics_(metrics), stats_(catalog->spec().moe_layers) {}
+
+void Core::SetReady(bool ready) {
+  if (draining()) return;
+  ready_.store(ready, std::memory_order_release);
+}
+
+void Core::BeginDrain() {
+  draining_.store(true, std::memory_order_release);
+  ready_.store(false, std::memory_order_release);
+}
+
+int64_t Core::inflight() const {
+  absl::MutexLock lock(&mu_);
+  return inflight_;
+}
+
+bool Core::WaitIdle(Clock::time_point deadline) {
+  absl::MutexLock lock(&mu_);
+  auto idle = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return inflight_ == 0; };
+  while (!idle()) {
+    auto left = deadline - Clock::now();
+    if (left <= Clock::duration::zero()) return false;
+    mu_.AwaitWithTimeout(
+        absl::Condition(&idle),
+        absl::FromChrono(std::chrono::duration_cast<std::chrono::nanoseconds>(left)));
+  }
+  return true;
+}
+
+void Core::Run(const LayerRequest& request, const std::string& label, LayerDone done) {
+  Status refusal;
+  if (draining()) {
+    refusal = absl::UnavailableError(
+        "server is draining (shutting down); retry on another replica or after restart");
+  } else if (!ready()) {
+    refusal = absl::UnavailableError("server is not ready (loading or warming up); retry later");
+  } else if (Clock::now() >= request.deadline) {
+    refusal = absl::DeadlineExceededError("deadline passed before the request was queued");
+  } else if (request.cancelled != nullptr && request.cancelled->load(std::memory_order_acquire)) {
+    refusal = absl::CancelledError("request cancelled by the client");
+  }
+  if (refusal.ok()) {
+    {
+      absl::MutexLock lock(&mu_);
+      ++inflight_;
+    }
+    if (metrics_ != nullptr) metrics_->RequestStarted();
+    int layer = request.layer;
+    int64_t n_tokens = request.n_tokens;
+    Clock::time_point arrival = request.arrival;
+    LayerDone wrapped = [this, layer, n_tokens, arrival, label, done = std::move(done)](
+                            const Status& status, const LayerTiming& timing) {
+      done(status, timing);
+      Finished(layer, n_tokens, status, timing, arrival, label);
+    };
+    refusal = backend_->Submit(request, std::move(wrapped));
+    if (refusal.ok()) return;
+    // Refused by the backend: `wrapped` was not and will not be called.
+    Finished(request.layer, request.n_tokens, refusal, LayerTiming{}, request.arrival, label);
+    done(refusal, LayerTiming{});
+    return;
+  }
+  RecordRejected(request.layer, refusal, request.arrival, label);
+  done(refusal, LayerTiming{});
+}
+
+void Core::Finished(int layer, int64_t n_tokens, const Status& status, const LayerTiming& timing,
+                    Clock::time_point arrival, const std::string& label) {
+  int64_t total_ns =
+      std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - arrival).count();
+  stats_.Record(layer, status, n_tokens, timing, total_ns);
+  if (metrics_ != nullptr) {
+    metrics_->RecordRequest(catalog_->model().name, status.code(), total_ns * 1e-9);
+    metrics_->RequestFinished();
+  }
+  if (!status.ok()) LogRefusal(label, status);
+  absl::MutexLock lock(&mu_);
+  --inflight_;
+}
+
+void Core::RecordRejected(int layer, const Status& status, Clock::time_point arrival,
+                          const std::string& label) {
+  int64_t total_ns =
+      std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - arrival).count();
+  if (layer >= 0) stats_.Record(layer, status, 0, LayerTiming{}, total_ns);
+  if (metrics_ != nullptr) {
+    metrics_->RecordRequest(catalog_->model().name, status.code(), total_ns * 1e-9);
+  }
+  LogRefusal(label, status);
+}
+
+void Core::LogRefusal(const std::string& label, const Status& status) {
+  int64_t suppressed = 0;
+  {
+    absl::MutexLock lock(&mu_);
+    Clock::time_point now = Clock::now();
+    if (now - log_window_ >= std::chrono::seconds(1)) {
+      suppressed = log_suppressed_;
+      log_window_ = now;
+      log_count_ = 0;
+      log_suppressed_ = 0;
+    }
+    if (++log_count_ > kLogsPerSecond) {
+      ++log_suppressed_;
+      return;
+    }
+  }
+  if (suppressed > 0) spdlog::warn("{} more refused requests not logged", suppressed);
+  spdlog::warn("refused {}: {}: {}", label, absl::StatusCodeToString(status.code()),
+               std::string(status.message()));
+}
+
+}  // namespace moe::server

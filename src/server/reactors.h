@@ -1,0 +1,156 @@
+// The two reactor shapes every RPC of the front end uses (gRPC callback API, one object per RPC):
+//   UnaryCall     a unary RPC finished later, from whatever thread completes its work;
+//   StreamCall    a bidirectional stream of independent requests, each answered by exactly one
+//                 response, in completion order; failures are answered in-band and the stream
+//                 stays up.
+// Neither ever blocks a gRPC thread: work completes through callbacks.
+#pragma once
+
+#include <grpcpp/grpcpp.h>
+
+#include <atomic>
+#include <deque>
+#include <functional>
+#include <utility>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
+#include "moe/server/backend.h"
+
+namespace moe::server {
+
+// Thread safety: cancelled() may be read from any thread; Finish() once, from any thread.
+class UnaryCall : public grpc::ServerUnaryReactor {
+ public:
+  UnaryCall() : arrival_(Clock::now()) {}
+  const std::atomic<bool>* cancelled() const { return &cancelled_; }
+  Clock::time_point arrival() const { return arrival_; }
+
+  void OnCancel() override { cancelled_.store(true, std::memory_order_release); }
+  void OnDone() override { delete this; }
+
+ private:
+  const Clock::time_point arrival_;
+  std::atomic<bool> cancelled_{false};
+};
+
+// Thread safety: the gRPC reactions are serialised by gRPC; Emit (the completion of each request)
+// may come from any thread; `mu_` guards the write queue and the counters.
+template <class Request, class Response>
+class StreamCall : public grpc::ServerBidiReactor<Request, Response> {
+ public:
+  // Answers one request: calls `emit` exactly once, from any thread, possibly inline.
+  using Emit = std::function<void(Response&&)>;
+  using Handle = std::function<void(Request&& request, Clock::time_point arrival,
+                                    const std::atomic<bool>* cancelled, Emit emit)>;
+
+  explicit StreamCall(Handle handle) : handle_(std::move(handle)) { this->StartRead(&incoming_); }
+
+  void OnReadDone(bool ok) override {
+    if (!ok) {
+      Release([this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { reads_done_ = true; });
+      return;
+    }
+    Clock::time_point arrival = Clock::now();
+    Request request = std::move(incoming_);
+    incoming_.Clear();
+    bool read_more;
+    {
+      absl::MutexLock lock(&mu_);
+      ++outstanding_;
+      read_more = outstanding_ < kMaxOutstanding;
+      if (!read_more) read_paused_ = true;
+    }
+    handle_(std::move(request), arrival, &cancelled_,
+            [this](Response&& response) { Enqueue(std::move(response)); });
+    if (read_more) this->StartRead(&incoming_);
+  }
+
+  void OnWriteDone(bool ok) override {
+    Response* next = nullptr;
+    bool resume_read = false;
+    {
+      absl::MutexLock lock(&mu_);
+      queue_.pop_front();  // the one just written
+      --outstanding_;
+      if (!ok) {
+        broken_ = true;
+        outstanding_ -= static_cast<int64_t>(queue_.size());
+        queue_.clear();
+      }
+      if (!queue_.empty()) {
+        next = &queue_.front();
+      } else {
+        writing_ = false;
+      }
+      // Resume a paused reader when the backlog halves, or when responses can no longer be
+      // written (the read then ends the stream).
+      if (read_paused_ && (outstanding_ < kMaxOutstanding / 2 || broken_)) {
+        read_paused_ = false;
+        resume_read = true;
+      }
+    }
+    if (next != nullptr) this->StartWrite(next);
+    if (resume_read) this->StartRead(&incoming_);
+    if (next == nullptr) Release([]() {});
+  }
+
+  void OnCancel() override { cancelled_.store(true, std::memory_order_release); }
+  void OnDone() override { delete this; }
+
+ private:
+  // At most this many requests of one stream in flight; reading pauses beyond it.
+  static constexpr int64_t kMaxOutstanding = 4096;
+
+  void Enqueue(Response&& response) {
+    Response* start = nullptr;
+    {
+      absl::MutexLock lock(&mu_);
+      if (broken_) {
+        --outstanding_;
+      } else {
+        queue_.push_back(std::move(response));
+        if (!writing_) {
+          writing_ = true;
+          start = &queue_.front();
+        }
+      }
+    }
+    // std::deque keeps element addresses stable under push_back/pop_front.
+    if (start != nullptr) {
+      this->StartWrite(start);
+    } else {
+      Release([]() {});
+    }
+  }
+
+  // Applies `update` under the lock, then finishes the RPC if nothing is left to do.
+  template <class F>
+  void Release(F update) {
+    bool finish = false;
+    {
+      absl::MutexLock lock(&mu_);
+      update();
+      if (reads_done_ && outstanding_ == 0 && !writing_ && !finished_) {
+        finished_ = true;
+        finish = true;
+      }
+    }
+    if (finish) this->Finish(grpc::Status::OK);
+  }
+
+  const Handle handle_;
+  Request incoming_;
+  std::atomic<bool> cancelled_{false};
+
+  absl::Mutex mu_;
+  std::deque<Response> queue_ ABSL_GUARDED_BY(mu_);  // front is being written while writing_
+  int64_t outstanding_ ABSL_GUARDED_BY(mu_) = 0;     // read, not yet written (or dropped)
+  bool writing_ ABSL_GUARDED_BY(mu_) = false;
+  bool reads_done_ ABSL_GUARDED_BY(mu_) = false;
+  bool read_paused_ ABSL_GUARDED_BY(mu_) = false;
+  bool broken_ ABSL_GUARDED_BY(mu_) = false;  // a write failed: responses are dropped
+  bool finished_ ABSL_GUARDED_BY(mu_) = false;
+};
+
+}  // namespace moe::server
