@@ -2,6 +2,7 @@
 #include "moe/experts/eviction_policy.h"
 
 #include <algorithm>
+#include <cmath>
 #include <limits>
 #include <set>
 #include <tuple>
@@ -55,6 +56,200 @@ class LruPolicy final : public EvictionPolicy {
   std::vector<uint8_t> linked_;   // [n_slots] 1 when the slot is in the list
   int head_ = -1;                 // most recently used
   int tail_ = -1;                 // least recently used
+};
+
+// LRU in visits of each expert's own layer (see kLayerLru in the header). One LRU list per layer;
+// the victim is the best of the layers' coldest evictable slots.
+class LayerLruPolicy final : public EvictionPolicy {
+ public:
+  LayerLruPolicy(int n_slots, const KeySpace& keys)
+      : keys_(keys),
+        prev_(n_slots, -1),
+        next_(n_slots, -1),
+        slot_layer_(n_slots, -1),
+        slot_visit_(n_slots, 0),
+        head_(keys.n_layers, -1),
+        tail_(keys.n_layers, -1),
+        visits_(keys.n_layers, 0),
+        visit_seq_(keys.n_layers, 0) {}
+
+  std::string_view Name() const override { return "layer-lru"; }
+
+  void OnInsert(int slot, int64_t key_id, bool demand) override {
+    const int32_t layer = keys_.LayerOf(key_id);
+    // A prefetch counts as used in its layer's latest visit: it is protected until that layer's
+    // next visit passes it by.
+    if (demand) Visit(layer);
+    slot_layer_[slot] = layer;
+    Touch(slot);
+  }
+  void OnHit(int slot) override {
+    Visit(slot_layer_[slot]);
+    Touch(slot);
+  }
+  void OnEvict(int slot) override {
+    Unlink(slot);
+    slot_layer_[slot] = -1;
+  }
+
+  int PickVictim(absl::FunctionRef<bool(int)> evictable) override {
+    int best = -1;
+    uint64_t best_age = 0, best_seq = 0;
+    for (int32_t layer = 0; layer < keys_.n_layers; ++layer) {
+      int slot = tail_[layer];
+      while (slot != -1 && !evictable(slot)) slot = prev_[slot];
+      if (slot == -1) continue;
+      const uint64_t age = visits_[layer] - slot_visit_[slot];
+      if (best == -1 || age > best_age || (age == best_age && visit_seq_[layer] > best_seq)) {
+        best = slot;
+        best_age = age;
+        best_seq = visit_seq_[layer];
+      }
+    }
+    return best;
+  }
+
+ private:
+  // A demand use of `layer`: a new visit unless the previous demand use was of the same layer.
+  void Visit(int32_t layer) {
+    if (layer == current_layer_) return;
+    current_layer_ = layer;
+    ++visits_[layer];
+    visit_seq_[layer] = ++seq_;
+  }
+  void Touch(int slot) {
+    const int32_t layer = slot_layer_[slot];
+    slot_visit_[slot] = visits_[layer];
+    Unlink(slot);
+    next_[slot] = head_[layer];
+    if (head_[layer] != -1) prev_[head_[layer]] = slot;
+    head_[layer] = slot;
+    if (tail_[layer] == -1) tail_[layer] = slot;
+  }
+  void Unlink(int slot) {
+    const int32_t layer = slot_layer_[slot];
+    if (layer < 0) return;
+    if (prev_[slot] != -1)
+      next_[prev_[slot]] = next_[slot];
+    else if (head_[layer] == slot)
+      head_[layer] = next_[slot];
+    if (next_[slot] != -1)
+      prev_[next_[slot]] = prev_[slot];
+    else if (tail_[layer] == slot)
+      tail_[layer] = prev_[slot];
+    prev_[slot] = next_[slot] = -1;
+  }
+
+  KeySpace keys_;
+  std::vector<int> prev_, next_;      // [n_slots] per-layer list links (-1 = none)
+  std::vector<int32_t> slot_layer_;   // [n_slots] layer of the resident key, -1 when empty
+  std::vector<uint64_t> slot_visit_;  // [n_slots] visits_[layer] at the slot's last use
+  std::vector<int> head_, tail_;      // [n_layers] most and least recently used slot
+  std::vector<uint64_t> visits_;      // [n_layers] visits so far
+  std::vector<uint64_t> visit_seq_;   // [n_layers] global order of the layer's latest visit
+  uint64_t seq_ = 0;
+  int32_t current_layer_ = -1;
+};
+
+// LRFU (Lee et al., IEEE ToC 2001) in visits of each expert's own layer: every demand use adds 1
+// to the expert's combined recency-frequency value CRF, which halves every 1/lambda visits of its
+// layer. Victim: the evictable slot with the lowest current CRF; ties go to the layer visited most
+// recently. Within a layer the order by CRF never changes between uses, so each layer keeps an
+// ordered set by log2(CRF at last use) + lambda * (visit of last use).
+class LayerLrfuPolicy final : public EvictionPolicy {
+ public:
+  LayerLrfuPolicy(int n_slots, const KeySpace& keys, double lambda)
+      : keys_(keys),
+        lambda_(lambda),
+        crf_(keys.size(), 0.0),
+        crf_visit_(keys.size(), 0),
+        slot_key_(n_slots, -1),
+        slot_value_(n_slots, 0.0),
+        by_value_(keys.n_layers),
+        visits_(keys.n_layers, 0),
+        visit_seq_(keys.n_layers, 0) {}
+
+  std::string_view Name() const override { return "layer-lrfu"; }
+
+  void OnInsert(int slot, int64_t key_id, bool demand) override {
+    const int32_t layer = keys_.LayerOf(key_id);
+    slot_key_[slot] = key_id;
+    if (demand) {
+      Visit(layer);
+      Use(key_id);
+      Rank(slot, Log2CrfNow(key_id));
+    } else {
+      // A prefetch is ranked as if used once now, without entering the history.
+      Rank(slot, std::log2(1.0 + std::exp2(Log2CrfNow(key_id))));
+    }
+  }
+  void OnHit(int slot) override {
+    const int64_t key = slot_key_[slot];
+    Visit(keys_.LayerOf(key));
+    Use(key);
+    Rank(slot, Log2CrfNow(key));
+  }
+  void OnEvict(int slot) override {
+    const int32_t layer = keys_.LayerOf(slot_key_[slot]);
+    by_value_[layer].erase({slot_value_[slot], slot});
+    slot_key_[slot] = -1;
+  }
+
+  int PickVictim(absl::FunctionRef<bool(int)> evictable) override {
+    int best = -1;
+    double best_score = 0;
+    uint64_t best_seq = 0;
+    for (int32_t layer = 0; layer < keys_.n_layers; ++layer) {
+      for (const auto& [value, slot] : by_value_[layer]) {
+        if (!evictable(slot)) continue;
+        const double score = value - lambda_ * static_cast<double>(visits_[layer]);
+        if (best == -1 || score < best_score ||
+            (score == best_score && visit_seq_[layer] > best_seq)) {
+          best = slot;
+          best_score = score;
+          best_seq = visit_seq_[layer];
+        }
+        break;
+      }
+    }
+    return best;
+  }
+
+ private:
+  void Visit(int32_t layer) {
+    if (layer == current_layer_) return;
+    current_layer_ = layer;
+    ++visits_[layer];
+    visit_seq_[layer] = ++seq_;
+  }
+  // log2 of the key's CRF decayed to its layer's current visit (-inf when never used).
+  double Log2CrfNow(int64_t key) const {
+    const uint64_t now = visits_[keys_.LayerOf(key)];
+    return std::log2(crf_[key]) - lambda_ * static_cast<double>(now - crf_visit_[key]);
+  }
+  void Use(int64_t key) {
+    const uint64_t now = visits_[keys_.LayerOf(key)];
+    crf_[key] = 1.0 + crf_[key] * std::exp2(-lambda_ * static_cast<double>(now - crf_visit_[key]));
+    crf_visit_[key] = now;
+  }
+  // Ranks `slot` by its log2 CRF as of now, stored time-independently.
+  void Rank(int slot, double log2_crf_now) {
+    const int32_t layer = keys_.LayerOf(slot_key_[slot]);
+    by_value_[layer].erase({slot_value_[slot], slot});
+    slot_value_[slot] = log2_crf_now + lambda_ * static_cast<double>(visits_[layer]);
+    by_value_[layer].insert({slot_value_[slot], slot});
+  }
+
+  KeySpace keys_;
+  double lambda_;
+  std::vector<double> crf_;          // [n_keys] CRF at its last use
+  std::vector<uint64_t> crf_visit_;  // [n_keys] layer visit of that use
+  std::vector<int64_t> slot_key_;    // [n_slots]
+  std::vector<double> slot_value_;   // [n_slots] rank value (see class comment)
+  std::vector<std::set<std::pair<double, int>>> by_value_;  // [n_layers]
+  std::vector<uint64_t> visits_, visit_seq_;                // [n_layers] as in LayerLruPolicy
+  uint64_t seq_ = 0;
+  int32_t current_layer_ = -1;
 };
 
 // Shared bookkeeping of the ordered-set policies: each resident slot has a rank tuple; the victim
@@ -221,6 +416,10 @@ class BeladyPolicy final : public EvictionPolicy {
 
 std::string_view EvictionKindName(EvictionKind kind) {
   switch (kind) {
+    case EvictionKind::kLayerLru:
+      return "layer-lru";
+    case EvictionKind::kLayerLrfu:
+      return "layer-lrfu";
     case EvictionKind::kLru:
       return "lru";
     case EvictionKind::kLfu:
@@ -232,16 +431,24 @@ std::string_view EvictionKindName(EvictionKind kind) {
 }
 
 StatusOr<EvictionKind> ParseEvictionKind(std::string_view name) {
-  for (EvictionKind kind : {EvictionKind::kLru, EvictionKind::kLfu, EvictionKind::kLruK}) {
+  for (EvictionKind kind : {EvictionKind::kLayerLru, EvictionKind::kLayerLrfu, EvictionKind::kLru,
+                            EvictionKind::kLfu, EvictionKind::kLruK}) {
     if (name == EvictionKindName(kind)) return kind;
   }
   return absl::InvalidArgumentError(
-      absl::StrCat("unknown eviction policy '", std::string(name), "' (want lru, lfu or lru2)"));
+      absl::StrCat("unknown eviction policy '", std::string(name),
+                   "' (want layer-lru, layer-lrfu, lru, lfu or lru2)"));
 }
 
-std::unique_ptr<EvictionPolicy> MakeEvictionPolicy(EvictionKind kind, int n_slots, int64_t n_keys,
+std::unique_ptr<EvictionPolicy> MakeEvictionPolicy(EvictionKind kind, int n_slots,
+                                                   const KeySpace& keys,
                                                    const EvictionOptions& options) {
+  const int64_t n_keys = keys.size();
   switch (kind) {
+    case EvictionKind::kLayerLru:
+      return std::make_unique<LayerLruPolicy>(n_slots, keys);
+    case EvictionKind::kLayerLrfu:
+      return std::make_unique<LayerLrfuPolicy>(n_slots, keys, options.lrfu_lambda);
     case EvictionKind::kLru:
       return std::make_unique<LruPolicy>(n_slots);
     case EvictionKind::kLfu:

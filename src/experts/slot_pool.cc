@@ -113,8 +113,8 @@ StatusOr<std::unique_ptr<ExpertSlotPool>> ExpertSlotPool::Create(const Options& 
     for (int32_t i = slot_counts[c] - 1; i >= 0; --i) state.free_slots.push_back(i);
     state.policy =
         options.policy_factory
-            ? options.policy_factory(static_cast<int32_t>(c), slot_counts[c], pool->KeyCount())
-            : MakeEvictionPolicy(options.eviction, slot_counts[c], pool->KeyCount(),
+            ? options.policy_factory(static_cast<int32_t>(c), slot_counts[c], pool->Keys())
+            : MakeEvictionPolicy(options.eviction, slot_counts[c], pool->Keys(),
                                  options.eviction_options);
     if (state.policy == nullptr) {
       return absl::InvalidArgumentError("expert cache: the policy factory returned no policy");

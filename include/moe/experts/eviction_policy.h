@@ -6,8 +6,18 @@
 // now (resident, ready and not pinned by a batch). Policies never see pins or loading states.
 //
 // Implementations:
-//   kLru  - least recently used (the default). O(1) per event; victim search walks from the cold
-//           end past the few pinned slots.
+//   kLayerLru - the default: LRU with recency measured per layer, in visits of the expert's own
+//           layer (a visit = a run of demand uses of one layer, i.e. one batch step). Victim: the
+//           resident expert with the most visits of its layer since its last use; ties go to the
+//           layer visited most recently (whose next visit is farthest in a layer-by-layer forward
+//           pass). Plain LRU, by contrast, sees the forward pass as a cyclic scan over all layers:
+//           once one pass's experts exceed the cache it evicts exactly the experts the next layer
+//           needs (hit rate near 0; see benches/expert_cache). O(n_layers) per victim.
+//   kLayerLrfu - frequency-aware: LRFU (Lee et al. 2001) with time in visits of the expert's own
+//           layer: each use adds 1 to a value that halves every 1/lambda visits; lowest value
+//           evicted, ties to the layer visited most recently. O(n_layers + log n) per victim.
+//   kLru  - plain least recently used over one global clock. O(1) per event; victim search walks
+//           from the cold end past the few pinned slots.
 //   kLfu  - least frequently used, with per-expert demand counts that survive eviction ("perfect"
 //           LFU) and optional periodic halving (aging); ties go to the least recently used.
 //   kLruK - LRU-2 (O'Neil et al., SIGMOD'93): evict the slot whose second most recent demand use is
@@ -30,17 +40,29 @@
 
 namespace moe::experts {
 
-enum class EvictionKind : uint8_t { kLru, kLfu, kLruK };
+enum class EvictionKind : uint8_t { kLayerLru, kLayerLrfu, kLru, kLfu, kLruK };
 
-// "lru", "lfu", "lru2" (the names accepted on the command line, e.g. --expert-eviction).
+// "layer-lru", "lru", "lfu", "lru2" (the names accepted on the command line, e.g.
+// --expert-eviction).
 std::string_view EvictionKindName(EvictionKind kind);
 StatusOr<EvictionKind> ParseEvictionKind(std::string_view name);
+
+// The dense expert ids a policy sees: key_id = layer * experts_per_layer + expert.
+struct KeySpace {
+  int32_t n_layers = 0;
+  int32_t experts_per_layer = 0;
+  int64_t size() const { return int64_t{n_layers} * experts_per_layer; }
+  int32_t LayerOf(int64_t key_id) const { return static_cast<int32_t>(key_id / experts_per_layer); }
+};
 
 // Knobs of the built-in policies (ignored by the ones they do not apply to).
 struct EvictionOptions {
   // kLfu: every `lfu_decay_period` policy events, all demand counts are halved so that old
   // popularity fades. 0 disables aging.
   int64_t lfu_decay_period = 0;
+  // kLayerLrfu: a use's weight halves every 1 / lrfu_lambda visits of its layer (large -> LRU,
+  // small -> LFU).
+  double lrfu_lambda = 1.0;
 };
 
 class EvictionPolicy {
@@ -64,8 +86,9 @@ class EvictionPolicy {
   virtual int PickVictim(absl::FunctionRef<bool(int)> evictable) = 0;
 };
 
-// A built-in online policy for a class of `n_slots` slots over `n_keys` dense expert ids.
-std::unique_ptr<EvictionPolicy> MakeEvictionPolicy(EvictionKind kind, int n_slots, int64_t n_keys,
+// A built-in online policy for a class of `n_slots` slots.
+std::unique_ptr<EvictionPolicy> MakeEvictionPolicy(EvictionKind kind, int n_slots,
+                                                   const KeySpace& keys,
                                                    const EvictionOptions& options = {});
 
 // Belady's MIN: `next_use(key_id)` returns the position of the key's next use strictly after the

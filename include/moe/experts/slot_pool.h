@@ -164,11 +164,11 @@ class ExpertSlotPool {
   struct Options {
     int64_t budget_bytes = 0;               // --expert-cache-bytes
     std::vector<ShapeClass> shape_classes;  // at least one
-    EvictionKind eviction = EvictionKind::kLru;
+    EvictionKind eviction = EvictionKind::kLayerLru;
     EvictionOptions eviction_options;
     // When set, replaces `eviction`: builds the policy of one class (e.g. Belady in a simulator).
     std::function<std::unique_ptr<EvictionPolicy>(int32_t shape_class, int32_t n_slots,
-                                                  int64_t n_keys)>
+                                                  const KeySpace& keys)>
         policy_factory;
   };
 
@@ -191,6 +191,7 @@ class ExpertSlotPool {
     return int64_t{key.layer} * max_experts_ + key.expert;
   }
   int64_t KeyCount() const { return int64_t{n_layers_} * max_experts_; }
+  KeySpace Keys() const { return {n_layers_, max_experts_}; }
   std::string_view PolicyName() const;
 
   // Pins the experts of one batch step. Duplicates in `experts` are ignored. See the file comment

@@ -1,0 +1,59 @@
+// Offline expert-cache simulator: replays a routing trace through an ExpertSlotPool.
+//
+// The replay drives the same ExpertSlotPool the engine uses (one shape class, one byte per expert,
+// so the budget is a slot count) with the same round protocol: Acquire the step's experts, mark
+// the loads complete, Release, repeat for deferred experts. Loads complete instantly: the result
+// counts hits, misses and evictions, not time. Policies: the online ones (layer-LRU, LRU, LFU,
+// LRU-2) and
+// Belady's MIN (evict the expert whose next use is farthest; it knows the whole trace).
+//
+// Optional prefetch model (gate lookahead): while a batch's step at one layer is pinned, the
+// predictor names the experts of the batch's next step, each really used one with probability
+// `recall`, plus unused ones so that the expected precision is `precision`; the pool prefetches
+// them (instant loads). Hits then include prefetched experts; bytes_copied shows the extra cost.
+#pragma once
+
+#include <cstdint>
+#include <string_view>
+
+#include "moe/common/status.h"
+#include "moe/experts/eviction_policy.h"
+#include "moe/experts/slot_pool.h"
+#include "moe/experts/trace.h"
+
+namespace moe::experts {
+
+enum class SimPolicy : uint8_t { kLayerLru, kLayerLrfu, kLru, kLfu, kLruK, kBelady };
+// layer-lru, layer-lrfu, lru, lfu, lru2, belady
+std::string_view SimPolicyName(SimPolicy policy);
+StatusOr<SimPolicy> ParseSimPolicy(std::string_view name);
+
+struct SimPrefetch {
+  double recall = 0.0;     // 0 disables prefetch; in [0, 1]
+  double precision = 1.0;  // in (0, 1]
+  uint64_t seed = 1;
+};
+
+struct SimOptions {
+  SimPolicy policy = SimPolicy::kLayerLru;
+  int32_t n_slots = 0;  // cache capacity in experts (all layers together)
+  EvictionOptions eviction_options;
+  SimPrefetch prefetch;
+};
+
+struct SimResult {
+  SimPolicy policy = SimPolicy::kLayerLru;
+  int32_t n_slots = 0;
+  ExpertCacheCounters counters;
+  // Of the prefetch predictor (zero without prefetch).
+  double prediction_precision = 0.0;
+  double prediction_recall = 0.0;
+};
+
+// Slots for `fraction` of all experts of the trace's shape, at least 1.
+int32_t SlotsForFraction(const TraceShape& shape, double fraction);
+
+// InvalidArgument on an invalid trace or options.
+StatusOr<SimResult> SimulateTrace(const Trace& trace, const SimOptions& options);
+
+}  // namespace moe::experts

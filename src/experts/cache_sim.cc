@@ -1,0 +1,210 @@
+// Offline expert-cache simulator (include/moe/experts/cache_sim.h).
+#include "moe/experts/cache_sim.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <numeric>
+#include <random>
+#include <vector>
+
+#include "absl/container/flat_hash_set.h"
+#include "moe/experts/prefetch.h"
+
+namespace moe::experts {
+namespace {
+
+// Next-use oracle over the trace for Belady: occurrences of each key by step index, with a cursor
+// that only moves forward because the replay position only moves forward.
+class NextUseOracle {
+ public:
+  NextUseOracle(const Trace& trace, const ExpertSlotPool& pool)
+      : occurrences_(pool.KeyCount()), cursor_(pool.KeyCount(), 0) {
+    for (size_t i = 0; i < trace.steps.size(); ++i) {
+      const TraceStep& step = trace.steps[i];
+      for (int32_t e : step.experts) {
+        occurrences_[pool.KeyId({step.layer, e})].push_back(static_cast<int64_t>(i));
+      }
+    }
+  }
+  void set_position(int64_t step) { position_ = step; }
+  // First use strictly after the current position.
+  int64_t NextUse(int64_t key_id) {
+    const std::vector<int64_t>& occ = occurrences_[key_id];
+    size_t& c = cursor_[key_id];
+    while (c < occ.size() && occ[c] <= position_) ++c;
+    return c < occ.size() ? occ[c] : std::numeric_limits<int64_t>::max();
+  }
+
+ private:
+  std::vector<std::vector<int64_t>> occurrences_;  // [n_keys] ascending step indices
+  std::vector<size_t> cursor_;                     // [n_keys]
+  int64_t position_ = 0;
+};
+
+// The noisy-oracle stand-in for gate lookahead (see SimPrefetch).
+class LookaheadModel {
+ public:
+  LookaheadModel(const SimPrefetch& options, int32_t n_experts)
+      : options_(options), n_experts_(n_experts), engine_(options.seed) {}
+
+  std::vector<int32_t> Predict(std::span<const int32_t> actual) {
+    std::vector<int32_t> predicted;
+    for (int32_t e : actual) {
+      if (Uniform() < options_.recall) predicted.push_back(e);
+    }
+    // Expected false positives for the target precision: TP * (1 - p) / p, rounded at random.
+    const double want = predicted.size() * (1.0 - options_.precision) / options_.precision;
+    int32_t wrong = static_cast<int32_t>(want) + (Uniform() < want - std::floor(want) ? 1 : 0);
+    const absl::flat_hash_set<int32_t> used(actual.begin(), actual.end());
+    wrong = std::min<int32_t>(wrong, n_experts_ - static_cast<int32_t>(used.size()));
+    absl::flat_hash_set<int32_t> chosen(predicted.begin(), predicted.end());
+    while (wrong > 0) {
+      const int32_t e = static_cast<int32_t>(engine_() % static_cast<uint64_t>(n_experts_));
+      if (used.contains(e) || !chosen.insert(e).second) continue;
+      predicted.push_back(e);
+      --wrong;
+    }
+    return predicted;
+  }
+
+ private:
+  double Uniform() { return static_cast<double>(engine_() >> 11) * 0x1.0p-53; }
+
+  SimPrefetch options_;
+  int32_t n_experts_;
+  std::mt19937_64 engine_;
+};
+
+std::vector<ExpertKey> Keys(const TraceStep& step) {
+  std::vector<ExpertKey> keys;
+  keys.reserve(step.experts.size());
+  for (int32_t e : step.experts) keys.push_back({step.layer, e});
+  return keys;
+}
+
+}  // namespace
+
+std::string_view SimPolicyName(SimPolicy policy) {
+  switch (policy) {
+    case SimPolicy::kLayerLru:
+      return "layer-lru";
+    case SimPolicy::kLayerLrfu:
+      return "layer-lrfu";
+    case SimPolicy::kLru:
+      return "lru";
+    case SimPolicy::kLfu:
+      return "lfu";
+    case SimPolicy::kLruK:
+      return "lru2";
+    case SimPolicy::kBelady:
+      return "belady";
+  }
+  return "unknown";
+}
+
+StatusOr<SimPolicy> ParseSimPolicy(std::string_view name) {
+  for (SimPolicy p : {SimPolicy::kLayerLru, SimPolicy::kLayerLrfu, SimPolicy::kLru, SimPolicy::kLfu,
+                      SimPolicy::kLruK, SimPolicy::kBelady}) {
+    if (name == SimPolicyName(p)) return p;
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown simulator policy '", std::string(name),
+                   "' (want layer-lru, layer-lrfu, lru, lfu, lru2 or belady)"));
+}
+
+int32_t SlotsForFraction(const TraceShape& shape, double fraction) {
+  const double total = static_cast<double>(shape.n_layers) * shape.n_experts;
+  return std::max<int32_t>(1, static_cast<int32_t>(std::llround(total * fraction)));
+}
+
+StatusOr<SimResult> SimulateTrace(const Trace& trace, const SimOptions& options) {
+  MOE_RETURN_IF_ERROR(trace.Validate());
+  const SimPrefetch& pf = options.prefetch;
+  if (options.n_slots <= 0 || pf.recall < 0 || pf.recall > 1 || pf.precision <= 0 ||
+      pf.precision > 1) {
+    return absl::InvalidArgumentError(
+        "simulator: n_slots must be positive, recall in [0, 1], "
+        "precision in (0, 1]");
+  }
+  ShapeClass cls;
+  cls.expert_bytes = 1;
+  cls.n_experts = trace.shape.n_experts;
+  cls.layers.resize(trace.shape.n_layers);
+  std::iota(cls.layers.begin(), cls.layers.end(), 0);
+
+  ExpertSlotPool::Options pool_options;
+  pool_options.budget_bytes = options.n_slots;
+  pool_options.shape_classes = {cls};
+  pool_options.eviction_options = options.eviction_options;
+  // Belady's oracle needs the pool's key ids, so it is built after the pool, which builds its
+  // policy through this factory: the factory captures a pointer filled in just after.
+  NextUseOracle* oracle_ptr = nullptr;
+  std::unique_ptr<NextUseOracle> oracle;
+  switch (options.policy) {
+    case SimPolicy::kLayerLru:
+      pool_options.eviction = EvictionKind::kLayerLru;
+      break;
+    case SimPolicy::kLayerLrfu:
+      pool_options.eviction = EvictionKind::kLayerLrfu;
+      break;
+    case SimPolicy::kLru:
+      pool_options.eviction = EvictionKind::kLru;
+      break;
+    case SimPolicy::kLfu:
+      pool_options.eviction = EvictionKind::kLfu;
+      break;
+    case SimPolicy::kLruK:
+      pool_options.eviction = EvictionKind::kLruK;
+      break;
+    case SimPolicy::kBelady:
+      pool_options.policy_factory = [&oracle_ptr](int32_t, int32_t n_slots, const KeySpace&) {
+        return MakeBeladyPolicy(n_slots,
+                                [&oracle_ptr](int64_t key) { return oracle_ptr->NextUse(key); });
+      };
+      break;
+  }
+  MOE_ASSIGN_OR_RETURN(std::unique_ptr<ExpertSlotPool> pool, ExpertSlotPool::Create(pool_options));
+  if (options.policy == SimPolicy::kBelady) {
+    oracle = std::make_unique<NextUseOracle>(trace, *pool);
+    oracle_ptr = oracle.get();
+  }
+
+  LookaheadModel lookahead(pf, trace.shape.n_experts);
+  PredictionAccuracy accuracy;
+  for (size_t i = 0; i < trace.steps.size(); ++i) {
+    if (oracle_ptr != nullptr) oracle_ptr->set_position(static_cast<int64_t>(i));
+    const TraceStep& step = trace.steps[i];
+    std::vector<ExpertKey> pending = Keys(step);
+    while (!pending.empty()) {
+      MOE_ASSIGN_OR_RETURN(AcquireRound round, pool->Acquire(pending));
+      for (const RoundEntry& entry : round.entries) {
+        if (entry.source == SlotSource::kLoad) MOE_RETURN_IF_ERROR(pool->MarkLoaded(entry.slot));
+      }
+      // Gate lookahead for the same batch's next layer, while this step's experts are pinned.
+      const bool last_round = round.deferred.empty();
+      if (pf.recall > 0 && last_round && i + 1 < trace.steps.size() &&
+          trace.steps[i + 1].batch == step.batch) {
+        const TraceStep& next = trace.steps[i + 1];
+        const std::vector<int32_t> predicted = lookahead.Predict(next.experts);
+        accuracy.Record(predicted, next.experts);
+        std::vector<ExpertKey> keys;
+        for (int32_t e : predicted) keys.push_back({next.layer, e});
+        MOE_ASSIGN_OR_RETURN(std::vector<PrefetchLoad> loads,
+                             pool->Prefetch(keys, static_cast<int32_t>(keys.size())));
+        for (const PrefetchLoad& load : loads) MOE_RETURN_IF_ERROR(pool->MarkLoaded(load.slot));
+      }
+      MOE_RETURN_IF_ERROR(pool->Release(round, /*release_fence=*/i + 1));
+      pending = std::move(round.deferred);
+    }
+  }
+  SimResult result;
+  result.policy = options.policy;
+  result.n_slots = options.n_slots;
+  result.counters = pool->Counters();
+  result.prediction_precision = accuracy.Precision();
+  result.prediction_recall = accuracy.Recall();
+  return result;
+}
+
+}  // namespace moe::experts
