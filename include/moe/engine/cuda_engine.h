@@ -1,0 +1,98 @@
+// The fused CUDA MoE engine: one MoE layer forward on an NVIDIA GPU (sm_80 and sm_90a builds).
+//
+// Per forward, on the slot's stream and with no host round trip in between:
+//   convert input -> router GEMM (tensor cores, f32 logits) -> fused routing kernel (scores, group
+//   limit, top-k, weights, per-expert counts) -> scan (expert offsets, GEMM tile list, token
+//   permutation) -> grouped gate/up GEMM with SiLU*mul in its epilogue (rows gathered through the
+//   permutation) -> grouped down GEMM -> shared expert (dense GEMMs) -> combine (weighted sum back
+//   to token order, + sigmoid-gated shared expert) in the activation dtype.
+// Token counts up to a preferred graph size replay a CUDA graph captured for that size (per slot
+// and activation dtype, captured on first use); kernels read the token count, layer and buffers
+// from device memory, so one graph serves any count up to its size and every layer.
+//
+// Weights are uploaded at Create, each (layer, expert) matrix in its own place, reached through
+// per-(layer, expert) pointer tables on the device (an expert cache may later repoint entries).
+//
+// Thread safety: Forward()/EnqueueDevice() may run concurrently on different slots (each slot owns
+// a stream, workspaces, staging buffers and graphs); calls on one slot must not overlap. Everything
+// else is immutable after Create.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "moe/engine/engine.h"
+#include "moe/model/model.h"
+
+namespace moe {
+
+struct CudaEngineOptions {
+  int device = 0;                   // CUDA device index
+  int num_slots = 1;                // concurrent Forward() calls, one CUDA stream each
+  int64_t max_batch_tokens = 4096;  // workspaces are sized for this many tokens per slot
+  // Batch-invariant results: a token's output bits do not depend on the batch it came in (no
+  // split-K, fixed reduction orders, no atomics in any sum). Costs speed at small batches (see
+  // RESULTS.md).
+  bool deterministic = false;
+  // Token counts for which CUDA graphs are captured (a forward of n tokens replays the graph of the
+  // smallest size >= n; larger forwards launch directly). Empty: never capture.
+  std::vector<int64_t> graph_batch_sizes = {1, 2, 4, 8, 16, 32, 64, 128, 256, 512};
+};
+
+// A forward on device buffers (benchmarks, future device-resident callers).
+struct DeviceForwardArgs {
+  int layer = -1;
+  DType dtype = DType::kBF16;  // activation dtype of input and output
+  int64_t n_tokens = 0;
+  const void* input = nullptr;  // [n_tokens, hidden] device memory
+  void* output = nullptr;       // [n_tokens, hidden] device memory
+  int slot = 0;
+};
+
+class CudaEngine final : public Engine {
+ public:
+  // Uploads every MoE layer's weights (BF16 or F16; routers in other dtypes are converted) to
+  // `options.device` and allocates every workspace. INVALID_ARGUMENT for unsupported specs,
+  // FAILED_PRECONDITION without a usable device, RESOURCE_EXHAUSTED when device or pinned memory
+  // runs out.
+  static StatusOr<std::unique_ptr<CudaEngine>> Create(std::shared_ptr<const Model> model,
+                                                      const CudaEngineOptions& options);
+  // Builds an engine whose weights (weight_dtype of `spec`) are generated on the device from
+  // `seed`: uniform in [-1/sqrt(fan_in), 1/sqrt(fan_in)], router rows scaled for unit-variance
+  // logits. For benchmarks of shapes too large to build on the host.
+  static StatusOr<std::unique_ptr<CudaEngine>> CreateRandom(const MoeSpec& spec, uint64_t seed,
+                                                            const CudaEngineOptions& options);
+  ~CudaEngine() override;
+
+  std::string_view name() const override { return "cuda"; }
+  const MoeSpec& spec() const override;
+  int num_slots() const override;
+  int64_t max_batch_tokens() const override;
+  // Host buffers in and out: stages through the slot's pinned buffers and waits for the result.
+  Status Forward(const ForwardArgs& args) override;
+
+  // Enqueues one forward on device buffers on the slot's stream and returns without waiting.
+  // The caller keeps input/output alive and unchanged until the stream reaches this point.
+  Status EnqueueDevice(const DeviceForwardArgs& args);
+  // The slot's stream (valid for the engine's lifetime).
+  cudaStream_t stream(int slot) const;
+
+  // Device memory held for weights and pointer tables, and for one slot's workspaces.
+  int64_t weight_device_bytes() const;
+  int64_t workspace_device_bytes_per_slot() const;
+  // "NVIDIA H100 80GB HBM3", 132, ...
+  const std::string& device_name() const;
+  int sm_count() const;
+
+  class Impl;
+
+ private:
+  explicit CudaEngine(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace moe

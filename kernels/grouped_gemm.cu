@@ -1,0 +1,387 @@
+// Grouped GEMM on tensor cores (mma.sync m16n8k16, bf16/f16 in, f32 accumulate), sm_80 and sm_90a.
+//
+// 1. Each block owns one BM-row tile of one group (expert) and BN output columns (plus a K split).
+// 2. A rows are gathered through a_rows (token permutation), B is the group's weight matrix from a
+//    per-(layer, group) pointer table, so experts stay individually addressable.
+// 3. A and B tiles stream through a STAGES-deep cp.async pipeline into XOR-swizzled shared memory
+//    (16-byte chunks, conflict-free for both the cp.async stores and ldmatrix).
+// 4. Warps compute WTM x WTN sub-tiles with ldmatrix.x4 + mma.sync; K is walked in ascending order
+//    with one accumulator chain per element, so a row's result never depends on the tile shape or
+//    on which other rows share the tile (batch invariance).
+// 5. Epilogue straight from registers: gated tiles apply silu(gate) * up and store wtype; plain
+// tiles
+//    store wtype, or f32 partial sums per K split (reduced in fixed order by the consumer).
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include "kernels/cuda_status.h"
+#include "kernels/moe_kernels.h"
+
+namespace moe::cuda {
+namespace {
+
+constexpr int kBk = TileShape::kBk;
+
+template <typename T>
+struct MmaOp;
+template <>
+struct MmaOp<__nv_bfloat16> {
+  static __device__ __forceinline__ void Run(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
+                                             uint32_t b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+};
+template <>
+struct MmaOp<__half> {
+  static __device__ __forceinline__ void Run(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
+                                             uint32_t b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+};
+
+template <typename T>
+struct Pair;
+template <>
+struct Pair<__nv_bfloat16> {
+  using Type = __nv_bfloat162;
+  static __device__ __forceinline__ Type Make(float a, float b) {
+    return __floats2bfloat162_rn(a, b);
+  }
+};
+template <>
+struct Pair<__half> {
+  using Type = __half2;
+  static __device__ __forceinline__ Type Make(float a, float b) { return __floats2half2_rn(a, b); }
+};
+
+__device__ __forceinline__ uint32_t SmemAddr(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+__device__ __forceinline__ void CpAsync16(uint32_t dst, const void* src, bool valid) {
+  const int bytes = valid ? 16 : 0;  // 0: zero-fill, nothing is read
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(bytes));
+}
+__device__ __forceinline__ void CpAsyncCommit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void CpAsyncWait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+__device__ __forceinline__ void LdMatrixX4(uint32_t (&r)[4], uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+// Element offset of 16-byte chunk `chunk` (0..7) of tile row `row` (64 elements a row).
+__device__ __forceinline__ int Swizzle(int row, int chunk) {
+  return row * kBk + ((chunk ^ (row & 7)) << 3);
+}
+
+struct GemmParams {
+  const void* a;
+  int64_t lda;
+  const int32_t* a_rows;
+  const int2* tiles;
+  const int32_t* n_tiles;
+  const int32_t* group_offsets;
+  const int32_t* m_dev;
+  const void* const* b0_table;
+  const void* const* b1_table;
+  const int32_t* layer_dev;
+  int64_t b_layer_stride;
+  int64_t ldb;
+  int n;
+  int k;
+  void* c;
+  int64_t ldc;
+  int out_f32;
+  int splits;
+  int64_t split_stride;
+};
+
+template <typename T, int BM, int BN, int WM, int WN, int STAGES, bool GATED>
+__global__ void __launch_bounds__(WM* WN * 32) GemmKernel(const GemmParams p) {
+  constexpr int kThreads = WM * WN * 32;
+  constexpr int kBRows = GATED ? 2 * BN : BN;
+  constexpr int kWtm = BM / WM;
+  constexpr int kWtn = BN / WN;
+  constexpr int kMi = kWtm / 16;
+  constexpr int kNi = kWtn / 8;
+  constexpr int kAChunks = BM * 8 / kThreads;
+  constexpr int kBChunks = kBRows * 8 / kThreads;
+  constexpr int kG = GATED ? 2 : 1;
+  static_assert(kNi % 2 == 0 && kMi >= 1 && kAChunks >= 1 && kBChunks >= 1, "bad tile");
+  static_assert(BM * 8 % kThreads == 0 && kBRows * 8 % kThreads == 0, "bad tile");
+
+  // Phase 0: which rows, columns and K range this block owns.
+  int group, row_begin, row_end;
+  if (p.tiles != nullptr) {
+    if (static_cast<int>(blockIdx.x) >= *p.n_tiles) return;
+    const int2 tile = p.tiles[blockIdx.x];
+    group = tile.x;
+    row_begin = tile.y;
+    row_end = min(p.group_offsets[group + 1], row_begin + BM);
+  } else {
+    group = 0;
+    row_begin = blockIdx.x * BM;
+    const int m = *p.m_dev;
+    if (row_begin >= m) return;
+    row_end = min(m, row_begin + BM);
+  }
+  const int n0 = blockIdx.y * BN;
+  if (n0 >= p.n) return;
+  const int64_t table_index = (p.layer_dev ? *p.layer_dev : 0) * p.b_layer_stride + group;
+  const T* b0 = static_cast<const T*>(p.b0_table[table_index]);
+  const T* b1 = GATED ? static_cast<const T*>(p.b1_table[table_index]) : nullptr;
+  const int k_steps = (p.k + kBk - 1) / kBk;
+  const int kt_begin = static_cast<int>(static_cast<int64_t>(blockIdx.z) * k_steps / p.splits);
+  const int kt_end = static_cast<int>(static_cast<int64_t>(blockIdx.z + 1) * k_steps / p.splits);
+
+  extern __shared__ uint4 smem_raw[];
+  T* smem_a = reinterpret_cast<T*>(smem_raw);
+  T* smem_b = smem_a + STAGES * BM * kBk;
+  const int tid = threadIdx.x;
+  const T* a_base = static_cast<const T*>(p.a);
+
+  // Phase 1: per-thread copy descriptors (fixed rows, K advances per stage).
+  const T* a_src[kAChunks];
+  bool a_ok[kAChunks];
+  int a_dst[kAChunks];
+  int a_col[kAChunks];
+#pragma unroll
+  for (int i = 0; i < kAChunks; ++i) {
+    const int c = tid + i * kThreads;
+    const int row = c >> 3, chunk = c & 7;
+    const int r = row_begin + row;
+    a_ok[i] = r < row_end;
+    const int64_t src_row = a_ok[i] ? (p.a_rows ? p.a_rows[r] : r) : 0;
+    a_src[i] = a_base + src_row * p.lda + chunk * 8;
+    a_dst[i] = Swizzle(row, chunk);
+    a_col[i] = chunk * 8;
+  }
+  const T* b_src[kBChunks];
+  bool b_ok[kBChunks];
+  int b_dst[kBChunks];
+  int b_col[kBChunks];
+#pragma unroll
+  for (int i = 0; i < kBChunks; ++i) {
+    const int c = tid + i * kThreads;
+    const int row = c >> 3, chunk = c & 7;
+    const bool second = GATED && row >= BN;
+    const int n = n0 + (second ? row - BN : row);
+    b_ok[i] = n < p.n;
+    b_src[i] = (second ? b1 : b0) + (b_ok[i] ? static_cast<int64_t>(n) * p.ldb : 0) + chunk * 8;
+    b_dst[i] = Swizzle(row, chunk);
+    b_col[i] = chunk * 8;
+  }
+  auto load_stage = [&](int kt, int stage) {
+    const int k0 = kt * kBk;
+    T* sa = smem_a + stage * BM * kBk;
+    T* sb = smem_b + stage * kBRows * kBk;
+#pragma unroll
+    for (int i = 0; i < kAChunks; ++i) {
+      const bool ok = a_ok[i] && k0 + a_col[i] < p.k;
+      CpAsync16(SmemAddr(sa + a_dst[i]), ok ? a_src[i] + k0 : a_base, ok);
+    }
+#pragma unroll
+    for (int i = 0; i < kBChunks; ++i) {
+      const bool ok = b_ok[i] && k0 + b_col[i] < p.k;
+      CpAsync16(SmemAddr(sb + b_dst[i]), ok ? b_src[i] + k0 : b0, ok);
+    }
+  };
+
+  // Phase 2: pipeline prologue.
+#pragma unroll
+  for (int s = 0; s < STAGES - 1; ++s) {
+    if (kt_begin + s < kt_end) load_stage(kt_begin + s, s);
+    CpAsyncCommit();
+  }
+
+  // Phase 3: main loop; stage (kt - kt_begin) % STAGES holds k-step kt.
+  const int lane = tid & 31, warp = tid >> 5;
+  const int warp_m = warp / WN, warp_n = warp % WN;
+  float acc[kG][kMi][kNi][4];
+#pragma unroll
+  for (int g = 0; g < kG; ++g)
+#pragma unroll
+    for (int mi = 0; mi < kMi; ++mi)
+#pragma unroll
+      for (int ni = 0; ni < kNi; ++ni)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) acc[g][mi][ni][e] = 0.0f;
+
+  int stage = 0;
+  for (int kt = kt_begin; kt < kt_end; ++kt) {
+    CpAsyncWait<STAGES - 2>();
+    __syncthreads();
+    {
+      const int next = kt + STAGES - 1;
+      int next_stage = stage + STAGES - 1;
+      if (next_stage >= STAGES) next_stage -= STAGES;
+      if (next < kt_end) load_stage(next, next_stage);
+      CpAsyncCommit();
+    }
+    const T* sa = smem_a + stage * BM * kBk;
+    const T* sb = smem_b + stage * kBRows * kBk;
+#pragma unroll
+    for (int kk = 0; kk < kBk / 16; ++kk) {
+      uint32_t af[kMi][4];
+#pragma unroll
+      for (int mi = 0; mi < kMi; ++mi) {
+        const int row = warp_m * kWtm + mi * 16 + (lane & 15);
+        LdMatrixX4(af[mi], SmemAddr(sa + Swizzle(row, kk * 2 + (lane >> 4))));
+      }
+#pragma unroll
+      for (int g = 0; g < kG; ++g) {
+#pragma unroll
+        for (int nj = 0; nj < kNi / 2; ++nj) {
+          uint32_t bf[4];
+          const int row = g * BN + warp_n * kWtn + nj * 16 + (lane & 7) + ((lane >> 4) << 3);
+          LdMatrixX4(bf, SmemAddr(sb + Swizzle(row, kk * 2 + ((lane >> 3) & 1))));
+#pragma unroll
+          for (int mi = 0; mi < kMi; ++mi) {
+            MmaOp<T>::Run(acc[g][mi][2 * nj], af[mi], bf[0], bf[1]);
+            MmaOp<T>::Run(acc[g][mi][2 * nj + 1], af[mi], bf[2], bf[3]);
+          }
+        }
+      }
+    }
+    if (++stage == STAGES) stage = 0;
+  }
+  CpAsyncWait<0>();
+
+  // Phase 4: epilogue from registers.
+#pragma unroll
+  for (int mi = 0; mi < kMi; ++mi) {
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int r = row_begin + warp_m * kWtm + mi * 16 + (lane >> 2) + 8 * half;
+      if (r >= row_end) continue;
+#pragma unroll
+      for (int ni = 0; ni < kNi; ++ni) {
+        const int col = n0 + warp_n * kWtn + ni * 8 + 2 * (lane & 3);
+        float v0 = acc[0][mi][ni][2 * half], v1 = acc[0][mi][ni][2 * half + 1];
+        if constexpr (GATED) {
+          const float u0 = acc[kG - 1][mi][ni][2 * half], u1 = acc[kG - 1][mi][ni][2 * half + 1];
+          v0 = v0 / (1.0f + __expf(-v0)) * u0;
+          v1 = v1 / (1.0f + __expf(-v1)) * u1;
+        }
+        if (!GATED && p.out_f32) {
+          float* out = static_cast<float*>(p.c) + blockIdx.z * p.split_stride + r * p.ldc;
+          if (col < p.n) out[col] = v0;
+          if (col + 1 < p.n) out[col + 1] = v1;
+        } else {
+          T* out = static_cast<T*>(p.c) + r * p.ldc;
+          if (col + 1 < p.n) {
+            *reinterpret_cast<typename Pair<T>::Type*>(out + col) = Pair<T>::Make(v0, v1);
+          } else if (col < p.n) {
+            out[col] = static_cast<T>(v0);
+          }
+        }
+      }
+    }
+  }
+}
+
+using KernelFn = void (*)(GemmParams);
+
+// One entry per (tile, gated, dtype), generated from MOE_GEMM_TILE_TABLE.
+struct KernelEntry {
+  KernelFn fn;
+  GemmTile tile;
+  bool gated;
+  WType wtype;
+};
+
+#define MOE_GEMM_ENTRIES_(id, bm, bnp, bng, wm, wn, st)                                          \
+  {&GemmKernel<__nv_bfloat16, bm, bnp, wm, wn, st, false>, GemmTile::id, false, WType::kBF16},   \
+      {&GemmKernel<__nv_bfloat16, bm, bng, wm, wn, st, true>, GemmTile::id, true, WType::kBF16}, \
+      {&GemmKernel<__half, bm, bnp, wm, wn, st, false>, GemmTile::id, false, WType::kF16},       \
+      {&GemmKernel<__half, bm, bng, wm, wn, st, true>, GemmTile::id, true, WType::kF16},
+const KernelEntry kKernels[] = {MOE_GEMM_TILE_TABLE(MOE_GEMM_ENTRIES_)};
+#undef MOE_GEMM_ENTRIES_
+
+KernelFn FindKernel(GemmTile tile, bool gated, WType wtype) {
+  for (const KernelEntry& e : kKernels) {
+    if (e.tile == tile && e.gated == gated && e.wtype == wtype) return e.fn;
+  }
+  return nullptr;
+}
+
+}  // namespace
+
+Status GemmArgs::Validate() const {
+  if (a == nullptr || b0_table == nullptr || c == nullptr || (gated && b1_table == nullptr)) {
+    return absl::InvalidArgumentError("GemmArgs: null A, B table or C");
+  }
+  if ((tiles == nullptr) == (m_dev == nullptr) || (tiles && (!n_tiles || !group_offsets))) {
+    return absl::InvalidArgumentError("GemmArgs: give either tiles+n_tiles+group_offsets or m_dev");
+  }
+  if (n <= 0 || k <= 0 || k % 8 != 0 || lda % 8 != 0 || ldb % 8 != 0 || lda < k || ldb < k) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("GemmArgs: need n, k > 0, k, lda, ldb multiples of 8 and >= k; n=", n,
+                     " k=", k, " lda=", lda, " ldb=", ldb));
+  }
+  if (ldc < n || (!out_f32 && ldc % 2 != 0)) {
+    return absl::InvalidArgumentError("GemmArgs: ldc must be >= n (and even for 2-byte output)");
+  }
+  if (splits < 1 || splits > kMaxSplits || (splits > 1 && (!out_f32 || gated))) {
+    return absl::InvalidArgumentError("GemmArgs: split-K needs a plain GEMM with f32 output");
+  }
+  if (gated && out_f32) return absl::InvalidArgumentError("GemmArgs: gated output is wtype");
+  if (grid_tiles <= 0 || grid_tiles > (1LL << 31) - 1) {
+    return absl::InvalidArgumentError("GemmArgs: grid_tiles out of range");
+  }
+  return absl::OkStatus();
+}
+
+Status InitGemmKernels() {
+  for (const KernelEntry& e : kKernels) {
+    const int smem = ShapeOf(e.tile).smem_bytes(e.gated);
+    CUDA_RETURN_IF_ERROR(
+        cudaFuncSetAttribute(e.fn, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+  }
+  return absl::OkStatus();
+}
+
+Status LaunchGemm(const GemmArgs& args, cudaStream_t stream) {
+  MOE_RETURN_IF_ERROR(args.Validate());
+  const KernelFn fn = FindKernel(args.tile, args.gated, args.wtype);
+  if (fn == nullptr) return absl::InternalError("no GEMM kernel for this tile");
+  const TileShape& shape = ShapeOf(args.tile);
+  const int bn = shape.bn(args.gated);
+  GemmParams p{args.a,
+               args.lda,
+               args.a_rows,
+               args.tiles,
+               args.n_tiles,
+               args.group_offsets,
+               args.m_dev,
+               args.b0_table,
+               args.b1_table,
+               args.layer_dev,
+               args.b_layer_stride,
+               args.ldb,
+               args.n,
+               args.k,
+               args.c,
+               args.ldc,
+               args.out_f32 ? 1 : 0,
+               args.splits,
+               args.split_stride};
+  const dim3 grid(static_cast<unsigned>(args.grid_tiles),
+                  static_cast<unsigned>((args.n + bn - 1) / bn),
+                  static_cast<unsigned>(args.splits));
+  fn<<<grid, shape.threads(), shape.smem_bytes(args.gated), stream>>>(p);
+  CUDA_RETURN_IF_ERROR(cudaGetLastError());
+  return absl::OkStatus();
+}
+
+}  // namespace moe::cuda

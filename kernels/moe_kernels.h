@@ -1,0 +1,169 @@
+// Launchers of the fused MoE kernels (kernels/*.cu). Every launcher validates its Args, enqueues on
+// `stream` (graph-capturable: no host synchronisation, no allocation) and returns the launch
+// status.
+//
+// Per-forward values (token count, layer, input/output pointers) are read by the kernels from a
+// ForwardMeta in device memory, so one captured CUDA graph serves every token count up to the
+// capacity it was captured for, every layer and any buffers.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+#include "kernels/tile_heuristics.h"
+#include "moe/common/status.h"
+
+namespace moe::cuda {
+
+// Element type of the weights; also the compute type of activations inside the layer.
+enum class WType : uint8_t { kBF16, kF16 };
+// Element type of the layer's input and output activations.
+enum class AType : uint8_t { kF32, kF16, kBF16 };
+
+struct ForwardMeta {
+  int32_t n_tokens = 0;         // rows of this forward (<= the launch capacity)
+  int32_t layer_pos = 0;        // index into the per-layer pointer tables
+  const void* input = nullptr;  // [n_tokens, hidden] AType, device memory
+  void* output = nullptr;       // [n_tokens, hidden] AType, device memory
+};
+
+// ---- Grouped GEMM (grouped_gemm.cu) ----
+// C[r, n] = sum_k A[row(r), k] * B_g[n, k] for each row r of each group g (B_g in torch Linear
+// layout [N, K]). Gated: C[r, n] = silu(A.Gate_g[n]) * (A.Up_g[n]) with Gate/Up from two tables.
+// Rows come either from a tile list (grouped: tiles[i] = {group, first row}, group g's rows end at
+// group_offsets[g + 1]) or densely from 0 to *m_dev (one group).
+struct GemmArgs {
+  GemmTile tile = GemmTile::kDecode;
+  bool gated = false;
+  WType wtype = WType::kBF16;
+  // A: [rows, lda] in wtype; row r of the problem reads A row a_rows[r] (if set) or r.
+  const void* a = nullptr;
+  int64_t lda = 0;
+  const int32_t* a_rows = nullptr;
+  // Rows: grouped (tiles != nullptr) or dense (m_dev).
+  const int2* tiles = nullptr;
+  const int32_t* n_tiles = nullptr;
+  const int32_t* group_offsets = nullptr;
+  const int32_t* m_dev = nullptr;
+  int64_t grid_tiles = 0;  // grid.x; blocks past the real tile count exit at once
+  // B: pointer tables indexed [*layer_dev * b_layer_stride + group], each [n, ldb] in wtype.
+  const void* const* b0_table = nullptr;
+  const void* const* b1_table = nullptr;  // gated only: the up projection
+  const int32_t* layer_dev = nullptr;
+  int64_t b_layer_stride = 0;
+  int64_t ldb = 0;
+  int n = 0;
+  int k = 0;
+  // C: [rows, ldc]; wtype, or f32 partial sums per split at c + split * split_stride.
+  void* c = nullptr;
+  int64_t ldc = 0;
+  bool out_f32 = false;
+  int splits = 1;
+  int64_t split_stride = 0;
+
+  Status Validate() const;
+};
+
+// Raises the dynamic shared-memory limit of every GEMM instantiation; call once per device.
+Status InitGemmKernels();
+Status LaunchGemm(const GemmArgs& args, cudaStream_t stream);
+
+// ---- Routing and data movement (routing.cu) ----
+struct RoutingParams {
+  int n_experts = 0;
+  int top_k = 0;
+  bool sigmoid = false;  // scoring: sigmoid, else softmax
+  int topk_method = 0;   // 0 greedy, 1 group-limited (group max), 2 noaux_tc (sum of top-2)
+  int n_group = 1;
+  int topk_group = 1;
+  bool norm_topk_prob = false;
+  float routed_scaling_factor = 1.0f;
+  bool has_bias = false;         // correction bias (selection only)
+  bool has_shared_gate = false;  // logits column n_experts is the shared-expert gate
+};
+
+// x[t, 0:hidden] = wtype(input[t]); with split_lo also x[t, hidden:2*hidden] = wtype(input - hi)
+// (the rounding residue, so that the router sees the activations to ~16 bits).
+struct ConvertArgs {
+  const ForwardMeta* meta = nullptr;
+  AType atype = AType::kBF16;
+  WType wtype = WType::kBF16;
+  int hidden = 0;
+  int64_t capacity = 0;
+  bool split_lo = false;
+  void* x = nullptr;  // [capacity, 2 * hidden]
+  Status Validate() const;
+};
+Status LaunchConvert(const ConvertArgs& args, cudaStream_t stream);
+
+// One warp per token: scores, group-limited selection, top-k (ties -> lower index), weights; counts
+// tokens per expert (counts must be zero on entry) and records each pair's rank within its expert.
+struct RouteArgs {
+  const ForwardMeta* meta = nullptr;
+  RoutingParams routing;
+  const float* logits = nullptr;  // [splits][capacity][ld_logits] partial sums
+  int64_t ld_logits = 0;
+  int splits = 1;
+  int64_t split_stride = 0;
+  const float* bias = nullptr;  // [layers][n_experts] or null
+  int64_t capacity = 0;
+  int32_t* topk_ids = nullptr;    // [capacity, top_k]
+  float* topk_weights = nullptr;  // [capacity, top_k]
+  int32_t* ranks = nullptr;       // [capacity, top_k]
+  int32_t* counts = nullptr;      // [n_experts]
+  float* shared_gate = nullptr;   // [capacity] sigmoid gate (has_shared_gate)
+  Status Validate() const;
+};
+Status LaunchRoute(const RouteArgs& args, cudaStream_t stream);
+
+// One block: expert offsets (exclusive scan of counts), the tile list for tile height bm, and the
+// permutation: sorted row of pair p = offsets[e] + rank[p]; perm_token[row] = p / top_k.
+struct ScanArgs {
+  const ForwardMeta* meta = nullptr;
+  int n_experts = 0;
+  int top_k = 0;
+  int bm = 16;
+  const int32_t* counts = nullptr;
+  const int32_t* topk_ids = nullptr;
+  const int32_t* ranks = nullptr;
+  int32_t* group_offsets = nullptr;  // [n_experts + 1]
+  int2* tiles = nullptr;             // [MaxGroupedTiles]
+  int32_t* n_tiles = nullptr;
+  int32_t* perm_token = nullptr;  // [capacity * top_k]
+  int32_t* pair_row = nullptr;    // [capacity * top_k]
+  Status Validate() const;
+};
+Status LaunchScan(const ScanArgs& args, cudaStream_t stream);
+
+// out[t] = sum_k w[t,k] * sum_s y[s][pair_row[t,k]] + gate(t) * sum_s ys[s][t], in AType, written
+// to meta->output. Fixed summation order (k ascending, splits ascending): no atomics.
+struct CombineArgs {
+  const ForwardMeta* meta = nullptr;
+  AType atype = AType::kBF16;
+  WType wtype = WType::kBF16;
+  int hidden = 0;
+  int top_k = 0;
+  int64_t capacity = 0;
+  const int32_t* pair_row = nullptr;
+  const float* topk_weights = nullptr;
+  const void* y = nullptr;  // routed down outputs: wtype [rows, hidden], or f32 partials
+  bool y_f32 = false;
+  int y_splits = 1;
+  int64_t y_split_stride = 0;
+  const void* ys = nullptr;  // shared expert down outputs [capacity, hidden] (or null)
+  bool ys_f32 = false;
+  int ys_splits = 1;
+  int64_t ys_split_stride = 0;
+  const float* shared_gate = nullptr;  // [capacity] or null (gate 1)
+  Status Validate() const;
+};
+Status LaunchCombine(const CombineArgs& args, cudaStream_t stream);
+
+// Fills `n` elements of wtype with uniform values in [-scale, scale] from a counter-based hash.
+Status LaunchFillRandom(void* dst, int64_t n, WType wtype, float scale, uint64_t seed,
+                        cudaStream_t stream);
+// Same for f32.
+Status LaunchFillRandomF32(float* dst, int64_t n, float scale, uint64_t seed, cudaStream_t stream);
+
+}  // namespace moe::cuda

@@ -1,0 +1,509 @@
+// The data-movement and routing kernels of the fused MoE layer.
+//
+// 1. Convert: input activations (f32/f16/bf16) -> the weights' dtype, plus the rounding residue for
+//    the router when the dtypes differ (hi + lo carries ~16 mantissa bits).
+// 2. Route: one warp per token sums the router's split-K partials in fixed order, scores (softmax
+// or
+//    sigmoid), adds the correction bias for selection only, keeps the best groups (group max or sum
+//    of top-2), picks top-k (ties -> lower index), renormalises, scales, counts tokens per expert
+//    and records each pair's rank within its expert; also the Qwen2 shared-expert sigmoid gate.
+// 3. Scan: one block turns counts into expert offsets, the GEMM tile list and the permutation.
+// 4. Combine: weighted sum of each token's expert outputs (k ascending, splits ascending) plus the
+//    gated shared expert, written in the activation dtype. No atomics.
+// 5. FillRandom: counter-based uniform weights generated on the device (benchmarks).
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cfloat>
+#include <climits>
+
+#include "kernels/cuda_status.h"
+#include "kernels/moe_kernels.h"
+
+namespace moe::cuda {
+namespace {
+
+constexpr int kScanThreads = 1024;
+constexpr int kRouteWarps = 4;
+
+// ---- 8-element vector loads and stores through float ----
+__device__ __forceinline__ void Load8(const float* p, float (&v)[8]) {
+  const float4 a = reinterpret_cast<const float4*>(p)[0];
+  const float4 b = reinterpret_cast<const float4*>(p)[1];
+  v[0] = a.x;
+  v[1] = a.y;
+  v[2] = a.z;
+  v[3] = a.w;
+  v[4] = b.x;
+  v[5] = b.y;
+  v[6] = b.z;
+  v[7] = b.w;
+}
+__device__ __forceinline__ void Load8(const __nv_bfloat16* p, float (&v)[8]) {
+  const uint4 raw = *reinterpret_cast<const uint4*>(p);
+  const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&raw);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const float2 f = __bfloat1622float2(h[i]);
+    v[2 * i] = f.x;
+    v[2 * i + 1] = f.y;
+  }
+}
+__device__ __forceinline__ void Load8(const __half* p, float (&v)[8]) {
+  const uint4 raw = *reinterpret_cast<const uint4*>(p);
+  const __half2* h = reinterpret_cast<const __half2*>(&raw);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const float2 f = __half22float2(h[i]);
+    v[2 * i] = f.x;
+    v[2 * i + 1] = f.y;
+  }
+}
+__device__ __forceinline__ void Store8(float* p, const float (&v)[8]) {
+  reinterpret_cast<float4*>(p)[0] = make_float4(v[0], v[1], v[2], v[3]);
+  reinterpret_cast<float4*>(p)[1] = make_float4(v[4], v[5], v[6], v[7]);
+}
+__device__ __forceinline__ void Store8(__nv_bfloat16* p, const float (&v)[8]) {
+  uint4 raw;
+  __nv_bfloat162* h = reinterpret_cast<__nv_bfloat162*>(&raw);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) h[i] = __floats2bfloat162_rn(v[2 * i], v[2 * i + 1]);
+  *reinterpret_cast<uint4*>(p) = raw;
+}
+__device__ __forceinline__ void Store8(__half* p, const float (&v)[8]) {
+  uint4 raw;
+  __half2* h = reinterpret_cast<__half2*>(&raw);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) h[i] = __floats2half2_rn(v[2 * i], v[2 * i + 1]);
+  *reinterpret_cast<uint4*>(p) = raw;
+}
+template <typename W>
+__device__ __forceinline__ float RoundTo(float f) {
+  return static_cast<float>(static_cast<W>(f));
+}
+
+int GridFor(int64_t work, int threads) {
+  const int64_t blocks = (work + threads - 1) / threads;
+  return static_cast<int>(blocks < 1 ? 1 : (blocks > 65535 ? 65535 : blocks));
+}
+
+// ---- 1. Convert ----
+template <typename In, typename W>
+__global__ void ConvertKernel(const ForwardMeta* meta, int hidden, int split_lo, W* x) {
+  const int64_t chunks_per_row = hidden / 8;
+  const int64_t total = static_cast<int64_t>(meta->n_tokens) * chunks_per_row;
+  const In* in = static_cast<const In*>(meta->input);
+  for (int64_t c = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; c < total;
+       c += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t t = c / chunks_per_row;
+    const int h = static_cast<int>(c % chunks_per_row) * 8;
+    float v[8], lo[8];
+    Load8(in + t * hidden + h, v);
+#pragma unroll
+    for (int i = 0; i < 8; ++i) lo[i] = v[i] - RoundTo<W>(v[i]);
+    W* row = x + t * 2 * hidden;
+    Store8(row + h, v);
+    if (split_lo) Store8(row + hidden + h, lo);
+  }
+}
+
+// ---- 2. Route ----
+__device__ __forceinline__ void WarpArgMax(float& v, int& i) {
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) {
+    const float ov = __shfl_xor_sync(0xffffffffu, v, off);
+    const int oi = __shfl_xor_sync(0xffffffffu, i, off);
+    if (ov > v || (ov == v && oi < i)) {
+      v = ov;
+      i = oi;
+    }
+  }
+}
+__device__ __forceinline__ float WarpMax(float v) {
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, off));
+  return v;
+}
+__device__ __forceinline__ float WarpSum(float v) {
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+  return v;
+}
+
+__global__ void RouteKernel(const RouteArgs a) {
+  extern __shared__ float route_smem[];
+  const RoutingParams& rp = a.routing;
+  const int n_experts = rp.n_experts;
+  const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5;
+  const int t = blockIdx.x * kRouteWarps + wid;
+  if (t >= a.meta->n_tokens) return;  // whole warp leaves together
+  float* score = route_smem + wid * 2 * n_experts;
+  float* sel = score + n_experts;
+  const float* logits = a.logits + static_cast<int64_t>(t) * a.ld_logits;
+
+  // Logits (split partials in ascending order) -> scores.
+  float local_max = -FLT_MAX;
+  for (int e = lane; e < n_experts; e += 32) {
+    float v = 0.0f;
+    for (int s = 0; s < a.splits; ++s) v += logits[s * a.split_stride + e];
+    score[e] = v;
+    local_max = fmaxf(local_max, v);
+  }
+  if (!rp.sigmoid) {
+    const float m = WarpMax(local_max);
+    float local_sum = 0.0f;
+    for (int e = lane; e < n_experts; e += 32) {
+      const float ex = __expf(score[e] - m);
+      score[e] = ex;
+      local_sum += ex;
+    }
+    const float inv = 1.0f / WarpSum(local_sum);
+    for (int e = lane; e < n_experts; e += 32) score[e] *= inv;
+  } else {
+    for (int e = lane; e < n_experts; e += 32) score[e] = 1.0f / (1.0f + __expf(-score[e]));
+  }
+  const float* bias =
+      rp.has_bias ? a.bias + static_cast<int64_t>(a.meta->layer_pos) * n_experts : nullptr;
+  for (int e = lane; e < n_experts; e += 32) sel[e] = score[e] + (bias ? bias[e] : 0.0f);
+  __syncwarp();
+
+  // Group-limited selection: keep the best topk_group groups (ties -> lower group).
+  if (rp.topk_method != 0) {
+    const int group_size = n_experts / rp.n_group;
+    float gscore = -FLT_MAX;
+    if (lane < rp.n_group) {
+      const float* g = sel + lane * group_size;
+      float best = -FLT_MAX, second = -FLT_MAX;
+      for (int j = 0; j < group_size; ++j) {
+        const float v = g[j];
+        if (v > best) {
+          second = best;
+          best = v;
+        } else if (v > second) {
+          second = v;
+        }
+      }
+      gscore = rp.topk_method == 1 ? best : best + (group_size > 1 ? second : 0.0f);
+    }
+    unsigned keep = 0;
+    for (int i = 0; i < rp.topk_group; ++i) {
+      float v = lane < rp.n_group ? gscore : -INFINITY;
+      int idx = lane < rp.n_group ? lane : INT_MAX;
+      WarpArgMax(v, idx);
+      if (idx < 32) keep |= 1u << idx;
+      if (lane == idx) gscore = -INFINITY;
+    }
+    // NOTES: DeepSeek-V2 (transformers) masks dropped experts with 0.0 and takes the weights from
+    // the masked scores; DeepSeek-V3 (transformers 5.x) masks with -inf (see moe/engine/routing.h).
+    for (int e = lane; e < n_experts; e += 32) {
+      if (!((keep >> (e / group_size)) & 1u)) {
+        if (rp.topk_method == 1) {
+          sel[e] = 0.0f;
+          score[e] = 0.0f;
+        } else {
+          sel[e] = -INFINITY;
+        }
+      }
+    }
+    __syncwarp();
+  }
+
+  // Top-k by selection score; weights are the unbiased scores.
+  int my_id = 0;
+  float my_w = 0.0f, wsum = 0.0f;
+  for (int k = 0; k < rp.top_k; ++k) {
+    float v = -INFINITY;
+    int idx = INT_MAX;
+    for (int e = lane; e < n_experts; e += 32) {
+      if (sel[e] > v) {
+        v = sel[e];
+        idx = e;
+      }
+    }
+    WarpArgMax(v, idx);
+    if (idx == INT_MAX) idx = 0;  // only with NaN scores; keeps indices in range
+    const float w = score[idx];
+    __syncwarp();
+    if (lane == 0) sel[idx] = -INFINITY;
+    __syncwarp();
+    if (lane == k) {
+      my_id = idx;
+      my_w = w;
+    }
+    wsum += w;
+  }
+  if (lane < rp.top_k) {
+    if (rp.norm_topk_prob) my_w /= wsum + 1e-20f;
+    my_w *= rp.routed_scaling_factor;
+    const int64_t p = static_cast<int64_t>(t) * rp.top_k + lane;
+    a.topk_ids[p] = my_id;
+    a.topk_weights[p] = my_w;
+    a.ranks[p] = atomicAdd(&a.counts[my_id], 1);
+  }
+  if (rp.has_shared_gate && lane == 0) {
+    float v = 0.0f;
+    for (int s = 0; s < a.splits; ++s) v += logits[s * a.split_stride + n_experts];
+    a.shared_gate[t] = 1.0f / (1.0f + __expf(-v));
+  }
+}
+
+// ---- 3. Scan ----
+__global__ void __launch_bounds__(kScanThreads) ScanKernel(const ScanArgs a) {
+  __shared__ int s_count[kScanThreads];
+  __shared__ int s_tiles[kScanThreads];
+  const int e = threadIdx.x;
+  const int count = e < a.n_experts ? a.counts[e] : 0;
+  const int tiles = (count + a.bm - 1) / a.bm;
+  s_count[e] = count;
+  s_tiles[e] = tiles;
+  __syncthreads();
+  // Inclusive Hillis-Steele scan of both arrays.
+  for (int off = 1; off < kScanThreads; off <<= 1) {
+    const int c = e >= off ? s_count[e - off] : 0;
+    const int t = e >= off ? s_tiles[e - off] : 0;
+    __syncthreads();
+    s_count[e] += c;
+    s_tiles[e] += t;
+    __syncthreads();
+  }
+  const int row0 = s_count[e] - count;
+  const int tile0 = s_tiles[e] - tiles;
+  if (e < a.n_experts) {
+    a.group_offsets[e] = row0;
+    for (int j = 0; j < tiles; ++j) a.tiles[tile0 + j] = make_int2(e, row0 + j * a.bm);
+  }
+  if (e == kScanThreads - 1) {
+    a.group_offsets[a.n_experts] = s_count[e];
+    *a.n_tiles = s_tiles[e];
+  }
+  __syncthreads();
+  s_count[e] = row0;  // exclusive offsets
+  __syncthreads();
+  const int pairs = a.meta->n_tokens * a.top_k;
+  for (int p = e; p < pairs; p += kScanThreads) {
+    const int r = s_count[a.topk_ids[p]] + a.ranks[p];
+    a.perm_token[r] = p / a.top_k;
+    a.pair_row[p] = r;
+  }
+}
+
+// ---- 4. Combine ----
+template <typename W, typename Out>
+__global__ void CombineKernel(const CombineArgs a) {
+  const int hidden = a.hidden;
+  const int64_t chunks_per_row = hidden / 8;
+  const int64_t total = static_cast<int64_t>(a.meta->n_tokens) * chunks_per_row;
+  Out* out = static_cast<Out*>(a.meta->output);
+  for (int64_t c = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; c < total;
+       c += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t t = c / chunks_per_row;
+    const int h = static_cast<int>(c % chunks_per_row) * 8;
+    float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    for (int k = 0; k < a.top_k; ++k) {
+      const int64_t r = a.pair_row[t * a.top_k + k];
+      const float w = a.topk_weights[t * a.top_k + k];
+      float sum[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+      for (int s = 0; s < a.y_splits; ++s) {
+        float v[8];
+        if (a.y_f32) {
+          Load8(static_cast<const float*>(a.y) + s * a.y_split_stride + r * hidden + h, v);
+        } else {
+          Load8(static_cast<const W*>(a.y) + r * hidden + h, v);
+        }
+#pragma unroll
+        for (int i = 0; i < 8; ++i) sum[i] += v[i];
+      }
+#pragma unroll
+      for (int i = 0; i < 8; ++i) acc[i] += w * sum[i];
+    }
+    if (a.ys != nullptr) {
+      const float g = a.shared_gate ? a.shared_gate[t] : 1.0f;
+      float sum[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+      for (int s = 0; s < a.ys_splits; ++s) {
+        float v[8];
+        if (a.ys_f32) {
+          Load8(static_cast<const float*>(a.ys) + s * a.ys_split_stride + t * hidden + h, v);
+        } else {
+          Load8(static_cast<const W*>(a.ys) + t * hidden + h, v);
+        }
+#pragma unroll
+        for (int i = 0; i < 8; ++i) sum[i] += v[i];
+      }
+#pragma unroll
+      for (int i = 0; i < 8; ++i) acc[i] += g * sum[i];
+    }
+    Store8(out + t * hidden + h, acc);
+  }
+}
+
+// ---- 5. FillRandom ----
+__device__ __forceinline__ float HashUniform(uint64_t seed, uint64_t i) {
+  uint64_t z = seed + 0x9E3779B97F4A7C15ull * (i + 1);
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  z ^= z >> 31;
+  return static_cast<float>(z >> 40) * (2.0f / 16777216.0f) - 1.0f;  // [-1, 1)
+}
+template <typename T>
+__global__ void FillRandomKernel(T* dst, int64_t n, float scale, uint64_t seed) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    dst[i] = static_cast<T>(scale * HashUniform(seed, static_cast<uint64_t>(i)));
+  }
+}
+
+}  // namespace
+
+Status ConvertArgs::Validate() const {
+  if (meta == nullptr || x == nullptr || hidden <= 0 || hidden % 8 != 0 || capacity <= 0) {
+    return absl::InvalidArgumentError("ConvertArgs: null pointer or hidden not a multiple of 8");
+  }
+  return absl::OkStatus();
+}
+
+Status LaunchConvert(const ConvertArgs& a, cudaStream_t stream) {
+  MOE_RETURN_IF_ERROR(a.Validate());
+  const int threads = 256;
+  const int grid = GridFor(a.capacity * a.hidden / 8, threads);
+  const int lo = a.split_lo ? 1 : 0;
+#define MOE_CONVERT_(IN, W) \
+  ConvertKernel<IN, W><<<grid, threads, 0, stream>>>(a.meta, a.hidden, lo, static_cast<W*>(a.x))
+  const bool bf = a.wtype == WType::kBF16;
+  switch (a.atype) {
+    case AType::kF32:
+      if (bf)
+        MOE_CONVERT_(float, __nv_bfloat16);
+      else
+        MOE_CONVERT_(float, __half);
+      break;
+    case AType::kF16:
+      if (bf)
+        MOE_CONVERT_(__half, __nv_bfloat16);
+      else
+        MOE_CONVERT_(__half, __half);
+      break;
+    case AType::kBF16:
+      if (bf)
+        MOE_CONVERT_(__nv_bfloat16, __nv_bfloat16);
+      else
+        MOE_CONVERT_(__nv_bfloat16, __half);
+      break;
+  }
+#undef MOE_CONVERT_
+  CUDA_RETURN_IF_ERROR(cudaGetLastError());
+  return absl::OkStatus();
+}
+
+Status RouteArgs::Validate() const {
+  const RoutingParams& r = routing;
+  if (meta == nullptr || logits == nullptr || topk_ids == nullptr || topk_weights == nullptr ||
+      ranks == nullptr || counts == nullptr || (r.has_shared_gate && shared_gate == nullptr) ||
+      (r.has_bias && bias == nullptr)) {
+    return absl::InvalidArgumentError("RouteArgs: null pointer");
+  }
+  if (r.n_experts <= 0 || r.n_experts > kScanThreads || r.top_k <= 0 || r.top_k > 32 ||
+      r.top_k > r.n_experts) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("RouteArgs: need 0 < top_k <= min(32, n_experts) "
+                     "and n_experts <= ",
+                     kScanThreads));
+  }
+  if (r.topk_method != 0 &&
+      (r.n_group <= 0 || r.n_group > 32 || r.n_experts % r.n_group != 0 || r.topk_group <= 0 ||
+       r.topk_group > r.n_group || r.top_k > r.topk_group * (r.n_experts / r.n_group))) {
+    return absl::InvalidArgumentError("RouteArgs: bad group-limited routing parameters");
+  }
+  if (splits < 1 || ld_logits < r.n_experts + (r.has_shared_gate ? 1 : 0)) {
+    return absl::InvalidArgumentError("RouteArgs: bad logits layout");
+  }
+  return absl::OkStatus();
+}
+
+Status LaunchRoute(const RouteArgs& a, cudaStream_t stream) {
+  MOE_RETURN_IF_ERROR(a.Validate());
+  const int blocks = static_cast<int>((a.capacity + kRouteWarps - 1) / kRouteWarps);
+  const size_t smem = static_cast<size_t>(kRouteWarps) * 2 * a.routing.n_experts * sizeof(float);
+  RouteKernel<<<blocks, kRouteWarps * 32, smem, stream>>>(a);
+  CUDA_RETURN_IF_ERROR(cudaGetLastError());
+  return absl::OkStatus();
+}
+
+Status ScanArgs::Validate() const {
+  if (meta == nullptr || counts == nullptr || topk_ids == nullptr || ranks == nullptr ||
+      group_offsets == nullptr || tiles == nullptr || n_tiles == nullptr || perm_token == nullptr ||
+      pair_row == nullptr) {
+    return absl::InvalidArgumentError("ScanArgs: null pointer");
+  }
+  if (n_experts <= 0 || n_experts > kScanThreads || top_k <= 0 || bm <= 0) {
+    return absl::InvalidArgumentError("ScanArgs: bad sizes");
+  }
+  return absl::OkStatus();
+}
+
+Status LaunchScan(const ScanArgs& a, cudaStream_t stream) {
+  MOE_RETURN_IF_ERROR(a.Validate());
+  ScanKernel<<<1, kScanThreads, 0, stream>>>(a);
+  CUDA_RETURN_IF_ERROR(cudaGetLastError());
+  return absl::OkStatus();
+}
+
+Status CombineArgs::Validate() const {
+  if (meta == nullptr || pair_row == nullptr || topk_weights == nullptr || y == nullptr ||
+      hidden <= 0 || hidden % 8 != 0 || top_k <= 0 || y_splits < 1 || ys_splits < 1) {
+    return absl::InvalidArgumentError("CombineArgs: null pointer or bad sizes");
+  }
+  return absl::OkStatus();
+}
+
+Status LaunchCombine(const CombineArgs& a, cudaStream_t stream) {
+  MOE_RETURN_IF_ERROR(a.Validate());
+  const int threads = 256;
+  const int grid = GridFor(a.capacity * a.hidden / 8, threads);
+#define MOE_COMBINE_(W, OUT) CombineKernel<W, OUT><<<grid, threads, 0, stream>>>(a)
+  const bool bf = a.wtype == WType::kBF16;
+  switch (a.atype) {
+    case AType::kF32:
+      if (bf)
+        MOE_COMBINE_(__nv_bfloat16, float);
+      else
+        MOE_COMBINE_(__half, float);
+      break;
+    case AType::kF16:
+      if (bf)
+        MOE_COMBINE_(__nv_bfloat16, __half);
+      else
+        MOE_COMBINE_(__half, __half);
+      break;
+    case AType::kBF16:
+      if (bf)
+        MOE_COMBINE_(__nv_bfloat16, __nv_bfloat16);
+      else
+        MOE_COMBINE_(__half, __nv_bfloat16);
+      break;
+  }
+#undef MOE_COMBINE_
+  CUDA_RETURN_IF_ERROR(cudaGetLastError());
+  return absl::OkStatus();
+}
+
+Status LaunchFillRandom(void* dst, int64_t n, WType wtype, float scale, uint64_t seed,
+                        cudaStream_t stream) {
+  if (dst == nullptr || n <= 0) return absl::InvalidArgumentError("FillRandom: empty");
+  const int grid = GridFor(n, 256 * 16);
+  if (wtype == WType::kBF16) {
+    FillRandomKernel<<<grid, 256, 0, stream>>>(static_cast<__nv_bfloat16*>(dst), n, scale, seed);
+  } else {
+    FillRandomKernel<<<grid, 256, 0, stream>>>(static_cast<__half*>(dst), n, scale, seed);
+  }
+  CUDA_RETURN_IF_ERROR(cudaGetLastError());
+  return absl::OkStatus();
+}
+
+Status LaunchFillRandomF32(float* dst, int64_t n, float scale, uint64_t seed, cudaStream_t stream) {
+  if (dst == nullptr || n <= 0) return absl::InvalidArgumentError("FillRandom: empty");
+  FillRandomKernel<<<GridFor(n, 256 * 16), 256, 0, stream>>>(dst, n, scale, seed);
+  CUDA_RETURN_IF_ERROR(cudaGetLastError());
+  return absl::OkStatus();
+}
+
+}  // namespace moe::cuda

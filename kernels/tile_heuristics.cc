@@ -1,0 +1,67 @@
+#include "kernels/tile_heuristics.h"
+
+#include <algorithm>
+
+namespace moe::cuda {
+
+const char* TileName(GemmTile tile) {
+  switch (tile) {
+#define MOE_TILE_NAME_(id, ...) \
+  case GemmTile::id:            \
+    return #id;
+    MOE_GEMM_TILE_TABLE(MOE_TILE_NAME_)
+#undef MOE_TILE_NAME_
+  }
+  return "?";
+}
+
+GemmTile ChooseTile(double rows_per_group) {
+  // NOTES: the weights dominate below ~64 rows per expert, so the smallest tile that covers the
+  // rows streams each expert once; past that, bigger tiles re-read A and B less.
+  if (rows_per_group <= 16.0) return GemmTile::kDecode;
+  if (rows_per_group <= 64.0) return GemmTile::kMedium;
+  return GemmTile::kLarge;
+}
+
+int ChooseSplitK(int64_t blocks, int64_t k, int64_t rows, int sm_count, bool deterministic) {
+  if (deterministic || rows > kMaxSplitRows || blocks <= 0) return 1;
+  const int64_t k_steps = (k + TileShape::kBk - 1) / TileShape::kBk;
+  int splits = 1;
+  while (splits < kMaxSplits && blocks * splits < 2 * static_cast<int64_t>(sm_count) &&
+         k_steps / (2 * splits) >= 4) {
+    splits *= 2;
+  }
+  return splits;
+}
+
+int64_t MaxGroupedTiles(int64_t pairs, int n_experts, int bm) {
+  return pairs / bm + std::min<int64_t>(pairs, n_experts);
+}
+
+MoePlan PlanMoe(const MoePlanInput& in) {
+  MoePlan plan;
+  const int64_t pairs = in.tokens * in.top_k;
+  const int64_t active = std::max<int64_t>(1, std::min<int64_t>(pairs, in.n_experts));
+  plan.tile = ChooseTile(static_cast<double>(pairs) / static_cast<double>(active));
+  const TileShape& shape = ShapeOf(plan.tile);
+  plan.grouped_tiles = MaxGroupedTiles(pairs, in.n_experts, shape.bm);
+  plan.dense_tiles = (in.tokens + shape.bm - 1) / shape.bm;
+  const int bn = shape.bn_plain;
+  const int64_t router_blocks = plan.dense_tiles * ((in.router_rows + bn - 1) / bn);
+  plan.router_splits =
+      ChooseSplitK(router_blocks, in.router_k, in.tokens, in.sm_count, in.deterministic);
+  const int64_t down_blocks =
+      (pairs + shape.bm - 1) / shape.bm * ((in.hidden + bn - 1) / bn) +
+      (active - 1) * ((in.hidden + bn - 1) / bn);  // ~ one extra partial tile per active expert
+  plan.down_splits =
+      ChooseSplitK(std::min(down_blocks, plan.grouped_tiles * ((in.hidden + bn - 1) / bn)),
+                   in.inter, pairs, in.sm_count, in.deterministic);
+  if (in.shared_inter > 0) {
+    const int64_t shared_blocks = plan.dense_tiles * ((in.hidden + bn - 1) / bn);
+    plan.shared_down_splits =
+        ChooseSplitK(shared_blocks, in.shared_inter, in.tokens, in.sm_count, in.deterministic);
+  }
+  return plan;
+}
+
+}  // namespace moe::cuda

@@ -1,0 +1,99 @@
+// Tile shapes of the grouped GEMM and the pure functions that choose them (testable on the CPU).
+//
+// 1. MOE_GEMM_TILE_TABLE is the one table of tile shapes: grouped_gemm.cu instantiates one kernel
+// per
+//    row (x dtype x gated/plain) from it, and the heuristics below pick rows from it by id.
+// 2. ChooseTile() picks the tile by the expected rows per active expert (M of each group).
+// 3. ChooseSplitK() splits K of a plain (non-gated) GEMM when it has too few blocks to fill the
+// chip;
+//    never in deterministic mode (a split that depends on the batch size breaks batch invariance).
+// 4. PlanMoe() combines them into the launch plan of one MoE layer forward.
+#pragma once
+
+#include <cstdint>
+
+namespace moe::cuda {
+
+// X(id, bm, bn_plain, bn_gated, warps_m, warps_n, stages). BK is 64 for every tile. bn_gated is the
+// output width of a gated (gate+up, SiLU*mul) tile, whose B tile holds 2 * bn_gated weight rows.
+#define MOE_GEMM_TILE_TABLE(X)     \
+  X(kDecode, 16, 64, 64, 1, 4, 6)  \
+  X(kMedium, 64, 128, 64, 2, 2, 4) \
+  X(kLarge, 128, 128, 64, 2, 4, 3)
+
+enum class GemmTile : uint8_t {
+#define MOE_TILE_ENUM_(id, ...) id,
+  MOE_GEMM_TILE_TABLE(MOE_TILE_ENUM_)
+#undef MOE_TILE_ENUM_
+};
+
+struct TileShape {
+  int bm;
+  int bn_plain;
+  int bn_gated;
+  int warps_m;
+  int warps_n;
+  int stages;
+  static constexpr int kBk = 64;
+
+  int threads() const { return warps_m * warps_n * 32; }
+  int bn(bool gated) const { return gated ? bn_gated : bn_plain; }
+  // Dynamic shared memory of one block, for 2-byte elements.
+  int smem_bytes(bool gated) const {
+    const int b_rows = gated ? 2 * bn_gated : bn_plain;
+    return stages * (bm + b_rows) * kBk * 2;
+  }
+};
+
+inline constexpr TileShape kTileShapes[] = {
+#define MOE_TILE_SHAPE_(id, bm, bnp, bng, wm, wn, st) TileShape{bm, bnp, bng, wm, wn, st},
+    MOE_GEMM_TILE_TABLE(MOE_TILE_SHAPE_)
+#undef MOE_TILE_SHAPE_
+};
+inline constexpr int kNumGemmTiles = sizeof(kTileShapes) / sizeof(kTileShapes[0]);
+
+inline const TileShape& ShapeOf(GemmTile tile) { return kTileShapes[static_cast<int>(tile)]; }
+const char* TileName(GemmTile tile);
+
+// Split-K partial sums go to an f32 workspace; splits are allowed only for GEMMs of at most this
+// many rows, which bounds that workspace.
+inline constexpr int64_t kMaxSplitRows = 256;
+inline constexpr int kMaxSplits = 8;
+
+// The tile for grouped GEMMs whose groups hold `rows_per_group` rows on average.
+GemmTile ChooseTile(double rows_per_group);
+
+// Splits of K for a plain GEMM of `rows` rows launched as `blocks` blocks (before splitting) over K
+// `k`: the smallest power of two (<= kMaxSplits) giving at least 2 blocks per SM while each split
+// keeps >= 4 k-steps of 64. 1 when deterministic or rows > kMaxSplitRows.
+int ChooseSplitK(int64_t blocks, int64_t k, int64_t rows, int sm_count, bool deterministic);
+
+// Upper bound of the tiles of a grouped GEMM over `pairs` rows in `n_experts` groups of tile height
+// bm.
+int64_t MaxGroupedTiles(int64_t pairs, int n_experts, int bm);
+
+struct MoePlanInput {
+  int64_t tokens = 0;  // capacity of the launch (rows of the batch)
+  int top_k = 0;
+  int n_experts = 0;
+  int hidden = 0;
+  int inter = 0;         // routed expert width
+  int shared_inter = 0;  // 0 = no shared expert
+  int router_rows = 0;   // n_experts (+1 with a shared-expert gate)
+  int router_k = 0;      // hidden, or 2 * hidden when activations are split into hi + lo parts
+  int sm_count = 132;
+  bool deterministic = false;
+};
+
+struct MoePlan {
+  GemmTile tile = GemmTile::kDecode;  // every GEMM of the forward uses this tile family
+  int router_splits = 1;
+  int down_splits = 1;
+  int shared_down_splits = 1;
+  int64_t grouped_tiles = 0;  // grid.x of the grouped GEMMs (blocks past the real tiles exit)
+  int64_t dense_tiles = 0;    // grid.x of the router / shared-expert GEMMs
+};
+
+MoePlan PlanMoe(const MoePlanInput& in);
+
+}  // namespace moe::cuda

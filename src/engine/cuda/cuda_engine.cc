@@ -1,0 +1,501 @@
+// CudaEngine: slots (stream + workspaces + pinned staging + graphs) around the fused MoE kernels.
+#include "moe/engine/cuda_engine.h"
+
+#include <algorithm>
+#include <array>
+#include <cstddef>
+#include <cstring>
+#include <map>
+#include <utility>
+
+#include "engine/cuda/cuda_raii.h"
+#include "engine/cuda/device_weights.h"
+#include "kernels/moe_kernels.h"
+#include "kernels/tile_heuristics.h"
+
+namespace moe {
+
+using cuda::AType;
+using cuda::DeviceBuffer;
+using cuda::PinnedBuffer;
+
+namespace {
+
+constexpr int kMetaRing = 64;
+
+StatusOr<AType> ToAType(DType d) {
+  switch (d) {
+    case DType::kF32:
+      return AType::kF32;
+    case DType::kF16:
+      return AType::kF16;
+    case DType::kBF16:
+      return AType::kBF16;
+    default:
+      break;
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat("activation dtype ", std::string(DTypeName(d)), " is not F32, F16 or BF16"));
+}
+
+}  // namespace
+
+// Thread safety: see the class comment; a Slot is touched only by calls on its slot.
+class CudaEngine::Impl {
+ public:
+  struct Slot {
+    cuda::Stream stream;
+    DeviceBuffer meta;  // ForwardMeta
+    DeviceBuffer x_in, x, logits, topk_ids, topk_weights, ranks, counts, group_offsets, tiles,
+        n_tiles, perm_token, pair_row, shared_gate, h, y, hs, ys, out;
+    PinnedBuffer in_stage, out_stage, ids_stage, weights_stage, meta_ring;
+    std::array<cuda::Event, kMetaRing> meta_events;
+    int meta_next = 0;
+    std::map<std::pair<int64_t, AType>, cuda::GraphExec> graphs;
+  };
+
+  MoeSpec spec;
+  CudaEngineOptions options;
+  std::shared_ptr<const Model> model;  // keeps the host weights alive (may be null)
+  cuda::DeviceWeights weights;
+  std::vector<std::unique_ptr<Slot>> slots;
+  std::string device_name;
+  int sms = 0;
+  int64_t workspace_bytes = 0;
+
+  static StatusOr<std::unique_ptr<Impl>> Prepare(const MoeSpec& spec, const CudaEngineOptions& o);
+  Status AllocateSlots();
+  Status EnqueueCore(Slot& s, int64_t capacity, AType atype);
+  Status EnqueueMeta(Slot& s, const cuda::ForwardMeta& meta, AType atype);
+  const int32_t* n_tokens_dev(const Slot& s) const {
+    return reinterpret_cast<const int32_t*>(s.meta.as<char>() +
+                                            offsetof(cuda::ForwardMeta, n_tokens));
+  }
+  const int32_t* layer_dev(const Slot& s) const {
+    return reinterpret_cast<const int32_t*>(s.meta.as<char>() +
+                                            offsetof(cuda::ForwardMeta, layer_pos));
+  }
+  int64_t wsize() const { return 2; }
+};
+
+StatusOr<std::unique_ptr<CudaEngine::Impl>> CudaEngine::Impl::Prepare(const MoeSpec& spec,
+                                                                      const CudaEngineOptions& o) {
+  if (o.num_slots < 1 || o.max_batch_tokens < 1 || o.max_batch_tokens > (1LL << 30)) {
+    return absl::InvalidArgumentError(
+        "CudaEngineOptions: need num_slots >= 1 and 1 <= max_batch_tokens <= 2^30");
+  }
+  MOE_RETURN_IF_ERROR(cuda::DeviceWeights::CheckSpec(spec));
+  int n_devices = 0;
+  if (cudaGetDeviceCount(&n_devices) != cudaSuccess || n_devices == 0) {
+    cudaGetLastError();
+    return absl::FailedPreconditionError("no CUDA device is available");
+  }
+  if (o.device < 0 || o.device >= n_devices) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("CUDA device ", o.device, " out of range [0, ", n_devices, ")"));
+  }
+  CUDA_RETURN_IF_ERROR(cudaSetDevice(o.device));
+  cudaDeviceProp prop{};
+  CUDA_RETURN_IF_ERROR(cudaGetDeviceProperties(&prop, o.device));
+  if (prop.major < 8) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("the CUDA engine needs compute capability >= 8.0; device ", o.device, " is ",
+                     prop.major, ".", prop.minor));
+  }
+  auto impl = std::make_unique<Impl>();
+  impl->spec = spec;
+  impl->options = o;
+  std::sort(impl->options.graph_batch_sizes.begin(), impl->options.graph_batch_sizes.end());
+  impl->device_name = prop.name;
+  impl->sms = prop.multiProcessorCount;
+  MOE_RETURN_IF_ERROR(cuda::InitGemmKernels());
+  return impl;
+}
+
+Status CudaEngine::Impl::AllocateSlots() {
+  const int64_t tm = options.max_batch_tokens;
+  const int64_t k = spec.top_k(), e = spec.n_experts(), hd = spec.hidden;
+  const int64_t i = spec.moe_intermediate, is = spec.shared_intermediate;
+  const int64_t nr = weights.router_rows;
+  const int64_t pairs = tm * k;
+  const int64_t split_rows = std::min<int64_t>(tm, cuda::kMaxSplitRows);
+  const int64_t split_pairs = std::min<int64_t>(pairs, cuda::kMaxSplitRows);
+  const int64_t max_tiles =
+      cuda::MaxGroupedTiles(pairs, static_cast<int>(e), cuda::kTileShapes[0].bm);
+  for (int n = 0; n < options.num_slots; ++n) {
+    auto s = std::make_unique<Slot>();
+    MOE_ASSIGN_OR_RETURN(s->stream, cuda::CreateStream());
+    int64_t bytes = 0;
+    auto alloc = [&bytes](DeviceBuffer& b, int64_t size) -> Status {
+      MOE_ASSIGN_OR_RETURN(b, DeviceBuffer::Create(size));
+      bytes += size;
+      return absl::OkStatus();
+    };
+    MOE_RETURN_IF_ERROR(alloc(s->meta, sizeof(cuda::ForwardMeta)));
+    MOE_RETURN_IF_ERROR(alloc(s->x_in, tm * hd * 4));
+    MOE_RETURN_IF_ERROR(alloc(s->x, tm * 2 * hd * wsize()));
+    MOE_RETURN_IF_ERROR(alloc(s->logits, std::max(tm, cuda::kMaxSplits * split_rows) * nr * 4));
+    MOE_RETURN_IF_ERROR(alloc(s->topk_ids, pairs * 4));
+    MOE_RETURN_IF_ERROR(alloc(s->topk_weights, pairs * 4));
+    MOE_RETURN_IF_ERROR(alloc(s->ranks, pairs * 4));
+    MOE_RETURN_IF_ERROR(alloc(s->counts, e * 4));
+    MOE_RETURN_IF_ERROR(alloc(s->group_offsets, (e + 1) * 4));
+    MOE_RETURN_IF_ERROR(alloc(s->tiles, max_tiles * 8));
+    MOE_RETURN_IF_ERROR(alloc(s->n_tiles, 4));
+    MOE_RETURN_IF_ERROR(alloc(s->perm_token, pairs * 4));
+    MOE_RETURN_IF_ERROR(alloc(s->pair_row, pairs * 4));
+    MOE_RETURN_IF_ERROR(alloc(s->shared_gate, tm * 4));
+    MOE_RETURN_IF_ERROR(alloc(s->h, pairs * i * wsize()));
+    MOE_RETURN_IF_ERROR(
+        alloc(s->y, std::max(pairs * hd * wsize(), cuda::kMaxSplits * split_pairs * hd * 4)));
+    if (is > 0) {
+      MOE_RETURN_IF_ERROR(alloc(s->hs, tm * is * wsize()));
+      MOE_RETURN_IF_ERROR(
+          alloc(s->ys, std::max(tm * hd * wsize(), cuda::kMaxSplits * split_rows * hd * 4)));
+    }
+    MOE_RETURN_IF_ERROR(alloc(s->out, tm * hd * 4));
+    workspace_bytes = bytes;
+    MOE_ASSIGN_OR_RETURN(s->in_stage, PinnedBuffer::Create(tm * hd * 4));
+    MOE_ASSIGN_OR_RETURN(s->out_stage, PinnedBuffer::Create(tm * hd * 4));
+    MOE_ASSIGN_OR_RETURN(s->ids_stage, PinnedBuffer::Create(pairs * 4));
+    MOE_ASSIGN_OR_RETURN(s->weights_stage, PinnedBuffer::Create(pairs * 4));
+    MOE_ASSIGN_OR_RETURN(s->meta_ring, PinnedBuffer::Create(kMetaRing * sizeof(cuda::ForwardMeta)));
+    for (auto& ev : s->meta_events) {
+      MOE_ASSIGN_OR_RETURN(ev, cuda::CreateEvent());
+    }
+    slots.push_back(std::move(s));
+  }
+  return absl::OkStatus();
+}
+
+Status CudaEngine::Impl::EnqueueCore(Slot& s, int64_t capacity, AType atype) {
+  cudaStream_t st = s.stream.get();
+  const cuda::WType wtype = weights.wtype;
+  const bool split_lo = !((atype == AType::kBF16 && wtype == cuda::WType::kBF16) ||
+                          (atype == AType::kF16 && wtype == cuda::WType::kF16));
+  const int hd = spec.hidden, k = spec.top_k(), e = spec.n_experts();
+  const int inter = spec.moe_intermediate, is = spec.shared_intermediate;
+  const int nr = weights.router_rows;
+  const cuda::ForwardMeta* meta = s.meta.as<cuda::ForwardMeta>();
+
+  cuda::MoePlanInput in;
+  in.tokens = capacity;
+  in.top_k = k;
+  in.n_experts = e;
+  in.hidden = hd;
+  in.inter = inter;
+  in.shared_inter = is;
+  in.router_rows = nr;
+  in.router_k = split_lo ? 2 * hd : hd;
+  in.sm_count = sms;
+  in.deterministic = options.deterministic;
+  const cuda::MoePlan plan = cuda::PlanMoe(in);
+
+  // 1. Zero the per-expert counters; convert the input.
+  CUDA_RETURN_IF_ERROR(cudaMemsetAsync(s.counts.get(), 0, s.counts.bytes(), st));
+  cuda::ConvertArgs conv;
+  conv.meta = meta;
+  conv.atype = atype;
+  conv.wtype = wtype;
+  conv.hidden = hd;
+  conv.capacity = capacity;
+  conv.split_lo = split_lo;
+  conv.x = s.x.get();
+  MOE_RETURN_IF_ERROR(cuda::LaunchConvert(conv, st));
+
+  // 2. Router GEMM -> f32 logits (split-K partials).
+  cuda::GemmArgs router;
+  router.tile = plan.tile;
+  router.wtype = wtype;
+  router.a = s.x.get();
+  router.lda = 2 * hd;
+  router.m_dev = n_tokens_dev(s);
+  router.grid_tiles = plan.dense_tiles;
+  router.b0_table = weights.table(weights.router_table);
+  router.layer_dev = layer_dev(s);
+  router.b_layer_stride = 1;
+  router.ldb = 2 * hd;
+  router.n = nr;
+  router.k = in.router_k;
+  router.c = s.logits.get();
+  router.ldc = nr;
+  router.out_f32 = true;
+  router.splits = plan.router_splits;
+  router.split_stride = capacity * nr;
+  MOE_RETURN_IF_ERROR(cuda::LaunchGemm(router, st));
+
+  // 3. Routing, 4. offsets + tiles + permutation.
+  cuda::RouteArgs route;
+  route.meta = meta;
+  const RoutingSpec& rs = spec.routing;
+  route.routing.n_experts = e;
+  route.routing.top_k = k;
+  route.routing.sigmoid = rs.scoring == ScoringFunc::kSigmoid;
+  route.routing.topk_method = rs.topk_method == TopkMethod::kGreedy               ? 0
+                              : rs.topk_method == TopkMethod::kGroupLimitedGreedy ? 1
+                                                                                  : 2;
+  route.routing.n_group = rs.n_group;
+  route.routing.topk_group = rs.topk_group;
+  route.routing.norm_topk_prob = rs.norm_topk_prob;
+  route.routing.routed_scaling_factor = rs.routed_scaling_factor;
+  route.routing.has_bias = weights.has_bias;
+  route.routing.has_shared_gate = spec.shared_expert_gate;
+  route.logits = s.logits.as<float>();
+  route.ld_logits = nr;
+  route.splits = plan.router_splits;
+  route.split_stride = capacity * nr;
+  route.bias = weights.bias.as<float>();
+  route.capacity = capacity;
+  route.topk_ids = s.topk_ids.as<int32_t>();
+  route.topk_weights = s.topk_weights.as<float>();
+  route.ranks = s.ranks.as<int32_t>();
+  route.counts = s.counts.as<int32_t>();
+  route.shared_gate = s.shared_gate.as<float>();
+  MOE_RETURN_IF_ERROR(cuda::LaunchRoute(route, st));
+
+  const cuda::TileShape& shape = cuda::ShapeOf(plan.tile);
+  cuda::ScanArgs scan;
+  scan.meta = meta;
+  scan.n_experts = e;
+  scan.top_k = k;
+  scan.bm = shape.bm;
+  scan.counts = s.counts.as<int32_t>();
+  scan.topk_ids = s.topk_ids.as<int32_t>();
+  scan.ranks = s.ranks.as<int32_t>();
+  scan.group_offsets = s.group_offsets.as<int32_t>();
+  scan.tiles = s.tiles.as<int2>();
+  scan.n_tiles = s.n_tiles.as<int32_t>();
+  scan.perm_token = s.perm_token.as<int32_t>();
+  scan.pair_row = s.pair_row.as<int32_t>();
+  MOE_RETURN_IF_ERROR(cuda::LaunchScan(scan, st));
+
+  // 5. Routed experts: gate/up (+SiLU*mul) gathered through the permutation, then down.
+  cuda::GemmArgs gu;
+  gu.tile = plan.tile;
+  gu.gated = true;
+  gu.wtype = wtype;
+  gu.a = s.x.get();
+  gu.lda = 2 * hd;
+  gu.a_rows = s.perm_token.as<int32_t>();
+  gu.tiles = s.tiles.as<int2>();
+  gu.n_tiles = s.n_tiles.as<int32_t>();
+  gu.group_offsets = s.group_offsets.as<int32_t>();
+  gu.grid_tiles = plan.grouped_tiles;
+  gu.b0_table = weights.table(weights.gate_table);
+  gu.b1_table = weights.table(weights.up_table);
+  gu.layer_dev = layer_dev(s);
+  gu.b_layer_stride = e;
+  gu.ldb = hd;
+  gu.n = inter;
+  gu.k = hd;
+  gu.c = s.h.get();
+  gu.ldc = inter;
+  MOE_RETURN_IF_ERROR(cuda::LaunchGemm(gu, st));
+
+  cuda::GemmArgs down = gu;
+  down.gated = false;
+  down.a = s.h.get();
+  down.lda = inter;
+  down.a_rows = nullptr;
+  down.b0_table = weights.table(weights.down_table);
+  down.b1_table = nullptr;
+  down.ldb = inter;
+  down.n = hd;
+  down.k = inter;
+  down.c = s.y.get();
+  down.ldc = hd;
+  down.splits = plan.down_splits;
+  down.out_f32 = plan.down_splits > 1;
+  down.split_stride = capacity * k * hd;
+  MOE_RETURN_IF_ERROR(cuda::LaunchGemm(down, st));
+
+  // 6. Shared expert over all tokens.
+  if (is > 0) {
+    cuda::GemmArgs sgu;
+    sgu.tile = plan.tile;
+    sgu.gated = true;
+    sgu.wtype = wtype;
+    sgu.a = s.x.get();
+    sgu.lda = 2 * hd;
+    sgu.m_dev = n_tokens_dev(s);
+    sgu.grid_tiles = plan.dense_tiles;
+    sgu.b0_table = weights.table(weights.shared_gate_table);
+    sgu.b1_table = weights.table(weights.shared_up_table);
+    sgu.layer_dev = layer_dev(s);
+    sgu.b_layer_stride = 1;
+    sgu.ldb = hd;
+    sgu.n = is;
+    sgu.k = hd;
+    sgu.c = s.hs.get();
+    sgu.ldc = is;
+    MOE_RETURN_IF_ERROR(cuda::LaunchGemm(sgu, st));
+    cuda::GemmArgs sd = sgu;
+    sd.gated = false;
+    sd.a = s.hs.get();
+    sd.lda = is;
+    sd.b0_table = weights.table(weights.shared_down_table);
+    sd.b1_table = nullptr;
+    sd.ldb = is;
+    sd.n = hd;
+    sd.k = is;
+    sd.c = s.ys.get();
+    sd.ldc = hd;
+    sd.splits = plan.shared_down_splits;
+    sd.out_f32 = plan.shared_down_splits > 1;
+    sd.split_stride = capacity * hd;
+    MOE_RETURN_IF_ERROR(cuda::LaunchGemm(sd, st));
+  }
+
+  // 7. Combine back to token order in the activation dtype.
+  cuda::CombineArgs comb;
+  comb.meta = meta;
+  comb.atype = atype;
+  comb.wtype = wtype;
+  comb.hidden = hd;
+  comb.top_k = k;
+  comb.capacity = capacity;
+  comb.pair_row = s.pair_row.as<int32_t>();
+  comb.topk_weights = s.topk_weights.as<float>();
+  comb.y = s.y.get();
+  comb.y_f32 = plan.down_splits > 1;
+  comb.y_splits = plan.down_splits;
+  comb.y_split_stride = capacity * k * hd;
+  if (is > 0) {
+    comb.ys = s.ys.get();
+    comb.ys_f32 = plan.shared_down_splits > 1;
+    comb.ys_splits = plan.shared_down_splits;
+    comb.ys_split_stride = capacity * hd;
+    comb.shared_gate = spec.shared_expert_gate ? s.shared_gate.as<float>() : nullptr;
+  }
+  return cuda::LaunchCombine(comb, st);
+}
+
+Status CudaEngine::Impl::EnqueueMeta(Slot& s, const cuda::ForwardMeta& meta, AType atype) {
+  cudaStream_t st = s.stream.get();
+  // The pinned ring entry may still be read by an earlier copy: wait for that copy first.
+  const int idx = s.meta_next;
+  s.meta_next = (s.meta_next + 1) % kMetaRing;
+  CUDA_RETURN_IF_ERROR(cudaEventSynchronize(s.meta_events[idx].get()));
+  cuda::ForwardMeta* host = s.meta_ring.as<cuda::ForwardMeta>() + idx;
+  *host = meta;
+  CUDA_RETURN_IF_ERROR(
+      cudaMemcpyAsync(s.meta.get(), host, sizeof(meta), cudaMemcpyHostToDevice, st));
+  CUDA_RETURN_IF_ERROR(cudaEventRecord(s.meta_events[idx].get(), st));
+
+  const auto& sizes = options.graph_batch_sizes;
+  const auto it = std::lower_bound(sizes.begin(), sizes.end(), static_cast<int64_t>(meta.n_tokens));
+  if (it == sizes.end() || *it > options.max_batch_tokens) {
+    return EnqueueCore(s, meta.n_tokens, atype);
+  }
+  const int64_t capacity = *it;
+  auto g = s.graphs.find({capacity, atype});
+  if (g == s.graphs.end()) {
+    // Capture on first use of this (size, dtype) on this slot.
+    CUDA_RETURN_IF_ERROR(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
+    const Status enq = EnqueueCore(s, capacity, atype);
+    cudaGraph_t raw = nullptr;
+    const cudaError_t end = cudaStreamEndCapture(st, &raw);
+    cuda::Graph graph(raw);
+    MOE_RETURN_IF_ERROR(enq);
+    CUDA_RETURN_IF_ERROR(end);
+    cudaGraphExec_t exec = nullptr;
+    CUDA_RETURN_IF_ERROR(cudaGraphInstantiate(&exec, graph.get(), 0));
+    g = s.graphs.emplace(std::make_pair(capacity, atype), cuda::GraphExec(exec)).first;
+  }
+  CUDA_RETURN_IF_ERROR(cudaGraphLaunch(g->second.get(), st));
+  return absl::OkStatus();
+}
+
+CudaEngine::CudaEngine(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+CudaEngine::~CudaEngine() {
+  if (impl_) {
+    cudaSetDevice(impl_->options.device);
+    for (auto& s : impl_->slots) cudaStreamSynchronize(s->stream.get());
+  }
+}
+
+StatusOr<std::unique_ptr<CudaEngine>> CudaEngine::Create(std::shared_ptr<const Model> model,
+                                                         const CudaEngineOptions& options) {
+  if (model == nullptr) return absl::InvalidArgumentError("CudaEngine::Create: null model");
+  MOE_ASSIGN_OR_RETURN(std::unique_ptr<Impl> impl, Impl::Prepare(model->spec(), options));
+  impl->model = std::move(model);
+  MOE_ASSIGN_OR_RETURN(impl->weights,
+                       cuda::DeviceWeights::Upload(*impl->model, /*stream=*/nullptr));
+  MOE_RETURN_IF_ERROR(impl->AllocateSlots());
+  return std::unique_ptr<CudaEngine>(new CudaEngine(std::move(impl)));
+}
+
+StatusOr<std::unique_ptr<CudaEngine>> CudaEngine::CreateRandom(const MoeSpec& spec, uint64_t seed,
+                                                               const CudaEngineOptions& options) {
+  MOE_ASSIGN_OR_RETURN(std::unique_ptr<Impl> impl, Impl::Prepare(spec, options));
+  MOE_ASSIGN_OR_RETURN(impl->weights, cuda::DeviceWeights::Random(spec, seed, /*stream=*/nullptr));
+  MOE_RETURN_IF_ERROR(impl->AllocateSlots());
+  return std::unique_ptr<CudaEngine>(new CudaEngine(std::move(impl)));
+}
+
+const MoeSpec& CudaEngine::spec() const { return impl_->spec; }
+int CudaEngine::num_slots() const { return impl_->options.num_slots; }
+int64_t CudaEngine::max_batch_tokens() const { return impl_->options.max_batch_tokens; }
+cudaStream_t CudaEngine::stream(int slot) const { return impl_->slots[slot]->stream.get(); }
+int64_t CudaEngine::weight_device_bytes() const { return impl_->weights.device_bytes; }
+int64_t CudaEngine::workspace_device_bytes_per_slot() const { return impl_->workspace_bytes; }
+const std::string& CudaEngine::device_name() const { return impl_->device_name; }
+int CudaEngine::sm_count() const { return impl_->sms; }
+
+Status CudaEngine::EnqueueDevice(const DeviceForwardArgs& args) {
+  ForwardArgs check;
+  check.layer = args.layer;
+  check.dtype = args.dtype;
+  check.n_tokens = args.n_tokens;
+  check.input = args.input;
+  check.output = args.output;
+  check.slot = args.slot;
+  MOE_RETURN_IF_ERROR(ValidateForwardArgs(impl_->spec, check, num_slots(), max_batch_tokens()));
+  MOE_ASSIGN_OR_RETURN(const AType atype, ToAType(args.dtype));
+  CUDA_RETURN_IF_ERROR(cudaSetDevice(impl_->options.device));
+  Impl::Slot& s = *impl_->slots[args.slot];
+  cuda::ForwardMeta meta;
+  meta.n_tokens = static_cast<int32_t>(args.n_tokens);
+  meta.layer_pos = impl_->weights.layer_pos.at(args.layer);
+  meta.input = args.input;
+  meta.output = args.output;
+  return impl_->EnqueueMeta(s, meta, atype);
+}
+
+Status CudaEngine::Forward(const ForwardArgs& args) {
+  MOE_RETURN_IF_ERROR(ValidateForwardArgs(impl_->spec, args, num_slots(), max_batch_tokens()));
+  MOE_ASSIGN_OR_RETURN(const AType atype, ToAType(args.dtype));
+  CUDA_RETURN_IF_ERROR(cudaSetDevice(impl_->options.device));
+  Impl::Slot& s = *impl_->slots[args.slot];
+  cudaStream_t st = s.stream.get();
+  const size_t bytes =
+      static_cast<size_t>(args.n_tokens) * impl_->spec.hidden * DTypeSize(args.dtype);
+  const size_t pair_bytes = static_cast<size_t>(args.n_tokens) * impl_->spec.top_k() * 4;
+  std::memcpy(s.in_stage.get(), args.input, bytes);
+  CUDA_RETURN_IF_ERROR(
+      cudaMemcpyAsync(s.x_in.get(), s.in_stage.get(), bytes, cudaMemcpyHostToDevice, st));
+  cuda::ForwardMeta meta;
+  meta.n_tokens = static_cast<int32_t>(args.n_tokens);
+  meta.layer_pos = impl_->weights.layer_pos.at(args.layer);
+  meta.input = s.x_in.get();
+  meta.output = s.out.get();
+  MOE_RETURN_IF_ERROR(impl_->EnqueueMeta(s, meta, atype));
+  CUDA_RETURN_IF_ERROR(
+      cudaMemcpyAsync(s.out_stage.get(), s.out.get(), bytes, cudaMemcpyDeviceToHost, st));
+  if (args.expert_ids) {
+    CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(s.ids_stage.get(), s.topk_ids.get(), pair_bytes,
+                                         cudaMemcpyDeviceToHost, st));
+  }
+  if (args.expert_weights) {
+    CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(s.weights_stage.get(), s.topk_weights.get(), pair_bytes,
+                                         cudaMemcpyDeviceToHost, st));
+  }
+  CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(st));
+  std::memcpy(args.output, s.out_stage.get(), bytes);
+  if (args.expert_ids) std::memcpy(args.expert_ids, s.ids_stage.get(), pair_bytes);
+  if (args.expert_weights) std::memcpy(args.expert_weights, s.weights_stage.get(), pair_bytes);
+  return absl::OkStatus();
+}
+
+}  // namespace moe

@@ -1,0 +1,55 @@
+// The weights of every MoE layer on the device, reached through per-(layer, expert) pointer tables.
+//
+// Each layer lives in one allocation, but kernels never assume that: they read the address of each
+// (layer, expert) matrix from the tables below, so an expert cache can later place experts
+// anywhere. The router of each layer is stored as [router_rows, 2 * hidden] in the weight dtype:
+// rows 0..n_experts-1 are the router, row n_experts the Qwen2-MoE shared-expert gate (if any), and
+// the second half of each row repeats the first (it multiplies the low part of split activations).
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <vector>
+
+#include "engine/cuda/cuda_raii.h"
+#include "kernels/moe_kernels.h"
+#include "moe/model/model.h"
+
+namespace moe::cuda {
+
+struct DeviceWeights {
+  WType wtype = WType::kBF16;
+  int n_layers = 0;
+  int n_experts = 0;
+  int hidden = 0;
+  int inter = 0;
+  int shared_inter = 0;  // 0: no shared expert
+  int router_rows = 0;   // n_experts (+1 with a shared-expert gate)
+  bool has_bias = false;
+  std::map<int, int> layer_pos;  // decoder layer index -> position in the tables
+
+  std::vector<DeviceBuffer> blobs;  // one per layer
+  // Device arrays of device pointers (const void*):
+  DeviceBuffer gate_table;         // [n_layers * n_experts]
+  DeviceBuffer up_table;           // [n_layers * n_experts]
+  DeviceBuffer down_table;         // [n_layers * n_experts]
+  DeviceBuffer router_table;       // [n_layers]
+  DeviceBuffer shared_gate_table;  // [n_layers] (shared expert's gate projection)
+  DeviceBuffer shared_up_table;    // [n_layers]
+  DeviceBuffer shared_down_table;  // [n_layers]
+  DeviceBuffer bias;               // f32 [n_layers * n_experts] (has_bias)
+  int64_t device_bytes = 0;
+
+  const void* const* table(const DeviceBuffer& b) const {
+    return static_cast<const void* const*>(b.get());
+  }
+
+  // Checks that the engine supports `spec` (dtypes, sizes, routing limits).
+  static Status CheckSpec(const MoeSpec& spec);
+  // Copies every MoE layer of `model` to the current device.
+  static StatusOr<DeviceWeights> Upload(const Model& model, cudaStream_t stream);
+  // Generates weights for the layers in spec.moe_layers on the current device.
+  static StatusOr<DeviceWeights> Random(const MoeSpec& spec, uint64_t seed, cudaStream_t stream);
+};
+
+}  // namespace moe::cuda

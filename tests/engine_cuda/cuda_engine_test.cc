@@ -1,0 +1,337 @@
+// The CUDA engine against the CPU engine (the reference) and the double-precision reference
+// routing, for every family, dtype, tile path, graphs and deterministic mode. Skips without a GPU.
+#include "moe/engine/cuda_engine.h"
+
+#include <cuda_runtime_api.h>
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "engine_cpu/random_model.h"
+#include "engine_cpu/reference.h"
+#include "moe/engine/cpu_engine.h"
+
+namespace moe {
+namespace {
+
+using testing::MakeActivations;
+using testing::RandomModel;
+using testing::RandomModelOptions;
+
+bool HaveGpu() {
+  int n = 0;
+  const bool ok = cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
+  cudaGetLastError();
+  return ok;
+}
+#define REQUIRE_GPU() \
+  if (!HaveGpu()) GTEST_SKIP() << "no CUDA device on this machine"
+
+// Tokens whose reference routing has a decision closer than this are skipped (fp32 may route them
+// either way); the tests require them to be rare.
+constexpr double kMinMargin = 1e-4;
+
+struct RunResult {
+  std::vector<float> out;  // [n, hidden] as floats
+  std::vector<int32_t> ids;
+  std::vector<float> weights;
+  std::vector<uint8_t> raw;  // output bytes
+};
+
+RunResult RunForward(Engine& engine, int layer, DType dtype, const std::vector<uint8_t>& input,
+                     int64_t n, int slot = 0) {
+  const MoeSpec& spec = engine.spec();
+  RunResult r;
+  r.raw.assign(static_cast<size_t>(n) * spec.hidden * DTypeSize(dtype), 0xFF);  // poison: NaN
+  r.ids.assign(static_cast<size_t>(n) * spec.top_k(), -1);
+  r.weights.assign(r.ids.size(), std::nanf(""));
+  ForwardArgs args;
+  args.layer = layer;
+  args.dtype = dtype;
+  args.n_tokens = n;
+  args.input = input.data();
+  args.output = r.raw.data();
+  args.expert_ids = r.ids.data();
+  args.expert_weights = r.weights.data();
+  args.slot = slot;
+  const Status s = engine.Forward(args);
+  EXPECT_TRUE(s.ok()) << s;
+  r.out.resize(static_cast<size_t>(n) * spec.hidden);
+  ConvertToF32(dtype, r.raw.data(), r.out.data(), r.out.size());
+  return r;
+}
+
+struct Compare {
+  double rel_err = 0;
+  int64_t skipped = 0;      // near-tie tokens
+  int64_t id_mismatch = 0;  // tokens (not near ties) whose experts differ from the reference
+  int64_t non_finite = 0;
+};
+
+// Compares `gpu` with `cpu` over tokens whose reference routing is unambiguous.
+Compare CompareRuns(const Model& model, int layer, const std::vector<float>& x, int64_t n,
+                    const RunResult& gpu, const RunResult& cpu) {
+  const MoeSpec& spec = model.spec();
+  const testing::ReferenceOutput ref = testing::ReferenceForward(model, layer, x, n);
+  Compare c;
+  double num = 0, den = 0;
+  const int k = spec.top_k(), h = spec.hidden;
+  for (int64_t t = 0; t < n; ++t) {
+    for (int j = 0; j < h; ++j) {
+      if (!std::isfinite(gpu.out[t * h + j])) ++c.non_finite;
+    }
+    if (ref.routing.margin[t] < kMinMargin) {
+      ++c.skipped;
+      continue;
+    }
+    for (int j = 0; j < k; ++j) {
+      if (gpu.ids[t * k + j] != ref.routing.ids[t * k + j]) {
+        ++c.id_mismatch;
+        break;
+      }
+    }
+    for (int j = 0; j < h; ++j) {
+      const double d = static_cast<double>(gpu.out[t * h + j]) - cpu.out[t * h + j];
+      num += d * d;
+      den += static_cast<double>(cpu.out[t * h + j]) * cpu.out[t * h + j];
+    }
+  }
+  c.rel_err = std::sqrt(num / std::max(den, 1e-300));
+  return c;
+}
+
+struct Case {
+  std::string name;
+  RandomModelOptions model;
+  DType act = DType::kBF16;
+  std::vector<int64_t> tokens;
+};
+
+void CheckCase(const Case& tc, const CudaEngineOptions& gpu_options) {
+  SCOPED_TRACE(tc.name);
+  const auto model = RandomModel(tc.model);
+  CpuEngineOptions cpu_options;
+  cpu_options.num_threads = 2;
+  cpu_options.max_batch_tokens = gpu_options.max_batch_tokens;
+  auto cpu = CpuEngine::Create(model, cpu_options);
+  ASSERT_TRUE(cpu.ok()) << cpu.status();
+  auto gpu = CudaEngine::Create(model, gpu_options);
+  ASSERT_TRUE(gpu.ok()) << gpu.status();
+  uint64_t seed = tc.model.seed * 7919;
+  for (int layer : tc.model.moe_layers) {
+    for (int64_t n : tc.tokens) {
+      SCOPED_TRACE(::testing::Message() << "layer " << layer << " n_tokens " << n);
+      const auto act = MakeActivations(tc.act, n * model->spec().hidden, ++seed);
+      const RunResult g = RunForward(**gpu, layer, tc.act, act.bytes, n);
+      const RunResult c = RunForward(**cpu, layer, tc.act, act.bytes, n);
+      const Compare cmp = CompareRuns(*model, layer, act.values, n, g, c);
+      EXPECT_EQ(cmp.non_finite, 0);
+      EXPECT_EQ(cmp.id_mismatch, 0);
+      EXPECT_LE(cmp.skipped, std::max<int64_t>(1, n / 20)) << "too many near ties";
+      EXPECT_LT(cmp.rel_err, 1e-2);
+      // Weights of the chosen experts match the CPU's wherever the ids match.
+      const int k = model->spec().top_k();
+      for (int64_t i = 0; i < n * k; ++i) {
+        if (g.ids[i] == c.ids[i]) {
+          ASSERT_NEAR(g.weights[i], c.weights[i], 1e-4 * std::max(1.0f, std::fabs(c.weights[i])))
+              << "pair " << i;
+        }
+      }
+    }
+  }
+}
+
+RandomModelOptions Opts(Family f, int experts, int top_k, int hidden, int inter, DType wd,
+                        uint64_t seed) {
+  RandomModelOptions o;
+  o.family = f;
+  o.n_experts = experts;
+  o.top_k = top_k;
+  o.hidden = hidden;
+  o.moe_intermediate = inter;
+  o.weight_dtype = wd;
+  o.seed = seed;
+  o.moe_layers = {0, 2};
+  return o;
+}
+
+// Token counts that hit the decode (<= 16 rows per expert), medium and large tiles, with counts
+// that are no multiple of any tile.
+const std::vector<int64_t> kTokenCounts = {1, 5, 33, 130, 600};
+
+CudaEngineOptions DefaultOptions() {
+  CudaEngineOptions o;
+  o.max_batch_tokens = 640;
+  return o;
+}
+
+TEST(CudaEngine, EveryFamilyBf16) {
+  REQUIRE_GPU();
+  std::vector<Case> cases = {
+      {"mixtral", Opts(Family::kMixtral, 8, 2, 200, 72, DType::kBF16, 11), DType::kBF16,
+       kTokenCounts},
+      {"qwen2_moe", Opts(Family::kQwen2Moe, 31, 4, 128, 64, DType::kBF16, 12), DType::kBF16,
+       kTokenCounts},
+      {"qwen3_moe", Opts(Family::kQwen3Moe, 129, 8, 136, 48, DType::kBF16, 13), DType::kBF16,
+       kTokenCounts},
+      {"deepseek_v2", Opts(Family::kDeepseekV2, 32, 6, 128, 88, DType::kBF16, 14), DType::kBF16,
+       kTokenCounts},
+      {"deepseek_v3", Opts(Family::kDeepseekV3, 64, 8, 256, 64, DType::kBF16, 15), DType::kBF16,
+       kTokenCounts},
+      {"olmoe", Opts(Family::kOlmoe, 64, 8, 64, 128, DType::kBF16, 16), DType::kBF16, kTokenCounts},
+  };
+  cases[1].model.norm_topk_prob = false;
+  cases[5].model.norm_topk_prob = false;
+  for (const Case& c : cases) CheckCase(c, DefaultOptions());
+}
+
+TEST(CudaEngine, DtypesAndDeepseekV2Greedy) {
+  REQUIRE_GPU();
+  std::vector<Case> cases = {
+      {"f16 weights, f16 act",
+       Opts(Family::kQwen3Moe, 16, 4, 128, 96, DType::kF16, 21),
+       DType::kF16,
+       {1, 40, 300}},
+      {"f16 weights, f32 act",
+       Opts(Family::kMixtral, 8, 2, 128, 96, DType::kF16, 22),
+       DType::kF32,
+       {1, 40, 300}},
+      {"f16 weights, bf16 act",
+       Opts(Family::kDeepseekV3, 32, 4, 128, 64, DType::kF16, 23),
+       DType::kBF16,
+       {3, 300}},
+      {"bf16 weights, f32 act",
+       Opts(Family::kQwen2Moe, 16, 4, 192, 64, DType::kBF16, 24),
+       DType::kF32,
+       {1, 40, 300}},
+      {"bf16 weights, f16 act",
+       Opts(Family::kOlmoe, 16, 2, 128, 64, DType::kBF16, 25),
+       DType::kF16,
+       {2, 300}},
+      {"deepseek_v2 greedy",
+       Opts(Family::kDeepseekV2, 16, 4, 128, 64, DType::kBF16, 26),
+       DType::kF32,
+       {1, 300}},
+  };
+  cases[5].model.n_group = 1;
+  for (const Case& c : cases) CheckCase(c, DefaultOptions());
+}
+
+TEST(CudaEngine, WithoutGraphsAndDeterministic) {
+  REQUIRE_GPU();
+  CudaEngineOptions eager = DefaultOptions();
+  eager.graph_batch_sizes.clear();
+  CheckCase({"eager",
+             Opts(Family::kDeepseekV3, 32, 4, 128, 64, DType::kBF16, 31),
+             DType::kBF16,
+             {1, 9, 200}},
+            eager);
+  CudaEngineOptions det = DefaultOptions();
+  det.deterministic = true;
+  CheckCase({"deterministic",
+             Opts(Family::kQwen2Moe, 31, 4, 128, 64, DType::kBF16, 32),
+             DType::kBF16,
+             {1, 9, 200, 600}},
+            det);
+}
+
+// Deterministic mode: a token's output bits do not depend on the batch (size, position, tiles).
+TEST(CudaEngine, DeterministicIsBatchInvariant) {
+  REQUIRE_GPU();
+  for (DType act : {DType::kBF16, DType::kF32}) {
+    const auto model = RandomModel(Opts(Family::kDeepseekV3, 64, 8, 256, 128, DType::kBF16, 41));
+    CudaEngineOptions o = DefaultOptions();
+    o.deterministic = true;
+    auto gpu = CudaEngine::Create(model, o);
+    ASSERT_TRUE(gpu.ok()) << gpu.status();
+    const int h = model->spec().hidden;
+    const size_t row_bytes = h * DTypeSize(act);
+    const int64_t n = 600;
+    const auto x = MakeActivations(act, n * h, 42);
+    const RunResult full = RunForward(**gpu, 0, act, x.bytes, n);
+    // Sub-batches of other sizes (other tiles, graph capacities) and offsets, and a reversed batch.
+    for (auto [begin, len] :
+         std::vector<std::pair<int64_t, int64_t>>{{0, 1}, {17, 1}, {5, 7}, {100, 40}, {3, 300}}) {
+      std::vector<uint8_t> sub(x.bytes.begin() + begin * row_bytes,
+                               x.bytes.begin() + (begin + len) * row_bytes);
+      const RunResult part = RunForward(**gpu, 0, act, sub, len);
+      ASSERT_EQ(0,
+                std::memcmp(part.raw.data(), full.raw.data() + begin * row_bytes, len * row_bytes))
+          << "tokens [" << begin << ", " << begin + len << ") differ from the full batch";
+    }
+    std::vector<uint8_t> rev(x.bytes.size());
+    for (int64_t t = 0; t < n; ++t) {
+      std::memcpy(rev.data() + t * row_bytes, x.bytes.data() + (n - 1 - t) * row_bytes, row_bytes);
+    }
+    const RunResult r = RunForward(**gpu, 0, act, rev, n);
+    for (int64_t t = 0; t < n; ++t) {
+      ASSERT_EQ(0, std::memcmp(r.raw.data() + t * row_bytes,
+                               full.raw.data() + (n - 1 - t) * row_bytes, row_bytes))
+          << "token " << t;
+    }
+  }
+}
+
+// Slots run concurrently and give the same results as one slot alone.
+TEST(CudaEngine, ConcurrentSlots) {
+  REQUIRE_GPU();
+  const auto model = RandomModel(Opts(Family::kMixtral, 8, 2, 128, 64, DType::kBF16, 51));
+  CudaEngineOptions o = DefaultOptions();
+  o.num_slots = 3;
+  o.deterministic = true;
+  auto gpu = CudaEngine::Create(model, o);
+  ASSERT_TRUE(gpu.ok()) << gpu.status();
+  const int64_t n = 50;
+  const auto x = MakeActivations(DType::kBF16, n * 128, 52);
+  const RunResult expect = RunForward(**gpu, 0, DType::kBF16, x.bytes, n, 0);
+  std::vector<std::thread> threads;
+  std::vector<RunResult> results(3);
+  for (int s = 0; s < 3; ++s) {
+    threads.emplace_back([&, s] {
+      for (int rep = 0; rep < 20; ++rep)
+        results[s] = RunForward(**gpu, 0, DType::kBF16, x.bytes, n, s);
+    });
+  }
+  for (auto& t : threads) t.join();
+  for (int s = 0; s < 3; ++s) EXPECT_EQ(results[s].raw, expect.raw) << "slot " << s;
+}
+
+TEST(CudaEngine, Errors) {
+  REQUIRE_GPU();
+  const auto model = RandomModel(Opts(Family::kMixtral, 8, 2, 128, 64, DType::kBF16, 61));
+  CudaEngineOptions o = DefaultOptions();
+  o.max_batch_tokens = 16;
+  auto gpu = CudaEngine::Create(model, o);
+  ASSERT_TRUE(gpu.ok()) << gpu.status();
+  std::vector<uint8_t> in(32 * 128 * 2), out(in.size());
+  ForwardArgs a;
+  a.layer = 1;  // not a MoE layer
+  a.n_tokens = 4;
+  a.input = in.data();
+  a.output = out.data();
+  EXPECT_FALSE((*gpu)->Forward(a).ok());
+  a.layer = 0;
+  a.n_tokens = 17;
+  EXPECT_EQ((*gpu)->Forward(a).code(), absl::StatusCode::kInvalidArgument);
+  a.n_tokens = 4;
+  a.slot = 1;
+  EXPECT_EQ((*gpu)->Forward(a).code(), absl::StatusCode::kInvalidArgument);
+  // Workspaces that cannot fit: a clear RESOURCE_EXHAUSTED, not a crash.
+  CudaEngineOptions huge = DefaultOptions();
+  huge.max_batch_tokens = 1LL << 30;
+  auto big = CudaEngine::Create(model, huge);
+  ASSERT_FALSE(big.ok());
+  EXPECT_EQ(big.status().code(), absl::StatusCode::kResourceExhausted) << big.status();
+  // Unsupported weights.
+  RandomModelOptions f32 = Opts(Family::kMixtral, 8, 2, 128, 64, DType::kF32, 62);
+  EXPECT_EQ(CudaEngine::Create(RandomModel(f32), DefaultOptions()).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace moe

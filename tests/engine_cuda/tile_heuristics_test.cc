@@ -1,0 +1,100 @@
+// The GEMM tile table and launch heuristics, on the CPU.
+#include "kernels/tile_heuristics.h"
+
+#include <gtest/gtest.h>
+
+namespace moe::cuda {
+namespace {
+
+TEST(TileTable, ShapesAreConsistent) {
+  for (int i = 0; i < kNumGemmTiles; ++i) {
+    const TileShape& s = kTileShapes[i];
+    SCOPED_TRACE(TileName(static_cast<GemmTile>(i)));
+    EXPECT_EQ(s.bm % (16 * s.warps_m), 0);
+    for (bool gated : {false, true}) {
+      // Each warp covers a multiple of 16 output columns (two n8 MMA tiles per ldmatrix.x4).
+      EXPECT_EQ(s.bn(gated) % (16 * s.warps_n), 0);
+      const int b_rows = gated ? 2 * s.bn_gated : s.bn_plain;
+      EXPECT_EQ(s.bm * 8 % s.threads(), 0);
+      EXPECT_EQ(b_rows * 8 % s.threads(), 0);
+      EXPECT_LE(s.smem_bytes(gated), 227 * 1024);  // sm_80 and sm_90 dynamic shared memory limit
+    }
+    EXPECT_GE(s.stages, 2);
+  }
+}
+
+TEST(ChooseTile, GrowsWithRowsPerExpert) {
+  EXPECT_EQ(ChooseTile(1), GemmTile::kDecode);
+  EXPECT_EQ(ChooseTile(16), GemmTile::kDecode);
+  EXPECT_EQ(ChooseTile(17), GemmTile::kMedium);
+  EXPECT_EQ(ChooseTile(64), GemmTile::kMedium);
+  EXPECT_EQ(ChooseTile(65), GemmTile::kLarge);
+  EXPECT_EQ(ChooseTile(1e6), GemmTile::kLarge);
+}
+
+TEST(ChooseSplitK, SplitsOnlySmallUnderfilledProblems) {
+  // Mixtral down projection at 1 token: 2 experts x 64 column blocks, K = 14336.
+  EXPECT_EQ(ChooseSplitK(128, 14336, 2, 132, false), 4);
+  // Already 2 blocks per SM: no split.
+  EXPECT_EQ(ChooseSplitK(264, 14336, 2, 132, false), 1);
+  // K too short to split (each split keeps >= 4 k-steps of 64).
+  EXPECT_EQ(ChooseSplitK(8, 256, 1, 132, false), 1);
+  EXPECT_EQ(ChooseSplitK(8, 512, 1, 132, false), 2);
+  // Never more than kMaxSplits.
+  EXPECT_EQ(ChooseSplitK(1, 1 << 20, 1, 132, false), kMaxSplits);
+  // Deterministic mode and large row counts never split.
+  EXPECT_EQ(ChooseSplitK(128, 14336, 2, 132, true), 1);
+  EXPECT_EQ(ChooseSplitK(128, 14336, kMaxSplitRows + 1, 132, false), 1);
+}
+
+TEST(MaxGroupedTiles, BoundsEveryDistribution) {
+  // Worst case: every active expert has one partial tile.
+  for (int bm : {16, 64, 128}) {
+    for (int64_t pairs : {1, 7, 64, 1000, 131072}) {
+      for (int experts : {1, 8, 31, 129}) {
+        // Distribution: pairs spread as evenly as possible (most partial tiles).
+        int64_t tiles = 0;
+        for (int e = 0; e < experts; ++e) {
+          const int64_t c = pairs / experts + (e < pairs % experts ? 1 : 0);
+          tiles += (c + bm - 1) / bm;
+        }
+        EXPECT_LE(tiles, MaxGroupedTiles(pairs, experts, bm))
+            << bm << " " << pairs << " " << experts;
+        // All pairs on one expert.
+        EXPECT_LE((pairs + bm - 1) / bm, MaxGroupedTiles(pairs, experts, bm));
+      }
+    }
+  }
+}
+
+TEST(PlanMoe, DecodeAndPrefillShapes) {
+  MoePlanInput in;
+  in.top_k = 8;
+  in.n_experts = 128;
+  in.hidden = 2048;
+  in.inter = 768;
+  in.router_rows = 128;
+  in.router_k = 2048;
+  in.sm_count = 132;
+  in.tokens = 1;
+  MoePlan p = PlanMoe(in);
+  EXPECT_EQ(p.tile, GemmTile::kDecode);
+  EXPECT_EQ(p.grouped_tiles, 8);
+  EXPECT_EQ(p.dense_tiles, 1);
+  EXPECT_GT(p.router_splits, 1);
+  in.tokens = 16384;
+  p = PlanMoe(in);
+  EXPECT_EQ(p.tile, GemmTile::kLarge);
+  EXPECT_EQ(p.router_splits, 1);
+  EXPECT_EQ(p.down_splits, 1);
+  EXPECT_EQ(p.grouped_tiles, 16384 * 8 / 128 + 128);
+  in.tokens = 1;
+  in.deterministic = true;
+  p = PlanMoe(in);
+  EXPECT_EQ(p.router_splits, 1);
+  EXPECT_EQ(p.down_splits, 1);
+  EXPECT_EQ(p.shared_down_splits, 1);
+}
+
+}  // namespace
+}  // namespace moe::cuda
