@@ -87,11 +87,21 @@ struct DeviceSeries {
   Gauge* busy;
 };
 
+// Counters fed from cumulative snapshots (SetWorkerTotals): last values seen, to add deltas.
 struct WorkerSeries {
-  Gauge* queue_length;
   Counter* sent;
   Counter* received;
+  Counter* busy_seconds;
+  absl::Mutex mu;
+  Metrics::WorkerTotals last ABSL_GUARDED_BY(mu);
 };
+
+// Adds the advance from `last` to `now` to `counter`; a decrease means the source restarted.
+template <typename T>
+void AdvanceCounter(Counter& counter, T& last, T now) {
+  counter.Increment(static_cast<double>(now >= last ? now - last : now));
+  last = now;
+}
 
 // One decoder layer's expert-load state.
 struct LayerLoad {
@@ -118,6 +128,8 @@ struct Metrics::Families {
 
   Histogram* queue_wait = nullptr;
   Gauge* queue_depth = nullptr;
+  Gauge* queued_tokens = nullptr;
+  Family<Counter>* refused = nullptr;
   Histogram* batch_tokens = nullptr;
   Counter* tokens = nullptr;
 
@@ -135,9 +147,14 @@ struct Metrics::Families {
   Family<Gauge>* gpu_memory_total = nullptr;
   Family<Gauge>* gpu_busy = nullptr;
 
-  Family<Gauge>* worker_queue = nullptr;
+  Gauge* swarm_queue = nullptr;
   Family<Counter>* worker_sent = nullptr;
   Family<Counter>* worker_received = nullptr;
+  Family<Counter>* worker_busy = nullptr;
+
+  absl::Mutex hooks_mu;  // held while hooks run, so RemoveCollectHook waits for a running one
+  int next_hook_id ABSL_GUARDED_BY(hooks_mu) = 0;
+  std::vector<std::pair<int, CollectHook>> hooks ABSL_GUARDED_BY(hooks_mu);
 
   absl::Mutex models_mu;
   absl::flat_hash_map<std::string, std::unique_ptr<ModelSeries>> models ABSL_GUARDED_BY(models_mu);
@@ -215,6 +232,12 @@ absl::Status Metrics::Init() {
              .Add({}, LatencyBuckets());
     f.queue_depth =
         &Build<Gauge>(r, "moe_queue_depth", "Requests waiting in the scheduler queue.").Add({});
+    f.queued_tokens = &Build<Gauge>(r, "moe_queued_tokens",
+                                    "Tokens of the requests waiting in the scheduler queue.")
+                           .Add({});
+    f.refused = &Build<Counter>(r, "moe_scheduler_refused_total",
+                                "Requests the scheduler refused at submission, by reason "
+                                "(invalid, queue_full, shutting_down).");
     f.batch_tokens =
         &Build<Histogram>(r, "moe_batch_size_tokens", "Tokens in each dispatched batch.")
              .Add({}, TokenBuckets());
@@ -227,8 +250,8 @@ absl::Status Metrics::Init() {
                                   "forward of one batch, in seconds.")
                      .Add({}, LatencyBuckets());
     f.compute = &Build<Histogram>(r, "moe_compute_duration_seconds",
-                                  "Expert compute time of one MoE layer forward of one batch, "
-                                  "in seconds.")
+                                  "Engine forward time (routing and experts) of one MoE layer "
+                                  "for one batch, in seconds.")
                      .Add({}, LatencyBuckets());
     f.expert_tokens = &Build<Counter>(
         r, "moe_expert_routed_tokens_total",
@@ -257,12 +280,17 @@ absl::Status Metrics::Init() {
                                "Fraction of the last sampling interval the GPU had work in "
                                "flight (0..1).");
 
-    f.worker_queue = &Build<Gauge>(r, "moe_worker_queue_length",
-                                   "Messages waiting in each swarm worker's queue.");
-    f.worker_sent =
-        &Build<Counter>(r, "moe_worker_messages_sent_total", "Messages each swarm worker sent.");
+    f.swarm_queue = &Build<Gauge>(r, "moe_swarm_queue_length",
+                                  "Tasks in the worker swarm's shared queue, not yet taken by a "
+                                  "worker.")
+                         .Add({});
+    f.worker_sent = &Build<Counter>(r, "moe_worker_messages_sent_total",
+                                    "Results each swarm worker sent back (tasks completed or "
+                                    "abandoned).");
     f.worker_received = &Build<Counter>(r, "moe_worker_messages_received_total",
-                                        "Messages each swarm worker received.");
+                                        "Tasks each swarm worker took from the queue.");
+    f.worker_busy = &Build<Counter>(r, "moe_worker_busy_seconds_total",
+                                    "Seconds each swarm worker spent running tasks.");
   } catch (const std::exception& e) {
     return absl::InternalError(absl::StrCat("metrics: registering families: ", e.what()));
   }
@@ -283,9 +311,9 @@ absl::Status Metrics::Init() {
   f.workers = std::make_unique<LazySlots<WorkerSeries>>(options_.max_workers, [&f](int worker) {
     const prometheus::Labels l = {{"worker", std::to_string(worker)}};
     auto s = std::make_unique<WorkerSeries>();
-    s->queue_length = &f.worker_queue->Add(l);
     s->sent = &f.worker_sent->Add(l);
     s->received = &f.worker_received->Add(l);
+    s->busy_seconds = &f.worker_busy->Add(l);
     return s;
   });
   // Requests for unregistered models are counted under "_other", which always exists.
@@ -294,8 +322,27 @@ absl::Status Metrics::Init() {
 
 const std::shared_ptr<prometheus::Registry>& Metrics::registry() const { return f_->registry; }
 
-std::string Metrics::Serialize() const {
+std::string Metrics::Serialize() {
+  {
+    absl::MutexLock lock(&f_->hooks_mu);
+    for (auto& [id, hook] : f_->hooks) hook(*this);
+  }
   return prometheus::TextSerializer().Serialize(f_->registry->Collect());
+}
+
+int Metrics::AddCollectHook(CollectHook hook) {
+  absl::MutexLock lock(&f_->hooks_mu);
+  const int id = f_->next_hook_id++;
+  f_->hooks.emplace_back(id, std::move(hook));
+  return id;
+}
+
+void Metrics::RemoveCollectHook(int id) {
+  absl::MutexLock lock(&f_->hooks_mu);
+  auto& hooks = f_->hooks;
+  hooks.erase(std::remove_if(hooks.begin(), hooks.end(),
+                             [id](const auto& entry) { return entry.first == id; }),
+              hooks.end());
 }
 
 std::string_view Metrics::CodeName(int grpc_code) {
@@ -411,8 +458,18 @@ void Metrics::RequestFinished() { f_->inflight->Decrement(); }
 // ---- Scheduler -----------------------------------------------------------------------------
 
 void Metrics::RecordQueueWait(double seconds) { f_->queue_wait->Observe(seconds); }
-void Metrics::SetQueueDepth(int64_t requests) {
+void Metrics::SetQueueDepth(int64_t requests, int64_t tokens) {
   f_->queue_depth->Set(static_cast<double>(requests));
+  f_->queued_tokens->Set(static_cast<double>(tokens));
+}
+
+void Metrics::RecordRefused(std::string_view reason) {
+  std::string label = "other";
+  for (const char* known : {"invalid", "queue_full", "shutting_down"}) {
+    if (reason == known) label = known;
+  }
+  // Family::Add returns the existing series for equal labels (4 possible).
+  f_->refused->Add({{"reason", label}}).Increment();
 }
 void Metrics::RecordBatch(int64_t tokens) {
   if (tokens < 0) {
@@ -502,20 +559,17 @@ void Metrics::SetGpuBusyRatio(int device, double ratio) {
 
 // ---- Worker swarm --------------------------------------------------------------------------
 
-void Metrics::SetWorkerQueueLength(int worker, int64_t length) {
-  if (WorkerSeries* s = SlotOrDrop(*f_->workers, worker, *f_->dropped)) {
-    s->queue_length->Set(static_cast<double>(length));
-  }
+void Metrics::SetSwarmQueueLength(int64_t length) {
+  f_->swarm_queue->Set(static_cast<double>(length));
 }
-void Metrics::RecordWorkerMessagesSent(int worker, int64_t count) {
-  if (WorkerSeries* s = SlotOrDrop(*f_->workers, worker, *f_->dropped)) {
-    s->sent->Increment(static_cast<double>(count));
-  }
-}
-void Metrics::RecordWorkerMessagesReceived(int worker, int64_t count) {
-  if (WorkerSeries* s = SlotOrDrop(*f_->workers, worker, *f_->dropped)) {
-    s->received->Increment(static_cast<double>(count));
-  }
+
+void Metrics::SetWorkerTotals(int worker, const WorkerTotals& totals) {
+  WorkerSeries* s = SlotOrDrop(*f_->workers, worker, *f_->dropped);
+  if (s == nullptr) return;
+  absl::MutexLock lock(&s->mu);
+  AdvanceCounter(*s->received, s->last.received, totals.received);
+  AdvanceCounter(*s->sent, s->last.sent, totals.sent);
+  AdvanceCounter(*s->busy_seconds, s->last.busy_seconds, totals.busy_seconds);
 }
 
 void Metrics::SetReady(bool ready) { f_->ready->Set(ready ? 1 : 0); }

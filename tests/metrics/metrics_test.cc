@@ -33,7 +33,8 @@ void TouchEverything(Metrics& m) {
   m.RecordRequest("m", 3, 1e-3);
   m.RecordExpertLoad(0, std::vector<uint32_t>(2, 5000));
   m.RecordExpertCacheHit(0);
-  m.SetWorkerQueueLength(0, 1);
+  m.SetWorkerTotals(0, {.received = 1, .sent = 1, .busy_seconds = 0.5});
+  m.RecordRefused("queue_full");
 }
 
 TEST(MetricsTest, FamiliesFollowPrometheusNaming) {
@@ -89,7 +90,10 @@ TEST(MetricsTest, FamiliesFollowPrometheusNaming) {
            "moe_gpu_memory_used_bytes",
            "moe_gpu_memory_total_bytes",
            "moe_gpu_busy_ratio",
-           "moe_worker_queue_length",
+           "moe_queued_tokens",
+           "moe_scheduler_refused_total",
+           "moe_swarm_queue_length",
+           "moe_worker_busy_seconds_total",
            "moe_worker_messages_sent_total",
            "moe_worker_messages_received_total",
        }) {
@@ -191,7 +195,10 @@ TEST(MetricsTest, SchedulerAndEngineValues) {
   metrics->RequestStarted();
   metrics->RequestStarted();
   metrics->RequestFinished();
-  metrics->SetQueueDepth(7);
+  metrics->SetQueueDepth(7, 700);
+  metrics->RecordRefused("queue_full");
+  metrics->RecordRefused("queue_full");
+  metrics->RecordRefused("made-up");
   metrics->RecordBatch(12);
   metrics->RecordBatch(300);
   metrics->RecordBatch(-1);  // dropped
@@ -201,6 +208,9 @@ TEST(MetricsTest, SchedulerAndEngineValues) {
   Collected c(*metrics);
   EXPECT_EQ(c.Gauge("moe_inflight_requests"), 2.0);
   EXPECT_EQ(c.Gauge("moe_queue_depth"), 7.0);
+  EXPECT_EQ(c.Gauge("moe_queued_tokens"), 700.0);
+  EXPECT_EQ(c.Counter("moe_scheduler_refused_total", {{"reason", "queue_full"}}), 2.0);
+  EXPECT_EQ(c.Counter("moe_scheduler_refused_total", {{"reason", "other"}}), 1.0);
   EXPECT_EQ(c.Counter("moe_tokens_processed_total"), 312.0);
   const auto* batch = c.Series("moe_batch_size_tokens", {});
   ASSERT_NE(batch, nullptr);
@@ -319,21 +329,47 @@ TEST(MetricsTest, DeviceSeriesAppearOnFirstUseAndStayBounded) {
   EXPECT_EQ(c.Counter("moe_metrics_dropped_total"), 1.0);
 }
 
-TEST(MetricsTest, WorkerSeries) {
+TEST(MetricsTest, WorkerCountersAdvanceByDifferences) {
   Metrics::Options options;
   options.max_workers = 4;
   auto metrics = MakeMetrics(options);
-  metrics->SetWorkerQueueLength(3, 9);
-  metrics->RecordWorkerMessagesSent(3, 10);
-  metrics->RecordWorkerMessagesReceived(3);
-  metrics->RecordWorkerMessagesReceived(3, 4);
-  metrics->RecordWorkerMessagesSent(4);  // out of range
+  metrics->SetSwarmQueueLength(9);
+  metrics->SetWorkerTotals(3, {.received = 10, .sent = 8, .busy_seconds = 1.5});
+  metrics->SetWorkerTotals(3, {.received = 15, .sent = 15, .busy_seconds = 2.0});
+  {
+    Collected c(*metrics);
+    EXPECT_EQ(c.Gauge("moe_swarm_queue_length"), 9.0);
+    EXPECT_EQ(c.Counter("moe_worker_messages_received_total", {{"worker", "3"}}), 15.0);
+    EXPECT_EQ(c.Counter("moe_worker_messages_sent_total", {{"worker", "3"}}), 15.0);
+    EXPECT_DOUBLE_EQ(c.Counter("moe_worker_busy_seconds_total", {{"worker", "3"}}), 2.0);
+  }
+  // A restarted swarm reports smaller totals: counted as a restart from zero, never a decrease.
+  metrics->SetWorkerTotals(3, {.received = 4, .sent = 4, .busy_seconds = 0.25});
+  metrics->SetWorkerTotals(4, {.received = 1});  // out of range
   Collected c(*metrics);
-  EXPECT_EQ(c.Gauge("moe_worker_queue_length", {{"worker", "3"}}), 9.0);
-  EXPECT_EQ(c.Counter("moe_worker_messages_sent_total", {{"worker", "3"}}), 10.0);
-  EXPECT_EQ(c.Counter("moe_worker_messages_received_total", {{"worker", "3"}}), 5.0);
+  EXPECT_EQ(c.Counter("moe_worker_messages_received_total", {{"worker", "3"}}), 19.0);
+  EXPECT_EQ(c.Counter("moe_worker_messages_sent_total", {{"worker", "3"}}), 19.0);
+  EXPECT_DOUBLE_EQ(c.Counter("moe_worker_busy_seconds_total", {{"worker", "3"}}), 2.25);
   EXPECT_EQ(c.NumSeries("moe_worker_messages_sent_total"), 1u);
   EXPECT_EQ(c.Counter("moe_metrics_dropped_total"), 1.0);
+}
+
+TEST(MetricsTest, CollectHooksRunOnEveryScrapeUntilRemoved) {
+  auto metrics = MakeMetrics();
+  int runs = 0;
+  const int id = metrics->AddCollectHook([&runs](Metrics& m) {
+    ++runs;
+    m.SetQueueDepth(runs, 10 * runs);
+  });
+  std::string text = metrics->Serialize();
+  EXPECT_NE(text.find("\nmoe_queue_depth 1\n"), std::string::npos) << text;
+  text = metrics->Serialize();
+  EXPECT_NE(text.find("\nmoe_queued_tokens 20\n"), std::string::npos) << text;
+  metrics->RemoveCollectHook(id);
+  text = metrics->Serialize();
+  EXPECT_EQ(runs, 2);
+  EXPECT_NE(text.find("\nmoe_queue_depth 2\n"), std::string::npos) << text;
+  metrics->RemoveCollectHook(id);  // unknown ids are ignored
 }
 
 TEST(MetricsTest, CodeNames) {
@@ -375,7 +411,7 @@ TEST(MetricsTest, ConcurrentRecordingLosesNothing) {
         metrics->RecordRequest(t % 2 == 0 ? "x" : "y", 5, 1e-3);
         metrics->RecordBatch(3);
         metrics->RecordExpertLoad(i % 2, load);
-        metrics->RecordWorkerMessagesSent(t);
+        metrics->RecordRefused("invalid");
         metrics->RecordExpertCacheHit(t % 2);
         metrics->RequestFinished();
         if (i % 500 == 0) (void)metrics->Serialize();
@@ -391,7 +427,7 @@ TEST(MetricsTest, ConcurrentRecordingLosesNothing) {
   EXPECT_EQ(c.Counter("moe_tokens_processed_total"), 3 * n);
   EXPECT_EQ(c.Gauge("moe_inflight_requests"), 0.0);
   EXPECT_EQ(c.Counter("moe_expert_routed_tokens_total", {{"layer", "0"}, {"expert", "2"}}), n);
-  EXPECT_EQ(c.Counter("moe_worker_messages_sent_total", {{"worker", "2"}}), kIters);
+  EXPECT_EQ(c.Counter("moe_scheduler_refused_total", {{"reason", "invalid"}}), n);
   EXPECT_EQ(c.Counter("moe_expert_cache_hits_total", {{"device", "1"}}), n / 2);
   // Every layer's windows hold 4 assignments per record: max 2 / mean 1 = 2 exactly.
   EXPECT_DOUBLE_EQ(c.Gauge("moe_expert_load_imbalance_ratio", {{"layer", "0"}}), 2.0);

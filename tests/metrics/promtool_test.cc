@@ -45,11 +45,11 @@ void Populate(Metrics& m) {
     m.RecordExpertCacheMiss(1);
     m.RecordExpertCacheEviction(1);
     m.RecordExpertCacheCopy(1, 176160768, 2e-3);
-    m.SetWorkerQueueLength(i % 4, i);
-    m.RecordWorkerMessagesSent(i % 4);
-    m.RecordWorkerMessagesReceived(i % 4);
+    m.SetWorkerTotals(i % 4, {.received = i, .sent = i, .busy_seconds = 0.01 * i});
+    m.RecordRefused(i % 2 ? "queue_full" : "invalid");
   }
-  m.SetQueueDepth(3);
+  m.SetQueueDepth(3, 48);
+  m.SetSwarmQueueLength(2);
   m.SetGpuMemory(0, int64_t{20} << 30, int64_t{80} << 30);
   m.SetGpuMemory(1, int64_t{21} << 30, int64_t{80} << 30);
   m.SetGpuBusyRatio(0, 0.5);

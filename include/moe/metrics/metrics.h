@@ -19,6 +19,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -87,14 +88,18 @@ class Metrics {
   // ---- Scheduler -----------------------------------------------------------------------------
   // Time one request spent queued before its batch was dispatched.
   void RecordQueueWait(double seconds);
-  // Requests currently waiting in the scheduler queue.
-  void SetQueueDepth(int64_t requests);
+  // Requests, and their tokens, currently waiting in the scheduler queue.
+  void SetQueueDepth(int64_t requests, int64_t tokens);
+  // Submit() refused a request. reason: "invalid", "queue_full" or "shutting_down" (anything
+  // else is recorded as "other").
+  void RecordRefused(std::string_view reason);
   // One dispatched batch: its size in tokens (moe_batch_size_tokens) and the tokens it carried
   // (moe_tokens_processed_total).
   void RecordBatch(int64_t tokens);
 
   // ---- Engine --------------------------------------------------------------------------------
-  // Router (gating scores + top-k) and expert compute time of one layer forward of one batch.
+  // Router time (gating scores + top-k) of one layer forward of one batch, for engines that time
+  // it separately; and the whole engine forward (routing + experts) of one layer and batch.
   void RecordRouting(double seconds);
   void RecordCompute(double seconds);
   // Tokens routed to each expert of decoder layer `layer` in one forward;
@@ -114,18 +119,38 @@ class Metrics {
   void SetGpuBusyRatio(int device, double ratio);
 
   // ---- Worker swarm --------------------------------------------------------------------------
-  void SetWorkerQueueLength(int worker, int64_t length);
-  void RecordWorkerMessagesSent(int worker, int64_t count = 1);
-  void RecordWorkerMessagesReceived(int worker, int64_t count = 1);
+  // Tasks in the swarm's (single, shared) queue, accepted and not yet taken by a worker.
+  void SetSwarmQueueLength(int64_t length);
+  // Cumulative totals of one worker since it started, from a swarm snapshot: tasks received
+  // (dequeued), results sent back (completed or abandoned), and seconds spent running tasks.
+  // The counters advance by the difference to the previous call; a smaller value than before
+  // (a restarted swarm) counts as a restart from zero.
+  struct WorkerTotals {
+    int64_t received = 0;
+    int64_t sent = 0;
+    double busy_seconds = 0;
+  };
+  void SetWorkerTotals(int worker, const WorkerTotals& totals);
 
   // ---- Lifecycle -----------------------------------------------------------------------------
   // moe_ready: 1 while the daemon serves (weights loaded and warmed, not draining), else 0.
   // HttpServer::SetReady() keeps it in step with /readyz.
   void SetReady(bool ready);
 
+  // ---- Scrape-time refresh -------------------------------------------------------------------
+  // `hook` runs at the start of every Serialize() (every /metrics scrape) to refresh gauges and
+  // counters from pulled snapshots (scheduler and swarm stats, GPU memory). Hooks must be fast,
+  // thread-safe and must not call AddCollectHook/RemoveCollectHook. Returns an id for
+  // RemoveCollectHook(); after RemoveCollectHook() returns the hook is not running and never
+  // runs again, so objects it captures may then be destroyed.
+  using CollectHook = std::function<void(Metrics&)>;
+  int AddCollectHook(CollectHook hook);
+  void RemoveCollectHook(int id);
+
   // ---- Exposition ----------------------------------------------------------------------------
-  // The whole registry in the Prometheus text exposition format (version 0.0.4).
-  std::string Serialize() const;
+  // Runs the collect hooks, then renders the whole registry in the Prometheus text exposition
+  // format (version 0.0.4).
+  std::string Serialize();
   // The registry, for code in src/metrics (the HTTP server) and tests; others use the methods.
   const std::shared_ptr<prometheus::Registry>& registry() const;
 
