@@ -187,6 +187,9 @@ Status ParseFamily(const ConfigReader& r, MoeSpec* spec, std::vector<std::string
       MOE_ASSIGN_OR_RETURN(std::optional<std::string> scoring, r.OptString("scoring_func"));
       MOE_ASSIGN_OR_RETURN(std::optional<int64_t> n_group, r.OptInt({"n_group"}));
       MOE_ASSIGN_OR_RETURN(std::optional<int64_t> topk_group, r.OptInt({"topk_group"}));
+      MOE_ASSIGN_OR_RETURN(int64_t mtp, r.Int({"num_nextn_predict_layers"}, 0));
+      if (mtp < 0) return r.Error("num_nextn_predict_layers", "is negative", mtp);
+      spec->n_mtp_layers = static_cast<int>(mtp);
       if (shared < 0) return r.Error("n_shared_experts", "is negative", shared);
       if (first_dense < 0) return r.Error("first_k_dense_replace", "is negative", first_dense);
       if (freq != 1) {

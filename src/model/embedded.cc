@@ -14,9 +14,9 @@
 #include <memory>
 #include <vector>
 
-#include "nlohmann/json.hpp"
 #include "moe/store/checkpoint.h"
 #include "moe/store/safetensors_writer.h"
+#include "nlohmann/json.hpp"
 
 namespace moe {
 
@@ -54,9 +54,15 @@ SafetensorsWriter::FillFn UniformFill(uint64_t seed, const std::string& name, DT
       const float u = static_cast<float>(SplitMix64(&state) >> 40) * kInv24;
       const float v = (2.0f * u - 1.0f) * bound;
       switch (dtype) {
-        case DType::kBF16: static_cast<uint16_t*>(dst)[i] = F32ToBf16(v); break;
-        case DType::kF16: static_cast<uint16_t*>(dst)[i] = F32ToF16(v); break;
-        default: static_cast<float*>(dst)[i] = v; break;
+        case DType::kBF16:
+          static_cast<uint16_t*>(dst)[i] = F32ToBf16(v);
+          break;
+        case DType::kF16:
+          static_cast<uint16_t*>(dst)[i] = F32ToF16(v);
+          break;
+        default:
+          static_cast<float*>(dst)[i] = v;
+          break;
       }
     }
   };
@@ -91,7 +97,7 @@ std::string ConfigJson(const SyntheticModelOptions& o) {
   c["vocab_size"] = 1024;
   c["max_position_embeddings"] = 4096;
   c["tie_word_embeddings"] = false;
-  const char* dtype = o.dtype == DType::kF32 ? "float32"
+  const char* dtype = o.dtype == DType::kF32   ? "float32"
                       : o.dtype == DType::kF16 ? "float16"
                                                : "bfloat16";
   c["dtype"] = dtype;
@@ -138,8 +144,8 @@ Status BuildWriters(const SyntheticModelOptions& o, std::vector<SafetensorsWrite
 // File name -> expected contents (small files) or size (shards).
 struct ExpectedFile {
   std::string name;
-  std::string text;        // config/index: exact contents
-  int64_t size = 0;        // shards: exact size
+  std::string text;  // config/index: exact contents
+  int64_t size = 0;  // shards: exact size
   const SafetensorsWriter* writer = nullptr;
 };
 
@@ -245,8 +251,8 @@ StatusOr<std::string> EnsureEmbeddedModel(const std::string& cache_dir_in) {
   }
   // A stale, incomplete copy under the final name is moved aside first.
   if (fs::exists(final_dir, ec) && !IsComplete(final_dir, files)) {
-    const std::string stale =
-        store::JoinPath(cache_dir, absl::StrCat(".", kEmbeddedModelName, ".stale.", UniqueSuffix()));
+    const std::string stale = store::JoinPath(
+        cache_dir, absl::StrCat(".", kEmbeddedModelName, ".stale.", UniqueSuffix()));
     fs::rename(final_dir, stale, ec);
     fs::remove_all(stale, ec);
   }
@@ -255,8 +261,8 @@ StatusOr<std::string> EnsureEmbeddedModel(const std::string& cache_dir_in) {
     fs::remove_all(tmp_dir, ec);
     // Another process may have won the race; its copy is as good as ours.
     if (IsComplete(final_dir, files)) return final_dir;
-    return absl::InternalError(absl::StrCat("cannot rename ", tmp_dir, " to ", final_dir, ": ",
-                                            std::strerror(err)));
+    return absl::InternalError(
+        absl::StrCat("cannot rename ", tmp_dir, " to ", final_dir, ": ", std::strerror(err)));
   }
   return final_dir;
 }

@@ -48,9 +48,12 @@ std::string Ranges(const std::vector<int>& v) {
 
 const char* TopkMethodName(TopkMethod m) {
   switch (m) {
-    case TopkMethod::kGreedy: return "greedy top-k";
-    case TopkMethod::kGroupLimitedGreedy: return "group_limited_greedy";
-    case TopkMethod::kNoAuxTc: return "noaux_tc";
+    case TopkMethod::kGreedy:
+      return "greedy top-k";
+    case TopkMethod::kGroupLimitedGreedy:
+      return "group_limited_greedy";
+    case TopkMethod::kNoAuxTc:
+      return "noaux_tc";
   }
   return "?";
 }
@@ -61,8 +64,9 @@ void PrintSpec(const MoeSpec& s, std::ostream& out) {
       << (s.architecture.empty() ? "?" : s.architecture) << ", model_type " << s.model_type
       << ")\n";
   out << "hidden        " << s.hidden << "\n";
-  out << "layers        " << s.n_layers << " decoder layers; MoE layers served: "
-      << Ranges(s.moe_layers) << " (" << s.moe_layers.size() << ")\n";
+  out << "layers        " << s.n_layers
+      << " decoder layers; MoE layers served: " << Ranges(s.moe_layers) << " ("
+      << s.moe_layers.size() << ")\n";
   out << "experts       " << g.n_experts << " routed, top-" << g.top_k << ", width "
       << s.moe_intermediate << "\n";
   out << "routing       " << (g.scoring == ScoringFunc::kSoftmax ? "softmax" : "sigmoid") << ", "
@@ -70,8 +74,8 @@ void PrintSpec(const MoeSpec& s, std::ostream& out) {
   if (g.topk_method != TopkMethod::kGreedy) {
     out << " (n_group " << g.n_group << ", topk_group " << g.topk_group << ")";
   }
-  out << ", norm_topk_prob " << (g.norm_topk_prob ? "true" : "false")
-      << ", routed_scaling_factor " << g.routed_scaling_factor;
+  out << ", norm_topk_prob " << (g.norm_topk_prob ? "true" : "false") << ", routed_scaling_factor "
+      << g.routed_scaling_factor;
   if (g.has_correction_bias) out << ", e_score_correction_bias for selection";
   out << "\n";
   out << "shared expert ";
@@ -93,9 +97,8 @@ void PrintSpec(const MoeSpec& s, std::ostream& out) {
 }
 
 void PrintInventory(const store::Checkpoint& ckpt, std::ostream& out) {
-  out << "shards        " << ckpt.shards().size() << " file(s), "
-      << HumanBytes(ckpt.mapped_bytes()) << " mapped"
-      << (ckpt.sharded() ? " (via model.safetensors.index.json)" : "") << "\n";
+  out << "shards        " << ckpt.shards().size() << " file(s), " << HumanBytes(ckpt.mapped_bytes())
+      << " mapped" << (ckpt.sharded() ? " (via model.safetensors.index.json)" : "") << "\n";
   for (const auto& shard : ckpt.shards()) {
     out << "  " << shard->path() << "  " << HumanBytes(shard->file_size()) << ", "
         << shard->tensors().size() << " tensors\n";
@@ -117,9 +120,9 @@ void PrintInventory(const store::Checkpoint& ckpt, std::ostream& out) {
   for (const auto& [kind, row] : rows) {
     std::string dtypes;
     for (const std::string& d : row.dtypes) absl::StrAppend(&dtypes, dtypes.empty() ? "" : ",", d);
-    out << "  " << std::left << std::setw(20) << model_internal::TensorKindName(kind)
-        << std::right << std::setw(7) << row.count << "  " << std::setw(10)
-        << HumanBytes(row.bytes) << "  " << dtypes << "\n";
+    out << "  " << std::left << std::setw(20) << model_internal::TensorKindName(kind) << std::right
+        << std::setw(7) << row.count << "  " << std::setw(10) << HumanBytes(row.bytes) << "  "
+        << dtypes << "\n";
   }
 }
 

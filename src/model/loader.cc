@@ -274,6 +274,9 @@ Status CheckNoStrayMoeTensors(const Checkpoint& ckpt, const MoeSpec& spec) {
                      kind == TensorKind::kRoutedExpert || kind == TensorKind::kSharedExpert ||
                      kind == TensorKind::kSharedGate;
     if (!moe || layer < 0) continue;
+    // DeepSeek-V3's multi-token-prediction layers follow the decoder layers; like transformers,
+    // we ignore them.
+    if (layer >= spec.n_layers && layer < spec.n_layers + spec.n_mtp_layers) continue;
     if (layer >= spec.n_layers) {
       return absl::InvalidArgumentError(
           absl::StrCat(where.file->path(), ": tensor '", name, "' is in layer ", layer,

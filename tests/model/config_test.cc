@@ -177,7 +177,7 @@ TEST(ConfigTest, DeepseekV3WithFp8) {
       "n_routed_experts": 256, "n_shared_experts": 1, "num_experts_per_tok": 8,
       "first_k_dense_replace": 3, "moe_layer_freq": 1, "n_group": 8, "topk_group": 4,
       "topk_method": "noaux_tc", "scoring_func": "sigmoid", "norm_topk_prob": true,
-      "routed_scaling_factor": 2.5, "torch_dtype": "bfloat16",
+      "routed_scaling_factor": 2.5, "torch_dtype": "bfloat16", "num_nextn_predict_layers": 1,
       "quantization_config": {"activation_scheme": "dynamic", "fmt": "e4m3",
                               "quant_method": "fp8", "weight_block_size": [128, 128]}})");
   EXPECT_EQ(s.family, Family::kDeepseekV3);
@@ -190,6 +190,7 @@ TEST(ConfigTest, DeepseekV3WithFp8) {
   EXPECT_FLOAT_EQ(s.routing.routed_scaling_factor, 2.5f);
   EXPECT_EQ(s.shared_intermediate, 2048);
   EXPECT_EQ(s.moe_layers, Range(3, 61));
+  EXPECT_EQ(s.n_mtp_layers, 1);
   EXPECT_EQ(s.weight_dtype, DType::kF8E4M3);
   EXPECT_EQ(s.quant_block_out, 128);
   EXPECT_EQ(s.quant_block_in, 128);

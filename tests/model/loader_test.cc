@@ -273,6 +273,26 @@ TEST(LoaderTest, MoeTensorsInDenseOrMissingLayersAreInvalid) {
   }
 }
 
+TEST(LoaderTest, DeepseekMtpLayersAreIgnored) {
+  TinyOptions o;
+  o.family = Family::kDeepseekV3;
+  TinyCheckpoint tiny(o);
+  tiny.config["num_nextn_predict_layers"] = 1;
+  // As published, DeepSeek-V3 stores its MTP module as decoder layer num_hidden_layers.
+  tiny.Add("model.layers.3.mlp.gate.weight", DType::kBF16, {kE, kH});
+  tiny.Add("model.layers.3.mlp.experts.0.gate_proj.weight", DType::kBF16, {kI, kH});
+  TempDir dir;
+  auto model = WriteAndOpen(tiny, dir);
+  ASSERT_TRUE(model.ok()) << model.status();
+  EXPECT_EQ((*model)->spec().n_mtp_layers, 1);
+  EXPECT_EQ((*model)->spec().moe_layers, (std::vector<int>{1, 2}));
+  EXPECT_EQ((*model)->layer(3), nullptr);
+  tiny.Add("model.layers.4.mlp.gate.weight", DType::kBF16, {kE, kH});
+  TempDir dir2;
+  ExpectError(WriteAndOpen(tiny, dir2), absl::StatusCode::kInvalidArgument,
+              {"model.layers.4.mlp.gate.weight"});
+}
+
 TEST(LoaderTest, MixedExpertDtypesAreInvalid) {
   TinyCheckpoint tiny(TinyOptions{});
   tiny.Find("model.layers.2.mlp.experts.1.gate_proj.weight")->dtype = DType::kF16;

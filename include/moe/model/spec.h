@@ -13,10 +13,10 @@ namespace moe {
 // Model families, each with its own routing function and tensor names (compare transformers'
 // modeling code of the same name).
 enum class Family : uint8_t {
-  kMixtral,     // MixtralForCausalLM: softmax, top-k, renormalise.
-  kQwen2Moe,    // Qwen2MoeForCausalLM: softmax, top-k, renormalise iff norm_topk_prob; shared expert
-                //   scaled by sigmoid(shared_expert_gate(x)).
-  kQwen3Moe,    // Qwen3MoeForCausalLM: softmax, top-k, renormalise iff norm_topk_prob.
+  kMixtral,   // MixtralForCausalLM: softmax, top-k, renormalise.
+  kQwen2Moe,  // Qwen2MoeForCausalLM: softmax, top-k, renormalise iff norm_topk_prob; shared expert
+              //   scaled by sigmoid(shared_expert_gate(x)).
+  kQwen3Moe,  // Qwen3MoeForCausalLM: softmax, top-k, renormalise iff norm_topk_prob.
   kDeepseekV2,  // DeepseekV2ForCausalLM: softmax, greedy or group-limited greedy top-k,
                 //   routed_scaling_factor, shared experts.
   kDeepseekV3,  // DeepseekV3ForCausalLM: sigmoid, e_score_correction_bias for selection only,
@@ -43,27 +43,29 @@ struct RoutingSpec {
   TopkMethod topk_method = TopkMethod::kGreedy;
   int n_experts = 0;
   int top_k = 0;
-  int n_group = 1;       // expert groups (group-limited methods only)
-  int topk_group = 1;    // groups kept (group-limited methods only)
-  bool norm_topk_prob = false;          // renormalise the k weights to sum to 1
-  bool has_correction_bias = false;     // e_score_correction_bias [n_experts] (kNoAuxTc)
-  float routed_scaling_factor = 1.0f;   // multiplies the final routed weights
+  int n_group = 1;                     // expert groups (group-limited methods only)
+  int topk_group = 1;                  // groups kept (group-limited methods only)
+  bool norm_topk_prob = false;         // renormalise the k weights to sum to 1
+  bool has_correction_bias = false;    // e_score_correction_bias [n_experts] (kNoAuxTc)
+  float routed_scaling_factor = 1.0f;  // multiplies the final routed weights
 };
 
 struct MoeSpec {
   Family family = Family::kMixtral;
-  std::string architecture;   // config.json "architectures"[0], e.g. "MixtralForCausalLM"
-  std::string model_type;     // config.json "model_type", e.g. "mixtral"
-  int hidden = 0;             // hidden_size
-  int moe_intermediate = 0;   // each routed expert's FFN width
-  int n_layers = 0;           // num_hidden_layers (all decoder layers)
+  std::string architecture;     // config.json "architectures"[0], e.g. "MixtralForCausalLM"
+  std::string model_type;       // config.json "model_type", e.g. "mixtral"
+  int hidden = 0;               // hidden_size
+  int moe_intermediate = 0;     // each routed expert's FFN width
+  int n_layers = 0;             // num_hidden_layers (all decoder layers)
+  int n_mtp_layers = 0;         // DeepSeek-V3 num_nextn_predict_layers: checkpoint layers
+                                //   n_layers.. (multi-token prediction), never served
   std::vector<int> moe_layers;  // decoder layer indices whose MLP is MoE, ascending
   RoutingSpec routing;
   // Shared (always-on) experts, applied to every token and added to the routed output.
   // DeepSeek: n_shared_experts experts fused into one MLP of width n_shared * moe_intermediate.
   // Qwen2-MoE: one MLP of width shared_expert_intermediate_size with a sigmoid gate.
-  int shared_intermediate = 0;      // 0 = no shared expert
-  bool shared_expert_gate = false;  // Qwen2-MoE: output *= sigmoid(x . shared_expert_gate)
+  int shared_intermediate = 0;        // 0 = no shared expert
+  bool shared_expert_gate = false;    // Qwen2-MoE: output *= sigmoid(x . shared_expert_gate)
   DType weight_dtype = DType::kBF16;  // dtype of the expert weights in the checkpoint
   std::string torch_dtype;            // config.json "torch_dtype"/"dtype" as written
   // Block-quantised F8_E4M3 weights (config.json quantization_config {"quant_method": "fp8",
