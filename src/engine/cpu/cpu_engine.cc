@@ -12,6 +12,7 @@
 #include <utility>
 #include <vector>
 
+#include "engine/cpu/elementwise.h"
 #include "engine/cpu/fixed_gemm.h"
 #include "engine/cpu/prepared_layer.h"
 #include "engine/cpu/thread_pool.h"
@@ -27,14 +28,14 @@ using cpu::kPanel;
 constexpr int64_t kChunkTokens = 512;  // tokens per internal chunk (bounds the workspaces)
 constexpr int64_t kTokenBlock = 16;    // tokens per routing / combine task
 constexpr int64_t kRowBlock = 64;      // rows per gate/up tile (fixed order) or per task (OpenBLAS)
+constexpr int64_t kTaskPanels = 2;     // output panels (of 32 columns) per fixed-order task
 
 int64_t RoundUp(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 int64_t CeilDiv(int64_t x, int64_t m) { return (x + m - 1) / m; }
-inline float Silu(float g) { return g / (1.0f + std::exp(-g)); }
 inline float Sigmoid(float x) { return 1.0f / (1.0f + std::exp(-x)); }
 
 // One unit of expert work: FFN `ffn` (an expert index, or n_experts for the shared expert) and
-// `part` (an output panel for the fixed-order backend, a block of kRowBlock rows for OpenBLAS).
+// `part` (kTaskPanels output panels for the fixed-order backend, kRowBlock rows for OpenBLAS).
 struct Task {
   int32_t ffn;
   int32_t part;
@@ -149,10 +150,8 @@ void CpuEngine::Impl::RouteTokens(const cpu::PreparedLayer& layer, Workspace& ws
         ws.x_rows[static_cast<size_t>(t)] = dst;
       }
     }
-    for (int64_t p = 0; p < layer.router.n_panels; ++p) {
-      cpu::GemmPanel(ws.x_rows.data() + t0, rows, layer.router, p,
-                     ws.logits.get() + t0 * router_ld + p * kPanel, router_ld, kernel);
-    }
+    cpu::GemmPanels(ws.x_rows.data() + t0, rows, layer.router, 0, layer.router.n_panels,
+                    ws.logits.get() + t0 * router_ld, router_ld, kernel);
     float block_logits[kTokenBlock * 512];
     std::vector<float> big;
     float* dense = block_logits;
@@ -205,7 +204,7 @@ void CpuEngine::Impl::FixedOrderExperts(const cpu::PreparedLayer& layer, Workspa
     ws.tasks.clear();
     for (int32_t f = 0; f < n_experts + (has_shared ? 1 : 0); ++f) {
       if (rows_of(f) == 0) continue;
-      const int64_t panels = panels_of(ffn_of(f));
+      const int64_t panels = CeilDiv(panels_of(ffn_of(f)), kTaskPanels);
       for (int32_t p = 0; p < panels; ++p) ws.tasks.push_back({f, p});
     }
   };
@@ -221,17 +220,19 @@ void CpuEngine::Impl::FixedOrderExperts(const cpu::PreparedLayer& layer, Workspa
     const float* const* x = shared ? ws.x_rows.data() : ws.perm_x_rows.data() + first;
     float* act = shared ? ws.act_shared.get() : ws.act.get() + first * act_ld;
     const int64_t ld = shared ? shared_act_ld : act_ld;
-    const int64_t col0 = int64_t{task.part} * kPanel;
-    const int64_t cols = std::min<int64_t>(kPanel, ffn.inter - col0);
-    alignas(64) float g[kRowBlock * kPanel];
-    alignas(64) float u[kRowBlock * kPanel];
+    const int64_t p0 = int64_t{task.part} * kTaskPanels;
+    const int64_t np = std::min(kTaskPanels, ffn.gate.packed.n_panels - p0);
+    const int64_t col0 = p0 * kPanel;
+    const int64_t cols = std::min(np * kPanel, ffn.inter - col0);
+    constexpr int64_t kTileLd = kTaskPanels * kPanel;
+    alignas(64) float g[kRowBlock * kTileLd];
+    alignas(64) float u[kRowBlock * kTileLd];
     for (int64_t r0 = 0; r0 < rows; r0 += kRowBlock) {
       const int64_t here = std::min(kRowBlock, rows - r0);
-      cpu::GemmPanel(x + r0, here, ffn.gate.packed, task.part, g, kPanel, kernel);
-      cpu::GemmPanel(x + r0, here, ffn.up.packed, task.part, u, kPanel, kernel);
+      cpu::GemmPanels(x + r0, here, ffn.gate.packed, p0, np, g, kTileLd, kernel);
+      cpu::GemmPanels(x + r0, here, ffn.up.packed, p0, np, u, kTileLd, kernel);
       for (int64_t m = 0; m < here; ++m) {
-        float* dst = act + (r0 + m) * ld + col0;
-        for (int64_t j = 0; j < cols; ++j) dst[j] = Silu(g[m * kPanel + j]) * u[m * kPanel + j];
+        cpu::SiluMul(g + m * kTileLd, u + m * kTileLd, act + (r0 + m) * ld + col0, cols);
       }
     }
   });
@@ -241,14 +242,15 @@ void CpuEngine::Impl::FixedOrderExperts(const cpu::PreparedLayer& layer, Workspa
   pool->ParallelFor(static_cast<int64_t>(ws.tasks.size()), [&](int64_t i) {
     const Task task = ws.tasks[static_cast<size_t>(i)];
     const cpu::Fp32Ffn& ffn = ffn_of(task.ffn);
-    const int64_t col0 = int64_t{task.part} * kPanel;
+    const int64_t p0 = int64_t{task.part} * kTaskPanels;
+    const int64_t np = std::min(kTaskPanels, ffn.down.packed.n_panels - p0);
     if (task.ffn == n_experts) {
-      cpu::GemmPanel(ws.act_shared_rows.data(), n, ffn.down.packed, task.part,
-                     ws.y_shared.get() + col0, y_ld, kernel);
+      cpu::GemmPanels(ws.act_shared_rows.data(), n, ffn.down.packed, p0, np,
+                      ws.y_shared.get() + p0 * kPanel, y_ld, kernel);
     } else {
       const int64_t first = ws.offsets[task.ffn];
-      cpu::GemmPanel(ws.act_rows.data() + first, rows_of(task.ffn), ffn.down.packed, task.part,
-                     ws.y.get() + first * y_ld + col0, y_ld, kernel);
+      cpu::GemmPanels(ws.act_rows.data() + first, rows_of(task.ffn), ffn.down.packed, p0, np,
+                      ws.y.get() + first * y_ld + p0 * kPanel, y_ld, kernel);
     }
   });
 }
@@ -294,10 +296,7 @@ void CpuEngine::Impl::OpenBlasExperts(const cpu::PreparedLayer& layer, Workspace
                 ffn.up.plain.get(), hi, 0.0f, u, static_cast<int>(gu_ld));
     const int64_t ld = shared ? shared_act_ld : act_ld;
     float* act = shared ? ws.act_shared.get() + r0 * ld : ws.act.get() + g_row * ld;
-    for (int64_t r = 0; r < m; ++r) {
-      for (int64_t j = 0; j < inter; ++j)
-        act[r * ld + j] = Silu(g[r * gu_ld + j]) * u[r * gu_ld + j];
-    }
+    for (int64_t r = 0; r < m; ++r) cpu::SiluMul(g + r * gu_ld, u + r * gu_ld, act + r * ld, inter);
     float* y = shared ? ws.y_shared.get() + r0 * y_ld : ws.y.get() + g_row * y_ld;
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, mi, hi, ni, 1.0f, act,
                 static_cast<int>(ld), ffn.down.plain.get(), ni, 0.0f, y, static_cast<int>(y_ld));
@@ -321,17 +320,15 @@ void CpuEngine::Impl::Combine(const cpu::PreparedLayer& layer, Workspace& ws, DT
       for (int64_t j = 0; j < k; ++j) {
         const float w = ws.weights[static_cast<size_t>(t * k + j)];
         const float* y = ws.y.get() + ws.row_of[static_cast<size_t>(t * k + j)] * y_ld;
-        for (int64_t h = 0; h < hidden; ++h) acc[static_cast<size_t>(h)] += w * y[h];
+        cpu::AddScaled(acc.data(), w, y, hidden);
       }
       if (has_shared) {
-        const float* y = ws.y_shared.get() + t * y_ld;
-        if (layer.shared_gate_row >= 0) {
-          const float s =
-              Sigmoid(ws.logits[static_cast<size_t>(t * router_ld + layer.shared_gate_row)]);
-          for (int64_t h = 0; h < hidden; ++h) acc[static_cast<size_t>(h)] += s * y[h];
-        } else {
-          for (int64_t h = 0; h < hidden; ++h) acc[static_cast<size_t>(h)] += y[h];
-        }
+        // Qwen2-MoE: sigmoid(x . shared_expert_gate); DeepSeek: 1 (acc + 1 * y == acc + y).
+        const float s =
+            layer.shared_gate_row >= 0
+                ? Sigmoid(ws.logits[static_cast<size_t>(t * router_ld + layer.shared_gate_row)])
+                : 1.0f;
+        cpu::AddScaled(acc.data(), s, ws.y_shared.get() + t * y_ld, hidden);
       }
       ConvertFromF32(acc.data(), dtype,
                      static_cast<char*>(output) + static_cast<size_t>(t * hidden) * out_size,

@@ -11,31 +11,46 @@
 namespace moe::cpu {
 namespace {
 
+// Every kernel computes c[m][v] for m < kRows rows and kPanels panels of 32 columns (panel i at
+// panel0 + i * panel_stride), continuing each element's FMA chain over kk in [k0, k1): from 0 when
+// !accumulate, else from the value already in c (stored as float, so the chain is unchanged).
+
 // ---- Portable: std::fma per element, the reference the vector kernels must equal bit for bit.
 // ----
-template <int kRows>
-void KernelPortable(const float* const* x, int64_t k, const float* panel, float* c, int64_t ldc) {
-  float acc[kRows][kPanel] = {};
-  for (int64_t kk = 0; kk < k; ++kk) {
-    const float* w = panel + kk * kPanel;
+template <int kRows, int kPanels>
+void KernelPortable(const float* const* x, int64_t k0, int64_t k1, const float* panel0,
+                    int64_t panel_stride, float* c, int64_t ldc, bool accumulate) {
+  float acc[kRows][kPanels * kPanel];
+  for (int m = 0; m < kRows; ++m) {
+    for (int j = 0; j < kPanels * kPanel; ++j) acc[m][j] = accumulate ? c[m * ldc + j] : 0.0f;
+  }
+  for (int64_t kk = k0; kk < k1; ++kk) {
     for (int m = 0; m < kRows; ++m) {
       const float xv = x[m][kk];
-      for (int j = 0; j < kPanel; ++j) acc[m][j] = std::fma(xv, w[j], acc[m][j]);
+      for (int i = 0; i < kPanels; ++i) {
+        const float* w = panel0 + i * panel_stride + kk * kPanel;
+        for (int j = 0; j < kPanel; ++j)
+          acc[m][i * kPanel + j] = std::fma(xv, w[j], acc[m][i * kPanel + j]);
+      }
     }
   }
   for (int m = 0; m < kRows; ++m) std::memcpy(c + m * ldc, acc[m], sizeof(acc[m]));
 }
 
-// ---- AVX2 + FMA: 3 rows x 32 columns = 12 ymm accumulators. ----
-template <int kRows>
-__attribute__((target("avx2,fma"))) void KernelAvx2(const float* const* x, int64_t k,
-                                                    const float* panel, float* c, int64_t ldc) {
+// ---- AVX2 + FMA: 3 rows x 32 columns = 12 ymm accumulators (one panel at a time). ----
+template <int kRows, int kPanels>
+__attribute__((target("avx2,fma"))) void KernelAvx2(const float* const* x, int64_t k0, int64_t k1,
+                                                    const float* panel0, int64_t panel_stride,
+                                                    float* c, int64_t ldc, bool accumulate) {
+  static_assert(kPanels == 1);
   __m256 acc[kRows][4];
   for (int m = 0; m < kRows; ++m) {
-    for (int v = 0; v < 4; ++v) acc[m][v] = _mm256_setzero_ps();
+    for (int v = 0; v < 4; ++v) {
+      acc[m][v] = accumulate ? _mm256_loadu_ps(c + m * ldc + 8 * v) : _mm256_setzero_ps();
+    }
   }
-  for (int64_t kk = 0; kk < k; ++kk) {
-    const float* w = panel + kk * kPanel;
+  for (int64_t kk = k0; kk < k1; ++kk) {
+    const float* w = panel0 + kk * kPanel;
     for (int m = 0; m < kRows; ++m) {
       const __m256 xv = _mm256_broadcast_ss(x[m] + kk);
       for (int v = 0; v < 4; ++v)
@@ -47,40 +62,58 @@ __attribute__((target("avx2,fma"))) void KernelAvx2(const float* const* x, int64
   }
 }
 
-// ---- AVX-512: 8 rows x 32 columns = 16 zmm accumulators. ----
-template <int kRows>
-__attribute__((target("avx512f"))) void KernelAvx512(const float* const* x, int64_t k,
-                                                     const float* panel, float* c, int64_t ldc) {
-  __m512 acc[kRows][2];
+// ---- AVX-512: 6 rows x 64 columns (two panels) = 24 zmm accumulators. ----
+template <int kRows, int kPanels>
+__attribute__((target("avx512f"))) void KernelAvx512(const float* const* x, int64_t k0, int64_t k1,
+                                                     const float* panel0, int64_t panel_stride,
+                                                     float* c, int64_t ldc, bool accumulate) {
+  constexpr int kVecs = 2 * kPanels;
+  __m512 acc[kRows][kVecs];
   for (int m = 0; m < kRows; ++m) {
-    acc[m][0] = _mm512_setzero_ps();
-    acc[m][1] = _mm512_setzero_ps();
+    for (int v = 0; v < kVecs; ++v) {
+      acc[m][v] = accumulate ? _mm512_loadu_ps(c + m * ldc + 16 * v) : _mm512_setzero_ps();
+    }
   }
-  for (int64_t kk = 0; kk < k; ++kk) {
-    const float* w = panel + kk * kPanel;
-    const __m512 w0 = _mm512_load_ps(w);
-    const __m512 w1 = _mm512_load_ps(w + 16);
+  const float* xr[kRows];
+  for (int m = 0; m < kRows; ++m) xr[m] = x[m];
+  for (int64_t kk = k0; kk < k1; ++kk) {
+    __m512 w[kVecs];
+    for (int v = 0; v < kVecs; ++v) {
+      w[v] = _mm512_load_ps(panel0 + (v / 2) * panel_stride + kk * kPanel + 16 * (v % 2));
+    }
     for (int m = 0; m < kRows; ++m) {
-      const __m512 xv = _mm512_set1_ps(x[m][kk]);
-      acc[m][0] = _mm512_fmadd_ps(xv, w0, acc[m][0]);
-      acc[m][1] = _mm512_fmadd_ps(xv, w1, acc[m][1]);
+      const __m512 xv = _mm512_set1_ps(xr[m][kk]);
+      for (int v = 0; v < kVecs; ++v) acc[m][v] = _mm512_fmadd_ps(xv, w[v], acc[m][v]);
     }
   }
   for (int m = 0; m < kRows; ++m) {
-    _mm512_storeu_ps(c + m * ldc, acc[m][0]);
-    _mm512_storeu_ps(c + m * ldc + 16, acc[m][1]);
+    for (int v = 0; v < kVecs; ++v) _mm512_storeu_ps(c + m * ldc + 16 * v, acc[m][v]);
   }
 }
 
-using KernelFn = void (*)(const float* const*, int64_t, const float*, float*, int64_t);
+using KernelFn = void (*)(const float* const*, int64_t, int64_t, const float*, int64_t, float*,
+                          int64_t, bool);
 
-// One table per instruction set: entry r-1 computes r rows.
-constexpr KernelFn kPortableTable[] = {KernelPortable<1>, KernelPortable<2>, KernelPortable<3>,
-                                       KernelPortable<4>};
-constexpr KernelFn kAvx2Table[] = {KernelAvx2<1>, KernelAvx2<2>, KernelAvx2<3>};
-constexpr KernelFn kAvx512Table[] = {KernelAvx512<1>, KernelAvx512<2>, KernelAvx512<3>,
-                                     KernelAvx512<4>, KernelAvx512<5>, KernelAvx512<6>,
-                                     KernelAvx512<7>, KernelAvx512<8>};
+// Kernels of one instruction set: [panels - 1][rows - 1], panels in {1, max_panels}.
+struct KernelSet {
+  int max_rows;
+  int max_panels;
+  KernelFn fn[2][6];
+};
+
+#define MOE_KERNEL_ROW(F, P) \
+  { F<1, P>, F<2, P>, F<3, P>, F<4, P>, F<5, P>, F<6, P> }
+constexpr KernelSet kPortableSet = {
+    4, 2, {MOE_KERNEL_ROW(KernelPortable, 1), MOE_KERNEL_ROW(KernelPortable, 2)}};
+constexpr KernelSet kAvx2Set = {
+    3, 1, {MOE_KERNEL_ROW(KernelAvx2, 1), MOE_KERNEL_ROW(KernelAvx2, 1)}};
+constexpr KernelSet kAvx512Set = {
+    6, 2, {MOE_KERNEL_ROW(KernelAvx512, 1), MOE_KERNEL_ROW(KernelAvx512, 2)}};
+#undef MOE_KERNEL_ROW
+
+// K block: W rows [kb, kb + kKBlock) of a panel pair (kKBlock * 64 floats = 96 KB) stay in L2
+// while every row block of X passes over them.
+constexpr int64_t kKBlock = 384;
 
 }  // namespace
 
@@ -140,21 +173,22 @@ const char* GemmKernelName(GemmKernel kernel) {
   return "?";
 }
 
-void GemmPanel(const float* const* x_rows, int64_t rows, const PackedMatrix& w, int64_t p,
-               float* tile, int64_t ld_tile, GemmKernel kernel) {
-  const KernelFn* table = kPortableTable;
-  int max_rows = 4;
-  if (kernel == GemmKernel::kAvx512) {
-    table = kAvx512Table;
-    max_rows = 8;
-  } else if (kernel == GemmKernel::kAvx2) {
-    table = kAvx2Table;
-    max_rows = 3;
-  }
-  const float* panel = w.panel(p);
-  for (int64_t r = 0; r < rows; r += max_rows) {
-    const int here = static_cast<int>(std::min<int64_t>(max_rows, rows - r));
-    table[here - 1](x_rows + r, w.k, panel, tile + r * ld_tile, ld_tile);
+void GemmPanels(const float* const* x_rows, int64_t rows, const PackedMatrix& w, int64_t p0,
+                int64_t n_panels, float* c, int64_t ldc, GemmKernel kernel) {
+  const KernelSet& set = kernel == GemmKernel::kAvx512 ? kAvx512Set
+                         : kernel == GemmKernel::kAvx2 ? kAvx2Set
+                                                       : kPortableSet;
+  const int64_t stride = w.k * kPanel;
+  for (int64_t kb = 0; kb < w.k; kb += kKBlock) {
+    const int64_t ke = std::min(w.k, kb + kKBlock);
+    for (int64_t r = 0; r < rows; r += set.max_rows) {
+      const int here = static_cast<int>(std::min<int64_t>(set.max_rows, rows - r));
+      for (int64_t p = 0; p < n_panels; p += set.max_panels) {
+        const int np = static_cast<int>(std::min<int64_t>(set.max_panels, n_panels - p));
+        set.fn[np - 1][here - 1](x_rows + r, kb, ke, w.panel(p0 + p), stride,
+                                 c + r * ldc + p * kPanel, ldc, kb > 0);
+      }
+    }
   }
 }
 

@@ -14,8 +14,10 @@
 //      c = fma(x[kk], w[kk], c). No K split, no horizontal reduction, no dependence on M, on the
 //      row block a row falls in, or on the instruction set: the AVX-512, AVX2 and portable kernels
 //      compute the same single-rounded FMAs, so they agree bit for bit.
-//   3. A micro-kernel computes up to kMaxRows rows x 32 columns in registers; tails use the same
-//      template with fewer rows.
+//   3. A micro-kernel computes a block of rows x panels in registers (AVX-512: 6 rows x 64
+//      columns); tails use the same template with fewer rows or one panel. K is split into blocks
+//      for cache reuse; between blocks an element's running sum waits in C as a float, which
+//      leaves its FMA chain unchanged.
 #pragma once
 
 #include <cstdint>
@@ -57,11 +59,12 @@ bool GemmKernelSupported(GemmKernel kernel);
 // "portable", "avx2" or "avx512".
 const char* GemmKernelName(GemmKernel kernel);
 
-// Computes, for panel `p` of `w`, tile[m][j] = sum_kk x_rows[m][kk] * W[p*32 + j, kk] for m < rows,
-// j < 32, written to `tile` with row stride `ld_tile` (>= 32). `x_rows[m]` points at a row of
-// w.k floats. Any `rows` >= 1; rows are processed in micro-kernel blocks. The value of each element
-// depends only on its own x row and W column (see the file comment). `kernel` must be supported.
-void GemmPanel(const float* const* x_rows, int64_t rows, const PackedMatrix& w, int64_t p,
-               float* tile, int64_t ld_tile, GemmKernel kernel = BestGemmKernel());
+// Computes panels [p0, p0 + n_panels) of C = X · Wᵀ: c[m][j] = sum_kk x_rows[m][kk] *
+// W[p0*32 + j, kk] for m < rows, j < n_panels * 32 (columns past w.n come out 0), written with row
+// stride `ldc` (>= n_panels * 32). `x_rows[m]` points at a row of w.k floats. Any rows >= 1.
+// The value of each element depends only on its own x row and W column (see the file comment):
+// not on rows, on the row's index, on p0 / n_panels, or on `kernel` (which must be supported).
+void GemmPanels(const float* const* x_rows, int64_t rows, const PackedMatrix& w, int64_t p0,
+                int64_t n_panels, float* c, int64_t ldc, GemmKernel kernel = BestGemmKernel());
 
 }  // namespace moe::cpu
