@@ -1,0 +1,188 @@
+// The offline simulator: Belady against hand-made traces and an exhaustive optimum, online
+// policies against Belady, rounds and the prefetch model.
+#include "moe/experts/cache_sim.h"
+
+#include <gtest/gtest.h>
+
+#include <bit>
+#include <climits>
+#include <functional>
+#include <random>
+
+#include "moe/experts/synthetic_trace.h"
+
+namespace moe::experts {
+namespace {
+
+// A single-batch-per-step trace from a list of steps (each a layer and its experts).
+Trace MakeTrace(TraceShape shape, std::vector<std::pair<int32_t, std::vector<int32_t>>> steps) {
+  Trace t;
+  t.shape = shape;
+  int64_t batch = 0;
+  for (auto& [layer, experts] : steps) {
+    // A new batch starts whenever the layer does not increase.
+    if (!t.steps.empty() && layer <= t.steps.back().layer) ++batch;
+    t.steps.push_back({batch, layer, std::move(experts)});
+  }
+  return t;
+}
+
+SimResult Simulate(const Trace& trace, SimPolicy policy, int32_t slots) {
+  SimOptions options;
+  options.policy = policy;
+  options.n_slots = slots;
+  auto result = SimulateTrace(trace, options);
+  EXPECT_TRUE(result.ok()) << result.status();
+  return result.ok() ? *result : SimResult{};
+}
+
+// Fewest misses any demand-paging cache of `slots` entries can achieve: exhaustive search over
+// which resident keys to keep after each step (memoized on (step, resident set)).
+int OptimalMisses(const Trace& t, int slots) {
+  const int n_keys = t.shape.n_layers * t.shape.n_experts;
+  std::vector<std::vector<int>> memo(t.steps.size(), std::vector<int>(1u << n_keys, -1));
+  std::function<int(size_t, uint32_t)> f = [&](size_t i, uint32_t resident) -> int {
+    if (i == t.steps.size()) return 0;
+    int& m = memo[i][resident];
+    if (m >= 0) return m;
+    uint32_t need = 0;
+    for (int32_t e : t.steps[i].experts) need |= 1u << (t.steps[i].layer * t.shape.n_experts + e);
+    const int cost = std::popcount(need & ~resident);
+    const uint32_t keep_candidates = resident & ~need;
+    int best = INT_MAX;
+    for (uint32_t keep = keep_candidates;; keep = (keep - 1) & keep_candidates) {
+      if (std::popcount(need | keep) <= slots) best = std::min(best, f(i + 1, need | keep));
+      if (keep == 0) break;
+    }
+    return m = cost + best;
+  };
+  return f(0, 0);
+}
+
+TEST(CacheSim, BeladyOnAHandMadeTrace) {
+  // One layer, 2 slots, accesses 0 1 2 0 1 3 0 1. Belady: misses 0 1 2 (evict 1, next use
+  // farther than 0's), hit 0, miss 1 (evict 2: never used again), miss 3 (evict 1), hit 0, miss 1.
+  const Trace t = MakeTrace(
+      {1, 4, 1}, {{0, {0}}, {0, {1}}, {0, {2}}, {0, {0}}, {0, {1}}, {0, {3}}, {0, {0}}, {0, {1}}});
+  const SimResult belady = Simulate(t, SimPolicy::kBelady, 2);
+  EXPECT_EQ(belady.counters.hits, 2u);
+  EXPECT_EQ(belady.counters.misses, 6u);
+  EXPECT_EQ(belady.counters.evictions, 4u);
+  // LRU evicts exactly the key needed next each time.
+  EXPECT_EQ(Simulate(t, SimPolicy::kLru, 2).counters.hits, 0u);
+  EXPECT_EQ(OptimalMisses(t, 2), 6);
+}
+
+TEST(CacheSim, BeladyMatchesTheExhaustiveOptimumOnRandomTinyTraces) {
+  std::mt19937 rng(7);
+  for (int trial = 0; trial < 60; ++trial) {
+    const int32_t slots = 2 + trial % 3;  // 2..4
+    std::vector<std::pair<int32_t, std::vector<int32_t>>> steps;
+    for (int i = 0; i < 12; ++i) {
+      const int32_t layer = static_cast<int32_t>(rng() % 2);
+      std::vector<int32_t> experts = {static_cast<int32_t>(rng() % 4)};
+      const int32_t second = static_cast<int32_t>(rng() % 4);
+      if (rng() % 2 && second != experts[0]) experts.push_back(second);
+      steps.push_back({layer, experts});
+    }
+    const Trace t = MakeTrace({2, 4, 1}, steps);
+    const SimResult belady = Simulate(t, SimPolicy::kBelady, slots);
+    EXPECT_EQ(static_cast<int>(belady.counters.misses), OptimalMisses(t, slots))
+        << "trial " << trial;
+    for (SimPolicy p : {SimPolicy::kLayerLru, SimPolicy::kLayerLrfu, SimPolicy::kLru,
+                        SimPolicy::kLfu, SimPolicy::kLruK}) {
+      EXPECT_GE(Simulate(t, p, slots).counters.misses, belady.counters.misses)
+          << SimPolicyName(p) << " trial " << trial;
+    }
+  }
+}
+
+TEST(CacheSim, LayerLruEscapesTheCyclicScanThatDefeatsLru) {
+  // A forward pass over 4 layers, one expert each, 10 times; the cache holds 3 experts.
+  std::vector<std::pair<int32_t, std::vector<int32_t>>> steps;
+  for (int pass = 0; pass < 10; ++pass) {
+    for (int32_t layer = 0; layer < 4; ++layer) steps.push_back({layer, {0}});
+  }
+  const Trace t = MakeTrace({4, 1, 1}, steps);
+  // LRU always evicts the expert of the next layer.
+  EXPECT_EQ(Simulate(t, SimPolicy::kLru, 3).counters.hits, 0u);
+  // Layer-LRU: every expert was used in its layer's latest visit (age 0), so the tie rule evicts
+  // the layer visited most recently, whose next use is farthest: Belady's choice here.
+  const SimResult layer_lru = Simulate(t, SimPolicy::kLayerLru, 3);
+  const SimResult belady = Simulate(t, SimPolicy::kBelady, 3);
+  EXPECT_EQ(static_cast<int>(belady.counters.misses), OptimalMisses(t, 3));
+  EXPECT_EQ(layer_lru.counters.hits, belady.counters.hits);
+  EXPECT_GT(layer_lru.counters.hits, 20u);
+}
+
+TEST(CacheSim, OnlinePoliciesNeverBeatBeladyOnASyntheticTrace) {
+  SyntheticTraceOptions o = SyntheticTraceOptions::Qwen3_30B_A3B();
+  o.shape = {6, 32, 4};
+  o.n_batches = 60;
+  o.tokens_per_batch = 4;
+  auto trace = GenerateSyntheticTrace(o);
+  ASSERT_TRUE(trace.ok());
+  for (double fraction : {0.25, 0.5, 0.75}) {
+    const int32_t slots = SlotsForFraction(trace->shape, fraction);
+    const SimResult belady = Simulate(*trace, SimPolicy::kBelady, slots);
+    EXPECT_EQ(belady.counters.Demanded(), static_cast<uint64_t>(trace->Accesses()));
+    for (SimPolicy p : {SimPolicy::kLayerLru, SimPolicy::kLayerLrfu, SimPolicy::kLru,
+                        SimPolicy::kLfu, SimPolicy::kLruK}) {
+      const SimResult r = Simulate(*trace, p, slots);
+      EXPECT_EQ(r.counters.Demanded(), static_cast<uint64_t>(trace->Accesses()));
+      EXPECT_LE(r.counters.HitRate(), belady.counters.HitRate()) << SimPolicyName(p);
+    }
+  }
+}
+
+TEST(CacheSim, StepsLargerThanTheCacheRunInRounds) {
+  const Trace t = MakeTrace(
+      {2, 8, 4}, {{0, {0, 1, 2, 3, 4, 5}}, {1, {0, 1, 2, 3, 4}}, {0, {0, 1, 2, 3, 4, 5}}});
+  for (SimPolicy p : {SimPolicy::kLayerLru, SimPolicy::kBelady}) {
+    const SimResult r = Simulate(t, p, 4);
+    EXPECT_EQ(r.counters.Demanded(), 17u) << SimPolicyName(p);
+    EXPECT_EQ(r.counters.deferred_rounds, 3u) << SimPolicyName(p);
+  }
+}
+
+TEST(CacheSim, PerfectLookaheadTurnsMissesIntoHits) {
+  SyntheticTraceOptions o;
+  o.shape = {8, 16, 2};
+  o.n_batches = 50;
+  o.tokens_per_batch = 2;
+  auto trace = GenerateSyntheticTrace(o);
+  ASSERT_TRUE(trace.ok());
+  SimOptions options;
+  options.n_slots = SlotsForFraction(trace->shape, 0.25);
+  auto without = SimulateTrace(*trace, options);
+  options.prefetch = {/*recall=*/1.0, /*precision=*/1.0, /*seed=*/3};
+  auto with = SimulateTrace(*trace, options);
+  ASSERT_TRUE(without.ok() && with.ok());
+  EXPECT_DOUBLE_EQ(with->prediction_precision, 1.0);
+  EXPECT_DOUBLE_EQ(with->prediction_recall, 1.0);
+  EXPECT_GT(with->counters.HitRate(), without->counters.HitRate());
+  // Only each batch's first layer can miss.
+  EXPECT_LE(with->counters.misses, static_cast<uint64_t>(o.n_batches * 2 * o.tokens_per_batch));
+  EXPECT_GT(with->counters.prefetch_useful, 0u);
+
+  options.prefetch = {0.5, 0.5, 3};
+  auto noisy = SimulateTrace(*trace, options);
+  ASSERT_TRUE(noisy.ok());
+  EXPECT_NEAR(noisy->prediction_recall, 0.5, 0.1);
+  EXPECT_NEAR(noisy->prediction_precision, 0.5, 0.1);
+  options.prefetch = {1.5, 1.0, 3};
+  EXPECT_EQ(SimulateTrace(*trace, options).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST(CacheSim, PolicyNamesRoundTrip) {
+  for (SimPolicy p : {SimPolicy::kLayerLru, SimPolicy::kLayerLrfu, SimPolicy::kLru, SimPolicy::kLfu,
+                      SimPolicy::kLruK, SimPolicy::kBelady}) {
+    EXPECT_EQ(*ParseSimPolicy(SimPolicyName(p)), p);
+  }
+  EXPECT_FALSE(ParseSimPolicy("opt").ok());
+  EXPECT_EQ(SlotsForFraction({48, 128, 8}, 0.25), 1536);
+  EXPECT_EQ(SlotsForFraction({1, 2, 1}, 0.01), 1);
+}
+
+}  // namespace
+}  // namespace moe::experts
