@@ -117,7 +117,10 @@ struct LayerLoad {
 struct Metrics::Families {
   std::shared_ptr<prometheus::Registry> registry = std::make_shared<prometheus::Registry>();
 
+  absl::Mutex build_mu;
   Family<Gauge>* build_info = nullptr;
+  Gauge* build_info_series ABSL_GUARDED_BY(build_mu) = nullptr;
+  BuildInfo build ABSL_GUARDED_BY(build_mu);
   Family<Gauge>* start_time = nullptr;
   Gauge* ready = nullptr;
   Counter* dropped = nullptr;
@@ -197,12 +200,15 @@ absl::Status Metrics::Init() {
   try {
     f.build_info =
         &Build<Gauge>(r, "moe_build_info", "Build facts as labels; the value is always 1.");
-    f.build_info
-        ->Add({{"version", options_.build.version},
-               {"git_revision", options_.build.git_revision},
-               {"cuda", options_.build.cuda},
-               {"engine", options_.build.engine}})
-        .Set(1);
+    {
+      absl::MutexLock lock(&f.build_mu);
+      f.build = options_.build;
+      f.build_info_series = &f.build_info->Add({{"version", f.build.version},
+                                                {"git_revision", f.build.git_revision},
+                                                {"cuda", f.build.cuda},
+                                                {"engine", f.build.engine}});
+      f.build_info_series->Set(1);
+    }
     f.start_time = &Build<Gauge>(r, "moe_start_time_seconds",
                                  "Unix time the daemon's metrics were created, in seconds.");
     f.start_time->Add({}).Set(
@@ -386,6 +392,24 @@ absl::Status Metrics::RegisterModel(std::string_view model) {
       &f.requests->Add({{"model", std::string(model)}, {"code", std::string(CodeName(0))}}),
       std::memory_order_release);
   it->second = std::move(series);
+  return absl::OkStatus();
+}
+
+absl::Status Metrics::SetEngine(std::string_view engine) {
+  if (engine != "cpu" && engine != "cuda") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("metrics: engine label '", std::string(engine), "' is not cpu or cuda"));
+  }
+  Families& f = *f_;
+  absl::MutexLock lock(&f.build_mu);
+  if (f.build.engine == engine) return absl::OkStatus();
+  f.build.engine = std::string(engine);
+  f.build_info->Remove(f.build_info_series);
+  f.build_info_series = &f.build_info->Add({{"version", f.build.version},
+                                            {"git_revision", f.build.git_revision},
+                                            {"cuda", f.build.cuda},
+                                            {"engine", f.build.engine}});
+  f.build_info_series->Set(1);
   return absl::OkStatus();
 }
 

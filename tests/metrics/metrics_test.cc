@@ -115,6 +115,20 @@ TEST(MetricsTest, BuildInfoCarriesItsLabels) {
   EXPECT_GT(c.Gauge("moe_start_time_seconds"), 1.6e9);  // after 2020
 }
 
+TEST(MetricsTest, SetEngineRelabelsBuildInfo) {
+  auto metrics = MakeMetrics();
+  const BuildInfo b = DefaultBuildInfo();
+  ASSERT_TRUE(metrics->SetEngine("cuda").ok());
+  EXPECT_EQ(metrics->SetEngine("tpu").code(), absl::StatusCode::kInvalidArgument);
+  Collected c(*metrics);
+  EXPECT_EQ(c.NumSeries("moe_build_info"), 1u);
+  EXPECT_EQ(c.Gauge("moe_build_info", {{"version", b.version},
+                                       {"git_revision", b.git_revision},
+                                       {"cuda", b.cuda},
+                                       {"engine", "cuda"}}),
+            1.0);
+}
+
 TEST(MetricsTest, DefaultBuildInfoIsFilledIn) {
   const BuildInfo b = DefaultBuildInfo();
   EXPECT_FALSE(b.version.empty());

@@ -67,6 +67,9 @@ class Metrics {
   Metrics& operator=(const Metrics&) = delete;
 
   // ---- Set-up ------------------------------------------------------------------------------
+  // Sets the `engine` label of moe_build_info once the engine is chosen (engine.kind = auto is
+  // resolved after the side HTTP port is up). INVALID_ARGUMENT unless "cpu" or "cuda".
+  absl::Status SetEngine(std::string_view engine);
   // Makes `model` a label value of the per-model families (idempotent). Requests for models
   // never registered are recorded under model="_other". INVALID_ARGUMENT for an empty name.
   absl::Status RegisterModel(std::string_view model);
