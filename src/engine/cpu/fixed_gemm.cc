@@ -21,19 +21,25 @@ template <int kRows, int kPanels>
 void KernelPortable(const float* const* x, int64_t k0, int64_t k1, const float* panel0,
                     int64_t panel_stride, float* c, int64_t ldc, bool accumulate) {
   float acc[kRows][kPanels * kPanel];
+#pragma GCC unroll 64
   for (int m = 0; m < kRows; ++m) {
+#pragma GCC unroll 64
     for (int j = 0; j < kPanels * kPanel; ++j) acc[m][j] = accumulate ? c[m * ldc + j] : 0.0f;
   }
   for (int64_t kk = k0; kk < k1; ++kk) {
+#pragma GCC unroll 64
     for (int m = 0; m < kRows; ++m) {
       const float xv = x[m][kk];
+#pragma GCC unroll 64
       for (int i = 0; i < kPanels; ++i) {
         const float* w = panel0 + i * panel_stride + kk * kPanel;
+#pragma GCC unroll 64
         for (int j = 0; j < kPanel; ++j)
           acc[m][i * kPanel + j] = std::fma(xv, w[j], acc[m][i * kPanel + j]);
       }
     }
   }
+#pragma GCC unroll 64
   for (int m = 0; m < kRows; ++m) std::memcpy(c + m * ldc, acc[m], sizeof(acc[m]));
 }
 
@@ -44,20 +50,26 @@ __attribute__((target("avx2,fma"))) void KernelAvx2(const float* const* x, int64
                                                     float* c, int64_t ldc, bool accumulate) {
   static_assert(kPanels == 1);
   __m256 acc[kRows][4];
+#pragma GCC unroll 64
   for (int m = 0; m < kRows; ++m) {
+#pragma GCC unroll 64
     for (int v = 0; v < 4; ++v) {
       acc[m][v] = accumulate ? _mm256_loadu_ps(c + m * ldc + 8 * v) : _mm256_setzero_ps();
     }
   }
   for (int64_t kk = k0; kk < k1; ++kk) {
     const float* w = panel0 + kk * kPanel;
+#pragma GCC unroll 64
     for (int m = 0; m < kRows; ++m) {
       const __m256 xv = _mm256_broadcast_ss(x[m] + kk);
+#pragma GCC unroll 64
       for (int v = 0; v < 4; ++v)
         acc[m][v] = _mm256_fmadd_ps(xv, _mm256_load_ps(w + 8 * v), acc[m][v]);
     }
   }
+#pragma GCC unroll 64
   for (int m = 0; m < kRows; ++m) {
+#pragma GCC unroll 64
     for (int v = 0; v < 4; ++v) _mm256_storeu_ps(c + m * ldc + 8 * v, acc[m][v]);
   }
 }
@@ -69,24 +81,32 @@ __attribute__((target("avx512f"))) void KernelAvx512(const float* const* x, int6
                                                      float* c, int64_t ldc, bool accumulate) {
   constexpr int kVecs = 2 * kPanels;
   __m512 acc[kRows][kVecs];
+#pragma GCC unroll 64
   for (int m = 0; m < kRows; ++m) {
+#pragma GCC unroll 64
     for (int v = 0; v < kVecs; ++v) {
       acc[m][v] = accumulate ? _mm512_loadu_ps(c + m * ldc + 16 * v) : _mm512_setzero_ps();
     }
   }
   const float* xr[kRows];
+#pragma GCC unroll 64
   for (int m = 0; m < kRows; ++m) xr[m] = x[m];
   for (int64_t kk = k0; kk < k1; ++kk) {
     __m512 w[kVecs];
+#pragma GCC unroll 64
     for (int v = 0; v < kVecs; ++v) {
       w[v] = _mm512_load_ps(panel0 + (v / 2) * panel_stride + kk * kPanel + 16 * (v % 2));
     }
+#pragma GCC unroll 64
     for (int m = 0; m < kRows; ++m) {
       const __m512 xv = _mm512_set1_ps(xr[m][kk]);
+#pragma GCC unroll 64
       for (int v = 0; v < kVecs; ++v) acc[m][v] = _mm512_fmadd_ps(xv, w[v], acc[m][v]);
     }
   }
+#pragma GCC unroll 64
   for (int m = 0; m < kRows; ++m) {
+#pragma GCC unroll 64
     for (int v = 0; v < kVecs; ++v) _mm512_storeu_ps(c + m * ldc + 16 * v, acc[m][v]);
   }
 }
@@ -111,9 +131,9 @@ constexpr KernelSet kAvx512Set = {
     6, 2, {MOE_KERNEL_ROW(KernelAvx512, 1), MOE_KERNEL_ROW(KernelAvx512, 2)}};
 #undef MOE_KERNEL_ROW
 
-// K block: W rows [kb, kb + kKBlock) of a panel pair (kKBlock * 64 floats = 96 KB) stay in L2
-// while every row block of X passes over them.
-constexpr int64_t kKBlock = 384;
+// K block: a panel pair's W rows [kb, kb + kKBlock) are 128 x 64 floats = 32 KB, which stay in L1
+// while every row block of X passes over them (X rows stream from L2).
+constexpr int64_t kKBlock = 128;
 
 }  // namespace
 
@@ -181,10 +201,10 @@ void GemmPanels(const float* const* x_rows, int64_t rows, const PackedMatrix& w,
   const int64_t stride = w.k * kPanel;
   for (int64_t kb = 0; kb < w.k; kb += kKBlock) {
     const int64_t ke = std::min(w.k, kb + kKBlock);
-    for (int64_t r = 0; r < rows; r += set.max_rows) {
-      const int here = static_cast<int>(std::min<int64_t>(set.max_rows, rows - r));
-      for (int64_t p = 0; p < n_panels; p += set.max_panels) {
-        const int np = static_cast<int>(std::min<int64_t>(set.max_panels, n_panels - p));
+    for (int64_t p = 0; p < n_panels; p += set.max_panels) {
+      const int np = static_cast<int>(std::min<int64_t>(set.max_panels, n_panels - p));
+      for (int64_t r = 0; r < rows; r += set.max_rows) {
+        const int here = static_cast<int>(std::min<int64_t>(set.max_rows, rows - r));
         set.fn[np - 1][here - 1](x_rows + r, kb, ke, w.panel(p0 + p), stride,
                                  c + r * ldc + p * kPanel, ldc, kb > 0);
       }
