@@ -1,0 +1,181 @@
+// moe-engine-bench: the CPU engine alone on one MoE layer, at batch sizes 1..512 (default), so a
+// serving run can be compared with the engine at the batch size it achieved (moe-loadgen
+// --engine-baseline reads --json-out).
+//
+//   moe-engine-bench --batch-sizes 1,2,4,8,16,32,64,128,256,512 --json-out engine.jsonl
+//
+// Per batch size: 2 warm-up forwards, then forwards until --min-time-ms has passed (at least
+// --min-iters), each timed alone; reports the median (us_per_forward), min and p90, the
+// throughput (tokens/s at the median) and GFLOP/s (CpuEngine::FlopsPerForward / median).
+// Model: --model DIR (a Hugging Face checkpoint), else the embedded model generated into
+// --cache-dir (default $MOE_CACHE_DIR, see moe/model/embedded.h).
+#include <algorithm>
+#include <chrono>
+#include <fstream>
+#include <iostream>
+#include <random>
+#include <thread>
+#include <vector>
+
+#include "CLI/CLI.hpp"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
+#include "moe/engine/cpu_engine.h"
+#include "moe/model/embedded.h"
+#include "moe/model/model.h"
+#include "nlohmann/json.hpp"
+#include "stats.h"
+
+namespace moe::loadgen {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+struct Flags {
+  std::string model_dir;
+  std::string cache_dir;
+  int layer = -1;
+  std::string dtype = "bf16";
+  int threads = 0;
+  std::string gemm = "fixed";
+  std::string batch_sizes = "1,2,4,8,16,32,64,128,256,512";
+  double min_time_ms = 300;
+  int min_iters = 5;
+  uint64_t seed = 1;
+  std::string json_out;
+};
+
+StatusOr<std::vector<int64_t>> ParseSizes(const std::string& s) {
+  std::vector<int64_t> sizes;
+  for (absl::string_view item : absl::StrSplit(s, ',', absl::SkipEmpty())) {
+    int64_t n = 0;
+    if (!absl::SimpleAtoi(item, &n) || n < 1) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--batch-sizes: '", std::string(item), "' is not a positive integer"));
+    }
+    sizes.push_back(n);
+  }
+  if (sizes.empty()) return absl::InvalidArgumentError("--batch-sizes: empty");
+  return sizes;
+}
+
+StatusOr<DType> ParseDType(const std::string& s) {
+  if (s == "bf16") return DType::kBF16;
+  if (s == "f16") return DType::kF16;
+  if (s == "f32") return DType::kF32;
+  return absl::InvalidArgumentError(absl::StrCat("--dtype '", s, "': expected bf16, f16 or f32"));
+}
+
+Status Main(const Flags& f) {
+  MOE_ASSIGN_OR_RETURN(std::vector<int64_t> sizes, ParseSizes(f.batch_sizes));
+  MOE_ASSIGN_OR_RETURN(DType dtype, ParseDType(f.dtype));
+  CpuEngineOptions options;
+  options.num_threads = f.threads;
+  options.num_slots = 1;
+  options.max_batch_tokens = *std::max_element(sizes.begin(), sizes.end());
+  if (f.gemm == "fixed") {
+    options.gemm = CpuEngineOptions::GemmBackend::kFixedOrder;
+  } else if (f.gemm == "openblas") {
+    options.gemm = CpuEngineOptions::GemmBackend::kOpenBlas;
+  } else {
+    return absl::InvalidArgumentError("--gemm: expected fixed or openblas");
+  }
+
+  std::string dir = f.model_dir;
+  if (dir.empty()) {
+    MOE_ASSIGN_OR_RETURN(dir, EnsureEmbeddedModel(f.cache_dir));
+  }
+  MOE_ASSIGN_OR_RETURN(std::unique_ptr<Model> opened, Model::Open(dir));
+  std::shared_ptr<const Model> model = std::move(opened);
+  const MoeSpec& spec = model->spec();
+  const int layer = f.layer >= 0 ? f.layer : spec.moe_layers.at(0);
+  MOE_ASSIGN_OR_RETURN(std::unique_ptr<CpuEngine> engine, CpuEngine::Create(model, options));
+
+  const int64_t max_n = options.max_batch_tokens;
+  std::vector<float> values(static_cast<size_t>(max_n) * static_cast<size_t>(spec.hidden));
+  std::mt19937_64 rng(f.seed);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  for (float& v : values) v = normal(rng);
+  std::vector<char> input(values.size() * DTypeSize(dtype));
+  ConvertFromF32(values.data(), dtype, input.data(), values.size());
+  std::vector<char> output(input.size());
+
+  std::cout << absl::StrFormat(
+      "moe-engine-bench  engine=cpu gemm=%s threads=%d model=%s layer=%d dtype=%s hidden=%d "
+      "experts=%d top_k=%d (hardware threads %u)\n",
+      f.gemm, engine->num_threads(), dir, layer, f.dtype, spec.hidden, spec.n_experts(),
+      spec.top_k(), std::thread::hardware_concurrency());
+  std::cout << absl::StrFormat("%8s %12s %12s %12s %8s %14s %10s\n", "tokens", "median_us",
+                               "min_us", "p90_us", "iters", "tokens/s", "GFLOP/s");
+  std::ofstream json;
+  if (!f.json_out.empty()) {
+    json.open(f.json_out, std::ios::trunc);
+    if (!json) return absl::UnavailableError(absl::StrCat("cannot write ", f.json_out));
+  }
+  for (int64_t n : sizes) {
+    ForwardArgs args;
+    args.layer = layer;
+    args.dtype = dtype;
+    args.n_tokens = n;
+    args.input = input.data();
+    args.output = output.data();
+    for (int i = 0; i < 2; ++i) MOE_RETURN_IF_ERROR(engine->Forward(args));
+    std::vector<double> us;
+    const Clock::time_point begin = Clock::now();
+    while (static_cast<int>(us.size()) < f.min_iters ||
+           std::chrono::duration<double, std::milli>(Clock::now() - begin).count() <
+               f.min_time_ms) {
+      const Clock::time_point t0 = Clock::now();
+      MOE_RETURN_IF_ERROR(engine->Forward(args));
+      us.push_back(std::chrono::duration<double, std::micro>(Clock::now() - t0).count());
+      if (us.size() >= 100000) break;
+    }
+    std::sort(us.begin(), us.end());
+    const double median = PercentileOfSorted(us, 50);
+    const double p90 = PercentileOfSorted(us, 90);
+    const double tokens_per_s = static_cast<double>(n) / (median * 1e-6);
+    const double gflops = engine->FlopsPerForward(n) / (median * 1e-6) * 1e-9;
+    std::cout << absl::StrFormat("%8d %12.1f %12.1f %12.1f %8d %14.1f %10.2f\n", n, median,
+                                 us.front(), p90, us.size(), tokens_per_s, gflops);
+    if (json.is_open()) {
+      nlohmann::json j = {{"bench", "engine"},       {"engine", "cpu"},
+                          {"gemm", f.gemm},          {"threads", engine->num_threads()},
+                          {"layer", layer},          {"dtype", f.dtype},
+                          {"batch_tokens", n},       {"us_per_forward", median},
+                          {"us_min", us.front()},    {"us_p90", p90},
+                          {"iterations", us.size()}, {"tokens_per_s", tokens_per_s},
+                          {"gflops", gflops}};
+      json << j.dump() << "\n";
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+}  // namespace moe::loadgen
+
+int main(int argc, char** argv) {
+  moe::loadgen::Flags f;
+  CLI::App app{"moe-engine-bench: the CPU engine alone, time per forward by batch size"};
+  app.add_option("--model", f.model_dir, "Hugging Face checkpoint dir (default: embedded model)");
+  app.add_option("--cache-dir", f.cache_dir, "where the embedded model is generated");
+  app.add_option("--layer", f.layer, "MoE layer (-1 = first)")->capture_default_str();
+  app.add_option("--dtype", f.dtype, "activations: bf16 | f16 | f32")->capture_default_str();
+  app.add_option("--threads", f.threads, "engine threads (0 = every core)")->capture_default_str();
+  app.add_option("--gemm", f.gemm, "fixed | openblas")->capture_default_str();
+  app.add_option("--batch-sizes", f.batch_sizes, "comma-separated token counts")
+      ->capture_default_str();
+  app.add_option("--min-time-ms", f.min_time_ms, "time per batch size")->capture_default_str();
+  app.add_option("--min-iters", f.min_iters, "forwards per batch size, at least")
+      ->capture_default_str();
+  app.add_option("--seed", f.seed, "random inputs")->capture_default_str();
+  app.add_option("--json-out", f.json_out, "write one JSON line per batch size here");
+  CLI11_PARSE(app, argc, argv);
+  moe::Status s = moe::loadgen::Main(f);
+  if (!s.ok()) {
+    std::cerr << "moe-engine-bench: " << s << "\n";
+    return 1;
+  }
+  return 0;
+}
