@@ -7,12 +7,14 @@
 //     expert's fused gate+up GEMM (2 x 256 outputs) for M routed rows; M = 128 is the average rows
 //     per expert at batch 1024 (1024 * 4 / 32). threads 0 = all cores.
 //   BM_FixedGemm/<M>: the engine's fixed-order kernel at the same shape, one thread.
+//   BM_SgemmRowInvariance: not a timing; counts rows whose sgemm bits change with M or position.
 // Run: build-*/bin/cpu_engine_bench [--benchmark_filter=...]. Set MOE_CACHE_DIR to choose where the
 // embedded model is generated (about 107 MB, once).
 #include <benchmark/benchmark.h>
 #include <cblas.h>
 
 #include <cstdio>
+#include <cstring>
 #include <memory>
 #include <random>
 #include <thread>
@@ -151,6 +153,42 @@ void BM_FixedGemm(benchmark::State& state) {
   state.SetLabel(cpu::GemmKernelName(cpu::BestGemmKernel()));
 }
 BENCHMARK(BM_FixedGemm)->ArgName("M")->Arg(1)->Arg(16)->Arg(128)->Arg(1024)->UseRealTime();
+
+// Not a timing: whether cblas_sgemm gives a row the same bits whatever M and the row's position
+// (the property the engine needs; see src/engine/cpu/fixed_gemm.h). Counters: rows checked and
+// rows that differed from the same row computed in an M = 256 call, one OpenBLAS thread.
+void BM_SgemmRowInvariance(benchmark::State& state) {
+  openblas_set_num_threads(1);
+  constexpr int kTotal = 256;
+  std::mt19937_64 rng(3);
+  std::normal_distribution<float> dist;
+  std::vector<float> x(static_cast<size_t>(kTotal) * kK), w(static_cast<size_t>(kN) * kK);
+  for (float& v : x) v = dist(rng);
+  for (float& v : w) v = dist(rng);
+  std::vector<float> all(static_cast<size_t>(kTotal) * kN), part(static_cast<size_t>(kTotal) * kN);
+  int64_t checked = 0, differ = 0;
+  for (auto _ : state) {
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, kTotal, kN, kK, 1.0f, x.data(), kK,
+                w.data(), kK, 0.0f, all.data(), kN);
+    for (int m : {1, 2, 3, 7, 16, 64, 200}) {
+      for (int first : {0, 5, kTotal - m}) {
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, kN, kK, 1.0f,
+                    x.data() + static_cast<size_t>(first) * kK, kK, w.data(), kK, 0.0f, part.data(),
+                    kN);
+        for (int r = 0; r < m; ++r) {
+          ++checked;
+          differ += std::memcmp(part.data() + static_cast<size_t>(r) * kN,
+                                all.data() + static_cast<size_t>(first + r) * kN,
+                                sizeof(float) * kN) != 0;
+        }
+      }
+    }
+  }
+  state.counters["rows_checked"] = static_cast<double>(checked);
+  state.counters["rows_differing"] = static_cast<double>(differ);
+  state.SetLabel(openblas_get_corename());
+}
+BENCHMARK(BM_SgemmRowInvariance)->Iterations(1);
 
 }  // namespace
 }  // namespace moe
