@@ -9,8 +9,6 @@
 #include <cmath>
 #include <system_error>
 
-#include "absl/time/time.h"
-
 namespace moe {
 namespace sched_internal {
 namespace {
@@ -24,14 +22,12 @@ int64_t MicrosBetween(SteadyTime from, SteadyTime to) {
 int KeyOf(int layer, DType dtype) { return layer * 16 + static_cast<int>(dtype); }
 
 // Waits on `cv` until notified or `until` (steady clock); kNoDeadline waits without a timer.
-void WaitUntil(absl::CondVar& cv, absl::Mutex* mu, SteadyTime until) {
+void WaitUntil(std::condition_variable& cv, std::unique_lock<std::mutex>& lock, SteadyTime until) {
   if (until == kNoDeadline) {
-    cv.Wait(mu);
-    return;
+    cv.wait(lock);
+  } else {
+    cv.wait_until(lock, until);
   }
-  const SteadyTime now = Now();
-  if (until <= now) return;
-  cv.WaitWithTimeout(mu, absl::FromChrono(until - now));
 }
 
 }  // namespace
@@ -131,7 +127,7 @@ StatusOr<RequestId> DynamicBatcher::Submit(Request request) {
   const int64_t n = request.n_tokens;
   if (Status valid = ValidateRequest(request); !valid.ok()) {
     {
-      absl::MutexLock lock(&mu_);
+      std::lock_guard<std::mutex> lock(mu_);
       ++counters_.submitted;
       ++counters_.refused_invalid;
     }
@@ -140,7 +136,7 @@ StatusOr<RequestId> DynamicBatcher::Submit(Request request) {
   const SteadyTime now = Now();
   if (request.deadline <= now) {
     {
-      absl::MutexLock lock(&mu_);
+      std::lock_guard<std::mutex> lock(mu_);
       ++counters_.submitted;
       ++counters_.refused_invalid;
     }
@@ -183,7 +179,7 @@ StatusOr<RequestId> DynamicBatcher::Submit(Request request) {
   RefusalReason reason = RefusalReason::kInvalid;
   RequestId id = 0;
   {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     ++counters_.submitted;
     if (shutting_down_) {
       ++counters_.refused_shutting_down;
@@ -222,7 +218,7 @@ StatusOr<RequestId> DynamicBatcher::Submit(Request request) {
       const bool wake = was_empty || (!was_full && k.tokens >= options_.max_batch_tokens) ||
                         r->deadline < next_wake_;
       live_.emplace(id, std::move(r));
-      if (wake) dispatcher_cv_.Signal();
+      if (wake) dispatcher_cv_.notify_one();
     }
   }
   if (!refusal.ok()) return Refuse(reason, std::move(refusal), n);
@@ -230,12 +226,12 @@ StatusOr<RequestId> DynamicBatcher::Submit(Request request) {
 }
 
 bool DynamicBatcher::Cancel(RequestId id) {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   auto it = live_.find(id);
   if (it == live_.end() || !it->second->queued) return false;
   DropLocked(it->second.get(), absl::CancelledError("request cancelled"),
              RequestOutcome::kCancelled, Now(), &orphans_);
-  dispatcher_cv_.Signal();  // it runs the callbacks in orphans_
+  dispatcher_cv_.notify_one();  // it runs the callbacks in orphans_
   return true;
 }
 
@@ -398,7 +394,7 @@ void DynamicBatcher::DispatcherLoop() {
   Swarm::Producer producer(*swarm_);
   Completions done;
   std::vector<std::unique_ptr<BatchTask>> batches;
-  mu_.Lock();
+  std::unique_lock<std::mutex> lock(mu_);
   for (;;) {
     next_wake_ = SteadyTime::min();  // awake: arrivals need not signal
     const SteadyTime now = Now();
@@ -411,7 +407,7 @@ void DynamicBatcher::DispatcherLoop() {
       batches.push_back(FormBatchLocked(*k, now));
     }
     if (!batches.empty() || !done.empty()) {
-      mu_.Unlock();
+      lock.unlock();
       for (auto& b : batches) {
         if (options_.observer != nullptr) {
           options_.observer->OnBatchFormed(b->layer(), b->dtype(), b->n_tokens(),
@@ -423,14 +419,13 @@ void DynamicBatcher::DispatcherLoop() {
       batches.clear();
       Complete(done);
       done.clear();
-      mu_.Lock();
+      lock.lock();
       continue;
     }
     if (stop_dispatcher_) break;
     next_wake_ = NextWakeLocked(now);
-    WaitUntil(dispatcher_cv_, &mu_, next_wake_);
+    WaitUntil(dispatcher_cv_, lock, next_wake_);
   }
-  mu_.Unlock();
 }
 
 // ---- Completion ----
@@ -439,7 +434,7 @@ void DynamicBatcher::OnBatchDone(BatchTask& batch, int worker, const Status& sta
                                  const BatchRecord& record) {
   Completions done;
   {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     --inflight_batches_;
     inflight_tokens_ -= batch.n_tokens();
     if (status.ok() && record.compute_us > 0) {
@@ -454,8 +449,8 @@ void DynamicBatcher::OnBatchDone(BatchTask& batch, int worker, const Status& sta
       if (!status.ok()) DropLocked(r, status, RequestOutcome::kFailed, now, &done);
       ReleasePartLocked(r, &done);
     }
-    if (queued_tokens_ > 0 || !orphans_.empty() || shutting_down_) dispatcher_cv_.Signal();
-    if (DrainedLocked()) drained_cv_.SignalAll();
+    if (queued_tokens_ > 0 || !orphans_.empty() || shutting_down_) dispatcher_cv_.notify_one();
+    if (DrainedLocked()) drained_cv_.notify_all();
   }
   if (options_.observer != nullptr) options_.observer->OnBatchDone(record);
   Complete(done);
@@ -490,23 +485,19 @@ void DynamicBatcher::Complete(Completions& done) {
     r->done(std::move(resp));
     r.reset();  // frees the owned input and buffers
   }
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   completing_ -= static_cast<int64_t>(done.size());
-  if (DrainedLocked()) drained_cv_.SignalAll();
+  if (DrainedLocked()) drained_cv_.notify_all();
 }
 
 // ---- Shutdown and stats ----
 
 Status DynamicBatcher::Shutdown(SteadyTime deadline) {
-  absl::MutexLock serial(&shutdown_mu_);
-  mu_.Lock();
-  if (joined_) {
-    Status s = shutdown_status_;
-    mu_.Unlock();
-    return s;
-  }
+  std::lock_guard<std::mutex> serial(shutdown_mu_);
+  std::unique_lock<std::mutex> lock(mu_);
+  if (joined_) return shutdown_status_;
   shutting_down_ = true;  // refuse new work; every key is now ready
-  dispatcher_cv_.Signal();
+  dispatcher_cv_.notify_one();
   int64_t failed = 0;
   bool timed_out = false;
   while (!DrainedLocked()) {
@@ -518,31 +509,29 @@ Status DynamicBatcher::Shutdown(SteadyTime deadline) {
                                               "' shut down before the request was computed")),
           &orphans_);
       failed = static_cast<int64_t>(orphans_.size() - before);
-      dispatcher_cv_.Signal();
+      dispatcher_cv_.notify_one();
       continue;
     }
-    WaitUntil(drained_cv_, &mu_, timed_out ? kNoDeadline : deadline);
+    WaitUntil(drained_cv_, lock, timed_out ? kNoDeadline : deadline);
   }
   stop_dispatcher_ = true;
-  dispatcher_cv_.Signal();
-  mu_.Unlock();
+  dispatcher_cv_.notify_one();
+  lock.unlock();
   if (dispatcher_.joinable()) dispatcher_.join();
   swarm_->Stop(StopMode::kDrain);
-  mu_.Lock();
+  lock.lock();
   joined_ = true;
   shutdown_status_ = timed_out ? absl::DeadlineExceededError(absl::StrCat(
                                      "shutdown deadline passed; ", failed,
                                      " queued requests were completed with UNAVAILABLE"))
                                : absl::OkStatus();
-  Status s = shutdown_status_;
-  mu_.Unlock();
-  return s;
+  return shutdown_status_;
 }
 
 SchedulerStats DynamicBatcher::Stats() const {
   SchedulerStats s;
   {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     s = counters_;
     s.queued_requests = queued_requests_;
     s.queued_tokens = queued_tokens_;

@@ -2,16 +2,18 @@
 // rules and the thread model).
 #pragma once
 
+#include <condition_variable>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <queue>
 #include <thread>
 #include <utility>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
-#include "absl/synchronization/mutex.h"
 #include "moe/scheduler/scheduler.h"
 #include "moe/swarm/swarm.h"
 #include "scheduler/request_state.h"
@@ -122,9 +124,12 @@ class DynamicBatcher final : public Scheduler {
   std::vector<WorkerScratch> scratch_;  // [num_slots]; scratch_[i] used only by worker i
   std::thread dispatcher_;
 
-  mutable absl::Mutex mu_;
-  absl::CondVar dispatcher_cv_;  // wakes the dispatcher: arrival, cancel, batch done, shutdown
-  absl::CondVar drained_cv_;     // wakes Shutdown() waiters
+  // NOTES: std::mutex rather than absl::Mutex: Debian's abseil is not built with TSan, so TSan
+  // cannot see absl::Mutex's ordering and reports false races; pthread mutexes it intercepts.
+  mutable std::mutex mu_;
+  std::condition_variable
+      dispatcher_cv_;  // wakes the dispatcher: arrival, cancel, batch done, shutdown
+  std::condition_variable drained_cv_;  // wakes Shutdown() waiters
   absl::flat_hash_map<RequestId, std::unique_ptr<RequestState>> live_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<int, std::unique_ptr<KeyQueue>> keys_ ABSL_GUARDED_BY(mu_);
   std::vector<KeyQueue*> active_ ABSL_GUARDED_BY(mu_);  // keys with queued tokens
@@ -147,7 +152,7 @@ class DynamicBatcher final : public Scheduler {
   double tokens_per_us_ ABSL_GUARDED_BY(mu_) = 0.0;  // EWMA of one worker's batch throughput
   SchedulerStats counters_ ABSL_GUARDED_BY(mu_);     // the counter fields only
 
-  absl::Mutex shutdown_mu_;  // serialises Shutdown() callers (taken before mu_)
+  std::mutex shutdown_mu_;  // serialises Shutdown() callers (taken before mu_)
 };
 
 }  // namespace sched_internal

@@ -8,7 +8,6 @@
 #include <chrono>
 #include <thread>
 
-#include "absl/synchronization/notification.h"
 #include "moe/scheduler/scheduler.h"
 #include "scheduler/fake_engine.h"
 #include "scheduler/request_state.h"
@@ -67,7 +66,7 @@ class BatchingTest : public ::testing::Test {
   std::unique_ptr<FakeEngine> engine_;
   std::unique_ptr<Scheduler> sched_;
   Collector collector_;
-  absl::Notification entered_, gate_;
+  testing::Notification entered_, gate_;
 };
 
 TEST(ChooseBatchTokensTest, CutsAtLargestPreferredSize) {

@@ -12,11 +12,12 @@
 #include <cstring>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <vector>
 
-#include "absl/synchronization/mutex.h"
-#include "absl/synchronization/notification.h"
+#include "absl/base/thread_annotations.h"
 #include "moe/engine/engine.h"
+#include "swarm/notification.h"
 
 namespace moe::testing {
 
@@ -61,19 +62,18 @@ class FakeEngine : public Engine {
     const size_t esize = DTypeSize(a.dtype);
     const size_t row_bytes = static_cast<size_t>(spec_.hidden) * esize;
     {
-      absl::MutexLock lock(&mu_);
+      std::unique_lock<std::mutex> lock(mu_);
       std::vector<float> tags;
       for (int64_t t = 0; t < a.n_tokens; ++t) {
         tags.push_back(RowTag(a.dtype, static_cast<const char*>(a.input) + t * row_bytes));
       }
       calls_.push_back(std::move(tags));
       if (gate_ != nullptr) {
-        absl::Notification* gate = gate_;
+        Notification* gate = gate_;
         entered_->Notify();
         gate_ = nullptr;
-        mu_.Unlock();
+        lock.unlock();
         gate->WaitForNotification();
-        mu_.Lock();
       }
     }
     Status status;
@@ -103,14 +103,14 @@ class FakeEngine : public Engine {
   }
 
   // Makes the next Forward() call notify `entered` and block until `gate` is notified.
-  void BlockNextCall(absl::Notification* entered, absl::Notification* gate) {
-    absl::MutexLock lock(&mu_);
+  void BlockNextCall(Notification* entered, Notification* gate) {
+    std::lock_guard<std::mutex> lock(mu_);
     entered_ = entered;
     gate_ = gate;
   }
   // Row tags of every call so far, in call order.
   std::vector<std::vector<float>> calls() const {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     return calls_;
   }
   int slot_overlaps() const { return slot_overlaps_.load(); }
@@ -131,10 +131,10 @@ class FakeEngine : public Engine {
   MoeSpec spec_;
   std::vector<std::atomic<bool>> busy_;
   std::atomic<int> slot_overlaps_{0};
-  mutable absl::Mutex mu_;
+  mutable std::mutex mu_;
   std::vector<std::vector<float>> calls_ ABSL_GUARDED_BY(mu_);
-  absl::Notification* entered_ ABSL_GUARDED_BY(mu_) = nullptr;
-  absl::Notification* gate_ ABSL_GUARDED_BY(mu_) = nullptr;
+  Notification* entered_ ABSL_GUARDED_BY(mu_) = nullptr;
+  Notification* gate_ ABSL_GUARDED_BY(mu_) = nullptr;
 };
 
 }  // namespace moe::testing

@@ -4,12 +4,13 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <condition_variable>
 #include <map>
+#include <mutex>
 #include <string>
 #include <vector>
 
-#include "absl/synchronization/mutex.h"
-#include "absl/time/time.h"
+#include "absl/base/thread_annotations.h"
 #include "moe/scheduler/scheduler.h"
 
 namespace moe::testing {
@@ -35,32 +36,32 @@ class Collector {
  public:
   CompletionCallback Callback(int key) {
     return [this, key](Response&& r) {
-      absl::MutexLock lock(&mu_);
+      std::lock_guard<std::mutex> lock(mu_);
       ++calls_[key];
       responses_[key] = std::move(r);
+      cv_.notify_all();
     };
   }
   // Waits until `n` callbacks in total have been called; false after 30 s (a hang, not a timing).
   bool WaitForCalls(int n) {
-    absl::MutexLock lock(&mu_);
-    auto enough = [this, n]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return TotalLocked() >= n; };
-    return mu_.AwaitWithTimeout(absl::Condition(&enough), absl::Seconds(30));
+    std::unique_lock<std::mutex> lock(mu_);
+    return cv_.wait_for(lock, std::chrono::seconds(30), [this, n] { return TotalLocked() >= n; });
   }
   int total() const {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     return TotalLocked();
   }
   int calls(int key) const {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     auto it = calls_.find(key);
     return it == calls_.end() ? 0 : it->second;
   }
   Response take(int key) {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     return std::move(responses_[key]);
   }
   Status status(int key) const {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     auto it = responses_.find(key);
     return it == responses_.end() ? absl::UnknownError("no response") : it->second.status;
   }
@@ -71,7 +72,8 @@ class Collector {
     for (const auto& [k, c] : calls_) n += c;
     return n;
   }
-  mutable absl::Mutex mu_;
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
   std::map<int, int> calls_ ABSL_GUARDED_BY(mu_);
   std::map<int, Response> responses_ ABSL_GUARDED_BY(mu_);
 };

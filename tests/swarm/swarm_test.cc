@@ -9,10 +9,12 @@
 #include <thread>
 #include <vector>
 
-#include "absl/synchronization/notification.h"
+#include "swarm/notification.h"
 
 namespace moe {
 namespace {
+
+using testing::Notification;
 
 // A task calling `run(worker)` or `abandon(status)`.
 class FnTask : public SwarmTask {
@@ -102,7 +104,7 @@ TEST(SwarmTest, FourProducersThousandMessagesEachNothingLost) {
 }
 
 // A task that blocks its worker until `gate` is notified, announcing `entered` first.
-std::unique_ptr<SwarmTask> GateTask(absl::Notification* entered, absl::Notification* gate,
+std::unique_ptr<SwarmTask> GateTask(Notification* entered, Notification* gate,
                                     std::atomic<int>* runs) {
   return MakeTask(
       [=](int) {
@@ -115,7 +117,7 @@ std::unique_ptr<SwarmTask> GateTask(absl::Notification* entered, absl::Notificat
 
 TEST(SwarmTest, QueueLengthIsObservable) {
   auto swarm = MakeSwarm(1);
-  absl::Notification entered, gate;
+  Notification entered, gate;
   std::atomic<int> runs{0};
   ASSERT_TRUE(swarm->Submit(GateTask(&entered, &gate, &runs)).ok());
   entered.WaitForNotification();
@@ -136,7 +138,7 @@ TEST(SwarmTest, QueueLengthIsObservable) {
 
 TEST(SwarmTest, DrainStopRunsEveryQueuedTask) {
   auto swarm = MakeSwarm(2);
-  absl::Notification entered, gate;
+  Notification entered, gate;
   std::atomic<int> runs{0}, abandoned{0};
   ASSERT_TRUE(swarm->Submit(GateTask(&entered, &gate, &runs)).ok());
   entered.WaitForNotification();
@@ -155,7 +157,7 @@ TEST(SwarmTest, DrainStopRunsEveryQueuedTask) {
 
 TEST(SwarmTest, AbandonStopFailsQueuedTasksExplicitly) {
   auto swarm = MakeSwarm(1);
-  absl::Notification entered, gate;
+  Notification entered, gate;
   std::atomic<int> runs{0}, abandoned{0};
   std::atomic<int> wrong_code{0};
   auto counted = [&] {

@@ -32,12 +32,12 @@
 #include <atomic>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
 
-#include "absl/synchronization/mutex.h"
-#include "concurrentqueue/blockingconcurrentqueue.h"
+#include "absl/base/thread_annotations.h"
 #include "moe/common/status.h"
 
 namespace moe {
@@ -100,15 +100,20 @@ class Swarm {
   Swarm& operator=(const Swarm&) = delete;
 
   // A producer's handle: a thread that submits many tasks (the scheduler's dispatcher) keeps one
-  // and passes it to Submit() for FIFO order and a faster enqueue. Not thread-safe itself: one
-  // producer thread at a time. Must be destroyed before the Swarm.
+  // and passes it to Submit() for FIFO order among its tasks and a faster enqueue (a moodycamel
+  // ProducerToken). Not thread-safe itself: one producer thread at a time. Must be destroyed
+  // before the Swarm.
   class Producer {
    public:
-    explicit Producer(Swarm& swarm) : token_(swarm.queue_) {}
+    explicit Producer(Swarm& swarm);
+    ~Producer();
+    Producer(const Producer&) = delete;
+    Producer& operator=(const Producer&) = delete;
 
    private:
     friend class Swarm;
-    moodycamel::ProducerToken token_;
+    struct Token;
+    std::unique_ptr<Token> token_;
   };
 
   // Enqueues `task`; never blocks on a worker. The swarm takes ownership in every case and calls
@@ -143,14 +148,16 @@ class Swarm {
   };
 
   explicit Swarm(const SwarmOptions& options);
-  Status SubmitImpl(moodycamel::ProducerToken* token, std::unique_ptr<SwarmTask> task);
+  Status SubmitImpl(Producer* producer, std::unique_ptr<SwarmTask> task);
   void WorkerLoop(int index);
   // True when the queue is closed and every accepted task has been dequeued.
   bool Finished() const;
 
   const SwarmOptions options_;
-  // Queue items are raw pointers owned by the queue (a nullptr is a wake-up, not a task).
-  moodycamel::BlockingConcurrentQueue<SwarmTask*> queue_;
+  // The moodycamel queue, kept out of this header (swarm.cc is the only user of moodycamel).
+  // Items are raw pointers owned by the queue; a nullptr is a wake-up, not a task.
+  struct Queue;
+  std::unique_ptr<Queue> queue_;
   std::vector<std::unique_ptr<Worker>> workers_;
 
   std::atomic<bool> closed_{false};     // set once by Stop(); Submit() refuses afterwards
@@ -160,7 +167,7 @@ class Swarm {
   std::atomic<int64_t> submitted_{0};
   std::atomic<int64_t> refused_{0};
 
-  absl::Mutex stop_mu_;  // serialises Stop() callers
+  std::mutex stop_mu_;  // serialises Stop() callers
   bool joined_ ABSL_GUARDED_BY(stop_mu_) = false;
 };
 
