@@ -3,9 +3,7 @@
 // time per step and per demanded expert; compare with the GPU time of one MoE layer.
 #include <benchmark/benchmark.h>
 
-#include <cstdio>
-#include <numeric>
-
+#include "moe/experts/cache_sim.h"
 #include "moe/experts/slot_pool.h"
 #include "moe/experts/synthetic_trace.h"
 
@@ -37,10 +35,7 @@ void BM_Step(benchmark::State& state) {
   auto pool = ExpertSlotPool::Create(options).value();
 
   std::vector<std::vector<ExpertKey>> steps;
-  for (const TraceStep& step : trace.steps) {
-    steps.emplace_back();
-    for (int32_t e : step.experts) steps.back().push_back({step.layer, e});
-  }
+  for (const TraceStep& step : trace.steps) steps.push_back(StepKeys(step));
   size_t i = 0;
   int64_t experts = 0;
   for (auto _ : state) {

@@ -76,14 +76,23 @@ class LookaheadModel {
   std::mt19937_64 engine_;
 };
 
-std::vector<ExpertKey> Keys(const TraceStep& step) {
+}  // namespace
+
+ShapeClass UnitShapeClass(const TraceShape& shape) {
+  ShapeClass cls;
+  cls.expert_bytes = 1;
+  cls.n_experts = shape.n_experts;
+  cls.layers.resize(shape.n_layers);
+  std::iota(cls.layers.begin(), cls.layers.end(), 0);
+  return cls;
+}
+
+std::vector<ExpertKey> StepKeys(const TraceStep& step) {
   std::vector<ExpertKey> keys;
   keys.reserve(step.experts.size());
   for (int32_t e : step.experts) keys.push_back({step.layer, e});
   return keys;
 }
-
-}  // namespace
 
 std::string_view SimPolicyName(SimPolicy policy) {
   switch (policy) {
@@ -127,15 +136,9 @@ StatusOr<SimResult> SimulateTrace(const Trace& trace, const SimOptions& options)
         "simulator: n_slots must be positive, recall in [0, 1], "
         "precision in (0, 1]");
   }
-  ShapeClass cls;
-  cls.expert_bytes = 1;
-  cls.n_experts = trace.shape.n_experts;
-  cls.layers.resize(trace.shape.n_layers);
-  std::iota(cls.layers.begin(), cls.layers.end(), 0);
-
   ExpertSlotPool::Options pool_options;
   pool_options.budget_bytes = options.n_slots;
-  pool_options.shape_classes = {cls};
+  pool_options.shape_classes = {UnitShapeClass(trace.shape)};
   pool_options.eviction_options = options.eviction_options;
   // Belady's oracle needs the pool's key ids, so it is built after the pool, which builds its
   // policy through this factory: the factory captures a pointer filled in just after.
@@ -175,7 +178,7 @@ StatusOr<SimResult> SimulateTrace(const Trace& trace, const SimOptions& options)
   for (size_t i = 0; i < trace.steps.size(); ++i) {
     if (oracle_ptr != nullptr) oracle_ptr->set_position(static_cast<int64_t>(i));
     const TraceStep& step = trace.steps[i];
-    std::vector<ExpertKey> pending = Keys(step);
+    std::vector<ExpertKey> pending = StepKeys(step);
     while (!pending.empty()) {
       MOE_ASSIGN_OR_RETURN(AcquireRound round, pool->Acquire(pending));
       for (const RoundEntry& entry : round.entries) {

@@ -58,6 +58,29 @@ class LruPolicy final : public EvictionPolicy {
   int tail_ = -1;                 // least recently used
 };
 
+// Time in visits of each layer, shared by the layer-aware policies. A visit is a run of demand
+// uses of one layer (one batch step, all its rounds); visit_seq orders the layers' latest visits.
+class LayerClock {
+ public:
+  explicit LayerClock(int32_t n_layers) : visits_(n_layers, 0), visit_seq_(n_layers, 0) {}
+
+  // A demand use of `layer`: a new visit unless the previous demand use was of the same layer.
+  void Use(int32_t layer) {
+    if (layer == current_layer_) return;
+    current_layer_ = layer;
+    ++visits_[layer];
+    visit_seq_[layer] = ++seq_;
+  }
+  uint64_t visits(int32_t layer) const { return visits_[layer]; }
+  uint64_t visit_seq(int32_t layer) const { return visit_seq_[layer]; }
+
+ private:
+  std::vector<uint64_t> visits_;     // [n_layers] visits so far
+  std::vector<uint64_t> visit_seq_;  // [n_layers] global order of the layer's latest visit
+  uint64_t seq_ = 0;
+  int32_t current_layer_ = -1;
+};
+
 // LRU in visits of each expert's own layer (see kLayerLru in the header). One LRU list per layer;
 // the victim is the best of the layers' coldest evictable slots.
 class LayerLruPolicy final : public EvictionPolicy {
@@ -70,8 +93,7 @@ class LayerLruPolicy final : public EvictionPolicy {
         slot_visit_(n_slots, 0),
         head_(keys.n_layers, -1),
         tail_(keys.n_layers, -1),
-        visits_(keys.n_layers, 0),
-        visit_seq_(keys.n_layers, 0) {}
+        clock_(keys.n_layers) {}
 
   std::string_view Name() const override { return "layer-lru"; }
 
@@ -79,12 +101,12 @@ class LayerLruPolicy final : public EvictionPolicy {
     const int32_t layer = keys_.LayerOf(key_id);
     // A prefetch counts as used in its layer's latest visit: it is protected until that layer's
     // next visit passes it by.
-    if (demand) Visit(layer);
+    if (demand) clock_.Use(layer);
     slot_layer_[slot] = layer;
     Touch(slot);
   }
   void OnHit(int slot) override {
-    Visit(slot_layer_[slot]);
+    clock_.Use(slot_layer_[slot]);
     Touch(slot);
   }
   void OnEvict(int slot) override {
@@ -99,27 +121,21 @@ class LayerLruPolicy final : public EvictionPolicy {
       int slot = tail_[layer];
       while (slot != -1 && !evictable(slot)) slot = prev_[slot];
       if (slot == -1) continue;
-      const uint64_t age = visits_[layer] - slot_visit_[slot];
-      if (best == -1 || age > best_age || (age == best_age && visit_seq_[layer] > best_seq)) {
+      const uint64_t age = clock_.visits(layer) - slot_visit_[slot];
+      const uint64_t seq = clock_.visit_seq(layer);
+      if (best == -1 || age > best_age || (age == best_age && seq > best_seq)) {
         best = slot;
         best_age = age;
-        best_seq = visit_seq_[layer];
+        best_seq = seq;
       }
     }
     return best;
   }
 
  private:
-  // A demand use of `layer`: a new visit unless the previous demand use was of the same layer.
-  void Visit(int32_t layer) {
-    if (layer == current_layer_) return;
-    current_layer_ = layer;
-    ++visits_[layer];
-    visit_seq_[layer] = ++seq_;
-  }
   void Touch(int slot) {
     const int32_t layer = slot_layer_[slot];
-    slot_visit_[slot] = visits_[layer];
+    slot_visit_[slot] = clock_.visits(layer);
     Unlink(slot);
     next_[slot] = head_[layer];
     if (head_[layer] != -1) prev_[head_[layer]] = slot;
@@ -145,10 +161,7 @@ class LayerLruPolicy final : public EvictionPolicy {
   std::vector<int32_t> slot_layer_;   // [n_slots] layer of the resident key, -1 when empty
   std::vector<uint64_t> slot_visit_;  // [n_slots] visits_[layer] at the slot's last use
   std::vector<int> head_, tail_;      // [n_layers] most and least recently used slot
-  std::vector<uint64_t> visits_;      // [n_layers] visits so far
-  std::vector<uint64_t> visit_seq_;   // [n_layers] global order of the layer's latest visit
-  uint64_t seq_ = 0;
-  int32_t current_layer_ = -1;
+  LayerClock clock_;
 };
 
 // LRFU (Lee et al., IEEE ToC 2001) in visits of each expert's own layer: every demand use adds 1
@@ -166,8 +179,7 @@ class LayerLrfuPolicy final : public EvictionPolicy {
         slot_key_(n_slots, -1),
         slot_value_(n_slots, 0.0),
         by_value_(keys.n_layers),
-        visits_(keys.n_layers, 0),
-        visit_seq_(keys.n_layers, 0) {}
+        clock_(keys.n_layers) {}
 
   std::string_view Name() const override { return "layer-lrfu"; }
 
@@ -175,7 +187,7 @@ class LayerLrfuPolicy final : public EvictionPolicy {
     const int32_t layer = keys_.LayerOf(key_id);
     slot_key_[slot] = key_id;
     if (demand) {
-      Visit(layer);
+      clock_.Use(layer);
       Use(key_id);
       Rank(slot, Log2CrfNow(key_id));
     } else {
@@ -185,7 +197,7 @@ class LayerLrfuPolicy final : public EvictionPolicy {
   }
   void OnHit(int slot) override {
     const int64_t key = slot_key_[slot];
-    Visit(keys_.LayerOf(key));
+    clock_.Use(keys_.LayerOf(key));
     Use(key);
     Rank(slot, Log2CrfNow(key));
   }
@@ -202,12 +214,12 @@ class LayerLrfuPolicy final : public EvictionPolicy {
     for (int32_t layer = 0; layer < keys_.n_layers; ++layer) {
       for (const auto& [value, slot] : by_value_[layer]) {
         if (!evictable(slot)) continue;
-        const double score = value - lambda_ * static_cast<double>(visits_[layer]);
-        if (best == -1 || score < best_score ||
-            (score == best_score && visit_seq_[layer] > best_seq)) {
+        const double score = value - lambda_ * static_cast<double>(clock_.visits(layer));
+        const uint64_t seq = clock_.visit_seq(layer);
+        if (best == -1 || score < best_score || (score == best_score && seq > best_seq)) {
           best = slot;
           best_score = score;
-          best_seq = visit_seq_[layer];
+          best_seq = seq;
         }
         break;
       }
@@ -216,19 +228,13 @@ class LayerLrfuPolicy final : public EvictionPolicy {
   }
 
  private:
-  void Visit(int32_t layer) {
-    if (layer == current_layer_) return;
-    current_layer_ = layer;
-    ++visits_[layer];
-    visit_seq_[layer] = ++seq_;
-  }
   // log2 of the key's CRF decayed to its layer's current visit (-inf when never used).
   double Log2CrfNow(int64_t key) const {
-    const uint64_t now = visits_[keys_.LayerOf(key)];
+    const uint64_t now = clock_.visits(keys_.LayerOf(key));
     return std::log2(crf_[key]) - lambda_ * static_cast<double>(now - crf_visit_[key]);
   }
   void Use(int64_t key) {
-    const uint64_t now = visits_[keys_.LayerOf(key)];
+    const uint64_t now = clock_.visits(keys_.LayerOf(key));
     crf_[key] = 1.0 + crf_[key] * std::exp2(-lambda_ * static_cast<double>(now - crf_visit_[key]));
     crf_visit_[key] = now;
   }
@@ -236,7 +242,7 @@ class LayerLrfuPolicy final : public EvictionPolicy {
   void Rank(int slot, double log2_crf_now) {
     const int32_t layer = keys_.LayerOf(slot_key_[slot]);
     by_value_[layer].erase({slot_value_[slot], slot});
-    slot_value_[slot] = log2_crf_now + lambda_ * static_cast<double>(visits_[layer]);
+    slot_value_[slot] = log2_crf_now + lambda_ * static_cast<double>(clock_.visits(layer));
     by_value_[layer].insert({slot_value_[slot], slot});
   }
 
@@ -247,9 +253,7 @@ class LayerLrfuPolicy final : public EvictionPolicy {
   std::vector<int64_t> slot_key_;    // [n_slots]
   std::vector<double> slot_value_;   // [n_slots] rank value (see class comment)
   std::vector<std::set<std::pair<double, int>>> by_value_;  // [n_layers]
-  std::vector<uint64_t> visits_, visit_seq_;                // [n_layers] as in LayerLruPolicy
-  uint64_t seq_ = 0;
-  int32_t current_layer_ = -1;
+  LayerClock clock_;
 };
 
 // Shared bookkeeping of the ordered-set policies: each resident slot has a rank tuple; the victim

@@ -136,6 +136,11 @@ std::string_view ExpertSlotPool::PolicyName() const {
   return classes_.front().policy->Name();
 }
 
+bool ExpertSlotPool::IsSlot(SlotId id) const {
+  return id.shape_class >= 0 && id.shape_class < ShapeClassCount() && id.index >= 0 &&
+         id.index < shapes_[id.shape_class].n_slots;
+}
+
 Status ExpertSlotPool::ValidateKey(const ExpertKey& key) const {
   const int32_t c = ShapeClassOfLayer(key.layer);
   if (c < 0 || key.expert < 0 || key.expert >= shapes_[c].n_experts) {
@@ -249,9 +254,7 @@ Status ExpertSlotPool::Release(const AcquireRound& round, uint64_t release_fence
   // Validate everything first so that a bad round changes nothing.
   for (const RoundEntry& entry : round.entries) {
     const SlotId id = entry.slot;
-    const bool in_range = id.shape_class >= 0 && id.shape_class < ShapeClassCount() &&
-                          id.index >= 0 && id.index < shapes_[id.shape_class].n_slots;
-    if (!in_range) return absl::InvalidArgumentError("expert cache: Release of an unknown slot");
+    if (!IsSlot(id)) return absl::InvalidArgumentError("expert cache: Release of an unknown slot");
     const Slot& slot = classes_[id.shape_class].slots[id.index];
     if (slot.pins <= 0 || slot.state == SlotState::kFree || slot.key != entry.key) {
       return absl::FailedPreconditionError(absl::StrCat(
@@ -264,8 +267,7 @@ Status ExpertSlotPool::Release(const AcquireRound& round, uint64_t release_fence
 
 Status ExpertSlotPool::ReleaseSlot(SlotId id, uint64_t release_fence) {
   absl::MutexLock lock(&mu_);
-  if (id.shape_class < 0 || id.shape_class >= ShapeClassCount() || id.index < 0 ||
-      id.index >= shapes_[id.shape_class].n_slots) {
+  if (!IsSlot(id)) {
     return absl::InvalidArgumentError("expert cache: ReleaseSlot of an unknown slot");
   }
   if (classes_[id.shape_class].slots[id.index].pins <= 0) {
@@ -277,8 +279,7 @@ Status ExpertSlotPool::ReleaseSlot(SlotId id, uint64_t release_fence) {
 
 Status ExpertSlotPool::MarkLoaded(SlotId id) {
   absl::MutexLock lock(&mu_);
-  if (id.shape_class < 0 || id.shape_class >= ShapeClassCount() || id.index < 0 ||
-      id.index >= shapes_[id.shape_class].n_slots) {
+  if (!IsSlot(id)) {
     return absl::InvalidArgumentError("expert cache: MarkLoaded of an unknown slot");
   }
   Slot& slot = classes_[id.shape_class].slots[id.index];
@@ -346,8 +347,7 @@ std::optional<SlotId> ExpertSlotPool::Find(const ExpertKey& key) const {
 SlotInfo ExpertSlotPool::Inspect(SlotId id) const {
   absl::MutexLock lock(&mu_);
   SlotInfo info;
-  if (id.shape_class < 0 || id.shape_class >= ShapeClassCount() || id.index < 0 ||
-      id.index >= shapes_[id.shape_class].n_slots) {
+  if (!IsSlot(id)) {
     return info;
   }
   const Slot& slot = classes_[id.shape_class].slots[id.index];

@@ -15,6 +15,7 @@
 
 #include <cstdint>
 #include <string_view>
+#include <vector>
 
 #include "moe/common/status.h"
 #include "moe/experts/eviction_policy.h"
@@ -49,6 +50,13 @@ struct SimResult {
   double prediction_precision = 0.0;
   double prediction_recall = 0.0;
 };
+
+// One shape class of one-byte experts over every layer of `shape`: a budget in bytes is then a
+// slot count. The simulator's pool.
+ShapeClass UnitShapeClass(const TraceShape& shape);
+
+// The step's experts as keys of its layer.
+std::vector<ExpertKey> StepKeys(const TraceStep& step);
 
 // Slots for `fraction` of all experts of the trace's shape, at least 1.
 int32_t SlotsForFraction(const TraceShape& shape, double fraction);

@@ -16,11 +16,13 @@
 // One batch step (one MoE layer of one batch) with experts E:
 //   round = Acquire(E)      // pins hits, assigns slots to misses (evicting evictable ones)
 //   for entry in round.entries:   // order: ready hits, then in-flight ones, then loads
-//     kLoad:     copy the expert into entry.slot after fence entry.reuse_fence; record an event;
-//                MarkLoaded(entry.slot) once the event has completed (or when the device has
-//                queued the compute behind it: the pool only needs to know it is no longer a
-//                copy target).
-//     kInFlight: make the compute wait on that slot's load event.
+//     kLoad:     order the copy after the release fence entry.reuse_fence (0 = none), copy the
+//                expert into entry.slot, record the slot's load event; make the compute wait on
+//                it. Call MarkLoaded(entry.slot) once that event has COMPLETED (polled by the
+//                slot-owner thread): until then other batches get the slot as kInFlight.
+//     kInFlight: the load (a prefetch or another batch's) is not known complete: make the
+//                compute wait on the slot's load event.
+//     kResident: no wait.
 //     compute with the expert in entry.slot.
 //   Release(round, fence)   // fence: the engine's id of "the compute that read these slots";
 //                           // a later load into one of them gets it back as reuse_fence.
@@ -247,6 +249,7 @@ class ExpertSlotPool {
   ExpertSlotPool() = default;
 
   Status ValidateKey(const ExpertKey& key) const;
+  bool IsSlot(SlotId id) const;
   // A free slot, else the policy's evictable victim not holding a key of `protect` (which may be
   // null), evicted; -1 if none. Caller holds mu_.
   int32_t TakeSlot(ClassState& cls, const absl::flat_hash_set<ExpertKey>* protect,
