@@ -64,7 +64,7 @@ class MergeObserver : public SchedulerObserver {
 
 // Runs kClients threads x kPerClient requests through a scheduler on `engines.serving` and checks
 // every response bitwise against `engines.reference` run on that request alone.
-inline void RunConcurrentClients(Engines engines) {
+inline void RunConcurrentClients(Engines& engines) {
   ASSERT_NE(engines.serving, nullptr);
   const MoeSpec& spec = engines.serving->spec();
   const int k = spec.top_k();

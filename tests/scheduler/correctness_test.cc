@@ -16,7 +16,7 @@ TEST(CorrectnessTest, ConcurrentClientsGetTheirOwnAnswerBitwiseOnFakeEngine) {
   auto serving = std::make_unique<FakeEngine>(o);
   FakeEngine* fake = serving.get();
   Engines engines{std::move(serving), std::make_unique<FakeEngine>(o)};
-  RunConcurrentClients(std::move(engines));
+  RunConcurrentClients(engines);
   EXPECT_EQ(fake->slot_overlaps(), 0);
 }
 

@@ -35,7 +35,8 @@ Engines MakeCpuEngines() {
 }
 
 TEST(CpuEngineCorrectnessTest, ConcurrentClientsGetTheirOwnAnswerBitwise) {
-  RunConcurrentClients(MakeCpuEngines());
+  Engines engines = MakeCpuEngines();
+  RunConcurrentClients(engines);
 }
 
 }  // namespace
