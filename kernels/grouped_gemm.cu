@@ -15,12 +15,11 @@
 #include <cuda_fp16.h>
 
 #include "kernels/cuda_status.h"
+#include "kernels/gemm_common.cuh"
 #include "kernels/moe_kernels.h"
 
 namespace moe::cuda {
 namespace {
-
-constexpr int kBk = TileShape::kBk;
 
 template <typename T>
 struct MmaOp;
@@ -47,65 +46,6 @@ struct MmaOp<__half> {
   }
 };
 
-template <typename T>
-struct Pair;
-template <>
-struct Pair<__nv_bfloat16> {
-  using Type = __nv_bfloat162;
-  static __device__ __forceinline__ Type Make(float a, float b) {
-    return __floats2bfloat162_rn(a, b);
-  }
-};
-template <>
-struct Pair<__half> {
-  using Type = __half2;
-  static __device__ __forceinline__ Type Make(float a, float b) { return __floats2half2_rn(a, b); }
-};
-
-__device__ __forceinline__ uint32_t SmemAddr(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-__device__ __forceinline__ void CpAsync16(uint32_t dst, const void* src, bool valid) {
-  const int bytes = valid ? 16 : 0;  // 0: zero-fill, nothing is read
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(bytes));
-}
-__device__ __forceinline__ void CpAsyncCommit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N>
-__device__ __forceinline__ void CpAsyncWait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-}
-__device__ __forceinline__ void LdMatrixX4(uint32_t (&r)[4], uint32_t addr) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(addr));
-}
-// Element offset of 16-byte chunk `chunk` (0..7) of tile row `row` (64 elements a row).
-__device__ __forceinline__ int Swizzle(int row, int chunk) {
-  return row * kBk + ((chunk ^ (row & 7)) << 3);
-}
-
-struct GemmParams {
-  const void* a;
-  int64_t lda;
-  const int32_t* a_rows;
-  const int2* tiles;
-  const int32_t* n_tiles;
-  const int32_t* group_offsets;
-  const int32_t* m_dev;
-  const void* const* b0_table;
-  const void* const* b1_table;
-  const int32_t* layer_dev;
-  int64_t b_layer_stride;
-  int64_t ldb;
-  int n;
-  int k;
-  void* c;
-  int64_t ldc;
-  int out_f32;
-  int splits;
-  int64_t split_stride;
-};
-
 template <typename T, int BM, int BN, int WM, int WN, int STAGES, bool GATED>
 __global__ void __launch_bounds__(WM* WN * 32) GemmKernel(const GemmParams p) {
   constexpr int kThreads = WM * WN * 32;
@@ -122,19 +62,7 @@ __global__ void __launch_bounds__(WM* WN * 32) GemmKernel(const GemmParams p) {
 
   // Phase 0: which rows, columns and K range this block owns.
   int group, row_begin, row_end;
-  if (p.tiles != nullptr) {
-    if (static_cast<int>(blockIdx.x) >= *p.n_tiles) return;
-    const int2 tile = p.tiles[blockIdx.x];
-    group = tile.x;
-    row_begin = tile.y;
-    row_end = min(p.group_offsets[group + 1], row_begin + BM);
-  } else {
-    group = 0;
-    row_begin = blockIdx.x * BM;
-    const int m = *p.m_dev;
-    if (row_begin >= m) return;
-    row_end = min(m, row_begin + BM);
-  }
+  if (!ResolveTile(p, BM, group, row_begin, row_end)) return;
   const int n0 = blockIdx.y * BN;
   if (n0 >= p.n) return;
   const int64_t table_index = (p.layer_dev ? *p.layer_dev : 0) * p.b_layer_stride + group;
@@ -270,21 +198,10 @@ __global__ void __launch_bounds__(WM* WN * 32) GemmKernel(const GemmParams p) {
         float v0 = acc[0][mi][ni][2 * half], v1 = acc[0][mi][ni][2 * half + 1];
         if constexpr (GATED) {
           const float u0 = acc[kG - 1][mi][ni][2 * half], u1 = acc[kG - 1][mi][ni][2 * half + 1];
-          v0 = v0 / (1.0f + __expf(-v0)) * u0;
-          v1 = v1 / (1.0f + __expf(-v1)) * u1;
+          v0 = Silu(v0) * u0;
+          v1 = Silu(v1) * u1;
         }
-        if (!GATED && p.out_f32) {
-          float* out = static_cast<float*>(p.c) + blockIdx.z * p.split_stride + r * p.ldc;
-          if (col < p.n) out[col] = v0;
-          if (col + 1 < p.n) out[col + 1] = v1;
-        } else {
-          T* out = static_cast<T*>(p.c) + r * p.ldc;
-          if (col + 1 < p.n) {
-            *reinterpret_cast<typename Pair<T>::Type*>(out + col) = Pair<T>::Make(v0, v1);
-          } else if (col < p.n) {
-            out[col] = static_cast<T>(v0);
-          }
-        }
+        StorePair<T>(p, !GATED && p.out_f32, r, col, v0, v1);
       }
     }
   }
@@ -342,7 +259,8 @@ Status GemmArgs::Validate() const {
   return absl::OkStatus();
 }
 
-Status InitGemmKernels() {
+Status InitGemmKernels(bool sm90) {
+  if (sm90) MOE_RETURN_IF_ERROR(InitGemmKernelsSm90());
   for (const KernelEntry& e : kKernels) {
     const int smem = ShapeOf(e.tile).smem_bytes(e.gated);
     CUDA_RETURN_IF_ERROR(
@@ -353,8 +271,6 @@ Status InitGemmKernels() {
 
 Status LaunchGemm(const GemmArgs& args, cudaStream_t stream) {
   MOE_RETURN_IF_ERROR(args.Validate());
-  const KernelFn fn = FindKernel(args.tile, args.gated, args.wtype);
-  if (fn == nullptr) return absl::InternalError("no GEMM kernel for this tile");
   const TileShape& shape = ShapeOf(args.tile);
   const int bn = shape.bn(args.gated);
   GemmParams p{args.a,
@@ -379,6 +295,9 @@ Status LaunchGemm(const GemmArgs& args, cudaStream_t stream) {
   const dim3 grid(static_cast<unsigned>(args.grid_tiles),
                   static_cast<unsigned>((args.n + bn - 1) / bn),
                   static_cast<unsigned>(args.splits));
+  if (args.tile == GemmTile::kWgmma) return LaunchGemmSm90(p, args.gated, args.wtype, grid, stream);
+  const KernelFn fn = FindKernel(args.tile, args.gated, args.wtype);
+  if (fn == nullptr) return absl::InternalError("no GEMM kernel for this tile");
   fn<<<grid, shape.threads(), shape.smem_bytes(args.gated), stream>>>(p);
   CUDA_RETURN_IF_ERROR(cudaGetLastError());
   return absl::OkStatus();

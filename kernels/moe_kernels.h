@@ -65,8 +65,12 @@ struct GemmArgs {
   Status Validate() const;
 };
 
-// Raises the dynamic shared-memory limit of every GEMM instantiation; call once per device.
-Status InitGemmKernels();
+// Raises the dynamic shared-memory limit of every GEMM instantiation (with `sm90`, also of the
+// wgmma kernels, which need an sm_90 device); call once per device.
+Status InitGemmKernels(bool sm90);
+// True when the current device runs this build's wgmma kernels (an sm_90a image on an sm_90
+// device): probed with a one-thread kernel, so call it at start-up only.
+StatusOr<bool> ProbeWgmmaKernels();
 Status LaunchGemm(const GemmArgs& args, cudaStream_t stream);
 
 // ---- Routing and data movement (routing.cu) ----

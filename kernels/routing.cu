@@ -193,6 +193,7 @@ __global__ void RouteKernel(const RouteArgs a) {
       if (idx < 32) keep |= 1u << idx;
       if (lane == idx) gscore = -INFINITY;
     }
+    __syncwarp();  // every lane has read its group before any lane masks
     // NOTES: DeepSeek-V2 (transformers) masks dropped experts with 0.0 and takes the weights from
     // the masked scores; DeepSeek-V3 (transformers 5.x) masks with -inf (see moe/engine/routing.h).
     for (int e = lane; e < n_experts; e += 32) {

@@ -10,15 +10,18 @@ const char* TileName(GemmTile tile) {
   case GemmTile::id:            \
     return #id;
     MOE_GEMM_TILE_TABLE(MOE_TILE_NAME_)
+    MOE_GEMM_SM90_TILE_TABLE(MOE_TILE_NAME_)
 #undef MOE_TILE_NAME_
   }
   return "?";
 }
 
-GemmTile ChooseTile(double rows_per_group) {
+GemmTile ChooseTile(double rows_per_group, bool wgmma) {
   // NOTES: the weights dominate below ~64 rows per expert, so the smallest tile that covers the
-  // rows streams each expert once; past that, bigger tiles re-read A and B less.
+  // rows streams each expert once; past that, bigger tiles re-read A and B less. On Hopper the
+  // wgmma tile (128 rows) wins as soon as an expert has more rows than the decode tile holds.
   if (rows_per_group <= 16.0) return GemmTile::kDecode;
+  if (wgmma) return GemmTile::kWgmma;
   if (rows_per_group <= 64.0) return GemmTile::kMedium;
   return GemmTile::kLarge;
 }
@@ -42,7 +45,8 @@ MoePlan PlanMoe(const MoePlanInput& in) {
   MoePlan plan;
   const int64_t pairs = in.tokens * in.top_k;
   const int64_t active = std::max<int64_t>(1, std::min<int64_t>(pairs, in.n_experts));
-  plan.tile = ChooseTile(static_cast<double>(pairs) / static_cast<double>(active));
+  plan.tile = ChooseTile(static_cast<double>(pairs) / static_cast<double>(active),
+                         in.wgmma && !in.deterministic);
   const TileShape& shape = ShapeOf(plan.tile);
   plan.grouped_tiles = MaxGroupedTiles(pairs, in.n_experts, shape.bm);
   plan.dense_tiles = (in.tokens + shape.bm - 1) / shape.bm;

@@ -21,9 +21,12 @@ namespace moe::cuda {
   X(kMedium, 64, 128, 64, 2, 2, 4) \
   X(kLarge, 128, 128, 64, 2, 4, 3)
 
+// Hopper-only tiles (wgmma, grouped_gemm_sm90.cu): warps_m counts warpgroups of 4 warps (warps_n).
+#define MOE_GEMM_SM90_TILE_TABLE(X) X(kWgmma, 128, 256, 128, 2, 4, 4)
+
 enum class GemmTile : uint8_t {
 #define MOE_TILE_ENUM_(id, ...) id,
-  MOE_GEMM_TILE_TABLE(MOE_TILE_ENUM_)
+  MOE_GEMM_TILE_TABLE(MOE_TILE_ENUM_) MOE_GEMM_SM90_TILE_TABLE(MOE_TILE_ENUM_)
 #undef MOE_TILE_ENUM_
 };
 
@@ -47,7 +50,7 @@ struct TileShape {
 
 inline constexpr TileShape kTileShapes[] = {
 #define MOE_TILE_SHAPE_(id, bm, bnp, bng, wm, wn, st) TileShape{bm, bnp, bng, wm, wn, st},
-    MOE_GEMM_TILE_TABLE(MOE_TILE_SHAPE_)
+    MOE_GEMM_TILE_TABLE(MOE_TILE_SHAPE_) MOE_GEMM_SM90_TILE_TABLE(MOE_TILE_SHAPE_)
 #undef MOE_TILE_SHAPE_
 };
 inline constexpr int kNumGemmTiles = sizeof(kTileShapes) / sizeof(kTileShapes[0]);
@@ -60,8 +63,9 @@ const char* TileName(GemmTile tile);
 inline constexpr int64_t kMaxSplitRows = 256;
 inline constexpr int kMaxSplits = 8;
 
-// The tile for grouped GEMMs whose groups hold `rows_per_group` rows on average.
-GemmTile ChooseTile(double rows_per_group);
+// The tile for grouped GEMMs whose groups hold `rows_per_group` rows on average; `wgmma`: the
+// device runs the Hopper tiles (sm_90a build on an sm_90 device, not deterministic mode).
+GemmTile ChooseTile(double rows_per_group, bool wgmma = false);
 
 // Splits of K for a plain GEMM of `rows` rows launched as `blocks` blocks (before splitting) over K
 // `k`: the smallest power of two (<= kMaxSplits) giving at least 2 blocks per SM while each split
@@ -83,6 +87,7 @@ struct MoePlanInput {
   int router_k = 0;      // hidden, or 2 * hidden when activations are split into hi + lo parts
   int sm_count = 132;
   bool deterministic = false;
+  bool wgmma = false;  // Hopper tiles allowed (ignored when deterministic)
 };
 
 struct MoePlan {

@@ -41,6 +41,9 @@ struct CudaEngineOptions {
   // Token counts for which CUDA graphs are captured (a forward of n tokens replays the graph of the
   // smallest size >= n; larger forwards launch directly). Empty: never capture.
   std::vector<int64_t> graph_batch_sizes = {1, 2, 4, 8, 16, 32, 64, 128, 256, 512};
+  // Use the Hopper (wgmma) GEMM tiles where the device and build allow (never in deterministic
+  // mode, whose results must not depend on which tile a batch size picks).
+  bool use_wgmma = true;
 };
 
 // A forward on device buffers (benchmarks, future device-resident callers).
@@ -87,6 +90,8 @@ class CudaEngine final : public Engine {
   // "NVIDIA H100 80GB HBM3", 132, ...
   const std::string& device_name() const;
   int sm_count() const;
+  // Whether the Hopper (wgmma) tiles are in use.
+  bool uses_wgmma() const;
 
   class Impl;
 

@@ -61,6 +61,7 @@ class CudaEngine::Impl {
   std::vector<std::unique_ptr<Slot>> slots;
   std::string device_name;
   int sms = 0;
+  bool wgmma = false;  // Hopper tiles in use
   int64_t workspace_bytes = 0;
 
   static StatusOr<std::unique_ptr<Impl>> Prepare(const MoeSpec& spec, const CudaEngineOptions& o);
@@ -108,7 +109,9 @@ StatusOr<std::unique_ptr<CudaEngine::Impl>> CudaEngine::Impl::Prepare(const MoeS
   std::sort(impl->options.graph_batch_sizes.begin(), impl->options.graph_batch_sizes.end());
   impl->device_name = prop.name;
   impl->sms = prop.multiProcessorCount;
-  MOE_RETURN_IF_ERROR(cuda::InitGemmKernels());
+  MOE_ASSIGN_OR_RETURN(impl->wgmma, cuda::ProbeWgmmaKernels());
+  impl->wgmma = impl->wgmma && o.use_wgmma;
+  MOE_RETURN_IF_ERROR(cuda::InitGemmKernels(impl->wgmma));
   return impl;
 }
 
@@ -189,6 +192,7 @@ Status CudaEngine::Impl::EnqueueCore(Slot& s, int64_t capacity, AType atype) {
   in.router_k = split_lo ? 2 * hd : hd;
   in.sm_count = sms;
   in.deterministic = options.deterministic;
+  in.wgmma = wgmma;
   const cuda::MoePlan plan = cuda::PlanMoe(in);
 
   // 1. Zero the per-expert counters; convert the input.
@@ -442,6 +446,7 @@ int64_t CudaEngine::weight_device_bytes() const { return impl_->weights.device_b
 int64_t CudaEngine::workspace_device_bytes_per_slot() const { return impl_->workspace_bytes; }
 const std::string& CudaEngine::device_name() const { return impl_->device_name; }
 int CudaEngine::sm_count() const { return impl_->sms; }
+bool CudaEngine::uses_wgmma() const { return impl_->wgmma; }
 
 Status CudaEngine::EnqueueDevice(const DeviceForwardArgs& args) {
   ForwardArgs check;

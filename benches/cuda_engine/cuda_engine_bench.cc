@@ -1,0 +1,401 @@
+// Benchmarks one full MoE layer (routing included) of the CUDA engine on device-generated random
+// weights, replayed from CUDA graphs, against the card's two ceilings measured in the same run.
+//
+//   cuda_engine_bench                       Google Benchmark suite (manual time from CUDA events)
+//   cuda_engine_bench --report=out.jsonl    roofline table on stdout + one JSON line per point
+//       [--shapes=mixtral,qwen3,dsv2lite,embedded] [--tokens=1,8,64,512,4096,16384] [--no-det]
+//
+// Per point: median of many timed forwards (CUDA events around each forward, rotating inputs),
+// floor_us = max(bytes / HBM GB/s, FLOPs / matmul TFLOP/s) where bytes = activated experts' weights
+// (expected distinct experts under uniform routing) + shared expert + router + activations in/out.
+// Ceilings: a 2 GiB device-to-device copy (read + write) and an 8192^3 bf16 cuBLAS GEMM.
+#include <benchmark/benchmark.h>
+#include <cublas_v2.h>
+#include <cuda_runtime_api.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <map>
+#include <memory>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "engine/cuda/cuda_raii.h"
+#include "kernels/moe_kernels.h"
+#include "moe/engine/cuda_engine.h"
+
+namespace moe {
+namespace {
+
+struct Shape {
+  std::string name;
+  int hidden, inter, experts, top_k, shared_inter;
+  bool shared_gate;
+  // vLLM fused_moe reference (H200, best config, full layer incl. routing), us, per token count.
+  std::map<int64_t, double> ref_us;
+};
+
+const std::vector<Shape>& Shapes() {
+  static const std::vector<Shape> shapes = {
+      {"mixtral",
+       4096,
+       14336,
+       8,
+       2,
+       0,
+       false,
+       {{1, 207}, {8, 509}, {64, 673}, {512, 956}, {4096, 4785}, {16384, 18807}}},
+      {"qwen3",
+       2048,
+       768,
+       128,
+       8,
+       0,
+       false,
+       {{1, 58}, {8, 154}, {64, 319}, {512, 358}, {4096, 798}, {16384, 2549}}},
+      {"dsv2lite",
+       2048,
+       1408,
+       64,
+       6,
+       0,
+       false,
+       {{1, 66}, {8, 178}, {64, 299}, {512, 333}, {4096, 916}, {16384, 3370}}},
+      {"embedded", 512, 256, 32, 4, 512, true, {}},
+  };
+  return shapes;
+}
+
+MoeSpec SpecOf(const Shape& s) {
+  MoeSpec spec;
+  spec.family = s.shared_gate ? Family::kQwen2Moe : Family::kQwen3Moe;
+  spec.hidden = s.hidden;
+  spec.moe_intermediate = s.inter;
+  spec.n_layers = 1;
+  spec.moe_layers = {0};
+  spec.routing.n_experts = s.experts;
+  spec.routing.top_k = s.top_k;
+  spec.routing.norm_topk_prob = !s.shared_gate;
+  spec.shared_intermediate = s.shared_inter;
+  spec.shared_expert_gate = s.shared_gate;
+  spec.weight_dtype = DType::kBF16;
+  return spec;
+}
+
+#define BENCH_CHECK(expr)                                                     \
+  do {                                                                        \
+    const cudaError_t e_ = (expr);                                            \
+    if (e_ != cudaSuccess) {                                                  \
+      std::fprintf(stderr, "%s failed: %s\n", #expr, cudaGetErrorString(e_)); \
+      std::exit(1);                                                           \
+    }                                                                         \
+  } while (0)
+
+template <typename T>
+T OrDie(StatusOr<T> v) {
+  if (!v.ok()) {
+    std::fprintf(stderr, "error: %s\n", v.status().ToString().c_str());
+    std::exit(1);
+  }
+  return std::move(v).value();
+}
+void OrDie(const Status& s) {
+  if (!s.ok()) {
+    std::fprintf(stderr, "error: %s\n", s.ToString().c_str());
+    std::exit(1);
+  }
+}
+
+double Median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+struct Ceilings {
+  double hbm_gbs = 0;
+  double matmul_tflops = 0;
+};
+
+Ceilings MeasureCeilings() {
+  Ceilings c;
+  cuda::Stream stream = OrDie(cuda::CreateStream());
+  cuda::Event a = OrDie(cuda::CreateEvent(true)), b = OrDie(cuda::CreateEvent(true));
+  {
+    const int64_t bytes = 2LL << 30;
+    cuda::DeviceBuffer src = OrDie(cuda::DeviceBuffer::Create(bytes));
+    cuda::DeviceBuffer dst = OrDie(cuda::DeviceBuffer::Create(bytes));
+    OrDie(cuda::LaunchFillRandom(src.get(), bytes / 2, cuda::WType::kBF16, 1.0f, 7, stream.get()));
+    std::vector<double> ms;
+    for (int i = 0; i < 12; ++i) {
+      BENCH_CHECK(cudaEventRecord(a.get(), stream.get()));
+      BENCH_CHECK(
+          cudaMemcpyAsync(dst.get(), src.get(), bytes, cudaMemcpyDeviceToDevice, stream.get()));
+      BENCH_CHECK(cudaEventRecord(b.get(), stream.get()));
+      BENCH_CHECK(cudaEventSynchronize(b.get()));
+      float t = 0;
+      BENCH_CHECK(cudaEventElapsedTime(&t, a.get(), b.get()));
+      if (i >= 2) ms.push_back(t);
+    }
+    c.hbm_gbs = 2.0 * bytes / (Median(ms) * 1e-3) / 1e9;
+  }
+  {
+    const int n = 8192;
+    cuda::DeviceBuffer A = OrDie(cuda::DeviceBuffer::Create(int64_t{n} * n * 2));
+    cuda::DeviceBuffer B = OrDie(cuda::DeviceBuffer::Create(int64_t{n} * n * 2));
+    cuda::DeviceBuffer C = OrDie(cuda::DeviceBuffer::Create(int64_t{n} * n * 2));
+    OrDie(
+        cuda::LaunchFillRandom(A.get(), int64_t{n} * n, cuda::WType::kBF16, 1.0f, 1, stream.get()));
+    OrDie(
+        cuda::LaunchFillRandom(B.get(), int64_t{n} * n, cuda::WType::kBF16, 1.0f, 2, stream.get()));
+    cublasHandle_t h = nullptr;
+    if (cublasCreate(&h) != CUBLAS_STATUS_SUCCESS) {
+      std::fprintf(stderr, "cublasCreate failed\n");
+      std::exit(1);
+    }
+    cublasSetStream(h, stream.get());
+    const float alpha = 1, beta = 0;
+    std::vector<double> ms;
+    for (int i = 0; i < 12; ++i) {
+      BENCH_CHECK(cudaEventRecord(a.get(), stream.get()));
+      const cublasStatus_t st = cublasGemmEx(
+          h, CUBLAS_OP_T, CUBLAS_OP_N, n, n, n, &alpha, A.get(), CUDA_R_16BF, n, B.get(),
+          CUDA_R_16BF, n, &beta, C.get(), CUDA_R_16BF, n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+      if (st != CUBLAS_STATUS_SUCCESS) {
+        std::fprintf(stderr, "cublasGemmEx failed: %d\n", static_cast<int>(st));
+        std::exit(1);
+      }
+      BENCH_CHECK(cudaEventRecord(b.get(), stream.get()));
+      BENCH_CHECK(cudaEventSynchronize(b.get()));
+      float t = 0;
+      BENCH_CHECK(cudaEventElapsedTime(&t, a.get(), b.get()));
+      if (i >= 2) ms.push_back(t);
+    }
+    cublasDestroy(h);
+    c.matmul_tflops = 2.0 * n * n * double(n) / (Median(ms) * 1e-3) / 1e12;
+  }
+  return c;
+}
+
+struct PointCost {
+  double bytes = 0;
+  double flops = 0;
+};
+
+PointCost CostOf(const Shape& s, int64_t tokens) {
+  const double e = s.experts, k = s.top_k, t = static_cast<double>(tokens);
+  const double active = e * (1.0 - std::pow(1.0 - k / e, t));  // expected distinct experts
+  const double expert_bytes = 3.0 * s.hidden * s.inter * 2;
+  PointCost c;
+  c.bytes = active * expert_bytes + 3.0 * s.hidden * s.shared_inter * 2 +
+            (e + (s.shared_gate ? 1 : 0)) * s.hidden * 2 + 2.0 * t * s.hidden * 2;
+  c.flops = 2.0 * t *
+            (k * 3.0 * s.hidden * s.inter + 3.0 * s.hidden * s.shared_inter +
+             (e + (s.shared_gate ? 1 : 0)) * s.hidden);
+  return c;
+}
+
+// Owns an engine for one shape and rotating device inputs; times forwards of `tokens` tokens.
+class Runner {
+ public:
+  Runner(const Shape& shape, bool deterministic, int64_t max_tokens) : shape_(shape) {
+    CudaEngineOptions o;
+    o.max_batch_tokens = max_tokens;
+    o.deterministic = deterministic;
+    o.graph_batch_sizes = {1, 8, 64, 512, 4096, 16384};
+    engine_ = OrDie(CudaEngine::CreateRandom(SpecOf(shape), 1234, o));
+    const int64_t in_bytes = max_tokens * shape.hidden * 2;
+    // Enough input sets that together they exceed the L2 several times over.
+    const int n_inputs = static_cast<int>(std::clamp<int64_t>((256LL << 20) / in_bytes, 2, 8));
+    for (int i = 0; i < n_inputs; ++i) {
+      inputs_.push_back(OrDie(cuda::DeviceBuffer::Create(in_bytes)));
+      OrDie(cuda::LaunchFillRandom(inputs_.back().get(), in_bytes / 2, cuda::WType::kBF16, 1.0f,
+                                   100 + i, engine_->stream(0)));
+    }
+    output_ = OrDie(cuda::DeviceBuffer::Create(in_bytes));
+    start_ = OrDie(cuda::CreateEvent(true));
+    stop_ = OrDie(cuda::CreateEvent(true));
+    BENCH_CHECK(cudaStreamSynchronize(engine_->stream(0)));
+  }
+
+  CudaEngine& engine() { return *engine_; }
+
+  // One timed forward, in microseconds.
+  double TimeOne(int64_t tokens) {
+    cudaStream_t st = engine_->stream(0);
+    DeviceForwardArgs a;
+    a.layer = 0;
+    a.dtype = DType::kBF16;
+    a.n_tokens = tokens;
+    a.input = inputs_[next_++ % inputs_.size()].get();
+    a.output = output_.get();
+    BENCH_CHECK(cudaEventRecord(start_.get(), st));
+    OrDie(engine_->EnqueueDevice(a));
+    BENCH_CHECK(cudaEventRecord(stop_.get(), st));
+    BENCH_CHECK(cudaEventSynchronize(stop_.get()));
+    float ms = 0;
+    BENCH_CHECK(cudaEventElapsedTime(&ms, start_.get(), stop_.get()));
+    return ms * 1e3;
+  }
+
+  // Median of forwards after warm-up (graph capture happens in the first one). Forwards are
+  // enqueued back to back in batches (events between them), so the host's submission time hides
+  // behind the device's work, as in a serving loop.
+  double MedianUs(int64_t tokens) {
+    for (int i = 0; i < 5; ++i) TimeOne(tokens);
+    cudaStream_t st = engine_->stream(0);
+    constexpr int kBatch = 20;
+    std::vector<cuda::Event> ev;
+    for (int i = 0; i <= kBatch; ++i) ev.push_back(OrDie(cuda::CreateEvent(true)));
+    std::vector<double> us;
+    double total = 0;
+    while (us.size() < 40 || (total < 3e5 && us.size() < 400)) {
+      BENCH_CHECK(cudaEventRecord(ev[0].get(), st));
+      for (int i = 0; i < kBatch; ++i) {
+        DeviceForwardArgs a;
+        a.layer = 0;
+        a.dtype = DType::kBF16;
+        a.n_tokens = tokens;
+        a.input = inputs_[next_++ % inputs_.size()].get();
+        a.output = output_.get();
+        OrDie(engine_->EnqueueDevice(a));
+        BENCH_CHECK(cudaEventRecord(ev[i + 1].get(), st));
+      }
+      BENCH_CHECK(cudaEventSynchronize(ev[kBatch].get()));
+      for (int i = 0; i < kBatch; ++i) {
+        float ms = 0;
+        BENCH_CHECK(cudaEventElapsedTime(&ms, ev[i].get(), ev[i + 1].get()));
+        us.push_back(ms * 1e3);
+        total += ms * 1e3;
+      }
+    }
+    return Median(us);
+  }
+
+ private:
+  Shape shape_;
+  std::unique_ptr<CudaEngine> engine_;
+  std::vector<cuda::DeviceBuffer> inputs_;
+  cuda::DeviceBuffer output_;
+  cuda::Event start_, stop_;
+  size_t next_ = 0;
+};
+
+std::vector<std::string> Split(const std::string& s) {
+  std::vector<std::string> out;
+  std::stringstream ss(s);
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    if (!item.empty()) out.push_back(item);
+  }
+  return out;
+}
+
+int Report(const std::string& json_path, const std::vector<std::string>& shape_names,
+           const std::vector<int64_t>& tokens, bool with_det) {
+  cudaDeviceProp prop{};
+  BENCH_CHECK(cudaGetDeviceProperties(&prop, 0));
+  const Ceilings ceil = MeasureCeilings();
+  std::printf("card: %s (%d SMs)  HBM copy: %.0f GB/s  bf16 cuBLAS 8192^3: %.0f TFLOP/s\n",
+              prop.name, prop.multiProcessorCount, ceil.hbm_gbs, ceil.matmul_tflops);
+  std::ofstream json(json_path);
+  std::printf("%-9s %6s %10s %10s %7s %8s %8s %9s %10s %8s\n", "shape", "tokens", "time_us",
+              "floor_us", "%floor", "TFLOP/s", "GB/s", "vllm_us", "det_us", "det/def");
+  const int64_t max_tokens = *std::max_element(tokens.begin(), tokens.end());
+  for (const Shape& shape : Shapes()) {
+    if (std::find(shape_names.begin(), shape_names.end(), shape.name) == shape_names.end())
+      continue;
+    std::map<int64_t, double> det_us;
+    if (with_det) {
+      Runner det(shape, true, max_tokens);
+      for (int64_t t : tokens) det_us[t] = det.MedianUs(t);
+    }
+    Runner run(shape, false, max_tokens);
+    for (int64_t t : tokens) {
+      const double us = run.MedianUs(t);
+      const PointCost c = CostOf(shape, t);
+      const double floor_us =
+          std::max(c.bytes / (ceil.hbm_gbs * 1e3), c.flops / (ceil.matmul_tflops * 1e6));
+      const auto ref = shape.ref_us.find(t);
+      const double ref_us = ref == shape.ref_us.end() ? 0 : ref->second;
+      const double d = with_det ? det_us[t] : 0;
+      std::printf("%-9s %6lld %10.1f %10.1f %6.1f%% %8.1f %8.0f %9.0f %10.1f %8.2f\n",
+                  shape.name.c_str(), static_cast<long long>(t), us, floor_us,
+                  100.0 * floor_us / us, c.flops / us / 1e6, c.bytes / us / 1e3, ref_us, d,
+                  with_det ? d / us : 0.0);
+      std::fflush(stdout);
+      json << "{\"shape\":\"" << shape.name << "\",\"tokens\":" << t << ",\"time_us\":" << us
+           << ",\"floor_us\":" << floor_us << ",\"det_time_us\":" << d
+           << ",\"vllm_h200_us\":" << ref_us << ",\"tflops\":" << c.flops / us / 1e6
+           << ",\"gbs\":" << c.bytes / us / 1e3 << ",\"card\":\"" << prop.name
+           << "\",\"hbm_gbs\":" << ceil.hbm_gbs << ",\"matmul_tflops\":" << ceil.matmul_tflops
+           << "}\n";
+    }
+    std::printf("  %s: weights %.1f MiB on device, workspace %.1f MiB per slot (max %lld tokens)\n",
+                shape.name.c_str(), run.engine().weight_device_bytes() / 1048576.0,
+                run.engine().workspace_device_bytes_per_slot() / 1048576.0,
+                static_cast<long long>(max_tokens));
+  }
+  return 0;
+}
+
+// Google Benchmark: one benchmark per (shape, tokens), manual time from CUDA events.
+void BM_MoeLayer(benchmark::State& state, const Shape* shape) {
+  static std::map<std::string, std::unique_ptr<Runner>> runners;
+  int dummy = 0;
+  if (cudaGetDeviceCount(&dummy) != cudaSuccess || dummy == 0) {
+    state.SkipWithError("no CUDA device");
+    return;
+  }
+  auto& runner = runners[shape->name];
+  if (!runner) runner = std::make_unique<Runner>(*shape, false, 16384);
+  const int64_t tokens = state.range(0);
+  for (int i = 0; i < 3; ++i) runner->TimeOne(tokens);
+  for (auto _ : state) state.SetIterationTime(runner->TimeOne(tokens) * 1e-6);
+  const PointCost c = CostOf(*shape, tokens);
+  state.counters["GB/s"] =
+      benchmark::Counter(c.bytes * state.iterations(), benchmark::Counter::kIsRate);
+  state.counters["FLOP/s"] =
+      benchmark::Counter(c.flops * state.iterations(), benchmark::Counter::kIsRate);
+}
+
+}  // namespace
+}  // namespace moe
+
+int main(int argc, char** argv) {
+  std::string report;
+  std::vector<std::string> shapes = {"mixtral", "qwen3", "dsv2lite", "embedded"};
+  std::vector<int64_t> tokens = {1, 8, 64, 512, 4096, 16384};
+  bool with_det = true;
+  std::vector<char*> rest = {argv[0]};
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a.rfind("--report", 0) == 0) {
+      report = a.size() > 9 ? a.substr(9) : "cuda_engine_bench.jsonl";
+    } else if (a.rfind("--shapes=", 0) == 0) {
+      shapes = moe::Split(a.substr(9));
+    } else if (a.rfind("--tokens=", 0) == 0) {
+      tokens.clear();
+      for (const auto& t : moe::Split(a.substr(9))) tokens.push_back(std::stoll(t));
+    } else if (a == "--no-det") {
+      with_det = false;
+    } else {
+      rest.push_back(argv[i]);
+    }
+  }
+  if (!report.empty()) return moe::Report(report, shapes, tokens, with_det);
+  for (const moe::Shape& s : moe::Shapes()) {
+    benchmark::RegisterBenchmark(("MoeLayer/" + s.name).c_str(), moe::BM_MoeLayer, &s)
+        ->ArgsProduct({{1, 8, 64, 512, 4096, 16384}})
+        ->UseManualTime()
+        ->Unit(benchmark::kMicrosecond);
+  }
+  int rest_argc = static_cast<int>(rest.size());
+  benchmark::Initialize(&rest_argc, rest.data());
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}

@@ -1,0 +1,120 @@
+// Pieces shared by the mma.sync (grouped_gemm.cu) and wgmma (grouped_gemm_sm90.cu) GEMM kernels:
+// kernel parameters, tile resolution, cp.async and swizzle helpers, and the epilogue store.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cstdint>
+
+#include "kernels/moe_kernels.h"
+
+namespace moe::cuda {
+
+constexpr int kBk = TileShape::kBk;
+
+template <typename T>
+struct Pair;
+template <>
+struct Pair<__nv_bfloat16> {
+  using Type = __nv_bfloat162;
+  static __device__ __forceinline__ Type Make(float a, float b) {
+    return __floats2bfloat162_rn(a, b);
+  }
+};
+template <>
+struct Pair<__half> {
+  using Type = __half2;
+  static __device__ __forceinline__ Type Make(float a, float b) { return __floats2half2_rn(a, b); }
+};
+
+__device__ __forceinline__ uint32_t SmemAddr(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+__device__ __forceinline__ void CpAsync16(uint32_t dst, const void* src, bool valid) {
+  const int bytes = valid ? 16 : 0;  // 0: zero-fill, nothing is read
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(bytes));
+}
+__device__ __forceinline__ void CpAsyncCommit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void CpAsyncWait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+__device__ __forceinline__ void LdMatrixX4(uint32_t (&r)[4], uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+// Element offset of 16-byte chunk `chunk` (0..7) of tile row `row` (64 elements a row).
+__device__ __forceinline__ int Swizzle(int row, int chunk) {
+  return row * kBk + ((chunk ^ (row & 7)) << 3);
+}
+
+struct GemmParams {
+  const void* a;
+  int64_t lda;
+  const int32_t* a_rows;
+  const int2* tiles;
+  const int32_t* n_tiles;
+  const int32_t* group_offsets;
+  const int32_t* m_dev;
+  const void* const* b0_table;
+  const void* const* b1_table;
+  const int32_t* layer_dev;
+  int64_t b_layer_stride;
+  int64_t ldb;
+  int n;
+  int k;
+  void* c;
+  int64_t ldc;
+  int out_f32;
+  int splits;
+  int64_t split_stride;
+};
+
+// Which rows one block owns: tile blockIdx.x of the tile list (grouped) or of the dense rows.
+// Returns false when the block has no work.
+__device__ __forceinline__ bool ResolveTile(const GemmParams& p, int bm, int& group, int& row_begin,
+                                            int& row_end) {
+  if (p.tiles != nullptr) {
+    if (static_cast<int>(blockIdx.x) >= *p.n_tiles) return false;
+    const int2 tile = p.tiles[blockIdx.x];
+    group = tile.x;
+    row_begin = tile.y;
+    row_end = min(p.group_offsets[group + 1], row_begin + bm);
+    return true;
+  }
+  group = 0;
+  row_begin = blockIdx.x * bm;
+  const int m = *p.m_dev;
+  if (row_begin >= m) return false;
+  row_end = min(m, row_begin + bm);
+  return true;
+}
+
+// Stores the accumulator pair (v0, v1) of columns (col, col + 1) of row r: silu(gate) * up already
+// applied by the caller for gated tiles; f32 partials per split, or T.
+template <typename T>
+__device__ __forceinline__ void StorePair(const GemmParams& p, bool out_f32, int r, int col,
+                                          float v0, float v1) {
+  if (out_f32) {
+    float* out = static_cast<float*>(p.c) + blockIdx.z * p.split_stride + r * p.ldc;
+    if (col < p.n) out[col] = v0;
+    if (col + 1 < p.n) out[col + 1] = v1;
+  } else {
+    T* out = static_cast<T*>(p.c) + r * p.ldc;
+    if (col + 1 < p.n) {
+      *reinterpret_cast<typename Pair<T>::Type*>(out + col) = Pair<T>::Make(v0, v1);
+    } else if (col < p.n) {
+      out[col] = static_cast<T>(v0);
+    }
+  }
+}
+
+__device__ __forceinline__ float Silu(float g) { return g / (1.0f + __expf(-g)); }
+
+// The Hopper (wgmma) kernels; defined in grouped_gemm_sm90.cu.
+Status InitGemmKernelsSm90();
+Status LaunchGemmSm90(const GemmParams& p, bool gated, WType wtype, dim3 grid, cudaStream_t stream);
+
+}  // namespace moe::cuda

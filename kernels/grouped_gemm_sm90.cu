@@ -1,0 +1,253 @@
+// Grouped GEMM for Hopper (sm_90a): wgmma.mma_async from shared memory, same problem as
+// grouped_gemm.cu (GemmParams, tiles, gather, gated SiLU epilogue, split-K partials).
+//
+// 1. 256 threads = 2 warpgroups; a block owns 128 rows (64 per warpgroup) and BN output columns:
+//    plain tiles BN = 256 (one m64n256 wgmma per k16), gated tiles BN = 128 of gate and of up (two
+//    m64n128 wgmmas per k16), so every thread holds 128 f32 accumulators.
+// 2. All threads stream A (rows gathered through a_rows) and B (the group's weight rows) with
+//    cp.async into a 4-stage ring, in the 128-byte-swizzled K-major layout wgmma descriptors read
+//    (the same XOR swizzle the mma.sync kernel uses, with 1024-byte aligned stage bases).
+// 3. k-step kt: wait for its stage, fence the async proxy, barrier, prefetch kt + 2 into the stage
+//    whose wgmmas (kt - 2) have retired, issue 4 wgmmas, keep one wgmma group in flight.
+// 4. Epilogue from registers (the m64nN accumulator layout repeats mma.sync's m16n8 one per warp).
+#include <type_traits>
+
+#include "kernels/cuda_status.h"
+#include "kernels/gemm_common.cuh"
+#include "kernels/wgmma_ops.cuh"
+
+namespace moe::cuda {
+namespace {
+
+constexpr int kWgThreads = 256;
+constexpr int kWgBm = 128;
+constexpr int kWgStages = 4;
+constexpr int kWgBRows = 256;  // plain: 256 columns; gated: 128 gate + 128 up rows
+constexpr int kWgStageBytes = (kWgBm + kWgBRows) * kBk * 2;
+constexpr int kWgSmemBytes = kWgStages * kWgStageBytes + 1024;  // + alignment slack
+
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+__device__ __forceinline__ uint64_t Desc(uint32_t smem_addr) {
+  uint64_t d = (smem_addr & 0x3FFFFu) >> 4;  // start address
+  d |= uint64_t{1} << 16;                    // leading byte offset (unused with 128B swizzle)
+  d |= uint64_t{1024 >> 4} << 32;            // stride byte offset: 8 rows x 128 bytes
+  d |= uint64_t{1} << 62;                    // 128-byte swizzle
+  return d;
+}
+__device__ __forceinline__ void WgmmaFence() {
+  asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+}
+__device__ __forceinline__ void WgmmaCommit() {
+  asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+}
+template <int N>
+__device__ __forceinline__ void WgmmaWait() {
+  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+}
+__device__ __forceinline__ void FenceProxyAsync() {
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+}
+template <typename T, int N>
+__device__ __forceinline__ void Wgmma(float (&d)[N / 2], uint64_t a, uint64_t b) {
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+    if constexpr (N == 256)
+      Wgmma64x256Bf16(d, a, b);
+    else
+      Wgmma64x128Bf16(d, a, b);
+  } else {
+    if constexpr (N == 256)
+      Wgmma64x256F16(d, a, b);
+    else
+      Wgmma64x128F16(d, a, b);
+  }
+}
+#endif
+
+template <typename T, bool GATED>
+__global__ void __launch_bounds__(kWgThreads, 1) WgmmaGemmKernel(const GemmParams p) {
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  constexpr int BN = GATED ? 128 : 256;   // output columns of the block
+  constexpr int kWn = GATED ? 128 : 256;  // N of each wgmma
+  constexpr int kG = GATED ? 2 : 1;
+  constexpr int kAChunks = kWgBm * 8 / kWgThreads;
+  constexpr int kBChunks = kWgBRows * 8 / kWgThreads;
+
+  // Phase 0: rows, columns and K range of this block.
+  int group, row_begin, row_end;
+  if (!ResolveTile(p, kWgBm, group, row_begin, row_end)) return;
+  const int n0 = blockIdx.y * BN;
+  const int64_t table_index = (p.layer_dev ? *p.layer_dev : 0) * p.b_layer_stride + group;
+  const T* b0 = static_cast<const T*>(p.b0_table[table_index]);
+  const T* b1 = GATED ? static_cast<const T*>(p.b1_table[table_index]) : nullptr;
+  const int k_steps = (p.k + kBk - 1) / kBk;
+  const int kt_begin = static_cast<int>(static_cast<int64_t>(blockIdx.z) * k_steps / p.splits);
+  const int kt_end = static_cast<int>(static_cast<int64_t>(blockIdx.z + 1) * k_steps / p.splits);
+
+  extern __shared__ uint8_t wg_smem_raw[];
+  const uint32_t raw_addr = SmemAddr(wg_smem_raw);
+  uint8_t* smem = wg_smem_raw + (((raw_addr + 1023u) & ~1023u) - raw_addr);
+  const int tid = threadIdx.x;
+  const T* a_base = static_cast<const T*>(p.a);
+
+  // Phase 1: copy descriptors (stage layout: A [128 rows][64], then B [256 rows][64]).
+  const T* a_src[kAChunks];
+  bool a_ok[kAChunks];
+  int a_dst[kAChunks], a_col[kAChunks];
+#pragma unroll
+  for (int i = 0; i < kAChunks; ++i) {
+    const int c = tid + i * kWgThreads;
+    const int row = c >> 3, chunk = c & 7;
+    const int r = row_begin + row;
+    a_ok[i] = r < row_end;
+    const int64_t src_row = a_ok[i] ? (p.a_rows ? p.a_rows[r] : r) : 0;
+    a_src[i] = a_base + src_row * p.lda + chunk * 8;
+    a_dst[i] = Swizzle(row, chunk);
+    a_col[i] = chunk * 8;
+  }
+  const T* b_src[kBChunks];
+  bool b_ok[kBChunks];
+  int b_dst[kBChunks], b_col[kBChunks];
+#pragma unroll
+  for (int i = 0; i < kBChunks; ++i) {
+    const int c = tid + i * kWgThreads;
+    const int row = c >> 3, chunk = c & 7;
+    const bool second = GATED && row >= BN;
+    const int n = n0 + (second ? row - BN : row);
+    b_ok[i] = n < p.n;
+    b_src[i] = (second ? b1 : b0) + (b_ok[i] ? static_cast<int64_t>(n) * p.ldb : 0) + chunk * 8;
+    b_dst[i] = kWgBm * kBk + Swizzle(row, chunk);
+    b_col[i] = chunk * 8;
+  }
+  auto load_stage = [&](int kt, int stage) {
+    const int k0 = kt * kBk;
+    T* st = reinterpret_cast<T*>(smem + stage * kWgStageBytes);
+#pragma unroll
+    for (int i = 0; i < kAChunks; ++i) {
+      const bool ok = a_ok[i] && k0 + a_col[i] < p.k;
+      CpAsync16(SmemAddr(st + a_dst[i]), ok ? a_src[i] + k0 : a_base, ok);
+    }
+#pragma unroll
+    for (int i = 0; i < kBChunks; ++i) {
+      const bool ok = b_ok[i] && k0 + b_col[i] < p.k;
+      CpAsync16(SmemAddr(st + b_dst[i]), ok ? b_src[i] + k0 : b0, ok);
+    }
+  };
+
+  // Phase 2: prologue, two stages ahead.
+#pragma unroll
+  for (int s = 0; s < kWgStages - 2; ++s) {
+    if (kt_begin + s < kt_end) load_stage(kt_begin + s, s);
+    CpAsyncCommit();
+  }
+
+  // Phase 3: main loop.
+  const int wg = tid / 128;
+  float acc[kG][kWn / 2];
+#pragma unroll
+  for (int g = 0; g < kG; ++g)
+#pragma unroll
+    for (int i = 0; i < kWn / 2; ++i) acc[g][i] = 0.0f;
+  int stage = 0;
+  for (int kt = kt_begin; kt < kt_end; ++kt) {
+    CpAsyncWait<kWgStages - 3>();
+    FenceProxyAsync();
+    __syncthreads();
+    {
+      const int next = kt + kWgStages - 2;
+      int next_stage = stage + kWgStages - 2;
+      if (next_stage >= kWgStages) next_stage -= kWgStages;
+      if (next < kt_end) load_stage(next, next_stage);
+      CpAsyncCommit();
+    }
+    const uint32_t st = SmemAddr(smem + stage * kWgStageBytes);
+    const uint64_t a_desc = Desc(st + wg * 64 * kBk * 2);
+    const uint64_t b_desc = Desc(st + kWgBm * kBk * 2);
+    WgmmaFence();
+#pragma unroll
+    for (int kk = 0; kk < kBk / 16; ++kk) {
+      // +32 bytes per k16 step inside the swizzled 128-byte rows (descriptor units of 16 bytes).
+#pragma unroll
+      for (int g = 0; g < kG; ++g) {
+        Wgmma<T, kWn>(acc[g], a_desc + 2 * kk, b_desc + g * (128 * kBk * 2 >> 4) + 2 * kk);
+      }
+    }
+    WgmmaCommit();
+    WgmmaWait<1>();
+    if (++stage == kWgStages) stage = 0;
+  }
+  WgmmaWait<0>();
+  CpAsyncWait<0>();
+
+  // Phase 4: epilogue. Warp w of the warpgroup owns rows 16w..16w+15 of the warpgroup's 64.
+  const int lane = tid & 31, warp_in_wg = (tid >> 5) & 3;
+  const bool out_f32 = !GATED && p.out_f32;
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int r = row_begin + wg * 64 + warp_in_wg * 16 + (lane >> 2) + 8 * half;
+    if (r >= row_end) continue;
+#pragma unroll
+    for (int j = 0; j < kWn / 8; ++j) {
+      const int col = n0 + j * 8 + 2 * (lane & 3);
+      float v0 = acc[0][j * 4 + 2 * half], v1 = acc[0][j * 4 + 2 * half + 1];
+      if constexpr (GATED) {
+        v0 = Silu(v0) * acc[kG - 1][j * 4 + 2 * half];
+        v1 = Silu(v1) * acc[kG - 1][j * 4 + 2 * half + 1];
+      }
+      StorePair<T>(p, out_f32, r, col, v0, v1);
+    }
+  }
+#endif
+}
+
+__global__ void ProbeKernel(int* out) {
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  *out = 1;
+#else
+  *out = 0;
+#endif
+}
+
+using KernelFn = void (*)(GemmParams);
+KernelFn Pick(bool gated, WType wtype) {
+  if (wtype == WType::kBF16) {
+    return gated ? &WgmmaGemmKernel<__nv_bfloat16, true> : &WgmmaGemmKernel<__nv_bfloat16, false>;
+  }
+  return gated ? &WgmmaGemmKernel<__half, true> : &WgmmaGemmKernel<__half, false>;
+}
+
+}  // namespace
+
+StatusOr<bool> ProbeWgmmaKernels() {
+  int* flag = nullptr;
+  CUDA_RETURN_IF_ERROR(cudaMalloc(&flag, sizeof(int)));
+  ProbeKernel<<<1, 1>>>(flag);
+  int host = 0;
+  cudaError_t err = cudaGetLastError();
+  if (err == cudaSuccess) err = cudaMemcpy(&host, flag, sizeof(int), cudaMemcpyDeviceToHost);
+  cudaFree(flag);
+  if (err == cudaErrorNoKernelImageForDevice || err == cudaErrorInvalidDeviceFunction) {
+    cudaGetLastError();
+    return false;
+  }
+  CUDA_RETURN_IF_ERROR(err);
+  return host == 1;
+}
+
+Status InitGemmKernelsSm90() {
+  for (bool gated : {false, true}) {
+    for (WType w : {WType::kBF16, WType::kF16}) {
+      CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(
+          Pick(gated, w), cudaFuncAttributeMaxDynamicSharedMemorySize, kWgSmemBytes));
+    }
+  }
+  return absl::OkStatus();
+}
+
+Status LaunchGemmSm90(const GemmParams& p, bool gated, WType wtype, dim3 grid,
+                      cudaStream_t stream) {
+  Pick(gated, wtype)<<<grid, kWgThreads, kWgSmemBytes, stream>>>(p);
+  CUDA_RETURN_IF_ERROR(cudaGetLastError());
+  return absl::OkStatus();
+}
+
+}  // namespace moe::cuda

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Runs the CUDA engine's GPU checks and benchmark on the device machine, from a bundle made here:
+#   ../shared/tools/device-bundle .device build-cuda/bin/{cuda_engine_test,tile_heuristics_test,cuda_engine_bench}
+# then (device tool, carry [".device"]):  source .device/env.sh; tools/device/cuda_engine_run.sh [steps]
+# Steps (default: info test bench): info, test, sanitize (memcheck + racecheck on a test subset),
+# bench (full roofline report), quickbench (no deterministic column). Outputs go to $OUT.
+set -uo pipefail
+out=${OUT:-/tmp/out}
+mkdir -p "$out"
+steps=${*:-info test bench}
+for step in $steps; do
+  echo "=== $step ($(date -u +%H:%M:%S))"
+  case $step in
+    info)
+      nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.mem,driver_version --format=csv ;;
+    test)
+      tile_heuristics_test --gtest_brief=1 2>&1 | tail -3
+      cuda_engine_test 2>&1 | tee "$out/cuda_engine_test.log" | grep -E "^\[ +(OK|FAILED|SKIPPED|PASSED) |Failure|error|Expected|Which is|actual|rel_err" | head -80 ;;
+    sanitize)
+      compute-sanitizer --tool memcheck --error-exitcode 3 cuda_engine_test \
+        --gtest_filter='CudaEngine.WithoutGraphsAndDeterministic:CudaEngine.DeterministicIsBatchInvariant' > "$out/memcheck.log" 2>&1
+      echo "memcheck rc=$?"; tail -4 "$out/memcheck.log"
+      compute-sanitizer --tool racecheck --error-exitcode 3 cuda_engine_test \
+        --gtest_filter='CudaEngine.WithoutGraphsAndDeterministic' > "$out/racecheck.log" 2>&1
+      echo "racecheck rc=$?"; tail -4 "$out/racecheck.log" ;;
+    ncu)  # per-kernel device time of one forward (2 forwards profiled) at 1 and 4096 tokens
+      for t in 1 4096; do
+        ncu --clock-control none --graph-profiling node -k regex:'Gemm|Route|Scan|Convert|Combine' \
+          --launch-skip 120 --launch-count 20 --metrics gpu__time_duration.sum --csv \
+          cuda_engine_bench --report=/tmp/ncu.jsonl --shapes=qwen3 --tokens=$t --no-det > "$out/ncu_qwen3_$t.csv" 2>&1
+        echo "ncu tokens=$t rc=$?"
+        grep gpu__time_duration "$out/ncu_qwen3_$t.csv" | awk -F'","' '{print $5, $(NF)}' | sed 's/"//g' | cut -c1-110 | head -12
+      done ;;
+    bench)
+      cuda_engine_bench --report="$out/cuda_engine_bench.jsonl" 2>&1 | tee "$out/bench.txt" ;;
+    quickbench)
+      cuda_engine_bench --report="$out/cuda_engine_bench.jsonl" --no-det 2>&1 | tee "$out/bench.txt" ;;
+    *) echo "unknown step $step" ;;
+  esac
+done
