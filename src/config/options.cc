@@ -3,7 +3,6 @@
 
 #include <toml++/toml.h>
 
-#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <set>
@@ -24,14 +23,6 @@ std::string_view EngineKindName(EngineKind kind) {
       return "cuda";
   }
   return "auto";
-}
-
-std::string DefaultCacheDir() {
-  if (const char* dir = std::getenv("MOE_CACHE_DIR"); dir != nullptr && *dir != '\0') return dir;
-  if (const char* home = std::getenv("HOME"); home != nullptr && *home != '\0') {
-    return std::string(home) + "/.cache/moe-swarm";
-  }
-  return "/tmp/moe-swarm-cache";
 }
 
 namespace {
@@ -228,7 +219,7 @@ Status Validate(const DaemonOptions& o) {
   }
   static const std::set<std::string> kLevels = {"trace", "debug",    "info", "warn",
                                                 "error", "critical", "off"};
-  if (kLevels.count(o.logging.level) == 0) {
+  if (!o.logging.level.empty() && kLevels.count(o.logging.level) == 0) {
     return OutOfRange("logging.level", "one of trace, debug, info, warn, error, critical, off",
                       o.logging.level);
   }

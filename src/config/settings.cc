@@ -60,7 +60,7 @@ std::vector<Setting> AllSettings(DaemonOptions* o) {
        "where the embedded model is generated (default $MOE_CACHE_DIR or ~/.cache/moe-swarm)",
        &o->model.cache_dir},
       {"logging.level", "--log-level",
-       "trace | debug | info | warn | error | critical | off (env MOE_LOG when not given)",
+       "trace | debug | info | warn | error | critical | off (default: env MOE_LOG, else info)",
        &o->logging.level},
       {"logging.format", "--log-format", "text | json", &o->logging.format},
   };
@@ -90,7 +90,8 @@ void AddServeFlags(CLI::App* app, DaemonOptions* options) {
                                                     {"cpu", EngineKind::kCpu},
                                                     {"cuda", EngineKind::kCuda}};
             app->add_option(s.flag, *ptr, help)
-                ->transform(CLI::CheckedTransformer(names, CLI::ignore_case))
+                ->transform(CLI::CheckedTransformer(names, CLI::ignore_case).description(""))
+                ->type_name("KIND")
                 ->default_str(std::string(EngineKindName(*ptr)));
           } else if constexpr (std::is_same_v<T, std::vector<int64_t>>) {
             app->add_option(s.flag, *ptr, help)->delimiter(',')->default_str(ShowList(*ptr));

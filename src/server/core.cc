@@ -62,7 +62,7 @@ void Core::Run(const LayerRequest& request, const std::string& label, LayerDone 
     refusal = absl::UnavailableError("server is not ready (loading or warming up); retry later");
   } else if (Clock::now() >= request.deadline) {
     refusal = absl::DeadlineExceededError("deadline passed before the request was queued");
-  } else if (request.cancelled != nullptr && request.cancelled->load(std::memory_order_acquire)) {
+  } else if (request.cancel != nullptr && request.cancel->cancelled()) {
     refusal = absl::CancelledError("request cancelled by the client");
   }
   if (refusal.ok()) {
@@ -74,13 +74,22 @@ void Core::Run(const LayerRequest& request, const std::string& label, LayerDone 
     int layer = request.layer;
     int64_t n_tokens = request.n_tokens;
     Clock::time_point arrival = request.arrival;
-    LayerDone wrapped = [this, layer, n_tokens, arrival, label, done = std::move(done)](
-                            const Status& status, const LayerTiming& timing) {
+    std::shared_ptr<CancelScope> cancel = request.cancel;
+    uint64_t key = cancel != nullptr ? cancel->Reserve() : 0;
+    LayerDone wrapped = [this, layer, n_tokens, arrival, label, cancel, key,
+                         done = std::move(done)](const Status& status, const LayerTiming& timing) {
+      // Release before `done`: answering may destroy the reactor (our shared_ptr keeps the scope).
+      if (cancel != nullptr) cancel->Release(key);
       done(status, timing);
       Finished(layer, n_tokens, status, timing, arrival, label);
     };
-    refusal = backend_->Submit(request, std::move(wrapped));
-    if (refusal.ok()) return;
+    StatusOr<uint64_t> ticket = backend_->Submit(request, std::move(wrapped));
+    if (ticket.ok()) {
+      if (cancel != nullptr) cancel->Arm(key, *ticket);
+      return;
+    }
+    if (cancel != nullptr) cancel->Release(key);
+    refusal = ticket.status();
     // Refused by the backend: `wrapped` was not and will not be called.
     Finished(request.layer, request.n_tokens, refusal, LayerTiming{}, request.arrival, label);
     done(refusal, LayerTiming{});

@@ -32,6 +32,7 @@ class Core {
   Core(const Catalog* catalog, Backend* backend, metrics::Metrics* metrics);
 
   const Catalog& catalog() const { return *catalog_; }
+  Backend* backend() const { return backend_; }
   const Stats& stats() const { return stats_; }
 
   void SetReady(bool ready);

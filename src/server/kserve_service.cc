@@ -134,69 +134,69 @@ Status PrepareInfer(const Catalog& catalog, const inference::ModelInferRequest& 
 
 namespace {
 
-// Finishes `call` with `status` (for the trivial RPCs).
-grpc::ServerUnaryReactor* Done(const Status& status) {
-  auto* call = new UnaryCall();
-  call->Finish(ToGrpcStatus(status));
-  return call;
+// Finishes a trivial RPC (answered inline) with `status`.
+grpc::ServerUnaryReactor* Done(grpc::CallbackServerContext* context, const Status& status) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  reactor->Finish(ToGrpcStatus(status));
+  return reactor;
 }
 
 }  // namespace
 
-grpc::ServerUnaryReactor* KserveService::ServerLive(grpc::CallbackServerContext*,
+grpc::ServerUnaryReactor* KserveService::ServerLive(grpc::CallbackServerContext* context,
                                                     const inference::ServerLiveRequest*,
                                                     inference::ServerLiveResponse* response) {
   response->set_live(true);
-  return Done(absl::OkStatus());
+  return Done(context, absl::OkStatus());
 }
 
-grpc::ServerUnaryReactor* KserveService::ServerReady(grpc::CallbackServerContext*,
+grpc::ServerUnaryReactor* KserveService::ServerReady(grpc::CallbackServerContext* context,
                                                      const inference::ServerReadyRequest*,
                                                      inference::ServerReadyResponse* response) {
   response->set_ready(core_->ready());
-  return Done(absl::OkStatus());
+  return Done(context, absl::OkStatus());
 }
 
-grpc::ServerUnaryReactor* KserveService::ModelReady(grpc::CallbackServerContext*,
+grpc::ServerUnaryReactor* KserveService::ModelReady(grpc::CallbackServerContext* context,
                                                     const inference::ModelReadyRequest* request,
                                                     inference::ModelReadyResponse* response) {
   StatusOr<int> layer = core_->catalog().ResolveKserve(request->name(), request->version());
-  if (!layer.ok()) return Done(layer.status());
+  if (!layer.ok()) return Done(context, layer.status());
   response->set_ready(core_->ready());
-  return Done(absl::OkStatus());
+  return Done(context, absl::OkStatus());
 }
 
 grpc::ServerUnaryReactor* KserveService::ServerMetadata(
-    grpc::CallbackServerContext*, const inference::ServerMetadataRequest*,
+    grpc::CallbackServerContext* context, const inference::ServerMetadataRequest*,
     inference::ServerMetadataResponse* response) {
   response->set_name("moe-swarm");
   response->set_version(version_);
   response->add_extensions("statistics");
   response->add_extensions("model_repository");
   response->add_extensions("moe_layers");
-  return Done(absl::OkStatus());
+  return Done(context, absl::OkStatus());
 }
 
 grpc::ServerUnaryReactor* KserveService::ModelMetadata(
-    grpc::CallbackServerContext*, const inference::ModelMetadataRequest* request,
+    grpc::CallbackServerContext* context, const inference::ModelMetadataRequest* request,
     inference::ModelMetadataResponse* response) {
   StatusOr<int> layer = core_->catalog().ResolveKserve(request->name(), request->version());
-  if (!layer.ok()) return Done(layer.status());
+  if (!layer.ok()) return Done(context, layer.status());
   core_->catalog().FillMetadata(*layer, response);
-  return Done(absl::OkStatus());
+  return Done(context, absl::OkStatus());
 }
 
-grpc::ServerUnaryReactor* KserveService::ModelConfig(grpc::CallbackServerContext*,
+grpc::ServerUnaryReactor* KserveService::ModelConfig(grpc::CallbackServerContext* context,
                                                      const inference::ModelConfigRequest* request,
                                                      inference::ModelConfigResponse* response) {
   StatusOr<int> layer = core_->catalog().ResolveKserve(request->name(), request->version());
-  if (!layer.ok()) return Done(layer.status());
+  if (!layer.ok()) return Done(context, layer.status());
   core_->catalog().FillConfig(*layer, response->mutable_config());
-  return Done(absl::OkStatus());
+  return Done(context, absl::OkStatus());
 }
 
 grpc::ServerUnaryReactor* KserveService::ModelStatistics(
-    grpc::CallbackServerContext*, const inference::ModelStatisticsRequest* request,
+    grpc::CallbackServerContext* context, const inference::ModelStatisticsRequest* request,
     inference::ModelStatisticsResponse* response) {
   const Catalog& catalog = core_->catalog();
   std::vector<int> layers;
@@ -204,7 +204,7 @@ grpc::ServerUnaryReactor* KserveService::ModelStatistics(
     layers = catalog.spec().moe_layers;
   } else {
     StatusOr<int> layer = catalog.ResolveKserve(request->name(), request->version());
-    if (!layer.ok()) return Done(layer.status());
+    if (!layer.ok()) return Done(context, layer.status());
     layers = {*layer};
   }
   for (int layer : layers) {
@@ -213,14 +213,14 @@ grpc::ServerUnaryReactor* KserveService::ModelStatistics(
     s->set_version("1");
     core_->stats().Fill(layer, s);
   }
-  return Done(absl::OkStatus());
+  return Done(context, absl::OkStatus());
 }
 
 grpc::ServerUnaryReactor* KserveService::RepositoryIndex(
-    grpc::CallbackServerContext*, const inference::RepositoryIndexRequest* request,
+    grpc::CallbackServerContext* context, const inference::RepositoryIndexRequest* request,
     inference::RepositoryIndexResponse* response) {
   bool ready = core_->ready();
-  if (request->ready() && !ready) return Done(absl::OkStatus());
+  if (request->ready() && !ready) return Done(context, absl::OkStatus());
   for (const std::string& name : core_->catalog().KserveNames()) {
     auto* m = response->add_models();
     m->set_name(name);
@@ -228,13 +228,13 @@ grpc::ServerUnaryReactor* KserveService::RepositoryIndex(
     m->set_state(ready ? "READY" : "UNAVAILABLE");
     if (!ready) m->set_reason(core_->draining() ? "draining" : "loading");
   }
-  return Done(absl::OkStatus());
+  return Done(context, absl::OkStatus());
 }
 
 grpc::ServerUnaryReactor* KserveService::ModelInfer(grpc::CallbackServerContext* context,
                                                     const inference::ModelInferRequest* request,
                                                     inference::ModelInferResponse* response) {
-  auto* call = new UnaryCall();
+  auto* call = new UnaryCall(core_->backend());
   LayerRequest lr;
   uint64_t timeout_us = 0;
   auto scratch = std::make_shared<std::string>();
@@ -247,7 +247,7 @@ grpc::ServerUnaryReactor* KserveService::ModelInfer(grpc::CallbackServerContext*
   lr.arrival = call->arrival();
   lr.deadline = EffectiveDeadline(lr.arrival, timeout_us, core_->catalog().default_timeout_us(),
                                   context->deadline());
-  lr.cancelled = call->cancelled();
+  lr.cancel = call->cancel();
   core_->Run(lr, Label(*request), [call, scratch](const Status& status, const LayerTiming&) {
     call->Finish(ToGrpcStatus(status));
   });
@@ -259,9 +259,10 @@ KserveService::ModelStreamInfer(grpc::CallbackServerContext* context) {
   using Call = StreamCall<inference::ModelInferRequest, inference::ModelStreamInferResponse>;
   Core* core = core_;
   auto deadline = context->deadline();
-  return new Call([core, deadline](inference::ModelInferRequest&& request,
-                                   Clock::time_point arrival, const std::atomic<bool>* cancelled,
-                                   Call::Emit emit) {
+  return new Call(core->backend(), [core, deadline](inference::ModelInferRequest&& request,
+                                                    Clock::time_point arrival,
+                                                    const std::shared_ptr<CancelScope>& cancel,
+                                                    Call::Emit emit) {
     struct Item {
       inference::ModelInferRequest request;
       inference::ModelStreamInferResponse response;
@@ -291,7 +292,7 @@ KserveService::ModelStreamInfer(grpc::CallbackServerContext* context) {
     lr.arrival = arrival;
     lr.deadline =
         EffectiveDeadline(arrival, timeout_us, core->catalog().default_timeout_us(), deadline);
-    lr.cancelled = cancelled;
+    lr.cancel = cancel;
     core->Run(lr, Label(item->request),
               [item, emit, fail](const Status& status, const LayerTiming&) {
                 if (!status.ok()) {

@@ -35,7 +35,7 @@ void FillTiming(const LayerTiming& t, Clock::time_point arrival, moe::v1::Timing
   out->set_compute_us(static_cast<uint64_t>(std::max<int64_t>(0, t.compute_ns / 1000)));
   out->set_total_us(static_cast<uint64_t>(
       std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - arrival).count()));
-  out->set_batch_tokens(static_cast<uint32_t>(t.batch_tokens));
+  out->set_batches(static_cast<uint32_t>(t.batches));
 }
 
 }  // namespace
@@ -80,7 +80,7 @@ Status PrepareForward(const Catalog& catalog, const moe::v1::ForwardRequest& req
 grpc::ServerUnaryReactor* NativeService::Forward(grpc::CallbackServerContext* context,
                                                  const moe::v1::ForwardRequest* request,
                                                  moe::v1::ForwardResponse* response) {
-  auto* call = new UnaryCall();
+  auto* call = new UnaryCall(core_->backend());
   LayerRequest lr;
   Status s = PrepareForward(core_->catalog(), *request, response, &lr);
   if (!s.ok()) {
@@ -93,7 +93,7 @@ grpc::ServerUnaryReactor* NativeService::Forward(grpc::CallbackServerContext* co
   lr.arrival = call->arrival();
   lr.deadline = EffectiveDeadline(lr.arrival, request->parameters().timeout_us(),
                                   core_->catalog().default_timeout_us(), context->deadline());
-  lr.cancelled = call->cancelled();
+  lr.cancel = call->cancel();
   core_->Run(lr, Label(*request), [call, response](const Status& status, const LayerTiming& t) {
     if (status.ok()) {
       FillTiming(t, call->arrival(), response->mutable_timing());
@@ -110,52 +110,54 @@ NativeService::ForwardStream(grpc::CallbackServerContext* context) {
   using Call = StreamCall<moe::v1::ForwardRequest, moe::v1::ForwardStreamResponse>;
   Core* core = core_;
   auto deadline = context->deadline();
-  return new Call([core, deadline](moe::v1::ForwardRequest&& request, Clock::time_point arrival,
-                                   const std::atomic<bool>* cancelled, Call::Emit emit) {
-    // The request and its response live here until the response is emitted.
-    struct Item {
-      moe::v1::ForwardRequest request;
-      moe::v1::ForwardStreamResponse response;
-    };
-    auto item = std::make_shared<Item>();
-    item->request = std::move(request);
-    item->response.set_request_id(item->request.request_id());
-    auto fail = [item, emit](const Status& s) {
-      item->response.clear_response();
-      item->response.set_code(static_cast<int>(s.code()));
-      item->response.set_error_message(std::string(s.message()));
-      emit(std::move(item->response));
-    };
-    LayerRequest lr;
-    Status s =
-        PrepareForward(core->catalog(), item->request, item->response.mutable_response(), &lr);
-    if (!s.ok()) {
-      int layer = item->request.layer();
-      core->RecordRejected(core->catalog().spec().IsMoeLayer(layer) ? layer : -1, s, arrival,
-                           Label(item->request));
-      fail(s);
-      return;
-    }
-    lr.arrival = arrival;
-    lr.deadline = EffectiveDeadline(arrival, item->request.parameters().timeout_us(),
-                                    core->catalog().default_timeout_us(), deadline);
-    lr.cancelled = cancelled;
-    core->Run(lr, Label(item->request),
-              [item, emit, fail, arrival](const Status& status, const LayerTiming& t) {
-                if (!status.ok()) {
-                  fail(status);
-                  return;
-                }
-                FillTiming(t, arrival, item->response.mutable_response()->mutable_timing());
-                emit(std::move(item->response));
-              });
-  });
+  return new Call(
+      core->backend(),
+      [core, deadline](moe::v1::ForwardRequest&& request, Clock::time_point arrival,
+                       const std::shared_ptr<CancelScope>& cancel, Call::Emit emit) {
+        // The request and its response live here until the response is emitted.
+        struct Item {
+          moe::v1::ForwardRequest request;
+          moe::v1::ForwardStreamResponse response;
+        };
+        auto item = std::make_shared<Item>();
+        item->request = std::move(request);
+        item->response.set_request_id(item->request.request_id());
+        auto fail = [item, emit](const Status& s) {
+          item->response.clear_response();
+          item->response.set_code(static_cast<int>(s.code()));
+          item->response.set_error_message(std::string(s.message()));
+          emit(std::move(item->response));
+        };
+        LayerRequest lr;
+        Status s =
+            PrepareForward(core->catalog(), item->request, item->response.mutable_response(), &lr);
+        if (!s.ok()) {
+          int layer = item->request.layer();
+          core->RecordRejected(core->catalog().spec().IsMoeLayer(layer) ? layer : -1, s, arrival,
+                               Label(item->request));
+          fail(s);
+          return;
+        }
+        lr.arrival = arrival;
+        lr.deadline = EffectiveDeadline(arrival, item->request.parameters().timeout_us(),
+                                        core->catalog().default_timeout_us(), deadline);
+        lr.cancel = cancel;
+        core->Run(lr, Label(item->request),
+                  [item, emit, fail, arrival](const Status& status, const LayerTiming& t) {
+                    if (!status.ok()) {
+                      fail(status);
+                      return;
+                    }
+                    FillTiming(t, arrival, item->response.mutable_response()->mutable_timing());
+                    emit(std::move(item->response));
+                  });
+      });
 }
 
 grpc::ServerUnaryReactor* NativeService::GetModel(grpc::CallbackServerContext* context,
                                                   const moe::v1::GetModelRequest* request,
                                                   moe::v1::GetModelResponse* response) {
-  auto* call = new UnaryCall();
+  grpc::ServerUnaryReactor* call = context->DefaultReactor();
   const Catalog& catalog = core_->catalog();
   if (!request->model().empty() && request->model() != catalog.model().name) {
     call->Finish(ToGrpcStatus(absl::NotFoundError(absl::StrCat("model: \"", request->model(),

@@ -11,6 +11,7 @@
 #include <atomic>
 #include <deque>
 #include <functional>
+#include <memory>
 #include <utility>
 
 #include "absl/base/thread_annotations.h"
@@ -22,16 +23,17 @@ namespace moe::server {
 // Thread safety: cancelled() may be read from any thread; Finish() once, from any thread.
 class UnaryCall : public grpc::ServerUnaryReactor {
  public:
-  UnaryCall() : arrival_(Clock::now()) {}
-  const std::atomic<bool>* cancelled() const { return &cancelled_; }
+  explicit UnaryCall(Backend* backend)
+      : arrival_(Clock::now()), cancel_(std::make_shared<CancelScope>(backend)) {}
+  const std::shared_ptr<CancelScope>& cancel() const { return cancel_; }
   Clock::time_point arrival() const { return arrival_; }
 
-  void OnCancel() override { cancelled_.store(true, std::memory_order_release); }
+  void OnCancel() override { cancel_->Cancel(); }
   void OnDone() override { delete this; }
 
  private:
   const Clock::time_point arrival_;
-  std::atomic<bool> cancelled_{false};
+  const std::shared_ptr<CancelScope> cancel_;
 };
 
 // Thread safety: the gRPC reactions are serialised by gRPC; Emit (the completion of each request)
@@ -42,9 +44,12 @@ class StreamCall : public grpc::ServerBidiReactor<Request, Response> {
   // Answers one request: calls `emit` exactly once, from any thread, possibly inline.
   using Emit = std::function<void(Response&&)>;
   using Handle = std::function<void(Request&& request, Clock::time_point arrival,
-                                    const std::atomic<bool>* cancelled, Emit emit)>;
+                                    const std::shared_ptr<CancelScope>& cancel, Emit emit)>;
 
-  explicit StreamCall(Handle handle) : handle_(std::move(handle)) { this->StartRead(&incoming_); }
+  StreamCall(Backend* backend, Handle handle)
+      : handle_(std::move(handle)), cancel_(std::make_shared<CancelScope>(backend)) {
+    this->StartRead(&incoming_);
+  }
 
   void OnReadDone(bool ok) override {
     if (!ok) {
@@ -61,7 +66,7 @@ class StreamCall : public grpc::ServerBidiReactor<Request, Response> {
       read_more = outstanding_ < kMaxOutstanding;
       if (!read_more) read_paused_ = true;
     }
-    handle_(std::move(request), arrival, &cancelled_,
+    handle_(std::move(request), arrival, cancel_,
             [this](Response&& response) { Enqueue(std::move(response)); });
     if (read_more) this->StartRead(&incoming_);
   }
@@ -95,7 +100,7 @@ class StreamCall : public grpc::ServerBidiReactor<Request, Response> {
     if (next == nullptr) Release([]() {});
   }
 
-  void OnCancel() override { cancelled_.store(true, std::memory_order_release); }
+  void OnCancel() override { cancel_->Cancel(); }
   void OnDone() override { delete this; }
 
  private:
@@ -140,8 +145,8 @@ class StreamCall : public grpc::ServerBidiReactor<Request, Response> {
   }
 
   const Handle handle_;
+  const std::shared_ptr<CancelScope> cancel_;
   Request incoming_;
-  std::atomic<bool> cancelled_{false};
 
   absl::Mutex mu_;
   std::deque<Response> queue_ ABSL_GUARDED_BY(mu_);  // front is being written while writing_

@@ -28,10 +28,6 @@ void Stats::Record(int layer, const Status& status, int64_t n_tokens, const Laye
       static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
                                 std::chrono::system_clock::now().time_since_epoch())
                                 .count());
-  if (timing.batch_tokens > 0 &&
-      (l.batches.size() < kMaxBatchSizes || l.batches.count(timing.batch_tokens) != 0)) {
-    l.batches[timing.batch_tokens].Add(timing.compute_ns);
-  }
 }
 
 void Stats::Fill(int layer, inference::ModelStatistics* out) const {
@@ -53,11 +49,6 @@ void Stats::Fill(int layer, inference::ModelStatistics* out) const {
   set(l.compute, s->mutable_compute_infer());
   s->mutable_compute_input();
   s->mutable_compute_output();
-  for (const auto& [tokens, d] : l.batches) {
-    inference::InferBatchStatistics* b = out->add_batch_stats();
-    b->set_batch_size(static_cast<uint64_t>(tokens));
-    set(d, b->mutable_compute_infer());
-  }
 }
 
 }  // namespace moe::server

@@ -40,9 +40,7 @@ class Stats {
     uint64_t inference_count = 0;  // tokens answered successfully
     uint64_t execution_count = 0;  // requests answered successfully
     uint64_t last_inference_ms = 0;
-    std::map<int64_t, Duration> batches;  // batch tokens -> compute
   };
-  static constexpr size_t kMaxBatchSizes = 4096;
 
   mutable absl::Mutex mu_;
   std::map<int, Layer> layers_ ABSL_GUARDED_BY(mu_);

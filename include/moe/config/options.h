@@ -53,11 +53,13 @@ struct EngineOptions {
 
 struct ModelOptions {
   std::string dir;        // model.dir: Hugging Face checkpoint dir ("" = embedded model)
-  std::string cache_dir;  // model.cache_dir: where the embedded model is generated ("" = default)
+  std::string cache_dir;  // model.cache_dir: where the embedded model is generated
+                          // ("" = moe::DefaultCacheDir(): $MOE_CACHE_DIR or ~/.cache/moe-swarm)
 };
 
 struct LoggingOptions {
-  std::string level = "info";   // logging.level: trace debug info warn error critical off
+  // logging.level: trace debug info warn error critical off; "" = $MOE_LOG, else info.
+  std::string level;
   std::string format = "text";  // logging.format: text | json
 };
 
@@ -80,8 +82,5 @@ Status Validate(const DaemonOptions& options);
 
 // The effective configuration as TOML (logged at start-up, and a template for config files).
 std::string ToToml(const DaemonOptions& options);
-
-// $MOE_CACHE_DIR, else $HOME/.cache/moe-swarm, else /tmp/moe-swarm-cache.
-std::string DefaultCacheDir();
 
 }  // namespace moe::config

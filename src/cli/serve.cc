@@ -1,0 +1,264 @@
+// `moe-swarm serve`: start-up (one log line per stage), serving, and the SIGTERM/SIGINT drain.
+//
+// Stages: logging -> side HTTP port (not ready: "starting") -> model (embedded one generated on
+// first use) -> engine -> scheduler -> gRPC port (health NOT_SERVING) -> warm-up (one request per
+// MoE layer through the whole path) -> ready. On SIGTERM/SIGINT: not ready ("draining"), new
+// requests refused, accepted ones finish within server.drain_timeout_ms, exit 0.
+#include <pthread.h>
+#include <signal.h>
+#include <spdlog/spdlog.h>
+
+#include <filesystem>
+#include <future>
+#include <random>
+#include <thread>
+
+#include "commands.h"
+#include "moe/common/logging.h"
+#include "moe/engine/cpu_engine.h"
+#include "moe/metrics/http_server.h"
+#include "moe/metrics/metrics.h"
+#include "moe/metrics/scheduler_metrics.h"
+#include "moe/model/embedded.h"
+#include "moe/model/model.h"
+#include "moe/scheduler/scheduler.h"
+#include "moe/server/scheduler_backend.h"
+#include "moe/server/server.h"
+#ifdef MOE_WITH_CUDA
+#include <cuda_runtime_api.h>
+
+#include "moe/engine/cuda_engine.h"
+#endif
+
+namespace moe::cli {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+int64_t MsSince(Clock::time_point t) {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - t).count();
+}
+
+int CudaDeviceCount() {
+#ifdef MOE_WITH_CUDA
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) return 0;
+  return n;
+#else
+  return 0;
+#endif
+}
+
+// Picks and builds the engine (engine.kind: auto = cuda when built with CUDA and a GPU is present).
+StatusOr<std::unique_ptr<Engine>> CreateEngine(const config::DaemonOptions& o,
+                                               std::shared_ptr<const Model> model) {
+  config::EngineKind kind = o.engine.kind;
+  if (kind == config::EngineKind::kAuto) {
+    kind = CudaDeviceCount() > 0 ? config::EngineKind::kCuda : config::EngineKind::kCpu;
+  }
+  int slots = o.engine.slots > 0 ? o.engine.slots : 2;
+  if (kind == config::EngineKind::kCuda) {
+#ifdef MOE_WITH_CUDA
+    if (CudaDeviceCount() == 0) {
+      return absl::FailedPreconditionError(
+          "engine.kind = cuda: no CUDA device is visible; use --engine cpu or auto");
+    }
+    CudaEngineOptions eo;
+    eo.num_slots = slots;
+    eo.max_batch_tokens = o.scheduler.max_batch_tokens;
+    MOE_ASSIGN_OR_RETURN(auto engine, CudaEngine::Create(std::move(model), eo));
+    return std::unique_ptr<Engine>(std::move(engine));
+#else
+    return absl::FailedPreconditionError(
+        "engine.kind = cuda: this binary was built without the CUDA engine (configure with "
+        "-DMOE_CUDA=ON where nvcc exists); use --engine cpu or auto");
+#endif
+  }
+  CpuEngineOptions eo;
+  eo.num_threads = o.engine.threads;
+  eo.num_slots = slots;
+  eo.max_batch_tokens = o.scheduler.max_batch_tokens;
+  MOE_ASSIGN_OR_RETURN(auto engine, CpuEngine::Create(std::move(model), eo));
+  return std::unique_ptr<Engine>(std::move(engine));
+}
+
+// The served name: server.model_name, else the model directory's last component.
+std::string ServedName(const config::DaemonOptions& o, const std::string& dir) {
+  if (!o.server.model_name.empty()) return o.server.model_name;
+  std::filesystem::path p(dir);
+  while (!p.empty() && p.filename().empty()) p = p.parent_path();
+  std::string name = p.filename().string();
+  for (char& c : name) {
+    if (c == ' ' || c == '/') c = '_';
+  }
+  return name.empty() ? "model" : name;
+}
+
+// One small request per MoE layer through the scheduler and engine; waits for all of them.
+Status WarmUp(server::Backend* backend, const MoeSpec& spec) {
+  constexpr int64_t kTokens = 4;
+  std::mt19937 rng(7);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::vector<float> f32(static_cast<size_t>(kTokens * spec.hidden));
+  for (float& v : f32) v = normal(rng);
+  std::vector<uint16_t> in(f32.size());
+  ConvertFromF32(f32.data(), DType::kBF16, in.data(), f32.size());
+  std::vector<std::vector<uint16_t>> outs(spec.moe_layers.size(), std::vector<uint16_t>(in.size()));
+  std::vector<std::promise<Status>> done(spec.moe_layers.size());
+  for (size_t i = 0; i < spec.moe_layers.size(); ++i) {
+    server::LayerRequest r;
+    r.layer = spec.moe_layers[i];
+    r.dtype = DType::kBF16;
+    r.n_tokens = kTokens;
+    r.input = in.data();
+    r.output = outs[i].data();
+    r.arrival = Clock::now();
+    std::promise<Status>* p = &done[i];
+    StatusOr<uint64_t> t =
+        backend->Submit(r, [p](const Status& s, const server::LayerTiming&) { p->set_value(s); });
+    if (!t.ok()) return t.status();
+  }
+  for (auto& p : done) MOE_RETURN_IF_ERROR(p.get_future().get());
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+int RunServe(const config::DaemonOptions& o) {
+  // Signals are taken synchronously by this thread (sigwait); block them before any thread starts
+  // so every thread inherits the mask.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  log::Options lo;
+  lo.level = o.logging.level;
+  lo.format = o.logging.format == "json" ? log::Format::kJson : log::Format::kText;
+  if (Status s = log::Setup(lo); !s.ok()) {
+    fprintf(stderr, "moe-swarm serve: %s\n", std::string(s.message()).c_str());
+    return 1;
+  }
+  auto fail = [](const char* stage, const Status& s) {
+    spdlog::critical("{} failed: {}", stage, std::string(s.message()));
+    return 1;
+  };
+  Clock::time_point start = Clock::now();
+  spdlog::info("moe-swarm {} starting (pid {})", MOE_VERSION, getpid());
+  spdlog::debug("configuration:\n{}", config::ToToml(o));
+
+  // Side HTTP port first, so probes and scrapes answer (not ready) while the model loads.
+  metrics::Metrics::Options mo;
+  StatusOr<std::unique_ptr<metrics::Metrics>> metrics = metrics::Metrics::Create(mo);
+  if (!metrics.ok()) return fail("metrics", metrics.status());
+  std::unique_ptr<metrics::HttpServer> http;
+  if (o.server.metrics_port >= 0) {
+    metrics::HttpServer::Options ho;
+    ho.bind_address = o.server.metrics_address;
+    ho.port = o.server.metrics_port;
+    ho.metrics = metrics->get();
+    StatusOr<std::unique_ptr<metrics::HttpServer>> h = metrics::HttpServer::Create(ho);
+    if (!h.ok()) return fail("side HTTP port", h.status());
+    http = std::move(*h);
+    http->SetReady(false, "starting");
+    spdlog::info("stage 1/6 side HTTP: /metrics /healthz /readyz on {}", http->address());
+  } else {
+    spdlog::info("stage 1/6 side HTTP: off (server.metrics_port = -1)");
+  }
+
+  // Model.
+  std::string dir = o.model.dir;
+  if (dir.empty()) {
+    Clock::time_point t = Clock::now();
+    StatusOr<std::string> embedded = EnsureEmbeddedModel(o.model.cache_dir);
+    if (!embedded.ok()) return fail("embedded model", embedded.status());
+    dir = *embedded;
+    spdlog::info("stage 2/6 model: embedded model at {} ({} ms)", dir, MsSince(t));
+  }
+  Clock::time_point t = Clock::now();
+  StatusOr<std::unique_ptr<Model>> opened = Model::Open(dir);
+  if (!opened.ok()) return fail("model", opened.status());
+  std::shared_ptr<const Model> model = std::move(*opened);
+  const MoeSpec& spec = model->spec();
+  std::string name = ServedName(o, dir);
+  spdlog::info(
+      "stage 2/6 model: {} ({}), hidden {}, {} MoE layers, {} experts, top-{}, {}, {} MiB mapped "
+      "({} ms)",
+      name, std::string(FamilyName(spec.family)), spec.hidden, spec.moe_layers.size(),
+      spec.n_experts(), spec.top_k(), std::string(DTypeName(spec.weight_dtype)),
+      model->mapped_bytes() >> 20, MsSince(t));
+  if (Status s = metrics.value()->RegisterModel(name); !s.ok()) return fail("metrics", s);
+  if (Status s = metrics.value()->ConfigureExpertLoad(spec.n_layers, spec.n_experts()); !s.ok()) {
+    return fail("metrics", s);
+  }
+
+  // Engine.
+  t = Clock::now();
+  StatusOr<std::unique_ptr<Engine>> engine = CreateEngine(o, model);
+  if (!engine.ok()) return fail("engine", engine.status());
+  spdlog::info("stage 3/6 engine: {} with {} slots, max {} tokens per batch ({} ms)",
+               std::string(engine.value()->name()), engine.value()->num_slots(),
+               engine.value()->max_batch_tokens(), MsSince(t));
+
+  // Scheduler.
+  metrics::SchedulerMetrics sched_metrics(metrics->get());
+  SchedulerOptions so;
+  so.engine = engine->get();
+  so.max_batch_tokens = o.scheduler.max_batch_tokens;
+  so.max_queue_delay_us = o.scheduler.max_queue_delay_us;
+  so.preferred_batch_tokens = o.scheduler.preferred_batch_tokens;
+  so.max_queue_tokens = o.scheduler.max_queue_tokens;
+  so.observer = &sched_metrics;
+  StatusOr<std::unique_ptr<Scheduler>> scheduler = Scheduler::Create(so);
+  if (!scheduler.ok()) return fail("scheduler", scheduler.status());
+  sched_metrics.SetStatsSource([s = scheduler->get()] { return s->Stats(); });
+  server::SchedulerBackend backend(scheduler->get(), spec.top_k(), o.scheduler.max_batch_tokens);
+  spdlog::info(
+      "stage 4/6 scheduler: max_batch_tokens {}, max_queue_delay_us {}, "
+      "max_queue_tokens {}",
+      o.scheduler.max_batch_tokens, o.scheduler.max_queue_delay_us, o.scheduler.max_queue_tokens);
+
+  // gRPC (health NOT_SERVING until warm).
+  server::Server::Options opts;
+  opts.server = o.server;
+  opts.scheduler = o.scheduler;
+  opts.model.name = name;
+  opts.model.spec = spec;
+  opts.model.engine = std::string(engine.value()->name());
+  opts.model.engine_slots = engine.value()->num_slots();
+  opts.backend = &backend;
+  opts.metrics = metrics->get();
+  StatusOr<std::unique_ptr<server::Server>> server = server::Server::Create(opts);
+  if (!server.ok()) {
+    sched_metrics.SetStatsSource(nullptr);
+    return fail("gRPC server", server.status());
+  }
+  spdlog::info("stage 5/6 gRPC: {} (health NOT_SERVING until warm)", server.value()->address());
+
+  // Warm-up.
+  t = Clock::now();
+  if (Status s = WarmUp(&backend, spec); !s.ok()) {
+    sched_metrics.SetStatsSource(nullptr);
+    return fail("warm-up", s);
+  }
+  server.value()->SetReady(true);
+  if (http != nullptr) http->SetReady(true);
+  spdlog::info(
+      "stage 6/6 ready: warm-up {} ms; serving {} (KServe models {}.layer<L>) on {}; "
+      "start-up took {} ms",
+      MsSince(t), name, name, server.value()->address(), MsSince(start));
+
+  int sig = 0;
+  sigwait(&signals, &sig);
+  spdlog::info("received {}; draining (up to {} ms)", sig == SIGTERM ? "SIGTERM" : "SIGINT",
+               o.server.drain_timeout_ms);
+  if (http != nullptr) http->SetReady(false, "draining");
+  server.value()->Shutdown();  // drains the scheduler too
+  sched_metrics.SetStatsSource(nullptr);
+  spdlog::info("stopped cleanly");
+  return 0;
+}
+
+}  // namespace moe::cli
