@@ -251,12 +251,15 @@ void ExpertSlotPool::UnpinLocked(SlotId id, uint64_t release_fence) {
 
 Status ExpertSlotPool::Release(const AcquireRound& round, uint64_t release_fence) {
   absl::MutexLock lock(&mu_);
-  // Validate everything first so that a bad round changes nothing.
+  // Validate everything first so that a bad round changes nothing (a slot listed n times must
+  // hold n pins).
+  absl::flat_hash_map<int64_t, int32_t> listed;  // slot -> times listed
   for (const RoundEntry& entry : round.entries) {
     const SlotId id = entry.slot;
     if (!IsSlot(id)) return absl::InvalidArgumentError("expert cache: Release of an unknown slot");
     const Slot& slot = classes_[id.shape_class].slots[id.index];
-    if (slot.pins <= 0 || slot.state == SlotState::kFree || slot.key != entry.key) {
+    const int32_t times = ++listed[(int64_t{id.shape_class} << 32) | id.index];
+    if (slot.pins < times || slot.state == SlotState::kFree || slot.key != entry.key) {
       return absl::FailedPreconditionError(absl::StrCat(
           "expert cache: Release of ", ToString(entry.key), " which is not pinned in its slot"));
     }

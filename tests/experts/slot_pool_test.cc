@@ -303,6 +303,14 @@ TEST(ExpertSlotPool, RejectsBadKeysAndBadReleases) {
   EXPECT_EQ(pool->Release(*round, 1).code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_EQ(pool->ReleaseSlot(round->entries[0].slot, 1).code(),
             absl::StatusCode::kFailedPrecondition);
+  // A round listing one pinned slot twice is refused whole.
+  auto again = pool->Acquire(std::vector<ExpertKey>{{0, 0}});
+  ASSERT_TRUE(again.ok());
+  AcquireRound doubled = *again;
+  doubled.entries.push_back(doubled.entries[0]);
+  EXPECT_EQ(pool->Release(doubled, 1).code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(pool->Inspect(again->entries[0].slot).pins, 1);
+  ASSERT_TRUE(pool->Release(*again, 1).ok());
   EXPECT_EQ(pool->Inspect(round->entries[0].slot).pins, 0);
 }
 

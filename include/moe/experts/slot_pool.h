@@ -206,7 +206,9 @@ class ExpertSlotPool {
   // slots); the pool keeps the largest per slot and hands it back as reuse_fence to the next load.
   // FailedPrecondition when an entry is not pinned (nothing is changed then).
   Status Release(const AcquireRound& round, uint64_t release_fence);
-  // Unpins one slot (per-expert release for pipelined rounds).
+  // Unpins one slot (per-expert release for pipelined rounds). For each entry of a round use
+  // either this or Release(round), never both: pins are counts, not owned leases, so a double
+  // release is caught only when no other batch holds a pin on the same slot.
   Status ReleaseSlot(SlotId slot, uint64_t release_fence);
 
   // The load into `slot` completed: loading -> ready. FailedPrecondition if it was not loading.
