@@ -85,9 +85,8 @@ class CpuEngine : public Engine {
   // tokens: 2 * n * (hidden * (n_experts + top_k * 3 * inter) + 3 * hidden * shared_inter).
   double FlopsPerForward(int64_t n_tokens) const;
 
-  struct Impl;
-
  private:
+  struct Impl;
   explicit CpuEngine(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
 };
