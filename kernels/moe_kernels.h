@@ -128,6 +128,7 @@ struct ScanArgs {
   int n_experts = 0;
   int top_k = 0;
   int bm = 16;
+  int64_t capacity = 0;
   const int32_t* counts = nullptr;
   const int32_t* topk_ids = nullptr;
   const int32_t* ranks = nullptr;

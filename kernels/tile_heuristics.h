@@ -17,7 +17,7 @@ namespace moe::cuda {
 // X(id, bm, bn_plain, bn_gated, warps_m, warps_n, stages). BK is 64 for every tile. bn_gated is the
 // output width of a gated (gate+up, SiLU*mul) tile, whose B tile holds 2 * bn_gated weight rows.
 #define MOE_GEMM_TILE_TABLE(X)     \
-  X(kDecode, 16, 64, 64, 1, 4, 6)  \
+  X(kDecode, 16, 32, 32, 1, 2, 6)  \
   X(kMedium, 64, 128, 64, 2, 2, 4) \
   X(kLarge, 128, 128, 64, 2, 4, 3)
 

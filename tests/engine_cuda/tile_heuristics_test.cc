@@ -30,10 +30,13 @@ TEST(ChooseTile, GrowsWithRowsPerExpert) {
   EXPECT_EQ(ChooseTile(64), GemmTile::kMedium);
   EXPECT_EQ(ChooseTile(65), GemmTile::kLarge);
   EXPECT_EQ(ChooseTile(1e6), GemmTile::kLarge);
+  EXPECT_EQ(ChooseTile(16, true), GemmTile::kDecode);
+  EXPECT_EQ(ChooseTile(64, true), GemmTile::kMedium);
+  EXPECT_EQ(ChooseTile(65, true), GemmTile::kWgmma);
 }
 
 TEST(ChooseSplitK, SplitsOnlySmallUnderfilledProblems) {
-  // Mixtral down projection at 1 token: 2 experts x 64 column blocks, K = 14336.
+  // Mixtral down projection at 1 token: 2 experts x 64 column blocks of 64, K = 14336.
   EXPECT_EQ(ChooseSplitK(128, 14336, 2, 132, false), 4);
   // Already 2 blocks per SM: no split.
   EXPECT_EQ(ChooseSplitK(264, 14336, 2, 132, false), 1);
@@ -88,6 +91,12 @@ TEST(PlanMoe, DecodeAndPrefillShapes) {
   EXPECT_EQ(p.router_splits, 1);
   EXPECT_EQ(p.down_splits, 1);
   EXPECT_EQ(p.grouped_tiles, 16384 * 8 / 128 + 128);
+  in.wgmma = true;
+  EXPECT_EQ(PlanMoe(in).tile, GemmTile::kWgmma);
+  in.deterministic = true;
+  EXPECT_EQ(PlanMoe(in).tile, GemmTile::kLarge);
+  in.deterministic = false;
+  in.wgmma = false;
   in.tokens = 1;
   in.deterministic = true;
   p = PlanMoe(in);

@@ -263,6 +263,7 @@ Status CudaEngine::Impl::EnqueueCore(Slot& s, int64_t capacity, AType atype) {
   scan.n_experts = e;
   scan.top_k = k;
   scan.bm = shape.bm;
+  scan.capacity = capacity;
   scan.counts = s.counts.as<int32_t>();
   scan.topk_ids = s.topk_ids.as<int32_t>();
   scan.ranks = s.ranks.as<int32_t>();
