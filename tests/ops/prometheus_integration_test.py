@@ -161,6 +161,7 @@ def main():
         # 2. Prometheus, with the deployment's scrape config pointed at the daemon.
         config = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())
         config["global"]["scrape_interval"] = "1s"
+        config["global"]["scrape_timeout"] = "1s"
         config["global"]["evaluation_interval"] = "1s"
         (job,) = [j for j in config["scrape_configs"] if j["job_name"] == "moe-swarm"]
         job["static_configs"] = [{"targets": [f"127.0.0.1:{metrics_port}"]}]
@@ -200,7 +201,7 @@ def main():
         except AssertionError:
             log("last value: " + str(prom_query(prom, "moe_requests_total")))
             raise
-        errors = prom_scalar(prom, 'sum(moe_requests_total{code!="OK"})')
+        errors = prom_scalar(prom, 'sum(moe_requests_total{code!="OK"}) or vector(0)')
         assert errors == 0.0, f"unexpected failed requests: {errors}"
         count = prom_scalar(prom, "sum(moe_request_duration_seconds_count)")
         assert count == EXPECTED, count
