@@ -47,7 +47,7 @@ MoePlan PlanMoe(const MoePlanInput& in) {
   const int64_t pairs = in.tokens * in.top_k;
   const int64_t active = std::max<int64_t>(1, std::min<int64_t>(pairs, in.n_experts));
   plan.tile = ChooseTile(static_cast<double>(pairs) / static_cast<double>(active),
-                         in.wgmma && !in.deterministic);
+                         in.wgmma && (!in.deterministic || in.deterministic_wgmma));
   const TileShape& shape = ShapeOf(plan.tile);
   plan.grouped_tiles = MaxGroupedTiles(pairs, in.n_experts, shape.bm);
   plan.dense_tiles = (in.tokens + shape.bm - 1) / shape.bm;

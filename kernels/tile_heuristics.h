@@ -87,7 +87,8 @@ struct MoePlanInput {
   int router_k = 0;      // hidden, or 2 * hidden when activations are split into hi + lo parts
   int sm_count = 132;
   bool deterministic = false;
-  bool wgmma = false;  // Hopper tiles allowed (ignored when deterministic)
+  bool wgmma = false;  // Hopper tiles allowed (ignored when deterministic, unless:)
+  bool deterministic_wgmma = false;  // deterministic mode may use them too (see CudaEngineOptions)
 };
 
 struct MoePlan {

@@ -31,6 +31,8 @@ for step in $steps; do
         echo "ncu tokens=$t rc=$?"
         grep gpu__time_duration "$out/ncu_qwen3_$t.csv" | awk -F'","' '{print $5, $(NF)}' | sed 's/"//g' | cut -c1-110 | head -12
       done ;;
+    invariance)
+      cuda_engine_bench --check-invariance 2>&1 | tee "$out/invariance.txt" ;;
     bench)
       cuda_engine_bench --report="$out/cuda_engine_bench.jsonl" 2>&1 | tee "$out/bench.txt" ;;
     quickbench)

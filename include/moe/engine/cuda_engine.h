@@ -44,6 +44,10 @@ struct CudaEngineOptions {
   // Use the Hopper (wgmma) GEMM tiles where the device and build allow (never in deterministic
   // mode, whose results must not depend on which tile a batch size picks).
   bool use_wgmma = true;
+  // Experimental: let deterministic mode use the wgmma tiles for large batches. Batch invariance
+  // then also needs wgmma and mma.sync to round every output element identically (same inputs, same
+  // k16 order); `cuda_engine_bench --check-invariance` checks that on a device.
+  bool deterministic_wgmma = false;
 };
 
 // A forward on device buffers (benchmarks, future device-resident callers).

@@ -193,6 +193,7 @@ Status CudaEngine::Impl::EnqueueCore(Slot& s, int64_t capacity, AType atype) {
   in.sm_count = sms;
   in.deterministic = options.deterministic;
   in.wgmma = wgmma;
+  in.deterministic_wgmma = options.deterministic_wgmma;
   const cuda::MoePlan plan = cuda::PlanMoe(in);
 
   // 1. Zero the per-expert counters; convert the input.
