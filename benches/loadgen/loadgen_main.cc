@@ -9,6 +9,7 @@
 // Exit status: 0 when the run completed (whatever the RPC errors: they are reported), 1 when it
 // could not run (bad flags, no server, no model), 2 with --fail-on-error and any RPC error.
 #include <grpcpp/grpcpp.h>
+#include <sys/resource.h>
 
 #include <cstdio>
 #include <fstream>
@@ -25,6 +26,7 @@ namespace moe::loadgen {
 namespace {
 
 struct Flags {
+  std::string label;
   std::string target = "127.0.0.1:50051";
   std::string model;
   int layer = -1;
@@ -80,6 +82,14 @@ StatusOr<v1::ModelInfo> FetchModel(v1::MoeService::Stub& stub, const Flags& f) {
                                                CodeName(s.error_code()), ": ", s.error_message()));
   }
   return resp.model();
+}
+
+// User + system CPU seconds of this process so far.
+double ProcessCpuSeconds() {
+  rusage ru{};
+  getrusage(RUSAGE_SELF, &ru);
+  auto sec = [](const timeval& t) { return static_cast<double>(t.tv_sec) + t.tv_usec * 1e-6; };
+  return sec(ru.ru_utime) + sec(ru.ru_stime);
 }
 
 StatusOr<std::map<std::string, double>> Scrape(const std::string& url) {
@@ -169,7 +179,9 @@ StatusOr<int> Main(const Flags& f) {
         scrape_status = s.status();
     };
   }
+  const double cpu_before = ProcessCpuSeconds();
   MOE_ASSIGN_OR_RETURN(LoadResult result, RunLoad(stubs, factory, tokens, options, hooks));
+  const double client_cpu_s = ProcessCpuSeconds() - cpu_before;
 
   std::optional<MetricsDelta> delta;
   if (!f.metrics_url.empty()) {
@@ -184,6 +196,7 @@ StatusOr<int> Main(const Flags& f) {
   }
 
   RunConfig config;
+  config.label = f.label;
   config.target = f.target;
   config.model = info.name();
   config.engine = info.engine();
@@ -198,6 +211,7 @@ StatusOr<int> Main(const Flags& f) {
   config.duration_s = options.duration_s;
   config.max_requests = options.max_requests;
   Report report = BuildReport(config, std::move(result), delta, baseline);
+  report.client_cpu_s = client_cpu_s;
   std::cout << FormatTable(report);
   const std::string line = ToJson(report).dump();
   if (f.json) std::cout << line << "\n";
@@ -216,6 +230,7 @@ StatusOr<int> Main(const Flags& f) {
 int main(int argc, char** argv) {
   moe::loadgen::Flags f;
   CLI::App app{"moe-loadgen: closed- or open-loop load on moe.v1 Forward (see benches/loadgen)"};
+  app.add_option("--label", f.label, "name of this run, echoed in the report and JSON");
   app.add_option("--target", f.target, "gRPC host:port")->capture_default_str();
   app.add_option("--model", f.model, "served model name (empty = the only one)");
   app.add_option("--layer", f.layer, "MoE layer index (-1 = the model's first MoE layer)")

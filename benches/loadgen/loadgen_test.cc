@@ -244,7 +244,7 @@ TEST(Report, ThroughputErrorsBatchAndEfficiency) {
   EXPECT_DOUBLE_EQ(r.server_batches, 2.0);
   ASSERT_TRUE(r.mean_batch_tokens.has_value());
   EXPECT_DOUBLE_EQ(*r.mean_batch_tokens, 10.0);
-  EXPECT_DOUBLE_EQ(*r.engine_busy, 0.25);
+  EXPECT_DOUBLE_EQ(*r.compute_occupancy, 0.25);
   EXPECT_DOUBLE_EQ(*r.engine_tokens_per_s, 10000.0);
   EXPECT_DOUBLE_EQ(*r.efficiency, 20.0 / 10000.0);
   EXPECT_DOUBLE_EQ(r.latency_ms.p50, 1.0);

@@ -76,7 +76,7 @@ Report BuildReport(const RunConfig& config, LoadResult result,
   if (metrics && metrics->batches > 0) {
     r.mean_batch_tokens = metrics->batch_tokens_sum / metrics->batches;
     if (metrics->compute_seconds && r.window_s > 0) {
-      r.engine_busy = *metrics->compute_seconds / r.window_s;
+      r.compute_occupancy = *metrics->compute_seconds / r.window_s;
     }
   }
   if (baseline) {
@@ -97,6 +97,7 @@ std::string FormatTable(const Report& r) {
   const std::string load = c.mode == "open"
                                ? absl::StrFormat("open loop, Poisson %.1f req/s", c.rate_rps)
                                : absl::StrFormat("closed loop, concurrency %d", c.concurrency);
+  if (!c.label.empty()) absl::StrAppendFormat(&out, "[%s]\n", c.label);
   absl::StrAppendFormat(&out, "moe-loadgen  %s  model=%s engine=%s layer=%d dtype=%s\n", c.target,
                         c.model, c.engine, c.layer, c.dtype);
   absl::StrAppendFormat(&out, "  load        %s, tokens/request %s, %d channel(s)\n", load,
@@ -111,8 +112,8 @@ std::string FormatTable(const Report& r) {
     absl::StrAppendFormat(&out, "  sender      not sent (in-flight cap) %d, max lag %.2f ms\n",
                           r.not_sent, r.max_send_lag_ms);
   }
-  absl::StrAppendFormat(&out, "  throughput  %.1f req/s, %.1f tokens/s\n", r.requests_per_s,
-                        r.tokens_per_s);
+  absl::StrAppendFormat(&out, "  throughput  %.1f req/s, %.1f tokens/s (client CPU %.2f s)\n",
+                        r.requests_per_s, r.tokens_per_s, r.client_cpu_s);
   absl::StrAppendFormat(&out, "  latency ms  p50 %.3f  p90 %.3f  p99 %.3f  max %.3f  mean %.3f\n",
                         r.latency_ms.p50, r.latency_ms.p90, r.latency_ms.p99, r.latency_ms.max,
                         r.latency_ms.mean);
@@ -123,7 +124,8 @@ std::string FormatTable(const Report& r) {
   if (r.metrics) {
     absl::StrAppendFormat(&out, "  batches     %.0f batches, mean %.2f tokens/batch (/metrics)",
                           r.metrics->batches, r.mean_batch_tokens.value_or(0));
-    if (r.engine_busy) absl::StrAppendFormat(&out, ", engine busy %.0f%%", *r.engine_busy * 100);
+    if (r.compute_occupancy)
+      absl::StrAppendFormat(&out, ", compute %.2f s per s (all slots)", *r.compute_occupancy);
     out += "\n";
   }
   if (r.engine_tokens_per_s) {
@@ -139,6 +141,7 @@ std::string FormatTable(const Report& r) {
 nlohmann::json ToJson(const Report& r) {
   const RunConfig& c = r.config;
   nlohmann::json j;
+  if (!c.label.empty()) j["label"] = c.label;
   j["target"] = c.target;
   j["model"] = c.model;
   j["engine"] = c.engine;
@@ -160,6 +163,7 @@ nlohmann::json ToJson(const Report& r) {
   j["warmup_requests"] = r.warmup_requests;
   j["not_sent"] = r.not_sent;
   j["max_send_lag_ms"] = r.max_send_lag_ms;
+  j["client_cpu_s"] = r.client_cpu_s;
   j["requests_per_s"] = r.requests_per_s;
   j["tokens_per_s"] = r.tokens_per_s;
   j["latency_ms"] = {{"p50", r.latency_ms.p50},
@@ -178,7 +182,7 @@ nlohmann::json ToJson(const Report& r) {
     if (v) j[key] = *v;
   };
   put("mean_batch_tokens", r.mean_batch_tokens);
-  put("engine_busy", r.engine_busy);
+  put("compute_occupancy", r.compute_occupancy);
   put("baseline_batch_tokens", r.baseline_batch_tokens);
   put("engine_us_at_batch", r.engine_us_at_batch);
   put("engine_tokens_per_s", r.engine_tokens_per_s);

@@ -17,6 +17,7 @@ namespace moe::loadgen {
 
 // What the run was (echoed into the report).
 struct RunConfig {
+  std::string label;  // free text naming the run (--label)
   std::string target;
   std::string model;
   std::string engine;  // the daemon's engine ("cpu"/"cuda") from GetModel
@@ -49,6 +50,7 @@ struct Report {
   int64_t warmup_requests = 0;
   int64_t not_sent = 0;
   double max_send_lag_ms = 0;
+  double client_cpu_s = 0;  // CPU time of the load generator itself during the run
   // Completions inside the window.
   double requests_per_s = 0;
   double tokens_per_s = 0;
@@ -60,7 +62,8 @@ struct Report {
   // From /metrics.
   std::optional<MetricsDelta> metrics;
   std::optional<double> mean_batch_tokens;  // per batch: delta sum / delta count
-  std::optional<double> engine_busy;        // compute seconds / window seconds
+  // Engine compute seconds per wall second over the window (up to the daemon's engine slots).
+  std::optional<double> compute_occupancy;
   // Against the engine-alone baseline, at the achieved mean batch size (from /metrics; absent
   // without --metrics-url).
   std::optional<double> baseline_batch_tokens;
