@@ -27,6 +27,7 @@ inline std::string TaggedInput(DType dtype, int hidden, int64_t n_tokens, int ta
     }
   }
   std::string bytes(v.size() * DTypeSize(dtype), '\0');
+  if (v.empty()) return bytes;
   ConvertFromF32(v.data(), dtype, bytes.data(), v.size());
   return bytes;
 }
