@@ -115,6 +115,7 @@ __device__ __forceinline__ float Silu(float g) { return g / (1.0f + __expf(-g));
 
 // The Hopper (wgmma) kernels; defined in grouped_gemm_sm90.cu.
 Status InitGemmKernelsSm90();
-Status LaunchGemmSm90(const GemmParams& p, bool gated, WType wtype, dim3 grid, cudaStream_t stream);
+Status LaunchGemmSm90(const GemmParams& p, GemmTile tile, bool gated, WType wtype, dim3 grid,
+                      cudaStream_t stream);
 
 }  // namespace moe::cuda

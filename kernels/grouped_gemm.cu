@@ -295,7 +295,9 @@ Status LaunchGemm(const GemmArgs& args, cudaStream_t stream) {
   const dim3 grid(static_cast<unsigned>(args.grid_tiles),
                   static_cast<unsigned>((args.n + bn - 1) / bn),
                   static_cast<unsigned>(args.splits));
-  if (args.tile == GemmTile::kWgmma) return LaunchGemmSm90(p, args.gated, args.wtype, grid, stream);
+  if (args.tile == GemmTile::kWgmma || args.tile == GemmTile::kWgmma2) {
+    return LaunchGemmSm90(p, args.tile, args.gated, args.wtype, grid, stream);
+  }
   const KernelFn fn = FindKernel(args.tile, args.gated, args.wtype);
   if (fn == nullptr) return absl::InternalError("no GEMM kernel for this tile");
   fn<<<grid, shape.threads(), shape.smem_bytes(args.gated), stream>>>(p);

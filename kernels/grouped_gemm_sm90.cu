@@ -1,14 +1,14 @@
 // Grouped GEMM for Hopper (sm_90a): wgmma.mma_async from shared memory, same problem as
 // grouped_gemm.cu (GemmParams, tiles, gather, gated SiLU epilogue, split-K partials).
 //
-// 1. 256 threads = 2 warpgroups; a block owns 128 rows (64 per warpgroup) and BN output columns:
-//    plain tiles BN = 256 (one m64n256 wgmma per k16), gated tiles BN = 128 of gate and of up (two
-//    m64n128 wgmmas per k16), so every thread holds 128 f32 accumulators.
+// 1. 256 threads = 2 warpgroups; a block owns 128 rows (64 per warpgroup) and BN output columns,
+//    B_ROWS weight rows per stage: plain tiles BN = B_ROWS (one m64nBN wgmma per k16), gated tiles
+//    BN = B_ROWS / 2 of gate and of up (two wgmmas per k16).
 // 2. All threads stream A (rows gathered through a_rows) and B (the group's weight rows) with
-//    cp.async into a 4-stage ring, in the 128-byte-swizzled K-major layout wgmma descriptors read
+//    cp.async into a STAGES-deep ring, in the 128-byte-swizzled K-major layout wgmma descriptors read
 //    (the same XOR swizzle the mma.sync kernel uses, with 1024-byte aligned stage bases).
-// 3. k-step kt: wait for its stage, fence the async proxy, barrier, prefetch kt + 2 into the stage
-//    whose wgmmas (kt - 2) have retired, issue 4 wgmmas, keep one wgmma group in flight.
+// 3. k-step kt: wait for its stage, fence the async proxy, barrier, prefetch kt + STAGES - 2 into
+//    the stage whose wgmmas (kt - 2) have retired, issue the wgmmas, keep one wgmma group in flight.
 // 4. Epilogue from registers (the m64nN accumulator layout repeats mma.sync's m16n8 one per warp).
 #include <type_traits>
 
@@ -21,10 +21,11 @@ namespace {
 
 constexpr int kWgThreads = 256;
 constexpr int kWgBm = 128;
-constexpr int kWgStages = 4;
-constexpr int kWgBRows = 256;  // plain: 256 columns; gated: 128 gate + 128 up rows
-constexpr int kWgStageBytes = (kWgBm + kWgBRows) * kBk * 2;
-constexpr int kWgSmemBytes = kWgStages * kWgStageBytes + 1024;  // + alignment slack
+
+// Dynamic shared memory of one block: STAGES x (A 128 rows + B_ROWS rows) x 128 bytes, + slack to
+// align the stages to 1024 bytes.
+constexpr int WgStageBytes(int b_rows) { return (kWgBm + b_rows) * kBk * 2; }
+constexpr int WgSmemBytes(int b_rows, int stages) { return stages * WgStageBytes(b_rows) + 1024; }
 
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
 __device__ __forceinline__ uint64_t Desc(uint32_t smem_addr) {
@@ -49,28 +50,27 @@ __device__ __forceinline__ void FenceProxyAsync() {
 }
 template <typename T, int N>
 __device__ __forceinline__ void Wgmma(float (&d)[N / 2], uint64_t a, uint64_t b) {
-  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
-    if constexpr (N == 256)
-      Wgmma64x256Bf16(d, a, b);
-    else
-      Wgmma64x128Bf16(d, a, b);
+  constexpr bool kBf16 = std::is_same_v<T, __nv_bfloat16>;
+  if constexpr (N == 256) {
+    if constexpr (kBf16) Wgmma64x256Bf16(d, a, b); else Wgmma64x256F16(d, a, b);
+  } else if constexpr (N == 128) {
+    if constexpr (kBf16) Wgmma64x128Bf16(d, a, b); else Wgmma64x128F16(d, a, b);
   } else {
-    if constexpr (N == 256)
-      Wgmma64x256F16(d, a, b);
-    else
-      Wgmma64x128F16(d, a, b);
+    if constexpr (kBf16) Wgmma64x64Bf16(d, a, b); else Wgmma64x64F16(d, a, b);
   }
 }
 #endif
 
-template <typename T, bool GATED>
-__global__ void __launch_bounds__(kWgThreads, 1) WgmmaGemmKernel(const GemmParams p) {
+template <typename T, bool GATED, int B_ROWS, int STAGES, int MIN_BLOCKS>
+__global__ void __launch_bounds__(kWgThreads, MIN_BLOCKS) WgmmaGemmKernel(const GemmParams p) {
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  constexpr int BN = GATED ? 128 : 256;   // output columns of the block
-  constexpr int kWn = GATED ? 128 : 256;  // N of each wgmma
+  constexpr int BN = GATED ? B_ROWS / 2 : B_ROWS;  // output columns of the block
+  constexpr int kWn = BN;                          // N of each wgmma
   constexpr int kG = GATED ? 2 : 1;
   constexpr int kAChunks = kWgBm * 8 / kWgThreads;
-  constexpr int kBChunks = kWgBRows * 8 / kWgThreads;
+  constexpr int kBChunks = B_ROWS * 8 / kWgThreads;
+  constexpr int kWgStages = STAGES;
+  constexpr int kWgStageBytes = WgStageBytes(B_ROWS);
 
   // Phase 0: rows, columns and K range of this block.
   int group, row_begin, row_end;
@@ -168,7 +168,7 @@ __global__ void __launch_bounds__(kWgThreads, 1) WgmmaGemmKernel(const GemmParam
       // +32 bytes per k16 step inside the swizzled 128-byte rows (descriptor units of 16 bytes).
 #pragma unroll
       for (int g = 0; g < kG; ++g) {
-        Wgmma<T, kWn>(acc[g], a_desc + 2 * kk, b_desc + g * (128 * kBk * 2 >> 4) + 2 * kk);
+        Wgmma<T, kWn>(acc[g], a_desc + 2 * kk, b_desc + g * (BN * kBk * 2 >> 4) + 2 * kk);
       }
     }
     WgmmaCommit();
@@ -208,11 +208,35 @@ __global__ void ProbeKernel(int* out) {
 }
 
 using KernelFn = void (*)(GemmParams);
-KernelFn Pick(bool gated, WType wtype) {
-  if (wtype == WType::kBF16) {
-    return gated ? &WgmmaGemmKernel<__nv_bfloat16, true> : &WgmmaGemmKernel<__nv_bfloat16, false>;
+
+// One entry per (tile, gated, dtype): B rows per stage, stages and blocks per SM of each Hopper tile.
+struct WgEntry {
+  KernelFn fn;
+  GemmTile tile;
+  bool gated;
+  WType wtype;
+  int smem;
+};
+#define MOE_WG_ENTRIES_(TILE, B_ROWS, STAGES, MINB)                                              \
+  {&WgmmaGemmKernel<__nv_bfloat16, false, B_ROWS, STAGES, MINB>, GemmTile::TILE, false,         \
+   WType::kBF16, WgSmemBytes(B_ROWS, STAGES)},                                                  \
+      {&WgmmaGemmKernel<__nv_bfloat16, true, B_ROWS, STAGES, MINB>, GemmTile::TILE, true,       \
+       WType::kBF16, WgSmemBytes(B_ROWS, STAGES)},                                              \
+      {&WgmmaGemmKernel<__half, false, B_ROWS, STAGES, MINB>, GemmTile::TILE, false, WType::kF16, \
+       WgSmemBytes(B_ROWS, STAGES)},                                                            \
+      {&WgmmaGemmKernel<__half, true, B_ROWS, STAGES, MINB>, GemmTile::TILE, true, WType::kF16,   \
+       WgSmemBytes(B_ROWS, STAGES)},
+// NOTES: kWgmma: 128 x 256 outputs, 4 stages, 1 block per SM. kWgmma2: 128 x 128 outputs, 3
+// stages and 2 blocks per SM, so one block's barriers, prologue and epilogue overlap the other's
+// wgmmas (matches MOE_GEMM_SM90_TILE_TABLE).
+const WgEntry kWgKernels[] = {MOE_WG_ENTRIES_(kWgmma, 256, 4, 1) MOE_WG_ENTRIES_(kWgmma2, 128, 3, 2)};
+#undef MOE_WG_ENTRIES_
+
+const WgEntry* Find(GemmTile tile, bool gated, WType wtype) {
+  for (const WgEntry& e : kWgKernels) {
+    if (e.tile == tile && e.gated == gated && e.wtype == wtype) return &e;
   }
-  return gated ? &WgmmaGemmKernel<__half, true> : &WgmmaGemmKernel<__half, false>;
+  return nullptr;
 }
 
 }  // namespace
@@ -234,18 +258,18 @@ StatusOr<bool> ProbeWgmmaKernels() {
 }
 
 Status InitGemmKernelsSm90() {
-  for (bool gated : {false, true}) {
-    for (WType w : {WType::kBF16, WType::kF16}) {
-      CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(
-          Pick(gated, w), cudaFuncAttributeMaxDynamicSharedMemorySize, kWgSmemBytes));
-    }
+  for (const WgEntry& e : kWgKernels) {
+    CUDA_RETURN_IF_ERROR(
+        cudaFuncSetAttribute(e.fn, cudaFuncAttributeMaxDynamicSharedMemorySize, e.smem));
   }
   return absl::OkStatus();
 }
 
-Status LaunchGemmSm90(const GemmParams& p, bool gated, WType wtype, dim3 grid,
+Status LaunchGemmSm90(const GemmParams& p, GemmTile tile, bool gated, WType wtype, dim3 grid,
                       cudaStream_t stream) {
-  Pick(gated, wtype)<<<grid, kWgThreads, kWgSmemBytes, stream>>>(p);
+  const WgEntry* e = Find(tile, gated, wtype);
+  if (e == nullptr) return absl::InternalError("no wgmma kernel for this tile");
+  e->fn<<<grid, kWgThreads, e->smem, stream>>>(p);
   CUDA_RETURN_IF_ERROR(cudaGetLastError());
   return absl::OkStatus();
 }

@@ -17,12 +17,14 @@ namespace moe::cuda {
 // X(id, bm, bn_plain, bn_gated, warps_m, warps_n, stages). BK is 64 for every tile. bn_gated is the
 // output width of a gated (gate+up, SiLU*mul) tile, whose B tile holds 2 * bn_gated weight rows.
 #define MOE_GEMM_TILE_TABLE(X)     \
-  X(kDecode, 16, 32, 32, 1, 2, 6)  \
+  X(kDecode, 16, 32, 32, 1, 2, 10) \
   X(kMedium, 64, 128, 64, 2, 2, 4) \
   X(kLarge, 128, 128, 64, 2, 4, 3)
 
 // Hopper-only tiles (wgmma, grouped_gemm_sm90.cu): warps_m counts warpgroups of 4 warps (warps_n).
-#define MOE_GEMM_SM90_TILE_TABLE(X) X(kWgmma, 128, 256, 128, 2, 4, 4)
+#define MOE_GEMM_SM90_TILE_TABLE(X) \
+  X(kWgmma, 128, 256, 128, 2, 4, 4)  \
+  X(kWgmma2, 128, 128, 64, 2, 4, 3)
 
 enum class GemmTile : uint8_t {
 #define MOE_TILE_ENUM_(id, ...) id,
@@ -65,7 +67,7 @@ inline constexpr int kMaxSplits = 8;
 
 // The tile for grouped GEMMs whose groups hold `rows_per_group` rows on average; `wgmma`: the
 // device runs the Hopper tiles (sm_90a build on an sm_90 device, not deterministic mode).
-GemmTile ChooseTile(double rows_per_group, bool wgmma = false);
+GemmTile ChooseTile(double rows_per_group, bool wgmma = false, bool wgmma_wide = true);
 
 // Splits of K for a plain GEMM of `rows` rows launched as `blocks` blocks (before splitting) over K
 // `k`: the smallest power of two (<= kMaxSplits) giving at least 2 blocks per SM while each split
@@ -89,6 +91,7 @@ struct MoePlanInput {
   bool deterministic = false;
   bool wgmma = false;  // Hopper tiles allowed (ignored when deterministic, unless:)
   bool deterministic_wgmma = false;  // deterministic mode may use them too (see CudaEngineOptions)
+  bool wgmma_wide = true;            // kWgmma (128x256, 1 block/SM), else kWgmma2 (128x128, 2/SM)
 };
 
 struct MoePlan {

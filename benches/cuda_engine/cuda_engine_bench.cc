@@ -4,6 +4,8 @@
 //   cuda_engine_bench                       Google Benchmark suite (manual time from CUDA events)
 //   cuda_engine_bench --report=out.jsonl    roofline table on stdout + one JSON line per point
 //       [--shapes=mixtral,qwen3,dsv2lite,embedded] [--tokens=1,8,64,512,4096,16384] [--no-det]
+//       [--narrow]   (Hopper: the 128x128 two-blocks-per-SM tile instead of 128x256)
+//   cuda_engine_bench --check-invariance    deterministic mode: wgmma vs mma.sync bits
 //
 // Per point: median of many timed forwards (CUDA events around each forward, rotating inputs),
 // floor_us = max(bytes / HBM GB/s, FLOPs / matmul TFLOP/s) where bytes = activated experts' weights
@@ -30,6 +32,8 @@
 
 namespace moe {
 namespace {
+
+bool g_wide_tile = true;  // --narrow: the 128x128 two-blocks-per-SM Hopper tile
 
 struct Shape {
   std::string name;
@@ -206,6 +210,7 @@ class Runner {
     o.max_batch_tokens = max_tokens;
     o.deterministic = deterministic;
     o.graph_batch_sizes = {1, 8, 64, 512, 4096, 16384};
+    o.wgmma_wide_tile = g_wide_tile;
     engine_ = OrDie(CudaEngine::CreateRandom(SpecOf(shape), 1234, o));
     const int64_t in_bytes = max_tokens * shape.hidden * 2;
     // Enough input sets that together they exceed the L2 several times over.
@@ -426,6 +431,8 @@ int main(int argc, char** argv) {
       for (const auto& t : moe::Split(a.substr(9))) tokens.push_back(std::stoll(t));
     } else if (a == "--check-invariance") {
       return moe::CheckInvariance();
+    } else if (a == "--narrow") {
+      moe::g_wide_tile = false;
     } else if (a == "--no-det") {
       with_det = false;
     } else {

@@ -246,6 +246,12 @@ TEST(CudaEngine, WithoutGraphsAndDeterministic) {
              DType::kF32,
              {40, 600}},
             mma);
+  // The Hopper 2-blocks-per-SM tile (the wide one is the default above).
+  CudaEngineOptions narrow = DefaultOptions();
+  narrow.wgmma_wide_tile = false;
+  CheckCase({"wgmma 128x128 tile", Opts(Family::kDeepseekV2, 32, 6, 192, 80, DType::kBF16, 35),
+             DType::kBF16, {600}},
+            narrow);
   CudaEngineOptions det = DefaultOptions();
   det.deterministic = true;
   CheckCase({"deterministic",
@@ -262,6 +268,7 @@ TEST(CudaEngine, DeterministicIsBatchInvariant) {
     const auto model = RandomModel(Opts(Family::kDeepseekV3, 64, 8, 256, 128, DType::kBF16, 41));
     CudaEngineOptions o = DefaultOptions();
     o.deterministic = true;
+    o.deterministic_wgmma = act == DType::kBF16;  // both settings, one dtype each
     auto gpu = CudaEngine::Create(model, o);
     ASSERT_TRUE(gpu.ok()) << gpu.status();
     const int h = model->spec().hidden;

@@ -33,6 +33,7 @@ TEST(ChooseTile, GrowsWithRowsPerExpert) {
   EXPECT_EQ(ChooseTile(16, true), GemmTile::kDecode);
   EXPECT_EQ(ChooseTile(64, true), GemmTile::kMedium);
   EXPECT_EQ(ChooseTile(65, true), GemmTile::kWgmma);
+  EXPECT_EQ(ChooseTile(65, true, false), GemmTile::kWgmma2);
 }
 
 TEST(ChooseSplitK, SplitsOnlySmallUnderfilledProblems) {
@@ -95,6 +96,8 @@ TEST(PlanMoe, DecodeAndPrefillShapes) {
   EXPECT_EQ(PlanMoe(in).tile, GemmTile::kWgmma);
   in.deterministic = true;
   EXPECT_EQ(PlanMoe(in).tile, GemmTile::kLarge);
+  in.deterministic_wgmma = true;
+  EXPECT_EQ(PlanMoe(in).tile, GemmTile::kWgmma);
   in.deterministic = false;
   in.wgmma = false;
   in.tokens = 1;

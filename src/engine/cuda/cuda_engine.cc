@@ -194,6 +194,7 @@ Status CudaEngine::Impl::EnqueueCore(Slot& s, int64_t capacity, AType atype) {
   in.deterministic = options.deterministic;
   in.wgmma = wgmma;
   in.deterministic_wgmma = options.deterministic_wgmma;
+  in.wgmma_wide = options.wgmma_wide_tile;
   const cuda::MoePlan plan = cuda::PlanMoe(in);
 
   // 1. Zero the per-expert counters; convert the input.
