@@ -19,6 +19,25 @@ double ExpertCacheCounters::HitRate() const {
   return demanded == 0 ? 0.0 : static_cast<double>(hits + hits_in_flight) / demanded;
 }
 
+ExpertCacheCounters CountersDelta(const ExpertCacheCounters& later,
+                                  const ExpertCacheCounters& earlier) {
+  ExpertCacheCounters d;
+  d.hits = later.hits - earlier.hits;
+  d.hits_in_flight = later.hits_in_flight - earlier.hits_in_flight;
+  d.misses = later.misses - earlier.misses;
+  d.evictions = later.evictions - earlier.evictions;
+  d.prefetch_issued = later.prefetch_issued - earlier.prefetch_issued;
+  d.prefetch_useful = later.prefetch_useful - earlier.prefetch_useful;
+  d.prefetch_wasted = later.prefetch_wasted - earlier.prefetch_wasted;
+  d.prefetch_skipped = later.prefetch_skipped - earlier.prefetch_skipped;
+  d.bytes_copied = later.bytes_copied - earlier.bytes_copied;
+  d.copy_wait_ns = later.copy_wait_ns - earlier.copy_wait_ns;
+  d.deferred_rounds = later.deferred_rounds - earlier.deferred_rounds;
+  d.exhausted = later.exhausted - earlier.exhausted;
+  d.resident_per_layer = later.resident_per_layer;
+  return d;
+}
+
 StatusOr<std::vector<int32_t>> PlanSlotCounts(int64_t budget_bytes,
                                               std::span<const ShapeClass> classes) {
   if (classes.empty()) return absl::InvalidArgumentError("expert cache: no shape class");
@@ -102,7 +121,7 @@ StatusOr<std::unique_ptr<ExpertSlotPool>> ExpertSlotPool::Create(const Options& 
     pool->max_experts_ = std::max(pool->max_experts_, cls.n_experts);
   }
   pool->layer_class_.assign(pool->n_layers_, -1);
-  absl::MutexLock lock(&pool->mu_);
+  std::lock_guard<std::mutex> lock(pool->mu_);
   for (size_t c = 0; c < options.shape_classes.size(); ++c) {
     const ShapeClass& cls = options.shape_classes[c];
     for (int32_t layer : cls.layers) pool->layer_class_[layer] = static_cast<int32_t>(c);
@@ -132,7 +151,7 @@ int32_t ExpertSlotPool::ShapeClassOfLayer(int32_t layer) const {
 }
 
 std::string_view ExpertSlotPool::PolicyName() const {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   return classes_.front().policy->Name();
 }
 
@@ -177,7 +196,7 @@ int32_t ExpertSlotPool::TakeSlot(ClassState& cls, const absl::flat_hash_set<Expe
 
 StatusOr<AcquireRound> ExpertSlotPool::Acquire(std::span<const ExpertKey> experts) {
   for (const ExpertKey& key : experts) MOE_RETURN_IF_ERROR(ValidateKey(key));
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   absl::flat_hash_set<ExpertKey> seen;
   std::vector<RoundEntry> resident, in_flight, loads;
   std::vector<ExpertKey> misses;
@@ -250,7 +269,7 @@ void ExpertSlotPool::UnpinLocked(SlotId id, uint64_t release_fence) {
 }
 
 Status ExpertSlotPool::Release(const AcquireRound& round, uint64_t release_fence) {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   // Validate everything first so that a bad round changes nothing (a slot listed n times must
   // hold n pins).
   absl::flat_hash_map<int64_t, int32_t> listed;  // slot -> times listed
@@ -269,7 +288,7 @@ Status ExpertSlotPool::Release(const AcquireRound& round, uint64_t release_fence
 }
 
 Status ExpertSlotPool::ReleaseSlot(SlotId id, uint64_t release_fence) {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   if (!IsSlot(id)) {
     return absl::InvalidArgumentError("expert cache: ReleaseSlot of an unknown slot");
   }
@@ -281,7 +300,7 @@ Status ExpertSlotPool::ReleaseSlot(SlotId id, uint64_t release_fence) {
 }
 
 Status ExpertSlotPool::MarkLoaded(SlotId id) {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   if (!IsSlot(id)) {
     return absl::InvalidArgumentError("expert cache: MarkLoaded of an unknown slot");
   }
@@ -298,7 +317,7 @@ Status ExpertSlotPool::MarkLoaded(SlotId id) {
 StatusOr<std::vector<PrefetchLoad>> ExpertSlotPool::Prefetch(std::span<const ExpertKey> predicted,
                                                              int32_t max_loads) {
   for (const ExpertKey& key : predicted) MOE_RETURN_IF_ERROR(ValidateKey(key));
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   const absl::flat_hash_set<ExpertKey> protect(predicted.begin(), predicted.end());
   absl::flat_hash_set<ExpertKey> seen;
   std::vector<uint8_t> class_full(classes_.size(), 0);
@@ -336,19 +355,19 @@ StatusOr<std::vector<PrefetchLoad>> ExpertSlotPool::Prefetch(std::span<const Exp
 }
 
 void ExpertSlotPool::RecordCopyWait(uint64_t wait_ns) {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   counters_.copy_wait_ns += wait_ns;
 }
 
 std::optional<SlotId> ExpertSlotPool::Find(const ExpertKey& key) const {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   auto it = where_.find(key);
   if (it == where_.end()) return std::nullopt;
   return it->second;
 }
 
 SlotInfo ExpertSlotPool::Inspect(SlotId id) const {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   SlotInfo info;
   if (!IsSlot(id)) {
     return info;
@@ -362,7 +381,7 @@ SlotInfo ExpertSlotPool::Inspect(SlotId id) const {
 }
 
 ExpertCacheCounters ExpertSlotPool::Counters() const {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   return counters_;
 }
 

@@ -151,7 +151,7 @@ StatusOr<Trace> ReadTraceFile(const std::string& path) {
 StatusOr<std::unique_ptr<TraceRecorder>> TraceRecorder::Create(const Options& options) {
   MOE_RETURN_IF_ERROR(ValidateShape(options.shape));
   auto recorder = std::unique_ptr<TraceRecorder>(new TraceRecorder(options.shape));
-  absl::MutexLock lock(&recorder->mu_);
+  std::lock_guard<std::mutex> lock(recorder->mu_);
   recorder->path_ = options.path;
   recorder->out_.open(options.path, std::ios::trunc);
   recorder->out_ << kMagic << '\n'
@@ -172,14 +172,14 @@ Status TraceRecorder::Record(int64_t batch, int32_t layer, std::span<const int32
   if (Status s = ValidateExperts(shape_, layer, distinct); !s.ok()) {
     return absl::InvalidArgumentError(absl::StrCat("trace: ", std::string(s.message())));
   }
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   WriteStep(out_, batch, layer, distinct);
   if (!out_) return absl::InternalError(absl::StrCat("trace: cannot write ", path_));
   return absl::OkStatus();
 }
 
 Status TraceRecorder::Flush() {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   out_.flush();
   if (!out_) return absl::InternalError(absl::StrCat("trace: cannot write ", path_));
   return absl::OkStatus();

@@ -327,6 +327,21 @@ TEST(ExpertSlotPool, ReleaseSlotUnpinsOneExpertAtATime) {
   EXPECT_EQ(next->entries[0].reuse_fence, 5u);
 }
 
+TEST(ExpertSlotPool, CountersDeltaSubtractsCountsAndKeepsLevels) {
+  auto pool = MakePool(2);
+  Use(*pool, {{0, 0}, {0, 1}});
+  const ExpertCacheCounters before = pool->Counters();
+  Use(*pool, {{0, 0}, {1, 1}});
+  pool->RecordCopyWait(30);
+  const ExpertCacheCounters d = CountersDelta(pool->Counters(), before);
+  EXPECT_EQ(d.hits, 1u);
+  EXPECT_EQ(d.misses, 1u);
+  EXPECT_EQ(d.evictions, 1u);
+  EXPECT_EQ(d.bytes_copied, 1u);
+  EXPECT_EQ(d.copy_wait_ns, 30u);
+  EXPECT_EQ(d.resident_per_layer, (std::vector<int32_t>{1, 1}));
+}
+
 TEST(ExpertSlotPool, CopyWaitAndPolicyName) {
   auto pool = MakePool(2, EvictionKind::kLfu);
   EXPECT_EQ(pool->PolicyName(), "lfu");

@@ -44,6 +44,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <span>
 #include <string>
@@ -52,7 +53,6 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
-#include "absl/synchronization/mutex.h"
 #include "moe/common/status.h"
 #include "moe/experts/eviction_policy.h"
 
@@ -161,6 +161,12 @@ struct ExpertCacheCounters {
   double HitRate() const;
 };
 
+// What happened between two snapshots of one pool (`later` taken after `earlier`): every counter
+// is the difference; resident_per_layer is `later`'s (a level, not a count). For exporters that
+// feed increments to Prometheus counters.
+ExpertCacheCounters CountersDelta(const ExpertCacheCounters& later,
+                                  const ExpertCacheCounters& earlier);
+
 class ExpertSlotPool {
  public:
   struct Options {
@@ -264,7 +270,9 @@ class ExpertSlotPool {
   std::vector<int32_t> layer_class_;  // [n_layers] shape class or -1
   std::vector<ClassShape> shapes_;    // [n_classes]
 
-  mutable absl::Mutex mu_;
+  // std::mutex, not absl::Mutex: Debian's prebuilt abseil is not TSan-instrumented, so TSan
+  // cannot see absl::Mutex synchronization; pthread mutexes are intercepted.
+  mutable std::mutex mu_;
   std::vector<ClassState> classes_ ABSL_GUARDED_BY(mu_);  // [n_classes]
   absl::flat_hash_map<ExpertKey, SlotId> where_ ABSL_GUARDED_BY(mu_);
   ExpertCacheCounters counters_ ABSL_GUARDED_BY(mu_);

@@ -17,12 +17,12 @@
 #include <fstream>
 #include <iosfwd>
 #include <memory>
+#include <mutex>
 #include <span>
 #include <string>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
-#include "absl/synchronization/mutex.h"
 #include "moe/common/status.h"
 
 namespace moe::experts {
@@ -78,7 +78,7 @@ class TraceRecorder {
   explicit TraceRecorder(TraceShape shape) : shape_(shape) {}
 
   const TraceShape shape_;
-  absl::Mutex mu_;
+  std::mutex mu_;  // std::mutex: see ExpertSlotPool::mu_
   std::ofstream out_ ABSL_GUARDED_BY(mu_);
   std::string path_ ABSL_GUARDED_BY(mu_);
 };
