@@ -73,7 +73,6 @@ Status Run(const Flags& flags) {
     MOE_ASSIGN_OR_RETURN(SimPolicy p, ParseSimPolicy(std::string(name)));
     policies.push_back(p);
   }
-  const int64_t total = int64_t{trace.shape.n_layers} * trace.shape.n_experts;
   std::printf(
       "# %s\n# shape: %d layers x %d experts, top-%d; %zu steps, %lld expert accesses "
       "(%.1f distinct experts per step)\n",
@@ -92,7 +91,8 @@ Status Run(const Flags& flags) {
     options.eviction_options.lfu_decay_period = flags.lfu_decay;
     options.eviction_options.lrfu_lambda = flags.lrfu_lambda;
     options.prefetch = {flags.prefetch_recall, flags.prefetch_precision, flags.seed};
-    // Belady first: every other policy is reported relative to it.
+    // Belady first: every other policy is reported relative to it (with the same prefetch model,
+    // so the ratio compares like with like).
     double belady = 0;
     {
       SimOptions b = options;
@@ -121,7 +121,6 @@ Status Run(const Flags& flags) {
             r.prediction_recall);
       }
     }
-    (void)total;
   }
   return absl::OkStatus();
 }

@@ -23,8 +23,7 @@
 //   kLruK - LRU-2 (O'Neil et al., SIGMOD'93): evict the slot whose second most recent demand use is
 //           oldest; experts used only once are evicted first. Frequency-aware, scan-resistant.
 //   Belady (offline only, MakeBeladyPolicy): evict the key whose next use is farthest in the
-//   future,
-//           given an oracle over a recorded trace. Used by the simulator as the optimum.
+//           future, given an oracle over a recorded trace. The simulator's optimum.
 //
 // Thread safety: policies are not thread safe. ExpertSlotPool calls them under its own mutex.
 #pragma once
