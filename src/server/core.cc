@@ -76,12 +76,16 @@ void Core::Run(const LayerRequest& request, const std::string& label, LayerDone 
     Clock::time_point arrival = request.arrival;
     std::shared_ptr<CancelScope> cancel = request.cancel;
     uint64_t key = cancel != nullptr ? cancel->Reserve() : 0;
-    LayerDone wrapped = [this, layer, n_tokens, arrival, label, cancel, key,
-                         done = std::move(done)](const Status& status, const LayerTiming& timing) {
+    // Shared: the backend destroys `wrapped` when it refuses, and `done` must still answer.
+    auto shared_done = std::make_shared<LayerDone>(std::move(done));
+    LayerDone wrapped = [this, layer, n_tokens, arrival, label, cancel, key, shared_done](
+                            const Status& status, const LayerTiming& timing) {
       // Release before `done`: answering may destroy the reactor (our shared_ptr keeps the scope).
       if (cancel != nullptr) cancel->Release(key);
-      done(status, timing);
-      Finished(layer, n_tokens, status, timing, arrival, label);
+      // Statistics before the answer, so a client that reads them next sees its request.
+      Record(layer, n_tokens, status, timing, arrival, label);
+      (*shared_done)(status, timing);
+      Leave();
     };
     StatusOr<uint64_t> ticket = backend_->Submit(request, std::move(wrapped));
     if (ticket.ok()) {
@@ -91,16 +95,17 @@ void Core::Run(const LayerRequest& request, const std::string& label, LayerDone 
     if (cancel != nullptr) cancel->Release(key);
     refusal = ticket.status();
     // Refused by the backend: `wrapped` was not and will not be called.
-    Finished(request.layer, request.n_tokens, refusal, LayerTiming{}, request.arrival, label);
-    done(refusal, LayerTiming{});
+    Record(request.layer, request.n_tokens, refusal, LayerTiming{}, request.arrival, label);
+    (*shared_done)(refusal, LayerTiming{});
+    Leave();
     return;
   }
   RecordRejected(request.layer, refusal, request.arrival, label);
   done(refusal, LayerTiming{});
 }
 
-void Core::Finished(int layer, int64_t n_tokens, const Status& status, const LayerTiming& timing,
-                    Clock::time_point arrival, const std::string& label) {
+void Core::Record(int layer, int64_t n_tokens, const Status& status, const LayerTiming& timing,
+                  Clock::time_point arrival, const std::string& label) {
   int64_t total_ns =
       std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - arrival).count();
   stats_.Record(layer, status, n_tokens, timing, total_ns);
@@ -109,6 +114,9 @@ void Core::Finished(int layer, int64_t n_tokens, const Status& status, const Lay
     metrics_->RequestFinished();
   }
   if (!status.ok()) LogRefusal(label, status);
+}
+
+void Core::Leave() {
   absl::MutexLock lock(&mu_);
   --inflight_;
 }

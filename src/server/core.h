@@ -55,8 +55,11 @@ class Core {
   bool WaitIdle(Clock::time_point deadline);
 
  private:
-  void Finished(int layer, int64_t n_tokens, const Status& status, const LayerTiming& timing,
-                Clock::time_point arrival, const std::string& label);
+  // Statistics, metrics and the refusal log of one finished request.
+  void Record(int layer, int64_t n_tokens, const Status& status, const LayerTiming& timing,
+              Clock::time_point arrival, const std::string& label);
+  // The request has been answered: inflight - 1.
+  void Leave();
   void LogRefusal(const std::string& label, const Status& status);
 
   const Catalog* const catalog_;

@@ -124,12 +124,10 @@ void Server::Impl::Shutdown() {
   Clock::time_point deadline = Clock::now() + drain;
   spdlog::info("draining: health NOT_SERVING, new requests refused; {} in flight, up to {} ms",
                core_.inflight(), options_.server.drain_timeout_ms);
-  bool idle = core_.WaitIdle(deadline);
+  // The backend first: it flushes its queue at once (no batching delays) and answers every
+  // accepted request; then the last callbacks return.
   options_.backend->Drain(deadline);
-  if (!idle) {
-    // The backend has now answered everything it held; wait for the last callbacks to return.
-    idle = core_.WaitIdle(Clock::now() + std::chrono::seconds(5));
-  }
+  bool idle = core_.WaitIdle(std::max(deadline, Clock::now() + std::chrono::seconds(5)));
   if (!idle) spdlog::warn("drain: {} requests still in flight at the deadline", core_.inflight());
   // Idle streams and calls still being written get a moment, then are cancelled.
   server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
