@@ -28,6 +28,12 @@ class ConfigReader {
     return nullptr;
   }
 
+  // True when `key` is present with the value null.
+  bool IsNull(const char* key) const {
+    auto it = root_.find(key);
+    return it != root_.end() && it->is_null();
+  }
+
   StatusOr<std::optional<int64_t>> OptInt(std::initializer_list<const char*> keys) const {
     std::string key;
     const json* v = Find(keys, &key);
@@ -178,7 +184,11 @@ Status ParseFamily(const ConfigReader& r, MoeSpec* spec, std::vector<std::string
             "\"num_experts_per_tok\" is missing or null (a dense model; nothing to "
             "serve)");
       }
-      MOE_ASSIGN_OR_RETURN(int64_t shared, r.Int({"n_shared_experts"}, v3 ? 1 : 2));
+      // An explicit null means no shared experts (transformers: `if n_shared_experts is not None`).
+      int64_t shared = 0;
+      if (!r.IsNull("n_shared_experts")) {
+        MOE_ASSIGN_OR_RETURN(shared, r.Int({"n_shared_experts"}, v3 ? 1 : 2));
+      }
       MOE_ASSIGN_OR_RETURN(int64_t first_dense, r.Int({"first_k_dense_replace"}, v3 ? 3 : 0));
       MOE_ASSIGN_OR_RETURN(int64_t freq, r.Int({"moe_layer_freq"}, 1));
       MOE_ASSIGN_OR_RETURN(double scale, r.Float("routed_scaling_factor", v3 ? 2.5 : 1.0));

@@ -163,6 +163,11 @@ TEST(ConfigTest, DeepseekV2GroupLimitedGreedy) {
       "topk_method": "noaux_tc"})",
                 "topk_method");
   ExpectInvalid(R"({"model_type": "deepseek_v2"})", "num_experts_per_tok");
+  MoeSpec no_shared = Parse(R"({"model_type": "deepseek_v2", "num_experts_per_tok": 2,
+      "n_shared_experts": null})");
+  EXPECT_EQ(no_shared.shared_intermediate, 0);
+  MoeSpec default_shared = Parse(R"({"model_type": "deepseek_v2", "num_experts_per_tok": 2})");
+  EXPECT_EQ(default_shared.shared_intermediate, 2 * 1407);
   ExpectInvalid(R"({"model_type": "deepseek_v2", "num_experts_per_tok": 2,
       "moe_layer_freq": 2})",
                 "moe_layer_freq");
