@@ -4,6 +4,7 @@
 #include <cctype>
 #include <chrono>
 #include <ctime>
+#include <mutex>
 #include <random>
 #include <string>
 #include <thread>
@@ -12,7 +13,6 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/cord.h"
-#include "absl/synchronization/mutex.h"
 #include "fmt/format.h"
 #include "moe/config/defaults.h"
 #include "spdlog/details/log_msg.h"
@@ -136,7 +136,7 @@ std::unique_ptr<spdlog::formatter> MakeFormatter(Format format) {
 // The sink every logger shares; Setup() swaps what it forwards to.
 // Thread safety: mu serialises logger creation and Setup(); the sink itself is thread-safe.
 struct State {
-  absl::Mutex mu;
+  std::mutex mu;
   std::shared_ptr<spdlog::sinks::dist_sink_mt> sink;
 
   State() : sink(std::make_shared<spdlog::sinks::dist_sink_mt>()) {
@@ -205,7 +205,7 @@ absl::Status Setup(const Options& options) {
         absl::StrCat(origin, ": ", std::string(level.status().message())));
   }
   State& state = GetState();
-  absl::MutexLock lock(&state.mu);
+  std::lock_guard lock(state.mu);
   spdlog::sink_ptr out = options.sink;
   if (out == nullptr) out = std::make_shared<spdlog::sinks::stderr_sink_mt>();
   state.sink->set_sinks({out});
@@ -217,7 +217,7 @@ absl::Status Setup(const Options& options) {
 
 std::shared_ptr<spdlog::logger> Get(std::string_view name) {
   State& state = GetState();
-  absl::MutexLock lock(&state.mu);
+  std::lock_guard lock(state.mu);
   return GetLocked(state, std::string(name));
 }
 

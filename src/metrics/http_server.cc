@@ -135,7 +135,7 @@ HttpServer::~HttpServer() {
 
 void HttpServer::SetReady(bool ready, std::string_view reason) {
   {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard lock(mu_);
     ready_ = ready;
     not_ready_reason_ = ready ? "" : (reason.empty() ? "not ready" : std::string(reason));
   }
@@ -143,12 +143,12 @@ void HttpServer::SetReady(bool ready, std::string_view reason) {
 }
 
 bool HttpServer::ready() const {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard lock(mu_);
   return ready_;
 }
 
 void HttpServer::SetLive(bool live, std::string_view reason) {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard lock(mu_);
   live_ = live;
   not_live_reason_ = live ? "" : (reason.empty() ? "not live" : std::string(reason));
 }
@@ -175,7 +175,7 @@ int HttpServer::HandleRequest(mg_connection* conn) {
     bool ok = false;
     std::string body;
     {
-      absl::MutexLock lock(&mu_);
+      std::lock_guard lock(mu_);
       ok = readyz ? ready_ && live_ : live_;
       if (ok) {
         body = readyz ? "ready\n" : "ok\n";

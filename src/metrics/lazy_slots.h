@@ -9,10 +9,10 @@
 #include <atomic>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
-#include "absl/synchronization/mutex.h"
 
 namespace moe::metrics {
 
@@ -31,7 +31,7 @@ class LazySlots {
     if (index < 0 || index >= n_) return nullptr;
     T* slot = fast_[index].load(std::memory_order_acquire);
     if (slot != nullptr) return slot;
-    absl::MutexLock lock(&mu_);
+    std::lock_guard lock(mu_);
     if (owned_[index] == nullptr) {
       owned_[index] = factory_(index);
       fast_[index].store(owned_[index].get(), std::memory_order_release);
@@ -43,7 +43,7 @@ class LazySlots {
   const int n_;
   const Factory factory_;
   std::unique_ptr<std::atomic<T*>[]> fast_;
-  absl::Mutex mu_;
+  std::mutex mu_;
   std::vector<std::unique_ptr<T>> owned_ ABSL_GUARDED_BY(mu_);
 };
 

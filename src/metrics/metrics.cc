@@ -5,12 +5,13 @@
 #include <atomic>
 #include <chrono>
 #include <exception>
+#include <mutex>
+#include <shared_mutex>
 #include <string>
 #include <utility>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
-#include "absl/synchronization/mutex.h"
 #include "metrics/lazy_slots.h"
 #include "prometheus/counter.h"
 #include "prometheus/family.h"
@@ -92,7 +93,7 @@ struct WorkerSeries {
   Counter* sent;
   Counter* received;
   Counter* busy_seconds;
-  absl::Mutex mu;
+  std::mutex mu;
   Metrics::WorkerTotals last ABSL_GUARDED_BY(mu);
 };
 
@@ -105,7 +106,7 @@ void AdvanceCounter(Counter& counter, T& last, T now) {
 
 // One decoder layer's expert-load state.
 struct LayerLoad {
-  absl::Mutex mu;
+  std::mutex mu;
   std::vector<Counter*> per_expert;  // empty when n_experts > max_expert_labels
   std::vector<int64_t> window ABSL_GUARDED_BY(mu);
   int64_t window_total ABSL_GUARDED_BY(mu) = 0;
@@ -114,10 +115,12 @@ struct LayerLoad {
 
 }  // namespace
 
+// NOTES: std::mutex rather than absl::Mutex (here and in src/metrics): Debian's abseil is not
+// built with TSan, so TSan cannot see absl::Mutex ordering; pthread mutexes it intercepts.
 struct Metrics::Families {
   std::shared_ptr<prometheus::Registry> registry = std::make_shared<prometheus::Registry>();
 
-  absl::Mutex build_mu;
+  std::mutex build_mu;
   Family<Gauge>* build_info = nullptr;
   Gauge* build_info_series ABSL_GUARDED_BY(build_mu) = nullptr;
   BuildInfo build ABSL_GUARDED_BY(build_mu);
@@ -155,14 +158,14 @@ struct Metrics::Families {
   Family<Counter>* worker_received = nullptr;
   Family<Counter>* worker_busy = nullptr;
 
-  absl::Mutex hooks_mu;  // held while hooks run, so RemoveCollectHook waits for a running one
+  std::mutex hooks_mu;  // held while hooks run, so RemoveCollectHook waits for a running one
   int next_hook_id ABSL_GUARDED_BY(hooks_mu) = 0;
   std::vector<std::pair<int, CollectHook>> hooks ABSL_GUARDED_BY(hooks_mu);
 
-  absl::Mutex models_mu;
+  std::shared_mutex models_mu;
   absl::flat_hash_map<std::string, std::unique_ptr<ModelSeries>> models ABSL_GUARDED_BY(models_mu);
 
-  absl::Mutex experts_mu;  // writer: ConfigureExpertLoad; reader: RecordExpertLoad
+  std::shared_mutex experts_mu;  // writer: ConfigureExpertLoad; reader: RecordExpertLoad
   int n_layers ABSL_GUARDED_BY(experts_mu) = 0;
   int n_experts ABSL_GUARDED_BY(experts_mu) = 0;
   std::vector<std::unique_ptr<LayerLoad>> layers ABSL_GUARDED_BY(experts_mu);
@@ -201,7 +204,7 @@ absl::Status Metrics::Init() {
     f.build_info =
         &Build<Gauge>(r, "moe_build_info", "Build facts as labels; the value is always 1.");
     {
-      absl::MutexLock lock(&f.build_mu);
+      std::lock_guard lock(f.build_mu);
       f.build = options_.build;
       f.build_info_series = &f.build_info->Add({{"version", f.build.version},
                                                 {"git_revision", f.build.git_revision},
@@ -330,21 +333,21 @@ const std::shared_ptr<prometheus::Registry>& Metrics::registry() const { return 
 
 std::string Metrics::Serialize() {
   {
-    absl::MutexLock lock(&f_->hooks_mu);
+    std::lock_guard lock(f_->hooks_mu);
     for (auto& [id, hook] : f_->hooks) hook(*this);
   }
   return prometheus::TextSerializer().Serialize(f_->registry->Collect());
 }
 
 int Metrics::AddCollectHook(CollectHook hook) {
-  absl::MutexLock lock(&f_->hooks_mu);
+  std::lock_guard lock(f_->hooks_mu);
   const int id = f_->next_hook_id++;
   f_->hooks.emplace_back(id, std::move(hook));
   return id;
 }
 
 void Metrics::RemoveCollectHook(int id) {
-  absl::MutexLock lock(&f_->hooks_mu);
+  std::lock_guard lock(f_->hooks_mu);
   auto& hooks = f_->hooks;
   hooks.erase(std::remove_if(hooks.begin(), hooks.end(),
                              [id](const auto& entry) { return entry.first == id; }),
@@ -380,7 +383,7 @@ std::string_view Metrics::CodeName(int grpc_code) {
 absl::Status Metrics::RegisterModel(std::string_view model) {
   if (model.empty()) return absl::InvalidArgumentError("metrics: empty model name");
   Families& f = *f_;
-  absl::MutexLock lock(&f.models_mu);
+  std::lock_guard lock(f.models_mu);
   auto [it, inserted] = f.models.try_emplace(std::string(model));
   if (!inserted) return absl::OkStatus();
   auto series = std::make_unique<ModelSeries>();
@@ -401,7 +404,7 @@ absl::Status Metrics::SetEngine(std::string_view engine) {
         absl::StrCat("metrics: engine label '", std::string(engine), "' is not cpu or cuda"));
   }
   Families& f = *f_;
-  absl::MutexLock lock(&f.build_mu);
+  std::lock_guard lock(f.build_mu);
   if (f.build.engine == engine) return absl::OkStatus();
   f.build.engine = std::string(engine);
   f.build_info->Remove(f.build_info_series);
@@ -420,11 +423,11 @@ absl::Status Metrics::ConfigureExpertLoad(int n_layers, int n_experts) {
                      "): both must be positive"));
   }
   Families& f = *f_;
-  absl::MutexLock lock(&f.experts_mu);
+  std::lock_guard lock(f.experts_mu);
   // A reload: the old model's series go away so they do not linger with stale values.
   for (auto& layer : f.layers) {
     for (Counter* c : layer->per_expert) f.expert_tokens->Remove(c);
-    absl::MutexLock layer_lock(&layer->mu);
+    std::lock_guard layer_lock(layer->mu);
     if (layer->imbalance != nullptr) f.expert_imbalance->Remove(layer->imbalance);
   }
   f.layers.clear();
@@ -442,7 +445,7 @@ absl::Status Metrics::ConfigureExpertLoad(int n_layers, int n_experts) {
             &f.expert_tokens->Add({{"layer", std::to_string(l)}, {"expert", std::to_string(e)}}));
       }
     }
-    absl::MutexLock layer_lock(&layer->mu);
+    std::lock_guard layer_lock(layer->mu);
     layer->window.assign(n_experts, 0);
     f.layers.push_back(std::move(layer));
   }
@@ -460,7 +463,7 @@ void Metrics::RecordRequest(std::string_view model, int grpc_code, double second
   if (grpc_code < 0 || grpc_code >= kNumCodes) grpc_code = kUnknownCode;
   ModelSeries* series = nullptr;
   {
-    absl::ReaderMutexLock lock(&f.models_mu);
+    std::shared_lock lock(f.models_mu);
     auto it = f.models.find(absl::string_view(model.data(), model.size()));
     if (it == f.models.end()) it = f.models.find(kOtherModel);
     series = it->second.get();  // ModelSeries are never removed
@@ -511,7 +514,7 @@ void Metrics::RecordCompute(double seconds) { f_->compute->Observe(seconds); }
 
 void Metrics::RecordExpertLoad(int layer, absl::Span<const uint32_t> tokens_per_expert) {
   Families& f = *f_;
-  absl::ReaderMutexLock lock(&f.experts_mu);
+  std::shared_lock lock(f.experts_mu);
   if (layer < 0 || layer >= f.n_layers ||
       tokens_per_expert.size() != static_cast<size_t>(f.n_experts)) {
     f.dropped->Increment();
@@ -521,7 +524,7 @@ void Metrics::RecordExpertLoad(int layer, absl::Span<const uint32_t> tokens_per_
   for (size_t e = 0; e < load.per_expert.size(); ++e) {
     if (tokens_per_expert[e] != 0) load.per_expert[e]->Increment(tokens_per_expert[e]);
   }
-  absl::MutexLock layer_lock(&load.mu);
+  std::lock_guard layer_lock(load.mu);
   for (size_t e = 0; e < tokens_per_expert.size(); ++e) {
     load.window[e] += tokens_per_expert[e];
     load.window_total += tokens_per_expert[e];
@@ -590,7 +593,7 @@ void Metrics::SetSwarmQueueLength(int64_t length) {
 void Metrics::SetWorkerTotals(int worker, const WorkerTotals& totals) {
   WorkerSeries* s = SlotOrDrop(*f_->workers, worker, *f_->dropped);
   if (s == nullptr) return;
-  absl::MutexLock lock(&s->mu);
+  std::lock_guard lock(s->mu);
   AdvanceCounter(*s->received, s->last.received, totals.received);
   AdvanceCounter(*s->sent, s->last.sent, totals.sent);
   AdvanceCounter(*s->busy_seconds, s->last.busy_seconds, totals.busy_seconds);

@@ -29,12 +29,12 @@ SchedulerMetrics::SchedulerMetrics(Metrics* metrics) : metrics_(metrics) {
 SchedulerMetrics::~SchedulerMetrics() { metrics_->RemoveCollectHook(hook_id_); }
 
 void SchedulerMetrics::SetStatsSource(StatsSource source) {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard lock(mu_);
   source_ = std::move(source);
 }
 
 void SchedulerMetrics::Collect(Metrics& metrics) {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard lock(mu_);
   if (source_) Publish(source_(), metrics);
 }
 

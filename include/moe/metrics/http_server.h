@@ -17,11 +17,11 @@
 #pragma once
 
 #include <memory>
+#include <mutex>
 #include <string>
 #include <string_view>
 
 #include "absl/base/thread_annotations.h"
-#include "absl/synchronization/mutex.h"
 #include "moe/common/status.h"
 #include "moe/config/defaults.h"
 
@@ -76,7 +76,7 @@ class HttpServer {
   int port_ = 0;
   std::string address_;
 
-  mutable absl::Mutex mu_;
+  mutable std::mutex mu_;
   bool ready_ ABSL_GUARDED_BY(mu_) = false;
   std::string not_ready_reason_ ABSL_GUARDED_BY(mu_) = "starting";
   bool live_ ABSL_GUARDED_BY(mu_) = true;

@@ -25,9 +25,9 @@
 #pragma once
 
 #include <functional>
+#include <mutex>
 
 #include "absl/base/thread_annotations.h"
-#include "absl/synchronization/mutex.h"
 #include "moe/metrics/metrics.h"
 #include "moe/scheduler/observer.h"
 
@@ -61,7 +61,7 @@ class SchedulerMetrics final : public SchedulerObserver {
 
   Metrics* const metrics_;
   int hook_id_ = -1;
-  absl::Mutex mu_;
+  std::mutex mu_;
   StatsSource source_ ABSL_GUARDED_BY(mu_);
 };
 
