@@ -3,13 +3,15 @@
 
 #include <algorithm>
 #include <fstream>
+#include <optional>
 
 #include "nlohmann/json.hpp"
 
 namespace moe::loadgen {
 
-StatusOr<EngineBaseline> EngineBaseline::FromPoints(std::vector<EnginePoint> points) {
+StatusOr<EngineBaseline> EngineBaseline::FromPoints(std::vector<EnginePoint> points, int slots) {
   if (points.empty()) return absl::InvalidArgumentError("engine baseline: no points");
+  if (slots < 1) return absl::InvalidArgumentError("engine baseline: slots must be >= 1");
   std::sort(points.begin(), points.end(), [](const EnginePoint& a, const EnginePoint& b) {
     return a.batch_tokens < b.batch_tokens;
   });
@@ -25,6 +27,7 @@ StatusOr<EngineBaseline> EngineBaseline::FromPoints(std::vector<EnginePoint> poi
   }
   EngineBaseline b;
   b.points_ = std::move(points);
+  b.slots_ = slots;
   return b;
 }
 
@@ -32,6 +35,7 @@ StatusOr<EngineBaseline> EngineBaseline::ReadJsonLines(const std::string& path) 
   std::ifstream in(path);
   if (!in) return absl::NotFoundError(absl::StrCat("engine baseline: cannot open ", path));
   std::vector<EnginePoint> points;
+  std::optional<int> slots;
   std::string line;
   int line_no = 0;
   while (std::getline(in, line)) {
@@ -47,9 +51,16 @@ StatusOr<EngineBaseline> EngineBaseline::ReadJsonLines(const std::string& path) 
       return absl::InvalidArgumentError(
           absl::StrCat("engine baseline: ", path, ":", line_no, " has non-numeric fields"));
     }
+    const int line_slots =
+        j.contains("slots") && j["slots"].is_number_integer() ? j["slots"].get<int>() : 1;
+    if (slots && *slots != line_slots) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("engine baseline: ", path, ":", line_no, " mixes slot counts"));
+    }
+    slots = line_slots;
     points.push_back({j["batch_tokens"].get<int64_t>(), j["us_per_forward"].get<double>()});
   }
-  return FromPoints(std::move(points));
+  return FromPoints(std::move(points), slots.value_or(1));
 }
 
 double EngineBaseline::UsPerForward(double batch_tokens) const {
@@ -70,7 +81,7 @@ double EngineBaseline::UsPerForward(double batch_tokens) const {
 
 double EngineBaseline::TokensPerSecond(double batch_tokens) const {
   const double b = std::max(batch_tokens, 1.0);
-  return b / (UsPerForward(b) * 1e-6);
+  return slots_ * b / (UsPerForward(b) * 1e-6);
 }
 
 }  // namespace moe::loadgen

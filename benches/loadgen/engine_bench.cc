@@ -6,10 +6,14 @@
 //
 // Per batch size: 2 warm-up forwards, then forwards until --min-time-ms has passed (at least
 // --min-iters), each timed alone; reports the median (us_per_forward), min and p90, the
-// throughput (tokens/s at the median) and GFLOP/s (CpuEngine::FlopsPerForward / median).
+// throughput (slots * tokens / median, and tokens over the wall time) and GFLOP/s
+// (CpuEngine::FlopsPerForward). With --slots N, N threads drive the N engine slots at once, as
+// the daemon's swarm workers do (`moe-swarm serve` uses 2 CPU slots by default): one slot gives
+// the engine's latency for a lone batch, the daemon's slot count its throughput.
 // Model: --model DIR (a Hugging Face checkpoint), else the embedded model generated into
 // --cache-dir (default $MOE_CACHE_DIR, see moe/model/embedded.h).
 #include <algorithm>
+#include <barrier>
 #include <chrono>
 #include <fstream>
 #include <iostream>
@@ -38,6 +42,7 @@ struct Flags {
   int layer = -1;
   std::string dtype = "bf16";
   int threads = 0;
+  int slots = 1;
   std::string gemm = "fixed";
   std::string batch_sizes = "1,2,4,8,16,32,64,128,256,512";
   double min_time_ms = 300;
@@ -67,12 +72,60 @@ StatusOr<DType> ParseDType(const std::string& s) {
   return absl::InvalidArgumentError(absl::StrCat("--dtype '", s, "': expected bf16, f16 or f32"));
 }
 
+// Per-forward times of one batch size over all slots, and the wall time they took together.
+struct SizeTiming {
+  std::vector<double> us;
+  double wall_s = 0;
+};
+
+// Drives every slot with its own thread at once: 2 warm-up forwards, then forwards until
+// --min-time-ms has passed and each slot did --min-iters.
+StatusOr<SizeTiming> TimeBatch(CpuEngine& engine, const ForwardArgs& base,
+                               std::vector<std::vector<char>>& outputs, const Flags& f) {
+  const int slots = static_cast<int>(outputs.size());
+  std::vector<std::vector<double>> times(static_cast<size_t>(slots));
+  std::vector<Status> errors(static_cast<size_t>(slots));
+  Clock::time_point begin;
+  // All slots start measuring together; the barrier's completion sets the clock.
+  std::barrier start(slots, [&begin]() noexcept { begin = Clock::now(); });
+  auto run_slot = [&](int slot) {
+    ForwardArgs args = base;
+    args.slot = slot;
+    args.output = outputs[static_cast<size_t>(slot)].data();
+    Status& error = errors[static_cast<size_t>(slot)];
+    for (int i = 0; i < 2 && error.ok(); ++i) error = engine.Forward(args);
+    start.arrive_and_wait();
+    std::vector<double>& us = times[static_cast<size_t>(slot)];
+    while (error.ok() && (static_cast<int>(us.size()) < f.min_iters ||
+                          std::chrono::duration<double, std::milli>(Clock::now() - begin).count() <
+                              f.min_time_ms)) {
+      const Clock::time_point t0 = Clock::now();
+      error = engine.Forward(args);
+      us.push_back(std::chrono::duration<double, std::micro>(Clock::now() - t0).count());
+      if (us.size() >= 100000) break;
+    }
+  };
+  std::vector<std::thread> threads;
+  for (int s = 1; s < slots; ++s) threads.emplace_back(run_slot, s);
+  run_slot(0);
+  for (std::thread& t : threads) t.join();
+  SizeTiming out;
+  out.wall_s = std::chrono::duration<double>(Clock::now() - begin).count();
+  for (int s = 0; s < slots; ++s) {
+    MOE_RETURN_IF_ERROR(errors[static_cast<size_t>(s)]);
+    out.us.insert(out.us.end(), times[static_cast<size_t>(s)].begin(),
+                  times[static_cast<size_t>(s)].end());
+  }
+  return out;
+}
+
 Status Main(const Flags& f) {
   MOE_ASSIGN_OR_RETURN(std::vector<int64_t> sizes, ParseSizes(f.batch_sizes));
   MOE_ASSIGN_OR_RETURN(DType dtype, ParseDType(f.dtype));
   CpuEngineOptions options;
   options.num_threads = f.threads;
-  options.num_slots = 1;
+  if (f.slots < 1) return absl::InvalidArgumentError("--slots must be >= 1");
+  options.num_slots = f.slots;
   options.max_batch_tokens = *std::max_element(sizes.begin(), sizes.end());
   if (f.gemm == "fixed") {
     options.gemm = CpuEngineOptions::GemmBackend::kFixedOrder;
@@ -99,12 +152,14 @@ Status Main(const Flags& f) {
   for (float& v : values) v = normal(rng);
   std::vector<char> input(values.size() * DTypeSize(dtype));
   ConvertFromF32(values.data(), dtype, input.data(), values.size());
-  std::vector<char> output(input.size());
+  std::vector<std::vector<char>> outputs(static_cast<size_t>(f.slots),
+                                         std::vector<char>(input.size()));
 
   std::cout << absl::StrFormat(
-      "moe-engine-bench  engine=cpu gemm=%s threads=%d model=%s layer=%d dtype=%s hidden=%d "
+      "moe-engine-bench  engine=cpu gemm=%s threads=%d slots=%d model=%s layer=%d dtype=%s "
+      "hidden=%d "
       "experts=%d top_k=%d (hardware threads %u)\n",
-      f.gemm, engine->num_threads(), dir, layer, f.dtype, spec.hidden, spec.n_experts(),
+      f.gemm, engine->num_threads(), f.slots, dir, layer, f.dtype, spec.hidden, spec.n_experts(),
       spec.top_k(), std::thread::hardware_concurrency());
   std::cout << absl::StrFormat("%8s %12s %12s %12s %8s %14s %10s\n", "tokens", "median_us",
                                "min_us", "p90_us", "iters", "tokens/s", "GFLOP/s");
@@ -119,32 +174,33 @@ Status Main(const Flags& f) {
     args.dtype = dtype;
     args.n_tokens = n;
     args.input = input.data();
-    args.output = output.data();
-    for (int i = 0; i < 2; ++i) MOE_RETURN_IF_ERROR(engine->Forward(args));
-    std::vector<double> us;
-    const Clock::time_point begin = Clock::now();
-    while (static_cast<int>(us.size()) < f.min_iters ||
-           std::chrono::duration<double, std::milli>(Clock::now() - begin).count() <
-               f.min_time_ms) {
-      const Clock::time_point t0 = Clock::now();
-      MOE_RETURN_IF_ERROR(engine->Forward(args));
-      us.push_back(std::chrono::duration<double, std::micro>(Clock::now() - t0).count());
-      if (us.size() >= 100000) break;
-    }
+    MOE_ASSIGN_OR_RETURN(SizeTiming t, TimeBatch(*engine, args, outputs, f));
+    std::vector<double>& us = t.us;
     std::sort(us.begin(), us.end());
     const double median = PercentileOfSorted(us, 50);
     const double p90 = PercentileOfSorted(us, 90);
-    const double tokens_per_s = static_cast<double>(n) / (median * 1e-6);
-    const double gflops = engine->FlopsPerForward(n) / (median * 1e-6) * 1e-9;
+    // Steady state: every slot completes one forward per median time.
+    const double tokens_per_s = f.slots * static_cast<double>(n) / (median * 1e-6);
+    const double tokens_per_s_wall =
+        static_cast<double>(n) * static_cast<double>(us.size()) / t.wall_s;
+    const double gflops = f.slots * engine->FlopsPerForward(n) / (median * 1e-6) * 1e-9;
     std::cout << absl::StrFormat("%8d %12.1f %12.1f %12.1f %8d %14.1f %10.2f\n", n, median,
                                  us.front(), p90, us.size(), tokens_per_s, gflops);
     if (json.is_open()) {
-      nlohmann::json j = {{"bench", "engine"},       {"engine", "cpu"},
-                          {"gemm", f.gemm},          {"threads", engine->num_threads()},
-                          {"layer", layer},          {"dtype", f.dtype},
-                          {"batch_tokens", n},       {"us_per_forward", median},
-                          {"us_min", us.front()},    {"us_p90", p90},
-                          {"iterations", us.size()}, {"tokens_per_s", tokens_per_s},
+      nlohmann::json j = {{"bench", "engine"},
+                          {"engine", "cpu"},
+                          {"gemm", f.gemm},
+                          {"threads", engine->num_threads()},
+                          {"slots", f.slots},
+                          {"layer", layer},
+                          {"dtype", f.dtype},
+                          {"batch_tokens", n},
+                          {"us_per_forward", median},
+                          {"us_min", us.front()},
+                          {"us_p90", p90},
+                          {"iterations", us.size()},
+                          {"tokens_per_s", tokens_per_s},
+                          {"tokens_per_s_wall", tokens_per_s_wall},
                           {"gflops", gflops}};
       json << j.dump() << "\n";
     }
@@ -163,6 +219,9 @@ int main(int argc, char** argv) {
   app.add_option("--layer", f.layer, "MoE layer (-1 = first)")->capture_default_str();
   app.add_option("--dtype", f.dtype, "activations: bf16 | f16 | f32")->capture_default_str();
   app.add_option("--threads", f.threads, "engine threads (0 = every core)")->capture_default_str();
+  app.add_option("--slots", f.slots,
+                 "engine slots, each driven by its own thread at once (the daemon's engine.slots)")
+      ->capture_default_str();
   app.add_option("--gemm", f.gemm, "fixed | openblas")->capture_default_str();
   app.add_option("--batch-sizes", f.batch_sizes, "comma-separated token counts")
       ->capture_default_str();

@@ -189,6 +189,9 @@ TEST(EngineBaseline, InterpolatesLinearlyInBatchSize) {
   EXPECT_FALSE(EngineBaseline::FromPoints({}).ok());
   EXPECT_FALSE(EngineBaseline::FromPoints({{1, 10}, {1, 12}}).ok());
   EXPECT_FALSE(EngineBaseline::FromPoints({{1, 0}}).ok());
+  auto two_slots = EngineBaseline::FromPoints({{1, 100}, {2, 120}}, 2);
+  ASSERT_TRUE(two_slots.ok());
+  EXPECT_DOUBLE_EQ(two_slots->TokensPerSecond(2), 2 * 2 / 120e-6);
 }
 
 TEST(EngineBaseline, ReadsEngineBenchJsonLines) {
@@ -206,6 +209,25 @@ TEST(EngineBaseline, ReadsEngineBenchJsonLines) {
   ASSERT_TRUE(b.ok()) << b.status();
   ASSERT_EQ(b->points().size(), 2u);
   EXPECT_DOUBLE_EQ(b->UsPerForward(8), 120);
+  EXPECT_EQ(b->slots(), 1);
+  {
+    std::ofstream out(path);
+    out << R"({"batch_tokens":1,"us_per_forward":50.0,"slots":2})"
+        << "\n";
+    out << R"({"batch_tokens":2,"us_per_forward":60.0,"slots":2})"
+        << "\n";
+  }
+  auto two = EngineBaseline::ReadJsonLines(path);
+  ASSERT_TRUE(two.ok()) << two.status();
+  EXPECT_EQ(two->slots(), 2);
+  {
+    std::ofstream out(path);
+    out << R"({"batch_tokens":1,"us_per_forward":50.0,"slots":2})"
+        << "\n";
+    out << R"({"batch_tokens":2,"us_per_forward":60.0})"
+        << "\n";
+  }
+  EXPECT_FALSE(EngineBaseline::ReadJsonLines(path).ok());
   std::remove(path.c_str());
   EXPECT_EQ(EngineBaseline::ReadJsonLines(path).status().code(), absl::StatusCode::kNotFound);
 }

@@ -82,6 +82,7 @@ Report BuildReport(const RunConfig& config, LoadResult result,
   if (baseline) {
     if (std::optional<double> b = r.mean_batch_tokens) {
       r.baseline_batch_tokens = b;
+      r.baseline_slots = baseline->slots();
       r.engine_us_at_batch = baseline->UsPerForward(*b);
       r.engine_tokens_per_s = baseline->TokensPerSecond(*b);
       if (*r.engine_tokens_per_s > 0) r.efficiency = r.tokens_per_s / *r.engine_tokens_per_s;
@@ -130,10 +131,11 @@ std::string FormatTable(const Report& r) {
   }
   if (r.engine_tokens_per_s) {
     absl::StrAppendFormat(&out,
-                          "  engine      alone at %.2f tokens/batch: %.1f us/forward, %.1f "
-                          "tokens/s -> efficiency %.2f; p50 - engine time = %.1f us\n",
-                          *r.baseline_batch_tokens, *r.engine_us_at_batch, *r.engine_tokens_per_s,
-                          r.efficiency.value_or(0), r.p50_over_engine_us.value_or(0));
+                          "  engine      alone (%d slot(s)) at %.2f tokens/batch: %.1f us/forward, "
+                          "%.1f tokens/s -> efficiency %.2f; p50 - engine time = %.1f us\n",
+                          r.baseline_slots, *r.baseline_batch_tokens, *r.engine_us_at_batch,
+                          *r.engine_tokens_per_s, r.efficiency.value_or(0),
+                          r.p50_over_engine_us.value_or(0));
   }
   return out;
 }
@@ -184,6 +186,7 @@ nlohmann::json ToJson(const Report& r) {
   put("mean_batch_tokens", r.mean_batch_tokens);
   put("compute_occupancy", r.compute_occupancy);
   put("baseline_batch_tokens", r.baseline_batch_tokens);
+  if (r.baseline_batch_tokens) j["baseline_slots"] = r.baseline_slots;
   put("engine_us_at_batch", r.engine_us_at_batch);
   put("engine_tokens_per_s", r.engine_tokens_per_s);
   put("efficiency", r.efficiency);

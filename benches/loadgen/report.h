@@ -67,6 +67,7 @@ struct Report {
   // Against the engine-alone baseline, at the achieved mean batch size (from /metrics; absent
   // without --metrics-url).
   std::optional<double> baseline_batch_tokens;
+  int baseline_slots = 0;  // engine slots the baseline ran with
   std::optional<double> engine_us_at_batch;
   std::optional<double> engine_tokens_per_s;
   std::optional<double> efficiency;          // tokens_per_s / engine_tokens_per_s

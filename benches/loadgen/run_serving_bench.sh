@@ -4,7 +4,9 @@
 #   benches/loadgen/run_serving_bench.sh [BUILD_DIR]      (default: build-loadgen)
 #
 # Steps (bounded: about 2 minutes with the defaults, 3 at most):
-#   1. moe-engine-bench: the engine alone at batch sizes 1..512 (engine.jsonl); this also generates
+#   1. moe-engine-bench: the engine alone at batch sizes 1..512, with 1 slot (engine-1slot.jsonl:
+#      a lone batch's latency) and with the daemon's SLOTS slots driven at once
+#      (engine-Nslot.jsonl: the engine's throughput as the daemon runs it); this also generates
 #      the embedded model into a temporary cache dir.
 #   2. `moe-swarm serve` twice in turn on free loopback ports, same cache dir:
 #        a. --max-queue-delay-us 0: 1-token requests at concurrency 1 -> serving overhead with no
@@ -14,14 +16,16 @@
 #           OPEN_FRACTION of the concurrency-64 throughput.
 #      Each run scrapes /metrics before and after its window (mean batch size) and is compared
 #      with the engine alone at that batch size (batching efficiency = served tokens/s / engine
-#      tokens/s at the achieved mean batch size).
+#      tokens/s at the achieved mean batch size): concurrency-1 runs against the 1-slot baseline
+#      (one batch at a time), the others against the SLOTS-slot one.
 #   3. A summary table; every run's JSON line is kept in $OUT_DIR/results.jsonl.
 # The daemons are stopped (SIGTERM, then SIGKILL) on exit, whatever happens.
 #
 # Environment: DURATION (s per run, default 8), WARMUP (s, default 1), TOKENS (default 1-16),
 # OPEN_FRACTION (default 0.5), RATE (open-loop req/s; overrides OPEN_FRACTION), OUT_DIR (default
 # a new temp dir), MOE_SWARM / MOE_LOADGEN / MOE_ENGINE_BENCH (binaries; default BUILD_DIR/bin),
-# SERVE_ARGS (extra `moe-swarm serve` flags, e.g. "--threads 2 --slots 1").
+# SLOTS (engine slots of the daemon and the baseline, default 2 = the daemon's CPU default),
+# SERVE_ARGS (extra `moe-swarm serve` flags, e.g. "--threads 2").
 set -euo pipefail
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -35,6 +39,7 @@ TOKENS="${TOKENS:-1-16}"
 OPEN_FRACTION="${OPEN_FRACTION:-0.5}"
 RATE="${RATE:-}"
 SERVE_ARGS="${SERVE_ARGS:-}"
+SLOTS="${SLOTS:-2}"
 
 for bin in "${MOE_SWARM}" "${MOE_LOADGEN}" "${MOE_ENGINE_BENCH}"; do
   if [[ ! -x "${bin}" ]]; then
@@ -51,7 +56,8 @@ OUT_DIR="${OUT_DIR:-${work_dir}}"
 mkdir -p "${OUT_DIR}"
 cache_dir="${work_dir}/cache"
 results="${OUT_DIR}/results.jsonl"
-engine_jsonl="${OUT_DIR}/engine.jsonl"
+engine1="${OUT_DIR}/engine-1slot.jsonl"
+engineN="${OUT_DIR}/engine-${SLOTS}slot.jsonl"
 : > "${results}"
 
 daemon_pid=""
@@ -94,7 +100,7 @@ start_daemon() {
   # shellcheck disable=SC2086
   "${MOE_SWARM}" serve --address 127.0.0.1 --port "${grpc_port}" \
     --metrics-address 127.0.0.1 --metrics-port "${metrics_port}" --cache-dir "${cache_dir}" \
-    --log-level warn "$@" ${SERVE_ARGS} > "${OUT_DIR}/daemon-${name}.log" 2>&1 &
+    --slots "${SLOTS}" --log-level warn "$@" ${SERVE_ARGS} > "${OUT_DIR}/daemon-${name}.log" 2>&1 &
   daemon_pid=$!
   local ready_url="http://127.0.0.1:${metrics_port}/readyz"
   for _ in $(seq 1 600); do
@@ -113,14 +119,14 @@ start_daemon() {
   exit 1
 }
 
-# load LABEL [moe-loadgen flags...]: one measured run against the current daemon.
+# load LABEL BASELINE [moe-loadgen flags...]: one measured run against the current daemon.
 load() {
-  local label="$1"
-  shift
+  local label="$1" baseline="$2"
+  shift 2
   local cpu0 cpu1
   cpu0="$(cpu_seconds "${daemon_pid}")"
   "${MOE_LOADGEN}" --label "${label}" --target "127.0.0.1:${grpc_port}" \
-    --metrics-url "http://127.0.0.1:${metrics_port}/metrics" --engine-baseline "${engine_jsonl}" \
+    --metrics-url "http://127.0.0.1:${metrics_port}/metrics" --engine-baseline "${baseline}" \
     --warmup "${WARMUP}" --duration "${DURATION}" --timeout 10 --json-out "${results}" "$@"
   cpu1="$(cpu_seconds "${daemon_pid}")"
   # Attach the daemon's CPU seconds over the run (warm-up included) to the run's JSON line.
@@ -140,40 +146,51 @@ started=$(date +%s)
 echo "== machine: $(nproc) cores, $(uname -m), load average: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "== results in ${OUT_DIR}"
 echo
-echo "== 1. engine alone (moe-engine-bench)"
-MOE_CACHE_DIR="${cache_dir}" "${MOE_ENGINE_BENCH}" --cache-dir "${cache_dir}" --min-time-ms 250 \
-  --json-out "${engine_jsonl}"
+echo "== 1. engine alone (moe-engine-bench), 1 slot, then ${SLOTS} slots at once"
+"${MOE_ENGINE_BENCH}" --cache-dir "${cache_dir}" --min-time-ms 250 --slots 1 --json-out "${engine1}"
+if [[ "${SLOTS}" != 1 ]]; then
+  "${MOE_ENGINE_BENCH}" --cache-dir "${cache_dir}" --min-time-ms 250 --slots "${SLOTS}" \
+    --json-out "${engineN}"
+fi
 echo
 
 echo "== 2a. serving overhead with no batching wait (--max-queue-delay-us 0)"
 start_daemon nodelay --max-queue-delay-us 0
-load "overhead, 1 token, c=1, delay 0" --concurrency 1 --tokens 1
+load "overhead, 1 token, c=1, delay 0" "${engine1}" --concurrency 1 --tokens 1
 stop_daemon
 
 echo "== 2b. default scheduler (max_queue_delay_us 500)"
 start_daemon default
-load "overhead, 1 token, c=1" --concurrency 1 --tokens 1
-load "closed c=1, ${TOKENS} tokens" --concurrency 1 --tokens "${TOKENS}"
-load "closed c=8, ${TOKENS} tokens" --concurrency 8 --tokens "${TOKENS}"
-load "closed c=64, ${TOKENS} tokens" --concurrency 64 --tokens "${TOKENS}"
+load "overhead, 1 token, c=1" "${engine1}" --concurrency 1 --tokens 1
+load "closed c=1, ${TOKENS} tokens" "${engine1}" --concurrency 1 --tokens "${TOKENS}"
+load "closed c=8, ${TOKENS} tokens" "${engineN}" --concurrency 8 --tokens "${TOKENS}"
+load "closed c=64, ${TOKENS} tokens" "${engineN}" --concurrency 64 --tokens "${TOKENS}"
 if [[ -z "${RATE}" ]]; then
   c64_rps="$(tail -1 "${results}" | jq '.requests_per_s')"
   RATE="$(python3 -c "print(max(1.0, round(${c64_rps} * ${OPEN_FRACTION}, 1)))")"
 fi
-load "open Poisson ${RATE} req/s, ${TOKENS} tokens" --rate "${RATE}" --tokens "${TOKENS}"
+load "open Poisson ${RATE} req/s, ${TOKENS} tokens" "${engineN}" --rate "${RATE}" --tokens "${TOKENS}"
 stop_daemon
 
 echo "== 3. summary ($(($(date +%s) - started)) s; load average now: $(cut -d' ' -f1-3 /proc/loadavg))"
-echo "engine alone (us per forward at batch tokens):"
-jq -r '"  \(.batch_tokens) tok: \(.us_per_forward | floor) us, \(.tokens_per_s | floor) tok/s"' \
-  "${engine_jsonl}" | paste -sd' ' | fold -s -w 110
+{
+  printf 'engine alone\tslots'
+  jq -r '.batch_tokens' "${engine1}" | paste -sd'\t' | sed 's/^/\t/'
+  for f in "${engine1}" "${engineN}"; do
+    [[ -f "${f}" ]] || continue
+    printf 'us/forward\t%s' "$(jq -r '.slots' "${f}" | head -1)"
+    jq -r '.us_per_forward | round' "${f}" | paste -sd'\t' | sed 's/^/\t/'
+    printf 'tokens/s\t%s' "$(jq -r '.slots' "${f}" | head -1)"
+    jq -r '.tokens_per_s | round' "${f}" | paste -sd'\t' | sed 's/^/\t/'
+  done
+} | column -t -s $'\t'
 echo
 {
-  printf 'run\treq/s\ttok/s\tp50 ms\tp90 ms\tp99 ms\tmax ms\tbatch\tengine tok/s\teff\tp50-engine us\terrors\tcpu d/c s\n'
+  printf 'run\treq/s\ttok/s\tp50 ms\tp90 ms\tp99 ms\tmax ms\tbatch\tslots\tengine tok/s\teff\tp50-engine us\terrors\tcpu d/c s\n'
   jq -r '[.label, (.requests_per_s | . * 10 | round / 10), (.tokens_per_s | round),
           (.latency_ms.p50 | . * 1000 | round / 1000), (.latency_ms.p90 | . * 1000 | round / 1000),
           (.latency_ms.p99 | . * 1000 | round / 1000), (.latency_ms.max | . * 1000 | round / 1000),
-          (.mean_batch_tokens // 0 | . * 100 | round / 100),
+          (.mean_batch_tokens // 0 | . * 100 | round / 100), (.baseline_slots // 0),
           (.engine_tokens_per_s // 0 | round), (.efficiency // 0 | . * 100 | round / 100),
           (.p50_over_engine_us // 0 | round),
           ((.errors | to_entries | map("\(.key)=\(.value)") | join(",")) | if . == "" then "0" else . end),
