@@ -97,6 +97,10 @@ class LayerLruPolicy final : public EvictionPolicy {
 
   std::string_view Name() const override { return "layer-lru"; }
 
+  // The step's visit starts before its first victim is picked (a step of misses only would
+  // otherwise count the visit only at its first insert, after that eviction).
+  void BeginStep(int32_t layer) override { clock_.Use(layer); }
+
   void OnInsert(int slot, int64_t key_id, bool demand) override {
     const int32_t layer = keys_.LayerOf(key_id);
     // A prefetch counts as used in its layer's latest visit: it is protected until that layer's
@@ -182,6 +186,8 @@ class LayerLrfuPolicy final : public EvictionPolicy {
         clock_(keys.n_layers) {}
 
   std::string_view Name() const override { return "layer-lrfu"; }
+
+  void BeginStep(int32_t layer) override { clock_.Use(layer); }
 
   void OnInsert(int slot, int64_t key_id, bool demand) override {
     const int32_t layer = keys_.LayerOf(key_id);

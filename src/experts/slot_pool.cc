@@ -200,6 +200,13 @@ StatusOr<AcquireRound> ExpertSlotPool::Acquire(std::span<const ExpertKey> expert
   absl::flat_hash_set<ExpertKey> seen;
   std::vector<RoundEntry> resident, in_flight, loads;
   std::vector<ExpertKey> misses;
+  // Tell each class's policy which layers this step visits (once per layer, in order).
+  absl::flat_hash_set<int32_t> layers_begun;
+  for (const ExpertKey& key : experts) {
+    if (layers_begun.insert(key.layer).second) {
+      classes_[layer_class_[key.layer]].policy->BeginStep(key.layer);
+    }
+  }
   // Hits first: pinning them keeps the misses of this call from evicting them.
   for (const ExpertKey& key : experts) {
     if (!seen.insert(key).second) continue;

@@ -115,6 +115,16 @@ TEST(CacheSim, LayerLruEscapesTheCyclicScanThatDefeatsLru) {
   EXPECT_GT(layer_lru.counters.hits, 20u);
 }
 
+TEST(CacheSim, LayerPoliciesCountAVisitBeforeItsFirstEviction) {
+  // Layer 0 uses a, layer 1 uses b, layer 0 then needs c only (a step of misses), layer 1 b again.
+  // When c needs a slot, a has missed the visit of layer 0 in progress (age 1) while b is fresh
+  // (age 0): a goes, and b hits.
+  const Trace t = MakeTrace({2, 4, 1}, {{0, {0}}, {1, {1}}, {0, {2}}, {1, {1}}});
+  for (SimPolicy p : {SimPolicy::kLayerLru, SimPolicy::kLayerLrfu}) {
+    EXPECT_EQ(Simulate(t, p, 2).counters.hits, 1u) << SimPolicyName(p);
+  }
+}
+
 TEST(CacheSim, OnlinePoliciesNeverBeatBeladyOnASyntheticTrace) {
   SyntheticTraceOptions o = SyntheticTraceOptions::Qwen3_30B_A3B();
   o.shape = {6, 32, 4};

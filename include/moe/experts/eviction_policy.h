@@ -70,6 +70,10 @@ class EvictionPolicy {
 
   virtual std::string_view Name() const = 0;
 
+  // A batch step of `layer` begins: its hits and inserts follow. Called before any victim is
+  // picked for the step, so layer-aware policies know the current layer.
+  virtual void BeginStep(int32_t layer) {}
+
   // `slot` now holds the expert `key_id` (dense id, see ExpertSlotPool::KeyId). `demand` is true
   // when a batch needs the expert now, false for a prefetch (which must not count as a use).
   virtual void OnInsert(int slot, int64_t key_id, bool demand) = 0;
