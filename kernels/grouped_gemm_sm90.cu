@@ -5,10 +5,11 @@
 //    B_ROWS weight rows per stage: plain tiles BN = B_ROWS (one m64nBN wgmma per k16), gated tiles
 //    BN = B_ROWS / 2 of gate and of up (two wgmmas per k16).
 // 2. All threads stream A (rows gathered through a_rows) and B (the group's weight rows) with
-//    cp.async into a STAGES-deep ring, in the 128-byte-swizzled K-major layout wgmma descriptors read
-//    (the same XOR swizzle the mma.sync kernel uses, with 1024-byte aligned stage bases).
+//    cp.async into a STAGES-deep ring, in the 128-byte-swizzled K-major layout wgmma descriptors
+//    read (the same XOR swizzle the mma.sync kernel uses, with 1024-byte aligned stage bases).
 // 3. k-step kt: wait for its stage, fence the async proxy, barrier, prefetch kt + STAGES - 2 into
-//    the stage whose wgmmas (kt - 2) have retired, issue the wgmmas, keep one wgmma group in flight.
+//    the stage whose wgmmas (kt - 2) have retired, issue the wgmmas, keep one wgmma group in
+//    flight.
 // 4. Epilogue from registers (the m64nN accumulator layout repeats mma.sync's m16n8 one per warp).
 #include <type_traits>
 
@@ -52,11 +53,20 @@ template <typename T, int N>
 __device__ __forceinline__ void Wgmma(float (&d)[N / 2], uint64_t a, uint64_t b) {
   constexpr bool kBf16 = std::is_same_v<T, __nv_bfloat16>;
   if constexpr (N == 256) {
-    if constexpr (kBf16) Wgmma64x256Bf16(d, a, b); else Wgmma64x256F16(d, a, b);
+    if constexpr (kBf16)
+      Wgmma64x256Bf16(d, a, b);
+    else
+      Wgmma64x256F16(d, a, b);
   } else if constexpr (N == 128) {
-    if constexpr (kBf16) Wgmma64x128Bf16(d, a, b); else Wgmma64x128F16(d, a, b);
+    if constexpr (kBf16)
+      Wgmma64x128Bf16(d, a, b);
+    else
+      Wgmma64x128F16(d, a, b);
   } else {
-    if constexpr (kBf16) Wgmma64x64Bf16(d, a, b); else Wgmma64x64F16(d, a, b);
+    if constexpr (kBf16)
+      Wgmma64x64Bf16(d, a, b);
+    else
+      Wgmma64x64F16(d, a, b);
   }
 }
 #endif
@@ -209,7 +219,8 @@ __global__ void ProbeKernel(int* out) {
 
 using KernelFn = void (*)(GemmParams);
 
-// One entry per (tile, gated, dtype): B rows per stage, stages and blocks per SM of each Hopper tile.
+// One entry per (tile, gated, dtype): B rows per stage, stages and blocks per SM of each Hopper
+// tile.
 struct WgEntry {
   KernelFn fn;
   GemmTile tile;
@@ -217,19 +228,20 @@ struct WgEntry {
   WType wtype;
   int smem;
 };
-#define MOE_WG_ENTRIES_(TILE, B_ROWS, STAGES, MINB)                                              \
-  {&WgmmaGemmKernel<__nv_bfloat16, false, B_ROWS, STAGES, MINB>, GemmTile::TILE, false,         \
-   WType::kBF16, WgSmemBytes(B_ROWS, STAGES)},                                                  \
-      {&WgmmaGemmKernel<__nv_bfloat16, true, B_ROWS, STAGES, MINB>, GemmTile::TILE, true,       \
-       WType::kBF16, WgSmemBytes(B_ROWS, STAGES)},                                              \
+#define MOE_WG_ENTRIES_(TILE, B_ROWS, STAGES, MINB)                                               \
+  {&WgmmaGemmKernel<__nv_bfloat16, false, B_ROWS, STAGES, MINB>, GemmTile::TILE, false,           \
+   WType::kBF16, WgSmemBytes(B_ROWS, STAGES)},                                                    \
+      {&WgmmaGemmKernel<__nv_bfloat16, true, B_ROWS, STAGES, MINB>, GemmTile::TILE, true,         \
+       WType::kBF16, WgSmemBytes(B_ROWS, STAGES)},                                                \
       {&WgmmaGemmKernel<__half, false, B_ROWS, STAGES, MINB>, GemmTile::TILE, false, WType::kF16, \
-       WgSmemBytes(B_ROWS, STAGES)},                                                            \
+       WgSmemBytes(B_ROWS, STAGES)},                                                              \
       {&WgmmaGemmKernel<__half, true, B_ROWS, STAGES, MINB>, GemmTile::TILE, true, WType::kF16,   \
        WgSmemBytes(B_ROWS, STAGES)},
 // NOTES: kWgmma: 128 x 256 outputs, 4 stages, 1 block per SM. kWgmma2: 128 x 128 outputs, 3
 // stages and 2 blocks per SM, so one block's barriers, prologue and epilogue overlap the other's
 // wgmmas (matches MOE_GEMM_SM90_TILE_TABLE).
-const WgEntry kWgKernels[] = {MOE_WG_ENTRIES_(kWgmma, 256, 4, 1) MOE_WG_ENTRIES_(kWgmma2, 128, 3, 2)};
+const WgEntry kWgKernels[] = {MOE_WG_ENTRIES_(kWgmma, 256, 4, 1)
+                                  MOE_WG_ENTRIES_(kWgmma2, 128, 3, 2)};
 #undef MOE_WG_ENTRIES_
 
 const WgEntry* Find(GemmTile tile, bool gated, WType wtype) {

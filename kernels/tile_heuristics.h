@@ -27,7 +27,7 @@ namespace moe::cuda {
 
 // Hopper-only tiles (wgmma, grouped_gemm_sm90.cu): warps_m counts warpgroups of 4 warps (warps_n).
 #define MOE_GEMM_SM90_TILE_TABLE(X) \
-  X(kWgmma, 128, 256, 128, 2, 4, 4)  \
+  X(kWgmma, 128, 256, 128, 2, 4, 4) \
   X(kWgmma2, 128, 128, 64, 2, 4, 3)
 
 enum class GemmTile : uint8_t {
@@ -93,7 +93,7 @@ struct MoePlanInput {
   int router_k = 0;      // hidden, or 2 * hidden when activations are split into hi + lo parts
   int sm_count = 132;
   bool deterministic = false;
-  bool wgmma = false;  // Hopper tiles allowed (ignored when deterministic, unless:)
+  bool wgmma = false;                // Hopper tiles allowed (ignored when deterministic, unless:)
   bool deterministic_wgmma = false;  // deterministic mode may use them too (see CudaEngineOptions)
   bool wgmma_wide = true;            // kWgmma (128x256, 1 block/SM), else kWgmma2 (128x128, 2/SM)
 };

@@ -384,8 +384,9 @@ int CheckInvariance() {
     for (int64_t t = 0; t < 264; ++t) {
       if (std::memcmp(full.data() + t * h, part.data() + t * h, h * 2) != 0) ++differing;
     }
-    std::printf("invariance %-9s wgmma batch of %lld vs decode/medium tiles: %d of 264 rows differ\n",
-                shape.name.c_str(), static_cast<long long>(n), differing);
+    std::printf(
+        "invariance %-9s wgmma batch of %lld vs decode/medium tiles: %d of 264 rows differ\n",
+        shape.name.c_str(), static_cast<long long>(n), differing);
     failures += differing;
   }
   return failures == 0 ? 0 : 1;

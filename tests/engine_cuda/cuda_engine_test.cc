@@ -249,8 +249,10 @@ TEST(CudaEngine, WithoutGraphsAndDeterministic) {
   // The Hopper 2-blocks-per-SM tile (the wide one is the default above).
   CudaEngineOptions narrow = DefaultOptions();
   narrow.wgmma_wide_tile = false;
-  CheckCase({"wgmma 128x128 tile", Opts(Family::kDeepseekV2, 32, 6, 192, 80, DType::kBF16, 35),
-             DType::kBF16, {600}},
+  CheckCase({"wgmma 128x128 tile",
+             Opts(Family::kDeepseekV2, 32, 6, 192, 80, DType::kBF16, 35),
+             DType::kBF16,
+             {600}},
             narrow);
   CudaEngineOptions det = DefaultOptions();
   det.deterministic = true;
