@@ -178,6 +178,7 @@ StatusOr<RequestId> DynamicBatcher::Submit(Request request) {
   Status refusal;
   RefusalReason reason = RefusalReason::kInvalid;
   RequestId id = 0;
+  Batches batches;
   {
     std::lock_guard<std::mutex> lock(mu_);
     ++counters_.submitted;
@@ -213,15 +214,24 @@ StatusOr<RequestId> DynamicBatcher::Submit(Request request) {
       ++queued_requests_;
       ++counters_.accepted;
       if (r->deadline != kNoDeadline) deadlines_.emplace(r->deadline, id);
-      // Wake the dispatcher only when this arrival changes its plan: a new timer (first request
-      // of the key), a batch that just became full, or an earlier deadline than it sleeps to.
-      const bool wake = was_empty || (!was_full && k.tokens >= options_.max_batch_tokens) ||
-                        r->deadline < next_wake_;
+      const bool wake_deadline = r->deadline < next_wake_;
       live_.emplace(id, std::move(r));
+      // Fast path: with a worker free and this key ready (full, or no batching delay), form the
+      // batch here instead of waking the dispatcher (one thread hand-off less at low load). Only
+      // when no expiry is pending, so batches never take requests past their deadline.
+      if (deadlines_.empty() || deadlines_.top().first > now) FormReadyBatchesLocked(now, &batches);
+      // Wake the dispatcher only when this arrival changes its plan and tokens are left: a new
+      // timer (first request of the key), a batch that just became full, or an earlier deadline
+      // than it sleeps to.
+      const bool wake =
+          k.requests > 0 &&
+          (was_empty || (!was_full && k.tokens >= options_.max_batch_tokens) || wake_deadline);
       if (wake) dispatcher_cv_.notify_one();
     }
   }
   if (!refusal.ok()) return Refuse(reason, std::move(refusal), n);
+  // Never refused here: Shutdown() stops the swarm only after these batches have finished.
+  Dispatch(batches, nullptr);
   return id;
 }
 
@@ -377,6 +387,30 @@ std::unique_ptr<BatchTask> DynamicBatcher::FormBatchLocked(KeyQueue& k, SteadyTi
   return batch;
 }
 
+void DynamicBatcher::FormReadyBatchesLocked(SteadyTime now, Batches* out) {
+  while (inflight_batches_ < options_.max_inflight_batches) {
+    KeyQueue* k = PickReadyKeyLocked(now);
+    if (k == nullptr) break;
+    out->push_back(FormBatchLocked(*k, now));
+  }
+}
+
+void DynamicBatcher::Dispatch(Batches& batches, Swarm::Producer* producer) {
+  for (auto& b : batches) {
+    if (options_.observer != nullptr) {
+      options_.observer->OnBatchFormed(b->layer(), b->dtype(), b->n_tokens(),
+                                       static_cast<int>(b->segments().size()));
+    }
+    // On refusal the swarm calls b->Abandon(), which fails the batch's requests.
+    if (producer != nullptr) {
+      (void)swarm_->Submit(*producer, std::move(b));
+    } else {
+      (void)swarm_->Submit(std::move(b));
+    }
+  }
+  batches.clear();
+}
+
 SteadyTime DynamicBatcher::NextWakeLocked(SteadyTime now) const {
   SteadyTime wake = deadlines_.empty() ? kNoDeadline : deadlines_.top().first;
   if (inflight_batches_ < options_.max_inflight_batches) {
@@ -393,7 +427,7 @@ void DynamicBatcher::DispatcherLoop() {
   }
   Swarm::Producer producer(*swarm_);
   Completions done;
-  std::vector<std::unique_ptr<BatchTask>> batches;
+  Batches batches;
   std::unique_lock<std::mutex> lock(mu_);
   for (;;) {
     next_wake_ = SteadyTime::min();  // awake: arrivals need not signal
@@ -401,22 +435,10 @@ void DynamicBatcher::DispatcherLoop() {
     ExpireLocked(now, &done);
     for (auto& r : orphans_) done.push_back(std::move(r));
     orphans_.clear();
-    while (inflight_batches_ < options_.max_inflight_batches) {
-      KeyQueue* k = PickReadyKeyLocked(now);
-      if (k == nullptr) break;
-      batches.push_back(FormBatchLocked(*k, now));
-    }
+    FormReadyBatchesLocked(now, &batches);
     if (!batches.empty() || !done.empty()) {
       lock.unlock();
-      for (auto& b : batches) {
-        if (options_.observer != nullptr) {
-          options_.observer->OnBatchFormed(b->layer(), b->dtype(), b->n_tokens(),
-                                           static_cast<int>(b->segments().size()));
-        }
-        // On refusal the swarm calls b->Abandon(), which fails the batch's requests.
-        (void)swarm_->Submit(producer, std::move(b));
-      }
-      batches.clear();
+      Dispatch(batches, &producer);
       Complete(done);
       done.clear();
       lock.lock();

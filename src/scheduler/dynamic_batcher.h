@@ -14,6 +14,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/inlined_vector.h"
 #include "moe/scheduler/scheduler.h"
 #include "moe/swarm/swarm.h"
 #include "scheduler/request_state.h"
@@ -90,6 +91,7 @@ class DynamicBatcher final : public Scheduler {
 
  private:
   using Completions = std::vector<std::unique_ptr<RequestState>>;
+  using Batches = absl::InlinedVector<std::unique_ptr<BatchTask>, 2>;
   using DeadlineEntry = std::pair<SteadyTime, RequestId>;
 
   void DispatcherLoop();
@@ -108,6 +110,11 @@ class DynamicBatcher final : public Scheduler {
   KeyQueue* PickReadyKeyLocked(SteadyTime now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   std::unique_ptr<BatchTask> FormBatchLocked(KeyQueue& k, SteadyTime now)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Forms batches from ready keys while workers are free (the dispatch rule, shared by the
+  // dispatcher and Submit()'s fast path).
+  void FormReadyBatchesLocked(SteadyTime now, Batches* out) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Hands formed batches to the swarm; no lock held.
+  void Dispatch(Batches& batches, Swarm::Producer* producer);
   SteadyTime NextWakeLocked(SteadyTime now) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void FailAllQueuedLocked(const Status& why, Completions* out) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   bool DrainedLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {

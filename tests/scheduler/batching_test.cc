@@ -279,6 +279,33 @@ TEST_F(BatchingTest, CancelledRequestIsDroppedBeforeCompute) {
   EXPECT_EQ(sched_->Stats().cancelled, 1);
 }
 
+TEST_F(BatchingTest, CancelOfAPartlyRunningRequestDropsTheRestAndWaitsForTheRunningPiece) {
+  SchedulerOptions o;
+  o.max_batch_tokens = 8;
+  o.max_queue_delay_us = 0;
+  FakeEngineOptions eo;
+  eo.num_slots = 1;
+  Init(o, eo);
+  engine_->BlockNextCall(&entered_, &gate_);
+  RequestId a = SubmitOk(MakeRequest(1, 20));  // 8 tokens run (held), 12 stay queued
+  entered_.WaitForNotification();
+  EXPECT_EQ(sched_->Stats().queued_tokens, 12);
+  EXPECT_TRUE(sched_->Cancel(a));
+  EXPECT_EQ(sched_->Stats().queued_tokens, 0);
+  EXPECT_FALSE(sched_->Cancel(a));  // nothing of it is queued any more
+  // Its callback must wait for the running piece (which writes into its buffers).
+  EXPECT_EQ(collector_.total(), 0);
+  EXPECT_EQ(sched_->Stats().live_requests, 1);
+  gate_.Notify();
+  ASSERT_TRUE(collector_.WaitForCalls(1));
+  EXPECT_EQ(collector_.status(1).code(), absl::StatusCode::kCancelled);
+  ASSERT_TRUE(sched_->Shutdown(testing::FromNow(microseconds(kForever))).ok());
+  auto calls = engine_->calls();
+  ASSERT_EQ(calls.size(), 1u);  // the rest was never computed
+  EXPECT_EQ(calls[0], Tags(1, 8));
+  EXPECT_EQ(collector_.calls(1), 1);
+}
+
 TEST_F(BatchingTest, LargeRequestIsSplitAndReassembledInOrder) {
   SchedulerOptions o;
   o.max_batch_tokens = 16;

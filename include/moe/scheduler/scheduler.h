@@ -27,7 +27,9 @@
 //
 // Thread model (owner threads):
 //   - request threads: Submit() / Cancel() / Stats() take the scheduler mutex briefly; they never
-//     wait for compute and never run a completion callback.
+//     wait for compute and never run a completion callback. Fast path: when a worker is free and
+//     the request's key is ready (full, or max_queue_delay_us = 0), Submit() forms the batch and
+//     hands it to the swarm itself, saving the hand-off to the dispatcher (same rules, same lock).
 //   - the dispatcher thread (one per scheduler, "<name>-disp"): wakes on arrival, cancel, batch
 //     completion, the oldest request's delay timer or the earliest deadline; expires and drops
 //     requests, forms batches, hands them to the swarm. It runs the callbacks of requests that
