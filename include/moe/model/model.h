@@ -57,7 +57,10 @@ class Model {
  public:
   // Opens a Hugging Face checkpoint directory: config.json plus model.safetensors or shards listed
   // by model.safetensors.index.json. Every shard is mmap'd read-only (MAP_SHARED). Fails with
-  // INVALID_ARGUMENT / NOT_FOUND / DATA_LOSS and a message naming the file, tensor and problem.
+  // INVALID_ARGUMENT / NOT_FOUND / DATA_LOSS and a message naming the file, tensor and problem
+  // (UNIMPLEMENTED for quantisation other than block-wise fp8). Tensor bytes are not read.
+  // Details: moe/store/safetensors.h, moe/store/checkpoint.h, moe/model/config.h,
+  // moe/model/loader.h (implemented in src/model/loader.cc).
   static StatusOr<std::unique_ptr<Model>> Open(const std::string& dir);
 
   // Builds a model from a spec and weights kept alive by `keepalive` (tests, generated models).
