@@ -3,33 +3,77 @@
 
 namespace moe::loadgen {
 
-grpc::ServerUnaryReactor* FakeMoeService::Forward(grpc::CallbackServerContext* ctx,
-                                                  const v1::ForwardRequest* req,
-                                                  v1::ForwardResponse* resp) {
-  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
-  const v1::Tensor& in = req->hidden_states();
+grpc::Status FakeMoeService::Echo(const v1::ForwardRequest& req, v1::ForwardResponse* resp) {
+  const v1::Tensor& in = req.hidden_states();
   if (in.shape_size() != 2 || in.shape(1) != options_.hidden) {
-    reactor->Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "shape must be [n, hidden]"));
-    return reactor;
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "shape must be [n, hidden]");
   }
   const int64_t n = in.shape(0);
   if (options_.fail_tokens.count(n) > 0) {
-    reactor->Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "injected failure"));
-    return reactor;
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "injected failure");
   }
   forwards_.fetch_add(1);
   tokens_.fetch_add(n);
-  resp->set_request_id(req->request_id());
+  resp->set_request_id(req.request_id());
   resp->set_model("fake");
-  resp->set_layer(req->layer());
+  resp->set_layer(req.layer());
   *resp->mutable_hidden_states() = in;
   v1::Timing* t = resp->mutable_timing();
   t->set_queue_us(1);
   t->set_compute_us(2);
   t->set_total_us(3);
   t->set_batches(1);
-  reactor->Finish(grpc::Status::OK);
+  return grpc::Status::OK;
+}
+
+grpc::ServerUnaryReactor* FakeMoeService::Forward(grpc::CallbackServerContext* ctx,
+                                                  const v1::ForwardRequest* req,
+                                                  v1::ForwardResponse* resp) {
+  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  reactor->Finish(Echo(*req, resp));
   return reactor;
+}
+
+namespace {
+
+// Reads a request, writes its response, reads the next: one message at a time.
+class EchoStream final
+    : public grpc::ServerBidiReactor<v1::ForwardRequest, v1::ForwardStreamResponse> {
+ public:
+  explicit EchoStream(FakeMoeService* service) : service_(service) { StartRead(&req_); }
+  void OnReadDone(bool ok) override {
+    if (!ok) {
+      Finish(grpc::Status::OK);  // the client half-closed
+      return;
+    }
+    resp_.Clear();
+    resp_.set_request_id(req_.request_id());
+    grpc::Status s = service_->Echo(req_, resp_.mutable_response());
+    resp_.set_code(static_cast<int>(s.error_code()));
+    resp_.set_error_message(s.error_message());
+    if (!s.ok()) resp_.clear_response();
+    StartWrite(&resp_);
+  }
+  void OnWriteDone(bool ok) override {
+    if (!ok) {
+      Finish(grpc::Status(grpc::StatusCode::UNKNOWN, "write failed"));
+      return;
+    }
+    StartRead(&req_);
+  }
+  void OnDone() override { delete this; }
+
+ private:
+  FakeMoeService* service_;
+  v1::ForwardRequest req_;
+  v1::ForwardStreamResponse resp_;
+};
+
+}  // namespace
+
+grpc::ServerBidiReactor<v1::ForwardRequest, v1::ForwardStreamResponse>*
+FakeMoeService::ForwardStream(grpc::CallbackServerContext* ctx) {
+  return new EchoStream(this);
 }
 
 grpc::ServerUnaryReactor* FakeMoeService::GetModel(grpc::CallbackServerContext* ctx,

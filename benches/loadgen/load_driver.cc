@@ -32,11 +32,9 @@ DType ToDType(v1::DType d) {
   }
 }
 
-// One request in flight. The context is made fresh for every RPC (a ClientContext serves one).
+// One request in flight.
 struct Call {
-  std::unique_ptr<grpc::ClientContext> ctx;
-  v1::ForwardRequest req;
-  v1::ForwardResponse resp;
+  RpcBuffers rpc;
   int64_t start_ns = 0;
   int64_t tokens = 0;
   bool measured = false;
@@ -49,9 +47,9 @@ struct Call {
 // the drain condition are guarded by mu_.
 class Run {
  public:
-  Run(const std::vector<std::unique_ptr<v1::MoeService::Stub>>& stubs,
-      const RequestFactory& factory, const LoadOptions& options)
-      : stubs_(stubs), factory_(factory), options_(options), t0_(Clock::now()) {
+  Run(const std::vector<std::unique_ptr<Transport>>& transports, const RequestFactory& factory,
+      const LoadOptions& options)
+      : transports_(transports), factory_(factory), options_(options), t0_(Clock::now()) {
     window_start_ns_ = static_cast<int64_t>(options.warmup_s * 1e9);
     window_deadline_ns_ = options.duration_s > 0
                               ? window_start_ns_ + static_cast<int64_t>(options.duration_s * 1e9)
@@ -84,19 +82,16 @@ class Run {
   // after the result is recorded; it must end with Finished().
   void Send(Call* call, std::mt19937_64& rng, std::function<void()> then) {
     inflight_.fetch_add(1, std::memory_order_relaxed);
-    call->ctx = std::make_unique<grpc::ClientContext>();
-    call->ctx->set_deadline(
-        std::chrono::system_clock::now() +
-        std::chrono::microseconds(static_cast<int64_t>(options_.timeout_s * 1e6)));
-    factory_.Fill(call->tokens, rng, &call->req);
-    call->resp.Clear();
-    const uint64_t n = next_stub_.fetch_add(1, std::memory_order_relaxed);
-    v1::MoeService::Stub& stub = *stubs_[n % stubs_.size()];
-    stub.async()->Forward(call->ctx.get(), &call->req, &call->resp,
-                          [this, call, then = std::move(then)](grpc::Status status) {
-                            Record(*call, status);
-                            then();
-                          });
+    factory_.Fill(call->tokens, rng, &call->rpc.req);
+    const uint64_t n = next_id_.fetch_add(1, std::memory_order_relaxed);
+    call->rpc.req.set_request_id(std::to_string(n));
+    call->rpc.resp.Clear();
+    Transport& transport = *transports_[n % transports_.size()];
+    transport.Forward(&call->rpc, options_.timeout_s,
+                      [this, call, then = std::move(then)](const grpc::Status& status) {
+                        Record(*call, status);
+                        then();
+                      });
   }
 
   // A request slot is free again.
@@ -142,9 +137,9 @@ class Run {
     s.tokens = static_cast<int32_t>(call.tokens);
     s.code = static_cast<int32_t>(status.error_code());
     if (status.ok()) {
-      if (!factory_.ResponseMatches(call.tokens, call.resp)) s.code = kBadResponseCode;
-      if (call.resp.has_timing()) {
-        const v1::Timing& t = call.resp.timing();
+      if (!factory_.ResponseMatches(call.tokens, call.rpc.resp)) s.code = kBadResponseCode;
+      if (call.rpc.resp.has_timing()) {
+        const v1::Timing& t = call.rpc.resp.timing();
         s.server_queue_us = static_cast<uint32_t>(std::min<uint64_t>(t.queue_us(), UINT32_MAX));
         s.server_compute_us = static_cast<uint32_t>(std::min<uint64_t>(t.compute_us(), UINT32_MAX));
         s.server_batches = t.batches();
@@ -159,7 +154,7 @@ class Run {
     }
   }
 
-  const std::vector<std::unique_ptr<v1::MoeService::Stub>>& stubs_;
+  const std::vector<std::unique_ptr<Transport>>& transports_;
   const RequestFactory& factory_;
   const LoadOptions options_;
   const Clock::time_point t0_;
@@ -167,7 +162,7 @@ class Run {
   int64_t window_deadline_ns_ = 0;
   std::atomic<int64_t> tickets_{0};
   std::atomic<int64_t> inflight_{0};
-  std::atomic<uint64_t> next_stub_{0};
+  std::atomic<uint64_t> next_id_{0};  // request ids, and round-robin over transports
 
   std::mutex mu_;
   std::condition_variable cv_;
@@ -208,9 +203,9 @@ class ClosedLoopWorker {
   Call call_;
 };
 
-Status ValidateOptions(const std::vector<std::unique_ptr<v1::MoeService::Stub>>& stubs,
+Status ValidateOptions(const std::vector<std::unique_ptr<Transport>>& transports,
                        const LoadOptions& o) {
-  if (stubs.empty()) return absl::InvalidArgumentError("no gRPC stubs");
+  if (transports.empty()) return absl::InvalidArgumentError("no transports");
   if (o.mode == LoadOptions::Mode::kClosedLoop && o.concurrency < 1) {
     return absl::InvalidArgumentError("--concurrency must be >= 1");
   }
@@ -246,7 +241,6 @@ RequestFactory::RequestFactory(const RequestTarget& target, int64_t max_tokens, 
 
 void RequestFactory::Fill(int64_t n_tokens, std::mt19937_64& rng, v1::ForwardRequest* req) const {
   const int64_t first = std::uniform_int_distribution<int64_t>(0, pool_rows_ - n_tokens)(rng);
-  req->set_request_id(std::to_string(rng() & 0xffffffffu));
   req->set_model(target_.model);
   req->set_layer(target_.layer);
   v1::Tensor* t = req->mutable_hidden_states();
@@ -265,12 +259,12 @@ bool RequestFactory::ResponseMatches(int64_t n_tokens, const v1::ForwardResponse
          t.data().size() == static_cast<size_t>(n_tokens) * row_bytes_;
 }
 
-StatusOr<LoadResult> RunLoad(const std::vector<std::unique_ptr<v1::MoeService::Stub>>& stubs,
+StatusOr<LoadResult> RunLoad(const std::vector<std::unique_ptr<Transport>>& transports,
                              const RequestFactory& factory, const TokenDistribution& tokens,
                              const LoadOptions& options, const LoadHooks& hooks) {
-  MOE_RETURN_IF_ERROR(ValidateOptions(stubs, options));
+  MOE_RETURN_IF_ERROR(ValidateOptions(transports, options));
   LoadResult result;
-  Run run(stubs, factory, options);
+  Run run(transports, factory, options);
   std::vector<std::unique_ptr<ClosedLoopWorker>> workers;
   std::thread sender;
   std::atomic<int64_t> not_sent{0};

@@ -23,6 +23,7 @@
 #include "moe/common/status.h"
 #include "moe/v1/moe.grpc.pb.h"
 #include "stats.h"
+#include "transport.h"
 
 namespace moe::loadgen {
 
@@ -42,8 +43,8 @@ struct RequestTarget {
 class RequestFactory {
  public:
   RequestFactory(const RequestTarget& target, int64_t max_tokens, uint64_t seed);
-  // Fills `req` (request_id, model, layer, hidden_states [n_tokens, hidden]). n_tokens in
-  // [1, max_tokens].
+  // Fills `req` (model, layer, hidden_states [n_tokens, hidden]; the caller sets request_id).
+  // n_tokens in [1, max_tokens].
   void Fill(int64_t n_tokens, std::mt19937_64& rng, v1::ForwardRequest* req) const;
   // OK when `resp` has the request's dtype and shape [n_tokens, hidden] with the right byte count.
   bool ResponseMatches(int64_t n_tokens, const v1::ForwardResponse& resp) const;
@@ -98,10 +99,11 @@ struct LoadHooks {
   std::function<void()> on_window_end;
 };
 
-// Runs the load against `stubs` (requests spread round-robin over them, e.g. one per channel).
+// Runs the load through `transports` (requests spread round-robin over them, e.g. one per
+// channel); returns once every request has completed (the caller may then Close() them).
 // INVALID_ARGUMENT for impossible options (concurrency < 1, rate <= 0, no duration and no
-// max_requests, empty stubs).
-StatusOr<LoadResult> RunLoad(const std::vector<std::unique_ptr<v1::MoeService::Stub>>& stubs,
+// max_requests, no transports).
+StatusOr<LoadResult> RunLoad(const std::vector<std::unique_ptr<Transport>>& transports,
                              const RequestFactory& factory, const TokenDistribution& tokens,
                              const LoadOptions& options, const LoadHooks& hooks);
 

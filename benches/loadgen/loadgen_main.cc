@@ -2,7 +2,7 @@
 //
 //   moe-loadgen --target 127.0.0.1:50051 --concurrency 8 --tokens 1-16 --duration 10
 //               --metrics-url http://127.0.0.1:9091/metrics --engine-baseline engine.jsonl
-//   moe-loadgen --rate 500 --tokens 1,4,16 --requests 5000 --json
+//   moe-loadgen --rate 500 --tokens 1,4,16 --requests 5000 --api stream --json
 //
 // Closed loop (--concurrency N) or open-loop Poisson (--rate R); see load_driver.h for the phases.
 // Prints a table (report.h); --json adds one JSON line on stdout, --json-out FILE appends it.
@@ -28,6 +28,7 @@ namespace {
 struct Flags {
   std::string label;
   std::string target = "127.0.0.1:50051";
+  std::string api = "unary";
   std::string model;
   int layer = -1;
   std::string dtype = "bf16";
@@ -126,10 +127,12 @@ StatusOr<int> Main(const Flags& f) {
     MOE_ASSIGN_OR_RETURN(baseline, EngineBaseline::ReadJsonLines(f.engine_baseline));
   }
 
-  std::vector<std::unique_ptr<v1::MoeService::Stub>> stubs;
-  for (int i = 0; i < f.channels; ++i)
-    stubs.push_back(v1::MoeService::NewStub(MakeChannel(f.target, i)));
-  MOE_ASSIGN_OR_RETURN(v1::ModelInfo info, FetchModel(*stubs[0], f));
+  if (f.api != "unary" && f.api != "stream") {
+    return absl::InvalidArgumentError("--api: expected unary or stream");
+  }
+  std::vector<std::shared_ptr<grpc::Channel>> channels;
+  for (int i = 0; i < f.channels; ++i) channels.push_back(MakeChannel(f.target, i));
+  MOE_ASSIGN_OR_RETURN(v1::ModelInfo info, FetchModel(*v1::MoeService::NewStub(channels[0]), f));
   RequestTarget target;
   target.model = f.model;
   target.dtype = dtype;
@@ -180,7 +183,15 @@ StatusOr<int> Main(const Flags& f) {
     };
   }
   const double cpu_before = ProcessCpuSeconds();
-  MOE_ASSIGN_OR_RETURN(LoadResult result, RunLoad(stubs, factory, tokens, options, hooks));
+  std::vector<std::unique_ptr<Transport>> transports;
+  for (const auto& channel : channels) {
+    transports.push_back(f.api == "stream" ? MakeStreamTransport(channel)
+                                           : MakeUnaryTransport(channel));
+  }
+  MOE_ASSIGN_OR_RETURN(LoadResult result, RunLoad(transports, factory, tokens, options, hooks));
+  for (auto& t : transports) {
+    if (Status s = t->Close(); !s.ok()) std::cerr << "warning: closing the stream: " << s << "\n";
+  }
   const double client_cpu_s = ProcessCpuSeconds() - cpu_before;
 
   std::optional<MetricsDelta> delta;
@@ -198,6 +209,7 @@ StatusOr<int> Main(const Flags& f) {
   RunConfig config;
   config.label = f.label;
   config.target = f.target;
+  config.api = f.api;
   config.model = info.name();
   config.engine = info.engine();
   config.layer = target.layer;
@@ -232,6 +244,10 @@ int main(int argc, char** argv) {
   CLI::App app{"moe-loadgen: closed- or open-loop load on moe.v1 Forward (see benches/loadgen)"};
   app.add_option("--label", f.label, "name of this run, echoed in the report and JSON");
   app.add_option("--target", f.target, "gRPC host:port")->capture_default_str();
+  app.add_option("--api", f.api,
+                 "unary: one Forward RPC per request; stream: requests as messages on one "
+                 "ForwardStream per channel")
+      ->capture_default_str();
   app.add_option("--model", f.model, "served model name (empty = the only one)");
   app.add_option("--layer", f.layer, "MoE layer index (-1 = the model's first MoE layer)")
       ->capture_default_str();

@@ -277,8 +277,8 @@ TEST(Report, ThroughputErrorsBatchAndEfficiency) {
   EXPECT_NE(FormatTable(r).find("UNAVAILABLE=1"), std::string::npos);
 }
 
-// An in-process echo server and stubs to it.
-class FakeServerTest : public testing::Test {
+// An in-process echo server and two transports to it, unary or stream (the test parameter).
+class FakeServerTest : public testing::TestWithParam<std::string> {
  protected:
   void StartServer(const FakeServiceOptions& options) {
     service_ = std::make_unique<FakeMoeService>(options);
@@ -290,24 +290,37 @@ class FakeServerTest : public testing::Test {
     ASSERT_NE(server_, nullptr);
     ASSERT_GT(port, 0);
     for (int i = 0; i < 2; ++i) {
-      stubs_.push_back(v1::MoeService::NewStub(grpc::CreateChannel(
-          "127.0.0.1:" + std::to_string(port), grpc::InsecureChannelCredentials())));
+      grpc::ChannelArguments args;
+      args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+      auto channel = grpc::CreateCustomChannel("127.0.0.1:" + std::to_string(port),
+                                               grpc::InsecureChannelCredentials(), args);
+      transports_.push_back(GetParam() == "stream" ? MakeStreamTransport(channel)
+                                                   : MakeUnaryTransport(channel));
     }
     target_.hidden = options.hidden;
     target_.layer = 1;
     target_.dtype = v1::DTYPE_BF16;
   }
+  // Ends the streams (after a run has drained); each must end OK.
+  void CloseTransports() {
+    for (auto& t : transports_) EXPECT_TRUE(t->Close().ok());
+    transports_.clear();
+  }
   void TearDown() override {
+    CloseTransports();
     if (server_) server_->Shutdown();
   }
 
   std::unique_ptr<FakeMoeService> service_;
   std::unique_ptr<grpc::Server> server_;
-  std::vector<std::unique_ptr<v1::MoeService::Stub>> stubs_;
+  std::vector<std::unique_ptr<Transport>> transports_;
   RequestTarget target_;
 };
 
-TEST_F(FakeServerTest, ClosedLoopSendsExactlyTheBudgetAndCountsErrors) {
+INSTANTIATE_TEST_SUITE_P(Api, FakeServerTest, testing::Values("unary", "stream"),
+                         [](const testing::TestParamInfo<std::string>& i) { return i.param; });
+
+TEST_P(FakeServerTest, ClosedLoopSendsExactlyTheBudgetAndCountsErrors) {
   FakeServiceOptions options;
   options.fail_tokens = {3};
   StartServer(options);
@@ -321,7 +334,7 @@ TEST_F(FakeServerTest, ClosedLoopSendsExactlyTheBudgetAndCountsErrors) {
   lo.max_requests = 200;
   int window_hooks = 0;
   LoadHooks hooks{[&] { ++window_hooks; }, [&] { ++window_hooks; }};
-  auto result = RunLoad(stubs_, factory, *tokens, lo, hooks);
+  auto result = RunLoad(transports_, factory, *tokens, lo, hooks);
   ASSERT_TRUE(result.ok()) << result.status();
   EXPECT_EQ(window_hooks, 2);
   ASSERT_EQ(result->measured.size(), 200u);
@@ -349,7 +362,7 @@ TEST_F(FakeServerTest, ClosedLoopSendsExactlyTheBudgetAndCountsErrors) {
                 ->end_ns);
 }
 
-TEST_F(FakeServerTest, OpenLoopSendsOnScheduleUntilTheBudget) {
+TEST_P(FakeServerTest, OpenLoopSendsOnScheduleUntilTheBudget) {
   StartServer(FakeServiceOptions{});
   auto tokens = TokenDistribution::Parse("2,8");
   ASSERT_TRUE(tokens.ok());
@@ -360,7 +373,7 @@ TEST_F(FakeServerTest, OpenLoopSendsOnScheduleUntilTheBudget) {
   lo.duration_s = 0;
   lo.max_requests = 150;
   lo.warmup_s = 0.01;
-  auto result = RunLoad(stubs_, factory, *tokens, lo, {});
+  auto result = RunLoad(transports_, factory, *tokens, lo, {});
   ASSERT_TRUE(result.ok()) << result.status();
   ASSERT_EQ(result->measured.size() + result->not_sent, 150u);
   EXPECT_EQ(result->not_sent, 0);
@@ -378,7 +391,7 @@ TEST_F(FakeServerTest, OpenLoopSendsOnScheduleUntilTheBudget) {
   EXPECT_EQ(service_->forwards(), 150 + result->warmup_requests);
 }
 
-TEST_F(FakeServerTest, DurationModeStopsAtTheDeadline) {
+TEST_P(FakeServerTest, DurationModeStopsAtTheDeadline) {
   StartServer(FakeServiceOptions{});
   auto tokens = TokenDistribution::Parse("1");
   ASSERT_TRUE(tokens.ok());
@@ -386,14 +399,14 @@ TEST_F(FakeServerTest, DurationModeStopsAtTheDeadline) {
   LoadOptions lo;
   lo.concurrency = 2;
   lo.duration_s = 0.2;
-  auto result = RunLoad(stubs_, factory, *tokens, lo, {});
+  auto result = RunLoad(transports_, factory, *tokens, lo, {});
   ASSERT_TRUE(result.ok()) << result.status();
   EXPECT_GT(result->measured.size(), 0u);
   EXPECT_EQ(result->window_end_ns - result->window_start_ns, 200'000'000);
   for (const Sample& s : result->measured) EXPECT_LT(s.start_ns, result->window_end_ns);
 }
 
-TEST_F(FakeServerTest, ResponseShapeIsChecked) {
+TEST_P(FakeServerTest, ResponseShapeIsChecked) {
   StartServer(FakeServiceOptions{});
   RequestFactory factory(target_, 4, 5);
   std::mt19937_64 rng(1);
@@ -409,7 +422,7 @@ TEST_F(FakeServerTest, ResponseShapeIsChecked) {
 }
 
 TEST(RunLoad, RejectsImpossibleOptions) {
-  std::vector<std::unique_ptr<v1::MoeService::Stub>> none;
+  std::vector<std::unique_ptr<Transport>> none;
   RequestTarget t;
   t.hidden = 8;
   RequestFactory factory(t, 1, 1);

@@ -101,8 +101,8 @@ std::string FormatTable(const Report& r) {
   if (!c.label.empty()) absl::StrAppendFormat(&out, "[%s]\n", c.label);
   absl::StrAppendFormat(&out, "moe-loadgen  %s  model=%s engine=%s layer=%d dtype=%s\n", c.target,
                         c.model, c.engine, c.layer, c.dtype);
-  absl::StrAppendFormat(&out, "  load        %s, tokens/request %s, %d channel(s)\n", load,
-                        c.tokens, c.channels);
+  absl::StrAppendFormat(&out, "  load        %s, tokens/request %s, %d channel(s), %s API\n", load,
+                        c.tokens, c.channels, c.api);
   absl::StrAppendFormat(&out, "  window      %.2f s (warm-up %.1f s, %d warm-up requests)\n",
                         r.window_s, c.warmup_s, r.warmup_requests);
   std::string errors;
@@ -145,6 +145,7 @@ nlohmann::json ToJson(const Report& r) {
   nlohmann::json j;
   if (!c.label.empty()) j["label"] = c.label;
   j["target"] = c.target;
+  j["api"] = c.api;
   j["model"] = c.model;
   j["engine"] = c.engine;
   j["layer"] = c.layer;

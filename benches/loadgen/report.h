@@ -19,6 +19,7 @@ namespace moe::loadgen {
 struct RunConfig {
   std::string label;  // free text naming the run (--label)
   std::string target;
+  std::string api;  // "unary" or "stream"
   std::string model;
   std::string engine;  // the daemon's engine ("cpu"/"cuda") from GetModel
   int layer = 0;

@@ -12,8 +12,9 @@
 #        a. --max-queue-delay-us 0: 1-token requests at concurrency 1 -> serving overhead with no
 #           batching wait (p50 latency minus the engine's time for one token);
 #        b. defaults (max_queue_delay_us 500): the same 1-token run, then closed loop at
-#           concurrency 1, 8, 64 with 1-16 tokens per request, then open-loop Poisson at
-#           OPEN_FRACTION of the concurrency-64 throughput.
+#           concurrency 1, 8, 64 with 1-16 tokens per request (unary RPCs), concurrency 8 again
+#           over one ForwardStream, then open-loop Poisson at OPEN_FRACTION of the
+#           concurrency-64 throughput.
 #      Each run scrapes /metrics before and after its window (mean batch size) and is compared
 #      with the engine alone at that batch size (batching efficiency = served tokens/s / engine
 #      tokens/s at the achieved mean batch size): concurrency-1 runs against the 1-slot baseline
@@ -165,8 +166,10 @@ load "overhead, 1 token, c=1" "${engine1}" --concurrency 1 --tokens 1
 load "closed c=1, ${TOKENS} tokens" "${engine1}" --concurrency 1 --tokens "${TOKENS}"
 load "closed c=8, ${TOKENS} tokens" "${engineN}" --concurrency 8 --tokens "${TOKENS}"
 load "closed c=64, ${TOKENS} tokens" "${engineN}" --concurrency 64 --tokens "${TOKENS}"
+c64_rps="$(tail -1 "${results}" | jq '.requests_per_s')"
+load "closed c=8, ${TOKENS} tokens, stream" "${engineN}" --concurrency 8 --tokens "${TOKENS}" \
+  --api stream
 if [[ -z "${RATE}" ]]; then
-  c64_rps="$(tail -1 "${results}" | jq '.requests_per_s')"
   RATE="$(python3 -c "print(max(1.0, round(${c64_rps} * ${OPEN_FRACTION}, 1)))")"
 fi
 load "open Poisson ${RATE} req/s, ${TOKENS} tokens" "${engineN}" --rate "${RATE}" --tokens "${TOKENS}"
