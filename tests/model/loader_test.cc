@@ -2,7 +2,10 @@
 // wrong.
 #include "moe/model/loader.h"
 
+#include <fcntl.h>
 #include <gtest/gtest.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include "model/tiny_checkpoint.h"
 #include "moe/model/model.h"
@@ -150,6 +153,56 @@ INSTANTIATE_TEST_SUITE_P(
       if (info.param.mixtral_mlp_prefix) name += "_mlp";
       return name + "_" + std::to_string(info.param.n_shards) + "shards";
     });
+
+// Open() must not read tensor bytes: a 384 MiB checkpoint whose data section is a hole in a
+// sparse file opens with none of its data pages resident (mincore), so nothing faulted them in.
+TEST(LoaderTest, OpenDoesNotTouchTensorBytes) {
+  constexpr int64_t kBigH = 1024, kBigI = 1024, kBigE = 64;
+  TempDir dir;
+  nlohmann::json config = {{"model_type", "qwen3_moe"}, {"hidden_size", kBigH},
+                           {"num_hidden_layers", 1},    {"moe_intermediate_size", kBigI},
+                           {"num_experts", kBigE},      {"num_experts_per_tok", 2}};
+  ::moe::testing::WriteFile(store::JoinPath(dir.path(), "config.json"), config.dump());
+  store::SafetensorsWriter w;
+  auto never = [](void*, size_t) { FAIL() << "tensor bytes generated"; };
+  ASSERT_TRUE(w.AddGenerated("model.layers.0.mlp.experts.gate_up_proj", DType::kBF16,
+                             {kBigE, 2 * kBigI, kBigH}, never)
+                  .ok());
+  ASSERT_TRUE(w.AddGenerated("model.layers.0.mlp.experts.down_proj", DType::kBF16,
+                             {kBigE, kBigH, kBigI}, never)
+                  .ok());
+  ASSERT_TRUE(
+      w.AddGenerated("model.layers.0.mlp.gate.weight", DType::kBF16, {kBigE, kBigH}, never).ok());
+  const std::string path = store::JoinPath(dir.path(), "model.safetensors");
+  {
+    const std::string header = w.Header();
+    std::string prefix;
+    for (int i = 0; i < 8; ++i)
+      prefix.push_back(static_cast<char>((header.size() >> (8 * i)) & 0xff));
+    const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    ASSERT_GE(fd, 0);
+    ASSERT_EQ(::write(fd, prefix.data(), 8), 8);
+    ASSERT_EQ(::write(fd, header.data(), header.size()), static_cast<ssize_t>(header.size()));
+    ASSERT_EQ(::ftruncate(fd, w.FileSize()), 0);  // the data section is a hole
+    ::close(fd);
+  }
+  auto model = Model::Open(dir.path());
+  ASSERT_TRUE(model.ok()) << model.status();
+  const MoeLayerWeights* layer = (*model)->layer(0);
+  ASSERT_NE(layer, nullptr);
+  EXPECT_EQ(layer->experts[63].down.shape, (std::vector<int64_t>{kBigH, kBigI}));
+
+  const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const uintptr_t begin = (reinterpret_cast<uintptr_t>(layer->experts[0].gate.data) + page) &
+                          ~(page - 1);  // skip the page shared with the header
+  const uintptr_t end = reinterpret_cast<uintptr_t>(layer->router.data) & ~(page - 1);
+  ASSERT_GT(end, begin);
+  std::vector<unsigned char> resident((end - begin) / page);
+  ASSERT_EQ(::mincore(reinterpret_cast<void*>(begin), end - begin, resident.data()), 0);
+  size_t touched = 0;
+  for (unsigned char r : resident) touched += r & 1;
+  EXPECT_EQ(touched, 0u) << "of " << resident.size() << " pages";
+}
 
 TEST(LoaderTest, MissingDirectoryIsNotFound) {
   ExpectError(Model::Open("/nonexistent/model"), absl::StatusCode::kNotFound, {"config.json"});
