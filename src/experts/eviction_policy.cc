@@ -97,22 +97,18 @@ class LayerLruPolicy final : public EvictionPolicy {
 
   std::string_view Name() const override { return "layer-lru"; }
 
-  // The step's visit starts before its first victim is picked (a step of misses only would
-  // otherwise count the visit only at its first insert, after that eviction).
+  // Visits are counted here only (not per use), so they start before the step's first victim is
+  // picked, and a call spanning several layers counts each once.
   void BeginStep(int32_t layer) override { clock_.Use(layer); }
 
   void OnInsert(int slot, int64_t key_id, bool demand) override {
     const int32_t layer = keys_.LayerOf(key_id);
     // A prefetch counts as used in its layer's latest visit: it is protected until that layer's
     // next visit passes it by.
-    if (demand) clock_.Use(layer);
     slot_layer_[slot] = layer;
     Touch(slot);
   }
-  void OnHit(int slot) override {
-    clock_.Use(slot_layer_[slot]);
-    Touch(slot);
-  }
+  void OnHit(int slot) override { Touch(slot); }
   void OnEvict(int slot) override {
     Unlink(slot);
     slot_layer_[slot] = -1;
@@ -190,10 +186,8 @@ class LayerLrfuPolicy final : public EvictionPolicy {
   void BeginStep(int32_t layer) override { clock_.Use(layer); }
 
   void OnInsert(int slot, int64_t key_id, bool demand) override {
-    const int32_t layer = keys_.LayerOf(key_id);
     slot_key_[slot] = key_id;
     if (demand) {
-      clock_.Use(layer);
       Use(key_id);
       Rank(slot, Log2CrfNow(key_id));
     } else {
@@ -203,7 +197,6 @@ class LayerLrfuPolicy final : public EvictionPolicy {
   }
   void OnHit(int slot) override {
     const int64_t key = slot_key_[slot];
-    clock_.Use(keys_.LayerOf(key));
     Use(key);
     Rank(slot, Log2CrfNow(key));
   }

@@ -101,16 +101,26 @@ TEST(LruKPolicy, EvictsSingleUseFirstThenOldestSecondUse) {
 TEST(LayerLruPolicy, CountsAgeInVisitsOfTheExpertsOwnLayer) {
   auto policy = MakeEvictionPolicy(EvictionKind::kLayerLru, 4, kKeys);
   // Pass 1: layer 0 uses a (slot 0), b (slot 1); layer 1 uses c (slot 2), d (slot 3).
+  policy->BeginStep(0);
   policy->OnInsert(0, Key(0, 0), true);
   policy->OnInsert(1, Key(0, 1), true);
+  policy->BeginStep(1);
   policy->OnInsert(2, Key(1, 0), true);
   policy->OnInsert(3, Key(1, 1), true);
   // Pass 2, layer 0 uses a only: b missed one visit of its layer (age 1); c and d have age 0
   // although their last use is older than b's. Global LRU would evict a, then b... here: b.
+  policy->BeginStep(0);
   policy->OnHit(0);
   EXPECT_EQ(policy->PickVictim(All()), 1);
+  // Without b all ages are 0 and the tie goes to the layer visited most recently: layer 0, a.
+  // (In a pool, a would be pinned by the step that just used it.)
+  EXPECT_EQ(policy->PickVictim([](int s) { return s != 1; }), 0);
+  // A second round of the same step is the same visit: b stays at age 1 (checked below, where
+  // an age of 2 would make b the victim instead of d).
+  policy->BeginStep(0);
   // Layer 1 uses c only: d has age 1 too; the tie goes to the layer visited most recently
   // (layer 1: its next visit is farthest away).
+  policy->BeginStep(1);
   policy->OnHit(2);
   EXPECT_EQ(policy->PickVictim(All()), 3);
   EXPECT_EQ(policy->PickVictim([](int s) { return s != 3; }), 1);
@@ -127,13 +137,19 @@ TEST(LayerLrfuPolicy, SmallLambdaPrefersFrequencyLargeLambdaRecency) {
     EvictionOptions options;
     options.lrfu_lambda = lambda;
     auto policy = MakeEvictionPolicy(EvictionKind::kLayerLrfu, 3, kKeys, options);
+    policy->BeginStep(0);
     policy->OnInsert(0, Key(0, 0), true);  // a
+    policy->BeginStep(1);
     policy->OnInsert(2, Key(1, 0), true);  // x
     for (int v = 0; v < 3; ++v) {
+      policy->BeginStep(0);
       policy->OnHit(0);
+      policy->BeginStep(1);
       policy->OnHit(2);
     }
+    policy->BeginStep(0);
     policy->OnInsert(1, Key(0, 1), true);  // b
+    policy->BeginStep(1);
     policy->OnHit(2);
     return policy->PickVictim([](int s) { return s != 2; });
   };

@@ -7,12 +7,12 @@
 //
 // Implementations:
 //   kLayerLru - the default: LRU with recency measured per layer, in visits of the expert's own
-//           layer (a visit = a run of demand uses of one layer, i.e. one batch step). Victim: the
-//           resident expert with the most visits of its layer since its last use; ties go to the
-//           layer visited most recently (whose next visit is farthest in a layer-by-layer forward
-//           pass). Plain LRU, by contrast, sees the forward pass as a cyclic scan over all layers:
-//           once one pass's experts exceed the cache it evicts exactly the experts the next layer
-//           needs (hit rate near 0; see benches/expert_cache). O(n_layers) per victim.
+//           layer (a visit = a run of BeginStep calls for one layer, i.e. one batch step). Victim:
+//           the resident expert with the most visits of its layer since its last use; ties go to
+//           the layer visited most recently (whose next visit is farthest in a layer-by-layer
+//           forward pass). Plain LRU, by contrast, sees the forward pass as a cyclic scan over all
+//           layers: once one pass's experts exceed the cache it evicts exactly the experts the next
+//           layer needs (hit rate near 0; see benches/expert_cache). O(n_layers) per victim.
 //   kLayerLrfu - frequency-aware: LRFU (Lee et al. 2001) with time in visits of the expert's own
 //           layer: each use adds 1 to a value that halves every 1/lambda visits; lowest value
 //           evicted, ties to the layer visited most recently. O(n_layers + log n) per victim.
@@ -70,8 +70,9 @@ class EvictionPolicy {
 
   virtual std::string_view Name() const = 0;
 
-  // A batch step of `layer` begins: its hits and inserts follow. Called before any victim is
-  // picked for the step, so layer-aware policies know the current layer.
+  // A batch step of `layer` begins (each Acquire call, once per layer it names, before its hits,
+  // victims and inserts). Layer-aware policies count visits here; consecutive calls for one layer
+  // (the rounds of a step) are one visit.
   virtual void BeginStep(int32_t layer) {}
 
   // `slot` now holds the expert `key_id` (dense id, see ExpertSlotPool::KeyId). `demand` is true
