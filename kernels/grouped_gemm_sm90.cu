@@ -1,7 +1,7 @@
 // Grouped GEMM for Hopper (sm_90a): wgmma.mma_async from shared memory, same problem as
 // grouped_gemm.cu (GemmParams, tiles, gather, gated SiLU epilogue, split-K partials).
 //
-// 1. 256 threads = 2 warpgroups; a block owns 128 rows (64 per warpgroup) and BN output columns,
+// 1. BM / 64 warpgroups; a block owns BM rows (64 per warpgroup) and BN output columns,
 //    B_ROWS weight rows per stage: plain tiles BN = B_ROWS (one m64nBN wgmma per k16), gated tiles
 //    BN = B_ROWS / 2 of gate and of up (two wgmmas per k16).
 // 2. All threads stream A (rows gathered through a_rows) and B (the group's weight rows) with
@@ -20,13 +20,13 @@
 namespace moe::cuda {
 namespace {
 
-constexpr int kWgThreads = 256;
-constexpr int kWgBm = 128;
 
 // Dynamic shared memory of one block: STAGES x (A 128 rows + B_ROWS rows) x 128 bytes, + slack to
 // align the stages to 1024 bytes.
-constexpr int WgStageBytes(int b_rows) { return (kWgBm + b_rows) * kBk * 2; }
-constexpr int WgSmemBytes(int b_rows, int stages) { return stages * WgStageBytes(b_rows) + 1024; }
+constexpr int WgStageBytes(int bm, int b_rows) { return (bm + b_rows) * kBk * 2; }
+constexpr int WgSmemBytes(int bm, int b_rows, int stages) {
+  return stages * WgStageBytes(bm, b_rows) + 1024;
+}
 
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
 __device__ __forceinline__ uint64_t Desc(uint32_t smem_addr) {
@@ -71,8 +71,10 @@ __device__ __forceinline__ void Wgmma(float (&d)[N / 2], uint64_t a, uint64_t b)
 }
 #endif
 
-template <typename T, bool GATED, int B_ROWS, int STAGES, int MIN_BLOCKS>
-__global__ void __launch_bounds__(kWgThreads, MIN_BLOCKS) WgmmaGemmKernel(const GemmParams p) {
+template <typename T, bool GATED, int BM, int B_ROWS, int STAGES, int MIN_BLOCKS>
+__global__ void __launch_bounds__(BM * 2, MIN_BLOCKS) WgmmaGemmKernel(const GemmParams p) {
+  constexpr int kWgThreads = BM * 2;  // one warpgroup (128 threads) per 64 rows
+  constexpr int kWgBm = BM;
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
   constexpr int BN = GATED ? B_ROWS / 2 : B_ROWS;  // output columns of the block
   constexpr int kWn = BN;                          // N of each wgmma
@@ -80,7 +82,7 @@ __global__ void __launch_bounds__(kWgThreads, MIN_BLOCKS) WgmmaGemmKernel(const 
   constexpr int kAChunks = kWgBm * 8 / kWgThreads;
   constexpr int kBChunks = B_ROWS * 8 / kWgThreads;
   constexpr int kWgStages = STAGES;
-  constexpr int kWgStageBytes = WgStageBytes(B_ROWS);
+  constexpr int kWgStageBytes = WgStageBytes(BM, B_ROWS);
 
   // Phase 0: rows, columns and K range of this block.
   int group, row_begin, row_end;
@@ -227,21 +229,24 @@ struct WgEntry {
   bool gated;
   WType wtype;
   int smem;
+  int threads;
 };
-#define MOE_WG_ENTRIES_(TILE, B_ROWS, STAGES, MINB)                                               \
-  {&WgmmaGemmKernel<__nv_bfloat16, false, B_ROWS, STAGES, MINB>, GemmTile::TILE, false,           \
-   WType::kBF16, WgSmemBytes(B_ROWS, STAGES)},                                                    \
-      {&WgmmaGemmKernel<__nv_bfloat16, true, B_ROWS, STAGES, MINB>, GemmTile::TILE, true,         \
-       WType::kBF16, WgSmemBytes(B_ROWS, STAGES)},                                                \
-      {&WgmmaGemmKernel<__half, false, B_ROWS, STAGES, MINB>, GemmTile::TILE, false, WType::kF16, \
-       WgSmemBytes(B_ROWS, STAGES)},                                                              \
-      {&WgmmaGemmKernel<__half, true, B_ROWS, STAGES, MINB>, GemmTile::TILE, true, WType::kF16,   \
-       WgSmemBytes(B_ROWS, STAGES)},
+#define MOE_WG_ENTRY_(TILE, T, WT, GATED, BM, B_ROWS, STAGES, MINB)                     \
+  {&WgmmaGemmKernel<T, GATED, BM, B_ROWS, STAGES, MINB>, GemmTile::TILE, GATED, WType::WT, \
+   WgSmemBytes(BM, B_ROWS, STAGES), BM * 2},
+#define MOE_WG_ENTRIES_(TILE, BM, B_ROWS, STAGES, MINB)                              \
+  MOE_WG_ENTRY_(TILE, __nv_bfloat16, kBF16, false, BM, B_ROWS, STAGES, MINB)         \
+  MOE_WG_ENTRY_(TILE, __nv_bfloat16, kBF16, true, BM, B_ROWS, STAGES, MINB)          \
+  MOE_WG_ENTRY_(TILE, __half, kF16, false, BM, B_ROWS, STAGES, MINB)                 \
+  MOE_WG_ENTRY_(TILE, __half, kF16, true, BM, B_ROWS, STAGES, MINB)
 // NOTES: kWgmma: 128 x 256 outputs, 4 stages, 1 block per SM. kWgmma2: 128 x 128 outputs, 3
 // stages and 2 blocks per SM, so one block's barriers, prologue and epilogue overlap the other's
-// wgmmas (matches MOE_GEMM_SM90_TILE_TABLE).
-const WgEntry kWgKernels[] = {MOE_WG_ENTRIES_(kWgmma, 256, 4, 1)
-                                  MOE_WG_ENTRIES_(kWgmma2, 128, 3, 2)};
+// wgmmas. kWgmmaTall: 256 x 128 outputs (4 warpgroups), 4 stages: an expert of up to 256 rows
+// streams its weights once. Must match MOE_GEMM_SM90_TILE_TABLE.
+const WgEntry kWgKernels[] = {MOE_WG_ENTRIES_(kWgmma, 128, 256, 4, 1)
+                                  MOE_WG_ENTRIES_(kWgmma2, 128, 128, 3, 2)
+                                      MOE_WG_ENTRIES_(kWgmmaTall, 256, 128, 4, 1)};
+#undef MOE_WG_ENTRY_
 #undef MOE_WG_ENTRIES_
 
 const WgEntry* Find(GemmTile tile, bool gated, WType wtype) {
@@ -281,7 +286,7 @@ Status LaunchGemmSm90(const GemmParams& p, GemmTile tile, bool gated, WType wtyp
                       cudaStream_t stream) {
   const WgEntry* e = Find(tile, gated, wtype);
   if (e == nullptr) return absl::InternalError("no wgmma kernel for this tile");
-  e->fn<<<grid, kWgThreads, e->smem, stream>>>(p);
+  e->fn<<<grid, e->threads, e->smem, stream>>>(p);
   CUDA_RETURN_IF_ERROR(cudaGetLastError());
   return absl::OkStatus();
 }

@@ -16,14 +16,14 @@ const char* TileName(GemmTile tile) {
   return "?";
 }
 
-GemmTile ChooseTile(double rows_per_group, bool wgmma, bool wgmma_wide) {
+GemmTile ChooseTile(double rows_per_group, bool wgmma, GemmTile wgmma_tile) {
   // NOTES: the weights dominate below ~64 rows per expert, so the smallest tile that covers the
   // rows streams each expert once; past that, bigger tiles re-read A and B less. On Hopper the
   // wgmma tile (128 rows) takes over past 64 rows per expert (measured on an H200: at 32 rows per
   // expert the 64-row mma.sync tile streamed the weights ~10% faster than the wgmma tile).
   if (rows_per_group <= 16.0) return GemmTile::kDecode;
   if (rows_per_group <= 64.0) return GemmTile::kMedium;
-  if (wgmma) return wgmma_wide ? GemmTile::kWgmma : GemmTile::kWgmma2;
+  if (wgmma) return wgmma_tile;
   return GemmTile::kLarge;
 }
 
@@ -47,7 +47,7 @@ MoePlan PlanMoe(const MoePlanInput& in) {
   const int64_t pairs = in.tokens * in.top_k;
   const int64_t active = std::max<int64_t>(1, std::min<int64_t>(pairs, in.n_experts));
   plan.tile = ChooseTile(static_cast<double>(pairs) / static_cast<double>(active),
-                         in.wgmma && (!in.deterministic || in.deterministic_wgmma), in.wgmma_wide);
+                         in.wgmma && (!in.deterministic || in.deterministic_wgmma), in.wgmma_tile);
   const TileShape& shape = ShapeOf(plan.tile);
   plan.grouped_tiles = MaxGroupedTiles(pairs, in.n_experts, shape.bm);
   plan.dense_tiles = (in.tokens + shape.bm - 1) / shape.bm;

@@ -28,7 +28,8 @@ namespace moe::cuda {
 // Hopper-only tiles (wgmma, grouped_gemm_sm90.cu): warps_m counts warpgroups of 4 warps (warps_n).
 #define MOE_GEMM_SM90_TILE_TABLE(X) \
   X(kWgmma, 128, 256, 128, 2, 4, 4) \
-  X(kWgmma2, 128, 128, 64, 2, 4, 3)
+  X(kWgmma2, 128, 128, 64, 2, 4, 3)  \
+  X(kWgmmaTall, 256, 128, 64, 4, 4, 4)
 
 enum class GemmTile : uint8_t {
 #define MOE_TILE_ENUM_(id, ...) id,
@@ -71,7 +72,8 @@ inline constexpr int kMaxSplits = 8;
 
 // The tile for grouped GEMMs whose groups hold `rows_per_group` rows on average; `wgmma`: the
 // device runs the Hopper tiles (sm_90a build on an sm_90 device, not deterministic mode).
-GemmTile ChooseTile(double rows_per_group, bool wgmma = false, bool wgmma_wide = true);
+GemmTile ChooseTile(double rows_per_group, bool wgmma = false,
+                    GemmTile wgmma_tile = GemmTile::kWgmma);
 
 // Splits of K for a plain GEMM of `rows` rows launched as `blocks` blocks (before splitting) over K
 // `k`: the smallest power of two (<= kMaxSplits) giving at least 2 blocks per SM while each split
@@ -95,7 +97,7 @@ struct MoePlanInput {
   bool deterministic = false;
   bool wgmma = false;                // Hopper tiles allowed (ignored when deterministic, unless:)
   bool deterministic_wgmma = false;  // deterministic mode may use them too (see CudaEngineOptions)
-  bool wgmma_wide = true;            // kWgmma (128x256, 1 block/SM), else kWgmma2 (128x128, 2/SM)
+  GemmTile wgmma_tile = GemmTile::kWgmma;  // which Hopper tile (kWgmma, kWgmma2 or kWgmmaTall)
 };
 
 struct MoePlan {

@@ -4,7 +4,7 @@
 //   cuda_engine_bench                       Google Benchmark suite (manual time from CUDA events)
 //   cuda_engine_bench --report=out.jsonl    roofline table on stdout + one JSON line per point
 //       [--shapes=mixtral,qwen3,dsv2lite,embedded] [--tokens=1,8,64,512,4096,16384] [--no-det]
-//       [--narrow]   (Hopper: the 128x128 two-blocks-per-SM tile instead of 128x256)
+//       [--narrow | --tall]   (Hopper: the 128x128 two-per-SM or 256x128 tile, not 128x256)
 //   cuda_engine_bench --check-invariance    deterministic mode: wgmma vs mma.sync bits
 //
 // Per point: median of many timed forwards (CUDA events around each forward, rotating inputs),
@@ -33,7 +33,8 @@
 namespace moe {
 namespace {
 
-bool g_wide_tile = true;  // --narrow: the 128x128 two-blocks-per-SM Hopper tile
+// --narrow / --tall: the other Hopper tiles.
+CudaEngineOptions::HopperTile g_hopper_tile = CudaEngineOptions::HopperTile::kWide;
 
 struct Shape {
   std::string name;
@@ -210,7 +211,7 @@ class Runner {
     o.max_batch_tokens = max_tokens;
     o.deterministic = deterministic;
     o.graph_batch_sizes = {1, 8, 64, 512, 4096, 16384};
-    o.wgmma_wide_tile = g_wide_tile;
+    o.hopper_tile = g_hopper_tile;
     engine_ = OrDie(CudaEngine::CreateRandom(SpecOf(shape), 1234, o));
     const int64_t in_bytes = max_tokens * shape.hidden * 2;
     // Enough input sets that together they exceed the L2 several times over.
@@ -433,7 +434,9 @@ int main(int argc, char** argv) {
     } else if (a == "--check-invariance") {
       return moe::CheckInvariance();
     } else if (a == "--narrow") {
-      moe::g_wide_tile = false;
+      moe::g_hopper_tile = moe::CudaEngineOptions::HopperTile::kTwoPerSm;
+    } else if (a == "--tall") {
+      moe::g_hopper_tile = moe::CudaEngineOptions::HopperTile::kTall;
     } else if (a == "--no-det") {
       with_det = false;
     } else {

@@ -246,14 +246,21 @@ TEST(CudaEngine, WithoutGraphsAndDeterministic) {
              DType::kF32,
              {40, 600}},
             mma);
-  // The Hopper 2-blocks-per-SM tile (the wide one is the default above).
+  // The other Hopper tiles (the wide one is the default above).
   CudaEngineOptions narrow = DefaultOptions();
-  narrow.wgmma_wide_tile = false;
+  narrow.hopper_tile = CudaEngineOptions::HopperTile::kTwoPerSm;
   CheckCase({"wgmma 128x128 tile",
              Opts(Family::kDeepseekV2, 32, 6, 192, 80, DType::kBF16, 35),
              DType::kBF16,
              {600}},
             narrow);
+  CudaEngineOptions tall = DefaultOptions();
+  tall.hopper_tile = CudaEngineOptions::HopperTile::kTall;
+  CheckCase({"wgmma 256x128 tile",
+             Opts(Family::kMixtral, 8, 2, 192, 80, DType::kF16, 36),
+             DType::kBF16,
+             {600}},
+            tall);
   CudaEngineOptions det = DefaultOptions();
   det.deterministic = true;
   CheckCase({"deterministic",

@@ -33,7 +33,8 @@ TEST(ChooseTile, GrowsWithRowsPerExpert) {
   EXPECT_EQ(ChooseTile(16, true), GemmTile::kDecode);
   EXPECT_EQ(ChooseTile(64, true), GemmTile::kMedium);
   EXPECT_EQ(ChooseTile(65, true), GemmTile::kWgmma);
-  EXPECT_EQ(ChooseTile(65, true, false), GemmTile::kWgmma2);
+  EXPECT_EQ(ChooseTile(65, true, GemmTile::kWgmma2), GemmTile::kWgmma2);
+  EXPECT_EQ(ChooseTile(65, true, GemmTile::kWgmmaTall), GemmTile::kWgmmaTall);
 }
 
 TEST(ChooseSplitK, SplitsOnlySmallUnderfilledProblems) {

@@ -49,8 +49,13 @@ struct CudaEngineOptions {
   // measured so on an H200 (`cuda_engine_bench --check-invariance`, and the GPU test
   // DeterministicIsBatchInvariant, whose large batch takes the wgmma tile).
   bool deterministic_wgmma = true;
-  // Hopper tile for large batches: 128x256 outputs, 1 block per SM (true) or 128x128, 2 per SM.
-  bool wgmma_wide_tile = true;
+  // Hopper tile for large batches (see benches/RESULTS.md for their measured speeds).
+  enum class HopperTile : uint8_t {
+    kWide,      // 128 x 256 outputs, 1 block per SM
+    kTwoPerSm,  // 128 x 128 outputs, 2 blocks per SM
+    kTall,      // 256 x 128 outputs (4 warpgroups), 1 block per SM
+  };
+  HopperTile hopper_tile = HopperTile::kWide;
 };
 
 // A forward on device buffers (benchmarks, future device-resident callers).

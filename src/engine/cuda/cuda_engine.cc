@@ -194,7 +194,10 @@ Status CudaEngine::Impl::EnqueueCore(Slot& s, int64_t capacity, AType atype) {
   in.deterministic = options.deterministic;
   in.wgmma = wgmma;
   in.deterministic_wgmma = options.deterministic_wgmma;
-  in.wgmma_wide = options.wgmma_wide_tile;
+  in.wgmma_tile = options.hopper_tile == CudaEngineOptions::HopperTile::kWide ? cuda::GemmTile::kWgmma
+                  : options.hopper_tile == CudaEngineOptions::HopperTile::kTwoPerSm
+                      ? cuda::GemmTile::kWgmma2
+                      : cuda::GemmTile::kWgmmaTall;
   const cuda::MoePlan plan = cuda::PlanMoe(in);
 
   // 1. Zero the per-expert counters; convert the input.
