@@ -9,7 +9,8 @@
 3. Sends a known number of inference requests with `moe-swarm client`.
 4. Asks Prometheus' HTTP query API until the scraped series show exactly those requests:
    moe_requests_total{code="OK"}, moe_request_duration_seconds_count, the build info, readiness,
-   the scheduler's batches, and the target's health.
+   the scheduler's batches, and the target's health; `promtool check metrics` on the live
+   exposition.
 5. SIGTERMs the daemon and checks that it drains and exits 0 within the platforms' kill timeout.
 
 Every process started is killed at the end, whatever happens (finally + atexit + SIGTERM
@@ -225,6 +226,16 @@ def main():
         assert received is not None and received >= 1, received
         log(f"prometheus agrees: {EXPECTED} OK requests, {tokens:.0f} tokens in {batches:.0f} "
             f"batches, build {labels}")
+
+        # The live exposition, with every series the traffic created, passes Prometheus' linter.
+        promtool = shutil.which("promtool")
+        if promtool is not None:
+            status, exposition = http_get(metrics_url + "/metrics")
+            assert status == 200
+            lint = subprocess.run([promtool, "check", "metrics"], input=exposition,
+                                  capture_output=True, text=True, timeout=30)
+            assert lint.returncode == 0, f"promtool check metrics:\n{lint.stdout}{lint.stderr}"
+            log("promtool check metrics: the live exposition is clean")
 
         # 5. Drain on SIGTERM: the process exits 0 within drain + slack (30 s).
         daemon.send_signal(signal.SIGTERM)
