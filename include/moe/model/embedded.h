@@ -29,8 +29,8 @@ struct SyntheticModelOptions {
   int moe_intermediate = 256;
   int shared_intermediate = 512;
   bool norm_topk_prob = false;
-  DType dtype = DType::kBF16;  // F32, F16 or BF16
-  int n_shards = 2;            // 1: model.safetensors; >1: indexed shards split by layer
+  DType dtype = DType::kBF16;             // F32, F16 or BF16
+  int n_shards = 2;                       // 1: model.safetensors; >1: indexed shards split by layer
   uint64_t seed = 0x6d6f652d73776172ull;  // "moe-swar"
 };
 
