@@ -26,6 +26,7 @@
 #include <string>
 #include <vector>
 
+#include "engine/cuda/cublas_handle.h"
 #include "engine/cuda/cuda_raii.h"
 #include "kernels/moe_kernels.h"
 #include "moe/engine/cuda_engine.h"
@@ -156,30 +157,24 @@ Ceilings MeasureCeilings() {
         cuda::LaunchFillRandom(A.get(), int64_t{n} * n, cuda::WType::kBF16, 1.0f, 1, stream.get()));
     OrDie(
         cuda::LaunchFillRandom(B.get(), int64_t{n} * n, cuda::WType::kBF16, 1.0f, 2, stream.get()));
-    cublasHandle_t h = nullptr;
-    if (cublasCreate(&h) != CUBLAS_STATUS_SUCCESS) {
-      std::fprintf(stderr, "cublasCreate failed\n");
-      std::exit(1);
-    }
-    cublasSetStream(h, stream.get());
+    cuda::CublasHandle h = OrDie(cuda::CublasHandle::Create(stream.get()));
     const float alpha = 1, beta = 0;
+    auto gemm = [&]() -> Status {
+      CUBLAS_RETURN_IF_ERROR(cublasGemmEx(
+          h.get(), CUBLAS_OP_T, CUBLAS_OP_N, n, n, n, &alpha, A.get(), CUDA_R_16BF, n, B.get(),
+          CUDA_R_16BF, n, &beta, C.get(), CUDA_R_16BF, n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+      return absl::OkStatus();
+    };
     std::vector<double> ms;
     for (int i = 0; i < 12; ++i) {
       BENCH_CHECK(cudaEventRecord(a.get(), stream.get()));
-      const cublasStatus_t st = cublasGemmEx(
-          h, CUBLAS_OP_T, CUBLAS_OP_N, n, n, n, &alpha, A.get(), CUDA_R_16BF, n, B.get(),
-          CUDA_R_16BF, n, &beta, C.get(), CUDA_R_16BF, n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
-      if (st != CUBLAS_STATUS_SUCCESS) {
-        std::fprintf(stderr, "cublasGemmEx failed: %d\n", static_cast<int>(st));
-        std::exit(1);
-      }
+      OrDie(gemm());
       BENCH_CHECK(cudaEventRecord(b.get(), stream.get()));
       BENCH_CHECK(cudaEventSynchronize(b.get()));
       float t = 0;
       BENCH_CHECK(cudaEventElapsedTime(&t, a.get(), b.get()));
       if (i >= 2) ms.push_back(t);
     }
-    cublasDestroy(h);
     c.matmul_tflops = 2.0 * n * n * double(n) / (Median(ms) * 1e-3) / 1e12;
   }
   return c;
