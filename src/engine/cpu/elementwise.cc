@@ -29,20 +29,61 @@ inline float Exp(float x) {
   return p * scale;
 }
 
+// The loops, inlined into one function per instruction set below (each element sees the same IEEE
+// operations whichever is chosen).
+__attribute__((always_inline)) inline void SiluMulLoop(const float* g, const float* u, float* out,
+                                                       int64_t n) {
+  for (int64_t i = 0; i < n; ++i) out[i] = g[i] / (1.0f + Exp(-g[i])) * u[i];
+}
+__attribute__((always_inline)) inline void AddScaledLoop(float* acc, float w, const float* y,
+                                                         int64_t n) {
+  for (int64_t i = 0; i < n; ++i) acc[i] += w * y[i];
+}
+
+// NOTES: dispatch through a function pointer picked on first use, not GCC's target_clones: an
+// ifunc resolver runs during relocation, before ThreadSanitizer's runtime is up, and crashes TSan
+// builds.
+__attribute__((target("avx512f"))) void SiluMulAvx512(const float* g, const float* u, float* out,
+                                                      int64_t n) {
+  SiluMulLoop(g, u, out, n);
+}
+__attribute__((target("avx2"))) void SiluMulAvx2(const float* g, const float* u, float* out,
+                                                 int64_t n) {
+  SiluMulLoop(g, u, out, n);
+}
+void SiluMulDefault(const float* g, const float* u, float* out, int64_t n) {
+  SiluMulLoop(g, u, out, n);
+}
+__attribute__((target("avx512f"))) void AddScaledAvx512(float* acc, float w, const float* y,
+                                                        int64_t n) {
+  AddScaledLoop(acc, w, y, n);
+}
+__attribute__((target("avx2"))) void AddScaledAvx2(float* acc, float w, const float* y, int64_t n) {
+  AddScaledLoop(acc, w, y, n);
+}
+void AddScaledDefault(float* acc, float w, const float* y, int64_t n) {
+  AddScaledLoop(acc, w, y, n);
+}
+
+template <typename Fn>
+Fn Pick(Fn avx512, Fn avx2, Fn fallback) {
+  if (__builtin_cpu_supports("avx512f")) return avx512;
+  if (__builtin_cpu_supports("avx2")) return avx2;
+  return fallback;
+}
+
 }  // namespace
 
 float FastExp(float x) { return Exp(x); }
 
-__attribute__((target_clones("avx512f", "avx2", "default"))) void SiluMul(const float* g,
-                                                                          const float* u,
-                                                                          float* out, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) out[i] = g[i] / (1.0f + Exp(-g[i])) * u[i];
+void SiluMul(const float* g, const float* u, float* out, int64_t n) {
+  static const auto fn = Pick(&SiluMulAvx512, &SiluMulAvx2, &SiluMulDefault);
+  fn(g, u, out, n);
 }
 
-__attribute__((target_clones("avx512f", "avx2", "default"))) void AddScaled(float* acc, float w,
-                                                                            const float* y,
-                                                                            int64_t n) {
-  for (int64_t i = 0; i < n; ++i) acc[i] += w * y[i];
+void AddScaled(float* acc, float w, const float* y, int64_t n) {
+  static const auto fn = Pick(&AddScaledAvx512, &AddScaledAvx2, &AddScaledDefault);
+  fn(acc, w, y, n);
 }
 
 }  // namespace moe::cpu

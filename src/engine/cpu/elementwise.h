@@ -1,7 +1,7 @@
 // Element-wise loops of the CPU engine (SwiGLU activation, weighted accumulation), vectorised for
-// the best instruction set at run time (GCC target_clones) yet bitwise identical on every code
-// path: each element goes through the same IEEE operations in the same order (no FMA contraction,
-// see -ffp-contract=off in CMakeLists.txt), so vector body, scalar tail and instruction set agree.
+// the best instruction set at run time yet bitwise identical on every code path: each element goes
+// through the same IEEE operations in the same order (no FMA contraction, see -ffp-contract=off in
+// CMakeLists.txt), so vector body, scalar tail and instruction set agree.
 #pragma once
 
 #include <cstdint>
