@@ -1,15 +1,14 @@
 // `moe-swarm serve`: start-up (one log line per stage), serving, and the SIGTERM/SIGINT drain.
 //
 // Stages: logging -> side HTTP port (not ready: "starting") -> model (embedded one generated on
-// first use) -> engine -> scheduler -> gRPC port (health NOT_SERVING) -> warm-up (one request per
-// MoE layer through the whole path) -> ready. On SIGTERM/SIGINT: not ready ("draining"), new
+// first use) -> engine -> warm-up (one forward per MoE layer and slot) -> scheduler -> gRPC port
+// (health NOT_SERVING) -> ready. On SIGTERM/SIGINT: not ready ("draining"), new
 // requests refused, accepted ones finish within server.drain_timeout_ms, exit 0.
 #include <pthread.h>
 #include <signal.h>
 #include <spdlog/spdlog.h>
 
 #include <filesystem>
-#include <future>
 #include <random>
 #include <thread>
 
@@ -95,31 +94,29 @@ std::string ServedName(const config::DaemonOptions& o, const std::string& dir) {
   return name.empty() ? "model" : name;
 }
 
-// One small request per MoE layer through the scheduler and engine; waits for all of them.
-Status WarmUp(server::Backend* backend, const MoeSpec& spec) {
+// One small forward per MoE layer on every engine slot (before the scheduler owns the slots), so
+// the first requests do not pay for first-touch workspaces, caches and lazily built state.
+Status WarmUp(Engine* engine) {
+  const MoeSpec& spec = engine->spec();
   constexpr int64_t kTokens = 4;
   std::mt19937 rng(7);
   std::normal_distribution<float> normal(0.0f, 1.0f);
   std::vector<float> f32(static_cast<size_t>(kTokens * spec.hidden));
   for (float& v : f32) v = normal(rng);
-  std::vector<uint16_t> in(f32.size());
+  std::vector<uint16_t> in(f32.size()), out(f32.size());
   ConvertFromF32(f32.data(), DType::kBF16, in.data(), f32.size());
-  std::vector<std::vector<uint16_t>> outs(spec.moe_layers.size(), std::vector<uint16_t>(in.size()));
-  std::vector<std::promise<Status>> done(spec.moe_layers.size());
-  for (size_t i = 0; i < spec.moe_layers.size(); ++i) {
-    server::LayerRequest r;
-    r.layer = spec.moe_layers[i];
-    r.dtype = DType::kBF16;
-    r.n_tokens = kTokens;
-    r.input = in.data();
-    r.output = outs[i].data();
-    r.arrival = Clock::now();
-    std::promise<Status>* p = &done[i];
-    StatusOr<uint64_t> t =
-        backend->Submit(r, [p](const Status& s, const server::LayerTiming&) { p->set_value(s); });
-    if (!t.ok()) return t.status();
+  for (int slot = 0; slot < engine->num_slots(); ++slot) {
+    for (int layer : spec.moe_layers) {
+      ForwardArgs a;
+      a.layer = layer;
+      a.dtype = DType::kBF16;
+      a.n_tokens = kTokens;
+      a.input = in.data();
+      a.output = out.data();
+      a.slot = slot;
+      MOE_RETURN_IF_ERROR(engine->Forward(a));
+    }
   }
-  for (auto& p : done) MOE_RETURN_IF_ERROR(p.get_future().get());
   return absl::OkStatus();
 }
 
@@ -163,9 +160,9 @@ int RunServe(const config::DaemonOptions& o) {
     if (!h.ok()) return fail("side HTTP port", h.status());
     http = std::move(*h);
     http->SetReady(false, "starting");
-    spdlog::info("stage 1/6 side HTTP: /metrics /healthz /readyz on {}", http->address());
+    spdlog::info("stage 1/7 side HTTP: /metrics /healthz /readyz on {}", http->address());
   } else {
-    spdlog::info("stage 1/6 side HTTP: off (server.metrics_port = -1)");
+    spdlog::info("stage 1/7 side HTTP: off (server.metrics_port = -1)");
   }
 
   // Model.
@@ -175,7 +172,7 @@ int RunServe(const config::DaemonOptions& o) {
     StatusOr<std::string> embedded = EnsureEmbeddedModel(o.model.cache_dir);
     if (!embedded.ok()) return fail("embedded model", embedded.status());
     dir = *embedded;
-    spdlog::info("stage 2/6 model: embedded model at {} ({} ms)", dir, MsSince(t));
+    spdlog::info("stage 2/7 model: embedded model at {} ({} ms)", dir, MsSince(t));
   }
   Clock::time_point t = Clock::now();
   StatusOr<std::unique_ptr<Model>> opened = Model::Open(dir);
@@ -184,7 +181,7 @@ int RunServe(const config::DaemonOptions& o) {
   const MoeSpec& spec = model->spec();
   std::string name = ServedName(o, dir);
   spdlog::info(
-      "stage 2/6 model: {} ({}), hidden {}, {} MoE layers, {} experts, top-{}, {}, {} MiB mapped "
+      "stage 2/7 model: {} ({}), hidden {}, {} MoE layers, {} experts, top-{}, {}, {} MiB mapped "
       "({} ms)",
       name, std::string(FamilyName(spec.family)), spec.hidden, spec.moe_layers.size(),
       spec.n_experts(), spec.top_k(), std::string(DTypeName(spec.weight_dtype)),
@@ -198,9 +195,15 @@ int RunServe(const config::DaemonOptions& o) {
   t = Clock::now();
   StatusOr<std::unique_ptr<Engine>> engine = CreateEngine(o, model);
   if (!engine.ok()) return fail("engine", engine.status());
-  spdlog::info("stage 3/6 engine: {} with {} slots, max {} tokens per batch ({} ms)",
+  spdlog::info("stage 3/7 engine: {} with {} slots, max {} tokens per batch ({} ms)",
                std::string(engine.value()->name()), engine.value()->num_slots(),
                engine.value()->max_batch_tokens(), MsSince(t));
+
+  // Warm-up, while the engine's slots are still ours.
+  t = Clock::now();
+  if (Status s = WarmUp(engine->get()); !s.ok()) return fail("warm-up", s);
+  spdlog::info("stage 4/7 warm-up: {} MoE layers x {} slots ({} ms)", spec.moe_layers.size(),
+               engine.value()->num_slots(), MsSince(t));
 
   // Scheduler.
   metrics::SchedulerMetrics sched_metrics(metrics->get());
@@ -216,7 +219,7 @@ int RunServe(const config::DaemonOptions& o) {
   sched_metrics.SetStatsSource([s = scheduler->get()] { return s->Stats(); });
   server::SchedulerBackend backend(scheduler->get(), spec.top_k(), o.scheduler.max_batch_tokens);
   spdlog::info(
-      "stage 4/6 scheduler: max_batch_tokens {}, max_queue_delay_us {}, "
+      "stage 5/7 scheduler: max_batch_tokens {}, max_queue_delay_us {}, "
       "max_queue_tokens {}",
       o.scheduler.max_batch_tokens, o.scheduler.max_queue_delay_us, o.scheduler.max_queue_tokens);
 
@@ -235,20 +238,12 @@ int RunServe(const config::DaemonOptions& o) {
     sched_metrics.SetStatsSource(nullptr);
     return fail("gRPC server", server.status());
   }
-  spdlog::info("stage 5/6 gRPC: {} (health NOT_SERVING until warm)", server.value()->address());
+  spdlog::info("stage 6/7 gRPC: {} (health NOT_SERVING until ready)", server.value()->address());
 
-  // Warm-up.
-  t = Clock::now();
-  if (Status s = WarmUp(&backend, spec); !s.ok()) {
-    sched_metrics.SetStatsSource(nullptr);
-    return fail("warm-up", s);
-  }
   server.value()->SetReady(true);
   if (http != nullptr) http->SetReady(true);
-  spdlog::info(
-      "stage 6/6 ready: warm-up {} ms; serving {} (KServe models {}.layer<L>) on {}; "
-      "start-up took {} ms",
-      MsSince(t), name, name, server.value()->address(), MsSince(start));
+  spdlog::info("stage 7/7 ready: serving {} (KServe models {}.layer<L>) on {}; start-up took {} ms",
+               name, name, server.value()->address(), MsSince(start));
 
   int sig = 0;
   sigwait(&signals, &sig);

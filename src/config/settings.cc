@@ -76,6 +76,8 @@ std::string ShowList(const std::vector<int64_t>& v) {
 }  // namespace
 
 void AddServeFlags(CLI::App* app, DaemonOptions* options) {
+  // A flag given twice: the last one wins (wrappers such as scripts/serve.sh append overrides).
+  app->option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
   for (Setting& s : AllSettings(options)) {
     std::string help = s.help + "  [toml: " + s.key + "]";
     std::visit(
@@ -94,7 +96,10 @@ void AddServeFlags(CLI::App* app, DaemonOptions* options) {
                 ->type_name("KIND")
                 ->default_str(std::string(EngineKindName(*ptr)));
           } else if constexpr (std::is_same_v<T, std::vector<int64_t>>) {
-            app->add_option(s.flag, *ptr, help)->delimiter(',')->default_str(ShowList(*ptr));
+            app->add_option(s.flag, *ptr, help)
+                ->delimiter(',')
+                ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll)
+                ->default_str(ShowList(*ptr));
           } else {
             app->add_option(s.flag, *ptr, help)->capture_default_str();
           }

@@ -100,7 +100,8 @@ Status PrepareInfer(const Catalog& catalog, const inference::ModelInferRequest& 
   out->dtype = dtype;
   out->n_tokens = n_tokens;
   out->input = raw.data();
-  out->priority = static_cast<int>(std::min<int64_t>(priority, INT32_MAX));
+  // Triton's levels: 0 = the default; 1 is the highest, larger numbers are lower.
+  out->priority = priority == 1 ? 1 : priority >= 3 ? -1 : 0;
   *timeout_us = static_cast<uint64_t>(timeout);
   for (const std::string& n : names) {
     auto* o = response->add_outputs();
