@@ -73,9 +73,9 @@ __device__ __forceinline__ void Wgmma(float (&d)[N / 2], uint64_t a, uint64_t b)
 
 template <typename T, bool GATED, int BM, int B_ROWS, int STAGES, int MIN_BLOCKS>
 __global__ void __launch_bounds__(BM * 2, MIN_BLOCKS) WgmmaGemmKernel(const GemmParams p) {
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
   constexpr int kWgThreads = BM * 2;  // one warpgroup (128 threads) per 64 rows
   constexpr int kWgBm = BM;
-#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
   constexpr int BN = GATED ? B_ROWS / 2 : B_ROWS;  // output columns of the block
   constexpr int kWn = BN;                          // N of each wgmma
   constexpr int kG = GATED ? 2 : 1;

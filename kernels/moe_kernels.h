@@ -141,6 +141,13 @@ struct ScanArgs {
 };
 Status LaunchScan(const ScanArgs& args, cudaStream_t stream);
 
+// Route + Scan in one block for decode batches (CanRouteScan): per-expert counters live in shared
+// memory (ra.counts is not used and need not be zeroed); same outputs as LaunchRoute + LaunchScan.
+bool CanRouteScan(int64_t capacity, int n_experts);
+Status LaunchRouteScan(const RouteArgs& ra, const ScanArgs& sa, cudaStream_t stream);
+// Raises the shared-memory limit of the routing kernels; call once per device.
+Status InitRoutingKernels();
+
 // out[t] = sum_k w[t,k] * sum_s y[s][pair_row[t,k]] + gate(t) * sum_s ys[s][t], in AType, written
 // to meta->output. Fixed summation order (k ascending, splits ascending): no atomics.
 struct CombineArgs {

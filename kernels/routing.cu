@@ -24,6 +24,8 @@ namespace moe::cuda {
 namespace {
 
 constexpr int kScanThreads = 1024;
+constexpr int kRouteScanMaxTokens = kScanThreads / 32;  // one warp per token
+constexpr int kRouteScanMaxExperts = 256;               // 64 KB of scores for 32 warps
 constexpr int kRouteWarps = 4;
 
 // ---- 8-element vector loads and stores through float ----
@@ -142,15 +144,12 @@ __device__ __forceinline__ float SumSplits(const float* p, int splits, int64_t s
   return sum;
 }
 
-__global__ void RouteKernel(const RouteArgs a) {
-  extern __shared__ float route_smem[];
+// Routes token t with one warp; `score`, `sel`: [n_experts] warp-private shared memory; `counts`:
+// per-expert counters (global or shared) that hand out each pair's rank.
+__device__ void RouteToken(const RouteArgs& a, int t, float* score, float* sel, int32_t* counts) {
   const RoutingParams& rp = a.routing;
   const int n_experts = rp.n_experts;
-  const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5;
-  const int t = blockIdx.x * kRouteWarps + wid;
-  if (t >= a.meta->n_tokens) return;  // whole warp leaves together
-  float* score = route_smem + wid * 2 * n_experts;
-  float* sel = score + n_experts;
+  const int lane = threadIdx.x & 31;
   const float* logits = a.logits + static_cast<int64_t>(t) * a.ld_logits;
 
   // Logits (split partials in ascending order) -> scores.
@@ -250,7 +249,7 @@ __global__ void RouteKernel(const RouteArgs a) {
     const int64_t p = static_cast<int64_t>(t) * rp.top_k + lane;
     a.topk_ids[p] = my_id;
     a.topk_weights[p] = my_w;
-    a.ranks[p] = atomicAdd(&a.counts[my_id], 1);
+    a.ranks[p] = atomicAdd(&counts[my_id], 1);
   }
   if (rp.has_shared_gate && lane == 0) {
     const float v = SumSplits(logits + n_experts, a.splits, a.split_stride);
@@ -258,12 +257,22 @@ __global__ void RouteKernel(const RouteArgs a) {
   }
 }
 
+__global__ void RouteKernel(const RouteArgs a) {
+  extern __shared__ float route_smem[];
+  const int wid = threadIdx.x >> 5;
+  const int t = blockIdx.x * kRouteWarps + wid;
+  if (t >= a.meta->n_tokens) return;  // whole warp leaves together
+  float* score = route_smem + wid * 2 * a.routing.n_experts;
+  RouteToken(a, t, score, score + a.routing.n_experts, a.counts);
+}
+
 // ---- 3. Scan ----
-__global__ void __launch_bounds__(kScanThreads) ScanKernel(const ScanArgs a, bool scatter) {
-  __shared__ int s_count[kScanThreads];
-  __shared__ int s_tiles[kScanThreads];
+// Block-wide (kScanThreads threads): offsets, tile list and (with `scatter`) the permutation from
+// per-expert `counts`; s_count / s_tiles: [kScanThreads] shared scratch.
+__device__ void ScanBody(const ScanArgs& a, const int32_t* counts, bool scatter, int* s_count,
+                         int* s_tiles) {
   const int e = threadIdx.x;
-  const int count = e < a.n_experts ? a.counts[e] : 0;
+  const int count = e < a.n_experts ? counts[e] : 0;
   const int tiles = (count + a.bm - 1) / a.bm;
   s_count[e] = count;
   s_tiles[e] = tiles;
@@ -297,6 +306,31 @@ __global__ void __launch_bounds__(kScanThreads) ScanKernel(const ScanArgs a, boo
     a.perm_token[r] = p / a.top_k;
     a.pair_row[p] = r;
   }
+}
+
+__global__ void __launch_bounds__(kScanThreads) ScanKernel(const ScanArgs a, bool scatter) {
+  __shared__ int s_count[kScanThreads];
+  __shared__ int s_tiles[kScanThreads];
+  ScanBody(a, a.counts, scatter, s_count, s_tiles);
+}
+
+// Decode batches (<= 32 tokens): routing (one warp per token, counters in shared memory, so no
+// memset) and the scan in one block, one launch instead of three nodes.
+__global__ void __launch_bounds__(kScanThreads)
+    RouteScanKernel(const RouteArgs ra, const ScanArgs sa) {
+  extern __shared__ float route_smem[];
+  __shared__ int s_experts[kScanThreads];
+  __shared__ int s_count[kScanThreads];
+  __shared__ int s_tiles[kScanThreads];
+  s_experts[threadIdx.x] = 0;
+  __syncthreads();
+  const int wid = threadIdx.x >> 5;
+  if (wid < ra.meta->n_tokens) {
+    float* score = route_smem + wid * 2 * ra.routing.n_experts;
+    RouteToken(ra, wid, score, score + ra.routing.n_experts, s_experts);
+  }
+  __syncthreads();  // ids, ranks (global) and counts (shared) are complete
+  ScanBody(sa, s_experts, true, s_count, s_tiles);
 }
 
 // The permutation for large batches, one thread per (token, k) pair.
@@ -478,6 +512,29 @@ Status LaunchRoute(const RouteArgs& a, cudaStream_t stream) {
   const int blocks = static_cast<int>((a.capacity + kRouteWarps - 1) / kRouteWarps);
   const size_t smem = static_cast<size_t>(kRouteWarps) * 2 * a.routing.n_experts * sizeof(float);
   RouteKernel<<<blocks, kRouteWarps * 32, smem, stream>>>(a);
+  CUDA_RETURN_IF_ERROR(cudaGetLastError());
+  return absl::OkStatus();
+}
+
+Status InitRoutingKernels() {
+  CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(RouteScanKernel,
+                                            cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                            kRouteScanMaxTokens * 2 * kRouteScanMaxExperts * 4));
+  return absl::OkStatus();
+}
+
+bool CanRouteScan(int64_t capacity, int n_experts) {
+  return capacity <= kRouteScanMaxTokens && n_experts <= kRouteScanMaxExperts;
+}
+
+Status LaunchRouteScan(const RouteArgs& ra, const ScanArgs& sa, cudaStream_t stream) {
+  MOE_RETURN_IF_ERROR(ra.Validate());
+  MOE_RETURN_IF_ERROR(sa.Validate());
+  if (!CanRouteScan(ra.capacity, ra.routing.n_experts)) {
+    return absl::InvalidArgumentError("RouteScan: too many tokens or experts for one block");
+  }
+  const size_t smem = static_cast<size_t>(kRouteScanMaxTokens) * 2 * ra.routing.n_experts * 4;
+  RouteScanKernel<<<1, kScanThreads, smem, stream>>>(ra, sa);
   CUDA_RETURN_IF_ERROR(cudaGetLastError());
   return absl::OkStatus();
 }

@@ -39,6 +39,8 @@ for step in $steps; do
       cuda_engine_bench --report="$out/narrow.jsonl" --no-det --narrow --tokens=512,4096,16384 2>&1 | tee "$out/narrow.txt" ;;
     tallbench)
       cuda_engine_bench --report="$out/tall.jsonl" --no-det --tall --tokens=512,4096,16384 2>&1 | tee "$out/tall.txt" ;;
+    decodebench)
+      cuda_engine_bench --report="$out/decode.jsonl" --no-det --tokens=1,8,64 2>&1 | tee "$out/decode.txt" ;;
     quickbench)
       cuda_engine_bench --report="$out/cuda_engine_bench.jsonl" --no-det 2>&1 | tee "$out/bench.txt" ;;
     *) echo "unknown step $step" ;;

@@ -112,6 +112,7 @@ StatusOr<std::unique_ptr<CudaEngine::Impl>> CudaEngine::Impl::Prepare(const MoeS
   MOE_ASSIGN_OR_RETURN(impl->wgmma, cuda::ProbeWgmmaKernels());
   impl->wgmma = impl->wgmma && o.use_wgmma;
   MOE_RETURN_IF_ERROR(cuda::InitGemmKernels(impl->wgmma));
+  MOE_RETURN_IF_ERROR(cuda::InitRoutingKernels());
   return impl;
 }
 
@@ -194,14 +195,16 @@ Status CudaEngine::Impl::EnqueueCore(Slot& s, int64_t capacity, AType atype) {
   in.deterministic = options.deterministic;
   in.wgmma = wgmma;
   in.deterministic_wgmma = options.deterministic_wgmma;
-  in.wgmma_tile = options.hopper_tile == CudaEngineOptions::HopperTile::kWide ? cuda::GemmTile::kWgmma
+  in.wgmma_tile = options.hopper_tile == CudaEngineOptions::HopperTile::kWide
+                      ? cuda::GemmTile::kWgmma
                   : options.hopper_tile == CudaEngineOptions::HopperTile::kTwoPerSm
                       ? cuda::GemmTile::kWgmma2
                       : cuda::GemmTile::kWgmmaTall;
   const cuda::MoePlan plan = cuda::PlanMoe(in);
 
-  // 1. Zero the per-expert counters; convert the input.
-  CUDA_RETURN_IF_ERROR(cudaMemsetAsync(s.counts.get(), 0, s.counts.bytes(), st));
+  // 1. Zero the per-expert counters (unless routing and scan run as one block); convert the input.
+  const bool route_scan = cuda::CanRouteScan(capacity, e);
+  if (!route_scan) CUDA_RETURN_IF_ERROR(cudaMemsetAsync(s.counts.get(), 0, s.counts.bytes(), st));
   cuda::ConvertArgs conv;
   conv.meta = meta;
   conv.atype = atype;
@@ -260,7 +263,6 @@ Status CudaEngine::Impl::EnqueueCore(Slot& s, int64_t capacity, AType atype) {
   route.ranks = s.ranks.as<int32_t>();
   route.counts = s.counts.as<int32_t>();
   route.shared_gate = s.shared_gate.as<float>();
-  MOE_RETURN_IF_ERROR(cuda::LaunchRoute(route, st));
 
   const cuda::TileShape& shape = cuda::ShapeOf(plan.tile);
   cuda::ScanArgs scan;
@@ -277,7 +279,12 @@ Status CudaEngine::Impl::EnqueueCore(Slot& s, int64_t capacity, AType atype) {
   scan.n_tiles = s.n_tiles.as<int32_t>();
   scan.perm_token = s.perm_token.as<int32_t>();
   scan.pair_row = s.pair_row.as<int32_t>();
-  MOE_RETURN_IF_ERROR(cuda::LaunchScan(scan, st));
+  if (route_scan) {
+    MOE_RETURN_IF_ERROR(cuda::LaunchRouteScan(route, scan, st));
+  } else {
+    MOE_RETURN_IF_ERROR(cuda::LaunchRoute(route, st));
+    MOE_RETURN_IF_ERROR(cuda::LaunchScan(scan, st));
+  }
 
   // 5. Routed experts: gate/up (+SiLU*mul) gathered through the permutation, then down.
   cuda::GemmArgs gu;
