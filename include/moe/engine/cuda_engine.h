@@ -3,9 +3,10 @@
 // Per forward, on the slot's stream and with no host round trip in between:
 //   convert input -> router GEMM (tensor cores, f32 logits) -> fused routing kernel (scores, group
 //   limit, top-k, weights, per-expert counts) -> scan (expert offsets, GEMM tile list, token
-//   permutation) -> grouped gate/up GEMM with SiLU*mul in its epilogue (rows gathered through the
-//   permutation) -> grouped down GEMM -> shared expert (dense GEMMs) -> combine (weighted sum back
-//   to token order, + sigmoid-gated shared expert) in the activation dtype.
+//   permutation; routing and scan are one single-block launch for <= 32 tokens) -> grouped gate/up
+//   GEMM with SiLU*mul in its epilogue (rows gathered through the permutation) -> grouped down GEMM
+//   -> shared expert (dense GEMMs) -> combine (weighted sum back to token order, + sigmoid-gated
+//   shared expert) in the activation dtype.
 // Token counts up to a preferred graph size replay a CUDA graph captured for that size (per slot
 // and activation dtype, captured on first use); kernels read the token count, layer and buffers
 // from device memory, so one graph serves any count up to its size and every layer.
