@@ -50,8 +50,10 @@ std::vector<Setting> AllSettings(DaemonOptions* o) {
        "auto | cpu | cuda (auto = cuda when built with CUDA and a GPU "
        "is present, else cpu)",
        &o->engine.kind},
-      {"engine.threads", "--threads", "CPU engine threads per slot (0 = auto)", &o->engine.threads},
-      {"engine.slots", "--slots", "batches computed at once (0 = auto)", &o->engine.slots},
+      {"engine.threads", "--threads", "CPU engine threads, shared by all slots (0 = every core)",
+       &o->engine.threads},
+      {"engine.slots", "--slots",
+       "batches computed at once: engine slots, one swarm worker each (0 = 2)", &o->engine.slots},
       {"model.dir", "--model",
        "Hugging Face checkpoint directory (config.json + safetensors); "
        "empty = the embedded model, generated on first use",

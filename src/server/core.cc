@@ -2,6 +2,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include "moe/common/logging.h"
 #include "moe/metrics/metrics.h"
 
 namespace moe::server {
@@ -148,9 +149,9 @@ void Core::LogRefusal(const std::string& label, const Status& status) {
       return;
     }
   }
-  if (suppressed > 0) spdlog::warn("{} more refused requests not logged", suppressed);
-  spdlog::warn("refused {}: {}: {}", label, absl::StatusCodeToString(status.code()),
-               std::string(status.message()));
+  if (suppressed > 0) log::Get("server")->warn("{} more refused requests not logged", suppressed);
+  log::Get("server")->warn("refused {}: {}: {}", label, absl::StatusCodeToString(status.code()),
+                           std::string(status.message()));
 }
 
 }  // namespace moe::server

@@ -9,6 +9,7 @@
 
 #include "core.h"
 #include "kserve_service.h"
+#include "moe/common/logging.h"
 #include "native_service.h"
 
 #ifndef MOE_VERSION
@@ -97,7 +98,7 @@ Status Server::Impl::Start() {
   }
   bound_ = absl::StrCat(host, ":", port_);
   SetHealth(false);
-  spdlog::info(
+  log::Get("server")->info(
       "gRPC listening on {} (moe.v1.MoeService, inference.GRPCInferenceService, "
       "grpc.health.v1.Health, reflection); max message {} bytes",
       bound_, s.max_message_bytes);
@@ -109,7 +110,7 @@ void Server::Impl::SetReady(bool ready) {
   if (shut_down_) return;
   core_.SetReady(ready);
   SetHealth(ready);
-  spdlog::info("health: {}", ready ? "SERVING" : "NOT_SERVING");
+  log::Get("server")->info("health: {}", ready ? "SERVING" : "NOT_SERVING");
 }
 
 void Server::Impl::Shutdown() {
@@ -122,17 +123,20 @@ void Server::Impl::Shutdown() {
   }
   auto drain = std::chrono::milliseconds(options_.server.drain_timeout_ms);
   Clock::time_point deadline = Clock::now() + drain;
-  spdlog::info("draining: health NOT_SERVING, new requests refused; {} in flight, up to {} ms",
-               core_.inflight(), options_.server.drain_timeout_ms);
+  log::Get("server")->info(
+      "draining: health NOT_SERVING, new requests refused; {} in flight, up to {} ms",
+      core_.inflight(), options_.server.drain_timeout_ms);
   // The backend first: it flushes its queue at once (no batching delays) and answers every
   // accepted request; then the last callbacks return.
   options_.backend->Drain(deadline);
   bool idle = core_.WaitIdle(std::max(deadline, Clock::now() + std::chrono::seconds(5)));
-  if (!idle) spdlog::warn("drain: {} requests still in flight at the deadline", core_.inflight());
+  if (!idle)
+    log::Get("server")->warn("drain: {} requests still in flight at the deadline",
+                             core_.inflight());
   // Idle streams and calls still being written get a moment, then are cancelled.
   server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
   server_->Wait();
-  spdlog::info("gRPC server stopped");
+  log::Get("server")->info("gRPC server stopped");
 }
 
 StatusOr<std::unique_ptr<Server>> Server::Create(const Options& options) {

@@ -47,8 +47,8 @@ std::string_view EngineKindName(EngineKind kind);
 
 struct EngineOptions {
   EngineKind kind = EngineKind::kAuto;  // engine.kind: auto | cpu | cuda
-  int threads = 0;                      // engine.threads: CPU threads per slot (0 = auto)
-  int slots = 0;                        // engine.slots: concurrent batches (0 = auto)
+  int threads = 0;                      // engine.threads: CPU engine threads (0 = every core)
+  int slots = 0;                        // engine.slots: concurrent batches (0 = 2)
 };
 
 struct ModelOptions {
