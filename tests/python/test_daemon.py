@@ -107,3 +107,28 @@ def test_sigterm_drains_every_accepted_request_and_exits_0(cache_dir):
     assert d.wait_exit() == 0, d.log
     assert "draining" in d.log and "stopped cleanly" in d.log
     client.close()
+
+
+def test_tritonclient_example_runs(daemon):
+    import sys
+    from conftest import ROOT
+    out = subprocess.run([sys.executable, str(ROOT / "examples" / "tritonclient_example.py"),
+                          "--url", daemon.address, "--layer", "3", "--tokens", "2"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert ".layer3: qwen2_moe, hidden 512" in out.stdout
+    assert "token 1: expert" in out.stdout
+
+
+def test_inspect_describes_the_embedded_model(daemon):
+    import glob
+    dirs = glob.glob(f"{daemon.cache_dir}/embedded-qwen2moe-*")
+    assert dirs, daemon.cache_dir
+    out = subprocess.run([swarm_bin(), "inspect", dirs[0]], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "qwen2_moe" in out.stdout.lower() or "Qwen2Moe" in out.stdout
+    missing = subprocess.run([swarm_bin(), "inspect", "/nonexistent/model"], capture_output=True,
+                             text=True, timeout=60)
+    assert missing.returncode == 1
+    assert "moe-swarm inspect:" in missing.stderr
