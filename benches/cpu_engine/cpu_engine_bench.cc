@@ -1,7 +1,8 @@
 // CPU engine throughput on the embedded model's shape (Qwen2-MoE: hidden 512, 32 experts, top-4,
 // moe_intermediate 256, shared expert 512 with gate, BF16 weights; include/moe/model/embedded.h),
 // next to what the GEMMs underneath can do on this machine:
-//   BM_EngineForward/<backend>/<batch>: one layer's Forward() on `batch` BF16 tokens, every core.
+//   BM_EngineForward/<backend>/<batch>/<threads>: one layer's Forward() on `batch` BF16 tokens with
+//     `threads` threads (0 = every core).
 //     Counters: tok/s, and GFLOP/s = CpuEngine::FlopsPerForward (router + routed + shared FFNs).
 //   BM_Sgemm/<threads>/<M>: OpenBLAS cblas_sgemm C[M, 512] = X[M, 512] · W[512, 512]ᵀ, i.e. one
 //     expert's fused gate+up GEMM (2 x 256 outputs) for M routed rows; M = 128 is the average rows
@@ -15,6 +16,7 @@
 
 #include <cstdio>
 #include <cstring>
+#include <map>
 #include <memory>
 #include <random>
 #include <thread>
@@ -48,12 +50,14 @@ std::shared_ptr<const Model> EmbeddedModel() {
   return model;
 }
 
-CpuEngine* Engine(CpuEngineOptions::GemmBackend backend) {
-  static std::unique_ptr<CpuEngine> engines[2];
-  std::unique_ptr<CpuEngine>& e = engines[static_cast<int>(backend)];
+// One engine per (backend, threads), built on first use; threads 0 = every core.
+CpuEngine* Engine(CpuEngineOptions::GemmBackend backend, int threads = 0) {
+  static std::map<std::pair<int, int>, std::unique_ptr<CpuEngine>> engines;
+  std::unique_ptr<CpuEngine>& e = engines[{static_cast<int>(backend), threads}];
   if (e == nullptr && EmbeddedModel() != nullptr) {
     CpuEngineOptions options;
     options.gemm = backend;
+    options.num_threads = threads;
     options.max_batch_tokens = 1024;
     auto created = CpuEngine::Create(EmbeddedModel(), options);
     if (!created.ok()) {
@@ -76,7 +80,7 @@ std::vector<uint16_t> RandomBf16(int64_t n, uint64_t seed) {
 void BM_EngineForward(benchmark::State& state) {
   const auto backend = static_cast<CpuEngineOptions::GemmBackend>(state.range(0));
   const int64_t batch = state.range(1);
-  CpuEngine* engine = Engine(backend);
+  CpuEngine* engine = Engine(backend, static_cast<int>(state.range(2)));
   if (engine == nullptr) {
     state.SkipWithError("no engine (see stderr)");
     return;
@@ -108,8 +112,14 @@ void BM_EngineForward(benchmark::State& state) {
                      : std::string("openblas"));
 }
 BENCHMARK(BM_EngineForward)
-    ->ArgNames({"backend", "batch"})
-    ->ArgsProduct({{0, 1}, {1, 16, 64, 256, 1024}})
+    ->ArgNames({"backend", "batch", "threads"})
+    ->ArgsProduct({{0, 1}, {1, 16, 64, 256, 1024}, {0}})
+    ->Unit(benchmark::kMicrosecond)
+    ->UseRealTime();
+// Scaling with the thread count (fixed order), for sizing slots x threads.
+BENCHMARK(BM_EngineForward)
+    ->ArgNames({"backend", "batch", "threads"})
+    ->ArgsProduct({{0}, {1, 64, 1024}, {1, 2, 4, 8}})
     ->Unit(benchmark::kMicrosecond)
     ->UseRealTime();
 
