@@ -14,11 +14,12 @@
 5. SIGTERMs the daemon and checks that it drains and exits 0 within the platforms' kill timeout.
 
 Every process started is killed at the end, whatever happens (finally + atexit + SIGTERM
-handler). Bounded in time: each wait has a deadline, and ctest's TIMEOUT bounds the whole.
+handler; and PR_SET_PDEATHSIG, so even a SIGKILLed test leaves nothing behind). Bounded in time: each wait has a deadline, and ctest's TIMEOUT bounds the whole.
 Exit code 77 (ctest SKIP_RETURN_CODE) when the daemon binary or `prometheus` is missing.
 """
 
 import atexit
+import ctypes
 import json
 import os
 import pathlib
@@ -67,10 +68,19 @@ def kill_all():
             pass
 
 
+def _die_with_parent():
+    """In the child before exec: SIGKILL it when this test process dies, even by SIGKILL (a ctest
+    timeout), so nothing outlives the test."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    pr_set_pdeathsig = 1
+    libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+
+
 def start(args, log_path):
     out = open(log_path, "wb")
     proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            start_new_session=True)  # own process group: killpg reaches children
+                            start_new_session=True,  # own process group: killpg reaches children
+                            preexec_fn=_die_with_parent)
     _children.append(proc)
     return proc
 
