@@ -177,6 +177,8 @@ def main():
         (job,) = [j for j in config["scrape_configs"] if j["job_name"] == "moe-swarm"]
         job["static_configs"] = [{"targets": [f"127.0.0.1:{metrics_port}"]}]
         (tmp / "prometheus.yml").write_text(yaml.safe_dump(config))
+        for rules in config.get("rule_files", []):  # relative to the config file
+            shutil.copy(ROOT / "deploy/prometheus" / rules, tmp / rules)
         prom = f"127.0.0.1:{prom_port}"
         prom_proc = start([prometheus, f"--config.file={tmp / 'prometheus.yml'}",
                            f"--storage.tsdb.path={tmp / 'tsdb'}",
@@ -232,6 +234,13 @@ def main():
         labels = dict(next(iter(build)))
         assert labels["engine"] in ("cpu", "cuda") and labels["version"], labels
         assert prom_scalar(prom, "moe_inflight_requests") == 0.0
+        # The alerting rules loaded and evaluate against the live series without errors.
+        status, body = http_get(f"http://{prom}/api/v1/rules")
+        groups = json.loads(body)["data"]["groups"] if status == 200 else []
+        rules = [r for g in groups for r in g["rules"]]
+        assert len(rules) >= 7, rules
+        broken = [r["name"] for r in rules if r.get("health") == "err"]
+        assert not broken, f"rules failing to evaluate: {broken}"
         received = prom_scalar(prom, "sum(moe_worker_messages_received_total)")
         assert received is not None and received >= 1, received
         log(f"prometheus agrees: {EXPECTED} OK requests, {tokens:.0f} tokens in {batches:.0f} "

@@ -269,6 +269,33 @@ def test_prometheus_scrape_config():
     assert targets == [f"moe-swarm:{METRICS}"] and "moe-swarm" in compose["services"]
 
 
+def test_alert_rules_are_the_same_everywhere():
+    alerts = yaml.safe_load((DEPLOY / "prometheus/alerts.yml").read_text())
+    operator = _k8s()["PrometheusRule"]
+    assert operator["spec"]["groups"] == alerts["groups"]
+    config = yaml.safe_load((DEPLOY / "prometheus/prometheus.yml").read_text())
+    assert config["rule_files"] == ["alerts.yml"]
+    compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
+    mounts = compose["services"]["prometheus"]["volumes"]
+    assert "./prometheus/alerts.yml:/etc/prometheus/alerts.yml:ro" in mounts
+    # Every metric an alert uses is one the daemon exports (docs/OPERATIONS.md lists them).
+    docs = (ROOT / "docs/OPERATIONS.md").read_text()
+    for group in alerts["groups"]:
+        for rule in group["rules"]:
+            for name in set(re.findall(r"\b(moe_[a-z_]+?)(?:_bucket)?\b", rule["expr"])):
+                assert f"`{name}`" in docs, f"{rule['alert']} uses {name}, not in OPERATIONS.md"
+
+
+def test_promtool_checks_and_unit_tests_the_rules():
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool not installed (Debian package prometheus)")
+    for args in (["check", "rules", "alerts.yml"], ["test", "rules", "alerts_test.yml"]):
+        result = subprocess.run([promtool, *args], cwd=DEPLOY / "prometheus",
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stdout + result.stderr
+
+
 def test_promtool_accepts_the_scrape_config():
     promtool = shutil.which("promtool")
     if promtool is None:
