@@ -8,7 +8,8 @@
 //   layer   decoder layer indices [0, n_layers) of the configured model,
 //   expert  expert indices [0, n_experts) and only while n_experts <= Options::max_expert_labels,
 //   device  GPU ordinals [0, Options::max_devices),
-//   worker  swarm worker indices [0, Options::max_workers).
+//   worker  swarm worker indices [0, Options::max_workers),
+//   reason  scheduler refusal reasons: invalid, queue_full, shutting_down, other.
 // Out-of-range layer/expert/device/worker values are dropped (never a new series) and counted in
 // moe_metrics_dropped_total, so a caller bug cannot blow up the series count.
 // docs/OPERATIONS.md lists every family with its meaning.
