@@ -15,8 +15,9 @@ constexpr char kOutput[] = "output";
 constexpr char kExpertIds[] = "expert_ids";
 constexpr char kExpertWeights[] = "expert_weights";
 
-std::string Label(const inference::ModelInferRequest& r) {
-  return absl::StrCat("KServe request \"", r.id(), "\" (model \"", r.model_name(), "\")");
+std::string Label(const inference::ModelInferRequest& r, const std::string& call_id = "") {
+  return absl::StrCat("KServe request \"", r.id(), "\" (model \"", r.model_name(), "\")",
+                      call_id.empty() ? "" : " [request_id=" + call_id + "]");
 }
 
 // An integer request parameter (int64 or uint64 form, as clients differ), or `fallback`.
@@ -235,23 +236,23 @@ grpc::ServerUnaryReactor* KserveService::RepositoryIndex(
 grpc::ServerUnaryReactor* KserveService::ModelInfer(grpc::CallbackServerContext* context,
                                                     const inference::ModelInferRequest* request,
                                                     inference::ModelInferResponse* response) {
-  auto* call = new UnaryCall(core_->backend());
+  auto* call = new UnaryCall(context, core_->backend());
   LayerRequest lr;
   uint64_t timeout_us = 0;
   auto scratch = std::make_shared<std::string>();
   Status s = PrepareInfer(core_->catalog(), *request, response, &lr, &timeout_us, scratch.get());
   if (!s.ok()) {
-    core_->RecordRejected(lr.layer, s, call->arrival(), Label(*request));
-    call->Finish(ToGrpcStatus(s));
+    core_->RecordRejected(lr.layer, s, call->arrival(), Label(*request, call->request_id()));
+    call->FinishWith(s);
     return call;
   }
   lr.arrival = call->arrival();
   lr.deadline = EffectiveDeadline(lr.arrival, timeout_us, core_->catalog().default_timeout_us(),
                                   context->deadline());
   lr.cancel = call->cancel();
-  core_->Run(lr, Label(*request), [call, scratch](const Status& status, const LayerTiming&) {
-    call->Finish(ToGrpcStatus(status));
-  });
+  core_->Run(
+      lr, Label(*request, call->request_id()),
+      [call, scratch](const Status& status, const LayerTiming&) { call->FinishWith(status); });
   return call;
 }
 

@@ -26,8 +26,9 @@ StatusOr<DType> FromWire(moe::v1::DType d) {
   }
 }
 
-std::string Label(const moe::v1::ForwardRequest& r) {
-  return absl::StrCat("moe.v1 request \"", r.request_id(), "\" (layer ", r.layer(), ")");
+std::string Label(const moe::v1::ForwardRequest& r, const std::string& call_id = "") {
+  return absl::StrCat("moe.v1 request \"", r.request_id(), "\" (layer ", r.layer(), ")",
+                      call_id.empty() ? "" : " [request_id=" + call_id + "]");
 }
 
 void FillTiming(const LayerTiming& t, Clock::time_point arrival, moe::v1::Timing* out) {
@@ -80,28 +81,29 @@ Status PrepareForward(const Catalog& catalog, const moe::v1::ForwardRequest& req
 grpc::ServerUnaryReactor* NativeService::Forward(grpc::CallbackServerContext* context,
                                                  const moe::v1::ForwardRequest* request,
                                                  moe::v1::ForwardResponse* response) {
-  auto* call = new UnaryCall(core_->backend());
+  auto* call = new UnaryCall(context, core_->backend());
   LayerRequest lr;
   Status s = PrepareForward(core_->catalog(), *request, response, &lr);
   if (!s.ok()) {
     core_->RecordRejected(
         core_->catalog().spec().IsMoeLayer(request->layer()) ? request->layer() : -1, s,
-        call->arrival(), Label(*request));
-    call->Finish(ToGrpcStatus(s));
+        call->arrival(), Label(*request, call->request_id()));
+    call->FinishWith(s);
     return call;
   }
   lr.arrival = call->arrival();
   lr.deadline = EffectiveDeadline(lr.arrival, request->parameters().timeout_us(),
                                   core_->catalog().default_timeout_us(), context->deadline());
   lr.cancel = call->cancel();
-  core_->Run(lr, Label(*request), [call, response](const Status& status, const LayerTiming& t) {
-    if (status.ok()) {
-      FillTiming(t, call->arrival(), response->mutable_timing());
-      call->Finish(grpc::Status::OK);
-    } else {
-      call->Finish(ToGrpcStatus(status));
-    }
-  });
+  core_->Run(lr, Label(*request, call->request_id()),
+             [call, response](const Status& status, const LayerTiming& t) {
+               if (status.ok()) {
+                 FillTiming(t, call->arrival(), response->mutable_timing());
+                 call->Finish(grpc::Status::OK);
+               } else {
+                 call->FinishWith(status);
+               }
+             });
   return call;
 }
 

@@ -12,28 +12,54 @@
 #include <deque>
 #include <functional>
 #include <memory>
+#include <string>
 #include <utility>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
+#include "moe/common/logging.h"
 #include "moe/server/backend.h"
+#include "moe/server/status_convert.h"
 
 namespace moe::server {
 
 // Thread safety: cancelled() may be read from any thread; Finish() once, from any thread.
 class UnaryCall : public grpc::ServerUnaryReactor {
  public:
-  explicit UnaryCall(Backend* backend)
-      : arrival_(Clock::now()), cancel_(std::make_shared<CancelScope>(backend)) {}
+  // Takes the request id from the client's `x-request-id` / `traceparent` metadata (or makes one)
+  // and echoes it in the response's initial metadata as `x-request-id`.
+  UnaryCall(grpc::CallbackServerContext* context, Backend* backend)
+      : arrival_(Clock::now()),
+        cancel_(std::make_shared<CancelScope>(backend)),
+        request_id_(RequestIdOf(*context)) {
+    context->AddInitialMetadata("x-request-id", request_id_);
+  }
   const std::shared_ptr<CancelScope>& cancel() const { return cancel_; }
   Clock::time_point arrival() const { return arrival_; }
+  const std::string& request_id() const { return request_id_; }
+
+  // Finish() with errors annotated " [request_id=<id>]" so a client can quote it.
+  void FinishWith(const Status& status) {
+    Finish(ToGrpcStatus(log::AnnotateWithRequestId(status, request_id_)));
+  }
 
   void OnCancel() override { cancel_->Cancel(); }
   void OnDone() override { delete this; }
 
  private:
+  static std::string RequestIdOf(const grpc::CallbackServerContext& context) {
+    auto get = [&](const char* key) {
+      auto it = context.client_metadata().find(key);
+      return it == context.client_metadata().end()
+                 ? std::string()
+                 : std::string(it->second.data(), it->second.size());
+    };
+    return log::RequestIdFromMetadata(get("traceparent"), get("x-request-id"));
+  }
+
   const Clock::time_point arrival_;
   const std::shared_ptr<CancelScope> cancel_;
+  const std::string request_id_;
 };
 
 // Thread safety: the gRPC reactions are serialised by gRPC; Emit (the completion of each request)

@@ -488,3 +488,44 @@ TEST_F(ServerApiTest, KserveMetadataConfigIndexAndStatistics) {
 
 }  // namespace
 }  // namespace moe::server::testing
+
+namespace moe::server::testing {
+namespace {
+
+TEST_F(ServerApiTest, RequestIdsAreEchoedAndQuotedInErrors) {
+  moe::v1::ForwardRequest req = NativeRequest("r", 0, DType::kBF16, 2, hidden(), 1);
+  {
+    grpc::ClientContext ctx;
+    ctx.AddMetadata("x-request-id", "trace-abc.123");
+    moe::v1::ForwardResponse resp;
+    ASSERT_TRUE(d_.native->Forward(&ctx, req, &resp).ok());
+    auto it = ctx.GetServerInitialMetadata().find("x-request-id");
+    ASSERT_NE(it, ctx.GetServerInitialMetadata().end());
+    EXPECT_EQ(std::string(it->second.data(), it->second.size()), "trace-abc.123");
+  }
+  {
+    grpc::ClientContext ctx;
+    ctx.AddMetadata("x-request-id", "trace-abc.124");
+    req.set_layer(99);
+    moe::v1::ForwardResponse resp;
+    grpc::Status s = d_.native->Forward(&ctx, req, &resp);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::NOT_FOUND);
+    EXPECT_NE(s.error_message().find("[request_id=trace-abc.124]"), std::string::npos)
+        << s.error_message();
+  }
+  {
+    // Without one the server makes one up (32 hex digits) and still echoes it.
+    grpc::ClientContext ctx;
+    inference::ModelInferResponse resp;
+    ASSERT_TRUE(
+        d_.kserve
+            ->ModelInfer(&ctx, KserveRequest("k", 0, "BF16", DType::kBF16, 1, hidden(), 1), &resp)
+            .ok());
+    auto it = ctx.GetServerInitialMetadata().find("x-request-id");
+    ASSERT_NE(it, ctx.GetServerInitialMetadata().end());
+    EXPECT_EQ(it->second.size(), 32u);
+  }
+}
+
+}  // namespace
+}  // namespace moe::server::testing
