@@ -123,8 +123,7 @@ StatusOr<std::unique_ptr<HttpServer>> HttpServer::Create(const Options& options)
   }
   server->port_ = ports[0].port;
   server->address_ = absl::StrCat(host, ":", server->port_);
-  metrics::Metrics* m = server->metrics_;
-  m->SetReady(false);
+  server->metrics_->SetReady(false);  // in step with /readyz: not ready until SetReady(true)
   moe::log::Get("http")->info("serving /metrics /healthz /readyz on http://{}", server->address_);
   return server;
 }
