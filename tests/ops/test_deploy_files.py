@@ -149,6 +149,28 @@ def test_dockerfiles(name):
         assert "setpriv --reuid=moe" in script and "exec " in script
 
 
+def test_collect_runtime_lists_pinned_packages(tmp_path):
+    """deploy/docker/collect-runtime.sh on a dynamically linked Debian program: every library it
+    links is owned by a package, listed as name=version (what the runtime stage installs)."""
+    if shutil.which("dpkg") is None or shutil.which("ldd") is None:
+        pytest.skip("needs dpkg and ldd (Debian)")
+    binary = pathlib.Path(os.environ.get("MOE_BINARY_DIR", ROOT / "build")) / "bin/moe-swarm"
+    if not binary.exists():
+        binary = pathlib.Path(shutil.which("curl") or "/usr/bin/curl")
+    result = subprocess.run(["bash", str(DEPLOY / "docker/collect-runtime.sh"), str(binary),
+                             str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = (tmp_path / "packages.txt").read_text().split()
+    assert lines and all(re.fullmatch(r"[a-z0-9][a-z0-9.+-]*=[\w.:+~-]+", l) for l in lines), lines
+    names = {l.split("=")[0] for l in lines}
+    assert "libc6" in names
+    if binary.name == "moe-swarm":
+        assert {"libgrpc++1.51", "libprometheus-cpp-core1.0", "libcivetweb1"} <= names, names
+    # Unpackaged libraries: only the CUDA toolkit's (a CUDA build links libcudart, libcublas...).
+    unpackaged = [p.name for p in (tmp_path / "lib").iterdir()]
+    assert all(name.startswith("libcu") for name in unpackaged), unpackaged
+
+
 def test_dockerignore_keeps_build_trees_out():
     ignore = (ROOT / ".dockerignore").read_text().split()
     for entry in ("build*/", ".venv/", ".git/"):
