@@ -82,10 +82,16 @@ struct DeviceSeries {
   Counter* cache_misses;
   Counter* cache_evictions;
   Counter* cache_copied_bytes;
-  Histogram* cache_copy_wait;
+  Counter* cache_copy_wait;
+  Counter* cache_prefetch_loads;
+  Counter* cache_prefetch_useful;
+  Counter* cache_prefetch_wasted;
+  Gauge* cache_resident;
   Gauge* memory_used;
   Gauge* memory_total;
   Gauge* busy;
+  std::mutex mu;
+  Metrics::ExpertCacheTotals last ABSL_GUARDED_BY(mu);
 };
 
 // Counters fed from cumulative snapshots (SetWorkerTotals): last values seen, to add deltas.
@@ -148,7 +154,11 @@ struct Metrics::Families {
   Family<Counter>* cache_misses = nullptr;
   Family<Counter>* cache_evictions = nullptr;
   Family<Counter>* cache_copied_bytes = nullptr;
-  Family<Histogram>* cache_copy_wait = nullptr;
+  Family<Counter>* cache_copy_wait = nullptr;
+  Family<Counter>* cache_prefetch_loads = nullptr;
+  Family<Counter>* cache_prefetch_useful = nullptr;
+  Family<Counter>* cache_prefetch_wasted = nullptr;
+  Family<Gauge>* cache_resident = nullptr;
   Family<Gauge>* gpu_memory_used = nullptr;
   Family<Gauge>* gpu_memory_total = nullptr;
   Family<Gauge>* gpu_busy = nullptr;
@@ -279,8 +289,17 @@ absl::Status Metrics::Init() {
     f.cache_copied_bytes = &Build<Counter>(r, "moe_expert_cache_copied_bytes_total",
                                            "Bytes of expert weights copied host to device.");
     f.cache_copy_wait =
-        &Build<Histogram>(r, "moe_expert_cache_copy_wait_seconds",
-                          "Time a compute stream waited for an expert copy to finish, in seconds.");
+        &Build<Counter>(r, "moe_expert_cache_copy_wait_seconds_total",
+                        "Time compute waited for expert copies to the GPU, in seconds.");
+    f.cache_prefetch_loads = &Build<Counter>(r, "moe_expert_cache_prefetch_loads_total",
+                                             "Expert prefetch loads issued.");
+    f.cache_prefetch_useful =
+        &Build<Counter>(r, "moe_expert_cache_prefetch_useful_total",
+                        "Prefetched experts that were demanded before their eviction.");
+    f.cache_prefetch_wasted = &Build<Counter>(r, "moe_expert_cache_prefetch_wasted_total",
+                                              "Prefetched experts evicted without being demanded.");
+    f.cache_resident = &Build<Gauge>(r, "moe_expert_cache_resident_experts",
+                                     "Experts ready or loading in the GPU expert cache.");
     f.gpu_memory_used =
         &Build<Gauge>(r, "moe_gpu_memory_used_bytes", "GPU memory in use on the device, in bytes.");
     f.gpu_memory_total =
@@ -311,7 +330,11 @@ absl::Status Metrics::Init() {
     s->cache_misses = &f.cache_misses->Add(l);
     s->cache_evictions = &f.cache_evictions->Add(l);
     s->cache_copied_bytes = &f.cache_copied_bytes->Add(l);
-    s->cache_copy_wait = &f.cache_copy_wait->Add(l, LatencyBuckets());
+    s->cache_copy_wait = &f.cache_copy_wait->Add(l);
+    s->cache_prefetch_loads = &f.cache_prefetch_loads->Add(l);
+    s->cache_prefetch_useful = &f.cache_prefetch_useful->Add(l);
+    s->cache_prefetch_wasted = &f.cache_prefetch_wasted->Add(l);
+    s->cache_resident = &f.cache_resident->Add(l);
     s->memory_used = &f.gpu_memory_used->Add(l);
     s->memory_total = &f.gpu_memory_total->Add(l);
     s->busy = &f.gpu_busy->Add(l);
@@ -551,27 +574,22 @@ T* SlotOrDrop(LazySlots<T>& slots, int index, Counter& dropped) {
 }
 }  // namespace
 
-void Metrics::RecordExpertCacheHit(int device, int64_t count) {
-  if (DeviceSeries* s = SlotOrDrop(*f_->devices, device, *f_->dropped)) {
-    s->cache_hits->Increment(static_cast<double>(count));
-  }
+void Metrics::SetExpertCacheTotals(int device, const ExpertCacheTotals& totals) {
+  DeviceSeries* s = SlotOrDrop(*f_->devices, device, *f_->dropped);
+  if (s == nullptr) return;
+  std::lock_guard lock(s->mu);
+  ExpertCacheTotals& last = s->last;
+  AdvanceCounter(*s->cache_hits, last.hits, totals.hits);
+  AdvanceCounter(*s->cache_misses, last.misses, totals.misses);
+  AdvanceCounter(*s->cache_evictions, last.evictions, totals.evictions);
+  AdvanceCounter(*s->cache_copied_bytes, last.bytes_copied, totals.bytes_copied);
+  AdvanceCounter(*s->cache_copy_wait, last.copy_wait_seconds, totals.copy_wait_seconds);
+  AdvanceCounter(*s->cache_prefetch_loads, last.prefetch_loads, totals.prefetch_loads);
+  AdvanceCounter(*s->cache_prefetch_useful, last.prefetch_useful, totals.prefetch_useful);
+  AdvanceCounter(*s->cache_prefetch_wasted, last.prefetch_wasted, totals.prefetch_wasted);
+  s->cache_resident->Set(static_cast<double>(totals.resident_experts));
 }
-void Metrics::RecordExpertCacheMiss(int device, int64_t count) {
-  if (DeviceSeries* s = SlotOrDrop(*f_->devices, device, *f_->dropped)) {
-    s->cache_misses->Increment(static_cast<double>(count));
-  }
-}
-void Metrics::RecordExpertCacheEviction(int device, int64_t count) {
-  if (DeviceSeries* s = SlotOrDrop(*f_->devices, device, *f_->dropped)) {
-    s->cache_evictions->Increment(static_cast<double>(count));
-  }
-}
-void Metrics::RecordExpertCacheCopy(int device, int64_t bytes, double wait_seconds) {
-  if (DeviceSeries* s = SlotOrDrop(*f_->devices, device, *f_->dropped)) {
-    s->cache_copied_bytes->Increment(static_cast<double>(bytes));
-    s->cache_copy_wait->Observe(wait_seconds);
-  }
-}
+
 void Metrics::SetGpuMemory(int device, int64_t used_bytes, int64_t total_bytes) {
   if (DeviceSeries* s = SlotOrDrop(*f_->devices, device, *f_->dropped)) {
     s->memory_used->Set(static_cast<double>(used_bytes));

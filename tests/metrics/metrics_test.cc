@@ -32,7 +32,7 @@ void TouchEverything(Metrics& m) {
   ASSERT_TRUE(m.ConfigureExpertLoad(1, 2).ok());
   m.RecordRequest("m", 3, 1e-3);
   m.RecordExpertLoad(0, std::vector<uint32_t>(2, 5000));
-  m.RecordExpertCacheHit(0);
+  m.SetExpertCacheTotals(0, {.hits = 1});
   m.SetWorkerTotals(0, {.received = 1, .sent = 1, .busy_seconds = 0.5});
   m.RecordRefused("queue_full");
 }
@@ -86,7 +86,11 @@ TEST(MetricsTest, FamiliesFollowPrometheusNaming) {
            "moe_expert_cache_misses_total",
            "moe_expert_cache_evictions_total",
            "moe_expert_cache_copied_bytes_total",
-           "moe_expert_cache_copy_wait_seconds",
+           "moe_expert_cache_copy_wait_seconds_total",
+           "moe_expert_cache_prefetch_loads_total",
+           "moe_expert_cache_prefetch_useful_total",
+           "moe_expert_cache_prefetch_wasted_total",
+           "moe_expert_cache_resident_experts",
            "moe_gpu_memory_used_bytes",
            "moe_gpu_memory_total_bytes",
            "moe_gpu_busy_ratio",
@@ -318,23 +322,41 @@ TEST(MetricsTest, DeviceSeriesAppearOnFirstUseAndStayBounded) {
   options.max_devices = 2;
   auto metrics = MakeMetrics(options);
   EXPECT_EQ(Collected(*metrics).NumSeries("moe_gpu_memory_used_bytes"), 0u);  // CPU-only daemon
-  metrics->RecordExpertCacheHit(1, 3);
-  metrics->RecordExpertCacheMiss(1);
-  metrics->RecordExpertCacheEviction(1, 2);
-  metrics->RecordExpertCacheCopy(1, int64_t{3} << 30, 0.004);
-  metrics->RecordExpertCacheCopy(1, 1024, 0.001);
+  metrics->SetExpertCacheTotals(1, {.hits = 3,
+                                    .misses = 1,
+                                    .evictions = 2,
+                                    .bytes_copied = int64_t{3} << 30,
+                                    .copy_wait_seconds = 0.004,
+                                    .prefetch_loads = 5,
+                                    .prefetch_useful = 4,
+                                    .prefetch_wasted = 1,
+                                    .resident_experts = 7});
+  // Totals grow: counters advance by the difference.
+  metrics->SetExpertCacheTotals(1, {.hits = 10,
+                                    .misses = 1,
+                                    .evictions = 2,
+                                    .bytes_copied = (int64_t{3} << 30) + 1024,
+                                    .copy_wait_seconds = 0.005,
+                                    .prefetch_loads = 5,
+                                    .prefetch_useful = 4,
+                                    .prefetch_wasted = 1,
+                                    .resident_experts = 6});
   metrics->SetGpuMemory(1, int64_t{40} << 30, int64_t{80} << 30);
   metrics->SetGpuBusyRatio(1, 0.75);
-  metrics->SetGpuBusyRatio(0, 3.0);  // clamped to 1
-  metrics->RecordExpertCacheHit(2);  // out of range: dropped
+  metrics->SetGpuBusyRatio(0, 3.0);               // clamped to 1
+  metrics->SetExpertCacheTotals(2, {.hits = 1});  // out of range: dropped
   Collected c(*metrics);
   const std::map<std::string, std::string> d1 = {{"device", "1"}};
-  EXPECT_EQ(c.Counter("moe_expert_cache_hits_total", d1), 3.0);
+  EXPECT_EQ(c.Counter("moe_expert_cache_hits_total", d1), 10.0);
   EXPECT_EQ(c.Counter("moe_expert_cache_misses_total", d1), 1.0);
   EXPECT_EQ(c.Counter("moe_expert_cache_evictions_total", d1), 2.0);
   EXPECT_EQ(c.Counter("moe_expert_cache_copied_bytes_total", d1),
             static_cast<double>((int64_t{3} << 30) + 1024));
-  EXPECT_EQ(c.HistogramCount("moe_expert_cache_copy_wait_seconds", d1), 2.0);
+  EXPECT_DOUBLE_EQ(c.Counter("moe_expert_cache_copy_wait_seconds_total", d1), 0.005);
+  EXPECT_EQ(c.Counter("moe_expert_cache_prefetch_loads_total", d1), 5.0);
+  EXPECT_EQ(c.Counter("moe_expert_cache_prefetch_useful_total", d1), 4.0);
+  EXPECT_EQ(c.Counter("moe_expert_cache_prefetch_wasted_total", d1), 1.0);
+  EXPECT_EQ(c.Gauge("moe_expert_cache_resident_experts", d1), 6.0);
   EXPECT_EQ(c.Gauge("moe_gpu_memory_used_bytes", d1), static_cast<double>(int64_t{40} << 30));
   EXPECT_EQ(c.Gauge("moe_gpu_memory_total_bytes", d1), static_cast<double>(int64_t{80} << 30));
   EXPECT_EQ(c.Gauge("moe_gpu_busy_ratio", d1), 0.75);
@@ -426,7 +448,7 @@ TEST(MetricsTest, ConcurrentRecordingLosesNothing) {
         metrics->RecordBatch(3);
         metrics->RecordExpertLoad(i % 2, load);
         metrics->RecordRefused("invalid");
-        metrics->RecordExpertCacheHit(t % 2);
+        metrics->SetExpertCacheTotals(t, {.hits = i + 1});  // one cache per thread
         metrics->RequestFinished();
         if (i % 500 == 0) (void)metrics->Serialize();
       }
@@ -442,7 +464,7 @@ TEST(MetricsTest, ConcurrentRecordingLosesNothing) {
   EXPECT_EQ(c.Gauge("moe_inflight_requests"), 0.0);
   EXPECT_EQ(c.Counter("moe_expert_routed_tokens_total", {{"layer", "0"}, {"expert", "2"}}), n);
   EXPECT_EQ(c.Counter("moe_scheduler_refused_total", {{"reason", "invalid"}}), n);
-  EXPECT_EQ(c.Counter("moe_expert_cache_hits_total", {{"device", "1"}}), n / 2);
+  EXPECT_EQ(c.Counter("moe_expert_cache_hits_total", {{"device", "2"}}), kIters);
   // Every layer's windows hold 4 assignments per record: max 2 / mean 1 = 2 exactly.
   EXPECT_DOUBLE_EQ(c.Gauge("moe_expert_load_imbalance_ratio", {{"layer", "0"}}), 2.0);
 }

@@ -41,10 +41,15 @@ void Populate(Metrics& m) {
     m.RecordRouting(2e-5);
     m.RecordCompute(3e-3);
     m.RecordExpertLoad(i % 2, std::vector<uint32_t>{400, 1, 2, 3, 4, 5, 6, 7});
-    m.RecordExpertCacheHit(0);
-    m.RecordExpertCacheMiss(1);
-    m.RecordExpertCacheEviction(1);
-    m.RecordExpertCacheCopy(1, 176160768, 2e-3);
+    m.SetExpertCacheTotals(i % 2, {.hits = 3 * i,
+                                   .misses = i,
+                                   .evictions = i / 2,
+                                   .bytes_copied = 176160768LL * i,
+                                   .copy_wait_seconds = 2e-3 * i,
+                                   .prefetch_loads = i,
+                                   .prefetch_useful = i / 2,
+                                   .prefetch_wasted = i / 3,
+                                   .resident_experts = 40});
     m.SetWorkerTotals(i % 4, {.received = i, .sent = i, .busy_seconds = 0.01 * i});
     m.RecordRefused(i % 2 ? "queue_full" : "invalid");
   }

@@ -111,11 +111,21 @@ class Metrics {
   void RecordExpertLoad(int layer, absl::Span<const uint32_t> tokens_per_expert);
 
   // ---- Expert cache (GPU) --------------------------------------------------------------------
-  void RecordExpertCacheHit(int device, int64_t count = 1);
-  void RecordExpertCacheMiss(int device, int64_t count = 1);
-  void RecordExpertCacheEviction(int device, int64_t count = 1);
-  // One host->device expert copy: bytes copied, and how long a compute stream waited for it.
-  void RecordExpertCacheCopy(int device, int64_t bytes, double wait_seconds);
+  // Cumulative totals of one device's expert cache since it was created (pulled at scrape time by
+  // ExpertCacheMetrics from ExpertSlotPool::Counters()). Counters advance by the difference to the
+  // previous call; a smaller value than before (a new pool) counts as a restart from zero.
+  struct ExpertCacheTotals {
+    int64_t hits = 0;              // demanded experts ready, or already loading, in a slot
+    int64_t misses = 0;            // demanded experts that needed a copy
+    int64_t evictions = 0;         // resident experts dropped for another one
+    int64_t bytes_copied = 0;      // host -> device bytes of all expert loads (demand + prefetch)
+    double copy_wait_seconds = 0;  // time compute waited for expert copies
+    int64_t prefetch_loads = 0;    // prefetch loads issued
+    int64_t prefetch_useful = 0;   // prefetched experts demanded before eviction
+    int64_t prefetch_wasted = 0;   // prefetched experts evicted unused
+    int64_t resident_experts = 0;  // a level: experts ready or loading now
+  };
+  void SetExpertCacheTotals(int device, const ExpertCacheTotals& totals);
 
   // ---- GPU -----------------------------------------------------------------------------------
   void SetGpuMemory(int device, int64_t used_bytes, int64_t total_bytes);
