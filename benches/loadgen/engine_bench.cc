@@ -4,7 +4,10 @@
 //
 //   moe-engine-bench --batch-sizes 1,2,4,8,16,32,64,128,256,512 --json-out engine.jsonl
 //
-// Per batch size: 2 warm-up forwards, then forwards until --min-time-ms has passed (at least
+// Inputs: random rows, each forward a batch from a random offset of a pool of
+// max(4 * max batch, 4096) rows, so the experts chosen change from forward to forward as they do
+// in serving. Per batch size: 2 warm-up forwards, then forwards until --min-time-ms has passed (at
+// least
 // --min-iters), each timed alone; reports the median (us_per_forward), min and p90, the
 // throughput (slots * tokens / median, and tokens over the wall time) and GFLOP/s
 // (CpuEngine::FlopsPerForward). With --slots N, N threads drive the N engine slots at once, as
@@ -72,6 +75,18 @@ StatusOr<DType> ParseDType(const std::string& s) {
   return absl::InvalidArgumentError(absl::StrCat("--dtype '", s, "': expected bf16, f16 or f32"));
 }
 
+// Random hidden states [rows, hidden] in the activation dtype.
+struct InputPool {
+  const char* data = nullptr;
+  int64_t rows = 0;
+  size_t row_bytes = 0;
+  // n consecutive rows from a random start.
+  const char* Batch(int64_t n, std::mt19937_64& rng) const {
+    const int64_t first = std::uniform_int_distribution<int64_t>(0, rows - n)(rng);
+    return data + static_cast<size_t>(first) * row_bytes;
+  }
+};
+
 // Per-forward times of one batch size over all slots, and the wall time they took together.
 struct SizeTiming {
   std::vector<double> us;
@@ -80,7 +95,7 @@ struct SizeTiming {
 
 // Drives every slot with its own thread at once: 2 warm-up forwards, then forwards until
 // --min-time-ms has passed and each slot did --min-iters.
-StatusOr<SizeTiming> TimeBatch(CpuEngine& engine, const ForwardArgs& base,
+StatusOr<SizeTiming> TimeBatch(CpuEngine& engine, const ForwardArgs& base, const InputPool& pool,
                                std::vector<std::vector<char>>& outputs, const Flags& f) {
   const int slots = static_cast<int>(outputs.size());
   std::vector<std::vector<double>> times(static_cast<size_t>(slots));
@@ -91,6 +106,8 @@ StatusOr<SizeTiming> TimeBatch(CpuEngine& engine, const ForwardArgs& base,
   auto run_slot = [&](int slot) {
     ForwardArgs args = base;
     args.slot = slot;
+    std::mt19937_64 rng(f.seed + 1000 + static_cast<uint64_t>(slot));
+    args.input = pool.Batch(args.n_tokens, rng);
     args.output = outputs[static_cast<size_t>(slot)].data();
     Status& error = errors[static_cast<size_t>(slot)];
     for (int i = 0; i < 2 && error.ok(); ++i) error = engine.Forward(args);
@@ -99,6 +116,7 @@ StatusOr<SizeTiming> TimeBatch(CpuEngine& engine, const ForwardArgs& base,
     while (error.ok() && (static_cast<int>(us.size()) < f.min_iters ||
                           std::chrono::duration<double, std::milli>(Clock::now() - begin).count() <
                               f.min_time_ms)) {
+      args.input = pool.Batch(args.n_tokens, rng);
       const Clock::time_point t0 = Clock::now();
       error = engine.Forward(args);
       us.push_back(std::chrono::duration<double, std::micro>(Clock::now() - t0).count());
@@ -146,14 +164,20 @@ Status Main(const Flags& f) {
   MOE_ASSIGN_OR_RETURN(std::unique_ptr<CpuEngine> engine, CpuEngine::Create(model, options));
 
   const int64_t max_n = options.max_batch_tokens;
-  std::vector<float> values(static_cast<size_t>(max_n) * static_cast<size_t>(spec.hidden));
+  // A pool of random rows; every forward takes a batch starting at a random row, so successive
+  // forwards route to different experts (a fixed input would keep the same few experts' weights
+  // hot in cache and flatter small batches).
+  const int64_t pool_rows = std::max<int64_t>(4 * max_n, 4096);
+  const size_t row_bytes = static_cast<size_t>(spec.hidden) * DTypeSize(dtype);
+  std::vector<float> values(static_cast<size_t>(pool_rows) * static_cast<size_t>(spec.hidden));
   std::mt19937_64 rng(f.seed);
   std::normal_distribution<float> normal(0.0f, 1.0f);
   for (float& v : values) v = normal(rng);
   std::vector<char> input(values.size() * DTypeSize(dtype));
   ConvertFromF32(values.data(), dtype, input.data(), values.size());
+  const InputPool pool{input.data(), pool_rows, row_bytes};
   std::vector<std::vector<char>> outputs(static_cast<size_t>(f.slots),
-                                         std::vector<char>(input.size()));
+                                         std::vector<char>(static_cast<size_t>(max_n) * row_bytes));
 
   std::cout << absl::StrFormat(
       "moe-engine-bench  engine=cpu gemm=%s threads=%d slots=%d model=%s layer=%d dtype=%s "
@@ -173,8 +197,7 @@ Status Main(const Flags& f) {
     args.layer = layer;
     args.dtype = dtype;
     args.n_tokens = n;
-    args.input = input.data();
-    MOE_ASSIGN_OR_RETURN(SizeTiming t, TimeBatch(*engine, args, outputs, f));
+    MOE_ASSIGN_OR_RETURN(SizeTiming t, TimeBatch(*engine, args, pool, outputs, f));
     std::vector<double>& us = t.us;
     std::sort(us.begin(), us.end());
     const double median = PercentileOfSorted(us, 50);

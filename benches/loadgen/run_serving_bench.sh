@@ -148,9 +148,9 @@ echo "== machine: $(nproc) cores, $(uname -m), load average: $(cut -d' ' -f1-3 /
 echo "== results in ${OUT_DIR}"
 echo
 echo "== 1. engine alone (moe-engine-bench), 1 slot, then ${SLOTS} slots at once"
-"${MOE_ENGINE_BENCH}" --cache-dir "${cache_dir}" --min-time-ms 250 --slots 1 --json-out "${engine1}"
+"${MOE_ENGINE_BENCH}" --cache-dir "${cache_dir}" --min-time-ms 400 --slots 1 --json-out "${engine1}"
 if [[ "${SLOTS}" != 1 ]]; then
-  "${MOE_ENGINE_BENCH}" --cache-dir "${cache_dir}" --min-time-ms 250 --slots "${SLOTS}" \
+  "${MOE_ENGINE_BENCH}" --cache-dir "${cache_dir}" --min-time-ms 400 --slots "${SLOTS}" \
     --json-out "${engineN}"
 fi
 echo
