@@ -213,9 +213,17 @@ StatusOr<RequestId> DynamicBatcher::Submit(Request request) {
       queued_tokens_by_priority_[p] += n;
       ++queued_requests_;
       ++counters_.accepted;
-      if (r->deadline != kNoDeadline) deadlines_.emplace(r->deadline, id);
-      const bool wake_deadline = r->deadline < next_wake_;
+      const SteadyTime deadline = r->deadline;
+      const bool wake_deadline = deadline < next_wake_;
       live_.emplace(id, std::move(r));
+      if (deadline != kNoDeadline) {
+        deadlines_.emplace(deadline, id);
+        // Compaction rebuilds from live_, so it must run after the request is in live_.
+        if (deadlines_.size() > 1024 &&
+            deadlines_.size() > 2 * static_cast<size_t>(queued_requests_)) {
+          CompactDeadlinesLocked();
+        }
+      }
       // Fast path: with a worker free and this key ready (full, or no batching delay), form the
       // batch here instead of waking the dispatcher (one thread hand-off less at low load). Only
       // when no expiry is pending, so batches never take requests past their deadline.
@@ -315,6 +323,18 @@ void DynamicBatcher::ExpireLocked(SteadyTime now, Completions* out) {
                absl::DeadlineExceededError("deadline passed while the request was queued"),
                RequestOutcome::kExpired, now, out);
   }
+}
+
+void DynamicBatcher::CompactDeadlinesLocked() {
+  // Entries of requests no longer queued are dead weight until their deadline; with long
+  // deadlines at a high rate they would pile up. Rebuild from the queued requests (amortised:
+  // only when at least half the entries are dead).
+  std::vector<DeadlineEntry> keep;
+  keep.reserve(static_cast<size_t>(queued_requests_));
+  for (const auto& [id, r] : live_) {
+    if (r->queued && r->deadline != kNoDeadline) keep.emplace_back(r->deadline, id);
+  }
+  deadlines_ = decltype(deadlines_)(std::greater<DeadlineEntry>(), std::move(keep));
 }
 
 void DynamicBatcher::FailAllQueuedLocked(const Status& why, Completions* out) {
@@ -455,6 +475,7 @@ void DynamicBatcher::DispatcherLoop() {
 void DynamicBatcher::OnBatchDone(BatchTask& batch, int worker, const Status& status,
                                  const BatchRecord& record) {
   Completions done;
+  Batches next;
   {
     std::lock_guard<std::mutex> lock(mu_);
     --inflight_batches_;
@@ -471,9 +492,18 @@ void DynamicBatcher::OnBatchDone(BatchTask& batch, int worker, const Status& sta
       if (!status.ok()) DropLocked(r, status, RequestOutcome::kFailed, now, &done);
       ReleasePartLocked(r, &done);
     }
-    if (queued_tokens_ > 0 || !orphans_.empty() || shutting_down_) dispatcher_cv_.notify_one();
+    // The worker forms the next batch itself (as Submit()'s fast path does): under load the
+    // dispatcher is left with timers, expiries and cancellations. Not while an expiry is pending.
+    if (worker >= 0 && (deadlines_.empty() || deadlines_.top().first > now)) {
+      FormReadyBatchesLocked(now, &next);
+    }
+    if (!orphans_.empty() ||
+        (queued_tokens_ > 0 && inflight_batches_ < options_.max_inflight_batches)) {
+      dispatcher_cv_.notify_one();
+    }
     if (DrainedLocked()) drained_cv_.notify_all();
   }
+  Dispatch(next, nullptr);  // before the callbacks: the next batch starts sooner
   if (options_.observer != nullptr) options_.observer->OnBatchDone(record);
   Complete(done);
 }

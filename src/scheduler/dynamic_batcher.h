@@ -106,6 +106,7 @@ class DynamicBatcher final : public Scheduler {
   // Ends one part of `r`; when it was the last, moves `r` out of live_ into `out`.
   void ReleasePartLocked(RequestState* r, Completions* out) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void ExpireLocked(SteadyTime now, Completions* out) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void CompactDeadlinesLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   bool IsReadyLocked(const KeyQueue& k, SteadyTime now) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   KeyQueue* PickReadyKeyLocked(SteadyTime now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   std::unique_ptr<BatchTask> FormBatchLocked(KeyQueue& k, SteadyTime now)

@@ -26,6 +26,11 @@ constexpr int64_t kForever = int64_t{3600} * 1000 * 1000;  // a delay no test wa
 
 class BatchingTest : public ::testing::Test {
  protected:
+  // A failed assertion may leave the worker held: open the gate before the scheduler goes.
+  void TearDown() override {
+    gate_.Notify();
+    sched_.reset();
+  }
   void Init(SchedulerOptions o, FakeEngineOptions eo = {}) {
     engine_ = std::make_unique<FakeEngine>(eo);
     o.engine = engine_.get();
@@ -253,6 +258,37 @@ TEST_F(BatchingTest, ExpiredRequestIsNeverComputed) {
   EXPECT_EQ(calls[1], Tags(2, 3));
   EXPECT_EQ(sched_->Stats().expired, 1);
   EXPECT_EQ(collector_.calls(1), 1);
+}
+
+TEST_F(BatchingTest, ExpiryStillWorksAfterManyFinishedRequestsWithDeadlines) {
+  SchedulerOptions o;
+  o.max_batch_tokens = 16;
+  o.max_queue_delay_us = 0;
+  o.max_queue_tokens = 1 << 20;
+  FakeEngineOptions eo;
+  eo.num_slots = 1;
+  Init(o, eo);
+  // Many requests with far deadlines finish first; their deadline entries are compacted away.
+  constexpr int kMany = 3000;
+  for (int i = 0; i < kMany; ++i) {
+    Request r = MakeRequest(1000 + i, 1);
+    r.deadline = testing::FromNow(microseconds(kForever));
+    SubmitOk(std::move(r));
+  }
+  ASSERT_TRUE(collector_.WaitForCalls(kMany));
+  HoldWorker();
+  Request x = MakeRequest(1, 2);
+  x.deadline = testing::FromNow(microseconds(20000));
+  SubmitOk(std::move(x));
+  Request y = MakeRequest(2, 2);
+  y.deadline = testing::FromNow(microseconds(kForever));
+  SubmitOk(std::move(y));
+  ASSERT_TRUE(collector_.WaitForCalls(kMany + 1));
+  EXPECT_EQ(collector_.status(1).code(), absl::StatusCode::kDeadlineExceeded);
+  gate_.Notify();
+  ASSERT_TRUE(collector_.WaitForCalls(kMany + 3));
+  EXPECT_TRUE(collector_.status(2).ok());
+  EXPECT_EQ(sched_->Stats().completed_ok, kMany + 2);
 }
 
 TEST_F(BatchingTest, CancelledRequestIsDroppedBeforeCompute) {

@@ -34,8 +34,10 @@
 //     completion, the oldest request's delay timer or the earliest deadline; expires and drops
 //     requests, forms batches, hands them to the swarm. It runs the callbacks of requests that
 //     end without compute (expired, cancelled, failed at shutdown).
-//   - swarm workers ("<name>-<slot>"): gather, Engine::Forward(slot = worker), scatter, and run
-//     the callbacks of requests whose last piece they computed.
+//   - swarm workers ("<name>-<slot>"): gather, Engine::Forward(slot = worker), scatter, form the
+//     next ready batch (if any; same rules, same lock), and run the callbacks of requests whose
+//     last piece they computed. Under load batches are thus formed by the finishing worker and the
+//     dispatcher only handles timers, expiries and cancellations.
 //   - Shutdown() callers wait on the scheduler mutex's condition; the destructor joins everything.
 //
 // Thread safety: every public method is safe to call concurrently from any thread, except that
