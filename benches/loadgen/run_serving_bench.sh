@@ -26,7 +26,9 @@
 # OPEN_FRACTION (default 0.5), RATE (open-loop req/s; overrides OPEN_FRACTION), OUT_DIR (default
 # a new temp dir), MOE_SWARM / MOE_LOADGEN / MOE_ENGINE_BENCH (binaries; default BUILD_DIR/bin),
 # SLOTS (engine slots of the daemon and the baseline, default 2 = the daemon's CPU default),
-# SERVE_ARGS (extra `moe-swarm serve` flags, e.g. "--threads 2").
+# SERVE_ARGS (extra `moe-swarm serve` flags, e.g. "--threads 2"), NICE (run the engine bench,
+# the daemon and the load generator under `nice -n NICE`; e.g. -10 on a shared machine so that
+# background jobs at nice >= 0 disturb the measurement less; needs the privilege to lower it).
 set -euo pipefail
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -41,6 +43,9 @@ OPEN_FRACTION="${OPEN_FRACTION:-0.5}"
 RATE="${RATE:-}"
 SERVE_ARGS="${SERVE_ARGS:-}"
 SLOTS="${SLOTS:-2}"
+NICE="${NICE:-}"
+run_nice=()
+if [[ -n "${NICE}" ]]; then run_nice=(nice -n "${NICE}"); fi
 
 for bin in "${MOE_SWARM}" "${MOE_LOADGEN}" "${MOE_ENGINE_BENCH}"; do
   if [[ ! -x "${bin}" ]]; then
@@ -99,7 +104,7 @@ start_daemon() {
   metrics_port="$(free_port)"
   while [[ "${metrics_port}" == "${grpc_port}" ]]; do metrics_port="$(free_port)"; done
   # shellcheck disable=SC2086
-  "${MOE_SWARM}" serve --address 127.0.0.1 --port "${grpc_port}" \
+  "${run_nice[@]}" "${MOE_SWARM}" serve --address 127.0.0.1 --port "${grpc_port}" \
     --metrics-address 127.0.0.1 --metrics-port "${metrics_port}" --cache-dir "${cache_dir}" \
     --slots "${SLOTS}" --log-level warn "$@" ${SERVE_ARGS} > "${OUT_DIR}/daemon-${name}.log" 2>&1 &
   daemon_pid=$!
@@ -126,17 +131,21 @@ load() {
   shift 2
   local cpu0 cpu1
   cpu0="$(cpu_seconds "${daemon_pid}")"
-  "${MOE_LOADGEN}" --label "${label}" --target "127.0.0.1:${grpc_port}" \
+  local loadavg
+  loadavg="$(cut -d' ' -f1 /proc/loadavg)"
+  "${run_nice[@]}" "${MOE_LOADGEN}" --label "${label}" --target "127.0.0.1:${grpc_port}" \
     --metrics-url "http://127.0.0.1:${metrics_port}/metrics" --engine-baseline "${baseline}" \
     --warmup "${WARMUP}" --duration "${DURATION}" --timeout 10 --json-out "${results}" "$@"
   cpu1="$(cpu_seconds "${daemon_pid}")"
-  # Attach the daemon's CPU seconds over the run (warm-up included) to the run's JSON line.
-  python3 - "${results}" "${cpu0}" "${cpu1}" << 'EOF'
+  # Attach the daemon's CPU seconds over the run (warm-up included) and the 1-minute load average
+# before it to the run's JSON line.
+  python3 - "${results}" "${cpu0}" "${cpu1}" "${loadavg}" << 'EOF'
 import json, sys
-path, cpu0, cpu1 = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
+path, cpu0, cpu1, loadavg = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
 lines = open(path).read().splitlines()
 last = json.loads(lines[-1])
 last["daemon_cpu_s"] = round(cpu1 - cpu0, 2)
+last["loadavg_1m_before"] = loadavg
 lines[-1] = json.dumps(last)
 open(path, "w").write("\n".join(lines) + "\n")
 EOF
@@ -144,13 +153,13 @@ EOF
 }
 
 started=$(date +%s)
-echo "== machine: $(nproc) cores, $(uname -m), load average: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "== machine: $(nproc) cores, $(uname -m), load average: $(cut -d' ' -f1-3 /proc/loadavg)${NICE:+, nice ${NICE}}"
 echo "== results in ${OUT_DIR}"
 echo
 echo "== 1. engine alone (moe-engine-bench), 1 slot, then ${SLOTS} slots at once"
-"${MOE_ENGINE_BENCH}" --cache-dir "${cache_dir}" --min-time-ms 400 --slots 1 --json-out "${engine1}"
+"${run_nice[@]}" "${MOE_ENGINE_BENCH}" --cache-dir "${cache_dir}" --min-time-ms 400 --slots 1 --json-out "${engine1}"
 if [[ "${SLOTS}" != 1 ]]; then
-  "${MOE_ENGINE_BENCH}" --cache-dir "${cache_dir}" --min-time-ms 400 --slots "${SLOTS}" \
+  "${run_nice[@]}" "${MOE_ENGINE_BENCH}" --cache-dir "${cache_dir}" --min-time-ms 400 --slots "${SLOTS}" \
     --json-out "${engineN}"
 fi
 echo
