@@ -12,33 +12,49 @@ set -euo pipefail
 binary=$1
 out=$2
 mkdir -p "$out/lib"
-: >"$out/packages.txt"
-declare -A seen=()
+
+# ldd lines: "libfoo.so.1 => /path/libfoo.so.1 (0x...)", "libfoo.so.1 => not found",
+# "/lib64/ld-linux-x86-64.so.2 (0x...)", "linux-vdso.so.1 (0x...)".
+declare -A path_of=()
 missing=0
-while read -r line; do
-  # ldd lines: "libfoo.so.1 => /path/libfoo.so.1 (0x...)", "libfoo.so.1 => not found",
-  # "/lib64/ld-linux-x86-64.so.2 (0x...)", "linux-vdso.so.1 (0x...)".
-  soname=$(awk '{print $1}' <<<"$line")
-  path=$(awk '$2 == "=>" {print $3}' <<<"$line")
+while read -r soname arrow path _; do
   case "$soname" in
     linux-vdso.so.*|libcuda.so.*|libnvidia-*) continue ;;
   esac
+  if [[ "$arrow" != "=>" ]]; then path=$soname; fi  # the dynamic loader
   if [[ "$path" == "not" ]]; then
     echo "collect-runtime: $soname not found" >&2
     missing=1
     continue
   fi
-  [[ -n "$path" ]] || path=$soname  # the dynamic loader line
-  real=$(readlink -f "$path")
-  if owner=$(dpkg -S "$path" 2>/dev/null || dpkg -S "$real" 2>/dev/null); then
-    pkg=${owner%%:*}
-    [[ -n "${seen[$pkg]:-}" ]] && continue
-    seen[$pkg]=1
-    echo "$pkg=$(dpkg-query -W -f='${Version}' "$pkg")" >>"$out/packages.txt"
+  path_of[$soname]=$path
+done < <(ldd "$binary")
+
+# One dpkg query for every path and its symlink target ("pkg[:arch]: /path" lines).
+declare -A owner=()
+paths=()
+for soname in "${!path_of[@]}"; do
+  paths+=("${path_of[$soname]}" "$(readlink -f "${path_of[$soname]}")")
+done
+while IFS= read -r line; do
+  pkg=${line%%: *}
+  owner[${line#*: }]=${pkg%%:*}
+done < <(dpkg -S "${paths[@]}" 2>/dev/null || true)
+
+declare -A packages=()
+for soname in "${!path_of[@]}"; do
+  path=${path_of[$soname]}
+  pkg=${owner[$path]:-${owner[$(readlink -f "$path")]:-}}
+  if [[ -n "$pkg" ]]; then
+    packages[$pkg]=1
   else
     cp -L "$path" "$out/lib/$soname"
   fi
-done < <(ldd "$binary")
-sort -o "$out/packages.txt" "$out/packages.txt"
+done
+if ((${#packages[@]})); then
+  dpkg-query -W -f='${Package}=${Version}\n' "${!packages[@]}" | sort >"$out/packages.txt"
+else
+  : >"$out/packages.txt"
+fi
 echo "collect-runtime: $(wc -l <"$out/packages.txt") packages, $(ls "$out/lib" | wc -l) unpackaged libraries"
 exit $missing
