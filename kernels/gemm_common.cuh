@@ -72,33 +72,43 @@ struct GemmParams {
   int64_t split_stride;
 };
 
-// Which rows one block owns: tile blockIdx.x of the tile list (grouped) or of the dense rows.
-// Returns false when the block has no work.
-__device__ __forceinline__ bool ResolveTile(const GemmParams& p, int bm, int& group, int& row_begin,
-                                            int& row_end) {
+// Which rows row tile `t` owns: entry t of the tile list (grouped) or rows t * bm.. of the dense
+// rows. Returns false when the tile has no work.
+__device__ __forceinline__ bool ResolveTileAt(const GemmParams& p, int bm, int t, int& group,
+                                              int& row_begin, int& row_end) {
   if (p.tiles != nullptr) {
-    if (static_cast<int>(blockIdx.x) >= *p.n_tiles) return false;
-    const int2 tile = p.tiles[blockIdx.x];
+    if (t >= *p.n_tiles) return false;
+    const int2 tile = p.tiles[t];
     group = tile.x;
     row_begin = tile.y;
     row_end = min(p.group_offsets[group + 1], row_begin + bm);
     return true;
   }
   group = 0;
-  row_begin = blockIdx.x * bm;
+  row_begin = t * bm;
   const int m = *p.m_dev;
   if (row_begin >= m) return false;
   row_end = min(m, row_begin + bm);
   return true;
 }
+// The row tiles of the problem (grouped: *n_tiles; dense: ceil(*m_dev / bm)).
+__device__ __forceinline__ int RowTiles(const GemmParams& p, int bm) {
+  return p.tiles != nullptr ? *p.n_tiles : (*p.m_dev + bm - 1) / bm;
+}
+// The tile of this block: blockIdx.x (one block per tile).
+__device__ __forceinline__ bool ResolveTile(const GemmParams& p, int bm, int& group, int& row_begin,
+                                            int& row_end) {
+  return ResolveTileAt(p, bm, static_cast<int>(blockIdx.x), group, row_begin, row_end);
+}
 
 // Stores the accumulator pair (v0, v1) of columns (col, col + 1) of row r: silu(gate) * up already
 // applied by the caller for gated tiles; f32 partials per split, or T.
+// `split`: the K split whose partials these are (f32 output only).
 template <typename T>
-__device__ __forceinline__ void StorePair(const GemmParams& p, bool out_f32, int r, int col,
-                                          float v0, float v1) {
+__device__ __forceinline__ void StorePairAt(const GemmParams& p, bool out_f32, int split, int r,
+                                            int col, float v0, float v1) {
   if (out_f32) {
-    float* out = static_cast<float*>(p.c) + blockIdx.z * p.split_stride + r * p.ldc;
+    float* out = static_cast<float*>(p.c) + split * p.split_stride + r * p.ldc;
     if (col < p.n) out[col] = v0;
     if (col + 1 < p.n) out[col + 1] = v1;
   } else {
@@ -109,6 +119,13 @@ __device__ __forceinline__ void StorePair(const GemmParams& p, bool out_f32, int
       out[col] = static_cast<T>(v0);
     }
   }
+}
+
+// The split is blockIdx.z (one block per tile and split).
+template <typename T>
+__device__ __forceinline__ void StorePair(const GemmParams& p, bool out_f32, int r, int col,
+                                          float v0, float v1) {
+  StorePairAt<T>(p, out_f32, static_cast<int>(blockIdx.z), r, col, v0, v1);
 }
 
 __device__ __forceinline__ float Silu(float g) { return g / (1.0f + __expf(-g)); }

@@ -296,7 +296,7 @@ Status LaunchGemm(const GemmArgs& args, cudaStream_t stream) {
                   static_cast<unsigned>((args.n + bn - 1) / bn),
                   static_cast<unsigned>(args.splits));
   if (args.tile == GemmTile::kWgmma || args.tile == GemmTile::kWgmma2 ||
-      args.tile == GemmTile::kWgmmaTall) {
+      args.tile == GemmTile::kWgmmaTall || args.tile == GemmTile::kWgmmaWs) {
     return LaunchGemmSm90(p, args.tile, args.gated, args.wtype, grid, stream);
   }
   const KernelFn fn = FindKernel(args.tile, args.gated, args.wtype);

@@ -11,6 +11,10 @@
 //    the stage whose wgmmas (kt - 2) have retired, issue the wgmmas, keep one wgmma group in
 //    flight.
 // 4. Epilogue from registers (the m64nN accumulator layout repeats mma.sync's m16n8 one per warp).
+// 5. WgmmaWsGemmKernel (tile kWgmmaWs) computes kWgmma's tile with a producer warpgroup, two
+//    consumer warpgroups and mbarriers instead of block-wide barriers, on a persistent grid (its own
+//    summary is above it); same per-element arithmetic, so the same bits.
+#include <algorithm>
 #include <type_traits>
 
 #include "kernels/cuda_status.h"
@@ -19,7 +23,6 @@
 
 namespace moe::cuda {
 namespace {
-
 
 // Dynamic shared memory of one block: STAGES x (A 128 rows + B_ROWS rows) x 128 bytes, + slack to
 // align the stages to 1024 bytes.
@@ -211,6 +214,226 @@ __global__ void __launch_bounds__(BM * 2, MIN_BLOCKS) WgmmaGemmKernel(const Gemm
 #endif
 }
 
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+// mbarrier helpers (shared::cta, 64-bit barriers in static shared memory).
+__device__ __forceinline__ void MbarInit(uint64_t* bar, int count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(SmemAddr(bar)), "r"(count)
+               : "memory");
+}
+__device__ __forceinline__ void MbarArrive(uint64_t* bar) {
+  asm volatile(
+      "{\n"
+      ".reg .b64 state;\n"
+      "mbarrier.arrive.shared::cta.b64 state, [%0];\n"
+      "}\n" ::"r"(SmemAddr(bar))
+      : "memory");
+}
+// Arrives on `bar` once every cp.async this thread issued so far has landed (counts as one of the
+// barrier's expected arrivals: .noinc).
+__device__ __forceinline__ void CpAsyncMbarArrive(uint64_t* bar) {
+  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(SmemAddr(bar))
+               : "memory");
+}
+// Waits until the phase of parity `parity` of `bar` has completed.
+__device__ __forceinline__ void MbarWait(uint64_t* bar, uint32_t parity) {
+  const uint32_t addr = SmemAddr(bar);
+  uint32_t done = 0;
+  do {
+    asm volatile(
+        "{\n"
+        ".reg .pred p;\n"
+        "mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
+        "selp.u32 %0, 1, 0, p;\n"
+        "}\n"
+        : "=r"(done)
+        : "r"(addr), "r"(parity)
+        : "memory");
+  } while (!done);
+}
+template <int N>
+__device__ __forceinline__ void SetMaxNRegInc() {
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(N));
+}
+template <int N>
+__device__ __forceinline__ void SetMaxNRegDec() {
+  asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(N));
+}
+#endif
+
+// Warp-specialised, persistent variant of the 128 x 256 wgmma tile (GemmTile::kWgmmaWs).
+//
+// 1. Three warpgroups: warpgroup 0 is the producer, warpgroups 1 and 2 the consumers (64 rows
+//    each). The grid is at most one block per SM; block b takes work items b, b + gridDim.x, ...
+//    of (row tile, column block, split) in the launch order of the one-block-per-tile kernel
+//    (row tile fastest), so blocks running together share B slices in L2.
+// 2. Producer: each thread owns 16-byte chunk (tid & 7) of rows tid / 8 + 16 i, gathers A rows
+//    through a_rows and B (weight) rows with cp.async into a STAGES-deep ring (same swizzled
+//    layout as WgmmaGemmKernel), waiting on the stage's `empty` barrier first and arriving on its
+//    `full` barrier when the copies land (cp.async.mbarrier.arrive.noinc). It runs ahead into the
+//    next work item while the consumers are in their epilogue.
+// 3. Consumers: wait on `full`, fence the async proxy, issue the k-step's wgmmas, keep one wgmma
+//    group in flight and release the previous stage on `empty`. No block-wide barrier in the loop.
+// 4. Epilogue from registers as in WgmmaGemmKernel. Each output element sees the same k16 order
+//    and the same f32 accumulation from zero as WgmmaGemmKernel, whatever block computes it, so
+//    the results are bitwise equal to it (and batch invariant in deterministic mode).
+// NOTES: setmaxnreg gives the consumers 232 registers (128 accumulators each) and the producer 40:
+// 128 x 40 + 256 x 232 = 64512 <= 65536.
+template <typename T, bool GATED, int STAGES>
+__global__ void __launch_bounds__(384, 1) WgmmaWsGemmKernel(const GemmParams p) {
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  constexpr int BM = 128, B_ROWS = 256;
+  constexpr int BN = GATED ? B_ROWS / 2 : B_ROWS;
+  constexpr int kG = GATED ? 2 : 1;
+  constexpr int kStageBytes = WgStageBytes(BM, B_ROWS);
+  __shared__ __align__(8) uint64_t full_bar[STAGES];
+  __shared__ __align__(8) uint64_t empty_bar[STAGES];
+  extern __shared__ uint8_t ws_smem_raw[];
+  const uint32_t raw_addr = SmemAddr(ws_smem_raw);
+  uint8_t* smem = ws_smem_raw + (((raw_addr + 1023u) & ~1023u) - raw_addr);
+
+  // Phase 0: barriers (full: 128 producer threads; empty: 256 consumer threads) and work count.
+  if (threadIdx.x == 0) {
+#pragma unroll
+    for (int s = 0; s < STAGES; ++s) {
+      MbarInit(&full_bar[s], 128);
+      MbarInit(&empty_bar[s], 256);
+    }
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+  }
+  __syncthreads();
+  const int row_tiles = RowTiles(p, BM);
+  const int col_blocks = (p.n + BN - 1) / BN;
+  const int64_t work = static_cast<int64_t>(row_tiles) * col_blocks * p.splits;
+  const int k_steps = (p.k + kBk - 1) / kBk;
+  const int64_t layer_base = (p.layer_dev ? *p.layer_dev : 0) * p.b_layer_stride;
+  const int wg = threadIdx.x / 128;
+
+  if (wg == 0) {
+    // Phase 1: producer.
+    SetMaxNRegDec<40>();
+    const int tid = threadIdx.x;
+    const int r0 = tid >> 3, chunk = tid & 7;
+    const int dst0 = r0 * kBk + ((chunk ^ (r0 & 7)) << 3);  // element offset of row r0's chunk
+    const T* a_base = static_cast<const T*>(p.a);
+    uint32_t it = 0;
+    for (int64_t w = blockIdx.x; w < work; w += gridDim.x) {
+      const int t = static_cast<int>(w % row_tiles);
+      const int64_t rest = w / row_tiles;
+      const int nb = static_cast<int>(rest % col_blocks);
+      const int split = static_cast<int>(rest / col_blocks);
+      int group, row_begin, row_end;
+      if (!ResolveTileAt(p, BM, t, group, row_begin, row_end)) continue;
+      const int kt_begin = static_cast<int>(static_cast<int64_t>(split) * k_steps / p.splits);
+      const int kt_end = static_cast<int>(static_cast<int64_t>(split + 1) * k_steps / p.splits);
+      const T* b0 = static_cast<const T*>(p.b0_table[layer_base + group]);
+      const T* b1 = GATED ? static_cast<const T*>(p.b1_table[layer_base + group]) : b0;
+      const T* a_src[BM / 16];
+#pragma unroll
+      for (int i = 0; i < BM / 16; ++i) {
+        const int r = row_begin + r0 + 16 * i;
+        a_src[i] = nullptr;
+        if (r < row_end) {
+          const int64_t src_row = p.a_rows ? p.a_rows[r] : r;
+          a_src[i] = a_base + src_row * p.lda + chunk * 8;
+        }
+      }
+      // B row j of the stage: weight row n0 + r0 + 16 j (gated: of gate for j < 8, of up past).
+      const int n_first = nb * BN + r0;
+      const T* b_src0 = b0 + static_cast<int64_t>(n_first) * p.ldb + chunk * 8;
+      const T* b_src1 = b1 + static_cast<int64_t>(n_first) * p.ldb + chunk * 8;
+      for (int kt = kt_begin; kt < kt_end; ++kt, ++it) {
+        const int stage = static_cast<int>(it % STAGES);
+        MbarWait(&empty_bar[stage], ((it / STAGES) & 1) ^ 1);
+        const int k0 = kt * kBk;
+        const bool k_ok = k0 + chunk * 8 < p.k;
+        T* st = reinterpret_cast<T*>(smem + stage * kStageBytes);
+#pragma unroll
+        for (int i = 0; i < BM / 16; ++i) {
+          const bool ok = k_ok && a_src[i] != nullptr;
+          CpAsync16(SmemAddr(st + dst0 + 16 * i * kBk), ok ? a_src[i] + k0 : a_base, ok);
+        }
+#pragma unroll
+        for (int j = 0; j < B_ROWS / 16; ++j) {
+          const bool second = GATED && j >= B_ROWS / 32;
+          const int jj = second ? j - B_ROWS / 32 : j;
+          const bool ok = k_ok && n_first + 16 * jj < p.n;
+          const T* src = (second ? b_src1 : b_src0) + static_cast<int64_t>(16 * jj) * p.ldb + k0;
+          CpAsync16(SmemAddr(st + (BM + 16 * j) * kBk + dst0), ok ? src : b0, ok);
+        }
+        CpAsyncMbarArrive(&full_bar[stage]);
+      }
+    }
+    // Tail: leave only once the consumers have released every stage (no copy still in flight).
+    for (int s = 0; s < STAGES; ++s, ++it) {
+      MbarWait(&empty_bar[it % STAGES], ((it / STAGES) & 1) ^ 1);
+    }
+  } else {
+    // Phase 2: consumers.
+    SetMaxNRegInc<232>();
+    const int cw = wg - 1;  // rows 64 cw .. 64 cw + 63 of the tile
+    const int lane = threadIdx.x & 31, warp_in_wg = (threadIdx.x >> 5) & 3;
+    const bool out_f32 = !GATED && p.out_f32;
+    uint32_t it = 0;
+    for (int64_t w = blockIdx.x; w < work; w += gridDim.x) {
+      const int t = static_cast<int>(w % row_tiles);
+      const int64_t rest = w / row_tiles;
+      const int nb = static_cast<int>(rest % col_blocks);
+      const int split = static_cast<int>(rest / col_blocks);
+      int group, row_begin, row_end;
+      if (!ResolveTileAt(p, BM, t, group, row_begin, row_end)) continue;
+      const int kt_begin = static_cast<int>(static_cast<int64_t>(split) * k_steps / p.splits);
+      const int kt_end = static_cast<int>(static_cast<int64_t>(split + 1) * k_steps / p.splits);
+      float acc[kG][BN / 2];
+#pragma unroll
+      for (int g = 0; g < kG; ++g)
+#pragma unroll
+        for (int i = 0; i < BN / 2; ++i) acc[g][i] = 0.0f;
+      int prev_stage = -1;
+      for (int kt = kt_begin; kt < kt_end; ++kt, ++it) {
+        const int stage = static_cast<int>(it % STAGES);
+        MbarWait(&full_bar[stage], (it / STAGES) & 1);
+        FenceProxyAsync();
+        const uint32_t st = SmemAddr(smem + stage * kStageBytes);
+        const uint64_t a_desc = Desc(st + cw * 64 * kBk * 2);
+        const uint64_t b_desc = Desc(st + BM * kBk * 2);
+        WgmmaFence();
+#pragma unroll
+        for (int kk = 0; kk < kBk / 16; ++kk) {
+#pragma unroll
+          for (int g = 0; g < kG; ++g) {
+            Wgmma<T, BN>(acc[g], a_desc + 2 * kk, b_desc + g * (BN * kBk * 2 >> 4) + 2 * kk);
+          }
+        }
+        WgmmaCommit();
+        WgmmaWait<1>();
+        if (prev_stage >= 0) MbarArrive(&empty_bar[prev_stage]);
+        prev_stage = stage;
+      }
+      WgmmaWait<0>();
+      if (prev_stage >= 0) MbarArrive(&empty_bar[prev_stage]);
+
+      // Phase 3: epilogue (warp w of the consumer warpgroup owns rows 16w..16w+15 of its 64).
+      const int n0 = nb * BN;
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const int r = row_begin + cw * 64 + warp_in_wg * 16 + (lane >> 2) + 8 * half;
+        if (r >= row_end) continue;
+#pragma unroll
+        for (int j = 0; j < BN / 8; ++j) {
+          const int col = n0 + j * 8 + 2 * (lane & 3);
+          float v0 = acc[0][j * 4 + 2 * half], v1 = acc[0][j * 4 + 2 * half + 1];
+          if constexpr (GATED) {
+            v0 = Silu(v0) * acc[kG - 1][j * 4 + 2 * half];
+            v1 = Silu(v1) * acc[kG - 1][j * 4 + 2 * half + 1];
+          }
+          StorePairAt<T>(p, out_f32, split, r, col, v0, v1);
+        }
+      }
+    }
+  }
+#endif
+}
+
 __global__ void ProbeKernel(int* out) {
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
   *out = 1;
@@ -230,24 +453,42 @@ struct WgEntry {
   WType wtype;
   int smem;
   int threads;
+  bool persistent;  // grid of at most one block per SM looping over the work items
 };
-#define MOE_WG_ENTRY_(TILE, T, WT, GATED, BM, B_ROWS, STAGES, MINB)                     \
-  {&WgmmaGemmKernel<T, GATED, BM, B_ROWS, STAGES, MINB>, GemmTile::TILE, GATED, WType::WT, \
-   WgSmemBytes(BM, B_ROWS, STAGES), BM * 2},
-#define MOE_WG_ENTRIES_(TILE, BM, B_ROWS, STAGES, MINB)                              \
-  MOE_WG_ENTRY_(TILE, __nv_bfloat16, kBF16, false, BM, B_ROWS, STAGES, MINB)         \
-  MOE_WG_ENTRY_(TILE, __nv_bfloat16, kBF16, true, BM, B_ROWS, STAGES, MINB)          \
-  MOE_WG_ENTRY_(TILE, __half, kF16, false, BM, B_ROWS, STAGES, MINB)                 \
+#define MOE_WG_ENTRY_(TILE, T, WT, GATED, BM, B_ROWS, STAGES, MINB) \
+  {&WgmmaGemmKernel<T, GATED, BM, B_ROWS, STAGES, MINB>,            \
+   GemmTile::TILE,                                                  \
+   GATED,                                                           \
+   WType::WT,                                                       \
+   WgSmemBytes(BM, B_ROWS, STAGES),                                 \
+   BM * 2,                                                          \
+   false},
+#define MOE_WG_WS_ENTRY_(T, WT, GATED, STAGES) \
+  {&WgmmaWsGemmKernel<T, GATED, STAGES>,       \
+   GemmTile::kWgmmaWs,                         \
+   GATED,                                      \
+   WType::WT,                                  \
+   WgSmemBytes(128, 256, STAGES),              \
+   384,                                        \
+   true},
+#define MOE_WG_ENTRIES_(TILE, BM, B_ROWS, STAGES, MINB)                      \
+  MOE_WG_ENTRY_(TILE, __nv_bfloat16, kBF16, false, BM, B_ROWS, STAGES, MINB) \
+  MOE_WG_ENTRY_(TILE, __nv_bfloat16, kBF16, true, BM, B_ROWS, STAGES, MINB)  \
+  MOE_WG_ENTRY_(TILE, __half, kF16, false, BM, B_ROWS, STAGES, MINB)         \
   MOE_WG_ENTRY_(TILE, __half, kF16, true, BM, B_ROWS, STAGES, MINB)
 // NOTES: kWgmma: 128 x 256 outputs, 4 stages, 1 block per SM. kWgmma2: 128 x 128 outputs, 3
 // stages and 2 blocks per SM, so one block's barriers, prologue and epilogue overlap the other's
 // wgmmas. kWgmmaTall: 256 x 128 outputs (4 warpgroups), 4 stages: an expert of up to 256 rows
-// streams its weights once. Must match MOE_GEMM_SM90_TILE_TABLE.
-const WgEntry kWgKernels[] = {MOE_WG_ENTRIES_(kWgmma, 128, 256, 4, 1)
-                                  MOE_WG_ENTRIES_(kWgmma2, 128, 128, 3, 2)
-                                      MOE_WG_ENTRIES_(kWgmmaTall, 256, 128, 4, 1)};
+// streams its weights once. kWgmmaWs: 128 x 256 outputs, warp-specialised and persistent
+// (WgmmaWsGemmKernel), 4 stages (5 would need 240 KiB). Must match MOE_GEMM_SM90_TILE_TABLE.
+const WgEntry kWgKernels[] = {
+    MOE_WG_ENTRIES_(kWgmma, 128, 256, 4, 1) MOE_WG_ENTRIES_(kWgmma2, 128, 128, 3, 2)
+        MOE_WG_ENTRIES_(kWgmmaTall, 256, 128, 4, 1) MOE_WG_WS_ENTRY_(__nv_bfloat16, kBF16, false, 4)
+            MOE_WG_WS_ENTRY_(__nv_bfloat16, kBF16, true, 4) MOE_WG_WS_ENTRY_(__half, kF16, false, 4)
+                MOE_WG_WS_ENTRY_(__half, kF16, true, 4)};
 #undef MOE_WG_ENTRY_
 #undef MOE_WG_ENTRIES_
+#undef MOE_WG_WS_ENTRY_
 
 const WgEntry* Find(GemmTile tile, bool gated, WType wtype) {
   for (const WgEntry& e : kWgKernels) {
@@ -286,7 +527,18 @@ Status LaunchGemmSm90(const GemmParams& p, GemmTile tile, bool gated, WType wtyp
                       cudaStream_t stream) {
   const WgEntry* e = Find(tile, gated, wtype);
   if (e == nullptr) return absl::InternalError("no wgmma kernel for this tile");
-  e->fn<<<grid, e->threads, e->smem, stream>>>(p);
+  if (e->persistent) {
+    // One block per SM at most (the kernel reads the real tile count on the device).
+    int device = 0, sms = 0;
+    CUDA_RETURN_IF_ERROR(cudaGetDevice(&device));
+    CUDA_RETURN_IF_ERROR(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+    const int64_t items = static_cast<int64_t>(grid.x) * grid.y * grid.z;
+    const unsigned blocks =
+        static_cast<unsigned>(std::max<int64_t>(1, std::min<int64_t>(items, sms)));
+    e->fn<<<blocks, e->threads, e->smem, stream>>>(p);
+  } else {
+    e->fn<<<grid, e->threads, e->smem, stream>>>(p);
+  }
   CUDA_RETURN_IF_ERROR(cudaGetLastError());
   return absl::OkStatus();
 }

@@ -26,10 +26,13 @@ namespace moe::cuda {
   X(kLarge, 128, 128, 64, 2, 4, 3)
 
 // Hopper-only tiles (wgmma, grouped_gemm_sm90.cu): warps_m counts warpgroups of 4 warps (warps_n).
+// kWgmmaWs is kWgmma's shape computed by a warp-specialised persistent kernel: one more (producer)
+// warpgroup than warps_m says, 384 threads, at most one block per SM.
 #define MOE_GEMM_SM90_TILE_TABLE(X) \
   X(kWgmma, 128, 256, 128, 2, 4, 4) \
   X(kWgmma2, 128, 128, 64, 2, 4, 3)  \
-  X(kWgmmaTall, 256, 128, 64, 4, 4, 4)
+  X(kWgmmaTall, 256, 128, 64, 4, 4, 4) \
+  X(kWgmmaWs, 128, 256, 128, 2, 4, 4)
 
 enum class GemmTile : uint8_t {
 #define MOE_TILE_ENUM_(id, ...) id,

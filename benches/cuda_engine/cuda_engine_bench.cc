@@ -4,7 +4,8 @@
 //   cuda_engine_bench                       Google Benchmark suite (manual time from CUDA events)
 //   cuda_engine_bench --report=out.jsonl    roofline table on stdout + one JSON line per point
 //       [--shapes=mixtral,qwen3,dsv2lite,embedded] [--tokens=1,8,64,512,4096,16384] [--no-det]
-//       [--narrow | --tall]   (Hopper: the 128x128 two-per-SM or 256x128 tile, not 128x256)
+//       [--narrow | --tall | --ws]   (Hopper: the 128x128 two-per-SM or 256x128 tile, or the
+//       warp-specialised persistent 128x256 kernel, instead of the cp.async 128x256 one)
 //   cuda_engine_bench --check-invariance    deterministic mode: wgmma vs mma.sync bits
 //
 // Per point: median of many timed forwards (CUDA events around each forward, rotating inputs),
@@ -34,7 +35,7 @@
 namespace moe {
 namespace {
 
-// --narrow / --tall: the other Hopper tiles.
+// --narrow / --tall / --ws: the other Hopper tiles (also for --check-invariance when given first).
 CudaEngineOptions::HopperTile g_hopper_tile = CudaEngineOptions::HopperTile::kWide;
 
 struct Shape {
@@ -353,6 +354,7 @@ int CheckInvariance() {
     o.max_batch_tokens = 2048;
     o.deterministic = true;
     o.deterministic_wgmma = true;
+    o.hopper_tile = g_hopper_tile;
     auto engine = OrDie(CudaEngine::CreateRandom(SpecOf(shape), 99, o));
     const int64_t n = 2048, h = shape.hidden;
     cuda::DeviceBuffer in = OrDie(cuda::DeviceBuffer::Create(n * h * 2));
@@ -432,6 +434,8 @@ int main(int argc, char** argv) {
       moe::g_hopper_tile = moe::CudaEngineOptions::HopperTile::kTwoPerSm;
     } else if (a == "--tall") {
       moe::g_hopper_tile = moe::CudaEngineOptions::HopperTile::kTall;
+    } else if (a == "--ws") {
+      moe::g_hopper_tile = moe::CudaEngineOptions::HopperTile::kWideWarpSpecialized;
     } else if (a == "--no-det") {
       with_det = false;
     } else {

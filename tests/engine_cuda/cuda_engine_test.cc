@@ -261,6 +261,20 @@ TEST(CudaEngine, WithoutGraphsAndDeterministic) {
              DType::kBF16,
              {600}},
             tall);
+  // Warp-specialised persistent 128x256 tile: K tails (hidden 200, inter 88), and a down GEMM of
+  // 16 column blocks x 16 row tiles (more work items than SMs: each block loops, the ring wraps).
+  CudaEngineOptions ws = DefaultOptions();
+  ws.hopper_tile = CudaEngineOptions::HopperTile::kWideWarpSpecialized;
+  CheckCase({"wgmma warp-specialised tile bf16",
+             Opts(Family::kDeepseekV2, 16, 4, 200, 88, DType::kBF16, 37),
+             DType::kBF16,
+             {130, 600}},
+            ws);
+  CheckCase({"wgmma warp-specialised tile f16, many work items",
+             Opts(Family::kMixtral, 8, 2, 4096, 128, DType::kF16, 38),
+             DType::kF32,
+             {600}},
+            ws);
   CudaEngineOptions det = DefaultOptions();
   det.deterministic = true;
   CheckCase({"deterministic",
@@ -273,11 +287,16 @@ TEST(CudaEngine, WithoutGraphsAndDeterministic) {
 // Deterministic mode: a token's output bits do not depend on the batch (size, position, tiles).
 TEST(CudaEngine, DeterministicIsBatchInvariant) {
   REQUIRE_GPU();
-  for (DType act : {DType::kBF16, DType::kF32}) {
+  using Tile = CudaEngineOptions::HopperTile;
+  for (auto [act, tile] : std::vector<std::pair<DType, Tile>>{
+           {DType::kBF16, Tile::kWide}, {DType::kF32, Tile::kWide},
+           {DType::kBF16, Tile::kWideWarpSpecialized}}) {
+    SCOPED_TRACE(::testing::Message() << "hopper tile " << static_cast<int>(tile));
     const auto model = RandomModel(Opts(Family::kDeepseekV3, 64, 8, 256, 128, DType::kBF16, 41));
     CudaEngineOptions o = DefaultOptions();
     o.deterministic = true;
     o.deterministic_wgmma = act == DType::kBF16;  // both settings, one dtype each
+    o.hopper_tile = tile;
     auto gpu = CudaEngine::Create(model, o);
     ASSERT_TRUE(gpu.ok()) << gpu.status();
     const int h = model->spec().hidden;

@@ -55,6 +55,10 @@ struct CudaEngineOptions {
     kWide,      // 128 x 256 outputs, 1 block per SM
     kTwoPerSm,  // 128 x 128 outputs, 2 blocks per SM
     kTall,      // 256 x 128 outputs (4 warpgroups), 1 block per SM
+    // 128 x 256 outputs like kWide, computed by a warp-specialised persistent kernel (a producer
+    // warpgroup streams a 4-stage mbarrier ring, two consumer warpgroups run the wgmmas); bitwise
+    // equal to kWide.
+    kWideWarpSpecialized,
   };
   HopperTile hopper_tile = HopperTile::kWide;
 };

@@ -199,6 +199,8 @@ Status CudaEngine::Impl::EnqueueCore(Slot& s, int64_t capacity, AType atype) {
                       ? cuda::GemmTile::kWgmma
                   : options.hopper_tile == CudaEngineOptions::HopperTile::kTwoPerSm
                       ? cuda::GemmTile::kWgmma2
+                  : options.hopper_tile == CudaEngineOptions::HopperTile::kWideWarpSpecialized
+                      ? cuda::GemmTile::kWgmmaWs
                       : cuda::GemmTile::kWgmmaTall;
   const cuda::MoePlan plan = cuda::PlanMoe(in);
 
