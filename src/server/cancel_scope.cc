@@ -5,12 +5,12 @@
 namespace moe::server {
 
 bool CancelScope::cancelled() const {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   return cancelled_;
 }
 
 uint64_t CancelScope::Reserve() {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   uint64_t key = next_key_++;
   tickets_[key] = 0;
   return key;
@@ -19,7 +19,7 @@ uint64_t CancelScope::Reserve() {
 void CancelScope::Arm(uint64_t key, uint64_t ticket) {
   bool cancel_now = false;
   {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     auto it = tickets_.find(key);
     if (it == tickets_.end()) return;  // already done
     it->second = ticket;
@@ -29,14 +29,14 @@ void CancelScope::Arm(uint64_t key, uint64_t ticket) {
 }
 
 void CancelScope::Release(uint64_t key) {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   tickets_.erase(key);
 }
 
 void CancelScope::Cancel() {
   std::vector<uint64_t> armed;
   {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     if (cancelled_) return;
     cancelled_ = true;
     for (const auto& [key, ticket] : tickets_) {

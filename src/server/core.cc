@@ -37,21 +37,13 @@ void Core::BeginDrain() {
 }
 
 int64_t Core::inflight() const {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   return inflight_;
 }
 
 bool Core::WaitIdle(Clock::time_point deadline) {
-  absl::MutexLock lock(&mu_);
-  auto idle = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return inflight_ == 0; };
-  while (!idle()) {
-    auto left = deadline - Clock::now();
-    if (left <= Clock::duration::zero()) return false;
-    mu_.AwaitWithTimeout(
-        absl::Condition(&idle),
-        absl::FromChrono(std::chrono::duration_cast<std::chrono::nanoseconds>(left)));
-  }
-  return true;
+  std::unique_lock<std::mutex> lock(mu_);
+  return idle_.wait_until(lock, deadline, [this] { return inflight_ == 0; });
 }
 
 void Core::Run(const LayerRequest& request, const std::string& label, LayerDone done) {
@@ -68,7 +60,7 @@ void Core::Run(const LayerRequest& request, const std::string& label, LayerDone 
   }
   if (refusal.ok()) {
     {
-      absl::MutexLock lock(&mu_);
+      std::lock_guard<std::mutex> lock(mu_);
       ++inflight_;
     }
     if (metrics_ != nullptr) metrics_->RequestStarted();
@@ -118,8 +110,8 @@ void Core::Record(int layer, int64_t n_tokens, const Status& status, const Layer
 }
 
 void Core::Leave() {
-  absl::MutexLock lock(&mu_);
-  --inflight_;
+  std::lock_guard<std::mutex> lock(mu_);
+  if (--inflight_ == 0) idle_.notify_all();
 }
 
 void Core::RecordRejected(int layer, const Status& status, Clock::time_point arrival,
@@ -136,7 +128,7 @@ void Core::RecordRejected(int layer, const Status& status, Clock::time_point arr
 void Core::LogRefusal(const std::string& label, const Status& status) {
   int64_t suppressed = 0;
   {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     Clock::time_point now = Clock::now();
     if (now - log_window_ >= std::chrono::seconds(1)) {
       suppressed = log_suppressed_;

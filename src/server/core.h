@@ -6,11 +6,12 @@
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstdint>
+#include <mutex>
 #include <string>
 
 #include "absl/base/thread_annotations.h"
-#include "absl/synchronization/mutex.h"
 #include "catalog.h"
 #include "moe/server/backend.h"
 #include "stats.h"
@@ -69,7 +70,8 @@ class Core {
   std::atomic<bool> ready_{false};
   std::atomic<bool> draining_{false};
 
-  mutable absl::Mutex mu_;
+  mutable std::mutex mu_;
+  std::condition_variable idle_;  // signalled when inflight_ drops to 0
   int64_t inflight_ ABSL_GUARDED_BY(mu_) = 0;
   // Refusal log rate limit: at most kLogsPerSecond lines a second, the rest counted.
   static constexpr int kLogsPerSecond = 20;

@@ -12,11 +12,11 @@
 #include <deque>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <utility>
 
 #include "absl/base/thread_annotations.h"
-#include "absl/synchronization/mutex.h"
 #include "moe/common/logging.h"
 #include "moe/server/backend.h"
 #include "moe/server/status_convert.h"
@@ -87,7 +87,7 @@ class StreamCall : public grpc::ServerBidiReactor<Request, Response> {
     incoming_.Clear();
     bool read_more;
     {
-      absl::MutexLock lock(&mu_);
+      std::lock_guard<std::mutex> lock(mu_);
       ++outstanding_;
       read_more = outstanding_ < kMaxOutstanding;
       if (!read_more) read_paused_ = true;
@@ -101,7 +101,7 @@ class StreamCall : public grpc::ServerBidiReactor<Request, Response> {
     Response* next = nullptr;
     bool resume_read = false;
     {
-      absl::MutexLock lock(&mu_);
+      std::lock_guard<std::mutex> lock(mu_);
       queue_.pop_front();  // the one just written
       --outstanding_;
       if (!ok) {
@@ -136,7 +136,7 @@ class StreamCall : public grpc::ServerBidiReactor<Request, Response> {
   void Enqueue(Response&& response) {
     Response* start = nullptr;
     {
-      absl::MutexLock lock(&mu_);
+      std::lock_guard<std::mutex> lock(mu_);
       if (broken_) {
         --outstanding_;
       } else {
@@ -160,7 +160,7 @@ class StreamCall : public grpc::ServerBidiReactor<Request, Response> {
   void Release(F update) {
     bool finish = false;
     {
-      absl::MutexLock lock(&mu_);
+      std::lock_guard<std::mutex> lock(mu_);
       update();
       if (reads_done_ && outstanding_ == 0 && !writing_ && !finished_) {
         finished_ = true;
@@ -174,7 +174,7 @@ class StreamCall : public grpc::ServerBidiReactor<Request, Response> {
   const std::shared_ptr<CancelScope> cancel_;
   Request incoming_;
 
-  absl::Mutex mu_;
+  std::mutex mu_;
   std::deque<Response> queue_ ABSL_GUARDED_BY(mu_);  // front is being written while writing_
   int64_t outstanding_ ABSL_GUARDED_BY(mu_) = 0;     // read, not yet written (or dropped)
   bool writing_ ABSL_GUARDED_BY(mu_) = false;

@@ -7,6 +7,8 @@
 #include <grpcpp/health_check_service_interface.h>
 #include <spdlog/spdlog.h>
 
+#include <mutex>
+
 #include "core.h"
 #include "kserve_service.h"
 #include "moe/common/logging.h"
@@ -45,7 +47,7 @@ class Server::Impl {
   std::vector<std::string> HealthNames() const;
   void SetHealth(bool serving);
 
-  absl::Mutex mu_;
+  std::mutex mu_;
   bool shut_down_ ABSL_GUARDED_BY(mu_) = false;
   std::unique_ptr<grpc::Server> server_;  // last: destroyed first
 };
@@ -106,7 +108,7 @@ Status Server::Impl::Start() {
 }
 
 void Server::Impl::SetReady(bool ready) {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   if (shut_down_) return;
   core_.SetReady(ready);
   SetHealth(ready);
@@ -115,7 +117,7 @@ void Server::Impl::SetReady(bool ready) {
 
 void Server::Impl::Shutdown() {
   {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     if (shut_down_) return;
     shut_down_ = true;
     core_.BeginDrain();

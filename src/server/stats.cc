@@ -5,13 +5,13 @@
 namespace moe::server {
 
 Stats::Stats(const std::vector<int>& layers) {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   for (int l : layers) layers_[l];
 }
 
 void Stats::Record(int layer, const Status& status, int64_t n_tokens, const LayerTiming& timing,
                    int64_t total_ns) {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   auto it = layers_.find(layer);
   if (it == layers_.end()) return;
   Layer& l = it->second;
@@ -31,7 +31,7 @@ void Stats::Record(int layer, const Status& status, int64_t n_tokens, const Laye
 }
 
 void Stats::Fill(int layer, inference::ModelStatistics* out) const {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   auto it = layers_.find(layer);
   if (it == layers_.end()) return;
   const Layer& l = it->second;

@@ -6,10 +6,10 @@
 
 #include <cstdint>
 #include <map>
+#include <mutex>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
-#include "absl/synchronization/mutex.h"
 #include "inference/grpc_service.pb.h"
 #include "moe/common/status.h"
 #include "moe/server/backend.h"
@@ -42,7 +42,7 @@ class Stats {
     uint64_t last_inference_ms = 0;
   };
 
-  mutable absl::Mutex mu_;
+  mutable std::mutex mu_;
   std::map<int, Layer> layers_ ABSL_GUARDED_BY(mu_);
 };
 

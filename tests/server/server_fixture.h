@@ -8,14 +8,15 @@
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 
+#include <condition_variable>
 #include <cstdlib>
 #include <filesystem>
 #include <memory>
+#include <mutex>
 #include <random>
 #include <string>
 #include <vector>
 
-#include "absl/synchronization/mutex.h"
 #include "grpc_health/v1/health.grpc.pb.h"
 #include "inference/grpc_service.grpc.pb.h"
 #include "moe/engine/cpu_engine.h"
@@ -38,7 +39,7 @@ class HoldingBackend final : public Backend {
   explicit HoldingBackend(Backend* inner) : inner_(inner) {}
 
   StatusOr<uint64_t> Submit(const LayerRequest& request, LayerDone done) override {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     if (!holding_) return inner_->Submit(request, std::move(done));
     held_.push_back({request, std::move(done)});
     return uint64_t{0};  // not cancellable while parked
@@ -49,25 +50,21 @@ class HoldingBackend final : public Backend {
   int64_t max_request_tokens() const override { return inner_->max_request_tokens(); }
   void Drain(Clock::time_point deadline) override {
     {
-      absl::MutexLock lock(&mu_);
-      mu_.Await(absl::Condition(
-          +[](HoldingBackend* b) ABSL_EXCLUSIVE_LOCKS_REQUIRED(b->mu_) {
-            return b->held_.empty() && !b->forwarding_;
-          },
-          this));
+      std::unique_lock<std::mutex> lock(mu_);
+      idle_.wait(lock, [this] { return held_.empty() && !forwarding_; });
     }
     inner_->Drain(deadline);
   }
 
   void Hold() {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     holding_ = true;
   }
   // Stops holding and forwards everything parked (a refusal is answered through `done`).
   void Release() {
     std::vector<Held> held;
     {
-      absl::MutexLock lock(&mu_);
+      std::lock_guard<std::mutex> lock(mu_);
       holding_ = false;
       forwarding_ = true;
       held.swap(held_);
@@ -77,11 +74,12 @@ class HoldingBackend final : public Backend {
       StatusOr<uint64_t> t = inner_->Submit(h.request, std::move(h.done));
       if (!t.ok()) done(t.status(), LayerTiming{});
     }
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     forwarding_ = false;
+    idle_.notify_all();
   }
   size_t held() {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     return held_.size();
   }
 
@@ -91,7 +89,8 @@ class HoldingBackend final : public Backend {
     LayerDone done;
   };
   Backend* const inner_;
-  absl::Mutex mu_;
+  std::mutex mu_;
+  std::condition_variable idle_;
   bool holding_ ABSL_GUARDED_BY(mu_) = false;
   bool forwarding_ ABSL_GUARDED_BY(mu_) = false;  // Release() is submitting the parked ones
   std::vector<Held> held_ ABSL_GUARDED_BY(mu_);

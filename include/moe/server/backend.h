@@ -11,9 +11,9 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <mutex>
 
 #include "absl/base/thread_annotations.h"
-#include "absl/synchronization/mutex.h"
 #include "moe/common/dtype.h"
 #include "moe/common/status.h"
 
@@ -70,7 +70,9 @@ class Backend {
 // Core registers each submitted request's ticket; Cancel() (the reactor's OnCancel) cancels every
 // registered ticket and every later one at once.
 //
-// Thread safety: every method may be called from any thread.
+// Thread safety: every method may be called from any thread. NOTES: std::mutex rather than
+// absl::Mutex here and in src/server: Debian's abseil is not TSan-instrumented, pthread mutexes
+// are.
 class CancelScope {
  public:
   explicit CancelScope(Backend* backend) : backend_(backend) {}
@@ -84,7 +86,7 @@ class CancelScope {
 
  private:
   Backend* const backend_;
-  mutable absl::Mutex mu_;
+  mutable std::mutex mu_;
   bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
   uint64_t next_key_ ABSL_GUARDED_BY(mu_) = 1;
   std::map<uint64_t, uint64_t> tickets_ ABSL_GUARDED_BY(mu_);  // key -> ticket (0 = not armed)
