@@ -10,7 +10,7 @@
 4. Asks Prometheus' HTTP query API until the scraped series show exactly those requests:
    moe_requests_total{code="OK"}, moe_request_duration_seconds_count, the build info, readiness,
    the scheduler's batches, and the target's health; `promtool check metrics` on the live
-   exposition.
+   exposition; the alerting rules evaluate; the daemon's log is JSON lines at MOE_LOG's level.
 5. SIGTERMs the daemon and checks that it drains and exits 0 within the platforms' kill timeout.
 
 Every process started is killed at the end, whatever happens (finally + atexit + SIGTERM
@@ -76,9 +76,10 @@ def _die_with_parent():
     libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
 
 
-def start(args, log_path):
+def start(args, log_path, env=None):
     out = open(log_path, "wb")
     proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            env=env,
                             start_new_session=True,  # own process group: killpg reaches children
                             preexec_fn=_die_with_parent)
     _children.append(proc)
@@ -161,13 +162,22 @@ def main():
                         "--address", "127.0.0.1", "--port", str(grpc_port),
                         "--metrics-address", "127.0.0.1", "--metrics-port", str(metrics_port),
                         "--cache-dir", str(tmp / "models"), "--log-format", "json"],
-                       daemon_log)
+                       daemon_log, env={**os.environ, "MOE_LOG": "debug"})
         metrics_url = f"http://127.0.0.1:{metrics_port}"
         wait_for("/healthz", lambda: http_get(metrics_url + "/healthz")[0] == 200, 60,
                  [(daemon, daemon_log)])
         wait_for("/readyz", lambda: http_get(metrics_url + "/readyz")[0] == 200, 240,
                  [(daemon, daemon_log)])
         log(f"daemon ready: gRPC 127.0.0.1:{grpc_port}, metrics {metrics_url}")
+
+        # Logging: --log-format json gives one JSON object per line; MOE_LOG=debug (no
+        # --log-level given) lets debug lines through.
+        records = [json.loads(line) for line in daemon_log.read_text().splitlines() if line]
+        assert records, "the daemon logged nothing"
+        for r in records:
+            assert {"ts", "level", "logger", "msg"} <= r.keys(), r
+            assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", r["ts"]), r
+        assert any(r["level"] == "debug" for r in records), "MOE_LOG=debug had no effect"
 
         # 2. Prometheus, with the deployment's scrape config pointed at the daemon.
         config = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())
