@@ -145,8 +145,10 @@ struct SchedulerOptions {
 class Scheduler {
  public:
   // Validates `options` (INVALID_ARGUMENT naming the bad field), starts the swarm (one worker per
-  // engine slot) and the dispatcher thread, and allocates each worker's batch buffers
-  // (max_batch_tokens rows of input, output and routing; nothing is allocated per token later).
+  // engine slot) and the dispatcher thread. Memory: each worker sizes its batch buffers
+  // (max_batch_tokens rows of F32 input and output, plus routing) on its first multi-request
+  // batch and reuses them; per request, Submit() allocates the output (unless borrowed_output) and
+  // routing vectors once; per batch, one small task object. Nothing is allocated per token.
   static StatusOr<std::unique_ptr<Scheduler>> Create(const SchedulerOptions& options);
 
   // If Shutdown() was not called: refuses new work, fails queued requests with UNAVAILABLE, waits
