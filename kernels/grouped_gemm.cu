@@ -11,12 +11,16 @@
 // 5. Epilogue straight from registers: gated tiles apply silu(gate) * up and store wtype; plain
 // tiles
 //    store wtype, or f32 partial sums per K split (reduced in fixed order by the consumer).
+// 6. Launched with PDL (GemmArgs::pdl) the kernel waits for the previous kernel first; with
+//    prefetch_weights it resolves its tile and streams its first STAGES - 1 weight stages before
+//    that wait (the tile list and layer then come from kernels two or more launches back).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
 #include "kernels/cuda_status.h"
 #include "kernels/gemm_common.cuh"
 #include "kernels/moe_kernels.h"
+#include "kernels/pdl.cuh"
 
 namespace moe::cuda {
 namespace {
@@ -47,7 +51,7 @@ struct MmaOp<__half> {
 };
 
 template <typename T, int BM, int BN, int WM, int WN, int STAGES, bool GATED>
-__global__ void __launch_bounds__(WM* WN * 32) GemmKernel(const GemmParams p) {
+__global__ void __launch_bounds__(WM* WN * 32) GemmKernel(const GemmParams p, int prefetch_b) {
   constexpr int kThreads = WM * WN * 32;
   constexpr int kBRows = GATED ? 2 * BN : BN;
   constexpr int kWtm = BM / WM;
@@ -60,11 +64,18 @@ __global__ void __launch_bounds__(WM* WN * 32) GemmKernel(const GemmParams p) {
   static_assert(kNi % 2 == 0 && kMi >= 1 && kAChunks >= 1 && kBChunks >= 1, "bad tile");
   static_assert(BM * 8 % kThreads == 0 && kBRows * 8 % kThreads == 0, "bad tile");
 
-  // Phase 0: which rows, columns and K range this block owns.
+  // Phase 0: which rows, columns and K range this block owns (after the previous kernel, unless
+  // the tile list is older: see pdl.cuh).
+  if (!prefetch_b) {
+    GridDepWait();
+    GridDepTrigger();
+  }
   int group, row_begin, row_end;
-  if (!ResolveTile(p, BM, group, row_begin, row_end)) return;
   const int n0 = blockIdx.y * BN;
-  if (n0 >= p.n) return;
+  if (!ResolveTile(p, BM, group, row_begin, row_end) || n0 >= p.n) {
+    if (prefetch_b) GridDepWait();
+    return;
+  }
   const int64_t table_index = (p.layer_dev ? *p.layer_dev : 0) * p.b_layer_stride + group;
   const T* b0 = static_cast<const T*>(p.b0_table[table_index]);
   const T* b1 = GATED ? static_cast<const T*>(p.b1_table[table_index]) : nullptr;
@@ -109,27 +120,50 @@ __global__ void __launch_bounds__(WM* WN * 32) GemmKernel(const GemmParams p) {
     b_dst[i] = Swizzle(row, chunk);
     b_col[i] = chunk * 8;
   }
-  auto load_stage = [&](int kt, int stage) {
+  auto load_a = [&](int kt, int stage) {
     const int k0 = kt * kBk;
     T* sa = smem_a + stage * BM * kBk;
-    T* sb = smem_b + stage * kBRows * kBk;
 #pragma unroll
     for (int i = 0; i < kAChunks; ++i) {
       const bool ok = a_ok[i] && k0 + a_col[i] < p.k;
       CpAsync16(SmemAddr(sa + a_dst[i]), ok ? a_src[i] + k0 : a_base, ok);
     }
+  };
+  auto load_b = [&](int kt, int stage) {
+    const int k0 = kt * kBk;
+    T* sb = smem_b + stage * kBRows * kBk;
 #pragma unroll
     for (int i = 0; i < kBChunks; ++i) {
       const bool ok = b_ok[i] && k0 + b_col[i] < p.k;
       CpAsync16(SmemAddr(sb + b_dst[i]), ok ? b_src[i] + k0 : b0, ok);
     }
   };
+  auto load_stage = [&](int kt, int stage) {
+    load_a(kt, stage);
+    load_b(kt, stage);
+  };
 
-  // Phase 2: pipeline prologue.
+  // Phase 2: pipeline prologue. With prefetch_b the weights of every prologue stage go into the
+  // first commit group (ahead of their A halves), so each stage is still complete when its group
+  // is: the main loop's wait counts stay as they are.
+  if (prefetch_b) {
 #pragma unroll
-  for (int s = 0; s < STAGES - 1; ++s) {
-    if (kt_begin + s < kt_end) load_stage(kt_begin + s, s);
-    CpAsyncCommit();
+    for (int s = 0; s < STAGES - 1; ++s) {
+      if (kt_begin + s < kt_end) load_b(kt_begin + s, s);
+    }
+    GridDepWait();
+    GridDepTrigger();
+#pragma unroll
+    for (int s = 0; s < STAGES - 1; ++s) {
+      if (kt_begin + s < kt_end) load_a(kt_begin + s, s);
+      CpAsyncCommit();
+    }
+  } else {
+#pragma unroll
+    for (int s = 0; s < STAGES - 1; ++s) {
+      if (kt_begin + s < kt_end) load_stage(kt_begin + s, s);
+      CpAsyncCommit();
+    }
   }
 
   // Phase 3: main loop; stage (kt - kt_begin) % STAGES holds k-step kt.
@@ -207,7 +241,7 @@ __global__ void __launch_bounds__(WM* WN * 32) GemmKernel(const GemmParams p) {
   }
 }
 
-using KernelFn = void (*)(GemmParams);
+using KernelFn = void (*)(GemmParams, int);
 
 // One entry per (tile, gated, dtype), generated from MOE_GEMM_TILE_TABLE.
 struct KernelEntry {
@@ -301,8 +335,9 @@ Status LaunchGemm(const GemmArgs& args, cudaStream_t stream) {
   }
   const KernelFn fn = FindKernel(args.tile, args.gated, args.wtype);
   if (fn == nullptr) return absl::InternalError("no GEMM kernel for this tile");
-  fn<<<grid, shape.threads(), shape.smem_bytes(args.gated), stream>>>(p);
-  CUDA_RETURN_IF_ERROR(cudaGetLastError());
+  CUDA_RETURN_IF_ERROR(LaunchMaybePdl(fn, grid, dim3(shape.threads()),
+                                      shape.smem_bytes(args.gated), stream, args.pdl, p,
+                                      args.prefetch_weights ? 1 : 0));
   return absl::OkStatus();
 }
 

@@ -61,6 +61,11 @@ struct GemmArgs {
   bool out_f32 = false;
   int splits = 1;
   int64_t split_stride = 0;
+  // Programmatic dependent launch (mma.sync tiles; see kernels/pdl.cuh). prefetch_weights: stream
+  // the first weight stages before waiting for the previous kernel; only when tiles / n_tiles /
+  // group_offsets / m_dev / layer_dev / a_rows were written two or more launches back.
+  bool pdl = false;
+  bool prefetch_weights = false;
 
   Status Validate() const;
 };
@@ -72,6 +77,11 @@ Status InitGemmKernels(bool sm90);
 // device): probed with a one-thread kernel, so call it at start-up only.
 StatusOr<bool> ProbeWgmmaKernels();
 Status LaunchGemm(const GemmArgs& args, cudaStream_t stream);
+// The same grouped (or dense) problem on CUDA cores for decode batches (decode_gemv.cu): one warp
+// per output column streams the weights once with 16-byte loads. Needs the decode tile's row list
+// (args.tile == kDecode) and splits == 1; not batch invariant against the mma.sync tiles.
+bool CanDecodeGemv(const GemmArgs& args);
+Status LaunchDecodeGemv(const GemmArgs& args, cudaStream_t stream);
 
 // ---- Routing and data movement (routing.cu) ----
 struct RoutingParams {
@@ -97,6 +107,7 @@ struct ConvertArgs {
   int64_t capacity = 0;
   bool split_lo = false;
   void* x = nullptr;  // [capacity, 2 * hidden]
+  bool pdl = false;   // programmatic dependent launch (kernels/pdl.cuh)
   Status Validate() const;
 };
 Status LaunchConvert(const ConvertArgs& args, cudaStream_t stream);
@@ -117,6 +128,7 @@ struct RouteArgs {
   int32_t* ranks = nullptr;       // [capacity, top_k]
   int32_t* counts = nullptr;      // [n_experts]
   float* shared_gate = nullptr;   // [capacity] sigmoid gate (has_shared_gate)
+  bool pdl = false;               // programmatic dependent launch (kernels/pdl.cuh)
   Status Validate() const;
 };
 Status LaunchRoute(const RouteArgs& args, cudaStream_t stream);
@@ -137,6 +149,7 @@ struct ScanArgs {
   int32_t* n_tiles = nullptr;
   int32_t* perm_token = nullptr;  // [capacity * top_k]
   int32_t* pair_row = nullptr;    // [capacity * top_k]
+  bool pdl = false;               // programmatic dependent launch (kernels/pdl.cuh)
   Status Validate() const;
 };
 Status LaunchScan(const ScanArgs& args, cudaStream_t stream);
@@ -145,6 +158,26 @@ Status LaunchScan(const ScanArgs& args, cudaStream_t stream);
 // memory (ra.counts is not used and need not be zeroed); same outputs as LaunchRoute + LaunchScan.
 bool CanRouteScan(int64_t capacity, int n_experts);
 Status LaunchRouteScan(const RouteArgs& ra, const ScanArgs& sa, cudaStream_t stream);
+// Decode front end (CanFuseFront): convert + router + route + scan in ONE launch. Each block
+// converts a slice of the input into ca.x and computes kFrontRowsPerBlock router rows (one warp
+// per row, f32 FMAs on the input activations as given, k ascending per lane then a fixed warp tree)
+// into ra.logits ([capacity][ld_logits], splits 1); the last block to finish (ticket counter,
+// reset by that block for the next forward) routes and scans like LaunchRouteScan.
+// NOTES: its logits round differently from the router GEMM of larger batches, so deterministic
+// (batch-invariant) mode must not use it.
+struct FrontArgs {
+  ConvertArgs convert;
+  RouteArgs route;
+  ScanArgs scan;
+  const void* const* router_table = nullptr;  // [layers] -> [router_rows, ld_router] wtype
+  int64_t ld_router = 0;
+  int router_rows = 0;
+  int32_t* ticket = nullptr;  // one counter, zero before the first forward
+  Status Validate() const;
+};
+bool CanFuseFront(int64_t capacity, int n_experts, int router_rows);
+Status LaunchFront(const FrontArgs& f, cudaStream_t stream);
+
 // Raises the shared-memory limit of the routing kernels; call once per device.
 Status InitRoutingKernels();
 
@@ -168,6 +201,7 @@ struct CombineArgs {
   int ys_splits = 1;
   int64_t ys_split_stride = 0;
   const float* shared_gate = nullptr;  // [capacity] or null (gate 1)
+  bool pdl = false;                    // programmatic dependent launch (kernels/pdl.cuh)
   Status Validate() const;
 };
 Status LaunchCombine(const CombineArgs& args, cudaStream_t stream);

@@ -11,6 +11,10 @@
 // 4. Combine: weighted sum of each token's expert outputs (k ascending, splits ascending) plus the
 //    gated shared expert, written in the activation dtype. No atomics.
 // 5. FillRandom: counter-based uniform weights generated on the device (benchmarks).
+// 6. Front (decode batches): convert + router GEMV + route + scan in one launch; the last block
+//    to finish routes (ticket counter), so the chain before the expert GEMMs is one kernel.
+// Every kernel but FillRandom waits for the previous kernel first (PDL, kernels/pdl.cuh) and then
+// lets the next one launch.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -19,6 +23,7 @@
 
 #include "kernels/cuda_status.h"
 #include "kernels/moe_kernels.h"
+#include "kernels/pdl.cuh"
 
 namespace moe::cuda {
 namespace {
@@ -27,6 +32,10 @@ constexpr int kScanThreads = 1024;
 constexpr int kRouteScanMaxTokens = kScanThreads / 32;  // one warp per token
 constexpr int kRouteScanMaxExperts = 256;               // 64 KB of scores for 32 warps
 constexpr int kRouteWarps = 4;
+constexpr int kFrontRowsPerBlock = 8;                                 // router rows per front block
+constexpr int kFrontKSplit = kScanThreads / 32 / kFrontRowsPerBlock;  // warps per row (K quarters)
+constexpr int kFrontTokenGroup = 8;                                   // tokens per GEMV pass
+constexpr int kFrontMaxRouterRows = kRouteScanMaxExperts + 1;
 
 // ---- 8-element vector loads and stores through float ----
 __device__ __forceinline__ void Load8(const float* p, float (&v)[8]) {
@@ -92,6 +101,8 @@ int GridFor(int64_t work, int threads) {
 // ---- 1. Convert ----
 template <typename In, typename W>
 __global__ void ConvertKernel(const ForwardMeta* meta, int hidden, int split_lo, W* x) {
+  GridDepWait();
+  GridDepTrigger();
   const int64_t chunks_per_row = hidden / 8;
   const int64_t total = static_cast<int64_t>(meta->n_tokens) * chunks_per_row;
   const In* in = static_cast<const In*>(meta->input);
@@ -144,18 +155,19 @@ __device__ __forceinline__ float SumSplits(const float* p, int splits, int64_t s
   return sum;
 }
 
-// Routes token t with one warp; `score`, `sel`: [n_experts] warp-private shared memory; `counts`:
-// per-expert counters (global or shared) that hand out each pair's rank.
-__device__ void RouteToken(const RouteArgs& a, int t, float* score, float* sel, int32_t* counts) {
+// Routes token t with one warp; `logits`: token t's row of split partials (`splits` of them,
+// `split_stride` apart; global or shared memory); `score`, `sel`: [n_experts] warp-private shared
+// memory; `counts`: per-expert counters (global or shared) that hand out each pair's rank.
+__device__ void RouteToken(const RouteArgs& a, const float* logits, int splits,
+                           int64_t split_stride, int t, float* score, float* sel, int32_t* counts) {
   const RoutingParams& rp = a.routing;
   const int n_experts = rp.n_experts;
   const int lane = threadIdx.x & 31;
-  const float* logits = a.logits + static_cast<int64_t>(t) * a.ld_logits;
 
   // Logits (split partials in ascending order) -> scores.
   float local_max = -FLT_MAX;
   for (int e = lane; e < n_experts; e += 32) {
-    const float v = SumSplits(logits + e, a.splits, a.split_stride);
+    const float v = SumSplits(logits + e, splits, split_stride);
     score[e] = v;
     local_max = fmaxf(local_max, v);
   }
@@ -252,18 +264,21 @@ __device__ void RouteToken(const RouteArgs& a, int t, float* score, float* sel, 
     a.ranks[p] = atomicAdd(&counts[my_id], 1);
   }
   if (rp.has_shared_gate && lane == 0) {
-    const float v = SumSplits(logits + n_experts, a.splits, a.split_stride);
+    const float v = SumSplits(logits + n_experts, splits, split_stride);
     a.shared_gate[t] = 1.0f / (1.0f + __expf(-v));
   }
 }
 
 __global__ void RouteKernel(const RouteArgs a) {
   extern __shared__ float route_smem[];
+  GridDepWait();
+  GridDepTrigger();
   const int wid = threadIdx.x >> 5;
   const int t = blockIdx.x * kRouteWarps + wid;
   if (t >= a.meta->n_tokens) return;  // whole warp leaves together
   float* score = route_smem + wid * 2 * a.routing.n_experts;
-  RouteToken(a, t, score, score + a.routing.n_experts, a.counts);
+  RouteToken(a, a.logits + static_cast<int64_t>(t) * a.ld_logits, a.splits, a.split_stride, t,
+             score, score + a.routing.n_experts, a.counts);
 }
 
 // ---- 3. Scan ----
@@ -311,14 +326,18 @@ __device__ void ScanBody(const ScanArgs& a, const int32_t* counts, bool scatter,
 __global__ void __launch_bounds__(kScanThreads) ScanKernel(const ScanArgs a, bool scatter) {
   __shared__ int s_count[kScanThreads];
   __shared__ int s_tiles[kScanThreads];
+  GridDepWait();
+  GridDepTrigger();
   ScanBody(a, a.counts, scatter, s_count, s_tiles);
 }
 
 // Decode batches (<= 32 tokens): routing (one warp per token, counters in shared memory, so no
 // memset) and the scan in one block, one launch instead of three nodes.
-__global__ void __launch_bounds__(kScanThreads)
-    RouteScanKernel(const RouteArgs ra, const ScanArgs sa) {
-  extern __shared__ float route_smem[];
+// One block (kScanThreads threads): routes tokens 0..n_tokens-1 (one warp each; logits row t at
+// logits + t * ld_logits, `splits` partials) and scans; `route_smem`: [32][2][n_experts].
+__device__ void RouteScanBody(const RouteArgs& ra, const ScanArgs& sa, const float* logits,
+                              int64_t ld_logits, int splits, int64_t split_stride,
+                              float* route_smem) {
   __shared__ int s_experts[kScanThreads];
   __shared__ int s_count[kScanThreads];
   __shared__ int s_tiles[kScanThreads];
@@ -327,14 +346,143 @@ __global__ void __launch_bounds__(kScanThreads)
   const int wid = threadIdx.x >> 5;
   if (wid < ra.meta->n_tokens) {
     float* score = route_smem + wid * 2 * ra.routing.n_experts;
-    RouteToken(ra, wid, score, score + ra.routing.n_experts, s_experts);
+    RouteToken(ra, logits + wid * ld_logits, splits, split_stride, wid, score,
+               score + ra.routing.n_experts, s_experts);
   }
   __syncthreads();  // ids, ranks (global) and counts (shared) are complete
   ScanBody(sa, s_experts, true, s_count, s_tiles);
 }
 
+__global__ void __launch_bounds__(kScanThreads)
+    RouteScanKernel(const RouteArgs ra, const ScanArgs sa) {
+  extern __shared__ float route_smem[];
+  GridDepWait();
+  GridDepTrigger();
+  RouteScanBody(ra, sa, ra.logits, ra.ld_logits, ra.splits, ra.split_stride, route_smem);
+}
+
+// ---- 6. Front ----
+// 1. Every block converts a grid-stride slice of the input into x (the hi part only: the router
+//    below reads the input itself, so nothing needs the rounding residue).
+// 2. Block b owns router rows 8b..8b+7; warp w computes row 8b + (w % 8) over K quarter w / 8 for
+//    every token (8 tokens per pass, f32 FMAs, lane-strided 16-byte chunks in ascending order, then
+//    a fixed xor tree); the quarters are added in order through shared memory into `logits`.
+// 3. The block that draws the last ticket copies all logits into shared memory, resets the ticket
+//    and routes + scans (RouteScanBody).
+template <typename In, typename W>
+__global__ void __launch_bounds__(kScanThreads) FrontKernel(const FrontArgs f, float* logits) {
+  extern __shared__ float route_smem[];  // [32][2][n_experts] route scratch, then [32][nr] logits
+  __shared__ float s_part[kFrontKSplit][kFrontTokenGroup][kFrontRowsPerBlock];
+  __shared__ int s_last;
+  GridDepWait();
+  GridDepTrigger();
+  const ForwardMeta* meta = f.route.meta;
+  const int n = meta->n_tokens;
+  const int hidden = f.convert.hidden;
+  const int nr = f.router_rows;
+  const int64_t ld = f.route.ld_logits;
+  const In* in = static_cast<const In*>(meta->input);
+
+  // Phase 1: convert.
+  {
+    W* x = static_cast<W*>(f.convert.x);
+    const int64_t chunks_per_row = hidden / 8;
+    const int64_t total = static_cast<int64_t>(n) * chunks_per_row;
+    for (int64_t c = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; c < total;
+         c += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+      const int64_t t = c / chunks_per_row;
+      const int h = static_cast<int>(c % chunks_per_row) * 8;
+      float v[8];
+      Load8(in + t * hidden + h, v);
+      Store8(x + t * 2 * hidden + h, v);
+    }
+  }
+
+  // Phase 2: router rows.
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int row_local = warp % kFrontRowsPerBlock, quarter = warp / kFrontRowsPerBlock;
+  const int row = blockIdx.x * kFrontRowsPerBlock + row_local;
+  const int chunks = hidden / 8;
+  const int c_begin = quarter * chunks / kFrontKSplit;
+  const int c_end = (quarter + 1) * chunks / kFrontKSplit;
+  const W* w = row < nr ? static_cast<const W*>(f.router_table[meta->layer_pos]) +
+                              static_cast<int64_t>(row) * f.ld_router
+                        : nullptr;
+  for (int t0 = 0; t0 < n; t0 += kFrontTokenGroup) {
+    float acc[kFrontTokenGroup];
+#pragma unroll
+    for (int j = 0; j < kFrontTokenGroup; ++j) acc[j] = 0.0f;
+    if (w != nullptr) {
+      // Two 16-byte weight loads in flight per lane before the first use.
+      for (int c0 = c_begin + lane; c0 < c_end; c0 += 64) {
+        float wv[2][8];
+#pragma unroll
+        for (int u = 0; u < 2; ++u) {
+          const int c = c0 + 32 * u;
+          if (c < c_end) {
+            Load8(w + c * 8, wv[u]);
+          } else {
+#pragma unroll
+            for (int i = 0; i < 8; ++i) wv[u][i] = 0.0f;
+          }
+        }
+#pragma unroll
+        for (int j = 0; j < kFrontTokenGroup; ++j) {
+          if (t0 + j < n) {
+#pragma unroll
+            for (int u = 0; u < 2; ++u) {
+              const int c = c0 + 32 * u;
+              if (c < c_end) {
+                float xv[8];
+                Load8(in + static_cast<int64_t>(t0 + j) * hidden + c * 8, xv);
+#pragma unroll
+                for (int i = 0; i < 8; ++i) acc[j] = fmaf(wv[u][i], xv[i], acc[j]);
+              }
+            }
+          }
+        }
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < kFrontTokenGroup; ++j) {
+      const float v = WarpSum(acc[j]);
+      if (lane == 0) s_part[quarter][j][row_local] = v;
+    }
+    __syncthreads();
+    if (threadIdx.x < kFrontTokenGroup * kFrontRowsPerBlock) {
+      const int j = threadIdx.x / kFrontRowsPerBlock, r = threadIdx.x % kFrontRowsPerBlock;
+      const int rr = blockIdx.x * kFrontRowsPerBlock + r;
+      if (t0 + j < n && rr < nr) {
+        float v = s_part[0][j][r];
+#pragma unroll
+        for (int q = 1; q < kFrontKSplit; ++q) v += s_part[q][j][r];
+        logits[static_cast<int64_t>(t0 + j) * ld + rr] = v;
+      }
+    }
+    __syncthreads();  // s_part is reused by the next pass
+  }
+
+  // Phase 3: the last block routes and scans.
+  __threadfence();  // this block's logits (and x) before its ticket
+  __syncthreads();
+  if (threadIdx.x == 0) s_last = atomicAdd(f.ticket, 1) == static_cast<int>(gridDim.x) - 1;
+  __syncthreads();
+  if (!s_last) return;
+  __threadfence();
+  float* s_logits = route_smem + kRouteScanMaxTokens * 2 * f.route.routing.n_experts;
+  for (int i = threadIdx.x; i < n * nr; i += blockDim.x) {
+    const int t = i / nr, r = i % nr;
+    s_logits[i] = __ldcg(logits + static_cast<int64_t>(t) * ld + r);
+  }
+  if (threadIdx.x == 0) *f.ticket = 0;  // for the next forward (stream-ordered after this one)
+  __syncthreads();
+  RouteScanBody(f.route, f.scan, s_logits, nr, 1, 0, route_smem);
+}
+
 // The permutation for large batches, one thread per (token, k) pair.
 __global__ void ScatterKernel(const ScanArgs a) {
+  GridDepWait();
+  GridDepTrigger();
   const int pairs = a.meta->n_tokens * a.top_k;
   for (int p = blockIdx.x * blockDim.x + threadIdx.x; p < pairs; p += gridDim.x * blockDim.x) {
     const int r = a.group_offsets[a.topk_ids[p]] + a.ranks[p];
@@ -346,6 +494,8 @@ __global__ void ScatterKernel(const ScanArgs a) {
 // ---- 4. Combine ----
 template <typename W, typename Out>
 __global__ void CombineKernel(const CombineArgs a) {
+  GridDepWait();
+  GridDepTrigger();
   const int hidden = a.hidden;
   const int64_t chunks_per_row = hidden / 8;
   const int64_t total = static_cast<int64_t>(a.meta->n_tokens) * chunks_per_row;
@@ -454,8 +604,10 @@ Status LaunchConvert(const ConvertArgs& a, cudaStream_t stream) {
   const int threads = 256;
   const int grid = GridFor(a.capacity * a.hidden / 8, threads);
   const int lo = a.split_lo ? 1 : 0;
-#define MOE_CONVERT_(IN, W) \
-  ConvertKernel<IN, W><<<grid, threads, 0, stream>>>(a.meta, a.hidden, lo, static_cast<W*>(a.x))
+  cudaError_t err = cudaSuccess;
+#define MOE_CONVERT_(IN, W)                                                                       \
+  err = LaunchMaybePdl(ConvertKernel<IN, W>, dim3(grid), dim3(threads), 0, stream, a.pdl, a.meta, \
+                       a.hidden, lo, static_cast<W*>(a.x))
   const bool bf = a.wtype == WType::kBF16;
   switch (a.atype) {
     case AType::kF32:
@@ -478,7 +630,7 @@ Status LaunchConvert(const ConvertArgs& a, cudaStream_t stream) {
       break;
   }
 #undef MOE_CONVERT_
-  CUDA_RETURN_IF_ERROR(cudaGetLastError());
+  CUDA_RETURN_IF_ERROR(err);
   return absl::OkStatus();
 }
 
@@ -511,15 +663,82 @@ Status LaunchRoute(const RouteArgs& a, cudaStream_t stream) {
   MOE_RETURN_IF_ERROR(a.Validate());
   const int blocks = static_cast<int>((a.capacity + kRouteWarps - 1) / kRouteWarps);
   const size_t smem = static_cast<size_t>(kRouteWarps) * 2 * a.routing.n_experts * sizeof(float);
-  RouteKernel<<<blocks, kRouteWarps * 32, smem, stream>>>(a);
-  CUDA_RETURN_IF_ERROR(cudaGetLastError());
+  CUDA_RETURN_IF_ERROR(
+      LaunchMaybePdl(RouteKernel, dim3(blocks), dim3(kRouteWarps * 32), smem, stream, a.pdl, a));
   return absl::OkStatus();
 }
+
+// Dynamic shared memory of the front kernel: route scratch + one logits row per token.
+size_t FrontSmemBytes(int n_experts, int router_rows) {
+  return static_cast<size_t>(kRouteScanMaxTokens) * (2 * n_experts + router_rows) * sizeof(float);
+}
+
+// The front kernel of each (input, weight) dtype pair, generated from one list.
+#define MOE_FRONT_TYPES_(X)                                   \
+  X(AType::kF32, float, WType::kBF16, __nv_bfloat16)          \
+  X(AType::kF32, float, WType::kF16, __half)                  \
+  X(AType::kF16, __half, WType::kBF16, __nv_bfloat16)         \
+  X(AType::kF16, __half, WType::kF16, __half)                 \
+  X(AType::kBF16, __nv_bfloat16, WType::kBF16, __nv_bfloat16) \
+  X(AType::kBF16, __nv_bfloat16, WType::kF16, __half)
+using FrontFn = void (*)(FrontArgs, float*);
+struct FrontEntry {
+  AType atype;
+  WType wtype;
+  FrontFn fn;
+};
+#define MOE_FRONT_ENTRY_(AT, IN, WT, W) {AT, WT, &FrontKernel<IN, W>},
+const FrontEntry kFrontKernels[] = {MOE_FRONT_TYPES_(MOE_FRONT_ENTRY_)};
+#undef MOE_FRONT_ENTRY_
 
 Status InitRoutingKernels() {
   CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(RouteScanKernel,
                                             cudaFuncAttributeMaxDynamicSharedMemorySize,
                                             kRouteScanMaxTokens * 2 * kRouteScanMaxExperts * 4));
+  const int front_smem =
+      static_cast<int>(FrontSmemBytes(kRouteScanMaxExperts, kFrontMaxRouterRows));
+  for (const FrontEntry& e : kFrontKernels) {
+    CUDA_RETURN_IF_ERROR(
+        cudaFuncSetAttribute(e.fn, cudaFuncAttributeMaxDynamicSharedMemorySize, front_smem));
+  }
+  return absl::OkStatus();
+}
+
+bool CanFuseFront(int64_t capacity, int n_experts, int router_rows) {
+  return CanRouteScan(capacity, n_experts) && router_rows <= kFrontMaxRouterRows;
+}
+
+Status FrontArgs::Validate() const {
+  MOE_RETURN_IF_ERROR(convert.Validate());
+  MOE_RETURN_IF_ERROR(route.Validate());
+  MOE_RETURN_IF_ERROR(scan.Validate());
+  if (router_table == nullptr || ticket == nullptr || ld_router < convert.hidden ||
+      ld_router % 8 != 0 || router_rows < route.routing.n_experts ||
+      route.ld_logits < router_rows) {
+    return absl::InvalidArgumentError("FrontArgs: null router table / ticket or bad router layout");
+  }
+  if (route.splits != 1 || route.meta != convert.meta || scan.meta != convert.meta) {
+    return absl::InvalidArgumentError("FrontArgs: one meta, unsplit logits");
+  }
+  if (!CanFuseFront(route.capacity, route.routing.n_experts, router_rows)) {
+    return absl::InvalidArgumentError("FrontArgs: too many tokens, experts or router rows");
+  }
+  return absl::OkStatus();
+}
+
+Status LaunchFront(const FrontArgs& f, cudaStream_t stream) {
+  MOE_RETURN_IF_ERROR(f.Validate());
+  FrontFn fn = nullptr;
+  for (const FrontEntry& e : kFrontKernels) {
+    if (e.atype == f.convert.atype && e.wtype == f.convert.wtype) fn = e.fn;
+  }
+  if (fn == nullptr) return absl::InternalError("no front kernel for these dtypes");
+  const int blocks = (f.router_rows + kFrontRowsPerBlock - 1) / kFrontRowsPerBlock;
+  // NOTES: route.logits is the workspace the blocks write and the last block reads back.
+  CUDA_RETURN_IF_ERROR(LaunchMaybePdl(fn, dim3(blocks), dim3(kScanThreads),
+                                      FrontSmemBytes(f.route.routing.n_experts, f.router_rows),
+                                      stream, f.convert.pdl, f,
+                                      const_cast<float*>(f.route.logits)));
   return absl::OkStatus();
 }
 
@@ -534,8 +753,8 @@ Status LaunchRouteScan(const RouteArgs& ra, const ScanArgs& sa, cudaStream_t str
     return absl::InvalidArgumentError("RouteScan: too many tokens or experts for one block");
   }
   const size_t smem = static_cast<size_t>(kRouteScanMaxTokens) * 2 * ra.routing.n_experts * 4;
-  RouteScanKernel<<<1, kScanThreads, smem, stream>>>(ra, sa);
-  CUDA_RETURN_IF_ERROR(cudaGetLastError());
+  CUDA_RETURN_IF_ERROR(
+      LaunchMaybePdl(RouteScanKernel, dim3(1), dim3(kScanThreads), smem, stream, ra.pdl, ra, sa));
   return absl::OkStatus();
 }
 
@@ -557,11 +776,11 @@ Status LaunchScan(const ScanArgs& a, cudaStream_t stream) {
   // (one more launch) is faster (39 us -> ~3 us for 32768 pairs on an H200).
   const int64_t pairs = a.capacity * a.top_k;
   const bool inline_scatter = pairs <= 4096;
-  ScanKernel<<<1, kScanThreads, 0, stream>>>(a, inline_scatter);
-  CUDA_RETURN_IF_ERROR(cudaGetLastError());
+  CUDA_RETURN_IF_ERROR(
+      LaunchMaybePdl(ScanKernel, dim3(1), dim3(kScanThreads), 0, stream, a.pdl, a, inline_scatter));
   if (!inline_scatter) {
-    ScatterKernel<<<GridFor(pairs, 256), 256, 0, stream>>>(a);
-    CUDA_RETURN_IF_ERROR(cudaGetLastError());
+    CUDA_RETURN_IF_ERROR(
+        LaunchMaybePdl(ScatterKernel, dim3(GridFor(pairs, 256)), dim3(256), 0, stream, a.pdl, a));
   }
   return absl::OkStatus();
 }
@@ -578,7 +797,9 @@ Status LaunchCombine(const CombineArgs& a, cudaStream_t stream) {
   MOE_RETURN_IF_ERROR(a.Validate());
   const int threads = 256;
   const int grid = GridFor(a.capacity * a.hidden / 8, threads);
-#define MOE_COMBINE_(W, OUT) CombineKernel<W, OUT><<<grid, threads, 0, stream>>>(a)
+  cudaError_t err = cudaSuccess;
+#define MOE_COMBINE_(W, OUT) \
+  err = LaunchMaybePdl(CombineKernel<W, OUT>, dim3(grid), dim3(threads), 0, stream, a.pdl, a)
   const bool bf = a.wtype == WType::kBF16;
   switch (a.atype) {
     case AType::kF32:
@@ -601,7 +822,7 @@ Status LaunchCombine(const CombineArgs& a, cudaStream_t stream) {
       break;
   }
 #undef MOE_COMBINE_
-  CUDA_RETURN_IF_ERROR(cudaGetLastError());
+  CUDA_RETURN_IF_ERROR(err);
   return absl::OkStatus();
 }
 

@@ -48,6 +48,18 @@ MoePlan PlanMoe(const MoePlanInput& in) {
   const int64_t active = std::max<int64_t>(1, std::min<int64_t>(pairs, in.n_experts));
   plan.tile = ChooseTile(static_cast<double>(pairs) / static_cast<double>(active),
                          in.wgmma && (!in.deterministic || in.deterministic_wgmma), in.wgmma_tile);
+  // NOTES: at 1 token Qwen3's gate/up is 8 experts x 12 blocks of 64 columns = 96 blocks for 132
+  // SMs (73% of them busy); 16 columns give 384 blocks, 2.9 per SM (97% balance).
+  const double rows_per_group = static_cast<double>(pairs) / static_cast<double>(active);
+  plan.gated_tile = plan.tile == GemmTile::kDecode && rows_per_group <= kNarrowGatedMaxRows
+                        ? GemmTile::kDecodeNarrow
+                        : plan.tile;
+  const bool gemv_fits =
+      !in.deterministic && plan.tile == GemmTile::kDecode && rows_per_group <= kDecodeGemvMaxRows;
+  plan.decode_gemv = gemv_fits && (in.decode_gemv == GemvPolicy::kAlways ||
+                                   (in.decode_gemv == GemvPolicy::kAuto && in.tokens == 1 &&
+                                    in.hidden >= kDecodeGemvMinHidden));
+  plan.shared_gemv = plan.decode_gemv && in.tokens <= static_cast<int64_t>(kDecodeGemvMaxRows);
   const TileShape& shape = ShapeOf(plan.tile);
   plan.grouped_tiles = MaxGroupedTiles(pairs, in.n_experts, shape.bm);
   plan.dense_tiles = (in.tokens + shape.bm - 1) / shape.bm;
@@ -66,6 +78,9 @@ MoePlan PlanMoe(const MoePlanInput& in) {
     plan.shared_down_splits =
         ChooseSplitK(shared_blocks, in.shared_inter, in.tokens, in.sm_count, in.deterministic);
   }
+  // The GEMV spreads its columns over every SM without splitting K.
+  if (plan.decode_gemv) plan.down_splits = 1;
+  if (plan.shared_gemv) plan.shared_down_splits = 1;
   return plan;
 }
 

@@ -20,17 +20,21 @@ namespace moe::cuda {
 // kWgmma by 10-25% at 512-16384 tokens: higher A/B reuse per byte beats overlap here.
 // X(id, bm, bn_plain, bn_gated, warps_m, warps_n, stages). BK is 64 for every tile. bn_gated is the
 // output width of a gated (gate+up, SiLU*mul) tile, whose B tile holds 2 * bn_gated weight rows.
+// kDecodeNarrow (one warp, 16 gated output columns) splits the gated decode GEMM 4x finer than
+// kDecode so that a few activated experts still spread evenly over every SM (same bm, so it shares
+// kDecode's tile list; same per-element K order, so it rounds like every other mma.sync tile).
 #define MOE_GEMM_TILE_TABLE(X)     \
   X(kDecode, 16, 64, 64, 1, 4, 6)  \
   X(kMedium, 64, 128, 64, 2, 2, 4) \
-  X(kLarge, 128, 128, 64, 2, 4, 3)
+  X(kLarge, 128, 128, 64, 2, 4, 3) \
+  X(kDecodeNarrow, 16, 32, 16, 1, 1, 6)
 
 // Hopper-only tiles (wgmma, grouped_gemm_sm90.cu): warps_m counts warpgroups of 4 warps (warps_n).
 // kWgmmaWs is kWgmma's shape computed by a warp-specialised persistent kernel: one more (producer)
 // warpgroup than warps_m says, 384 threads, at most one block per SM.
-#define MOE_GEMM_SM90_TILE_TABLE(X) \
-  X(kWgmma, 128, 256, 128, 2, 4, 4) \
-  X(kWgmma2, 128, 128, 64, 2, 4, 3)  \
+#define MOE_GEMM_SM90_TILE_TABLE(X)    \
+  X(kWgmma, 128, 256, 128, 2, 4, 4)    \
+  X(kWgmma2, 128, 128, 64, 2, 4, 3)    \
   X(kWgmmaTall, 256, 128, 64, 4, 4, 4) \
   X(kWgmmaWs, 128, 256, 128, 2, 4, 4)
 
@@ -66,6 +70,12 @@ inline constexpr TileShape kTileShapes[] = {
 inline constexpr int kNumGemmTiles = sizeof(kTileShapes) / sizeof(kTileShapes[0]);
 
 inline const TileShape& ShapeOf(GemmTile tile) { return kTileShapes[static_cast<int>(tile)]; }
+// True for the wgmma (MOE_GEMM_SM90_TILE_TABLE) tiles.
+inline constexpr bool IsHopperTile(GemmTile tile) {
+#define MOE_IS_SM90_TILE_(id, ...) tile == GemmTile::id ||
+  return MOE_GEMM_SM90_TILE_TABLE(MOE_IS_SM90_TILE_) false;
+#undef MOE_IS_SM90_TILE_
+}
 const char* TileName(GemmTile tile);
 
 // Split-K partial sums go to an f32 workspace; splits are allowed only for GEMMs of at most this
@@ -87,6 +97,11 @@ int ChooseSplitK(int64_t blocks, int64_t k, int64_t rows, int sm_count, bool det
 // bm.
 int64_t MaxGroupedTiles(int64_t pairs, int n_experts, int bm);
 
+// When PlanMoe picks the decode GEMV (LaunchDecodeGemv): never; where it measured faster (kAuto:
+// a 1-token batch with hidden >= kDecodeGemvMinHidden); or wherever the decode tile would run
+// with <= kDecodeGemvMaxRows rows per expert (kAlways: tests).
+enum class GemvPolicy : uint8_t { kNever, kAuto, kAlways };
+
 struct MoePlanInput {
   int64_t tokens = 0;  // capacity of the launch (rows of the batch)
   int top_k = 0;
@@ -100,17 +115,36 @@ struct MoePlanInput {
   bool deterministic = false;
   bool wgmma = false;                // Hopper tiles allowed (ignored when deterministic, unless:)
   bool deterministic_wgmma = false;  // deterministic mode may use them too (see CudaEngineOptions)
-  GemmTile wgmma_tile = GemmTile::kWgmma;  // which Hopper tile (kWgmma, kWgmma2 or kWgmmaTall)
+  GemmTile wgmma_tile = GemmTile::kWgmma;       // which Hopper tile (kWgmma, kWgmma2 or kWgmmaTall)
+  GemvPolicy decode_gemv = GemvPolicy::kNever;  // when the CUDA-core decode GEMV takes the
+                                                // routed GEMMs (never when deterministic)
 };
 
 struct MoePlan {
-  GemmTile tile = GemmTile::kDecode;  // every GEMM of the forward uses this tile family
+  GemmTile tile = GemmTile::kDecode;  // every GEMM of the forward uses this tile family, except:
+  GemmTile gated_tile = GemmTile::kDecode;  // the routed gate/up GEMM (same bm as `tile`)
   int router_splits = 1;
   int down_splits = 1;
   int shared_down_splits = 1;
   int64_t grouped_tiles = 0;  // grid.x of the grouped GEMMs (blocks past the real tiles exit)
   int64_t dense_tiles = 0;    // grid.x of the router / shared-expert GEMMs
+  // The routed gate/up and down GEMMs (and, at <= kDecodeGemvMaxRows tokens, the shared expert's)
+  // run as the decode GEMV (LaunchDecodeGemv) over `tile`'s row list, without K splits.
+  bool decode_gemv = false;
+  bool shared_gemv = false;
 };
+
+// Rows per activated expert up to which the routed gate/up GEMM uses kDecodeNarrow: there the
+// weights dominate (the narrow tile re-reads A 4x more often than kDecode, cheap for a few rows).
+inline constexpr double kNarrowGatedMaxRows = 4.0;
+// Rows per activated expert up to which the decode GEMV replaces the decode tile (it re-reads A
+// per pass of 4 rows and has no tensor cores: a weight stream for a few rows only).
+// NOTES (H200, v7): 1 token Mixtral (hidden 4096) 206.5 -> 195.4 us with it; Qwen3 (2048) 54.3
+// -> 52.0, DSv2-Lite (2048) 51.1 -> 55.6; at 8 tokens it lost everywhere (Qwen3 156 -> 180, Mixtral
+// 652 -> 751) and at 64 Qwen3 tokens (4 rows per expert) badly (317 -> 724): kAuto keeps the one
+// clear win.
+inline constexpr double kDecodeGemvMaxRows = 4.0;
+inline constexpr int kDecodeGemvMinHidden = 4096;
 
 MoePlan PlanMoe(const MoePlanInput& in);
 

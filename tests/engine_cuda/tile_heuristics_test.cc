@@ -23,6 +23,14 @@ TEST(TileTable, ShapesAreConsistent) {
   }
 }
 
+TEST(TileTable, HopperTiles) {
+  EXPECT_FALSE(IsHopperTile(GemmTile::kDecode));
+  EXPECT_FALSE(IsHopperTile(GemmTile::kDecodeNarrow));
+  EXPECT_FALSE(IsHopperTile(GemmTile::kLarge));
+  EXPECT_TRUE(IsHopperTile(GemmTile::kWgmma));
+  EXPECT_TRUE(IsHopperTile(GemmTile::kWgmmaTall));
+}
+
 TEST(ChooseTile, GrowsWithRowsPerExpert) {
   EXPECT_EQ(ChooseTile(1), GemmTile::kDecode);
   EXPECT_EQ(ChooseTile(16), GemmTile::kDecode);
@@ -84,12 +92,15 @@ TEST(PlanMoe, DecodeAndPrefillShapes) {
   in.tokens = 1;
   MoePlan p = PlanMoe(in);
   EXPECT_EQ(p.tile, GemmTile::kDecode);
+  EXPECT_EQ(p.gated_tile, GemmTile::kDecodeNarrow);
+  EXPECT_EQ(ShapeOf(p.gated_tile).bm, ShapeOf(p.tile).bm);  // one tile list serves both
   EXPECT_EQ(p.grouped_tiles, 8);
   EXPECT_EQ(p.dense_tiles, 1);
   EXPECT_GT(p.router_splits, 1);
   in.tokens = 16384;
   p = PlanMoe(in);
   EXPECT_EQ(p.tile, GemmTile::kLarge);
+  EXPECT_EQ(p.gated_tile, GemmTile::kLarge);
   EXPECT_EQ(p.router_splits, 1);
   EXPECT_EQ(p.down_splits, 1);
   EXPECT_EQ(p.grouped_tiles, 16384 * 8 / 128 + 128);
@@ -102,7 +113,28 @@ TEST(PlanMoe, DecodeAndPrefillShapes) {
   in.deterministic = false;
   in.wgmma = false;
   in.tokens = 1;
+  EXPECT_FALSE(PlanMoe(in).decode_gemv);  // only when asked for
+  in.decode_gemv = GemvPolicy::kAuto;
+  EXPECT_FALSE(PlanMoe(in).decode_gemv);  // hidden 2048: measured slower
+  in.hidden = 4096;
+  EXPECT_TRUE(PlanMoe(in).decode_gemv);
+  in.tokens = 8;
+  EXPECT_FALSE(PlanMoe(in).decode_gemv);
+  in.tokens = 1;
+  in.hidden = 2048;
+  in.decode_gemv = GemvPolicy::kAlways;
+  p = PlanMoe(in);
+  EXPECT_TRUE(p.decode_gemv);
+  EXPECT_TRUE(p.shared_gemv);
+  EXPECT_EQ(p.down_splits, 1);
+  in.tokens = 64;  // 512 pairs over 128 experts: 4 rows each
+  EXPECT_TRUE(PlanMoe(in).decode_gemv);
+  EXPECT_FALSE(PlanMoe(in).shared_gemv);
+  in.tokens = 65;
+  EXPECT_FALSE(PlanMoe(in).decode_gemv);
+  in.tokens = 1;
   in.deterministic = true;
+  EXPECT_FALSE(PlanMoe(in).decode_gemv);  // rounds unlike the mma.sync tiles
   p = PlanMoe(in);
   EXPECT_EQ(p.router_splits, 1);
   EXPECT_EQ(p.down_splits, 1);
