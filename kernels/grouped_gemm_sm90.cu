@@ -12,8 +12,8 @@
 //    flight.
 // 4. Epilogue from registers (the m64nN accumulator layout repeats mma.sync's m16n8 one per warp).
 // 5. WgmmaWsGemmKernel (tile kWgmmaWs) computes kWgmma's tile with a producer warpgroup, two
-//    consumer warpgroups and mbarriers instead of block-wide barriers, on a persistent grid (its own
-//    summary is above it); same per-element arithmetic, so the same bits.
+//    consumer warpgroups and mbarriers instead of block-wide barriers, on a persistent grid (its
+//    own summary is above it); same per-element arithmetic, so the same bits.
 #include <algorithm>
 #include <type_traits>
 
@@ -260,12 +260,35 @@ __device__ __forceinline__ void SetMaxNRegDec() {
 }
 #endif
 
+// Row tiles per raster group of the persistent kernel (see DecodeWorkItem).
+constexpr int kWsGroupRows = 16;
+
+// Work item w of a persistent launch -> (row tile t, column block nb, K split). Splits outermost;
+// inside a split, groups of kWsGroupRows row tiles, each walked column block by column block with
+// the row tile fastest. NOTES: blocks that run together then share a few row tiles of A (16 x 128
+// rows) and a few B slices in L2, instead of every row tile of the batch for one column block (at
+// Mixtral 16384 tokens the gate/up A alone is 268 MB, re-read from HBM for each of 112 column
+// blocks in that order). The order changes which block computes an output, never how.
+__device__ __forceinline__ void DecodeWorkItem(int64_t w, int row_tiles, int col_blocks, int& t,
+                                               int& nb, int& split) {
+  const int64_t per_split = static_cast<int64_t>(row_tiles) * col_blocks;
+  split = static_cast<int>(w / per_split);
+  int64_t r = w - split * per_split;
+  const int64_t group_items = static_cast<int64_t>(kWsGroupRows) * col_blocks;
+  const int group = static_cast<int>(r / group_items);
+  const int first = group * kWsGroupRows;
+  const int rows_in_group = min(kWsGroupRows, row_tiles - first);
+  r -= group * group_items;
+  t = first + static_cast<int>(r % rows_in_group);
+  nb = static_cast<int>(r / rows_in_group);
+}
+
 // Warp-specialised, persistent variant of the 128 x 256 wgmma tile (GemmTile::kWgmmaWs).
 //
 // 1. Three warpgroups: warpgroup 0 is the producer, warpgroups 1 and 2 the consumers (64 rows
 //    each). The grid is at most one block per SM; block b takes work items b, b + gridDim.x, ...
-//    of (row tile, column block, split) in the launch order of the one-block-per-tile kernel
-//    (row tile fastest), so blocks running together share B slices in L2.
+//    of (row tile, column block, split) in DecodeWorkItem's order, so that blocks running together
+//    share A tiles and B slices in L2.
 // 2. Producer: each thread owns 16-byte chunk (tid & 7) of rows tid / 8 + 16 i, gathers A rows
 //    through a_rows and B (weight) rows with cp.async into a STAGES-deep ring (same swizzled
 //    layout as WgmmaGemmKernel), waiting on the stage's `empty` barrier first and arriving on its
@@ -317,10 +340,8 @@ __global__ void __launch_bounds__(384, 1) WgmmaWsGemmKernel(const GemmParams p) 
     const T* a_base = static_cast<const T*>(p.a);
     uint32_t it = 0;
     for (int64_t w = blockIdx.x; w < work; w += gridDim.x) {
-      const int t = static_cast<int>(w % row_tiles);
-      const int64_t rest = w / row_tiles;
-      const int nb = static_cast<int>(rest % col_blocks);
-      const int split = static_cast<int>(rest / col_blocks);
+      int t, nb, split;
+      DecodeWorkItem(w, row_tiles, col_blocks, t, nb, split);
       int group, row_begin, row_end;
       if (!ResolveTileAt(p, BM, t, group, row_begin, row_end)) continue;
       const int kt_begin = static_cast<int>(static_cast<int64_t>(split) * k_steps / p.splits);
@@ -375,10 +396,8 @@ __global__ void __launch_bounds__(384, 1) WgmmaWsGemmKernel(const GemmParams p) 
     const bool out_f32 = !GATED && p.out_f32;
     uint32_t it = 0;
     for (int64_t w = blockIdx.x; w < work; w += gridDim.x) {
-      const int t = static_cast<int>(w % row_tiles);
-      const int64_t rest = w / row_tiles;
-      const int nb = static_cast<int>(rest % col_blocks);
-      const int split = static_cast<int>(rest / col_blocks);
+      int t, nb, split;
+      DecodeWorkItem(w, row_tiles, col_blocks, t, nb, split);
       int group, row_begin, row_end;
       if (!ResolveTileAt(p, BM, t, group, row_begin, row_end)) continue;
       const int kt_begin = static_cast<int>(static_cast<int64_t>(split) * k_steps / p.splits);

@@ -4,8 +4,8 @@
 //   cuda_engine_bench                       Google Benchmark suite (manual time from CUDA events)
 //   cuda_engine_bench --report=out.jsonl    roofline table on stdout + one JSON line per point
 //       [--shapes=mixtral,qwen3,dsv2lite,embedded] [--tokens=1,8,64,512,4096,16384] [--no-det]
-//       [--narrow | --tall | --ws]   (Hopper: the 128x128 two-per-SM or 256x128 tile, or the
-//       warp-specialised persistent 128x256 kernel, instead of the cp.async 128x256 one)
+//       [--narrow | --tall | --wide | --ws]   (Hopper tile: 128x128 two per SM, 256x128, the
+//       cp.async 128x256 kernel, or the warp-specialised persistent 128x256 one, the default)
 //   cuda_engine_bench --check-invariance    deterministic mode: wgmma vs mma.sync bits
 //
 // Per point: median of many timed forwards (CUDA events around each forward, rotating inputs),
@@ -35,8 +35,9 @@
 namespace moe {
 namespace {
 
-// --narrow / --tall / --ws: the other Hopper tiles (also for --check-invariance when given first).
-CudaEngineOptions::HopperTile g_hopper_tile = CudaEngineOptions::HopperTile::kWide;
+// --narrow / --tall / --wide / --ws: the Hopper tile (also for --check-invariance when given
+// first); the engine's default otherwise.
+CudaEngineOptions::HopperTile g_hopper_tile = CudaEngineOptions().hopper_tile;
 
 struct Shape {
   std::string name;
@@ -434,6 +435,8 @@ int main(int argc, char** argv) {
       moe::g_hopper_tile = moe::CudaEngineOptions::HopperTile::kTwoPerSm;
     } else if (a == "--tall") {
       moe::g_hopper_tile = moe::CudaEngineOptions::HopperTile::kTall;
+    } else if (a == "--wide") {
+      moe::g_hopper_tile = moe::CudaEngineOptions::HopperTile::kWide;
     } else if (a == "--ws") {
       moe::g_hopper_tile = moe::CudaEngineOptions::HopperTile::kWideWarpSpecialized;
     } else if (a == "--no-det") {

@@ -246,7 +246,14 @@ TEST(CudaEngine, WithoutGraphsAndDeterministic) {
              DType::kF32,
              {40, 600}},
             mma);
-  // The other Hopper tiles (the wide one is the default above).
+  // The other Hopper tiles (the warp-specialised 128x256 one is the default above).
+  CudaEngineOptions wide = DefaultOptions();
+  wide.hopper_tile = CudaEngineOptions::HopperTile::kWide;
+  CheckCase({"wgmma 128x256 cp.async tile",
+             Opts(Family::kDeepseekV2, 16, 4, 200, 88, DType::kBF16, 39),
+             DType::kBF16,
+             {600}},
+            wide);
   CudaEngineOptions narrow = DefaultOptions();
   narrow.hopper_tile = CudaEngineOptions::HopperTile::kTwoPerSm;
   CheckCase({"wgmma 128x128 tile",

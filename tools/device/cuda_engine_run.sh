@@ -3,7 +3,8 @@
 #   ../shared/tools/device-bundle .device build-cuda/bin/{cuda_engine_test,tile_heuristics_test,cuda_engine_bench}
 # then (device tool, carry [".device"]):  source .device/env.sh; tools/device/cuda_engine_run.sh [steps]
 # Steps (default: info test bench): info, test, sanitize (memcheck + racecheck on a test subset),
-# bench (full roofline report), quickbench (no deterministic column). Outputs go to $OUT.
+# bench (full roofline report), quickbench (no deterministic column), wsbench (warp-specialised
+# wgmma kernel vs the cp.async one at 512-16384 tokens), wsinvariance. Outputs go to $OUT.
 set -uo pipefail
 out=${OUT:-/tmp/out}
 mkdir -p "$out"
@@ -39,6 +40,15 @@ for step in $steps; do
       cuda_engine_bench --report="$out/narrow.jsonl" --no-det --narrow --tokens=512,4096,16384 2>&1 | tee "$out/narrow.txt" ;;
     tallbench)
       cuda_engine_bench --report="$out/tall.jsonl" --no-det --tall --tokens=512,4096,16384 2>&1 | tee "$out/tall.txt" ;;
+    wsbench)  # warp-specialised persistent wgmma kernel (--ws) vs the cp.async one, large batches
+      for v in ws wide; do
+        flag=--$v
+        timeout ${WS_BENCH_TIMEOUT:-120} cuda_engine_bench --report="$out/$v.jsonl" --no-det $flag \
+          --shapes=mixtral,qwen3,dsv2lite --tokens=512,4096,16384 > "$out/$v.txt" 2>&1
+        echo "$v rc=$?"; cat "$out/$v.txt"
+      done ;;
+    wsinvariance)
+      timeout 60 cuda_engine_bench --ws --check-invariance 2>&1 | tee "$out/ws_invariance.txt" ;;
     decodebench)
       cuda_engine_bench --report="$out/decode.jsonl" --no-det --tokens=1,8,64 2>&1 | tee "$out/decode.txt" ;;
     quickbench)
