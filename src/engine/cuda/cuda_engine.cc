@@ -48,6 +48,7 @@ class CudaEngine::Impl {
     DeviceBuffer meta;  // ForwardMeta
     DeviceBuffer x_in, x, logits, topk_ids, topk_weights, ranks, counts, group_offsets, tiles,
         n_tiles, perm_token, pair_row, shared_gate, h, y, hs, ys, out;
+    DeviceBuffer front_ticket;  // int32 ticket counter of the fused decode front (zero between)
     PinnedBuffer in_stage, out_stage, ids_stage, weights_stage, meta_ring;
     std::array<cuda::Event, kMetaRing> meta_events;
     int meta_next = 0;
@@ -62,6 +63,7 @@ class CudaEngine::Impl {
   std::string device_name;
   int sms = 0;
   bool wgmma = false;  // Hopper tiles in use
+  bool pdl = false;    // programmatic dependent launch between the layer's kernels (sm_90+)
   int64_t workspace_bytes = 0;
 
   static StatusOr<std::unique_ptr<Impl>> Prepare(const MoeSpec& spec, const CudaEngineOptions& o);
@@ -109,6 +111,7 @@ StatusOr<std::unique_ptr<CudaEngine::Impl>> CudaEngine::Impl::Prepare(const MoeS
   std::sort(impl->options.graph_batch_sizes.begin(), impl->options.graph_batch_sizes.end());
   impl->device_name = prop.name;
   impl->sms = prop.multiProcessorCount;
+  impl->pdl = o.overlap_launches && prop.major >= 9;
   MOE_ASSIGN_OR_RETURN(impl->wgmma, cuda::ProbeWgmmaKernels());
   impl->wgmma = impl->wgmma && o.use_wgmma;
   MOE_RETURN_IF_ERROR(cuda::InitGemmKernels(impl->wgmma));
@@ -158,6 +161,8 @@ Status CudaEngine::Impl::AllocateSlots() {
           alloc(s->ys, std::max(tm * hd * wsize(), cuda::kMaxSplits * split_rows * hd * 4)));
     }
     MOE_RETURN_IF_ERROR(alloc(s->out, tm * hd * 4));
+    MOE_RETURN_IF_ERROR(alloc(s->front_ticket, 4));
+    CUDA_RETURN_IF_ERROR(cudaMemset(s->front_ticket.get(), 0, 4));
     workspace_bytes = bytes;
     MOE_ASSIGN_OR_RETURN(s->in_stage, PinnedBuffer::Create(tm * hd * 4));
     MOE_ASSIGN_OR_RETURN(s->out_stage, PinnedBuffer::Create(tm * hd * 4));
@@ -195,6 +200,10 @@ Status CudaEngine::Impl::EnqueueCore(Slot& s, int64_t capacity, AType atype) {
   in.deterministic = options.deterministic;
   in.wgmma = wgmma;
   in.deterministic_wgmma = options.deterministic_wgmma;
+  in.decode_gemv =
+      options.decode_gemv == CudaEngineOptions::DecodeGemv::kAlways ? cuda::GemvPolicy::kAlways
+      : options.decode_gemv == CudaEngineOptions::DecodeGemv::kAuto ? cuda::GemvPolicy::kAuto
+                                                                    : cuda::GemvPolicy::kNever;
   in.wgmma_tile = options.hopper_tile == CudaEngineOptions::HopperTile::kWide
                       ? cuda::GemmTile::kWgmma
                   : options.hopper_tile == CudaEngineOptions::HopperTile::kTwoPerSm
@@ -203,6 +212,24 @@ Status CudaEngine::Impl::EnqueueCore(Slot& s, int64_t capacity, AType atype) {
                       ? cuda::GemmTile::kWgmmaWs
                       : cuda::GemmTile::kWgmmaTall;
   const cuda::MoePlan plan = cuda::PlanMoe(in);
+  const cuda::GemmTile gated_tile = options.narrow_decode_gate_up ? plan.gated_tile : plan.tile;
+
+  // NOTES: with PDL every kernel but the first of the forward is launched with the attribute (each
+  // waits for its predecessor, see kernels/pdl.cuh); the first follows a memset or the meta copy.
+  // The fused front (1-4 below in one kernel) leaves out the router's split-K partials and the
+  // hi+lo split, so it is kept out of deterministic mode.
+  const bool fused_front =
+      options.fused_decode_front && !options.deterministic && cuda::CanFuseFront(capacity, e, nr);
+  // NOTES: PDL stays off when the GEMMs are the wgmma tiles (large batches): those kernels launch
+  // without it, so only routing and combine could overlap, and the one such point measured with it
+  // (Mixtral 512 tokens, H200) was slower (1330 -> 1461 us, one run each, not understood).
+  const bool pdl_plan = pdl && !cuda::IsHopperTile(plan.tile);
+  bool first_kernel = true;
+  auto pdl_next = [&]() {
+    const bool p = pdl_plan && !first_kernel;
+    first_kernel = false;
+    return p;
+  };
 
   // 1. Zero the per-expert counters (unless routing and scan run as one block); convert the input.
   const bool route_scan = cuda::CanRouteScan(capacity, e);
@@ -215,7 +242,10 @@ Status CudaEngine::Impl::EnqueueCore(Slot& s, int64_t capacity, AType atype) {
   conv.capacity = capacity;
   conv.split_lo = split_lo;
   conv.x = s.x.get();
-  MOE_RETURN_IF_ERROR(cuda::LaunchConvert(conv, st));
+  if (!fused_front) {
+    conv.pdl = pdl_next();
+    MOE_RETURN_IF_ERROR(cuda::LaunchConvert(conv, st));
+  }
 
   // 2. Router GEMM -> f32 logits (split-K partials).
   cuda::GemmArgs router;
@@ -236,7 +266,11 @@ Status CudaEngine::Impl::EnqueueCore(Slot& s, int64_t capacity, AType atype) {
   router.out_f32 = true;
   router.splits = plan.router_splits;
   router.split_stride = capacity * nr;
-  MOE_RETURN_IF_ERROR(cuda::LaunchGemm(router, st));
+  if (!fused_front) {
+    router.pdl = pdl_next();
+    router.prefetch_weights = true;  // rows from the meta (copied before the graph), weights fixed
+    MOE_RETURN_IF_ERROR(cuda::LaunchGemm(router, st));
+  }
 
   // 3. Routing, 4. offsets + tiles + permutation.
   cuda::RouteArgs route;
@@ -281,16 +315,33 @@ Status CudaEngine::Impl::EnqueueCore(Slot& s, int64_t capacity, AType atype) {
   scan.n_tiles = s.n_tiles.as<int32_t>();
   scan.perm_token = s.perm_token.as<int32_t>();
   scan.pair_row = s.pair_row.as<int32_t>();
-  if (route_scan) {
+  if (fused_front) {
+    cuda::FrontArgs front;
+    front.convert = conv;
+    front.route = route;
+    front.route.splits = 1;
+    front.route.split_stride = 0;
+    front.scan = scan;
+    front.router_table = weights.table(weights.router_table);
+    front.ld_router = 2 * hd;
+    front.router_rows = nr;
+    front.ticket = s.front_ticket.as<int32_t>();
+    front.convert.pdl = pdl_next();
+    MOE_RETURN_IF_ERROR(cuda::LaunchFront(front, st));
+  } else if (route_scan) {
+    route.pdl = pdl_next();
     MOE_RETURN_IF_ERROR(cuda::LaunchRouteScan(route, scan, st));
   } else {
+    route.pdl = pdl_next();
+    scan.pdl = pdl_next();
     MOE_RETURN_IF_ERROR(cuda::LaunchRoute(route, st));
     MOE_RETURN_IF_ERROR(cuda::LaunchScan(scan, st));
   }
 
   // 5. Routed experts: gate/up (+SiLU*mul) gathered through the permutation, then down.
   cuda::GemmArgs gu;
-  gu.tile = plan.tile;
+  gu.tile = gated_tile;
+  gu.pdl = pdl_next();
   gu.gated = true;
   gu.wtype = wtype;
   gu.a = s.x.get();
@@ -309,9 +360,17 @@ Status CudaEngine::Impl::EnqueueCore(Slot& s, int64_t capacity, AType atype) {
   gu.k = hd;
   gu.c = s.h.get();
   gu.ldc = inter;
-  MOE_RETURN_IF_ERROR(cuda::LaunchGemm(gu, st));
+  if (plan.decode_gemv) {
+    gu.tile = plan.tile;
+    MOE_RETURN_IF_ERROR(cuda::LaunchDecodeGemv(gu, st));
+  } else {
+    MOE_RETURN_IF_ERROR(cuda::LaunchGemm(gu, st));
+  }
 
   cuda::GemmArgs down = gu;
+  down.tile = plan.tile;
+  down.pdl = pdl_next();
+  down.prefetch_weights = true;  // tile list from the routing kernel, two launches back
   down.gated = false;
   down.a = s.h.get();
   down.lda = inter;
@@ -326,7 +385,8 @@ Status CudaEngine::Impl::EnqueueCore(Slot& s, int64_t capacity, AType atype) {
   down.splits = plan.down_splits;
   down.out_f32 = plan.down_splits > 1;
   down.split_stride = capacity * k * hd;
-  MOE_RETURN_IF_ERROR(cuda::LaunchGemm(down, st));
+  MOE_RETURN_IF_ERROR(plan.decode_gemv ? cuda::LaunchDecodeGemv(down, st)
+                                       : cuda::LaunchGemm(down, st));
 
   // 6. Shared expert over all tokens.
   if (is > 0) {
@@ -347,8 +407,12 @@ Status CudaEngine::Impl::EnqueueCore(Slot& s, int64_t capacity, AType atype) {
     sgu.k = hd;
     sgu.c = s.hs.get();
     sgu.ldc = is;
-    MOE_RETURN_IF_ERROR(cuda::LaunchGemm(sgu, st));
+    sgu.pdl = pdl_next();
+    sgu.prefetch_weights = true;  // dense rows from the meta, A (x) from >= 2 launches back
+    MOE_RETURN_IF_ERROR(plan.shared_gemv ? cuda::LaunchDecodeGemv(sgu, st)
+                                         : cuda::LaunchGemm(sgu, st));
     cuda::GemmArgs sd = sgu;
+    sd.pdl = pdl_next();
     sd.gated = false;
     sd.a = s.hs.get();
     sd.lda = is;
@@ -362,7 +426,8 @@ Status CudaEngine::Impl::EnqueueCore(Slot& s, int64_t capacity, AType atype) {
     sd.splits = plan.shared_down_splits;
     sd.out_f32 = plan.shared_down_splits > 1;
     sd.split_stride = capacity * hd;
-    MOE_RETURN_IF_ERROR(cuda::LaunchGemm(sd, st));
+    MOE_RETURN_IF_ERROR(plan.shared_gemv ? cuda::LaunchDecodeGemv(sd, st)
+                                         : cuda::LaunchGemm(sd, st));
   }
 
   // 7. Combine back to token order in the activation dtype.
@@ -386,6 +451,7 @@ Status CudaEngine::Impl::EnqueueCore(Slot& s, int64_t capacity, AType atype) {
     comb.ys_split_stride = capacity * hd;
     comb.shared_gate = spec.shared_expert_gate ? s.shared_gate.as<float>() : nullptr;
   }
+  comb.pdl = pdl_next();
   return cuda::LaunchCombine(comb, st);
 }
 
