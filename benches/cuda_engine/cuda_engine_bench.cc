@@ -6,6 +6,9 @@
 //       [--shapes=mixtral,qwen3,dsv2lite,embedded] [--tokens=1,8,64,512,4096,16384] [--no-det]
 //       [--narrow | --tall | --wide | --ws]   (Hopper tile: 128x128 two per SM, 256x128, the
 //       cp.async 128x256 kernel, or the warp-specialised persistent 128x256 one, the default)
+//       [--no-decode-paths]   (small-batch paths off: the v6 engine, for comparisons)
+//       [--no-gemv | --gemv-always] [--narrow-gate-up]   (decode GEMV never / wherever it fits;
+//                             the narrow gate/up tile)
 //   cuda_engine_bench --check-invariance    deterministic mode: wgmma vs mma.sync bits
 //
 // Per point: median of many timed forwards (CUDA events around each forward, rotating inputs),
@@ -38,6 +41,13 @@ namespace {
 // --narrow / --tall / --wide / --ws: the Hopper tile (also for --check-invariance when given
 // first); the engine's default otherwise.
 CudaEngineOptions::HopperTile g_hopper_tile = CudaEngineOptions().hopper_tile;
+// --no-decode-paths: the engine's small-batch paths off (overlap_launches, fused_decode_front,
+// decode_gemv), for before/after comparisons on one card.
+bool g_decode_paths = true;
+// --no-gemv: without the decode GEMV; --narrow-gate-up: the 16-column gate/up decode tile.
+bool g_decode_gemv = true;
+bool g_decode_gemv_always = false;  // --gemv-always
+bool g_narrow_gate_up = false;
 
 struct Shape {
   std::string name;
@@ -209,6 +219,10 @@ class Runner {
     o.deterministic = deterministic;
     o.graph_batch_sizes = {1, 8, 64, 512, 4096, 16384};
     o.hopper_tile = g_hopper_tile;
+    if (!g_decode_paths) o.overlap_launches = o.fused_decode_front = false;
+    if (!g_decode_paths || !g_decode_gemv) o.decode_gemv = CudaEngineOptions::DecodeGemv::kNever;
+    if (g_decode_gemv_always) o.decode_gemv = CudaEngineOptions::DecodeGemv::kAlways;
+    if (g_narrow_gate_up) o.narrow_decode_gate_up = true;
     engine_ = OrDie(CudaEngine::CreateRandom(SpecOf(shape), 1234, o));
     const int64_t in_bytes = max_tokens * shape.hidden * 2;
     // Enough input sets that together they exceed the L2 several times over.
@@ -439,6 +453,14 @@ int main(int argc, char** argv) {
       moe::g_hopper_tile = moe::CudaEngineOptions::HopperTile::kWide;
     } else if (a == "--ws") {
       moe::g_hopper_tile = moe::CudaEngineOptions::HopperTile::kWideWarpSpecialized;
+    } else if (a == "--no-decode-paths") {
+      moe::g_decode_paths = false;
+    } else if (a == "--no-gemv") {
+      moe::g_decode_gemv = false;
+    } else if (a == "--gemv-always") {
+      moe::g_decode_gemv_always = true;
+    } else if (a == "--narrow-gate-up") {
+      moe::g_narrow_gate_up = true;
     } else if (a == "--no-det") {
       with_det = false;
     } else {

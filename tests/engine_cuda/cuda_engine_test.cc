@@ -358,6 +358,40 @@ TEST(CudaEngine, ConcurrentSlots) {
   for (int s = 0; s < 3; ++s) EXPECT_EQ(results[s].raw, expect.raw) << "slot " << s;
 }
 
+// The small-batch paths (fused decode front, PDL, decode GEMV, narrow gate/up tile) and the engine
+// without them (the v6 paths), each against the CPU: f32 input, a shared expert with its gate
+// (router rows 32), hidden 264 (K quarters of 8 and 9 chunks, a GEMV K tail), 32 tokens (4 passes
+// of the front's GEMV), and 256 experts (the front's largest router, 32 blocks; 8 tokens at most:
+// 32 tokens of top-8 over 256 experts drew 2 near ties on the H200). Every forward after the first
+// reuses the front's ticket counter.
+TEST(CudaEngine, SmallBatchPathsOnAndOff) {
+  REQUIRE_GPU();
+  CudaEngineOptions off = DefaultOptions();
+  off.overlap_launches = off.fused_decode_front = off.narrow_decode_gate_up = false;
+  off.decode_gemv = CudaEngineOptions::DecodeGemv::kNever;
+  CudaEngineOptions on = DefaultOptions();
+  on.graph_batch_sizes = {4, 32};
+  on.decode_gemv = CudaEngineOptions::DecodeGemv::kAlways;  // the test shapes are below kAuto's
+  CudaEngineOptions narrow = on;
+  narrow.decode_gemv = CudaEngineOptions::DecodeGemv::kNever;
+  narrow.narrow_decode_gate_up = true;
+  for (const CudaEngineOptions& o : {off, on, narrow}) {
+    SCOPED_TRACE(::testing::Message()
+                 << "front " << o.fused_decode_front << " gemv " << static_cast<int>(o.decode_gemv)
+                 << " narrow " << o.narrow_decode_gate_up);
+    CheckCase({"qwen2_moe",
+               Opts(Family::kQwen2Moe, 31, 4, 264, 72, DType::kBF16, 71),
+               DType::kF32,
+               {1, 7, 32}},
+              o);
+    CheckCase({"256 experts",
+               Opts(Family::kQwen3Moe, 256, 8, 128, 48, DType::kBF16, 72),
+               DType::kBF16,
+               {1, 3, 8}},
+              o);
+  }
+}
+
 TEST(CudaEngine, Errors) {
   REQUIRE_GPU();
   const auto model = RandomModel(Opts(Family::kMixtral, 8, 2, 128, 64, DType::kBF16, 61));

@@ -62,6 +62,20 @@ struct CudaEngineOptions {
   };
   // kWideWarpSpecialized: 5-10% faster than kWide at 512-16384 tokens (H200, RESULTS.md).
   HopperTile hopper_tile = HopperTile::kWideWarpSpecialized;
+  // Small-batch latency paths (benches/RESULTS.md, v7). overlap_launches: programmatic dependent
+  // launch between the layer's kernels (sm_90 devices). fused_decode_front: for <= 32 tokens the
+  // input conversion, router, routing and scan run as one kernel (never in deterministic mode: its
+  // router rounds differently from the router GEMM of larger batches). decode_gemv: routed (and
+  // at <= 4 tokens shared) expert GEMMs run on CUDA cores, one warp per output column streaming
+  // the weights once (never in deterministic mode); kAuto only where it measured faster on an H200
+  // (1 token, hidden >= 4096), kAlways wherever <= 4 rows per expert. narrow_decode_gate_up: the
+  // gate/up mma.sync GEMM of a few rows per expert uses 16-column tiles (measured slower on an
+  // H200, see RESULTS.md; off by default).
+  enum class DecodeGemv : uint8_t { kNever, kAuto, kAlways };
+  bool overlap_launches = true;
+  bool fused_decode_front = true;
+  DecodeGemv decode_gemv = DecodeGemv::kAuto;
+  bool narrow_decode_gate_up = false;
 };
 
 // A forward on device buffers (benchmarks, future device-resident callers).
