@@ -14,12 +14,6 @@ namespace moe {
 namespace sched_internal {
 namespace {
 
-SteadyTime Now() { return std::chrono::steady_clock::now(); }
-
-int64_t MicrosBetween(SteadyTime from, SteadyTime to) {
-  return std::chrono::duration_cast<std::chrono::microseconds>(to - from).count();
-}
-
 // Grows `v` to `n` elements once; later batches reuse it (no allocation in steady state).
 template <typename T>
 T* Reserve(std::vector<T>& v, int64_t n) {

@@ -13,12 +13,6 @@ namespace moe {
 namespace sched_internal {
 namespace {
 
-SteadyTime Now() { return std::chrono::steady_clock::now(); }
-
-int64_t MicrosBetween(SteadyTime from, SteadyTime to) {
-  return std::chrono::duration_cast<std::chrono::microseconds>(to - from).count();
-}
-
 int KeyOf(int layer, DType dtype) { return layer * 16 + static_cast<int>(dtype); }
 
 // Waits on `cv` until notified or `until` (steady clock); kNoDeadline waits without a timer.

@@ -2,6 +2,7 @@
 // batch-size heuristic.
 #pragma once
 
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <string>
@@ -13,6 +14,12 @@ namespace moe {
 namespace sched_internal {
 
 struct KeyQueue;
+
+inline SteadyTime Now() { return std::chrono::steady_clock::now(); }
+
+inline int64_t MicrosBetween(SteadyTime from, SteadyTime to) {
+  return std::chrono::duration_cast<std::chrono::microseconds>(to - from).count();
+}
 
 // One accepted request, from Submit() until its callback returned. Owned by
 // DynamicBatcher::live_ while live, then by the thread that completes it.

@@ -102,14 +102,16 @@ Status Swarm::SubmitImpl(Producer* producer, std::unique_ptr<SwarmTask> task) {
   if (task == nullptr) return absl::InvalidArgumentError("Swarm::Submit: null task");
   // `submitting_` is raised before `closed_` is read (both seq_cst), so Stop(), which sets closed_
   // and then waits for submitting_ == 0, never misses a task that passed the check.
-  submitting_.fetch_add(1);
-  if (closed_.load()) {
+  auto refuse = [&](Status why) {
     submitting_.fetch_sub(1);
     refused_.fetch_add(1, std::memory_order_relaxed);
-    Status why = absl::UnavailableError(
-        absl::StrCat("swarm '", options_.name, "' is stopping; task not accepted"));
     task->Abandon(why);
     return why;
+  };
+  submitting_.fetch_add(1);
+  if (closed_.load()) {
+    return refuse(absl::UnavailableError(
+        absl::StrCat("swarm '", options_.name, "' is stopping; task not accepted")));
   }
   queued_.fetch_add(1);
   SwarmTask* raw = task.get();
@@ -118,12 +120,8 @@ Status Swarm::SubmitImpl(Producer* producer, std::unique_ptr<SwarmTask> task) {
                                       : queue_->q.enqueue(raw);
   if (!ok) {
     queued_.fetch_sub(1);
-    submitting_.fetch_sub(1);
-    refused_.fetch_add(1, std::memory_order_relaxed);
-    Status why = absl::ResourceExhaustedError(
-        absl::StrCat("swarm '", options_.name, "': queue allocation failed"));
-    task->Abandon(why);
-    return why;
+    return refuse(absl::ResourceExhaustedError(
+        absl::StrCat("swarm '", options_.name, "': queue allocation failed")));
   }
   task.release();  // owned by the queue now
   submitted_.fetch_add(1, std::memory_order_relaxed);

@@ -38,6 +38,14 @@ class BatchingTest : public ::testing::Test {
     ASSERT_TRUE(s.ok()) << s.status();
     sched_ = std::move(s).value();
   }
+  // One engine slot (so one worker) and no batching delay: with HoldWorker(), the ordering tests'
+  // setting. `o` sets the rest.
+  void InitOneWorker(SchedulerOptions o) {
+    o.max_queue_delay_us = 0;
+    FakeEngineOptions eo;
+    eo.num_slots = 1;
+    Init(o, eo);
+  }
   Request MakeRequest(int tag, int64_t n, Priority p = Priority::kNormal, int layer = 1,
                       DType dtype = DType::kF32) {
     Request r;
@@ -160,11 +168,8 @@ TEST_F(BatchingTest, DelayTimerReleasesAPartialBatch) {
 TEST_F(BatchingTest, PreferredSizesCutBatches) {
   SchedulerOptions o;
   o.max_batch_tokens = 64;
-  o.max_queue_delay_us = 0;
   o.preferred_batch_tokens = {48, 16};
-  FakeEngineOptions eo;
-  eo.num_slots = 1;
-  Init(o, eo);
+  InitOneWorker(o);
   HoldWorker();
   for (int tag = 1; tag <= 10; ++tag) SubmitOk(MakeRequest(tag, 10));  // 100 tokens
   gate_.Notify();
@@ -181,10 +186,7 @@ TEST_F(BatchingTest, PreferredSizesCutBatches) {
 TEST_F(BatchingTest, HighPriorityGoesFirstAndBatchesPackTokenExactly) {
   SchedulerOptions o;
   o.max_batch_tokens = 8;
-  o.max_queue_delay_us = 0;
-  FakeEngineOptions eo;
-  eo.num_slots = 1;
-  Init(o, eo);
+  InitOneWorker(o);
   HoldWorker();
   SubmitOk(MakeRequest(1, 8, Priority::kLow));
   SubmitOk(MakeRequest(2, 8, Priority::kNormal));
@@ -212,11 +214,8 @@ TEST_F(BatchingTest, HighPriorityGoesFirstAndBatchesPackTokenExactly) {
 TEST_F(BatchingTest, BoundedQueueRefusesAtOnceWithRetryHint) {
   SchedulerOptions o;
   o.max_batch_tokens = 32;
-  o.max_queue_delay_us = 0;
   o.max_queue_tokens = 20;
-  FakeEngineOptions eo;
-  eo.num_slots = 1;
-  Init(o, eo);
+  InitOneWorker(o);
   HoldWorker();
   SubmitOk(MakeRequest(1, 15));
   auto refused = sched_->Submit(MakeRequest(2, 10));
@@ -238,10 +237,7 @@ TEST_F(BatchingTest, BoundedQueueRefusesAtOnceWithRetryHint) {
 
 TEST_F(BatchingTest, ExpiredRequestIsNeverComputed) {
   SchedulerOptions o;
-  o.max_queue_delay_us = 0;
-  FakeEngineOptions eo;
-  eo.num_slots = 1;
-  Init(o, eo);
+  InitOneWorker(o);
   HoldWorker();
   Request r = MakeRequest(1, 6);
   r.deadline = testing::FromNow(microseconds(20000));
@@ -263,11 +259,8 @@ TEST_F(BatchingTest, ExpiredRequestIsNeverComputed) {
 TEST_F(BatchingTest, ExpiryStillWorksAfterManyFinishedRequestsWithDeadlines) {
   SchedulerOptions o;
   o.max_batch_tokens = 16;
-  o.max_queue_delay_us = 0;
   o.max_queue_tokens = 1 << 20;
-  FakeEngineOptions eo;
-  eo.num_slots = 1;
-  Init(o, eo);
+  InitOneWorker(o);
   // Many requests with far deadlines finish first; their deadline entries are compacted away.
   constexpr int kMany = 3000;
   for (int i = 0; i < kMany; ++i) {
@@ -293,10 +286,7 @@ TEST_F(BatchingTest, ExpiryStillWorksAfterManyFinishedRequestsWithDeadlines) {
 
 TEST_F(BatchingTest, CancelledRequestIsDroppedBeforeCompute) {
   SchedulerOptions o;
-  o.max_queue_delay_us = 0;
-  FakeEngineOptions eo;
-  eo.num_slots = 1;
-  Init(o, eo);
+  InitOneWorker(o);
   HoldWorker();
   RequestId a = SubmitOk(MakeRequest(1, 7));
   SubmitOk(MakeRequest(2, 3));
@@ -318,10 +308,7 @@ TEST_F(BatchingTest, CancelledRequestIsDroppedBeforeCompute) {
 TEST_F(BatchingTest, CancelOfAPartlyRunningRequestDropsTheRestAndWaitsForTheRunningPiece) {
   SchedulerOptions o;
   o.max_batch_tokens = 8;
-  o.max_queue_delay_us = 0;
-  FakeEngineOptions eo;
-  eo.num_slots = 1;
-  Init(o, eo);
+  InitOneWorker(o);
   engine_->BlockNextCall(&entered_, &gate_);
   RequestId a = SubmitOk(MakeRequest(1, 20));  // 8 tokens run (held), 12 stay queued
   entered_.WaitForNotification();
@@ -466,10 +453,7 @@ TEST_F(BatchingTest, ShutdownDrainsEverythingExactlyOnce) {
 
 TEST_F(BatchingTest, ShutdownDeadlineFailsQueuedAndFinishesRunning) {
   SchedulerOptions o;
-  o.max_queue_delay_us = 0;
-  FakeEngineOptions eo;
-  eo.num_slots = 1;
-  Init(o, eo);
+  InitOneWorker(o);
   HoldWorker();
   SubmitOk(MakeRequest(1, 5));
   SubmitOk(MakeRequest(2, 5));
