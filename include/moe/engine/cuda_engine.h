@@ -60,7 +60,7 @@ struct CudaEngineOptions {
     // equal to kWide.
     kWideWarpSpecialized,
   };
-  // kWideWarpSpecialized: 5-10% faster than kWide at 512-16384 tokens (H200, RESULTS.md).
+  // kWideWarpSpecialized: 5-17% faster than kWide at 512-16384 tokens (H200, RESULTS.md).
   HopperTile hopper_tile = HopperTile::kWideWarpSpecialized;
   // Small-batch latency paths (benches/RESULTS.md, v7). overlap_launches: programmatic dependent
   // launch between the layer's kernels (sm_90 devices). fused_decode_front: for <= 32 tokens the
