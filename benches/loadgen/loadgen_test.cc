@@ -251,6 +251,7 @@ TEST(Report, ThroughputErrorsBatchAndEfficiency) {
   metrics.batches = 4;
   metrics.batch_tokens_sum = 40;  // mean 10 tokens per batch
   metrics.compute_seconds = 0.5;
+  metrics.compute_count = 4;
   auto baseline = EngineBaseline::FromPoints({{1, 100}, {10, 1000}});  // 10k tokens/s at 10
   ASSERT_TRUE(baseline.ok());
   RunConfig config;
@@ -267,6 +268,7 @@ TEST(Report, ThroughputErrorsBatchAndEfficiency) {
   ASSERT_TRUE(r.mean_batch_tokens.has_value());
   EXPECT_DOUBLE_EQ(*r.mean_batch_tokens, 10.0);
   EXPECT_DOUBLE_EQ(*r.compute_occupancy, 0.25);
+  EXPECT_DOUBLE_EQ(*r.daemon_compute_us_per_batch, 125000.0);
   EXPECT_DOUBLE_EQ(*r.engine_tokens_per_s, 10000.0);
   EXPECT_DOUBLE_EQ(*r.efficiency, 20.0 / 10000.0);
   EXPECT_DOUBLE_EQ(r.latency_ms.p50, 1.0);

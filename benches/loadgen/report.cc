@@ -78,6 +78,9 @@ Report BuildReport(const RunConfig& config, LoadResult result,
     if (metrics->compute_seconds && r.window_s > 0) {
       r.compute_occupancy = *metrics->compute_seconds / r.window_s;
     }
+    if (metrics->compute_seconds && metrics->compute_count && *metrics->compute_count > 0) {
+      r.daemon_compute_us_per_batch = *metrics->compute_seconds / *metrics->compute_count * 1e6;
+    }
   }
   if (baseline) {
     if (std::optional<double> b = r.mean_batch_tokens) {
@@ -125,8 +128,12 @@ std::string FormatTable(const Report& r) {
   if (r.metrics) {
     absl::StrAppendFormat(&out, "  batches     %.0f batches, mean %.2f tokens/batch (/metrics)",
                           r.metrics->batches, r.mean_batch_tokens.value_or(0));
-    if (r.compute_occupancy)
+    if (r.daemon_compute_us_per_batch) {
+      absl::StrAppendFormat(&out, ", engine %.1f us/batch", *r.daemon_compute_us_per_batch);
+    }
+    if (r.compute_occupancy) {
       absl::StrAppendFormat(&out, ", compute %.2f s per s (all slots)", *r.compute_occupancy);
+    }
     out += "\n";
   }
   if (r.engine_tokens_per_s) {
@@ -186,6 +193,8 @@ nlohmann::json ToJson(const Report& r) {
   };
   put("mean_batch_tokens", r.mean_batch_tokens);
   put("compute_occupancy", r.compute_occupancy);
+  put("daemon_compute_us_per_batch", r.daemon_compute_us_per_batch);
+  put("daemon_compute_us_per_batch", r.daemon_compute_us_per_batch);
   put("baseline_batch_tokens", r.baseline_batch_tokens);
   if (r.baseline_batch_tokens) j["baseline_slots"] = r.baseline_slots;
   put("engine_us_at_batch", r.engine_us_at_batch);

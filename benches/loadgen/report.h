@@ -65,6 +65,9 @@ struct Report {
   std::optional<double> mean_batch_tokens;  // per batch: delta sum / delta count
   // Engine compute seconds per wall second over the window (up to the daemon's engine slots).
   std::optional<double> compute_occupancy;
+  // The daemon's own Engine::Forward time per batch over the window (compute histogram
+  // delta sum / delta count): the engine under the same conditions as the serving run.
+  std::optional<double> daemon_compute_us_per_batch;
   // Against the engine-alone baseline, at the achieved mean batch size (from /metrics; absent
   // without --metrics-url).
   std::optional<double> baseline_batch_tokens;

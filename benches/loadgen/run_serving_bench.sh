@@ -157,9 +157,9 @@ echo "== machine: $(nproc) cores, $(uname -m), load average: $(cut -d' ' -f1-3 /
 echo "== results in ${OUT_DIR}"
 echo
 echo "== 1. engine alone (moe-engine-bench), 1 slot, then ${SLOTS} slots at once"
-"${run_nice[@]}" "${MOE_ENGINE_BENCH}" --cache-dir "${cache_dir}" --min-time-ms 400 --slots 1 --json-out "${engine1}"
+"${run_nice[@]}" "${MOE_ENGINE_BENCH}" --cache-dir "${cache_dir}" --min-time-ms 800 --slots 1 --json-out "${engine1}"
 if [[ "${SLOTS}" != 1 ]]; then
-  "${run_nice[@]}" "${MOE_ENGINE_BENCH}" --cache-dir "${cache_dir}" --min-time-ms 400 --slots "${SLOTS}" \
+  "${run_nice[@]}" "${MOE_ENGINE_BENCH}" --cache-dir "${cache_dir}" --min-time-ms 800 --slots "${SLOTS}" \
     --json-out "${engineN}"
 fi
 echo
@@ -198,11 +198,12 @@ echo "== 3. summary ($(($(date +%s) - started)) s; load average now: $(cut -d' '
 } | column -t -s $'\t'
 echo
 {
-  printf 'run\treq/s\ttok/s\tp50 ms\tp90 ms\tp99 ms\tmax ms\tbatch\tslots\tengine tok/s\teff\tp50-engine us\terrors\tcpu d/c s\n'
+  printf 'run\treq/s\ttok/s\tp50 ms\tp90 ms\tp99 ms\tmax ms\tbatch\tdaemon us/batch\tslots\tengine us/batch\tengine tok/s\teff\tp50-engine us\terrors\tcpu d/c s\n'
   jq -r '[.label, (.requests_per_s | . * 10 | round / 10), (.tokens_per_s | round),
           (.latency_ms.p50 | . * 1000 | round / 1000), (.latency_ms.p90 | . * 1000 | round / 1000),
           (.latency_ms.p99 | . * 1000 | round / 1000), (.latency_ms.max | . * 1000 | round / 1000),
-          (.mean_batch_tokens // 0 | . * 100 | round / 100), (.baseline_slots // 0),
+          (.mean_batch_tokens // 0 | . * 100 | round / 100), (.daemon_compute_us_per_batch // 0 | round),
+          (.baseline_slots // 0), (.engine_us_at_batch // 0 | round),
           (.engine_tokens_per_s // 0 | round), (.efficiency // 0 | . * 100 | round / 100),
           (.p50_over_engine_us // 0 | round),
           ((.errors | to_entries | map("\(.key)=\(.value)") | join(",")) | if . == "" then "0" else . end),
