@@ -115,7 +115,7 @@ struct MoePlanInput {
   bool deterministic = false;
   bool wgmma = false;                // Hopper tiles allowed (ignored when deterministic, unless:)
   bool deterministic_wgmma = false;  // deterministic mode may use them too (see CudaEngineOptions)
-  GemmTile wgmma_tile = GemmTile::kWgmma;       // which Hopper tile (kWgmma, kWgmma2 or kWgmmaTall)
+  GemmTile wgmma_tile = GemmTile::kWgmma;  // Hopper tile (kWgmma, kWgmma2, kWgmmaTall, kWgmmaWs)
   GemvPolicy decode_gemv = GemvPolicy::kNever;  // when the CUDA-core decode GEMV takes the
                                                 // routed GEMMs (never when deterministic)
 };

@@ -29,6 +29,14 @@ TEST(TileTable, HopperTiles) {
   EXPECT_FALSE(IsHopperTile(GemmTile::kLarge));
   EXPECT_TRUE(IsHopperTile(GemmTile::kWgmma));
   EXPECT_TRUE(IsHopperTile(GemmTile::kWgmmaTall));
+  EXPECT_TRUE(IsHopperTile(GemmTile::kWgmmaWs));
+  // The warp-specialised kernel computes kWgmma's tile: same rows (tile list), columns and stages.
+  const TileShape& wide = ShapeOf(GemmTile::kWgmma);
+  const TileShape& ws = ShapeOf(GemmTile::kWgmmaWs);
+  EXPECT_EQ(ws.bm, wide.bm);
+  EXPECT_EQ(ws.bn_plain, wide.bn_plain);
+  EXPECT_EQ(ws.bn_gated, wide.bn_gated);
+  EXPECT_EQ(ws.smem_bytes(true), wide.smem_bytes(true));
 }
 
 TEST(ChooseTile, GrowsWithRowsPerExpert) {
@@ -43,6 +51,8 @@ TEST(ChooseTile, GrowsWithRowsPerExpert) {
   EXPECT_EQ(ChooseTile(65, true), GemmTile::kWgmma);
   EXPECT_EQ(ChooseTile(65, true, GemmTile::kWgmma2), GemmTile::kWgmma2);
   EXPECT_EQ(ChooseTile(65, true, GemmTile::kWgmmaTall), GemmTile::kWgmmaTall);
+  EXPECT_EQ(ChooseTile(65, true, GemmTile::kWgmmaWs), GemmTile::kWgmmaWs);
+  EXPECT_EQ(ChooseTile(64, true, GemmTile::kWgmmaWs), GemmTile::kMedium);
 }
 
 TEST(ChooseSplitK, SplitsOnlySmallUnderfilledProblems) {
