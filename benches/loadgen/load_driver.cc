@@ -229,7 +229,9 @@ RequestFactory::RequestFactory(const RequestTarget& target, int64_t max_tokens, 
     : target_(target) {
   const DType dtype = ToDType(target.dtype);
   row_bytes_ = static_cast<size_t>(target.hidden) * DTypeSize(dtype);
-  pool_rows_ = std::max<int64_t>(max_tokens, 1) + 255;
+  // Thousands of distinct rows, so a batch of many requests holds distinct tokens (as in serving)
+  // and routes like random traffic, not a few hundred repeated rows.
+  pool_rows_ = std::max<int64_t>(max_tokens, 1) + 4095;
   const size_t n = static_cast<size_t>(pool_rows_) * static_cast<size_t>(target.hidden);
   std::vector<float> values(n);
   std::mt19937_64 rng(seed);

@@ -19,6 +19,9 @@
 #      with the engine alone at that batch size (batching efficiency = served tokens/s / engine
 #      tokens/s at the achieved mean batch size): concurrency-1 runs against the 1-slot baseline
 #      (one batch at a time), the others against the SLOTS-slot one.
+#      Right after each run the engine alone is timed again at the two batch sizes around the
+#      achieved mean (PAIRED_MS each): the "paired" baseline, taken under the same background
+#      load as the run (on a shared machine it drifts 2-3x within minutes).
 #   3. A summary table; every run's JSON line is kept in $OUT_DIR/results.jsonl.
 # The daemons are stopped (SIGTERM, then SIGKILL) on exit, whatever happens.
 #
@@ -43,6 +46,7 @@ OPEN_FRACTION="${OPEN_FRACTION:-0.5}"
 RATE="${RATE:-}"
 SERVE_ARGS="${SERVE_ARGS:-}"
 SLOTS="${SLOTS:-2}"
+PAIRED_MS="${PAIRED_MS:-1000}"
 NICE="${NICE:-}"
 run_nice=()
 if [[ -n "${NICE}" ]]; then run_nice=(nice -n "${NICE}"); fi
@@ -137,17 +141,39 @@ load() {
     --metrics-url "http://127.0.0.1:${metrics_port}/metrics" --engine-baseline "${baseline}" \
     --warmup "${WARMUP}" --duration "${DURATION}" --timeout 10 --json-out "${results}" "$@"
   cpu1="$(cpu_seconds "${daemon_pid}")"
-  # Attach the daemon's CPU seconds over the run (warm-up included) and the 1-minute load average
-# before it to the run's JSON line.
-  python3 - "${results}" "${cpu0}" "${cpu1}" "${loadavg}" << 'EOF'
+  # Paired baseline: the engine alone at the batch sizes around the achieved mean, measured right
+  # after the run (the machine's background load drifts within minutes), with the baseline's slots.
+  local mean_batch slots sizes paired="${OUT_DIR}/paired.jsonl"
+  mean_batch="$(tail -1 "${results}" | jq '.mean_batch_tokens // 1')"
+  slots="$(jq -r '.slots' "${baseline}" | head -1)"
+  sizes="$(python3 -c "import math; b = ${mean_batch}; print(','.join(sorted({str(max(1, math.floor(b))), str(max(1, math.ceil(b)))}, key=int)))")"
+  "${run_nice[@]}" "${MOE_ENGINE_BENCH}" --cache-dir "${cache_dir}" --min-time-ms "${PAIRED_MS}" \
+    --slots "${slots}" --batch-sizes "${sizes}" --json-out "${paired}" > /dev/null
+  # Attach the paired engine comparison, the daemon's CPU seconds over the run (warm-up included)
+  # and the 1-minute load average before it to the run's JSON line.
+  python3 - "${results}" "${cpu0}" "${cpu1}" "${loadavg}" "${paired}" << 'EOF'
 import json, sys
-path, cpu0, cpu1, loadavg = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
+path, paired = sys.argv[1], sys.argv[5]
+cpu0, cpu1, loadavg = float(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
 lines = open(path).read().splitlines()
 last = json.loads(lines[-1])
 last["daemon_cpu_s"] = round(cpu1 - cpu0, 2)
 last["loadavg_1m_before"] = loadavg
+points = sorted((p["batch_tokens"], p["us_per_forward"], p["slots"])
+                for p in map(json.loads, open(paired).read().splitlines()))
+b = max(1.0, last.get("mean_batch_tokens", 1.0))
+(b0, t0, slots), (b1, t1, _) = points[0], points[-1]
+us = t0 if b1 == b0 else t0 + (b - b0) / (b1 - b0) * (t1 - t0)
+last["paired_engine_slots"] = slots
+last["paired_engine_us"] = us
+last["paired_engine_tokens_per_s"] = slots * b / (us * 1e-6)
+last["paired_efficiency"] = last["tokens_per_s"] / last["paired_engine_tokens_per_s"]
+last["paired_p50_over_engine_us"] = last["latency_ms"]["p50"] * 1e3 - us
 lines[-1] = json.dumps(last)
 open(path, "w").write("\n".join(lines) + "\n")
+print(f"  paired      engine alone ({slots} slot(s)) at {b:.2f} tokens/batch, measured now: "
+      f"{us:.1f} us/forward, {last['paired_engine_tokens_per_s']:.1f} tokens/s -> efficiency "
+      f"{last['paired_efficiency']:.2f}; p50 - engine time = {last['paired_p50_over_engine_us']:.1f} us")
 EOF
   echo
 }
@@ -198,14 +224,14 @@ echo "== 3. summary ($(($(date +%s) - started)) s; load average now: $(cut -d' '
 } | column -t -s $'\t'
 echo
 {
-  printf 'run\treq/s\ttok/s\tp50 ms\tp90 ms\tp99 ms\tmax ms\tbatch\tdaemon us/batch\tslots\tengine us/batch\tengine tok/s\teff\tp50-engine us\terrors\tcpu d/c s\n'
+  printf 'run\treq/s\ttok/s\tp50 ms\tp90 ms\tp99 ms\tmax ms\tbatch\tdaemon us/batch\tslots\tengine us/batch\tengine tok/s\teff\tp50-engine us\teff (start)\terrors\tcpu d/c s\n'
   jq -r '[.label, (.requests_per_s | . * 10 | round / 10), (.tokens_per_s | round),
           (.latency_ms.p50 | . * 1000 | round / 1000), (.latency_ms.p90 | . * 1000 | round / 1000),
           (.latency_ms.p99 | . * 1000 | round / 1000), (.latency_ms.max | . * 1000 | round / 1000),
           (.mean_batch_tokens // 0 | . * 100 | round / 100), (.daemon_compute_us_per_batch // 0 | round),
-          (.baseline_slots // 0), (.engine_us_at_batch // 0 | round),
-          (.engine_tokens_per_s // 0 | round), (.efficiency // 0 | . * 100 | round / 100),
-          (.p50_over_engine_us // 0 | round),
+          .paired_engine_slots, (.paired_engine_us | round), (.paired_engine_tokens_per_s | round),
+          (.paired_efficiency | . * 100 | round / 100), (.paired_p50_over_engine_us | round),
+          (.efficiency // 0 | . * 100 | round / 100),
           ((.errors | to_entries | map("\(.key)=\(.value)") | join(",")) | if . == "" then "0" else . end),
           "\(.daemon_cpu_s)/\(.client_cpu_s | . * 100 | round / 100)"] | @tsv' "${results}"
 } | column -t -s $'\t'
