@@ -8,6 +8,7 @@ import time
 
 import numpy as np
 import tritonclient.grpc as tc
+from tritonclient.utils import InferenceServerException
 
 from conftest import Daemon, swarm_bin
 
@@ -86,6 +87,15 @@ def test_sigterm_drains_every_accepted_request_and_exits_0(cache_dir):
     # Long batching delay: requests sit in the queue until the drain flushes them.
     d = Daemon(cache_dir, "--max-queue-delay-us", "5000000", "--model-name", "drain").wait_ready()
     client = tc.InferenceServerClient(d.address)
+    # A request whose timeout (100 ms) ends before its batch would: DEADLINE_EXCEEDED, not computed.
+    x = np.zeros((2, 512), np.float32)
+    late = tc.InferInput("input", [2, 512], "FP32")
+    late.set_data_from_numpy(x)
+    try:
+        client.infer("drain.layer0", [late], timeout=100_000)
+        raise AssertionError("expected DEADLINE_EXCEEDED")
+    except InferenceServerException as e:
+        assert e.status() == "StatusCode.DEADLINE_EXCEEDED", e
     answers = queue.Queue()
     n = 12
     for i in range(n):
