@@ -8,7 +8,9 @@
    loopback port.
 3. Sends a known number of inference requests with `moe-swarm client`.
 4. Asks Prometheus' HTTP query API until the scraped series show exactly those requests:
-   moe_requests_total{code="OK"}, moe_request_duration_seconds_count, the build info, readiness,
+   moe_requests_total{code="OK"} and {code="NOT_FOUND"} (one request for a missing layer, whose
+   request id must be in the error and the log), moe_request_duration_seconds_count, the build
+   info, readiness,
    the scheduler's batches, and the target's health; `promtool check metrics` on the live
    exposition; the alerting rules evaluate; the daemon's log is JSON lines at MOE_LOG's level.
 5. SIGTERMs the daemon and checks that it drains and exits 0 within the platforms' kill timeout.
@@ -213,6 +215,15 @@ def main():
                 capture_output=True, text=True, timeout=60)
             assert result.returncode == 0, f"client failed:\n{result.stdout}\n{result.stderr}"
         log(f"sent {EXPECTED} requests of {TOKENS} tokens")
+        # One request for a layer the model does not have: NOT_FOUND, with the request id in the
+        # error message and in the daemon's log line about it.
+        bad = subprocess.run(
+            [str(DAEMON), "client", "--address", f"127.0.0.1:{grpc_port}", "--layer", "9999",
+             "--tokens", "1"], capture_output=True, text=True, timeout=60)
+        assert bad.returncode != 0, bad.stdout
+        match = re.search(r"NOT_FOUND.*\[request_id=([0-9a-f]{32})\]", bad.stderr)
+        assert match, f"no NOT_FOUND with a request id: {bad.stderr}"
+        request_id = match[1]
 
         # 4. The scraped series, through Prometheus.
         def counted():
@@ -224,16 +235,21 @@ def main():
         except AssertionError:
             log("last value: " + str(prom_query(prom, "moe_requests_total")))
             raise
-        errors = prom_scalar(prom, 'sum(moe_requests_total{code!="OK"}) or vector(0)')
-        assert errors == 0.0, f"unexpected failed requests: {errors}"
+        not_found = wait_for(
+            'moe_requests_total{code="NOT_FOUND"} == 1',
+            lambda: prom_scalar(prom, 'sum(moe_requests_total{code="NOT_FOUND"})') == 1.0, 30)
+        errors = prom_scalar(prom, 'sum(moe_requests_total{code!~"OK|NOT_FOUND"}) or vector(0)')
+        assert not_found and errors == 0.0, f"unexpected failed requests: {errors}"
+        assert request_id in daemon_log.read_text(), f"request id {request_id} not in the log"
         count = prom_scalar(prom, "sum(moe_request_duration_seconds_count)")
-        assert count == EXPECTED, count
+        assert count == EXPECTED + 1, count  # every finished request, the NOT_FOUND one too
         latency_sum = prom_scalar(prom, "sum(moe_request_duration_seconds_sum)")
         assert latency_sum is not None and latency_sum > 0, latency_sum
         # All requests carry the served model's label (registered at start-up), not "_other".
         ok_series = prom_query(prom, 'moe_requests_total{code="OK"} > 0')
         models = {dict(k)["model"] for k in ok_series}
         assert len(models) == 1 and "_other" not in models, ok_series
+        assert prom_scalar(prom, 'sum(moe_requests_total{model="_other"})') == 0.0
         # Tokens: at least our requests' tokens went through batches (warm-up adds more).
         tokens = prom_scalar(prom, "moe_tokens_processed_total")
         assert tokens is not None and tokens >= EXPECTED * TOKENS, tokens
@@ -253,7 +269,8 @@ def main():
         assert not broken, f"rules failing to evaluate: {broken}"
         received = prom_scalar(prom, "sum(moe_worker_messages_received_total)")
         assert received is not None and received >= 1, received
-        log(f"prometheus agrees: {EXPECTED} OK requests, {tokens:.0f} tokens in {batches:.0f} "
+        log(f"prometheus agrees: {EXPECTED} OK + 1 NOT_FOUND (request id {request_id} in the log), "
+            f"{tokens:.0f} tokens in {batches:.0f} "
             f"batches, build {labels}")
 
         # The live exposition, with every series the traffic created, passes Prometheus' linter.
