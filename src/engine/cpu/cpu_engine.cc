@@ -2,8 +2,6 @@
 // most kChunkTokens tokens, each in five phases (see RunChunk).
 #include "moe/engine/cpu_engine.h"
 
-#include <cblas.h>
-
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -14,6 +12,7 @@
 
 #include "engine/cpu/elementwise.h"
 #include "engine/cpu/fixed_gemm.h"
+#include "engine/cpu/openblas_loader.h"
 #include "engine/cpu/prepared_layer.h"
 #include "engine/cpu/thread_pool.h"
 #include "moe/engine/routing.h"
@@ -79,6 +78,7 @@ struct CpuEngine::Impl {
   std::vector<std::unique_ptr<Workspace>> slots;
   cpu::GemmKernel kernel = cpu::GemmKernel::kPortable;
 
+  const cpu::OpenBlas* blas = nullptr;  // loaded only for GemmBackend::kOpenBlas
   bool openblas() const { return options.gemm == CpuEngineOptions::GemmBackend::kOpenBlas; }
   std::unique_ptr<Workspace> MakeWorkspace() const;
   void RunChunk(const cpu::PreparedLayer& layer, Workspace& ws, DType dtype, const void* input,
@@ -290,15 +290,15 @@ void CpuEngine::Impl::OpenBlasExperts(const cpu::PreparedLayer& layer, Workspace
     float* g = ws.gate_out.get() + g_row * gu_ld;
     float* u = ws.up_out.get() + g_row * gu_ld;
     const int mi = static_cast<int>(m), ni = static_cast<int>(inter), hi = static_cast<int>(hidden);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, mi, ni, hi, 1.0f, a, hi,
+    blas->sgemm(cpu::kCblasRowMajor, cpu::kCblasNoTrans, cpu::kCblasTrans, mi, ni, hi, 1.0f, a, hi,
                 ffn.gate.plain.get(), hi, 0.0f, g, static_cast<int>(gu_ld));
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, mi, ni, hi, 1.0f, a, hi,
+    blas->sgemm(cpu::kCblasRowMajor, cpu::kCblasNoTrans, cpu::kCblasTrans, mi, ni, hi, 1.0f, a, hi,
                 ffn.up.plain.get(), hi, 0.0f, u, static_cast<int>(gu_ld));
     const int64_t ld = shared ? shared_act_ld : act_ld;
     float* act = shared ? ws.act_shared.get() + r0 * ld : ws.act.get() + g_row * ld;
     for (int64_t r = 0; r < m; ++r) cpu::SiluMul(g + r * gu_ld, u + r * gu_ld, act + r * ld, inter);
     float* y = shared ? ws.y_shared.get() + r0 * y_ld : ws.y.get() + g_row * y_ld;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, mi, hi, ni, 1.0f, act,
+    blas->sgemm(cpu::kCblasRowMajor, cpu::kCblasNoTrans, cpu::kCblasTrans, mi, hi, ni, 1.0f, act,
                 static_cast<int>(ld), ffn.down.plain.get(), ni, 0.0f, y, static_cast<int>(y_ld));
   });
 }
@@ -377,7 +377,10 @@ StatusOr<std::unique_ptr<CpuEngine>> CpuEngine::Create(std::shared_ptr<const Mod
   if (threads == 0) threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   impl->pool = std::make_unique<cpu::ThreadPool>(threads - 1);
   impl->kernel = cpu::BestGemmKernel();
-  if (impl->openblas()) openblas_set_num_threads(1);
+  if (impl->openblas()) {
+    MOE_ASSIGN_OR_RETURN(impl->blas, cpu::LoadOpenBlas());
+    impl->blas->set_num_threads(1);
+  }
 
   for (int layer : spec.moe_layers) {
     const MoeLayerWeights* weights = model->layer(layer);
