@@ -15,7 +15,9 @@
 #include "commands.h"
 #include "moe/common/logging.h"
 #include "moe/engine/cpu_engine.h"
+#include "moe/metrics/gpu_metrics.h"
 #include "moe/metrics/http_server.h"
+#include "moe/metrics/instrumented_engine.h"
 #include "moe/metrics/metrics.h"
 #include "moe/metrics/scheduler_metrics.h"
 #include "moe/model/embedded.h"
@@ -195,6 +197,19 @@ int RunServe(const config::DaemonOptions& o) {
   t = Clock::now();
   StatusOr<std::unique_ptr<Engine>> engine = CreateEngine(o, model);
   if (!engine.ok()) return fail("engine", engine.status());
+  if (Status s = metrics.value()->SetEngine(engine.value()->name()); !s.ok()) {
+    return fail("metrics", s);
+  }
+  // GPU memory and busy ratio (NVML); absent on hosts without a driver, which is not an error.
+  std::unique_ptr<metrics::GpuMetrics> gpu_metrics;
+  if (auto g = metrics::GpuMetrics::Create(metrics->get()); g.ok()) {
+    gpu_metrics = std::move(*g);
+  } else {
+    spdlog::info("GPU metrics off: {}", std::string(g.status().message()));
+  }
+  // Expert load per layer (moe_expert_routed_tokens_total, moe_expert_load_imbalance_ratio).
+  engine = metrics::InstrumentedEngine::Create(std::move(*engine), metrics->get());
+  if (!engine.ok()) return fail("engine metrics", engine.status());
   spdlog::info("stage 3/7 engine: {} with {} slots, max {} tokens per batch ({} ms)",
                std::string(engine.value()->name()), engine.value()->num_slots(),
                engine.value()->max_batch_tokens(), MsSince(t));
