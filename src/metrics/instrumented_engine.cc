@@ -35,7 +35,10 @@ Status InstrumentedEngine::Forward(const ForwardArgs& args) {
   Slot& slot = slots_[static_cast<size_t>(args.slot)];
   ForwardArgs routed = args;
   if (routed.expert_ids == nullptr) routed.expert_ids = slot.expert_ids.data();
+  double routing_seconds = -1.0;  // stays negative when the engine does not time its routing
+  if (routed.routing_seconds == nullptr) routed.routing_seconds = &routing_seconds;
   MOE_RETURN_IF_ERROR(inner_->Forward(routed));
+  if (*routed.routing_seconds >= 0.0) metrics_->RecordRouting(*routed.routing_seconds);
 
   // Tokens per expert: each token counts once for each of its top_k experts.
   std::fill(slot.counts.begin(), slot.counts.end(), 0u);

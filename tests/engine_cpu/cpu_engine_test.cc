@@ -223,6 +223,26 @@ TEST(CpuEngineInfo, WeightBytesAndFlops) {
   EXPECT_GT(engine->workspace_bytes(), 0);
 }
 
+TEST(CpuEngineTiming, ReportsRoutingTime) {
+  std::shared_ptr<const Model> model = RandomModel(FamilyOptions(Family::kMixtral, DType::kBF16));
+  std::unique_ptr<CpuEngine> engine = MakeEngine(model);
+  ASSERT_NE(engine, nullptr);
+  const int64_t n = 9;
+  testing::RandomActivations x = MakeActivations(DType::kF32, n * model->spec().hidden, 7);
+  std::vector<float> out(static_cast<size_t>(n * model->spec().hidden));
+  ForwardArgs args;
+  args.layer = model->spec().moe_layers[0];
+  args.dtype = DType::kF32;
+  args.n_tokens = n;
+  args.input = x.bytes.data();
+  args.output = out.data();
+  double routing_seconds = -1.0;
+  args.routing_seconds = &routing_seconds;
+  ASSERT_TRUE(engine->Forward(args).ok());
+  EXPECT_GE(routing_seconds, 0.0);
+  EXPECT_LT(routing_seconds, 10.0);
+}
+
 // ---- Errors. ----
 TEST(CpuEngineErrors, RejectsF8Weights) {
   RandomModelOptions o;

@@ -17,14 +17,16 @@
 namespace moe {
 
 struct ForwardArgs {
-  int layer = -1;                 // decoder layer index; must be a MoE layer of the model
-  DType dtype = DType::kBF16;     // activation dtype of `input` and `output` (F32, F16, BF16)
-  int64_t n_tokens = 0;           // > 0
-  const void* input = nullptr;    // [n_tokens, hidden] host memory, row-major
-  void* output = nullptr;         // [n_tokens, hidden] host memory, same dtype
-  int32_t* expert_ids = nullptr;  // optional out: [n_tokens, top_k] chosen experts, best first
-  float* expert_weights = nullptr;  // optional out: [n_tokens, top_k] their final weights
-  int slot = 0;                   // execution slot in [0, Engine::num_slots())
+  int layer = -1;                     // decoder layer index; must be a MoE layer of the model
+  DType dtype = DType::kBF16;         // activation dtype of `input` and `output` (F32, F16, BF16)
+  int64_t n_tokens = 0;               // > 0
+  const void* input = nullptr;        // [n_tokens, hidden] host memory, row-major
+  void* output = nullptr;             // [n_tokens, hidden] host memory, same dtype
+  int32_t* expert_ids = nullptr;      // optional out: [n_tokens, top_k] chosen experts, best first
+  float* expert_weights = nullptr;    // optional out: [n_tokens, top_k] their final weights
+  int slot = 0;                       // execution slot in [0, Engine::num_slots())
+  double* routing_seconds = nullptr;  // optional out: wall time of routing (router GEMM through
+                                      // top-k) in this call; engines that cannot time it leave it
 };
 
 class Engine {

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cmath>
 #include <map>
 #include <thread>
@@ -82,7 +83,8 @@ struct CpuEngine::Impl {
   bool openblas() const { return options.gemm == CpuEngineOptions::GemmBackend::kOpenBlas; }
   std::unique_ptr<Workspace> MakeWorkspace() const;
   void RunChunk(const cpu::PreparedLayer& layer, Workspace& ws, DType dtype, const void* input,
-                void* output, int64_t n, int32_t* ids_out, float* weights_out);
+                void* output, int64_t n, int32_t* ids_out, float* weights_out,
+                double* routing_seconds);
   void RouteTokens(const cpu::PreparedLayer& layer, Workspace& ws, DType dtype, const void* input,
                    int64_t n);
   void Permute(Workspace& ws, int64_t n);
@@ -339,8 +341,13 @@ void CpuEngine::Impl::Combine(const cpu::PreparedLayer& layer, Workspace& ws, DT
 
 void CpuEngine::Impl::RunChunk(const cpu::PreparedLayer& layer, Workspace& ws, DType dtype,
                                const void* input, void* output, int64_t n, int32_t* ids_out,
-                               float* weights_out) {
+                               float* weights_out, double* routing_seconds) {
+  const auto route_start = std::chrono::steady_clock::now();
   RouteTokens(layer, ws, dtype, input, n);
+  if (routing_seconds != nullptr) {
+    *routing_seconds +=
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - route_start).count();
+  }
   Permute(ws, n);
   if (openblas()) {
     OpenBlasExperts(layer, ws, n);
@@ -447,13 +454,15 @@ Status CpuEngine::Forward(const ForwardArgs& args) {
   const int64_t hidden = impl.spec.hidden;
   const int64_t k = impl.spec.top_k();
   const size_t row_bytes = static_cast<size_t>(hidden) * DTypeSize(args.dtype);
+  if (args.routing_seconds != nullptr) *args.routing_seconds = 0.0;
   for (int64_t t0 = 0; t0 < args.n_tokens; t0 += impl.chunk) {
     const int64_t n = std::min(impl.chunk, args.n_tokens - t0);
     impl.RunChunk(it->second, ws, args.dtype,
                   static_cast<const char*>(args.input) + static_cast<size_t>(t0) * row_bytes,
                   static_cast<char*>(args.output) + static_cast<size_t>(t0) * row_bytes, n,
                   args.expert_ids != nullptr ? args.expert_ids + t0 * k : nullptr,
-                  args.expert_weights != nullptr ? args.expert_weights + t0 * k : nullptr);
+                  args.expert_weights != nullptr ? args.expert_weights + t0 * k : nullptr,
+                  args.routing_seconds);
   }
   ws.busy.store(false);
   return absl::OkStatus();
