@@ -68,80 +68,55 @@ inline StatusOr<Event> CreateEvent(bool timing = false) {
   return Event(e);
 }
 
+// Memory of a fixed size from one CUDA allocator: `Alloc(&ptr, bytes)` and `Free(ptr)`.
+template <cudaError_t (*Alloc)(void**, size_t), cudaError_t (*Free)(void*)>
+class CudaMemory {
+ public:
+  CudaMemory() = default;
+  static StatusOr<CudaMemory> Create(int64_t bytes) {
+    CudaMemory b;
+    if (bytes <= 0) return b;
+    CUDA_RETURN_IF_ERROR(Alloc(&b.ptr_, static_cast<size_t>(bytes)));
+    b.bytes_ = bytes;
+    return b;
+  }
+  ~CudaMemory() {
+    if (ptr_) Free(ptr_);
+  }
+  CudaMemory(CudaMemory&& o) noexcept
+      : ptr_(std::exchange(o.ptr_, nullptr)), bytes_(std::exchange(o.bytes_, 0)) {}
+  CudaMemory& operator=(CudaMemory&& o) noexcept {
+    if (this != &o) {
+      if (ptr_) Free(ptr_);
+      ptr_ = std::exchange(o.ptr_, nullptr);
+      bytes_ = std::exchange(o.bytes_, 0);
+    }
+    return *this;
+  }
+  CudaMemory(const CudaMemory&) = delete;
+  CudaMemory& operator=(const CudaMemory&) = delete;
+  void* get() const { return ptr_; }
+  template <typename T>
+  T* as() const {
+    return static_cast<T*>(ptr_);
+  }
+  int64_t bytes() const { return bytes_; }
+
+ private:
+  void* ptr_ = nullptr;
+  int64_t bytes_ = 0;
+};
+
+namespace raii_detail {
+inline cudaError_t DeviceAlloc(void** p, size_t n) { return cudaMalloc(p, n); }
+inline cudaError_t HostAlloc(void** p, size_t n) { return cudaMallocHost(p, n); }
+inline cudaError_t DeviceFree(void* p) { return cudaFree(p); }
+inline cudaError_t HostFree(void* p) { return cudaFreeHost(p); }
+}  // namespace raii_detail
+
 // Device memory of a fixed size.
-class DeviceBuffer {
- public:
-  DeviceBuffer() = default;
-  static StatusOr<DeviceBuffer> Create(int64_t bytes) {
-    DeviceBuffer b;
-    if (bytes <= 0) return b;
-    CUDA_RETURN_IF_ERROR(cudaMalloc(&b.ptr_, static_cast<size_t>(bytes)));
-    b.bytes_ = bytes;
-    return b;
-  }
-  ~DeviceBuffer() {
-    if (ptr_) cudaFree(ptr_);
-  }
-  DeviceBuffer(DeviceBuffer&& o) noexcept
-      : ptr_(std::exchange(o.ptr_, nullptr)), bytes_(std::exchange(o.bytes_, 0)) {}
-  DeviceBuffer& operator=(DeviceBuffer&& o) noexcept {
-    if (this != &o) {
-      if (ptr_) cudaFree(ptr_);
-      ptr_ = std::exchange(o.ptr_, nullptr);
-      bytes_ = std::exchange(o.bytes_, 0);
-    }
-    return *this;
-  }
-  DeviceBuffer(const DeviceBuffer&) = delete;
-  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-  void* get() const { return ptr_; }
-  template <typename T>
-  T* as() const {
-    return static_cast<T*>(ptr_);
-  }
-  int64_t bytes() const { return bytes_; }
-
- private:
-  void* ptr_ = nullptr;
-  int64_t bytes_ = 0;
-};
-
+using DeviceBuffer = CudaMemory<raii_detail::DeviceAlloc, raii_detail::DeviceFree>;
 // Page-locked host memory (for asynchronous copies).
-class PinnedBuffer {
- public:
-  PinnedBuffer() = default;
-  static StatusOr<PinnedBuffer> Create(int64_t bytes) {
-    PinnedBuffer b;
-    if (bytes <= 0) return b;
-    CUDA_RETURN_IF_ERROR(cudaMallocHost(&b.ptr_, static_cast<size_t>(bytes)));
-    b.bytes_ = bytes;
-    return b;
-  }
-  ~PinnedBuffer() {
-    if (ptr_) cudaFreeHost(ptr_);
-  }
-  PinnedBuffer(PinnedBuffer&& o) noexcept
-      : ptr_(std::exchange(o.ptr_, nullptr)), bytes_(std::exchange(o.bytes_, 0)) {}
-  PinnedBuffer& operator=(PinnedBuffer&& o) noexcept {
-    if (this != &o) {
-      if (ptr_) cudaFreeHost(ptr_);
-      ptr_ = std::exchange(o.ptr_, nullptr);
-      bytes_ = std::exchange(o.bytes_, 0);
-    }
-    return *this;
-  }
-  PinnedBuffer(const PinnedBuffer&) = delete;
-  PinnedBuffer& operator=(const PinnedBuffer&) = delete;
-  void* get() const { return ptr_; }
-  template <typename T>
-  T* as() const {
-    return static_cast<T*>(ptr_);
-  }
-  int64_t bytes() const { return bytes_; }
-
- private:
-  void* ptr_ = nullptr;
-  int64_t bytes_ = 0;
-};
+using PinnedBuffer = CudaMemory<raii_detail::HostAlloc, raii_detail::HostFree>;
 
 }  // namespace moe::cuda
