@@ -1,33 +1,20 @@
 // Load run -> report: throughput, latency, errors, achieved batch size, engine comparison.
 #include "report.h"
 
-#include <array>
 #include <cstdio>
 
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 
 namespace moe::loadgen {
 
 std::string CodeName(int code) {
-  static constexpr std::array<const char*, 17> kNames = {"OK",
-                                                         "CANCELLED",
-                                                         "UNKNOWN",
-                                                         "INVALID_ARGUMENT",
-                                                         "DEADLINE_EXCEEDED",
-                                                         "NOT_FOUND",
-                                                         "ALREADY_EXISTS",
-                                                         "PERMISSION_DENIED",
-                                                         "RESOURCE_EXHAUSTED",
-                                                         "FAILED_PRECONDITION",
-                                                         "ABORTED",
-                                                         "OUT_OF_RANGE",
-                                                         "UNIMPLEMENTED",
-                                                         "INTERNAL",
-                                                         "UNAVAILABLE",
-                                                         "DATA_LOSS",
-                                                         "UNAUTHENTICATED"};
   if (code == kBadResponseCode) return "BAD_RESPONSE";
-  if (code >= 0 && code < static_cast<int>(kNames.size())) return kNames[code];
+  // gRPC's status codes 0..16 are absl's, with the same names.
+  if (code >= 0 && code <= static_cast<int>(absl::StatusCode::kUnauthenticated)) {
+    return absl::StatusCodeToString(static_cast<absl::StatusCode>(code));
+  }
   return absl::StrCat("CODE_", code);
 }
 
