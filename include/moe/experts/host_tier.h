@@ -99,6 +99,8 @@ class HostExpertSource {
   class StagingRing;
 
   HostExpertSource(std::shared_ptr<const Model> model, HostCopyPlan plan, int device);
+  // kRegisteredMmap set-up: checks, then registers; on failure nothing stays registered.
+  Status TryRegister();
 
   std::shared_ptr<const Model> model_;
   HostCopyPlan plan_;

@@ -1,0 +1,175 @@
+// The staging ring of the host tier and its parallel memcpy (see host_tier_staging.h).
+#include "experts/host_tier_staging.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+
+namespace moe::experts {
+
+// ---------------------------------------------------------------------------------------------
+// ParallelCopier
+
+struct ParallelCopier::Job {
+  int remaining = 0;  // parts not finished yet (guarded by the copier's mu_)
+};
+
+ParallelCopier::ParallelCopier(int threads) : threads_(std::max(1, threads)) {
+  for (int i = 1; i < threads_; ++i) workers_.emplace_back([this] { Work(); });
+}
+
+ParallelCopier::~ParallelCopier() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stop_ = true;
+  }
+  work_cv_.notify_all();
+  for (std::thread& t : workers_) t.join();
+}
+
+void ParallelCopier::Run(const Part& part) {
+  std::memcpy(part.dst, part.src, static_cast<size_t>(part.bytes));
+}
+
+void ParallelCopier::Work() {
+  for (;;) {
+    Part part;
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      work_cv_.wait(lock, [this] { return stop_ || !queue_.empty(); });
+      if (queue_.empty()) return;  // stopping
+      part = queue_.front();
+      queue_.pop_front();
+    }
+    Run(part);
+    bool last = false;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      last = --part.job->remaining == 0;
+    }
+    if (last) done_cv_.notify_all();
+  }
+}
+
+void ParallelCopier::Copy(void* dst, const void* src, int64_t bytes) {
+  const int64_t parts =
+      std::clamp<int64_t>(bytes / kMinPartBytes, 1, static_cast<int64_t>(threads_));
+  auto* d = static_cast<uint8_t*>(dst);
+  const auto* s = static_cast<const uint8_t*>(src);
+  if (parts == 1) {
+    std::memcpy(d, s, static_cast<size_t>(bytes));
+    return;
+  }
+  // Part boundaries on 4 KiB multiples keep every part's memcpy aligned like the whole.
+  const int64_t per = (bytes / parts + 4095) / 4096 * 4096;
+  Job job;
+  Part mine{&job, d, s, std::min(per, bytes)};
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (int64_t at = mine.bytes; at < bytes; at += per) {
+      queue_.push_back(Part{&job, d + at, s + at, std::min(per, bytes - at)});
+      ++job.remaining;
+    }
+  }
+  work_cv_.notify_all();
+  Run(mine);
+  std::unique_lock<std::mutex> lock(mu_);
+  // Help with queued parts (this job's or another caller's) instead of idling.
+  while (job.remaining > 0) {
+    if (!queue_.empty()) {
+      Part part = queue_.front();
+      queue_.pop_front();
+      lock.unlock();
+      Run(part);
+      lock.lock();
+      if (--part.job->remaining == 0 && part.job != &job) done_cv_.notify_all();
+      continue;
+    }
+    done_cv_.wait(lock, [&] { return job.remaining == 0 || !queue_.empty(); });
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// StagingRing
+
+HostExpertSource::StagingRing::StagingRing(cuda::PinnedBuffer buffer, int64_t chunk_bytes,
+                                           int threads)
+    : buffer_(std::move(buffer)), chunk_bytes_(chunk_bytes), copier_(threads) {}
+
+StatusOr<std::unique_ptr<HostExpertSource::StagingRing>> HostExpertSource::StagingRing::Create(
+    int64_t bytes, int threads) {
+  // At least 4 chunks so that fills overlap copies, at most kMaxChunkBytes each (DMA of 16 MiB
+  // runs at the full pinned rate), whole KiB.
+  const int64_t chunk =
+      std::min(kMaxChunkBytes, std::max<int64_t>(bytes / 4, 64 << 10)) / 1024 * 1024;
+  const int64_t n = bytes / chunk;
+  if (n < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("staging ring of ", bytes, " bytes is too small"));
+  }
+  MOE_ASSIGN_OR_RETURN(cuda::PinnedBuffer buffer, cuda::PinnedBuffer::Create(n * chunk));
+  std::unique_ptr<StagingRing> ring(new StagingRing(std::move(buffer), chunk, threads));
+  ring->chunks_.resize(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) {
+    Chunk& c = ring->chunks_[static_cast<size_t>(i)];
+    c.host = ring->buffer_.as<uint8_t>() + i * chunk;
+    MOE_ASSIGN_OR_RETURN(c.done, cuda::CreateEvent());
+  }
+  std::lock_guard<std::mutex> lock(ring->mu_);
+  ring->held_.assign(static_cast<size_t>(n), false);
+  return ring;
+}
+
+HostExpertSource::StagingRing::~StagingRing() {
+  for (Chunk& c : chunks_) {
+    if (c.done) cudaEventSynchronize(c.done.get());
+  }
+}
+
+size_t HostExpertSource::StagingRing::Claim() {
+  std::unique_lock<std::mutex> lock(mu_);
+  const size_t i = next_;
+  next_ = (next_ + 1) % chunks_.size();
+  free_cv_.wait(lock, [&] { return !held_[i]; });
+  held_[i] = true;
+  return i;
+}
+
+void HostExpertSource::StagingRing::Hand(size_t chunk) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    held_[chunk] = false;
+  }
+  free_cv_.notify_all();
+}
+
+Status HostExpertSource::StagingRing::CopyThroughChunk(size_t chunk, const uint8_t* src,
+                                                       int64_t bytes, uint8_t* dst,
+                                                       cudaStream_t stream) {
+  Chunk& c = chunks_[chunk];
+  // The chunk's previous DMA (any caller's stream) must have read it before it is overwritten.
+  CUDA_RETURN_IF_ERROR(cudaEventSynchronize(c.done.get()));
+  copier_.Copy(c.host, src, bytes);
+  CUDA_RETURN_IF_ERROR(
+      cudaMemcpyAsync(dst, c.host, static_cast<size_t>(bytes), cudaMemcpyHostToDevice, stream));
+  CUDA_RETURN_IF_ERROR(cudaEventRecord(c.done.get(), stream));
+  return absl::OkStatus();
+}
+
+Status HostExpertSource::StagingRing::Copy(std::span<const HostCopy> copies, uint8_t* dst,
+                                           cudaStream_t stream) {
+  for (const HostCopy& copy : copies) {
+    for (int64_t at = 0; at < copy.bytes; at += chunk_bytes_) {
+      const int64_t n = std::min(chunk_bytes_, copy.bytes - at);
+      const size_t chunk = Claim();
+      const Status s =
+          CopyThroughChunk(chunk, copy.src + at, n, dst + copy.dst_offset + at, stream);
+      Hand(chunk);
+      MOE_RETURN_IF_ERROR(s);
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace moe::experts
