@@ -15,6 +15,8 @@
 #include "commands.h"
 #include "moe/common/logging.h"
 #include "moe/engine/cpu_engine.h"
+#include "moe/experts/eviction_policy.h"
+#include "moe/metrics/expert_cache_metrics.h"
 #include "moe/metrics/gpu_metrics.h"
 #include "moe/metrics/http_server.h"
 #include "moe/metrics/instrumented_engine.h"
@@ -51,6 +53,32 @@ int CudaDeviceCount() {
 #endif
 }
 
+#ifdef MOE_WITH_CUDA
+// The CUDA engine's expert cache from experts.* (a percentage of experts.cache_bytes is of the
+// device memory free now, before the engine allocates).
+StatusOr<ExpertCacheOptions> ExpertCacheFromFlags(const config::ExpertOptions& x, int device) {
+  ExpertCacheOptions c;
+  MOE_ASSIGN_OR_RETURN(const config::ByteBudget budget, config::ParseByteBudget(x.cache_bytes));
+  c.budget_bytes = budget.bytes;
+  if (budget.fraction > 0) {
+    size_t free_bytes = 0, total_bytes = 0;
+    if (cudaSetDevice(device) != cudaSuccess ||
+        cudaMemGetInfo(&free_bytes, &total_bytes) != cudaSuccess) {
+      cudaGetLastError();
+      return absl::FailedPreconditionError(
+          "experts.cache_bytes is a percentage but the device's free memory cannot be read");
+    }
+    c.budget_bytes = static_cast<int64_t>(budget.fraction * static_cast<double>(free_bytes));
+    spdlog::info("expert cache: {} of {} MiB free = {} MiB", x.cache_bytes, free_bytes >> 20,
+                 c.budget_bytes >> 20);
+  }
+  MOE_ASSIGN_OR_RETURN(c.eviction, experts::ParseEvictionKind(x.eviction));
+  c.prefetch = x.prefetch;
+  c.trace_path = x.trace;
+  return c;
+}
+#endif
+
 // Picks and builds the engine (engine.kind: auto = cuda when built with CUDA and a GPU is present).
 StatusOr<std::unique_ptr<Engine>> CreateEngine(const config::DaemonOptions& o,
                                                std::shared_ptr<const Model> model) {
@@ -68,6 +96,7 @@ StatusOr<std::unique_ptr<Engine>> CreateEngine(const config::DaemonOptions& o,
     CudaEngineOptions eo;
     eo.num_slots = slots;
     eo.max_batch_tokens = o.scheduler.max_batch_tokens;
+    MOE_ASSIGN_OR_RETURN(eo.expert_cache, ExpertCacheFromFlags(o.experts, eo.device));
     MOE_ASSIGN_OR_RETURN(auto engine, CudaEngine::Create(std::move(model), eo));
     return std::unique_ptr<Engine>(std::move(engine));
 #else
@@ -75,6 +104,11 @@ StatusOr<std::unique_ptr<Engine>> CreateEngine(const config::DaemonOptions& o,
         "engine.kind = cuda: this binary was built without the CUDA engine (configure with "
         "-DMOE_CUDA=ON where nvcc exists); use --engine cpu or auto");
 #endif
+  }
+  if (o.experts.cache_bytes != "0" || !o.experts.trace.empty()) {
+    spdlog::warn(
+        "experts.cache_bytes / experts.trace apply to the CUDA engine only; the CPU engine "
+        "reads every expert from the mapped checkpoint");
   }
   CpuEngineOptions eo;
   eo.num_threads = o.engine.threads;
@@ -207,6 +241,27 @@ int RunServe(const config::DaemonOptions& o) {
   } else {
     spdlog::info("GPU metrics off: {}", std::string(g.status().message()));
   }
+  // GPU expert cache: its counters on /metrics (destroyed before the engine: declared after it).
+  std::unique_ptr<metrics::ExpertCacheMetrics> cache_metrics;
+#ifdef MOE_WITH_CUDA
+  if (auto* cuda_engine = dynamic_cast<CudaEngine*>(engine->get());
+      cuda_engine != nullptr && cuda_engine->expert_cache_pool() != nullptr) {
+    const experts::ExpertSlotPool* pool = cuda_engine->expert_cache_pool();
+    cache_metrics =
+        std::make_unique<metrics::ExpertCacheMetrics>(metrics->get(), /*device=*/0, pool);
+    auto stats = cuda_engine->expert_cache_stats();
+    spdlog::info(
+        "expert cache: {} slots x {} KiB ({} MiB for {} MiB of routed experts), eviction {}, "
+        "prefetch {}, host tier {}; {} MiB of device memory for resident weights (routers, "
+        "shared experts) and slots; routed experts load on demand",
+        pool->SlotCount(0), pool->SlotBytes(0) >> 10,
+        (int64_t{pool->SlotCount(0)} * pool->SlotBytes(0)) >> 20,
+        (pool->SlotBytes(0) * spec.n_experts() * static_cast<int64_t>(spec.moe_layers.size())) >>
+            20,
+        std::string(pool->PolicyName()), o.experts.prefetch ? "on" : "off",
+        stats.ok() ? stats->host_tier : std::string("?"), cuda_engine->weight_device_bytes() >> 20);
+  }
+#endif
   // Expert load per layer (moe_expert_routed_tokens_total, moe_expert_load_imbalance_ratio).
   engine = metrics::InstrumentedEngine::Create(std::move(*engine), metrics->get());
   if (!engine.ok()) return fail("engine metrics", engine.status());

@@ -10,6 +10,7 @@
 
 #include "absl/strings/str_join.h"
 #include "moe/config/flags.h"
+#include "moe/experts/eviction_policy.h"
 
 namespace moe::config {
 
@@ -23,6 +24,50 @@ std::string_view EngineKindName(EngineKind kind) {
       return "cuda";
   }
   return "auto";
+}
+
+StatusOr<ByteBudget> ParseByteBudget(const std::string& text) {
+  auto bad = [&text]() {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "\"", text, "\" is not a byte size (e.g. 0, 1073741824, 512M, 24G) or a percentage (40%)"));
+  };
+  if (text.empty()) return bad();
+  size_t used = 0;
+  double value = 0;
+  try {
+    value = std::stod(text, &used);
+  } catch (...) {
+    return bad();
+  }
+  if (!(value >= 0) || text[0] == '-' || text[0] == '+') return bad();
+  const std::string suffix = text.substr(used);
+  ByteBudget b;
+  if (suffix == "%") {
+    if (value <= 0 || value > 100) return bad();
+    b.fraction = value / 100.0;
+    return b;
+  }
+  double scale = 1;
+  if (suffix.empty()) {
+    scale = 1;
+  } else if (suffix == "K" || suffix == "k") {
+    scale = 1024.0;
+  } else if (suffix == "M") {
+    scale = 1024.0 * 1024;
+  } else if (suffix == "G") {
+    scale = 1024.0 * 1024 * 1024;
+  } else if (suffix == "T") {
+    scale = 1024.0 * 1024 * 1024 * 1024;
+  } else {
+    return bad();
+  }
+  const double bytes = value * scale;
+  if (bytes > 9.0e18 ||
+      (suffix.empty() && value != static_cast<double>(static_cast<int64_t>(value)))) {
+    return bad();
+  }
+  b.bytes = static_cast<int64_t>(bytes);
+  return b;
 }
 
 namespace {
@@ -216,6 +261,14 @@ Status Validate(const DaemonOptions& o) {
   }
   if (o.engine.slots < 0 || o.engine.slots > 1024) {
     return OutOfRange("engine.slots", "a count in [0, 1024]", absl::StrCat(o.engine.slots));
+  }
+  if (Status b = ParseByteBudget(o.experts.cache_bytes).status(); !b.ok()) {
+    return OutOfRange("experts.cache_bytes", "a byte size (0, 512M, 24G) or a percentage (40%)",
+                      o.experts.cache_bytes);
+  }
+  if (!experts::ParseEvictionKind(o.experts.eviction).ok()) {
+    return OutOfRange("experts.eviction", "a policy: layer-lru, layer-lrfu, lru, lfu, lru2, reuse",
+                      o.experts.eviction);
   }
   static const std::set<std::string> kLevels = {"trace", "debug",    "info", "warn",
                                                 "error", "critical", "off"};

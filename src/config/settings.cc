@@ -54,6 +54,18 @@ std::vector<Setting> AllSettings(DaemonOptions* o) {
        &o->engine.threads},
       {"engine.slots", "--slots",
        "batches computed at once: engine slots, one swarm worker each (0 = 2)", &o->engine.slots},
+      {"experts.cache_bytes", "--expert-cache-bytes",
+       "CUDA engine: device memory for routed experts; 0 = all resident, bytes with an optional "
+       "K/M/G/T suffix (e.g. 24G), or a percentage of the free device memory (e.g. 40%)",
+       &o->experts.cache_bytes},
+      {"experts.eviction", "--expert-eviction",
+       "expert cache eviction policy: layer-lru | layer-lrfu | lru | lfu | lru2 | reuse",
+       &o->experts.eviction},
+      {"experts.prefetch", "--expert-prefetch",
+       "expert cache: gate-lookahead prefetch of the next layer's experts", &o->experts.prefetch},
+      {"experts.trace", "--expert-trace",
+       "expert cache: write a routing trace (layer, experts per batch) to this file",
+       &o->experts.trace},
       {"model.dir", "--model",
        "Hugging Face checkpoint directory (config.json + safetensors); "
        "empty = the embedded model, generated on first use",

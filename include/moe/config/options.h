@@ -51,6 +51,25 @@ struct EngineOptions {
   int slots = 0;                        // engine.slots: concurrent batches (0 = 2)
 };
 
+// GPU expert cache of the CUDA engine (docs/OPERATIONS.md, "Expert cache").
+struct ExpertOptions {
+  // experts.cache_bytes: device memory for routed experts. "0" = every expert resident (no
+  // cache); bytes, optionally with a K/M/G/T suffix (powers of 1024, e.g. "24G"); or a percentage
+  // of the device memory free at start-up, before the engine allocates ("40%").
+  std::string cache_bytes = "0";
+  std::string eviction = "layer-lru";  // experts.eviction: experts::ParseEvictionKind names
+  bool prefetch = true;                // experts.prefetch: gate-lookahead prefetch
+  std::string trace;                   // experts.trace: routing trace file ("" = none)
+};
+
+// experts.cache_bytes parsed: a byte count, or a fraction (0, 1] of free device memory.
+struct ByteBudget {
+  int64_t bytes = 0;
+  double fraction = 0;  // > 0: resolve against the free device memory at start-up
+};
+// "0", "123456", "512M", "24G", "1.5T", "40%". INVALID_ARGUMENT otherwise.
+StatusOr<ByteBudget> ParseByteBudget(const std::string& text);
+
 struct ModelOptions {
   std::string dir;        // model.dir: Hugging Face checkpoint dir ("" = embedded model)
   std::string cache_dir;  // model.cache_dir: where the embedded model is generated
@@ -67,6 +86,7 @@ struct DaemonOptions {
   ServerOptions server;
   SchedulerOptions scheduler;
   EngineOptions engine;
+  ExpertOptions experts;
   ModelOptions model;
   LoggingOptions logging;
 };

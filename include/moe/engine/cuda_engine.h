@@ -12,24 +12,74 @@
 // from device memory, so one graph serves any count up to its size and every layer.
 //
 // Weights are uploaded at Create, each (layer, expert) matrix in its own place, reached through
-// per-(layer, expert) pointer tables on the device (an expert cache may later repoint entries).
+// per-(layer, expert) pointer tables on the device.
+//
+// Expert cache (CudaEngineOptions::expert_cache.budget_bytes > 0): only routers, shared experts
+// and biases are uploaded; routed experts live in a fixed pool of device slots (one buffer per
+// shape class, experts::ExpertSlotPool decides which expert sits where) and are copied from the
+// host tier (the mmap'd checkpoint) on one copy stream on demand. Each layer forward then runs
+// the front kernels, copies the per-expert row offsets to the host (one host round trip per
+// layer: an offload cache must know what to load), and computes the routed experts in rounds
+// (resident ones first while missing ones load; a batch needing more experts than the budget
+// holds takes several rounds) through per-round pointer tables and tile lists; outputs are
+// bitwise those of the all-resident engine (same kernels, same launch capacity). No CUDA graphs
+// on that path. See src/engine/cuda/cached_forward.cc and docs/ARCHITECTURE.md.
 //
 // Thread safety: Forward()/EnqueueDevice() may run concurrently on different slots (each slot owns
-// a stream, workspaces, staging buffers and graphs); calls on one slot must not overlap. Everything
-// else is immutable after Create.
+// a stream, workspaces, staging buffers and graphs); calls on one slot must not overlap. The expert
+// cache (one per engine, shared by the slots) is internally synchronized; expert_cache_stats() and
+// the pool's Counters() may be called from any thread. Everything else is immutable after Create.
 #pragma once
 
 #include <cuda_runtime_api.h>
 
 #include <cstdint>
+#include <functional>
 #include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
 #include "moe/engine/engine.h"
+#include "moe/experts/eviction_policy.h"
+#include "moe/experts/slot_pool.h"
 #include "moe/model/model.h"
 
 namespace moe {
+
+// The GPU expert cache of one engine (see the file comment).
+struct ExpertCacheOptions {
+  // Device bytes for routed experts (slots). 0: every expert resident, no cache (the default).
+  int64_t budget_bytes = 0;
+  experts::EvictionKind eviction = experts::EvictionKind::kLayerLru;
+  // Gate-lookahead prefetch: after layer L routes, layer L+1's router is applied to layer L's
+  // input and the experts it selects are loaded into free or evictable slots.
+  bool prefetch = true;
+  int prefetch_max_loads = 0;  // per layer forward; 0 = every predicted expert
+  // Routing trace (experts::TraceRecorder text format); "" = none.
+  std::string trace_path;
+  // Host tier: register the mmap'd checkpoint for DMA (pinned-speed copies) when possible.
+  bool register_host_memory = true;
+  // Test hook: called on the forward's thread after each Acquire with the round just pinned
+  // (before any of its copies or kernels are enqueued) and the pool.
+  std::function<void(const experts::AcquireRound&, const experts::ExpertSlotPool&)> on_round;
+};
+
+// What the expert cache did so far (cumulative).
+struct ExpertCacheStats {
+  experts::ExpertCacheCounters counters;  // hits, misses, evictions, prefetch, copy wait, ...
+  int32_t slots = 0;                      // slots of the (single) shape class
+  int64_t slot_bytes = 0;
+  std::string host_tier;  // how copies are sourced (e.g. "registered-mmap", "pageable")
+  // Gate-lookahead prediction against the experts really routed (micro-averaged).
+  uint64_t predicted = 0, actual = 0, correct = 0;
+  double precision = 0, recall = 0;
+  uint64_t copy_busy_ns = 0;  // time the copy stream spent copying (timed batches of copies)
+  uint64_t copy_batches = 0;
+  uint64_t host_round_trips = 0;  // one per layer forward
+  uint64_t host_wait_ns = 0;      // host time blocked in them (routing result to the host)
+  uint64_t rounds = 0;            // cache rounds (>= layer forwards)
+};
 
 struct CudaEngineOptions {
   int device = 0;                   // CUDA device index
@@ -76,6 +126,7 @@ struct CudaEngineOptions {
   bool fused_decode_front = true;
   DecodeGemv decode_gemv = DecodeGemv::kAuto;
   bool narrow_decode_gate_up = false;
+  ExpertCacheOptions expert_cache;
 };
 
 // A forward on device buffers (benchmarks, future device-resident callers).
@@ -91,14 +142,16 @@ struct DeviceForwardArgs {
 class CudaEngine final : public Engine {
  public:
   // Uploads every MoE layer's weights (BF16 or F16; routers in other dtypes are converted) to
-  // `options.device` and allocates every workspace. INVALID_ARGUMENT for unsupported specs,
-  // FAILED_PRECONDITION without a usable device, RESOURCE_EXHAUSTED when device or pinned memory
-  // runs out.
+  // `options.device` and allocates every workspace. With an expert cache budget, uploads routers,
+  // shared experts and biases only and allocates the expert slots (experts load on demand).
+  // INVALID_ARGUMENT for unsupported specs or a budget smaller than one expert, FAILED_PRECONDITION
+  // without a usable device, RESOURCE_EXHAUSTED when device or pinned memory runs out.
   static StatusOr<std::unique_ptr<CudaEngine>> Create(std::shared_ptr<const Model> model,
                                                       const CudaEngineOptions& options);
   // Builds an engine whose weights (weight_dtype of `spec`) are generated on the device from
   // `seed`: uniform in [-1/sqrt(fan_in), 1/sqrt(fan_in)], router rows scaled for unit-variance
-  // logits. For benchmarks of shapes too large to build on the host.
+  // logits. For benchmarks of shapes too large to build on the host. No expert cache (there is no
+  // host tier): INVALID_ARGUMENT with a budget.
   static StatusOr<std::unique_ptr<CudaEngine>> CreateRandom(const MoeSpec& spec, uint64_t seed,
                                                             const CudaEngineOptions& options);
   ~CudaEngine() override;
@@ -110,13 +163,15 @@ class CudaEngine final : public Engine {
   // Host buffers in and out: stages through the slot's pinned buffers and waits for the result.
   Status Forward(const ForwardArgs& args) override;
 
-  // Enqueues one forward on device buffers on the slot's stream and returns without waiting.
+  // Enqueues one forward on device buffers on the slot's stream and returns without waiting (with
+  // an expert cache: after the layer's routing result reached the host, see the file comment).
   // The caller keeps input/output alive and unchanged until the stream reaches this point.
   Status EnqueueDevice(const DeviceForwardArgs& args);
   // The slot's stream (valid for the engine's lifetime).
   cudaStream_t stream(int slot) const;
 
-  // Device memory held for weights and pointer tables, and for one slot's workspaces.
+  // Device memory held for weights and pointer tables (with an expert cache: the resident weights,
+  // the expert slots and the cache's staging), and for one slot's workspaces.
   int64_t weight_device_bytes() const;
   int64_t workspace_device_bytes_per_slot() const;
   // "NVIDIA H100 80GB HBM3", 132, ...
@@ -124,6 +179,17 @@ class CudaEngine final : public Engine {
   int sm_count() const;
   // Whether the Hopper (wgmma) tiles are in use.
   bool uses_wgmma() const;
+
+  // Expert cache (null / FAILED_PRECONDITION without a budget). The pool outlives no engine: use
+  // it (e.g. metrics::ExpertCacheMetrics) only while the engine lives.
+  const experts::ExpertSlotPool* expert_cache_pool() const;
+  // Timings count once their events were read (at later forwards, or by QuiesceExpertCache).
+  StatusOr<ExpertCacheStats> expert_cache_stats() const;
+  // Waits for every expert copy and reads every pending timing; call only while no forward runs
+  // (benchmarks, tests). OK without a cache.
+  Status QuiesceExpertCache();
+  // Flushes the routing trace file (OK when there is none).
+  Status FlushExpertTrace();
 
   class Impl;
 

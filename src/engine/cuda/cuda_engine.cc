@@ -10,6 +10,8 @@
 
 #include "engine/cuda/cuda_raii.h"
 #include "engine/cuda/device_weights.h"
+#include "engine/cuda/engine_impl.h"
+#include "engine/cuda/expert_cache_runtime.h"
 #include "kernels/moe_kernels.h"
 #include "kernels/tile_heuristics.h"
 
@@ -20,8 +22,6 @@ using cuda::DeviceBuffer;
 using cuda::PinnedBuffer;
 
 namespace {
-
-constexpr int kMetaRing = 64;
 
 StatusOr<AType> ToAType(DType d) {
   switch (d) {
@@ -40,52 +40,18 @@ StatusOr<AType> ToAType(DType d) {
 
 }  // namespace
 
-// Thread safety: see the class comment; a Slot is touched only by calls on its slot.
-class CudaEngine::Impl {
- public:
-  struct Slot {
-    cuda::Stream stream;
-    DeviceBuffer meta;  // ForwardMeta
-    DeviceBuffer x_in, x, logits, topk_ids, topk_weights, ranks, counts, group_offsets, tiles,
-        n_tiles, perm_token, pair_row, shared_gate, h, y, hs, ys, out;
-    DeviceBuffer front_ticket;  // int32 ticket counter of the fused decode front (zero between)
-    PinnedBuffer in_stage, out_stage, ids_stage, weights_stage, meta_ring;
-    std::array<cuda::Event, kMetaRing> meta_events;
-    int meta_next = 0;
-    std::map<std::pair<int64_t, AType>, cuda::GraphExec> graphs;
-  };
-
-  MoeSpec spec;
-  CudaEngineOptions options;
-  std::shared_ptr<const Model> model;  // keeps the host weights alive (may be null)
-  cuda::DeviceWeights weights;
-  std::vector<std::unique_ptr<Slot>> slots;
-  std::string device_name;
-  int sms = 0;
-  bool wgmma = false;  // Hopper tiles in use
-  bool pdl = false;    // programmatic dependent launch between the layer's kernels (sm_90+)
-  int64_t workspace_bytes = 0;
-
-  static StatusOr<std::unique_ptr<Impl>> Prepare(const MoeSpec& spec, const CudaEngineOptions& o);
-  Status AllocateSlots();
-  Status EnqueueCore(Slot& s, int64_t capacity, AType atype);
-  Status EnqueueMeta(Slot& s, const cuda::ForwardMeta& meta, AType atype);
-  const int32_t* n_tokens_dev(const Slot& s) const {
-    return reinterpret_cast<const int32_t*>(s.meta.as<char>() +
-                                            offsetof(cuda::ForwardMeta, n_tokens));
-  }
-  const int32_t* layer_dev(const Slot& s) const {
-    return reinterpret_cast<const int32_t*>(s.meta.as<char>() +
-                                            offsetof(cuda::ForwardMeta, layer_pos));
-  }
-  int64_t wsize() const { return 2; }
-};
+CudaEngine::Impl::Impl() = default;
+CudaEngine::Impl::~Impl() = default;
 
 StatusOr<std::unique_ptr<CudaEngine::Impl>> CudaEngine::Impl::Prepare(const MoeSpec& spec,
                                                                       const CudaEngineOptions& o) {
   if (o.num_slots < 1 || o.max_batch_tokens < 1 || o.max_batch_tokens > (1LL << 30)) {
     return absl::InvalidArgumentError(
         "CudaEngineOptions: need num_slots >= 1 and 1 <= max_batch_tokens <= 2^30");
+  }
+  if (o.expert_cache.budget_bytes < 0 || o.expert_cache.prefetch_max_loads < 0) {
+    return absl::InvalidArgumentError(
+        "CudaEngineOptions: expert_cache.budget_bytes and prefetch_max_loads must be >= 0");
   }
   MOE_RETURN_IF_ERROR(cuda::DeviceWeights::CheckSpec(spec));
   int n_devices = 0;
@@ -131,6 +97,7 @@ Status CudaEngine::Impl::AllocateSlots() {
       cuda::MaxGroupedTiles(pairs, static_cast<int>(e), cuda::kTileShapes[0].bm);
   for (int n = 0; n < options.num_slots; ++n) {
     auto s = std::make_unique<Slot>();
+    s->index = n;
     MOE_ASSIGN_OR_RETURN(s->stream, cuda::CreateStream());
     int64_t bytes = 0;
     auto alloc = [&bytes](DeviceBuffer& b, int64_t size) -> Status {
@@ -177,8 +144,8 @@ Status CudaEngine::Impl::AllocateSlots() {
   return absl::OkStatus();
 }
 
-Status CudaEngine::Impl::EnqueueCore(Slot& s, int64_t capacity, AType atype) {
-  cudaStream_t st = s.stream.get();
+Status CudaEngine::Impl::BuildLayerLaunch(Slot& s, int64_t capacity, AType atype,
+                                          LayerLaunch* l) const {
   const cuda::WType wtype = weights.wtype;
   const bool split_lo = !((atype == AType::kBF16 && wtype == cuda::WType::kBF16) ||
                           (atype == AType::kF16 && wtype == cuda::WType::kF16));
@@ -204,21 +171,22 @@ Status CudaEngine::Impl::EnqueueCore(Slot& s, int64_t capacity, AType atype) {
       options.decode_gemv == CudaEngineOptions::DecodeGemv::kAlways ? cuda::GemvPolicy::kAlways
       : options.decode_gemv == CudaEngineOptions::DecodeGemv::kAuto ? cuda::GemvPolicy::kAuto
                                                                     : cuda::GemvPolicy::kNever;
-  in.wgmma_tile = options.hopper_tile == CudaEngineOptions::HopperTile::kWide
-                      ? cuda::GemmTile::kWgmma
-                  : options.hopper_tile == CudaEngineOptions::HopperTile::kTwoPerSm
-                      ? cuda::GemmTile::kWgmma2
-                  : options.hopper_tile == CudaEngineOptions::HopperTile::kWideWarpSpecialized
-                      ? cuda::GemmTile::kWgmmaWs
-                      : cuda::GemmTile::kWgmmaTall;
-  const cuda::MoePlan plan = cuda::PlanMoe(in);
+  in.wgmma_tile =
+      options.hopper_tile == CudaEngineOptions::HopperTile::kWide       ? cuda::GemmTile::kWgmma
+      : options.hopper_tile == CudaEngineOptions::HopperTile::kTwoPerSm ? cuda::GemmTile::kWgmma2
+      : options.hopper_tile == CudaEngineOptions::HopperTile::kWideWarpSpecialized
+          ? cuda::GemmTile::kWgmmaWs
+          : cuda::GemmTile::kWgmmaTall;
+  l->capacity = capacity;
+  l->plan = cuda::PlanMoe(in);
+  const cuda::MoePlan& plan = l->plan;
   const cuda::GemmTile gated_tile = options.narrow_decode_gate_up ? plan.gated_tile : plan.tile;
 
   // NOTES: with PDL every kernel but the first of the forward is launched with the attribute (each
   // waits for its predecessor, see kernels/pdl.cuh); the first follows a memset or the meta copy.
   // The fused front (1-4 below in one kernel) leaves out the router's split-K partials and the
   // hi+lo split, so it is kept out of deterministic mode.
-  const bool fused_front =
+  l->fused_front =
       options.fused_decode_front && !options.deterministic && cuda::CanFuseFront(capacity, e, nr);
   // NOTES: PDL stays off when the GEMMs are the wgmma tiles (large batches): those kernels launch
   // without it, so only routing and combine could overlap, and the one such point measured with it
@@ -231,10 +199,10 @@ Status CudaEngine::Impl::EnqueueCore(Slot& s, int64_t capacity, AType atype) {
     return p;
   };
 
+  const bool fused_front = l->fused_front;
   // 1. Zero the per-expert counters (unless routing and scan run as one block); convert the input.
-  const bool route_scan = cuda::CanRouteScan(capacity, e);
-  if (!route_scan) CUDA_RETURN_IF_ERROR(cudaMemsetAsync(s.counts.get(), 0, s.counts.bytes(), st));
-  cuda::ConvertArgs conv;
+  l->route_scan = cuda::CanRouteScan(capacity, e);
+  cuda::ConvertArgs& conv = l->conv;
   conv.meta = meta;
   conv.atype = atype;
   conv.wtype = wtype;
@@ -242,13 +210,10 @@ Status CudaEngine::Impl::EnqueueCore(Slot& s, int64_t capacity, AType atype) {
   conv.capacity = capacity;
   conv.split_lo = split_lo;
   conv.x = s.x.get();
-  if (!fused_front) {
-    conv.pdl = pdl_next();
-    MOE_RETURN_IF_ERROR(cuda::LaunchConvert(conv, st));
-  }
+  if (!fused_front) conv.pdl = pdl_next();
 
   // 2. Router GEMM -> f32 logits (split-K partials).
-  cuda::GemmArgs router;
+  cuda::GemmArgs& router = l->router;
   router.tile = plan.tile;
   router.wtype = wtype;
   router.a = s.x.get();
@@ -269,11 +234,10 @@ Status CudaEngine::Impl::EnqueueCore(Slot& s, int64_t capacity, AType atype) {
   if (!fused_front) {
     router.pdl = pdl_next();
     router.prefetch_weights = true;  // rows from the meta (copied before the graph), weights fixed
-    MOE_RETURN_IF_ERROR(cuda::LaunchGemm(router, st));
   }
 
   // 3. Routing, 4. offsets + tiles + permutation.
-  cuda::RouteArgs route;
+  cuda::RouteArgs& route = l->route;
   route.meta = meta;
   const RoutingSpec& rs = spec.routing;
   route.routing.n_experts = e;
@@ -301,7 +265,7 @@ Status CudaEngine::Impl::EnqueueCore(Slot& s, int64_t capacity, AType atype) {
   route.shared_gate = s.shared_gate.as<float>();
 
   const cuda::TileShape& shape = cuda::ShapeOf(plan.tile);
-  cuda::ScanArgs scan;
+  cuda::ScanArgs& scan = l->scan;
   scan.meta = meta;
   scan.n_experts = e;
   scan.top_k = k;
@@ -316,7 +280,7 @@ Status CudaEngine::Impl::EnqueueCore(Slot& s, int64_t capacity, AType atype) {
   scan.perm_token = s.perm_token.as<int32_t>();
   scan.pair_row = s.pair_row.as<int32_t>();
   if (fused_front) {
-    cuda::FrontArgs front;
+    cuda::FrontArgs& front = l->front;
     front.convert = conv;
     front.route = route;
     front.route.splits = 1;
@@ -327,19 +291,15 @@ Status CudaEngine::Impl::EnqueueCore(Slot& s, int64_t capacity, AType atype) {
     front.router_rows = nr;
     front.ticket = s.front_ticket.as<int32_t>();
     front.convert.pdl = pdl_next();
-    MOE_RETURN_IF_ERROR(cuda::LaunchFront(front, st));
-  } else if (route_scan) {
+  } else if (l->route_scan) {
     route.pdl = pdl_next();
-    MOE_RETURN_IF_ERROR(cuda::LaunchRouteScan(route, scan, st));
   } else {
     route.pdl = pdl_next();
     scan.pdl = pdl_next();
-    MOE_RETURN_IF_ERROR(cuda::LaunchRoute(route, st));
-    MOE_RETURN_IF_ERROR(cuda::LaunchScan(scan, st));
   }
 
   // 5. Routed experts: gate/up (+SiLU*mul) gathered through the permutation, then down.
-  cuda::GemmArgs gu;
+  cuda::GemmArgs& gu = l->gate_up;
   gu.tile = gated_tile;
   gu.pdl = pdl_next();
   gu.gated = true;
@@ -360,14 +320,10 @@ Status CudaEngine::Impl::EnqueueCore(Slot& s, int64_t capacity, AType atype) {
   gu.k = hd;
   gu.c = s.h.get();
   gu.ldc = inter;
-  if (plan.decode_gemv) {
-    gu.tile = plan.tile;
-    MOE_RETURN_IF_ERROR(cuda::LaunchDecodeGemv(gu, st));
-  } else {
-    MOE_RETURN_IF_ERROR(cuda::LaunchGemm(gu, st));
-  }
+  if (plan.decode_gemv) gu.tile = plan.tile;
 
-  cuda::GemmArgs down = gu;
+  cuda::GemmArgs& down = l->down;
+  down = gu;
   down.tile = plan.tile;
   down.pdl = pdl_next();
   down.prefetch_weights = true;  // tile list from the routing kernel, two launches back
@@ -385,12 +341,11 @@ Status CudaEngine::Impl::EnqueueCore(Slot& s, int64_t capacity, AType atype) {
   down.splits = plan.down_splits;
   down.out_f32 = plan.down_splits > 1;
   down.split_stride = capacity * k * hd;
-  MOE_RETURN_IF_ERROR(plan.decode_gemv ? cuda::LaunchDecodeGemv(down, st)
-                                       : cuda::LaunchGemm(down, st));
 
   // 6. Shared expert over all tokens.
+  l->has_shared = is > 0;
   if (is > 0) {
-    cuda::GemmArgs sgu;
+    cuda::GemmArgs& sgu = l->shared_gate_up;
     sgu.tile = plan.tile;
     sgu.gated = true;
     sgu.wtype = wtype;
@@ -409,9 +364,8 @@ Status CudaEngine::Impl::EnqueueCore(Slot& s, int64_t capacity, AType atype) {
     sgu.ldc = is;
     sgu.pdl = pdl_next();
     sgu.prefetch_weights = true;  // dense rows from the meta, A (x) from >= 2 launches back
-    MOE_RETURN_IF_ERROR(plan.shared_gemv ? cuda::LaunchDecodeGemv(sgu, st)
-                                         : cuda::LaunchGemm(sgu, st));
-    cuda::GemmArgs sd = sgu;
+    cuda::GemmArgs& sd = l->shared_down;
+    sd = sgu;
     sd.pdl = pdl_next();
     sd.gated = false;
     sd.a = s.hs.get();
@@ -426,12 +380,10 @@ Status CudaEngine::Impl::EnqueueCore(Slot& s, int64_t capacity, AType atype) {
     sd.splits = plan.shared_down_splits;
     sd.out_f32 = plan.shared_down_splits > 1;
     sd.split_stride = capacity * hd;
-    MOE_RETURN_IF_ERROR(plan.shared_gemv ? cuda::LaunchDecodeGemv(sd, st)
-                                         : cuda::LaunchGemm(sd, st));
   }
 
   // 7. Combine back to token order in the activation dtype.
-  cuda::CombineArgs comb;
+  cuda::CombineArgs& comb = l->combine;
   comb.meta = meta;
   comb.atype = atype;
   comb.wtype = wtype;
@@ -452,7 +404,94 @@ Status CudaEngine::Impl::EnqueueCore(Slot& s, int64_t capacity, AType atype) {
     comb.shared_gate = spec.shared_expert_gate ? s.shared_gate.as<float>() : nullptr;
   }
   comb.pdl = pdl_next();
-  return cuda::LaunchCombine(comb, st);
+
+  // 5'. Decode experts (all-resident forwards of a few tokens): gate/up per (token, k) pair, then
+  // the shared expert, then down + combine in one kernel; the front routes only (no scan).
+  l->decode_experts = plan.decode_gemv && cache == nullptr;
+  if (l->decode_experts) {
+    cuda::DecodeExpertsArgs& dx = l->decode;
+    dx.meta = meta;
+    dx.wtype = wtype;
+    dx.atype = atype;
+    dx.hidden = hd;
+    dx.inter = inter;
+    dx.n_experts = e;
+    dx.top_k = k;
+    dx.capacity = capacity;
+    dx.x = s.x.get();
+    dx.ldx = 2 * hd;
+    dx.topk_ids = s.topk_ids.as<int32_t>();
+    dx.topk_weights = s.topk_weights.as<float>();
+    dx.gate_table = weights.table(weights.gate_table);
+    dx.up_table = weights.table(weights.up_table);
+    dx.down_table = weights.table(weights.down_table);
+    dx.layer_dev = layer_dev(s);
+    dx.h = s.h.get();
+    dx.ys = comb.ys;
+    dx.ys_f32 = comb.ys_f32;
+    dx.ys_splits = comb.ys_splits;
+    dx.ys_split_stride = comb.ys_split_stride;
+    dx.shared_gate = comb.shared_gate;
+    dx.sm_count = sms;
+    dx.pdl = gu.pdl;  // not the first kernel: the same for every later launch
+    l->front.skip_scan = fused_front;
+  }
+  return absl::OkStatus();
+}
+
+Status CudaEngine::Impl::LaunchFrontPhase(Slot& s, const LayerLaunch& l) const {
+  cudaStream_t st = s.stream.get();
+  if (!l.route_scan) {
+    CUDA_RETURN_IF_ERROR(cudaMemsetAsync(s.counts.get(), 0, s.counts.bytes(), st));
+  }
+  if (l.fused_front) return cuda::LaunchFront(l.front, st);
+  MOE_RETURN_IF_ERROR(cuda::LaunchConvert(l.conv, st));
+  MOE_RETURN_IF_ERROR(cuda::LaunchGemm(l.router, st));
+  if (l.route_scan) return cuda::LaunchRouteScan(l.route, l.scan, st);
+  MOE_RETURN_IF_ERROR(cuda::LaunchRoute(l.route, st));
+  return cuda::LaunchScan(l.scan, st);
+}
+
+Status CudaEngine::Impl::LaunchRoutedPhase(const LayerLaunch& l, const cuda::GemmArgs& gate_up,
+                                           const cuda::GemmArgs& down, cudaStream_t st) const {
+  if (l.plan.decode_gemv) {
+    MOE_RETURN_IF_ERROR(cuda::LaunchDecodeGemv(gate_up, st));
+    return cuda::LaunchDecodeGemv(down, st);
+  }
+  MOE_RETURN_IF_ERROR(cuda::LaunchGemm(gate_up, st));
+  return cuda::LaunchGemm(down, st);
+}
+
+Status CudaEngine::Impl::LaunchSharedPhase(const LayerLaunch& l, cudaStream_t st) const {
+  if (!l.has_shared) return absl::OkStatus();
+  if (l.plan.shared_gemv) {
+    MOE_RETURN_IF_ERROR(cuda::LaunchDecodeGemv(l.shared_gate_up, st));
+    return cuda::LaunchDecodeGemv(l.shared_down, st);
+  }
+  MOE_RETURN_IF_ERROR(cuda::LaunchGemm(l.shared_gate_up, st));
+  return cuda::LaunchGemm(l.shared_down, st);
+}
+
+Status CudaEngine::Impl::EnqueueCore(Slot& s, int64_t capacity, AType atype) {
+  LayerLaunch l;
+  MOE_RETURN_IF_ERROR(BuildLayerLaunch(s, capacity, atype, &l));
+  cudaStream_t st = s.stream.get();
+  MOE_RETURN_IF_ERROR(LaunchFrontPhase(s, l));
+  if (l.decode_experts) {
+    MOE_RETURN_IF_ERROR(cuda::LaunchDecodeGateUp(l.decode, st));
+    MOE_RETURN_IF_ERROR(LaunchSharedPhase(l, st));
+    return cuda::LaunchDecodeDownCombine(l.decode, st);
+  }
+  MOE_RETURN_IF_ERROR(LaunchRoutedPhase(l, l.gate_up, l.down, st));
+  MOE_RETURN_IF_ERROR(LaunchSharedPhase(l, st));
+  return cuda::LaunchCombine(l.combine, st);
+}
+
+int64_t CudaEngine::Impl::LaunchCapacity(int64_t n_tokens) const {
+  const auto& sizes = options.graph_batch_sizes;
+  const auto it = std::lower_bound(sizes.begin(), sizes.end(), n_tokens);
+  if (it == sizes.end() || *it > options.max_batch_tokens) return n_tokens;
+  return *it;
 }
 
 Status CudaEngine::Impl::EnqueueMeta(Slot& s, const cuda::ForwardMeta& meta, AType atype) {
@@ -467,12 +506,13 @@ Status CudaEngine::Impl::EnqueueMeta(Slot& s, const cuda::ForwardMeta& meta, ATy
       cudaMemcpyAsync(s.meta.get(), host, sizeof(meta), cudaMemcpyHostToDevice, st));
   CUDA_RETURN_IF_ERROR(cudaEventRecord(s.meta_events[idx].get(), st));
 
-  const auto& sizes = options.graph_batch_sizes;
-  const auto it = std::lower_bound(sizes.begin(), sizes.end(), static_cast<int64_t>(meta.n_tokens));
-  if (it == sizes.end() || *it > options.max_batch_tokens) {
+  // With an expert cache budget: no graphs (the routed phase depends on what is resident).
+  if (cache != nullptr) return EnqueueCached(s, meta, atype);
+  const int64_t capacity = LaunchCapacity(meta.n_tokens);
+  if (capacity == meta.n_tokens && !std::binary_search(options.graph_batch_sizes.begin(),
+                                                       options.graph_batch_sizes.end(), capacity)) {
     return EnqueueCore(s, meta.n_tokens, atype);
   }
-  const int64_t capacity = *it;
   auto g = s.graphs.find({capacity, atype});
   if (g == s.graphs.end()) {
     // Capture on first use of this (size, dtype) on this slot.
@@ -505,14 +545,27 @@ StatusOr<std::unique_ptr<CudaEngine>> CudaEngine::Create(std::shared_ptr<const M
   if (model == nullptr) return absl::InvalidArgumentError("CudaEngine::Create: null model");
   MOE_ASSIGN_OR_RETURN(std::unique_ptr<Impl> impl, Impl::Prepare(model->spec(), options));
   impl->model = std::move(model);
-  MOE_ASSIGN_OR_RETURN(impl->weights,
-                       cuda::DeviceWeights::Upload(*impl->model, /*stream=*/nullptr));
+  const bool cached = options.expert_cache.budget_bytes > 0;
+  MOE_ASSIGN_OR_RETURN(impl->weights, cuda::DeviceWeights::Upload(*impl->model, /*stream=*/nullptr,
+                                                                  /*routed_experts=*/!cached));
   MOE_RETURN_IF_ERROR(impl->AllocateSlots());
+  if (cached) {
+    cuda::ExpertCacheRuntime::Options ro;
+    ro.device = options.device;
+    ro.num_engine_slots = options.num_slots;
+    ro.max_batch_tokens = options.max_batch_tokens;
+    ro.cache = options.expert_cache;
+    MOE_ASSIGN_OR_RETURN(impl->cache, cuda::ExpertCacheRuntime::Create(impl->model, ro));
+  }
   return std::unique_ptr<CudaEngine>(new CudaEngine(std::move(impl)));
 }
 
 StatusOr<std::unique_ptr<CudaEngine>> CudaEngine::CreateRandom(const MoeSpec& spec, uint64_t seed,
                                                                const CudaEngineOptions& options) {
+  if (options.expert_cache.budget_bytes != 0) {
+    return absl::InvalidArgumentError(
+        "CudaEngine::CreateRandom: an expert cache needs a host tier (use Create with a model)");
+  }
   MOE_ASSIGN_OR_RETURN(std::unique_ptr<Impl> impl, Impl::Prepare(spec, options));
   MOE_ASSIGN_OR_RETURN(impl->weights, cuda::DeviceWeights::Random(spec, seed, /*stream=*/nullptr));
   MOE_RETURN_IF_ERROR(impl->AllocateSlots());
@@ -523,11 +576,32 @@ const MoeSpec& CudaEngine::spec() const { return impl_->spec; }
 int CudaEngine::num_slots() const { return impl_->options.num_slots; }
 int64_t CudaEngine::max_batch_tokens() const { return impl_->options.max_batch_tokens; }
 cudaStream_t CudaEngine::stream(int slot) const { return impl_->slots[slot]->stream.get(); }
-int64_t CudaEngine::weight_device_bytes() const { return impl_->weights.device_bytes; }
+int64_t CudaEngine::weight_device_bytes() const {
+  return impl_->weights.device_bytes + (impl_->cache ? impl_->cache->device_bytes() : 0);
+}
 int64_t CudaEngine::workspace_device_bytes_per_slot() const { return impl_->workspace_bytes; }
 const std::string& CudaEngine::device_name() const { return impl_->device_name; }
 int CudaEngine::sm_count() const { return impl_->sms; }
 bool CudaEngine::uses_wgmma() const { return impl_->wgmma; }
+
+const experts::ExpertSlotPool* CudaEngine::expert_cache_pool() const {
+  return impl_->cache ? &impl_->cache->pool() : nullptr;
+}
+
+StatusOr<ExpertCacheStats> CudaEngine::expert_cache_stats() const {
+  if (!impl_->cache) return absl::FailedPreconditionError("the engine has no expert cache");
+  return impl_->cache->Stats();
+}
+
+Status CudaEngine::QuiesceExpertCache() {
+  if (!impl_->cache) return absl::OkStatus();
+  CUDA_RETURN_IF_ERROR(cudaSetDevice(impl_->options.device));
+  return impl_->cache->Quiesce();
+}
+
+Status CudaEngine::FlushExpertTrace() {
+  return impl_->cache ? impl_->cache->FlushTrace() : absl::OkStatus();
+}
 
 Status CudaEngine::EnqueueDevice(const DeviceForwardArgs& args) {
   ForwardArgs check;

@@ -15,7 +15,7 @@ struct LayerLayout {
 
 int64_t AlignUp(int64_t v) { return (v + 255) / 256 * 256; }
 
-LayerLayout MakeLayout(const DeviceWeights& w) {
+LayerLayout MakeLayout(const DeviceWeights& w, bool routed_experts) {
   LayerLayout l;
   const int64_t es = 2;
   l.router_bytes = static_cast<int64_t>(w.router_rows) * 2 * w.hidden * es;
@@ -32,7 +32,7 @@ LayerLayout MakeLayout(const DeviceWeights& w) {
   off = AlignUp(off + l.shared_proj_bytes);
   l.experts = off;
   l.expert_stride = AlignUp(3 * l.proj_bytes);
-  l.total = off + l.expert_stride * w.n_experts;
+  l.total = off + (routed_experts ? l.expert_stride * w.n_experts : 0);
   return l;
 }
 
@@ -62,7 +62,7 @@ Status AllocateAndBuildTables(DeviceWeights& w, const LayerLayout& l, cudaStream
     sg[i] = base + l.shared_gate;
     su[i] = base + l.shared_up;
     sd[i] = base + l.shared_down;
-    for (int e = 0; e < w.n_experts; ++e) {
+    for (int e = 0; e < w.n_experts && w.routed_resident; ++e) {
       char* ex = base + l.experts + e * l.expert_stride;
       gate[i * w.n_experts + e] = ex;
       up[i * w.n_experts + e] = ex + l.proj_bytes;
@@ -137,11 +137,13 @@ Status DeviceWeights::CheckSpec(const MoeSpec& spec) {
   return absl::OkStatus();
 }
 
-StatusOr<DeviceWeights> DeviceWeights::Upload(const Model& model, cudaStream_t stream) {
+StatusOr<DeviceWeights> DeviceWeights::Upload(const Model& model, cudaStream_t stream,
+                                              bool routed_experts) {
   const MoeSpec& spec = model.spec();
   MOE_RETURN_IF_ERROR(CheckSpec(spec));
   DeviceWeights w = Shape(spec);
-  const LayerLayout l = MakeLayout(w);
+  w.routed_resident = routed_experts;
+  const LayerLayout l = MakeLayout(w, routed_experts);
   MOE_RETURN_IF_ERROR(AllocateAndBuildTables(w, l, stream));
   const DType wd = spec.weight_dtype;
   const int64_t h = w.hidden;
@@ -199,6 +201,7 @@ StatusOr<DeviceWeights> DeviceWeights::Upload(const Model& model, cudaStream_t s
       MOE_RETURN_IF_ERROR(CheckTensor(ex.gate, wd, w.inter, h));
       MOE_RETURN_IF_ERROR(CheckTensor(ex.up, wd, w.inter, h));
       MOE_RETURN_IF_ERROR(CheckTensor(ex.down, wd, h, w.inter));
+      if (!routed_experts) continue;  // the expert cache copies them on demand
       char* dst = base + l.experts + e * l.expert_stride;
       MOE_RETURN_IF_ERROR(CopyMatrix(ex.gate, dst, stream));
       MOE_RETURN_IF_ERROR(CopyMatrix(ex.up, dst + l.proj_bytes, stream));
@@ -214,7 +217,7 @@ StatusOr<DeviceWeights> DeviceWeights::Random(const MoeSpec& spec, uint64_t seed
                                               cudaStream_t stream) {
   MOE_RETURN_IF_ERROR(CheckSpec(spec));
   DeviceWeights w = Shape(spec);
-  const LayerLayout l = MakeLayout(w);
+  const LayerLayout l = MakeLayout(w, /*routed_experts=*/true);
   MOE_RETURN_IF_ERROR(AllocateAndBuildTables(w, l, stream));
   const int64_t h = w.hidden;
   const float s_in = 1.0f / std::sqrt(static_cast<float>(h));

@@ -26,6 +26,9 @@ struct DeviceWeights {
   int shared_inter = 0;  // 0: no shared expert
   int router_rows = 0;   // n_experts (+1 with a shared-expert gate)
   bool has_bias = false;
+  // False with an expert cache: the routed experts are not uploaded and the gate/up/down tables
+  // hold null pointers (the cache builds per-round tables instead).
+  bool routed_resident = true;
   std::map<int, int> layer_pos;  // decoder layer index -> position in the tables
 
   std::vector<DeviceBuffer> blobs;  // one per layer
@@ -46,8 +49,10 @@ struct DeviceWeights {
 
   // Checks that the engine supports `spec` (dtypes, sizes, routing limits).
   static Status CheckSpec(const MoeSpec& spec);
-  // Copies every MoE layer of `model` to the current device.
-  static StatusOr<DeviceWeights> Upload(const Model& model, cudaStream_t stream);
+  // Copies every MoE layer of `model` to the current device; routers, shared experts and biases
+  // only when `routed_experts` is false (the routed experts' shapes are still checked).
+  static StatusOr<DeviceWeights> Upload(const Model& model, cudaStream_t stream,
+                                        bool routed_experts = true);
   // Generates weights for the layers in spec.moe_layers on the current device.
   static StatusOr<DeviceWeights> Random(const MoeSpec& spec, uint64_t seed, cudaStream_t stream);
 };

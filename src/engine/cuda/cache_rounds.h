@@ -1,0 +1,42 @@
+// Host-side pieces of the cached forward that need no GPU (unit-tested on the CPU):
+//   1. ActiveExperts: which experts a batch routed to, from the scan's per-expert row offsets.
+//   2. AppendExpertTiles: the grouped GEMMs' tile list restricted to some experts -- exactly the
+//      entries the scan kernel writes for them ({expert, first row} every `bm` rows), so a round
+//      computes each of its experts' rows with the same tiles as the all-resident forward.
+//   3. RankPredictedExperts: the gate-lookahead prediction (the next layer's routing of this
+//      layer's input) as an expert ranking for ExpertSlotPool::Prefetch.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "moe/common/status.h"
+
+namespace moe::cuda {
+
+// One entry of a grouped GEMM tile list: the kernels' int2 {group, first row}.
+struct TileEntry {
+  int32_t group = 0;
+  int32_t row = 0;
+};
+static_assert(sizeof(TileEntry) == 8, "TileEntry must match the kernels' int2");
+
+// `offsets` [n_experts + 1]: expert e's sorted rows are [offsets[e], offsets[e + 1]).
+// INVALID_ARGUMENT unless offsets[0] == 0, they never decrease and offsets[n_experts] == rows.
+Status CheckOffsets(std::span<const int32_t> offsets, int64_t rows);
+
+// Experts with at least one row, ascending.
+std::vector<int32_t> ActiveExperts(std::span<const int32_t> offsets);
+
+// Appends the tiles of each expert of `experts` (in that order) to `out`: {e, offsets[e] + j * bm}
+// for j = 0, 1, ... while below offsets[e + 1]. Experts outside the offsets are skipped.
+void AppendExpertTiles(std::span<const int32_t> offsets, std::span<const int32_t> experts, int bm,
+                       std::vector<TileEntry>* out);
+
+// The distinct experts of `ids` ([n_tokens, top_k], -1 or out-of-range entries ignored) ranked by
+// the sum of their routing weights over tokens (most likely first; ties -> lower id).
+std::vector<int32_t> RankPredictedExperts(std::span<const int32_t> ids,
+                                          std::span<const float> weights, int32_t n_experts);
+
+}  // namespace moe::cuda

@@ -1,0 +1,204 @@
+// The layer forward with an expert cache budget (CudaEngine::Impl::EnqueueCached).
+//
+// 1. Front kernels as in the all-resident forward (convert, router, routing, scan), at the same
+//    launch capacity, so routing, permutation and tile heights are the same.
+// 2. Gate-lookahead (prefetch on, a next MoE layer exists): the next layer's router GEMM on this
+//    layer's converted input and the routing kernel (plain top-k, no bias) -> predicted ids and
+//    weights.
+// 3. D2H of the per-expert row offsets (and the prediction) into pinned memory, an event; then the
+//    shared expert's GEMMs are enqueued (they need no routed expert) and the host waits for the
+//    event: the one host round trip of the layer, overlapped with the shared expert.
+// 4. Rounds: Acquire the routed experts (resident first, then in flight, then loads; misses are
+//    copied on the copy stream after the reuse fences of their slots). Per round, one pointer
+//    table per projection ([n_experts], entries of this round's experts point into their slots;
+//    b_layer_stride 0) and a tile list with only this round's experts, built on the host from the
+//    offsets, go up from pinned memory on the compute stream. The resident experts' GEMMs are
+//    launched first; then the compute stream waits for the loads (timed) and the rest run.
+//    A release fence after the GEMMs, Release, and the deferred experts make the next round.
+// 5. Prefetch of the predicted experts (after the demand loads on the copy stream), combine.
+// Every row of every expert is computed by the same kernel and tile as in the all-resident
+// forward (same plan, same tile entries), and split-K partials and the combine are unchanged,
+// so the outputs are bitwise identical.
+#include <chrono>
+#include <cstring>
+#include <vector>
+
+#include "engine/cuda/cache_rounds.h"
+#include "engine/cuda/engine_impl.h"
+#include "engine/cuda/expert_cache_runtime.h"
+
+namespace moe {
+
+using cuda::ExpertCacheRuntime;
+
+namespace {
+
+// Launches the gate-lookahead of `next_pos` (2. above) on `st`; results stay on the device.
+Status LaunchLookahead(const LayerLaunch& l, const cuda::DeviceWeights& w, int next_pos,
+                       ExpertCacheRuntime::EngineSlot& es, cudaStream_t st) {
+  cuda::GemmArgs router = l.router;
+  router.b0_table = w.table(w.router_table) + next_pos;  // entry 0 = the next layer's router
+  router.layer_dev = nullptr;
+  router.b_layer_stride = 0;
+  router.c = es.la_logits.get();
+  router.splits = 1;
+  router.split_stride = 0;
+  router.pdl = false;
+  router.prefetch_weights = false;
+  MOE_RETURN_IF_ERROR(cuda::LaunchGemm(router, st));
+  CUDA_RETURN_IF_ERROR(cudaMemsetAsync(es.la_counts.get(), 0, es.la_counts.bytes(), st));
+  cuda::RouteArgs route = l.route;
+  route.logits = es.la_logits.as<float>();
+  route.splits = 1;
+  route.split_stride = 0;
+  route.routing.has_bias = false;  // a prediction: plain scores
+  route.routing.has_shared_gate = false;
+  route.bias = nullptr;
+  route.shared_gate = nullptr;
+  route.topk_ids = es.la_ids_dev.as<int32_t>();
+  route.topk_weights = es.la_weights_dev.as<float>();
+  route.ranks = es.la_ranks.as<int32_t>();
+  route.counts = es.la_counts.as<int32_t>();
+  route.pdl = false;
+  return cuda::LaunchRoute(route, st);
+}
+
+}  // namespace
+
+Status CudaEngine::Impl::EnqueueCached(Slot& s, const cuda::ForwardMeta& meta, cuda::AType atype) {
+  ExpertCacheRuntime& rt = *cache;
+  ExpertCacheRuntime::EngineSlot& es = rt.engine_slot(s.index);
+  cudaStream_t st = s.stream.get();
+  const int e = spec.n_experts(), k = spec.top_k();
+  const int64_t n = meta.n_tokens;
+  const int32_t layer = spec.moe_layers.at(static_cast<size_t>(meta.layer_pos));
+  const int next_pos = meta.layer_pos + 1;
+  const bool predict = rt.options().prefetch && next_pos < static_cast<int>(spec.moe_layers.size());
+
+  // 1-3: front, lookahead, routing result to the host, shared expert.
+  LayerLaunch l;
+  MOE_RETURN_IF_ERROR(BuildLayerLaunch(s, LaunchCapacity(n), atype, &l));
+  MOE_RETURN_IF_ERROR(LaunchFrontPhase(s, l));
+  if (predict) MOE_RETURN_IF_ERROR(LaunchLookahead(l, weights, next_pos, es, st));
+  CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(es.offsets.get(), s.group_offsets.get(),
+                                       static_cast<size_t>(e + 1) * 4, cudaMemcpyDeviceToHost, st));
+  const size_t pair_bytes = static_cast<size_t>(n) * k * 4;
+  if (predict) {
+    CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(es.la_ids.get(), es.la_ids_dev.get(), pair_bytes,
+                                         cudaMemcpyDeviceToHost, st));
+    CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(es.la_weights.get(), es.la_weights_dev.get(), pair_bytes,
+                                         cudaMemcpyDeviceToHost, st));
+  }
+  CUDA_RETURN_IF_ERROR(cudaEventRecord(es.routed.get(), st));
+  if (l.has_shared) {
+    // Out of its all-resident place (after the routed GEMMs): no PDL overlap with a predecessor
+    // whose outputs it might read early.
+    cuda::GemmArgs sgu = l.shared_gate_up;
+    sgu.pdl = false;
+    sgu.prefetch_weights = false;
+    LayerLaunch shared = l;
+    shared.shared_gate_up = sgu;
+    MOE_RETURN_IF_ERROR(LaunchSharedPhase(shared, st));
+  }
+  const auto wait_start = std::chrono::steady_clock::now();
+  CUDA_RETURN_IF_ERROR(cudaEventSynchronize(es.routed.get()));
+  const int64_t wait_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                              std::chrono::steady_clock::now() - wait_start)
+                              .count();
+  const std::span<const int32_t> offsets(es.offsets.as<int32_t>(), static_cast<size_t>(e) + 1);
+  MOE_RETURN_IF_ERROR(cuda::CheckOffsets(offsets, n * k));
+  const std::vector<int32_t> active = cuda::ActiveExperts(offsets);
+  MOE_RETURN_IF_ERROR(rt.OnRouted(s.index, layer, active, wait_ns));
+
+  // 4: rounds.
+  std::vector<experts::ExpertKey> remaining;
+  remaining.reserve(active.size());
+  for (const int32_t x : active) remaining.push_back({layer, x});
+  const int bm = cuda::ShapeOf(l.plan.tile).bm;
+  const cuda::ExpertSlotLayout& layout = rt.layout();
+  std::vector<cuda::TileEntry> tiles;
+  std::vector<int32_t> resident, waiting;
+  while (!remaining.empty()) {
+    MOE_ASSIGN_OR_RETURN(const experts::AcquireRound round, rt.AcquireAndLoad(remaining));
+    if (rt.options().on_round) rt.options().on_round(round, rt.pool());
+
+    // Pointer tables and tile lists of this round in the next ring entry.
+    auto& entry = es.rounds[static_cast<size_t>(es.next_round)];
+    es.next_round = (es.next_round + 1) % static_cast<int>(es.rounds.size());
+    CUDA_RETURN_IF_ERROR(cudaEventSynchronize(entry.uploaded.get()));
+    char* host = entry.host.as<char>();
+    const void** gate = reinterpret_cast<const void**>(host);
+    const void** up = gate + e;
+    const void** down = up + e;
+    int32_t* counts = reinterpret_cast<int32_t*>(down + e);
+    resident.clear();
+    waiting.clear();
+    for (const experts::RoundEntry& re : round.entries) {
+      const char* base = rt.SlotAddress(re.slot);
+      gate[re.key.expert] = base + layout.gate_offset;
+      up[re.key.expert] = base + layout.up_offset;
+      down[re.key.expert] = base + layout.down_offset;
+      (re.source == experts::SlotSource::kResident ? resident : waiting).push_back(re.key.expert);
+    }
+    tiles.clear();
+    cuda::AppendExpertTiles(offsets, resident, bm, &tiles);
+    const int32_t n_resident = static_cast<int32_t>(tiles.size());
+    cuda::AppendExpertTiles(offsets, waiting, bm, &tiles);
+    const int32_t n_waiting = static_cast<int32_t>(tiles.size()) - n_resident;
+    if (static_cast<int64_t>(tiles.size()) > rt.max_round_tiles()) {
+      return absl::InternalError("expert cache: round tile list exceeds its buffer");
+    }
+    counts[0] = n_resident;
+    counts[1] = n_waiting;
+    const int64_t table_bytes = int64_t{3} * e * 8 + 8;
+    std::memcpy(host + table_bytes, tiles.data(), tiles.size() * sizeof(cuda::TileEntry));
+    CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(entry.dev.get(), host,
+                                         table_bytes + tiles.size() * sizeof(cuda::TileEntry),
+                                         cudaMemcpyHostToDevice, st));
+    CUDA_RETURN_IF_ERROR(cudaEventRecord(entry.uploaded.get(), st));
+
+    char* dev = entry.dev.as<char>();
+    const void* const* dev_gate = reinterpret_cast<const void* const*>(dev);
+    const int32_t* dev_counts = reinterpret_cast<const int32_t*>(dev + int64_t{3} * e * 8);
+    const int2* dev_tiles = reinterpret_cast<const int2*>(dev + table_bytes);
+    auto launch = [&](int32_t first_tile, const int32_t* n_tiles) -> Status {
+      cuda::GemmArgs gu = l.gate_up;
+      gu.b0_table = dev_gate;
+      gu.b1_table = dev_gate + e;
+      gu.layer_dev = nullptr;
+      gu.b_layer_stride = 0;
+      gu.tiles = dev_tiles + first_tile;
+      gu.n_tiles = n_tiles;
+      gu.pdl = false;  // follows a copy or an event wait
+      gu.prefetch_weights = false;
+      cuda::GemmArgs dn = l.down;
+      dn.b0_table = dev_gate + 2 * e;
+      dn.layer_dev = nullptr;
+      dn.b_layer_stride = 0;
+      dn.tiles = gu.tiles;
+      dn.n_tiles = n_tiles;
+      return LaunchRoutedPhase(l, gu, dn, st);
+    };
+    if (n_resident > 0) MOE_RETURN_IF_ERROR(launch(0, dev_counts));
+    if (n_waiting > 0) {
+      MOE_RETURN_IF_ERROR(rt.WaitLoads(s.index, round, st));
+      MOE_RETURN_IF_ERROR(launch(n_resident, dev_counts + 1));
+    }
+    MOE_RETURN_IF_ERROR(rt.ReleaseRound(s.index, round, st));
+    remaining = round.deferred;
+  }
+
+  // 5: prefetch for the next layer, combine.
+  if (predict) {
+    const std::vector<int32_t> ranked = cuda::RankPredictedExperts(
+        std::span<const int32_t>(es.la_ids.as<int32_t>(), static_cast<size_t>(n) * k),
+        std::span<const float>(es.la_weights.as<float>(), static_cast<size_t>(n) * k), e);
+    MOE_RETURN_IF_ERROR(
+        rt.Predict(s.index, spec.moe_layers[static_cast<size_t>(next_pos)], ranked));
+  }
+  cuda::CombineArgs comb = l.combine;
+  comb.pdl = false;  // follows an event record
+  return cuda::LaunchCombine(comb, st);
+}
+
+}  // namespace moe

@@ -1,0 +1,117 @@
+// CudaEngine::Impl, shared by the engine's translation units (cuda_engine.cc: slots, the
+// all-resident forward and graphs; cached_forward.cc: the forward with an expert cache budget).
+//
+// A layer forward is built once as a LayerLaunch (every kernel's arguments, from the plan of its
+// launch capacity) and launched in phases: front (convert, router, routing, scan), routed experts
+// (gate/up, down), shared expert, combine. The all-resident path launches them back to back (and
+// captures them in graphs); the cached path reorders them around a host round trip and launches
+// the routed phase once per cache round with its own pointer tables and tile list.
+//
+// Thread safety: see CudaEngine; a Slot is touched only by calls on its slot.
+#pragma once
+
+#include <array>
+#include <cstddef>
+#include <map>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "engine/cuda/cuda_raii.h"
+#include "engine/cuda/device_weights.h"
+#include "kernels/moe_kernels.h"
+#include "kernels/tile_heuristics.h"
+#include "moe/engine/cuda_engine.h"
+
+namespace moe {
+
+namespace cuda {
+class ExpertCacheRuntime;
+}  // namespace cuda
+
+inline constexpr int kMetaRing = 64;
+
+// The kernel arguments of one MoE layer forward at one launch capacity.
+struct LayerLaunch {
+  int64_t capacity = 0;
+  cuda::MoePlan plan;
+  bool fused_front = false;  // convert + router + routing + scan in one kernel
+  bool route_scan = false;   // routing + scan in one kernel (counts need no memset)
+  bool has_shared = false;
+  cuda::ConvertArgs conv;
+  cuda::GemmArgs router;
+  cuda::RouteArgs route;
+  cuda::ScanArgs scan;
+  cuda::FrontArgs front;
+  cuda::GemmArgs gate_up, down;                // routed experts (grouped over the tile list)
+  cuda::GemmArgs shared_gate_up, shared_down;  // has_shared only
+  cuda::CombineArgs combine;
+  // The decode experts path (plan.decode_gemv, all-resident forwards only: the cached path needs
+  // the scan's offsets): `decode` replaces gate_up, down and combine.
+  bool decode_experts = false;
+  cuda::DecodeExpertsArgs decode;
+};
+
+class CudaEngine::Impl {
+ public:
+  struct Slot {
+    int index = 0;
+    cuda::Stream stream;
+    cuda::DeviceBuffer meta;  // ForwardMeta
+    cuda::DeviceBuffer x_in, x, logits, topk_ids, topk_weights, ranks, counts, group_offsets, tiles,
+        n_tiles, perm_token, pair_row, shared_gate, h, y, hs, ys, out;
+    cuda::DeviceBuffer front_ticket;  // int32 ticket counter of the fused decode front
+    cuda::PinnedBuffer in_stage, out_stage, ids_stage, weights_stage, meta_ring;
+    std::array<cuda::Event, kMetaRing> meta_events;
+    int meta_next = 0;
+    std::map<std::pair<int64_t, cuda::AType>, cuda::GraphExec> graphs;
+  };
+
+  Impl();
+  ~Impl();
+
+  MoeSpec spec;
+  CudaEngineOptions options;
+  std::shared_ptr<const Model> model;  // keeps the host weights alive (may be null)
+  cuda::DeviceWeights weights;
+  std::vector<std::unique_ptr<Slot>> slots;
+  std::string device_name;
+  int sms = 0;
+  bool wgmma = false;  // Hopper tiles in use
+  bool pdl = false;    // programmatic dependent launch between the layer's kernels (sm_90+)
+  int64_t workspace_bytes = 0;
+  // Set with an expert cache budget (CudaEngineOptions::expert_cache.budget_bytes > 0).
+  std::unique_ptr<cuda::ExpertCacheRuntime> cache;
+
+  static StatusOr<std::unique_ptr<Impl>> Prepare(const MoeSpec& spec, const CudaEngineOptions& o);
+  Status AllocateSlots();
+  // Every kernel argument of a forward of up to `capacity` tokens on slot `s`.
+  Status BuildLayerLaunch(Slot& s, int64_t capacity, cuda::AType atype, LayerLaunch* l) const;
+  // Phases of a forward (on s.stream).
+  Status LaunchFrontPhase(Slot& s, const LayerLaunch& l) const;
+  Status LaunchRoutedPhase(const LayerLaunch& l, const cuda::GemmArgs& gate_up,
+                           const cuda::GemmArgs& down, cudaStream_t st) const;
+  Status LaunchSharedPhase(const LayerLaunch& l, cudaStream_t st) const;
+  // The all-resident forward: every phase in order (graph-capturable).
+  Status EnqueueCore(Slot& s, int64_t capacity, cuda::AType atype);
+  // Copies the meta, then the graph, direct or cached forward.
+  Status EnqueueMeta(Slot& s, const cuda::ForwardMeta& meta, cuda::AType atype);
+  // The capacity a forward of `n_tokens` launches with: the smallest graph size >= n_tokens
+  // (both paths use it, so a cached forward runs the very kernels of the all-resident one).
+  int64_t LaunchCapacity(int64_t n_tokens) const;
+  // The forward with an expert cache (cached_forward.cc). The meta is already on the device.
+  Status EnqueueCached(Slot& s, const cuda::ForwardMeta& meta, cuda::AType atype);
+
+  const int32_t* n_tokens_dev(const Slot& s) const {
+    return reinterpret_cast<const int32_t*>(s.meta.as<char>() +
+                                            offsetof(cuda::ForwardMeta, n_tokens));
+  }
+  const int32_t* layer_dev(const Slot& s) const {
+    return reinterpret_cast<const int32_t*>(s.meta.as<char>() +
+                                            offsetof(cuda::ForwardMeta, layer_pos));
+  }
+  int64_t wsize() const { return 2; }
+};
+
+}  // namespace moe

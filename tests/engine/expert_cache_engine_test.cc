@@ -1,0 +1,288 @@
+// The CUDA engine with an expert cache budget against the same engine with every expert resident:
+// outputs and routing must be BITWISE identical (the cached forward runs the same kernels on the
+// same tiles at the same launch capacity; only where the weights come from differs). Budgets of a
+// few slots force eviction churn and multi-round batches; layers run in random order; two engine
+// slots share one cache concurrently. A hook checks at every round that each pinned expert sits
+// in its slot (no expert is evicted while in use). Skips without a GPU.
+#include <cuda_runtime_api.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cstring>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "engine_cpu/random_model.h"
+#include "moe/engine/cuda_engine.h"
+#include "moe/experts/slot_pool.h"
+#include "moe/experts/trace.h"
+
+namespace moe {
+namespace {
+
+using testing::MakeActivations;
+using testing::RandomModel;
+using testing::RandomModelOptions;
+
+bool HaveGpu() {
+  int n = 0;
+  const bool ok = cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
+  cudaGetLastError();
+  return ok;
+}
+#define REQUIRE_GPU() \
+  if (!HaveGpu()) GTEST_SKIP() << "no CUDA device on this machine"
+
+struct Output {
+  std::vector<uint8_t> raw;  // output bytes
+  std::vector<int32_t> ids;
+  std::vector<float> weights;
+};
+
+Output RunLayer(CudaEngine& engine, int layer, DType dtype, const std::vector<uint8_t>& input,
+                int64_t n, int slot = 0) {
+  const MoeSpec& spec = engine.spec();
+  Output o;
+  o.raw.assign(static_cast<size_t>(n) * spec.hidden * DTypeSize(dtype), 0xFF);  // poison: NaN
+  o.ids.assign(static_cast<size_t>(n) * spec.top_k(), -1);
+  o.weights.assign(o.ids.size(), -1.0f);
+  ForwardArgs a;
+  a.layer = layer;
+  a.dtype = dtype;
+  a.n_tokens = n;
+  a.input = input.data();
+  a.output = o.raw.data();
+  a.expert_ids = o.ids.data();
+  a.expert_weights = o.weights.data();
+  a.slot = slot;
+  const Status s = engine.Forward(a);
+  EXPECT_TRUE(s.ok()) << s;
+  return o;
+}
+
+// Checks, at every round, that each pinned expert is where the round says (pinned, not free) and
+// that a resident entry is ready. Counts rounds and the entries that had to load.
+struct RoundChecker {
+  std::atomic<int64_t> rounds{0}, loads{0}, violations{0};
+  void operator()(const experts::AcquireRound& round, const experts::ExpertSlotPool& pool) {
+    ++rounds;
+    for (const experts::RoundEntry& e : round.entries) {
+      const experts::SlotInfo info = pool.Inspect(e.slot);
+      const bool ok =
+          info.key.has_value() && *info.key == e.key && info.pins >= 1 &&
+          info.state != experts::SlotState::kFree &&
+          (e.source != experts::SlotSource::kResident || info.state == experts::SlotState::kReady);
+      if (!ok) ++violations;
+      if (e.source == experts::SlotSource::kLoad) ++loads;
+    }
+  }
+};
+
+struct Budget {
+  std::string name;
+  int64_t slots = 0;  // expert slots in the budget (0 = every expert)
+  bool prefetch = true;
+};
+
+RandomModelOptions ModelOptions(Family f, int experts, int top_k, int hidden, int inter,
+                                uint64_t seed) {
+  RandomModelOptions o;
+  o.family = f;
+  o.n_experts = experts;
+  o.top_k = top_k;
+  o.hidden = hidden;
+  o.moe_intermediate = inter;
+  o.weight_dtype = DType::kBF16;
+  o.seed = seed;
+  o.moe_layers = {0, 1, 2, 3};
+  return o;
+}
+
+int64_t SlotBytes(const MoeSpec& spec) {
+  const int64_t proj = int64_t{spec.moe_intermediate} * spec.hidden * 2;
+  return 3 * ((proj + 255) / 256 * 256);
+}
+
+// Runs the same random sequence of (layer, tokens) through an all-resident engine and engines
+// with each budget; requires identical bytes.
+void CheckBudgets(const RandomModelOptions& mo, DType act, const std::vector<Budget>& budgets,
+                  const std::vector<int64_t>& token_counts, int steps) {
+  const auto model = RandomModel(mo);
+  const MoeSpec& spec = model->spec();
+  CudaEngineOptions base;
+  base.max_batch_tokens = 640;
+  auto resident = CudaEngine::Create(model, base);
+  ASSERT_TRUE(resident.ok()) << resident.status();
+
+  // The step sequence: random layer order (repeats allowed), random token counts.
+  std::mt19937 rng(static_cast<uint32_t>(mo.seed));
+  struct Step {
+    int layer;
+    int64_t n;
+    std::vector<uint8_t> input;
+    Output expected;
+  };
+  std::vector<Step> seq;
+  for (int i = 0; i < steps; ++i) {
+    Step st;
+    st.layer = spec.moe_layers[rng() % spec.moe_layers.size()];
+    st.n = token_counts[rng() % token_counts.size()];
+    st.input = MakeActivations(act, st.n * spec.hidden, 1000 + i).bytes;
+    st.expected = RunLayer(**resident, st.layer, act, st.input, st.n);
+    seq.push_back(std::move(st));
+  }
+  const int64_t all_experts =
+      int64_t{spec.n_experts()} * static_cast<int64_t>(spec.moe_layers.size());
+  for (const Budget& b : budgets) {
+    SCOPED_TRACE(b.name);
+    RoundChecker checker;
+    CudaEngineOptions o = base;
+    o.expert_cache.budget_bytes = (b.slots > 0 ? b.slots : all_experts) * SlotBytes(spec);
+    o.expert_cache.prefetch = b.prefetch;
+    o.expert_cache.on_round = [&checker](const experts::AcquireRound& r,
+                                         const experts::ExpertSlotPool& p) { checker(r, p); };
+    auto cached = CudaEngine::Create(model, o);
+    ASSERT_TRUE(cached.ok()) << cached.status();
+    ASSERT_NE((*cached)->expert_cache_pool(), nullptr);
+    EXPECT_EQ((*cached)->expert_cache_pool()->SlotCount(0), b.slots > 0 ? b.slots : all_experts);
+    for (size_t i = 0; i < seq.size(); ++i) {
+      const Step& st = seq[i];
+      SCOPED_TRACE(::testing::Message() << "step " << i << " layer " << st.layer << " n " << st.n);
+      const Output got = RunLayer(**cached, st.layer, act, st.input, st.n);
+      ASSERT_EQ(got.ids, st.expected.ids);
+      ASSERT_EQ(std::memcmp(got.weights.data(), st.expected.weights.data(),
+                            got.weights.size() * sizeof(float)),
+                0);
+      ASSERT_EQ(got.raw, st.expected.raw) << "outputs differ from the all-resident engine";
+    }
+    ASSERT_TRUE((*cached)->QuiesceExpertCache().ok());
+    auto stats = (*cached)->expert_cache_stats();
+    ASSERT_TRUE(stats.ok()) << stats.status();
+    EXPECT_EQ(checker.violations.load(), 0) << "an expert in use was not in its slot";
+    EXPECT_GT(stats->counters.misses, 0u);
+    EXPECT_EQ(stats->host_round_trips, static_cast<uint64_t>(seq.size()));
+    EXPECT_GE(stats->rounds, stats->host_round_trips);
+    if (b.slots > 0 && b.slots < all_experts) {
+      EXPECT_GT(stats->counters.evictions, 0u) << "the budget should force evictions";
+    } else {
+      EXPECT_EQ(stats->counters.evictions, 0u);
+    }
+    if (b.slots > 0 && b.slots < spec.n_experts()) {
+      EXPECT_GT(stats->rounds, stats->host_round_trips) << "small budgets need several rounds";
+      EXPECT_GT(stats->counters.deferred_rounds, 0u);
+    }
+    if (b.prefetch) {
+      EXPECT_GT(stats->predicted, 0u);
+    } else {
+      EXPECT_EQ(stats->counters.prefetch_issued, 0u);
+    }
+  }
+}
+
+TEST(ExpertCacheEngine, MixtralBf16BitwiseUnderBudgets) {
+  REQUIRE_GPU();
+  const auto mo = ModelOptions(Family::kMixtral, 16, 2, 256, 128, 31);
+  CheckBudgets(mo, DType::kBF16,
+               {{"3 slots (churn, multi-round)", 3, true},
+                {"3 slots, no prefetch", 3, false},
+                {"50%", 32, true},
+                {"full", 0, true}},
+               {1, 2, 5, 33, 130, 600}, 40);
+}
+
+TEST(ExpertCacheEngine, Qwen2MoeSharedExpertBitwiseUnderBudgets) {
+  REQUIRE_GPU();
+  auto mo = ModelOptions(Family::kQwen2Moe, 31, 4, 128, 64, 32);
+  mo.norm_topk_prob = false;
+  CheckBudgets(mo, DType::kBF16,
+               {{"5 slots (churn, multi-round)", 5, true}, {"50%", 62, false}, {"full", 0, true}},
+               {1, 3, 17, 200}, 40);
+}
+
+TEST(ExpertCacheEngine, F32ActivationsQwen3) {
+  REQUIRE_GPU();
+  const auto mo = ModelOptions(Family::kQwen3Moe, 64, 8, 128, 64, 33);
+  CheckBudgets(mo, DType::kF32, {{"9 slots", 9, true}, {"50%", 128, true}}, {1, 4, 40}, 24);
+}
+
+TEST(ExpertCacheEngine, TwoSlotsShareOneCacheConcurrently) {
+  REQUIRE_GPU();
+  const auto mo = ModelOptions(Family::kMixtral, 16, 2, 256, 128, 34);
+  const auto model = RandomModel(mo);
+  const MoeSpec& spec = model->spec();
+  CudaEngineOptions base;
+  base.max_batch_tokens = 256;
+  base.num_slots = 2;
+  auto resident = CudaEngine::Create(model, base);
+  ASSERT_TRUE(resident.ok()) << resident.status();
+  CudaEngineOptions o = base;
+  o.expert_cache.budget_bytes = 6 * SlotBytes(spec);
+  RoundChecker checker;
+  o.expert_cache.on_round = [&checker](const experts::AcquireRound& r,
+                                       const experts::ExpertSlotPool& p) { checker(r, p); };
+  auto cached = CudaEngine::Create(model, o);
+  ASSERT_TRUE(cached.ok()) << cached.status();
+  constexpr int kSteps = 30;
+  std::vector<int64_t> mismatches(2, 0);
+  auto worker = [&](int slot) {
+    std::mt19937 rng(100 + slot);
+    for (int i = 0; i < kSteps; ++i) {
+      const int layer = spec.moe_layers[rng() % spec.moe_layers.size()];
+      const int64_t n = 1 + rng() % 100;
+      const auto in = MakeActivations(DType::kBF16, n * spec.hidden, 5000 + 100 * slot + i).bytes;
+      const Output want = RunLayer(**resident, layer, DType::kBF16, in, n, slot);
+      const Output got = RunLayer(**cached, layer, DType::kBF16, in, n, slot);
+      if (got.raw != want.raw || got.ids != want.ids) ++mismatches[slot];
+    }
+  };
+  std::thread t0(worker, 0), t1(worker, 1);
+  t0.join();
+  t1.join();
+  EXPECT_EQ(mismatches[0], 0);
+  EXPECT_EQ(mismatches[1], 0);
+  EXPECT_EQ(checker.violations.load(), 0);
+  auto stats = (*cached)->expert_cache_stats();
+  ASSERT_TRUE(stats.ok());
+  EXPECT_GT(stats->counters.evictions, 0u);
+}
+
+TEST(ExpertCacheEngine, RejectsBadBudgets) {
+  REQUIRE_GPU();
+  const auto model = RandomModel(ModelOptions(Family::kMixtral, 8, 2, 64, 32, 35));
+  CudaEngineOptions o;
+  o.max_batch_tokens = 16;
+  o.expert_cache.budget_bytes = 100;  // smaller than one expert
+  EXPECT_FALSE(CudaEngine::Create(model, o).ok());
+  o.expert_cache.budget_bytes = -1;
+  EXPECT_FALSE(CudaEngine::Create(model, o).ok());
+  o.expert_cache.budget_bytes = 1 << 20;
+  EXPECT_FALSE(CudaEngine::CreateRandom(model->spec(), 1, o).ok());
+}
+
+TEST(ExpertCacheEngine, WritesARoutingTrace) {
+  REQUIRE_GPU();
+  const auto model = RandomModel(ModelOptions(Family::kMixtral, 8, 2, 64, 32, 36));
+  const std::string path = ::testing::TempDir() + "/expert_cache_engine_trace.txt";
+  CudaEngineOptions o;
+  o.max_batch_tokens = 16;
+  o.expert_cache.budget_bytes = 4 * SlotBytes(model->spec());
+  o.expert_cache.trace_path = path;
+  auto cached = CudaEngine::Create(model, o);
+  ASSERT_TRUE(cached.ok()) << cached.status();
+  for (int pass = 0; pass < 3; ++pass) {
+    for (int layer : model->spec().moe_layers) {
+      const auto in = MakeActivations(DType::kBF16, 4 * model->spec().hidden, pass * 10 + layer);
+      RunLayer(**cached, layer, DType::kBF16, in.bytes, 4);
+    }
+  }
+  ASSERT_TRUE((*cached)->FlushExpertTrace().ok());
+  auto trace = experts::ReadTraceFile(path);
+  ASSERT_TRUE(trace.ok()) << trace.status();
+  EXPECT_EQ(trace->steps.size(), 3 * model->spec().moe_layers.size());
+  EXPECT_EQ(trace->steps.back().batch, 2);
+}
+
+}  // namespace
+}  // namespace moe
