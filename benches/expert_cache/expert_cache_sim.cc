@@ -1,15 +1,23 @@
 // expert_cache_sim: replays a routing trace (recorded, or synthetic for a model shape) through the
-// expert cache under several eviction policies and budgets, and prints hit rates next to Belady's.
+// expert cache under several eviction policies and budgets, and prints hit rates next to Belady's
+// and to the hindsight-best static set ("static-opt", an upper bound for online policies on
+// traces of independent steps: see include/moe/experts/cache_sim.h).
 //
 //   expert_cache_sim --model qwen3 --batches 2000 --budgets 0.25,0.5,0.75
-//   expert_cache_sim --trace run.trace --policies lru,lfu,lru2,belady
+//   expert_cache_sim --trace run.trace --policies lru,lfu,lru2,reuse   # a daemon's --expert-trace
 //   expert_cache_sim --model mixtral --write-trace mixtral.trace
 //   expert_cache_sim --model qwen3 --prefetch-recall 0.85 --prefetch-precision 0.7
+//   expert_cache_sim --suite --batches 1000        # the policy table of benches/RESULTS.md
+//
+// A policy may carry its knob after a colon: layer-lrfu:<lambda>, lfu:<decay period in events>,
+// reuse:<half-life in layer visits> (e.g. --policies layer-lrfu:0.1,lfu:100000).
 #include <cstdio>
 #include <string>
 #include <vector>
 
 #include "CLI/CLI.hpp"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "moe/experts/cache_sim.h"
 #include "moe/experts/synthetic_trace.h"
@@ -29,27 +37,70 @@ struct Flags {
   double drift = -1;
   uint64_t seed = 1;
   std::vector<double> budgets = {0.25, 0.5, 0.75};
-  std::string policies = "layer-lru,layer-lrfu,lru,lfu,lru2,belady";
+  std::string policies = "layer-lru,layer-lrfu,lru,lfu,lru2,reuse,static-lru";
   double lrfu_lambda = 1.0;
   std::string write_trace;
   double prefetch_recall = 0;
   double prefetch_precision = 1;
   int64_t lfu_decay = 0;
+  double reuse_half_life = 128;
+  bool suite = false;
 };
+
+// A policy with its options, from "name[:knob]".
+struct PolicySpec {
+  std::string label;
+  SimPolicy policy = SimPolicy::kLayerLru;
+  EvictionOptions options;
+};
+
+StatusOr<std::vector<PolicySpec>> ParsePolicies(const Flags& flags) {
+  std::vector<PolicySpec> specs;
+  for (absl::string_view item : absl::StrSplit(flags.policies, ',')) {
+    PolicySpec spec;
+    spec.label = std::string(item);
+    spec.options.lfu_decay_period = flags.lfu_decay;
+    spec.options.lrfu_lambda = flags.lrfu_lambda;
+    spec.options.reuse_half_life_visits = flags.reuse_half_life;
+    const std::vector<std::string> parts = absl::StrSplit(item, absl::MaxSplits(':', 1));
+    MOE_ASSIGN_OR_RETURN(spec.policy, ParseSimPolicy(parts[0]));
+    if (parts.size() == 2) {
+      double knob = 0;
+      if (!absl::SimpleAtod(parts[1], &knob) || knob < 0) {
+        return absl::InvalidArgumentError(absl::StrCat("bad policy knob in '", spec.label, "'"));
+      }
+      switch (spec.policy) {
+        case SimPolicy::kLayerLrfu:
+          spec.options.lrfu_lambda = knob;
+          break;
+        case SimPolicy::kLfu:
+          spec.options.lfu_decay_period = static_cast<int64_t>(knob);
+          break;
+        case SimPolicy::kReuse:
+          spec.options.reuse_half_life_visits = knob;
+          break;
+        default:
+          return absl::InvalidArgumentError(
+              absl::StrCat("policy '", parts[0], "' takes no knob ('", spec.label, "')"));
+      }
+    }
+    specs.push_back(std::move(spec));
+  }
+  return specs;
+}
+
+StatusOr<SyntheticTraceOptions> ModelOptions(const std::string& model) {
+  if (model == "qwen3") return SyntheticTraceOptions::Qwen3_30B_A3B();
+  if (model == "mixtral") return SyntheticTraceOptions::Mixtral_8x7B();
+  return absl::InvalidArgumentError(absl::StrCat("unknown --model ", model));
+}
 
 StatusOr<Trace> LoadOrGenerate(const Flags& flags, std::string* description) {
   if (!flags.trace_path.empty()) {
     *description = absl::StrCat("trace ", flags.trace_path);
     return ReadTraceFile(flags.trace_path);
   }
-  SyntheticTraceOptions o;
-  if (flags.model == "qwen3") {
-    o = SyntheticTraceOptions::Qwen3_30B_A3B();
-  } else if (flags.model == "mixtral") {
-    o = SyntheticTraceOptions::Mixtral_8x7B();
-  } else {
-    return absl::InvalidArgumentError(absl::StrCat("unknown --model ", flags.model));
-  }
+  MOE_ASSIGN_OR_RETURN(SyntheticTraceOptions o, ModelOptions(flags.model));
   if (flags.batches >= 0) o.n_batches = flags.batches;
   if (flags.tokens > 0) o.tokens_per_batch = flags.tokens;
   if (flags.zipf >= 0) o.zipf_exponent = flags.zipf;
@@ -64,15 +115,22 @@ StatusOr<Trace> LoadOrGenerate(const Flags& flags, std::string* description) {
   return GenerateSyntheticTrace(o);
 }
 
-Status Run(const Flags& flags) {
+std::string Percent(double fraction) {
+  return absl::StrCat(static_cast<int>(fraction * 100 + 0.5), "%");
+}
+
+StatusOr<double> BeladyHitRate(const Trace& trace, SimOptions options) {
+  options.policy = SimPolicy::kBelady;
+  MOE_ASSIGN_OR_RETURN(SimResult r, SimulateTrace(trace, options));
+  return r.counters.HitRate();
+}
+
+// One trace, every budget and policy: one line per (budget, policy).
+Status RunOne(const Flags& flags) {
   std::string description;
   MOE_ASSIGN_OR_RETURN(Trace trace, LoadOrGenerate(flags, &description));
   if (!flags.write_trace.empty()) MOE_RETURN_IF_ERROR(WriteTraceFile(trace, flags.write_trace));
-  std::vector<SimPolicy> policies;
-  for (absl::string_view name : absl::StrSplit(flags.policies, ',')) {
-    MOE_ASSIGN_OR_RETURN(SimPolicy p, ParseSimPolicy(std::string(name)));
-    policies.push_back(p);
-  }
+  MOE_ASSIGN_OR_RETURN(std::vector<PolicySpec> policies, ParsePolicies(flags));
   std::printf(
       "# %s\n# shape: %d layers x %d experts, top-%d; %zu steps, %lld expert accesses "
       "(%.1f distinct experts per step)\n",
@@ -83,32 +141,31 @@ Status Run(const Flags& flags) {
     std::printf("# prefetch model: recall %.2f, precision %.2f\n", flags.prefetch_recall,
                 flags.prefetch_precision);
   }
-  std::printf("%-7s %-6s %-10s %-9s %-10s %-10s %-9s %-10s\n", "budget", "slots", "policy",
+  std::printf("%-7s %-6s %-14s %-9s %-10s %-10s %-9s %-10s\n", "budget", "slots", "policy",
               "hit_rate", "vs_belady", "evictions", "rounds", "loads/step");
   for (double fraction : flags.budgets) {
     SimOptions options;
     options.n_slots = SlotsForFraction(trace.shape, fraction);
-    options.eviction_options.lfu_decay_period = flags.lfu_decay;
-    options.eviction_options.lrfu_lambda = flags.lrfu_lambda;
     options.prefetch = {flags.prefetch_recall, flags.prefetch_precision, flags.seed};
     // Belady first: every other policy is reported relative to it (with the same prefetch model,
     // so the ratio compares like with like).
-    double belady = 0;
-    {
-      SimOptions b = options;
-      b.policy = SimPolicy::kBelady;
-      MOE_ASSIGN_OR_RETURN(SimResult r, SimulateTrace(trace, b));
-      belady = r.counters.HitRate();
-    }
-    for (SimPolicy policy : policies) {
-      options.policy = policy;
+    MOE_ASSIGN_OR_RETURN(const double belady, BeladyHitRate(trace, options));
+    const double static_opt = StaticOptimalHitRate(trace, options.n_slots);
+    std::printf("%-7s %-6d %-14s %-9.4f %-10.3f\n", Percent(fraction).c_str(), options.n_slots,
+                "belady", belady, 1.0);
+    std::printf("%-7s %-6d %-14s %-9.4f %-10.3f (hindsight-best fixed set, misses bypass)\n",
+                Percent(fraction).c_str(), options.n_slots, "static-opt", static_opt,
+                belady > 0 ? static_opt / belady : 0.0);
+    for (const PolicySpec& spec : policies) {
+      if (spec.policy == SimPolicy::kBelady) continue;
+      options.policy = spec.policy;
+      options.eviction_options = spec.options;
       MOE_ASSIGN_OR_RETURN(SimResult r, SimulateTrace(trace, options));
       const ExpertCacheCounters& c = r.counters;
       std::printf(
-          "%-7s %-6d %-10s %-9.4f %-10.3f %-10llu %-9llu %-10.2f\n",
-          absl::StrCat(static_cast<int>(fraction * 100 + 0.5), "%").c_str(), r.n_slots,
-          std::string(SimPolicyName(policy)).c_str(), c.HitRate(),
-          belady > 0 ? c.HitRate() / belady : 0.0, static_cast<unsigned long long>(c.evictions),
+          "%-7s %-6d %-14s %-9.4f %-10.3f %-10llu %-9llu %-10.2f\n", Percent(fraction).c_str(),
+          r.n_slots, spec.label.c_str(), c.HitRate(), belady > 0 ? c.HitRate() / belady : 0.0,
+          static_cast<unsigned long long>(c.evictions),
           static_cast<unsigned long long>(c.deferred_rounds),
           trace.steps.empty() ? 0.0 : double(c.misses + c.prefetch_issued) / trace.steps.size());
       if (flags.prefetch_recall > 0) {
@@ -125,13 +182,75 @@ Status Run(const Flags& flags) {
   return absl::OkStatus();
 }
 
+// The policy table: shapes x batch sizes x traces x budgets, one markdown row each: Belady's hit
+// rate, then every policy's hit rate as a fraction of Belady's.
+Status RunSuite(const Flags& flags) {
+  MOE_ASSIGN_OR_RETURN(std::vector<PolicySpec> policies, ParsePolicies(flags));
+  const int32_t batches = flags.batches >= 0 ? flags.batches : 1000;
+  std::printf(
+      "# Synthetic traces, %d batches each, seed %llu. iid: stickiness 0, drift 0 (independent "
+      "steps). local: stickiness 0.5 (each token repeats each of its previous picks at the layer "
+      "with p 0.5), sequence end 0.01, drift 0.01 per batch and layer. Per-layer random "
+      "popularity rankings.\n# Columns after 'belady': hit rate / Belady's. static-opt: "
+      "hindsight-best fixed set (an upper bound for online policies on iid traces).\n",
+      batches, static_cast<unsigned long long>(flags.seed));
+  std::string header = "| shape | batch | trace | budget | belady | static-opt |";
+  std::string rule = "|---|---|---|---|---|---|";
+  for (const PolicySpec& spec : policies) {
+    if (spec.policy == SimPolicy::kBelady) continue;
+    absl::StrAppend(&header, " ", spec.label, " |");
+    absl::StrAppend(&rule, "---|");
+  }
+  std::printf("%s\n%s\n", header.c_str(), rule.c_str());
+  for (const std::string model : {"qwen3", "mixtral"}) {
+    for (const int32_t tokens : {1, 16}) {
+      for (const bool local : {false, true}) {
+        for (const double zipf : {0.8, 1.0, 1.2}) {
+          MOE_ASSIGN_OR_RETURN(SyntheticTraceOptions o, ModelOptions(model));
+          o.n_batches = batches;
+          o.tokens_per_batch = tokens;
+          o.zipf_exponent = zipf;
+          o.stickiness = local ? 0.5 : 0.0;
+          o.sequence_end_prob = 0.01;
+          o.drift_prob = local ? 0.01 : 0.0;
+          o.seed = flags.seed;
+          MOE_ASSIGN_OR_RETURN(Trace trace, GenerateSyntheticTrace(o));
+          for (double fraction : flags.budgets) {
+            SimOptions options;
+            options.n_slots = SlotsForFraction(trace.shape, fraction);
+            MOE_ASSIGN_OR_RETURN(const double belady, BeladyHitRate(trace, options));
+            std::string row = absl::StrFormat(
+                "| %s | %d | %s zipf %.1f | %s | %.3f | %.3f |", model, tokens,
+                local ? "local" : "iid", zipf, Percent(fraction), belady,
+                belady > 0 ? StaticOptimalHitRate(trace, options.n_slots) / belady : 0.0);
+            for (const PolicySpec& spec : policies) {
+              if (spec.policy == SimPolicy::kBelady) continue;
+              options.policy = spec.policy;
+              options.eviction_options = spec.options;
+              MOE_ASSIGN_OR_RETURN(SimResult r, SimulateTrace(trace, options));
+              absl::StrAppend(
+                  &row, absl::StrFormat(" %.3f |", belady > 0 ? r.counters.HitRate() / belady : 0));
+            }
+            std::printf("%s\n", row.c_str());
+            std::fflush(stdout);
+          }
+        }
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 }  // namespace moe::experts
 
 int main(int argc, char** argv) {
   moe::experts::Flags flags;
-  CLI::App app{"Replays an expert routing trace under layer-LRU, LRU, LFU, LRU-2 and Belady's MIN"};
-  app.add_option("--trace", flags.trace_path, "routing trace file (moe-expert-trace v1)");
+  CLI::App app{
+      "Replays an expert routing trace under the expert cache's eviction policies and Belady's "
+      "MIN"};
+  app.add_option("--trace", flags.trace_path,
+                 "routing trace file (moe-expert-trace v1, as the daemon's TraceRecorder writes)");
   app.add_option("--model", flags.model, "synthetic trace shape: qwen3 or mixtral");
   app.add_option("--batches", flags.batches, "synthetic: batches");
   app.add_option("--tokens", flags.tokens, "synthetic: tokens (sequences) per batch");
@@ -143,14 +262,21 @@ int main(int argc, char** argv) {
   app.add_option("--budgets", flags.budgets, "cache sizes as fractions of all experts")
       ->delimiter(',');
   app.add_option("--policies", flags.policies,
-                 "comma-separated: layer-lru,layer-lrfu,lru,lfu,lru2,belady");
+                 "comma-separated: layer-lru,layer-lrfu[:lambda],lru,lfu[:decay],lru2,"
+                 "reuse[:half-life],static-lru");
   app.add_option("--write-trace", flags.write_trace, "also write the trace to this file");
   app.add_option("--prefetch-recall", flags.prefetch_recall, "gate-lookahead model recall (0=off)");
   app.add_option("--prefetch-precision", flags.prefetch_precision, "gate-lookahead precision");
   app.add_option("--lfu-decay", flags.lfu_decay, "LFU: halve counts every N events (0=never)");
   app.add_option("--lrfu-lambda", flags.lrfu_lambda, "layer-lrfu: decay per layer visit");
+  app.add_option("--reuse-half-life", flags.reuse_half_life,
+                 "reuse: half-life of use counts in layer visits");
+  app.add_flag("--suite", flags.suite,
+               "the policy table: qwen3 and mixtral shapes, batch 1 and 16, iid and local "
+               "traces at zipf 0.8/1.0/1.2, each budget");
   CLI11_PARSE(app, argc, argv);
-  const moe::Status status = moe::experts::Run(flags);
+  const moe::Status status =
+      flags.suite ? moe::experts::RunSuite(flags) : moe::experts::RunOne(flags);
   if (!status.ok()) {
     std::fprintf(stderr, "expert_cache_sim: %s\n", std::string(status.message()).c_str());
     return 1;

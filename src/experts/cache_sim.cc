@@ -76,7 +76,68 @@ class LookaheadModel {
   std::mt19937_64 engine_;
 };
 
+// static-lru (see the header): slots holding a static expert are victims only when no other
+// slot is evictable; layer-LRU orders both groups.
+class StaticPlusLruPolicy final : public EvictionPolicy {
+ public:
+  StaticPlusLruPolicy(int n_slots, const KeySpace& keys, std::vector<uint8_t> is_static)
+      : inner_(MakeEvictionPolicy(EvictionKind::kLayerLru, n_slots, keys)),
+        is_static_(std::move(is_static)),
+        slot_static_(n_slots, 0) {}
+
+  std::string_view Name() const override { return "static-lru"; }
+  void BeginStep(int32_t layer) override { inner_->BeginStep(layer); }
+  void OnInsert(int slot, int64_t key_id, bool demand) override {
+    slot_static_[slot] = is_static_[key_id];
+    inner_->OnInsert(slot, key_id, demand);
+  }
+  void OnHit(int slot) override { inner_->OnHit(slot); }
+  void OnEvict(int slot) override {
+    slot_static_[slot] = 0;
+    inner_->OnEvict(slot);
+  }
+  int PickVictim(absl::FunctionRef<bool(int)> evictable) override {
+    const int dynamic =
+        inner_->PickVictim([&](int slot) { return !slot_static_[slot] && evictable(slot); });
+    return dynamic >= 0 ? dynamic : inner_->PickVictim(evictable);
+  }
+
+ private:
+  std::unique_ptr<EvictionPolicy> inner_;
+  std::vector<uint8_t> is_static_;    // [n_keys]
+  std::vector<uint8_t> slot_static_;  // [n_slots]
+};
+
+// Dense ids (layer * n_experts + expert) of the `n` most used experts, ties to the lower id.
+std::vector<int64_t> MostUsed(const std::vector<int64_t>& counts, int64_t n) {
+  std::vector<int64_t> ids(counts.size());
+  std::iota(ids.begin(), ids.end(), 0);
+  n = std::clamp<int64_t>(n, 0, static_cast<int64_t>(ids.size()));
+  std::partial_sort(ids.begin(), ids.begin() + n, ids.end(), [&](int64_t a, int64_t b) {
+    return counts[a] != counts[b] ? counts[a] > counts[b] : a < b;
+  });
+  ids.resize(n);
+  return ids;
+}
+
 }  // namespace
+
+std::vector<int64_t> ExpertUseCounts(const Trace& trace) {
+  std::vector<int64_t> counts(static_cast<size_t>(trace.shape.n_layers) * trace.shape.n_experts, 0);
+  for (const TraceStep& step : trace.steps) {
+    for (int32_t e : step.experts) ++counts[int64_t{step.layer} * trace.shape.n_experts + e];
+  }
+  return counts;
+}
+
+double StaticOptimalHitRate(const Trace& trace, int32_t n_slots) {
+  const int64_t accesses = trace.Accesses();
+  if (accesses == 0) return 0.0;
+  const std::vector<int64_t> counts = ExpertUseCounts(trace);
+  int64_t hits = 0;
+  for (int64_t id : MostUsed(counts, n_slots)) hits += counts[id];
+  return static_cast<double>(hits) / static_cast<double>(accesses);
+}
 
 ShapeClass UnitShapeClass(const TraceShape& shape) {
   ShapeClass cls;
@@ -108,18 +169,23 @@ std::string_view SimPolicyName(SimPolicy policy) {
       return "lru2";
     case SimPolicy::kBelady:
       return "belady";
+    case SimPolicy::kReuse:
+      return "reuse";
+    case SimPolicy::kStaticLru:
+      return "static-lru";
   }
   return "unknown";
 }
 
 StatusOr<SimPolicy> ParseSimPolicy(std::string_view name) {
-  for (SimPolicy p : {SimPolicy::kLayerLru, SimPolicy::kLayerLrfu, SimPolicy::kLru, SimPolicy::kLfu,
-                      SimPolicy::kLruK, SimPolicy::kBelady}) {
+  for (SimPolicy p :
+       {SimPolicy::kLayerLru, SimPolicy::kLayerLrfu, SimPolicy::kLru, SimPolicy::kLfu,
+        SimPolicy::kLruK, SimPolicy::kBelady, SimPolicy::kReuse, SimPolicy::kStaticLru}) {
     if (name == SimPolicyName(p)) return p;
   }
   return absl::InvalidArgumentError(
       absl::StrCat("unknown simulator policy '", std::string(name),
-                   "' (want layer-lru, layer-lrfu, lru, lfu, lru2 or belady)"));
+                   "' (want layer-lru, layer-lrfu, lru, lfu, lru2, reuse, static-lru or belady)"));
 }
 
 int32_t SlotsForFraction(const TraceShape& shape, double fraction) {
@@ -160,6 +226,26 @@ StatusOr<SimResult> SimulateTrace(const Trace& trace, const SimOptions& options)
     case SimPolicy::kLruK:
       pool_options.eviction = EvictionKind::kLruK;
       break;
+    case SimPolicy::kReuse:
+      pool_options.eviction = EvictionKind::kReuse;
+      break;
+    case SimPolicy::kStaticLru: {
+      // The static set: the most used experts, leaving room for the largest step's misses.
+      int64_t largest_step = 0;
+      for (const TraceStep& step : trace.steps) {
+        largest_step = std::max<int64_t>(largest_step, static_cast<int64_t>(step.experts.size()));
+      }
+      // Dense ids here and in the pool are both layer * n_experts + expert (one unit class).
+      const std::vector<int64_t> counts = ExpertUseCounts(trace);
+      std::vector<uint8_t> is_static(counts.size(), 0);
+      for (int64_t id : MostUsed(counts, options.n_slots - largest_step)) {
+        is_static[id] = 1;
+      }
+      pool_options.policy_factory = [is_static](int32_t, int32_t n_slots, const KeySpace& keys) {
+        return std::make_unique<StaticPlusLruPolicy>(n_slots, keys, is_static);
+      };
+      break;
+    }
     case SimPolicy::kBelady:
       pool_options.policy_factory = [&oracle_ptr](int32_t, int32_t n_slots, const KeySpace&) {
         return MakeBeladyPolicy(n_slots,

@@ -58,18 +58,20 @@ class LruPolicy final : public EvictionPolicy {
   int tail_ = -1;                 // least recently used
 };
 
-// Time in visits of each layer, shared by the layer-aware policies. A visit is a run of demand
-// uses of one layer (one batch step, all its rounds); visit_seq orders the layers' latest visits.
+// Time in visits of each layer, shared by the layer-aware policies. A visit is a run of demand uses
+// of one layer (one batch step, all its rounds); visit_seq orders the layers' latest visits.
 class LayerClock {
  public:
   explicit LayerClock(int32_t n_layers) : visits_(n_layers, 0), visit_seq_(n_layers, 0) {}
 
   // A demand use of `layer`: a new visit unless the previous demand use was of the same layer.
-  void Use(int32_t layer) {
-    if (layer == current_layer_) return;
+  // Returns true when it started a new visit.
+  bool Use(int32_t layer) {
+    if (layer == current_layer_) return false;
     current_layer_ = layer;
     ++visits_[layer];
     visit_seq_[layer] = ++seq_;
+    return true;
   }
   uint64_t visits(int32_t layer) const { return visits_[layer]; }
   uint64_t visit_seq(int32_t layer) const { return visit_seq_[layer]; }
@@ -380,6 +382,225 @@ class LruKPolicy final : public EvictionPolicy {
   uint64_t clock_ = 0;
 };
 
+// Reuse (kReuse): learned probability of use at the layer's next visit.
+//
+// 1. State of every expert (resident or not), kept across evictions: the visit of its layer at
+//    its last demand use, and its use count decayed with a half-life of `half_life` visits of its
+//    layer, as of that use.
+// 2. A table learned online over all layers: cell (age bucket, frequency bucket) -> uses /
+//    exposures, where an expert of layer L is "exposed" once per visit of L in the cell of its
+//    state at that visit (age = visits since its last use), and "used" when the visit demands it.
+//    uses / exposures estimates P(demanded at the next visit of its layer | its state).
+// 3. Victim: the evictable slot with the lowest estimate at its layer's next visit; ties to the
+//    layer visited most recently (its next visit is farthest), then the older use.
+// NOTES: the estimates used for ranking are frozen between refreshes (every kRefreshVisits
+// visits) so that the ranking is an ordered set updated only for the slots whose state changed:
+// the resident slots of a layer at each visit of that layer, a slot when it is used. Cells forget
+// (counts halve) once they have seen kCellWindow exposures, so the table follows a drifting load.
+constexpr int kExactAges = 8;                 // ages 1..8 have a bucket each
+constexpr int kAgeBuckets = 26;               // then two per octave, the last one open-ended
+constexpr int kNeverRow = kAgeBuckets;        // row of experts never used
+constexpr int kFreqBuckets = 48;              // 0 = never used, then four per octave from 1
+constexpr int kRefreshVisits = 256;           // visits between table refreshes
+constexpr double kCellWindow = 65536.0;       // exposures after which a cell's counts halve
+constexpr double kPriorWeight = 1.0;          // pseudo-exposures of the prior
+constexpr double kCycleAveraging = 1.0 / 64;  // weight of a new gap in the pass length
+constexpr double kMinEstimate = 1e-6;
+
+int AgeBucket(uint64_t age) {
+  if (age <= kExactAges) return static_cast<int>(std::max<uint64_t>(age, 1)) - 1;
+  const int octave = 63 - __builtin_clzll(age);  // >= 3
+  const int half = static_cast<int>((age >> (octave - 1)) & 1);
+  return std::min(kExactAges + 2 * (octave - 3) + half, kAgeBuckets - 1);
+}
+
+int FreqBucket(double freq) {
+  if (freq <= 0) return 0;
+  const int b = 1 + static_cast<int>(std::floor(4.0 * std::log2(std::max(freq, 1.0))));
+  return std::min(b, kFreqBuckets - 1);
+}
+
+int Cell(int age_bucket, int freq_bucket) { return age_bucket * kFreqBuckets + freq_bucket; }
+
+// Before any data: LRU-like (younger first), frequency breaking ties.
+double Prior(int age_bucket, int freq_bucket) {
+  if (age_bucket == kNeverRow) return 0.0;
+  return 1.0 / (2.0 + age_bucket) + 1e-3 * freq_bucket;
+}
+
+class ReusePolicy final : public EvictionPolicy {
+ public:
+  ReusePolicy(int n_slots, const KeySpace& keys, double half_life)
+      : keys_(keys),
+        cycle_(std::max(1, keys.n_layers)),
+        cycle_estimate_(cycle_),
+        decay_per_visit_(half_life > 0 ? 1.0 / half_life : 0.0),
+        clock_(keys.n_layers),
+        last_use_(keys.size(), 0),
+        freq_(keys.size(), 0.0),
+        uses_((kAgeBuckets + 1) * kFreqBuckets, 0.0),
+        exposures_((kAgeBuckets + 1) * kFreqBuckets, 0.0),
+        estimate_((kAgeBuckets + 1) * kFreqBuckets, 0.0),
+        slot_key_(n_slots, -1),
+        slot_touch_(n_slots, 0),
+        slot_freq_bucket_(n_slots, 0),
+        slot_pos_(n_slots, -1),
+        slot_rank_(n_slots),
+        ranked_(n_slots, 0),
+        layer_slots_(keys.n_layers) {
+    RefreshEstimates();
+  }
+
+  std::string_view Name() const override { return "reuse"; }
+
+  void BeginStep(int32_t layer) override {
+    const uint64_t previous_seq = clock_.visit_seq(layer);
+    if (!clock_.Use(layer)) return;
+    if (previous_seq > 0) {
+      // The pass length, in visits of any layer, between two visits of one layer.
+      const double gap = static_cast<double>(clock_.visit_seq(layer) - previous_seq);
+      cycle_estimate_ += kCycleAveraging * (gap - cycle_estimate_);
+    }
+    // Exposures: every expert of the layer, in the cell of its state at this visit.
+    const uint64_t now = clock_.visits(layer);
+    const int64_t first = int64_t{layer} * keys_.experts_per_layer;
+    for (int64_t key = first; key < first + keys_.experts_per_layer; ++key) {
+      const int cell = StateCell(key, now);
+      if ((exposures_[cell] += 1.0) >= kCellWindow) {
+        exposures_[cell] *= 0.5;
+        uses_[cell] *= 0.5;
+      }
+    }
+    if (++visits_since_refresh_ >= kRefreshVisits) {
+      visits_since_refresh_ = 0;
+      RefreshEstimates();
+      cycle_ = cycle_estimate_;
+      for (int slot = 0; slot < static_cast<int>(slot_key_.size()); ++slot) {
+        if (slot_key_[slot] >= 0) Rerank(slot);
+      }
+    } else {
+      for (int slot : layer_slots_[layer]) Rerank(slot);
+    }
+  }
+
+  void OnInsert(int slot, int64_t key_id, bool demand) override {
+    const int32_t layer = keys_.LayerOf(key_id);
+    slot_key_[slot] = key_id;
+    slot_pos_[slot] = static_cast<int>(layer_slots_[layer].size());
+    layer_slots_[layer].push_back(slot);
+    if (demand) {
+      Use(key_id);
+      slot_freq_bucket_[slot] = FreqBucket(freq_[key_id]);
+    } else {
+      // A prefetch is ranked as if used once now (its layer's next visit is expected to use it),
+      // without entering the history.
+      slot_freq_bucket_[slot] = std::max(1, FreqBucket(freq_[key_id]));
+    }
+    slot_touch_[slot] = clock_.visits(layer);
+    Rerank(slot);
+  }
+
+  void OnHit(int slot) override {
+    const int64_t key = slot_key_[slot];
+    Use(key);
+    slot_freq_bucket_[slot] = FreqBucket(freq_[key]);
+    slot_touch_[slot] = clock_.visits(keys_.LayerOf(key));
+    Rerank(slot);
+  }
+
+  void OnEvict(int slot) override {
+    if (slot_key_[slot] < 0) return;
+    order_.erase(slot_rank_[slot]);
+    ranked_[slot] = 0;
+    std::vector<int>& list = layer_slots_[keys_.LayerOf(slot_key_[slot])];
+    const int pos = slot_pos_[slot];
+    list[pos] = list.back();
+    slot_pos_[list[pos]] = pos;
+    list.pop_back();
+    slot_pos_[slot] = -1;
+    slot_key_[slot] = -1;
+  }
+
+  int PickVictim(absl::FunctionRef<bool(int)> evictable) override {
+    for (const Rank& rank : order_) {
+      const int slot = std::get<2>(rank);
+      if (evictable(slot)) return slot;
+    }
+    return -1;
+  }
+
+ private:
+  // (-expected next use, touch visit, slot): smallest = first victim.
+  using Rank = std::tuple<double, uint64_t, int>;
+
+  // Table cell of `key`'s state at visit `now` of its layer.
+  int StateCell(int64_t key, uint64_t now) const {
+    if (freq_[key] <= 0) return Cell(kNeverRow, 0);
+    return Cell(AgeBucket(now - last_use_[key]), FreqBucket(freq_[key]));
+  }
+
+  // A demand use in the current visit of the key's layer (counted once per visit).
+  void Use(int64_t key) {
+    const uint64_t now = clock_.visits(keys_.LayerOf(key));
+    if (freq_[key] > 0 && last_use_[key] == now) return;
+    uses_[StateCell(key, now)] += 1.0;
+    const double elapsed = static_cast<double>(now - last_use_[key]);
+    freq_[key] = 1.0 + freq_[key] * std::exp2(-decay_per_visit_ * elapsed);
+    last_use_[key] = now;
+  }
+
+  void RefreshEstimates() {
+    for (int row = 0; row <= kAgeBuckets; ++row) {
+      for (int fb = 0; fb < kFreqBuckets; ++fb) {
+        const int cell = Cell(row, fb);
+        estimate_[cell] =
+            (uses_[cell] + kPriorWeight * Prior(row, fb)) / (exposures_[cell] + kPriorWeight);
+      }
+    }
+  }
+
+  void Rerank(int slot) {
+    const int32_t layer = keys_.LayerOf(slot_key_[slot]);
+    // Age at the layer's next visit: 1 for an expert used in its latest visit.
+    const uint64_t age = clock_.visits(layer) + 1 - slot_touch_[slot];
+    const double p =
+        std::max(estimate_[Cell(AgeBucket(age), slot_freq_bucket_[slot])], kMinEstimate);
+    // Expected next use, in visits of any layer: the layer's next visit comes one pass after its
+    // latest, and with probability p per visit the expert is used about 1/p passes later.
+    const double next_use = static_cast<double>(clock_.visit_seq(layer)) + cycle_ / p;
+    const Rank rank{-next_use, slot_touch_[slot], slot};
+    if (ranked_[slot]) {
+      if (slot_rank_[slot] == rank) return;
+      order_.erase(slot_rank_[slot]);
+    }
+    slot_rank_[slot] = rank;
+    ranked_[slot] = 1;
+    order_.insert(rank);
+  }
+
+  KeySpace keys_;
+  double cycle_;            // pass length used for ranking (frozen between refreshes)
+  double cycle_estimate_;   // running average of the pass length
+  double decay_per_visit_;  // log2 decay of the frequency per visit of the layer
+  LayerClock clock_;
+  // Per expert (dense key id), kept after eviction.
+  std::vector<uint64_t> last_use_;  // [n_keys] layer visit of the last demand use
+  std::vector<double> freq_;        // [n_keys] decayed uses as of then; 0 = never used
+  // The learned table, [(kAgeBuckets + 1) * kFreqBuckets].
+  std::vector<double> uses_, exposures_;
+  std::vector<double> estimate_;  // frozen between refreshes
+  int visits_since_refresh_ = 0;
+  // Per slot.
+  std::vector<int64_t> slot_key_;              // [n_slots] resident key or -1
+  std::vector<uint64_t> slot_touch_;           // [n_slots] layer visit of its last use or prefetch
+  std::vector<int> slot_freq_bucket_;          // [n_slots]
+  std::vector<int> slot_pos_;                  // [n_slots] index in layer_slots_ of its layer
+  std::vector<Rank> slot_rank_;                // [n_slots] its entry in order_ when ranked_
+  std::vector<uint8_t> ranked_;                // [n_slots] 1 when the slot is in order_
+  std::vector<std::vector<int>> layer_slots_;  // [n_layers] resident slots of each layer
+  std::set<Rank> order_;
+};
+
 // Belady's MIN: rank = -(next use), so the farthest next use is the smallest rank.
 class BeladyPolicy final : public EvictionPolicy {
  public:
@@ -429,18 +650,20 @@ std::string_view EvictionKindName(EvictionKind kind) {
       return "lfu";
     case EvictionKind::kLruK:
       return "lru2";
+    case EvictionKind::kReuse:
+      return "reuse";
   }
   return "unknown";
 }
 
 StatusOr<EvictionKind> ParseEvictionKind(std::string_view name) {
   for (EvictionKind kind : {EvictionKind::kLayerLru, EvictionKind::kLayerLrfu, EvictionKind::kLru,
-                            EvictionKind::kLfu, EvictionKind::kLruK}) {
+                            EvictionKind::kLfu, EvictionKind::kLruK, EvictionKind::kReuse}) {
     if (name == EvictionKindName(kind)) return kind;
   }
   return absl::InvalidArgumentError(
       absl::StrCat("unknown eviction policy '", std::string(name),
-                   "' (want layer-lru, layer-lrfu, lru, lfu or lru2)"));
+                   "' (want layer-lru, layer-lrfu, lru, lfu, lru2 or reuse)"));
 }
 
 std::unique_ptr<EvictionPolicy> MakeEvictionPolicy(EvictionKind kind, int n_slots,
@@ -458,6 +681,8 @@ std::unique_ptr<EvictionPolicy> MakeEvictionPolicy(EvictionKind kind, int n_slot
       return std::make_unique<LfuPolicy>(n_slots, n_keys, options.lfu_decay_period);
     case EvictionKind::kLruK:
       return std::make_unique<LruKPolicy>(n_slots, n_keys);
+    case EvictionKind::kReuse:
+      return std::make_unique<ReusePolicy>(n_slots, keys, options.reuse_half_life_visits);
   }
   return nullptr;
 }

@@ -89,8 +89,9 @@ TEST(CacheSim, BeladyMatchesTheExhaustiveOptimumOnRandomTinyTraces) {
     const SimResult belady = Simulate(t, SimPolicy::kBelady, slots);
     EXPECT_EQ(static_cast<int>(belady.counters.misses), OptimalMisses(t, slots))
         << "trial " << trial;
-    for (SimPolicy p : {SimPolicy::kLayerLru, SimPolicy::kLayerLrfu, SimPolicy::kLru,
-                        SimPolicy::kLfu, SimPolicy::kLruK}) {
+    for (SimPolicy p :
+         {SimPolicy::kLayerLru, SimPolicy::kLayerLrfu, SimPolicy::kLru, SimPolicy::kLfu,
+          SimPolicy::kLruK, SimPolicy::kReuse, SimPolicy::kStaticLru}) {
       EXPECT_GE(Simulate(t, p, slots).counters.misses, belady.counters.misses)
           << SimPolicyName(p) << " trial " << trial;
     }
@@ -113,6 +114,8 @@ TEST(CacheSim, LayerLruEscapesTheCyclicScanThatDefeatsLru) {
   EXPECT_EQ(static_cast<int>(belady.counters.misses), OptimalMisses(t, 3));
   EXPECT_EQ(layer_lru.counters.hits, belady.counters.hits);
   EXPECT_GT(layer_lru.counters.hits, 20u);
+  // Reuse: equal estimates, so the expert whose layer was visited last is expected farthest.
+  EXPECT_EQ(Simulate(t, SimPolicy::kReuse, 3).counters.hits, belady.counters.hits);
 }
 
 TEST(CacheSim, LayerPoliciesCountAVisitBeforeItsFirstEviction) {
@@ -120,7 +123,7 @@ TEST(CacheSim, LayerPoliciesCountAVisitBeforeItsFirstEviction) {
   // When c needs a slot, a has missed the visit of layer 0 in progress (age 1) while b is fresh
   // (age 0): a goes, and b hits.
   const Trace t = MakeTrace({2, 4, 1}, {{0, {0}}, {1, {1}}, {0, {2}}, {1, {1}}});
-  for (SimPolicy p : {SimPolicy::kLayerLru, SimPolicy::kLayerLrfu}) {
+  for (SimPolicy p : {SimPolicy::kLayerLru, SimPolicy::kLayerLrfu, SimPolicy::kReuse}) {
     EXPECT_EQ(Simulate(t, p, 2).counters.hits, 1u) << SimPolicyName(p);
   }
 }
@@ -136,8 +139,9 @@ TEST(CacheSim, OnlinePoliciesNeverBeatBeladyOnASyntheticTrace) {
     const int32_t slots = SlotsForFraction(trace->shape, fraction);
     const SimResult belady = Simulate(*trace, SimPolicy::kBelady, slots);
     EXPECT_EQ(belady.counters.Demanded(), static_cast<uint64_t>(trace->Accesses()));
-    for (SimPolicy p : {SimPolicy::kLayerLru, SimPolicy::kLayerLrfu, SimPolicy::kLru,
-                        SimPolicy::kLfu, SimPolicy::kLruK}) {
+    for (SimPolicy p :
+         {SimPolicy::kLayerLru, SimPolicy::kLayerLrfu, SimPolicy::kLru, SimPolicy::kLfu,
+          SimPolicy::kLruK, SimPolicy::kReuse, SimPolicy::kStaticLru}) {
       const SimResult r = Simulate(*trace, p, slots);
       EXPECT_EQ(r.counters.Demanded(), static_cast<uint64_t>(trace->Accesses()));
       EXPECT_LE(r.counters.HitRate(), belady.counters.HitRate()) << SimPolicyName(p);
@@ -184,9 +188,36 @@ TEST(CacheSim, PerfectLookaheadTurnsMissesIntoHits) {
   EXPECT_EQ(SimulateTrace(*trace, options).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
+TEST(CacheSim, StaticOptimumIsTheMostUsedSetInHindsight) {
+  // Uses: L0/E0 x3, L0/E1 x1, L1/E0 x2, L1/E1 x2 (8 accesses).
+  const Trace t = MakeTrace({2, 2, 1}, {{0, {0}}, {1, {0, 1}}, {0, {0, 1}}, {1, {0, 1}}, {0, {0}}});
+  EXPECT_EQ(ExpertUseCounts(t), (std::vector<int64_t>{3, 1, 2, 2}));
+  EXPECT_DOUBLE_EQ(StaticOptimalHitRate(t, 1), 3.0 / 8);
+  EXPECT_DOUBLE_EQ(StaticOptimalHitRate(t, 2), 5.0 / 8);
+  EXPECT_DOUBLE_EQ(StaticOptimalHitRate(t, 4), 1.0);
+  EXPECT_DOUBLE_EQ(StaticOptimalHitRate(t, 9), 1.0);
+  EXPECT_DOUBLE_EQ(StaticOptimalHitRate(Trace{{2, 2, 1}, {}}, 1), 0.0);
+}
+
+TEST(CacheSim, StaticLruKeepsTheMostUsedExpertsThroughAScan) {
+  // One layer, 3 slots; the largest step has 1 expert, so the 2 most used experts (0: x6,
+  // 1: x5) are static. Between their uses, 2..5 are scanned once each: layer-LRU lets the scan
+  // evict 0 and 1; static-lru evicts only scanned experts and hits every reuse of 0 and 1.
+  std::vector<std::pair<int32_t, std::vector<int32_t>>> steps;
+  for (int32_t e : {0, 1, 2, 3, 0, 1, 4, 5, 0, 1, 2, 3, 0, 1, 4, 5, 0, 1, 0}) {
+    steps.push_back({0, {e}});
+  }
+  const Trace t = MakeTrace({1, 6, 1}, steps);
+  const SimResult stat = Simulate(t, SimPolicy::kStaticLru, 3);
+  EXPECT_EQ(stat.counters.misses, 2u + 8u);  // first uses of 0 and 1, every scanned expert
+  EXPECT_EQ(stat.counters.hits, 9u);
+  EXPECT_LT(Simulate(t, SimPolicy::kLayerLru, 3).counters.hits, stat.counters.hits);
+}
+
 TEST(CacheSim, PolicyNamesRoundTrip) {
-  for (SimPolicy p : {SimPolicy::kLayerLru, SimPolicy::kLayerLrfu, SimPolicy::kLru, SimPolicy::kLfu,
-                      SimPolicy::kLruK, SimPolicy::kBelady}) {
+  for (SimPolicy p :
+       {SimPolicy::kLayerLru, SimPolicy::kLayerLrfu, SimPolicy::kLru, SimPolicy::kLfu,
+        SimPolicy::kLruK, SimPolicy::kBelady, SimPolicy::kReuse, SimPolicy::kStaticLru}) {
     EXPECT_EQ(*ParseSimPolicy(SimPolicyName(p)), p);
   }
   EXPECT_FALSE(ParseSimPolicy("opt").ok());

@@ -21,7 +21,7 @@ int64_t Key(int32_t layer, int32_t expert) {
 
 TEST(EvictionKind, NamesRoundTrip) {
   for (EvictionKind kind : {EvictionKind::kLayerLru, EvictionKind::kLayerLrfu, EvictionKind::kLru,
-                            EvictionKind::kLfu, EvictionKind::kLruK}) {
+                            EvictionKind::kLfu, EvictionKind::kLruK, EvictionKind::kReuse}) {
     auto parsed = ParseEvictionKind(EvictionKindName(kind));
     ASSERT_TRUE(parsed.ok()) << parsed.status();
     EXPECT_EQ(*parsed, kind);
@@ -155,6 +155,89 @@ TEST(LayerLrfuPolicy, SmallLambdaPrefersFrequencyLargeLambdaRecency) {
   };
   EXPECT_EQ(run(0.25), 1);  // a: CRF ~2.6 beats b: 1 (frequency wins)
   EXPECT_EQ(run(4.0), 0);   // a: ~0.07 loses to b: 1 (recency wins)
+}
+
+TEST(ReusePolicy, BeforeLearningRanksByAgeInOwnLayerVisitsThenLayerOrder) {
+  // Until its first table refresh (256 visits) the policy runs on its prior: a younger age at the
+  // layer's next visit is likelier, and the expected next use is the layer's latest visit plus
+  // one pass (4 layers here) divided by that likelihood.
+  auto policy = MakeEvictionPolicy(EvictionKind::kReuse, 5, kKeys);
+  policy->BeginStep(0);
+  policy->OnInsert(0, Key(0, 0), true);  // a
+  policy->OnInsert(1, Key(0, 1), true);  // b
+  policy->BeginStep(1);
+  policy->OnInsert(2, Key(1, 0), true);  // c
+  policy->BeginStep(0);
+  policy->OnHit(0);  // a used again: b has missed a visit of its layer
+  EXPECT_EQ(policy->PickVictim(All()), 1);
+  // a (used in layer 0's latest visit) and c (in layer 1's) are equally likely; layer 0 was
+  // visited last, so a's next use is the farthest.
+  EXPECT_EQ(policy->PickVictim([](int s) { return s != 1; }), 0);
+  // A second round of the same step is the same visit: nothing changes.
+  policy->BeginStep(0);
+  EXPECT_EQ(policy->PickVictim(All()), 1);
+  // A prefetch into layer 1 ranks as used in layer 1's latest visit: the same expected next use
+  // as c; the tie goes to the older touch (equal), then the lower slot.
+  policy->OnInsert(3, Key(1, 5), false);
+  EXPECT_EQ(policy->PickVictim([](int s) { return s >= 2; }), 2);
+  EXPECT_EQ(policy->PickVictim([](int s) { return s == 3; }), 3);
+  EXPECT_EQ(policy->PickVictim([](int) { return false; }), -1);
+  // Evicted slots leave the ranking; a refilled slot ranks by its new key.
+  policy->OnEvict(1);
+  EXPECT_EQ(policy->PickVictim([](int s) { return s <= 1; }), 0);
+  policy->OnInsert(1, Key(2, 0), true);
+  // Layer 1's visit ages c and the prefetched key (unused in it): they are now the least likely
+  // (tie: the lower slot); then a, whose layer was visited after layer 2's (never visited).
+  policy->BeginStep(1);
+  EXPECT_EQ(policy->PickVictim(All()), 2);
+  EXPECT_EQ(policy->PickVictim([](int s) { return s != 2; }), 3);
+  EXPECT_EQ(policy->PickVictim([](int s) { return s <= 1; }), 0);
+}
+
+TEST(ReusePolicy, LearnsThatAPeriodicExpertOutlivesAFreshOne) {
+  // Layer 0: expert a (slot 0) is used every second visit; at the other visits one of experts
+  // 1..6 is used in turn (slots 1..6), each again only 12 visits later. Layer 1 (slot 7) runs in
+  // between. After 600 visits the table has learned that a, one visit after its use, comes back
+  // at the next visit, while an expert of the rotation, just used, does not. LRU and layer-LRU
+  // would both evict a (the older use); reuse evicts the fresh one.
+  auto policy = MakeEvictionPolicy(EvictionKind::kReuse, 8, kKeys);
+  policy->BeginStep(1);
+  policy->OnInsert(7, Key(1, 0), true);
+  int last_rotating_slot = -1;
+  auto run = [&](int from, int to) {
+    for (int visit = from; visit < to; ++visit) {
+      policy->BeginStep(0);
+      if (visit % 2 == 0) {
+        if (visit == 0) {
+          policy->OnInsert(0, Key(0, 0), true);
+        } else {
+          policy->OnHit(0);
+        }
+      } else {
+        last_rotating_slot = 1 + (visit / 2) % 6;
+        if (visit < 12) {
+          policy->OnInsert(last_rotating_slot, Key(0, last_rotating_slot), true);
+        } else {
+          policy->OnHit(last_rotating_slot);
+        }
+      }
+      policy->BeginStep(1);
+      policy->OnHit(7);
+    }
+  };
+  // 201 visits: before the first refresh the prior (younger is likelier) evicts a.
+  run(0, 100);
+  ASSERT_EQ(last_rotating_slot, 1 + (99 / 2) % 6);
+  EXPECT_EQ(policy->PickVictim([&](int s) { return s == 0 || s == last_rotating_slot; }), 0);
+  run(100, 300);
+  ASSERT_EQ(last_rotating_slot, 1 + (299 / 2) % 6);
+  EXPECT_EQ(policy->PickVictim([&](int s) { return s == 0 || s == last_rotating_slot; }),
+            last_rotating_slot);
+  // The next visit uses a and none of the rotation, not even the one used longest ago (it comes
+  // back one visit later).
+  const int oldest_rotating = 1 + (301 / 2) % 6;
+  EXPECT_EQ(policy->PickVictim([&](int s) { return s == 0 || s == oldest_rotating; }),
+            oldest_rotating);
 }
 
 TEST(BeladyPolicy, EvictsFarthestNextUseAndNeverUsedFirst) {

@@ -3,9 +3,20 @@
 // The replay drives the same ExpertSlotPool the engine uses (one shape class, one byte per expert,
 // so the budget is a slot count) with the same round protocol: Acquire the step's experts, mark
 // the loads complete, Release, repeat for deferred experts. Loads complete instantly: the result
-// counts hits, misses and evictions, not time. Policies: the online ones (layer-LRU, LRU, LFU,
-// LRU-2) and
-// Belady's MIN (evict the expert whose next use is farthest; it knows the whole trace).
+// counts hits, misses and evictions, not time. Policies: the online ones (layer-LRU, layer-LRFU,
+// LRU, LFU, LRU-2, reuse), Belady's MIN (evict the expert whose next use is farthest; it knows the
+// whole trace) and static-lru, an offline-profiled hybrid: the experts most often used in the
+// whole trace, as many as fit besides room for the largest step, are never evicted while any
+// other expert can be; layer-LRU ranks the rest.
+//
+// StaticOptimalHitRate: the hit rate of the best fixed set of n_slots experts in hindsight (the
+// most used ones; other experts bypass the cache). On traces whose steps are independent draws
+// (IRM) it bounds every online demand-paging policy (no prefetch) from above: an expert hit at
+// its layer's step must have been resident since its layer's previous step (a layer's experts
+// are loaded only at its own steps), so all the hits of one forward pass were resident together
+// at its start, in a set chosen without knowledge of that pass; its expected hits are at most
+// those of the n_slots experts most likely to be used, whose sum the hindsight optimum
+// over-estimates.
 //
 // Optional prefetch model (gate lookahead): while a batch's step at one layer is pinned, the
 // predictor names the experts of the batch's next step, each really used one with probability
@@ -24,8 +35,17 @@
 
 namespace moe::experts {
 
-enum class SimPolicy : uint8_t { kLayerLru, kLayerLrfu, kLru, kLfu, kLruK, kBelady };
-// layer-lru, layer-lrfu, lru, lfu, lru2, belady
+enum class SimPolicy : uint8_t {
+  kLayerLru,
+  kLayerLrfu,
+  kLru,
+  kLfu,
+  kLruK,
+  kBelady,
+  kReuse,
+  kStaticLru,
+};
+// layer-lru, layer-lrfu, lru, lfu, lru2, belady, reuse, static-lru
 std::string_view SimPolicyName(SimPolicy policy);
 StatusOr<SimPolicy> ParseSimPolicy(std::string_view name);
 
@@ -63,5 +83,11 @@ int32_t SlotsForFraction(const TraceShape& shape, double fraction);
 
 // InvalidArgument on an invalid trace or options.
 StatusOr<SimResult> SimulateTrace(const Trace& trace, const SimOptions& options);
+
+// The hindsight-best static hit rate (see the file comment); 0 for an empty trace.
+double StaticOptimalHitRate(const Trace& trace, int32_t n_slots);
+
+// Uses of every expert over the trace, by dense id layer * n_experts + expert.
+std::vector<int64_t> ExpertUseCounts(const Trace& trace);
 
 }  // namespace moe::experts

@@ -22,6 +22,15 @@
 //           LFU) and optional periodic halving (aging); ties go to the least recently used.
 //   kLruK - LRU-2 (O'Neil et al., SIGMOD'93): evict the slot whose second most recent demand use is
 //           oldest; experts used only once are evicted first. Frequency-aware, scan-resistant.
+//   kReuse - learned reuse probability: estimates, for every expert, the probability that its
+//           layer's next visit uses it, from its state (visits of its layer since its last use,
+//           and its use count decayed with a half-life in visits of its layer) through a table
+//           learned online over all layers (state -> uses / exposures); evicts the expert whose
+//           expected next use is farthest: its layer's latest visit + one pass / probability (so
+//           among equally likely experts, the one of the layer visited last). Recency-like on
+//           traces with temporal locality, frequency-like on independent (Zipf) routing. O(log n)
+//           per victim, plus O(experts per layer + resident experts of the layer * log n) per
+//           visit.
 //   Belady (offline only, MakeBeladyPolicy): evict the key whose next use is farthest in the
 //           future, given an oracle over a recorded trace. The simulator's optimum.
 //
@@ -39,10 +48,10 @@
 
 namespace moe::experts {
 
-enum class EvictionKind : uint8_t { kLayerLru, kLayerLrfu, kLru, kLfu, kLruK };
+enum class EvictionKind : uint8_t { kLayerLru, kLayerLrfu, kLru, kLfu, kLruK, kReuse };
 
-// "layer-lru", "lru", "lfu", "lru2" (the names accepted on the command line, e.g.
-// --expert-eviction).
+// "layer-lru", "layer-lrfu", "lru", "lfu", "lru2", "reuse" (the names accepted on the command
+// line, e.g. --expert-eviction).
 std::string_view EvictionKindName(EvictionKind kind);
 StatusOr<EvictionKind> ParseEvictionKind(std::string_view name);
 
@@ -62,6 +71,8 @@ struct EvictionOptions {
   // kLayerLrfu: a use's weight halves every 1 / lrfu_lambda visits of its layer (large -> LRU,
   // small -> LFU).
   double lrfu_lambda = 1.0;
+  // kReuse: half-life of an expert's use count, in visits of its layer (0 = no decay).
+  double reuse_half_life_visits = 128.0;
 };
 
 class EvictionPolicy {
