@@ -1,5 +1,4 @@
-// The staging ring of the host tier (HostExpertSource::Mode::kStagingRing) and the pool of threads
-// that fills it.
+// The staging ring of the host tier (HostExpertSource::Mode::kStagingRing).
 //
 // 1. The ring is one pinned buffer cut into n chunks of chunk_bytes; a copy of B bytes takes
 //    ceil(B / chunk_bytes) chunks in ring order.
@@ -8,59 +7,22 @@
 //    it in parallel (ParallelCopier), cudaMemcpyAsync to the device on the caller's stream, record
 //    the chunk's event, hand the chunk back. The DMA of chunk i overlaps the fill of chunk i + 1.
 //
-// Thread safety: StagingRing::Copy and ParallelCopier::Copy are thread safe; chunk ownership and
-// the ring cursor are guarded by one mutex held only for bookkeeping (never while copying or
-// waiting on a device).
+// Thread safety: StagingRing::Copy is thread safe; chunk ownership and the ring cursor are guarded
+// by one mutex held only for bookkeeping (never while copying or waiting on a device).
 #pragma once
 
 #include <condition_variable>
 #include <cstdint>
-#include <deque>
 #include <mutex>
 #include <span>
-#include <thread>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "engine/cuda/cuda_raii.h"
+#include "experts/host_tier_copier.h"
 #include "moe/experts/host_tier.h"
 
 namespace moe::experts {
-
-// memcpy of one large range split over a fixed set of threads (the caller does a share too).
-class ParallelCopier {
- public:
-  // `threads` >= 1 counts the caller: threads - 1 workers are started.
-  explicit ParallelCopier(int threads);
-  ~ParallelCopier();
-  ParallelCopier(const ParallelCopier&) = delete;
-  ParallelCopier& operator=(const ParallelCopier&) = delete;
-
-  // Copies `bytes` bytes from `src` to `dst` (non-overlapping) and returns when all are copied.
-  // Parts are at least kMinPartBytes, so small copies stay on the calling thread.
-  void Copy(void* dst, const void* src, int64_t bytes);
-
-  static constexpr int64_t kMinPartBytes = int64_t{1} << 20;
-
- private:
-  struct Job;  // one Copy() call: its parts and a countdown
-  struct Part {
-    Job* job = nullptr;
-    uint8_t* dst = nullptr;
-    const uint8_t* src = nullptr;
-    int64_t bytes = 0;
-  };
-  void Work();
-  static void Run(const Part& part);
-
-  std::mutex mu_;
-  std::condition_variable work_cv_;  // parts queued or stopping
-  std::condition_variable done_cv_;  // a job's last part finished
-  std::deque<Part> queue_ ABSL_GUARDED_BY(mu_);
-  bool stop_ ABSL_GUARDED_BY(mu_) = false;
-  int threads_ = 1;
-  std::vector<std::thread> workers_;
-};
 
 class HostExpertSource::StagingRing {
  public:
