@@ -14,6 +14,7 @@
 #include <cuda_fp16.h>
 
 #include "kernels/cuda_status.h"
+#include "kernels/decode_common.cuh"
 #include "kernels/gemm_common.cuh"
 #include "kernels/moe_kernels.h"
 #include "kernels/pdl.cuh"
@@ -24,47 +25,6 @@ namespace {
 constexpr int kGemvWarps = 8;   // output columns per block
 constexpr int kGemvRows = 4;    // A rows per pass over the weights
 constexpr int kGemvUnroll = 4;  // 16-byte weight loads in flight per lane and weight row
-
-template <typename T>
-__device__ __forceinline__ void Dot8(const uint4& w, const uint4& a, float& acc);
-template <>
-__device__ __forceinline__ void Dot8<__nv_bfloat16>(const uint4& w, const uint4& a, float& acc) {
-  const __nv_bfloat162* wp = reinterpret_cast<const __nv_bfloat162*>(&w);
-  const __nv_bfloat162* ap = reinterpret_cast<const __nv_bfloat162*>(&a);
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    const float2 wf = __bfloat1622float2(wp[i]);
-    const float2 af = __bfloat1622float2(ap[i]);
-    acc = fmaf(wf.x, af.x, acc);
-    acc = fmaf(wf.y, af.y, acc);
-  }
-}
-template <>
-__device__ __forceinline__ void Dot8<__half>(const uint4& w, const uint4& a, float& acc) {
-  const __half2* wp = reinterpret_cast<const __half2*>(&w);
-  const __half2* ap = reinterpret_cast<const __half2*>(&a);
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    const float2 wf = __half22float2(wp[i]);
-    const float2 af = __half22float2(ap[i]);
-    acc = fmaf(wf.x, af.x, acc);
-    acc = fmaf(wf.y, af.y, acc);
-  }
-}
-
-__device__ __forceinline__ uint4 LoadStreaming(const void* p) {
-  uint4 v;
-  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-               : "l"(p));
-  return v;
-}
-
-__device__ __forceinline__ float WarpSumF(float v) {
-#pragma unroll
-  for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
-  return v;
-}
 
 template <typename T, bool GATED>
 __global__ void __launch_bounds__(kGemvWarps * 32)

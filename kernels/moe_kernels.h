@@ -83,6 +83,53 @@ Status LaunchGemm(const GemmArgs& args, cudaStream_t stream);
 bool CanDecodeGemv(const GemmArgs& args);
 Status LaunchDecodeGemv(const GemmArgs& args, cudaStream_t stream);
 
+// ---- Decode experts (decode_experts.cu) ----
+// The routed experts of a decode batch (CanDecodeExperts) on CUDA cores, per (token, k) pair (no
+// tile list), over a persistent grid that streams each pair's weight rows once with 16-byte loads
+// (pairs of one expert meet in registers or L2). Gate/up writes
+// h[row(pair)] = silu(x[token] . gate[e]) * (x[token] . up[e]); down + combine writes
+// out[token] = sum_k w[token, k] * (h[row(pair)] . down[e]) + gate(token) * sum_s ys[s][token]
+// (k ascending, then splits ascending) in AType to meta->output: the combine needs no launch.
+// Weight matrices are dense, row stride = K ([inter, hidden] gate/up, [hidden, inter] down).
+// NOTES: rounds unlike the tiles + combine, so deterministic (batch-invariant) mode never uses it.
+struct DecodeExpertsArgs {
+  const ForwardMeta* meta = nullptr;
+  WType wtype = WType::kBF16;
+  AType atype = AType::kBF16;  // of meta->output
+  int hidden = 0;
+  int inter = 0;
+  int n_experts = 0;
+  int top_k = 0;
+  int64_t capacity = 0;
+  const void* x = nullptr;  // [capacity, ldx] wtype: the converted input
+  int64_t ldx = 0;
+  const int32_t* topk_ids = nullptr;        // [capacity, top_k]
+  const float* topk_weights = nullptr;      // [capacity, top_k]
+  const void* const* gate_table = nullptr;  // [layers * n_experts] -> [inter, hidden] wtype
+  const void* const* up_table = nullptr;    // [layers * n_experts] -> [inter, hidden] wtype
+  const void* const* down_table = nullptr;  // [layers * n_experts] -> [hidden, inter] wtype
+  const int32_t* layer_dev = nullptr;       // layer position (index into the tables / n_experts)
+  // h rows: pair p's row is pair_row[p] (the scan's expert-sorted order, so that pairs of one
+  // expert are neighbours), or p when pair_row is null (the front may then skip the scan).
+  const int32_t* pair_row = nullptr;
+  void* h = nullptr;  // [capacity * top_k, inter] wtype
+  // Shared expert (down + combine only; ys null without one): down outputs [capacity, hidden] in
+  // wtype, or f32 partials per split; shared_gate [capacity] or null (gate 1).
+  const void* ys = nullptr;
+  bool ys_f32 = false;
+  int ys_splits = 1;
+  int64_t ys_split_stride = 0;
+  const float* shared_gate = nullptr;
+  int sm_count = 0;  // the persistent grid's size is a multiple of this
+  // Programmatic dependent launch (kernels/pdl.cuh). Down + combine reads the routing (topk_ids,
+  // topk_weights, tables) before its wait: the routing must come two or more launches earlier.
+  bool pdl = false;
+  Status Validate() const;
+};
+bool CanDecodeExperts(int64_t capacity, int top_k);
+Status LaunchDecodeGateUp(const DecodeExpertsArgs& args, cudaStream_t stream);
+Status LaunchDecodeDownCombine(const DecodeExpertsArgs& args, cudaStream_t stream);
+
 // ---- Routing and data movement (routing.cu) ----
 struct RoutingParams {
   int n_experts = 0;
@@ -173,6 +220,9 @@ struct FrontArgs {
   int64_t ld_router = 0;
   int router_rows = 0;
   int32_t* ticket = nullptr;  // one counter, zero before the first forward
+  // Route only: skip the scan (offsets, tile list, permutation) when nothing reads it (the decode
+  // experts path with h in pair order).
+  bool skip_scan = false;
   Status Validate() const;
 };
 bool CanFuseFront(int64_t capacity, int n_experts, int router_rows);

@@ -143,6 +143,15 @@ __device__ __forceinline__ float WarpSum(float v) {
   return v;
 }
 
+// Orderable key of a selection score for the warp's max reduction: larger keys for larger scores
+// (equal scores, -0 and +0 included, give equal keys), 0 for -inf and NaN, which are never picked
+// (a strict `v > -inf` test on the float, as before).
+__device__ __forceinline__ unsigned SelKey(float v) {
+  if (!(v > -INFINITY)) return 0u;
+  const unsigned b = __float_as_uint(v == 0.0f ? 0.0f : v);
+  return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
+}
+
 // sum_s p[s * stride] in ascending s; all loads are issued before the first add (a loop with a
 // run-time trip count would wait for each load in turn).
 __device__ __forceinline__ float SumSplits(const float* p, int splits, int64_t stride) {
@@ -231,23 +240,30 @@ __device__ void RouteToken(const RouteArgs& a, const float* logits, int splits,
     __syncwarp();
   }
 
-  // Top-k by selection score; weights are the unbiased scores.
+  // Top-k by selection score; weights are the unbiased scores. Selection scores become orderable
+  // keys in place (SelKey), so each round is one max and one min reduction over the warp.
+  unsigned* key = reinterpret_cast<unsigned*>(sel);
+  for (int e = lane; e < n_experts; e += 32) key[e] = SelKey(sel[e]);
+  __syncwarp();
   int my_id = 0;
   float my_w = 0.0f, wsum = 0.0f;
   for (int k = 0; k < rp.top_k; ++k) {
-    float v = -INFINITY;
-    int idx = INT_MAX;
+    unsigned best = 0u;
+    int best_e = INT_MAX;
     for (int e = lane; e < n_experts; e += 32) {
-      if (sel[e] > v) {
-        v = sel[e];
-        idx = e;
+      if (key[e] > best) {
+        best = key[e];
+        best_e = e;
       }
     }
-    WarpArgMax(v, idx);
-    if (idx == INT_MAX) idx = 0;  // only with NaN scores; keeps indices in range
+    const unsigned m = __reduce_max_sync(0xffffffffu, best);
+    // Ties -> lower index; no candidate (all -inf / NaN) -> expert 0, which keeps indices in range.
+    const int idx = m == 0u ? 0
+                            : static_cast<int>(__reduce_min_sync(
+                                  0xffffffffu, best == m ? static_cast<unsigned>(best_e) : ~0u));
     const float w = score[idx];
     __syncwarp();
-    if (lane == 0) sel[idx] = -INFINITY;
+    if (lane == 0) key[idx] = 0u;
     __syncwarp();
     if (lane == k) {
       my_id = idx;
@@ -284,32 +300,57 @@ __global__ void RouteKernel(const RouteArgs a) {
 // ---- 3. Scan ----
 // Block-wide (kScanThreads threads): offsets, tile list and (with `scatter`) the permutation from
 // per-expert `counts`; s_count / s_tiles: [kScanThreads] shared scratch.
+// Both inclusive scans run in warps (shuffles) and then over the 32 warp totals: three barriers
+// instead of a 20-barrier block-wide scan.
+static_assert(kScanThreads == 32 * 32, "the scan's second level is one warp of warp totals");
 __device__ void ScanBody(const ScanArgs& a, const int32_t* counts, bool scatter, int* s_count,
                          int* s_tiles) {
-  const int e = threadIdx.x;
+  const int e = threadIdx.x, lane = e & 31, warp = e >> 5;
   const int count = e < a.n_experts ? counts[e] : 0;
   const int tiles = (count + a.bm - 1) / a.bm;
-  s_count[e] = count;
-  s_tiles[e] = tiles;
-  __syncthreads();
-  // Inclusive Hillis-Steele scan of both arrays.
-  for (int off = 1; off < kScanThreads; off <<= 1) {
-    const int c = e >= off ? s_count[e - off] : 0;
-    const int t = e >= off ? s_tiles[e - off] : 0;
-    __syncthreads();
-    s_count[e] += c;
-    s_tiles[e] += t;
-    __syncthreads();
+  int incl_count = count, incl_tiles = tiles;
+#pragma unroll
+  for (int off = 1; off < 32; off <<= 1) {
+    const int c = __shfl_up_sync(0xffffffffu, incl_count, off);
+    const int t = __shfl_up_sync(0xffffffffu, incl_tiles, off);
+    if (lane >= off) {
+      incl_count += c;
+      incl_tiles += t;
+    }
   }
-  const int row0 = s_count[e] - count;
-  const int tile0 = s_tiles[e] - tiles;
+  if (lane == 31) {
+    s_count[warp] = incl_count;
+    s_tiles[warp] = incl_tiles;
+  }
+  __syncthreads();
+  if (warp == 0) {
+    int c = s_count[lane], t = s_tiles[lane];
+#pragma unroll
+    for (int off = 1; off < 32; off <<= 1) {
+      const int oc = __shfl_up_sync(0xffffffffu, c, off);
+      const int ot = __shfl_up_sync(0xffffffffu, t, off);
+      if (lane >= off) {
+        c += oc;
+        t += ot;
+      }
+    }
+    s_count[lane] = c;
+    s_tiles[lane] = t;
+  }
+  __syncthreads();
+  if (warp > 0) {
+    incl_count += s_count[warp - 1];
+    incl_tiles += s_tiles[warp - 1];
+  }
+  const int row0 = incl_count - count;
+  const int tile0 = incl_tiles - tiles;
   if (e < a.n_experts) {
     a.group_offsets[e] = row0;
     for (int j = 0; j < tiles; ++j) a.tiles[tile0 + j] = make_int2(e, row0 + j * a.bm);
   }
   if (e == kScanThreads - 1) {
-    a.group_offsets[a.n_experts] = s_count[e];
-    *a.n_tiles = s_tiles[e];
+    a.group_offsets[a.n_experts] = incl_count;
+    *a.n_tiles = incl_tiles;
   }
   if (!scatter) return;
   __syncthreads();
@@ -337,7 +378,7 @@ __global__ void __launch_bounds__(kScanThreads) ScanKernel(const ScanArgs a, boo
 // logits + t * ld_logits, `splits` partials) and scans; `route_smem`: [32][2][n_experts].
 __device__ void RouteScanBody(const RouteArgs& ra, const ScanArgs& sa, const float* logits,
                               int64_t ld_logits, int splits, int64_t split_stride,
-                              float* route_smem) {
+                              float* route_smem, bool scan) {
   __shared__ int s_experts[kScanThreads];
   __shared__ int s_count[kScanThreads];
   __shared__ int s_tiles[kScanThreads];
@@ -349,6 +390,7 @@ __device__ void RouteScanBody(const RouteArgs& ra, const ScanArgs& sa, const flo
     RouteToken(ra, logits + wid * ld_logits, splits, split_stride, wid, score,
                score + ra.routing.n_experts, s_experts);
   }
+  if (!scan) return;
   __syncthreads();  // ids, ranks (global) and counts (shared) are complete
   ScanBody(sa, s_experts, true, s_count, s_tiles);
 }
@@ -358,7 +400,8 @@ __global__ void __launch_bounds__(kScanThreads)
   extern __shared__ float route_smem[];
   GridDepWait();
   GridDepTrigger();
-  RouteScanBody(ra, sa, ra.logits, ra.ld_logits, ra.splits, ra.split_stride, route_smem);
+  RouteScanBody(ra, sa, ra.logits, ra.ld_logits, ra.splits, ra.split_stride, route_smem,
+                /*scan=*/true);
 }
 
 // ---- 6. Front ----
@@ -368,7 +411,7 @@ __global__ void __launch_bounds__(kScanThreads)
 //    every token (8 tokens per pass, f32 FMAs, lane-strided 16-byte chunks in ascending order, then
 //    a fixed xor tree); the quarters are added in order through shared memory into `logits`.
 // 3. The block that draws the last ticket copies all logits into shared memory, resets the ticket
-//    and routes + scans (RouteScanBody).
+//    and routes + scans (RouteScanBody; routes only with skip_scan).
 template <typename In, typename W>
 __global__ void __launch_bounds__(kScanThreads) FrontKernel(const FrontArgs f, float* logits) {
   extern __shared__ float route_smem[];  // [32][2][n_experts] route scratch, then [32][nr] logits
@@ -476,7 +519,7 @@ __global__ void __launch_bounds__(kScanThreads) FrontKernel(const FrontArgs f, f
   }
   if (threadIdx.x == 0) *f.ticket = 0;  // for the next forward (stream-ordered after this one)
   __syncthreads();
-  RouteScanBody(f.route, f.scan, s_logits, nr, 1, 0, route_smem);
+  RouteScanBody(f.route, f.scan, s_logits, nr, 1, 0, route_smem, !f.skip_scan);
 }
 
 // The permutation for large batches, one thread per (token, k) pair.

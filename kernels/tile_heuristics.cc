@@ -54,11 +54,12 @@ MoePlan PlanMoe(const MoePlanInput& in) {
   plan.gated_tile = plan.tile == GemmTile::kDecode && rows_per_group <= kNarrowGatedMaxRows
                         ? GemmTile::kDecodeNarrow
                         : plan.tile;
-  const bool gemv_fits =
-      !in.deterministic && plan.tile == GemmTile::kDecode && rows_per_group <= kDecodeGemvMaxRows;
-  plan.decode_gemv = gemv_fits && (in.decode_gemv == GemvPolicy::kAlways ||
-                                   (in.decode_gemv == GemvPolicy::kAuto && in.tokens == 1 &&
-                                    in.hidden >= kDecodeGemvMinHidden));
+  const bool gemv_fits = !in.deterministic && plan.tile == GemmTile::kDecode &&
+                         rows_per_group <= kDecodeGemvMaxRows &&
+                         in.tokens <= kDecodeExpertsMaxTokens && pairs <= kDecodeExpertsMaxPairs;
+  plan.decode_gemv =
+      gemv_fits && (in.decode_gemv == GemvPolicy::kAlways ||
+                    (in.decode_gemv == GemvPolicy::kAuto && in.tokens <= kDecodeGemvAutoTokens));
   plan.shared_gemv = plan.decode_gemv && in.tokens <= static_cast<int64_t>(kDecodeGemvMaxRows);
   const TileShape& shape = ShapeOf(plan.tile);
   plan.grouped_tiles = MaxGroupedTiles(pairs, in.n_experts, shape.bm);

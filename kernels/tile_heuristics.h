@@ -97,9 +97,9 @@ int ChooseSplitK(int64_t blocks, int64_t k, int64_t rows, int sm_count, bool det
 // bm.
 int64_t MaxGroupedTiles(int64_t pairs, int n_experts, int bm);
 
-// When PlanMoe picks the decode GEMV (LaunchDecodeGemv): never; where it measured faster (kAuto:
-// a 1-token batch with hidden >= kDecodeGemvMinHidden); or wherever the decode tile would run
-// with <= kDecodeGemvMaxRows rows per expert (kAlways: tests).
+// When PlanMoe picks the decode experts path (decode_experts.cu: the routed gate/up and down +
+// combine per (token, k) pair on CUDA cores): never; where it measured faster (kAuto: batches of
+// at most kDecodeGemvAutoTokens tokens); or wherever it fits (kAlways: tests, comparisons).
 enum class GemvPolicy : uint8_t { kNever, kAuto, kAlways };
 
 struct MoePlanInput {
@@ -116,8 +116,8 @@ struct MoePlanInput {
   bool wgmma = false;                // Hopper tiles allowed (ignored when deterministic, unless:)
   bool deterministic_wgmma = false;  // deterministic mode may use them too (see CudaEngineOptions)
   GemmTile wgmma_tile = GemmTile::kWgmma;  // Hopper tile (kWgmma, kWgmma2, kWgmmaTall, kWgmmaWs)
-  GemvPolicy decode_gemv = GemvPolicy::kNever;  // when the CUDA-core decode GEMV takes the
-                                                // routed GEMMs (never when deterministic)
+  GemvPolicy decode_gemv = GemvPolicy::kNever;  // when the CUDA-core decode experts path takes
+                                                // the routed experts (never when deterministic)
 };
 
 struct MoePlan {
@@ -128,8 +128,9 @@ struct MoePlan {
   int shared_down_splits = 1;
   int64_t grouped_tiles = 0;  // grid.x of the grouped GEMMs (blocks past the real tiles exit)
   int64_t dense_tiles = 0;    // grid.x of the router / shared-expert GEMMs
-  // The routed gate/up and down GEMMs (and, at <= kDecodeGemvMaxRows tokens, the shared expert's)
-  // run as the decode GEMV (LaunchDecodeGemv) over `tile`'s row list, without K splits.
+  // The routed experts run as the decode experts kernels (LaunchDecodeGateUp, then
+  // LaunchDecodeDownCombine, which also does the combine: no routed down GEMM, no combine launch),
+  // and at <= kDecodeGemvMaxRows tokens the shared expert as the decode GEMV (LaunchDecodeGemv).
   bool decode_gemv = false;
   bool shared_gemv = false;
 };
@@ -137,14 +138,19 @@ struct MoePlan {
 // Rows per activated expert up to which the routed gate/up GEMM uses kDecodeNarrow: there the
 // weights dominate (the narrow tile re-reads A 4x more often than kDecode, cheap for a few rows).
 inline constexpr double kNarrowGatedMaxRows = 4.0;
-// Rows per activated expert up to which the decode GEMV replaces the decode tile (it re-reads A
-// per pass of 4 rows and has no tensor cores: a weight stream for a few rows only).
-// NOTES (H200, v7): 1 token Mixtral (hidden 4096) 206.5 -> 195.4 us with it; Qwen3 (2048) 54.3
-// -> 52.0, DSv2-Lite (2048) 51.1 -> 55.6; at 8 tokens it lost everywhere (Qwen3 156 -> 180, Mixtral
-// 652 -> 751) and at 64 Qwen3 tokens (4 rows per expert) badly (317 -> 724): kAuto keeps the one
-// clear win.
+// Rows per activated expert up to which the decode experts path may replace the decode tile: it
+// streams each (token, k) pair's weight rows (pairs of one expert re-read them from L2) and has no
+// tensor cores, so it is a weight stream for a few rows per expert only.
+// NOTES (H200, v7, the earlier tile-list GEMV, one block per 8 columns): 1 token Mixtral 206.5 ->
+// 195.4 us, Qwen3 54.3 -> 52.0, DSv2-Lite 51.1 -> 55.6; 8 tokens slower everywhere (Qwen3 156 ->
+// 180): short-lived blocks that each resolved their tile through a chain of dependent loads.
 inline constexpr double kDecodeGemvMaxRows = 4.0;
-inline constexpr int kDecodeGemvMinHidden = 4096;
+// The decode experts kernels stage per-pair data in shared memory and take at most this many
+// tokens (the fused decode front's limit) and (token, k) pairs.
+inline constexpr int64_t kDecodeExpertsMaxTokens = 32;
+inline constexpr int64_t kDecodeExpertsMaxPairs = 1024;
+// kAuto takes the decode experts path up to this many tokens.
+inline constexpr int64_t kDecodeGemvAutoTokens = 1;
 
 MoePlan PlanMoe(const MoePlanInput& in);
 

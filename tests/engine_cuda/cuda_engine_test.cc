@@ -392,6 +392,53 @@ TEST(CudaEngine, SmallBatchPathsOnAndOff) {
   }
 }
 
+// The decode experts path (gate/up per (token, k) pair, down + combine in one kernel) wherever it
+// fits (<= 32 tokens, <= 4 rows per expert), with graphs and eager: every (weight, activation)
+// dtype pair of its down + combine kernel, 129 and 31 experts (most without a token), top-k 2 to 8,
+// shared experts with and without a gate (GEMV and split-K tile partials), hidden 2056 (a second
+// gate/up pass with a K tail), hidden 136 (a pass of 17 chunks) and inter 48 (down rows of 6
+// chunks: a lane's chunks span several experts).
+TEST(CudaEngine, DecodeExpertsPath) {
+  REQUIRE_GPU();
+  CudaEngineOptions graphs = DefaultOptions();
+  graphs.graph_batch_sizes = {1, 2, 4, 8, 16, 32};
+  graphs.decode_gemv = CudaEngineOptions::DecodeGemv::kAlways;
+  CudaEngineOptions eager = graphs;
+  eager.graph_batch_sizes.clear();
+  std::vector<Case> cases = {
+      {"qwen3 129 experts top-8",
+       Opts(Family::kQwen3Moe, 129, 8, 136, 48, DType::kBF16, 81),
+       DType::kBF16,
+       {1, 2, 5}},
+      {"qwen2_moe 31 experts, shared + gate, f16 act",
+       Opts(Family::kQwen2Moe, 31, 4, 128, 64, DType::kBF16, 82),
+       DType::kF16,
+       {1, 6}},
+      {"deepseek_v2 shared, f16 weights, bf16 act",
+       Opts(Family::kDeepseekV2, 32, 6, 128, 88, DType::kF16, 83),
+       DType::kBF16,
+       {1, 3, 9}},
+      {"mixtral hidden 2056, f16 weights, f32 act",
+       Opts(Family::kMixtral, 8, 2, 2056, 64, DType::kF16, 84),
+       DType::kF32,
+       {1, 5, 16}},
+      {"olmoe 32 tokens, f16 weights, f16 act",
+       Opts(Family::kOlmoe, 64, 8, 64, 128, DType::kF16, 85),
+       DType::kF16,
+       {32}},
+      {"deepseek_v3 bf16 weights, f32 act",
+       Opts(Family::kDeepseekV3, 64, 8, 256, 64, DType::kBF16, 86),
+       DType::kF32,
+       {1, 4}},
+  };
+  cases[1].model.norm_topk_prob = false;
+  cases[4].model.norm_topk_prob = false;
+  for (const CudaEngineOptions& o : {graphs, eager}) {
+    SCOPED_TRACE(::testing::Message() << "graphs " << !o.graph_batch_sizes.empty());
+    for (const Case& c : cases) CheckCase(c, o);
+  }
+}
+
 TEST(CudaEngine, Errors) {
   REQUIRE_GPU();
   const auto model = RandomModel(Opts(Family::kMixtral, 8, 2, 128, 64, DType::kBF16, 61));

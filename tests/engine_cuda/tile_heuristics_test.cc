@@ -125,23 +125,27 @@ TEST(PlanMoe, DecodeAndPrefillShapes) {
   in.tokens = 1;
   EXPECT_FALSE(PlanMoe(in).decode_gemv);  // only when asked for
   in.decode_gemv = GemvPolicy::kAuto;
-  EXPECT_FALSE(PlanMoe(in).decode_gemv);  // hidden 2048: measured slower
-  in.hidden = 4096;
   EXPECT_TRUE(PlanMoe(in).decode_gemv);
-  in.tokens = 8;
-  EXPECT_FALSE(PlanMoe(in).decode_gemv);
+  in.tokens = kDecodeGemvAutoTokens + 1;
+  EXPECT_FALSE(PlanMoe(in).decode_gemv);  // kAuto: only where it measured faster
   in.tokens = 1;
-  in.hidden = 2048;
   in.decode_gemv = GemvPolicy::kAlways;
   p = PlanMoe(in);
   EXPECT_TRUE(p.decode_gemv);
   EXPECT_TRUE(p.shared_gemv);
   EXPECT_EQ(p.down_splits, 1);
-  in.tokens = 64;  // 512 pairs over 128 experts: 4 rows each
+  in.tokens = 8;
   EXPECT_TRUE(PlanMoe(in).decode_gemv);
   EXPECT_FALSE(PlanMoe(in).shared_gemv);
-  in.tokens = 65;
+  in.tokens = kDecodeExpertsMaxTokens;  // 256 pairs over 128 experts: 2 rows each
+  EXPECT_TRUE(PlanMoe(in).decode_gemv);
+  in.tokens = kDecodeExpertsMaxTokens + 1;  // past the fused front's and the kernels' limit
   EXPECT_FALSE(PlanMoe(in).decode_gemv);
+  in.tokens = 8;
+  in.n_experts = 8;
+  in.top_k = 8;  // 8 rows per expert: the tensor-core tile
+  EXPECT_FALSE(PlanMoe(in).decode_gemv);
+  in.n_experts = 128;
   in.tokens = 1;
   in.deterministic = true;
   EXPECT_FALSE(PlanMoe(in).decode_gemv);  // rounds unlike the mma.sync tiles

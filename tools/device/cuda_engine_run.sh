@@ -4,7 +4,8 @@
 # then (device tool, carry [".device"]):  source .device/env.sh; tools/device/cuda_engine_run.sh [steps]
 # Steps (default: info test bench): info, test, sanitize (memcheck + racecheck on a test subset),
 # bench (full roofline report), quickbench (no deterministic column), wsbench (warp-specialised
-# wgmma kernel vs the cp.async one at 512-16384 tokens), wsinvariance. Outputs go to $OUT.
+# wgmma kernel vs the cp.async one at 512-16384 tokens), wsinvariance, decodeab (small-batch paths
+# A/B at 1/8/64 tokens), decodencu (per-kernel ncu times of those paths). Outputs go to $OUT.
 set -uo pipefail
 out=${OUT:-/tmp/out}
 mkdir -p "$out"
@@ -49,6 +50,24 @@ for step in $steps; do
       done ;;
     wsinvariance)
       timeout 60 cuda_engine_bench --ws --check-invariance 2>&1 | tee "$out/ws_invariance.txt" ;;
+    decodeab)  # small batches: decode experts path at 1 token (default), everywhere it fits, never
+      for v in default gemv-always no-gemv; do
+        flag=; [ $v != default ] && flag=--$v
+        timeout ${DECODE_BENCH_TIMEOUT:-90} cuda_engine_bench --report="$out/decode_$v.jsonl" --no-det \
+          --tokens=1,8,64 $flag > "$out/decode_$v.txt" 2>&1
+        echo "$v rc=$?"; grep -v "^  " "$out/decode_$v.txt"
+      done ;;
+    decodencu)  # per-kernel device time (ncu) of the small-batch kernels: shape:tokens:flag
+      for c in ${DECODE_NCU:-qwen3:1: qwen3:1:--no-gemv qwen3:8:--gemv-always}; do
+        IFS=: read -r sh t flag <<< "$c"
+        f="$out/ncu_${sh}_${t}${flag:+_${flag#--}}.csv"
+        timeout 60 ncu --clock-control none --graph-profiling node \
+          -k regex:'Front|Decode|Gemm|Route|Scan|Convert|Combine' --launch-skip 150 --launch-count 12 \
+          --metrics gpu__time_duration.sum --csv cuda_engine_bench --report=/tmp/ncu.jsonl \
+          --shapes=$sh --tokens=$t --no-det $flag > "$f" 2>&1
+        echo "ncu $c rc=$?"
+        grep gpu__time_duration "$f" | awk -F'","' '{print $5, $(NF)}' | sed 's/"//g' | cut -c1-90 | head -12
+      done ;;
     decodebench)
       cuda_engine_bench --report="$out/decode.jsonl" --no-det --tokens=1,8,64 2>&1 | tee "$out/decode.txt" ;;
     quickbench)

@@ -426,6 +426,8 @@ Status CudaEngine::Impl::BuildLayerLaunch(Slot& s, int64_t capacity, AType atype
     dx.up_table = weights.table(weights.up_table);
     dx.down_table = weights.table(weights.down_table);
     dx.layer_dev = layer_dev(s);
+    // At 1 token every pair has its own expert: h in pair order, and the front skips the scan.
+    dx.pair_row = capacity > 1 ? s.pair_row.as<int32_t>() : nullptr;
     dx.h = s.h.get();
     dx.ys = comb.ys;
     dx.ys_f32 = comb.ys_f32;
@@ -434,7 +436,7 @@ Status CudaEngine::Impl::BuildLayerLaunch(Slot& s, int64_t capacity, AType atype
     dx.shared_gate = comb.shared_gate;
     dx.sm_count = sms;
     dx.pdl = gu.pdl;  // not the first kernel: the same for every later launch
-    l->front.skip_scan = fused_front;
+    l->front.skip_scan = fused_front && dx.pair_row == nullptr;
   }
   return absl::OkStatus();
 }

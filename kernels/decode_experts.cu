@@ -1,0 +1,352 @@
+// Decode experts: the routed experts of a decode batch per (token, k) pair on CUDA cores.
+//
+// 1. Both kernels run a persistent grid (kBlocksPerSm blocks of kWarps warps per SM). Units of
+//    work are (output column, h row) for gate/up and (output column, token) for down + combine,
+//    column-major, and each warp takes one contiguous range of units, so every SM streams the same
+//    number of weight bytes and no block resolves a tile list. h rows are the pairs in the scan's
+//    expert-sorted order (or in pair order at 1 token, where the front skips the scan), so pairs of
+//    one expert are neighbouring units: their weight row is loaded once into registers (one-pass
+//    K) or read back from L2.
+// 2. Each block stages the per-row / per-pair data in shared memory: the expert's weight matrices
+//    (gate/up: from the layer's pointer tables, copied before the PDL wait) and the routing weight.
+// 3. Gate/up: a warp streams the unit's gate and up rows (lane l reads 16 bytes at elements
+//    8l + 256c, kChunks per row in flight), dots them with the token's activation row (L1) in
+//    ascending k per lane, sums the lanes with a fixed xor tree and stores silu(g) * u to
+//    h[row, column] in wtype.
+// 4. Down + combine: a warp streams the down rows of the token's top_k experts as one run of
+//    16-byte chunks (32 * kC per batch, so several experts' rows are in flight at once; h comes
+//    from shared memory when it fits), adds w_k * (h[row(pair)] . down[e][column]) per chunk
+//    (k ascending per lane), sums the lanes, adds the gated shared-expert output and stores the
+//    token's output element in the activation dtype.
+// 5. PDL: gate/up waits before reading the routing; down + combine stages the routing (two or more
+//    launches back) and prefetches its first weights into L2 before it waits for h.
+// NOTES: rounds differently from the tensor-core tiles + combine (no bf16 rounding of the down
+// outputs), so deterministic (batch-invariant) mode never uses it (PlanMoe).
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include "kernels/cuda_status.h"
+#include "kernels/decode_common.cuh"
+#include "kernels/gemm_common.cuh"
+#include "kernels/moe_kernels.h"
+#include "kernels/pdl.cuh"
+
+namespace moe::cuda {
+namespace {
+
+constexpr int kWarps = 8;
+constexpr int kThreads = kWarps * 32;
+constexpr int kBlocksPerSm = 2;
+// 16-byte weight loads in flight per lane and weight row (gate/up: 2 rows, so 8 KiB per warp).
+constexpr int kChunks = 8;
+constexpr int kMaxPairs = static_cast<int>(kDecodeExpertsMaxPairs);
+// Gate/up copies the layer's pointer tables into shared memory up to this many experts.
+constexpr int kMaxStagedExperts = 512;
+// Down + combine stages h in shared memory up to this size (no opt-in attribute needed; two blocks
+// per SM fit with their static arrays).
+constexpr int64_t kHSmemMaxBytes = 48 * 1024;
+
+// The contiguous range [begin, end) of `units` that global warp `gw` of `warps` owns.
+__device__ __forceinline__ void WarpUnits(int64_t units, int64_t& begin, int64_t& end) {
+  const int64_t warps = static_cast<int64_t>(gridDim.x) * kWarps;
+  const int64_t gw = static_cast<int64_t>(blockIdx.x) * kWarps + (threadIdx.x >> 5);
+  begin = gw * units / warps;
+  end = (gw + 1) * units / warps;
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads, kBlocksPerSm)
+    DecodeGateUpKernel(const DecodeExpertsArgs a) {
+  __shared__ const T* s_gate[kMaxPairs];  // by h row
+  __shared__ const T* s_up[kMaxPairs];
+  __shared__ int s_token[kMaxPairs];
+  __shared__ const void* s_table[2][kMaxStagedExperts];
+  // Phase 0: the layer's gate/up tables (fixed) before the wait, so that after it the experts (from
+  // the previous kernel) are one dependent load away from their weights.
+  const int64_t layer_base = static_cast<int64_t>(*a.layer_dev) * a.n_experts;
+  const bool staged = a.n_experts <= kMaxStagedExperts;
+  if (staged) {
+    for (int e = threadIdx.x; e < a.n_experts; e += kThreads) {
+      s_table[0][e] = a.gate_table[layer_base + e];
+      s_table[1][e] = a.up_table[layer_base + e];
+    }
+  }
+  __syncthreads();
+  GridDepWait();
+  GridDepTrigger();
+  const int pairs = a.meta->n_tokens * a.top_k;
+  for (int p = threadIdx.x; p < pairs; p += kThreads) {
+    const int e = a.topk_ids[p];
+    const int j = a.pair_row != nullptr ? a.pair_row[p] : p;
+    s_gate[j] = static_cast<const T*>(staged ? s_table[0][e] : a.gate_table[layer_base + e]);
+    s_up[j] = static_cast<const T*>(staged ? s_table[1][e] : a.up_table[layer_base + e]);
+    s_token[j] = p / a.top_k;
+  }
+  __syncthreads();
+
+  // Phase 1: units (column, h row), column-major. With sorted rows, consecutive units of one warp
+  // often share (expert, column): a one-pass K keeps that weight row in registers.
+  const int lane = threadIdx.x & 31;
+  const int K = a.hidden;
+  const bool one_pass = K <= 256 * kChunks;
+  const T* x = static_cast<const T*>(a.x);
+  T* h = static_cast<T*>(a.h);
+  int64_t u_begin, u_end;
+  WarpUnits(static_cast<int64_t>(a.inter) * pairs, u_begin, u_end);
+  const T* held = nullptr;  // the gate row whose pass is in vg / vu
+  uint4 vg[kChunks], vu[kChunks];
+  for (int64_t u = u_begin; u < u_end; ++u) {
+    const int col = static_cast<int>(u / pairs);
+    const int j = static_cast<int>(u - static_cast<int64_t>(col) * pairs);
+    const T* wg = s_gate[j] + static_cast<int64_t>(col) * K;
+    const T* wu = s_up[j] + static_cast<int64_t>(col) * K;
+    const T* xr = x + static_cast<int64_t>(s_token[j]) * a.ldx;
+    const bool reuse = one_pass && wg == held;
+    held = one_pass ? wg : nullptr;
+    float g = 0.0f, up = 0.0f;
+    for (int k0 = lane * 8; k0 < K; k0 += 256 * kChunks) {
+      // Every load of the pass is issued before the first use (chunks past K read as zeros).
+      uint4 vx[kChunks];
+#pragma unroll
+      for (int c = 0; c < kChunks; ++c) {
+        const int k = k0 + 256 * c;
+        const bool ok = k < K;
+        if (!reuse) {
+          vg[c] = ok ? LoadStreaming(wg + k) : make_uint4(0, 0, 0, 0);
+          vu[c] = ok ? LoadStreaming(wu + k) : make_uint4(0, 0, 0, 0);
+        }
+        vx[c] = ok ? LoadCached(xr + k) : make_uint4(0, 0, 0, 0);
+      }
+#pragma unroll
+      for (int c = 0; c < kChunks; ++c) {
+        Dot8<T>(vg[c], vx[c], g);
+        Dot8<T>(vu[c], vx[c], up);
+      }
+    }
+    g = WarpSumF(g);
+    up = WarpSumF(up);
+    if (lane == 0) h[static_cast<int64_t>(j) * a.inter + col] = static_cast<T>(Silu(g) * up);
+  }
+}
+
+template <typename Out>
+__device__ __forceinline__ Out FromFloat(float v);
+template <>
+__device__ __forceinline__ float FromFloat<float>(float v) {
+  return v;
+}
+template <>
+__device__ __forceinline__ __half FromFloat<__half>(float v) {
+  return __float2half_rn(v);
+}
+template <>
+__device__ __forceinline__ __nv_bfloat16 FromFloat<__nv_bfloat16>(float v) {
+  return __float2bfloat16_rn(v);
+}
+
+// Prefetches `bytes` (a multiple of 16) at `p` (16-byte aligned) into L2 (sm_90; no-op before).
+__device__ __forceinline__ void PrefetchL2(const void* p, uint32_t bytes) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(p), "r"(bytes) : "memory");
+#endif
+}
+
+// Steps chunk position (kk, r) (chunk r of row kk, rows of `per_row` chunks) forward by 32 chunks.
+__device__ __forceinline__ void Advance32(int per_row, int& kk, int& r) {
+  r += 32;
+  while (r >= per_row) {
+    r -= per_row;
+    ++kk;
+  }
+}
+
+// H_SMEM: h of every pair is copied into shared memory first (when it fits, kHSmemMaxBytes), so the
+// registers hold only weights: 24 16-byte loads per lane in flight (12 KiB per warp), against 8
+// weight + 8 h loads when h is read from global memory.
+template <typename T, typename Out, bool H_SMEM>
+__global__ void __launch_bounds__(kThreads, kBlocksPerSm)
+    DecodeDownCombineKernel(const DecodeExpertsArgs a) {
+  constexpr int kC = H_SMEM ? 24 : kChunks;
+  extern __shared__ uint4 s_h[];  // H_SMEM: [pairs][inter] wtype (h rows)
+  __shared__ const T* s_down[kMaxPairs];
+  __shared__ float s_w[kMaxPairs];
+  __shared__ int s_hrow[kMaxPairs];
+  // Phase 0: the routing (two or more launches back) before the wait, h (the previous kernels')
+  // after it. Each warp prefetches its first unit's first batch of weights into L2 meanwhile.
+  const int n_tokens = a.meta->n_tokens;
+  const int top_k = a.top_k;
+  const int pairs = n_tokens * top_k;
+  const int64_t layer_base = static_cast<int64_t>(*a.layer_dev) * a.n_experts;
+  for (int p = threadIdx.x; p < pairs; p += kThreads) {
+    s_down[p] = static_cast<const T*>(a.down_table[layer_base + a.topk_ids[p]]);
+    s_w[p] = a.topk_weights[p];
+    s_hrow[p] = a.pair_row != nullptr ? a.pair_row[p] : p;
+  }
+  __syncthreads();
+  const int lane = threadIdx.x & 31;
+  const int K = a.inter;
+  const int chunks_per_row = K / 8;
+  const int chunks = top_k * chunks_per_row;
+  int64_t u_begin, u_end;
+  WarpUnits(static_cast<int64_t>(a.hidden) * n_tokens, u_begin, u_end);
+  if (u_begin < u_end && lane < top_k) {
+    const int col = static_cast<int>(u_begin / n_tokens);
+    const int t = static_cast<int>(u_begin - static_cast<int64_t>(col) * n_tokens);
+    const int first = lane * chunks_per_row;
+    const int last = min(first + chunks_per_row, 32 * kC);  // chunks of the first batch
+    if (first < last) {
+      PrefetchL2(s_down[t * top_k + lane] + static_cast<int64_t>(col) * K,
+                 static_cast<uint32_t>(last - first) * 16u);
+    }
+  }
+  GridDepWait();
+  GridDepTrigger();
+  if constexpr (H_SMEM) {
+    const uint4* src = static_cast<const uint4*>(a.h);
+    const int n16 = pairs * chunks_per_row;
+    for (int i = threadIdx.x; i < n16; i += kThreads) s_h[i] = src[i];
+    __syncthreads();
+  }
+
+  // Phase 1: units (column, token), column-major; a unit's top_k down rows are one run of chunks.
+  const T* h = static_cast<const T*>(a.h);
+  Out* out = static_cast<Out*>(a.meta->output);
+  for (int64_t u = u_begin; u < u_end; ++u) {
+    const int col = static_cast<int>(u / n_tokens);
+    const int t = static_cast<int>(u - static_cast<int64_t>(col) * n_tokens);
+    const int p0 = t * top_k;
+    float acc = 0.0f;
+    for (int q0 = lane; q0 < chunks; q0 += 32 * kC) {
+      // Chunk q0 + 32c is chunk r of expert kk's row; (kk, r) advance without dividing.
+      const int kk0 = q0 / chunks_per_row;
+      const int r0 = q0 - kk0 * chunks_per_row;
+      uint4 wv[kC], hv[kC];
+      {
+        int kk = kk0, r = r0;
+#pragma unroll
+        for (int c = 0; c < kC; ++c) {
+          if (c > 0) Advance32(chunks_per_row, kk, r);
+          if (q0 + 32 * c < chunks) {
+            const int p = p0 + kk;
+            wv[c] = LoadStreaming(s_down[p] + static_cast<int64_t>(col) * K + r * 8);
+            if constexpr (!H_SMEM) {
+              hv[c] = LoadCached(h + static_cast<int64_t>(s_hrow[p]) * K + r * 8);
+            }
+          } else {
+            wv[c] = make_uint4(0, 0, 0, 0);
+            if constexpr (!H_SMEM) hv[c] = make_uint4(0, 0, 0, 0);
+          }
+        }
+      }
+      int kk = kk0, r = r0;
+#pragma unroll
+      for (int c = 0; c < kC; ++c) {
+        if (c > 0) Advance32(chunks_per_row, kk, r);
+        if (q0 + 32 * c < chunks) {
+          const int p = p0 + kk;
+          uint4 hc;
+          if constexpr (H_SMEM) {
+            hc = s_h[s_hrow[p] * chunks_per_row + r];
+          } else {
+            hc = hv[c];
+          }
+          float d = 0.0f;
+          Dot8<T>(wv[c], hc, d);
+          acc = fmaf(s_w[p], d, acc);
+        }
+      }
+    }
+    float v = WarpSumF(acc);
+    if (lane == 0) {
+      if (a.ys != nullptr) {
+        const float gate = a.shared_gate ? a.shared_gate[t] : 1.0f;
+        const int64_t off = static_cast<int64_t>(t) * a.hidden + col;
+        float sum = 0.0f;
+        if (a.ys_f32) {
+          for (int s = 0; s < a.ys_splits; ++s) {
+            sum += static_cast<const float*>(a.ys)[s * a.ys_split_stride + off];
+          }
+        } else {
+          sum = static_cast<float>(static_cast<const T*>(a.ys)[off]);
+        }
+        v += gate * sum;
+      }
+      out[static_cast<int64_t>(t) * a.hidden + col] = FromFloat<Out>(v);
+    }
+  }
+}
+
+// One instantiation per weight dtype (gate/up) and per (weight, activation) dtype pair (down).
+#define MOE_DECODE_DOWN_TYPES_(X)                             \
+  X(WType::kBF16, __nv_bfloat16, AType::kF32, float)          \
+  X(WType::kBF16, __nv_bfloat16, AType::kF16, __half)         \
+  X(WType::kBF16, __nv_bfloat16, AType::kBF16, __nv_bfloat16) \
+  X(WType::kF16, __half, AType::kF32, float)                  \
+  X(WType::kF16, __half, AType::kF16, __half)                 \
+  X(WType::kF16, __half, AType::kBF16, __nv_bfloat16)
+using DecodeFn = void (*)(DecodeExpertsArgs);
+struct DownEntry {
+  WType wtype;
+  AType atype;
+  DecodeFn fn;         // h read from global memory
+  DecodeFn fn_h_smem;  // h staged in shared memory
+};
+#define MOE_DECODE_DOWN_ENTRY_(WT, W, AT, OUT) \
+  {WT, AT, &DecodeDownCombineKernel<W, OUT, false>, &DecodeDownCombineKernel<W, OUT, true>},
+const DownEntry kDownKernels[] = {MOE_DECODE_DOWN_TYPES_(MOE_DECODE_DOWN_ENTRY_)};
+#undef MOE_DECODE_DOWN_ENTRY_
+
+dim3 PersistentGrid(int sm_count) { return dim3(static_cast<unsigned>(sm_count * kBlocksPerSm)); }
+
+}  // namespace
+
+bool CanDecodeExperts(int64_t capacity, int top_k) {
+  return capacity >= 1 && capacity <= kDecodeExpertsMaxTokens &&
+         capacity * top_k <= kDecodeExpertsMaxPairs;
+}
+
+Status DecodeExpertsArgs::Validate() const {
+  if (meta == nullptr || x == nullptr || topk_ids == nullptr || topk_weights == nullptr ||
+      gate_table == nullptr || up_table == nullptr || down_table == nullptr ||
+      layer_dev == nullptr || h == nullptr) {
+    return absl::InvalidArgumentError("DecodeExpertsArgs: null pointer");
+  }
+  if (hidden <= 0 || hidden % 8 != 0 || inter <= 0 || inter % 8 != 0 || ldx < hidden ||
+      ldx % 8 != 0 || n_experts <= 0 || top_k <= 0 || top_k > n_experts || sm_count <= 0) {
+    return absl::InvalidArgumentError(
+        "DecodeExpertsArgs: need hidden, inter, ldx multiples of 8 and 0 < top_k <= n_experts");
+  }
+  if (ys != nullptr && (ys_splits < 1 || (!ys_f32 && ys_splits != 1))) {
+    return absl::InvalidArgumentError("DecodeExpertsArgs: bad shared-expert splits");
+  }
+  if (!CanDecodeExperts(capacity, top_k)) {
+    return absl::InvalidArgumentError("DecodeExpertsArgs: too many tokens or pairs");
+  }
+  return absl::OkStatus();
+}
+
+Status LaunchDecodeGateUp(const DecodeExpertsArgs& a, cudaStream_t stream) {
+  MOE_RETURN_IF_ERROR(a.Validate());
+  const DecodeFn fn =
+      a.wtype == WType::kBF16 ? &DecodeGateUpKernel<__nv_bfloat16> : &DecodeGateUpKernel<__half>;
+  CUDA_RETURN_IF_ERROR(
+      LaunchMaybePdl(fn, PersistentGrid(a.sm_count), dim3(kThreads), 0, stream, a.pdl, a));
+  return absl::OkStatus();
+}
+
+Status LaunchDecodeDownCombine(const DecodeExpertsArgs& a, cudaStream_t stream) {
+  MOE_RETURN_IF_ERROR(a.Validate());
+  // h of every pair the launch may hold (2-byte elements).
+  const int64_t h_bytes = a.capacity * a.top_k * a.inter * 2;
+  const bool h_smem = h_bytes <= kHSmemMaxBytes;
+  DecodeFn fn = nullptr;
+  for (const DownEntry& e : kDownKernels) {
+    if (e.wtype == a.wtype && e.atype == a.atype) fn = h_smem ? e.fn_h_smem : e.fn;
+  }
+  if (fn == nullptr) return absl::InternalError("no decode down kernel for these dtypes");
+  CUDA_RETURN_IF_ERROR(LaunchMaybePdl(fn, PersistentGrid(a.sm_count), dim3(kThreads),
+                                      h_smem ? static_cast<size_t>(h_bytes) : 0, stream, a.pdl, a));
+  return absl::OkStatus();
+}
+
+}  // namespace moe::cuda
