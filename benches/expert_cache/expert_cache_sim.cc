@@ -11,6 +11,7 @@
 //
 // A policy may carry its knob after a colon: layer-lrfu:<lambda>, lfu:<decay period in events>,
 // reuse:<half-life in layer visits> (e.g. --policies layer-lrfu:0.1,lfu:100000).
+#include <algorithm>
 #include <cstdio>
 #include <string>
 #include <vector>
@@ -45,6 +46,8 @@ struct Flags {
   int64_t lfu_decay = 0;
   double reuse_half_life = 128;
   bool suite = false;
+  int32_t bound_samples = 1024;
+  int32_t bound_stride = 32;
 };
 
 // A policy with its options, from "name[:knob]".
@@ -95,10 +98,60 @@ StatusOr<SyntheticTraceOptions> ModelOptions(const std::string& model) {
   return absl::InvalidArgumentError(absl::StrCat("unknown --model ", model));
 }
 
-StatusOr<Trace> LoadOrGenerate(const Flags& flags, std::string* description) {
+// A synthetic trace and, per budget, the online bound of SyntheticTraceGenerator: the expected
+// hits of the budget's most likely experts of a batch given the generator's state before it,
+// over the accesses of that batch, for every stride-th batch (empty when samples is 0). The
+// probabilities are Monte Carlo estimates: the sum of the largest ones is biased upward, so the
+// bound errs on the safe side (less so with more samples).
+struct BoundedTrace {
+  Trace trace;
+  std::vector<double> online_bound;  // [budgets]
+};
+
+StatusOr<BoundedTrace> GenerateWithBound(const SyntheticTraceOptions& options,
+                                         const std::vector<double>& budgets, int32_t samples,
+                                         int32_t stride) {
+  MOE_ASSIGN_OR_RETURN(std::unique_ptr<SyntheticTraceGenerator> generator,
+                       SyntheticTraceGenerator::Create(options));
+  BoundedTrace out;
+  out.trace.shape = options.shape;
+  std::vector<double> expected_hits(budgets.size(), 0.0);
+  std::vector<double> prefix;
+  int64_t sampled_accesses = 0;
+  for (int32_t batch = 0; batch < options.n_batches; ++batch) {
+    // Every stride-th batch (the first one, cold, excepted).
+    const bool sampled = samples > 0 && batch > 0 && batch % std::max(stride, 1) == 0;
+    const size_t first_step = out.trace.steps.size();
+    if (sampled) {
+      std::vector<double> p =
+          generator->NextBatchUseProbabilities(samples, options.seed * 1000003 + batch);
+      std::sort(p.rbegin(), p.rend());
+      prefix.assign(p.size() + 1, 0.0);
+      for (size_t i = 0; i < p.size(); ++i) prefix[i + 1] = prefix[i] + p[i];
+      for (size_t b = 0; b < budgets.size(); ++b) {
+        const size_t slots =
+            std::min<size_t>(SlotsForFraction(options.shape, budgets[b]), p.size());
+        expected_hits[b] += prefix[slots];
+      }
+    }
+    generator->NextBatch(out.trace);
+    if (sampled) {
+      for (size_t i = first_step; i < out.trace.steps.size(); ++i) {
+        sampled_accesses += static_cast<int64_t>(out.trace.steps[i].experts.size());
+      }
+    }
+  }
+  const double accesses = static_cast<double>(sampled_accesses);
+  if (samples <= 0) return out;
+  for (double hits : expected_hits) out.online_bound.push_back(accesses > 0 ? hits / accesses : 0);
+  return out;
+}
+
+StatusOr<BoundedTrace> LoadOrGenerate(const Flags& flags, std::string* description) {
   if (!flags.trace_path.empty()) {
     *description = absl::StrCat("trace ", flags.trace_path);
-    return ReadTraceFile(flags.trace_path);
+    MOE_ASSIGN_OR_RETURN(Trace trace, ReadTraceFile(flags.trace_path));
+    return BoundedTrace{std::move(trace), {}};
   }
   MOE_ASSIGN_OR_RETURN(SyntheticTraceOptions o, ModelOptions(flags.model));
   if (flags.batches >= 0) o.n_batches = flags.batches;
@@ -112,7 +165,7 @@ StatusOr<Trace> LoadOrGenerate(const Flags& flags, std::string* description) {
                               o.tokens_per_batch, " tokens, zipf ", o.zipf_exponent,
                               ", stickiness ", o.stickiness, ", sequence end ", o.sequence_end_prob,
                               ", drift ", o.drift_prob, ", seed ", o.seed);
-  return GenerateSyntheticTrace(o);
+  return GenerateWithBound(o, flags.budgets, flags.bound_samples, flags.bound_stride);
 }
 
 std::string Percent(double fraction) {
@@ -128,7 +181,8 @@ StatusOr<double> BeladyHitRate(const Trace& trace, SimOptions options) {
 // One trace, every budget and policy: one line per (budget, policy).
 Status RunOne(const Flags& flags) {
   std::string description;
-  MOE_ASSIGN_OR_RETURN(Trace trace, LoadOrGenerate(flags, &description));
+  MOE_ASSIGN_OR_RETURN(BoundedTrace bounded, LoadOrGenerate(flags, &description));
+  const Trace& trace = bounded.trace;
   if (!flags.write_trace.empty()) MOE_RETURN_IF_ERROR(WriteTraceFile(trace, flags.write_trace));
   MOE_ASSIGN_OR_RETURN(std::vector<PolicySpec> policies, ParsePolicies(flags));
   std::printf(
@@ -143,7 +197,8 @@ Status RunOne(const Flags& flags) {
   }
   std::printf("%-7s %-6s %-14s %-9s %-10s %-10s %-9s %-10s\n", "budget", "slots", "policy",
               "hit_rate", "vs_belady", "evictions", "rounds", "loads/step");
-  for (double fraction : flags.budgets) {
+  for (size_t b = 0; b < flags.budgets.size(); ++b) {
+    const double fraction = flags.budgets[b];
     SimOptions options;
     options.n_slots = SlotsForFraction(trace.shape, fraction);
     options.prefetch = {flags.prefetch_recall, flags.prefetch_precision, flags.seed};
@@ -156,6 +211,11 @@ Status RunOne(const Flags& flags) {
     std::printf("%-7s %-6d %-14s %-9.4f %-10.3f (hindsight-best fixed set, misses bypass)\n",
                 Percent(fraction).c_str(), options.n_slots, "static-opt", static_opt,
                 belady > 0 ? static_opt / belady : 0.0);
+    if (!bounded.online_bound.empty()) {
+      std::printf("%-7s %-6d %-14s %-9.4f %-10.3f (online bound: generator state oracle)\n",
+                  Percent(fraction).c_str(), options.n_slots, "online-bound",
+                  bounded.online_bound[b], belady > 0 ? bounded.online_bound[b] / belady : 0.0);
+    }
     for (const PolicySpec& spec : policies) {
       if (spec.policy == SimPolicy::kBelady) continue;
       options.policy = spec.policy;
@@ -192,10 +252,13 @@ Status RunSuite(const Flags& flags) {
       "steps). local: stickiness 0.5 (each token repeats each of its previous picks at the layer "
       "with p 0.5), sequence end 0.01, drift 0.01 per batch and layer. Per-layer random "
       "popularity rankings.\n# Columns after 'belady': hit rate / Belady's. static-opt: "
-      "hindsight-best fixed set (an upper bound for online policies on iid traces).\n",
-      batches, static_cast<unsigned long long>(flags.seed));
-  std::string header = "| shape | batch | trace | budget | belady | static-opt |";
-  std::string rule = "|---|---|---|---|---|---|";
+      "hindsight-best fixed set (misses bypass). online-bound: expected hits of the budget's "
+      "most likely experts of a batch given the generator's hidden state (%d Monte Carlo "
+      "samples, every %d-th batch): no online demand-paging policy exceeds it in expectation.\n",
+      batches, static_cast<unsigned long long>(flags.seed), flags.bound_samples,
+      flags.bound_stride);
+  std::string header = "| shape | batch | trace | budget | belady | static-opt | online-bound |";
+  std::string rule = "|---|---|---|---|---|---|---|";
   for (const PolicySpec& spec : policies) {
     if (spec.policy == SimPolicy::kBelady) continue;
     absl::StrAppend(&header, " ", spec.label, " |");
@@ -214,15 +277,21 @@ Status RunSuite(const Flags& flags) {
           o.sequence_end_prob = 0.01;
           o.drift_prob = local ? 0.01 : 0.0;
           o.seed = flags.seed;
-          MOE_ASSIGN_OR_RETURN(Trace trace, GenerateSyntheticTrace(o));
-          for (double fraction : flags.budgets) {
+          MOE_ASSIGN_OR_RETURN(
+              BoundedTrace bounded,
+              GenerateWithBound(o, flags.budgets, flags.bound_samples, flags.bound_stride));
+          const Trace& trace = bounded.trace;
+          for (size_t b = 0; b < flags.budgets.size(); ++b) {
+            const double fraction = flags.budgets[b];
             SimOptions options;
             options.n_slots = SlotsForFraction(trace.shape, fraction);
             MOE_ASSIGN_OR_RETURN(const double belady, BeladyHitRate(trace, options));
+            const double scale = belady > 0 ? 1.0 / belady : 0.0;
             std::string row = absl::StrFormat(
-                "| %s | %d | %s zipf %.1f | %s | %.3f | %.3f |", model, tokens,
+                "| %s | %d | %s zipf %.1f | %s | %.3f | %.3f | %.3f |", model, tokens,
                 local ? "local" : "iid", zipf, Percent(fraction), belady,
-                belady > 0 ? StaticOptimalHitRate(trace, options.n_slots) / belady : 0.0);
+                StaticOptimalHitRate(trace, options.n_slots) * scale,
+                bounded.online_bound.empty() ? 0.0 : bounded.online_bound[b] * scale);
             for (const PolicySpec& spec : policies) {
               if (spec.policy == SimPolicy::kBelady) continue;
               options.policy = spec.policy;
@@ -271,6 +340,10 @@ int main(int argc, char** argv) {
   app.add_option("--lrfu-lambda", flags.lrfu_lambda, "layer-lrfu: decay per layer visit");
   app.add_option("--reuse-half-life", flags.reuse_half_life,
                  "reuse: half-life of use counts in layer visits");
+  app.add_option("--bound-samples", flags.bound_samples,
+                 "synthetic: Monte Carlo samples per batch and layer of the online bound (0=off)");
+  app.add_option("--bound-stride", flags.bound_stride,
+                 "synthetic: the online bound samples every N-th batch");
   app.add_flag("--suite", flags.suite,
                "the policy table: qwen3 and mixtral shapes, batch 1 and 16, iid and local "
                "traces at zipf 0.8/1.0/1.2, each budget");

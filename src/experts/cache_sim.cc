@@ -4,10 +4,12 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <list>
 #include <numeric>
 #include <random>
 #include <vector>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
 #include "moe/experts/prefetch.h"
 
@@ -108,6 +110,80 @@ class StaticPlusLruPolicy final : public EvictionPolicy {
   std::vector<uint8_t> slot_static_;  // [n_slots]
 };
 
+// ARC (Megiddo and Modha, FAST'03) over the pool's slots: T1 holds experts used once since they
+// entered the cache, T2 those used again; ghost lists B1 and B2 remember keys recently evicted
+// from each; a miss on a ghost moves the target size p of T1 toward the list that would have
+// kept it. Victim: the least recently used evictable slot of T1 when |T1| >= max(1, p), else of
+// T2 (the other list when the chosen one has no evictable slot). A prefetch enters T1 and adapts
+// nothing. Global recency, like LRU (no notion of layers).
+class ArcPolicy final : public EvictionPolicy {
+ public:
+  explicit ArcPolicy(int n_slots) : capacity_(n_slots), slot_key_(n_slots, -1), where_(n_slots) {}
+
+  std::string_view Name() const override { return "arc"; }
+
+  void OnInsert(int slot, int64_t key_id, bool demand) override {
+    slot_key_[slot] = key_id;
+    const double b1 = static_cast<double>(ghost_[0].size());
+    const double b2 = static_cast<double>(ghost_[1].size());
+    int list = 0;
+    if (auto it = ghost_where_.find(key_id); it != ghost_where_.end()) {
+      const int ghost = it->second.first;
+      if (demand) {
+        p_ = ghost == 0 ? std::min<double>(capacity_, p_ + std::max(b2 / b1, 1.0))
+                        : std::max(0.0, p_ - std::max(b1 / b2, 1.0));
+        list = 1;
+      }
+      ghost_[ghost].erase(it->second.second);
+      ghost_where_.erase(it);
+    }
+    resident_[list].push_front(slot);
+    where_[slot] = {list, resident_[list].begin()};
+  }
+  void OnHit(int slot) override {
+    resident_[where_[slot].first].erase(where_[slot].second);
+    resident_[1].push_front(slot);
+    where_[slot] = {1, resident_[1].begin()};
+  }
+  void OnEvict(int slot) override {
+    const int list = where_[slot].first;
+    resident_[list].erase(where_[slot].second);
+    ghost_[list].push_front(slot_key_[slot]);
+    ghost_where_[slot_key_[slot]] = {list, ghost_[list].begin()};
+    slot_key_[slot] = -1;
+    // |T1| + |B1| <= c and |T1| + |T2| + |B1| + |B2| <= 2c.
+    if (resident_[0].size() + ghost_[0].size() > static_cast<size_t>(capacity_)) DropGhost(0);
+    if (resident_[0].size() + resident_[1].size() + ghost_[0].size() + ghost_[1].size() >
+        2 * static_cast<size_t>(capacity_)) {
+      DropGhost(ghost_[1].empty() ? 0 : 1);
+    }
+  }
+  int PickVictim(absl::FunctionRef<bool(int)> evictable) override {
+    const int first = static_cast<double>(resident_[0].size()) >= std::max(1.0, p_) ? 0 : 1;
+    for (int list : {first, 1 - first}) {
+      for (auto it = resident_[list].rbegin(); it != resident_[list].rend(); ++it) {
+        if (evictable(*it)) return *it;
+      }
+    }
+    return -1;
+  }
+
+ private:
+  void DropGhost(int list) {
+    if (ghost_[list].empty()) return;
+    ghost_where_.erase(ghost_[list].back());
+    ghost_[list].pop_back();
+  }
+
+  int capacity_;
+  double p_ = 0;                                                 // target size of T1
+  std::vector<int64_t> slot_key_;                                // [n_slots]
+  std::list<int> resident_[2];                                   // T1, T2: slots, most recent first
+  std::vector<std::pair<int, std::list<int>::iterator>> where_;  // [n_slots] list and position
+  std::list<int64_t> ghost_[2];                                  // B1, B2: keys, most recent first
+  absl::flat_hash_map<int64_t, std::pair<int, std::list<int64_t>::iterator>> ghost_where_;
+};
+
 // Dense ids (layer * n_experts + expert) of the `n` most used experts, ties to the lower id.
 std::vector<int64_t> MostUsed(const std::vector<int64_t>& counts, int64_t n) {
   std::vector<int64_t> ids(counts.size());
@@ -173,19 +249,21 @@ std::string_view SimPolicyName(SimPolicy policy) {
       return "reuse";
     case SimPolicy::kStaticLru:
       return "static-lru";
+    case SimPolicy::kArc:
+      return "arc";
   }
   return "unknown";
 }
 
 StatusOr<SimPolicy> ParseSimPolicy(std::string_view name) {
-  for (SimPolicy p :
-       {SimPolicy::kLayerLru, SimPolicy::kLayerLrfu, SimPolicy::kLru, SimPolicy::kLfu,
-        SimPolicy::kLruK, SimPolicy::kBelady, SimPolicy::kReuse, SimPolicy::kStaticLru}) {
+  for (SimPolicy p : {SimPolicy::kLayerLru, SimPolicy::kLayerLrfu, SimPolicy::kLru, SimPolicy::kLfu,
+                      SimPolicy::kLruK, SimPolicy::kBelady, SimPolicy::kReuse,
+                      SimPolicy::kStaticLru, SimPolicy::kArc}) {
     if (name == SimPolicyName(p)) return p;
   }
-  return absl::InvalidArgumentError(
-      absl::StrCat("unknown simulator policy '", std::string(name),
-                   "' (want layer-lru, layer-lrfu, lru, lfu, lru2, reuse, static-lru or belady)"));
+  return absl::InvalidArgumentError(absl::StrCat(
+      "unknown simulator policy '", std::string(name),
+      "' (want layer-lru, layer-lrfu, lru, lfu, lru2, reuse, static-lru, arc or belady)"));
 }
 
 int32_t SlotsForFraction(const TraceShape& shape, double fraction) {
@@ -228,6 +306,11 @@ StatusOr<SimResult> SimulateTrace(const Trace& trace, const SimOptions& options)
       break;
     case SimPolicy::kReuse:
       pool_options.eviction = EvictionKind::kReuse;
+      break;
+    case SimPolicy::kArc:
+      pool_options.policy_factory = [](int32_t, int32_t n_slots, const KeySpace&) {
+        return std::make_unique<ArcPolicy>(n_slots);
+      };
       break;
     case SimPolicy::kStaticLru: {
       // The static set: the most used experts, leaving room for the largest step's misses.

@@ -400,7 +400,7 @@ class LruKPolicy final : public EvictionPolicy {
 constexpr int kExactAges = 8;                 // ages 1..8 have a bucket each
 constexpr int kAgeBuckets = 26;               // then two per octave, the last one open-ended
 constexpr int kNeverRow = kAgeBuckets;        // row of experts never used
-constexpr int kFreqBuckets = 48;              // 0 = never used, then four per octave from 1
+constexpr int kFreqBuckets = 48;              // 0 = never used, then four per octave from rate 1
 constexpr int kRefreshVisits = 256;           // visits between table refreshes
 constexpr double kCellWindow = 65536.0;       // exposures after which a cell's counts halve
 constexpr double kPriorWeight = 1.0;          // pseudo-exposures of the prior
@@ -414,9 +414,11 @@ int AgeBucket(uint64_t age) {
   return std::min(kExactAges + 2 * (octave - 3) + half, kAgeBuckets - 1);
 }
 
-int FreqBucket(double freq) {
-  if (freq <= 0) return 0;
-  const int b = 1 + static_cast<int>(std::floor(4.0 * std::log2(std::max(freq, 1.0))));
+// Bucket of a use rate in (0, 1]: 1 for rates in (2^-0.25, 1], then four per octave down;
+// 0 = never used.
+int RateBucket(double rate) {
+  if (rate <= 0) return 0;
+  const int b = 1 + static_cast<int>(std::floor(-4.0 * std::log2(std::min(rate, 1.0))));
   return std::min(b, kFreqBuckets - 1);
 }
 
@@ -425,7 +427,7 @@ int Cell(int age_bucket, int freq_bucket) { return age_bucket * kFreqBuckets + f
 // Before any data: LRU-like (younger first), frequency breaking ties.
 double Prior(int age_bucket, int freq_bucket) {
   if (age_bucket == kNeverRow) return 0.0;
-  return 1.0 / (2.0 + age_bucket) + 1e-3 * freq_bucket;
+  return 1.0 / (2.0 + age_bucket) + 1e-3 * (kFreqBuckets - freq_bucket);
 }
 
 class ReusePolicy final : public EvictionPolicy {
@@ -490,11 +492,13 @@ class ReusePolicy final : public EvictionPolicy {
     layer_slots_[layer].push_back(slot);
     if (demand) {
       Use(key_id);
-      slot_freq_bucket_[slot] = FreqBucket(freq_[key_id]);
+      slot_freq_bucket_[slot] = UseRateBucket(key_id);
     } else {
       // A prefetch is ranked as if used once now (its layer's next visit is expected to use it),
       // without entering the history.
-      slot_freq_bucket_[slot] = std::max(1, FreqBucket(freq_[key_id]));
+      slot_freq_bucket_[slot] = freq_[key_id] > 0
+                                    ? UseRateBucket(key_id)
+                                    : RateBucket(1.0 / MaxDecayedUses(clock_.visits(layer)));
     }
     slot_touch_[slot] = clock_.visits(layer);
     Rerank(slot);
@@ -503,7 +507,7 @@ class ReusePolicy final : public EvictionPolicy {
   void OnHit(int slot) override {
     const int64_t key = slot_key_[slot];
     Use(key);
-    slot_freq_bucket_[slot] = FreqBucket(freq_[key]);
+    slot_freq_bucket_[slot] = UseRateBucket(key);
     slot_touch_[slot] = clock_.visits(keys_.LayerOf(key));
     Rerank(slot);
   }
@@ -536,7 +540,20 @@ class ReusePolicy final : public EvictionPolicy {
   // Table cell of `key`'s state at visit `now` of its layer.
   int StateCell(int64_t key, uint64_t now) const {
     if (freq_[key] <= 0) return Cell(kNeverRow, 0);
-    return Cell(AgeBucket(now - last_use_[key]), FreqBucket(freq_[key]));
+    return Cell(AgeBucket(now - last_use_[key]), UseRateBucket(key));
+  }
+
+  // The decayed use count of an expert used at every one of `visits` visits.
+  double MaxDecayedUses(uint64_t visits) const {
+    if (visits == 0) return 1.0;
+    if (decay_per_visit_ <= 0) return static_cast<double>(visits);
+    return (1.0 - std::exp2(-decay_per_visit_ * static_cast<double>(visits))) /
+           (1.0 - std::exp2(-decay_per_visit_));
+  }
+  // Bucket of the key's use rate as of its last use: its decayed count over the largest possible
+  // one (so that the rate of a key of a young layer is comparable to an old one's).
+  int UseRateBucket(int64_t key) const {
+    return RateBucket(freq_[key] / MaxDecayedUses(last_use_[key]));
   }
 
   // A demand use in the current visit of the key's layer (counted once per visit).

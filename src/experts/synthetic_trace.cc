@@ -68,62 +68,128 @@ Status SyntheticTraceOptions::Validate() const {
   return absl::OkStatus();
 }
 
-StatusOr<Trace> GenerateSyntheticTrace(const SyntheticTraceOptions& options) {
-  MOE_RETURN_IF_ERROR(options.Validate());
-  const TraceShape& shape = options.shape;
-  Rng rng(options.seed);
-  const ZipfSampler zipf(shape.n_experts, options.zipf_exponent);
+struct SyntheticTraceGenerator::State {
+  State(const SyntheticTraceOptions& o)
+      : options(o),
+        rng(o.seed),
+        zipf(o.shape.n_experts, o.zipf_exponent),
+        perm(o.shape.n_layers, std::vector<int32_t>(o.shape.n_experts)),
+        history(o.tokens_per_batch, std::vector<std::vector<int32_t>>(o.shape.n_layers)) {}
 
-  // perm[L][rank] = expert id: an independent random ranking per layer (Fisher-Yates).
-  std::vector<std::vector<int32_t>> perm(shape.n_layers, std::vector<int32_t>(shape.n_experts));
-  for (auto& p : perm) {
-    std::iota(p.begin(), p.end(), 0);
-    for (int32_t i = shape.n_experts - 1; i > 0; --i) std::swap(p[i], p[rng.Below(i + 1)]);
+  // One sequence's top_k distinct picks at a layer with ranking `ranking`, given its picks there
+  // in the previous batch (`prev`, empty for a new sequence).
+  void Pick(Rng& r, const std::vector<int32_t>& ranking, const std::vector<int32_t>& prev,
+            std::vector<int32_t>& picks) const {
+    picks.clear();
+    for (int32_t k = 0; k < options.shape.top_k; ++k) {
+      int32_t expert = -1;
+      if (!prev.empty() && r.Bernoulli(options.stickiness)) expert = prev[k];
+      // Re-draw on a repeat of this token's picks (a token's top-k ids are distinct).
+      while (expert < 0 || std::find(picks.begin(), picks.end(), expert) != picks.end()) {
+        expert = ranking[zipf.Sample(r)];
+      }
+      picks.push_back(expert);
+    }
   }
-  // history[s][L]: sequence s's top_k picks at layer L in the previous batch (empty = new).
-  std::vector<std::vector<std::vector<int32_t>>> history(
-      options.tokens_per_batch, std::vector<std::vector<int32_t>>(shape.n_layers));
 
-  Trace trace;
-  trace.shape = shape;
-  trace.steps.reserve(static_cast<size_t>(options.n_batches) * shape.n_layers);
+  SyntheticTraceOptions options;
+  Rng rng;
+  ZipfSampler zipf;
+  int64_t batch = 0;
+  // perm[L][rank] = expert id: an independent random ranking per layer.
+  std::vector<std::vector<int32_t>> perm;
+  // history[s][L]: sequence s's top_k picks at layer L in the previous batch (empty = new).
+  std::vector<std::vector<std::vector<int32_t>>> history;
+};
+
+StatusOr<std::unique_ptr<SyntheticTraceGenerator>> SyntheticTraceGenerator::Create(
+    const SyntheticTraceOptions& options) {
+  MOE_RETURN_IF_ERROR(options.Validate());
+  auto state = std::make_unique<State>(options);
+  for (auto& p : state->perm) {  // Fisher-Yates
+    std::iota(p.begin(), p.end(), 0);
+    for (int32_t i = options.shape.n_experts - 1; i > 0; --i) {
+      std::swap(p[i], p[state->rng.Below(i + 1)]);
+    }
+  }
+  return std::unique_ptr<SyntheticTraceGenerator>(new SyntheticTraceGenerator(std::move(state)));
+}
+
+SyntheticTraceGenerator::SyntheticTraceGenerator(std::unique_ptr<State> state)
+    : state_(std::move(state)) {}
+SyntheticTraceGenerator::~SyntheticTraceGenerator() = default;
+
+void SyntheticTraceGenerator::NextBatch(Trace& trace) {
+  State& st = *state_;
+  const TraceShape& shape = st.options.shape;
+  for (auto& seq : st.history) {
+    if (st.rng.Bernoulli(st.options.sequence_end_prob)) {
+      for (auto& layer_picks : seq) layer_picks.clear();
+    }
+  }
   std::vector<uint8_t> used(shape.n_experts);
   std::vector<int32_t> picks;
-  for (int32_t batch = 0; batch < options.n_batches; ++batch) {
-    for (auto& seq : history) {
-      if (rng.Bernoulli(options.sequence_end_prob)) {
-        for (auto& layer_picks : seq) layer_picks.clear();
-      }
+  for (int32_t layer = 0; layer < shape.n_layers; ++layer) {
+    if (st.rng.Bernoulli(st.options.drift_prob)) {
+      std::swap(st.perm[layer][st.rng.Below(shape.n_experts)],
+                st.perm[layer][st.rng.Below(shape.n_experts)]);
     }
-    for (int32_t layer = 0; layer < shape.n_layers; ++layer) {
-      if (rng.Bernoulli(options.drift_prob)) {
-        std::swap(perm[layer][rng.Below(shape.n_experts)], perm[layer][rng.Below(shape.n_experts)]);
+    std::fill(used.begin(), used.end(), 0);
+    for (auto& seq : st.history) {
+      st.Pick(st.rng, st.perm[layer], seq[layer], picks);
+      for (int32_t e : picks) used[e] = 1;
+      seq[layer] = picks;
+    }
+    TraceStep step;
+    step.batch = st.batch;
+    step.layer = layer;
+    for (int32_t e = 0; e < shape.n_experts; ++e) {
+      if (used[e]) step.experts.push_back(e);
+    }
+    trace.steps.push_back(std::move(step));
+  }
+  ++st.batch;
+}
+
+std::vector<double> SyntheticTraceGenerator::NextBatchUseProbabilities(int32_t samples,
+                                                                       uint64_t seed) const {
+  const State& st = *state_;
+  const TraceShape& shape = st.options.shape;
+  std::vector<double> probability(static_cast<size_t>(shape.n_layers) * shape.n_experts, 0.0);
+  if (samples <= 0) return probability;
+  Rng rng(seed);
+  std::vector<uint8_t> used(shape.n_experts);
+  std::vector<int32_t> picks, ranking;
+  const std::vector<int32_t> none;
+  for (int32_t layer = 0; layer < shape.n_layers; ++layer) {
+    double* p = &probability[static_cast<size_t>(layer) * shape.n_experts];
+    for (int32_t sample = 0; sample < samples; ++sample) {
+      // The same random events as NextBatch, for this layer (only marginals are estimated, so a
+      // sequence's end is drawn per layer).
+      ranking = st.perm[layer];
+      if (rng.Bernoulli(st.options.drift_prob)) {
+        std::swap(ranking[rng.Below(shape.n_experts)], ranking[rng.Below(shape.n_experts)]);
       }
       std::fill(used.begin(), used.end(), 0);
-      for (auto& seq : history) {
-        std::vector<int32_t>& prev = seq[layer];
-        picks.clear();
-        for (int32_t k = 0; k < shape.top_k; ++k) {
-          int32_t expert = -1;
-          if (!prev.empty() && rng.Bernoulli(options.stickiness)) expert = prev[k];
-          // Re-draw on a repeat of this token's picks (a token's top-k ids are distinct).
-          while (expert < 0 || std::find(picks.begin(), picks.end(), expert) != picks.end()) {
-            expert = perm[layer][zipf.Sample(rng)];
-          }
-          picks.push_back(expert);
-          used[expert] = 1;
-        }
-        prev = picks;
+      for (const auto& seq : st.history) {
+        const bool ended = rng.Bernoulli(st.options.sequence_end_prob);
+        st.Pick(rng, ranking, ended ? none : seq[layer], picks);
+        for (int32_t e : picks) used[e] = 1;
       }
-      TraceStep step;
-      step.batch = batch;
-      step.layer = layer;
-      for (int32_t e = 0; e < shape.n_experts; ++e) {
-        if (used[e]) step.experts.push_back(e);
-      }
-      trace.steps.push_back(std::move(step));
+      for (int32_t e = 0; e < shape.n_experts; ++e) p[e] += used[e];
     }
+    for (int32_t e = 0; e < shape.n_experts; ++e) p[e] /= samples;
   }
+  return probability;
+}
+
+StatusOr<Trace> GenerateSyntheticTrace(const SyntheticTraceOptions& options) {
+  MOE_ASSIGN_OR_RETURN(std::unique_ptr<SyntheticTraceGenerator> generator,
+                       SyntheticTraceGenerator::Create(options));
+  Trace trace;
+  trace.shape = options.shape;
+  trace.steps.reserve(static_cast<size_t>(options.n_batches) * options.shape.n_layers);
+  for (int32_t batch = 0; batch < options.n_batches; ++batch) generator->NextBatch(trace);
   return trace;
 }
 

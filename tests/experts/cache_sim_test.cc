@@ -91,7 +91,7 @@ TEST(CacheSim, BeladyMatchesTheExhaustiveOptimumOnRandomTinyTraces) {
         << "trial " << trial;
     for (SimPolicy p :
          {SimPolicy::kLayerLru, SimPolicy::kLayerLrfu, SimPolicy::kLru, SimPolicy::kLfu,
-          SimPolicy::kLruK, SimPolicy::kReuse, SimPolicy::kStaticLru}) {
+          SimPolicy::kLruK, SimPolicy::kReuse, SimPolicy::kStaticLru, SimPolicy::kArc}) {
       EXPECT_GE(Simulate(t, p, slots).counters.misses, belady.counters.misses)
           << SimPolicyName(p) << " trial " << trial;
     }
@@ -141,7 +141,7 @@ TEST(CacheSim, OnlinePoliciesNeverBeatBeladyOnASyntheticTrace) {
     EXPECT_EQ(belady.counters.Demanded(), static_cast<uint64_t>(trace->Accesses()));
     for (SimPolicy p :
          {SimPolicy::kLayerLru, SimPolicy::kLayerLrfu, SimPolicy::kLru, SimPolicy::kLfu,
-          SimPolicy::kLruK, SimPolicy::kReuse, SimPolicy::kStaticLru}) {
+          SimPolicy::kLruK, SimPolicy::kReuse, SimPolicy::kStaticLru, SimPolicy::kArc}) {
       const SimResult r = Simulate(*trace, p, slots);
       EXPECT_EQ(r.counters.Demanded(), static_cast<uint64_t>(trace->Accesses()));
       EXPECT_LE(r.counters.HitRate(), belady.counters.HitRate()) << SimPolicyName(p);
@@ -214,10 +214,24 @@ TEST(CacheSim, StaticLruKeepsTheMostUsedExpertsThroughAScan) {
   EXPECT_LT(Simulate(t, SimPolicy::kLayerLru, 3).counters.hits, stat.counters.hits);
 }
 
+TEST(CacheSim, ArcAdaptsItsRecencyTargetOnGhostHits) {
+  // One layer, 2 slots: a b a c b c b a. a: T1; b: T1; a hits -> T2; c evicts b (T1 holds
+  // >= max(1, p = 0)) -> ghost B1; b evicts c (T1) -> B1, and b's ghost hit raises p to 1 and
+  // puts b in T2; c: T1 is empty (< p) so T2's LRU a goes -> B2, c's B1 ghost raises p to 2 -> T2;
+  // b hits; a evicts T2's LRU c. Hits: a, b.
+  const Trace t = MakeTrace(
+      {1, 4, 1}, {{0, {0}}, {0, {1}}, {0, {0}}, {0, {2}}, {0, {1}}, {0, {2}}, {0, {1}}, {0, {0}}});
+  const SimResult arc = Simulate(t, SimPolicy::kArc, 2);
+  EXPECT_EQ(arc.counters.hits, 2u);
+  EXPECT_EQ(arc.counters.misses, 6u);
+  EXPECT_EQ(arc.counters.evictions, 4u);
+  EXPECT_EQ(Simulate(t, SimPolicy::kLru, 2).counters.hits, 3u);  // a, c, b
+}
+
 TEST(CacheSim, PolicyNamesRoundTrip) {
-  for (SimPolicy p :
-       {SimPolicy::kLayerLru, SimPolicy::kLayerLrfu, SimPolicy::kLru, SimPolicy::kLfu,
-        SimPolicy::kLruK, SimPolicy::kBelady, SimPolicy::kReuse, SimPolicy::kStaticLru}) {
+  for (SimPolicy p : {SimPolicy::kLayerLru, SimPolicy::kLayerLrfu, SimPolicy::kLru, SimPolicy::kLfu,
+                      SimPolicy::kLruK, SimPolicy::kBelady, SimPolicy::kReuse,
+                      SimPolicy::kStaticLru, SimPolicy::kArc}) {
     EXPECT_EQ(*ParseSimPolicy(SimPolicyName(p)), p);
   }
   EXPECT_FALSE(ParseSimPolicy("opt").ok());

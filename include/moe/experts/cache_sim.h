@@ -7,7 +7,8 @@
 // LRU, LFU, LRU-2, reuse), Belady's MIN (evict the expert whose next use is farthest; it knows the
 // whole trace) and static-lru, an offline-profiled hybrid: the experts most often used in the
 // whole trace, as many as fit besides room for the largest step, are never evicted while any
-// other expert can be; layer-LRU ranks the rest.
+// other expert can be; layer-LRU ranks the rest. And arc (ARC, Megiddo and Modha 2003, global
+// recency), simulator-only.
 //
 // StaticOptimalHitRate: the hit rate of the best fixed set of n_slots experts in hindsight (the
 // most used ones; other experts bypass the cache). On traces whose steps are independent draws
@@ -44,8 +45,9 @@ enum class SimPolicy : uint8_t {
   kBelady,
   kReuse,
   kStaticLru,
+  kArc,
 };
-// layer-lru, layer-lrfu, lru, lfu, lru2, belady, reuse, static-lru
+// layer-lru, layer-lrfu, lru, lfu, lru2, belady, reuse, static-lru, arc
 std::string_view SimPolicyName(SimPolicy policy);
 StatusOr<SimPolicy> ParseSimPolicy(std::string_view name);
 

@@ -14,6 +14,8 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
+#include <vector>
 
 #include "moe/common/status.h"
 #include "moe/experts/trace.h"
@@ -40,5 +42,35 @@ struct SyntheticTraceOptions {
 };
 
 StatusOr<Trace> GenerateSyntheticTrace(const SyntheticTraceOptions& options);
+
+// The generator one batch at a time, with the probabilities of the next batch given its hidden
+// state (popularity rankings and every sequence's last picks), for the online bound of
+// expert_cache_sim: under demand paging, the hits of one forward pass are at most the uses of the
+// set resident at its start, chosen without knowing the pass; in expectation at most the sum of
+// the budget's largest next-batch use probabilities given everything before the pass (what the
+// hidden state captures, and more than a cache can observe).
+//
+// Thread safety: not thread safe.
+class SyntheticTraceGenerator {
+ public:
+  // InvalidArgument on invalid options (n_batches is ignored).
+  static StatusOr<std::unique_ptr<SyntheticTraceGenerator>> Create(
+      const SyntheticTraceOptions& options);
+  ~SyntheticTraceGenerator();
+
+  // Appends the next batch's steps (one per layer, in layer order) to `trace`.
+  void NextBatch(Trace& trace);
+
+  // P(the next batch uses expert e of layer L), [n_layers * n_experts] at L * n_experts + e,
+  // estimated from `samples` simulated next batches per layer drawn with a generator of its own
+  // (seeded `seed`); the state is left unchanged. Each estimate is unbiased; the largest ones
+  // are biased upward (the bound errs on the safe side).
+  std::vector<double> NextBatchUseProbabilities(int32_t samples, uint64_t seed) const;
+
+ private:
+  struct State;
+  explicit SyntheticTraceGenerator(std::unique_ptr<State> state);
+  std::unique_ptr<State> state_;
+};
 
 }  // namespace moe::experts
