@@ -16,6 +16,10 @@
 //    launched first; then the compute stream waits for the loads (timed) and the rest run.
 //    A release fence after the GEMMs, Release, and the deferred experts make the next round.
 // 5. Prefetch of the predicted experts (after the demand loads on the copy stream), combine.
+// Decode batches (plan.decode_gemv): when all the step's experts fit in one round, the routed
+// experts and the combine run as the all-resident forward's decode experts kernels over that
+// round's tables (bitwise equal); a step that needs several rounds falls back to the tile GEMV
+// per round + combine, which rounds differently (only with budgets below a step's experts).
 // Every row of every expert is computed by the same kernel and tile as in the all-resident
 // forward (same plan, same tile entries), and split-K partials and the combine are unchanged,
 // so the outputs are bitwise identical.
@@ -118,9 +122,22 @@ Status CudaEngine::Impl::EnqueueCached(Slot& s, const cuda::ForwardMeta& meta, c
   const cuda::ExpertSlotLayout& layout = rt.layout();
   std::vector<cuda::TileEntry> tiles;
   std::vector<int32_t> resident, waiting;
+  bool decode_experts_done = false;
+  const bool single_round_wanted =
+      l.decode_experts && static_cast<int64_t>(remaining.size()) <=
+                              rt.pool().SlotCount(rt.pool().ShapeClassOfLayer(layer));
+  int single_round_tries = 0;
   while (!remaining.empty()) {
     MOE_ASSIGN_OR_RETURN(const experts::AcquireRound round, rt.AcquireAndLoad(remaining));
     if (rt.options().on_round) rt.options().on_round(round, rt.pool());
+    if (single_round_wanted && !round.deferred.empty() && ++single_round_tries <= 50 &&
+        remaining.size() == round.entries.size() + round.deferred.size()) {
+      // The decode experts kernels need the whole step in one round and the budget holds it:
+      // hand this partial round back unused (its loads go on), wait for the copies in flight
+      // (loading slots become evictable) and acquire again.
+      MOE_RETURN_IF_ERROR(rt.ReleaseUnused(round));
+      continue;
+    }
 
     // Pointer tables and tile lists of this round in the next ring entry.
     auto& entry = es.rounds[static_cast<size_t>(es.next_round)];
@@ -150,7 +167,9 @@ Status CudaEngine::Impl::EnqueueCached(Slot& s, const cuda::ForwardMeta& meta, c
     }
     counts[0] = n_resident;
     counts[1] = n_waiting;
-    const int64_t table_bytes = int64_t{3} * e * 8 + 8;
+    counts[2] = 0;  // layer index of the decode experts kernels (tables of one layer)
+    counts[3] = 0;
+    const int64_t table_bytes = int64_t{3} * e * 8 + 16;
     std::memcpy(host + table_bytes, tiles.data(), tiles.size() * sizeof(cuda::TileEntry));
     CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(entry.dev.get(), host,
                                          table_bytes + tiles.size() * sizeof(cuda::TileEntry),
@@ -179,10 +198,26 @@ Status CudaEngine::Impl::EnqueueCached(Slot& s, const cuda::ForwardMeta& meta, c
       dn.n_tiles = n_tiles;
       return LaunchRoutedPhase(l, gu, dn, st);
     };
-    if (n_resident > 0) MOE_RETURN_IF_ERROR(launch(0, dev_counts));
-    if (n_waiting > 0) {
+    if (decode_experts_done == false && l.decode_experts && round.deferred.empty() &&
+        remaining.size() == round.entries.size()) {
+      // The whole step in one round: the all-resident forward's decode experts kernels (every
+      // pair in one launch, down fused with the combine), after every load.
+      cuda::DecodeExpertsArgs dx = l.decode;
+      dx.gate_table = dev_gate;
+      dx.up_table = dev_gate + e;
+      dx.down_table = dev_gate + 2 * e;
+      dx.layer_dev = dev_counts + 2;
+      dx.pdl = false;  // follows a copy or an event wait
       MOE_RETURN_IF_ERROR(rt.WaitLoads(s.index, round, st));
-      MOE_RETURN_IF_ERROR(launch(n_resident, dev_counts + 1));
+      MOE_RETURN_IF_ERROR(cuda::LaunchDecodeGateUp(dx, st));
+      MOE_RETURN_IF_ERROR(cuda::LaunchDecodeDownCombine(dx, st));
+      decode_experts_done = true;
+    } else {
+      if (n_resident > 0) MOE_RETURN_IF_ERROR(launch(0, dev_counts));
+      if (n_waiting > 0) {
+        MOE_RETURN_IF_ERROR(rt.WaitLoads(s.index, round, st));
+        MOE_RETURN_IF_ERROR(launch(n_resident, dev_counts + 1));
+      }
     }
     MOE_RETURN_IF_ERROR(rt.ReleaseRound(s.index, round, st));
     remaining = round.deferred;
@@ -196,6 +231,7 @@ Status CudaEngine::Impl::EnqueueCached(Slot& s, const cuda::ForwardMeta& meta, c
     MOE_RETURN_IF_ERROR(
         rt.Predict(s.index, spec.moe_layers[static_cast<size_t>(next_pos)], ranked));
   }
+  if (decode_experts_done) return absl::OkStatus();  // down + combine ran fused
   cuda::CombineArgs comb = l.combine;
   comb.pdl = false;  // follows an event record
   return cuda::LaunchCombine(comb, st);

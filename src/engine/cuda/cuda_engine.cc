@@ -405,9 +405,10 @@ Status CudaEngine::Impl::BuildLayerLaunch(Slot& s, int64_t capacity, AType atype
   }
   comb.pdl = pdl_next();
 
-  // 5'. Decode experts (all-resident forwards of a few tokens): gate/up per (token, k) pair, then
-  // the shared expert, then down + combine in one kernel; the front routes only (no scan).
-  l->decode_experts = plan.decode_gemv && cache == nullptr;
+  // 5'. Decode experts (forwards of a few tokens): gate/up per (token, k) pair, then the shared
+  // expert, then down + combine in one kernel; the front routes only (no scan) unless an expert
+  // cache needs the scan's offsets (the cached forward repoints the tables per round).
+  l->decode_experts = plan.decode_gemv;
   if (l->decode_experts) {
     cuda::DecodeExpertsArgs& dx = l->decode;
     dx.meta = meta;
@@ -436,7 +437,7 @@ Status CudaEngine::Impl::BuildLayerLaunch(Slot& s, int64_t capacity, AType atype
     dx.shared_gate = comb.shared_gate;
     dx.sm_count = sms;
     dx.pdl = gu.pdl;  // not the first kernel: the same for every later launch
-    l->front.skip_scan = fused_front && dx.pair_row == nullptr;
+    l->front.skip_scan = fused_front && dx.pair_row == nullptr && cache == nullptr;
   }
   return absl::OkStatus();
 }

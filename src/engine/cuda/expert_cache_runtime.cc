@@ -84,7 +84,7 @@ StatusOr<std::unique_ptr<ExpertCacheRuntime>> ExpertCacheRuntime::Create(
   const int64_t e = spec.n_experts(), k = spec.top_k(), tm = options.max_batch_tokens;
   const int64_t nr = e + (spec.shared_expert_gate ? 1 : 0);
   rt->max_tiles_ = MaxGroupedTiles(tm * k, static_cast<int>(e), kTileShapes[0].bm);
-  rt->round_entry_bytes_ = AlignUp(3 * e * 8 + 8 + rt->max_tiles_ * 8, 256);
+  rt->round_entry_bytes_ = AlignUp(3 * e * 8 + 16 + rt->max_tiles_ * 8, 256);
   rt->fence_rings_.resize(static_cast<size_t>(options.num_engine_slots));
   for (int s = 0; s < options.num_engine_slots; ++s) {
     auto es = std::make_unique<EngineSlot>();
@@ -333,6 +333,13 @@ Status ExpertCacheRuntime::ReleaseRound(int engine_slot, const experts::AcquireR
     f.id = id;
   }
   return pool_->Release(round, id);
+}
+
+Status ExpertCacheRuntime::ReleaseUnused(const experts::AcquireRound& round) {
+  MOE_RETURN_IF_ERROR(pool_->Release(round, 0));
+  CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(copy_stream_.get()));
+  std::this_thread::sleep_for(std::chrono::microseconds(20));
+  return absl::OkStatus();
 }
 
 Status ExpertCacheRuntime::Predict(int engine_slot, int32_t layer,

@@ -90,7 +90,8 @@ class ExpertCacheRuntime {
   const ExpertSlotLayout& layout() const { return copier_->layout(); }
   EngineSlot& engine_slot(int i) { return *slots_[static_cast<size_t>(i)]; }
   const ExpertCacheOptions& options() const { return options_.cache; }
-  // Bytes of one round-table entry: 3 pointer tables [n_experts], 2 tile counts, the tile list.
+  // Bytes of one round-table entry: 3 pointer tables [n_experts], 4 int32 (tile counts of the
+  // resident and the waiting part, a zero layer index, padding), the tile list.
   int64_t round_entry_bytes() const { return round_entry_bytes_; }
   int64_t max_round_tiles() const { return max_tiles_; }
   int64_t device_bytes() const { return device_bytes_; }
@@ -109,6 +110,10 @@ class ExpertCacheRuntime {
   Status WaitLoads(int engine_slot, const experts::AcquireRound& round, cudaStream_t stream);
   // Records a release fence on `stream` (after the round's GEMMs) and releases the round.
   Status ReleaseRound(int engine_slot, const experts::AcquireRound& round, cudaStream_t stream);
+  // Releases a round none of whose slots was read (no fence), then waits for the copy stream so
+  // that the next Acquire finds the loads done; sleeps a little after the first tries (other
+  // engine slots' pins).
+  Status ReleaseUnused(const experts::AcquireRound& round);
   // Stores the prediction for `layer` (scored when it routes) and prefetches it.
   Status Predict(int engine_slot, int32_t layer, std::span<const int32_t> ranked);
 

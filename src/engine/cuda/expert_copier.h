@@ -18,14 +18,14 @@
 namespace moe::cuda {
 
 // Byte offsets of one routed expert's matrices inside its slot: gate [inter, hidden], up
-// [inter, hidden], down [hidden, inter], each 256-byte aligned; slot_bytes covers all three.
+// [inter, hidden], down [hidden, inter], each 256-byte aligned, in the order the host tier chose
+// (the checkpoint's: down may come first); slot_bytes covers all three (the pool's slot size).
 struct ExpertSlotLayout {
   int64_t gate_offset = 0;
   int64_t up_offset = 0;
   int64_t down_offset = 0;
   int64_t slot_bytes = 0;
 };
-ExpertSlotLayout MakeExpertSlotLayout(const MoeSpec& spec);
 
 class ExpertCopier {
  public:
@@ -40,13 +40,12 @@ class ExpertCopier {
 
 struct ExpertCopierOptions {
   int device = 0;
-  // Prefer the host tier's registered (DMA-able) mappings; false: plain copies.
+  // Register the checkpoint's read-only mmaps for DMA where possible (HostExpertSource kAuto);
+  // false: always the pinned staging ring.
   bool register_host_memory = true;
 };
 
-// The host tier of `model` (which must outlive the copier): experts::HostExpertSource when this
-// build has it, else plain cudaMemcpyAsync of the three matrices from the model's host memory
-// (pageable: correct, but at pageable-copy speed).
+// The host tier of `model` (experts::HostExpertSource, which keeps the model alive).
 StatusOr<std::unique_ptr<ExpertCopier>> MakeExpertCopier(std::shared_ptr<const Model> model,
                                                          const ExpertCopierOptions& options);
 

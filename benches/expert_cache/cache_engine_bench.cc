@@ -1,0 +1,399 @@
+// Expert cache end to end (GPU): batch-1 decode through the CUDA engine with every expert resident
+// and with expert cache budgets, on a Qwen3-30B-A3B-shaped checkpoint of several GB whose routing
+// follows a skewed synthetic trace.
+//
+// 1. Writes a checkpoint into --dir (skipped when present): Qwen3-30B-A3B expert shape (hidden
+//    2048, moe_intermediate 768, 128 experts, top-8, softmax + renormalised top-k, BF16, 9 MiB per
+//    expert), --layers MoE layers, uniform +-sqrt(3/fan_in) weights (moe::WriteSyntheticQwen2Moe
+//    without a shared expert: the Qwen3-MoE routing function). Opened with Model::Open: the
+//    experts are in the page cache, so copies come from the host tier (registered mmaps).
+// 2. A synthetic trace (experts::GenerateSyntheticTrace: Zipf popularity + temporal locality, one
+//    sequence) chooses each step's 8 experts per layer. Routing is made to follow it by crafting
+//    each layer's input: x = c * sum_{e in chosen(L)} r_e / |r_e|^2 + beta * c * sum_{f in
+//    chosen(L+1)} r'_f / |r'_f|^2 + N(0, sigma^2), where r_e are layer L's router rows and r'_f
+//    the next layer's. The first term makes layer L's router pick exactly the trace's experts
+//    (checked: "routing follows the trace"); the second stands in for the residual stream's
+//    similarity between consecutive layers, which is what gate-lookahead prediction exploits in a
+//    real model (beta = 0: no signal, prediction is chance). Inputs are per layer, not chained.
+// 3. For each configuration, --warmup then --tokens decode steps, each step = one EnqueueDevice
+//    per layer on device-resident inputs (the all-resident engine never syncs inside a step; the
+//    cached one has its one host round trip per layer). Reports tokens/s and the ratio to all
+//    resident, hit rate, demand misses, copy-wait time / copy time (copy time = copy-stream busy
+//    time of the timed batches of copies), miss-path GB/s (bytes copied / copy time), prefetch
+//    precision / recall, host round-trip time per layer, and whether the outputs are bitwise
+//    those of the all-resident engine. Also the time-to-ready of each engine (Create).
+// Prints a table and one JSON line per configuration (also to --json FILE).
+//
+// Usage: cache_engine_bench [--dir /tmp/moe-cache-engine-bench] [--layers 8] [--tokens 300]
+//                           [--warmup 100] [--beta 0.3] [--json FILE] [--small]
+//   --small: a tiny model (a smoke run of the code paths, not a measurement).
+#include <cuda_runtime_api.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "moe/engine/cuda_engine.h"
+#include "moe/experts/synthetic_trace.h"
+#include "moe/model/embedded.h"
+#include "moe/model/model.h"
+
+namespace moe {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double Seconds(Clock::time_point a, Clock::time_point b) {
+  return std::chrono::duration<double>(b - a).count();
+}
+
+#define CHECK_CUDA(expr)                                                                       \
+  do {                                                                                         \
+    const cudaError_t e_ = (expr);                                                             \
+    if (e_ != cudaSuccess) {                                                                   \
+      std::fprintf(stderr, "%s failed: %s (%s:%d)\n", #expr, cudaGetErrorString(e_), __FILE__, \
+                   __LINE__);                                                                  \
+      std::exit(1);                                                                            \
+    }                                                                                          \
+  } while (0)
+#define CHECK_OK(expr)                                                                   \
+  do {                                                                                   \
+    const auto& s_ = (expr);                                                             \
+    if (!s_.ok()) {                                                                      \
+      std::fprintf(stderr, "%s failed: %s\n", #expr, std::string(s_.message()).c_str()); \
+      std::exit(1);                                                                      \
+    }                                                                                    \
+  } while (0)
+
+struct Args {
+  std::string dir = "/tmp/moe-cache-engine-bench";
+  std::string json;
+  int layers = 8;
+  int tokens = 300;
+  int warmup = 100;
+  double beta = 0.3;
+  bool small = false;
+};
+
+struct Config {
+  std::string name;
+  double budget_fraction = 0;  // of all routed experts; 0 = all resident (no cache)
+  bool prefetch = false;
+  double beta = 0;  // lookahead signal in the inputs
+};
+
+struct Result {
+  double tokens_per_s = 0;
+  double create_s = 0;
+  bool bitwise = true;
+  ExpertCacheStats before, after;
+  bool cached = false;
+};
+
+// Crafted inputs [steps][layers][hidden] (bf16) that route as `trace` says (see the file comment).
+std::vector<uint16_t> CraftInputs(const Model& model, const experts::Trace& trace, int steps,
+                                  double beta, uint64_t seed) {
+  const MoeSpec& spec = model.spec();
+  const int h = spec.hidden, e = spec.n_experts(), nl = static_cast<int>(spec.moe_layers.size());
+  // Router rows as floats, scaled by 1 / |r|^2.
+  std::vector<std::vector<float>> rows(static_cast<size_t>(nl));
+  for (int l = 0; l < nl; ++l) {
+    const TensorView& r = model.layer(spec.moe_layers[static_cast<size_t>(l)])->router;
+    auto& out = rows[static_cast<size_t>(l)];
+    out.resize(static_cast<size_t>(e) * h);
+    ConvertToF32(r.dtype, r.data, out.data(), out.size());
+    for (int x = 0; x < e; ++x) {
+      double n2 = 0;
+      for (int j = 0; j < h; ++j) n2 += double(out[size_t(x) * h + j]) * out[size_t(x) * h + j];
+      for (int j = 0; j < h; ++j) out[size_t(x) * h + j] /= static_cast<float>(n2);
+    }
+  }
+  constexpr float kC = 4.0f, kSigma = 0.01f;
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> noise(0.0f, kSigma);
+  std::vector<uint16_t> inputs(static_cast<size_t>(steps) * nl * h);
+  std::vector<float> x(static_cast<size_t>(h));
+  for (int t = 0; t < steps; ++t) {
+    for (int l = 0; l < nl; ++l) {
+      for (float& v : x) v = noise(rng);
+      auto add = [&](int layer, float scale) {
+        const auto& step = trace.steps[static_cast<size_t>(t) * nl + layer];
+        for (const int32_t ex : step.experts) {
+          const float* r = rows[static_cast<size_t>(layer)].data() + size_t(ex) * h;
+          for (int j = 0; j < h; ++j) x[j] += scale * r[j];
+        }
+      };
+      add(l, kC);
+      if (beta > 0 && l + 1 < nl) add(l + 1, static_cast<float>(beta) * kC);
+      ConvertFromF32(x.data(), DType::kBF16, inputs.data() + (size_t(t) * nl + l) * h, h);
+    }
+  }
+  return inputs;
+}
+
+// Checks with Forward (expert ids) that the resident engine routes `checks` steps as the trace.
+int64_t RoutingMismatches(CudaEngine& engine, const experts::Trace& trace,
+                          const std::vector<uint16_t>& inputs, int checks) {
+  const MoeSpec& spec = engine.spec();
+  const int h = spec.hidden, k = spec.top_k(), nl = static_cast<int>(spec.moe_layers.size());
+  int64_t bad = 0;
+  std::vector<uint16_t> out(static_cast<size_t>(h));
+  std::vector<int32_t> ids(static_cast<size_t>(k));
+  for (int t = 0; t < checks; ++t) {
+    for (int l = 0; l < nl; ++l) {
+      ForwardArgs a;
+      a.layer = spec.moe_layers[static_cast<size_t>(l)];
+      a.dtype = DType::kBF16;
+      a.n_tokens = 1;
+      a.input = inputs.data() + (size_t(t) * nl + l) * h;
+      a.output = out.data();
+      a.expert_ids = ids.data();
+      CHECK_OK(engine.Forward(a));
+      std::vector<int32_t> got = ids;
+      std::sort(got.begin(), got.end());
+      if (got != trace.steps[static_cast<size_t>(t) * nl + l].experts) ++bad;
+    }
+  }
+  return bad;
+}
+
+// One configuration: create, warm up, time `tokens` steps; outputs of the timed steps to `out`.
+struct RoutingCheck {
+  const experts::Trace* trace;
+  const std::vector<uint16_t>* inputs;
+};
+
+Result RunConfig(std::shared_ptr<const Model> model, const Config& c, const Args& args,
+                 const void* inputs_dev, void* outputs_dev, CudaEngineOptions base,
+                 const RoutingCheck* routing_check) {
+  const MoeSpec& spec = model->spec();
+  const int h = spec.hidden, nl = static_cast<int>(spec.moe_layers.size());
+  Result r;
+  CudaEngineOptions o = base;
+  if (c.budget_fraction > 0) {
+    const int64_t all = int64_t{spec.n_experts()} * nl;
+    // Slot bytes: the host tier's layout (256-byte aligned matrices).
+    const int64_t proj = int64_t{spec.moe_intermediate} * h * 2;
+    const int64_t slot = 3 * ((proj + 255) / 256 * 256);
+    o.expert_cache.budget_bytes =
+        static_cast<int64_t>(std::llround(c.budget_fraction * static_cast<double>(all))) * slot;
+    o.expert_cache.prefetch = c.prefetch;
+  }
+  const auto t0 = Clock::now();
+  auto engine = CudaEngine::Create(model, o);
+  CHECK_OK(engine.status());
+  r.create_s = Seconds(t0, Clock::now());
+  r.cached = c.budget_fraction > 0;
+  if (routing_check != nullptr) {
+    const int checks = std::min(args.warmup + args.tokens, 20);
+    std::printf("routing follows the trace: %lld of %d layer steps differ (beta %.2f)\n",
+                static_cast<long long>(RoutingMismatches(**engine, *routing_check->trace,
+                                                         *routing_check->inputs, checks)),
+                checks * nl, c.beta);
+  }
+  cudaStream_t st = (*engine)->stream(0);
+  auto step = [&](int t, bool keep) {
+    for (int l = 0; l < nl; ++l) {
+      DeviceForwardArgs a;
+      a.layer = spec.moe_layers[static_cast<size_t>(l)];
+      a.dtype = DType::kBF16;
+      a.n_tokens = 1;
+      a.input = static_cast<const uint16_t*>(inputs_dev) + (size_t(t) * nl + l) * h;
+      a.output =
+          static_cast<uint16_t*>(outputs_dev) + (keep ? (size_t(t - args.warmup) * nl + l) * h : 0);
+      CHECK_OK((*engine)->EnqueueDevice(a));
+    }
+  };
+  for (int t = 0; t < args.warmup; ++t) step(t, false);
+  CHECK_CUDA(cudaStreamSynchronize(st));
+  CHECK_OK((*engine)->QuiesceExpertCache());
+  if (r.cached) r.before = *(*engine)->expert_cache_stats();
+  const auto t1 = Clock::now();
+  for (int t = args.warmup; t < args.warmup + args.tokens; ++t) step(t, true);
+  CHECK_CUDA(cudaStreamSynchronize(st));
+  const double s = Seconds(t1, Clock::now());
+  CHECK_OK((*engine)->QuiesceExpertCache());
+  if (r.cached) r.after = *(*engine)->expert_cache_stats();
+  r.tokens_per_s = args.tokens / s;
+  return r;
+}
+
+int Main(int argc, char** argv) {
+  Args args;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    auto next = [&]() { return std::string(i + 1 < argc ? argv[++i] : ""); };
+    if (a == "--dir") {
+      args.dir = next();
+    } else if (a == "--json") {
+      args.json = next();
+    } else if (a == "--layers") {
+      args.layers = std::stoi(next());
+    } else if (a == "--tokens") {
+      args.tokens = std::stoi(next());
+    } else if (a == "--warmup") {
+      args.warmup = std::stoi(next());
+    } else if (a == "--beta") {
+      args.beta = std::stod(next());
+    } else if (a == "--small") {
+      args.small = true;
+    } else {
+      std::fprintf(stderr,
+                   "usage: %s [--dir DIR] [--layers N] [--tokens N] [--warmup N] [--beta B] "
+                   "[--json FILE] [--small]\n",
+                   argv[0]);
+      return 2;
+    }
+  }
+  // 1. Checkpoint.
+  SyntheticModelOptions mo;
+  mo.hidden = args.small ? 256 : 2048;
+  mo.moe_intermediate = args.small ? 128 : 768;
+  mo.n_experts = args.small ? 32 : 128;
+  mo.top_k = args.small ? 4 : 8;
+  mo.n_layers = args.layers;
+  mo.shared_intermediate = 0;
+  mo.norm_topk_prob = true;
+  mo.n_shards = args.layers;
+  const std::string dir =
+      args.dir + (args.small ? "-small" : "") + "-L" + std::to_string(args.layers);
+  auto t0 = Clock::now();
+  if (!std::filesystem::exists(dir + "/config.json")) {
+    CHECK_OK(WriteSyntheticQwen2Moe(mo, dir));
+    std::printf("wrote %s in %.1f s\n", dir.c_str(), Seconds(t0, Clock::now()));
+  }
+  t0 = Clock::now();
+  auto opened = Model::Open(dir);
+  CHECK_OK(opened.status());
+  std::shared_ptr<const Model> model = std::move(*opened);
+  const MoeSpec& spec = model->spec();
+  const int h = spec.hidden, nl = static_cast<int>(spec.moe_layers.size());
+  std::printf(
+      "model: %d MoE layers, %d experts, top-%d, hidden %d, inter %d, %.2f GiB mapped (open %.2f "
+      "s)\n",
+      nl, spec.n_experts(), spec.top_k(), h, spec.moe_intermediate,
+      model->mapped_bytes() / 1073741824.0, Seconds(t0, Clock::now()));
+
+  int dev = 0;
+  cudaDeviceProp prop{};
+  if (cudaGetDeviceCount(&dev) != cudaSuccess || dev == 0) {
+    std::printf("no CUDA device: nothing to measure\n");
+    return 0;
+  }
+  CHECK_CUDA(cudaGetDeviceProperties(&prop, 0));
+  std::printf("card: %s (%d SMs)\n", prop.name, prop.multiProcessorCount);
+
+  // 2. Trace and inputs.
+  const int steps = args.warmup + args.tokens;
+  experts::SyntheticTraceOptions so = experts::SyntheticTraceOptions::Qwen3_30B_A3B();
+  so.shape = {nl, spec.n_experts(), spec.top_k()};
+  so.n_batches = steps;
+  so.tokens_per_batch = 1;
+  so.seed = 7;
+  auto trace = experts::GenerateSyntheticTrace(so);
+  CHECK_OK(trace.status());
+  std::printf("trace: Zipf s=%.2f, stickiness %.2f, %d steps x %d layers\n", so.zipf_exponent,
+              so.stickiness, steps, nl);
+
+  const std::vector<Config> configs = {
+      {"all resident", 0, false, args.beta},
+      {"100% budget, prefetch off", 1.0, false, args.beta},
+      {"50% budget, prefetch on", 0.5, true, args.beta},
+      {"50% budget, prefetch off", 0.5, false, args.beta},
+      {"50% budget, prefetch on, beta 0", 0.5, true, 0.0},
+      {"25% budget, prefetch on", 0.25, true, args.beta},
+  };
+  CudaEngineOptions base;
+  base.max_batch_tokens = 64;
+  const size_t per_step = size_t(nl) * h * 2;
+  void* in_dev = nullptr;
+  void* out_dev = nullptr;
+  void* ref_dev = nullptr;
+  CHECK_CUDA(cudaMalloc(&in_dev, steps * per_step));
+  CHECK_CUDA(cudaMalloc(&out_dev, args.tokens * per_step));
+  CHECK_CUDA(cudaMalloc(&ref_dev, args.tokens * per_step));
+  std::vector<uint8_t> ref(args.tokens * per_step), got(args.tokens * per_step);
+  double resident_tps = 0;
+  double inputs_beta = -1;
+  std::ofstream json;
+  if (!args.json.empty()) json.open(args.json);
+  std::printf("\n%-34s %9s %7s %7s %8s %8s %9s %8s %7s %7s %8s %8s %7s\n", "config", "tok/s",
+              "ratio", "hit%", "miss/tok", "wait/cp", "missGB/s", "rt_us", "prec", "recall",
+              "create_s", "bitwise", "rounds");
+  for (const Config& c : configs) {
+    std::vector<uint16_t> inputs;
+    if (c.beta != inputs_beta) {
+      inputs = CraftInputs(*model, *trace, steps, c.beta, 11);
+      CHECK_CUDA(cudaMemcpy(in_dev, inputs.data(), steps * per_step, cudaMemcpyHostToDevice));
+      inputs_beta = c.beta;
+    }
+    const RoutingCheck check{&*trace, &inputs};
+    const Result r = RunConfig(model, c, args, in_dev, out_dev, base,
+                               c.budget_fraction == 0 && !inputs.empty() ? &check : nullptr);
+    if (c.budget_fraction == 0) {
+      resident_tps = r.tokens_per_s;
+      CHECK_CUDA(cudaMemcpy(ref_dev, out_dev, args.tokens * per_step, cudaMemcpyDeviceToDevice));
+      CHECK_CUDA(cudaMemcpy(ref.data(), out_dev, ref.size(), cudaMemcpyDeviceToHost));
+    }
+    bool bitwise = true;
+    if (c.budget_fraction > 0 && c.beta == args.beta) {
+      CHECK_CUDA(cudaMemcpy(got.data(), out_dev, got.size(), cudaMemcpyDeviceToHost));
+      bitwise = got == ref;
+    }
+    const experts::ExpertCacheCounters d =
+        experts::CountersDelta(r.after.counters, r.before.counters);
+    const double copy_s = (r.after.copy_busy_ns - r.before.copy_busy_ns) * 1e-9;
+    const double wait_s = d.copy_wait_ns * 1e-9;
+    const double rt_us =
+        r.cached ? (r.after.host_wait_ns - r.before.host_wait_ns) * 1e-3 /
+                       std::max<uint64_t>(1, r.after.host_round_trips - r.before.host_round_trips)
+                 : 0;
+    const uint64_t pc = r.after.correct - r.before.correct;
+    const uint64_t pp = r.after.predicted - r.before.predicted;
+    const uint64_t pa = r.after.actual - r.before.actual;
+    const double prec = pp ? double(pc) / pp : 0, rec = pa ? double(pc) / pa : 0;
+    const double miss_gbs = copy_s > 0 ? d.bytes_copied / copy_s / 1e9 : 0;
+    const std::string bw =
+        c.budget_fraction == 0 ? "ref" : (c.beta == args.beta ? (bitwise ? "yes" : "NO") : "n/a");
+    std::printf(
+        "%-34s %9.1f %6.1f%% %6.1f%% %8.2f %7.1f%% %9.1f %8.1f %7.3f %7.3f %8.2f %8s %7llu\n",
+        c.name.c_str(), r.tokens_per_s, 100.0 * r.tokens_per_s / resident_tps, 100.0 * d.HitRate(),
+        double(d.misses) / args.tokens, copy_s > 0 ? 100.0 * wait_s / copy_s : 0.0, miss_gbs, rt_us,
+        prec, rec, r.create_s, bw.c_str(),
+        static_cast<unsigned long long>(r.after.rounds - r.before.rounds));
+    if (json.is_open()) {
+      json << "{\"bench\":\"cache_engine\",\"card\":\"" << prop.name << "\",\"config\":\"" << c.name
+           << "\",\"layers\":" << nl << ",\"tokens\":" << args.tokens
+           << ",\"tokens_per_s\":" << r.tokens_per_s
+           << ",\"ratio_to_resident\":" << r.tokens_per_s / resident_tps
+           << ",\"hit_rate\":" << d.HitRate() << ",\"misses\":" << d.misses
+           << ",\"prefetch_issued\":" << d.prefetch_issued
+           << ",\"prefetch_useful\":" << d.prefetch_useful << ",\"bytes_copied\":" << d.bytes_copied
+           << ",\"copy_s\":" << copy_s << ",\"copy_wait_s\":" << wait_s
+           << ",\"miss_path_gb_s\":" << miss_gbs << ",\"round_trip_us\":" << rt_us
+           << ",\"precision\":" << prec << ",\"recall\":" << rec << ",\"create_s\":" << r.create_s
+           << ",\"bitwise\":\"" << bw << "\"}\n";
+    }
+  }
+  std::printf(
+      "\nratio: tokens/s over all-resident; hit%%: hits (incl. in-flight) / demanded; wait/cp: "
+      "time "
+      "the compute stream waited on copies / copy-stream busy time; missGB/s: bytes copied (demand "
+      "+ prefetch) / copy busy time; rt_us: host round trip per layer (routing result to the "
+      "host); prec/recall: gate-lookahead prediction vs the experts really routed.\n");
+  cudaFree(in_dev);
+  cudaFree(out_dev);
+  cudaFree(ref_dev);
+  return 0;
+}
+
+}  // namespace
+}  // namespace moe
+
+int main(int argc, char** argv) { return moe::Main(argc, argv); }
