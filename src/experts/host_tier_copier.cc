@@ -1,4 +1,4 @@
-// ParallelCopier (see host_tier_copier.h).
+// PlanStageChunks and ParallelCopier (see host_tier_copier.h).
 #include "experts/host_tier_copier.h"
 
 #include <algorithm>
@@ -6,8 +6,28 @@
 
 namespace moe::experts {
 
+std::vector<StageChunk> PlanStageChunks(std::span<const HostCopy> copies, int64_t chunk_bytes) {
+  std::vector<StageChunk> chunks;
+  for (const HostCopy& c : copies) {
+    for (int64_t at = 0; at < c.bytes;) {
+      StageChunk* chunk = chunks.empty() ? nullptr : &chunks.back();
+      // Start a new chunk when there is none, the last is full, or the slot bytes do not touch.
+      if (chunk == nullptr || chunk->bytes == chunk_bytes ||
+          chunk->dst_offset + chunk->bytes != c.dst_offset + at) {
+        chunks.push_back(StageChunk{c.dst_offset + at, 0, {}});
+        chunk = &chunks.back();
+      }
+      const int64_t n = std::min(chunk_bytes - chunk->bytes, c.bytes - at);
+      chunk->pieces.push_back(StageChunk::Piece{c.src + at, chunk->bytes, n});
+      chunk->bytes += n;
+      at += n;
+    }
+  }
+  return chunks;
+}
+
 struct ParallelCopier::Job {
-  int remaining = 0;  // parts not finished yet (guarded by the copier's mu_)
+  int remaining = 0;  // queued segments not finished yet (guarded by the copier's mu_)
 };
 
 ParallelCopier::ParallelCopier(int threads) : threads_(std::max(1, threads)) {
@@ -23,62 +43,77 @@ ParallelCopier::~ParallelCopier() {
   for (std::thread& t : workers_) t.join();
 }
 
-void ParallelCopier::Run(const Part& part) {
-  std::memcpy(part.dst, part.src, static_cast<size_t>(part.bytes));
+namespace {
+void Run(const CopySpan& s) {
+  if (s.bytes > 0) std::memcpy(s.dst, s.src, static_cast<size_t>(s.bytes));
 }
+}  // namespace
 
 void ParallelCopier::Work() {
   for (;;) {
-    Part part;
+    Segment seg;
     {
       std::unique_lock<std::mutex> lock(mu_);
       work_cv_.wait(lock, [this] { return stop_ || !queue_.empty(); });
       if (queue_.empty()) return;  // stopping
-      part = queue_.front();
+      seg = queue_.front();
       queue_.pop_front();
     }
-    Run(part);
+    Run(seg.span);
     bool last = false;
     {
       std::lock_guard<std::mutex> lock(mu_);
-      last = --part.job->remaining == 0;
+      last = --seg.job->remaining == 0;
     }
     if (last) done_cv_.notify_all();
   }
 }
 
-void ParallelCopier::Copy(void* dst, const void* src, int64_t bytes) {
-  const int64_t parts =
-      std::clamp<int64_t>(bytes / kMinPartBytes, 1, static_cast<int64_t>(threads_));
-  auto* d = static_cast<uint8_t*>(dst);
-  const auto* s = static_cast<const uint8_t*>(src);
-  if (parts == 1) {
-    std::memcpy(d, s, static_cast<size_t>(bytes));
+void ParallelCopier::Copy(std::span<const CopySpan> spans) {
+  int64_t total = 0;
+  for (const CopySpan& s : spans) total += s.bytes;
+  const int64_t shares = std::clamp<int64_t>(total / kMinPartBytes, 1, threads_);
+  if (shares == 1) {
+    for (const CopySpan& s : spans) Run(s);
     return;
   }
-  // Part boundaries on 4 KiB multiples keep every part's memcpy aligned like the whole.
-  const int64_t per = (bytes / parts + 4095) / 4096 * 4096;
+  // Share boundaries on 4 KiB multiples of the total keep most segments page aligned. Share 0
+  // (the caller's) may consist of several segments, as may every other share.
+  const int64_t per = (total / shares + 4095) / 4096 * 4096;
+  std::vector<CopySpan> mine;
   Job job;
-  Part mine{&job, d, s, std::min(per, bytes)};
   {
     std::lock_guard<std::mutex> lock(mu_);
-    for (int64_t at = mine.bytes; at < bytes; at += per) {
-      queue_.push_back(Part{&job, d + at, s + at, std::min(per, bytes - at)});
-      ++job.remaining;
+    int64_t offset = 0;  // of the current span's start within the total
+    for (const CopySpan& s : spans) {
+      for (int64_t at = 0; at < s.bytes;) {
+        const int64_t pos = offset + at;
+        const int64_t share_end = (pos / per + 1) * per;
+        const int64_t n = std::min(s.bytes - at, share_end - pos);
+        const CopySpan seg{s.dst + at, s.src + at, n};
+        if (pos < per) {
+          mine.push_back(seg);
+        } else {
+          queue_.push_back(Segment{&job, seg});
+          ++job.remaining;
+        }
+        at += n;
+      }
+      offset += s.bytes;
     }
   }
   work_cv_.notify_all();
-  Run(mine);
+  for (const CopySpan& s : mine) Run(s);
   std::unique_lock<std::mutex> lock(mu_);
-  // Help with queued parts (this job's or another caller's) instead of idling.
+  // Help with queued segments (this job's or another caller's) instead of idling.
   while (job.remaining > 0) {
     if (!queue_.empty()) {
-      Part part = queue_.front();
+      Segment seg = queue_.front();
       queue_.pop_front();
       lock.unlock();
-      Run(part);
+      Run(seg.span);
       lock.lock();
-      if (--part.job->remaining == 0 && part.job != &job) done_cv_.notify_all();
+      if (--seg.job->remaining == 0 && seg.job != &job) done_cv_.notify_all();
       continue;
     }
     done_cv_.wait(lock, [&] { return job.remaining == 0 || !queue_.empty(); });

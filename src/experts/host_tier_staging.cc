@@ -62,30 +62,31 @@ void HostExpertSource::StagingRing::Hand(size_t chunk) {
   free_cv_.notify_all();
 }
 
-Status HostExpertSource::StagingRing::CopyThroughChunk(size_t chunk, const uint8_t* src,
-                                                       int64_t bytes, uint8_t* dst,
-                                                       cudaStream_t stream) {
-  Chunk& c = chunks_[chunk];
+Status HostExpertSource::StagingRing::CopyThroughChunk(size_t index, const StageChunk& chunk,
+                                                       uint8_t* dst, cudaStream_t stream) {
+  Chunk& c = chunks_[index];
   // The chunk's previous DMA (any caller's stream) must have read it before it is overwritten.
   CUDA_RETURN_IF_ERROR(cudaEventSynchronize(c.done.get()));
-  copier_.Copy(c.host, src, bytes);
-  CUDA_RETURN_IF_ERROR(
-      cudaMemcpyAsync(dst, c.host, static_cast<size_t>(bytes), cudaMemcpyHostToDevice, stream));
+  std::vector<CopySpan> spans;
+  spans.reserve(chunk.pieces.size());
+  for (const StageChunk::Piece& p : chunk.pieces) {
+    spans.push_back(CopySpan{c.host + p.chunk_offset, p.src, p.bytes});
+  }
+  copier_.Copy(spans);
+  CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(dst + chunk.dst_offset, c.host,
+                                       static_cast<size_t>(chunk.bytes), cudaMemcpyHostToDevice,
+                                       stream));
   CUDA_RETURN_IF_ERROR(cudaEventRecord(c.done.get(), stream));
   return absl::OkStatus();
 }
 
 Status HostExpertSource::StagingRing::Copy(std::span<const HostCopy> copies, uint8_t* dst,
                                            cudaStream_t stream) {
-  for (const HostCopy& copy : copies) {
-    for (int64_t at = 0; at < copy.bytes; at += chunk_bytes_) {
-      const int64_t n = std::min(chunk_bytes_, copy.bytes - at);
-      const size_t chunk = Claim();
-      const Status s =
-          CopyThroughChunk(chunk, copy.src + at, n, dst + copy.dst_offset + at, stream);
-      Hand(chunk);
-      MOE_RETURN_IF_ERROR(s);
-    }
+  for (const StageChunk& chunk : PlanStageChunks(copies, chunk_bytes_)) {
+    const size_t index = Claim();
+    const Status s = CopyThroughChunk(index, chunk, dst, stream);
+    Hand(index);
+    MOE_RETURN_IF_ERROR(s);
   }
   return absl::OkStatus();
 }

@@ -1,11 +1,13 @@
 // The staging ring of the host tier (HostExpertSource::Mode::kStagingRing).
 //
-// 1. The ring is one pinned buffer cut into n chunks of chunk_bytes; a copy of B bytes takes
-//    ceil(B / chunk_bytes) chunks in ring order.
+// 1. The ring is one pinned buffer cut into n chunks of chunk_bytes. An expert's copies are cut
+//    into chunks of slot bytes (PlanStageChunks: copies that touch in the slot share chunks, so a
+//    9 MiB expert is one chunk and one DMA even when it is 2 or 3 pieces in the file).
 // 2. Per chunk: claim it (waits while another caller holds it), wait for its previous copy's event
 //    (so a chunk is refilled only once the DMA that read it has completed), memcpy the source into
-//    it in parallel (ParallelCopier), cudaMemcpyAsync to the device on the caller's stream, record
-//    the chunk's event, hand the chunk back. The DMA of chunk i overlaps the fill of chunk i + 1.
+//    it (gathering its pieces) with ParallelCopier, cudaMemcpyAsync to the device on the caller's
+//    stream, record the chunk's event, hand the chunk back. The DMA of chunk i overlaps the fill of
+//    chunk i + 1.
 //
 // Thread safety: StagingRing::Copy is thread safe; chunk ownership and the ring cursor are guarded
 // by one mutex held only for bookkeeping (never while copying or waiting on a device).
@@ -50,8 +52,8 @@ class HostExpertSource::StagingRing {
   // Takes the next chunk in ring order (waits while its previous holder still fills it).
   size_t Claim();
   void Hand(size_t chunk);
-  Status CopyThroughChunk(size_t chunk, const uint8_t* src, int64_t bytes, uint8_t* dst,
-                          cudaStream_t stream);
+  // Fills ring chunk `index` with `chunk` and enqueues its DMA to `dst` + chunk.dst_offset.
+  Status CopyThroughChunk(size_t index, const StageChunk& chunk, uint8_t* dst, cudaStream_t stream);
 
   cuda::PinnedBuffer buffer_;
   int64_t chunk_bytes_ = 0;
