@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <optional>
 #include <set>
 #include <tuple>
 #include <utility>
@@ -440,6 +441,7 @@ class ReusePolicy final : public EvictionPolicy {
         clock_(keys.n_layers),
         last_use_(keys.size(), 0),
         freq_(keys.size(), 0.0),
+        key_rate_bucket_(keys.size(), 0),
         uses_((kAgeBuckets + 1) * kFreqBuckets, 0.0),
         exposures_((kAgeBuckets + 1) * kFreqBuckets, 0.0),
         estimate_((kAgeBuckets + 1) * kFreqBuckets, 0.0),
@@ -447,9 +449,8 @@ class ReusePolicy final : public EvictionPolicy {
         slot_touch_(n_slots, 0),
         slot_freq_bucket_(n_slots, 0),
         slot_pos_(n_slots, -1),
-        slot_rank_(n_slots),
-        ranked_(n_slots, 0),
-        layer_slots_(keys.n_layers) {
+        layer_slots_(keys.n_layers),
+        worst_(keys.n_layers) {
     RefreshEstimates();
   }
 
@@ -473,15 +474,12 @@ class ReusePolicy final : public EvictionPolicy {
         uses_[cell] *= 0.5;
       }
     }
+    worst_[layer].clear();  // every rank of the layer moved
     if (++visits_since_refresh_ >= kRefreshVisits) {
       visits_since_refresh_ = 0;
       RefreshEstimates();
       cycle_ = cycle_estimate_;
-      for (int slot = 0; slot < static_cast<int>(slot_key_.size()); ++slot) {
-        if (slot_key_[slot] >= 0) Rerank(slot);
-      }
-    } else {
-      for (int slot : layer_slots_[layer]) Rerank(slot);
+      for (auto& worst : worst_) worst.clear();
     }
   }
 
@@ -492,31 +490,33 @@ class ReusePolicy final : public EvictionPolicy {
     layer_slots_[layer].push_back(slot);
     if (demand) {
       Use(key_id);
-      slot_freq_bucket_[slot] = UseRateBucket(key_id);
+      slot_freq_bucket_[slot] = key_rate_bucket_[key_id];
     } else {
       // A prefetch is ranked as if used once now (its layer's next visit is expected to use it),
       // without entering the history.
       slot_freq_bucket_[slot] = freq_[key_id] > 0
-                                    ? UseRateBucket(key_id)
+                                    ? key_rate_bucket_[key_id]
                                     : RateBucket(1.0 / MaxDecayedUses(clock_.visits(layer)));
     }
     slot_touch_[slot] = clock_.visits(layer);
-    Rerank(slot);
+    Reranked(layer, slot);
   }
 
   void OnHit(int slot) override {
     const int64_t key = slot_key_[slot];
+    const int32_t layer = keys_.LayerOf(key);
+    Unlist(layer, slot);
     Use(key);
-    slot_freq_bucket_[slot] = UseRateBucket(key);
-    slot_touch_[slot] = clock_.visits(keys_.LayerOf(key));
-    Rerank(slot);
+    slot_freq_bucket_[slot] = key_rate_bucket_[key];
+    slot_touch_[slot] = clock_.visits(layer);
+    Reranked(layer, slot);
   }
 
   void OnEvict(int slot) override {
     if (slot_key_[slot] < 0) return;
-    order_.erase(slot_rank_[slot]);
-    ranked_[slot] = 0;
-    std::vector<int>& list = layer_slots_[keys_.LayerOf(slot_key_[slot])];
+    const int32_t layer = keys_.LayerOf(slot_key_[slot]);
+    Unlist(layer, slot);
+    std::vector<int>& list = layer_slots_[layer];
     const int pos = slot_pos_[slot];
     list[pos] = list.back();
     slot_pos_[list[pos]] = pos;
@@ -526,21 +526,44 @@ class ReusePolicy final : public EvictionPolicy {
   }
 
   int PickVictim(absl::FunctionRef<bool(int)> evictable) override {
-    for (const Rank& rank : order_) {
-      const int slot = std::get<2>(rank);
-      if (evictable(slot)) return slot;
+    bool found = false;
+    Rank best{};
+    for (int32_t layer = 0; layer < keys_.n_layers; ++layer) {
+      if (layer_slots_[layer].empty()) continue;
+      if (worst_[layer].empty()) FillWorst(layer);
+      std::optional<Rank> candidate;
+      for (const Rank& rank : worst_[layer]) {
+        if (evictable(std::get<2>(rank))) {
+          candidate = rank;
+          break;
+        }
+      }
+      if (!candidate) {  // all the cached ones are pinned: scan the layer
+        for (int slot : layer_slots_[layer]) {
+          if (!evictable(slot)) continue;
+          const Rank rank = RankOf(layer, slot);
+          if (!candidate || rank < *candidate) candidate = rank;
+        }
+      }
+      if (candidate && (!found || *candidate < best)) {
+        best = *candidate;
+        found = true;
+      }
     }
-    return -1;
+    return found ? std::get<2>(best) : -1;
   }
 
  private:
   // (-expected next use, touch visit, slot): smallest = first victim.
   using Rank = std::tuple<double, uint64_t, int>;
+  // Per layer, the kWorstCached smallest ranks are kept sorted (fewer after removals; empty =
+  // unknown, refilled by a scan of the layer's slots).
+  static constexpr size_t kWorstCached = 16;
 
   // Table cell of `key`'s state at visit `now` of its layer.
   int StateCell(int64_t key, uint64_t now) const {
     if (freq_[key] <= 0) return Cell(kNeverRow, 0);
-    return Cell(AgeBucket(now - last_use_[key]), UseRateBucket(key));
+    return Cell(AgeBucket(now - last_use_[key]), key_rate_bucket_[key]);
   }
 
   // The decayed use count of an expert used at every one of `visits` visits.
@@ -550,13 +573,10 @@ class ReusePolicy final : public EvictionPolicy {
     return (1.0 - std::exp2(-decay_per_visit_ * static_cast<double>(visits))) /
            (1.0 - std::exp2(-decay_per_visit_));
   }
-  // Bucket of the key's use rate as of its last use: its decayed count over the largest possible
-  // one (so that the rate of a key of a young layer is comparable to an old one's).
-  int UseRateBucket(int64_t key) const {
-    return RateBucket(freq_[key] / MaxDecayedUses(last_use_[key]));
-  }
 
-  // A demand use in the current visit of the key's layer (counted once per visit).
+  // A demand use in the current visit of the key's layer (counted once per visit). The key's
+  // rate bucket: its decayed count over the largest possible one (so that a key of a young layer
+  // compares with an old one's).
   void Use(int64_t key) {
     const uint64_t now = clock_.visits(keys_.LayerOf(key));
     if (freq_[key] > 0 && last_use_[key] == now) return;
@@ -564,6 +584,7 @@ class ReusePolicy final : public EvictionPolicy {
     const double elapsed = static_cast<double>(now - last_use_[key]);
     freq_[key] = 1.0 + freq_[key] * std::exp2(-decay_per_visit_ * elapsed);
     last_use_[key] = now;
+    key_rate_bucket_[key] = static_cast<uint8_t>(RateBucket(freq_[key] / MaxDecayedUses(now)));
   }
 
   void RefreshEstimates() {
@@ -576,8 +597,7 @@ class ReusePolicy final : public EvictionPolicy {
     }
   }
 
-  void Rerank(int slot) {
-    const int32_t layer = keys_.LayerOf(slot_key_[slot]);
+  Rank RankOf(int32_t layer, int slot) const {
     // Age at the layer's next visit: 1 for an expert used in its latest visit.
     const uint64_t age = clock_.visits(layer) + 1 - slot_touch_[slot];
     const double p =
@@ -585,14 +605,37 @@ class ReusePolicy final : public EvictionPolicy {
     // Expected next use, in visits of any layer: the layer's next visit comes one pass after its
     // latest, and with probability p per visit the expert is used about 1/p passes later.
     const double next_use = static_cast<double>(clock_.visit_seq(layer)) + cycle_ / p;
-    const Rank rank{-next_use, slot_touch_[slot], slot};
-    if (ranked_[slot]) {
-      if (slot_rank_[slot] == rank) return;
-      order_.erase(slot_rank_[slot]);
+    return {-next_use, slot_touch_[slot], slot};
+  }
+
+  void FillWorst(int32_t layer) {
+    std::vector<Rank>& worst = worst_[layer];
+    worst.clear();
+    for (int slot : layer_slots_[layer]) worst.push_back(RankOf(layer, slot));
+    const size_t keep = std::min(worst.size(), kWorstCached);
+    std::partial_sort(worst.begin(), worst.begin() + keep, worst.end());
+    worst.resize(keep);
+  }
+  // Drops `slot` from its layer's cached ranks (the rest are still the smallest ones).
+  void Unlist(int32_t layer, int slot) {
+    std::vector<Rank>& worst = worst_[layer];
+    for (auto it = worst.begin(); it != worst.end(); ++it) {
+      if (std::get<2>(*it) == slot) {
+        worst.erase(it);
+        return;
+      }
     }
-    slot_rank_[slot] = rank;
-    ranked_[slot] = 1;
-    order_.insert(rank);
+  }
+  // `slot` of `layer` (unlisted) has a new rank: it joins the cached ranks when below their
+  // largest, so that they stay the smallest ones of the layer.
+  void Reranked(int32_t layer, int slot) {
+    std::vector<Rank>& worst = worst_[layer];
+    if (worst.empty()) return;  // unknown: refilled when needed
+    const Rank rank = RankOf(layer, slot);
+    if (rank < worst.back()) {
+      worst.insert(std::upper_bound(worst.begin(), worst.end(), rank), rank);
+      if (worst.size() > kWorstCached) worst.pop_back();
+    }
   }
 
   KeySpace keys_;
@@ -601,8 +644,9 @@ class ReusePolicy final : public EvictionPolicy {
   double decay_per_visit_;  // log2 decay of the frequency per visit of the layer
   LayerClock clock_;
   // Per expert (dense key id), kept after eviction.
-  std::vector<uint64_t> last_use_;  // [n_keys] layer visit of the last demand use
-  std::vector<double> freq_;        // [n_keys] decayed uses as of then; 0 = never used
+  std::vector<uint64_t> last_use_;        // [n_keys] layer visit of the last demand use
+  std::vector<double> freq_;              // [n_keys] decayed uses as of then; 0 = never used
+  std::vector<uint8_t> key_rate_bucket_;  // [n_keys] RateBucket as of then
   // The learned table, [(kAgeBuckets + 1) * kFreqBuckets].
   std::vector<double> uses_, exposures_;
   std::vector<double> estimate_;  // frozen between refreshes
@@ -612,10 +656,8 @@ class ReusePolicy final : public EvictionPolicy {
   std::vector<uint64_t> slot_touch_;           // [n_slots] layer visit of its last use or prefetch
   std::vector<int> slot_freq_bucket_;          // [n_slots]
   std::vector<int> slot_pos_;                  // [n_slots] index in layer_slots_ of its layer
-  std::vector<Rank> slot_rank_;                // [n_slots] its entry in order_ when ranked_
-  std::vector<uint8_t> ranked_;                // [n_slots] 1 when the slot is in order_
   std::vector<std::vector<int>> layer_slots_;  // [n_layers] resident slots of each layer
-  std::set<Rank> order_;
+  std::vector<std::vector<Rank>> worst_;       // [n_layers] see kWorstCached
 };
 
 // Belady's MIN: rank = -(next use), so the farthest next use is the smallest rank.

@@ -57,7 +57,7 @@ struct ExpertOptions {
   // cache); bytes, optionally with a K/M/G/T suffix (powers of 1024, e.g. "24G"); or a percentage
   // of the device memory free at start-up, before the engine allocates ("40%").
   std::string cache_bytes = "0";
-  std::string eviction = "layer-lru";  // experts.eviction: experts::ParseEvictionKind names
+  std::string eviction = "reuse";  // experts.eviction: experts::ParseEvictionKind names
   bool prefetch = true;                // experts.prefetch: gate-lookahead prefetch
   std::string trace;                   // experts.trace: routing trace file ("" = none)
 };

@@ -51,7 +51,7 @@ namespace moe {
 struct ExpertCacheOptions {
   // Device bytes for routed experts (slots). 0: every expert resident, no cache (the default).
   int64_t budget_bytes = 0;
-  experts::EvictionKind eviction = experts::EvictionKind::kLayerLru;
+  experts::EvictionKind eviction = experts::EvictionKind::kReuse;
   // Gate-lookahead prefetch: after layer L routes, layer L+1's router is applied to layer L's
   // input and the experts it selects are loaded into free or evictable slots.
   bool prefetch = true;

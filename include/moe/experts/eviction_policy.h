@@ -6,7 +6,7 @@
 // now (resident, ready and not pinned by a batch). Policies never see pins or loading states.
 //
 // Implementations:
-//   kLayerLru - the default: LRU with recency measured per layer, in visits of the expert's own
+//   kLayerLru - LRU with recency measured per layer, in visits of the expert's own
 //           layer (a visit = a run of BeginStep calls for one layer, i.e. one batch step). Victim:
 //           the resident expert with the most visits of its layer since its last use; ties go to
 //           the layer visited most recently (whose next visit is farthest in a layer-by-layer
@@ -22,15 +22,16 @@
 //           LFU) and optional periodic halving (aging); ties go to the least recently used.
 //   kLruK - LRU-2 (O'Neil et al., SIGMOD'93): evict the slot whose second most recent demand use is
 //           oldest; experts used only once are evicted first. Frequency-aware, scan-resistant.
-//   kReuse - learned reuse probability: estimates, for every expert, the probability that its
-//           layer's next visit uses it, from its state (visits of its layer since its last use,
-//           and its use count decayed with a half-life in visits of its layer) through a table
-//           learned online over all layers (state -> uses / exposures); evicts the expert whose
-//           expected next use is farthest: its layer's latest visit + one pass / probability (so
-//           among equally likely experts, the one of the layer visited last). Recency-like on
-//           traces with temporal locality, frequency-like on independent (Zipf) routing. O(log n)
-//           per victim, plus O(experts per layer + resident experts of the layer * log n) per
-//           visit.
+//   kReuse - the default: learned reuse probability. Estimates, for every expert, the
+//           probability that its layer's next visit uses it, from its state (visits of its layer
+//           since its last use, and its use rate: a use count decayed with a half-life in visits
+//           of its layer, over the largest possible one) through a table learned online over all
+//           layers (state -> uses / exposures); evicts the expert whose expected next use is
+//           farthest: its layer's latest visit + one pass / probability (so among equally likely
+//           experts, the one of the layer visited last). Recency-like on traces with temporal
+//           locality, frequency-like on independent (Zipf) routing; at least as good as kLayerLru
+//           on every trace of benches/RESULTS.md "Expert cache policies". O(experts per layer)
+//           per visit, O(n_layers) per victim (plus a scan of one layer's slots now and then).
 //   Belady (offline only, MakeBeladyPolicy): evict the key whose next use is farthest in the
 //           future, given an oracle over a recorded trace. The simulator's optimum.
 //

@@ -172,7 +172,7 @@ class ExpertSlotPool {
   struct Options {
     int64_t budget_bytes = 0;               // --expert-cache-bytes
     std::vector<ShapeClass> shape_classes;  // at least one
-    EvictionKind eviction = EvictionKind::kLayerLru;
+    EvictionKind eviction = EvictionKind::kReuse;
     EvictionOptions eviction_options;
     // When set, replaces `eviction`: builds the policy of one class (e.g. Belady in a simulator).
     std::function<std::unique_ptr<EvictionPolicy>(int32_t shape_class, int32_t n_slots,
