@@ -386,18 +386,21 @@ class LruKPolicy final : public EvictionPolicy {
 // Reuse (kReuse): learned probability of use at the layer's next visit.
 //
 // 1. State of every expert (resident or not), kept across evictions: the visit of its layer at
-//    its last demand use, and its use count decayed with a half-life of `half_life` visits of its
-//    layer, as of that use.
-// 2. A table learned online over all layers: cell (age bucket, frequency bucket) -> uses /
-//    exposures, where an expert of layer L is "exposed" once per visit of L in the cell of its
-//    state at that visit (age = visits since its last use), and "used" when the visit demands it.
-//    uses / exposures estimates P(demanded at the next visit of its layer | its state).
-// 3. Victim: the evictable slot with the lowest estimate at its layer's next visit; ties to the
-//    layer visited most recently (its next visit is farthest), then the older use.
-// NOTES: the estimates used for ranking are frozen between refreshes (every kRefreshVisits
-// visits) so that the ranking is an ordered set updated only for the slots whose state changed:
-// the resident slots of a layer at each visit of that layer, a slot when it is used. Cells forget
-// (counts halve) once they have seen kCellWindow exposures, so the table follows a drifting load.
+//    its last demand use, and its use rate as of then (its use count decayed with a half-life of
+//    `half_life` visits of its layer, over the count of an expert used at every visit).
+// 2. A table learned online over all layers: cell (age bucket, rate bucket) -> uses / exposures,
+//    where an expert of layer L is "exposed" once per visit of L in the cell of its state at that
+//    visit (age = visits of L since its last use), and "used" when the visit demands it.
+//    uses / exposures estimates p = P(demanded at the next visit of its layer | its state).
+// 3. Victim: the evictable slot whose expected next use is farthest, in visits of any layer: its
+//    layer's latest visit + pass length / p (the next visit comes one pass later, and uses it
+//    after about 1/p passes). Among equal p that is the layer visited most recently; exact ties go
+//    to the older touch, then the lower slot.
+// NOTES: estimates and pass length are frozen between refreshes (every kRefreshVisits visits), so
+// a slot's rank changes only when its layer is visited or the slot is used. Each layer caches its
+// smallest ranks (kWorstCached, sorted), dropped at each visit of the layer and refilled by a scan
+// when needed: a victim costs O(n_layers). Cells forget (counts halve) after kCellWindow
+// exposures, so the table follows a drifting load.
 constexpr int kExactAges = 8;                 // ages 1..8 have a bucket each
 constexpr int kAgeBuckets = 26;               // then two per octave, the last one open-ended
 constexpr int kNeverRow = kAgeBuckets;        // row of experts never used
