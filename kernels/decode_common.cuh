@@ -37,12 +37,34 @@ __device__ __forceinline__ void Dot8<__half>(const uint4& w, const uint4& a, flo
   }
 }
 
-// Weights: read once, so they bypass L1 (read-only path, no L1 allocation).
+// L2 eviction policies (sm_80+): evict_first for data streamed once (expert weights), so that it
+// does not push out what the next forward reads again (router weights, pointer tables, x, h).
+__device__ __forceinline__ uint64_t L2EvictFirst() {
+  uint64_t policy;
+  asm("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;\n" : "=l"(policy));
+  return policy;
+}
+__device__ __forceinline__ uint64_t L2EvictLast() {
+  uint64_t policy;
+  asm("createpolicy.fractional.L2::evict_last.b64 %0, 1.0;\n" : "=l"(policy));
+  return policy;
+}
+
+// Weights: read once, so they bypass L1 (read-only path, no L1 allocation) and leave L2 first.
 __device__ __forceinline__ uint4 LoadStreaming(const void* p) {
   uint4 v;
-  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];\n"
+  asm volatile("ld.global.nc.L1::no_allocate.L2::cache_hint.v4.u32 {%0,%1,%2,%3}, [%4], %5;\n"
                : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-               : "l"(p));
+               : "l"(p), "l"(L2EvictFirst()));
+  return v;
+}
+
+// Small weights that every forward reads again (the router): kept in L2 ahead of streamed data.
+__device__ __forceinline__ uint4 LoadKept(const void* p) {
+  uint4 v;
+  asm volatile("ld.global.nc.L2::cache_hint.v4.u32 {%0,%1,%2,%3}, [%4], %5;\n"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+               : "l"(p), "l"(L2EvictLast()));
   return v;
 }
 

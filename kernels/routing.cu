@@ -22,6 +22,7 @@
 #include <climits>
 
 #include "kernels/cuda_status.h"
+#include "kernels/decode_common.cuh"
 #include "kernels/moe_kernels.h"
 #include "kernels/pdl.cuh"
 
@@ -50,8 +51,7 @@ __device__ __forceinline__ void Load8(const float* p, float (&v)[8]) {
   v[6] = b.z;
   v[7] = b.w;
 }
-__device__ __forceinline__ void Load8(const __nv_bfloat16* p, float (&v)[8]) {
-  const uint4 raw = *reinterpret_cast<const uint4*>(p);
+__device__ __forceinline__ void Unpack8(const uint4& raw, const __nv_bfloat16*, float (&v)[8]) {
   const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&raw);
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
@@ -60,8 +60,7 @@ __device__ __forceinline__ void Load8(const __nv_bfloat16* p, float (&v)[8]) {
     v[2 * i + 1] = f.y;
   }
 }
-__device__ __forceinline__ void Load8(const __half* p, float (&v)[8]) {
-  const uint4 raw = *reinterpret_cast<const uint4*>(p);
+__device__ __forceinline__ void Unpack8(const uint4& raw, const __half*, float (&v)[8]) {
   const __half2* h = reinterpret_cast<const __half2*>(&raw);
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
@@ -69,6 +68,10 @@ __device__ __forceinline__ void Load8(const __half* p, float (&v)[8]) {
     v[2 * i] = f.x;
     v[2 * i + 1] = f.y;
   }
+}
+template <typename T>
+__device__ __forceinline__ void Load8(const T* p, float (&v)[8]) {
+  Unpack8(*reinterpret_cast<const uint4*>(p), p, v);
 }
 __device__ __forceinline__ void Store8(float* p, const float (&v)[8]) {
   reinterpret_cast<float4*>(p)[0] = make_float4(v[0], v[1], v[2], v[3]);
@@ -463,7 +466,7 @@ __global__ void __launch_bounds__(kScanThreads) FrontKernel(const FrontArgs f, f
         for (int u = 0; u < 2; ++u) {
           const int c = c0 + 32 * u;
           if (c < c_end) {
-            Load8(w + c * 8, wv[u]);
+            Unpack8(LoadKept(w + c * 8), w, wv[u]);  // the router stays in L2
           } else {
 #pragma unroll
             for (int i = 0; i < 8; ++i) wv[u][i] = 0.0f;

@@ -396,8 +396,8 @@ TEST(CudaEngine, SmallBatchPathsOnAndOff) {
 // fits (<= 32 tokens, <= 4 rows per expert), with graphs and eager: every (weight, activation)
 // dtype pair of its down + combine kernel, 129 and 31 experts (most without a token), top-k 2 to 8,
 // shared experts with and without a gate (GEMV and split-K tile partials), hidden 2056 (a second
-// gate/up pass with a K tail), hidden 136 (a pass of 17 chunks) and inter 48 (down rows of 6
-// chunks: a lane's chunks span several experts).
+// gate/up pass with a K tail), hidden 136 (a pass of 17 chunks), inter 48 (down rows of 6
+// chunks: a lane's chunks span several experts), h in pair order (1 token) and in sorted order.
 TEST(CudaEngine, DecodeExpertsPath) {
   REQUIRE_GPU();
   CudaEngineOptions graphs = DefaultOptions();
@@ -430,6 +430,10 @@ TEST(CudaEngine, DecodeExpertsPath) {
        Opts(Family::kDeepseekV3, 64, 8, 256, 64, DType::kBF16, 86),
        DType::kF32,
        {1, 4}},
+      {"qwen3 inter 1024: h in shared memory past 48 KiB (7 tokens), from global (16)",
+       Opts(Family::kQwen3Moe, 16, 4, 64, 1024, DType::kBF16, 87),
+       DType::kBF16,
+       {7, 16}},
   };
   cases[1].model.norm_topk_prob = false;
   cases[4].model.norm_topk_prob = false;
