@@ -194,6 +194,28 @@ TEST(ReusePolicy, BeforeLearningRanksByAgeInOwnLayerVisitsThenLayerOrder) {
   EXPECT_EQ(policy->PickVictim([](int s) { return s <= 1; }), 0);
 }
 
+TEST(ReusePolicy, UseRateAgesWithTheHalfLife) {
+  // a (slot 0) is used at layer 0's visits 1..10, then both a and b (slot 1, new) at visit 40;
+  // layer 1 is visited in between. Same age, same layer: only the use rates differ.
+  auto run = [](double half_life) {
+    EvictionOptions options;
+    options.reuse_half_life_visits = half_life;
+    auto policy = MakeEvictionPolicy(EvictionKind::kReuse, 3, kKeys, options);
+    for (int visit = 1; visit <= 40; ++visit) {
+      policy->BeginStep(0);
+      if (visit == 1) policy->OnInsert(0, Key(0, 0), true);
+      if (visit > 1 && (visit <= 10 || visit == 40)) policy->OnHit(0);
+      if (visit == 40) policy->OnInsert(1, Key(0, 1), true);
+      policy->BeginStep(1);
+    }
+    return policy->PickVictim(All());
+  };
+  // Long memory: a's ten uses still count (rate ~0.27 against b's ~0.03), b goes.
+  EXPECT_EQ(run(1000.0), 1);
+  // A half-life of one visit forgets them: both rates are 1/2, an exact tie, the lower slot goes.
+  EXPECT_EQ(run(1.0), 0);
+}
+
 TEST(ReusePolicy, LearnsThatAPeriodicExpertOutlivesAFreshOne) {
   // Layer 0: expert a (slot 0) is used every second visit; at the other visits one of experts
   // 1..6 is used in turn (slots 1..6), each again only 12 visits later. Layer 1 (slot 7) runs in
