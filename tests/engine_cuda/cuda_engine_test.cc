@@ -392,6 +392,61 @@ TEST(CudaEngine, SmallBatchPathsOnAndOff) {
   }
 }
 
+// The warp-specialised 128 x 256 tile (the default Hopper tile past 64 rows per expert) against the
+// CPU on shapes the other tests leave out: K tails (hidden 200 / 136 / 264, inter 88 / 200), N
+// tails of plain GEMMs (down N = 200, 120, 264: last column blocks of 200, 120 and 8 columns;
+// routers of 4-16 columns) and of gated ones (inter 88, 200 over 128-column blocks), experts of two
+// and three row tiles whose last tile is partly empty (about 150, 166 and 320 rows per expert);
+// then deterministic mode across the 128 x 256 and mma.sync tiles on such a shape.
+TEST(CudaEngine, WarpSpecialisedTileShapes) {
+  REQUIRE_GPU();
+  CheckCase({"ws tile bf16, K and N tails",
+             Opts(Family::kMixtral, 8, 2, 200, 88, DType::kBF16, 81),
+             DType::kBF16,
+             {600}},
+            DefaultOptions());
+  CheckCase({"ws tile f16, two and three row tiles per expert",
+             Opts(Family::kQwen3Moe, 4, 2, 136, 200, DType::kF16, 82),
+             DType::kF32,
+             {333, 640}},
+            DefaultOptions());
+  CheckCase({"ws tile bf16, 120 columns",
+             Opts(Family::kDeepseekV2, 8, 4, 120, 96, DType::kBF16, 83),
+             DType::kBF16,
+             {250, 640}},
+            DefaultOptions());
+  CheckCase({"ws tile bf16, 8-column tail",
+             Opts(Family::kQwen3Moe, 16, 4, 264, 88, DType::kBF16, 86),
+             DType::kBF16,
+             {300, 333}},
+            DefaultOptions());
+  CheckCase({"ws tile f16, 120 columns, f32 activations",
+             Opts(Family::kMixtral, 8, 2, 120, 64, DType::kF16, 87),
+             DType::kF32,
+             {300}},
+            DefaultOptions());
+  // Sub-batches of 1 / 7 (decode tile), 40 (medium tile), 300 / 301 (75 rows per expert) and the
+  // full 600 (150 rows per expert; 128 x 256 tile) must give the same bits per token.
+  const auto model = RandomModel(Opts(Family::kMixtral, 8, 2, 200, 88, DType::kBF16, 84));
+  CudaEngineOptions o = DefaultOptions();
+  o.deterministic = true;
+  auto gpu = CudaEngine::Create(model, o);
+  ASSERT_TRUE(gpu.ok()) << gpu.status();
+  const int h = model->spec().hidden;
+  const size_t row_bytes = h * DTypeSize(DType::kBF16);
+  const int64_t n = 600;
+  const auto x = MakeActivations(DType::kBF16, n * h, 85);
+  const RunResult full = RunForward(**gpu, 0, DType::kBF16, x.bytes, n);
+  for (auto [begin, len] :
+       std::vector<std::pair<int64_t, int64_t>>{{0, 1}, {5, 7}, {100, 40}, {3, 300}, {299, 301}}) {
+    std::vector<uint8_t> sub(x.bytes.begin() + begin * row_bytes,
+                             x.bytes.begin() + (begin + len) * row_bytes);
+    const RunResult part = RunForward(**gpu, 0, DType::kBF16, sub, len);
+    ASSERT_EQ(0, std::memcmp(part.raw.data(), full.raw.data() + begin * row_bytes, len * row_bytes))
+        << "tokens [" << begin << ", " << begin + len << ") differ from the full batch";
+  }
+}
+
 // The decode experts path (gate/up per (token, k) pair, down + combine in one kernel) wherever it
 // fits (<= 32 tokens, <= 4 rows per expert), with graphs and eager: every (weight, activation)
 // dtype pair of its down + combine kernel, 129 and 31 experts (most without a token), top-k 2 to 8,

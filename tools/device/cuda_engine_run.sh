@@ -4,8 +4,10 @@
 # then (device tool, carry [".device"]):  source .device/env.sh; tools/device/cuda_engine_run.sh [steps]
 # Steps (default: info test bench): info, test, sanitize (memcheck + racecheck on a test subset),
 # bench (full roofline report), quickbench (no deterministic column), wsbench (warp-specialised
-# wgmma kernel vs the cp.async one at 512-16384 tokens), wsinvariance, decodeab (small-batch paths
-# A/B at 1/8/64 tokens), decodencu (per-kernel ncu times of those paths). Outputs go to $OUT.
+# wgmma kernel vs the cp.async one at 512-16384 tokens), wsinvariance, abbench (a baseline binary
+# bundled as cuda_engine_bench_base vs this tree's cuda_engine_bench at 512-16384 tokens,
+# alternating, AB_ROUNDS rounds), decodeab (small-batch paths A/B at 1/8/64 tokens), decodencu
+# (per-kernel ncu times of those paths). Outputs go to $OUT.
 set -uo pipefail
 out=${OUT:-/tmp/out}
 mkdir -p "$out"
@@ -47,6 +49,15 @@ for step in $steps; do
         timeout ${WS_BENCH_TIMEOUT:-120} cuda_engine_bench --report="$out/$v.jsonl" --no-det $flag \
           --shapes=mixtral,qwen3,dsv2lite --tokens=512,4096,16384 > "$out/$v.txt" 2>&1
         echo "$v rc=$?"; cat "$out/$v.txt"
+      done ;;
+    abbench)  # baseline binary vs this tree, alternating (same card, same call)
+      for r in $(seq 1 ${AB_ROUNDS:-1}); do
+        for v in base new; do
+          b=cuda_engine_bench; [ $v = base ] && b=cuda_engine_bench_base
+          timeout ${AB_BENCH_TIMEOUT:-60} $b --report="$out/${v}_$r.jsonl" --no-det \
+            --shapes=mixtral,qwen3,dsv2lite --tokens=512,4096,16384 > "$out/${v}_$r.txt" 2>&1
+          echo "$v round $r rc=$?"; grep -v "^$" "$out/${v}_$r.txt" | tail -14
+        done
       done ;;
     wsinvariance)
       timeout 60 cuda_engine_bench --ws --check-invariance 2>&1 | tee "$out/ws_invariance.txt" ;;
