@@ -1,0 +1,180 @@
+// Combine and device-side random fill of the fused MoE layer.
+//
+// 1. Combine: weighted sum of each token's expert outputs (k ascending, splits ascending) plus the
+//    gated shared expert, written in the activation dtype. No atomics. Waits for the previous
+//    kernel first (PDL, kernels/pdl.cuh).
+// 2. FillRandom: counter-based uniform weights generated on the device (benchmarks).
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include "kernels/cuda_status.h"
+#include "kernels/moe_kernels.h"
+#include "kernels/pdl.cuh"
+#include "kernels/routing_device.cuh"
+
+namespace moe::cuda {
+namespace {
+
+// ---- 1. Combine ----
+template <typename W, typename Out>
+__global__ void CombineKernel(const CombineArgs a) {
+  GridDepWait();
+  GridDepTrigger();
+  const int hidden = a.hidden;
+  const int64_t chunks_per_row = hidden / 8;
+  const int64_t total = static_cast<int64_t>(a.meta->n_tokens) * chunks_per_row;
+  Out* out = static_cast<Out*>(a.meta->output);
+  for (int64_t c = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; c < total;
+       c += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t t = c / chunks_per_row;
+    const int h = static_cast<int>(c % chunks_per_row) * 8;
+    float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    // Chunks of 4 experts: their rows, weights and outputs are loaded before any is summed, so the
+    // dependent loads overlap (decode latency); the sum order stays k ascending.
+    constexpr int kChunk = 4;
+    for (int k0 = 0; k0 < a.top_k; k0 += kChunk) {
+      int64_t r[kChunk];
+      float w[kChunk];
+#pragma unroll
+      for (int j = 0; j < kChunk; ++j) {
+        const bool ok = k0 + j < a.top_k;
+        r[j] = ok ? a.pair_row[t * a.top_k + k0 + j] : 0;
+        w[j] = ok ? a.topk_weights[t * a.top_k + k0 + j] : 0.0f;
+      }
+      float v[kChunk][8];
+      if (a.y_f32) {
+#pragma unroll
+        for (int j = 0; j < kChunk; ++j) {
+#pragma unroll
+          for (int i = 0; i < 8; ++i) v[j][i] = 0.0f;
+        }
+        for (int s = 0; s < a.y_splits; ++s) {
+#pragma unroll
+          for (int j = 0; j < kChunk; ++j) {
+            if (k0 + j < a.top_k) {
+              float p[8];
+              Load8(static_cast<const float*>(a.y) + s * a.y_split_stride + r[j] * hidden + h, p);
+#pragma unroll
+              for (int i = 0; i < 8; ++i) v[j][i] += p[i];
+            }
+          }
+        }
+      } else {
+#pragma unroll
+        for (int j = 0; j < kChunk; ++j) {
+          if (k0 + j < a.top_k) {
+            Load8(static_cast<const W*>(a.y) + r[j] * hidden + h, v[j]);
+          } else {
+#pragma unroll
+            for (int i = 0; i < 8; ++i) v[j][i] = 0.0f;
+          }
+        }
+      }
+#pragma unroll
+      for (int j = 0; j < kChunk; ++j) {
+        if (k0 + j < a.top_k) {
+#pragma unroll
+          for (int i = 0; i < 8; ++i) acc[i] += w[j] * v[j][i];
+        }
+      }
+    }
+    if (a.ys != nullptr) {
+      const float g = a.shared_gate ? a.shared_gate[t] : 1.0f;
+      float sum[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+      for (int s = 0; s < a.ys_splits; ++s) {
+        float v[8];
+        if (a.ys_f32) {
+          Load8(static_cast<const float*>(a.ys) + s * a.ys_split_stride + t * hidden + h, v);
+        } else {
+          Load8(static_cast<const W*>(a.ys) + t * hidden + h, v);
+        }
+#pragma unroll
+        for (int i = 0; i < 8; ++i) sum[i] += v[i];
+      }
+#pragma unroll
+      for (int i = 0; i < 8; ++i) acc[i] += g * sum[i];
+    }
+    Store8(out + t * hidden + h, acc);
+  }
+}
+
+// ---- 2. FillRandom ----
+__device__ __forceinline__ float HashUniform(uint64_t seed, uint64_t i) {
+  uint64_t z = seed + 0x9E3779B97F4A7C15ull * (i + 1);
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  z ^= z >> 31;
+  return static_cast<float>(z >> 40) * (2.0f / 16777216.0f) - 1.0f;  // [-1, 1)
+}
+template <typename T>
+__global__ void FillRandomKernel(T* dst, int64_t n, float scale, uint64_t seed) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    dst[i] = static_cast<T>(scale * HashUniform(seed, static_cast<uint64_t>(i)));
+  }
+}
+
+}  // namespace
+
+Status CombineArgs::Validate() const {
+  if (meta == nullptr || pair_row == nullptr || topk_weights == nullptr || y == nullptr ||
+      hidden <= 0 || hidden % 8 != 0 || top_k <= 0 || y_splits < 1 || ys_splits < 1) {
+    return absl::InvalidArgumentError("CombineArgs: null pointer or bad sizes");
+  }
+  return absl::OkStatus();
+}
+
+Status LaunchCombine(const CombineArgs& a, cudaStream_t stream) {
+  MOE_RETURN_IF_ERROR(a.Validate());
+  const int threads = 256;
+  const int grid = GridFor(a.capacity * a.hidden / 8, threads);
+  cudaError_t err = cudaSuccess;
+#define MOE_COMBINE_(W, OUT) \
+  err = LaunchMaybePdl(CombineKernel<W, OUT>, dim3(grid), dim3(threads), 0, stream, a.pdl, a)
+  const bool bf = a.wtype == WType::kBF16;
+  switch (a.atype) {
+    case AType::kF32:
+      if (bf)
+        MOE_COMBINE_(__nv_bfloat16, float);
+      else
+        MOE_COMBINE_(__half, float);
+      break;
+    case AType::kF16:
+      if (bf)
+        MOE_COMBINE_(__nv_bfloat16, __half);
+      else
+        MOE_COMBINE_(__half, __half);
+      break;
+    case AType::kBF16:
+      if (bf)
+        MOE_COMBINE_(__nv_bfloat16, __nv_bfloat16);
+      else
+        MOE_COMBINE_(__half, __nv_bfloat16);
+      break;
+  }
+#undef MOE_COMBINE_
+  CUDA_RETURN_IF_ERROR(err);
+  return absl::OkStatus();
+}
+
+Status LaunchFillRandom(void* dst, int64_t n, WType wtype, float scale, uint64_t seed,
+                        cudaStream_t stream) {
+  if (dst == nullptr || n <= 0) return absl::InvalidArgumentError("FillRandom: empty");
+  const int grid = GridFor(n, 256 * 16);
+  if (wtype == WType::kBF16) {
+    FillRandomKernel<<<grid, 256, 0, stream>>>(static_cast<__nv_bfloat16*>(dst), n, scale, seed);
+  } else {
+    FillRandomKernel<<<grid, 256, 0, stream>>>(static_cast<__half*>(dst), n, scale, seed);
+  }
+  CUDA_RETURN_IF_ERROR(cudaGetLastError());
+  return absl::OkStatus();
+}
+
+Status LaunchFillRandomF32(float* dst, int64_t n, float scale, uint64_t seed, cudaStream_t stream) {
+  if (dst == nullptr || n <= 0) return absl::InvalidArgumentError("FillRandom: empty");
+  FillRandomKernel<<<GridFor(n, 256 * 16), 256, 0, stream>>>(dst, n, scale, seed);
+  CUDA_RETURN_IF_ERROR(cudaGetLastError());
+  return absl::OkStatus();
+}
+
+}  // namespace moe::cuda

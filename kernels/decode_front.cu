@@ -1,0 +1,216 @@
+// The fused decode front (<= 32 tokens, outside deterministic mode): input conversion, router
+// GEMV, routing and scan in ONE launch, so the chain before the expert GEMMs is one kernel.
+//
+// 1. Every block converts a grid-stride slice of the input into x (the hi part only: the router
+//    reads the input itself, so nothing needs the rounding residue).
+// 2. Each block computes kFrontRowsPerBlock router rows for every token (f32 FMAs on the input as
+//    given, fixed reduction order) into the logits workspace.
+// 3. The block that draws the last ticket routes (and, unless skip_scan, scans) like RouteScan.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include "kernels/cuda_status.h"
+#include "kernels/decode_common.cuh"
+#include "kernels/moe_kernels.h"
+#include "kernels/pdl.cuh"
+#include "kernels/routing_device.cuh"
+
+namespace moe::cuda {
+namespace {
+
+constexpr int kFrontRowsPerBlock = 8;                                 // router rows per front block
+constexpr int kFrontKSplit = kScanThreads / 32 / kFrontRowsPerBlock;  // warps per row (K quarters)
+constexpr int kFrontTokenGroup = 8;                                   // tokens per GEMV pass
+constexpr int kFrontMaxRouterRows = kRouteScanMaxExperts + 1;
+
+// 1. Every block converts a grid-stride slice of the input into x (the hi part only: the router
+//    below reads the input itself, so nothing needs the rounding residue).
+// 2. Block b owns router rows 8b..8b+7; warp w computes row 8b + (w % 8) over K quarter w / 8 for
+//    every token (8 tokens per pass, f32 FMAs, lane-strided 16-byte chunks in ascending order, then
+//    a fixed xor tree); the quarters are added in order through shared memory into `logits`.
+// 3. The block that draws the last ticket copies all logits into shared memory, resets the ticket
+//    and routes + scans (RouteScanBody; routes only with skip_scan).
+template <typename In, typename W>
+__global__ void __launch_bounds__(kScanThreads) FrontKernel(const FrontArgs f, float* logits) {
+  extern __shared__ float route_smem[];  // [32][2][n_experts] route scratch, then [32][nr] logits
+  __shared__ float s_part[kFrontKSplit][kFrontTokenGroup][kFrontRowsPerBlock];
+  __shared__ int s_last;
+  GridDepWait();
+  GridDepTrigger();
+  const ForwardMeta* meta = f.route.meta;
+  const int n = meta->n_tokens;
+  const int hidden = f.convert.hidden;
+  const int nr = f.router_rows;
+  const int64_t ld = f.route.ld_logits;
+  const In* in = static_cast<const In*>(meta->input);
+
+  // Phase 1: convert.
+  {
+    W* x = static_cast<W*>(f.convert.x);
+    const int64_t chunks_per_row = hidden / 8;
+    const int64_t total = static_cast<int64_t>(n) * chunks_per_row;
+    for (int64_t c = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; c < total;
+         c += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+      const int64_t t = c / chunks_per_row;
+      const int h = static_cast<int>(c % chunks_per_row) * 8;
+      float v[8];
+      Load8(in + t * hidden + h, v);
+      Store8(x + t * 2 * hidden + h, v);
+    }
+  }
+
+  // Phase 2: router rows.
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int row_local = warp % kFrontRowsPerBlock, quarter = warp / kFrontRowsPerBlock;
+  const int row = blockIdx.x * kFrontRowsPerBlock + row_local;
+  const int chunks = hidden / 8;
+  const int c_begin = quarter * chunks / kFrontKSplit;
+  const int c_end = (quarter + 1) * chunks / kFrontKSplit;
+  const W* w = row < nr ? static_cast<const W*>(f.router_table[meta->layer_pos]) +
+                              static_cast<int64_t>(row) * f.ld_router
+                        : nullptr;
+  for (int t0 = 0; t0 < n; t0 += kFrontTokenGroup) {
+    float acc[kFrontTokenGroup];
+#pragma unroll
+    for (int j = 0; j < kFrontTokenGroup; ++j) acc[j] = 0.0f;
+    if (w != nullptr) {
+      // Two 16-byte weight loads in flight per lane before the first use.
+      for (int c0 = c_begin + lane; c0 < c_end; c0 += 64) {
+        float wv[2][8];
+#pragma unroll
+        for (int u = 0; u < 2; ++u) {
+          const int c = c0 + 32 * u;
+          if (c < c_end) {
+            Unpack8(LoadKept(w + c * 8), w, wv[u]);  // the router stays in L2
+          } else {
+#pragma unroll
+            for (int i = 0; i < 8; ++i) wv[u][i] = 0.0f;
+          }
+        }
+#pragma unroll
+        for (int j = 0; j < kFrontTokenGroup; ++j) {
+          if (t0 + j < n) {
+#pragma unroll
+            for (int u = 0; u < 2; ++u) {
+              const int c = c0 + 32 * u;
+              if (c < c_end) {
+                float xv[8];
+                Load8(in + static_cast<int64_t>(t0 + j) * hidden + c * 8, xv);
+#pragma unroll
+                for (int i = 0; i < 8; ++i) acc[j] = fmaf(wv[u][i], xv[i], acc[j]);
+              }
+            }
+          }
+        }
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < kFrontTokenGroup; ++j) {
+      const float v = WarpSum(acc[j]);
+      if (lane == 0) s_part[quarter][j][row_local] = v;
+    }
+    __syncthreads();
+    if (threadIdx.x < kFrontTokenGroup * kFrontRowsPerBlock) {
+      const int j = threadIdx.x / kFrontRowsPerBlock, r = threadIdx.x % kFrontRowsPerBlock;
+      const int rr = blockIdx.x * kFrontRowsPerBlock + r;
+      if (t0 + j < n && rr < nr) {
+        float v = s_part[0][j][r];
+#pragma unroll
+        for (int q = 1; q < kFrontKSplit; ++q) v += s_part[q][j][r];
+        logits[static_cast<int64_t>(t0 + j) * ld + rr] = v;
+      }
+    }
+    __syncthreads();  // s_part is reused by the next pass
+  }
+
+  // Phase 3: the last block routes and scans.
+  __threadfence();  // this block's logits (and x) before its ticket
+  __syncthreads();
+  if (threadIdx.x == 0) s_last = atomicAdd(f.ticket, 1) == static_cast<int>(gridDim.x) - 1;
+  __syncthreads();
+  if (!s_last) return;
+  __threadfence();
+  float* s_logits = route_smem + kRouteScanMaxTokens * 2 * f.route.routing.n_experts;
+  for (int i = threadIdx.x; i < n * nr; i += blockDim.x) {
+    const int t = i / nr, r = i % nr;
+    s_logits[i] = __ldcg(logits + static_cast<int64_t>(t) * ld + r);
+  }
+  if (threadIdx.x == 0) *f.ticket = 0;  // for the next forward (stream-ordered after this one)
+  __syncthreads();
+  RouteScanBody(f.route, f.scan, s_logits, nr, 1, 0, route_smem, !f.skip_scan);
+}
+
+// Dynamic shared memory of the front kernel: route scratch + one logits row per token.
+size_t FrontSmemBytes(int n_experts, int router_rows) {
+  return static_cast<size_t>(kRouteScanMaxTokens) * (2 * n_experts + router_rows) * sizeof(float);
+}
+
+// The front kernel of each (input, weight) dtype pair, generated from one list.
+#define MOE_FRONT_TYPES_(X)                                   \
+  X(AType::kF32, float, WType::kBF16, __nv_bfloat16)          \
+  X(AType::kF32, float, WType::kF16, __half)                  \
+  X(AType::kF16, __half, WType::kBF16, __nv_bfloat16)         \
+  X(AType::kF16, __half, WType::kF16, __half)                 \
+  X(AType::kBF16, __nv_bfloat16, WType::kBF16, __nv_bfloat16) \
+  X(AType::kBF16, __nv_bfloat16, WType::kF16, __half)
+using FrontFn = void (*)(FrontArgs, float*);
+struct FrontEntry {
+  AType atype;
+  WType wtype;
+  FrontFn fn;
+};
+#define MOE_FRONT_ENTRY_(AT, IN, WT, W) {AT, WT, &FrontKernel<IN, W>},
+const FrontEntry kFrontKernels[] = {MOE_FRONT_TYPES_(MOE_FRONT_ENTRY_)};
+#undef MOE_FRONT_ENTRY_
+
+}  // namespace
+
+Status InitFrontKernels() {
+  const int front_smem =
+      static_cast<int>(FrontSmemBytes(kRouteScanMaxExperts, kFrontMaxRouterRows));
+  for (const FrontEntry& e : kFrontKernels) {
+    CUDA_RETURN_IF_ERROR(
+        cudaFuncSetAttribute(e.fn, cudaFuncAttributeMaxDynamicSharedMemorySize, front_smem));
+  }
+  return absl::OkStatus();
+}
+
+bool CanFuseFront(int64_t capacity, int n_experts, int router_rows) {
+  return CanRouteScan(capacity, n_experts) && router_rows <= kFrontMaxRouterRows;
+}
+
+Status FrontArgs::Validate() const {
+  MOE_RETURN_IF_ERROR(convert.Validate());
+  MOE_RETURN_IF_ERROR(route.Validate());
+  MOE_RETURN_IF_ERROR(scan.Validate());
+  if (router_table == nullptr || ticket == nullptr || ld_router < convert.hidden ||
+      ld_router % 8 != 0 || router_rows < route.routing.n_experts ||
+      route.ld_logits < router_rows) {
+    return absl::InvalidArgumentError("FrontArgs: null router table / ticket or bad router layout");
+  }
+  if (route.splits != 1 || route.meta != convert.meta || scan.meta != convert.meta) {
+    return absl::InvalidArgumentError("FrontArgs: one meta, unsplit logits");
+  }
+  if (!CanFuseFront(route.capacity, route.routing.n_experts, router_rows)) {
+    return absl::InvalidArgumentError("FrontArgs: too many tokens, experts or router rows");
+  }
+  return absl::OkStatus();
+}
+
+Status LaunchFront(const FrontArgs& f, cudaStream_t stream) {
+  MOE_RETURN_IF_ERROR(f.Validate());
+  FrontFn fn = nullptr;
+  for (const FrontEntry& e : kFrontKernels) {
+    if (e.atype == f.convert.atype && e.wtype == f.convert.wtype) fn = e.fn;
+  }
+  if (fn == nullptr) return absl::InternalError("no front kernel for these dtypes");
+  const int blocks = (f.router_rows + kFrontRowsPerBlock - 1) / kFrontRowsPerBlock;
+  // NOTES: route.logits is the workspace the blocks write and the last block reads back.
+  CUDA_RETURN_IF_ERROR(LaunchMaybePdl(fn, dim3(blocks), dim3(kScanThreads),
+                                      FrontSmemBytes(f.route.routing.n_experts, f.router_rows),
+                                      stream, f.convert.pdl, f,
+                                      const_cast<float*>(f.route.logits)));
+  return absl::OkStatus();
+}
+
+}  // namespace moe::cuda

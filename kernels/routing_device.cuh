@@ -1,0 +1,345 @@
+// Device pieces shared by the routing kernels (routing.cu), the fused decode front
+// (decode_front.cu) and combine (combine.cu): 8-element vector loads and stores through float, warp
+// reductions, one token's routing (RouteToken), the block-wide scan (ScanBody) and routing + scan
+// of a decode batch in one block (RouteScanBody).
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cfloat>
+#include <climits>
+#include <cstdint>
+
+#include "kernels/moe_kernels.h"
+
+namespace moe::cuda {
+
+inline constexpr int kScanThreads = 1024;
+inline constexpr int kRouteScanMaxTokens = kScanThreads / 32;  // one warp per token
+inline constexpr int kRouteScanMaxExperts = 256;               // 64 KB of scores for 32 warps
+
+// ---- 8-element vector loads and stores through float ----
+__device__ __forceinline__ void Load8(const float* p, float (&v)[8]) {
+  const float4 a = reinterpret_cast<const float4*>(p)[0];
+  const float4 b = reinterpret_cast<const float4*>(p)[1];
+  v[0] = a.x;
+  v[1] = a.y;
+  v[2] = a.z;
+  v[3] = a.w;
+  v[4] = b.x;
+  v[5] = b.y;
+  v[6] = b.z;
+  v[7] = b.w;
+}
+__device__ __forceinline__ void Unpack8(const uint4& raw, const __nv_bfloat16*, float (&v)[8]) {
+  const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&raw);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const float2 f = __bfloat1622float2(h[i]);
+    v[2 * i] = f.x;
+    v[2 * i + 1] = f.y;
+  }
+}
+__device__ __forceinline__ void Unpack8(const uint4& raw, const __half*, float (&v)[8]) {
+  const __half2* h = reinterpret_cast<const __half2*>(&raw);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const float2 f = __half22float2(h[i]);
+    v[2 * i] = f.x;
+    v[2 * i + 1] = f.y;
+  }
+}
+template <typename T>
+__device__ __forceinline__ void Load8(const T* p, float (&v)[8]) {
+  Unpack8(*reinterpret_cast<const uint4*>(p), p, v);
+}
+__device__ __forceinline__ void Store8(float* p, const float (&v)[8]) {
+  reinterpret_cast<float4*>(p)[0] = make_float4(v[0], v[1], v[2], v[3]);
+  reinterpret_cast<float4*>(p)[1] = make_float4(v[4], v[5], v[6], v[7]);
+}
+__device__ __forceinline__ void Store8(__nv_bfloat16* p, const float (&v)[8]) {
+  uint4 raw;
+  __nv_bfloat162* h = reinterpret_cast<__nv_bfloat162*>(&raw);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) h[i] = __floats2bfloat162_rn(v[2 * i], v[2 * i + 1]);
+  *reinterpret_cast<uint4*>(p) = raw;
+}
+__device__ __forceinline__ void Store8(__half* p, const float (&v)[8]) {
+  uint4 raw;
+  __half2* h = reinterpret_cast<__half2*>(&raw);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) h[i] = __floats2half2_rn(v[2 * i], v[2 * i + 1]);
+  *reinterpret_cast<uint4*>(p) = raw;
+}
+template <typename W>
+__device__ __forceinline__ float RoundTo(float f) {
+  return static_cast<float>(static_cast<W>(f));
+}
+
+inline int GridFor(int64_t work, int threads) {
+  const int64_t blocks = (work + threads - 1) / threads;
+  return static_cast<int>(blocks < 1 ? 1 : (blocks > 65535 ? 65535 : blocks));
+}
+
+// ---- Route ----
+__device__ __forceinline__ void WarpArgMax(float& v, int& i) {
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) {
+    const float ov = __shfl_xor_sync(0xffffffffu, v, off);
+    const int oi = __shfl_xor_sync(0xffffffffu, i, off);
+    if (ov > v || (ov == v && oi < i)) {
+      v = ov;
+      i = oi;
+    }
+  }
+}
+__device__ __forceinline__ float WarpMax(float v) {
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, off));
+  return v;
+}
+__device__ __forceinline__ float WarpSum(float v) {
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+  return v;
+}
+
+// Orderable key of a selection score for the warp's max reduction: larger keys for larger scores
+// (equal scores, -0 and +0 included, give equal keys), 0 for -inf and NaN, which are never picked
+// (a strict `v > -inf` test on the float, as before).
+__device__ __forceinline__ unsigned SelKey(float v) {
+  if (!(v > -INFINITY)) return 0u;
+  const unsigned b = __float_as_uint(v == 0.0f ? 0.0f : v);
+  return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
+}
+
+// sum_s p[s * stride] in ascending s; all loads are issued before the first add (a loop with a
+// run-time trip count would wait for each load in turn).
+__device__ __forceinline__ float SumSplits(const float* p, int splits, int64_t stride) {
+  float v[kMaxSplits];
+#pragma unroll
+  for (int s = 0; s < kMaxSplits; ++s) v[s] = s < splits ? p[s * stride] : 0.0f;
+  float sum = v[0];
+#pragma unroll
+  for (int s = 1; s < kMaxSplits; ++s) sum += v[s];
+  return sum;
+}
+
+// Routes token t with one warp; `logits`: token t's row of split partials (`splits` of them,
+// `split_stride` apart; global or shared memory); `score`, `sel`: [n_experts] warp-private shared
+// memory; `counts`: per-expert counters (global or shared) that hand out each pair's rank.
+inline __device__ void RouteToken(const RouteArgs& a, const float* logits, int splits,
+                                  int64_t split_stride, int t, float* score, float* sel,
+                                  int32_t* counts) {
+  const RoutingParams& rp = a.routing;
+  const int n_experts = rp.n_experts;
+  const int lane = threadIdx.x & 31;
+
+  // Logits (split partials in ascending order) -> scores.
+  float local_max = -FLT_MAX;
+  for (int e = lane; e < n_experts; e += 32) {
+    const float v = SumSplits(logits + e, splits, split_stride);
+    score[e] = v;
+    local_max = fmaxf(local_max, v);
+  }
+  if (!rp.sigmoid) {
+    const float m = WarpMax(local_max);
+    float local_sum = 0.0f;
+    for (int e = lane; e < n_experts; e += 32) {
+      const float ex = __expf(score[e] - m);
+      score[e] = ex;
+      local_sum += ex;
+    }
+    const float inv = 1.0f / WarpSum(local_sum);
+    for (int e = lane; e < n_experts; e += 32) score[e] *= inv;
+  } else {
+    for (int e = lane; e < n_experts; e += 32) score[e] = 1.0f / (1.0f + __expf(-score[e]));
+  }
+  const float* bias =
+      rp.has_bias ? a.bias + static_cast<int64_t>(a.meta->layer_pos) * n_experts : nullptr;
+  for (int e = lane; e < n_experts; e += 32) sel[e] = score[e] + (bias ? bias[e] : 0.0f);
+  __syncwarp();
+
+  // Group-limited selection: keep the best topk_group groups (ties -> lower group).
+  if (rp.topk_method != 0) {
+    const int group_size = n_experts / rp.n_group;
+    float gscore = -FLT_MAX;
+    if (lane < rp.n_group) {
+      const float* g = sel + lane * group_size;
+      float best = -FLT_MAX, second = -FLT_MAX;
+      for (int j = 0; j < group_size; ++j) {
+        const float v = g[j];
+        if (v > best) {
+          second = best;
+          best = v;
+        } else if (v > second) {
+          second = v;
+        }
+      }
+      gscore = rp.topk_method == 1 ? best : best + (group_size > 1 ? second : 0.0f);
+    }
+    unsigned keep = 0;
+    for (int i = 0; i < rp.topk_group; ++i) {
+      float v = lane < rp.n_group ? gscore : -INFINITY;
+      int idx = lane < rp.n_group ? lane : INT_MAX;
+      WarpArgMax(v, idx);
+      if (idx < 32) keep |= 1u << idx;
+      if (lane == idx) gscore = -INFINITY;
+    }
+    __syncwarp();  // every lane has read its group before any lane masks
+    // NOTES: DeepSeek-V2 (transformers) masks dropped experts with 0.0 and takes the weights from
+    // the masked scores; DeepSeek-V3 (transformers 5.x) masks with -inf (see moe/engine/routing.h).
+    for (int e = lane; e < n_experts; e += 32) {
+      if (!((keep >> (e / group_size)) & 1u)) {
+        if (rp.topk_method == 1) {
+          sel[e] = 0.0f;
+          score[e] = 0.0f;
+        } else {
+          sel[e] = -INFINITY;
+        }
+      }
+    }
+    __syncwarp();
+  }
+
+  // Top-k by selection score; weights are the unbiased scores. Selection scores become orderable
+  // keys in place (SelKey), so each round is one max and one min reduction over the warp.
+  unsigned* key = reinterpret_cast<unsigned*>(sel);
+  for (int e = lane; e < n_experts; e += 32) key[e] = SelKey(sel[e]);
+  __syncwarp();
+  int my_id = 0;
+  float my_w = 0.0f, wsum = 0.0f;
+  for (int k = 0; k < rp.top_k; ++k) {
+    unsigned best = 0u;
+    int best_e = INT_MAX;
+    for (int e = lane; e < n_experts; e += 32) {
+      if (key[e] > best) {
+        best = key[e];
+        best_e = e;
+      }
+    }
+    const unsigned m = __reduce_max_sync(0xffffffffu, best);
+    // Ties -> lower index; no candidate (all -inf / NaN) -> expert 0, which keeps indices in range.
+    const int idx = m == 0u ? 0
+                            : static_cast<int>(__reduce_min_sync(
+                                  0xffffffffu, best == m ? static_cast<unsigned>(best_e) : ~0u));
+    const float w = score[idx];
+    __syncwarp();
+    if (lane == 0) key[idx] = 0u;
+    __syncwarp();
+    if (lane == k) {
+      my_id = idx;
+      my_w = w;
+    }
+    wsum += w;
+  }
+  if (lane < rp.top_k) {
+    if (rp.norm_topk_prob) my_w /= wsum + 1e-20f;
+    my_w *= rp.routed_scaling_factor;
+    const int64_t p = static_cast<int64_t>(t) * rp.top_k + lane;
+    a.topk_ids[p] = my_id;
+    a.topk_weights[p] = my_w;
+    a.ranks[p] = atomicAdd(&counts[my_id], 1);
+  }
+  if (rp.has_shared_gate && lane == 0) {
+    const float v = SumSplits(logits + n_experts, splits, split_stride);
+    a.shared_gate[t] = 1.0f / (1.0f + __expf(-v));
+  }
+}
+
+// ---- Scan ----
+// Block-wide (kScanThreads threads): offsets, tile list and (with `scatter`) the permutation from
+// per-expert `counts`; s_count / s_tiles: [kScanThreads] shared scratch.
+// Both inclusive scans run in warps (shuffles) and then over the 32 warp totals: three barriers
+// instead of a 20-barrier block-wide scan.
+static_assert(kScanThreads == 32 * 32, "the scan's second level is one warp of warp totals");
+inline __device__ void ScanBody(const ScanArgs& a, const int32_t* counts, bool scatter,
+                                int* s_count, int* s_tiles) {
+  const int e = threadIdx.x, lane = e & 31, warp = e >> 5;
+  const int count = e < a.n_experts ? counts[e] : 0;
+  const int tiles = (count + a.bm - 1) / a.bm;
+  int incl_count = count, incl_tiles = tiles;
+#pragma unroll
+  for (int off = 1; off < 32; off <<= 1) {
+    const int c = __shfl_up_sync(0xffffffffu, incl_count, off);
+    const int t = __shfl_up_sync(0xffffffffu, incl_tiles, off);
+    if (lane >= off) {
+      incl_count += c;
+      incl_tiles += t;
+    }
+  }
+  if (lane == 31) {
+    s_count[warp] = incl_count;
+    s_tiles[warp] = incl_tiles;
+  }
+  __syncthreads();
+  if (warp == 0) {
+    int c = s_count[lane], t = s_tiles[lane];
+#pragma unroll
+    for (int off = 1; off < 32; off <<= 1) {
+      const int oc = __shfl_up_sync(0xffffffffu, c, off);
+      const int ot = __shfl_up_sync(0xffffffffu, t, off);
+      if (lane >= off) {
+        c += oc;
+        t += ot;
+      }
+    }
+    s_count[lane] = c;
+    s_tiles[lane] = t;
+  }
+  __syncthreads();
+  if (warp > 0) {
+    incl_count += s_count[warp - 1];
+    incl_tiles += s_tiles[warp - 1];
+  }
+  const int row0 = incl_count - count;
+  const int tile0 = incl_tiles - tiles;
+  if (e < a.n_experts) {
+    a.group_offsets[e] = row0;
+    for (int j = 0; j < tiles; ++j) a.tiles[tile0 + j] = make_int2(e, row0 + j * a.bm);
+  }
+  if (e == kScanThreads - 1) {
+    a.group_offsets[a.n_experts] = incl_count;
+    *a.n_tiles = incl_tiles;
+  }
+  if (!scatter) return;
+  __syncthreads();
+  s_count[e] = row0;  // exclusive offsets
+  __syncthreads();
+  const int pairs = a.meta->n_tokens * a.top_k;
+  for (int p = e; p < pairs; p += kScanThreads) {
+    const int r = s_count[a.topk_ids[p]] + a.ranks[p];
+    a.perm_token[r] = p / a.top_k;
+    a.pair_row[p] = r;
+  }
+}
+
+// Decode batches (<= 32 tokens): routing (one warp per token, counters in shared memory, so no
+// memset) and the scan in one block, one launch instead of three nodes.
+// One block (kScanThreads threads): routes tokens 0..n_tokens-1 (one warp each; logits row t at
+// logits + t * ld_logits, `splits` partials) and scans; `route_smem`: [32][2][n_experts].
+inline __device__ void RouteScanBody(const RouteArgs& ra, const ScanArgs& sa, const float* logits,
+                                     int64_t ld_logits, int splits, int64_t split_stride,
+                                     float* route_smem, bool scan) {
+  __shared__ int s_experts[kScanThreads];
+  __shared__ int s_count[kScanThreads];
+  __shared__ int s_tiles[kScanThreads];
+  s_experts[threadIdx.x] = 0;
+  __syncthreads();
+  const int wid = threadIdx.x >> 5;
+  if (wid < ra.meta->n_tokens) {
+    float* score = route_smem + wid * 2 * ra.routing.n_experts;
+    RouteToken(ra, logits + wid * ld_logits, splits, split_stride, wid, score,
+               score + ra.routing.n_experts, s_experts);
+  }
+  if (!scan) return;
+  __syncthreads();  // ids, ranks (global) and counts (shared) are complete
+  ScanBody(sa, s_experts, true, s_count, s_tiles);
+}
+
+// Raises the fused decode front's shared-memory limit (decode_front.cu; InitRoutingKernels calls
+// it).
+Status InitFrontKernels();
+
+}  // namespace moe::cuda
