@@ -6,7 +6,8 @@
 //   permutation; routing and scan are one single-block launch for <= 32 tokens) -> grouped gate/up
 //   GEMM with SiLU*mul in its epilogue (rows gathered through the permutation) -> grouped down GEMM
 //   -> shared expert (dense GEMMs) -> combine (weighted sum back to token order, + sigmoid-gated
-//   shared expert) in the activation dtype.
+//   shared expert) in the activation dtype. At 1 token (CudaEngineOptions::decode_gemv) the
+//   routed experts and the combine are two CUDA-core kernels instead (gate/up; down + combine).
 // Token counts up to a preferred graph size replay a CUDA graph captured for that size (per slot
 // and activation dtype, captured on first use); kernels read the token count, layer and buffers
 // from device memory, so one graph serves any count up to its size and every layer.
@@ -112,13 +113,15 @@ struct CudaEngineOptions {
   };
   // kWideWarpSpecialized: 5-17% faster than kWide at 512-16384 tokens (H200, RESULTS.md).
   HopperTile hopper_tile = HopperTile::kWideWarpSpecialized;
-  // Small-batch latency paths (benches/RESULTS.md, v7). overlap_launches: programmatic dependent
-  // launch between the layer's kernels (sm_90 devices). fused_decode_front: for <= 32 tokens the
-  // input conversion, router, routing and scan run as one kernel (never in deterministic mode: its
-  // router rounds differently from the router GEMM of larger batches). decode_gemv: routed (and
-  // at <= 4 tokens shared) expert GEMMs run on CUDA cores, one warp per output column streaming
-  // the weights once (never in deterministic mode); kAuto only where it measured faster on an H200
-  // (1 token, hidden >= 4096), kAlways wherever <= 4 rows per expert. narrow_decode_gate_up: the
+  // Small-batch latency paths (benches/RESULTS.md, v7, v8). overlap_launches: programmatic
+  // dependent launch between the layer's kernels (sm_90 devices). fused_decode_front: for <= 32
+  // tokens the input conversion, router, routing and scan run as one kernel (never in
+  // deterministic mode: its router rounds differently from the router GEMM of larger batches).
+  // decode_gemv: the decode experts path (kernels/decode_experts.cu): the routed experts run per
+  // (token, k) pair on CUDA cores over a persistent grid, gate/up then down fused with the combine
+  // (3 kernels in all at 1 token), and at <= 4 tokens the shared expert as a CUDA-core GEMV (never
+  // in deterministic mode); kAuto only where it measured faster on an H200 (1 token), kAlways
+  // wherever it fits (<= 32 tokens, <= 4 rows per expert). narrow_decode_gate_up: the
   // gate/up mma.sync GEMM of a few rows per expert uses 16-column tiles (measured slower on an
   // H200, see RESULTS.md; off by default).
   enum class DecodeGemv : uint8_t { kNever, kAuto, kAlways };
