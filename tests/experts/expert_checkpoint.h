@@ -76,6 +76,13 @@ inline void FillExpertBytes(uint64_t seed, const std::string& name, uint8_t* dst
   for (std::thread& th : pool) th.join();
 }
 
+inline Status WriteTextFile(const std::string& path, const std::string& text) {
+  FILE* f = std::fopen(path.c_str(), "wb");
+  if (f == nullptr) return absl::InternalError("cannot write " + path);
+  const bool ok = std::fwrite(text.data(), 1, text.size(), f) == text.size();
+  return std::fclose(f) == 0 && ok ? absl::OkStatus() : absl::InternalError("cannot write " + path);
+}
+
 // Writes the checkpoint into the existing directory `dir`.
 inline Status WriteExpertCheckpoint(const std::string& dir, const ExpertCheckpointOptions& o) {
   nlohmann::json config;
@@ -92,14 +99,7 @@ inline Status WriteExpertCheckpoint(const std::string& dir, const ExpertCheckpoi
   config["norm_topk_prob"] = true;
   config["hidden_act"] = "silu";
   config["dtype"] = o.dtype == DType::kF16 ? "float16" : "bfloat16";
-  {
-    const std::string path = store::JoinPath(dir, store::kConfigFile);
-    FILE* f = std::fopen(path.c_str(), "wb");
-    if (f == nullptr) return absl::InternalError("cannot write " + path);
-    const std::string text = config.dump(2);
-    std::fwrite(text.data(), 1, text.size(), f);
-    std::fclose(f);
-  }
+  MOE_RETURN_IF_ERROR(WriteTextFile(store::JoinPath(dir, store::kConfigFile), config.dump(2)));
 
   struct Tensor {
     std::string name;
@@ -156,13 +156,7 @@ inline Status WriteExpertCheckpoint(const std::string& dir, const ExpertCheckpoi
   for (size_t s = 0; s < writers.size(); ++s) {
     MOE_RETURN_IF_ERROR(writers[s].Write(store::JoinPath(dir, shard_name(static_cast<int>(s)))));
   }
-  const std::string path = store::JoinPath(dir, store::kIndexFile);
-  FILE* f = std::fopen(path.c_str(), "wb");
-  if (f == nullptr) return absl::InternalError("cannot write " + path);
-  const std::string text = index.dump(2);
-  std::fwrite(text.data(), 1, text.size(), f);
-  std::fclose(f);
-  return absl::OkStatus();
+  return WriteTextFile(store::JoinPath(dir, store::kIndexFile), index.dump(2));
 }
 
 }  // namespace moe::testing

@@ -5,6 +5,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstring>
 #include <random>
 #include <thread>
@@ -28,7 +29,7 @@ TEST(ParallelCopierTest, CopiesEveryByte) {
       const auto src = RandomBytes(static_cast<size_t>(n), static_cast<uint32_t>(n + threads));
       std::vector<uint8_t> dst(static_cast<size_t>(n) + 64, 0xEE);  // poison, with a tail
       copier.Copy(dst.data(), src.data(), n);
-      EXPECT_EQ(0, std::memcmp(dst.data(), src.data(), static_cast<size_t>(n)))
+      EXPECT_TRUE(std::equal(src.begin(), src.end(), dst.begin()))
           << threads << " threads, " << n << " bytes";
       for (size_t i = static_cast<size_t>(n); i < dst.size(); ++i) {
         ASSERT_EQ(dst[i], 0xEE) << "wrote past the end at " << i;

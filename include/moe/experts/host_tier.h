@@ -53,7 +53,9 @@ class HostExpertSource {
     // is impossible fails Create with FailedPrecondition, or the CUDA error).
     Mode mode = Mode::kAuto;
     int64_t staging_bytes = int64_t{256} << 20;  // pinned ring (staging mode only)
-    int staging_threads = 4;                     // memcpy threads, the caller included
+    // memcpy threads filling the ring, the caller included. The fill bounds this mode: ~4-5 GB/s
+    // per thread on the H200 host (4: 13-17 GB/s, 16: ~28 GB/s; benches/RESULTS.md).
+    int staging_threads = 4;
   };
 
   // What Create did, for logs and the time-to-ready report.
