@@ -68,9 +68,9 @@ class ExpertCacheRuntime {
     };
     std::vector<RoundEntry> rounds;
     int next_round = 0;
-    // Copy-wait timing pairs not read yet (start, end) and a free list.
+    // Copy-wait timing pairs (start, end): a ring; wait_pending[i] != 0 while pair i is unread.
     std::vector<std::pair<Event, Event>> wait_events;
-    std::vector<int> wait_pending;  // indices, oldest first
+    std::vector<int> wait_pending;
     int wait_next = 0;
     // Gate-lookahead prediction waiting for its layer to route.
     int32_t predicted_layer = -1;

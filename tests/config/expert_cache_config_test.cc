@@ -1,0 +1,82 @@
+// experts.* settings of the daemon (the CUDA engine's expert cache): byte budgets with suffixes and
+// percentages, eviction names, TOML and flags. CPU only.
+#include <gtest/gtest.h>
+
+#include <CLI/CLI.hpp>
+
+#include "moe/config/flags.h"
+#include "moe/config/options.h"
+
+namespace moe::config {
+namespace {
+
+TEST(ExpertCacheConfig, ParseByteBudget) {
+  struct Case {
+    const char* text;
+    int64_t bytes;
+    double fraction;
+  };
+  for (const Case& c : {Case{"0", 0, 0}, Case{"123456", 123456, 0}, Case{"512M", 512LL << 20, 0},
+                        Case{"24G", 24LL << 30, 0}, Case{"1.5T", 3LL << 39, 0},
+                        Case{"64k", 64LL << 10, 0}, Case{"40%", 0, 0.4}, Case{"100%", 0, 1.0}}) {
+    auto b = ParseByteBudget(c.text);
+    ASSERT_TRUE(b.ok()) << c.text << ": " << b.status();
+    EXPECT_EQ(b->bytes, c.bytes) << c.text;
+    EXPECT_DOUBLE_EQ(b->fraction, c.fraction) << c.text;
+  }
+  for (const char* bad : {"", "-1", "+5", "1.5", "12X", "G", "0%", "101%", "abc", "4 G", "1e30T"}) {
+    EXPECT_FALSE(ParseByteBudget(bad).ok()) << bad;
+  }
+}
+
+TEST(ExpertCacheConfig, ValidateNamesTheKey) {
+  DaemonOptions o;
+  EXPECT_EQ(o.experts.cache_bytes, "0");
+  EXPECT_TRUE(o.experts.prefetch);
+  EXPECT_TRUE(Validate(o).ok());
+  o.experts.cache_bytes = "lots";
+  Status s = Validate(o);
+  EXPECT_FALSE(s.ok());
+  EXPECT_NE(std::string(s.message()).find("experts.cache_bytes"), std::string::npos) << s;
+  o.experts.cache_bytes = "8G";
+  o.experts.eviction = "random";
+  s = Validate(o);
+  EXPECT_FALSE(s.ok());
+  EXPECT_NE(std::string(s.message()).find("experts.eviction"), std::string::npos) << s;
+  for (const char* name : {"layer-lru", "lru", "lfu", "lru2"}) {
+    o.experts.eviction = name;
+    EXPECT_TRUE(Validate(o).ok()) << name;
+  }
+}
+
+TEST(ExpertCacheConfig, TomlAndFlags) {
+  DaemonOptions o;
+  ASSERT_TRUE(LoadTomlString(R"(
+[experts]
+cache_bytes = "40%"
+eviction = "lru"
+prefetch = false
+trace = "/tmp/trace.txt"
+)",
+                             "test", &o)
+                  .ok());
+  EXPECT_EQ(o.experts.cache_bytes, "40%");
+  EXPECT_EQ(o.experts.eviction, "lru");
+  EXPECT_FALSE(o.experts.prefetch);
+  EXPECT_EQ(o.experts.trace, "/tmp/trace.txt");
+  CLI::App app;
+  AddServeFlags(&app, &o);
+  const char* argv[] = {"serve", "--expert-cache-bytes", "24G",  "--expert-eviction",
+                        "lfu",   "--expert-prefetch",    "true", "--expert-trace",
+                        "t.txt"};
+  ASSERT_NO_THROW(app.parse(9, argv));
+  EXPECT_EQ(o.experts.cache_bytes, "24G");
+  EXPECT_EQ(o.experts.eviction, "lfu");
+  EXPECT_TRUE(o.experts.prefetch);
+  EXPECT_EQ(o.experts.trace, "t.txt");
+  EXPECT_TRUE(Validate(o).ok());
+  EXPECT_NE(ToToml(o).find("cache_bytes = '24G'"), std::string::npos) << ToToml(o);
+}
+
+}  // namespace
+}  // namespace moe::config
