@@ -55,7 +55,9 @@ void BM_Step(benchmark::State& state) {
   state.counters["hit_rate"] = pool->Counters().HitRate();
   state.SetLabel(std::string(EvictionKindName(options.eviction)));
 }
-BENCHMARK(BM_Step)->ArgsProduct({{25, 50, 75}, {0, 1, 2, 3, 4, 5}})->ArgNames({"budget_pct", "policy"});
+BENCHMARK(BM_Step)
+    ->ArgsProduct({{25, 50, 75}, {0, 1, 2, 3, 4, 5}})
+    ->ArgNames({"budget_pct", "policy"});
 
 }  // namespace
 }  // namespace moe::experts
