@@ -208,13 +208,16 @@ Status RunOne(const Flags& flags) {
     const double static_opt = StaticOptimalHitRate(trace, options.n_slots);
     std::printf("%-7s %-6d %-14s %-9.4f %-10.3f\n", Percent(fraction).c_str(), options.n_slots,
                 "belady", belady, 1.0);
-    std::printf("%-7s %-6d %-14s %-9.4f %-10.3f (hindsight-best fixed set, misses bypass)\n",
-                Percent(fraction).c_str(), options.n_slots, "static-opt", static_opt,
-                belady > 0 ? static_opt / belady : 0.0);
-    if (!bounded.online_bound.empty()) {
-      std::printf("%-7s %-6d %-14s %-9.4f %-10.3f (online bound: generator state oracle)\n",
-                  Percent(fraction).c_str(), options.n_slots, "online-bound",
-                  bounded.online_bound[b], belady > 0 ? bounded.online_bound[b] / belady : 0.0);
+    // The bounds assume demand paging: with prefetch they do not apply.
+    if (flags.prefetch_recall == 0) {
+      std::printf("%-7s %-6d %-14s %-9.4f %-10.3f (hindsight-best fixed set, misses bypass)\n",
+                  Percent(fraction).c_str(), options.n_slots, "static-opt", static_opt,
+                  belady > 0 ? static_opt / belady : 0.0);
+      if (!bounded.online_bound.empty()) {
+        std::printf("%-7s %-6d %-14s %-9.4f %-10.3f (online bound: generator state oracle)\n",
+                    Percent(fraction).c_str(), options.n_slots, "online-bound",
+                    bounded.online_bound[b], belady > 0 ? bounded.online_bound[b] / belady : 0.0);
+      }
     }
     for (const PolicySpec& spec : policies) {
       if (spec.policy == SimPolicy::kBelady) continue;
