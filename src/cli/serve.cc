@@ -30,7 +30,9 @@
 #ifdef MOE_WITH_CUDA
 #include <cuda_runtime_api.h>
 
+#include "engine/cuda/cache_rounds.h"
 #include "moe/engine/cuda_engine.h"
+#include "moe/experts/trace.h"
 #endif
 
 namespace moe::cli {
@@ -105,9 +107,9 @@ StatusOr<std::unique_ptr<Engine>> CreateEngine(const config::DaemonOptions& o,
         "-DMOE_CUDA=ON where nvcc exists); use --engine cpu or auto");
 #endif
   }
-  if (o.experts.cache_bytes != "0" || !o.experts.trace.empty()) {
+  if (o.experts.cache_bytes != "0" || !o.experts.trace.empty() || !o.experts.warm_trace.empty()) {
     spdlog::warn(
-        "experts.cache_bytes / experts.trace apply to the CUDA engine only; the CPU engine "
+        "experts.cache_bytes / trace / warm_trace apply to the CUDA engine only; the CPU engine "
         "reads every expert from the mapped checkpoint");
   }
   CpuEngineOptions eo;
@@ -249,6 +251,16 @@ int RunServe(const config::DaemonOptions& o) {
     const experts::ExpertSlotPool* pool = cuda_engine->expert_cache_pool();
     cache_metrics =
         std::make_unique<metrics::ExpertCacheMetrics>(metrics->get(), /*device=*/0, pool);
+    if (!o.experts.warm_trace.empty()) {
+      const Clock::time_point w = Clock::now();
+      StatusOr<experts::Trace> trace = experts::ReadTraceFile(o.experts.warm_trace);
+      if (!trace.ok()) return fail("experts.warm_trace", trace.status());
+      const std::vector<experts::ExpertKey> ranked = cuda::RankTraceExperts(*trace);
+      StatusOr<int64_t> warmed = cuda_engine->WarmExpertCache(ranked);
+      if (!warmed.ok()) return fail("expert cache warm-up", warmed.status());
+      spdlog::info("expert cache: warmed {} of the {} experts of {} ({} ms)", *warmed,
+                   ranked.size(), o.experts.warm_trace, MsSince(w));
+    }
     auto stats = cuda_engine->expert_cache_stats();
     spdlog::info(
         "expert cache: {} slots x {} KiB ({} MiB for {} MiB of routed experts), eviction {}, "

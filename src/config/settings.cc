@@ -66,6 +66,10 @@ std::vector<Setting> AllSettings(DaemonOptions* o) {
       {"experts.trace", "--expert-trace",
        "expert cache: write a routing trace (layer, experts per batch) to this file",
        &o->experts.trace},
+      {"experts.warm_trace", "--expert-warm-trace",
+       "expert cache: at start-up, load the experts this routing trace used most (until the budget "
+       "is full)",
+       &o->experts.warm_trace},
       {"model.dir", "--model",
        "Hugging Face checkpoint directory (config.json + safetensors); "
        "empty = the embedded model, generated on first use",

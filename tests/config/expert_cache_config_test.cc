@@ -57,6 +57,7 @@ cache_bytes = "40%"
 eviction = "lru"
 prefetch = false
 trace = "/tmp/trace.txt"
+warm_trace = "/tmp/warm.txt"
 )",
                              "test", &o)
                   .ok());
@@ -64,16 +65,18 @@ trace = "/tmp/trace.txt"
   EXPECT_EQ(o.experts.eviction, "lru");
   EXPECT_FALSE(o.experts.prefetch);
   EXPECT_EQ(o.experts.trace, "/tmp/trace.txt");
+  EXPECT_EQ(o.experts.warm_trace, "/tmp/warm.txt");
   CLI::App app;
   AddServeFlags(&app, &o);
   const char* argv[] = {"serve", "--expert-cache-bytes", "24G",  "--expert-eviction",
                         "lfu",   "--expert-prefetch",    "true", "--expert-trace",
-                        "t.txt"};
-  ASSERT_NO_THROW(app.parse(9, argv));
+                        "t.txt", "--expert-warm-trace",  "w.txt"};
+  ASSERT_NO_THROW(app.parse(11, argv));
   EXPECT_EQ(o.experts.cache_bytes, "24G");
   EXPECT_EQ(o.experts.eviction, "lfu");
   EXPECT_TRUE(o.experts.prefetch);
   EXPECT_EQ(o.experts.trace, "t.txt");
+  EXPECT_EQ(o.experts.warm_trace, "w.txt");
   EXPECT_TRUE(Validate(o).ok());
   EXPECT_NE(ToToml(o).find("cache_bytes = '24G'"), std::string::npos) << ToToml(o);
 }

@@ -102,5 +102,17 @@ TEST(CacheRounds, RankPredictedExpertsBySummedWeight) {
   EXPECT_TRUE(RankPredictedExperts(ids, w, 0).empty());
 }
 
+TEST(CacheRounds, RankTraceExpertsByUses) {
+  experts::Trace trace;
+  trace.shape = {4, 8, 2};
+  trace.steps = {{0, 0, {1, 2}}, {0, 3, {2, 5}}, {1, 0, {2, 7}}, {1, 3, {5, 2}}, {2, 3, {5}}};
+  ASSERT_TRUE(trace.Validate().ok());
+  const std::vector<experts::ExpertKey> ranked = RankTraceExperts(trace);
+  // (layer 3, expert 5) x3; (0, 2) and (3, 2) x2; (0, 1) and (0, 7) x1; ties by (layer, expert).
+  const std::vector<experts::ExpertKey> want = {{3, 5}, {0, 2}, {3, 2}, {0, 1}, {0, 7}};
+  EXPECT_EQ(ranked, want);
+  EXPECT_TRUE(RankTraceExperts(experts::Trace{}).empty());
+}
+
 }  // namespace
 }  // namespace moe::cuda

@@ -261,6 +261,41 @@ TEST(ExpertCacheEngine, RejectsBadBudgets) {
   EXPECT_FALSE(CudaEngine::CreateRandom(model->spec(), 1, o).ok());
 }
 
+TEST(ExpertCacheEngine, WarmsFromARankingWithoutEvictingIt) {
+  REQUIRE_GPU();
+  const auto model = RandomModel(ModelOptions(Family::kMixtral, 8, 2, 64, 32, 37));
+  CudaEngineOptions base;
+  base.max_batch_tokens = 16;
+  CudaEngineOptions o = base;
+  o.expert_cache.budget_bytes = 5 * SlotBytes(model->spec());
+  o.expert_cache.prefetch = false;
+  auto cached = CudaEngine::Create(model, o);
+  ASSERT_TRUE(cached.ok()) << cached.status();
+  const std::vector<experts::ExpertKey> ranked = {{1, 3}, {0, 2}, {3, 7}, {1, 3},
+                                                  {2, 0}, {0, 5}, {3, 1}, {2, 6}};
+  auto warmed = (*cached)->WarmExpertCache(ranked);
+  ASSERT_TRUE(warmed.ok()) << warmed.status();
+  EXPECT_EQ(*warmed, 5);  // the budget; the duplicate (1, 3) is loaded once
+  const experts::ExpertSlotPool& pool = *(*cached)->expert_cache_pool();
+  for (const experts::ExpertKey k : {experts::ExpertKey{1, 3}, {0, 2}, {3, 7}, {2, 0}, {0, 5}}) {
+    const auto slot = pool.Find(k);
+    ASSERT_TRUE(slot.has_value()) << experts::ToString(k);
+    EXPECT_EQ(pool.Inspect(*slot).state, experts::SlotState::kReady);
+  }
+  EXPECT_FALSE(pool.Find({3, 1}).has_value());
+  // Forwards over warmed experts still match the all-resident engine bit for bit.
+  auto resident = CudaEngine::Create(model, base);
+  ASSERT_TRUE(resident.ok()) << resident.status();
+  for (int layer : model->spec().moe_layers) {
+    const auto in = MakeActivations(DType::kBF16, 3 * model->spec().hidden, 40 + layer).bytes;
+    const Output want = RunLayer(**resident, layer, DType::kBF16, in, 3);
+    const Output got = RunLayer(**cached, layer, DType::kBF16, in, 3);
+    EXPECT_EQ(got.raw, want.raw) << "layer " << layer;
+  }
+  auto bad = (*cached)->WarmExpertCache(std::vector<experts::ExpertKey>{{9, 0}});
+  EXPECT_FALSE(bad.ok());
+}
+
 TEST(ExpertCacheEngine, WritesARoutingTrace) {
   REQUIRE_GPU();
   const auto model = RandomModel(ModelOptions(Family::kMixtral, 8, 2, 64, 32, 36));

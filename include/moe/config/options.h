@@ -58,8 +58,10 @@ struct ExpertOptions {
   // of the device memory free at start-up, before the engine allocates ("40%").
   std::string cache_bytes = "0";
   std::string eviction = "reuse";  // experts.eviction: experts::ParseEvictionKind names
-  bool prefetch = true;                // experts.prefetch: gate-lookahead prefetch
-  std::string trace;                   // experts.trace: routing trace file ("" = none)
+  bool prefetch = true;            // experts.prefetch: gate-lookahead prefetch
+  std::string trace;               // experts.trace: routing trace file ("" = none)
+  // experts.warm_trace: a routing trace whose most used experts are loaded at start-up ("" = none).
+  std::string warm_trace;
 };
 
 // experts.cache_bytes parsed: a byte count, or a fraction (0, 1] of free device memory.

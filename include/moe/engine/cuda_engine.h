@@ -191,6 +191,11 @@ class CudaEngine final : public Engine {
   // Waits for every expert copy and reads every pending timing; call only while no forward runs
   // (benchmarks, tests). OK without a cache.
   Status QuiesceExpertCache();
+  // Start-up warming: loads `most_wanted_first` (e.g. cuda::RankTraceExperts of a recorded trace)
+  // into free slots until the budget is full, never evicting one of them, and waits for the
+  // copies. Returns the experts loaded (counted as prefetches). FAILED_PRECONDITION without a
+  // cache; INVALID_ARGUMENT for a key outside the model. Call before serving (no forward running).
+  StatusOr<int64_t> WarmExpertCache(std::span<const experts::ExpertKey> most_wanted_first);
   // Flushes the routing trace file (OK when there is none).
   Status FlushExpertTrace();
 

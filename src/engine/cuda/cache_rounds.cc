@@ -1,6 +1,7 @@
 #include "engine/cuda/cache_rounds.h"
 
 #include <algorithm>
+#include <map>
 #include <numeric>
 
 namespace moe::cuda {
@@ -55,6 +56,20 @@ std::vector<int32_t> RankPredictedExperts(std::span<const int32_t> ids,
   std::stable_sort(ranked.begin(), ranked.end(),
                    [&](int32_t a, int32_t b) { return score[a] > score[b]; });
   return ranked;
+}
+
+std::vector<experts::ExpertKey> RankTraceExperts(const experts::Trace& trace) {
+  std::map<experts::ExpertKey, int64_t> uses;  // ordered: ties resolve to (layer, expert)
+  for (const experts::TraceStep& step : trace.steps) {
+    for (const int32_t e : step.experts) ++uses[{step.layer, e}];
+  }
+  std::vector<std::pair<experts::ExpertKey, int64_t>> ranked(uses.begin(), uses.end());
+  std::stable_sort(ranked.begin(), ranked.end(),
+                   [](const auto& a, const auto& b) { return a.second > b.second; });
+  std::vector<experts::ExpertKey> keys;
+  keys.reserve(ranked.size());
+  for (const auto& [key, n] : ranked) keys.push_back(key);
+  return keys;
 }
 
 }  // namespace moe::cuda

@@ -5,6 +5,8 @@
 //      computes each of its experts' rows with the same tiles as the all-resident forward.
 //   3. RankPredictedExperts: the gate-lookahead prediction (the next layer's routing of this
 //      layer's input) as an expert ranking for ExpertSlotPool::Prefetch.
+//   4. RankTraceExperts: the experts of a recorded routing trace, most used first (warming the
+//      cache at start-up, --expert-warm-trace).
 #pragma once
 
 #include <cstdint>
@@ -12,6 +14,8 @@
 #include <vector>
 
 #include "moe/common/status.h"
+#include "moe/experts/slot_pool.h"
+#include "moe/experts/trace.h"
 
 namespace moe::cuda {
 
@@ -38,5 +42,9 @@ void AppendExpertTiles(std::span<const int32_t> offsets, std::span<const int32_t
 // the sum of their routing weights over tokens (most likely first; ties -> lower id).
 std::vector<int32_t> RankPredictedExperts(std::span<const int32_t> ids,
                                           std::span<const float> weights, int32_t n_experts);
+
+// Every (layer, expert) of `trace` once, by the number of steps that used it (most first; ties ->
+// lower layer, then lower expert).
+std::vector<experts::ExpertKey> RankTraceExperts(const experts::Trace& trace);
 
 }  // namespace moe::cuda

@@ -602,6 +602,13 @@ Status CudaEngine::QuiesceExpertCache() {
   return impl_->cache->Quiesce();
 }
 
+StatusOr<int64_t> CudaEngine::WarmExpertCache(
+    std::span<const experts::ExpertKey> most_wanted_first) {
+  if (!impl_->cache) return absl::FailedPreconditionError("the engine has no expert cache");
+  CUDA_RETURN_IF_ERROR(cudaSetDevice(impl_->options.device));
+  return impl_->cache->Warm(most_wanted_first);
+}
+
 Status CudaEngine::FlushExpertTrace() {
   return impl_->cache ? impl_->cache->FlushTrace() : absl::OkStatus();
 }

@@ -335,6 +335,24 @@ Status ExpertCacheRuntime::ReleaseRound(int engine_slot, const experts::AcquireR
   return pool_->Release(round, id);
 }
 
+StatusOr<int64_t> ExpertCacheRuntime::Warm(std::span<const experts::ExpertKey> keys) {
+  int64_t loaded = 0;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    MOE_RETURN_IF_ERROR(broken_);
+    int32_t slots = 0;
+    for (int32_t c = 0; c < pool_->ShapeClassCount(); ++c) slots += pool_->SlotCount(c);
+    MOE_ASSIGN_OR_RETURN(const std::vector<experts::PrefetchLoad> loads,
+                         pool_->Prefetch(keys, slots));
+    MOE_RETURN_IF_ERROR(IssueLoadsLocked(loads));
+    loaded = static_cast<int64_t>(loads.size());
+  }
+  CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(copy_stream_.get()));
+  std::lock_guard<std::mutex> lock(mu_);
+  MOE_RETURN_IF_ERROR(PollLocked());
+  return loaded;
+}
+
 Status ExpertCacheRuntime::ReleaseUnused(const experts::AcquireRound& round) {
   MOE_RETURN_IF_ERROR(pool_->Release(round, 0));
   CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(copy_stream_.get()));

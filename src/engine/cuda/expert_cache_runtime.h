@@ -110,6 +110,10 @@ class ExpertCacheRuntime {
   Status WaitLoads(int engine_slot, const experts::AcquireRound& round, cudaStream_t stream);
   // Records a release fence on `stream` (after the round's GEMMs) and releases the round.
   Status ReleaseRound(int engine_slot, const experts::AcquireRound& round, cudaStream_t stream);
+  // Loads `keys` (most wanted first) into free slots, at most one slot each, never evicting one of
+  // them, and waits for the copies (start-up warming). Returns how many were loaded. The loads
+  // count as prefetches in the counters.
+  StatusOr<int64_t> Warm(std::span<const experts::ExpertKey> keys);
   // Releases a round none of whose slots was read (no fence), then waits for the copy stream so
   // that the next Acquire finds the loads done; sleeps a little after the first tries (other
   // engine slots' pins).
