@@ -29,37 +29,20 @@
 #include <string>
 #include <vector>
 
+#include "expert_cache/bench_check.h"
 #include "experts/expert_checkpoint.h"
 #include "moe/experts/host_tier.h"
 
 namespace moe::experts {
 namespace {
 
-using Clock = std::chrono::steady_clock;
+using bench::Clock;
+using bench::Seconds;
 using testing::ExpertCheckpointOptions;
 using testing::ExpertFileLayout;
 
-double Seconds(Clock::time_point a, Clock::time_point b) {
-  return std::chrono::duration<double>(b - a).count();
-}
-
-#define CHECK_CUDA(expr)                                                                       \
-  do {                                                                                         \
-    const cudaError_t e_ = (expr);                                                             \
-    if (e_ != cudaSuccess) {                                                                   \
-      std::fprintf(stderr, "%s failed: %s (%s:%d)\n", #expr, cudaGetErrorString(e_), __FILE__, \
-                   __LINE__);                                                                  \
-      std::exit(1);                                                                            \
-    }                                                                                          \
-  } while (0)
-#define CHECK_OK(expr)                                                                   \
-  do {                                                                                   \
-    const auto& s_ = (expr);                                                             \
-    if (!s_.ok()) {                                                                      \
-      std::fprintf(stderr, "%s failed: %s\n", #expr, std::string(s_.message()).c_str()); \
-      std::exit(1);                                                                      \
-    }                                                                                    \
-  } while (0)
+#define CHECK_CUDA(expr) MOE_BENCH_CHECK_CUDA(expr)
+#define CHECK_OK(expr) MOE_BENCH_CHECK_OK(expr)
 
 class Report {
  public:

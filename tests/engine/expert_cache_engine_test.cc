@@ -14,6 +14,8 @@
 #include <thread>
 #include <vector>
 
+#include "common/forward_run.h"
+#include "common/gpu_test_util.h"
 #include "engine_cpu/random_model.h"
 #include "moe/engine/cuda_engine.h"
 #include "moe/experts/slot_pool.h"
@@ -26,41 +28,8 @@ using testing::MakeActivations;
 using testing::RandomModel;
 using testing::RandomModelOptions;
 
-bool HaveGpu() {
-  int n = 0;
-  const bool ok = cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
-  cudaGetLastError();
-  return ok;
-}
-#define REQUIRE_GPU() \
-  if (!HaveGpu()) GTEST_SKIP() << "no CUDA device on this machine"
-
-struct Output {
-  std::vector<uint8_t> raw;  // output bytes
-  std::vector<int32_t> ids;
-  std::vector<float> weights;
-};
-
-Output RunLayer(CudaEngine& engine, int layer, DType dtype, const std::vector<uint8_t>& input,
-                int64_t n, int slot = 0) {
-  const MoeSpec& spec = engine.spec();
-  Output o;
-  o.raw.assign(static_cast<size_t>(n) * spec.hidden * DTypeSize(dtype), 0xFF);  // poison: NaN
-  o.ids.assign(static_cast<size_t>(n) * spec.top_k(), -1);
-  o.weights.assign(o.ids.size(), -1.0f);
-  ForwardArgs a;
-  a.layer = layer;
-  a.dtype = dtype;
-  a.n_tokens = n;
-  a.input = input.data();
-  a.output = o.raw.data();
-  a.expert_ids = o.ids.data();
-  a.expert_weights = o.weights.data();
-  a.slot = slot;
-  const Status s = engine.Forward(a);
-  EXPECT_TRUE(s.ok()) << s;
-  return o;
-}
+using testing::ExpectForward;
+using Output = testing::RunResult;  // out: output bytes; ids; weights (poisoned before the run)
 
 // Checks, at every round, that each pinned expert is where the round says (pinned, not free) and
 // that a resident entry is ready. Counts rounds and the entries that had to load.
@@ -88,16 +57,8 @@ struct Budget {
 
 RandomModelOptions ModelOptions(Family f, int experts, int top_k, int hidden, int inter,
                                 uint64_t seed) {
-  RandomModelOptions o;
-  o.family = f;
-  o.n_experts = experts;
-  o.top_k = top_k;
-  o.hidden = hidden;
-  o.moe_intermediate = inter;
-  o.weight_dtype = DType::kBF16;
-  o.seed = seed;
-  o.moe_layers = {0, 1, 2, 3};
-  return o;
+  return testing::ShapedModelOptions(f, experts, top_k, hidden, inter, DType::kBF16, seed,
+                                     {0, 1, 2, 3});
 }
 
 int64_t SlotBytes(const MoeSpec& spec) {
@@ -130,7 +91,7 @@ void CheckBudgets(const RandomModelOptions& mo, DType act, const std::vector<Bud
     st.layer = spec.moe_layers[rng() % spec.moe_layers.size()];
     st.n = token_counts[rng() % token_counts.size()];
     st.input = MakeActivations(act, st.n * spec.hidden, 1000 + i).bytes;
-    st.expected = RunLayer(**resident, st.layer, act, st.input, st.n);
+    st.expected = ExpectForward(**resident, st.layer, act, st.input, st.n);
     seq.push_back(std::move(st));
   }
   const int64_t all_experts =
@@ -150,12 +111,12 @@ void CheckBudgets(const RandomModelOptions& mo, DType act, const std::vector<Bud
     for (size_t i = 0; i < seq.size(); ++i) {
       const Step& st = seq[i];
       SCOPED_TRACE(::testing::Message() << "step " << i << " layer " << st.layer << " n " << st.n);
-      const Output got = RunLayer(**cached, st.layer, act, st.input, st.n);
+      const Output got = ExpectForward(**cached, st.layer, act, st.input, st.n);
       ASSERT_EQ(got.ids, st.expected.ids);
       ASSERT_EQ(std::memcmp(got.weights.data(), st.expected.weights.data(),
                             got.weights.size() * sizeof(float)),
                 0);
-      ASSERT_EQ(got.raw, st.expected.raw) << "outputs differ from the all-resident engine";
+      ASSERT_EQ(got.out, st.expected.out) << "outputs differ from the all-resident engine";
     }
     ASSERT_TRUE((*cached)->QuiesceExpertCache().ok());
     auto stats = (*cached)->expert_cache_stats();
@@ -182,7 +143,7 @@ void CheckBudgets(const RandomModelOptions& mo, DType act, const std::vector<Bud
 }
 
 TEST(ExpertCacheEngine, MixtralBf16BitwiseUnderBudgets) {
-  REQUIRE_GPU();
+  MOE_REQUIRE_GPU();
   const auto mo = ModelOptions(Family::kMixtral, 16, 2, 256, 128, 31);
   CheckBudgets(mo, DType::kBF16,
                {{"3 slots (churn, multi-round)", 3, true},
@@ -193,7 +154,7 @@ TEST(ExpertCacheEngine, MixtralBf16BitwiseUnderBudgets) {
 }
 
 TEST(ExpertCacheEngine, Qwen2MoeSharedExpertBitwiseUnderBudgets) {
-  REQUIRE_GPU();
+  MOE_REQUIRE_GPU();
   auto mo = ModelOptions(Family::kQwen2Moe, 31, 4, 128, 64, 32);
   mo.norm_topk_prob = false;
   CheckBudgets(mo, DType::kBF16,
@@ -202,13 +163,13 @@ TEST(ExpertCacheEngine, Qwen2MoeSharedExpertBitwiseUnderBudgets) {
 }
 
 TEST(ExpertCacheEngine, F32ActivationsQwen3) {
-  REQUIRE_GPU();
+  MOE_REQUIRE_GPU();
   const auto mo = ModelOptions(Family::kQwen3Moe, 64, 8, 128, 64, 33);
   CheckBudgets(mo, DType::kF32, {{"9 slots", 9, true}, {"50%", 128, true}}, {1, 4, 40}, 24);
 }
 
 TEST(ExpertCacheEngine, TwoSlotsShareOneCacheConcurrently) {
-  REQUIRE_GPU();
+  MOE_REQUIRE_GPU();
   const auto mo = ModelOptions(Family::kMixtral, 16, 2, 256, 128, 34);
   const auto model = RandomModel(mo);
   const MoeSpec& spec = model->spec();
@@ -232,9 +193,9 @@ TEST(ExpertCacheEngine, TwoSlotsShareOneCacheConcurrently) {
       const int layer = spec.moe_layers[rng() % spec.moe_layers.size()];
       const int64_t n = 1 + rng() % 100;
       const auto in = MakeActivations(DType::kBF16, n * spec.hidden, 5000 + 100 * slot + i).bytes;
-      const Output want = RunLayer(**resident, layer, DType::kBF16, in, n, slot);
-      const Output got = RunLayer(**cached, layer, DType::kBF16, in, n, slot);
-      if (got.raw != want.raw || got.ids != want.ids) ++mismatches[slot];
+      const Output want = ExpectForward(**resident, layer, DType::kBF16, in, n, slot);
+      const Output got = ExpectForward(**cached, layer, DType::kBF16, in, n, slot);
+      if (got.out != want.out || got.ids != want.ids) ++mismatches[slot];
     }
   };
   std::thread t0(worker, 0), t1(worker, 1);
@@ -249,7 +210,7 @@ TEST(ExpertCacheEngine, TwoSlotsShareOneCacheConcurrently) {
 }
 
 TEST(ExpertCacheEngine, RejectsBadBudgets) {
-  REQUIRE_GPU();
+  MOE_REQUIRE_GPU();
   const auto model = RandomModel(ModelOptions(Family::kMixtral, 8, 2, 64, 32, 35));
   CudaEngineOptions o;
   o.max_batch_tokens = 16;
@@ -262,7 +223,7 @@ TEST(ExpertCacheEngine, RejectsBadBudgets) {
 }
 
 TEST(ExpertCacheEngine, WarmsFromARankingWithoutEvictingIt) {
-  REQUIRE_GPU();
+  MOE_REQUIRE_GPU();
   const auto model = RandomModel(ModelOptions(Family::kMixtral, 8, 2, 64, 32, 37));
   CudaEngineOptions base;
   base.max_batch_tokens = 16;
@@ -288,16 +249,16 @@ TEST(ExpertCacheEngine, WarmsFromARankingWithoutEvictingIt) {
   ASSERT_TRUE(resident.ok()) << resident.status();
   for (int layer : model->spec().moe_layers) {
     const auto in = MakeActivations(DType::kBF16, 3 * model->spec().hidden, 40 + layer).bytes;
-    const Output want = RunLayer(**resident, layer, DType::kBF16, in, 3);
-    const Output got = RunLayer(**cached, layer, DType::kBF16, in, 3);
-    EXPECT_EQ(got.raw, want.raw) << "layer " << layer;
+    const Output want = ExpectForward(**resident, layer, DType::kBF16, in, 3);
+    const Output got = ExpectForward(**cached, layer, DType::kBF16, in, 3);
+    EXPECT_EQ(got.out, want.out) << "layer " << layer;
   }
   auto bad = (*cached)->WarmExpertCache(std::vector<experts::ExpertKey>{{9, 0}});
   EXPECT_FALSE(bad.ok());
 }
 
 TEST(ExpertCacheEngine, WritesARoutingTrace) {
-  REQUIRE_GPU();
+  MOE_REQUIRE_GPU();
   const auto model = RandomModel(ModelOptions(Family::kMixtral, 8, 2, 64, 32, 36));
   const std::string path = ::testing::TempDir() + "/expert_cache_engine_trace.txt";
   CudaEngineOptions o;
@@ -309,7 +270,7 @@ TEST(ExpertCacheEngine, WritesARoutingTrace) {
   for (int pass = 0; pass < 3; ++pass) {
     for (int layer : model->spec().moe_layers) {
       const auto in = MakeActivations(DType::kBF16, 4 * model->spec().hidden, pass * 10 + layer);
-      RunLayer(**cached, layer, DType::kBF16, in.bytes, 4);
+      ExpectForward(**cached, layer, DType::kBF16, in.bytes, 4);
     }
   }
   ASSERT_TRUE((*cached)->FlushExpertTrace().ok());

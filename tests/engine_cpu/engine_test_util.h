@@ -1,5 +1,5 @@
-// Helpers shared by the CPU engine's test binaries: running a Forward() with poisoned outputs, and
-// comparing against the double reference.
+// Helpers shared by the CPU engine's test binaries: comparing against the double reference (and,
+// through common/forward_run.h, running a Forward() with poisoned outputs).
 #pragma once
 
 #include <gtest/gtest.h>
@@ -9,39 +9,12 @@
 #include <cstring>
 #include <vector>
 
+#include "common/forward_run.h"
 #include "engine_cpu/random_model.h"
 #include "engine_cpu/reference.h"
 #include "moe/engine/cpu_engine.h"
 
 namespace moe::testing {
-
-struct RunResult {
-  Status status;
-  std::vector<uint8_t> out;    // [n, hidden] in the activation dtype
-  std::vector<int32_t> ids;    // [n, top_k]
-  std::vector<float> weights;  // [n, top_k]
-};
-
-// Runs `engine` on `input` ([n, hidden] in `dtype`) with outputs poisoned (NaN bytes, ids -1).
-inline RunResult RunForward(Engine& engine, int layer, DType dtype, const void* input, int64_t n,
-                            int slot = 0) {
-  const MoeSpec& spec = engine.spec();
-  RunResult r;
-  r.out.assign(static_cast<size_t>(n * spec.hidden) * DTypeSize(dtype), 0xff);
-  r.ids.assign(static_cast<size_t>(n * spec.top_k()), -1);
-  r.weights.assign(static_cast<size_t>(n * spec.top_k()), std::nanf(""));
-  ForwardArgs args;
-  args.layer = layer;
-  args.dtype = dtype;
-  args.n_tokens = n;
-  args.input = input;
-  args.output = r.out.data();
-  args.expert_ids = r.ids.data();
-  args.expert_weights = r.weights.data();
-  args.slot = slot;
-  r.status = engine.Forward(args);
-  return r;
-}
 
 // Relative error bound of one rounding to `dtype` (half an ulp, relative).
 inline double RoundingBound(DType dtype) {

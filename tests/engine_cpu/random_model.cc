@@ -3,6 +3,7 @@
 #include <cmath>
 #include <random>
 #include <string>
+#include <utility>
 
 namespace moe::testing {
 namespace {
@@ -37,6 +38,21 @@ class Arena {
 };
 
 }  // namespace
+
+RandomModelOptions ShapedModelOptions(Family family, int n_experts, int top_k, int hidden,
+                                      int moe_intermediate, DType weight_dtype, uint64_t seed,
+                                      std::vector<int> moe_layers) {
+  RandomModelOptions o;
+  o.family = family;
+  o.n_experts = n_experts;
+  o.top_k = top_k;
+  o.hidden = hidden;
+  o.moe_intermediate = moe_intermediate;
+  o.weight_dtype = weight_dtype;
+  o.seed = seed;
+  o.moe_layers = std::move(moe_layers);
+  return o;
+}
 
 MoeSpec RandomSpec(const RandomModelOptions& o) {
   MoeSpec spec;

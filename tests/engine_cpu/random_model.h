@@ -33,6 +33,12 @@ struct RandomModelOptions {
   uint64_t seed = 1;
 };
 
+// Options for a `family` model of the given shape, weight dtype, seed and MoE layers; the other
+// fields keep their defaults.
+RandomModelOptions ShapedModelOptions(Family family, int n_experts, int top_k, int hidden,
+                                      int moe_intermediate, DType weight_dtype, uint64_t seed,
+                                      std::vector<int> moe_layers);
+
 // The spec `options` describe, with the family's routing function (see moe/engine/routing.h).
 MoeSpec RandomSpec(const RandomModelOptions& options);
 

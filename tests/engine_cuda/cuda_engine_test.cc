@@ -12,6 +12,8 @@
 #include <thread>
 #include <vector>
 
+#include "common/forward_run.h"
+#include "common/gpu_test_util.h"
 #include "engine_cpu/random_model.h"
 #include "engine_cpu/reference.h"
 #include "moe/engine/cpu_engine.h"
@@ -23,49 +25,37 @@ using testing::MakeActivations;
 using testing::RandomModel;
 using testing::RandomModelOptions;
 
-bool HaveGpu() {
-  int n = 0;
-  const bool ok = cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
-  cudaGetLastError();
-  return ok;
-}
-#define REQUIRE_GPU() \
-  if (!HaveGpu()) GTEST_SKIP() << "no CUDA device on this machine"
-
 // Tokens whose reference routing has a decision closer than this are skipped (fp32 may route them
 // either way); the tests require them to be rare.
 // Margins are in score units (softmax probabilities or sigmoids); the engine's scores are within
 // ~1e-7 of the double reference.
 constexpr double kMinMargin = 2e-6;
 
-struct RunResult {
-  std::vector<float> out;  // [n, hidden] as floats
-  std::vector<int32_t> ids;
-  std::vector<float> weights;
-  std::vector<uint8_t> raw;  // output bytes
+// A forward with poisoned outputs (out: the output bytes, ids, weights) and its output as floats.
+struct RunResult : testing::RunResult {
+  std::vector<float> values;  // [n, hidden] as floats
 };
 
 RunResult RunForward(Engine& engine, int layer, DType dtype, const std::vector<uint8_t>& input,
                      int64_t n, int slot = 0) {
-  const MoeSpec& spec = engine.spec();
-  RunResult r;
-  r.raw.assign(static_cast<size_t>(n) * spec.hidden * DTypeSize(dtype), 0xFF);  // poison: NaN
-  r.ids.assign(static_cast<size_t>(n) * spec.top_k(), -1);
-  r.weights.assign(r.ids.size(), std::nanf(""));
-  ForwardArgs args;
-  args.layer = layer;
-  args.dtype = dtype;
-  args.n_tokens = n;
-  args.input = input.data();
-  args.output = r.raw.data();
-  args.expert_ids = r.ids.data();
-  args.expert_weights = r.weights.data();
-  args.slot = slot;
-  const Status s = engine.Forward(args);
-  EXPECT_TRUE(s.ok()) << s;
-  r.out.resize(static_cast<size_t>(n) * spec.hidden);
-  ConvertToF32(dtype, r.raw.data(), r.out.data(), r.out.size());
+  RunResult r{testing::ExpectForward(engine, layer, dtype, input, n, slot), {}};
+  r.values.resize(static_cast<size_t>(n) * engine.spec().hidden);
+  ConvertToF32(dtype, r.out.data(), r.values.data(), r.values.size());
   return r;
+}
+
+// Runs sub-batches [begin, begin + len) of `x` ([n, hidden] of `act`) and requires each token's
+// output bytes to equal its bytes in `full`, the forward of all of `x`.
+void ExpectSubBatchesMatchFull(Engine& engine, DType act, const std::vector<uint8_t>& x,
+                               const RunResult& full,
+                               const std::vector<std::pair<int64_t, int64_t>>& sub_batches) {
+  const size_t row_bytes = engine.spec().hidden * DTypeSize(act);
+  for (auto [begin, len] : sub_batches) {
+    std::vector<uint8_t> sub(x.begin() + begin * row_bytes, x.begin() + (begin + len) * row_bytes);
+    const RunResult part = RunForward(engine, 0, act, sub, len);
+    ASSERT_EQ(0, std::memcmp(part.out.data(), full.out.data() + begin * row_bytes, len * row_bytes))
+        << "tokens [" << begin << ", " << begin + len << ") differ from the full batch";
+  }
 }
 
 struct Compare {
@@ -85,7 +75,7 @@ Compare CompareRuns(const Model& model, int layer, const std::vector<float>& x, 
   const int k = spec.top_k(), h = spec.hidden;
   for (int64_t t = 0; t < n; ++t) {
     for (int j = 0; j < h; ++j) {
-      if (!std::isfinite(gpu.out[t * h + j])) ++c.non_finite;
+      if (!std::isfinite(gpu.values[t * h + j])) ++c.non_finite;
     }
     if (ref.routing.margin[t] < kMinMargin) {
       ++c.skipped;
@@ -98,9 +88,9 @@ Compare CompareRuns(const Model& model, int layer, const std::vector<float>& x, 
       }
     }
     for (int j = 0; j < h; ++j) {
-      const double d = static_cast<double>(gpu.out[t * h + j]) - cpu.out[t * h + j];
+      const double d = static_cast<double>(gpu.values[t * h + j]) - cpu.values[t * h + j];
       num += d * d;
-      den += static_cast<double>(cpu.out[t * h + j]) * cpu.out[t * h + j];
+      den += static_cast<double>(cpu.values[t * h + j]) * cpu.values[t * h + j];
     }
   }
   c.rel_err = std::sqrt(num / std::max(den, 1e-300));
@@ -148,18 +138,13 @@ void CheckCase(const Case& tc, const CudaEngineOptions& gpu_options) {
   }
 }
 
+void CheckCases(const std::vector<Case>& cases, const CudaEngineOptions& gpu_options) {
+  for (const Case& c : cases) CheckCase(c, gpu_options);
+}
+
 RandomModelOptions Opts(Family f, int experts, int top_k, int hidden, int inter, DType wd,
                         uint64_t seed) {
-  RandomModelOptions o;
-  o.family = f;
-  o.n_experts = experts;
-  o.top_k = top_k;
-  o.hidden = hidden;
-  o.moe_intermediate = inter;
-  o.weight_dtype = wd;
-  o.seed = seed;
-  o.moe_layers = {0, 2};
-  return o;
+  return testing::ShapedModelOptions(f, experts, top_k, hidden, inter, wd, seed, {0, 2});
 }
 
 // Token counts that hit the decode (<= 16 rows per expert), medium and large tiles, with counts
@@ -172,8 +157,15 @@ CudaEngineOptions DefaultOptions() {
   return o;
 }
 
+// DefaultOptions() with `tile` forced on Hopper.
+CudaEngineOptions WithHopperTile(CudaEngineOptions::HopperTile tile) {
+  CudaEngineOptions o = DefaultOptions();
+  o.hopper_tile = tile;
+  return o;
+}
+
 TEST(CudaEngine, EveryFamilyBf16) {
-  REQUIRE_GPU();
+  MOE_REQUIRE_GPU();
   std::vector<Case> cases = {
       {"mixtral", Opts(Family::kMixtral, 8, 2, 200, 72, DType::kBF16, 11), DType::kBF16,
        kTokenCounts},
@@ -189,11 +181,11 @@ TEST(CudaEngine, EveryFamilyBf16) {
   };
   cases[1].model.norm_topk_prob = false;
   cases[5].model.norm_topk_prob = false;
-  for (const Case& c : cases) CheckCase(c, DefaultOptions());
+  CheckCases(cases, DefaultOptions());
 }
 
 TEST(CudaEngine, DtypesAndDeepseekV2Greedy) {
-  REQUIRE_GPU();
+  MOE_REQUIRE_GPU();
   std::vector<Case> cases = {
       {"f16 weights, f16 act",
        Opts(Family::kQwen3Moe, 16, 4, 128, 96, DType::kF16, 21),
@@ -221,11 +213,11 @@ TEST(CudaEngine, DtypesAndDeepseekV2Greedy) {
        {1, 300}},
   };
   cases[5].model.n_group = 1;
-  for (const Case& c : cases) CheckCase(c, DefaultOptions());
+  CheckCases(cases, DefaultOptions());
 }
 
 TEST(CudaEngine, WithoutGraphsAndDeterministic) {
-  REQUIRE_GPU();
+  MOE_REQUIRE_GPU();
   CudaEngineOptions eager = DefaultOptions();
   eager.graph_batch_sizes.clear();
   CheckCase({"eager",
@@ -236,52 +228,43 @@ TEST(CudaEngine, WithoutGraphsAndDeterministic) {
   // The sm_80 (mma.sync) medium and large tiles, also on Hopper.
   CudaEngineOptions mma = DefaultOptions();
   mma.use_wgmma = false;
-  CheckCase({"mma.sync tiles",
-             Opts(Family::kQwen3Moe, 16, 4, 192, 80, DType::kBF16, 33),
-             DType::kBF16,
-             {40, 600}},
-            mma);
-  CheckCase({"mma.sync tiles f16",
-             Opts(Family::kMixtral, 8, 2, 128, 64, DType::kF16, 34),
-             DType::kF32,
-             {40, 600}},
-            mma);
+  CheckCases({{"mma.sync tiles",
+               Opts(Family::kQwen3Moe, 16, 4, 192, 80, DType::kBF16, 33),
+               DType::kBF16,
+               {40, 600}},
+              {"mma.sync tiles f16",
+               Opts(Family::kMixtral, 8, 2, 128, 64, DType::kF16, 34),
+               DType::kF32,
+               {40, 600}}},
+             mma);
   // The other Hopper tiles (the warp-specialised 128x256 one is the default above).
-  CudaEngineOptions wide = DefaultOptions();
-  wide.hopper_tile = CudaEngineOptions::HopperTile::kWide;
+  using Tile = CudaEngineOptions::HopperTile;
   CheckCase({"wgmma 128x256 cp.async tile",
              Opts(Family::kDeepseekV2, 16, 4, 200, 88, DType::kBF16, 39),
              DType::kBF16,
              {600}},
-            wide);
-  CudaEngineOptions narrow = DefaultOptions();
-  narrow.hopper_tile = CudaEngineOptions::HopperTile::kTwoPerSm;
+            WithHopperTile(Tile::kWide));
   CheckCase({"wgmma 128x128 tile",
              Opts(Family::kDeepseekV2, 32, 6, 192, 80, DType::kBF16, 35),
              DType::kBF16,
              {600}},
-            narrow);
-  CudaEngineOptions tall = DefaultOptions();
-  tall.hopper_tile = CudaEngineOptions::HopperTile::kTall;
+            WithHopperTile(Tile::kTwoPerSm));
   CheckCase({"wgmma 256x128 tile",
              Opts(Family::kMixtral, 8, 2, 192, 80, DType::kF16, 36),
              DType::kBF16,
              {600}},
-            tall);
+            WithHopperTile(Tile::kTall));
   // Warp-specialised persistent 128x256 tile: K tails (hidden 200, inter 88), and a down GEMM of
   // 16 column blocks x 16 row tiles (more work items than SMs: each block loops, the ring wraps).
-  CudaEngineOptions ws = DefaultOptions();
-  ws.hopper_tile = CudaEngineOptions::HopperTile::kWideWarpSpecialized;
-  CheckCase({"wgmma warp-specialised tile bf16",
-             Opts(Family::kDeepseekV2, 16, 4, 200, 88, DType::kBF16, 37),
-             DType::kBF16,
-             {130, 600}},
-            ws);
-  CheckCase({"wgmma warp-specialised tile f16, many work items",
-             Opts(Family::kMixtral, 8, 2, 4096, 128, DType::kF16, 38),
-             DType::kF32,
-             {600}},
-            ws);
+  CheckCases({{"wgmma warp-specialised tile bf16",
+               Opts(Family::kDeepseekV2, 16, 4, 200, 88, DType::kBF16, 37),
+               DType::kBF16,
+               {130, 600}},
+              {"wgmma warp-specialised tile f16, many work items",
+               Opts(Family::kMixtral, 8, 2, 4096, 128, DType::kF16, 38),
+               DType::kF32,
+               {600}}},
+             WithHopperTile(Tile::kWideWarpSpecialized));
   CudaEngineOptions det = DefaultOptions();
   det.deterministic = true;
   CheckCase({"deterministic",
@@ -293,17 +276,17 @@ TEST(CudaEngine, WithoutGraphsAndDeterministic) {
 
 // Deterministic mode: a token's output bits do not depend on the batch (size, position, tiles).
 TEST(CudaEngine, DeterministicIsBatchInvariant) {
-  REQUIRE_GPU();
+  MOE_REQUIRE_GPU();
   using Tile = CudaEngineOptions::HopperTile;
-  for (auto [act, tile] : std::vector<std::pair<DType, Tile>>{
-           {DType::kBF16, Tile::kWide}, {DType::kF32, Tile::kWide},
-           {DType::kBF16, Tile::kWideWarpSpecialized}}) {
+  for (auto [act, tile] :
+       std::vector<std::pair<DType, Tile>>{{DType::kBF16, Tile::kWide},
+                                           {DType::kF32, Tile::kWide},
+                                           {DType::kBF16, Tile::kWideWarpSpecialized}}) {
     SCOPED_TRACE(::testing::Message() << "hopper tile " << static_cast<int>(tile));
     const auto model = RandomModel(Opts(Family::kDeepseekV3, 64, 8, 256, 128, DType::kBF16, 41));
-    CudaEngineOptions o = DefaultOptions();
+    CudaEngineOptions o = WithHopperTile(tile);
     o.deterministic = true;
     o.deterministic_wgmma = act == DType::kBF16;  // both settings, one dtype each
-    o.hopper_tile = tile;
     auto gpu = CudaEngine::Create(model, o);
     ASSERT_TRUE(gpu.ok()) << gpu.status();
     const int h = model->spec().hidden;
@@ -312,23 +295,16 @@ TEST(CudaEngine, DeterministicIsBatchInvariant) {
     const auto x = MakeActivations(act, n * h, 42);
     const RunResult full = RunForward(**gpu, 0, act, x.bytes, n);
     // Sub-batches of other sizes (other tiles, graph capacities) and offsets, and a reversed batch.
-    for (auto [begin, len] :
-         std::vector<std::pair<int64_t, int64_t>>{{0, 1}, {17, 1}, {5, 7}, {100, 40}, {3, 300}}) {
-      std::vector<uint8_t> sub(x.bytes.begin() + begin * row_bytes,
-                               x.bytes.begin() + (begin + len) * row_bytes);
-      const RunResult part = RunForward(**gpu, 0, act, sub, len);
-      ASSERT_EQ(0,
-                std::memcmp(part.raw.data(), full.raw.data() + begin * row_bytes, len * row_bytes))
-          << "tokens [" << begin << ", " << begin + len << ") differ from the full batch";
-    }
+    ASSERT_NO_FATAL_FAILURE(ExpectSubBatchesMatchFull(
+        **gpu, act, x.bytes, full, {{0, 1}, {17, 1}, {5, 7}, {100, 40}, {3, 300}}));
     std::vector<uint8_t> rev(x.bytes.size());
     for (int64_t t = 0; t < n; ++t) {
       std::memcpy(rev.data() + t * row_bytes, x.bytes.data() + (n - 1 - t) * row_bytes, row_bytes);
     }
     const RunResult r = RunForward(**gpu, 0, act, rev, n);
     for (int64_t t = 0; t < n; ++t) {
-      ASSERT_EQ(0, std::memcmp(r.raw.data() + t * row_bytes,
-                               full.raw.data() + (n - 1 - t) * row_bytes, row_bytes))
+      ASSERT_EQ(0, std::memcmp(r.out.data() + t * row_bytes,
+                               full.out.data() + (n - 1 - t) * row_bytes, row_bytes))
           << "token " << t;
     }
   }
@@ -336,7 +312,7 @@ TEST(CudaEngine, DeterministicIsBatchInvariant) {
 
 // Slots run concurrently and give the same results as one slot alone.
 TEST(CudaEngine, ConcurrentSlots) {
-  REQUIRE_GPU();
+  MOE_REQUIRE_GPU();
   const auto model = RandomModel(Opts(Family::kMixtral, 8, 2, 128, 64, DType::kBF16, 51));
   CudaEngineOptions o = DefaultOptions();
   o.num_slots = 3;
@@ -355,7 +331,7 @@ TEST(CudaEngine, ConcurrentSlots) {
     });
   }
   for (auto& t : threads) t.join();
-  for (int s = 0; s < 3; ++s) EXPECT_EQ(results[s].raw, expect.raw) << "slot " << s;
+  for (int s = 0; s < 3; ++s) EXPECT_EQ(results[s].out, expect.out) << "slot " << s;
 }
 
 // The small-batch paths (fused decode front, PDL, decode GEMV, narrow gate/up tile) and the engine
@@ -365,7 +341,7 @@ TEST(CudaEngine, ConcurrentSlots) {
 // 32 tokens of top-8 over 256 experts drew 2 near ties on the H200). Every forward after the first
 // reuses the front's ticket counter.
 TEST(CudaEngine, SmallBatchPathsOnAndOff) {
-  REQUIRE_GPU();
+  MOE_REQUIRE_GPU();
   CudaEngineOptions off = DefaultOptions();
   off.overlap_launches = off.fused_decode_front = off.narrow_decode_gate_up = false;
   off.decode_gemv = CudaEngineOptions::DecodeGemv::kNever;
@@ -379,16 +355,15 @@ TEST(CudaEngine, SmallBatchPathsOnAndOff) {
     SCOPED_TRACE(::testing::Message()
                  << "front " << o.fused_decode_front << " gemv " << static_cast<int>(o.decode_gemv)
                  << " narrow " << o.narrow_decode_gate_up);
-    CheckCase({"qwen2_moe",
-               Opts(Family::kQwen2Moe, 31, 4, 264, 72, DType::kBF16, 71),
-               DType::kF32,
-               {1, 7, 32}},
-              o);
-    CheckCase({"256 experts",
-               Opts(Family::kQwen3Moe, 256, 8, 128, 48, DType::kBF16, 72),
-               DType::kBF16,
-               {1, 3, 8}},
-              o);
+    CheckCases({{"qwen2_moe",
+                 Opts(Family::kQwen2Moe, 31, 4, 264, 72, DType::kBF16, 71),
+                 DType::kF32,
+                 {1, 7, 32}},
+                {"256 experts",
+                 Opts(Family::kQwen3Moe, 256, 8, 128, 48, DType::kBF16, 72),
+                 DType::kBF16,
+                 {1, 3, 8}}},
+               o);
   }
 }
 
@@ -399,32 +374,28 @@ TEST(CudaEngine, SmallBatchPathsOnAndOff) {
 // and three row tiles whose last tile is partly empty (about 150, 166 and 320 rows per expert);
 // then deterministic mode across the 128 x 256 and mma.sync tiles on such a shape.
 TEST(CudaEngine, WarpSpecialisedTileShapes) {
-  REQUIRE_GPU();
-  CheckCase({"ws tile bf16, K and N tails",
-             Opts(Family::kMixtral, 8, 2, 200, 88, DType::kBF16, 81),
-             DType::kBF16,
-             {600}},
-            DefaultOptions());
-  CheckCase({"ws tile f16, two and three row tiles per expert",
-             Opts(Family::kQwen3Moe, 4, 2, 136, 200, DType::kF16, 82),
-             DType::kF32,
-             {333, 640}},
-            DefaultOptions());
-  CheckCase({"ws tile bf16, 120 columns",
-             Opts(Family::kDeepseekV2, 8, 4, 120, 96, DType::kBF16, 83),
-             DType::kBF16,
-             {250, 640}},
-            DefaultOptions());
-  CheckCase({"ws tile bf16, 8-column tail",
-             Opts(Family::kQwen3Moe, 16, 4, 264, 88, DType::kBF16, 86),
-             DType::kBF16,
-             {300, 333}},
-            DefaultOptions());
-  CheckCase({"ws tile f16, 120 columns, f32 activations",
-             Opts(Family::kMixtral, 8, 2, 120, 64, DType::kF16, 87),
-             DType::kF32,
-             {300}},
-            DefaultOptions());
+  MOE_REQUIRE_GPU();
+  CheckCases({{"ws tile bf16, K and N tails",
+               Opts(Family::kMixtral, 8, 2, 200, 88, DType::kBF16, 81),
+               DType::kBF16,
+               {600}},
+              {"ws tile f16, two and three row tiles per expert",
+               Opts(Family::kQwen3Moe, 4, 2, 136, 200, DType::kF16, 82),
+               DType::kF32,
+               {333, 640}},
+              {"ws tile bf16, 120 columns",
+               Opts(Family::kDeepseekV2, 8, 4, 120, 96, DType::kBF16, 83),
+               DType::kBF16,
+               {250, 640}},
+              {"ws tile bf16, 8-column tail",
+               Opts(Family::kQwen3Moe, 16, 4, 264, 88, DType::kBF16, 86),
+               DType::kBF16,
+               {300, 333}},
+              {"ws tile f16, 120 columns, f32 activations",
+               Opts(Family::kMixtral, 8, 2, 120, 64, DType::kF16, 87),
+               DType::kF32,
+               {300}}},
+             DefaultOptions());
   // Sub-batches of 1 / 7 (decode tile), 40 (medium tile), 300 / 301 (75 rows per expert) and the
   // full 600 (150 rows per expert; 128 x 256 tile) must give the same bits per token.
   const auto model = RandomModel(Opts(Family::kMixtral, 8, 2, 200, 88, DType::kBF16, 84));
@@ -432,19 +403,11 @@ TEST(CudaEngine, WarpSpecialisedTileShapes) {
   o.deterministic = true;
   auto gpu = CudaEngine::Create(model, o);
   ASSERT_TRUE(gpu.ok()) << gpu.status();
-  const int h = model->spec().hidden;
-  const size_t row_bytes = h * DTypeSize(DType::kBF16);
   const int64_t n = 600;
-  const auto x = MakeActivations(DType::kBF16, n * h, 85);
+  const auto x = MakeActivations(DType::kBF16, n * model->spec().hidden, 85);
   const RunResult full = RunForward(**gpu, 0, DType::kBF16, x.bytes, n);
-  for (auto [begin, len] :
-       std::vector<std::pair<int64_t, int64_t>>{{0, 1}, {5, 7}, {100, 40}, {3, 300}, {299, 301}}) {
-    std::vector<uint8_t> sub(x.bytes.begin() + begin * row_bytes,
-                             x.bytes.begin() + (begin + len) * row_bytes);
-    const RunResult part = RunForward(**gpu, 0, DType::kBF16, sub, len);
-    ASSERT_EQ(0, std::memcmp(part.raw.data(), full.raw.data() + begin * row_bytes, len * row_bytes))
-        << "tokens [" << begin << ", " << begin + len << ") differ from the full batch";
-  }
+  ASSERT_NO_FATAL_FAILURE(ExpectSubBatchesMatchFull(
+      **gpu, DType::kBF16, x.bytes, full, {{0, 1}, {5, 7}, {100, 40}, {3, 300}, {299, 301}}));
 }
 
 // The decode experts path (gate/up per (token, k) pair, down + combine in one kernel) wherever it
@@ -454,7 +417,7 @@ TEST(CudaEngine, WarpSpecialisedTileShapes) {
 // gate/up pass with a K tail), hidden 136 (a pass of 17 chunks), inter 48 (down rows of 6
 // chunks: a lane's chunks span several experts), h in pair order (1 token) and in sorted order.
 TEST(CudaEngine, DecodeExpertsPath) {
-  REQUIRE_GPU();
+  MOE_REQUIRE_GPU();
   CudaEngineOptions graphs = DefaultOptions();
   graphs.graph_batch_sizes = {1, 2, 4, 8, 16, 32};
   graphs.decode_gemv = CudaEngineOptions::DecodeGemv::kAlways;
@@ -494,12 +457,12 @@ TEST(CudaEngine, DecodeExpertsPath) {
   cases[4].model.norm_topk_prob = false;
   for (const CudaEngineOptions& o : {graphs, eager}) {
     SCOPED_TRACE(::testing::Message() << "graphs " << !o.graph_batch_sizes.empty());
-    for (const Case& c : cases) CheckCase(c, o);
+    CheckCases(cases, o);
   }
 }
 
 TEST(CudaEngine, Errors) {
-  REQUIRE_GPU();
+  MOE_REQUIRE_GPU();
   const auto model = RandomModel(Opts(Family::kMixtral, 8, 2, 128, 64, DType::kBF16, 61));
   CudaEngineOptions o = DefaultOptions();
   o.max_batch_tokens = 16;

@@ -12,6 +12,7 @@
 #include <random>
 #include <thread>
 
+#include "common/gpu_test_util.h"
 #include "experts/expert_checkpoint.h"
 #include "model/tiny_checkpoint.h"
 
@@ -21,15 +22,6 @@ namespace {
 using testing::ExpertCheckpointOptions;
 using testing::ExpertFileLayout;
 using Mode = HostExpertSource::Mode;
-
-bool HaveGpu() {
-  int n = 0;
-  const bool ok = cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
-  cudaGetLastError();
-  return ok;
-}
-#define REQUIRE_GPU() \
-  if (!HaveGpu()) GTEST_SKIP() << "no CUDA device on this machine"
 
 #define ASSERT_CUDA(expr) ASSERT_EQ((expr), cudaSuccess) << #expr
 
@@ -98,7 +90,7 @@ struct CopyCase {
 class HostTierCopyTest : public ::testing::TestWithParam<CopyCase> {};
 
 TEST_P(HostTierCopyTest, SlotBytesEqualFileBytes) {
-  REQUIRE_GPU();
+  MOE_REQUIRE_GPU();
   const CopyCase& c = GetParam();
   testing::TempDir tmp;
   ExpertCheckpointOptions o;
@@ -181,7 +173,7 @@ INSTANTIATE_TEST_SUITE_P(Cases, HostTierCopyTest, ::testing::ValuesIn(AllCopyCas
 // Several threads, each on its own stream, enqueue many copies through a ring of 4 chunks before
 // synchronizing: a chunk refilled before its DMA completed would corrupt some slot.
 TEST(HostTierStagingTest, ChurnThroughSmallRingFromSeveralThreads) {
-  REQUIRE_GPU();
+  MOE_REQUIRE_GPU();
   testing::TempDir tmp;
   ExpertCheckpointOptions o;
   o.hidden = 256;
@@ -251,7 +243,7 @@ TEST(HostTierStagingTest, ChurnThroughSmallRingFromSeveralThreads) {
 // Heap memory (Model::FromWeights) is not a read-only MAP_SHARED file mapping: kAuto falls back to
 // the ring and says why; a forced registration fails.
 TEST(HostTierModeTest, AutoFallsBackForHeapMemory) {
-  REQUIRE_GPU();
+  MOE_REQUIRE_GPU();
   testing::TempDir tmp;
   ExpertCheckpointOptions o;
   auto file_model = WriteAndOpen(tmp, "ckpt", o);
@@ -297,7 +289,7 @@ TEST(HostTierModeTest, AutoFallsBackForHeapMemory) {
 // Two sources over one model share the registration; the survivor still copies after the first
 // is destroyed (the ranges stay registered until the last one goes).
 TEST(HostTierModeTest, TwoSourcesShareOneRegistration) {
-  REQUIRE_GPU();
+  MOE_REQUIRE_GPU();
   testing::TempDir tmp;
   ExpertCheckpointOptions o;
   o.hidden = 128;
@@ -320,7 +312,7 @@ TEST(HostTierModeTest, TwoSourcesShareOneRegistration) {
 }
 
 TEST(HostTierModeTest, BadOptionsAreInvalidArgument) {
-  REQUIRE_GPU();
+  MOE_REQUIRE_GPU();
   testing::TempDir tmp;
   auto model = WriteAndOpen(tmp, "ckpt", {});
   ASSERT_NE(model, nullptr);
