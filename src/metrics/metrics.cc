@@ -86,6 +86,9 @@ struct DeviceSeries {
   Counter* cache_prefetch_loads;
   Counter* cache_prefetch_useful;
   Counter* cache_prefetch_wasted;
+  Counter* cache_predicted;
+  Counter* cache_prediction_routed;
+  Counter* cache_correctly_predicted;
   Gauge* cache_resident;
   Gauge* memory_used;
   Gauge* memory_total;
@@ -158,6 +161,9 @@ struct Metrics::Families {
   Family<Counter>* cache_prefetch_loads = nullptr;
   Family<Counter>* cache_prefetch_useful = nullptr;
   Family<Counter>* cache_prefetch_wasted = nullptr;
+  Family<Counter>* cache_predicted = nullptr;
+  Family<Counter>* cache_prediction_routed = nullptr;
+  Family<Counter>* cache_correctly_predicted = nullptr;
   Family<Gauge>* cache_resident = nullptr;
   Family<Gauge>* gpu_memory_used = nullptr;
   Family<Gauge>* gpu_memory_total = nullptr;
@@ -298,6 +304,16 @@ absl::Status Metrics::Init() {
                         "Prefetched experts that were demanded before their eviction.");
     f.cache_prefetch_wasted = &Build<Counter>(r, "moe_expert_cache_prefetch_wasted_total",
                                               "Prefetched experts evicted without being demanded.");
+    f.cache_predicted = &Build<Counter>(
+        r, "moe_expert_cache_predicted_experts_total",
+        "Experts the gate-lookahead predicted for the next layer (precision's denominator).");
+    f.cache_prediction_routed = &Build<Counter>(
+        r, "moe_expert_cache_prediction_routed_experts_total",
+        "Experts really routed by the layers that had a prediction (recall's denominator).");
+    f.cache_correctly_predicted = &Build<Counter>(
+        r, "moe_expert_cache_correctly_predicted_experts_total",
+        "Predicted experts that the next layer really routed (precision's and recall's "
+        "numerator).");
     f.cache_resident = &Build<Gauge>(r, "moe_expert_cache_resident_experts",
                                      "Experts ready or loading in the GPU expert cache.");
     f.gpu_memory_used =
@@ -334,6 +350,9 @@ absl::Status Metrics::Init() {
     s->cache_prefetch_loads = &f.cache_prefetch_loads->Add(l);
     s->cache_prefetch_useful = &f.cache_prefetch_useful->Add(l);
     s->cache_prefetch_wasted = &f.cache_prefetch_wasted->Add(l);
+    s->cache_predicted = &f.cache_predicted->Add(l);
+    s->cache_prediction_routed = &f.cache_prediction_routed->Add(l);
+    s->cache_correctly_predicted = &f.cache_correctly_predicted->Add(l);
     s->cache_resident = &f.cache_resident->Add(l);
     s->memory_used = &f.gpu_memory_used->Add(l);
     s->memory_total = &f.gpu_memory_total->Add(l);
@@ -587,6 +606,11 @@ void Metrics::SetExpertCacheTotals(int device, const ExpertCacheTotals& totals) 
   AdvanceCounter(*s->cache_prefetch_loads, last.prefetch_loads, totals.prefetch_loads);
   AdvanceCounter(*s->cache_prefetch_useful, last.prefetch_useful, totals.prefetch_useful);
   AdvanceCounter(*s->cache_prefetch_wasted, last.prefetch_wasted, totals.prefetch_wasted);
+  AdvanceCounter(*s->cache_predicted, last.predicted_experts, totals.predicted_experts);
+  AdvanceCounter(*s->cache_prediction_routed, last.prediction_routed_experts,
+                 totals.prediction_routed_experts);
+  AdvanceCounter(*s->cache_correctly_predicted, last.correctly_predicted_experts,
+                 totals.correctly_predicted_experts);
   s->cache_resident->Set(static_cast<double>(totals.resident_experts));
 }
 

@@ -123,7 +123,12 @@ class Metrics {
     int64_t prefetch_loads = 0;    // prefetch loads issued
     int64_t prefetch_useful = 0;   // prefetched experts demanded before eviction
     int64_t prefetch_wasted = 0;   // prefetched experts evicted unused
-    int64_t resident_experts = 0;  // a level: experts ready or loading now
+    // Gate-lookahead prediction, summed over the layer forwards that had one (micro-averaged):
+    // precision = correct / predicted, recall = correct / routed.
+    int64_t predicted_experts = 0;            // experts predicted for the next layer
+    int64_t prediction_routed_experts = 0;    // experts that layer really routed
+    int64_t correctly_predicted_experts = 0;  // predicted and really routed
+    int64_t resident_experts = 0;             // a level: experts ready or loading now
   };
   void SetExpertCacheTotals(int device, const ExpertCacheTotals& totals);
 
