@@ -19,12 +19,16 @@ namespace {
 using experts::ExpertKey;
 using testing::Collected;
 
-TEST(ExpertCacheMetricsTest, PoolCountersReachTheSeries) {
-  // One layer of 4 experts of 100 bytes, 2 slots.
+// A pool of one layer of `n_experts` experts of 100 bytes, with `slots` slots.
+StatusOr<std::unique_ptr<experts::ExpertSlotPool>> MakePool(int n_experts, int slots) {
   experts::ExpertSlotPool::Options options;
-  options.budget_bytes = 200;
-  options.shape_classes = {{.expert_bytes = 100, .n_experts = 4, .layers = {0}}};
-  auto pool = experts::ExpertSlotPool::Create(options);
+  options.budget_bytes = 100 * slots;
+  options.shape_classes = {{.expert_bytes = 100, .n_experts = n_experts, .layers = {0}}};
+  return experts::ExpertSlotPool::Create(options);
+}
+
+TEST(ExpertCacheMetricsTest, PoolCountersReachTheSeries) {
+  auto pool = MakePool(/*n_experts=*/4, /*slots=*/2);
   ASSERT_TRUE(pool.ok()) << pool.status();
   auto metrics = std::move(Metrics::Create({})).value();
   auto cache_metrics = std::make_unique<ExpertCacheMetrics>(metrics.get(), 1, pool->get());
@@ -62,10 +66,7 @@ TEST(ExpertCacheMetricsTest, PoolCountersReachTheSeries) {
 }
 
 TEST(ExpertCacheMetricsTest, PredictionCountsReachTheSeriesAtEachScrape) {
-  experts::ExpertSlotPool::Options options;
-  options.budget_bytes = 200;
-  options.shape_classes = {{.expert_bytes = 100, .n_experts = 4, .layers = {0}}};
-  auto pool = experts::ExpertSlotPool::Create(options);
+  auto pool = MakePool(/*n_experts=*/4, /*slots=*/2);
   ASSERT_TRUE(pool.ok()) << pool.status();
   auto metrics = std::move(Metrics::Create({})).value();
   // The source the engine would be: counts that grow between scrapes, then one failed read.
@@ -101,10 +102,7 @@ TEST(ExpertCacheMetricsTest, PredictionCountsReachTheSeriesAtEachScrape) {
 }
 
 TEST(ExpertCacheMetricsTest, WithoutAPredictionSourceThePredictionCountersStayZero) {
-  experts::ExpertSlotPool::Options options;
-  options.budget_bytes = 100;
-  options.shape_classes = {{.expert_bytes = 100, .n_experts = 2, .layers = {0}}};
-  auto pool = experts::ExpertSlotPool::Create(options);
+  auto pool = MakePool(/*n_experts=*/2, /*slots=*/1);
   ASSERT_TRUE(pool.ok()) << pool.status();
   auto metrics = std::move(Metrics::Create({})).value();
   ExpertCacheMetrics cache_metrics(metrics.get(), 0, pool->get());
