@@ -37,34 +37,25 @@ __device__ __forceinline__ void Dot8<__half>(const uint4& w, const uint4& a, flo
   }
 }
 
-// L2 eviction policies (sm_80+): evict_first for data streamed once (expert weights), so that it
-// does not push out what the next forward reads again (router weights, pointer tables, x, h).
-__device__ __forceinline__ uint64_t L2EvictFirst() {
-  uint64_t policy;
-  asm("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;\n" : "=l"(policy));
-  return policy;
-}
-__device__ __forceinline__ uint64_t L2EvictLast() {
-  uint64_t policy;
-  asm("createpolicy.fractional.L2::evict_last.b64 %0, 1.0;\n" : "=l"(policy));
-  return policy;
-}
-
-// Weights: read once, so they bypass L1 (read-only path, no L1 allocation) and leave L2 first.
+// Weights: read once, so they bypass L1 (read-only path, no L1 allocation). NOTES: L2 eviction
+// hints (evict_first here, evict_last for the router) together with a 96 KiB h stage in
+// decode_experts.cu measured no gain at 1 token on the Qwen3 / DeepSeek-V2-Lite shapes and 7% loss
+// on Mixtral (H200, benches/RESULTS.md "v8c"; the two were not measured apart), so loads carry
+// none.
 __device__ __forceinline__ uint4 LoadStreaming(const void* p) {
   uint4 v;
-  asm volatile("ld.global.nc.L1::no_allocate.L2::cache_hint.v4.u32 {%0,%1,%2,%3}, [%4], %5;\n"
+  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];\n"
                : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-               : "l"(p), "l"(L2EvictFirst()));
+               : "l"(p));
   return v;
 }
 
-// Small weights that every forward reads again (the router): kept in L2 ahead of streamed data.
+// Small weights that every forward reads again (the router): read-only path, cached in L1.
 __device__ __forceinline__ uint4 LoadKept(const void* p) {
   uint4 v;
-  asm volatile("ld.global.nc.L2::cache_hint.v4.u32 {%0,%1,%2,%3}, [%4], %5;\n"
+  asm volatile("ld.global.nc.v4.u32 {%0,%1,%2,%3}, [%4];\n"
                : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-               : "l"(p), "l"(L2EvictLast()));
+               : "l"(p));
   return v;
 }
 

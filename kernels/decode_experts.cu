@@ -42,11 +42,10 @@ constexpr int kChunks = 8;
 constexpr int kMaxPairs = static_cast<int>(kDecodeExpertsMaxPairs);
 // Gate/up copies the layer's pointer tables into shared memory up to this many experts.
 constexpr int kMaxStagedExperts = 512;
-// Down + combine stages h in shared memory up to this size (two blocks per SM still fit on sm_90
-// with their 16 KiB of static arrays; one on sm_80). Past 48 KiB the launch raises the kernel's
-// dynamic shared-memory limit first.
-constexpr int64_t kHSmemMaxBytes = 96 * 1024;
-constexpr int64_t kDefaultSmemBytes = 48 * 1024;
+// Down + combine stages h in shared memory up to this size (no opt-in attribute needed). NOTES: a
+// 96 KiB limit (opt-in), with L2 eviction hints, made Mixtral's 1-token forward (57 KiB of h) 7%
+// slower on an H200 (benches/RESULTS.md "v8c").
+constexpr int64_t kHSmemMaxBytes = 48 * 1024;
 
 // The contiguous range [begin, end) of `units` that global warp `gw` of `warps` owns.
 __device__ __forceinline__ void WarpUnits(int64_t units, int64_t& begin, int64_t& end) {
@@ -346,11 +345,6 @@ Status LaunchDecodeDownCombine(const DecodeExpertsArgs& a, cudaStream_t stream) 
     if (e.wtype == a.wtype && e.atype == a.atype) fn = h_smem ? e.fn_h_smem : e.fn;
   }
   if (fn == nullptr) return absl::InternalError("no decode down kernel for these dtypes");
-  if (h_smem && h_bytes > kDefaultSmemBytes) {
-    // Always the same (largest) limit, so that no engine lowers it under another's graphs.
-    CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                              static_cast<int>(kHSmemMaxBytes)));
-  }
   CUDA_RETURN_IF_ERROR(LaunchMaybePdl(fn, PersistentGrid(a.sm_count), dim3(kThreads),
                                       h_smem ? static_cast<size_t>(h_bytes) : 0, stream, a.pdl, a));
   return absl::OkStatus();
