@@ -115,25 +115,7 @@ Status LaunchDecodeGemv(const GemmArgs& args, cudaStream_t stream) {
   if (!CanDecodeGemv(args)) {
     return absl::InvalidArgumentError("DecodeGemv: needs the decode tile list and no K split");
   }
-  GemmParams p{args.a,
-               args.lda,
-               args.a_rows,
-               args.tiles,
-               args.n_tiles,
-               args.group_offsets,
-               args.m_dev,
-               args.b0_table,
-               args.b1_table,
-               args.layer_dev,
-               args.b_layer_stride,
-               args.ldb,
-               args.n,
-               args.k,
-               args.c,
-               args.ldc,
-               args.out_f32 ? 1 : 0,
-               args.splits,
-               args.split_stride};
+  const GemmParams p = MakeGemmParams(args);
   const dim3 grid(static_cast<unsigned>(args.grid_tiles),
                   static_cast<unsigned>((args.n + kGemvWarps - 1) / kGemvWarps));
   const int bm = ShapeOf(args.tile).bm;

@@ -72,6 +72,29 @@ struct GemmParams {
   int64_t split_stride;
 };
 
+// The kernel parameters of a validated GemmArgs (host side).
+inline GemmParams MakeGemmParams(const GemmArgs& args) {
+  return GemmParams{args.a,
+                    args.lda,
+                    args.a_rows,
+                    args.tiles,
+                    args.n_tiles,
+                    args.group_offsets,
+                    args.m_dev,
+                    args.b0_table,
+                    args.b1_table,
+                    args.layer_dev,
+                    args.b_layer_stride,
+                    args.ldb,
+                    args.n,
+                    args.k,
+                    args.c,
+                    args.ldc,
+                    args.out_f32 ? 1 : 0,
+                    args.splits,
+                    args.split_stride};
+}
+
 // Which rows row tile `t` owns: entry t of the tile list (grouped) or rows t * bm.. of the dense
 // rows. Returns false when the tile has no work.
 __device__ __forceinline__ bool ResolveTileAt(const GemmParams& p, int bm, int t, int& group,

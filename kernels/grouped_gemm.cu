@@ -307,25 +307,7 @@ Status LaunchGemm(const GemmArgs& args, cudaStream_t stream) {
   MOE_RETURN_IF_ERROR(args.Validate());
   const TileShape& shape = ShapeOf(args.tile);
   const int bn = shape.bn(args.gated);
-  GemmParams p{args.a,
-               args.lda,
-               args.a_rows,
-               args.tiles,
-               args.n_tiles,
-               args.group_offsets,
-               args.m_dev,
-               args.b0_table,
-               args.b1_table,
-               args.layer_dev,
-               args.b_layer_stride,
-               args.ldb,
-               args.n,
-               args.k,
-               args.c,
-               args.ldc,
-               args.out_f32 ? 1 : 0,
-               args.splits,
-               args.split_stride};
+  const GemmParams p = MakeGemmParams(args);
   const dim3 grid(static_cast<unsigned>(args.grid_tiles),
                   static_cast<unsigned>((args.n + bn - 1) / bn),
                   static_cast<unsigned>(args.splits));
@@ -335,9 +317,8 @@ Status LaunchGemm(const GemmArgs& args, cudaStream_t stream) {
   }
   const KernelFn fn = FindKernel(args.tile, args.gated, args.wtype);
   if (fn == nullptr) return absl::InternalError("no GEMM kernel for this tile");
-  CUDA_RETURN_IF_ERROR(LaunchMaybePdl(fn, grid, dim3(shape.threads()),
-                                      shape.smem_bytes(args.gated), stream, args.pdl, p,
-                                      args.prefetch_weights ? 1 : 0));
+  CUDA_RETURN_IF_ERROR(LaunchMaybePdl(fn, grid, dim3(shape.threads()), shape.smem_bytes(args.gated),
+                                      stream, args.pdl, p, args.prefetch_weights ? 1 : 0));
   return absl::OkStatus();
 }
 
