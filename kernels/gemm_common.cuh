@@ -95,6 +95,28 @@ inline GemmParams MakeGemmParams(const GemmArgs& args) {
                     args.split_stride};
 }
 
+// Copy descriptors of the A rows one thread gathers into a stage: its i-th 16-byte chunk is chunk
+// (c & 7) of tile row c / 8, c = tid + i * THREADS; row r of the tile reads A row a_rows[r] (or r).
+// K advances per stage: the copy of stage k0 reads src[i] + k0 into dst[i] when ok[i] and
+// k0 + col[i] < K.
+template <typename T, int CHUNKS, int THREADS>
+__device__ __forceinline__ void PlanARowCopies(const GemmParams& p, const T* a_base, int tid,
+                                               int row_begin, int row_end, const T* (&src)[CHUNKS],
+                                               bool (&ok)[CHUNKS], int (&dst)[CHUNKS],
+                                               int (&col)[CHUNKS]) {
+#pragma unroll
+  for (int i = 0; i < CHUNKS; ++i) {
+    const int c = tid + i * THREADS;
+    const int row = c >> 3, chunk = c & 7;
+    const int r = row_begin + row;
+    ok[i] = r < row_end;
+    const int64_t src_row = ok[i] ? (p.a_rows ? p.a_rows[r] : r) : 0;
+    src[i] = a_base + src_row * p.lda + chunk * 8;
+    dst[i] = Swizzle(row, chunk);
+    col[i] = chunk * 8;
+  }
+}
+
 // Which rows row tile `t` owns: entry t of the tile list (grouped) or rows t * bm.. of the dense
 // rows. Returns false when the tile has no work.
 __device__ __forceinline__ bool ResolveTileAt(const GemmParams& p, int bm, int t, int& group,

@@ -94,17 +94,8 @@ __global__ void __launch_bounds__(WM* WN * 32) GemmKernel(const GemmParams p, in
   bool a_ok[kAChunks];
   int a_dst[kAChunks];
   int a_col[kAChunks];
-#pragma unroll
-  for (int i = 0; i < kAChunks; ++i) {
-    const int c = tid + i * kThreads;
-    const int row = c >> 3, chunk = c & 7;
-    const int r = row_begin + row;
-    a_ok[i] = r < row_end;
-    const int64_t src_row = a_ok[i] ? (p.a_rows ? p.a_rows[r] : r) : 0;
-    a_src[i] = a_base + src_row * p.lda + chunk * 8;
-    a_dst[i] = Swizzle(row, chunk);
-    a_col[i] = chunk * 8;
-  }
+  PlanARowCopies<T, kAChunks, kThreads>(p, a_base, tid, row_begin, row_end, a_src, a_ok, a_dst,
+                                        a_col);
   const T* b_src[kBChunks];
   bool b_ok[kBChunks];
   int b_dst[kBChunks];

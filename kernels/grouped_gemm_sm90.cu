@@ -108,17 +108,8 @@ __global__ void __launch_bounds__(BM * 2, MIN_BLOCKS) WgmmaGemmKernel(const Gemm
   const T* a_src[kAChunks];
   bool a_ok[kAChunks];
   int a_dst[kAChunks], a_col[kAChunks];
-#pragma unroll
-  for (int i = 0; i < kAChunks; ++i) {
-    const int c = tid + i * kWgThreads;
-    const int row = c >> 3, chunk = c & 7;
-    const int r = row_begin + row;
-    a_ok[i] = r < row_end;
-    const int64_t src_row = a_ok[i] ? (p.a_rows ? p.a_rows[r] : r) : 0;
-    a_src[i] = a_base + src_row * p.lda + chunk * 8;
-    a_dst[i] = Swizzle(row, chunk);
-    a_col[i] = chunk * 8;
-  }
+  PlanARowCopies<T, kAChunks, kWgThreads>(p, a_base, tid, row_begin, row_end, a_src, a_ok, a_dst,
+                                          a_col);
   const T* b_src[kBChunks];
   bool b_ok[kBChunks];
   int b_dst[kBChunks], b_col[kBChunks];
@@ -260,6 +251,7 @@ __device__ __forceinline__ void SetMaxNRegDec() {
 }
 #endif
 
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)  // sm_90a code only
 // Row tiles per raster group of the persistent kernel (see DecodeWorkItem).
 constexpr int kWsGroupRows = 16;
 
@@ -282,6 +274,7 @@ __device__ __forceinline__ void DecodeWorkItem(int64_t w, int row_tiles, int col
   t = first + static_cast<int>(r % rows_in_group);
   nb = static_cast<int>(r / rows_in_group);
 }
+#endif
 
 // Warp-specialised, persistent variant of the 128 x 256 wgmma tile (GemmTile::kWgmmaWs).
 //
