@@ -72,6 +72,25 @@ __device__ __forceinline__ void Wgmma(float (&d)[N / 2], uint64_t a, uint64_t b)
       Wgmma64x64F16(d, a, b);
   }
 }
+
+// One stage's k-steps: D[g] += A * B_g over the stage's kBk columns for each of the kG weight
+// slices (gate and up when gated), then commit the group and keep at most one group in flight.
+// a_desc / b_desc: descriptors of the stage's A rows (64 per warpgroup) and first B slice.
+template <typename T, int N, int G>
+__device__ __forceinline__ void WgmmaStage(float (&acc)[G][N / 2], uint64_t a_desc,
+                                           uint64_t b_desc) {
+  WgmmaFence();
+#pragma unroll
+  for (int kk = 0; kk < kBk / 16; ++kk) {
+    // +32 bytes per k16 step inside the swizzled 128-byte rows (descriptor units of 16 bytes).
+#pragma unroll
+    for (int g = 0; g < G; ++g) {
+      Wgmma<T, N>(acc[g], a_desc + 2 * kk, b_desc + g * (N * kBk * 2 >> 4) + 2 * kk);
+    }
+  }
+  WgmmaCommit();
+  WgmmaWait<1>();
+}
 #endif
 
 template <typename T, bool GATED, int BM, int B_ROWS, int STAGES, int MIN_BLOCKS>
@@ -168,17 +187,7 @@ __global__ void __launch_bounds__(BM * 2, MIN_BLOCKS) WgmmaGemmKernel(const Gemm
     const uint32_t st = SmemAddr(smem + stage * kWgStageBytes);
     const uint64_t a_desc = Desc(st + wg * 64 * kBk * 2);
     const uint64_t b_desc = Desc(st + kWgBm * kBk * 2);
-    WgmmaFence();
-#pragma unroll
-    for (int kk = 0; kk < kBk / 16; ++kk) {
-      // +32 bytes per k16 step inside the swizzled 128-byte rows (descriptor units of 16 bytes).
-#pragma unroll
-      for (int g = 0; g < kG; ++g) {
-        Wgmma<T, kWn>(acc[g], a_desc + 2 * kk, b_desc + g * (BN * kBk * 2 >> 4) + 2 * kk);
-      }
-    }
-    WgmmaCommit();
-    WgmmaWait<1>();
+    WgmmaStage<T, kWn, kG>(acc, a_desc, b_desc);
     if (++stage == kWgStages) stage = 0;
   }
   WgmmaWait<0>();
@@ -408,16 +417,7 @@ __global__ void __launch_bounds__(384, 1) WgmmaWsGemmKernel(const GemmParams p) 
         const uint32_t st = SmemAddr(smem + stage * kStageBytes);
         const uint64_t a_desc = Desc(st + cw * 64 * kBk * 2);
         const uint64_t b_desc = Desc(st + BM * kBk * 2);
-        WgmmaFence();
-#pragma unroll
-        for (int kk = 0; kk < kBk / 16; ++kk) {
-#pragma unroll
-          for (int g = 0; g < kG; ++g) {
-            Wgmma<T, BN>(acc[g], a_desc + 2 * kk, b_desc + g * (BN * kBk * 2 >> 4) + 2 * kk);
-          }
-        }
-        WgmmaCommit();
-        WgmmaWait<1>();
+        WgmmaStage<T, BN, kG>(acc, a_desc, b_desc);
         if (prev_stage >= 0) MbarArrive(&empty_bar[prev_stage]);
         prev_stage = stage;
       }
