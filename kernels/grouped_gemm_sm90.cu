@@ -91,6 +91,29 @@ __device__ __forceinline__ void WgmmaStage(float (&acc)[G][N / 2], uint64_t a_de
   WgmmaCommit();
   WgmmaWait<1>();
 }
+
+// Epilogue of one warp: rows row0 + lane / 4 and row0 + 8 + lane / 4 (those < row_end) of the
+// wgmma accumulators, columns n0.. of the block; SiLU(gate) * up when gated.
+template <typename T, bool GATED, int N, int G>
+__device__ __forceinline__ void StoreWarpRows(const GemmParams& p, const float (&acc)[G][N / 2],
+                                              bool out_f32, int split, int row0, int row_end,
+                                              int n0, int lane) {
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int r = row0 + (lane >> 2) + 8 * half;
+    if (r >= row_end) continue;
+#pragma unroll
+    for (int j = 0; j < N / 8; ++j) {
+      const int col = n0 + j * 8 + 2 * (lane & 3);
+      float v0 = acc[0][j * 4 + 2 * half], v1 = acc[0][j * 4 + 2 * half + 1];
+      if constexpr (GATED) {
+        v0 = Silu(v0) * acc[G - 1][j * 4 + 2 * half];
+        v1 = Silu(v1) * acc[G - 1][j * 4 + 2 * half + 1];
+      }
+      StorePairAt<T>(p, out_f32, split, r, col, v0, v1);
+    }
+  }
+}
 #endif
 
 template <typename T, bool GATED, int BM, int B_ROWS, int STAGES, int MIN_BLOCKS>
@@ -196,21 +219,8 @@ __global__ void __launch_bounds__(BM * 2, MIN_BLOCKS) WgmmaGemmKernel(const Gemm
   // Phase 4: epilogue. Warp w of the warpgroup owns rows 16w..16w+15 of the warpgroup's 64.
   const int lane = tid & 31, warp_in_wg = (tid >> 5) & 3;
   const bool out_f32 = !GATED && p.out_f32;
-#pragma unroll
-  for (int half = 0; half < 2; ++half) {
-    const int r = row_begin + wg * 64 + warp_in_wg * 16 + (lane >> 2) + 8 * half;
-    if (r >= row_end) continue;
-#pragma unroll
-    for (int j = 0; j < kWn / 8; ++j) {
-      const int col = n0 + j * 8 + 2 * (lane & 3);
-      float v0 = acc[0][j * 4 + 2 * half], v1 = acc[0][j * 4 + 2 * half + 1];
-      if constexpr (GATED) {
-        v0 = Silu(v0) * acc[kG - 1][j * 4 + 2 * half];
-        v1 = Silu(v1) * acc[kG - 1][j * 4 + 2 * half + 1];
-      }
-      StorePair<T>(p, out_f32, r, col, v0, v1);
-    }
-  }
+  StoreWarpRows<T, GATED, kWn, kG>(p, acc, out_f32, static_cast<int>(blockIdx.z),
+                                   row_begin + wg * 64 + warp_in_wg * 16, row_end, n0, lane);
 #endif
 }
 
@@ -426,21 +436,8 @@ __global__ void __launch_bounds__(384, 1) WgmmaWsGemmKernel(const GemmParams p) 
 
       // Phase 3: epilogue (warp w of the consumer warpgroup owns rows 16w..16w+15 of its 64).
       const int n0 = nb * BN;
-#pragma unroll
-      for (int half = 0; half < 2; ++half) {
-        const int r = row_begin + cw * 64 + warp_in_wg * 16 + (lane >> 2) + 8 * half;
-        if (r >= row_end) continue;
-#pragma unroll
-        for (int j = 0; j < BN / 8; ++j) {
-          const int col = n0 + j * 8 + 2 * (lane & 3);
-          float v0 = acc[0][j * 4 + 2 * half], v1 = acc[0][j * 4 + 2 * half + 1];
-          if constexpr (GATED) {
-            v0 = Silu(v0) * acc[kG - 1][j * 4 + 2 * half];
-            v1 = Silu(v1) * acc[kG - 1][j * 4 + 2 * half + 1];
-          }
-          StorePairAt<T>(p, out_f32, split, r, col, v0, v1);
-        }
-      }
+      StoreWarpRows<T, GATED, BN, kG>(p, acc, out_f32, split, row_begin + cw * 64 + warp_in_wg * 16,
+                                      row_end, n0, lane);
     }
   }
 #endif
