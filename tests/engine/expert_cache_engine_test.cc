@@ -3,7 +3,10 @@
 // same tiles at the same launch capacity; only where the weights come from differs). Budgets of a
 // few slots force eviction churn and multi-round batches; layers run in random order; two engine
 // slots share one cache concurrently. A hook checks at every round that each pinned expert sits
-// in its slot (no expert is evicted while in use). Skips without a GPU.
+// in its slot (no expert is evicted while in use). Layers whose experts are all resident run their
+// routed kernels straight after the device residency check (no host round trip before them);
+// with the check off, or deeper lookahead (2-3 layers), outputs stay identical. Skips without a
+// GPU.
 #include <cuda_runtime_api.h>
 #include <gtest/gtest.h>
 
@@ -53,6 +56,8 @@ struct Budget {
   std::string name;
   int64_t slots = 0;  // expert slots in the budget (0 = every expert)
   bool prefetch = true;
+  int depth = 1;             // lookahead depth
+  bool device_check = true;  // device residency check
 };
 
 RandomModelOptions ModelOptions(Family f, int experts, int top_k, int hidden, int inter,
@@ -102,6 +107,8 @@ void CheckBudgets(const RandomModelOptions& mo, DType act, const std::vector<Bud
     CudaEngineOptions o = base;
     o.expert_cache.budget_bytes = (b.slots > 0 ? b.slots : all_experts) * SlotBytes(spec);
     o.expert_cache.prefetch = b.prefetch;
+    o.expert_cache.prefetch_depth = b.depth;
+    o.expert_cache.device_residency_check = b.device_check;
     o.expert_cache.on_round = [&checker](const experts::AcquireRound& r,
                                          const experts::ExpertSlotPool& p) { checker(r, p); };
     auto cached = CudaEngine::Create(model, o);
@@ -136,8 +143,15 @@ void CheckBudgets(const RandomModelOptions& mo, DType act, const std::vector<Bud
     }
     if (b.prefetch) {
       EXPECT_GT(stats->predicted, 0u);
+      ASSERT_EQ(stats->by_depth.size(), static_cast<size_t>(b.depth));
+      for (const auto& d : stats->by_depth) EXPECT_GT(d.predicted, 0u);
     } else {
       EXPECT_EQ(stats->counters.prefetch_issued, 0u);
+    }
+    if (!b.device_check) {
+      EXPECT_EQ(stats->device_hits, 0u);
+    } else if (b.slots == 0) {
+      EXPECT_GT(stats->device_hits, 0u) << "a full budget should skip round trips once warm";
     }
   }
 }
@@ -149,7 +163,10 @@ TEST(ExpertCacheEngine, MixtralBf16BitwiseUnderBudgets) {
                {{"3 slots (churn, multi-round)", 3, true},
                 {"3 slots, no prefetch", 3, false},
                 {"50%", 32, true},
-                {"full", 0, true}},
+                {"50%, depth 3", 32, true, 3},
+                {"50%, check off", 32, true, 1, false},
+                {"full", 0, true},
+                {"full, depth 2", 0, true, 2}},
                {1, 2, 5, 33, 130, 600}, 40);
 }
 
@@ -158,14 +175,19 @@ TEST(ExpertCacheEngine, Qwen2MoeSharedExpertBitwiseUnderBudgets) {
   auto mo = ModelOptions(Family::kQwen2Moe, 31, 4, 128, 64, 32);
   mo.norm_topk_prob = false;
   CheckBudgets(mo, DType::kBF16,
-               {{"5 slots (churn, multi-round)", 5, true}, {"50%", 62, false}, {"full", 0, true}},
+               {{"5 slots (churn, multi-round)", 5, true},
+                {"50%", 62, false},
+                {"50%, depth 2", 62, true, 2},
+                {"full", 0, true}},
                {1, 3, 17, 200}, 40);
 }
 
 TEST(ExpertCacheEngine, F32ActivationsQwen3) {
   MOE_REQUIRE_GPU();
   const auto mo = ModelOptions(Family::kQwen3Moe, 64, 8, 128, 64, 33);
-  CheckBudgets(mo, DType::kF32, {{"9 slots", 9, true}, {"50%", 128, true}}, {1, 4, 40}, 24);
+  CheckBudgets(mo, DType::kF32,
+               {{"9 slots", 9, true}, {"50%", 128, true}, {"50%, depth 3", 128, true, 3}},
+               {1, 4, 40}, 24);
 }
 
 TEST(ExpertCacheEngine, TwoSlotsShareOneCacheConcurrently) {
@@ -209,6 +231,102 @@ TEST(ExpertCacheEngine, TwoSlotsShareOneCacheConcurrently) {
   EXPECT_GT(stats->counters.evictions, 0u);
 }
 
+// Decode steps of a few experts on two engine slots: most layers pass the device check while
+// the other slot's misses and prefetches evict experts of the same layers, so speculative reads
+// race withdrawals (the fences of the residency table must order them).
+TEST(ExpertCacheEngine, TwoSlotsSpeculateWhileTheOtherEvicts) {
+  MOE_REQUIRE_GPU();
+  const auto mo = ModelOptions(Family::kQwen3Moe, 32, 4, 128, 64, 38);
+  const auto model = RandomModel(mo);
+  const MoeSpec& spec = model->spec();
+  CudaEngineOptions base;
+  base.max_batch_tokens = 16;
+  base.num_slots = 2;
+  auto resident = CudaEngine::Create(model, base);
+  ASSERT_TRUE(resident.ok()) << resident.status();
+  CudaEngineOptions o = base;
+  // 40 of the 128 experts: less than both slots' working sets (2 inputs x 4 layers x 4 experts
+  // each, ~55 distinct), so misses evict; the lookahead's loads evict too.
+  o.expert_cache.budget_bytes = 40 * SlotBytes(spec);
+  o.expert_cache.prefetch_depth = 2;
+  o.expert_cache.prefetch_max_loads = 2;
+  RoundChecker checker;
+  o.expert_cache.on_round = [&checker](const experts::AcquireRound& r,
+                                       const experts::ExpertSlotPool& p) { checker(r, p); };
+  auto cached = CudaEngine::Create(model, o);
+  ASSERT_TRUE(cached.ok()) << cached.status();
+  constexpr int kPasses = 25;
+  std::vector<int64_t> mismatches(2, 0);
+  auto worker = [&](int slot) {
+    std::mt19937 rng(200 + slot);
+    // A few recurring inputs per slot, so that experts repeat and hit.
+    std::vector<std::vector<uint8_t>> pool;
+    for (int i = 0; i < 2; ++i) {
+      pool.push_back(MakeActivations(DType::kBF16, spec.hidden, 7000 + 10 * slot + i).bytes);
+    }
+    for (int pass = 0; pass < kPasses; ++pass) {
+      const auto& in = pool[rng() % pool.size()];
+      for (const int layer : spec.moe_layers) {
+        const Output want = ExpectForward(**resident, layer, DType::kBF16, in, 1, slot);
+        const Output got = ExpectForward(**cached, layer, DType::kBF16, in, 1, slot);
+        if (got.out != want.out || got.ids != want.ids) ++mismatches[slot];
+      }
+    }
+  };
+  std::thread t0(worker, 0), t1(worker, 1);
+  t0.join();
+  t1.join();
+  EXPECT_EQ(mismatches[0], 0);
+  EXPECT_EQ(mismatches[1], 0);
+  EXPECT_EQ(checker.violations.load(), 0);
+  ASSERT_TRUE((*cached)->QuiesceExpertCache().ok());
+  auto stats = (*cached)->expert_cache_stats();
+  ASSERT_TRUE(stats.ok());
+  EXPECT_GT(stats->counters.evictions, 0u);
+  EXPECT_GT(stats->device_hits, 0u);
+  EXPECT_LT(stats->device_hits, stats->host_round_trips);
+}
+
+// With every expert loaded, every layer forward passes the device check: no host round trip
+// stands before its routed kernels.
+TEST(ExpertCacheEngine, WarmedCacheRunsEveryLayerWithoutARoundTrip) {
+  MOE_REQUIRE_GPU();
+  const auto mo = ModelOptions(Family::kQwen2Moe, 12, 2, 128, 64, 39);
+  const auto model = RandomModel(mo);
+  const MoeSpec& spec = model->spec();
+  CudaEngineOptions base;
+  base.max_batch_tokens = 64;
+  auto resident = CudaEngine::Create(model, base);
+  ASSERT_TRUE(resident.ok()) << resident.status();
+  CudaEngineOptions o = base;
+  const int64_t all = int64_t{spec.n_experts()} * static_cast<int64_t>(spec.moe_layers.size());
+  o.expert_cache.budget_bytes = all * SlotBytes(spec);
+  auto cached = CudaEngine::Create(model, o);
+  ASSERT_TRUE(cached.ok()) << cached.status();
+  std::vector<experts::ExpertKey> keys;
+  for (const int layer : spec.moe_layers) {
+    for (int e = 0; e < spec.n_experts(); ++e) keys.push_back({layer, e});
+  }
+  auto warmed = (*cached)->WarmExpertCache(keys);
+  ASSERT_TRUE(warmed.ok()) << warmed.status();
+  ASSERT_EQ(*warmed, all);
+  int forwards = 0;
+  for (const int64_t n : {1, 3, 20, 64}) {
+    for (const int layer : spec.moe_layers) {
+      const auto in = MakeActivations(DType::kBF16, n * spec.hidden, 300 + 10 * n + layer).bytes;
+      const Output want = ExpectForward(**resident, layer, DType::kBF16, in, n);
+      const Output got = ExpectForward(**cached, layer, DType::kBF16, in, n);
+      EXPECT_EQ(got.out, want.out) << "layer " << layer << " n " << n;
+      EXPECT_EQ(got.ids, want.ids);
+      ++forwards;
+    }
+  }
+  auto stats = (*cached)->expert_cache_stats();
+  ASSERT_TRUE(stats.ok());
+  EXPECT_EQ(stats->device_hits, static_cast<uint64_t>(forwards));
+  EXPECT_EQ(stats->counters.misses, 0u);
+}
+
 TEST(ExpertCacheEngine, RejectsBadBudgets) {
   MOE_REQUIRE_GPU();
   const auto model = RandomModel(ModelOptions(Family::kMixtral, 8, 2, 64, 32, 35));
@@ -220,6 +338,13 @@ TEST(ExpertCacheEngine, RejectsBadBudgets) {
   EXPECT_FALSE(CudaEngine::Create(model, o).ok());
   o.expert_cache.budget_bytes = 1 << 20;
   EXPECT_FALSE(CudaEngine::CreateRandom(model->spec(), 1, o).ok());
+  for (const int depth : {0, ExpertCacheOptions::kMaxPrefetchDepth + 1}) {
+    o.expert_cache.prefetch_depth = depth;
+    EXPECT_FALSE(CudaEngine::Create(model, o).ok()) << "depth " << depth;
+  }
+  o.expert_cache.prefetch_depth = 2;
+  o.expert_cache.prefetch_min_precision = 1.5;
+  EXPECT_FALSE(CudaEngine::Create(model, o).ok());
 }
 
 TEST(ExpertCacheEngine, WarmsFromARankingWithoutEvictingIt) {

@@ -19,12 +19,14 @@
 // and biases are uploaded; routed experts live in a fixed pool of device slots (one buffer per
 // shape class, experts::ExpertSlotPool decides which expert sits where) and are copied from the
 // host tier (the mmap'd checkpoint) on one copy stream on demand. Each layer forward then runs
-// the front kernels, copies the per-expert row offsets to the host (one host round trip per
-// layer: an offload cache must know what to load), and computes the routed experts in rounds
-// (resident ones first while missing ones load; a batch needing more experts than the budget
-// holds takes several rounds) through per-round pointer tables and tile lists; outputs are
-// bitwise those of the all-resident engine (same kernels, same launch capacity). No CUDA graphs
-// on that path. See src/engine/cuda/cached_forward.cc and docs/ARCHITECTURE.md.
+// the front kernels, then a residency kernel that looks the routed experts up in a device-visible
+// table: when all are resident the routed kernels run at once from their slots, and the host only
+// learns the routing (through mapped memory, a spin of a few us) for its bookkeeping and
+// prefetch. Otherwise the host computes the routed experts in rounds (resident ones first while
+// missing ones load; a batch needing more experts than the budget holds takes several rounds)
+// through per-round pointer tables and tile lists. Outputs are bitwise those of the all-resident
+// engine (same kernels, same launch capacity). No CUDA graphs on that path. See
+// src/engine/cuda/cached_forward.cc and docs/ARCHITECTURE.md.
 //
 // Thread safety: Forward()/EnqueueDevice() may run concurrently on different slots (each slot owns
 // a stream, workspaces, staging buffers and graphs); calls on one slot must not overlap. The expert
@@ -57,6 +59,20 @@ struct ExpertCacheOptions {
   // input and the experts it selects are loaded into free or evictable slots.
   bool prefetch = true;
   int prefetch_max_loads = 0;  // per layer forward; 0 = every predicted expert
+  // How many upcoming MoE layers the lookahead predicts (1..kMaxPrefetchDepth): after layer L
+  // routes, the routers of L+1 .. L+depth are applied to L's input and their experts prefetched,
+  // nearest layer first, so a copy can start `depth` layers before it is needed.
+  static constexpr int kMaxPrefetchDepth = 4;
+  int prefetch_depth = 1;
+  // Predictions two or more layers ahead are loaded only while their measured precision (decayed
+  // over the last few hundred predicted experts of that depth) is at least this: a wrong
+  // prefetch costs a whole copy of PCIe time. They are always scored. Depth 1 is never gated.
+  double prefetch_min_precision = 0.5;
+  // Device residency check: a kernel after the routing looks the routed experts up in a
+  // device-visible residency table and, when all are resident, the routed kernels run at once
+  // (no host round trip before them; the host learns the routing through mapped memory while
+  // they run). false: the host decides every layer (the routed kernels wait for it).
+  bool device_residency_check = true;
   // Routing trace (experts::TraceRecorder text format); "" = none.
   std::string trace_path;
   // Host tier: register the mmap'd checkpoint for DMA (pinned-speed copies) when possible.
@@ -80,6 +96,17 @@ struct ExpertCacheStats {
   uint64_t host_round_trips = 0;  // one per layer forward
   uint64_t host_wait_ns = 0;      // host time blocked in them (routing result to the host)
   uint64_t rounds = 0;            // cache rounds (>= layer forwards)
+  // Layer forwards whose routed experts were all resident at the device check (their expert
+  // kernels did not wait for the host).
+  uint64_t device_hits = 0;
+  // Lookahead accuracy per depth ([0] = predictions one layer ahead, ...), micro-averaged.
+  struct DepthAccuracy {
+    uint64_t predicted = 0, actual = 0, correct = 0;
+    double precision = 0, recall = 0;
+  };
+  std::vector<DepthAccuracy> by_depth;
+  // Layer predictions (depth >= 2) not loaded because their depth's precision was too low.
+  uint64_t gated_predictions = 0;
 };
 
 struct CudaEngineOptions {

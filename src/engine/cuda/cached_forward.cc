@@ -2,20 +2,30 @@
 //
 // 1. Front kernels as in the all-resident forward (convert, router, routing, scan), at the same
 //    launch capacity, so routing, permutation and tile heights are the same.
-// 2. Gate-lookahead (prefetch on, a next MoE layer exists): the next layer's router GEMM on this
-//    layer's converted input and the routing kernel (plain top-k, no bias) -> predicted ids and
-//    weights.
-// 3. D2H of the per-expert row offsets (and the prediction) into pinned memory, an event; then the
-//    shared expert's GEMMs are enqueued (they need no routed expert) and the host waits for the
-//    event: the one host round trip of the layer, overlapped with the shared expert.
-// 4. Rounds: Acquire the routed experts (resident first, then in flight, then loads; misses are
-//    copied on the copy stream after the reuse fences of their slots). Per round, one pointer
-//    table per projection ([n_experts], entries of this round's experts point into their slots;
-//    b_layer_stride 0) and a tile list with only this round's experts, built on the host from the
-//    offsets, go up from pinned memory on the compute stream. The resident experts' GEMMs are
-//    launched first; then the compute stream waits for the loads (timed) and the rest run.
-//    A release fence after the GEMMs, Release, and the deferred experts make the next round.
-// 5. Prefetch of the predicted experts (after the demand loads on the copy stream), combine.
+// 2. Gate-lookahead (prefetch on, next MoE layers exist): for each of the next `depth` layers,
+//    its router GEMM on this layer's converted input and the routing kernel (plain top-k, no
+//    bias) -> predicted ids and weights per depth.
+// 3. The residency kernel (kernels/cache_residency.h): looks the routed experts up in the
+//    device-visible residency table, writes this layer's pointer tables from their slots, and a
+//    speculative meta / tile count that are the forward's own when every routed expert is
+//    resident, else empty; reports offsets, predictions and misses to mapped pinned memory.
+//    Right behind it, under the runtime's speculation lock, the routed kernels of the
+//    all-resident forward (decode experts path or tile GEMMs + combine) over those tables and the
+//    speculative meta, and the shared expert: with every expert resident they compute the layer
+//    with no host involvement; with a miss they do nothing (no rows, no tiles).
+// 4. The host spins on the report's sequence number (mapped memory, a few us once the kernel
+//    ran) instead of a stream synchronisation, then:
+//    - all resident: pins the experts (bookkeeping, the policy's view; the kernels already run),
+//      prefetches, and releases them behind a fence after the kernels;
+//    - a miss: rounds. Acquire the routed experts (resident first, then in flight, then loads;
+//      misses are copied on the copy stream after the reuse fences of their slots). Per round,
+//      one pointer table per projection ([n_experts], entries of this round's experts point into
+//      their slots; b_layer_stride 0) and a tile list with only this round's experts, built on
+//      the host from the offsets, go up from pinned memory on the compute stream. The resident
+//      experts' GEMMs are launched first; then the compute stream waits for the loads (timed) and
+//      the rest run. A release fence after the GEMMs, Release, and the deferred experts make the
+//      next round. Then the prefetch of the predicted experts (after the demand loads on the copy
+//      stream), and the combine.
 // Decode batches (plan.decode_gemv): when all the step's experts fit in one round, the routed
 // experts and the combine run as the all-resident forward's decode experts kernels over that
 // round's tables (bitwise equal); a step that needs several rounds falls back to the tile GEMV
@@ -37,11 +47,12 @@ using cuda::ExpertCacheRuntime;
 
 namespace {
 
-// Launches the gate-lookahead of `next_pos` (2. above) on `st`; results stay on the device.
-Status LaunchLookahead(const LayerLaunch& l, const cuda::DeviceWeights& w, int next_pos,
-                       ExpertCacheRuntime::EngineSlot& es, cudaStream_t st) {
+// Launches the gate-lookahead of the MoE layer at `next_pos` (2. above) on `st` into depth slot
+// `d` of the lookahead buffers; results stay on the device.
+Status LaunchLookahead(const LayerLaunch& l, const cuda::DeviceWeights& w, int next_pos, int d,
+                       int64_t stride, ExpertCacheRuntime::EngineSlot& es, cudaStream_t st) {
   cuda::GemmArgs router = l.router;
-  router.b0_table = w.table(w.router_table) + next_pos;  // entry 0 = the next layer's router
+  router.b0_table = w.table(w.router_table) + next_pos;  // entry 0 = that layer's router
   router.layer_dev = nullptr;
   router.b_layer_stride = 0;
   router.c = es.la_logits.get();
@@ -59,12 +70,54 @@ Status LaunchLookahead(const LayerLaunch& l, const cuda::DeviceWeights& w, int n
   route.routing.has_shared_gate = false;
   route.bias = nullptr;
   route.shared_gate = nullptr;
-  route.topk_ids = es.la_ids_dev.as<int32_t>();
-  route.topk_weights = es.la_weights_dev.as<float>();
+  route.topk_ids = es.la_ids_dev.as<int32_t>() + d * stride;
+  route.topk_weights = es.la_weights_dev.as<float>() + d * stride;
   route.ranks = es.la_ranks.as<int32_t>();
   route.counts = es.la_counts.as<int32_t>();
   route.pdl = false;
   return cuda::LaunchRoute(route, st);
+}
+
+// The speculative routed phase (3. above): the all-resident forward's routed kernels over the
+// residency kernel's tables, meta and tile count, with the shared expert in its all-resident
+// place. Does nothing on the device when the residency kernel found a miss.
+Status LaunchSpeculativeRouted(const CudaEngine::Impl& impl, const LayerLaunch& l,
+                               ExpertCacheRuntime::EngineSlot& es, cudaStream_t st) {
+  const int e = impl.spec.n_experts();
+  const void* const* tables = es.spec_tables.as<const void*>();
+  const auto* spec_meta = es.spec_meta.as<cuda::ForwardMeta>();
+  const int32_t* zero_layer = es.zero_layer.as<int32_t>();
+  if (l.decode_experts) {
+    cuda::DecodeExpertsArgs dx = l.decode;
+    dx.meta = spec_meta;
+    dx.gate_table = tables;
+    dx.up_table = tables + e;
+    dx.down_table = tables + 2 * e;
+    dx.layer_dev = zero_layer;
+    cuda::DecodeExpertsArgs gate_up = dx;
+    gate_up.pdl = false;  // reads the tables before its PDL wait: they come from the last kernel
+    MOE_RETURN_IF_ERROR(cuda::LaunchDecodeGateUp(gate_up, st));
+    MOE_RETURN_IF_ERROR(impl.LaunchSharedPhase(l, st));
+    return cuda::LaunchDecodeDownCombine(dx, st);
+  }
+  cuda::GemmArgs gu = l.gate_up;
+  gu.b0_table = tables;
+  gu.b1_table = tables + e;
+  gu.layer_dev = zero_layer;
+  gu.b_layer_stride = 0;
+  gu.n_tiles = es.spec_n_tiles.as<int32_t>();
+  gu.pdl = false;
+  gu.prefetch_weights = false;
+  cuda::GemmArgs dn = l.down;
+  dn.b0_table = tables + 2 * e;
+  dn.layer_dev = zero_layer;
+  dn.b_layer_stride = 0;
+  dn.n_tiles = gu.n_tiles;
+  MOE_RETURN_IF_ERROR(impl.LaunchRoutedPhase(l, gu, dn, st));
+  MOE_RETURN_IF_ERROR(impl.LaunchSharedPhase(l, st));
+  cuda::CombineArgs comb = l.combine;
+  comb.meta = spec_meta;
+  return cuda::LaunchCombine(comb, st);
 }
 
 }  // namespace
@@ -75,49 +128,79 @@ Status CudaEngine::Impl::EnqueueCached(Slot& s, const cuda::ForwardMeta& meta, c
   cudaStream_t st = s.stream.get();
   const int e = spec.n_experts(), k = spec.top_k();
   const int64_t n = meta.n_tokens;
-  const int32_t layer = spec.moe_layers.at(static_cast<size_t>(meta.layer_pos));
-  const int next_pos = meta.layer_pos + 1;
-  const bool predict = rt.options().prefetch && next_pos < static_cast<int>(spec.moe_layers.size());
+  const int pos = meta.layer_pos;
+  const int32_t layer = spec.moe_layers.at(static_cast<size_t>(pos));
+  const int depth = rt.LookaheadDepth(pos);
+  const bool speculate = rt.options().device_residency_check;
 
-  // 1-3: front, lookahead, routing result to the host, shared expert.
+  // 1-3: front, lookahead, residency kernel (+ the speculative routed phase, shared expert).
   LayerLaunch l;
   MOE_RETURN_IF_ERROR(BuildLayerLaunch(s, LaunchCapacity(n), atype, &l));
   MOE_RETURN_IF_ERROR(LaunchFrontPhase(s, l));
-  if (predict) MOE_RETURN_IF_ERROR(LaunchLookahead(l, weights, next_pos, es, st));
-  CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(es.offsets.get(), s.group_offsets.get(),
-                                       static_cast<size_t>(e + 1) * 4, cudaMemcpyDeviceToHost, st));
-  const size_t pair_bytes = static_cast<size_t>(n) * k * 4;
-  if (predict) {
-    CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(es.la_ids.get(), es.la_ids_dev.get(), pair_bytes,
-                                         cudaMemcpyDeviceToHost, st));
-    CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(es.la_weights.get(), es.la_weights_dev.get(), pair_bytes,
-                                         cudaMemcpyDeviceToHost, st));
+  for (int d = 0; d < depth; ++d) {
+    MOE_RETURN_IF_ERROR(LaunchLookahead(l, weights, pos + 1 + d, d, rt.lookahead_stride(), es, st));
   }
-  CUDA_RETURN_IF_ERROR(cudaEventRecord(es.routed.get(), st));
-  if (l.has_shared) {
-    // Out of its all-resident place (after the routed GEMMs): no PDL overlap with a predecessor
-    // whose outputs it might read early.
-    cuda::GemmArgs sgu = l.shared_gate_up;
-    sgu.pdl = false;
-    sgu.prefetch_weights = false;
+  MOE_RETURN_IF_ERROR(rt.PublishCompletedLoads());
+  cuda::ResolveArgs ra = rt.ResolveArgsFor(s.index, pos);
+  ra.meta = s.meta.as<cuda::ForwardMeta>();
+  ra.group_offsets = s.group_offsets.as<int32_t>();
+  ra.n_tiles = l.decode_experts ? nullptr : s.n_tiles.as<int32_t>();
+  ra.la_depth = depth;
+  if (!speculate) ra.n_slots = 0;  // every expert a miss: the host decides (A/B of the check)
+  MOE_RETURN_IF_ERROR(rt.Speculate(s.index, pos, st, speculate, [&]() -> Status {
+    MOE_RETURN_IF_ERROR(cuda::LaunchResolveResidency(ra, st));
+    CUDA_RETURN_IF_ERROR(cudaEventRecord(es.resolved.get(), st));
+    if (speculate) return LaunchSpeculativeRouted(*this, l, es, st);
+    if (!l.has_shared) return absl::OkStatus();
+    // The shared expert overlaps the host's wait; out of its all-resident place (after the routed
+    // GEMMs): no PDL overlap with a predecessor whose outputs it might read early.
     LayerLaunch shared = l;
-    shared.shared_gate_up = sgu;
-    MOE_RETURN_IF_ERROR(LaunchSharedPhase(shared, st));
-  }
-  const auto wait_start = std::chrono::steady_clock::now();
-  CUDA_RETURN_IF_ERROR(cudaEventSynchronize(es.routed.get()));
-  const int64_t wait_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(
-                              std::chrono::steady_clock::now() - wait_start)
-                              .count();
-  const std::span<const int32_t> offsets(es.offsets.as<int32_t>(), static_cast<size_t>(e) + 1);
+    shared.shared_gate_up.pdl = false;
+    shared.shared_gate_up.prefetch_weights = false;
+    return LaunchSharedPhase(shared, st);
+  }));
+  MOE_ASSIGN_OR_RETURN(const int64_t wait_ns, rt.WaitReport(s.index));
+  const std::span<const int32_t> offsets(es.report_offsets(), static_cast<size_t>(e) + 1);
   MOE_RETURN_IF_ERROR(cuda::CheckOffsets(offsets, n * k));
   const std::vector<int32_t> active = cuda::ActiveExperts(offsets);
   MOE_RETURN_IF_ERROR(rt.OnRouted(s.index, layer, active, wait_ns));
-
-  // 4: rounds.
+  std::vector<ExpertCacheRuntime::LayerPrediction> predictions;
+  for (int d = 0; d < depth; ++d) {
+    const int64_t at = d * rt.lookahead_stride();
+    predictions.push_back(
+        {d + 1, spec.moe_layers[static_cast<size_t>(pos + 1 + d)],
+         cuda::RankPredictedExperts(
+             std::span<const int32_t>(es.report_la_ids() + at, static_cast<size_t>(n) * k),
+             std::span<const float>(es.report_la_weights() + at, static_cast<size_t>(n) * k), e)});
+  }
   std::vector<experts::ExpertKey> remaining;
   remaining.reserve(active.size());
   for (const int32_t x : active) remaining.push_back({layer, x});
+
+  if (speculate && es.report_header().misses == 0) {
+    // 4, all resident: the routed kernels run already. Pin their experts while the prefetch
+    // picks its victims, then release them behind a fence after those kernels.
+    rt.CountDeviceHit();
+    MOE_ASSIGN_OR_RETURN(const experts::AcquireRound round, rt.AcquireAndLoad(remaining));
+    if (rt.options().on_round) rt.options().on_round(round, rt.pool());
+    if (round.deferred.empty()) {
+      if (depth > 0) MOE_RETURN_IF_ERROR(rt.Predict(s.index, std::move(predictions)));
+      return rt.ReleaseRound(s.index, round, st);
+    }
+    // Another engine slot evicted one of them after the device check (its copy waits for these
+    // kernels): keep the pool's books straight round by round.
+    MOE_RETURN_IF_ERROR(rt.ReleaseRound(s.index, round, st));
+    remaining = round.deferred;
+    while (!remaining.empty()) {
+      MOE_ASSIGN_OR_RETURN(const experts::AcquireRound more, rt.AcquireAndLoad(remaining));
+      if (rt.options().on_round) rt.options().on_round(more, rt.pool());
+      MOE_RETURN_IF_ERROR(rt.ReleaseRound(s.index, more, st));
+      remaining = more.deferred;
+    }
+    return depth > 0 ? rt.Predict(s.index, std::move(predictions)) : absl::OkStatus();
+  }
+
+  // 4, a miss: rounds.
   const int bm = cuda::ShapeOf(l.plan.tile).bm;
   const cuda::ExpertSlotLayout& layout = rt.layout();
   std::vector<cuda::TileEntry> tiles;
@@ -223,14 +306,8 @@ Status CudaEngine::Impl::EnqueueCached(Slot& s, const cuda::ForwardMeta& meta, c
     remaining = round.deferred;
   }
 
-  // 5: prefetch for the next layer, combine.
-  if (predict) {
-    const std::vector<int32_t> ranked = cuda::RankPredictedExperts(
-        std::span<const int32_t>(es.la_ids.as<int32_t>(), static_cast<size_t>(n) * k),
-        std::span<const float>(es.la_weights.as<float>(), static_cast<size_t>(n) * k), e);
-    MOE_RETURN_IF_ERROR(
-        rt.Predict(s.index, spec.moe_layers[static_cast<size_t>(next_pos)], ranked));
-  }
+  // Prefetch for the next layers, combine.
+  if (depth > 0) MOE_RETURN_IF_ERROR(rt.Predict(s.index, std::move(predictions)));
   if (decode_experts_done) return absl::OkStatus();  // down + combine ran fused
   cuda::CombineArgs comb = l.combine;
   comb.pdl = false;  // follows an event record

@@ -1,7 +1,9 @@
 #include "engine/cuda/expert_cache_runtime.h"
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
+#include <cstring>
 #include <thread>
 #include <utility>
 
@@ -14,6 +16,10 @@ constexpr int kRoundRing = 8;   // round-table entries per engine slot
 constexpr int kFenceRing = 64;  // fences per engine slot
 constexpr int kTimerRing = 64;  // timing pairs (per engine slot / for the copy stream)
 constexpr auto kAcquireDeadline = std::chrono::seconds(30);
+// Prefetch gate of depths >= 2: decay per scored expert (a memory of ~256 experts), and the
+// decayed count of predicted experts below which a depth is not gated yet (no evidence).
+constexpr double kGateDecay = 1.0 - 1.0 / 256;
+constexpr double kGateMinEvidence = 64;
 
 int64_t AlignUp(int64_t v, int64_t a) { return (v + a - 1) / a * a; }
 
@@ -40,6 +46,15 @@ StatusOr<std::unique_ptr<ExpertCacheRuntime>> ExpertCacheRuntime::Create(
   if (options.cache.budget_bytes <= 0 || options.num_engine_slots < 1) {
     return absl::InvalidArgumentError("ExpertCacheRuntime: need a positive budget and >= 1 slot");
   }
+  if (options.cache.prefetch_depth < 1 ||
+      options.cache.prefetch_depth > ExpertCacheOptions::kMaxPrefetchDepth) {
+    return absl::InvalidArgumentError(absl::StrCat("expert cache: prefetch depth must be in [1, ",
+                                                   ExpertCacheOptions::kMaxPrefetchDepth, "], got ",
+                                                   options.cache.prefetch_depth));
+  }
+  if (!(options.cache.prefetch_min_precision >= 0 && options.cache.prefetch_min_precision <= 1)) {
+    return absl::InvalidArgumentError("expert cache: prefetch_min_precision must be in [0, 1]");
+  }
   std::unique_ptr<ExpertCacheRuntime> rt(new ExpertCacheRuntime());
   rt->options_ = options;
   rt->spec_ = model->spec();
@@ -57,6 +72,30 @@ StatusOr<std::unique_ptr<ExpertCacheRuntime>> ExpertCacheRuntime::Create(
   po.shape_classes.push_back(cls);
   po.eviction = options.cache.eviction;
   MOE_ASSIGN_OR_RETURN(rt->pool_, experts::ExpertSlotPool::Create(po));
+
+  if (rt->pool_->ShapeClassCount() != 1) {
+    return absl::InternalError("expert cache: the residency table expects one shape class");
+  }
+  // The residency table: every (MoE layer position, expert) absent.
+  rt->layer_pos_.assign(static_cast<size_t>(std::max(spec.n_layers, 0)), -1);
+  for (size_t p = 0; p < spec.moe_layers.size(); ++p) {
+    rt->layer_pos_.at(static_cast<size_t>(spec.moe_layers[p])) = static_cast<int32_t>(p);
+  }
+  rt->n_pos_ = static_cast<int>(spec.moe_layers.size());
+  const int64_t table_entries = int64_t{rt->n_pos_} * spec.n_experts();
+  MOE_ASSIGN_OR_RETURN(rt->residency_, PinnedBuffer::Create(table_entries * 4));
+  std::fill_n(rt->residency_.as<int32_t>(), table_entries, -1);
+  void* table_dev = nullptr;
+  CUDA_RETURN_IF_ERROR(cudaHostGetDevicePointer(&table_dev, rt->residency_.get(), 0));
+  rt->residency_dev_ = static_cast<const int32_t*>(table_dev);
+  void* fn = nullptr;
+  cudaDriverEntryPointQueryResult found = cudaDriverEntryPointSymbolNotFound;
+  if (cudaGetDriverEntryPointByVersion("cuStreamWriteValue32", &fn, 12000, cudaEnableDefault,
+                                       &found) == cudaSuccess &&
+      found == cudaDriverEntryPointSuccess && fn != nullptr) {
+    rt->write_value32_ = reinterpret_cast<WriteValue32Fn>(fn);
+  }
+  cudaGetLastError();  // a missing entry point is not an error of the engine
 
   // Slot memory and one load event per slot.
   int64_t flat = 0;
@@ -83,21 +122,35 @@ StatusOr<std::unique_ptr<ExpertCacheRuntime>> ExpertCacheRuntime::Create(
   // Per engine slot staging.
   const int64_t e = spec.n_experts(), k = spec.top_k(), tm = options.max_batch_tokens;
   const int64_t nr = e + (spec.shared_expert_gate ? 1 : 0);
+  const int64_t depth = options.cache.prefetch_depth;
+  rt->la_stride_ = tm * k;
+  rt->depth_accuracy_.resize(static_cast<size_t>(depth));
+  rt->depth_recent_.assign(static_cast<size_t>(depth), {0.0, 0.0});
   rt->max_tiles_ = MaxGroupedTiles(tm * k, static_cast<int>(e), kTileShapes[0].bm);
   rt->round_entry_bytes_ = AlignUp(3 * e * 8 + 16 + rt->max_tiles_ * 8, 256);
   rt->fence_rings_.resize(static_cast<size_t>(options.num_engine_slots));
   for (int s = 0; s < options.num_engine_slots; ++s) {
     auto es = std::make_unique<EngineSlot>();
-    MOE_ASSIGN_OR_RETURN(es->offsets, PinnedBuffer::Create((e + 1) * 4));
-    MOE_ASSIGN_OR_RETURN(es->la_ids, PinnedBuffer::Create(tm * k * 4));
-    MOE_ASSIGN_OR_RETURN(es->la_weights, PinnedBuffer::Create(tm * k * 4));
+    es->report_offsets_at = AlignUp(sizeof(ResidencyReport), 64);
+    es->report_la_ids_at = AlignUp(es->report_offsets_at + (e + 1) * 4, 64);
+    es->report_la_weights_at = AlignUp(es->report_la_ids_at + depth * tm * k * 4, 64);
+    MOE_ASSIGN_OR_RETURN(es->report,
+                         PinnedBuffer::Create(es->report_la_weights_at + depth * tm * k * 4));
+    std::memset(es->report.get(), 0, static_cast<size_t>(es->report.bytes()));
     MOE_ASSIGN_OR_RETURN(es->la_logits, DeviceBuffer::Create(tm * nr * 4));
-    MOE_ASSIGN_OR_RETURN(es->la_ids_dev, DeviceBuffer::Create(tm * k * 4));
-    MOE_ASSIGN_OR_RETURN(es->la_weights_dev, DeviceBuffer::Create(tm * k * 4));
+    MOE_ASSIGN_OR_RETURN(es->la_ids_dev, DeviceBuffer::Create(depth * tm * k * 4));
+    MOE_ASSIGN_OR_RETURN(es->la_weights_dev, DeviceBuffer::Create(depth * tm * k * 4));
     MOE_ASSIGN_OR_RETURN(es->la_ranks, DeviceBuffer::Create(tm * k * 4));
     MOE_ASSIGN_OR_RETURN(es->la_counts, DeviceBuffer::Create(e * 4));
-    rt->device_bytes_ += es->la_logits.bytes() + 3 * tm * k * 4 + e * 4;
-    MOE_ASSIGN_OR_RETURN(es->routed, CreateEvent());
+    MOE_ASSIGN_OR_RETURN(es->spec_tables, DeviceBuffer::Create(3 * e * 8));
+    MOE_ASSIGN_OR_RETURN(es->spec_meta, DeviceBuffer::Create(sizeof(ForwardMeta)));
+    MOE_ASSIGN_OR_RETURN(es->spec_n_tiles, DeviceBuffer::Create(4));
+    MOE_ASSIGN_OR_RETURN(es->zero_layer, DeviceBuffer::Create(4));
+    CUDA_RETURN_IF_ERROR(cudaMemset(es->spec_tables.get(), 0, es->spec_tables.bytes()));
+    CUDA_RETURN_IF_ERROR(cudaMemset(es->zero_layer.get(), 0, 4));
+    rt->device_bytes_ += es->la_logits.bytes() + (2 * depth + 1) * tm * k * 4 + e * 4 +
+                         es->spec_tables.bytes() + sizeof(ForwardMeta) + 8;
+    MOE_ASSIGN_OR_RETURN(es->resolved, CreateEvent());
     es->rounds.resize(kRoundRing);
     for (auto& r : es->rounds) {
       MOE_ASSIGN_OR_RETURN(r.host, PinnedBuffer::Create(rt->round_entry_bytes_));
@@ -117,6 +170,11 @@ StatusOr<std::unique_ptr<ExpertCacheRuntime>> ExpertCacheRuntime::Create(
     }
     rt->slots_.push_back(std::move(es));
   }
+  rt->spec_events_.resize(static_cast<size_t>(options.num_engine_slots) * rt->n_pos_);
+  for (Event& ev : rt->spec_events_) {
+    MOE_ASSIGN_OR_RETURN(ev, CreateEvent());
+  }
+  rt->spec_recorded_.assign(rt->spec_events_.size(), 0);
   if (!options.cache.trace_path.empty()) {
     experts::TraceRecorder::Options to;
     to.path = options.cache.trace_path;
@@ -138,14 +196,21 @@ char* ExpertCacheRuntime::SlotAddress(experts::SlotId slot) const {
 
 Status ExpertCacheRuntime::PollLocked() {
   MOE_RETURN_IF_ERROR(broken_);
+  // Loads complete in issue order (one copy stream): stop querying at the first one in flight.
   size_t kept = 0;
-  for (const experts::SlotId slot : pending_loads_) {
+  bool in_flight = false;
+  for (const PendingLoad& p : pending_loads_) {
     const cudaError_t q =
-        cudaEventQuery(load_events_[static_cast<size_t>(SlotIndexFlat(slot))].get());
+        in_flight ? cudaErrorNotReady
+                  : cudaEventQuery(load_events_[static_cast<size_t>(SlotIndexFlat(p.slot))].get());
+    in_flight = q == cudaErrorNotReady;
     if (q == cudaSuccess) {
-      MOE_RETURN_IF_ERROR(pool_->MarkLoaded(slot));
+      MOE_RETURN_IF_ERROR(pool_->MarkLoaded(p.slot));
+      // Published: the device may read the slot from now on.
+      std::atomic_ref<int32_t>(*ResidencyEntry(p.key))
+          .store(p.slot.index, std::memory_order_release);
     } else if (q == cudaErrorNotReady) {
-      pending_loads_[kept++] = slot;
+      pending_loads_[kept++] = p;
     } else {
       broken_ = absl::InternalError(absl::StrCat("expert copy failed: ", cudaGetErrorString(q)));
       return broken_;
@@ -186,21 +251,137 @@ Status ExpertCacheRuntime::OnRouted(int engine_slot, int32_t layer, std::span<co
   host_round_trips_ += 1;
   host_wait_ns_ += static_cast<uint64_t>(std::max<int64_t>(0, host_wait_ns));
   // A layer at or before the previous one starts a new batch (a new pass over the layers).
-  if (es.batch < 0 || layer <= es.last_layer) es.batch = next_batch_++;
+  const bool new_pass = es.batch < 0 || layer <= es.last_layer;
+  if (new_pass) es.batch = next_batch_++;
   es.last_layer = layer;
   MOE_RETURN_IF_ERROR(PollWaitTimings(es, /*drain_one=*/false));
   std::lock_guard<std::mutex> lock(mu_);
   MOE_RETURN_IF_ERROR(PollLocked());
-  if (es.predicted_layer == layer) {
-    accuracy_.Record(es.predicted, active);
-    es.predicted_layer = -1;
+  if (new_pass) es.predicted.clear();  // predictions of an earlier pass that never routed
+  int32_t nearest = 0;
+  for (const LayerPrediction& p : es.predicted) {
+    if (p.layer == layer && (nearest == 0 || p.depth < nearest)) nearest = p.depth;
   }
+  size_t kept = 0;
+  for (LayerPrediction& p : es.predicted) {
+    if (p.layer != layer) {
+      es.predicted[kept++] = std::move(p);
+      continue;
+    }
+    depth_accuracy_.at(static_cast<size_t>(p.depth - 1)).Record(p.ranked, active);
+    // The gate's decayed counts: each predicted expert weighs (1 - kGateDecay) less per later one.
+    auto& [predicted, correct] = depth_recent_.at(static_cast<size_t>(p.depth - 1));
+    for (const int32_t x : p.ranked) {
+      const bool hit = std::binary_search(active.begin(), active.end(), x);
+      predicted = predicted * kGateDecay + 1.0;
+      correct = correct * kGateDecay + (hit ? 1.0 : 0.0);
+    }
+    if (p.depth == nearest) accuracy_.Record(p.ranked, active);
+  }
+  es.predicted.resize(kept);
   if (trace_ != nullptr) {
     // Batches of different engine slots interleave; keep the file's numbers non-decreasing.
     trace_last_batch_ = std::max(trace_last_batch_, es.batch);
     MOE_RETURN_IF_ERROR(trace_->Record(trace_last_batch_, layer, active));
   }
   return absl::OkStatus();
+}
+
+int32_t* ExpertCacheRuntime::ResidencyEntry(const experts::ExpertKey& key) const {
+  const int32_t pos = layer_pos_.at(static_cast<size_t>(key.layer));
+  return residency_.as<int32_t>() + int64_t{pos} * spec_.n_experts() + key.expert;
+}
+
+Status ExpertCacheRuntime::WithdrawLocked(const experts::ExpertKey& key) {
+  const int32_t pos = layer_pos_.at(static_cast<size_t>(key.layer));
+  std::lock_guard<std::mutex> lock(spec_mu_);
+  std::atomic_ref<int32_t>(*ResidencyEntry(key)).store(-1, std::memory_order_seq_cst);
+  // Readers launched before the store: their (engine slot, layer) events cover them.
+  for (int s = 0; s < options_.num_engine_slots; ++s) {
+    const size_t i = static_cast<size_t>(s) * n_pos_ + pos;
+    if (!spec_recorded_[i]) continue;
+    const cudaError_t q = cudaEventQuery(spec_events_[i].get());
+    if (q == cudaSuccess) continue;
+    if (q != cudaErrorNotReady) CUDA_RETURN_IF_ERROR(q);
+    CUDA_RETURN_IF_ERROR(cudaStreamWaitEvent(copy_stream_.get(), spec_events_[i].get(), 0));
+  }
+  return absl::OkStatus();
+}
+
+Status ExpertCacheRuntime::PublishCompletedLoads() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return PollLocked();
+}
+
+int ExpertCacheRuntime::LookaheadDepth(int layer_pos) const {
+  if (!options_.cache.prefetch) return 0;
+  return std::clamp(n_pos_ - 1 - layer_pos, 0, options_.cache.prefetch_depth);
+}
+
+ResolveArgs ExpertCacheRuntime::ResolveArgsFor(int engine_slot, int layer_pos) {
+  EngineSlot& es = this->engine_slot(engine_slot);
+  const ExpertSlotLayout& lay = layout();
+  ResolveArgs a;
+  a.n_experts = spec_.n_experts();
+  a.top_k = spec_.top_k();
+  a.slot_of = residency_dev_ + int64_t{layer_pos} * spec_.n_experts();
+  a.slot_base = class_buffers_[0].as<char>();
+  a.slot_bytes = pool_->SlotBytes(0);
+  a.gate_offset = lay.gate_offset;
+  a.up_offset = lay.up_offset;
+  a.down_offset = lay.down_offset;
+  a.n_slots = pool_->SlotCount(0);
+  a.tables = es.spec_tables.as<const void*>();
+  a.spec_meta = es.spec_meta.as<ForwardMeta>();
+  a.spec_n_tiles = es.spec_n_tiles.as<int32_t>();
+  a.la_ids = es.la_ids_dev.as<int32_t>();
+  a.la_weights = es.la_weights_dev.as<float>();
+  a.la_stride = la_stride_;
+  // Pinned memory is mapped at the same address under unified addressing (64-bit CUDA).
+  char* host = es.report.as<char>();
+  a.host_offsets = reinterpret_cast<int32_t*>(host + es.report_offsets_at);
+  a.host_la_ids = reinterpret_cast<int32_t*>(host + es.report_la_ids_at);
+  a.host_la_weights = reinterpret_cast<float*>(host + es.report_la_weights_at);
+  a.report = reinterpret_cast<ResidencyReport*>(host);
+  a.seq = ++es.seq;
+  return a;
+}
+
+Status ExpertCacheRuntime::Speculate(int engine_slot, int layer_pos, cudaStream_t stream,
+                                     bool speculative, const std::function<Status()>& enqueue) {
+  if (!speculative) return enqueue();
+  std::lock_guard<std::mutex> lock(spec_mu_);
+  MOE_RETURN_IF_ERROR(enqueue());
+  const size_t i = static_cast<size_t>(engine_slot) * n_pos_ + layer_pos;
+  CUDA_RETURN_IF_ERROR(cudaEventRecord(spec_events_[i].get(), stream));
+  spec_recorded_[i] = 1;
+  return absl::OkStatus();
+}
+
+StatusOr<int64_t> ExpertCacheRuntime::WaitReport(int engine_slot) {
+  EngineSlot& es = this->engine_slot(engine_slot);
+  const uint64_t want = es.seq;
+  uint64_t* seq = &es.report.as<ResidencyReport>()->seq;
+  const auto start = std::chrono::steady_clock::now();
+  auto arrived = [&]() {
+    return std::atomic_ref<uint64_t>(*seq).load(std::memory_order_acquire) == want;
+  };
+  for (uint64_t i = 1; !arrived(); ++i) {
+    if (i % 256 != 0) continue;
+    // Now and then: did the kernel fail, or finish without a report (never expected)?
+    const cudaError_t q = cudaEventQuery(es.resolved.get());
+    if (q == cudaSuccess) {
+      if (arrived()) break;
+      return absl::InternalError("expert cache: the residency kernel finished without a report");
+    }
+    if (q != cudaErrorNotReady) CUDA_RETURN_IF_ERROR(q);
+    if (std::chrono::steady_clock::now() - start > std::chrono::microseconds(200)) {
+      std::this_thread::yield();  // a long wait (copies ahead of it): let other threads run
+    }
+  }
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() -
+                                                              start)
+      .count();
 }
 
 Status ExpertCacheRuntime::WaitFenceOnCopyStream(uint64_t fence) {
@@ -226,6 +407,7 @@ Status ExpertCacheRuntime::IssueLoadsLocked(std::span<const experts::PrefetchLoa
   if (loads.empty()) return absl::OkStatus();
   cudaStream_t cs = copy_stream_.get();
   for (const experts::PrefetchLoad& l : loads) {
+    if (l.evicted.has_value()) MOE_RETURN_IF_ERROR(WithdrawLocked(*l.evicted));
     MOE_RETURN_IF_ERROR(WaitFenceOnCopyStream(l.reuse_fence));
   }
   // Time the batch of copies on the copy stream (after its fence waits).
@@ -239,6 +421,16 @@ Status ExpertCacheRuntime::IssueLoadsLocked(std::span<const experts::PrefetchLoa
   CUDA_RETURN_IF_ERROR(cudaEventRecord(copy_timers_[t].first.get(), cs));
   for (const experts::PrefetchLoad& l : loads) {
     Status s = copier_->CopyAsync(l.key, SlotAddress(l.slot), cs);
+    if (s.ok() && write_value32_ != nullptr) {
+      // Publish on the device timeline (see 6. in the header comment). CUresult 0 = success;
+      // on failure the host publishes at MarkLoaded instead.
+      const uint64_t entry =
+          reinterpret_cast<uint64_t>(residency_dev_) +
+          4 * static_cast<uint64_t>(ResidencyEntry(l.key) - residency_.as<int32_t>());
+      if (write_value32_(cs, entry, static_cast<uint32_t>(l.slot.index), 0) != 0) {
+        write_value32_ = nullptr;
+      }
+    }
     if (s.ok()) {
       const cudaError_t r =
           cudaEventRecord(load_events_[static_cast<size_t>(SlotIndexFlat(l.slot))].get(), cs);
@@ -250,7 +442,7 @@ Status ExpertCacheRuntime::IssueLoadsLocked(std::span<const experts::PrefetchLoa
                                                  " failed: ", std::string(s.message())));
       return broken_;
     }
-    pending_loads_.push_back(l.slot);
+    pending_loads_.push_back({l.slot, l.key});
   }
   CUDA_RETURN_IF_ERROR(cudaEventRecord(copy_timers_[t].second.get(), cs));
   copy_timer_pending_[t] = 1;
@@ -360,19 +552,32 @@ Status ExpertCacheRuntime::ReleaseUnused(const experts::AcquireRound& round) {
   return absl::OkStatus();
 }
 
-Status ExpertCacheRuntime::Predict(int engine_slot, int32_t layer,
-                                   std::span<const int32_t> ranked) {
+Status ExpertCacheRuntime::Predict(int engine_slot, std::vector<LayerPrediction> predictions) {
   EngineSlot& es = this->engine_slot(engine_slot);
-  es.predicted_layer = layer;
-  es.predicted.assign(ranked.begin(), ranked.end());
+  std::stable_sort(
+      predictions.begin(), predictions.end(),
+      [](const LayerPrediction& a, const LayerPrediction& b) { return a.depth < b.depth; });
+  std::lock_guard<std::mutex> lock(mu_);
+  MOE_RETURN_IF_ERROR(broken_);
   std::vector<experts::ExpertKey> keys;
-  keys.reserve(ranked.size());
-  for (const int32_t e : ranked) keys.push_back({layer, e});
+  for (const LayerPrediction& p : predictions) {
+    if (p.depth >= 2) {
+      // Gated while this depth has been measured wrong too often (see prefetch_min_precision).
+      const auto [predicted, correct] = depth_recent_.at(static_cast<size_t>(p.depth - 1));
+      if (predicted >= kGateMinEvidence &&
+          correct < options_.cache.prefetch_min_precision * predicted) {
+        ++gated_predictions_;
+        continue;
+      }
+    }
+    for (const int32_t e : p.ranked) keys.push_back({p.layer, e});
+  }
   const int32_t max_loads = options_.cache.prefetch_max_loads > 0
                                 ? options_.cache.prefetch_max_loads
                                 : static_cast<int32_t>(keys.size());
-  std::lock_guard<std::mutex> lock(mu_);
-  MOE_RETURN_IF_ERROR(broken_);
+  // Stored under mu_ (OnRouted reads them under it too); only this engine slot's thread writes.
+  for (LayerPrediction& p : predictions) es.predicted.push_back(std::move(p));
+  if (keys.empty()) return absl::OkStatus();
   MOE_ASSIGN_OR_RETURN(std::vector<experts::PrefetchLoad> loads, pool_->Prefetch(keys, max_loads));
   return IssueLoadsLocked(loads);
 }
@@ -390,12 +595,17 @@ ExpertCacheStats ExpertCacheRuntime::Stats() const {
     s.correct = accuracy_.correct();
     s.precision = accuracy_.Precision();
     s.recall = accuracy_.Recall();
+    for (const experts::PredictionAccuracy& a : depth_accuracy_) {
+      s.by_depth.push_back({a.predicted(), a.actual(), a.correct(), a.Precision(), a.Recall()});
+    }
+    s.gated_predictions = gated_predictions_;
   }
   s.copy_busy_ns = copy_busy_ns_.load();
   s.copy_batches = copy_batches_.load();
   s.host_round_trips = host_round_trips_.load();
   s.host_wait_ns = host_wait_ns_.load();
   s.rounds = rounds_.load();
+  s.device_hits = device_hits_.load();
   return s;
 }
 

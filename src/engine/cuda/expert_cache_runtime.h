@@ -11,23 +11,39 @@
 //      stream after the round's GEMMs (a ring per engine slot); a load into a slot whose previous
 //      users released it with fence f waits, on the copy stream, for every fence <= f of every
 //      engine slot that may still be pending,
-//   4. per engine slot: pinned and device staging for the routing result (per-expert row offsets,
-//      lookahead prediction) and a ring of per-round pointer tables + tile lists,
+//   4. per engine slot: mapped pinned memory for the residency kernel's report (per-expert row
+//      offsets, lookahead predictions, misses, a sequence number the host spins on), the
+//      speculative pointer tables / meta / tile count on the device, and a ring of per-round
+//      pointer tables + tile lists for layers that miss,
 //   5. measurement: time the compute stream waited on copies (timing events around the waits,
 //      fed to the pool's RecordCopyWait), copy-stream busy time, host round trips, prediction
-//      precision/recall, and the routing trace (--expert-trace).
+//      precision/recall per lookahead depth, and the routing trace (--expert-trace),
+//   6. the residency table the device reads (kernels/cache_residency.h): mapped pinned memory,
+//      [moe layer position][expert] -> slot index or -1. An expert is published (its slot
+//      written) once its load is known complete (PollLocked), and withdrawn (-1) before a load
+//      evicts it. Speculative reads are fenced: an engine slot launches the residency kernel and
+//      the routed kernels that follow it while holding `spec_mu_` and records a per-(engine slot,
+//      layer) event after them; an eviction withdraws the entry under `spec_mu_` and makes the
+//      copy stream wait for the evicted expert's layer's events. So a kernel that read a slot
+//      before it was withdrawn finishes before the slot is overwritten, and one launched after
+//      sees -1 (a miss: the host computes that layer through pinned rounds). Where the driver
+//      offers stream memory operations, the copy stream also publishes each expert itself right
+//      after its copy (cuStreamWriteValue32 on the mapped entry, before the load event), so a
+//      residency kernel sees a finished copy before the host has polled its event; an expert
+//      is still withdrawn only after MarkLoaded, i.e. after that write.
 //
 // Thread safety: one runtime serves every engine slot. Public methods may be called concurrently
 // from different engine slots' threads (each slot's own state only by its thread). AcquireAndLoad
 // and PrefetchAndLoad hold `mu_` across the pool call and the enqueueing of the copies and load
 // events, so a batch that finds an expert in flight always waits on that load's event. Fences
-// have their own mutex (lock order: mu_, then fence_mu_).
+// have their own mutex; speculation another (lock order: mu_, then spec_mu_, then fence_mu_).
 #pragma once
 
 #include <cuda_runtime_api.h>
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <span>
@@ -37,6 +53,7 @@
 #include "engine/cuda/cache_rounds.h"
 #include "engine/cuda/cuda_raii.h"
 #include "engine/cuda/expert_copier.h"
+#include "kernels/cache_residency.h"
 #include "moe/engine/cuda_engine.h"
 #include "moe/experts/prefetch.h"
 #include "moe/experts/slot_pool.h"
@@ -53,13 +70,26 @@ class ExpertCacheRuntime {
     ExpertCacheOptions cache;
   };
 
+  // A gate-lookahead prediction of one upcoming layer, made `depth` MoE layers ahead.
+  struct LayerPrediction {
+    int32_t depth = 1;
+    int32_t layer = 0;
+    std::vector<int32_t> ranked;  // most likely first
+  };
+
   // Staging of one engine slot (touched only by that slot's thread).
   struct EngineSlot {
-    PinnedBuffer offsets;     // int32 [n_experts + 1]: the scan's group_offsets
-    PinnedBuffer la_ids;      // int32 [max_tokens * top_k]: lookahead routing
-    PinnedBuffer la_weights;  // f32 [max_tokens * top_k]
+    // Mapped pinned memory written by the residency kernel: ResidencyReport, then the offsets
+    // [n_experts + 1], then the lookahead ids and weights [depth][max_tokens * top_k] each.
+    PinnedBuffer report;
+    int64_t report_offsets_at = 0, report_la_ids_at = 0, report_la_weights_at = 0;
+    uint64_t seq = 0;  // of the last residency kernel launched
+    // Lookahead: logits of one upcoming layer at a time, routing per depth on the device.
     DeviceBuffer la_logits, la_ids_dev, la_weights_dev, la_ranks, la_counts;
-    Event routed;  // recorded after the D2H copies of the routing result
+    // Speculative routed phase: [3 * n_experts] pointer tables, a meta, a tile count, a zero
+    // layer index (the tables hold one layer).
+    DeviceBuffer spec_tables, spec_meta, spec_n_tiles, zero_layer;
+    Event resolved;  // recorded after the residency kernel (error detection while spinning)
     // Round tables ring: pinned + device entries, an event after each entry's upload.
     struct RoundEntry {
       PinnedBuffer host;
@@ -72,11 +102,21 @@ class ExpertCacheRuntime {
     std::vector<std::pair<Event, Event>> wait_events;
     std::vector<int> wait_pending;
     int wait_next = 0;
-    // Gate-lookahead prediction waiting for its layer to route.
-    int32_t predicted_layer = -1;
-    std::vector<int32_t> predicted;
+    // Gate-lookahead predictions waiting for their layers to route (this pass over the layers).
+    std::vector<LayerPrediction> predicted;
     int32_t last_layer = -1;
     int64_t batch = -1;
+
+    const ResidencyReport& report_header() const { return *report.as<ResidencyReport>(); }
+    const int32_t* report_offsets() const {
+      return reinterpret_cast<const int32_t*>(report.as<char>() + report_offsets_at);
+    }
+    const int32_t* report_la_ids() const {
+      return reinterpret_cast<const int32_t*>(report.as<char>() + report_la_ids_at);
+    }
+    const float* report_la_weights() const {
+      return reinterpret_cast<const float*>(report.as<char>() + report_la_weights_at);
+    }
   };
 
   // `model` must outlive the runtime; `spec` is the engine's. Allocates everything up front.
@@ -93,12 +133,36 @@ class ExpertCacheRuntime {
   // Bytes of one round-table entry: 3 pointer tables [n_experts], 4 int32 (tile counts of the
   // resident and the waiting part, a zero layer index, padding), the tile list.
   int64_t round_entry_bytes() const { return round_entry_bytes_; }
+  // Lookahead entries per depth in la_ids_dev / la_weights_dev (max tokens * top_k).
+  int64_t lookahead_stride() const { return la_stride_; }
+  // Upcoming MoE layers predicted after the layer at position `layer_pos` (0 without prefetch).
+  int LookaheadDepth(int layer_pos) const;
   int64_t max_round_tiles() const { return max_tiles_; }
   int64_t device_bytes() const { return device_bytes_; }
   // Device address of a slot's first byte.
   char* SlotAddress(experts::SlotId slot) const;
 
-  // Called once per layer forward after its routing reached the host: marks completed loads,
+  // The residency kernel's arguments for engine slot `engine_slot` at MoE layer position
+  // `layer_pos` (tables, slots, report; a new sequence number). The caller sets the forward's
+  // meta, offsets, tile count, top_k and lookahead depth.
+  ResolveArgs ResolveArgsFor(int engine_slot, int layer_pos);
+  // Runs `enqueue` (the residency kernel and the speculative kernels after it, on `stream`)
+  // under the speculation lock and records the (engine slot, layer) event after them; with
+  // `speculative` false only runs it.
+  Status Speculate(int engine_slot, int layer_pos, cudaStream_t stream, bool speculative,
+                   const std::function<Status()>& enqueue);
+  // Spins until the residency kernel of the engine slot's last ResolveArgsFor has reported;
+  // returns the host time waited (ns). Fails if the kernel failed.
+  StatusOr<int64_t> WaitReport(int engine_slot);
+  // Marks completed loads loaded and publishes them in the residency table (call right before
+  // launching a residency kernel, so that it sees the copies finished so far).
+  Status PublishCompletedLoads();
+  // One more layer forward whose routed experts all hit at the device check (no round trip
+  // before its expert kernels).
+  void CountDeviceHit() { device_hits_ += 1; }
+
+  // Called once per layer forward after its routing reached the host (`active`: its experts,
+  // ascending): marks completed loads,
   // reads finished timings, scores the pending prediction for `layer`, appends the trace.
   Status OnRouted(int engine_slot, int32_t layer, std::span<const int32_t> active,
                   int64_t host_wait_ns);
@@ -118,8 +182,9 @@ class ExpertCacheRuntime {
   // that the next Acquire finds the loads done; sleeps a little after the first tries (other
   // engine slots' pins).
   Status ReleaseUnused(const experts::AcquireRound& round);
-  // Stores the prediction for `layer` (scored when it routes) and prefetches it.
-  Status Predict(int engine_slot, int32_t layer, std::span<const int32_t> ranked);
+  // Stores the predictions (scored when their layers route, per depth) and prefetches them,
+  // nearest layer first, in one pool call (so no prediction evicts another).
+  Status Predict(int engine_slot, std::vector<LayerPrediction> predictions);
 
   // Counters so far; timings count once their events were read (at later forwards or Quiesce).
   ExpertCacheStats Stats() const;
@@ -138,10 +203,21 @@ class ExpertCacheRuntime {
   };
 
   ExpertCacheRuntime() = default;
-  // Issues the copies of `loads` (slot, key, reuse fence) on the copy stream. Caller holds mu_.
+  struct PendingLoad {
+    experts::SlotId slot;
+    experts::ExpertKey key;
+  };
+
+  // Issues the copies of `loads` (slot, key, reuse fence) on the copy stream, after withdrawing
+  // evicted experts from the residency table (see 6. in the file comment). Caller holds mu_.
   Status IssueLoadsLocked(std::span<const experts::PrefetchLoad> loads)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // MarkLoaded for completed loads; adds finished copy timings. Caller holds mu_.
+  // Withdraws `key` from the residency table and orders the copy stream after every speculative
+  // read of its layer that may have seen it.
+  Status WithdrawLocked(const experts::ExpertKey& key) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Residency table entry of a key (host pointer).
+  int32_t* ResidencyEntry(const experts::ExpertKey& key) const;
+  // MarkLoaded (and publish) for completed loads; adds finished copy timings. Caller holds mu_.
   Status PollLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Makes the copy stream wait for every fence <= `fence` that may be pending.
   Status WaitFenceOnCopyStream(uint64_t fence);
@@ -152,6 +228,14 @@ class ExpertCacheRuntime {
 
   Options options_;
   MoeSpec spec_;
+  std::vector<int32_t> layer_pos_;  // [n_layers] MoE layer position or -1
+  int n_pos_ = 0;                   // MoE layers
+  PinnedBuffer residency_;          // int32 [n_pos_ * n_experts]: slot index or -1 (mapped)
+  const int32_t* residency_dev_ = nullptr;
+  // cuStreamWriteValue32 (driver entry point), or null where unavailable.
+  using WriteValue32Fn = int (*)(cudaStream_t, uint64_t, uint32_t, unsigned int);
+  WriteValue32Fn write_value32_ = nullptr;
+  int64_t la_stride_ = 0;
   std::unique_ptr<ExpertCopier> copier_;
   std::unique_ptr<experts::ExpertSlotPool> pool_;
   std::unique_ptr<experts::TraceRecorder> trace_;
@@ -165,11 +249,15 @@ class ExpertCacheRuntime {
   int64_t device_bytes_ = 0;
 
   mutable std::mutex mu_;  // std::mutex: see ExpertSlotPool::mu_ (TSan)
-  std::vector<experts::SlotId> pending_loads_ ABSL_GUARDED_BY(mu_);
+  std::vector<PendingLoad> pending_loads_ ABSL_GUARDED_BY(mu_);
   std::vector<std::pair<Event, Event>> copy_timers_ ABSL_GUARDED_BY(mu_);
   std::vector<int> copy_timer_pending_ ABSL_GUARDED_BY(mu_);
   int copy_timer_next_ ABSL_GUARDED_BY(mu_) = 0;
-  experts::PredictionAccuracy accuracy_ ABSL_GUARDED_BY(mu_);
+  experts::PredictionAccuracy accuracy_ ABSL_GUARDED_BY(mu_);  // nearest prediction per layer
+  std::vector<experts::PredictionAccuracy> depth_accuracy_ ABSL_GUARDED_BY(mu_);  // [depth - 1]
+  // Decayed (predicted, correct) counts per depth for the prefetch gate of depths >= 2.
+  std::vector<std::pair<double, double>> depth_recent_ ABSL_GUARDED_BY(mu_);
+  uint64_t gated_predictions_ ABSL_GUARDED_BY(mu_) = 0;  // layer predictions not loaded
   int64_t trace_last_batch_ ABSL_GUARDED_BY(mu_) = 0;
   Status broken_ ABSL_GUARDED_BY(mu_);  // sticky: a failed copy leaves slots unusable
 
@@ -177,9 +265,14 @@ class ExpertCacheRuntime {
   std::vector<FenceRing> fence_rings_ ABSL_GUARDED_BY(fence_mu_);  // [engine slots]
   uint64_t next_fence_ ABSL_GUARDED_BY(fence_mu_) = 1;
 
+  // Speculative reads (6. in the file comment): events [engine slot * n_pos_ + layer position].
+  std::mutex spec_mu_;
+  std::vector<Event> spec_events_ ABSL_GUARDED_BY(spec_mu_);
+  std::vector<char> spec_recorded_ ABSL_GUARDED_BY(spec_mu_);
+
   std::atomic<int64_t> next_batch_{0};
   std::atomic<uint64_t> copy_busy_ns_{0}, copy_batches_{0}, host_round_trips_{0}, host_wait_ns_{0},
-      rounds_{0};
+      rounds_{0}, device_hits_{0};
 };
 
 }  // namespace moe::cuda

@@ -1,0 +1,94 @@
+// Device-side residency check of the GPU expert cache (see cache_residency.h for what it computes).
+//
+// One block: n_experts is at most a few hundred and a decode step routes a few dozen experts, so
+// the kernel is latency bound (one round of reads of the mapped residency table over PCIe).
+#include "kernels/cache_residency.h"
+#include "kernels/cuda_status.h"
+
+namespace moe::cuda {
+namespace {
+
+constexpr int kResolveThreads = 256;
+
+// The host rewrites the table while kernels run: read it uncached.
+__device__ __forceinline__ int32_t LoadVolatile(const int32_t* p) {
+  return *static_cast<const volatile int32_t*>(p);
+}
+
+__global__ void __launch_bounds__(kResolveThreads) ResolveResidencyKernel(const ResolveArgs a) {
+  __shared__ int s_misses;
+  if (threadIdx.x == 0) s_misses = 0;
+  __syncthreads();
+  // 1. Slots of the routed experts -> pointer tables; misses counted.
+  const int e_count = a.n_experts;
+  int misses = 0;
+  for (int e = threadIdx.x; e < e_count; e += blockDim.x) {
+    const int32_t o0 = a.group_offsets[e];
+    const int32_t o1 = a.group_offsets[e + 1];
+    a.host_offsets[e] = o0;
+    if (e == e_count - 1) a.host_offsets[e_count] = o1;
+    if (o1 <= o0) continue;
+    const int32_t slot = LoadVolatile(a.slot_of + e);
+    if (slot < 0 || slot >= a.n_slots) {
+      ++misses;
+      continue;
+    }
+    const char* base = a.slot_base + static_cast<int64_t>(slot) * a.slot_bytes;
+    a.tables[e] = base + a.gate_offset;
+    a.tables[e_count + e] = base + a.up_offset;
+    a.tables[2 * e_count + e] = base + a.down_offset;
+  }
+  if (misses > 0) atomicAdd(&s_misses, misses);
+  // 3. (first half) The lookahead predictions to the host.
+  const ForwardMeta meta = *a.meta;
+  const int64_t pairs = static_cast<int64_t>(meta.n_tokens) * a.top_k;
+  for (int d = 0; d < a.la_depth; ++d) {
+    const int64_t base = d * a.la_stride;
+    for (int64_t i = threadIdx.x; i < pairs; i += blockDim.x) {
+      a.host_la_ids[base + i] = a.la_ids[base + i];
+      a.host_la_weights[base + i] = a.la_weights[base + i];
+    }
+  }
+  __threadfence_system();
+  __syncthreads();
+  if (threadIdx.x != 0) return;
+  // 2. The speculative meta and tile count: everything, or nothing on a miss.
+  const bool all_resident = s_misses == 0;
+  ForwardMeta spec = meta;
+  if (!all_resident) spec.n_tokens = 0;
+  *a.spec_meta = spec;
+  if (a.n_tiles != nullptr) *a.spec_n_tiles = all_resident ? *a.n_tiles : 0;
+  // 3. (second half) The verdict, then the sequence number the host spins on.
+  volatile ResidencyReport* r = a.report;
+  r->misses = s_misses;
+  r->n_tokens = meta.n_tokens;
+  __threadfence_system();
+  r->seq = a.seq;
+}
+
+}  // namespace
+
+Status ResolveArgs::Validate() const {
+  if (meta == nullptr || group_offsets == nullptr || slot_of == nullptr || slot_base == nullptr ||
+      tables == nullptr || spec_meta == nullptr || host_offsets == nullptr || report == nullptr ||
+      (n_tiles != nullptr && spec_n_tiles == nullptr)) {
+    return absl::InvalidArgumentError("ResolveArgs: null pointer");
+  }
+  if (n_experts <= 0 || top_k <= 0 || slot_bytes <= 0 || n_slots < 0 || la_depth < 0) {
+    return absl::InvalidArgumentError("ResolveArgs: bad sizes");
+  }
+  if (la_depth > 0 && (la_ids == nullptr || la_weights == nullptr || host_la_ids == nullptr ||
+                       host_la_weights == nullptr || la_stride <= 0)) {
+    return absl::InvalidArgumentError("ResolveArgs: lookahead buffers missing");
+  }
+  return absl::OkStatus();
+}
+
+Status LaunchResolveResidency(const ResolveArgs& args, cudaStream_t stream) {
+  MOE_RETURN_IF_ERROR(args.Validate());
+  ResolveResidencyKernel<<<1, kResolveThreads, 0, stream>>>(args);
+  CUDA_RETURN_IF_ERROR(cudaGetLastError());
+  return absl::OkStatus();
+}
+
+}  // namespace moe::cuda
