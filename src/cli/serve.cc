@@ -78,6 +78,7 @@ StatusOr<ExpertCacheOptions> ExpertCacheFromFlags(const config::ExpertOptions& x
   }
   MOE_ASSIGN_OR_RETURN(c.eviction, experts::ParseEvictionKind(x.eviction));
   c.prefetch = x.prefetch;
+  c.prefetch_depth = x.prefetch_depth;
   c.trace_path = x.trace;
   return c;
 }

@@ -266,6 +266,10 @@ Status Validate(const DaemonOptions& o) {
     return OutOfRange("experts.cache_bytes", "a byte size (0, 512M, 24G) or a percentage (40%)",
                       o.experts.cache_bytes);
   }
+  if (o.experts.prefetch_depth < 1 || o.experts.prefetch_depth > 4) {
+    return OutOfRange("experts.prefetch_depth", "a layer count in [1, 4]",
+                      absl::StrCat(o.experts.prefetch_depth));
+  }
   if (!experts::ParseEvictionKind(o.experts.eviction).ok()) {
     return OutOfRange("experts.eviction", "a policy: layer-lru, layer-lrfu, lru, lfu, lru2, reuse",
                       o.experts.eviction);

@@ -63,6 +63,10 @@ std::vector<Setting> AllSettings(DaemonOptions* o) {
        &o->experts.eviction},
       {"experts.prefetch", "--expert-prefetch",
        "expert cache: gate-lookahead prefetch of the next layer's experts", &o->experts.prefetch},
+      {"experts.prefetch_depth", "--expert-prefetch-depth",
+       "expert cache: how many upcoming MoE layers the gate-lookahead predicts and prefetches "
+       "(1-4; nearest first)",
+       &o->experts.prefetch_depth},
       {"experts.trace", "--expert-trace",
        "expert cache: write a routing trace (layer, experts per batch) to this file",
        &o->experts.trace},

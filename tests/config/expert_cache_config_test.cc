@@ -47,6 +47,15 @@ TEST(ExpertCacheConfig, ValidateNamesTheKey) {
     o.experts.eviction = name;
     EXPECT_TRUE(Validate(o).ok()) << name;
   }
+  EXPECT_EQ(o.experts.prefetch_depth, 1);
+  for (const int depth : {0, 5, -1}) {
+    o.experts.prefetch_depth = depth;
+    s = Validate(o);
+    EXPECT_FALSE(s.ok()) << depth;
+    EXPECT_NE(std::string(s.message()).find("experts.prefetch_depth"), std::string::npos) << s;
+  }
+  o.experts.prefetch_depth = 4;
+  EXPECT_TRUE(Validate(o).ok());
 }
 
 TEST(ExpertCacheConfig, TomlAndFlags) {
@@ -56,6 +65,7 @@ TEST(ExpertCacheConfig, TomlAndFlags) {
 cache_bytes = "40%"
 eviction = "lru"
 prefetch = false
+prefetch_depth = 3
 trace = "/tmp/trace.txt"
 warm_trace = "/tmp/warm.txt"
 )",
@@ -64,19 +74,22 @@ warm_trace = "/tmp/warm.txt"
   EXPECT_EQ(o.experts.cache_bytes, "40%");
   EXPECT_EQ(o.experts.eviction, "lru");
   EXPECT_FALSE(o.experts.prefetch);
+  EXPECT_EQ(o.experts.prefetch_depth, 3);
   EXPECT_EQ(o.experts.trace, "/tmp/trace.txt");
   EXPECT_EQ(o.experts.warm_trace, "/tmp/warm.txt");
   CLI::App app;
   AddServeFlags(&app, &o);
-  const char* argv[] = {"serve", "--expert-cache-bytes", "24G",  "--expert-eviction",
-                        "lfu",   "--expert-prefetch",    "true", "--expert-trace",
-                        "t.txt", "--expert-warm-trace",  "w.txt"};
-  ASSERT_NO_THROW(app.parse(11, argv));
+  const char* argv[] = {"serve", "--expert-cache-bytes", "24G",   "--expert-eviction",
+                        "lfu",   "--expert-prefetch",    "true",  "--expert-trace",
+                        "t.txt", "--expert-warm-trace",  "w.txt", "--expert-prefetch-depth",
+                        "2"};
+  ASSERT_NO_THROW(app.parse(13, argv));
   EXPECT_EQ(o.experts.cache_bytes, "24G");
   EXPECT_EQ(o.experts.eviction, "lfu");
   EXPECT_TRUE(o.experts.prefetch);
   EXPECT_EQ(o.experts.trace, "t.txt");
   EXPECT_EQ(o.experts.warm_trace, "w.txt");
+  EXPECT_EQ(o.experts.prefetch_depth, 2);
   EXPECT_TRUE(Validate(o).ok());
   EXPECT_NE(ToToml(o).find("cache_bytes = '24G'"), std::string::npos) << ToToml(o);
 }

@@ -59,6 +59,7 @@ struct ExpertOptions {
   std::string cache_bytes = "0";
   std::string eviction = "reuse";  // experts.eviction: experts::ParseEvictionKind names
   bool prefetch = true;            // experts.prefetch: gate-lookahead prefetch
+  int prefetch_depth = 1;          // experts.prefetch_depth: upcoming MoE layers predicted, 1..4
   std::string trace;               // experts.trace: routing trace file ("" = none)
   // experts.warm_trace: a routing trace whose most used experts are loaded at start-up ("" = none).
   std::string warm_trace;
