@@ -9,26 +9,34 @@
 //    experts are in the page cache, so copies come from the host tier (registered mmaps).
 // 2. A synthetic trace (experts::GenerateSyntheticTrace: Zipf popularity + temporal locality, one
 //    sequence) chooses each step's 8 experts per layer. Routing is made to follow it by crafting
-//    each layer's input: x = c * sum_{e in chosen(L)} r_e / |r_e|^2 + beta * c * sum_{f in
-//    chosen(L+1)} r'_f / |r'_f|^2 + N(0, sigma^2), where r_e are layer L's router rows and r'_f
-//    the next layer's. The first term makes layer L's router pick exactly the trace's experts
-//    (checked: "routing follows the trace"); the second stands in for the residual stream's
-//    similarity between consecutive layers, which is what gate-lookahead prediction exploits in a
-//    real model (beta = 0: no signal, prediction is chance). Inputs are per layer, not chained.
+//    each layer's input: x = c * sum_{e in chosen(L)} r_e / |r_e|^2
+//    + sum_{j >= 1} beta * decay^(j-1) * c * sum_{f in chosen(L+j)} r^(L+j)_f / |r^(L+j)_f|^2
+//    + N(0, sigma^2), where r^(L)_e are layer L's router rows. The first term makes layer L's
+//    router pick exactly the trace's experts (checked: "routing follows the trace"); the others
+//    stand in for the residual stream's similarity between layers, which is what gate-lookahead
+//    prediction exploits in a real model (beta = 0: no signal, prediction is chance; decay = 0,
+//    the default: a signal for the next layer only, so lookahead deeper than one layer predicts
+//    at chance; decay > 0 is an assumption about a model, not a measurement of one). Inputs are
+//    per layer, not chained.
 // 3. For each configuration, --warmup then --tokens decode steps, each step = one EnqueueDevice
-//    per layer on device-resident inputs (the all-resident engine never syncs inside a step; the
-//    cached one has its one host round trip per layer). Reports tokens/s and the ratio to all
-//    resident, hit rate, demand misses, copy-wait time / copy time (copy time = copy-stream busy
-//    time of the timed batches of copies), miss-path GB/s (bytes copied / copy time), prefetch
-//    precision / recall, host round-trip time per layer, and whether the outputs are bitwise
-//    those of the all-resident engine. Also the time-to-ready of each engine (Create).
+//    per layer on device-resident inputs (the all-resident engine replays its CUDA graph; the
+//    cached one spins on its residency report per layer). Reports tokens/s and the ratio to all
+//    resident (same inputs), hit rate, layers whose experts were all resident at the device check,
+//    demand misses, copy-wait time / copy time (copy time = copy-stream busy time of the timed
+//    batches of copies), miss-path GB/s (bytes copied / copy time), prefetch precision / recall
+//    per depth, host time blocked per layer (waiting for the routing) and host time per
+//    EnqueueDevice, and whether the outputs are bitwise those of the all-resident engine.
+//    Also the time-to-ready of each engine (Create).
 // Prints a table and one JSON line per configuration (also to --json FILE).
 //
 // Usage: cache_engine_bench [--dir /tmp/moe-cache-engine-bench] [--layers 8] [--tokens 300]
-//                           [--warmup 100] [--beta 0.3] [--json FILE] [--small]
+//                           [--warmup 100] [--beta 0.3] [--decay 0.5] [--budgets 1,0.75,0.5]
+//                           [--depths 1,2,3] [--json FILE] [--small]
+//   --decay: a second group of configurations on inputs with that deeper signal (0: none).
 //   --small: a tiny model (a smoke run of the code paths, not a measurement).
 #include <cuda_runtime_api.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -36,6 +44,7 @@
 #include <filesystem>
 #include <fstream>
 #include <random>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -61,19 +70,34 @@ struct Args {
   int tokens = 300;
   int warmup = 100;
   double beta = 0.3;
+  double decay = 0.5;
+  std::vector<double> budgets = {1.0, 0.75, 0.5};
+  std::vector<int> depths = {1, 2, 3};
   bool small = false;
+};
+
+// The inputs: routing signal of the next layers (see 2. in the file comment).
+struct Inputs {
+  double beta = 0;
+  double decay = 0;
+  int depth = 1;  // layers ahead that carry a signal
+  bool operator==(const Inputs&) const = default;
 };
 
 struct Config {
   std::string name;
   double budget_fraction = 0;  // of all routed experts; 0 = all resident (no cache)
   bool prefetch = false;
-  double beta = 0;  // lookahead signal in the inputs
+  int depth = 1;
+  bool device_check = true;
+  bool warm_all = false;  // load every expert before timing (a budget of 100%)
+  Inputs inputs;
 };
 
 struct Result {
   double tokens_per_s = 0;
   double create_s = 0;
+  double enqueue_us = 0;  // host time per EnqueueDevice call (timed steps)
   bool bitwise = true;
   ExpertCacheStats before, after;
   bool cached = false;
@@ -81,7 +105,7 @@ struct Result {
 
 // Crafted inputs [steps][layers][hidden] (bf16) that route as `trace` says (see the file comment).
 std::vector<uint16_t> CraftInputs(const Model& model, const experts::Trace& trace, int steps,
-                                  double beta, uint64_t seed) {
+                                  const Inputs& in, uint64_t seed) {
   const MoeSpec& spec = model.spec();
   const int h = spec.hidden, e = spec.n_experts(), nl = static_cast<int>(spec.moe_layers.size());
   // Router rows as floats, scaled by 1 / |r|^2.
@@ -113,7 +137,10 @@ std::vector<uint16_t> CraftInputs(const Model& model, const experts::Trace& trac
         }
       };
       add(l, kC);
-      if (beta > 0 && l + 1 < nl) add(l + 1, static_cast<float>(beta) * kC);
+      double scale = in.beta;
+      for (int j = 1; j <= in.depth && l + j < nl && scale > 0; ++j, scale *= in.decay) {
+        add(l + j, static_cast<float>(scale) * kC);
+      }
       ConvertFromF32(x.data(), DType::kBF16, inputs.data() + (size_t(t) * nl + l) * h, h);
     }
   }
@@ -167,20 +194,30 @@ Result RunConfig(std::shared_ptr<const Model> model, const Config& c, const Args
     o.expert_cache.budget_bytes =
         static_cast<int64_t>(std::llround(c.budget_fraction * static_cast<double>(all))) * slot;
     o.expert_cache.prefetch = c.prefetch;
+    o.expert_cache.prefetch_depth = c.depth;
+    o.expert_cache.device_residency_check = c.device_check;
   }
   const auto t0 = Clock::now();
   auto engine = CudaEngine::Create(model, o);
   CHECK_OK(engine.status());
   r.create_s = Seconds(t0, Clock::now());
   r.cached = c.budget_fraction > 0;
+  if (c.warm_all) {
+    std::vector<experts::ExpertKey> all;
+    for (const int layer : spec.moe_layers) {
+      for (int x = 0; x < spec.n_experts(); ++x) all.push_back({layer, x});
+    }
+    CHECK_OK((*engine)->WarmExpertCache(all).status());
+  }
   if (routing_check != nullptr) {
     const int checks = std::min(args.warmup + args.tokens, 20);
     std::printf("routing follows the trace: %lld of %d layer steps differ (beta %.2f)\n",
                 static_cast<long long>(RoutingMismatches(**engine, *routing_check->trace,
                                                          *routing_check->inputs, checks)),
-                checks * nl, c.beta);
+                checks * nl, c.inputs.beta);
   }
   cudaStream_t st = (*engine)->stream(0);
+  double enqueue_s = 0;
   auto step = [&](int t, bool keep) {
     for (int l = 0; l < nl; ++l) {
       DeviceForwardArgs a;
@@ -190,7 +227,9 @@ Result RunConfig(std::shared_ptr<const Model> model, const Config& c, const Args
       a.input = static_cast<const uint16_t*>(inputs_dev) + (size_t(t) * nl + l) * h;
       a.output =
           static_cast<uint16_t*>(outputs_dev) + (keep ? (size_t(t - args.warmup) * nl + l) * h : 0);
+      const auto e0 = Clock::now();
       CHECK_OK((*engine)->EnqueueDevice(a));
+      if (keep) enqueue_s += Seconds(e0, Clock::now());
     }
   };
   for (int t = 0; t < args.warmup; ++t) step(t, false);
@@ -204,6 +243,7 @@ Result RunConfig(std::shared_ptr<const Model> model, const Config& c, const Args
   CHECK_OK((*engine)->QuiesceExpertCache());
   if (r.cached) r.after = *(*engine)->expert_cache_stats();
   r.tokens_per_s = args.tokens / s;
+  r.enqueue_us = enqueue_s * 1e6 / (double(args.tokens) * nl);
   return r;
 }
 
@@ -224,12 +264,23 @@ int Main(int argc, char** argv) {
       args.warmup = std::stoi(next());
     } else if (a == "--beta") {
       args.beta = std::stod(next());
+    } else if (a == "--decay") {
+      args.decay = std::stod(next());
+    } else if (a == "--budgets" || a == "--depths") {
+      std::stringstream list(next());
+      std::string item;
+      if (a == "--budgets") args.budgets.clear();
+      if (a == "--depths") args.depths.clear();
+      while (std::getline(list, item, ',')) {
+        if (a == "--budgets") args.budgets.push_back(std::stod(item));
+        if (a == "--depths") args.depths.push_back(std::stoi(item));
+      }
     } else if (a == "--small") {
       args.small = true;
     } else {
       std::fprintf(stderr,
                    "usage: %s [--dir DIR] [--layers N] [--tokens N] [--warmup N] [--beta B] "
-                   "[--json FILE] [--small]\n",
+                   "[--decay D] [--budgets F,F] [--depths N,N] [--json FILE] [--small]\n",
                    argv[0]);
       return 2;
     }
@@ -284,48 +335,72 @@ int Main(int argc, char** argv) {
   std::printf("trace: Zipf s=%.2f, stickiness %.2f, %d steps x %d layers\n", so.zipf_exponent,
               so.stickiness, steps, nl);
 
-  const std::vector<Config> configs = {
-      {"all resident", 0, false, args.beta},
-      {"100% budget, prefetch off", 1.0, false, args.beta},
-      {"50% budget, prefetch on", 0.5, true, args.beta},
-      {"50% budget, prefetch off", 0.5, false, args.beta},
-      {"50% budget, prefetch on, beta 0", 0.5, true, 0.0},
-      {"25% budget, prefetch on", 0.25, true, args.beta},
-  };
+  // Configurations: groups of one input model each, led by the all-resident reference.
+  const int max_depth = *std::max_element(args.depths.begin(), args.depths.end());
+  const Inputs next_only{args.beta, 0.0, 1};
+  const Inputs deeper{args.beta, args.decay, max_depth};
+  auto pct = [](double f) { return std::to_string(static_cast<int>(std::lround(100 * f))) + "%"; };
+  std::vector<Config> configs;
+  configs.push_back({"all resident", 0, false, 1, true, false, next_only});
+  configs.push_back(
+      {"100% budget, prefetch off, check off", 1.0, false, 1, false, false, next_only});
+  configs.push_back({"100% budget, prefetch off", 1.0, false, 1, true, false, next_only});
+  configs.push_back({"100% warmed, check off", 1.0, false, 1, false, true, next_only});
+  configs.push_back({"100% warmed", 1.0, false, 1, true, true, next_only});
+  for (const int d : args.depths) {
+    configs.push_back(
+        {"100% budget, depth " + std::to_string(d), 1.0, true, d, true, false, next_only});
+  }
+  for (const double b : args.budgets) {
+    if (b >= 1.0) continue;
+    configs.push_back({pct(b) + " budget, prefetch off", b, false, 1, true, false, next_only});
+    configs.push_back(
+        {pct(b) + " budget, depth 1, check off", b, true, 1, false, false, next_only});
+    for (const int d : args.depths) {
+      configs.push_back(
+          {pct(b) + " budget, depth " + std::to_string(d), b, true, d, true, false, next_only});
+    }
+  }
+  if (args.decay > 0) {
+    const std::string tag = ", decay " + std::to_string(args.decay).substr(0, 4);
+    configs.push_back({"all resident" + tag, 0, false, 1, true, false, deeper});
+    for (const double b : args.budgets) {
+      for (const int d : args.depths) {
+        configs.push_back({pct(b) + " budget, depth " + std::to_string(d) + tag, b, true, d, true,
+                           false, deeper});
+      }
+    }
+  }
   CudaEngineOptions base;
   base.max_batch_tokens = 64;
   const size_t per_step = size_t(nl) * h * 2;
   void* in_dev = nullptr;
   void* out_dev = nullptr;
-  void* ref_dev = nullptr;
   CHECK_CUDA(cudaMalloc(&in_dev, steps * per_step));
   CHECK_CUDA(cudaMalloc(&out_dev, args.tokens * per_step));
-  CHECK_CUDA(cudaMalloc(&ref_dev, args.tokens * per_step));
   std::vector<uint8_t> ref(args.tokens * per_step), got(args.tokens * per_step);
   double resident_tps = 0;
-  double inputs_beta = -1;
+  Inputs current{-1, -1, -1};
   std::ofstream json;
   if (!args.json.empty()) json.open(args.json);
-  std::printf("\n%-34s %9s %7s %7s %8s %8s %9s %8s %7s %7s %8s %8s %7s\n", "config", "tok/s",
-              "ratio", "hit%", "miss/tok", "wait/cp", "missGB/s", "rt_us", "prec", "recall",
-              "create_s", "bitwise", "rounds");
+  std::printf("\n%-44s %8s %6s %6s %6s %7s %7s %7s %7s %7s %17s %17s %17s %7s %4s\n", "config",
+              "tok/s", "ratio", "hit%", "dev%", "mis/tok", "wait/cp", "GB/s", "rt_us", "enq_us",
+              "prec/rec d1", "prec/rec d2", "prec/rec d3", "bitwise", "rnds");
   for (const Config& c : configs) {
     std::vector<uint16_t> inputs;
-    if (c.beta != inputs_beta) {
-      inputs = CraftInputs(*model, *trace, steps, c.beta, 11);
+    if (!(c.inputs == current)) {
+      inputs = CraftInputs(*model, *trace, steps, c.inputs, 11);
       CHECK_CUDA(cudaMemcpy(in_dev, inputs.data(), steps * per_step, cudaMemcpyHostToDevice));
-      inputs_beta = c.beta;
+      current = c.inputs;
     }
     const RoutingCheck check{&*trace, &inputs};
     const Result r = RunConfig(model, c, args, in_dev, out_dev, base,
                                c.budget_fraction == 0 && !inputs.empty() ? &check : nullptr);
+    bool bitwise = true;
     if (c.budget_fraction == 0) {
       resident_tps = r.tokens_per_s;
-      CHECK_CUDA(cudaMemcpy(ref_dev, out_dev, args.tokens * per_step, cudaMemcpyDeviceToDevice));
       CHECK_CUDA(cudaMemcpy(ref.data(), out_dev, ref.size(), cudaMemcpyDeviceToHost));
-    }
-    bool bitwise = true;
-    if (c.budget_fraction > 0 && c.beta == args.beta) {
+    } else {
       CHECK_CUDA(cudaMemcpy(got.data(), out_dev, got.size(), cudaMemcpyDeviceToHost));
       bitwise = got == ref;
     }
@@ -333,46 +408,68 @@ int Main(int argc, char** argv) {
         experts::CountersDelta(r.after.counters, r.before.counters);
     const double copy_s = (r.after.copy_busy_ns - r.before.copy_busy_ns) * 1e-9;
     const double wait_s = d.copy_wait_ns * 1e-9;
-    const double rt_us =
-        r.cached ? (r.after.host_wait_ns - r.before.host_wait_ns) * 1e-3 /
-                       std::max<uint64_t>(1, r.after.host_round_trips - r.before.host_round_trips)
-                 : 0;
-    const uint64_t pc = r.after.correct - r.before.correct;
-    const uint64_t pp = r.after.predicted - r.before.predicted;
-    const uint64_t pa = r.after.actual - r.before.actual;
-    const double prec = pp ? double(pc) / pp : 0, rec = pa ? double(pc) / pa : 0;
+    const uint64_t trips = r.after.host_round_trips - r.before.host_round_trips;
+    const double rt_us = r.cached ? (r.after.host_wait_ns - r.before.host_wait_ns) * 1e-3 /
+                                        static_cast<double>(std::max<uint64_t>(1, trips))
+                                  : 0;
+    const double dev_hit =
+        trips ? double(r.after.device_hits - r.before.device_hits) / static_cast<double>(trips) : 0;
+    // Precision / recall per depth over the timed steps.
+    std::vector<std::pair<double, double>> pr(3, {0.0, 0.0});
+    for (size_t i = 0; i < r.after.by_depth.size() && i < pr.size(); ++i) {
+      const auto& a = r.after.by_depth[i];
+      const auto& b =
+          i < r.before.by_depth.size() ? r.before.by_depth[i] : ExpertCacheStats::DepthAccuracy{};
+      const uint64_t pc = a.correct - b.correct, pp = a.predicted - b.predicted,
+                     pa = a.actual - b.actual;
+      pr[i] = {pp ? double(pc) / double(pp) : 0, pa ? double(pc) / double(pa) : 0};
+    }
+    auto prs = [&](size_t i) {
+      char buf[32];
+      if (!c.prefetch || static_cast<int>(i) >= c.depth) return std::string("-");
+      std::snprintf(buf, sizeof(buf), "%.3f/%.3f", pr[i].first, pr[i].second);
+      return std::string(buf);
+    };
     const double miss_gbs = copy_s > 0 ? d.bytes_copied / copy_s / 1e9 : 0;
-    const std::string bw =
-        c.budget_fraction == 0 ? "ref" : (c.beta == args.beta ? (bitwise ? "yes" : "NO") : "n/a");
+    const std::string bw = c.budget_fraction == 0 ? "ref" : (bitwise ? "yes" : "NO");
     std::printf(
-        "%-34s %9.1f %6.1f%% %6.1f%% %8.2f %7.1f%% %9.1f %8.1f %7.3f %7.3f %8.2f %8s %7llu\n",
+        "%-44s %8.1f %5.1f%% %5.1f%% %5.1f%% %7.2f %6.1f%% %7.1f %7.1f %7.1f %17s %17s %17s %7s "
+        "%4llu\n",
         c.name.c_str(), r.tokens_per_s, 100.0 * r.tokens_per_s / resident_tps, 100.0 * d.HitRate(),
-        double(d.misses) / args.tokens, copy_s > 0 ? 100.0 * wait_s / copy_s : 0.0, miss_gbs, rt_us,
-        prec, rec, r.create_s, bw.c_str(),
+        100.0 * dev_hit, double(d.misses) / args.tokens, copy_s > 0 ? 100.0 * wait_s / copy_s : 0.0,
+        miss_gbs, rt_us, r.enqueue_us, prs(0).c_str(), prs(1).c_str(), prs(2).c_str(), bw.c_str(),
         static_cast<unsigned long long>(r.after.rounds - r.before.rounds));
     if (json.is_open()) {
       json << "{\"bench\":\"cache_engine\",\"card\":\"" << prop.name << "\",\"config\":\"" << c.name
            << "\",\"layers\":" << nl << ",\"tokens\":" << args.tokens
+           << ",\"budget\":" << c.budget_fraction << ",\"prefetch\":" << c.prefetch
+           << ",\"depth\":" << c.depth << ",\"device_check\":" << c.device_check
+           << ",\"beta\":" << c.inputs.beta << ",\"decay\":" << c.inputs.decay
            << ",\"tokens_per_s\":" << r.tokens_per_s
            << ",\"ratio_to_resident\":" << r.tokens_per_s / resident_tps
-           << ",\"hit_rate\":" << d.HitRate() << ",\"misses\":" << d.misses
-           << ",\"prefetch_issued\":" << d.prefetch_issued
+           << ",\"hit_rate\":" << d.HitRate() << ",\"device_hit_layers\":" << dev_hit
+           << ",\"misses\":" << d.misses << ",\"prefetch_issued\":" << d.prefetch_issued
            << ",\"prefetch_useful\":" << d.prefetch_useful << ",\"bytes_copied\":" << d.bytes_copied
            << ",\"copy_s\":" << copy_s << ",\"copy_wait_s\":" << wait_s
            << ",\"miss_path_gb_s\":" << miss_gbs << ",\"round_trip_us\":" << rt_us
-           << ",\"precision\":" << prec << ",\"recall\":" << rec << ",\"create_s\":" << r.create_s
-           << ",\"bitwise\":\"" << bw << "\"}\n";
+           << ",\"enqueue_us\":" << r.enqueue_us << ",\"precision_d1\":" << pr[0].first
+           << ",\"recall_d1\":" << pr[0].second << ",\"precision_d2\":" << pr[1].first
+           << ",\"recall_d2\":" << pr[1].second << ",\"precision_d3\":" << pr[2].first
+           << ",\"recall_d3\":" << pr[2].second
+           << ",\"gated_predictions\":" << r.after.gated_predictions - r.before.gated_predictions
+           << ",\"create_s\":" << r.create_s << ",\"bitwise\":\"" << bw << "\"}\n";
+      json.flush();
     }
   }
   std::printf(
       "\nratio: tokens/s over all-resident; hit%%: hits (incl. in-flight) / demanded; wait/cp: "
       "time "
-      "the compute stream waited on copies / copy-stream busy time; missGB/s: bytes copied (demand "
-      "+ prefetch) / copy busy time; rt_us: host round trip per layer (routing result to the "
-      "host); prec/recall: gate-lookahead prediction vs the experts really routed.\n");
+      "the compute stream waited on copies / copy-stream busy time; GB/s: bytes copied (demand "
+      "+ prefetch) / copy busy time; dev%%: layers whose experts were all resident at the device "
+      "check; rt_us: host time blocked per layer waiting for the routing; enq_us: host time per "
+      "EnqueueDevice; prec/rec dN: lookahead N layers ahead vs the experts really routed.\n");
   cudaFree(in_dev);
   cudaFree(out_dev);
-  cudaFree(ref_dev);
   return 0;
 }
 
