@@ -1,5 +1,6 @@
 // Host logic of the cached forward (src/engine/cuda/cache_rounds.h): tile lists per round against
-// the scan kernel's full list, active experts, offset checks, prediction ranking. CPU only.
+// the scan kernel's full list, active experts, offset checks, prediction ranking, the lookahead
+// gate. CPU only.
 #include "engine/cuda/cache_rounds.h"
 
 #include <gtest/gtest.h>
@@ -112,6 +113,47 @@ TEST(CacheRounds, RankTraceExpertsByUses) {
   const std::vector<experts::ExpertKey> want = {{3, 5}, {0, 2}, {3, 2}, {0, 1}, {0, 7}};
   EXPECT_EQ(ranked, want);
   EXPECT_TRUE(RankTraceExperts(experts::Trace{}).empty());
+}
+
+// A depth predicting at chance closes its gate once there is evidence; one that predicts well
+// keeps it open; a closed gate opens again once recent predictions are right (old ones decay).
+TEST(CacheRounds, LookaheadGateFollowsRecentPrecision) {
+  const std::vector<int32_t> actual = {3, 9, 17, 40, 41, 77, 100, 127};  // ascending
+  const std::vector<int32_t> right = {9, 3, 40, 17, 41, 127, 100, 77};
+  const std::vector<int32_t> wrong = {0, 1, 2, 4, 5, 6, 7, 8};
+  // Half right, the right ones scored last (the later an expert, the more it weighs).
+  const std::vector<int32_t> half = {0, 1, 2, 4, 3, 9, 17, 40};
+
+  LookaheadGate gate(0.5);
+  EXPECT_TRUE(gate.Allows()) << "no evidence yet";
+  // 64 of decayed evidence takes 74 scored experts (256 * (1 - d^74) >= 64).
+  for (int i = 0; i < 9; ++i) gate.Record(wrong, actual);
+  EXPECT_TRUE(gate.Allows()) << "72 experts scored: still below the evidence threshold";
+  gate.Record(wrong, actual);
+  EXPECT_FALSE(gate.Allows()) << "80 wrong predictions";
+  EXPECT_EQ(gate.correct(), 0.0);
+
+  int steps = 0;
+  while (!gate.Allows() && steps < 1000) {
+    gate.Record(right, actual);
+    ++steps;
+  }
+  EXPECT_TRUE(gate.Allows());
+  // The old wrong ones decay while the right ones count: open again after 61 right experts.
+  EXPECT_GE(steps, 7);
+  EXPECT_LE(steps, 9);
+
+  LookaheadGate exact(0.5);
+  for (int i = 0; i < 100; ++i) exact.Record(half, actual);  // precision 0.5: allowed
+  EXPECT_TRUE(exact.Allows());
+  LookaheadGate strict(0.9);
+  for (int i = 0; i < 100; ++i) strict.Record(half, actual);
+  EXPECT_FALSE(strict.Allows());
+  EXPECT_NEAR(strict.correct() / strict.predicted(), 0.5, 0.05);
+
+  LookaheadGate never(0.0);  // min_precision 0: always allowed
+  for (int i = 0; i < 100; ++i) never.Record(wrong, actual);
+  EXPECT_TRUE(never.Allows());
 }
 
 }  // namespace

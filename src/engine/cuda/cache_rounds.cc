@@ -58,6 +58,14 @@ std::vector<int32_t> RankPredictedExperts(std::span<const int32_t> ids,
   return ranked;
 }
 
+void LookaheadGate::Record(std::span<const int32_t> predicted, std::span<const int32_t> actual) {
+  for (const int32_t x : predicted) {
+    const bool hit = std::binary_search(actual.begin(), actual.end(), x);
+    predicted_ = predicted_ * decay_ + 1.0;
+    correct_ = correct_ * decay_ + (hit ? 1.0 : 0.0);
+  }
+}
+
 std::vector<experts::ExpertKey> RankTraceExperts(const experts::Trace& trace) {
   std::map<experts::ExpertKey, int64_t> uses;  // ordered: ties resolve to (layer, expert)
   for (const experts::TraceStep& step : trace.steps) {

@@ -7,6 +7,8 @@
 //      layer's input) as an expert ranking for ExpertSlotPool::Prefetch.
 //   4. RankTraceExperts: the experts of a recorded routing trace, most used first (warming the
 //      cache at start-up, --expert-warm-trace).
+//   5. LookaheadGate: whether predictions of one lookahead depth (>= 2 layers ahead) are still
+//      worth loading, from their recent measured precision.
 #pragma once
 
 #include <cstdint>
@@ -46,5 +48,29 @@ std::vector<int32_t> RankPredictedExperts(std::span<const int32_t> ids,
 // Every (layer, expert) of `trace` once, by the number of steps that used it (most first; ties ->
 // lower layer, then lower expert).
 std::vector<experts::ExpertKey> RankTraceExperts(const experts::Trace& trace);
+
+// Recent precision of one lookahead depth: decayed counts of predicted and of correctly predicted
+// experts (each scored expert weighs `decay` times the one after it: a memory of about
+// 1 / (1 - decay) experts). Loads are allowed until `min_evidence` (decayed) predicted experts
+// were scored, then while correct >= min_precision * predicted. A wrong prefetch costs a whole
+// copy of PCIe time, so a depth that predicts at chance should not load.
+// Thread safety: none (a plain value; the owner synchronizes).
+class LookaheadGate {
+ public:
+  explicit LookaheadGate(double min_precision, double decay = 1.0 - 1.0 / 256,
+                         double min_evidence = 64)
+      : min_precision_(min_precision), decay_(decay), min_evidence_(min_evidence) {}
+  // `predicted`: one layer's predicted experts; `actual`: the experts it routed, ascending.
+  void Record(std::span<const int32_t> predicted, std::span<const int32_t> actual);
+  bool Allows() const {
+    return predicted_ < min_evidence_ || correct_ >= min_precision_ * predicted_;
+  }
+  double predicted() const { return predicted_; }
+  double correct() const { return correct_; }
+
+ private:
+  double min_precision_, decay_, min_evidence_;
+  double predicted_ = 0, correct_ = 0;
+};
 
 }  // namespace moe::cuda

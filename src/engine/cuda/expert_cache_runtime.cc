@@ -16,10 +16,6 @@ constexpr int kRoundRing = 8;   // round-table entries per engine slot
 constexpr int kFenceRing = 64;  // fences per engine slot
 constexpr int kTimerRing = 64;  // timing pairs (per engine slot / for the copy stream)
 constexpr auto kAcquireDeadline = std::chrono::seconds(30);
-// Prefetch gate of depths >= 2: decay per scored expert (a memory of ~256 experts), and the
-// decayed count of predicted experts below which a depth is not gated yet (no evidence).
-constexpr double kGateDecay = 1.0 - 1.0 / 256;
-constexpr double kGateMinEvidence = 64;
 
 int64_t AlignUp(int64_t v, int64_t a) { return (v + a - 1) / a * a; }
 
@@ -125,7 +121,8 @@ StatusOr<std::unique_ptr<ExpertCacheRuntime>> ExpertCacheRuntime::Create(
   const int64_t depth = options.cache.prefetch_depth;
   rt->la_stride_ = tm * k;
   rt->depth_accuracy_.resize(static_cast<size_t>(depth));
-  rt->depth_recent_.assign(static_cast<size_t>(depth), {0.0, 0.0});
+  rt->depth_gates_.assign(static_cast<size_t>(depth),
+                          LookaheadGate(options.cache.prefetch_min_precision));
   rt->max_tiles_ = MaxGroupedTiles(tm * k, static_cast<int>(e), kTileShapes[0].bm);
   rt->round_entry_bytes_ = AlignUp(3 * e * 8 + 16 + rt->max_tiles_ * 8, 256);
   rt->fence_rings_.resize(static_cast<size_t>(options.num_engine_slots));
@@ -269,13 +266,7 @@ Status ExpertCacheRuntime::OnRouted(int engine_slot, int32_t layer, std::span<co
       continue;
     }
     depth_accuracy_.at(static_cast<size_t>(p.depth - 1)).Record(p.ranked, active);
-    // The gate's decayed counts: each predicted expert weighs (1 - kGateDecay) less per later one.
-    auto& [predicted, correct] = depth_recent_.at(static_cast<size_t>(p.depth - 1));
-    for (const int32_t x : p.ranked) {
-      const bool hit = std::binary_search(active.begin(), active.end(), x);
-      predicted = predicted * kGateDecay + 1.0;
-      correct = correct * kGateDecay + (hit ? 1.0 : 0.0);
-    }
+    depth_gates_.at(static_cast<size_t>(p.depth - 1)).Record(p.ranked, active);
     if (p.depth == nearest) accuracy_.Record(p.ranked, active);
   }
   es.predicted.resize(kept);
@@ -563,9 +554,7 @@ Status ExpertCacheRuntime::Predict(int engine_slot, std::vector<LayerPrediction>
   for (const LayerPrediction& p : predictions) {
     if (p.depth >= 2) {
       // Gated while this depth has been measured wrong too often (see prefetch_min_precision).
-      const auto [predicted, correct] = depth_recent_.at(static_cast<size_t>(p.depth - 1));
-      if (predicted >= kGateMinEvidence &&
-          correct < options_.cache.prefetch_min_precision * predicted) {
+      if (!depth_gates_.at(static_cast<size_t>(p.depth - 1)).Allows()) {
         ++gated_predictions_;
         continue;
       }

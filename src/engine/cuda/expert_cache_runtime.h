@@ -255,8 +255,8 @@ class ExpertCacheRuntime {
   int copy_timer_next_ ABSL_GUARDED_BY(mu_) = 0;
   experts::PredictionAccuracy accuracy_ ABSL_GUARDED_BY(mu_);  // nearest prediction per layer
   std::vector<experts::PredictionAccuracy> depth_accuracy_ ABSL_GUARDED_BY(mu_);  // [depth - 1]
-  // Decayed (predicted, correct) counts per depth for the prefetch gate of depths >= 2.
-  std::vector<std::pair<double, double>> depth_recent_ ABSL_GUARDED_BY(mu_);
+  // Prefetch gates of depths >= 2 ([depth - 1]; every depth is scored).
+  std::vector<LookaheadGate> depth_gates_ ABSL_GUARDED_BY(mu_);
   uint64_t gated_predictions_ ABSL_GUARDED_BY(mu_) = 0;  // layer predictions not loaded
   int64_t trace_last_batch_ ABSL_GUARDED_BY(mu_) = 0;
   Status broken_ ABSL_GUARDED_BY(mu_);  // sticky: a failed copy leaves slots unusable
