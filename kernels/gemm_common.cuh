@@ -70,6 +70,10 @@ struct GemmParams {
   int out_f32;
   int splits;
   int64_t split_stride;
+  const void* const* b0_tmaps;
+  const void* const* b1_tmaps;
+  int n_groups;
+  int tma_multicast;
 };
 
 // The kernel parameters of a validated GemmArgs (host side).
@@ -92,7 +96,11 @@ inline GemmParams MakeGemmParams(const GemmArgs& args) {
                     args.ldc,
                     args.out_f32 ? 1 : 0,
                     args.splits,
-                    args.split_stride};
+                    args.split_stride,
+                    args.b0_tmaps,
+                    args.b1_tmaps,
+                    args.n_groups,
+                    args.tma_multicast ? 1 : 0};
 }
 
 // Copy descriptors of the A rows one thread gathers into a stage: its i-th 16-byte chunk is chunk
@@ -179,5 +187,12 @@ __device__ __forceinline__ float Silu(float g) { return g / (1.0f + __expf(-g));
 Status InitGemmKernelsSm90();
 Status LaunchGemmSm90(const GemmParams& p, GemmTile tile, bool gated, WType wtype, dim3 grid,
                       cudaStream_t stream);
+// The kWgmmaWsMc kernel (grouped_gemm_sm90_cluster.cu): a grouped GEMM (tile list, group_offsets,
+// at most kMaxClusterGemmGroups groups) with TMA descriptor tables; max_items bounds its work
+// items (the launch's row tiles x column blocks x splits).
+inline constexpr int kMaxClusterGemmGroups = 1024;
+Status InitGemmKernelsSm90Cluster();
+Status LaunchGemmSm90Cluster(const GemmParams& p, bool gated, WType wtype, int64_t max_items,
+                             cudaStream_t stream);
 
 }  // namespace moe::cuda

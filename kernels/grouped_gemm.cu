@@ -278,6 +278,11 @@ Status GemmArgs::Validate() const {
     return absl::InvalidArgumentError("GemmArgs: split-K needs a plain GEMM with f32 output");
   }
   if (gated && out_f32) return absl::InvalidArgumentError("GemmArgs: gated output is wtype");
+  if (b0_tmaps != nullptr &&
+      (tiles == nullptr || n_groups <= 0 || (gated && b1_tmaps == nullptr))) {
+    return absl::InvalidArgumentError(
+        "GemmArgs: TMA descriptor tables need a tile list, n_groups > 0 and (gated) b1_tmaps");
+  }
   if (grid_tiles <= 0 || grid_tiles > (1LL << 31) - 1) {
     return absl::InvalidArgumentError("GemmArgs: grid_tiles out of range");
   }
@@ -303,7 +308,8 @@ Status LaunchGemm(const GemmArgs& args, cudaStream_t stream) {
                   static_cast<unsigned>((args.n + bn - 1) / bn),
                   static_cast<unsigned>(args.splits));
   if (args.tile == GemmTile::kWgmma || args.tile == GemmTile::kWgmma2 ||
-      args.tile == GemmTile::kWgmmaTall || args.tile == GemmTile::kWgmmaWs) {
+      args.tile == GemmTile::kWgmmaTall || args.tile == GemmTile::kWgmmaWs ||
+      args.tile == GemmTile::kWgmmaWsMc) {
     return LaunchGemmSm90(p, args.tile, args.gated, args.wtype, grid, stream);
   }
   const KernelFn fn = FindKernel(args.tile, args.gated, args.wtype);

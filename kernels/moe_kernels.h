@@ -50,6 +50,16 @@ struct GemmArgs {
   // B: pointer tables indexed [*layer_dev * b_layer_stride + group], each [n, ldb] in wtype.
   const void* const* b0_table = nullptr;
   const void* const* b1_table = nullptr;  // gated only: the up projection
+  // TMA descriptors of the same matrices (kernels/tensor_map.h; device memory, 64-byte aligned),
+  // tables indexed like b0_table / b1_table. With them (and a tile list over n_groups groups), the
+  // kWgmmaWsMc tile loads B by TMA multicast across a 2-block cluster; without, it runs as
+  // kWgmmaWs.
+  const void* const* b0_tmaps = nullptr;
+  const void* const* b1_tmaps = nullptr;
+  int n_groups = 0;
+  // kWgmmaWsMc only: false makes each block of the cluster load all of its B itself (for
+  // comparisons; no multicast).
+  bool tma_multicast = true;
   const int32_t* layer_dev = nullptr;
   int64_t b_layer_stride = 0;
   int64_t ldb = 0;
@@ -77,6 +87,9 @@ Status InitGemmKernels(bool sm90);
 // device): probed with a one-thread kernel, so call it at start-up only.
 StatusOr<bool> ProbeWgmmaKernels();
 Status LaunchGemm(const GemmArgs& args, cudaStream_t stream);
+// Clusters of the kWgmmaWsMc kernel (2 blocks each) resident at once on the current device; its
+// persistent grid has this many (call after InitGemmKernels(true)).
+StatusOr<int> ClusterGemmResidentClusters();
 // The same grouped (or dense) problem on CUDA cores for decode batches (decode_gemv.cu): one warp
 // per output column streams the weights once with 16-byte loads. Needs the decode tile's row list
 // (args.tile == kDecode) and splits == 1; not batch invariant against the mma.sync tiles.

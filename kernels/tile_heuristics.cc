@@ -68,6 +68,15 @@ MoePlan PlanMoe(const MoePlanInput& in) {
   const int64_t router_blocks = plan.dense_tiles * ((in.router_rows + bn - 1) / bn);
   plan.router_splits =
       ChooseSplitK(router_blocks, in.router_k, in.tokens, in.sm_count, in.deterministic);
+  if (!in.deterministic && in.tokens > kMaxSplitRows) {
+    const int64_t k_steps = (in.router_k + TileShape::kBk - 1) / TileShape::kBk;
+    int splits = 1;
+    while (splits < kMaxLargeRouterSplits && router_blocks * 2 * splits <= in.sm_count &&
+           k_steps / (2 * splits) >= 8) {
+      splits *= 2;
+    }
+    plan.router_splits = splits;
+  }
   const int64_t down_blocks =
       (pairs + shape.bm - 1) / shape.bm * ((in.hidden + bn - 1) / bn) +
       (active - 1) * ((in.hidden + bn - 1) / bn);  // ~ one extra partial tile per active expert

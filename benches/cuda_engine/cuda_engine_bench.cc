@@ -4,8 +4,9 @@
 //   cuda_engine_bench                       Google Benchmark suite (manual time from CUDA events)
 //   cuda_engine_bench --report=out.jsonl    roofline table on stdout + one JSON line per point
 //       [--shapes=mixtral,qwen3,dsv2lite,embedded] [--tokens=1,8,64,512,4096,16384] [--no-det]
-//       [--narrow | --tall | --wide | --ws]   (Hopper tile: 128x128 two per SM, 256x128, the
-//       cp.async 128x256 kernel, or the warp-specialised persistent 128x256 one, the default)
+//       [--narrow | --tall | --wide | --ws | --cluster]   (Hopper tile: 128x128 two per SM,
+//       256x128, the cp.async 128x256 kernel, the warp-specialised persistent 128x256 one, or that
+//       one with TMA-multicast weights over 2-block clusters)
 //       [--no-decode-paths]   (small-batch paths off: the v6 engine, for comparisons)
 //       [--no-gemv | --gemv-always] [--narrow-gate-up]   (decode GEMV never / wherever it fits;
 //                             the narrow gate/up tile)
@@ -38,9 +39,11 @@
 namespace moe {
 namespace {
 
-// --narrow / --tall / --wide / --ws: the Hopper tile (also for --check-invariance when given
-// first); the engine's default otherwise.
+// --narrow / --tall / --wide / --ws / --cluster: the Hopper tile (also for --check-invariance when
+// given first); the engine's default otherwise.
 CudaEngineOptions::HopperTile g_hopper_tile = CudaEngineOptions().hopper_tile;
+// --cluster-solo: the cluster tile without multicast (each block loads its own weights).
+bool g_cluster_multicast = true;
 // --no-decode-paths: the engine's small-batch paths off (overlap_launches, fused_decode_front,
 // decode_gemv), for before/after comparisons on one card.
 bool g_decode_paths = true;
@@ -219,6 +222,7 @@ class Runner {
     o.deterministic = deterministic;
     o.graph_batch_sizes = {1, 8, 64, 512, 4096, 16384};
     o.hopper_tile = g_hopper_tile;
+    o.cluster_multicast = g_cluster_multicast;
     if (!g_decode_paths) o.overlap_launches = o.fused_decode_front = false;
     if (!g_decode_paths || !g_decode_gemv) o.decode_gemv = CudaEngineOptions::DecodeGemv::kNever;
     if (g_decode_gemv_always) o.decode_gemv = CudaEngineOptions::DecodeGemv::kAlways;
@@ -356,6 +360,11 @@ int Report(const std::string& json_path, const std::vector<std::string>& shape_n
                 run.engine().workspace_device_bytes_per_slot() / 1048576.0,
                 static_cast<long long>(max_tokens));
   }
+  if (g_hopper_tile == CudaEngineOptions::HopperTile::kWideCluster) {
+    const StatusOr<int> clusters = cuda::ClusterGemmResidentClusters();
+    std::printf("cluster tile (multicast %s): %d clusters of 2 blocks resident\n",
+                g_cluster_multicast ? "on" : "off", clusters.ok() ? *clusters : -1);
+  }
   return 0;
 }
 
@@ -370,6 +379,7 @@ int CheckInvariance() {
     o.deterministic = true;
     o.deterministic_wgmma = true;
     o.hopper_tile = g_hopper_tile;
+    o.cluster_multicast = g_cluster_multicast;
     auto engine = OrDie(CudaEngine::CreateRandom(SpecOf(shape), 99, o));
     const int64_t n = 2048, h = shape.hidden;
     cuda::DeviceBuffer in = OrDie(cuda::DeviceBuffer::Create(n * h * 2));
@@ -453,6 +463,11 @@ int main(int argc, char** argv) {
       moe::g_hopper_tile = moe::CudaEngineOptions::HopperTile::kWide;
     } else if (a == "--ws") {
       moe::g_hopper_tile = moe::CudaEngineOptions::HopperTile::kWideWarpSpecialized;
+    } else if (a == "--cluster") {
+      moe::g_hopper_tile = moe::CudaEngineOptions::HopperTile::kWideCluster;
+    } else if (a == "--cluster-solo") {
+      moe::g_hopper_tile = moe::CudaEngineOptions::HopperTile::kWideCluster;
+      moe::g_cluster_multicast = false;
     } else if (a == "--no-decode-paths") {
       moe::g_decode_paths = false;
     } else if (a == "--no-gemv") {

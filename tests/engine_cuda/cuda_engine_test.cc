@@ -274,6 +274,51 @@ TEST(CudaEngine, WithoutGraphsAndDeterministic) {
             det);
 }
 
+// The TMA-multicast cluster tile (kWideCluster) against the CPU, and bit for bit against the
+// cp.async warp-specialised tile it must equal: K tails (hidden 200 or 136: the last TMA box and
+// cp.async chunk read past K as zeros), N tails (inter 88 or 48: gated boxes past the expert's
+// rows), experts of 150 rows (the pair's second block gets 22 rows, one consumer none), 31
+// experts, f16 with f32 partials (down split-K at 130 tokens), and a down GEMM of 16 column blocks
+// (hidden 4096: more work items than clusters, the rings wrap).
+TEST(CudaEngine, ClusterTile) {
+  MOE_REQUIRE_GPU();
+  using Tile = CudaEngineOptions::HopperTile;
+  const std::vector<Case> cases = {
+      {"cluster tile, tails",
+       Opts(Family::kDeepseekV2, 16, 4, 200, 88, DType::kBF16, 71),
+       DType::kBF16,
+       {130, 600}},
+      {"cluster tile, 31 experts",
+       Opts(Family::kQwen3Moe, 31, 4, 136, 48, DType::kBF16, 72),
+       DType::kBF16,
+       {600}},
+      {"cluster tile f16, many work items",
+       Opts(Family::kMixtral, 8, 2, 4096, 128, DType::kF16, 73),
+       DType::kF32,
+       {600}},
+  };
+  CheckCases(cases, WithHopperTile(Tile::kWideCluster));
+  CudaEngineOptions solo = WithHopperTile(Tile::kWideCluster);
+  solo.cluster_multicast = false;  // every tile solo: each block loads its own weights by TMA
+  CheckCases(cases, solo);
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.name);
+    const auto model = RandomModel(c.model);
+    auto ws = CudaEngine::Create(model, WithHopperTile(Tile::kWideWarpSpecialized));
+    auto mc = CudaEngine::Create(model, WithHopperTile(Tile::kWideCluster));
+    ASSERT_TRUE(ws.ok()) << ws.status();
+    ASSERT_TRUE(mc.ok()) << mc.status();
+    const int64_t n = c.tokens.back();
+    const auto x = MakeActivations(c.act, n * model->spec().hidden, 74);
+    const RunResult a = RunForward(**ws, 0, c.act, x.bytes, n);
+    const RunResult b = RunForward(**mc, 0, c.act, x.bytes, n);
+    ASSERT_TRUE(a.status.ok()) << a.status;
+    ASSERT_TRUE(b.status.ok()) << b.status;
+    EXPECT_EQ(a.ids, b.ids);
+    EXPECT_TRUE(a.out == b.out) << "outputs differ from the cp.async warp-specialised tile";
+  }
+}
+
 // Deterministic mode: a token's output bits do not depend on the batch (size, position, tiles).
 TEST(CudaEngine, DeterministicIsBatchInvariant) {
   MOE_REQUIRE_GPU();
@@ -281,7 +326,8 @@ TEST(CudaEngine, DeterministicIsBatchInvariant) {
   for (auto [act, tile] :
        std::vector<std::pair<DType, Tile>>{{DType::kBF16, Tile::kWide},
                                            {DType::kF32, Tile::kWide},
-                                           {DType::kBF16, Tile::kWideWarpSpecialized}}) {
+                                           {DType::kBF16, Tile::kWideWarpSpecialized},
+                                           {DType::kBF16, Tile::kWideCluster}}) {
     SCOPED_TRACE(::testing::Message() << "hopper tile " << static_cast<int>(tile));
     const auto model = RandomModel(Opts(Family::kDeepseekV3, 64, 8, 256, 128, DType::kBF16, 41));
     CudaEngineOptions o = WithHopperTile(tile);

@@ -116,6 +116,16 @@ TEST(PlanMoe, DecodeAndPrefillShapes) {
   EXPECT_EQ(p.grouped_tiles, 16384 * 8 / 128 + 128);
   in.wgmma = true;
   EXPECT_EQ(PlanMoe(in).tile, GemmTile::kWgmma);
+  EXPECT_EQ(PlanMoe(in).router_splits, 1);  // 128 row tiles: the router GEMM fills the chip
+  in.tokens = 4096;                         // 32 row tiles: the router's K (32 steps) is split in 4
+  EXPECT_EQ(PlanMoe(in).router_splits, kMaxLargeRouterSplits);
+  in.router_k = 512;  // 8 k-steps: not split below 8 steps a part
+  EXPECT_EQ(PlanMoe(in).router_splits, 1);
+  in.router_k = 2048;
+  in.deterministic = true;
+  EXPECT_EQ(PlanMoe(in).router_splits, 1);
+  in.deterministic = false;
+  in.tokens = 16384;
   in.deterministic = true;
   EXPECT_EQ(PlanMoe(in).tile, GemmTile::kLarge);
   in.deterministic_wgmma = true;

@@ -137,9 +137,17 @@ struct CudaEngineOptions {
     // warpgroup streams a 4-stage mbarrier ring, two consumer warpgroups run the wgmmas); bitwise
     // equal to kWide.
     kWideWarpSpecialized,
+    // kWideWarpSpecialized with the weights loaded by TMA and multicast to both blocks of a
+    // 2-block cluster that computes two row tiles of one expert (half the weight bytes read from
+    // L2 per block); routed experts of resident weights only (the expert cache's slots and the
+    // dense GEMMs run kWideWarpSpecialized). Bitwise equal to kWide.
+    kWideCluster,
   };
   // kWideWarpSpecialized: 5-17% faster than kWide at 512-16384 tokens (H200, RESULTS.md).
   HopperTile hopper_tile = HopperTile::kWideWarpSpecialized;
+  // kWideCluster only: false makes each block of a cluster load its own weights by TMA (no
+  // multicast; for comparisons).
+  bool cluster_multicast = true;
   // Small-batch latency paths (benches/RESULTS.md, v7, v8). overlap_launches: programmatic
   // dependent launch between the layer's kernels (sm_90 devices). fused_decode_front: for <= 32
   // tokens the input conversion, router, routing and scan run as one kernel (never in

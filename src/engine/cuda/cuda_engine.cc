@@ -85,6 +85,14 @@ StatusOr<std::unique_ptr<CudaEngine::Impl>> CudaEngine::Impl::Prepare(const MoeS
   return impl;
 }
 
+Status CudaEngine::Impl::PrepareTensorMaps() {
+  if (!wgmma || options.hopper_tile != CudaEngineOptions::HopperTile::kWideCluster ||
+      !weights.routed_resident) {
+    return absl::OkStatus();
+  }
+  return weights.BuildTensorMaps(/*stream=*/nullptr);
+}
+
 Status CudaEngine::Impl::AllocateSlots() {
   const int64_t tm = options.max_batch_tokens;
   const int64_t k = spec.top_k(), e = spec.n_experts(), hd = spec.hidden;
@@ -108,7 +116,12 @@ Status CudaEngine::Impl::AllocateSlots() {
     MOE_RETURN_IF_ERROR(alloc(s->meta, sizeof(cuda::ForwardMeta)));
     MOE_RETURN_IF_ERROR(alloc(s->x_in, tm * hd * 4));
     MOE_RETURN_IF_ERROR(alloc(s->x, tm * 2 * hd * wsize()));
-    MOE_RETURN_IF_ERROR(alloc(s->logits, std::max(tm, cuda::kMaxSplits * split_rows) * nr * 4));
+    // Router partials: up to kMaxSplits x kMaxSplitRows rows, or kMaxLargeRouterSplits x tm past
+    // kMaxSplitRows (PlanMoe).
+    const int64_t logit_rows =
+        std::max({tm, cuda::kMaxSplits * split_rows,
+                  tm > cuda::kMaxSplitRows ? cuda::kMaxLargeRouterSplits * tm : int64_t{0}});
+    MOE_RETURN_IF_ERROR(alloc(s->logits, logit_rows * nr * 4));
     MOE_RETURN_IF_ERROR(alloc(s->topk_ids, pairs * 4));
     MOE_RETURN_IF_ERROR(alloc(s->topk_weights, pairs * 4));
     MOE_RETURN_IF_ERROR(alloc(s->ranks, pairs * 4));
@@ -176,6 +189,8 @@ Status CudaEngine::Impl::BuildLayerLaunch(Slot& s, int64_t capacity, AType atype
       : options.hopper_tile == CudaEngineOptions::HopperTile::kTwoPerSm ? cuda::GemmTile::kWgmma2
       : options.hopper_tile == CudaEngineOptions::HopperTile::kWideWarpSpecialized
           ? cuda::GemmTile::kWgmmaWs
+      : options.hopper_tile == CudaEngineOptions::HopperTile::kWideCluster
+          ? cuda::GemmTile::kWgmmaWsMc
           : cuda::GemmTile::kWgmmaTall;
   l->capacity = capacity;
   l->plan = cuda::PlanMoe(in);
@@ -313,6 +328,12 @@ Status CudaEngine::Impl::BuildLayerLaunch(Slot& s, int64_t capacity, AType atype
   gu.grid_tiles = plan.grouped_tiles;
   gu.b0_table = weights.table(weights.gate_table);
   gu.b1_table = weights.table(weights.up_table);
+  if (weights.gate_tmap_table.get() != nullptr) {
+    gu.b0_tmaps = weights.table(weights.gate_tmap_table);
+    gu.b1_tmaps = weights.table(weights.up_tmap_table);
+    gu.n_groups = static_cast<int>(e);
+    gu.tma_multicast = options.cluster_multicast;
+  }
   gu.layer_dev = layer_dev(s);
   gu.b_layer_stride = e;
   gu.ldb = hd;
@@ -333,6 +354,9 @@ Status CudaEngine::Impl::BuildLayerLaunch(Slot& s, int64_t capacity, AType atype
   down.a_rows = nullptr;
   down.b0_table = weights.table(weights.down_table);
   down.b1_table = nullptr;
+  if (weights.down_tmap_table.get() != nullptr)
+    down.b0_tmaps = weights.table(weights.down_tmap_table);
+  down.b1_tmaps = nullptr;
   down.ldb = inter;
   down.n = hd;
   down.k = inter;
@@ -551,6 +575,7 @@ StatusOr<std::unique_ptr<CudaEngine>> CudaEngine::Create(std::shared_ptr<const M
   const bool cached = options.expert_cache.budget_bytes > 0;
   MOE_ASSIGN_OR_RETURN(impl->weights, cuda::DeviceWeights::Upload(*impl->model, /*stream=*/nullptr,
                                                                   /*routed_experts=*/!cached));
+  MOE_RETURN_IF_ERROR(impl->PrepareTensorMaps());
   MOE_RETURN_IF_ERROR(impl->AllocateSlots());
   if (cached) {
     cuda::ExpertCacheRuntime::Options ro;
@@ -571,6 +596,7 @@ StatusOr<std::unique_ptr<CudaEngine>> CudaEngine::CreateRandom(const MoeSpec& sp
   }
   MOE_ASSIGN_OR_RETURN(std::unique_ptr<Impl> impl, Impl::Prepare(spec, options));
   MOE_ASSIGN_OR_RETURN(impl->weights, cuda::DeviceWeights::Random(spec, seed, /*stream=*/nullptr));
+  MOE_RETURN_IF_ERROR(impl->PrepareTensorMaps());
   MOE_RETURN_IF_ERROR(impl->AllocateSlots());
   return std::unique_ptr<CudaEngine>(new CudaEngine(std::move(impl)));
 }

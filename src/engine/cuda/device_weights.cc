@@ -3,6 +3,8 @@
 #include <cmath>
 #include <cstring>
 
+#include "kernels/tensor_map.h"
+
 namespace moe::cuda {
 namespace {
 
@@ -256,6 +258,50 @@ StatusOr<DeviceWeights> DeviceWeights::Random(const MoeSpec& spec, uint64_t seed
   }
   CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream));
   return w;
+}
+
+Status DeviceWeights::BuildTensorMaps(cudaStream_t stream) {
+  if (!routed_resident) {
+    return absl::FailedPreconditionError("BuildTensorMaps: the routed experts are not resident");
+  }
+  const int64_t le = static_cast<int64_t>(n_layers) * n_experts;
+  std::vector<const void*> ptrs[3];
+  const DeviceBuffer* tables[3] = {&gate_table, &up_table, &down_table};
+  for (int m = 0; m < 3; ++m) {
+    ptrs[m].resize(le);
+    CUDA_RETURN_IF_ERROR(
+        cudaMemcpy(ptrs[m].data(), tables[m]->get(), le * sizeof(void*), cudaMemcpyDeviceToHost));
+  }
+  // Matrix m of each expert: gate and up [inter, hidden], down [hidden, inter].
+  std::vector<uint8_t> maps(static_cast<size_t>(3 * le) * kTensorMapBytes);
+  for (int m = 0; m < 3; ++m) {
+    const int64_t rows = m < 2 ? inter : hidden, cols = m < 2 ? hidden : inter;
+    for (int64_t i = 0; i < le; ++i) {
+      MOE_RETURN_IF_ERROR(EncodeWeightTensorMap(ptrs[m][i], wtype, rows, cols, cols,
+                                                maps.data() + (m * le + i) * kTensorMapBytes));
+    }
+  }
+  MOE_ASSIGN_OR_RETURN(tensor_maps, DeviceBuffer::Create(static_cast<int64_t>(maps.size())));
+  std::vector<const void*> map_ptrs[3];
+  for (int m = 0; m < 3; ++m) {
+    map_ptrs[m].resize(le);
+    for (int64_t i = 0; i < le; ++i) {
+      map_ptrs[m][i] = tensor_maps.as<char>() + (m * le + i) * kTensorMapBytes;
+    }
+  }
+  CUDA_RETURN_IF_ERROR(
+      cudaMemcpyAsync(tensor_maps.get(), maps.data(), maps.size(), cudaMemcpyHostToDevice, stream));
+  DeviceBuffer* map_tables[3] = {&gate_tmap_table, &up_tmap_table, &down_tmap_table};
+  for (int m = 0; m < 3; ++m) {
+    MOE_ASSIGN_OR_RETURN(*map_tables[m], DeviceBuffer::Create(le * sizeof(void*)));
+    CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(map_tables[m]->get(), map_ptrs[m].data(),
+                                         le * sizeof(void*), cudaMemcpyHostToDevice, stream));
+    device_bytes += map_tables[m]->bytes();
+  }
+  device_bytes += tensor_maps.bytes();
+  // The host vectors die here: wait for the copies out of them.
+  CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream));
+  return absl::OkStatus();
 }
 
 }  // namespace moe::cuda

@@ -41,6 +41,13 @@ struct DeviceWeights {
   DeviceBuffer shared_up_table;    // [n_layers]
   DeviceBuffer shared_down_table;  // [n_layers]
   DeviceBuffer bias;               // f32 [n_layers * n_experts] (has_bias)
+  // TMA descriptors of every routed expert matrix (kernels/tensor_map.h), read by the kWgmmaWsMc
+  // GEMM tile: tables [n_layers * n_experts] of device pointers into `tensor_maps`. Empty until
+  // BuildTensorMaps.
+  DeviceBuffer tensor_maps;
+  DeviceBuffer gate_tmap_table;
+  DeviceBuffer up_tmap_table;
+  DeviceBuffer down_tmap_table;
   int64_t device_bytes = 0;
 
   const void* const* table(const DeviceBuffer& b) const {
@@ -53,6 +60,9 @@ struct DeviceWeights {
   // only when `routed_experts` is false (the routed experts' shapes are still checked).
   static StatusOr<DeviceWeights> Upload(const Model& model, cudaStream_t stream,
                                         bool routed_experts = true);
+  // Encodes the TMA descriptors of the routed experts (resident weights only) and fills the
+  // *_tmap_table tables; returns when they are on the device.
+  Status BuildTensorMaps(cudaStream_t stream);
   // Generates weights for the layers in spec.moe_layers on the current device.
   static StatusOr<DeviceWeights> Random(const MoeSpec& spec, uint64_t seed, cudaStream_t stream);
 };

@@ -85,6 +85,8 @@ class CudaEngine::Impl {
   std::unique_ptr<cuda::ExpertCacheRuntime> cache;
 
   static StatusOr<std::unique_ptr<Impl>> Prepare(const MoeSpec& spec, const CudaEngineOptions& o);
+  // With the kWideCluster Hopper tile and resident weights: the weights' TMA descriptors.
+  Status PrepareTensorMaps();
   Status AllocateSlots();
   // Every kernel argument of a forward of up to `capacity` tokens on slot `s`.
   Status BuildLayerLaunch(Slot& s, int64_t capacity, cuda::AType atype, LayerLaunch* l) const;

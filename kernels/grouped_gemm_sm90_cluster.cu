@@ -1,0 +1,440 @@
+// Grouped GEMM for Hopper (sm_90a), tile kWgmmaWsMc: the warp-specialised persistent 128 x 256
+// wgmma tile of grouped_gemm_sm90.cu, with the weights (B) loaded by TMA and multicast to both
+// blocks of a 2-block cluster.
+//
+// Why: the cp.async tile reads 48 KiB from L2 per 4.2 MFLOP (A 16 KiB + B 32 KiB a stage); ncu
+// showed it bound by L2 bandwidth at large batches (benches/RESULTS.md). Two blocks that compute
+// two row tiles of the same expert need the same B: each loads half of it once and the copy
+// engine writes it into both blocks' shared memory, so a block reads 32 KiB a stage from L2.
+//
+// 1. Work: the rows of group (expert) g, [group_offsets[g], group_offsets[g + 1]), are cut into
+//    multicast pairs of 256 rows (block rank r of the cluster computes rows 128 r .. 128 r + 127
+//    of the pair; a last pair of 129-255 rows leaves block 1 the rest) and, when 1-128 rows
+//    remain, one solo tile. Solo tiles of any groups are paired up: each block loads its own
+//    weights for them (no multicast), so no block idles while its peer works. Work items (pair,
+//    column block, split) are ordered as in the cp.async persistent kernel (DecodeWorkItem);
+//    cluster c takes items c, c + clusters, ... Both blocks of a cluster walk the same items and
+//    k-steps, so their stage rings stay in step.
+// 2. Producer warpgroup: per k-step, waits until the stage is free in BOTH blocks (the stage's
+//    `empty` barrier counts the consumer warps of both blocks), gathers its A rows with cp.async
+//    (arriving on `full` when they land), and thread 0 announces the stage's 32 KiB of B on `full`
+//    (expect_tx) and issues one TMA box of 128 weight rows x 64 columns, multicast to both blocks:
+//    gated tiles: rank 0 the gate rows, rank 1 the up rows; plain tiles: rank r rows 128 r...
+//    For a solo tile it loads both boxes into its own block only.
+// 3. Consumers: wait on `full`, fence the async proxy, issue the wgmmas (skipped for a consumer
+//    with no rows), and release the previous stage: lane 0 of each warp arrives on that stage's
+//    `empty` barrier in both blocks.
+// 4. Epilogue from registers, as in grouped_gemm_sm90.cu. Same k16 order and f32 accumulation
+//    from zero as the other wgmma tiles: the same bits for every output element.
+// 5. Registers: setmaxnreg gives the producer 80 (40 spilled: it holds the tile's A rows, both
+//    descriptors and the pair's layout) and the consumers 208 (128 accumulators each):
+//    128 x 80 + 256 x 208 = 63488 <= 65536.
+// 6. Teardown: the producer waits until every stage is released in both blocks, then all threads
+//    of the cluster meet at a cluster barrier, so no block exits while its peer may still write
+//    to its shared memory or arrive on its barriers.
+#include <algorithm>
+
+#include "kernels/cuda_status.h"
+#include "kernels/gemm_common.cuh"
+#include "kernels/tensor_map.h"
+#include "kernels/wgmma_common.cuh"
+
+namespace moe::cuda {
+namespace {
+
+constexpr int kClusterBlocks = 2;
+constexpr int kMcStages = 4;
+constexpr int kMcSmem = WgSmemBytes(128, 256, kMcStages);
+static_assert(kTensorMapBoxRows == 128 && kTensorMapBoxCols == kBk,
+              "one TMA box is half of a stage's 256 weight rows");
+
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+constexpr int kPairRows = 128 * kClusterBlocks;
+constexpr int kBoxBytes = kTensorMapBoxRows * kTensorMapBoxCols * 2;
+__device__ __forceinline__ uint32_t ClusterRank() {
+  uint32_t r;
+  asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));
+  return r;
+}
+__device__ __forceinline__ uint32_t ClusterId() {
+  uint32_t r;
+  asm volatile("mov.u32 %0, %%clusterid.x;\n" : "=r"(r));
+  return r;
+}
+__device__ __forceinline__ uint32_t ClusterCount() {
+  uint32_t r;
+  asm volatile("mov.u32 %0, %%nclusterid.x;\n" : "=r"(r));
+  return r;
+}
+__device__ __forceinline__ void ClusterSync() {
+  asm volatile(
+      "barrier.cluster.arrive.release.aligned;\n"
+      "barrier.cluster.wait.acquire.aligned;\n" ::
+          : "memory");
+}
+// Arrives on the barrier at the same shared-memory offset as `bar` in cluster block `rank`.
+// NOTES: default (.release.cta) semantics, as CUTLASS's cluster barriers: the arrival only says
+// that this warp's wgmmas have finished reading the stage (wgmma.wait_group before it). With
+// .release.cluster, ptxas puts a memory barrier before the arrive that waits for the warp's
+// wgmma still in flight: the kernel ran 1.45x slower (H200, ncu: 34% of stalls on memory
+// barriers).
+__device__ __forceinline__ void MbarArriveCluster(uint64_t* bar, uint32_t rank) {
+  uint32_t remote;
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n"
+               : "=r"(remote)
+               : "r"(SmemAddr(bar)), "r"(rank));
+  asm volatile("mbarrier.arrive.shared::cluster.b64 _, [%0];\n" ::"r"(remote) : "memory");
+}
+// Waits for phase `parity` of a barrier that blocks of the cluster arrive on.
+__device__ __forceinline__ void MbarWaitCluster(uint64_t* bar, uint32_t parity) {
+  MbarWait(bar, parity);
+}
+// One arrival on `bar` that also expects `bytes` more of asynchronous (TMA) writes this phase.
+__device__ __forceinline__ void MbarArriveExpectTx(uint64_t* bar, uint32_t bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(SmemAddr(bar)),
+               "r"(bytes)
+               : "memory");
+}
+// TMA: the box at (col, row) of `tmap` into shared offset `dst` of both cluster blocks, signalling
+// each block's barrier at offset `bar`.
+__device__ __forceinline__ void TmaLoadMulticast(uint32_t dst, const void* tmap, int col, int row,
+                                                 uint64_t* bar) {
+  const uint16_t mask = (1u << kClusterBlocks) - 1;
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::"
+      "cluster [%0], [%1, {%2, %3}], [%4], %5;\n" ::"r"(dst),
+      "l"(reinterpret_cast<uint64_t>(tmap)), "r"(col), "r"(row), "r"(SmemAddr(bar)), "h"(mask)
+      : "memory");
+}
+// TMA: the box at (col, row) of `tmap` into this block's shared offset `dst`.
+__device__ __forceinline__ void TmaLoad(uint32_t dst, const void* tmap, int col, int row,
+                                        uint64_t* bar) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, "
+      "%3}], [%4];\n" ::"r"(dst),
+      "l"(reinterpret_cast<uint64_t>(tmap)), "r"(col), "r"(row), "r"(SmemAddr(bar))
+      : "memory");
+}
+__device__ __forceinline__ void PrefetchTensorMap(const void* tmap) {
+  asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(tmap)) : "memory");
+}
+
+// Exclusive prefix sums over the groups of count(g) into start[0..n_groups], in shared memory.
+// Called by all threads of the block; ends with a block barrier.
+template <typename Count>
+__device__ __forceinline__ void GroupPrefix(int n, int* start, Count count) {
+  for (int g = threadIdx.x; g < n; g += blockDim.x) start[g + 1] = count(g);
+  __syncthreads();
+  if (threadIdx.x < 32) {
+    // Warp 0: a lane owns a contiguous chunk of groups.
+    const int lane = threadIdx.x;
+    const int per = (n + 31) / 32;
+    const int g0 = min(n, lane * per), g1 = min(n, g0 + per);
+    int sum = 0;
+    for (int g = g0; g < g1; ++g) sum += start[g + 1];
+    int incl = sum;
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+      const int v = __shfl_up_sync(0xffffffffu, incl, o);
+      if (lane >= o) incl += v;
+    }
+    int run = incl - sum;
+    for (int g = g0; g < g1; ++g) {
+      run += start[g + 1];
+      start[g + 1] = run;
+    }
+    if (lane == 0) start[0] = 0;
+  }
+  __syncthreads();
+}
+
+// The last group g with start[g] <= t (skips empty groups: they share the next one's start).
+__device__ __forceinline__ int FindGroup(const int* start, int n, int t) {
+  int lo = 0, hi = n - 1;
+  while (lo < hi) {
+    const int mid = (lo + hi + 1) >> 1;
+    if (start[mid] <= t) {
+      lo = mid;
+    } else {
+      hi = mid - 1;
+    }
+  }
+  return lo;
+}
+
+// How the rows of group g are cut (rows R, multicast on): floor(R / 256) multicast pairs, one more
+// if the remainder exceeds 128 rows (its second block gets the rest), else the remainder (1..128
+// rows) is one solo tile. Multicast off: every 128-row tile is a solo tile.
+__device__ __forceinline__ int McPairs(int rows, bool multicast) {
+  if (!multicast) return 0;
+  return rows / kPairRows + (rows % kPairRows > 128 ? 1 : 0);
+}
+__device__ __forceinline__ int SoloTiles(int rows, bool multicast) {
+  if (!multicast) return (rows + 127) / 128;
+  const int rem = rows % kPairRows;
+  return rem > 0 && rem <= 128 ? 1 : 0;
+}
+
+// What cluster block `rank` computes for pair t: items t < mc_start[n] are multicast pairs (both
+// blocks, one group); past them, solo pair j gives solo tiles 2 j and 2 j + 1 to ranks 0 and 1
+// (any groups; group -1 when the tile does not exist). Rows [row_begin, row_end), maybe empty.
+struct PairWork {
+  bool multicast;
+  int group;
+  int row_begin, row_end;
+};
+__device__ __forceinline__ PairWork ResolvePair(const GemmParams& p, const int* mc_start,
+                                                const int* solo_start, int t, uint32_t rank) {
+  const int n = p.n_groups;
+  PairWork w;
+  if (t < mc_start[n]) {
+    w.multicast = true;
+    w.group = FindGroup(mc_start, n, t);
+    w.row_begin = p.group_offsets[w.group] + (t - mc_start[w.group]) * kPairRows +
+                  static_cast<int>(rank) * 128;
+  } else {
+    w.multicast = false;
+    const int s = 2 * (t - mc_start[n]) + static_cast<int>(rank);
+    if (s >= solo_start[n]) return PairWork{false, -1, 0, 0};
+    w.group = FindGroup(solo_start, n, s);
+    const int first =
+        p.group_offsets[w.group] + (mc_start[w.group + 1] - mc_start[w.group]) * kPairRows;
+    w.row_begin = first + (s - solo_start[w.group]) * 128;
+  }
+  w.row_end = min(p.group_offsets[w.group + 1], w.row_begin + 128);
+  return w;
+}
+#endif
+
+template <typename T, bool GATED>
+__global__ void __launch_bounds__(384, 1) WgmmaWsMcGemmKernel(const GemmParams p) {
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  constexpr int BM = 128, B_ROWS = 256, STAGES = kMcStages;
+  constexpr int BN = GATED ? B_ROWS / 2 : B_ROWS;
+  constexpr int kG = GATED ? 2 : 1;
+  constexpr int kStageBytes = WgStageBytes(BM, B_ROWS);
+  __shared__ __align__(8) uint64_t full_bar[STAGES];
+  __shared__ __align__(8) uint64_t empty_bar[STAGES];
+  __shared__ int mc_start[kMaxClusterGemmGroups + 1];
+  __shared__ int solo_start[kMaxClusterGemmGroups + 1];
+  extern __shared__ uint8_t mc_smem_raw[];
+  const uint32_t raw_addr = SmemAddr(mc_smem_raw);
+  uint8_t* smem = mc_smem_raw + (((raw_addr + 1023u) & ~1023u) - raw_addr);
+
+  // Phase 0: barriers (full: 128 producer threads' cp.async + 1 expect_tx arrival; empty: the 8
+  // consumer warps of each cluster block), pair starts, then a cluster barrier so that the peer's
+  // barriers exist before anything arrives on them.
+  if (threadIdx.x == 0) {
+#pragma unroll
+    for (int s = 0; s < STAGES; ++s) {
+      MbarInit(&full_bar[s], 128 + 1);
+      MbarInit(&empty_bar[s], 8 * kClusterBlocks);
+    }
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+  }
+  const bool multicast = p.tma_multicast != 0;
+  auto rows_of = [&](int g) { return p.group_offsets[g + 1] - p.group_offsets[g]; };
+  GroupPrefix(p.n_groups, mc_start, [&](int g) { return McPairs(rows_of(g), multicast); });
+  GroupPrefix(p.n_groups, solo_start, [&](int g) { return SoloTiles(rows_of(g), multicast); });
+  ClusterSync();
+  const uint32_t rank = ClusterRank();
+  const int pairs = mc_start[p.n_groups] + (solo_start[p.n_groups] + 1) / 2;
+  const int col_blocks = (p.n + BN - 1) / BN;
+  const int64_t work = static_cast<int64_t>(pairs) * col_blocks * p.splits;
+  const int k_steps = (p.k + kBk - 1) / kBk;
+  const int64_t layer_base = (p.layer_dev ? *p.layer_dev : 0) * p.b_layer_stride;
+  const int wg = threadIdx.x / 128;
+  const int64_t first_item = ClusterId(), item_stride = ClusterCount();
+
+  if (wg == 0) {
+    // Phase 1: producer.
+    SetMaxNRegDec<80>();
+    const int tid = threadIdx.x;
+    const int r0 = tid >> 3, chunk = tid & 7;
+    const int dst0 = r0 * kBk + ((chunk ^ (r0 & 7)) << 3);  // element offset of row r0's chunk
+    const T* a_base = static_cast<const T*>(p.a);
+    // This block's box: gated, the gate (rank 0) or up (rank 1) rows n0..n0+127 into B rows
+    // 128 rank..; plain, rows n0 + 128 rank.. into the same place.
+    uint32_t it = 0;
+    for (int64_t w = first_item; w < work; w += item_stride) {
+      int t, nb, split;
+      DecodeWorkItem(w, pairs, col_blocks, t, nb, split);
+      const PairWork pw = ResolvePair(p, mc_start, solo_start, t, rank);
+      const int kt_begin = static_cast<int>(static_cast<int64_t>(split) * k_steps / p.splits);
+      const int kt_end = static_cast<int>(static_cast<int64_t>(split + 1) * k_steps / p.splits);
+      // B boxes. Multicast: this block's half (gated: gate rows n0.. for rank 0, up rows n0.. for
+      // rank 1; plain: rows n0 + 128 rank..) into both blocks. Solo: both halves, this block only.
+      const void* tmap0 = nullptr;
+      const void* tmap1 = nullptr;
+      if (pw.group >= 0) {
+        tmap0 = p.b0_tmaps[layer_base + pw.group];
+        tmap1 = GATED ? p.b1_tmaps[layer_base + pw.group] : tmap0;
+        if (tid == 0) {
+          PrefetchTensorMap(tmap0);
+          if (GATED) PrefetchTensorMap(tmap1);
+        }
+      }
+      const int n0 = nb * BN;
+      // A rows of this thread's chunks (-1: past the tile), as 32-bit row numbers (the producer
+      // runs on 40 registers).
+      int a_row[BM / 16];
+#pragma unroll
+      for (int i = 0; i < BM / 16; ++i) {
+        const int r = pw.row_begin + r0 + 16 * i;
+        a_row[i] = r < pw.row_end ? (p.a_rows ? p.a_rows[r] : r) : -1;
+      }
+      const bool any_rows = pw.row_end > pw.row_begin;
+      for (int kt = kt_begin; kt < kt_end; ++kt, ++it) {
+        const int stage = static_cast<int>(it % STAGES);
+        MbarWaitCluster(&empty_bar[stage], ((it / STAGES) & 1) ^ 1);
+        const int k0 = kt * kBk;
+        T* st = reinterpret_cast<T*>(smem + stage * kStageBytes);
+        if (any_rows) {
+          const bool k_ok = k0 + chunk * 8 < p.k;
+#pragma unroll
+          for (int i = 0; i < BM / 16; ++i) {
+            const bool ok = k_ok && a_row[i] >= 0;
+            const T* src = a_base + static_cast<int64_t>(a_row[i]) * p.lda + chunk * 8 + k0;
+            CpAsync16(SmemAddr(st + dst0 + 16 * i * kBk), ok ? src : a_base, ok);
+          }
+        }
+        CpAsyncMbarArrive(&full_bar[stage]);
+        if (tid == 0) {
+          const uint32_t b_dst = SmemAddr(st + BM * kBk);
+          if (pw.multicast) {
+            MbarArriveExpectTx(&full_bar[stage], 2 * kBoxBytes);
+            TmaLoadMulticast(b_dst + rank * kBoxBytes, rank == 1 ? tmap1 : tmap0, k0,
+                             GATED ? n0 : n0 + 128 * static_cast<int>(rank), &full_bar[stage]);
+          } else if (pw.group >= 0) {
+            MbarArriveExpectTx(&full_bar[stage], 2 * kBoxBytes);
+            TmaLoad(b_dst, tmap0, k0, n0, &full_bar[stage]);
+            TmaLoad(b_dst + kBoxBytes, tmap1, k0, GATED ? n0 : n0 + 128, &full_bar[stage]);
+          } else {
+            MbarArrive(&full_bar[stage]);  // an idle block: nothing to load
+          }
+        }
+      }
+    }
+    // Tail: leave only once both blocks' consumers have released every stage.
+    for (int s = 0; s < STAGES; ++s, ++it) {
+      MbarWaitCluster(&empty_bar[it % STAGES], ((it / STAGES) & 1) ^ 1);
+    }
+  } else {
+    // Phase 2: consumers.
+    SetMaxNRegInc<208>();
+    const int cw = wg - 1;  // rows 64 cw .. 64 cw + 63 of the block's 128
+    const int lane = threadIdx.x & 31, warp_in_wg = (threadIdx.x >> 5) & 3;
+    const bool out_f32 = !GATED && p.out_f32;
+    auto release = [&](int stage) {
+      __syncwarp();
+      if (lane == 0) {
+#pragma unroll
+        for (uint32_t r = 0; r < kClusterBlocks; ++r) MbarArriveCluster(&empty_bar[stage], r);
+      }
+    };
+    uint32_t it = 0;
+    for (int64_t w = first_item; w < work; w += item_stride) {
+      int t, nb, split;
+      DecodeWorkItem(w, pairs, col_blocks, t, nb, split);
+      const PairWork pw = ResolvePair(p, mc_start, solo_start, t, rank);
+      const int kt_begin = static_cast<int>(static_cast<int64_t>(split) * k_steps / p.splits);
+      const int kt_end = static_cast<int>(static_cast<int64_t>(split + 1) * k_steps / p.splits);
+      const bool compute = pw.row_begin + cw * 64 < pw.row_end;
+      float acc[kG][BN / 2];
+#pragma unroll
+      for (int g = 0; g < kG; ++g)
+#pragma unroll
+        for (int i = 0; i < BN / 2; ++i) acc[g][i] = 0.0f;
+      int prev_stage = -1;
+      for (int kt = kt_begin; kt < kt_end; ++kt, ++it) {
+        const int stage = static_cast<int>(it % STAGES);
+        MbarWait(&full_bar[stage], (it / STAGES) & 1);
+        if (compute) {
+          FenceProxyAsync();
+          const uint32_t st = SmemAddr(smem + stage * kStageBytes);
+          WgmmaStage<T, BN, kG>(acc, Desc(st + cw * 64 * kBk * 2), Desc(st + BM * kBk * 2));
+        }
+        if (prev_stage >= 0) release(prev_stage);
+        prev_stage = stage;
+      }
+      WgmmaWait<0>();
+      if (prev_stage >= 0) release(prev_stage);
+
+      // Phase 3: epilogue (warp w of the consumer warpgroup owns rows 16w..16w+15 of its 64).
+      if (compute) {
+        StoreWarpRows<T, GATED, BN, kG>(p, acc, out_f32, split,
+                                        pw.row_begin + cw * 64 + warp_in_wg * 16, pw.row_end,
+                                        nb * BN, lane);
+      }
+    }
+  }
+  // Phase 4: no block leaves while its peer may still touch its shared memory.
+  ClusterSync();
+#endif
+}
+
+using KernelFn = void (*)(GemmParams);
+
+KernelFn Find(bool gated, WType wtype) {
+  if (wtype == WType::kBF16) {
+    return gated ? &WgmmaWsMcGemmKernel<__nv_bfloat16, true>
+                 : &WgmmaWsMcGemmKernel<__nv_bfloat16, false>;
+  }
+  return gated ? &WgmmaWsMcGemmKernel<__half, true> : &WgmmaWsMcGemmKernel<__half, false>;
+}
+
+}  // namespace
+
+Status InitGemmKernelsSm90Cluster() {
+  for (const bool gated : {false, true}) {
+    for (const WType wtype : {WType::kBF16, WType::kF16}) {
+      CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(
+          Find(gated, wtype), cudaFuncAttributeMaxDynamicSharedMemorySize, kMcSmem));
+    }
+  }
+  return absl::OkStatus();
+}
+
+namespace {
+cudaLaunchConfig_t ClusterConfig(cudaLaunchAttribute* attr, unsigned blocks, cudaStream_t stream) {
+  attr[0].id = cudaLaunchAttributeClusterDimension;
+  attr[0].val.clusterDim.x = kClusterBlocks;
+  attr[0].val.clusterDim.y = 1;
+  attr[0].val.clusterDim.z = 1;
+  cudaLaunchConfig_t config = {};
+  config.attrs = attr;
+  config.numAttrs = 1;
+  config.blockDim = dim3(384);
+  config.dynamicSmemBytes = kMcSmem;
+  config.stream = stream;
+  config.gridDim = dim3(blocks);
+  return config;
+}
+}  // namespace
+
+StatusOr<int> ClusterGemmResidentClusters() {
+  int device = 0, sms = 0;
+  CUDA_RETURN_IF_ERROR(cudaGetDevice(&device));
+  CUDA_RETURN_IF_ERROR(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  cudaLaunchAttribute attr[1];
+  const cudaLaunchConfig_t config =
+      ClusterConfig(attr, static_cast<unsigned>(sms / kClusterBlocks * kClusterBlocks), nullptr);
+  int clusters = 0;
+  CUDA_RETURN_IF_ERROR(
+      cudaOccupancyMaxActiveClusters(&clusters, Find(true, WType::kBF16), &config));
+  return clusters;
+}
+
+Status LaunchGemmSm90Cluster(const GemmParams& p, bool gated, WType wtype, int64_t max_items,
+                             cudaStream_t stream) {
+  // As many clusters as can be resident at once (the kernel loops over its items).
+  MOE_ASSIGN_OR_RETURN(int clusters, ClusterGemmResidentClusters());
+  clusters = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(clusters, max_items)));
+  cudaLaunchAttribute attr[1];
+  const cudaLaunchConfig_t config =
+      ClusterConfig(attr, static_cast<unsigned>(clusters * kClusterBlocks), stream);
+  CUDA_RETURN_IF_ERROR(cudaLaunchKernelEx(&config, Find(gated, wtype), p));
+  return absl::OkStatus();
+}
+
+}  // namespace moe::cuda

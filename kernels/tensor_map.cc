@@ -1,0 +1,62 @@
+#include "kernels/tensor_map.h"
+
+#include <cuda.h>
+#include <cudaTypedefs.h>
+#include <cuda_runtime_api.h>
+
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+
+namespace moe::cuda {
+namespace {
+
+static_assert(sizeof(CUtensorMap) == kTensorMapBytes, "CUtensorMap is 128 bytes");
+
+// cuTensorMapEncodeTiled from the driver the runtime loaded (no link against libcuda).
+StatusOr<PFN_cuTensorMapEncodeTiled_v12000> EncodeFn() {
+  void* fn = nullptr;
+  cudaDriverEntryPointQueryResult found = cudaDriverEntryPointSymbolNotFound;
+  const cudaError_t err = cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000,
+                                                           cudaEnableDefault, &found);
+  if (err != cudaSuccess || found != cudaDriverEntryPointSuccess || fn == nullptr) {
+    return absl::UnavailableError(absl::StrCat(
+        "cuTensorMapEncodeTiled is not available from the CUDA driver: ", cudaGetErrorString(err)));
+  }
+  return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(fn);
+}
+
+}  // namespace
+
+Status EncodeWeightTensorMap(const void* base, WType wtype, int64_t rows, int64_t cols, int64_t ld,
+                             void* out) {
+  if (base == nullptr || out == nullptr || rows <= 0 || cols <= 0 || ld < cols) {
+    return absl::InvalidArgumentError("EncodeWeightTensorMap: bad matrix");
+  }
+  if (reinterpret_cast<uintptr_t>(base) % 16 != 0 || (ld * 2) % 16 != 0) {
+    return absl::InvalidArgumentError(
+        "EncodeWeightTensorMap: base and row stride must be multiples of 16 bytes");
+  }
+  MOE_ASSIGN_OR_RETURN(PFN_cuTensorMapEncodeTiled_v12000 encode, EncodeFn());
+  CUtensorMap map;
+  std::memset(&map, 0, sizeof(map));
+  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(cols), static_cast<cuuint64_t>(rows)};
+  const cuuint64_t strides[1] = {static_cast<cuuint64_t>(ld * 2)};
+  const cuuint32_t box[2] = {static_cast<cuuint32_t>(kTensorMapBoxCols),
+                             static_cast<cuuint32_t>(kTensorMapBoxRows)};
+  const cuuint32_t elem_strides[2] = {1, 1};
+  const CUresult r = encode(
+      &map,
+      wtype == WType::kBF16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16, 2,
+      const_cast<void*>(base), dims, strides, box, elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
+      CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+      CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  if (r != CUDA_SUCCESS) {
+    return absl::InternalError(
+        absl::StrCat("cuTensorMapEncodeTiled failed with CUresult ", static_cast<int>(r)));
+  }
+  std::memcpy(out, &map, sizeof(map));
+  return absl::OkStatus();
+}
+
+}  // namespace moe::cuda

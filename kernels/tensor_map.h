@@ -1,0 +1,25 @@
+// TMA descriptors (CUtensorMap) of weight matrices, for the GEMM kernels that load B with the
+// bulk tensor copy engine (grouped_gemm_sm90_cluster.cu). Host code: encodes on the host, the
+// caller copies the 128-byte descriptors to device memory (64-byte aligned) before any launch
+// that reads them.
+#pragma once
+
+#include <cstdint>
+
+#include "kernels/moe_kernels.h"
+#include "moe/common/status.h"
+
+namespace moe::cuda {
+
+inline constexpr int kTensorMapBytes = 128;
+// One TMA box: 128 weight rows x 64 elements (128 bytes, the 128-byte swizzle span), written to
+// shared memory in the swizzled K-major layout the wgmma descriptors read.
+inline constexpr int kTensorMapBoxRows = 128;
+inline constexpr int kTensorMapBoxCols = 64;
+
+// Encodes into `out` (kTensorMapBytes) the descriptor of the row-major [rows, cols] matrix at
+// `base` with row stride `ld` elements of `wtype`. Rows and columns past the matrix read as zero.
+Status EncodeWeightTensorMap(const void* base, WType wtype, int64_t rows, int64_t cols, int64_t ld,
+                             void* out);
+
+}  // namespace moe::cuda
