@@ -60,19 +60,45 @@ __device__ __forceinline__ void Wgmma(float (&d)[N / 2], uint64_t a, uint64_t b)
   }
 }
 
+// One m64(2N)k16 wgmma whose columns 0..N-1 accumulate into d0 and N..2N-1 into d1 (B: 2N rows
+// from b, i.e. two adjacent N-row slices).
+template <typename T, int N>
+__device__ __forceinline__ void WgmmaPair(float (&d0)[N / 2], float (&d1)[N / 2], uint64_t a,
+                                          uint64_t b) {
+  constexpr bool kBf16 = std::is_same_v<T, __nv_bfloat16>;
+  static_assert(N == 128 || N == 64, "paired wgmma of 256 or 128 columns");
+  if constexpr (N == 128) {
+    if constexpr (kBf16)
+      Wgmma64x256Bf16Pair(d0, d1, a, b);
+    else
+      Wgmma64x256F16Pair(d0, d1, a, b);
+  } else {
+    if constexpr (kBf16)
+      Wgmma64x128Bf16Pair(d0, d1, a, b);
+    else
+      Wgmma64x128F16Pair(d0, d1, a, b);
+  }
+}
+
 // One stage's k-steps: D[g] += A * B_g over the stage's kBk columns for each of the kG weight
 // slices (gate and up when gated), then commit the group and keep at most one group in flight.
-// a_desc / b_desc: descriptors of the stage's A rows (64 per warpgroup) and first B slice.
+// a_desc / b_desc: descriptors of the stage's A rows (64 per warpgroup) and first B slice; the
+// gate and up slices are adjacent, so a gated k16 step is ONE wgmma over both (N = 2 x BN).
+// NOTES: two wgmmas of BN columns read the A operand from shared memory twice per k16; the gated
+// 128x256 tile then moved ~147 bytes per clock through shared memory at the tensor peak (A twice
+// for each consumer, B once for each consumer, the stage fills), above the ~128 of an SM.
 template <typename T, int N, int G>
 __device__ __forceinline__ void WgmmaStage(float (&acc)[G][N / 2], uint64_t a_desc,
                                            uint64_t b_desc) {
+  static_assert(G == 1 || G == 2, "one slice, or gate and up");
   WgmmaFence();
 #pragma unroll
   for (int kk = 0; kk < kBk / 16; ++kk) {
     // +32 bytes per k16 step inside the swizzled 128-byte rows (descriptor units of 16 bytes).
-#pragma unroll
-    for (int g = 0; g < G; ++g) {
-      Wgmma<T, N>(acc[g], a_desc + 2 * kk, b_desc + g * (N * kBk * 2 >> 4) + 2 * kk);
+    if constexpr (G == 2) {
+      WgmmaPair<T, N>(acc[0], acc[1], a_desc + 2 * kk, b_desc + 2 * kk);
+    } else {
+      Wgmma<T, N>(acc[0], a_desc + 2 * kk, b_desc + 2 * kk);
     }
   }
   WgmmaCommit();
