@@ -27,6 +27,7 @@
 
 #include "kernels/cuda_status.h"
 #include "kernels/decode_common.cuh"
+#include "kernels/decode_fused.h"
 #include "kernels/gemm_common.cuh"
 #include "kernels/moe_kernels.h"
 #include "kernels/pdl.cuh"
@@ -42,22 +43,24 @@ constexpr int kChunks = 8;
 constexpr int kMaxPairs = static_cast<int>(kDecodeExpertsMaxPairs);
 // Gate/up copies the layer's pointer tables into shared memory up to this many experts.
 constexpr int kMaxStagedExperts = 512;
-// Down + combine stages h in shared memory up to this size (no opt-in attribute needed). NOTES: a
-// 96 KiB limit (opt-in), with L2 eviction hints, made Mixtral's 1-token forward (57 KiB of h) 7%
-// slower on an H200 (benches/RESULTS.md "v8c").
+// Down + combine stages h in shared memory up to this size (no opt-in attribute needed) when asked
+// to (DecodeDownOptions::h_smem). NOTES: a 96 KiB limit (opt-in), with L2 eviction hints, made
+// Mixtral's 1-token forward (57 KiB of h) 7% slower on an H200 (benches/RESULTS.md "v8c"); staging
+// h at all was 3 us slower than reading it through L1 at 1 token of the Qwen3 and DeepSeek-V2-Lite
+// shapes (ncu: 15-17 us against 13-14 us; "v9"), so it is off by default. The per-lane chunk order
+// and arithmetic are the same either way.
 constexpr int64_t kHSmemMaxBytes = 48 * 1024;
+// The bulk-copy down kernel's shared-memory buffer per warp (8 warps, 2 blocks per SM: 192 KiB).
+// NOTES: measured no faster than the 16-byte loads at Qwen3 / DeepSeek-V2-Lite 1 token and 9%
+// slower at Mixtral (H200, RESULTS.md "v9"); off by default.
+constexpr int kTmaWarpBytes = 12 * 1024;
 
-// The contiguous range [begin, end) of `units` that global warp `gw` of `warps` owns.
-__device__ __forceinline__ void WarpUnits(int64_t units, int64_t& begin, int64_t& end) {
-  const int64_t warps = static_cast<int64_t>(gridDim.x) * kWarps;
-  const int64_t gw = static_cast<int64_t>(blockIdx.x) * kWarps + (threadIdx.x >> 5);
-  begin = gw * units / warps;
-  end = (gw + 1) * units / warps;
-}
-
-template <typename T>
+// TMA: the weights move by the bulk copy engine (GateUpUnitsTma; sm_90 builds only).
+template <typename T, bool TMA>
 __global__ void __launch_bounds__(kThreads, kBlocksPerSm)
-    DecodeGateUpKernel(const DecodeExpertsArgs a) {
+    DecodeGateUpKernel(const DecodeExpertsArgs a, int prefetch_units) {
+  extern __shared__ uint4 s_gbuf[];  // TMA: [kWarps][kGateUpTmaWarpBytes / 16]
+  __shared__ uint64_t s_bar[kWarps];
   __shared__ const T* s_gate[kMaxPairs];  // by h row
   __shared__ const T* s_up[kMaxPairs];
   __shared__ int s_token[kMaxPairs];
@@ -72,6 +75,13 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm)
       s_table[1][e] = a.up_table[layer_base + e];
     }
   }
+  const int warp = threadIdx.x >> 5;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  if constexpr (TMA) {
+    if ((threadIdx.x & 31) == 0) MbarInit(&s_bar[warp]);
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+  }
+#endif
   __syncthreads();
   GridDepWait();
   GridDepTrigger();
@@ -87,46 +97,20 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm)
 
   // Phase 1: units (column, h row), column-major. With sorted rows, consecutive units of one warp
   // often share (expert, column): a one-pass K keeps that weight row in registers.
-  const int lane = threadIdx.x & 31;
-  const int K = a.hidden;
-  const bool one_pass = K <= 256 * kChunks;
-  const T* x = static_cast<const T*>(a.x);
-  T* h = static_cast<T*>(a.h);
   int64_t u_begin, u_end;
-  WarpUnits(static_cast<int64_t>(a.inter) * pairs, u_begin, u_end);
-  const T* held = nullptr;  // the gate row whose pass is in vg / vu
-  uint4 vg[kChunks], vu[kChunks];
-  for (int64_t u = u_begin; u < u_end; ++u) {
-    const int col = static_cast<int>(u / pairs);
-    const int j = static_cast<int>(u - static_cast<int64_t>(col) * pairs);
-    const T* wg = s_gate[j] + static_cast<int64_t>(col) * K;
-    const T* wu = s_up[j] + static_cast<int64_t>(col) * K;
-    const T* xr = x + static_cast<int64_t>(s_token[j]) * a.ldx;
-    const bool reuse = one_pass && wg == held;
-    held = one_pass ? wg : nullptr;
-    float g = 0.0f, up = 0.0f;
-    for (int k0 = lane * 8; k0 < K; k0 += 256 * kChunks) {
-      // Every load of the pass is issued before the first use (chunks past K read as zeros).
-      uint4 vx[kChunks];
-#pragma unroll
-      for (int c = 0; c < kChunks; ++c) {
-        const int k = k0 + 256 * c;
-        const bool ok = k < K;
-        if (!reuse) {
-          vg[c] = ok ? LoadStreaming(wg + k) : make_uint4(0, 0, 0, 0);
-          vu[c] = ok ? LoadStreaming(wu + k) : make_uint4(0, 0, 0, 0);
-        }
-        vx[c] = ok ? LoadCached(xr + k) : make_uint4(0, 0, 0, 0);
-      }
-#pragma unroll
-      for (int c = 0; c < kChunks; ++c) {
-        Dot8<T>(vg[c], vx[c], g);
-        Dot8<T>(vu[c], vx[c], up);
-      }
-    }
-    g = WarpSumF(g);
-    up = WarpSumF(up);
-    if (lane == 0) h[static_cast<int64_t>(j) * a.inter + col] = static_cast<T>(Silu(g) * up);
+  WarpUnits<kWarps>(static_cast<int64_t>(a.inter) * pairs, u_begin, u_end);
+  if constexpr (TMA) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    uint32_t parity = 0;
+    GateUpUnitsTma<T, kGateUpTmaWarpBytes, /*X_SHARED=*/false>(
+        u_begin, u_end, pairs, a.hidden, a.inter, s_gate, s_up, s_token, static_cast<const T*>(a.x),
+        a.ldx, static_cast<T*>(a.h), prefetch_units, s_gbuf + warp * (kGateUpTmaWarpBytes / 16),
+        &s_bar[warp], parity);
+#endif
+  } else {
+    GateUpUnits<T, kChunks, /*X_SHARED=*/false, /*EVICT_FIRST=*/false>(
+        u_begin, u_end, pairs, a.hidden, a.inter, s_gate, s_up, s_token, static_cast<const T*>(a.x),
+        a.ldx, static_cast<T*>(a.h), prefetch_units);
   }
 }
 
@@ -145,11 +129,24 @@ __device__ __forceinline__ __nv_bfloat16 FromFloat<__nv_bfloat16>(float v) {
   return __float2bfloat16_rn(v);
 }
 
-// Prefetches `bytes` (a multiple of 16) at `p` (16-byte aligned) into L2 (sm_90; no-op before).
-__device__ __forceinline__ void PrefetchL2(const void* p, uint32_t bytes) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(p), "r"(bytes) : "memory");
-#endif
+// out[t, col] = v + gate(t) * sum_s ys[s][t, col] in the activation dtype (lane 0 of a unit).
+template <typename T, typename Out>
+__device__ __forceinline__ void StoreCombined(const DecodeExpertsArgs& a, int t, int col, float v,
+                                              Out* out) {
+  if (a.ys != nullptr) {
+    const float gate = a.shared_gate ? a.shared_gate[t] : 1.0f;
+    const int64_t off = static_cast<int64_t>(t) * a.hidden + col;
+    float sum = 0.0f;
+    if (a.ys_f32) {
+      for (int s = 0; s < a.ys_splits; ++s) {
+        sum += static_cast<const float*>(a.ys)[s * a.ys_split_stride + off];
+      }
+    } else {
+      sum = static_cast<float>(static_cast<const T*>(a.ys)[off]);
+    }
+    v += gate * sum;
+  }
+  out[static_cast<int64_t>(t) * a.hidden + col] = FromFloat<Out>(v);
 }
 
 // Steps chunk position (kk, r) (chunk r of row kk, rows of `per_row` chunks) forward by 32 chunks.
@@ -164,9 +161,11 @@ __device__ __forceinline__ void Advance32(int per_row, int& kk, int& r) {
 // H_SMEM: h of every pair is copied into shared memory first (when it fits, kHSmemMaxBytes), so the
 // registers hold only weights: 24 16-byte loads per lane in flight (12 KiB per warp), against 8
 // weight + 8 h loads when h is read from global memory.
+// routing_after_wait: the routing comes from the previous kernel (the fused decode kernel,
+// decode_fused.cu), so everything waits for it and the L2 prefetch (done there) is skipped.
 template <typename T, typename Out, bool H_SMEM>
 __global__ void __launch_bounds__(kThreads, kBlocksPerSm)
-    DecodeDownCombineKernel(const DecodeExpertsArgs a) {
+    DecodeDownCombineKernel(const DecodeExpertsArgs a, int routing_after_wait) {
   constexpr int kC = H_SMEM ? 24 : kChunks;
   extern __shared__ uint4 s_h[];  // H_SMEM: [pairs][inter] wtype (h rows)
   __shared__ const T* s_down[kMaxPairs];
@@ -174,6 +173,7 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm)
   __shared__ int s_hrow[kMaxPairs];
   // Phase 0: the routing (two or more launches back) before the wait, h (the previous kernels')
   // after it. Each warp prefetches its first unit's first batch of weights into L2 meanwhile.
+  if (routing_after_wait) GridDepWait();
   const int n_tokens = a.meta->n_tokens;
   const int top_k = a.top_k;
   const int pairs = n_tokens * top_k;
@@ -189,8 +189,8 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm)
   const int chunks_per_row = K / 8;
   const int chunks = top_k * chunks_per_row;
   int64_t u_begin, u_end;
-  WarpUnits(static_cast<int64_t>(a.hidden) * n_tokens, u_begin, u_end);
-  if (u_begin < u_end && lane < top_k) {
+  WarpUnits<kWarps>(static_cast<int64_t>(a.hidden) * n_tokens, u_begin, u_end);
+  if (!routing_after_wait && u_begin < u_end && lane < top_k) {
     const int col = static_cast<int>(u_begin / n_tokens);
     const int t = static_cast<int>(u_begin - static_cast<int64_t>(col) * n_tokens);
     const int first = lane * chunks_per_row;
@@ -257,24 +257,88 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm)
         }
       }
     }
-    float v = WarpSumF(acc);
-    if (lane == 0) {
-      if (a.ys != nullptr) {
-        const float gate = a.shared_gate ? a.shared_gate[t] : 1.0f;
-        const int64_t off = static_cast<int64_t>(t) * a.hidden + col;
-        float sum = 0.0f;
-        if (a.ys_f32) {
-          for (int s = 0; s < a.ys_splits; ++s) {
-            sum += static_cast<const float*>(a.ys)[s * a.ys_split_stride + off];
-          }
-        } else {
-          sum = static_cast<float>(static_cast<const T*>(a.ys)[off]);
-        }
-        v += gate * sum;
-      }
-      out[static_cast<int64_t>(t) * a.hidden + col] = FromFloat<Out>(v);
-    }
+    const float v = WarpSumF(acc);
+    if (lane == 0) StoreCombined<T, Out>(a, t, col, v, out);
   }
+}
+
+// Down + combine with the weights moved by the bulk copy engine (sm_90): each warp copies a batch
+// of its unit's run of chunks (kTmaWarpBytes) into its own shared-memory buffer (one copy per
+// expert row segment, completion on the warp's mbarrier), then dots it with h (global memory,
+// through L1) as DecodeDownCombineKernel does. The loads bypass the SM's outstanding-load limit.
+template <typename T, typename Out>
+__global__ void __launch_bounds__(kThreads, kBlocksPerSm)
+    DecodeDownTmaKernel(const DecodeExpertsArgs a, int routing_after_wait) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  extern __shared__ uint4 s_buf[];  // [kWarps][kTmaWarpBytes / 16]
+  __shared__ const T* s_down[kMaxPairs];
+  __shared__ float s_w[kMaxPairs];
+  __shared__ int s_hrow[kMaxPairs];
+  __shared__ uint64_t s_bar[kWarps];
+  // Phase 0: as DecodeDownCombineKernel (no L2 prefetch), plus one mbarrier per warp.
+  if (routing_after_wait) GridDepWait();
+  const int n_tokens = a.meta->n_tokens;
+  const int top_k = a.top_k;
+  const int pairs = n_tokens * top_k;
+  const int64_t layer_base = static_cast<int64_t>(*a.layer_dev) * a.n_experts;
+  for (int p = threadIdx.x; p < pairs; p += kThreads) {
+    s_down[p] = static_cast<const T*>(a.down_table[layer_base + a.topk_ids[p]]);
+    s_w[p] = a.topk_weights[p];
+    s_hrow[p] = a.pair_row != nullptr ? a.pair_row[p] : p;
+  }
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  if (lane == 0) MbarInit(&s_bar[warp]);
+  asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+  __syncthreads();
+  GridDepWait();
+  GridDepTrigger();
+
+  // Phase 1: units (column, token); each unit's run of top_k rows in batches of kTmaChunks chunks.
+  constexpr int kTmaChunks = kTmaWarpBytes / 16;
+  uint4* buf = s_buf + warp * kTmaChunks;
+  uint64_t* bar = &s_bar[warp];
+  uint32_t parity = 0;
+  const int K = a.inter;
+  const int cpr = K / 8;  // chunks per row
+  const int chunks = top_k * cpr;
+  const T* h = static_cast<const T*>(a.h);
+  Out* out = static_cast<Out*>(a.meta->output);
+  int64_t u_begin, u_end;
+  WarpUnits<kWarps>(static_cast<int64_t>(a.hidden) * n_tokens, u_begin, u_end);
+  for (int64_t u = u_begin; u < u_end; ++u) {
+    const int col = static_cast<int>(u / n_tokens);
+    const int t = static_cast<int>(u - static_cast<int64_t>(col) * n_tokens);
+    const int p0 = t * top_k;
+    float acc = 0.0f;
+    for (int q0 = 0; q0 < chunks; q0 += kTmaChunks) {
+      const int q1 = min(q0 + kTmaChunks, chunks);
+      // Row segments of the batch: row kk covers chunks [kk * cpr, (kk + 1) * cpr).
+      const int kk_first = q0 / cpr, kk_last = (q1 - 1) / cpr;
+      if (lane == 0) MbarExpectTx(bar, static_cast<uint32_t>(q1 - q0) * 16u);
+      __syncwarp();
+      for (int kk = kk_first + lane; kk <= kk_last; kk += 32) {
+        const int lo = max(q0, kk * cpr), hi = min(q1, (kk + 1) * cpr);
+        BulkCopy(buf + (lo - q0),
+                 s_down[p0 + kk] + static_cast<int64_t>(col) * K + (lo - kk * cpr) * 8,
+                 static_cast<uint32_t>(hi - lo) * 16u, bar);
+      }
+      MbarWait(bar, parity);
+      parity ^= 1u;
+#pragma unroll 4
+      for (int q = q0 + lane; q < q1; q += 32) {
+        const int kk = q / cpr, r = q - kk * cpr;
+        const int p = p0 + kk;
+        const uint4 hc = LoadCached(h + static_cast<int64_t>(s_hrow[p]) * K + r * 8);
+        float d = 0.0f;
+        Dot8<T>(buf[q - q0], hc, d);
+        acc = fmaf(s_w[p], d, acc);
+      }
+      __syncwarp();  // every lane is done with the buffer before the next batch's copies
+    }
+    const float v = WarpSumF(acc);
+    if (lane == 0) StoreCombined<T, Out>(a, t, col, v, out);
+  }
+#endif
 }
 
 // One instantiation per weight dtype (gate/up) and per (weight, activation) dtype pair (down).
@@ -285,15 +349,17 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm)
   X(WType::kF16, __half, AType::kF32, float)                  \
   X(WType::kF16, __half, AType::kF16, __half)                 \
   X(WType::kF16, __half, AType::kBF16, __nv_bfloat16)
-using DecodeFn = void (*)(DecodeExpertsArgs);
+using DownFn = void (*)(DecodeExpertsArgs, int);
 struct DownEntry {
   WType wtype;
   AType atype;
-  DecodeFn fn;         // h read from global memory
-  DecodeFn fn_h_smem;  // h staged in shared memory
+  DownFn fn;         // h read from global memory
+  DownFn fn_h_smem;  // h staged in shared memory
+  DownFn fn_tma;     // weights by the bulk copy engine (sm_90)
 };
-#define MOE_DECODE_DOWN_ENTRY_(WT, W, AT, OUT) \
-  {WT, AT, &DecodeDownCombineKernel<W, OUT, false>, &DecodeDownCombineKernel<W, OUT, true>},
+#define MOE_DECODE_DOWN_ENTRY_(WT, W, AT, OUT)                                              \
+  {WT, AT, &DecodeDownCombineKernel<W, OUT, false>, &DecodeDownCombineKernel<W, OUT, true>, \
+   &DecodeDownTmaKernel<W, OUT>},
 const DownEntry kDownKernels[] = {MOE_DECODE_DOWN_TYPES_(MOE_DECODE_DOWN_ENTRY_)};
 #undef MOE_DECODE_DOWN_ENTRY_
 
@@ -326,27 +392,74 @@ Status DecodeExpertsArgs::Validate() const {
   return absl::OkStatus();
 }
 
+using GateUpFn = void (*)(DecodeExpertsArgs, int);
+GateUpFn GateUpKernel(WType wtype, bool tma) {
+  if (wtype == WType::kBF16) {
+    return tma ? &DecodeGateUpKernel<__nv_bfloat16, true>
+               : &DecodeGateUpKernel<__nv_bfloat16, false>;
+  }
+  return tma ? &DecodeGateUpKernel<__half, true> : &DecodeGateUpKernel<__half, false>;
+}
+
 Status LaunchDecodeGateUp(const DecodeExpertsArgs& a, cudaStream_t stream) {
+  return LaunchDecodeGateUpWith(a, DecodeGateUpOptions{}, stream);
+}
+
+Status LaunchDecodeGateUpWith(const DecodeExpertsArgs& a, const DecodeGateUpOptions& o,
+                              cudaStream_t stream) {
   MOE_RETURN_IF_ERROR(a.Validate());
-  const DecodeFn fn =
-      a.wtype == WType::kBF16 ? &DecodeGateUpKernel<__nv_bfloat16> : &DecodeGateUpKernel<__half>;
-  CUDA_RETURN_IF_ERROR(
-      LaunchMaybePdl(fn, PersistentGrid(a.sm_count), dim3(kThreads), 0, stream, a.pdl, a));
+  if (o.prefetch_units < 0 || o.prefetch_units > 16) {
+    return absl::InvalidArgumentError("LaunchDecodeGateUpWith: prefetch_units in [0, 16]");
+  }
+  const size_t smem = o.tma ? static_cast<size_t>(kWarps) * kGateUpTmaWarpBytes : 0;
+  CUDA_RETURN_IF_ERROR(LaunchMaybePdl(GateUpKernel(a.wtype, o.tma), PersistentGrid(a.sm_count),
+                                      dim3(kThreads), smem, stream, a.pdl, a, o.prefetch_units));
   return absl::OkStatus();
 }
 
 Status LaunchDecodeDownCombine(const DecodeExpertsArgs& a, cudaStream_t stream) {
+  return LaunchDecodeDownCombineWith(a, DecodeDownOptions{}, stream);
+}
+
+StatusOr<bool> InitDecodeTma() {
+  int device = 0, major = 0;
+  CUDA_RETURN_IF_ERROR(cudaGetDevice(&device));
+  CUDA_RETURN_IF_ERROR(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+  if (major < 9) return false;
+  cudaFuncAttributes attr{};
+  CUDA_RETURN_IF_ERROR(cudaFuncGetAttributes(&attr, kDownKernels[0].fn_tma));
+  if (attr.ptxVersion < 90 || attr.binaryVersion < 90) return false;  // no sm_90 image
+  for (const DownEntry& e : kDownKernels) {
+    CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(e.fn_tma, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                              kWarps * kTmaWarpBytes));
+    CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(
+        e.fn_tma, cudaFuncAttributePreferredSharedMemoryCarveout, cudaSharedmemCarveoutMaxShared));
+  }
+  for (WType w : {WType::kBF16, WType::kF16}) {
+    CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(GateUpKernel(w, true),
+                                              cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                              kWarps * kGateUpTmaWarpBytes));
+  }
+  return true;
+}
+
+Status LaunchDecodeDownCombineWith(const DecodeExpertsArgs& a, const DecodeDownOptions& o,
+                                   cudaStream_t stream) {
   MOE_RETURN_IF_ERROR(a.Validate());
   // h of every pair the launch may hold (2-byte elements).
   const int64_t h_bytes = a.capacity * a.top_k * a.inter * 2;
-  const bool h_smem = h_bytes <= kHSmemMaxBytes;
-  DecodeFn fn = nullptr;
+  const bool h_smem = !o.tma && o.h_smem && h_bytes <= kHSmemMaxBytes;
+  DownFn fn = nullptr;
   for (const DownEntry& e : kDownKernels) {
-    if (e.wtype == a.wtype && e.atype == a.atype) fn = h_smem ? e.fn_h_smem : e.fn;
+    if (e.wtype == a.wtype && e.atype == a.atype)
+      fn = o.tma ? e.fn_tma : h_smem ? e.fn_h_smem : e.fn;
   }
   if (fn == nullptr) return absl::InternalError("no decode down kernel for these dtypes");
-  CUDA_RETURN_IF_ERROR(LaunchMaybePdl(fn, PersistentGrid(a.sm_count), dim3(kThreads),
-                                      h_smem ? static_cast<size_t>(h_bytes) : 0, stream, a.pdl, a));
+  const size_t smem = o.tma    ? static_cast<size_t>(kWarps) * kTmaWarpBytes
+                      : h_smem ? static_cast<size_t>(h_bytes)
+                               : 0;
+  CUDA_RETURN_IF_ERROR(LaunchMaybePdl(fn, PersistentGrid(a.sm_count), dim3(kThreads), smem, stream,
+                                      a.pdl, a, o.routing_after_wait ? 1 : 0));
   return absl::OkStatus();
 }
 

@@ -10,6 +10,10 @@
 //       [--no-decode-paths]   (small-batch paths off: the v6 engine, for comparisons)
 //       [--no-gemv | --gemv-always] [--narrow-gate-up]   (decode GEMV never / wherever it fits;
 //                             the narrow gate/up tile)
+//       [--fused-route] [--early-prefetch-down | --late-prefetch-down] [--fused-cluster-size=N]
+//       [--fused-clusters=N] [--down-h-smem] [--prefetch-units=N] [--down-tma] [--gate-up-tma]
+//                             (decode experts path variants, CudaEngineOptions::decode_*; the
+//                             --no-* / --down-h-global forms restore the defaults)
 //   cuda_engine_bench --check-invariance    deterministic mode: wgmma vs mma.sync bits
 //
 // Per point: median of many timed forwards (CUDA events around each forward, rotating inputs),
@@ -23,6 +27,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <map>
@@ -51,6 +56,18 @@ bool g_decode_paths = true;
 bool g_decode_gemv = true;
 bool g_decode_gemv_always = false;  // --gemv-always
 bool g_narrow_gate_up = false;
+// Decode experts path tuning (CudaEngineOptions, RESULTS.md "v9"); each flag sets one option:
+// --fused-route / --no-fused-route, --early-prefetch-down / --late-prefetch-down /
+// --no-prefetch-down, --fused-cluster-size=N, --fused-clusters=N, --down-h-smem / --down-h-global,
+// --prefetch-units=N, --down-tma, --gate-up-tma.
+bool g_fused_route = CudaEngineOptions().decode_fused_route;
+CudaEngineOptions::DownPrefetch g_prefetch_down = CudaEngineOptions().decode_prefetch_down;
+int g_fused_cluster_size = CudaEngineOptions().decode_fused_cluster_size;
+int g_fused_clusters = 0;
+bool g_down_h_smem = CudaEngineOptions().decode_down_h_smem;
+int g_prefetch_units = 0;    // --prefetch-units=N
+bool g_down_tma = false;     // --down-tma
+bool g_gate_up_tma = false;  // --gate-up-tma
 
 struct Shape {
   std::string name;
@@ -227,6 +244,14 @@ class Runner {
     if (!g_decode_paths || !g_decode_gemv) o.decode_gemv = CudaEngineOptions::DecodeGemv::kNever;
     if (g_decode_gemv_always) o.decode_gemv = CudaEngineOptions::DecodeGemv::kAlways;
     if (g_narrow_gate_up) o.narrow_decode_gate_up = true;
+    o.decode_fused_route = g_fused_route;
+    o.decode_prefetch_down = g_prefetch_down;
+    o.decode_fused_cluster_size = g_fused_cluster_size;
+    o.decode_fused_max_clusters = g_fused_clusters;
+    o.decode_down_h_smem = g_down_h_smem;
+    o.decode_prefetch_units = g_prefetch_units;
+    o.decode_down_tma = g_down_tma;
+    o.decode_gate_up_tma = g_gate_up_tma;
     engine_ = OrDie(CudaEngine::CreateRandom(SpecOf(shape), 1234, o));
     const int64_t in_bytes = max_tokens * shape.hidden * 2;
     // Enough input sets that together they exceed the L2 several times over.
@@ -355,10 +380,12 @@ int Report(const std::string& json_path, const std::vector<std::string>& shape_n
            << "\",\"hbm_gbs\":" << ceil.hbm_gbs << ",\"matmul_tflops\":" << ceil.matmul_tflops
            << "}\n";
     }
-    std::printf("  %s: weights %.1f MiB on device, workspace %.1f MiB per slot (max %lld tokens)\n",
-                shape.name.c_str(), run.engine().weight_device_bytes() / 1048576.0,
-                run.engine().workspace_device_bytes_per_slot() / 1048576.0,
-                static_cast<long long>(max_tokens));
+    std::printf(
+        "  %s: weights %.1f MiB on device, workspace %.1f MiB per slot (max %lld tokens), fused "
+        "decode grid %d blocks\n",
+        shape.name.c_str(), run.engine().weight_device_bytes() / 1048576.0,
+        run.engine().workspace_device_bytes_per_slot() / 1048576.0,
+        static_cast<long long>(max_tokens), run.engine().fused_decode_blocks());
   }
   if (g_hopper_tile == CudaEngineOptions::HopperTile::kWideCluster) {
     const StatusOr<int> clusters = cuda::ClusterGemmResidentClusters();
@@ -476,6 +503,30 @@ int main(int argc, char** argv) {
       moe::g_decode_gemv_always = true;
     } else if (a == "--narrow-gate-up") {
       moe::g_narrow_gate_up = true;
+    } else if (a == "--no-fused-route") {
+      moe::g_fused_route = false;
+    } else if (a == "--fused-route") {
+      moe::g_fused_route = true;
+    } else if (a == "--early-prefetch-down") {
+      moe::g_prefetch_down = moe::CudaEngineOptions::DownPrefetch::kEarly;
+    } else if (a == "--no-prefetch-down") {
+      moe::g_prefetch_down = moe::CudaEngineOptions::DownPrefetch::kNone;
+    } else if (a == "--late-prefetch-down") {
+      moe::g_prefetch_down = moe::CudaEngineOptions::DownPrefetch::kLate;
+    } else if (a.rfind("--fused-cluster-size=", 0) == 0) {
+      moe::g_fused_cluster_size = std::atoi(a.c_str() + 21);
+    } else if (a.rfind("--fused-clusters=", 0) == 0) {
+      moe::g_fused_clusters = std::atoi(a.c_str() + 17);
+    } else if (a == "--down-h-global") {
+      moe::g_down_h_smem = false;
+    } else if (a == "--down-h-smem") {
+      moe::g_down_h_smem = true;
+    } else if (a.rfind("--prefetch-units=", 0) == 0) {
+      moe::g_prefetch_units = std::atoi(a.c_str() + 17);
+    } else if (a == "--down-tma") {
+      moe::g_down_tma = true;
+    } else if (a == "--gate-up-tma") {
+      moe::g_gate_up_tma = true;
     } else if (a == "--no-det") {
       with_det = false;
     } else {

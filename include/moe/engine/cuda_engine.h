@@ -164,6 +164,27 @@ struct CudaEngineOptions {
   bool fused_decode_front = true;
   DecodeGemv decode_gemv = DecodeGemv::kAuto;
   bool narrow_decode_gate_up = false;
+  // Decode experts path tuning (benches/RESULTS.md "v9"; H200, 1 token). decode_down_h_smem: down
+  // + combine stages h in shared memory when it fits (v8b) instead of reading it from global memory
+  // through L1 (v8a); off: 3 us faster at Qwen3 / DeepSeek-V2-Lite shapes, the same sums in the
+  // same order. The rest are measured slower and off: decode_fused_route runs the front and gate/up
+  // as ONE sm_90 kernel (kernels/decode_fused.cu: clusters of decode_fused_cluster_size blocks, at
+  // most decode_fused_max_clusters of them when > 0, each compute the router, route every token
+  // themselves and go straight on to the gate/up weights; up to 8 tokens, all-resident weights),
+  // with decode_prefetch_down (the down weights into L2, kEarly before its gate/up, whose weights
+  // then leave L2 first, kLate after each warp's gate/up; when they fit in 60% of L2);
+  // decode_prefetch_units: each gate/up warp keeps its next units (0 to 16) on their way into L2
+  // by bulk prefetches (not with kEarly); decode_down_tma / decode_gate_up_tma: weights moved by
+  // the bulk copy engine into per-warp shared-memory buffers (sm_90).
+  bool decode_down_h_smem = false;
+  bool decode_fused_route = false;
+  int decode_fused_cluster_size = 8;
+  int decode_fused_max_clusters = 0;
+  enum class DownPrefetch : uint8_t { kNone, kEarly, kLate };
+  DownPrefetch decode_prefetch_down = DownPrefetch::kNone;
+  int decode_prefetch_units = 0;
+  bool decode_down_tma = false;
+  bool decode_gate_up_tma = false;
   ExpertCacheOptions expert_cache;
 };
 
@@ -217,6 +238,9 @@ class CudaEngine final : public Engine {
   int sm_count() const;
   // Whether the Hopper (wgmma) tiles are in use.
   bool uses_wgmma() const;
+  // Blocks of the fused decode kernel's grid at 1 token when decode forwards that fit it run it
+  // (decode_fused_route on an sm_90 device with this build's sm_90 image of it), else 0.
+  int fused_decode_blocks() const;
 
   // Expert cache (null / FAILED_PRECONDITION without a budget). The pool outlives no engine: use
   // it (e.g. metrics::ExpertCacheMetrics) only while the engine lives.

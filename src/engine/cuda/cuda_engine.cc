@@ -82,6 +82,24 @@ StatusOr<std::unique_ptr<CudaEngine::Impl>> CudaEngine::Impl::Prepare(const MoeS
   impl->wgmma = impl->wgmma && o.use_wgmma;
   MOE_RETURN_IF_ERROR(cuda::InitGemmKernels(impl->wgmma));
   MOE_RETURN_IF_ERROR(cuda::InitRoutingKernels());
+  MOE_ASSIGN_OR_RETURN(impl->decode_fused, cuda::InitDecodeFused());
+  impl->decode_fused = impl->decode_fused && o.decode_fused_route;
+  impl->l2_bytes = prop.l2CacheSize;
+  MOE_ASSIGN_OR_RETURN(const bool tma, cuda::InitDecodeTma());
+  impl->down_tma = tma && o.decode_down_tma;
+  impl->gate_up_tma = tma && o.decode_gate_up_tma;
+  if (impl->decode_fused) {
+    // The fused grid of each launch capacity it takes (its shared memory grows with the capacity).
+    const int e = spec.n_experts(), nr = e + (spec.shared_expert_gate ? 1 : 0);
+    for (int64_t cap = 1; cap <= cuda::kDecodeFusedMaxTokens; ++cap) {
+      MOE_ASSIGN_OR_RETURN(
+          impl->fused_grid[cap],
+          cuda::DecodeFusedGridBlocks(cuda::WType::kBF16, AType::kBF16, cap, spec.top_k(),
+                                      spec.hidden, e, nr, o.decode_fused_cluster_size,
+                                      o.decode_fused_max_clusters, impl->gate_up_tma));
+    }
+    impl->decode_fused = impl->fused_grid[1] > 0;
+  }
   return impl;
 }
 
@@ -462,6 +480,25 @@ Status CudaEngine::Impl::BuildLayerLaunch(Slot& s, int64_t capacity, AType atype
     dx.sm_count = sms;
     dx.pdl = gu.pdl;  // not the first kernel: the same for every later launch
     l->front.skip_scan = fused_front && dx.pair_row == nullptr && cache == nullptr;
+    // The fused decode kernel (front + gate/up in one launch; h in pair order at any count).
+    if (decode_fused && fused_front && cache == nullptr &&
+        cuda::CanDecodeFused(capacity, k, hd, e, nr) && fused_grid[capacity] > 0) {
+      l->decode_fused = true;
+      dx.pair_row = nullptr;
+      cuda::DecodeFusedArgs& fx = l->fused;
+      fx.front = l->front;
+      fx.experts = dx;
+      fx.cluster_size = options.decode_fused_cluster_size;
+      fx.grid_blocks = fused_grid[capacity];
+      fx.tma = gate_up_tma;
+      const int64_t down_bytes = capacity * k * hd * inter * wsize();
+      using Dp = CudaEngineOptions::DownPrefetch;
+      fx.prefetch_down = down_bytes > l2_bytes * 6 / 10               ? cuda::DownPrefetch::kNone
+                         : options.decode_prefetch_down == Dp::kEarly ? cuda::DownPrefetch::kEarly
+                         : options.decode_prefetch_down == Dp::kLate  ? cuda::DownPrefetch::kLate
+                                                                      : cuda::DownPrefetch::kNone;
+      fx.prefetch_units = options.decode_prefetch_units;
+    }
   }
   return absl::OkStatus();
 }
@@ -503,11 +540,19 @@ Status CudaEngine::Impl::EnqueueCore(Slot& s, int64_t capacity, AType atype) {
   LayerLaunch l;
   MOE_RETURN_IF_ERROR(BuildLayerLaunch(s, capacity, atype, &l));
   cudaStream_t st = s.stream.get();
+  if (l.decode_fused) {
+    MOE_RETURN_IF_ERROR(cuda::LaunchDecodeFused(l.fused, st));
+    MOE_RETURN_IF_ERROR(LaunchSharedPhase(l, st));
+    return cuda::LaunchDecodeDownCombineWith(l.decode, {true, options.decode_down_h_smem, down_tma},
+                                             st);
+  }
   MOE_RETURN_IF_ERROR(LaunchFrontPhase(s, l));
   if (l.decode_experts) {
-    MOE_RETURN_IF_ERROR(cuda::LaunchDecodeGateUp(l.decode, st));
+    MOE_RETURN_IF_ERROR(
+        cuda::LaunchDecodeGateUpWith(l.decode, {options.decode_prefetch_units, gate_up_tma}, st));
     MOE_RETURN_IF_ERROR(LaunchSharedPhase(l, st));
-    return cuda::LaunchDecodeDownCombine(l.decode, st);
+    return cuda::LaunchDecodeDownCombineWith(l.decode,
+                                             {false, options.decode_down_h_smem, down_tma}, st);
   }
   MOE_RETURN_IF_ERROR(LaunchRoutedPhase(l, l.gate_up, l.down, st));
   MOE_RETURN_IF_ERROR(LaunchSharedPhase(l, st));
@@ -612,6 +657,9 @@ int64_t CudaEngine::workspace_device_bytes_per_slot() const { return impl_->work
 const std::string& CudaEngine::device_name() const { return impl_->device_name; }
 int CudaEngine::sm_count() const { return impl_->sms; }
 bool CudaEngine::uses_wgmma() const { return impl_->wgmma; }
+int CudaEngine::fused_decode_blocks() const {
+  return impl_->decode_fused ? impl_->fused_grid[1] : 0;
+}
 
 const experts::ExpertSlotPool* CudaEngine::expert_cache_pool() const {
   return impl_->cache ? &impl_->cache->pool() : nullptr;

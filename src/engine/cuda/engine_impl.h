@@ -20,6 +20,7 @@
 
 #include "engine/cuda/cuda_raii.h"
 #include "engine/cuda/device_weights.h"
+#include "kernels/decode_fused.h"
 #include "kernels/moe_kernels.h"
 #include "kernels/tile_heuristics.h"
 #include "moe/engine/cuda_engine.h"
@@ -51,6 +52,10 @@ struct LayerLaunch {
   // the scan's offsets): `decode` replaces gate_up, down and combine.
   bool decode_experts = false;
   cuda::DecodeExpertsArgs decode;
+  // The fused decode kernel (router + routing + gate/up, kernels/decode_fused.h) replaces the
+  // front and the decode gate/up; `decode` then runs down + combine with h in pair order.
+  bool decode_fused = false;
+  cuda::DecodeFusedArgs fused;
 };
 
 class CudaEngine::Impl {
@@ -78,8 +83,14 @@ class CudaEngine::Impl {
   std::vector<std::unique_ptr<Slot>> slots;
   std::string device_name;
   int sms = 0;
-  bool wgmma = false;  // Hopper tiles in use
-  bool pdl = false;    // programmatic dependent launch between the layer's kernels (sm_90+)
+  bool wgmma = false;         // Hopper tiles in use
+  bool pdl = false;           // programmatic dependent launch between the layer's kernels (sm_90+)
+  bool decode_fused = false;  // the fused decode kernel runs here (options.decode_fused_route)
+  // Its grid per launch capacity (cuda::DecodeFusedGridBlocks; 0: the capacity does not fit).
+  std::array<int, cuda::kDecodeFusedMaxTokens + 1> fused_grid{};
+  bool down_tma = false;     // options.decode_down_tma on a device and build that run it
+  bool gate_up_tma = false;  // options.decode_gate_up_tma likewise
+  int64_t l2_bytes = 0;      // the device's L2 size
   int64_t workspace_bytes = 0;
   // Set with an expert cache budget (CudaEngineOptions::expert_cache.budget_bytes > 0).
   std::unique_ptr<cuda::ExpertCacheRuntime> cache;
