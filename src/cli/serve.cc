@@ -252,16 +252,16 @@ int RunServe(const config::DaemonOptions& o) {
   if (auto* cuda_engine = dynamic_cast<CudaEngine*>(engine->get());
       cuda_engine != nullptr && cuda_engine->expert_cache_pool() != nullptr) {
     const experts::ExpertSlotPool* pool = cuda_engine->expert_cache_pool();
-    // Gate-lookahead precision / recall counts (expert_cache_stats() is thread-safe).
-    auto predictions =
-        [cuda_engine]() -> std::optional<metrics::ExpertCacheMetrics::PredictionCounts> {
+    // Lookahead precision / recall per depth, layer forwards, device hits, host wait, rounds
+    // (expert_cache_stats() is thread-safe).
+    auto engine_counts =
+        [cuda_engine]() -> std::optional<metrics::ExpertCacheMetrics::EngineCounts> {
       StatusOr<ExpertCacheStats> stats = cuda_engine->expert_cache_stats();
       if (!stats.ok()) return std::nullopt;
-      return metrics::ExpertCacheMetrics::PredictionCounts{
-          .predicted = stats->predicted, .routed = stats->actual, .correct = stats->correct};
+      return metrics::ExpertCacheMetrics::FromEngineStats(*stats);
     };
     cache_metrics = std::make_unique<metrics::ExpertCacheMetrics>(metrics->get(), /*device=*/0,
-                                                                  pool, std::move(predictions));
+                                                                  pool, std::move(engine_counts));
     if (!o.experts.warm_trace.empty()) {
       const Clock::time_point w = Clock::now();
       StatusOr<experts::Trace> trace = experts::ReadTraceFile(o.experts.warm_trace);

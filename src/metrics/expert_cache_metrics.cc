@@ -3,24 +3,28 @@
 #include <numeric>
 #include <utility>
 
+#include "moe/engine/cuda_engine.h"
+
 namespace moe::metrics {
 
+// Every lookahead depth the engine accepts has its own `depth` series.
+static_assert(Metrics::kMaxLookaheadDepth >= ExpertCacheOptions::kMaxPrefetchDepth);
+
 ExpertCacheMetrics::ExpertCacheMetrics(Metrics* metrics, int device,
-                                       const experts::ExpertSlotPool* pool,
-                                       PredictionSource predictions)
-    : metrics_(metrics), device_(device), pool_(pool), predictions_(std::move(predictions)) {
+                                       const experts::ExpertSlotPool* pool, EngineSource engine)
+    : metrics_(metrics), device_(device), pool_(pool), engine_(std::move(engine)) {
   hook_id_ = metrics_->AddCollectHook([this](Metrics& m) {
-    if (predictions_) {
-      if (std::optional<PredictionCounts> p = predictions_()) last_predictions_ = *p;
+    if (engine_) {
+      if (std::optional<EngineCounts> e = engine_()) last_engine_ = std::move(*e);
     }
-    m.SetExpertCacheTotals(device_, ToTotals(pool_->Counters(), last_predictions_));
+    m.SetExpertCacheTotals(device_, ToTotals(pool_->Counters(), last_engine_));
   });
 }
 
 ExpertCacheMetrics::~ExpertCacheMetrics() { metrics_->RemoveCollectHook(hook_id_); }
 
 Metrics::ExpertCacheTotals ExpertCacheMetrics::ToTotals(const experts::ExpertCacheCounters& c,
-                                                        const PredictionCounts& p) {
+                                                        const EngineCounts& e) {
   Metrics::ExpertCacheTotals t;
   t.hits = static_cast<int64_t>(c.hits + c.hits_in_flight);
   t.misses = static_cast<int64_t>(c.misses);
@@ -30,12 +34,38 @@ Metrics::ExpertCacheTotals ExpertCacheMetrics::ToTotals(const experts::ExpertCac
   t.prefetch_loads = static_cast<int64_t>(c.prefetch_issued);
   t.prefetch_useful = static_cast<int64_t>(c.prefetch_useful);
   t.prefetch_wasted = static_cast<int64_t>(c.prefetch_wasted);
-  t.predicted_experts = static_cast<int64_t>(p.predicted);
-  t.prediction_routed_experts = static_cast<int64_t>(p.routed);
-  t.correctly_predicted_experts = static_cast<int64_t>(p.correct);
   t.resident_experts =
       std::accumulate(c.resident_per_layer.begin(), c.resident_per_layer.end(), int64_t{0});
+  t.lookahead.reserve(e.lookahead.size());
+  for (const PredictionCounts& p : e.lookahead) {
+    t.lookahead.push_back({.predicted_experts = static_cast<int64_t>(p.predicted),
+                           .routed_experts = static_cast<int64_t>(p.routed),
+                           .correctly_predicted_experts = static_cast<int64_t>(p.correct)});
+  }
+  t.layer_forwards = static_cast<int64_t>(e.layer_forwards);
+  t.device_hit_layers = static_cast<int64_t>(e.device_hit_layers);
+  t.host_wait_seconds = static_cast<double>(e.host_wait_ns) * 1e-9;
+  t.rounds = static_cast<int64_t>(e.rounds);
+  t.gated_predictions = static_cast<int64_t>(e.gated_predictions);
   return t;
+}
+
+ExpertCacheMetrics::EngineCounts ExpertCacheMetrics::FromEngineStats(const ExpertCacheStats& s) {
+  EngineCounts e;
+  if (s.by_depth.empty()) {
+    e.lookahead.push_back({.predicted = s.predicted, .routed = s.actual, .correct = s.correct});
+  } else {
+    e.lookahead.reserve(s.by_depth.size());
+    for (const ExpertCacheStats::DepthAccuracy& d : s.by_depth) {
+      e.lookahead.push_back({.predicted = d.predicted, .routed = d.actual, .correct = d.correct});
+    }
+  }
+  e.layer_forwards = s.host_round_trips;
+  e.device_hit_layers = s.device_hits;
+  e.host_wait_ns = s.host_wait_ns;
+  e.rounds = s.rounds;
+  e.gated_predictions = s.gated_predictions;
+  return e;
 }
 
 }  // namespace moe::metrics

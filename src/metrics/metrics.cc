@@ -77,6 +77,26 @@ struct ModelSeries {
   Histogram* duration = nullptr;
 };
 
+// The gate-lookahead counters of one (device, depth).
+struct LookaheadSeries {
+  Counter* predicted = nullptr;
+  Counter* routed = nullptr;
+  Counter* correct = nullptr;
+};
+
+// The three lookahead families, labelled {device, depth}.
+struct LookaheadFamilies {
+  Family<Counter>* predicted = nullptr;
+  Family<Counter>* routed = nullptr;
+  Family<Counter>* correct = nullptr;
+
+  LookaheadSeries Add(int device, int depth) const {
+    const prometheus::Labels l = {{"device", std::to_string(device)},
+                                  {"depth", std::to_string(depth)}};
+    return {&predicted->Add(l), &routed->Add(l), &correct->Add(l)};
+  }
+};
+
 struct DeviceSeries {
   Counter* cache_hits;
   Counter* cache_misses;
@@ -86,15 +106,19 @@ struct DeviceSeries {
   Counter* cache_prefetch_loads;
   Counter* cache_prefetch_useful;
   Counter* cache_prefetch_wasted;
-  Counter* cache_predicted;
-  Counter* cache_prediction_routed;
-  Counter* cache_correctly_predicted;
   Gauge* cache_resident;
+  Counter* cache_layer_forwards;
+  Counter* cache_device_hit_layers;
+  Counter* cache_host_wait;
+  Counter* cache_rounds;
+  Counter* cache_gated_predictions;
   Gauge* memory_used;
   Gauge* memory_total;
   Gauge* busy;
   std::mutex mu;
-  Metrics::ExpertCacheTotals last ABSL_GUARDED_BY(mu);
+  // [depth - 1]; depth 1 is created with the device, deeper depths when first reported.
+  std::array<LookaheadSeries, Metrics::kMaxLookaheadDepth> lookahead ABSL_GUARDED_BY(mu);
+  Metrics::ExpertCacheTotals last ABSL_GUARDED_BY(mu);  // last.lookahead: kMaxLookaheadDepth
 };
 
 // Counters fed from cumulative snapshots (SetWorkerTotals): last values seen, to add deltas.
@@ -161,10 +185,13 @@ struct Metrics::Families {
   Family<Counter>* cache_prefetch_loads = nullptr;
   Family<Counter>* cache_prefetch_useful = nullptr;
   Family<Counter>* cache_prefetch_wasted = nullptr;
-  Family<Counter>* cache_predicted = nullptr;
-  Family<Counter>* cache_prediction_routed = nullptr;
-  Family<Counter>* cache_correctly_predicted = nullptr;
+  LookaheadFamilies cache_lookahead;
   Family<Gauge>* cache_resident = nullptr;
+  Family<Counter>* cache_layer_forwards = nullptr;
+  Family<Counter>* cache_device_hit_layers = nullptr;
+  Family<Counter>* cache_host_wait = nullptr;
+  Family<Counter>* cache_rounds = nullptr;
+  Family<Counter>* cache_gated_predictions = nullptr;
   Family<Gauge>* gpu_memory_used = nullptr;
   Family<Gauge>* gpu_memory_total = nullptr;
   Family<Gauge>* gpu_busy = nullptr;
@@ -304,18 +331,40 @@ absl::Status Metrics::Init() {
                         "Prefetched experts that were demanded before their eviction.");
     f.cache_prefetch_wasted = &Build<Counter>(r, "moe_expert_cache_prefetch_wasted_total",
                                               "Prefetched experts evicted without being demanded.");
-    f.cache_predicted = &Build<Counter>(
-        r, "moe_expert_cache_predicted_experts_total",
-        "Experts the gate-lookahead predicted for the next layer (precision's denominator).");
-    f.cache_prediction_routed = &Build<Counter>(
-        r, "moe_expert_cache_prediction_routed_experts_total",
-        "Experts really routed by the layers that had a prediction (recall's denominator).");
-    f.cache_correctly_predicted = &Build<Counter>(
-        r, "moe_expert_cache_correctly_predicted_experts_total",
-        "Predicted experts that the next layer really routed (precision's and recall's "
-        "numerator).");
+    f.cache_lookahead.predicted =
+        &Build<Counter>(r, "moe_expert_cache_predicted_experts_total",
+                        "Experts the gate-lookahead predicted for the MoE layer `depth` layers "
+                        "ahead (precision's denominator).");
+    f.cache_lookahead.routed =
+        &Build<Counter>(r, "moe_expert_cache_prediction_routed_experts_total",
+                        "Experts really routed by the layers that had a prediction of that "
+                        "depth (recall's denominator).");
+    f.cache_lookahead.correct =
+        &Build<Counter>(r, "moe_expert_cache_correctly_predicted_experts_total",
+                        "Predicted experts that the layer `depth` ahead really routed "
+                        "(precision's and recall's numerator).");
     f.cache_resident = &Build<Gauge>(r, "moe_expert_cache_resident_experts",
                                      "Experts ready or loading in the GPU expert cache.");
+    f.cache_layer_forwards =
+        &Build<Counter>(r, "moe_expert_cache_layer_forwards_total",
+                        "MoE layer forwards through the GPU expert cache (each reads its "
+                        "routing result on the host once).");
+    f.cache_device_hit_layers =
+        &Build<Counter>(r, "moe_expert_cache_device_hit_layers_total",
+                        "Cached layer forwards whose routed experts were all resident at the "
+                        "device residency check: their expert kernels ran without waiting for "
+                        "the host.");
+    f.cache_host_wait =
+        &Build<Counter>(r, "moe_expert_cache_host_wait_seconds_total",
+                        "Host time spent waiting for the routing results of cached layer "
+                        "forwards, in seconds.");
+    f.cache_rounds = &Build<Counter>(r, "moe_expert_cache_rounds_total",
+                                     "Expert acquisition rounds of the GPU expert cache (one per "
+                                     "layer forward, more when its experts do not fit at once).");
+    f.cache_gated_predictions =
+        &Build<Counter>(r, "moe_expert_cache_gated_predictions_total",
+                        "Layer predictions two or more layers ahead not prefetched because "
+                        "their depth's measured precision was too low.");
     f.gpu_memory_used =
         &Build<Gauge>(r, "moe_gpu_memory_used_bytes", "GPU memory in use on the device, in bytes.");
     f.gpu_memory_total =
@@ -350,10 +399,17 @@ absl::Status Metrics::Init() {
     s->cache_prefetch_loads = &f.cache_prefetch_loads->Add(l);
     s->cache_prefetch_useful = &f.cache_prefetch_useful->Add(l);
     s->cache_prefetch_wasted = &f.cache_prefetch_wasted->Add(l);
-    s->cache_predicted = &f.cache_predicted->Add(l);
-    s->cache_prediction_routed = &f.cache_prediction_routed->Add(l);
-    s->cache_correctly_predicted = &f.cache_correctly_predicted->Add(l);
     s->cache_resident = &f.cache_resident->Add(l);
+    s->cache_layer_forwards = &f.cache_layer_forwards->Add(l);
+    s->cache_device_hit_layers = &f.cache_device_hit_layers->Add(l);
+    s->cache_host_wait = &f.cache_host_wait->Add(l);
+    s->cache_rounds = &f.cache_rounds->Add(l);
+    s->cache_gated_predictions = &f.cache_gated_predictions->Add(l);
+    {
+      std::lock_guard lock(s->mu);
+      s->lookahead[0] = f.cache_lookahead.Add(device, /*depth=*/1);
+      s->last.lookahead.resize(Metrics::kMaxLookaheadDepth);
+    }
     s->memory_used = &f.gpu_memory_used->Add(l);
     s->memory_total = &f.gpu_memory_total->Add(l);
     s->busy = &f.gpu_busy->Add(l);
@@ -606,12 +662,28 @@ void Metrics::SetExpertCacheTotals(int device, const ExpertCacheTotals& totals) 
   AdvanceCounter(*s->cache_prefetch_loads, last.prefetch_loads, totals.prefetch_loads);
   AdvanceCounter(*s->cache_prefetch_useful, last.prefetch_useful, totals.prefetch_useful);
   AdvanceCounter(*s->cache_prefetch_wasted, last.prefetch_wasted, totals.prefetch_wasted);
-  AdvanceCounter(*s->cache_predicted, last.predicted_experts, totals.predicted_experts);
-  AdvanceCounter(*s->cache_prediction_routed, last.prediction_routed_experts,
-                 totals.prediction_routed_experts);
-  AdvanceCounter(*s->cache_correctly_predicted, last.correctly_predicted_experts,
-                 totals.correctly_predicted_experts);
   s->cache_resident->Set(static_cast<double>(totals.resident_experts));
+  AdvanceCounter(*s->cache_layer_forwards, last.layer_forwards, totals.layer_forwards);
+  AdvanceCounter(*s->cache_device_hit_layers, last.device_hit_layers, totals.device_hit_layers);
+  AdvanceCounter(*s->cache_host_wait, last.host_wait_seconds, totals.host_wait_seconds);
+  AdvanceCounter(*s->cache_rounds, last.rounds, totals.rounds);
+  AdvanceCounter(*s->cache_gated_predictions, last.gated_predictions, totals.gated_predictions);
+  for (size_t d = 0; d < totals.lookahead.size(); ++d) {
+    if (d >= s->lookahead.size()) {
+      f_->dropped->Increment();  // deeper than kMaxLookaheadDepth: no new series
+      continue;
+    }
+    LookaheadSeries& series = s->lookahead[d];
+    if (series.predicted == nullptr) {
+      series = f_->cache_lookahead.Add(device, static_cast<int>(d) + 1);
+    }
+    LookaheadTotals& was = last.lookahead[d];
+    const LookaheadTotals& now = totals.lookahead[d];
+    AdvanceCounter(*series.predicted, was.predicted_experts, now.predicted_experts);
+    AdvanceCounter(*series.routed, was.routed_experts, now.routed_experts);
+    AdvanceCounter(*series.correct, was.correctly_predicted_experts,
+                   now.correctly_predicted_experts);
+  }
 }
 
 void Metrics::SetGpuMemory(int device, int64_t used_bytes, int64_t total_bytes) {

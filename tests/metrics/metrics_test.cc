@@ -5,9 +5,11 @@
 
 #include <gtest/gtest.h>
 
+#include <map>
 #include <regex>
 #include <set>
 #include <sstream>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -94,6 +96,11 @@ TEST(MetricsTest, FamiliesFollowPrometheusNaming) {
            "moe_expert_cache_prediction_routed_experts_total",
            "moe_expert_cache_correctly_predicted_experts_total",
            "moe_expert_cache_resident_experts",
+           "moe_expert_cache_layer_forwards_total",
+           "moe_expert_cache_device_hit_layers_total",
+           "moe_expert_cache_host_wait_seconds_total",
+           "moe_expert_cache_rounds_total",
+           "moe_expert_cache_gated_predictions_total",
            "moe_gpu_memory_used_bytes",
            "moe_gpu_memory_total_bytes",
            "moe_gpu_busy_ratio",
@@ -365,6 +372,92 @@ TEST(MetricsTest, DeviceSeriesAppearOnFirstUseAndStayBounded) {
   EXPECT_EQ(c.Gauge("moe_gpu_busy_ratio", d1), 0.75);
   EXPECT_EQ(c.Gauge("moe_gpu_busy_ratio", {{"device", "0"}}), 1.0);
   EXPECT_EQ(c.NumSeries("moe_expert_cache_hits_total"), 2u);
+  // The depth 1 lookahead series exist with the device, deeper ones only once reported.
+  EXPECT_EQ(
+      c.Counter("moe_expert_cache_predicted_experts_total", {{"device", "1"}, {"depth", "1"}}),
+      0.0);
+  EXPECT_EQ(c.NumSeries("moe_expert_cache_predicted_experts_total"), 2u);
+  EXPECT_EQ(c.Counter("moe_metrics_dropped_total"), 1.0);
+}
+
+// The engine's cache counters (layer forwards, device hits, host wait, rounds, gated predictions)
+// and the lookahead counters per depth advance by differences; a smaller total restarts from zero;
+// depths beyond kMaxLookaheadDepth are dropped, never a new series.
+TEST(MetricsTest, ExpertCacheEngineCountersAdvancePerDepth) {
+  auto metrics = MakeMetrics();
+  Metrics::ExpertCacheTotals t;
+  t.lookahead = {{.predicted_experts = 40, .routed_experts = 50, .correctly_predicted_experts = 30},
+                 {.predicted_experts = 20, .routed_experts = 25, .correctly_predicted_experts = 9}};
+  t.layer_forwards = 100;
+  t.device_hit_layers = 70;
+  t.host_wait_seconds = 0.25;
+  t.rounds = 130;
+  t.gated_predictions = 6;
+  metrics->SetExpertCacheTotals(0, t);
+  t.lookahead[0] = {
+      .predicted_experts = 48, .routed_experts = 60, .correctly_predicted_experts = 35};
+  t.lookahead[1] = {
+      .predicted_experts = 30, .routed_experts = 35, .correctly_predicted_experts = 12};
+  t.layer_forwards = 120;
+  t.device_hit_layers = 85;
+  t.host_wait_seconds = 0.375;
+  t.rounds = 150;
+  t.gated_predictions = 8;
+  metrics->SetExpertCacheTotals(0, t);
+  const std::map<std::string, std::string> d0 = {{"device", "0"}};
+  const std::map<std::string, std::string> depth1 = {{"device", "0"}, {"depth", "1"}};
+  const std::map<std::string, std::string> depth2 = {{"device", "0"}, {"depth", "2"}};
+  {
+    Collected c(*metrics);
+    EXPECT_EQ(c.Counter("moe_expert_cache_layer_forwards_total", d0), 120.0);
+    EXPECT_EQ(c.Counter("moe_expert_cache_device_hit_layers_total", d0), 85.0);
+    EXPECT_DOUBLE_EQ(c.Counter("moe_expert_cache_host_wait_seconds_total", d0), 0.375);
+    EXPECT_EQ(c.Counter("moe_expert_cache_rounds_total", d0), 150.0);
+    EXPECT_EQ(c.Counter("moe_expert_cache_gated_predictions_total", d0), 8.0);
+    EXPECT_EQ(c.Counter("moe_expert_cache_predicted_experts_total", depth1), 48.0);
+    EXPECT_EQ(c.Counter("moe_expert_cache_prediction_routed_experts_total", depth1), 60.0);
+    EXPECT_EQ(c.Counter("moe_expert_cache_correctly_predicted_experts_total", depth1), 35.0);
+    EXPECT_EQ(c.Counter("moe_expert_cache_predicted_experts_total", depth2), 30.0);
+    EXPECT_EQ(c.Counter("moe_expert_cache_prediction_routed_experts_total", depth2), 35.0);
+    EXPECT_EQ(c.Counter("moe_expert_cache_correctly_predicted_experts_total", depth2), 12.0);
+    EXPECT_EQ(c.Series("moe_expert_cache_predicted_experts_total", d0), nullptr);  // no unlabeled
+    EXPECT_EQ(c.NumSeries("moe_expert_cache_predicted_experts_total"), 2u);
+    EXPECT_EQ(c.Counter("moe_metrics_dropped_total"), 0.0);
+  }
+  // A new cache (smaller totals) counts from zero; a report of depth 1 only leaves depth 2 alone.
+  Metrics::ExpertCacheTotals restarted;
+  restarted.lookahead = {
+      {.predicted_experts = 4, .routed_experts = 5, .correctly_predicted_experts = 3}};
+  restarted.layer_forwards = 10;
+  restarted.device_hit_layers = 2;
+  restarted.host_wait_seconds = 0.125;
+  restarted.rounds = 11;
+  restarted.gated_predictions = 1;
+  metrics->SetExpertCacheTotals(0, restarted);
+  {
+    Collected c(*metrics);
+    EXPECT_EQ(c.Counter("moe_expert_cache_layer_forwards_total", d0), 130.0);
+    EXPECT_EQ(c.Counter("moe_expert_cache_device_hit_layers_total", d0), 87.0);
+    EXPECT_DOUBLE_EQ(c.Counter("moe_expert_cache_host_wait_seconds_total", d0), 0.5);
+    EXPECT_EQ(c.Counter("moe_expert_cache_rounds_total", d0), 161.0);
+    EXPECT_EQ(c.Counter("moe_expert_cache_gated_predictions_total", d0), 9.0);
+    EXPECT_EQ(c.Counter("moe_expert_cache_predicted_experts_total", depth1), 52.0);
+    EXPECT_EQ(c.Counter("moe_expert_cache_prediction_routed_experts_total", depth1), 65.0);
+    EXPECT_EQ(c.Counter("moe_expert_cache_correctly_predicted_experts_total", depth1), 38.0);
+    EXPECT_EQ(c.Counter("moe_expert_cache_predicted_experts_total", depth2), 30.0);
+  }
+  // One depth more than the label allows: depths 1..kMax get series, the extra one is dropped.
+  Metrics::ExpertCacheTotals deep;
+  deep.lookahead.assign(
+      Metrics::kMaxLookaheadDepth + 1,
+      {.predicted_experts = 1000, .routed_experts = 1000, .correctly_predicted_experts = 1000});
+  metrics->SetExpertCacheTotals(0, deep);
+  Collected c(*metrics);
+  EXPECT_EQ(c.NumSeries("moe_expert_cache_predicted_experts_total"),
+            static_cast<size_t>(Metrics::kMaxLookaheadDepth));
+  EXPECT_EQ(c.Counter("moe_expert_cache_predicted_experts_total",
+                      {{"device", "0"}, {"depth", std::to_string(Metrics::kMaxLookaheadDepth)}}),
+            1000.0);
   EXPECT_EQ(c.Counter("moe_metrics_dropped_total"), 1.0);
 }
 

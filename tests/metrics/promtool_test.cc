@@ -49,7 +49,18 @@ void Populate(Metrics& m) {
                                    .prefetch_loads = i,
                                    .prefetch_useful = i / 2,
                                    .prefetch_wasted = i / 3,
-                                   .resident_experts = 40});
+                                   .resident_experts = 40,
+                                   .lookahead = {{.predicted_experts = 8 * i,
+                                                  .routed_experts = 10 * i,
+                                                  .correctly_predicted_experts = 6 * i},
+                                                 {.predicted_experts = 8 * i,
+                                                  .routed_experts = 10 * i,
+                                                  .correctly_predicted_experts = 3 * i}},
+                                   .layer_forwards = 48 * i,
+                                   .device_hit_layers = 30 * i,
+                                   .host_wait_seconds = 1e-4 * i,
+                                   .rounds = 50 * i,
+                                   .gated_predictions = i / 4});
     m.SetWorkerTotals(i % 4, {.received = i, .sent = i, .busy_seconds = 0.01 * i});
     m.RecordRefused(i % 2 ? "queue_full" : "invalid");
   }

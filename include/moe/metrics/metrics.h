@@ -8,11 +8,13 @@
 //   layer   decoder layer indices [0, n_layers) of the configured model,
 //   expert  expert indices [0, n_experts) and only while n_experts <= Options::max_expert_labels,
 //   device  GPU ordinals [0, Options::max_devices),
+//   depth   gate-lookahead depths [1, kMaxLookaheadDepth] (how many MoE layers ahead a
+//           prediction was made),
 //   worker  swarm worker indices [0, Options::max_workers),
 //   reason  scheduler refusal reasons: invalid, queue_full, shutting_down, other.
-// Out-of-range layer/expert/device/worker values are dropped (never a new series) and counted in
-// moe_metrics_dropped_total, so a caller bug cannot blow up the series count.
-// docs/OPERATIONS.md lists every family with its meaning.
+// Out-of-range layer/expert/device/worker/depth values are dropped (never a new series) and counted
+// in moe_metrics_dropped_total, so a caller bug cannot blow up the series count. docs/OPERATIONS.md
+// lists every family with its meaning.
 //
 // Thread safety: every method may be called from any thread concurrently. Recording methods are
 // cheap (atomic adds, or a short mutex inside a prometheus histogram); RegisterModel() and
@@ -111,9 +113,20 @@ class Metrics {
   void RecordExpertLoad(int layer, absl::Span<const uint32_t> tokens_per_expert);
 
   // ---- Expert cache (GPU) --------------------------------------------------------------------
+  // Lookahead depths with their own series (the `depth` label); at least the CUDA engine's
+  // ExpertCacheOptions::kMaxPrefetchDepth (checked where the two meet, expert_cache_metrics.cc).
+  static constexpr int kMaxLookaheadDepth = 4;
+  // Gate-lookahead prediction of one depth, summed over the layers that had a prediction of that
+  // depth (micro-averaged): precision = correct / predicted, recall = correct / routed.
+  struct LookaheadTotals {
+    int64_t predicted_experts = 0;            // experts predicted for the layer `depth` ahead
+    int64_t routed_experts = 0;               // experts that layer really routed
+    int64_t correctly_predicted_experts = 0;  // predicted and really routed
+  };
   // Cumulative totals of one device's expert cache since it was created (pulled at scrape time by
-  // ExpertCacheMetrics from ExpertSlotPool::Counters()). Counters advance by the difference to the
-  // previous call; a smaller value than before (a new pool) counts as a restart from zero.
+  // ExpertCacheMetrics from ExpertSlotPool::Counters() and the engine's cache statistics).
+  // Counters advance by the difference to the previous call; a smaller value than before (a new
+  // pool) counts as a restart from zero.
   struct ExpertCacheTotals {
     int64_t hits = 0;              // demanded experts ready, or already loading, in a slot
     int64_t misses = 0;            // demanded experts that needed a copy
@@ -123,12 +136,16 @@ class Metrics {
     int64_t prefetch_loads = 0;    // prefetch loads issued
     int64_t prefetch_useful = 0;   // prefetched experts demanded before eviction
     int64_t prefetch_wasted = 0;   // prefetched experts evicted unused
-    // Gate-lookahead prediction, summed over the layer forwards that had one (micro-averaged):
-    // precision = correct / predicted, recall = correct / routed.
-    int64_t predicted_experts = 0;            // experts predicted for the next layer
-    int64_t prediction_routed_experts = 0;    // experts that layer really routed
-    int64_t correctly_predicted_experts = 0;  // predicted and really routed
-    int64_t resident_experts = 0;             // a level: experts ready or loading now
+    int64_t resident_experts = 0;  // a level: experts ready or loading now
+    // [depth - 1]: lookahead totals of predictions made that many MoE layers ahead. The depth 1
+    // series exist from the device's first call (at 0 while empty); deeper ones once reported.
+    // Entries beyond kMaxLookaheadDepth are dropped (counted in moe_metrics_dropped_total).
+    std::vector<LookaheadTotals> lookahead = {};
+    int64_t layer_forwards = 0;     // layer forwards through the cache (routing read by the host)
+    int64_t device_hit_layers = 0;  // of those, every routed expert resident at the device check
+    double host_wait_seconds = 0;   // host time waiting for those forwards' routing results
+    int64_t rounds = 0;             // expert acquisition rounds (>= layer forwards)
+    int64_t gated_predictions = 0;  // layer predictions not loaded: their depth's precision low
   };
   void SetExpertCacheTotals(int device, const ExpertCacheTotals& totals);
 
