@@ -59,8 +59,11 @@ constexpr int kTmaWarpBytes = 12 * 1024;
 template <typename T, bool TMA>
 __global__ void __launch_bounds__(kThreads, kBlocksPerSm)
     DecodeGateUpKernel(const DecodeExpertsArgs a, int prefetch_units) {
-  extern __shared__ uint4 s_gbuf[];  // TMA: [kWarps][kGateUpTmaWarpBytes / 16]
-  __shared__ uint64_t s_bar[kWarps];
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  extern __shared__ uint4 s_gbuf[];   // TMA: [kWarps][kGateUpTmaWarpBytes / 16]
+  __shared__ uint64_t s_bar[kWarps];  // TMA: one mbarrier per warp
+  const int warp = threadIdx.x >> 5;
+#endif
   __shared__ const T* s_gate[kMaxPairs];  // by h row
   __shared__ const T* s_up[kMaxPairs];
   __shared__ int s_token[kMaxPairs];
@@ -75,7 +78,6 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm)
       s_table[1][e] = a.up_table[layer_base + e];
     }
   }
-  const int warp = threadIdx.x >> 5;
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   if constexpr (TMA) {
     if ((threadIdx.x & 31) == 0) MbarInit(&s_bar[warp]);
