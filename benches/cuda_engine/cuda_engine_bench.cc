@@ -6,7 +6,7 @@
 //       [--shapes=mixtral,qwen3,dsv2lite,embedded] [--tokens=1,8,64,512,4096,16384] [--no-det]
 //       [--narrow | --tall | --wide | --ws | --cluster]   (Hopper tile: 128x128 two per SM,
 //       256x128, the cp.async 128x256 kernel, the warp-specialised persistent 128x256 one, or that
-//       one with TMA-multicast weights over 2-block clusters)
+//       one with TMA-multicast weights over 2-block clusters, the default)
 //       [--no-decode-paths]   (small-batch paths off: the v6 engine, for comparisons)
 //       [--no-gemv | --gemv-always] [--narrow-gate-up]   (decode GEMV never / wherever it fits;
 //                             the narrow gate/up tile)

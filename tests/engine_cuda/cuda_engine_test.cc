@@ -237,7 +237,7 @@ TEST(CudaEngine, WithoutGraphsAndDeterministic) {
                DType::kF32,
                {40, 600}}},
              mma);
-  // The other Hopper tiles (the warp-specialised 128x256 one is the default above).
+  // The other Hopper tiles (the cluster tile, kWideCluster, is the default above).
   using Tile = CudaEngineOptions::HopperTile;
   CheckCase({"wgmma 128x256 cp.async tile",
              Opts(Family::kDeepseekV2, 16, 4, 200, 88, DType::kBF16, 39),

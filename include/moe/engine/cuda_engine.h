@@ -143,8 +143,10 @@ struct CudaEngineOptions {
     // dense GEMMs run kWideWarpSpecialized). Bitwise equal to kWide.
     kWideCluster,
   };
-  // kWideWarpSpecialized: 5-17% faster than kWide at 512-16384 tokens (H200, RESULTS.md).
-  HopperTile hopper_tile = HopperTile::kWideWarpSpecialized;
+  // kWideWarpSpecialized: 5-17% faster than kWide at 512-16384 tokens; kWideCluster (with one
+  // wgmma for gate and up) 1-5.5% faster than kWideWarpSpecialized where the wgmma tile runs
+  // (H200, RESULTS.md "session 3").
+  HopperTile hopper_tile = HopperTile::kWideCluster;
   // kWideCluster only: false makes each block of a cluster load its own weights by TMA (no
   // multicast; for comparisons).
   bool cluster_multicast = true;
