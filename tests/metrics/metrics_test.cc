@@ -566,7 +566,10 @@ TEST(MetricsTest, ConcurrentRecordingLosesNothing) {
         metrics->RecordBatch(3);
         metrics->RecordExpertLoad(i % 2, load);
         metrics->RecordRefused("invalid");
-        metrics->SetExpertCacheTotals(t, {.hits = i + 1});  // one cache per thread
+        // One cache per thread; its depth 2 series appear while other threads scrape.
+        metrics->SetExpertCacheTotals(t, {.hits = i + 1,
+                                          .lookahead = {{}, {.predicted_experts = 2 * (i + 1)}},
+                                          .layer_forwards = i + 1});
         metrics->RequestFinished();
         if (i % 500 == 0) (void)metrics->Serialize();
       }
@@ -583,6 +586,11 @@ TEST(MetricsTest, ConcurrentRecordingLosesNothing) {
   EXPECT_EQ(c.Counter("moe_expert_routed_tokens_total", {{"layer", "0"}, {"expert", "2"}}), n);
   EXPECT_EQ(c.Counter("moe_scheduler_refused_total", {{"reason", "invalid"}}), n);
   EXPECT_EQ(c.Counter("moe_expert_cache_hits_total", {{"device", "2"}}), kIters);
+  EXPECT_EQ(c.Counter("moe_expert_cache_layer_forwards_total", {{"device", "2"}}), kIters);
+  EXPECT_EQ(
+      c.Counter("moe_expert_cache_predicted_experts_total", {{"device", "3"}, {"depth", "2"}}),
+      2 * kIters);
+  EXPECT_EQ(c.NumSeries("moe_expert_cache_predicted_experts_total"), 2u * kThreads);
   // Every layer's windows hold 4 assignments per record: max 2 / mean 1 = 2 exactly.
   EXPECT_DOUBLE_EQ(c.Gauge("moe_expert_load_imbalance_ratio", {{"layer", "0"}}), 2.0);
 }
