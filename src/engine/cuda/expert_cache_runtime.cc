@@ -591,10 +591,13 @@ ExpertCacheStats ExpertCacheRuntime::Stats() const {
   }
   s.copy_busy_ns = copy_busy_ns_.load();
   s.copy_batches = copy_batches_.load();
-  s.host_round_trips = host_round_trips_.load();
-  s.host_wait_ns = host_wait_ns_.load();
-  s.rounds = rounds_.load();
+  // Read in the reverse order of the forward's increments (OnRouted counts the round trip, then
+  // the hit and the rounds follow), so that a snapshot never shows more device hits than layer
+  // forwards.
   s.device_hits = device_hits_.load();
+  s.rounds = rounds_.load();
+  s.host_wait_ns = host_wait_ns_.load();
+  s.host_round_trips = host_round_trips_.load();
   return s;
 }
 
