@@ -33,6 +33,7 @@
 
 #include <algorithm>
 
+#include "kernels/cluster.cuh"
 #include "kernels/cuda_status.h"
 #include "kernels/decode_common.cuh"
 #include "kernels/decode_fused.h"
@@ -77,28 +78,10 @@ struct FusedSmem {
 constexpr int kChunks = 8;                     // gate/up: 16-byte loads per lane and row
 constexpr int64_t kPrefetchChunk = 16 * 1024;  // bytes per L2 prefetch
 
-__device__ __forceinline__ unsigned ClusterRank() {
-  unsigned r;
-  asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));
-  return r;
-}
-__device__ __forceinline__ int ClusterBlocks() {
-  unsigned n;
-  asm volatile("mov.u32 %0, %%cluster_nctarank;\n" : "=r"(n));
-  return static_cast<int>(n);
-}
-__device__ __forceinline__ void ClusterArrive() {
-  asm volatile("barrier.cluster.arrive.release.aligned;\n" ::: "memory");
-}
-__device__ __forceinline__ void ClusterWait() {
-  asm volatile("barrier.cluster.wait.acquire.aligned;\n" ::: "memory");
-}
 // The float at `local` (this block's shared memory) in the shared memory of cluster block `rank`.
 __device__ __forceinline__ float LoadClusterF32(const float* local, unsigned rank) {
-  const uint32_t addr = static_cast<uint32_t>(__cvta_generic_to_shared(local));
-  uint32_t remote;
+  const uint32_t remote = MapShared(static_cast<uint32_t>(__cvta_generic_to_shared(local)), rank);
   float v;
-  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(remote) : "r"(addr), "r"(rank));
   asm volatile("ld.shared::cluster.f32 %0, [%1];\n" : "=f"(v) : "r"(remote) : "memory");
   return v;
 }

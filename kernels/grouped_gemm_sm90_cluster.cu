@@ -34,6 +34,7 @@
 //    to its shared memory or arrive on its barriers.
 #include <algorithm>
 
+#include "kernels/cluster.cuh"
 #include "kernels/cuda_status.h"
 #include "kernels/gemm_common.cuh"
 #include "kernels/tensor_map.h"
@@ -51,27 +52,6 @@ static_assert(kTensorMapBoxRows == 128 && kTensorMapBoxCols == kBk,
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
 constexpr int kPairRows = 128 * kClusterBlocks;
 constexpr int kBoxBytes = kTensorMapBoxRows * kTensorMapBoxCols * 2;
-__device__ __forceinline__ uint32_t ClusterRank() {
-  uint32_t r;
-  asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));
-  return r;
-}
-__device__ __forceinline__ uint32_t ClusterId() {
-  uint32_t r;
-  asm volatile("mov.u32 %0, %%clusterid.x;\n" : "=r"(r));
-  return r;
-}
-__device__ __forceinline__ uint32_t ClusterCount() {
-  uint32_t r;
-  asm volatile("mov.u32 %0, %%nclusterid.x;\n" : "=r"(r));
-  return r;
-}
-__device__ __forceinline__ void ClusterSync() {
-  asm volatile(
-      "barrier.cluster.arrive.release.aligned;\n"
-      "barrier.cluster.wait.acquire.aligned;\n" ::
-          : "memory");
-}
 // Arrives on the barrier at the same shared-memory offset as `bar` in cluster block `rank`.
 // NOTES: default (.release.cta) semantics, as CUTLASS's cluster barriers: the arrival only says
 // that this warp's wgmmas have finished reading the stage (wgmma.wait_group before it). With
@@ -79,11 +59,9 @@ __device__ __forceinline__ void ClusterSync() {
 // wgmma still in flight: the kernel ran 1.45x slower (H200, ncu: 34% of stalls on memory
 // barriers).
 __device__ __forceinline__ void MbarArriveCluster(uint64_t* bar, uint32_t rank) {
-  uint32_t remote;
-  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n"
-               : "=r"(remote)
-               : "r"(SmemAddr(bar)), "r"(rank));
-  asm volatile("mbarrier.arrive.shared::cluster.b64 _, [%0];\n" ::"r"(remote) : "memory");
+  asm volatile(
+      "mbarrier.arrive.shared::cluster.b64 _, [%0];\n" ::"r"(MapShared(SmemAddr(bar), rank))
+      : "memory");
 }
 // Waits for phase `parity` of a barrier that blocks of the cluster arrive on.
 __device__ __forceinline__ void MbarWaitCluster(uint64_t* bar, uint32_t parity) {
@@ -204,6 +182,25 @@ __device__ __forceinline__ PairWork ResolvePair(const GemmParams& p, const int* 
   w.row_end = min(p.group_offsets[w.group + 1], w.row_begin + 128);
   return w;
 }
+
+// Work item w of a cluster (DecodeWorkItem's order over `pairs` pairs): this block's rows, the
+// column block, the split and its k-steps [kt_begin, kt_end).
+struct ClusterItem {
+  PairWork pw;
+  int nb, split, kt_begin, kt_end;
+};
+__device__ __forceinline__ ClusterItem ResolveClusterItem(const GemmParams& p, const int* mc_start,
+                                                          const int* solo_start, int64_t w,
+                                                          int pairs, int col_blocks, int k_steps,
+                                                          uint32_t rank) {
+  ClusterItem c;
+  int t;
+  DecodeWorkItem(w, pairs, col_blocks, t, c.nb, c.split);
+  c.pw = ResolvePair(p, mc_start, solo_start, t, rank);
+  c.kt_begin = static_cast<int>(static_cast<int64_t>(c.split) * k_steps / p.splits);
+  c.kt_end = static_cast<int>(static_cast<int64_t>(c.split + 1) * k_steps / p.splits);
+  return c;
+}
 #endif
 
 template <typename T, bool GATED>
@@ -257,11 +254,10 @@ __global__ void __launch_bounds__(384, 1) WgmmaWsMcGemmKernel(const GemmParams p
     // 128 rank..; plain, rows n0 + 128 rank.. into the same place.
     uint32_t it = 0;
     for (int64_t w = first_item; w < work; w += item_stride) {
-      int t, nb, split;
-      DecodeWorkItem(w, pairs, col_blocks, t, nb, split);
-      const PairWork pw = ResolvePair(p, mc_start, solo_start, t, rank);
-      const int kt_begin = static_cast<int>(static_cast<int64_t>(split) * k_steps / p.splits);
-      const int kt_end = static_cast<int>(static_cast<int64_t>(split + 1) * k_steps / p.splits);
+      const ClusterItem item =
+          ResolveClusterItem(p, mc_start, solo_start, w, pairs, col_blocks, k_steps, rank);
+      const PairWork& pw = item.pw;
+      const int nb = item.nb, kt_begin = item.kt_begin, kt_end = item.kt_end;
       // B boxes. Multicast: this block's half (gated: gate rows n0.. for rank 0, up rows n0.. for
       // rank 1; plain: rows n0 + 128 rank..) into both blocks. Solo: both halves, this block only.
       const void* tmap0 = nullptr;
@@ -334,11 +330,10 @@ __global__ void __launch_bounds__(384, 1) WgmmaWsMcGemmKernel(const GemmParams p
     };
     uint32_t it = 0;
     for (int64_t w = first_item; w < work; w += item_stride) {
-      int t, nb, split;
-      DecodeWorkItem(w, pairs, col_blocks, t, nb, split);
-      const PairWork pw = ResolvePair(p, mc_start, solo_start, t, rank);
-      const int kt_begin = static_cast<int>(static_cast<int64_t>(split) * k_steps / p.splits);
-      const int kt_end = static_cast<int>(static_cast<int64_t>(split + 1) * k_steps / p.splits);
+      const ClusterItem item =
+          ResolveClusterItem(p, mc_start, solo_start, w, pairs, col_blocks, k_steps, rank);
+      const PairWork& pw = item.pw;
+      const int nb = item.nb, split = item.split, kt_begin = item.kt_begin, kt_end = item.kt_end;
       const bool compute = pw.row_begin + cw * 64 < pw.row_end;
       float acc[kG][BN / 2];
 #pragma unroll

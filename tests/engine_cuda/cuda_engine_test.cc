@@ -16,6 +16,7 @@
 #include "common/gpu_test_util.h"
 #include "engine_cpu/random_model.h"
 #include "engine_cpu/reference.h"
+#include "engine_cuda/engine_compare.h"
 #include "moe/engine/cpu_engine.h"
 
 namespace moe {
@@ -25,11 +26,9 @@ using testing::MakeActivations;
 using testing::RandomModel;
 using testing::RandomModelOptions;
 
-// Tokens whose reference routing has a decision closer than this are skipped (fp32 may route them
-// either way); the tests require them to be rare.
-// Margins are in score units (softmax probabilities or sigmoids); the engine's scores are within
-// ~1e-7 of the double reference.
-constexpr double kMinMargin = 2e-6;
+using Case = testing::EngineCase;
+using testing::kMinMargin;
+constexpr auto Opts = testing::CaseModel;
 
 // A forward with poisoned outputs (out: the output bytes, ids, weights) and its output as floats.
 struct RunResult : testing::RunResult {
@@ -71,7 +70,6 @@ Compare CompareRuns(const Model& model, int layer, const std::vector<float>& x, 
   const MoeSpec& spec = model.spec();
   const testing::ReferenceOutput ref = testing::ReferenceForward(model, layer, x, n);
   Compare c;
-  double num = 0, den = 0;
   const int k = spec.top_k(), h = spec.hidden;
   for (int64_t t = 0; t < n; ++t) {
     for (int j = 0; j < h; ++j) {
@@ -87,30 +85,15 @@ Compare CompareRuns(const Model& model, int layer, const std::vector<float>& x, 
         break;
       }
     }
-    for (int j = 0; j < h; ++j) {
-      const double d = static_cast<double>(gpu.values[t * h + j]) - cpu.values[t * h + j];
-      num += d * d;
-      den += static_cast<double>(cpu.values[t * h + j]) * cpu.values[t * h + j];
-    }
   }
-  c.rel_err = std::sqrt(num / std::max(den, 1e-300));
+  c.rel_err = testing::RelErr(gpu.values, cpu.values, h, testing::UnambiguousTokens(ref, n));
   return c;
 }
-
-struct Case {
-  std::string name;
-  RandomModelOptions model;
-  DType act = DType::kBF16;
-  std::vector<int64_t> tokens;
-};
 
 void CheckCase(const Case& tc, const CudaEngineOptions& gpu_options) {
   SCOPED_TRACE(tc.name);
   const auto model = RandomModel(tc.model);
-  CpuEngineOptions cpu_options;
-  cpu_options.num_threads = 2;
-  cpu_options.max_batch_tokens = gpu_options.max_batch_tokens;
-  auto cpu = CpuEngine::Create(model, cpu_options);
+  auto cpu = testing::ReferenceCpuEngine(model, gpu_options.max_batch_tokens);
   ASSERT_TRUE(cpu.ok()) << cpu.status();
   auto gpu = CudaEngine::Create(model, gpu_options);
   ASSERT_TRUE(gpu.ok()) << gpu.status();
@@ -140,11 +123,6 @@ void CheckCase(const Case& tc, const CudaEngineOptions& gpu_options) {
 
 void CheckCases(const std::vector<Case>& cases, const CudaEngineOptions& gpu_options) {
   for (const Case& c : cases) CheckCase(c, gpu_options);
-}
-
-RandomModelOptions Opts(Family f, int experts, int top_k, int hidden, int inter, DType wd,
-                        uint64_t seed) {
-  return testing::ShapedModelOptions(f, experts, top_k, hidden, inter, wd, seed, {0, 2});
 }
 
 // Token counts that hit the decode (<= 16 rows per expert), medium and large tiles, with counts

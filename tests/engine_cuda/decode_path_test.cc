@@ -15,6 +15,7 @@
 #include "common/gpu_test_util.h"
 #include "engine_cpu/random_model.h"
 #include "engine_cpu/reference.h"
+#include "engine_cuda/engine_compare.h"
 #include "moe/engine/cpu_engine.h"
 #include "moe/engine/cuda_engine.h"
 
@@ -25,41 +26,12 @@ using testing::MakeActivations;
 using testing::RandomModel;
 using testing::RandomModelOptions;
 
-// Tokens whose reference routing is closer than this are skipped (fp32 may route them either way).
-constexpr double kMinMargin = 2e-6;
-
-struct Case {
-  std::string name;
-  RandomModelOptions model;
-  DType act = DType::kBF16;
-  std::vector<int64_t> tokens;
-};
-
-RandomModelOptions Opts(Family f, int experts, int top_k, int hidden, int inter, DType wd,
-                        uint64_t seed) {
-  return testing::ShapedModelOptions(f, experts, top_k, hidden, inter, wd, seed, {0, 2});
-}
-
-std::vector<float> ToFloats(DType dtype, const std::vector<uint8_t>& bytes, size_t n) {
-  std::vector<float> v(n);
-  ConvertToF32(dtype, bytes.data(), v.data(), n);
-  return v;
-}
-
-// ||a - b|| / ||b|| over the tokens of `keep`.
-double RelErr(const std::vector<float>& a, const std::vector<float>& b, int hidden,
-              const std::vector<bool>& keep) {
-  double num = 0, den = 0;
-  for (size_t t = 0; t < keep.size(); ++t) {
-    if (!keep[t]) continue;
-    for (int j = 0; j < hidden; ++j) {
-      const double d = static_cast<double>(a[t * hidden + j]) - b[t * hidden + j];
-      num += d * d;
-      den += static_cast<double>(b[t * hidden + j]) * b[t * hidden + j];
-    }
-  }
-  return std::sqrt(num / std::max(den, 1e-300));
-}
+using Case = testing::EngineCase;
+using testing::ReferenceCpuEngine;
+using testing::RelErr;
+using testing::ToFloats;
+using testing::UnambiguousTokens;
+constexpr auto Opts = testing::CaseModel;
 
 // Fused path (graphs at 1/2/4/8 tokens, or eager) against the CPU engine, the reference routing and
 // the unfused decode experts path, at every token count of the case, on both MoE layers. `tune`
@@ -79,10 +51,7 @@ void CheckFused(const Case& tc, bool graphs, const Tuning& tune = {}) {
                << tune.cluster_size << ", at most " << tune.max_clusters);
   const auto model = RandomModel(tc.model);
   const MoeSpec& spec = model->spec();
-  CpuEngineOptions cpu_options;
-  cpu_options.num_threads = 2;
-  cpu_options.max_batch_tokens = 16;
-  auto cpu = CpuEngine::Create(model, cpu_options);
+  auto cpu = ReferenceCpuEngine(model, 16);
   ASSERT_TRUE(cpu.ok()) << cpu.status();
   CudaEngineOptions fused_options;
   fused_options.max_batch_tokens = 16;
@@ -123,10 +92,9 @@ void CheckFused(const Case& tc, bool graphs, const Tuning& tune = {}) {
       const auto cv = ToFloats(tc.act, c.out, n * h);
       for (float v : gv) ASSERT_TRUE(std::isfinite(v)) << "unwritten or non-finite output";
       const testing::ReferenceOutput ref = testing::ReferenceForward(*model, layer, act.values, n);
-      std::vector<bool> keep(n);
+      const std::vector<bool> keep = UnambiguousTokens(ref, n);
       int64_t skipped = 0;
       for (int64_t t = 0; t < n; ++t) {
-        keep[t] = ref.routing.margin[t] >= kMinMargin;
         if (!keep[t]) {
           ++skipped;
           continue;
@@ -210,10 +178,7 @@ TEST(DecodePath, FusedKernelClusterSizesAndSmallGrids) {
 TEST(DecodePath, PastFusedLimits) {
   MOE_REQUIRE_GPU();
   const auto model = RandomModel(Opts(Family::kQwen3Moe, 31, 4, 4096, 32, DType::kBF16, 97));
-  CpuEngineOptions cpu_options;
-  cpu_options.num_threads = 2;
-  cpu_options.max_batch_tokens = 16;
-  auto cpu = CpuEngine::Create(model, cpu_options);
+  auto cpu = ReferenceCpuEngine(model, 16);
   ASSERT_TRUE(cpu.ok()) << cpu.status();
   CudaEngineOptions o;
   o.max_batch_tokens = 16;
@@ -228,8 +193,7 @@ TEST(DecodePath, PastFusedLimits) {
     const testing::RunResult g = testing::ExpectForward(**gpu, 0, DType::kBF16, act.bytes, n);
     const testing::RunResult c = testing::ExpectForward(**cpu, 0, DType::kBF16, act.bytes, n);
     const testing::ReferenceOutput ref = testing::ReferenceForward(*model, 0, act.values, n);
-    std::vector<bool> keep(n);
-    for (int64_t t = 0; t < n; ++t) keep[t] = ref.routing.margin[t] >= kMinMargin;
+    const std::vector<bool> keep = UnambiguousTokens(ref, n);
     EXPECT_LT(
         RelErr(ToFloats(DType::kBF16, g.out, n * h), ToFloats(DType::kBF16, c.out, n * h), h, keep),
         1e-2);
