@@ -16,12 +16,16 @@ const char* TileName(GemmTile tile) {
   return "?";
 }
 
-GemmTile ChooseTile(double rows_per_group, bool wgmma, GemmTile wgmma_tile) {
+GemmTile ChooseTile(double rows_per_group, bool wgmma, GemmTile wgmma_tile, double wgmma_min_rows) {
   // NOTES: the weights dominate below ~64 rows per expert, so the smallest tile that covers the
   // rows streams each expert once; past that, bigger tiles re-read A and B less. On Hopper the
-  // wgmma tile (128 rows) takes over past 64 rows per expert (measured on an H200: at 32 rows per
-  // expert the 64-row mma.sync tile streamed the weights ~10% faster than the wgmma tile).
+  // wgmma tile takes over past `wgmma_min_rows` (the engine's default: 16). Measured on an H200:
+  // in session 1, at 32 rows per expert the 64-row mma.sync tile streamed the weights ~10% faster
+  // than the cp.async wgmma tile of then; in session 3 the warp-specialised TMA cluster tile beat
+  // the mma.sync tile by 4-6% at 24-48 rows (Qwen3, DSv2-Lite 256/512 tokens) and 28% at 64 (Qwen3
+  // 1024 tokens), and tied it at Mixtral's 32-64.
   if (rows_per_group <= 16.0) return GemmTile::kDecode;
+  if (wgmma && rows_per_group > wgmma_min_rows) return wgmma_tile;
   if (rows_per_group <= 64.0) return GemmTile::kMedium;
   if (wgmma) return wgmma_tile;
   return GemmTile::kLarge;
@@ -47,7 +51,8 @@ MoePlan PlanMoe(const MoePlanInput& in) {
   const int64_t pairs = in.tokens * in.top_k;
   const int64_t active = std::max<int64_t>(1, std::min<int64_t>(pairs, in.n_experts));
   plan.tile = ChooseTile(static_cast<double>(pairs) / static_cast<double>(active),
-                         in.wgmma && (!in.deterministic || in.deterministic_wgmma), in.wgmma_tile);
+                         in.wgmma && (!in.deterministic || in.deterministic_wgmma), in.wgmma_tile,
+                         in.wgmma_min_rows);
   // NOTES: at 1 token Qwen3's gate/up is 8 experts x 12 blocks of 64 columns = 96 blocks for 132
   // SMs (73% of them busy); 16 columns give 384 blocks, 2.9 per SM (97% balance).
   const double rows_per_group = static_cast<double>(pairs) / static_cast<double>(active);

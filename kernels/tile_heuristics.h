@@ -96,8 +96,9 @@ inline constexpr int kMaxLargeRouterSplits = 4;
 
 // The tile for grouped GEMMs whose groups hold `rows_per_group` rows on average; `wgmma`: the
 // device runs the Hopper tiles (sm_90a build on an sm_90 device, not deterministic mode).
+// Past 16 rows per group, the Hopper tile takes groups of more than `wgmma_min_rows` rows.
 GemmTile ChooseTile(double rows_per_group, bool wgmma = false,
-                    GemmTile wgmma_tile = GemmTile::kWgmma);
+                    GemmTile wgmma_tile = GemmTile::kWgmma, double wgmma_min_rows = 64.0);
 
 // Splits of K for a plain GEMM of `rows` rows launched as `blocks` blocks (before splitting) over K
 // `k`: the smallest power of two (<= kMaxSplits) giving at least 2 blocks per SM while each split
@@ -127,6 +128,7 @@ struct MoePlanInput {
   bool wgmma = false;                // Hopper tiles allowed (ignored when deterministic, unless:)
   bool deterministic_wgmma = false;  // deterministic mode may use them too (see CudaEngineOptions)
   GemmTile wgmma_tile = GemmTile::kWgmma;  // Hopper tile (kWgmma, kWgmma2, kWgmmaTall, kWgmmaWs)
+  double wgmma_min_rows = 64.0;  // rows per expert past which the Hopper tile runs (ChooseTile)
   GemvPolicy decode_gemv = GemvPolicy::kNever;  // when the CUDA-core decode experts path takes
                                                 // the routed experts (never when deterministic)
 };

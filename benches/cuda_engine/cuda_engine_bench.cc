@@ -7,6 +7,7 @@
 //       [--narrow | --tall | --wide | --ws | --cluster]   (Hopper tile: 128x128 two per SM,
 //       256x128, the cp.async 128x256 kernel, the warp-specialised persistent 128x256 one, or that
 //       one with TMA-multicast weights over 2-block clusters, the default)
+//       [--wgmma-from=N]   (rows per expert past which the Hopper tile runs)
 //       [--no-decode-paths]   (small-batch paths off: the v6 engine, for comparisons)
 //       [--no-gemv | --gemv-always] [--narrow-gate-up]   (decode GEMV never / wherever it fits;
 //                             the narrow gate/up tile)
@@ -49,6 +50,8 @@ namespace {
 CudaEngineOptions::HopperTile g_hopper_tile = CudaEngineOptions().hopper_tile;
 // --cluster-solo: the cluster tile without multicast (each block loads its own weights).
 bool g_cluster_multicast = true;
+// --wgmma-from=N: rows per expert past which the Hopper tile runs (engine default otherwise).
+int g_wgmma_min_rows = CudaEngineOptions().wgmma_min_rows_per_expert;
 // --no-decode-paths: the engine's small-batch paths off (overlap_launches, fused_decode_front,
 // decode_gemv), for before/after comparisons on one card.
 bool g_decode_paths = true;
@@ -240,6 +243,7 @@ class Runner {
     o.graph_batch_sizes = {1, 8, 64, 512, 4096, 16384};
     o.hopper_tile = g_hopper_tile;
     o.cluster_multicast = g_cluster_multicast;
+    o.wgmma_min_rows_per_expert = g_wgmma_min_rows;
     if (!g_decode_paths) o.overlap_launches = o.fused_decode_front = false;
     if (!g_decode_paths || !g_decode_gemv) o.decode_gemv = CudaEngineOptions::DecodeGemv::kNever;
     if (g_decode_gemv_always) o.decode_gemv = CudaEngineOptions::DecodeGemv::kAlways;
@@ -407,6 +411,7 @@ int CheckInvariance() {
     o.deterministic_wgmma = true;
     o.hopper_tile = g_hopper_tile;
     o.cluster_multicast = g_cluster_multicast;
+    o.wgmma_min_rows_per_expert = g_wgmma_min_rows;
     auto engine = OrDie(CudaEngine::CreateRandom(SpecOf(shape), 99, o));
     const int64_t n = 2048, h = shape.hidden;
     cuda::DeviceBuffer in = OrDie(cuda::DeviceBuffer::Create(n * h * 2));
@@ -492,6 +497,8 @@ int main(int argc, char** argv) {
       moe::g_hopper_tile = moe::CudaEngineOptions::HopperTile::kWideWarpSpecialized;
     } else if (a == "--cluster") {
       moe::g_hopper_tile = moe::CudaEngineOptions::HopperTile::kWideCluster;
+    } else if (a.rfind("--wgmma-from=", 0) == 0) {
+      moe::g_wgmma_min_rows = std::atoi(a.c_str() + 13);
     } else if (a == "--cluster-solo") {
       moe::g_hopper_tile = moe::CudaEngineOptions::HopperTile::kWideCluster;
       moe::g_cluster_multicast = false;

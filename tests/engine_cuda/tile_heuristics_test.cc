@@ -45,6 +45,10 @@ TEST(ChooseTile, GrowsWithRowsPerExpert) {
   EXPECT_EQ(ChooseTile(17), GemmTile::kMedium);
   EXPECT_EQ(ChooseTile(64), GemmTile::kMedium);
   EXPECT_EQ(ChooseTile(65), GemmTile::kLarge);
+  EXPECT_EQ(ChooseTile(32, true, GemmTile::kWgmmaWsMc), GemmTile::kMedium);
+  EXPECT_EQ(ChooseTile(32, true, GemmTile::kWgmmaWsMc, 16), GemmTile::kWgmmaWsMc);
+  EXPECT_EQ(ChooseTile(16, true, GemmTile::kWgmmaWsMc, 16), GemmTile::kDecode);
+  EXPECT_EQ(ChooseTile(32, false, GemmTile::kWgmmaWsMc, 16), GemmTile::kMedium);  // no wgmma
   EXPECT_EQ(ChooseTile(1e6), GemmTile::kLarge);
   EXPECT_EQ(ChooseTile(16, true), GemmTile::kDecode);
   EXPECT_EQ(ChooseTile(64, true), GemmTile::kMedium);

@@ -150,6 +150,11 @@ struct CudaEngineOptions {
   // kWideCluster only: false makes each block of a cluster load its own weights by TMA (no
   // multicast; for comparisons).
   bool cluster_multicast = true;
+  // Expected rows per activated expert past which the Hopper tile runs the routed GEMMs (and the
+  // layer's dense ones); from 17 rows up to it the mma.sync 64-row tile does. 16: the Hopper tile
+  // from 17 rows (H200, RESULTS.md "session 3": 4-28% faster than the mma.sync tile at 24-64 rows
+  // per expert, equal at Mixtral's 32-64).
+  int wgmma_min_rows_per_expert = 16;
   // Small-batch latency paths (benches/RESULTS.md, v7, v8). overlap_launches: programmatic
   // dependent launch between the layer's kernels (sm_90 devices). fused_decode_front: for <= 32
   // tokens the input conversion, router, routing and scan run as one kernel (never in

@@ -49,6 +49,11 @@ StatusOr<std::unique_ptr<CudaEngine::Impl>> CudaEngine::Impl::Prepare(const MoeS
     return absl::InvalidArgumentError(
         "CudaEngineOptions: need num_slots >= 1 and 1 <= max_batch_tokens <= 2^30");
   }
+  if (o.wgmma_min_rows_per_expert < 16) {
+    return absl::InvalidArgumentError(
+        "CudaEngineOptions: wgmma_min_rows_per_expert must be >= 16 (decode tiles take <= 16 "
+        "rows)");
+  }
   if (o.expert_cache.budget_bytes < 0 || o.expert_cache.prefetch_max_loads < 0) {
     return absl::InvalidArgumentError(
         "CudaEngineOptions: expert_cache.budget_bytes and prefetch_max_loads must be >= 0");
@@ -210,6 +215,7 @@ Status CudaEngine::Impl::BuildLayerLaunch(Slot& s, int64_t capacity, AType atype
       : options.hopper_tile == CudaEngineOptions::HopperTile::kWideCluster
           ? cuda::GemmTile::kWgmmaWsMc
           : cuda::GemmTile::kWgmmaTall;
+  in.wgmma_min_rows = options.wgmma_min_rows_per_expert;
   l->capacity = capacity;
   l->plan = cuda::PlanMoe(in);
   const cuda::MoePlan& plan = l->plan;
