@@ -52,7 +52,9 @@ MoePlan PlanMoe(const MoePlanInput& in) {
   const int64_t active = std::max<int64_t>(1, std::min<int64_t>(pairs, in.n_experts));
   plan.tile = ChooseTile(static_cast<double>(pairs) / static_cast<double>(active),
                          in.wgmma && (!in.deterministic || in.deterministic_wgmma), in.wgmma_tile,
-                         in.wgmma_min_rows);
+                         static_cast<int64_t>(in.hidden) * in.inter >= kWgmmaSmallExpertElems
+                             ? in.wgmma_min_rows
+                             : std::max(in.wgmma_min_rows, 64.0));
   // NOTES: at 1 token Qwen3's gate/up is 8 experts x 12 blocks of 64 columns = 96 blocks for 132
   // SMs (73% of them busy); 16 columns give 384 blocks, 2.9 per SM (97% balance).
   const double rows_per_group = static_cast<double>(pairs) / static_cast<double>(active);

@@ -121,7 +121,19 @@ TEST(PlanMoe, DecodeAndPrefillShapes) {
   in.wgmma = true;
   EXPECT_EQ(PlanMoe(in).tile, GemmTile::kWgmma);
   EXPECT_EQ(PlanMoe(in).router_splits, 1);  // 128 row tiles: the router GEMM fills the chip
-  in.tokens = 4096;                         // 32 row tiles: the router's K (32 steps) is split in 4
+  {
+    MoePlanInput small = in;  // 32 rows per expert, from 17 rows on: large experts only
+    small.tokens = 512;
+    small.wgmma_min_rows = 16;
+    small.wgmma_tile = GemmTile::kWgmmaWsMc;
+    EXPECT_EQ(PlanMoe(small).tile, GemmTile::kWgmmaWsMc);  // 2048 x 768
+    small.hidden = 512;
+    small.inter = 256;  // the embedded model's experts: the mma.sync tile up to 64 rows
+    EXPECT_EQ(PlanMoe(small).tile, GemmTile::kMedium);
+    small.tokens = 2048;  // 128 rows per expert
+    EXPECT_EQ(PlanMoe(small).tile, GemmTile::kWgmmaWsMc);
+  }
+  in.tokens = 4096;  // 32 row tiles: the router's K (32 steps) is split in 4
   EXPECT_EQ(PlanMoe(in).router_splits, kMaxLargeRouterSplits);
   in.router_k = 512;  // 8 k-steps: not split below 8 steps a part
   EXPECT_EQ(PlanMoe(in).router_splits, 1);
