@@ -153,7 +153,8 @@ struct CudaEngineOptions {
   // Expected rows per activated expert past which the Hopper tile runs the routed GEMMs (and the
   // layer's dense ones); from 17 rows up to it the mma.sync 64-row tile does. 16: the Hopper tile
   // from 17 rows (H200, RESULTS.md "session 3": 4-28% faster than the mma.sync tile at 24-64 rows
-  // per expert, equal at Mixtral's 32-64).
+  // per expert, equal at Mixtral's 32-64). Experts under kWgmmaSmallExpertElems (hidden x inter)
+  // keep the mma.sync tile up to 64 rows whatever this says.
   int wgmma_min_rows_per_expert = 16;
   // Small-batch latency paths (benches/RESULTS.md, v7, v8). overlap_launches: programmatic
   // dependent launch between the layer's kernels (sm_90 devices). fused_decode_front: for <= 32
