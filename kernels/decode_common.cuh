@@ -151,6 +151,26 @@ __device__ __forceinline__ void WarpUnits(int64_t units, int64_t& begin, int64_t
   end = (gw + 1) * units / warps;
 }
 
+// Keeps the warp's next `prefetch_units` gate/up units on their way into L2 (GateUpUnits,
+// GateUpUnitsTma): at its first unit u_begin the warp prefetches units u_begin + 1 .. + count, then
+// one unit further per unit. Lane i < 2 * count prefetches row i % 2 (gate, up) of unit
+// first + i / 2.
+template <typename T>
+__device__ __forceinline__ void PrefetchNextUnits(int64_t u, int64_t u_begin, int64_t u_end,
+                                                  int prefetch_units, int pairs, int K,
+                                                  const T* const* s_gate, const T* const* s_up,
+                                                  int lane) {
+  const int64_t first = u == u_begin ? u + 1 : u + prefetch_units;
+  const int count = u == u_begin ? prefetch_units : 1;
+  const int64_t pu = first + lane / 2;
+  if (lane < 2 * count && pu < u_end) {
+    const int pcol = static_cast<int>(pu / pairs);
+    const int pj = static_cast<int>(pu - static_cast<int64_t>(pcol) * pairs);
+    const T* row = (lane & 1 ? s_up[pj] : s_gate[pj]) + static_cast<int64_t>(pcol) * K;
+    PrefetchL2(row, static_cast<uint32_t>(K) * 2u);
+  }
+}
+
 // The gate/up units [u_begin, u_end) of one warp (decode_experts.cu, decode_fused.cu). Unit u is
 // (output column u / pairs, h row j = u % pairs): h[j, column] = silu(x[token(j)] . gate_j[column])
 // * (x[token(j)] . up_j[column]) in T. Lane l reads 16 bytes at elements 8l + 256c, kChunks per
@@ -180,16 +200,7 @@ __device__ __forceinline__ void GateUpUnits(int64_t u_begin, int64_t u_end, int 
     const bool reuse = one_pass && wg == held;
     held = one_pass ? wg : nullptr;
     if (prefetch_units > 0) {
-      // Lane i < 2 * count prefetches row i % 2 (gate, up) of unit first + i / 2.
-      const int64_t first = u == u_begin ? u + 1 : u + prefetch_units;
-      const int count = u == u_begin ? prefetch_units : 1;
-      const int64_t pu = first + lane / 2;
-      if (lane < 2 * count && pu < u_end) {
-        const int pcol = static_cast<int>(pu / pairs);
-        const int pj = static_cast<int>(pu - static_cast<int64_t>(pcol) * pairs);
-        const T* row = (lane & 1 ? s_up[pj] : s_gate[pj]) + static_cast<int64_t>(pcol) * K;
-        PrefetchL2(row, static_cast<uint32_t>(K) * 2u);
-      }
+      PrefetchNextUnits(u, u_begin, u_end, prefetch_units, pairs, K, s_gate, s_up, lane);
     }
     float g = 0.0f, up = 0.0f;
     for (int k0 = lane * 8; k0 < K; k0 += 256 * kChunks) {
@@ -248,15 +259,7 @@ __device__ __forceinline__ void GateUpUnitsTma(int64_t u_begin, int64_t u_end, i
     const T* wu = s_up[j] + static_cast<int64_t>(col) * K;
     const T* xr = x + static_cast<int64_t>(s_token[j]) * ldx;
     if (prefetch_units > 0) {
-      const int64_t first = u == u_begin ? u + 1 : u + prefetch_units;
-      const int count = u == u_begin ? prefetch_units : 1;
-      const int64_t pu = first + lane / 2;
-      if (lane < 2 * count && pu < u_end) {
-        const int pcol = static_cast<int>(pu / pairs);
-        const int pj = static_cast<int>(pu - static_cast<int64_t>(pcol) * pairs);
-        const T* row = (lane & 1 ? s_up[pj] : s_gate[pj]) + static_cast<int64_t>(pcol) * K;
-        PrefetchL2(row, static_cast<uint32_t>(K) * 2u);
-      }
+      PrefetchNextUnits(u, u_begin, u_end, prefetch_units, pairs, K, s_gate, s_up, lane);
     }
     float g = 0.0f, up = 0.0f;
     for (int k0 = 0; k0 < K; k0 += kSeg) {

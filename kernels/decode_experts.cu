@@ -160,6 +160,19 @@ __device__ __forceinline__ void Advance32(int per_row, int& kk, int& r) {
   }
 }
 
+// Down + combine kernels: each (token, k) pair's down matrix, combine weight and h row, from the
+// routing, into shared memory (the block's threads, strided; the caller synchronises).
+template <typename T>
+__device__ __forceinline__ void StageDownPairs(const DecodeExpertsArgs& a, int pairs,
+                                               const T** s_down, float* s_w, int* s_hrow) {
+  const int64_t layer_base = static_cast<int64_t>(*a.layer_dev) * a.n_experts;
+  for (int p = threadIdx.x; p < pairs; p += kThreads) {
+    s_down[p] = static_cast<const T*>(a.down_table[layer_base + a.topk_ids[p]]);
+    s_w[p] = a.topk_weights[p];
+    s_hrow[p] = a.pair_row != nullptr ? a.pair_row[p] : p;
+  }
+}
+
 // H_SMEM: h of every pair is copied into shared memory first (when it fits, kHSmemMaxBytes), so the
 // registers hold only weights: 24 16-byte loads per lane in flight (12 KiB per warp), against 8
 // weight + 8 h loads when h is read from global memory.
@@ -179,12 +192,7 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm)
   const int n_tokens = a.meta->n_tokens;
   const int top_k = a.top_k;
   const int pairs = n_tokens * top_k;
-  const int64_t layer_base = static_cast<int64_t>(*a.layer_dev) * a.n_experts;
-  for (int p = threadIdx.x; p < pairs; p += kThreads) {
-    s_down[p] = static_cast<const T*>(a.down_table[layer_base + a.topk_ids[p]]);
-    s_w[p] = a.topk_weights[p];
-    s_hrow[p] = a.pair_row != nullptr ? a.pair_row[p] : p;
-  }
+  StageDownPairs(a, pairs, s_down, s_w, s_hrow);
   __syncthreads();
   const int lane = threadIdx.x & 31;
   const int K = a.inter;
@@ -282,12 +290,7 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm)
   const int n_tokens = a.meta->n_tokens;
   const int top_k = a.top_k;
   const int pairs = n_tokens * top_k;
-  const int64_t layer_base = static_cast<int64_t>(*a.layer_dev) * a.n_experts;
-  for (int p = threadIdx.x; p < pairs; p += kThreads) {
-    s_down[p] = static_cast<const T*>(a.down_table[layer_base + a.topk_ids[p]]);
-    s_w[p] = a.topk_weights[p];
-    s_hrow[p] = a.pair_row != nullptr ? a.pair_row[p] : p;
-  }
+  StageDownPairs(a, pairs, s_down, s_w, s_hrow);
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   if (lane == 0) MbarInit(&s_bar[warp]);
   asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
