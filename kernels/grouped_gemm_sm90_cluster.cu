@@ -11,8 +11,10 @@
 //    multicast pairs of 256 rows (block rank r of the cluster computes rows 128 r .. 128 r + 127
 //    of the pair; a last pair of 129-255 rows leaves block 1 the rest) and, when 1-128 rows
 //    remain, one solo tile. Solo tiles of any groups are paired up: each block loads its own
-//    weights for them (no multicast), so no block idles while its peer works. Work items (pair,
-//    column block, split) are ordered as in the cp.async persistent kernel (DecodeWorkItem);
+//    weights for them (no multicast), so no block idles while its peer works. Units (a multicast
+//    or solo pair) are ordered by group, a solo pair next to the group of its second tile
+//    (ResolvePair). Work items (unit, column block, split) are ordered as in the cp.async
+//    persistent kernel (DecodeWorkItem);
 //    cluster c takes items c, c + clusters, ... Both blocks of a cluster walk the same items and
 //    k-steps, so their stage rings stay in step.
 // 2. Producer warpgroup: per k-step, waits until the stage is free in BOTH blocks (the stage's
@@ -153,31 +155,47 @@ __device__ __forceinline__ int SoloTiles(int rows, bool multicast) {
   return rem > 0 && rem <= 128 ? 1 : 0;
 }
 
-// What cluster block `rank` computes for pair t: items t < mc_start[n] are multicast pairs (both
-// blocks, one group); past them, solo pair j gives solo tiles 2 j and 2 j + 1 to ranks 0 and 1
-// (any groups; group -1 when the tile does not exist). Rows [row_begin, row_end), maybe empty.
+// Solo pair j is solo tiles 2 j and 2 j + 1 (any groups; the last pair may have one tile). Its
+// owner is the group of its last tile, so that it runs next to that group's multicast pairs and
+// their weights are still in L2. Returns how many solo pairs group g owns, given its solo tiles
+// [a, b) of `solos` in all.
+__device__ __forceinline__ int OwnedSoloPairs(int a, int b, int solos) {
+  const int odd = b / 2 - a / 2;  // odd tile numbers in [a, b)
+  const bool last_even = b == solos && b > a && ((b - 1) & 1) == 0;
+  return odd + (last_even ? 1 : 0);
+}
+
+// What cluster block `rank` computes for unit t. Units are ordered by group: group g's multicast
+// pairs (both blocks, one group), then the solo pairs it owns (see OwnedSoloPairs; rank r takes
+// tile 2 j + r, group -1 when it does not exist). Rows [row_begin, row_end), maybe empty.
+// NOTES: before, every solo pair came after all multicast pairs; a solo tile then read its
+// expert's weights from HBM a second time, long after the pair had.
 struct PairWork {
   bool multicast;
   int group;
   int row_begin, row_end;
 };
-__device__ __forceinline__ PairWork ResolvePair(const GemmParams& p, const int* mc_start,
+__device__ __forceinline__ PairWork ResolvePair(const GemmParams& p, const int* unit_start,
                                                 const int* solo_start, int t, uint32_t rank) {
   const int n = p.n_groups;
+  const int g = FindGroup(unit_start, n, t);
+  const int local = t - unit_start[g];
+  const bool multicast = p.tma_multicast != 0;
+  const int mc_pairs = McPairs(p.group_offsets[g + 1] - p.group_offsets[g], multicast);
   PairWork w;
-  if (t < mc_start[n]) {
+  if (local < mc_pairs) {
     w.multicast = true;
-    w.group = FindGroup(mc_start, n, t);
-    w.row_begin = p.group_offsets[w.group] + (t - mc_start[w.group]) * kPairRows +
-                  static_cast<int>(rank) * 128;
+    w.group = g;
+    w.row_begin = p.group_offsets[g] + local * kPairRows + static_cast<int>(rank) * 128;
   } else {
     w.multicast = false;
-    const int s = 2 * (t - mc_start[n]) + static_cast<int>(rank);
+    const int j = solo_start[g] / 2 + (local - mc_pairs);
+    const int s = 2 * j + static_cast<int>(rank);
     if (s >= solo_start[n]) return PairWork{false, -1, 0, 0};
     w.group = FindGroup(solo_start, n, s);
-    const int first =
-        p.group_offsets[w.group] + (mc_start[w.group + 1] - mc_start[w.group]) * kPairRows;
-    w.row_begin = first + (s - solo_start[w.group]) * 128;
+    const int rows = p.group_offsets[w.group + 1] - p.group_offsets[w.group];
+    w.row_begin = p.group_offsets[w.group] + McPairs(rows, multicast) * kPairRows +
+                  (s - solo_start[w.group]) * 128;
   }
   w.row_end = min(p.group_offsets[w.group + 1], w.row_begin + 128);
   return w;
@@ -189,14 +207,15 @@ struct ClusterItem {
   PairWork pw;
   int nb, split, kt_begin, kt_end;
 };
-__device__ __forceinline__ ClusterItem ResolveClusterItem(const GemmParams& p, const int* mc_start,
+__device__ __forceinline__ ClusterItem ResolveClusterItem(const GemmParams& p,
+                                                          const int* unit_start,
                                                           const int* solo_start, int64_t w,
                                                           int pairs, int col_blocks, int k_steps,
                                                           uint32_t rank) {
   ClusterItem c;
   int t;
   DecodeWorkItem(w, pairs, col_blocks, t, c.nb, c.split);
-  c.pw = ResolvePair(p, mc_start, solo_start, t, rank);
+  c.pw = ResolvePair(p, unit_start, solo_start, t, rank);
   c.kt_begin = static_cast<int>(static_cast<int64_t>(c.split) * k_steps / p.splits);
   c.kt_end = static_cast<int>(static_cast<int64_t>(c.split + 1) * k_steps / p.splits);
   return c;
@@ -212,7 +231,7 @@ __global__ void __launch_bounds__(384, 1) WgmmaWsMcGemmKernel(const GemmParams p
   constexpr int kStageBytes = WgStageBytes(BM, B_ROWS);
   __shared__ __align__(8) uint64_t full_bar[STAGES];
   __shared__ __align__(8) uint64_t empty_bar[STAGES];
-  __shared__ int mc_start[kMaxClusterGemmGroups + 1];
+  __shared__ int unit_start[kMaxClusterGemmGroups + 1];
   __shared__ int solo_start[kMaxClusterGemmGroups + 1];
   extern __shared__ uint8_t mc_smem_raw[];
   const uint32_t raw_addr = SmemAddr(mc_smem_raw);
@@ -231,11 +250,14 @@ __global__ void __launch_bounds__(384, 1) WgmmaWsMcGemmKernel(const GemmParams p
   }
   const bool multicast = p.tma_multicast != 0;
   auto rows_of = [&](int g) { return p.group_offsets[g + 1] - p.group_offsets[g]; };
-  GroupPrefix(p.n_groups, mc_start, [&](int g) { return McPairs(rows_of(g), multicast); });
   GroupPrefix(p.n_groups, solo_start, [&](int g) { return SoloTiles(rows_of(g), multicast); });
+  const int solos = solo_start[p.n_groups];
+  GroupPrefix(p.n_groups, unit_start, [&](int g) {
+    return McPairs(rows_of(g), multicast) + OwnedSoloPairs(solo_start[g], solo_start[g + 1], solos);
+  });
   ClusterSync();
   const uint32_t rank = ClusterRank();
-  const int pairs = mc_start[p.n_groups] + (solo_start[p.n_groups] + 1) / 2;
+  const int pairs = unit_start[p.n_groups];
   const int col_blocks = (p.n + BN - 1) / BN;
   const int64_t work = static_cast<int64_t>(pairs) * col_blocks * p.splits;
   const int k_steps = (p.k + kBk - 1) / kBk;
@@ -255,7 +277,7 @@ __global__ void __launch_bounds__(384, 1) WgmmaWsMcGemmKernel(const GemmParams p
     uint32_t it = 0;
     for (int64_t w = first_item; w < work; w += item_stride) {
       const ClusterItem item =
-          ResolveClusterItem(p, mc_start, solo_start, w, pairs, col_blocks, k_steps, rank);
+          ResolveClusterItem(p, unit_start, solo_start, w, pairs, col_blocks, k_steps, rank);
       const PairWork& pw = item.pw;
       const int nb = item.nb, kt_begin = item.kt_begin, kt_end = item.kt_end;
       // B boxes. Multicast: this block's half (gated: gate rows n0.. for rank 0, up rows n0.. for
@@ -331,7 +353,7 @@ __global__ void __launch_bounds__(384, 1) WgmmaWsMcGemmKernel(const GemmParams p
     uint32_t it = 0;
     for (int64_t w = first_item; w < work; w += item_stride) {
       const ClusterItem item =
-          ResolveClusterItem(p, mc_start, solo_start, w, pairs, col_blocks, k_steps, rank);
+          ResolveClusterItem(p, unit_start, solo_start, w, pairs, col_blocks, k_steps, rank);
       const PairWork& pw = item.pw;
       const int nb = item.nb, split = item.split, kt_begin = item.kt_begin, kt_end = item.kt_end;
       const bool compute = pw.row_begin + cw * 64 < pw.row_end;
