@@ -181,7 +181,10 @@ __device__ __forceinline__ void StorePair(const GemmParams& p, bool out_f32, int
   StorePairAt<T>(p, out_f32, static_cast<int>(blockIdx.z), r, col, v0, v1);
 }
 
-__device__ __forceinline__ float Silu(float g) { return g / (1.0f + __expf(-g)); }
+// NOTES: __fdividef (one reciprocal and a multiply) instead of an IEEE division: 1.6-4% faster
+// layers at 512-16384 tokens (H200, session 4), the gated epilogue being issue-bound. Every tile
+// and path uses this one function, so they still round alike.
+__device__ __forceinline__ float Silu(float g) { return __fdividef(g, 1.0f + __expf(-g)); }
 
 // The Hopper (wgmma) kernels; defined in grouped_gemm_sm90.cu.
 Status InitGemmKernelsSm90();
