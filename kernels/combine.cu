@@ -16,6 +16,7 @@ namespace moe::cuda {
 namespace {
 
 // ---- 1. Combine ----
+constexpr int kCombineAllK = 8;
 template <typename W, typename Out>
 __global__ void CombineKernel(const CombineArgs a) {
   GridDepWait();
@@ -29,10 +30,43 @@ __global__ void CombineKernel(const CombineArgs a) {
     const int64_t t = c / chunks_per_row;
     const int h = static_cast<int>(c % chunks_per_row) * 8;
     float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    if (!a.y_f32 && a.top_k <= kCombineAllK) {
+      // Up to kCombineAllK experts: every row index and weight, then every expert output, are
+      // loaded before anything is summed (two dependent memory round trips in all); the sum order
+      // is k ascending, the same arithmetic as the chunked loop below.
+      // NOTES: the chunked loop (4 experts a round, indices inside it: four dependent round trips
+      // at top-8) moved 1.8 TB/s at Qwen3 4096 tokens (ncu: 83 us for 150 MB; H200).
+      int64_t r[kCombineAllK];
+      float w[kCombineAllK];
+#pragma unroll
+      for (int j = 0; j < kCombineAllK; ++j) {
+        const bool ok = j < a.top_k;
+        r[j] = ok ? a.pair_row[t * a.top_k + j] : 0;
+        w[j] = ok ? a.topk_weights[t * a.top_k + j] : 0.0f;
+      }
+      uint4 raw[kCombineAllK];
+#pragma unroll
+      for (int j = 0; j < kCombineAllK; ++j) {
+        if (j < a.top_k) {
+          raw[j] = __ldcs(
+              reinterpret_cast<const uint4*>(static_cast<const W*>(a.y) + r[j] * hidden + h));
+        }
+      }
+#pragma unroll
+      for (int j = 0; j < kCombineAllK; ++j) {
+        if (j < a.top_k) {
+          float v[8];
+          Unpack8(raw[j], static_cast<const W*>(nullptr), v);
+#pragma unroll
+          for (int i = 0; i < 8; ++i) acc[i] += w[j] * v[i];
+        }
+      }
+    }
     // Chunks of 4 experts: their rows, weights and outputs are loaded before any is summed, so the
     // dependent loads overlap (decode latency); the sum order stays k ascending.
     constexpr int kChunk = 4;
-    for (int k0 = 0; k0 < a.top_k; k0 += kChunk) {
+    const int k_begin = !a.y_f32 && a.top_k <= kCombineAllK ? a.top_k : 0;
+    for (int k0 = k_begin; k0 < a.top_k; k0 += kChunk) {
       int64_t r[kChunk];
       float w[kChunk];
 #pragma unroll
