@@ -77,9 +77,12 @@ MoePlan PlanMoe(const MoePlanInput& in) {
       ChooseSplitK(router_blocks, in.router_k, in.tokens, in.sm_count, in.deterministic);
   if (!in.deterministic && in.tokens > kMaxSplitRows) {
     const int64_t k_steps = (in.router_k + TileShape::kBk - 1) / TileShape::kBk;
+    const int64_t partial_rows = in.router_partial_rows > 0
+                                     ? in.router_partial_rows
+                                     : kRouterPartialRowsPerToken * in.tokens;
     int splits = 1;
     while (splits < kMaxLargeRouterSplits && router_blocks * 2 * splits <= in.sm_count &&
-           k_steps / (2 * splits) >= 8) {
+           k_steps / (2 * splits) >= 4 && 2 * splits * in.tokens <= partial_rows) {
       splits *= 2;
     }
     plan.router_splits = splits;

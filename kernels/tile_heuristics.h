@@ -91,8 +91,11 @@ inline constexpr int kMaxSplits = 8;
 // 128-row tile. When that fills at most half of the SMs, its K is split into up to this many
 // parts (f32 partials: splits x rows x router rows floats; the routing kernel sums them).
 // NOTES (H200, ncu, Qwen3 4096 tokens): unsplit, that GEMM took 36 us of a 995 us layer on 32 of
-// 132 SMs.
-inline constexpr int kMaxLargeRouterSplits = 4;
+// 132 SMs. At 512 tokens 4 splits left it on 16 blocks (16 us at Qwen3, 21 us at Mixtral).
+inline constexpr int kMaxLargeRouterSplits = kMaxSplits;
+// The partials workspace holds this many rows per row of the engine's largest batch, so a batch
+// of at most 1 / 2 of that may split its router K in 8 (kMaxLargeRouterSplits).
+inline constexpr int kRouterPartialRowsPerToken = 4;
 
 // The tile for grouped GEMMs whose groups hold `rows_per_group` rows on average; `wgmma`: the
 // device runs the Hopper tiles (sm_90a build on an sm_90 device, not deterministic mode).
@@ -127,6 +130,9 @@ struct MoePlanInput {
   int shared_inter = 0;  // 0 = no shared expert
   int router_rows = 0;   // n_experts (+1 with a shared-expert gate)
   int router_k = 0;      // hidden, or 2 * hidden when activations are split into hi + lo parts
+  // Rows of the router partials workspace past kMaxSplitRows tokens (0: kRouterPartialRowsPerToken
+  // x tokens); a split of the router's K needs splits x tokens of them.
+  int64_t router_partial_rows = 0;
   int sm_count = 132;
   bool deterministic = false;
   bool wgmma = false;                // Hopper tiles allowed (ignored when deterministic, unless:)

@@ -133,11 +133,20 @@ TEST(PlanMoe, DecodeAndPrefillShapes) {
     small.tokens = 2048;  // 128 rows per expert
     EXPECT_EQ(PlanMoe(small).tile, GemmTile::kWgmmaWsMc);
   }
-  in.tokens = 4096;  // 32 row tiles: the router's K (32 steps) is split in 4
-  EXPECT_EQ(PlanMoe(in).router_splits, kMaxLargeRouterSplits);
-  in.router_k = 512;  // 8 k-steps: not split below 8 steps a part
+  in.tokens = 4096;  // 32 row tiles: the router's K (32 steps) is split in 4 (128 blocks)
+  EXPECT_EQ(PlanMoe(in).router_splits, 4);
+  in.router_k = 512;  // 8 k-steps: not split below 4 steps a part
+  EXPECT_EQ(PlanMoe(in).router_splits, 2);
+  in.router_k = 256;
   EXPECT_EQ(PlanMoe(in).router_splits, 1);
   in.router_k = 2048;
+  {
+    MoePlanInput r = in;  // 4 row tiles: 8 splits of 4 k-steps, if the workspace holds them
+    r.tokens = 512;
+    EXPECT_EQ(PlanMoe(r).router_splits, 4);  // default workspace: 4 rows per token
+    r.router_partial_rows = kRouterPartialRowsPerToken * 16384;
+    EXPECT_EQ(PlanMoe(r).router_splits, kMaxLargeRouterSplits);
+  }
   in.deterministic = true;
   EXPECT_EQ(PlanMoe(in).router_splits, 1);
   in.deterministic = false;

@@ -139,11 +139,11 @@ Status CudaEngine::Impl::AllocateSlots() {
     MOE_RETURN_IF_ERROR(alloc(s->meta, sizeof(cuda::ForwardMeta)));
     MOE_RETURN_IF_ERROR(alloc(s->x_in, tm * hd * 4));
     MOE_RETURN_IF_ERROR(alloc(s->x, tm * 2 * hd * wsize()));
-    // Router partials: up to kMaxSplits x kMaxSplitRows rows, or kMaxLargeRouterSplits x tm past
-    // kMaxSplitRows (PlanMoe).
+    // Router partials: up to kMaxSplits x kMaxSplitRows rows, or kRouterPartialRowsPerToken x tm
+    // past kMaxSplitRows (PlanMoe).
     const int64_t logit_rows =
         std::max({tm, cuda::kMaxSplits * split_rows,
-                  tm > cuda::kMaxSplitRows ? cuda::kMaxLargeRouterSplits * tm : int64_t{0}});
+                  tm > cuda::kMaxSplitRows ? cuda::kRouterPartialRowsPerToken * tm : int64_t{0}});
     MOE_RETURN_IF_ERROR(alloc(s->logits, logit_rows * nr * 4));
     MOE_RETURN_IF_ERROR(alloc(s->topk_ids, pairs * 4));
     MOE_RETURN_IF_ERROR(alloc(s->topk_weights, pairs * 4));
@@ -199,6 +199,7 @@ Status CudaEngine::Impl::BuildLayerLaunch(Slot& s, int64_t capacity, AType atype
   in.shared_inter = is;
   in.router_rows = nr;
   in.router_k = split_lo ? 2 * hd : hd;
+  in.router_partial_rows = cuda::kRouterPartialRowsPerToken * options.max_batch_tokens;
   in.sm_count = sms;
   in.deterministic = options.deterministic;
   in.wgmma = wgmma;
