@@ -132,7 +132,6 @@ __global__ void __launch_bounds__(BM * 2, MIN_BLOCKS) WgmmaGemmKernel(const Gemm
 #endif
 }
 
-
 // Warp-specialised, persistent variant of the 128 x 256 wgmma tile (GemmTile::kWgmmaWs).
 //
 // 1. Three warpgroups: warpgroup 0 is the producer, warpgroups 1 and 2 the consumers (64 rows
@@ -244,6 +243,9 @@ __global__ void __launch_bounds__(384, 1) WgmmaWsGemmKernel(const GemmParams p) 
     const int cw = wg - 1;  // rows 64 cw .. 64 cw + 63 of the tile
     const int lane = threadIdx.x & 31, warp_in_wg = (threadIdx.x >> 5) & 3;
     const bool out_f32 = !GATED && p.out_f32;
+    const bool staged = CanStoreStaged(p, out_f32);
+    uint8_t* epilogue_buf =
+        smem + STAGES * kStageBytes + (threadIdx.x / 32 - 4) * kStagedEpilogueWarpBytes;
     uint32_t it = 0;
     for (int64_t w = blockIdx.x; w < work; w += gridDim.x) {
       int t, nb, split;
@@ -272,10 +274,14 @@ __global__ void __launch_bounds__(384, 1) WgmmaWsGemmKernel(const GemmParams p) 
       WgmmaWait<0>();
       if (prev_stage >= 0) MbarArrive(&empty_bar[prev_stage]);
 
-      // Phase 3: epilogue (warp w of the consumer warpgroup owns rows 16w..16w+15 of its 64).
-      const int n0 = nb * BN;
-      StoreWarpRows<T, GATED, BN, kG>(p, acc, out_f32, split, row_begin + cw * 64 + warp_in_wg * 16,
-                                      row_end, n0, lane);
+      // Phase 3: epilogue (warp w of the consumer warpgroup owns rows 16w..16w+15 of its 64),
+      // staged through the warp's shared memory past the stages where the output allows it.
+      const int n0 = nb * BN, row0 = row_begin + cw * 64 + warp_in_wg * 16;
+      if (staged && row_end - row_begin >= 128) {
+        StoreWarpRowsStaged<T, GATED, BN, kG>(p, acc, row0, row_end, n0, lane, epilogue_buf);
+      } else {
+        StoreWarpRows<T, GATED, BN, kG>(p, acc, out_f32, split, row0, row_end, n0, lane);
+      }
     }
   }
 #endif
@@ -310,13 +316,13 @@ struct WgEntry {
    WgSmemBytes(BM, B_ROWS, STAGES),                                 \
    BM * 2,                                                          \
    false},
-#define MOE_WG_WS_ENTRY_(T, WT, GATED, STAGES) \
-  {&WgmmaWsGemmKernel<T, GATED, STAGES>,       \
-   GemmTile::kWgmmaWs,                         \
-   GATED,                                      \
-   WType::WT,                                  \
-   WgSmemBytes(128, 256, STAGES),              \
-   384,                                        \
+#define MOE_WG_WS_ENTRY_(T, WT, GATED, STAGES)                   \
+  {&WgmmaWsGemmKernel<T, GATED, STAGES>,                         \
+   GemmTile::kWgmmaWs,                                           \
+   GATED,                                                        \
+   WType::WT,                                                    \
+   WgSmemBytes(128, 256, STAGES) + 8 * kStagedEpilogueWarpBytes, \
+   384,                                                          \
    true},
 #define MOE_WG_ENTRIES_(TILE, BM, B_ROWS, STAGES, MINB)                      \
   MOE_WG_ENTRY_(TILE, __nv_bfloat16, kBF16, false, BM, B_ROWS, STAGES, MINB) \

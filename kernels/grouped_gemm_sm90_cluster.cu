@@ -26,8 +26,10 @@
 // 3. Consumers: wait on `full`, fence the async proxy, issue the wgmmas (skipped for a consumer
 //    with no rows), and release the previous stage: lane 0 of each warp arrives on that stage's
 //    `empty` barrier in both blocks.
-// 4. Epilogue from registers, as in grouped_gemm_sm90.cu. Same k16 order and f32 accumulation
-//    from zero as the other wgmma tiles: the same bits for every output element.
+// 4. Epilogue: each consumer warp stages its rows through 2 KiB of shared memory past the stages
+//    and stores whole 128-byte row segments (StoreWarpRowsStaged; f32 split partials are stored
+//    from registers). Same k16 order and f32 accumulation from zero as the other wgmma tiles:
+//    the same bits for every output element.
 // 5. Registers: setmaxnreg gives the producer 80 (40 spilled: it holds the tile's A rows, both
 //    descriptors and the pair's layout) and the consumers 208 (128 accumulators each):
 //    128 x 80 + 256 x 208 = 63488 <= 65536.
@@ -47,7 +49,8 @@ namespace {
 
 constexpr int kClusterBlocks = 2;
 constexpr int kMcStages = 4;
-constexpr int kMcSmem = WgSmemBytes(128, 256, kMcStages);
+// The stages, then the staged epilogue's buffers of the 8 consumer warps.
+constexpr int kMcSmem = WgSmemBytes(128, 256, kMcStages) + 8 * kStagedEpilogueWarpBytes;
 static_assert(kTensorMapBoxRows == 128 && kTensorMapBoxCols == kBk,
               "one TMA box is half of a stage's 256 weight rows");
 
@@ -343,6 +346,9 @@ __global__ void __launch_bounds__(384, 1) WgmmaWsMcGemmKernel(const GemmParams p
     const int cw = wg - 1;  // rows 64 cw .. 64 cw + 63 of the block's 128
     const int lane = threadIdx.x & 31, warp_in_wg = (threadIdx.x >> 5) & 3;
     const bool out_f32 = !GATED && p.out_f32;
+    const bool staged = CanStoreStaged(p, out_f32);
+    uint8_t* epilogue_buf =
+        smem + STAGES * kStageBytes + (threadIdx.x / 32 - 4) * kStagedEpilogueWarpBytes;
     auto release = [&](int stage) {
       __syncwarp();
       if (lane == 0) {
@@ -379,9 +385,15 @@ __global__ void __launch_bounds__(384, 1) WgmmaWsMcGemmKernel(const GemmParams p
 
       // Phase 3: epilogue (warp w of the consumer warpgroup owns rows 16w..16w+15 of its 64).
       if (compute) {
-        StoreWarpRows<T, GATED, BN, kG>(p, acc, out_f32, split,
-                                        pw.row_begin + cw * 64 + warp_in_wg * 16, pw.row_end,
-                                        nb * BN, lane);
+        const int row0 = pw.row_begin + cw * 64 + warp_in_wg * 16;
+        // Staged only for full tiles: partial ones have warps without rows, which the direct
+        // stores skip (RESULTS.md session 4: staged everywhere was 5-10% slower at 512 tokens).
+        if (staged && pw.row_end - pw.row_begin >= 128) {
+          StoreWarpRowsStaged<T, GATED, BN, kG>(p, acc, row0, pw.row_end, nb * BN, lane,
+                                                epilogue_buf);
+        } else {
+          StoreWarpRows<T, GATED, BN, kG>(p, acc, out_f32, split, row0, pw.row_end, nb * BN, lane);
+        }
       }
     }
   }

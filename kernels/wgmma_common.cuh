@@ -18,6 +18,9 @@ constexpr int WgSmemBytes(int bm, int b_rows, int stages) {
   return stages * WgStageBytes(bm, b_rows) + 1024;
 }
 
+// Shared memory of one consumer warp for StoreWarpRowsStaged: 16 rows x 64 columns of T.
+constexpr int kStagedEpilogueWarpBytes = 16 * 64 * 2;
+
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
 __device__ __forceinline__ uint64_t Desc(uint32_t smem_addr) {
   uint64_t d = (smem_addr & 0x3FFFFu) >> 4;  // start address
@@ -125,6 +128,74 @@ __device__ __forceinline__ void StoreWarpRows(const GemmParams& p, const float (
       }
       StorePairAt<T>(p, out_f32, split, r, col, v0, v1);
     }
+  }
+}
+
+// Whether StoreWarpRowsStaged may store p's output: T elements (no f32 partials), rows 16-byte
+// aligned.
+__device__ __forceinline__ bool CanStoreStaged(const GemmParams& p, bool out_f32) {
+  return !out_f32 && p.ldc % 8 == 0 && (reinterpret_cast<uintptr_t>(p.c) & 15) == 0;
+}
+
+// The epilogue of StoreWarpRows (same values, same rounding), through `buf`, this warp's
+// kStagedEpilogueWarpBytes of shared memory: per 64-column pass the warp writes its 16 rows in
+// the accumulator layout (16-byte chunks XOR-swizzled by row: no bank conflicts either way),
+// then reads them back as row chunks, so each 8 lanes store 128 contiguous bytes with 16-byte
+// stores, where the direct stores write 16 bytes of each of 8 rows per instruction. The kernels
+// take it for full 128-row tiles only.
+// NOTES (H200, RESULTS.md session 4): skipping the epilogue's stores altogether made Qwen3 4096
+// tokens 19% faster, Mixtral 12%. Staged for full tiles: Qwen3 / DSv2-Lite 4096 tokens -3%,
+// embedded model 4096 / 16384 -8% / -14%, Mixtral equal; staged for every tile was 5-10% slower
+// at 512 tokens (tiles of 32-48 rows, whose row-less warps the direct stores skip).
+template <typename T, bool GATED, int N, int G>
+__device__ __forceinline__ void StoreWarpRowsStaged(const GemmParams& p,
+                                                    const float (&acc)[G][N / 2], int row0,
+                                                    int row_end, int n0, int lane, uint8_t* buf) {
+  static_assert(N % 64 == 0, "whole 64-column passes");
+  using P = typename Pair<T>::Type;
+  T* out = static_cast<T*>(p.c);
+#pragma unroll
+  for (int pass = 0; pass < N / 64; ++pass) {
+#pragma unroll
+    for (int jj = 0; jj < 8; ++jj) {
+      const int j = pass * 8 + jj;
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const int r = (lane >> 2) + 8 * half;
+        float v0 = acc[0][j * 4 + 2 * half], v1 = acc[0][j * 4 + 2 * half + 1];
+        if constexpr (GATED) {
+          v0 = Silu(v0) * acc[G - 1][j * 4 + 2 * half];
+          v1 = Silu(v1) * acc[G - 1][j * 4 + 2 * half + 1];
+        }
+        *reinterpret_cast<P*>(buf + r * 128 + ((jj ^ (r & 7)) << 4) + 4 * (lane & 3)) =
+            Pair<T>::Make(v0, v1);
+      }
+    }
+    __syncwarp();
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int r = 4 * i + (lane >> 3), c = lane & 7;
+      const uint4 v = *reinterpret_cast<const uint4*>(buf + r * 128 + ((c ^ (r & 7)) << 4));
+      const int row = row0 + r, col = n0 + pass * 64 + 8 * c;
+      if (row >= row_end || col >= p.n) continue;
+      T* dst = out + static_cast<int64_t>(row) * p.ldc + col;
+      if (col + 8 <= p.n) {
+        *reinterpret_cast<uint4*>(dst) = v;
+      } else {
+        // Column tail: whole pairs, then maybe one element (v stays in registers).
+        const int left = p.n - col;
+        const uint32_t words[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+          if (2 * k + 2 <= left) {
+            *reinterpret_cast<uint32_t*>(dst + 2 * k) = words[k];
+          } else if (2 * k + 1 == left) {
+            *reinterpret_cast<uint16_t*>(dst + 2 * k) = static_cast<uint16_t>(words[k] & 0xFFFFu);
+          }
+        }
+      }
+    }
+    __syncwarp();
   }
 }
 #endif
