@@ -1,4 +1,6 @@
-// Build facts baked in by src/metrics/CMakeLists.txt at configure time.
+// Build facts baked in by src/metrics/CMakeLists.txt: the version and CUDA release at configure
+// time, the git revision at build time (git_revision.h, generated).
+#include "git_revision.h"
 #include "moe/metrics/metrics.h"
 
 #ifndef MOE_BUILD_VERSION
