@@ -188,14 +188,15 @@ __device__ __forceinline__ float Silu(float g) { return __fdividef(g, 1.0f + __e
 
 // The Hopper (wgmma) kernels; defined in grouped_gemm_sm90.cu.
 Status InitGemmKernelsSm90();
+// resident_clusters: for kWgmmaWsMc (GemmArgs::resident_clusters).
 Status LaunchGemmSm90(const GemmParams& p, GemmTile tile, bool gated, WType wtype, dim3 grid,
-                      cudaStream_t stream);
+                      int resident_clusters, cudaStream_t stream);
 // The kWgmmaWsMc kernel (grouped_gemm_sm90_cluster.cu): a grouped GEMM (tile list, group_offsets,
 // at most kMaxClusterGemmGroups groups) with TMA descriptor tables; max_items bounds its work
 // items (the launch's row tiles x column blocks x splits).
 inline constexpr int kMaxClusterGemmGroups = 1024;
 Status InitGemmKernelsSm90Cluster();
 Status LaunchGemmSm90Cluster(const GemmParams& p, bool gated, WType wtype, int64_t max_items,
-                             cudaStream_t stream);
+                             int resident_clusters, cudaStream_t stream);
 
 }  // namespace moe::cuda

@@ -310,7 +310,8 @@ Status LaunchGemm(const GemmArgs& args, cudaStream_t stream) {
   if (args.tile == GemmTile::kWgmma || args.tile == GemmTile::kWgmma2 ||
       args.tile == GemmTile::kWgmmaTall || args.tile == GemmTile::kWgmmaWs ||
       args.tile == GemmTile::kWgmmaWsMc) {
-    return LaunchGemmSm90(p, args.tile, args.gated, args.wtype, grid, stream);
+    return LaunchGemmSm90(p, args.tile, args.gated, args.wtype, grid, args.resident_clusters,
+                          stream);
   }
   const KernelFn fn = FindKernel(args.tile, args.gated, args.wtype);
   if (fn == nullptr) return absl::InternalError("no GEMM kernel for this tile");

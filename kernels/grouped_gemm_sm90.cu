@@ -378,12 +378,12 @@ Status InitGemmKernelsSm90() {
 }
 
 Status LaunchGemmSm90(const GemmParams& p, GemmTile tile, bool gated, WType wtype, dim3 grid,
-                      cudaStream_t stream) {
+                      int resident_clusters, cudaStream_t stream) {
   if (tile == GemmTile::kWgmmaWsMc) {
     if (p.b0_tmaps != nullptr && p.tiles != nullptr && p.n_groups > 0 &&
         p.n_groups <= kMaxClusterGemmGroups) {
       return LaunchGemmSm90Cluster(p, gated, wtype, static_cast<int64_t>(grid.x) * grid.y * grid.z,
-                                   stream);
+                                   resident_clusters, stream);
     }
     tile = GemmTile::kWgmmaWs;  // no descriptors (e.g. expert-cache slots): the cp.async kernel
   }

@@ -455,9 +455,12 @@ StatusOr<int> ClusterGemmResidentClusters() {
 }
 
 Status LaunchGemmSm90Cluster(const GemmParams& p, bool gated, WType wtype, int64_t max_items,
-                             cudaStream_t stream) {
+                             int resident_clusters, cudaStream_t stream) {
   // As many clusters as can be resident at once (the kernel loops over its items).
-  MOE_ASSIGN_OR_RETURN(int clusters, ClusterGemmResidentClusters());
+  int clusters = resident_clusters;
+  if (clusters <= 0) {
+    MOE_ASSIGN_OR_RETURN(clusters, ClusterGemmResidentClusters());
+  }
   clusters = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(clusters, max_items)));
   cudaLaunchAttribute attr[1];
   const cudaLaunchConfig_t config =

@@ -60,6 +60,9 @@ struct GemmArgs {
   // kWgmmaWsMc only: false makes each block of the cluster load all of its B itself (for
   // comparisons; no multicast).
   bool tma_multicast = true;
+  // kWgmmaWsMc only: clusters of the kernel resident at once on the device (its persistent grid),
+  // from ClusterGemmResidentClusters() at start-up; 0 asks the device at each launch.
+  int resident_clusters = 0;
   const int32_t* layer_dev = nullptr;
   int64_t b_layer_stride = 0;
   int64_t ldb = 0;

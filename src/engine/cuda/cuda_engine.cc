@@ -86,6 +86,9 @@ StatusOr<std::unique_ptr<CudaEngine::Impl>> CudaEngine::Impl::Prepare(const MoeS
   MOE_ASSIGN_OR_RETURN(impl->wgmma, cuda::ProbeWgmmaKernels());
   impl->wgmma = impl->wgmma && o.use_wgmma;
   MOE_RETURN_IF_ERROR(cuda::InitGemmKernels(impl->wgmma));
+  if (impl->wgmma) {
+    MOE_ASSIGN_OR_RETURN(impl->resident_clusters, cuda::ClusterGemmResidentClusters());
+  }
   MOE_RETURN_IF_ERROR(cuda::InitRoutingKernels());
   MOE_ASSIGN_OR_RETURN(impl->decode_fused, cuda::InitDecodeFused());
   impl->decode_fused = impl->decode_fused && o.decode_fused_route;
@@ -358,6 +361,7 @@ Status CudaEngine::Impl::BuildLayerLaunch(Slot& s, int64_t capacity, AType atype
     gu.b1_tmaps = weights.table(weights.up_tmap_table);
     gu.n_groups = static_cast<int>(e);
     gu.tma_multicast = options.cluster_multicast;
+    gu.resident_clusters = resident_clusters;
   }
   gu.layer_dev = layer_dev(s);
   gu.b_layer_stride = e;

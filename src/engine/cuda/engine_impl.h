@@ -84,6 +84,7 @@ class CudaEngine::Impl {
   std::string device_name;
   int sms = 0;
   bool wgmma = false;         // Hopper tiles in use
+  int resident_clusters = 0;  // of the cluster GEMM (wgmma only), asked once at start-up
   bool pdl = false;           // programmatic dependent launch between the layer's kernels (sm_90+)
   bool decode_fused = false;  // the fused decode kernel runs here (options.decode_fused_route)
   // Its grid per launch capacity (cuda::DecodeFusedGridBlocks; 0: the capacity does not fit).
