@@ -30,7 +30,8 @@ __global__ void CombineKernel(const CombineArgs a) {
     const int64_t t = c / chunks_per_row;
     const int h = static_cast<int>(c % chunks_per_row) * 8;
     float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-    if (!a.y_f32 && a.top_k <= kCombineAllK) {
+    const bool all_k = !a.y_f32 && a.top_k <= kCombineAllK;
+    if (all_k) {
       // Up to kCombineAllK experts: every row index and weight, then every expert output, are
       // loaded before anything is summed (two dependent memory round trips in all); the sum order
       // is k ascending, the same arithmetic as the chunked loop below.
@@ -65,8 +66,7 @@ __global__ void CombineKernel(const CombineArgs a) {
     // Chunks of 4 experts: their rows, weights and outputs are loaded before any is summed, so the
     // dependent loads overlap (decode latency); the sum order stays k ascending.
     constexpr int kChunk = 4;
-    const int k_begin = !a.y_f32 && a.top_k <= kCombineAllK ? a.top_k : 0;
-    for (int k0 = k_begin; k0 < a.top_k; k0 += kChunk) {
+    for (int k0 = all_k ? a.top_k : 0; k0 < a.top_k; k0 += kChunk) {
       int64_t r[kChunk];
       float w[kChunk];
 #pragma unroll

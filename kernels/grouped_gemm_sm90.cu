@@ -49,8 +49,7 @@ __global__ void __launch_bounds__(BM * 2, MIN_BLOCKS) WgmmaGemmKernel(const Gemm
   const int kt_end = static_cast<int>(static_cast<int64_t>(blockIdx.z + 1) * k_steps / p.splits);
 
   extern __shared__ uint8_t wg_smem_raw[];
-  const uint32_t raw_addr = SmemAddr(wg_smem_raw);
-  uint8_t* smem = wg_smem_raw + (((raw_addr + 1023u) & ~1023u) - raw_addr);
+  uint8_t* smem = AlignedStageSmem(wg_smem_raw);
   const int tid = threadIdx.x;
   const T* a_base = static_cast<const T*>(p.a);
 
@@ -160,18 +159,10 @@ __global__ void __launch_bounds__(384, 1) WgmmaWsGemmKernel(const GemmParams p) 
   __shared__ __align__(8) uint64_t full_bar[STAGES];
   __shared__ __align__(8) uint64_t empty_bar[STAGES];
   extern __shared__ uint8_t ws_smem_raw[];
-  const uint32_t raw_addr = SmemAddr(ws_smem_raw);
-  uint8_t* smem = ws_smem_raw + (((raw_addr + 1023u) & ~1023u) - raw_addr);
+  uint8_t* smem = AlignedStageSmem(ws_smem_raw);
 
   // Phase 0: barriers (full: 128 producer threads; empty: 256 consumer threads) and work count.
-  if (threadIdx.x == 0) {
-#pragma unroll
-    for (int s = 0; s < STAGES; ++s) {
-      MbarInit(&full_bar[s], 128);
-      MbarInit(&empty_bar[s], 256);
-    }
-    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
-  }
+  InitStageBarriers<STAGES>(full_bar, empty_bar, 128, 256);
   __syncthreads();
   const int row_tiles = RowTiles(p, BM);
   const int col_blocks = (p.n + BN - 1) / BN;
@@ -244,8 +235,7 @@ __global__ void __launch_bounds__(384, 1) WgmmaWsGemmKernel(const GemmParams p) 
     const int lane = threadIdx.x & 31, warp_in_wg = (threadIdx.x >> 5) & 3;
     const bool out_f32 = !GATED && p.out_f32;
     const bool staged = CanStoreStaged(p, out_f32);
-    uint8_t* epilogue_buf =
-        smem + STAGES * kStageBytes + (threadIdx.x / 32 - 4) * kStagedEpilogueWarpBytes;
+    uint8_t* epilogue_buf = StagedEpilogueBuf(smem + STAGES * kStageBytes);
     uint32_t it = 0;
     for (int64_t w = blockIdx.x; w < work; w += gridDim.x) {
       int t, nb, split;
@@ -274,14 +264,10 @@ __global__ void __launch_bounds__(384, 1) WgmmaWsGemmKernel(const GemmParams p) 
       WgmmaWait<0>();
       if (prev_stage >= 0) MbarArrive(&empty_bar[prev_stage]);
 
-      // Phase 3: epilogue (warp w of the consumer warpgroup owns rows 16w..16w+15 of its 64),
-      // staged through the warp's shared memory past the stages where the output allows it.
-      const int n0 = nb * BN, row0 = row_begin + cw * 64 + warp_in_wg * 16;
-      if (staged && row_end - row_begin >= 128) {
-        StoreWarpRowsStaged<T, GATED, BN, kG>(p, acc, row0, row_end, n0, lane, epilogue_buf);
-      } else {
-        StoreWarpRows<T, GATED, BN, kG>(p, acc, out_f32, split, row0, row_end, n0, lane);
-      }
+      // Phase 3: epilogue (warp w of the consumer warpgroup owns rows 16w..16w+15 of its 64).
+      StoreWarpTile<T, GATED, BN, kG>(p, acc, out_f32, staged, split, row_begin,
+                                      row_begin + cw * 64 + warp_in_wg * 16, row_end, nb * BN, lane,
+                                      epilogue_buf);
     }
   }
 #endif

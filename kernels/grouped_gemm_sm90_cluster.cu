@@ -237,20 +237,12 @@ __global__ void __launch_bounds__(384, 1) WgmmaWsMcGemmKernel(const GemmParams p
   __shared__ int unit_start[kMaxClusterGemmGroups + 1];
   __shared__ int solo_start[kMaxClusterGemmGroups + 1];
   extern __shared__ uint8_t mc_smem_raw[];
-  const uint32_t raw_addr = SmemAddr(mc_smem_raw);
-  uint8_t* smem = mc_smem_raw + (((raw_addr + 1023u) & ~1023u) - raw_addr);
+  uint8_t* smem = AlignedStageSmem(mc_smem_raw);
 
   // Phase 0: barriers (full: 128 producer threads' cp.async + 1 expect_tx arrival; empty: the 8
   // consumer warps of each cluster block), pair starts, then a cluster barrier so that the peer's
   // barriers exist before anything arrives on them.
-  if (threadIdx.x == 0) {
-#pragma unroll
-    for (int s = 0; s < STAGES; ++s) {
-      MbarInit(&full_bar[s], 128 + 1);
-      MbarInit(&empty_bar[s], 8 * kClusterBlocks);
-    }
-    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
-  }
+  InitStageBarriers<STAGES>(full_bar, empty_bar, 128 + 1, 8 * kClusterBlocks);
   const bool multicast = p.tma_multicast != 0;
   auto rows_of = [&](int g) { return p.group_offsets[g + 1] - p.group_offsets[g]; };
   GroupPrefix(p.n_groups, solo_start, [&](int g) { return SoloTiles(rows_of(g), multicast); });
@@ -347,8 +339,7 @@ __global__ void __launch_bounds__(384, 1) WgmmaWsMcGemmKernel(const GemmParams p
     const int lane = threadIdx.x & 31, warp_in_wg = (threadIdx.x >> 5) & 3;
     const bool out_f32 = !GATED && p.out_f32;
     const bool staged = CanStoreStaged(p, out_f32);
-    uint8_t* epilogue_buf =
-        smem + STAGES * kStageBytes + (threadIdx.x / 32 - 4) * kStagedEpilogueWarpBytes;
+    uint8_t* epilogue_buf = StagedEpilogueBuf(smem + STAGES * kStageBytes);
     auto release = [&](int stage) {
       __syncwarp();
       if (lane == 0) {
@@ -385,15 +376,9 @@ __global__ void __launch_bounds__(384, 1) WgmmaWsMcGemmKernel(const GemmParams p
 
       // Phase 3: epilogue (warp w of the consumer warpgroup owns rows 16w..16w+15 of its 64).
       if (compute) {
-        const int row0 = pw.row_begin + cw * 64 + warp_in_wg * 16;
-        // Staged only for full tiles: partial ones have warps without rows, which the direct
-        // stores skip (RESULTS.md session 4: staged everywhere was 5-10% slower at 512 tokens).
-        if (staged && pw.row_end - pw.row_begin >= 128) {
-          StoreWarpRowsStaged<T, GATED, BN, kG>(p, acc, row0, pw.row_end, nb * BN, lane,
-                                                epilogue_buf);
-        } else {
-          StoreWarpRows<T, GATED, BN, kG>(p, acc, out_f32, split, row0, pw.row_end, nb * BN, lane);
-        }
+        StoreWarpTile<T, GATED, BN, kG>(p, acc, out_f32, staged, split, pw.row_begin,
+                                        pw.row_begin + cw * 64 + warp_in_wg * 16, pw.row_end,
+                                        nb * BN, lane, epilogue_buf);
       }
     }
   }

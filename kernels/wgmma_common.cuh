@@ -198,6 +198,35 @@ __device__ __forceinline__ void StoreWarpRowsStaged(const GemmParams& p,
     __syncwarp();
   }
 }
+
+// Consumer warp w (warps 4.. of the kernel: warpgroup 0 produces) of a warp-specialised kernel:
+// its kStagedEpilogueWarpBytes of shared memory, in the region `after_stages` (past the stages).
+__device__ __forceinline__ uint8_t* StagedEpilogueBuf(uint8_t* after_stages) {
+  return after_stages + (threadIdx.x / 32 - 4) * kStagedEpilogueWarpBytes;
+}
+
+// One consumer warp's epilogue of the tile of rows [row_begin, row_end): staged through `buf`
+// (StoreWarpRowsStaged) for a full 128-row tile when the output allows it (`staged`:
+// CanStoreStaged), else from the registers (StoreWarpRows). Partial tiles stay direct: their
+// warps without rows skip every store there (staging every tile was 5-10% slower at 512 tokens).
+template <typename T, bool GATED, int N, int G>
+__device__ __forceinline__ void StoreWarpTile(const GemmParams& p, const float (&acc)[G][N / 2],
+                                              bool out_f32, bool staged, int split, int row_begin,
+                                              int row0, int row_end, int n0, int lane,
+                                              uint8_t* buf) {
+  if (staged && row_end - row_begin >= 128) {
+    StoreWarpRowsStaged<T, GATED, N, G>(p, acc, row0, row_end, n0, lane, buf);
+  } else {
+    StoreWarpRows<T, GATED, N, G>(p, acc, out_f32, split, row0, row_end, n0, lane);
+  }
+}
+
+// The kernel's dynamic shared memory from its first 1024-byte boundary (the 128-byte swizzle's
+// repeat; WgSmemBytes counts the slack).
+__device__ __forceinline__ uint8_t* AlignedStageSmem(uint8_t* raw) {
+  const uint32_t addr = SmemAddr(raw);
+  return raw + (((addr + 1023u) & ~1023u) - addr);
+}
 #endif
 
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -213,6 +242,19 @@ __device__ __forceinline__ void MbarArrive(uint64_t* bar) {
       "mbarrier.arrive.shared::cta.b64 state, [%0];\n"
       "}\n" ::"r"(SmemAddr(bar))
       : "memory");
+}
+// Thread 0: the full and empty barrier of each of the STAGES stages, with their arrival counts,
+// and the fence that makes the initialisation visible (to the cluster's blocks too).
+template <int STAGES>
+__device__ __forceinline__ void InitStageBarriers(uint64_t* full, uint64_t* empty, int full_count,
+                                                  int empty_count) {
+  if (threadIdx.x != 0) return;
+#pragma unroll
+  for (int s = 0; s < STAGES; ++s) {
+    MbarInit(&full[s], full_count);
+    MbarInit(&empty[s], empty_count);
+  }
+  asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
 }
 // Arrives on `bar` once every cp.async this thread issued so far has landed (counts as one of the
 // barrier's expected arrivals: .noinc).
