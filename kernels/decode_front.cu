@@ -6,9 +6,12 @@
 // 2. Each block computes kFrontRowsPerBlock router rows for every token (f32 FMAs on the input as
 //    given, fixed reduction order) into the logits workspace.
 // 3. The block that draws the last ticket routes (and, unless skip_scan, scans) like RouteScan.
+//    With FrontArgs::cluster the grid is one cluster: blocks write their logits into block 0's
+//    shared memory and block 0 routes after a cluster barrier.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include "kernels/cluster.cuh"
 #include "kernels/cuda_status.h"
 #include "kernels/decode_common.cuh"
 #include "kernels/moe_kernels.h"
@@ -22,6 +25,20 @@ constexpr int kFrontRowsPerBlock = 8;                                 // router 
 constexpr int kFrontKSplit = kScanThreads / 32 / kFrontRowsPerBlock;  // warps per row (K quarters)
 constexpr int kFrontTokenGroup = 8;                                   // tokens per GEMV pass
 constexpr int kFrontMaxRouterRows = kRouteScanMaxExperts + 1;
+constexpr int kFrontMaxClusterBlocks = 16;  // non-portable cluster size (sm_90)
+
+int FrontBlocks(int router_rows) {
+  return (router_rows + kFrontRowsPerBlock - 1) / kFrontRowsPerBlock;
+}
+
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+// Stores v at `local` (an address in this block's shared memory) in the shared memory of cluster
+// block `rank`.
+__device__ __forceinline__ void StoreClusterF32(float* local, unsigned rank, float v) {
+  const uint32_t remote = MapShared(static_cast<uint32_t>(__cvta_generic_to_shared(local)), rank);
+  asm volatile("st.shared::cluster.f32 [%0], %1;\n" ::"r"(remote), "f"(v) : "memory");
+}
+#endif
 
 // 1. Every block converts a grid-stride slice of the input into x (the hi part only: the router
 //    below reads the input itself, so nothing needs the rounding residue).
@@ -43,6 +60,18 @@ __global__ void __launch_bounds__(kScanThreads) FrontKernel(const FrontArgs f, f
   const int nr = f.router_rows;
   const int64_t ld = f.route.ld_logits;
   const In* in = static_cast<const In*>(meta->input);
+  // Cluster: the logits rows in block 0's shared memory (the same offset in every block).
+  float* s_logits = route_smem + kRouteScanMaxTokens * 2 * f.route.routing.n_experts;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  const bool cluster = f.cluster;
+#else
+  constexpr bool cluster = false;  // never set for pre-sm_90 devices (FrontClusterBlocks)
+#endif
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  // Cluster phase 1 of 2: this block has started (block 0's shared memory exists before any block
+  // writes to it; waited for after the router rows).
+  if (cluster) ClusterArriveRelaxed();
+#endif
 
   // Phase 1: convert.
   {
@@ -59,7 +88,7 @@ __global__ void __launch_bounds__(kScanThreads) FrontKernel(const FrontArgs f, f
     }
   }
 
-  // Phase 2: router rows.
+  // Phase 2: router rows (cluster: into block 0's shared memory).
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int row_local = warp % kFrontRowsPerBlock, quarter = warp / kFrontRowsPerBlock;
   const int row = blockIdx.x * kFrontRowsPerBlock + row_local;
@@ -110,6 +139,9 @@ __global__ void __launch_bounds__(kScanThreads) FrontKernel(const FrontArgs f, f
       if (lane == 0) s_part[quarter][j][row_local] = v;
     }
     __syncthreads();
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    if (cluster && t0 == 0) ClusterWait();  // every block of the cluster has started
+#endif
     if (threadIdx.x < kFrontTokenGroup * kFrontRowsPerBlock) {
       const int j = threadIdx.x / kFrontRowsPerBlock, r = threadIdx.x % kFrontRowsPerBlock;
       const int rr = blockIdx.x * kFrontRowsPerBlock + r;
@@ -117,20 +149,35 @@ __global__ void __launch_bounds__(kScanThreads) FrontKernel(const FrontArgs f, f
         float v = s_part[0][j][r];
 #pragma unroll
         for (int q = 1; q < kFrontKSplit; ++q) v += s_part[q][j][r];
-        logits[static_cast<int64_t>(t0 + j) * ld + rr] = v;
+        if (cluster) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+          StoreClusterF32(s_logits + (t0 + j) * nr + rr, 0, v);
+#endif
+        } else {
+          logits[static_cast<int64_t>(t0 + j) * ld + rr] = v;
+        }
       }
     }
     __syncthreads();  // s_part is reused by the next pass
   }
 
-  // Phase 3: the last block routes and scans.
+  // Phase 3: the last block (cluster: block 0, once every block's rows are in) routes and scans.
+  if (cluster) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    if (n == 0) ClusterWait();  // phase 1 of 2, when the router loop did not run
+    ClusterArrive();  // release: this block's logits in block 0
+    ClusterWait();
+    if (ClusterRank() != 0) return;
+    RouteScanBody(f.route, f.scan, s_logits, nr, 1, 0, route_smem, !f.skip_scan);
+#endif
+    return;
+  }
   __threadfence();  // this block's logits (and x) before its ticket
   __syncthreads();
   if (threadIdx.x == 0) s_last = atomicAdd(f.ticket, 1) == static_cast<int>(gridDim.x) - 1;
   __syncthreads();
   if (!s_last) return;
   __threadfence();
-  float* s_logits = route_smem + kRouteScanMaxTokens * 2 * f.route.routing.n_experts;
   for (int i = threadIdx.x; i < n * nr; i += blockDim.x) {
     const int t = i / nr, r = i % nr;
     s_logits[i] = __ldcg(logits + static_cast<int64_t>(t) * ld + r);
@@ -165,14 +212,74 @@ const FrontEntry kFrontKernels[] = {MOE_FRONT_TYPES_(MOE_FRONT_ENTRY_)};
 
 }  // namespace
 
+namespace {
+// True when the front kernels have an sm_90 image on an sm_90 device (cluster code compiled in).
+StatusOr<bool> FrontClustersCompiled() {
+  int device = 0, major = 0;
+  CUDA_RETURN_IF_ERROR(cudaGetDevice(&device));
+  CUDA_RETURN_IF_ERROR(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+  if (major < 9) return false;
+  cudaFuncAttributes attr{};
+  CUDA_RETURN_IF_ERROR(cudaFuncGetAttributes(&attr, kFrontKernels[0].fn));
+  return attr.ptxVersion >= 90 && attr.binaryVersion >= 90;
+}
+
+cudaLaunchConfig_t FrontConfig(int blocks, size_t smem, cudaStream_t stream, bool cluster,
+                               bool pdl, cudaLaunchAttribute* attr) {
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(static_cast<unsigned>(blocks));
+  cfg.blockDim = dim3(kScanThreads);
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = stream;
+  int n = 0;
+  if (cluster) {
+    attr[n].id = cudaLaunchAttributeClusterDimension;
+    attr[n].val.clusterDim.x = static_cast<unsigned>(blocks);
+    attr[n].val.clusterDim.y = 1;
+    attr[n].val.clusterDim.z = 1;
+    ++n;
+  }
+  if (pdl) {
+    attr[n].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[n].val.programmaticStreamSerializationAllowed = 1;
+    ++n;
+  }
+  cfg.attrs = attr;
+  cfg.numAttrs = n;
+  return cfg;
+}
+}  // namespace
+
 Status InitFrontKernels() {
   const int front_smem =
       static_cast<int>(FrontSmemBytes(kRouteScanMaxExperts, kFrontMaxRouterRows));
+  MOE_ASSIGN_OR_RETURN(const bool clusters, FrontClustersCompiled());
   for (const FrontEntry& e : kFrontKernels) {
     CUDA_RETURN_IF_ERROR(
         cudaFuncSetAttribute(e.fn, cudaFuncAttributeMaxDynamicSharedMemorySize, front_smem));
+    if (clusters) {
+      CUDA_RETURN_IF_ERROR(
+          cudaFuncSetAttribute(e.fn, cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
+    }
   }
   return absl::OkStatus();
+}
+
+StatusOr<int> FrontClusterBlocks(int router_rows) {
+  const int blocks = FrontBlocks(router_rows);
+  if (router_rows > kFrontMaxRouterRows || blocks > kFrontMaxClusterBlocks) return 0;
+  MOE_ASSIGN_OR_RETURN(const bool compiled, FrontClustersCompiled());
+  if (!compiled) return 0;
+  cudaLaunchAttribute attr[2];
+  const cudaLaunchConfig_t cfg =
+      FrontConfig(blocks, FrontSmemBytes(kRouteScanMaxExperts, router_rows), nullptr,
+                  /*cluster=*/true, /*pdl=*/false, attr);
+  for (const FrontEntry& e : kFrontKernels) {
+    int clusters = 0;
+    CUDA_RETURN_IF_ERROR(cudaOccupancyMaxActiveClusters(&clusters, e.fn, &cfg));
+    if (clusters < 1) return 0;
+  }
+  return blocks;
 }
 
 bool CanFuseFront(int64_t capacity, int n_experts, int router_rows) {
@@ -204,12 +311,16 @@ Status LaunchFront(const FrontArgs& f, cudaStream_t stream) {
     if (e.atype == f.convert.atype && e.wtype == f.convert.wtype) fn = e.fn;
   }
   if (fn == nullptr) return absl::InternalError("no front kernel for these dtypes");
-  const int blocks = (f.router_rows + kFrontRowsPerBlock - 1) / kFrontRowsPerBlock;
-  // NOTES: route.logits is the workspace the blocks write and the last block reads back.
-  CUDA_RETURN_IF_ERROR(LaunchMaybePdl(fn, dim3(blocks), dim3(kScanThreads),
-                                      FrontSmemBytes(f.route.routing.n_experts, f.router_rows),
-                                      stream, f.convert.pdl, f,
-                                      const_cast<float*>(f.route.logits)));
+  const int blocks = FrontBlocks(f.router_rows);
+  if (f.cluster && blocks > kFrontMaxClusterBlocks) {
+    return absl::InvalidArgumentError("FrontArgs: too many router rows for one cluster");
+  }
+  // NOTES: route.logits is the workspace the blocks write and the last block reads back (ticket).
+  cudaLaunchAttribute attr[2];
+  const cudaLaunchConfig_t cfg =
+      FrontConfig(blocks, FrontSmemBytes(f.route.routing.n_experts, f.router_rows), stream,
+                  f.cluster, f.convert.pdl, attr);
+  CUDA_RETURN_IF_ERROR(cudaLaunchKernelEx(&cfg, fn, f, const_cast<float*>(f.route.logits)));
   return absl::OkStatus();
 }
 

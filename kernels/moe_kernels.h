@@ -239,10 +239,17 @@ struct FrontArgs {
   // Route only: skip the scan (offsets, tile list, permutation) when nothing reads it (the decode
   // experts path with h in pair order).
   bool skip_scan = false;
+  // All blocks form one thread-block cluster (sm_90, FrontClusterBlocks() > 0): each block writes
+  // its router rows into block 0's shared memory and block 0 routes after a cluster barrier,
+  // instead of the ticket and a round trip of the logits through global memory.
+  bool cluster = false;
   Status Validate() const;
 };
 bool CanFuseFront(int64_t capacity, int n_experts, int router_rows);
 Status LaunchFront(const FrontArgs& f, cudaStream_t stream);
+// Blocks of the front kernel as one cluster for `router_rows` rows, if this device and build can
+// launch it (sm_90 image, at most 16 blocks, one such cluster fits); else 0.
+StatusOr<int> FrontClusterBlocks(int router_rows);
 
 // Raises the shared-memory limit of the routing kernels; call once per device.
 Status InitRoutingKernels();

@@ -6,7 +6,8 @@
 // 2. Route: one warp per token sums the router's split-K partials in fixed order, scores (softmax
 //    or sigmoid), adds the correction bias for selection only, keeps the best groups (group max or
 //    sum of top-2), picks top-k (ties -> lower index), renormalises, scales, counts tokens per
-//    expert and records each pair's rank within its expert; also the Qwen2 shared-expert gate.
+//    expert (in the block's shared memory, then once per block and expert in global memory) and
+//    records each pair's rank within its expert; also the Qwen2 shared-expert gate.
 // 3. Scan: one block turns counts into expert offsets, the GEMM tile list and the permutation
 //    (a grid-wide scatter kernel for large batches); for <= 32 tokens routing and scan run as one
 //    block (RouteScan).
@@ -22,8 +23,6 @@
 
 namespace moe::cuda {
 namespace {
-
-constexpr int kRouteWarps = 4;
 
 // ---- 1. Convert ----
 template <typename In, typename W>
@@ -48,16 +47,44 @@ __global__ void ConvertKernel(const ForwardMeta* meta, int hidden, int split_lo,
 }
 
 // ---- 2. Route ----
+// One warp per token, blockDim.x / 32 tokens per block. Ranks come from the block's counters in
+// shared memory; then one global atomic per (block, expert) reserves the block's range of each
+// expert's rows, so the global counters see a few atomics per block instead of one per pair.
+// NOTES: with one global atomic per pair (32768 on the same 4 cache lines at 4096 tokens of top-8
+// of 128 experts), the kernel took 18 us on an H200 (RESULTS.md, session 4 ncu).
 __global__ void RouteKernel(const RouteArgs a) {
-  extern __shared__ float route_smem[];
+  extern __shared__ float route_smem[];  // [warps][2][n_experts] scratch, then [n_experts] counts
   GridDepWait();
   GridDepTrigger();
-  const int wid = threadIdx.x >> 5;
-  const int t = blockIdx.x * kRouteWarps + wid;
-  if (t >= a.meta->n_tokens) return;  // whole warp leaves together
-  float* score = route_smem + wid * 2 * a.routing.n_experts;
-  RouteToken(a, a.logits + static_cast<int64_t>(t) * a.ld_logits, a.splits, a.split_stride, t,
-             score, score + a.routing.n_experts, a.counts);
+  const int n_experts = a.routing.n_experts;
+  const int warps = static_cast<int>(blockDim.x >> 5);
+  int* s_count = reinterpret_cast<int*>(route_smem + warps * 2 * n_experts);
+  for (int e = threadIdx.x; e < n_experts; e += blockDim.x) s_count[e] = 0;
+  __syncthreads();
+  const int wid = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int t = blockIdx.x * warps + wid;
+  const bool active = t < a.meta->n_tokens;
+  RoutedPair pair;
+  if (active) {
+    float* score = route_smem + wid * 2 * n_experts;
+    pair = RouteToken<4>(a, a.logits + static_cast<int64_t>(t) * a.ld_logits, a.splits,
+                      a.split_stride, t, score, score + n_experts, s_count, /*store_rank=*/false);
+  }
+  __syncthreads();
+  for (int e = threadIdx.x; e < n_experts; e += blockDim.x) {
+    const int c = s_count[e];
+    s_count[e] = c > 0 ? atomicAdd(&a.counts[e], c) : 0;  // the block's first row of expert e
+  }
+  __syncthreads();
+  if (active && lane < a.routing.top_k) {
+    a.ranks[static_cast<int64_t>(t) * a.routing.top_k + lane] = s_count[pair.expert] + pair.rank;
+  }
+}
+
+// Tokens (warps) per route block: 16 while the scratch fits 48 KiB, else 4.
+int RouteWarps(int n_experts) { return n_experts <= 256 ? 16 : 4; }
+size_t RouteSmemBytes(int warps, int n_experts) {
+  return static_cast<size_t>(warps) * 2 * n_experts * sizeof(float) + n_experts * sizeof(int);
 }
 
 // ---- 3. Scan ----
@@ -161,10 +188,11 @@ Status RouteArgs::Validate() const {
 
 Status LaunchRoute(const RouteArgs& a, cudaStream_t stream) {
   MOE_RETURN_IF_ERROR(a.Validate());
-  const int blocks = static_cast<int>((a.capacity + kRouteWarps - 1) / kRouteWarps);
-  const size_t smem = static_cast<size_t>(kRouteWarps) * 2 * a.routing.n_experts * sizeof(float);
-  CUDA_RETURN_IF_ERROR(
-      LaunchMaybePdl(RouteKernel, dim3(blocks), dim3(kRouteWarps * 32), smem, stream, a.pdl, a));
+  const int warps = RouteWarps(a.routing.n_experts);
+  const int blocks = static_cast<int>((a.capacity + warps - 1) / warps);
+  CUDA_RETURN_IF_ERROR(LaunchMaybePdl(RouteKernel, dim3(blocks), dim3(warps * 32),
+                                      RouteSmemBytes(warps, a.routing.n_experts), stream, a.pdl,
+                                      a));
   return absl::OkStatus();
 }
 

@@ -126,22 +126,49 @@ __device__ __forceinline__ float SumSplits(const float* p, int splits, int64_t s
   return sum;
 }
 
+// What RouteToken hands lane k < top_k: its pair's expert and rank (from `counts`).
+struct RoutedPair {
+  int expert = 0;
+  int rank = 0;
+};
+
 // Routes token t with one warp; `logits`: token t's row of split partials (`splits` of them,
 // `split_stride` apart; global or shared memory); `score`, `sel`: [n_experts] warp-private shared
-// memory; `counts`: per-expert counters (global or shared) that hand out each pair's rank.
-inline __device__ void RouteToken(const RouteArgs& a, const float* logits, int splits,
-                                  int64_t split_stride, int t, float* score, float* sel,
-                                  int32_t* counts) {
+// memory; `counts`: per-expert counters (global or shared) that hand out each pair's rank, stored
+// to a.ranks unless store_rank is false (the caller then stores it). kBatch: experts per lane whose
+// split partials are loaded before the first add (logits in global memory: one round trip for up
+// to 32 * kBatch experts instead of one per 32).
+template <int kBatch = 1>
+__device__ RoutedPair RouteToken(const RouteArgs& a, const float* logits, int splits,
+                                        int64_t split_stride, int t, float* score, float* sel,
+                                        int32_t* counts, bool store_rank = true) {
   const RoutingParams& rp = a.routing;
   const int n_experts = rp.n_experts;
   const int lane = threadIdx.x & 31;
 
-  // Logits (split partials in ascending order) -> scores.
+  // Logits (split partials summed in ascending order, as SumSplits) -> scores.
   float local_max = -FLT_MAX;
-  for (int e = lane; e < n_experts; e += 32) {
-    const float v = SumSplits(logits + e, splits, split_stride);
-    score[e] = v;
-    local_max = fmaxf(local_max, v);
+  for (int e0 = lane; e0 < n_experts; e0 += 32 * kBatch) {
+    float v[kBatch][kMaxSplits];
+#pragma unroll
+    for (int b = 0; b < kBatch; ++b) {
+      const int e = e0 + 32 * b;
+#pragma unroll
+      for (int s = 0; s < kMaxSplits; ++s) {
+        v[b][s] = e < n_experts && s < splits ? logits[e + s * split_stride] : 0.0f;
+      }
+    }
+#pragma unroll
+    for (int b = 0; b < kBatch; ++b) {
+      const int e = e0 + 32 * b;
+      if (e < n_experts) {
+        float sum = v[b][0];
+#pragma unroll
+        for (int s = 1; s < kMaxSplits; ++s) sum += v[b][s];
+        score[e] = sum;
+        local_max = fmaxf(local_max, sum);
+      }
+    }
   }
   if (!rp.sigmoid) {
     const float m = WarpMax(local_max);
@@ -234,18 +261,22 @@ inline __device__ void RouteToken(const RouteArgs& a, const float* logits, int s
     }
     wsum += w;
   }
+  RoutedPair out;
   if (lane < rp.top_k) {
     if (rp.norm_topk_prob) my_w /= wsum + 1e-20f;
     my_w *= rp.routed_scaling_factor;
     const int64_t p = static_cast<int64_t>(t) * rp.top_k + lane;
     a.topk_ids[p] = my_id;
     a.topk_weights[p] = my_w;
-    a.ranks[p] = atomicAdd(&counts[my_id], 1);
+    out.expert = my_id;
+    out.rank = atomicAdd(&counts[my_id], 1);
+    if (store_rank) a.ranks[p] = out.rank;
   }
   if (rp.has_shared_gate && lane == 0) {
     const float v = SumSplits(logits + n_experts, splits, split_stride);
     a.shared_gate[t] = 1.0f / (1.0f + __expf(-v));
   }
+  return out;
 }
 
 // ---- Scan ----
@@ -307,11 +338,26 @@ inline __device__ void ScanBody(const ScanArgs& a, const int32_t* counts, bool s
   __syncthreads();
   s_count[e] = row0;  // exclusive offsets
   __syncthreads();
+  // Up to kScatterBatch pairs per thread: their ids and ranks are loaded before the first store.
+  constexpr int kScatterBatch = 4;
   const int pairs = a.meta->n_tokens * a.top_k;
-  for (int p = e; p < pairs; p += kScanThreads) {
-    const int r = s_count[a.topk_ids[p]] + a.ranks[p];
-    a.perm_token[r] = p / a.top_k;
-    a.pair_row[p] = r;
+  for (int p0 = e; p0 < pairs; p0 += kScanThreads * kScatterBatch) {
+    int id[kScatterBatch], rank[kScatterBatch];
+#pragma unroll
+    for (int b = 0; b < kScatterBatch; ++b) {
+      const int p = p0 + b * kScanThreads;
+      id[b] = p < pairs ? a.topk_ids[p] : 0;
+      rank[b] = p < pairs ? a.ranks[p] : 0;
+    }
+#pragma unroll
+    for (int b = 0; b < kScatterBatch; ++b) {
+      const int p = p0 + b * kScanThreads;
+      if (p < pairs) {
+        const int r = s_count[id[b]] + rank[b];
+        a.perm_token[r] = p / a.top_k;
+        a.pair_row[p] = r;
+      }
+    }
   }
 }
 

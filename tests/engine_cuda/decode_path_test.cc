@@ -200,5 +200,52 @@ TEST(DecodePath, PastFusedLimits) {
   }
 }
 
+// The front as one thread-block cluster (router rows meet in block 0's shared memory) gives the
+// same routing and the same outputs, bit for bit, as the ticket front (same sums in the same order),
+// at every token count of the front (1 to 32 tokens) and with graphs. Cases past 128 router rows
+// (129 experts, 256 experts) keep the ticket front and are compared all the same.
+TEST(DecodePath, FrontClusterMatchesTicketFront) {
+  MOE_REQUIRE_GPU();
+  for (const Case& tc : Cases()) {
+    SCOPED_TRACE(tc.name);
+    const auto model = RandomModel(tc.model);
+    const int h = model->spec().hidden, k = model->spec().top_k();
+    CudaEngineOptions o;
+    o.max_batch_tokens = 32;
+    o.graph_batch_sizes = {1, 4, 32};
+    o.decode_front_cluster = false;
+    CudaEngineOptions oc = o;
+    oc.decode_front_cluster = true;
+    auto ticket = CudaEngine::Create(model, o);
+    ASSERT_TRUE(ticket.ok()) << ticket.status();
+    auto cluster = CudaEngine::Create(model, oc);
+    ASSERT_TRUE(cluster.ok()) << cluster.status();
+    auto cpu = ReferenceCpuEngine(model, 32);
+    ASSERT_TRUE(cpu.ok()) << cpu.status();
+    uint64_t seed = tc.model.seed * 31;
+    for (int layer : tc.model.moe_layers) {
+      for (int64_t n : {int64_t{1}, int64_t{3}, int64_t{32}}) {
+        SCOPED_TRACE(::testing::Message() << "layer " << layer << " n_tokens " << n);
+        const auto act = MakeActivations(tc.act, n * h, ++seed);
+        const testing::RunResult a = testing::ExpectForward(**ticket, layer, tc.act, act.bytes, n);
+        const testing::RunResult b = testing::ExpectForward(**cluster, layer, tc.act, act.bytes, n);
+        const testing::RunResult c = testing::ExpectForward(**cpu, layer, tc.act, act.bytes, n);
+        EXPECT_EQ(a.ids, b.ids);
+        EXPECT_EQ(a.weights, b.weights);
+        EXPECT_EQ(a.out, b.out) << "cluster front output differs from the ticket front's";
+        const testing::ReferenceOutput ref = testing::ReferenceForward(*model, layer, act.values, n);
+        const std::vector<bool> keep = UnambiguousTokens(ref, n);
+        for (int64_t t = 0; t < n; ++t) {
+          for (int j = 0; keep[t] && j < k; ++j) {
+            EXPECT_EQ(b.ids[t * k + j], ref.routing.ids[t * k + j]) << "token " << t;
+          }
+        }
+        EXPECT_LT(RelErr(ToFloats(tc.act, b.out, n * h), ToFloats(tc.act, c.out, n * h), h, keep),
+                  1e-2);
+      }
+    }
+  }
+}
+
 }  // namespace
 }  // namespace moe

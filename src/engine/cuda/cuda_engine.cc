@@ -90,6 +90,11 @@ StatusOr<std::unique_ptr<CudaEngine::Impl>> CudaEngine::Impl::Prepare(const MoeS
     MOE_ASSIGN_OR_RETURN(impl->resident_clusters, cuda::ClusterGemmResidentClusters());
   }
   MOE_RETURN_IF_ERROR(cuda::InitRoutingKernels());
+  if (o.decode_front_cluster) {
+    const int nr = spec.n_experts() + (spec.shared_expert_gate ? 1 : 0);
+    MOE_ASSIGN_OR_RETURN(const int blocks, cuda::FrontClusterBlocks(nr));
+    impl->front_cluster = blocks > 0;
+  }
   MOE_ASSIGN_OR_RETURN(impl->decode_fused, cuda::InitDecodeFused());
   impl->decode_fused = impl->decode_fused && o.decode_fused_route;
   impl->l2_bytes = prop.l2CacheSize;
@@ -333,6 +338,7 @@ Status CudaEngine::Impl::BuildLayerLaunch(Slot& s, int64_t capacity, AType atype
     front.ld_router = 2 * hd;
     front.router_rows = nr;
     front.ticket = s.front_ticket.as<int32_t>();
+    front.cluster = front_cluster;
     front.convert.pdl = pdl_next();
   } else if (l->route_scan) {
     route.pdl = pdl_next();
