@@ -148,7 +148,8 @@ __global__ void __launch_bounds__(BM * 2, MIN_BLOCKS) WgmmaGemmKernel(const Gemm
 //    and the same f32 accumulation from zero as WgmmaGemmKernel, whatever block computes it, so
 //    the results are bitwise equal to it (and batch invariant in deterministic mode).
 // NOTES: setmaxnreg gives the consumers 232 registers (128 accumulators each) and the producer 40:
-// 128 x 40 + 256 x 232 = 64512 <= 65536.
+// 128 x 40 + 256 x 232 = 64512, the block's 384 x 168 registers (the launch bound's allocation,
+// inside which setmaxnreg moves them).
 template <typename T, bool GATED, int STAGES>
 __global__ void __launch_bounds__(384, 1) WgmmaWsGemmKernel(const GemmParams p) {
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)

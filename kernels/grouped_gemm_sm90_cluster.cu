@@ -32,7 +32,9 @@
 //    the same bits for every output element.
 // 5. Registers: setmaxnreg gives the producer 80 (40 spilled: it holds the tile's A rows, both
 //    descriptors and the pair's layout) and the consumers 208 (128 accumulators each):
-//    128 x 80 + 256 x 208 = 63488 <= 65536.
+//    128 x 80 + 256 x 208 = 63488 <= 64512, the block's 384 x 168 registers (setmaxnreg moves
+//    registers inside that allocation: consumers at 216 would need 65536 and wait forever, which
+//    hung an H200 run in session 5).
 // 6. Teardown: the producer waits until every stage is released in both blocks, then all threads
 //    of the cluster meet at a cluster barrier, so no block exits while its peer may still write
 //    to its shared memory or arrive on its barriers.

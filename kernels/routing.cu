@@ -233,10 +233,11 @@ Status ScanArgs::Validate() const {
 
 Status LaunchScan(const ScanArgs& a, cudaStream_t stream) {
   MOE_RETURN_IF_ERROR(a.Validate());
-  // NOTES: one block scatters 4096 pairs in a few microseconds; beyond that a grid-wide kernel
-  // (one more launch) is faster (39 us -> ~3 us for 32768 pairs on an H200).
+  // NOTES: past one pair per thread a grid-wide kernel (one more launch) is faster: 39 us -> ~3 us
+  // for 32768 pairs on an H200; at 4096 pairs (Qwen3 512 tokens) the layer was 3 us faster with
+  // it (session 5).
   const int64_t pairs = a.capacity * a.top_k;
-  const bool inline_scatter = pairs <= 4096;
+  const bool inline_scatter = pairs <= kScanThreads;
   CUDA_RETURN_IF_ERROR(
       LaunchMaybePdl(ScanKernel, dim3(1), dim3(kScanThreads), 0, stream, a.pdl, a, inline_scatter));
   if (!inline_scatter) {

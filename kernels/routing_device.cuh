@@ -338,26 +338,11 @@ inline __device__ void ScanBody(const ScanArgs& a, const int32_t* counts, bool s
   __syncthreads();
   s_count[e] = row0;  // exclusive offsets
   __syncthreads();
-  // Up to kScatterBatch pairs per thread: their ids and ranks are loaded before the first store.
-  constexpr int kScatterBatch = 4;
   const int pairs = a.meta->n_tokens * a.top_k;
-  for (int p0 = e; p0 < pairs; p0 += kScanThreads * kScatterBatch) {
-    int id[kScatterBatch], rank[kScatterBatch];
-#pragma unroll
-    for (int b = 0; b < kScatterBatch; ++b) {
-      const int p = p0 + b * kScanThreads;
-      id[b] = p < pairs ? a.topk_ids[p] : 0;
-      rank[b] = p < pairs ? a.ranks[p] : 0;
-    }
-#pragma unroll
-    for (int b = 0; b < kScatterBatch; ++b) {
-      const int p = p0 + b * kScanThreads;
-      if (p < pairs) {
-        const int r = s_count[id[b]] + rank[b];
-        a.perm_token[r] = p / a.top_k;
-        a.pair_row[p] = r;
-      }
-    }
+  for (int p = e; p < pairs; p += kScanThreads) {
+    const int r = s_count[a.topk_ids[p]] + a.ranks[p];
+    a.perm_token[r] = p / a.top_k;
+    a.pair_row[p] = r;
   }
 }
 

@@ -72,7 +72,14 @@ MoePlan PlanMoe(const MoePlanInput& in) {
   plan.grouped_tiles = MaxGroupedTiles(pairs, in.n_experts, shape.bm);
   plan.dense_tiles = (in.tokens + shape.bm - 1) / shape.bm;
   const int bn = shape.bn_plain;
-  const int64_t router_blocks = plan.dense_tiles * ((in.router_rows + bn - 1) / bn);
+  plan.router_tile = IsHopperTile(plan.tile) && !in.deterministic &&
+                             in.tokens <= kRouterMmaMaxTokens
+                         ? GemmTile::kMedium
+                         : plan.tile;
+  const TileShape& rshape = ShapeOf(plan.router_tile);
+  plan.router_tiles = (in.tokens + rshape.bm - 1) / rshape.bm;
+  const int64_t router_blocks =
+      plan.router_tiles * ((in.router_rows + rshape.bn_plain - 1) / rshape.bn_plain);
   plan.router_splits =
       ChooseSplitK(router_blocks, in.router_k, in.tokens, in.sm_count, in.deterministic);
   if (!in.deterministic && in.tokens > kMaxSplitRows) {

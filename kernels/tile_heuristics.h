@@ -152,7 +152,9 @@ struct MoePlan {
   int down_splits = 1;
   int shared_down_splits = 1;
   int64_t grouped_tiles = 0;  // grid.x of the grouped GEMMs (blocks past the real tiles exit)
-  int64_t dense_tiles = 0;    // grid.x of the router / shared-expert GEMMs
+  int64_t dense_tiles = 0;    // grid.x of the shared-expert GEMMs
+  GemmTile router_tile = GemmTile::kDecode;  // the router GEMM's tile
+  int64_t router_tiles = 0;                  // and its grid.x
   // The routed experts run as the decode experts kernels (LaunchDecodeGateUp, then
   // LaunchDecodeDownCombine, which also does the combine: no routed down GEMM, no combine launch),
   // and at <= kDecodeGemvMaxRows tokens the shared expert as the decode GEMV (LaunchDecodeGemv).
@@ -160,6 +162,14 @@ struct MoePlan {
   bool shared_gemv = false;
 };
 
+// Up to this many tokens a plan of Hopper tiles runs the router GEMM (N = experts, at most 257)
+// on the mma.sync kMedium tile (64 x 128) instead, outside deterministic mode (a tile that changes
+// with the batch size would change a token's logits).
+// NOTES (H200, session 5, RESULTS.md): at 512 tokens 6.5 / 5.5 us faster a layer at the Qwen3 /
+// DeepSeek-V2-Lite shapes (the 128 x 256 warp-specialised tile computes 256 columns for 128
+// experts and cost ~12 us in the graph); at 4096 tokens within the spread, so larger batches keep
+// the Hopper tile. 1024 is between the two measured points.
+inline constexpr int64_t kRouterMmaMaxTokens = 1024;
 // Rows per activated expert up to which the routed gate/up GEMM uses kDecodeNarrow: there the
 // weights dominate (the narrow tile re-reads A 4x more often than kDecode, cheap for a few rows).
 inline constexpr double kNarrowGatedMaxRows = 4.0;

@@ -110,6 +110,8 @@ TEST(PlanMoe, DecodeAndPrefillShapes) {
   EXPECT_EQ(ShapeOf(p.gated_tile).bm, ShapeOf(p.tile).bm);  // one tile list serves both
   EXPECT_EQ(p.grouped_tiles, 8);
   EXPECT_EQ(p.dense_tiles, 1);
+  EXPECT_EQ(p.router_tile, GemmTile::kDecode);
+  EXPECT_EQ(p.router_tiles, 1);
   EXPECT_GT(p.router_splits, 1);
   in.tokens = 16384;
   p = PlanMoe(in);
@@ -141,14 +143,23 @@ TEST(PlanMoe, DecodeAndPrefillShapes) {
   EXPECT_EQ(PlanMoe(in).router_splits, 1);
   in.router_k = 2048;
   {
-    MoePlanInput r = in;  // 4 row tiles: 8 splits of 4 k-steps, if the workspace holds them
+    MoePlanInput r = in;  // 8 row tiles: 8 splits of 4 k-steps, if the workspace holds them
     r.tokens = 512;
+    EXPECT_EQ(PlanMoe(r).router_tile, GemmTile::kMedium);  // a small batch of Hopper tiles
+    EXPECT_EQ(PlanMoe(r).router_tiles, 8);
     EXPECT_EQ(PlanMoe(r).router_splits, 4);  // default workspace: 4 rows per token
     r.router_partial_rows = kRouterPartialRowsPerToken * 16384;
     EXPECT_EQ(PlanMoe(r).router_splits, kMaxLargeRouterSplits);
   }
+  EXPECT_EQ(PlanMoe(in).router_tile, GemmTile::kWgmma);  // 4096 tokens: the Hopper tile
   in.deterministic = true;
   EXPECT_EQ(PlanMoe(in).router_splits, 1);
+  {
+    MoePlanInput r = in;  // deterministic: the router tile never depends on the batch size
+    r.tokens = 512;
+    r.deterministic_wgmma = true;
+    EXPECT_EQ(PlanMoe(r).router_tile, PlanMoe(r).tile);
+  }
   in.deterministic = false;
   in.tokens = 16384;
   in.deterministic = true;

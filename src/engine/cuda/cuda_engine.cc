@@ -262,12 +262,12 @@ Status CudaEngine::Impl::BuildLayerLaunch(Slot& s, int64_t capacity, AType atype
 
   // 2. Router GEMM -> f32 logits (split-K partials).
   cuda::GemmArgs& router = l->router;
-  router.tile = plan.tile;
+  router.tile = plan.router_tile;
   router.wtype = wtype;
   router.a = s.x.get();
   router.lda = 2 * hd;
   router.m_dev = n_tokens_dev(s);
-  router.grid_tiles = plan.dense_tiles;
+  router.grid_tiles = plan.router_tiles;
   router.b0_table = weights.table(weights.router_table);
   router.layer_dev = layer_dev(s);
   router.b_layer_stride = 1;
