@@ -100,6 +100,23 @@ MoePlan PlanMoe(const MoePlanInput& in) {
   plan.down_splits =
       ChooseSplitK(std::min(down_blocks, plan.grouped_tiles * ((in.hidden + bn - 1) / bn)),
                    in.inter, pairs, in.sm_count, in.deterministic);
+  if (!in.deterministic && plan.tile == GemmTile::kDecode && !plan.decode_gemv &&
+      plan.down_splits == 1 && in.smem_per_sm > 0 && pairs <= kMaxSplitRows &&
+      rows_per_group <= kDecodeGemvMaxRows) {
+    const int64_t per_sm = std::min<int64_t>(in.smem_per_sm / shape.smem_bytes(false),
+                                             2048 / shape.threads());
+    const int64_t slots = per_sm * in.sm_count;
+    const int64_t blocks = active * ((in.hidden + bn - 1) / bn);  // one row tile per expert
+    const int64_t k_steps = (in.inter + TileShape::kBk - 1) / TileShape::kBk;
+    int splits = 1;
+    if (blocks < kWaveSplitBelowWaves * slots) {
+      while (splits < kMaxSplits && blocks * splits < kWaveSplitMinWaves * slots &&
+             k_steps / (2 * splits) >= 4) {
+        splits *= 2;
+      }
+    }
+    plan.down_splits = splits;
+  }
   if (in.shared_inter > 0) {
     const int64_t shared_blocks = plan.dense_tiles * ((in.hidden + bn - 1) / bn);
     plan.shared_down_splits =

@@ -134,6 +134,8 @@ struct MoePlanInput {
   // x tokens); a split of the router's K needs splits x tokens of them.
   int64_t router_partial_rows = 0;
   int sm_count = 132;
+  // Shared memory per SM (0: unknown), for the resident blocks of a wave (down GEMM splits).
+  int64_t smem_per_sm = 0;
   bool deterministic = false;
   bool wgmma = false;                // Hopper tiles allowed (ignored when deterministic, unless:)
   bool deterministic_wgmma = false;  // deterministic mode may use them too (see CudaEngineOptions)
@@ -162,6 +164,15 @@ struct MoePlan {
   bool shared_gemv = false;
 };
 
+// A weight-streaming down GEMM (the decode tile, at most kDecodeGemvMaxRows rows per expert) of
+// fewer than kWaveSplitBelowWaves waves of resident blocks has its K split (up to kMaxSplits, >= 4
+// k-steps a part) until it has kWaveSplitMinWaves: SMs left idle by the last wave then weigh less.
+// NOTES (H200, session 5): Mixtral at 8 tokens (7 experts x 64 column blocks = 448 blocks for 396
+// resident, 3 per SM; 4 splits) 653.7/655.2 -> 617.7/618.5 us. Splitting more widely measured
+// slower: Mixtral at 64 tokens (16 rows per expert, 4 splits) +0.7%, DeepSeek-V2-Lite at 8 tokens
+// (1536 blocks, 3.9 waves, 2 splits) +1.4%; hence the row and wave bounds.
+inline constexpr int64_t kWaveSplitBelowWaves = 2;
+inline constexpr int64_t kWaveSplitMinWaves = 4;
 // Up to this many tokens a plan of Hopper tiles runs the router GEMM (N = experts, at most 257)
 // on the mma.sync kMedium tile (64 x 128) instead, outside deterministic mode (a tile that changes
 // with the batch size would change a token's logits).

@@ -297,6 +297,49 @@ TEST(CudaEngine, ClusterTile) {
   }
 }
 
+// Decode-tile batches whose down GEMM has under 2 waves of blocks split its K to fill them
+// (CudaEngineOptions::wave_split_down: Mixtral-like hidden 4096 = 64 column blocks x 8 experts, 8
+// k-steps: 2 splits at 8 tokens, none at 64) and still match the CPU engine, with and without
+// graphs, and the unsplit engine to rounding; also the small-grid split of a narrow down GEMM (16
+// k-steps, 4 splits) with shared experts and f32 activations.
+TEST(CudaEngine, WaveFillingDownSplits) {
+  MOE_REQUIRE_GPU();
+  const std::vector<Case> cases = {
+      {"mixtral, hidden 4096, inter 512", Opts(Family::kMixtral, 8, 2, 4096, 512, DType::kBF16, 75),
+       DType::kBF16, {8, 64}},
+      {"deepseek_v2 shared experts, inter 1024, f32 act",
+       Opts(Family::kDeepseekV2, 16, 4, 128, 1024, DType::kF16, 76), DType::kF32, {3, 31}},
+  };
+  CudaEngineOptions o = DefaultOptions();
+  o.decode_gemv = CudaEngineOptions::DecodeGemv::kNever;  // the decode tile, also at 1-4 tokens
+  CheckCases(cases, o);
+  CudaEngineOptions eager = o;
+  eager.graph_batch_sizes.clear();
+  CheckCases(cases, eager);
+  CudaEngineOptions unsplit = o;
+  unsplit.wave_split_down = false;
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.name);
+    const auto model = RandomModel(c.model);
+    auto split = CudaEngine::Create(model, o);
+    auto plain = CudaEngine::Create(model, unsplit);
+    ASSERT_TRUE(split.ok()) << split.status();
+    ASSERT_TRUE(plain.ok()) << plain.status();
+    for (int64_t n : c.tokens) {
+      const auto x = MakeActivations(c.act, n * model->spec().hidden, 77 + n);
+      const RunResult a = RunForward(**split, 0, c.act, x.bytes, n);
+      const RunResult b = RunForward(**plain, 0, c.act, x.bytes, n);
+      EXPECT_EQ(a.ids, b.ids);
+      double num = 0, den = 0;
+      for (size_t i = 0; i < a.values.size(); ++i) {
+        num += (a.values[i] - b.values[i]) * (a.values[i] - b.values[i]);
+        den += b.values[i] * b.values[i];
+      }
+      EXPECT_LT(std::sqrt(num / std::max(den, 1e-30)), 1e-2) << "n_tokens " << n;
+    }
+  }
+}
+
 // Deterministic mode: a token's output bits do not depend on the batch (size, position, tiles).
 TEST(CudaEngine, DeterministicIsBatchInvariant) {
   MOE_REQUIRE_GPU();

@@ -201,5 +201,41 @@ TEST(PlanMoe, DecodeAndPrefillShapes) {
   EXPECT_EQ(p.shared_down_splits, 1);
 }
 
+// The down GEMM of a decode-tile plan with few waves of blocks splits its K (kWaveSplitMinWaves).
+TEST(PlanMoe, WaveFillingDownSplits) {
+  MoePlanInput in;  // Mixtral-8x7B at 8 tokens: 8 experts x 64 column blocks, 3 blocks per SM
+  in.tokens = 8;
+  in.top_k = 2;
+  in.n_experts = 8;
+  in.hidden = 4096;
+  in.inter = 14336;
+  in.router_rows = 8;
+  in.router_k = 4096;
+  in.sm_count = 132;
+  in.wgmma = true;
+  EXPECT_EQ(PlanMoe(in).down_splits, 1);  // the SM's shared memory unknown: no split
+  in.smem_per_sm = 233472;
+  MoePlan p = PlanMoe(in);
+  EXPECT_EQ(p.tile, GemmTile::kDecode);
+  EXPECT_EQ(p.down_splits, 4);  // 512 blocks for 396 resident: 4 splits, 2048 >= 4 waves
+  in.deterministic = true;
+  EXPECT_EQ(PlanMoe(in).down_splits, 1);
+  in.deterministic = false;
+  in.tokens = 64;  // 16 rows per expert: not a pure weight stream (measured slower split)
+  EXPECT_EQ(PlanMoe(in).down_splits, 1);
+  in.tokens = 8;
+  in.inter = 256;  // 4 k-steps: never below 4 a part
+  EXPECT_EQ(PlanMoe(in).down_splits, 1);
+  in.top_k = 8;  // Qwen3-30B-A3B: 64 experts x 32 column blocks, over 2 waves
+  in.n_experts = 128;
+  in.hidden = 2048;
+  in.inter = 768;
+  EXPECT_EQ(PlanMoe(in).down_splits, 1);
+  in.top_k = 6;  // DeepSeek-V2-Lite: 48 experts x 32 column blocks, 3.9 waves
+  in.n_experts = 64;
+  in.inter = 1408;
+  EXPECT_EQ(PlanMoe(in).down_splits, 1);
+}
+
 }  // namespace
 }  // namespace moe::cuda

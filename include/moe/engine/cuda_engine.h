@@ -195,6 +195,9 @@ struct CudaEngineOptions {
   // round trip of the logits through global memory (H200: 0.5-1.3% faster at 1-8 tokens, RESULTS.md
   // session 5).
   bool decode_front_cluster = true;
+  // Split the K of a weight-streaming (decode tile) down GEMM that has few waves of blocks
+  // (kernels/tile_heuristics.h kWaveSplitMinWaves; never in deterministic mode).
+  bool wave_split_down = true;
   int decode_prefetch_units = 0;
   bool decode_down_tma = false;
   bool decode_gate_up_tma = false;

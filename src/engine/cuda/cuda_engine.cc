@@ -82,6 +82,7 @@ StatusOr<std::unique_ptr<CudaEngine::Impl>> CudaEngine::Impl::Prepare(const MoeS
   std::sort(impl->options.graph_batch_sizes.begin(), impl->options.graph_batch_sizes.end());
   impl->device_name = prop.name;
   impl->sms = prop.multiProcessorCount;
+  impl->smem_per_sm = static_cast<int64_t>(prop.sharedMemPerMultiprocessor);
   impl->pdl = o.overlap_launches && prop.major >= 9;
   MOE_ASSIGN_OR_RETURN(impl->wgmma, cuda::ProbeWgmmaKernels());
   impl->wgmma = impl->wgmma && o.use_wgmma;
@@ -209,6 +210,7 @@ Status CudaEngine::Impl::BuildLayerLaunch(Slot& s, int64_t capacity, AType atype
   in.router_k = split_lo ? 2 * hd : hd;
   in.router_partial_rows = cuda::kRouterPartialRowsPerToken * options.max_batch_tokens;
   in.sm_count = sms;
+  in.smem_per_sm = options.wave_split_down ? smem_per_sm : 0;
   in.deterministic = options.deterministic;
   in.wgmma = wgmma;
   in.deterministic_wgmma = options.deterministic_wgmma;

@@ -83,6 +83,7 @@ class CudaEngine::Impl {
   std::vector<std::unique_ptr<Slot>> slots;
   std::string device_name;
   int sms = 0;
+  int64_t smem_per_sm = 0;
   bool wgmma = false;         // Hopper tiles in use
   int resident_clusters = 0;  // of the cluster GEMM (wgmma only), asked once at start-up
   bool pdl = false;           // programmatic dependent launch between the layer's kernels (sm_90+)
