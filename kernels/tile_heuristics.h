@@ -176,7 +176,7 @@ inline constexpr int64_t kWaveSplitMinWaves = 4;
 // Up to this many tokens a plan of Hopper tiles runs the router GEMM (N = experts, at most 257)
 // on the mma.sync kMedium tile (64 x 128) instead, outside deterministic mode (a tile that changes
 // with the batch size would change a token's logits).
-// NOTES (H200, session 5, RESULTS.md): at 512 tokens 6.5 / 5.5 us faster a layer at the Qwen3 /
+// NOTES (H200, session 5, RESULTS.md): at 512 tokens 6.9 / 5.3 us faster a layer at the Qwen3 /
 // DeepSeek-V2-Lite shapes (the 128 x 256 warp-specialised tile computes 256 columns for 128
 // experts and cost ~12 us in the graph); at 4096 tokens within the spread, so larger batches keep
 // the Hopper tile. 1024 is between the two measured points.
