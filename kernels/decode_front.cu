@@ -46,7 +46,8 @@ __device__ __forceinline__ void StoreClusterF32(float* local, unsigned rank, flo
 //    every token (8 tokens per pass, f32 FMAs, lane-strided 16-byte chunks in ascending order, then
 //    a fixed xor tree); the quarters are added in order through shared memory into `logits`.
 // 3. The block that draws the last ticket copies all logits into shared memory, resets the ticket
-//    and routes + scans (RouteScanBody; routes only with skip_scan).
+//    and routes + scans (RouteScanBody; routes only with skip_scan). Cluster: the quarters' sums
+//    go straight into block 0's shared memory, and block 0 routes after the cluster barrier.
 template <typename In, typename W>
 __global__ void __launch_bounds__(kScanThreads) FrontKernel(const FrontArgs f, float* logits) {
   extern __shared__ float route_smem[];  // [32][2][n_experts] route scratch, then [32][nr] logits
@@ -64,13 +65,11 @@ __global__ void __launch_bounds__(kScanThreads) FrontKernel(const FrontArgs f, f
   float* s_logits = route_smem + kRouteScanMaxTokens * 2 * f.route.routing.n_experts;
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   const bool cluster = f.cluster;
-#else
-  constexpr bool cluster = false;  // never set for pre-sm_90 devices (FrontClusterBlocks)
-#endif
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   // Cluster phase 1 of 2: this block has started (block 0's shared memory exists before any block
   // writes to it; waited for after the router rows).
   if (cluster) ClusterArriveRelaxed();
+#else
+  constexpr bool cluster = false;  // never set for pre-sm_90 devices (FrontClusterBlocks)
 #endif
 
   // Phase 1: convert.
@@ -165,7 +164,7 @@ __global__ void __launch_bounds__(kScanThreads) FrontKernel(const FrontArgs f, f
   if (cluster) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     if (n == 0) ClusterWait();  // phase 1 of 2, when the router loop did not run
-    ClusterArrive();  // release: this block's logits in block 0
+    ClusterArrive();            // release: this block's logits in block 0
     ClusterWait();
     if (ClusterRank() != 0) return;
     RouteScanBody(f.route, f.scan, s_logits, nr, 1, 0, route_smem, !f.skip_scan);
@@ -210,9 +209,6 @@ struct FrontEntry {
 const FrontEntry kFrontKernels[] = {MOE_FRONT_TYPES_(MOE_FRONT_ENTRY_)};
 #undef MOE_FRONT_ENTRY_
 
-}  // namespace
-
-namespace {
 // True when the front kernels have an sm_90 image on an sm_90 device (cluster code compiled in).
 StatusOr<bool> FrontClustersCompiled() {
   int device = 0, major = 0;
@@ -224,8 +220,8 @@ StatusOr<bool> FrontClustersCompiled() {
   return attr.ptxVersion >= 90 && attr.binaryVersion >= 90;
 }
 
-cudaLaunchConfig_t FrontConfig(int blocks, size_t smem, cudaStream_t stream, bool cluster,
-                               bool pdl, cudaLaunchAttribute* attr) {
+cudaLaunchConfig_t FrontConfig(int blocks, size_t smem, cudaStream_t stream, bool cluster, bool pdl,
+                               cudaLaunchAttribute* attr) {
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = dim3(static_cast<unsigned>(blocks));
   cfg.blockDim = dim3(kScanThreads);

@@ -67,8 +67,9 @@ __global__ void RouteKernel(const RouteArgs a) {
   RoutedPair pair;
   if (active) {
     float* score = route_smem + wid * 2 * n_experts;
-    pair = RouteToken<4>(a, a.logits + static_cast<int64_t>(t) * a.ld_logits, a.splits,
-                      a.split_stride, t, score, score + n_experts, s_count, /*store_rank=*/false);
+    pair =
+        RouteToken<4>(a, a.logits + static_cast<int64_t>(t) * a.ld_logits, a.splits, a.split_stride,
+                      t, score, score + n_experts, s_count, /*store_rank=*/false);
   }
   __syncthreads();
   for (int e = threadIdx.x; e < n_experts; e += blockDim.x) {

@@ -140,8 +140,8 @@ struct RoutedPair {
 // to 32 * kBatch experts instead of one per 32).
 template <int kBatch = 1>
 __device__ RoutedPair RouteToken(const RouteArgs& a, const float* logits, int splits,
-                                        int64_t split_stride, int t, float* score, float* sel,
-                                        int32_t* counts, bool store_rank = true) {
+                                 int64_t split_stride, int t, float* score, float* sel,
+                                 int32_t* counts, bool store_rank = true) {
   const RoutingParams& rp = a.routing;
   const int n_experts = rp.n_experts;
   const int lane = threadIdx.x & 31;

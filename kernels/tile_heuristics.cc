@@ -72,10 +72,10 @@ MoePlan PlanMoe(const MoePlanInput& in) {
   plan.grouped_tiles = MaxGroupedTiles(pairs, in.n_experts, shape.bm);
   plan.dense_tiles = (in.tokens + shape.bm - 1) / shape.bm;
   const int bn = shape.bn_plain;
-  plan.router_tile = IsHopperTile(plan.tile) && !in.deterministic &&
-                             in.tokens <= kRouterMmaMaxTokens
-                         ? GemmTile::kMedium
-                         : plan.tile;
+  plan.router_tile =
+      IsHopperTile(plan.tile) && !in.deterministic && in.tokens <= kRouterMmaMaxTokens
+          ? GemmTile::kMedium
+          : plan.tile;
   const TileShape& rshape = ShapeOf(plan.router_tile);
   plan.router_tiles = (in.tokens + rshape.bm - 1) / rshape.bm;
   const int64_t router_blocks =
@@ -103,8 +103,8 @@ MoePlan PlanMoe(const MoePlanInput& in) {
   if (!in.deterministic && plan.tile == GemmTile::kDecode && !plan.decode_gemv &&
       plan.down_splits == 1 && in.smem_per_sm > 0 && pairs <= kMaxSplitRows &&
       rows_per_group <= kDecodeGemvMaxRows) {
-    const int64_t per_sm = std::min<int64_t>(in.smem_per_sm / shape.smem_bytes(false),
-                                             2048 / shape.threads());
+    const int64_t per_sm =
+        std::min<int64_t>(in.smem_per_sm / shape.smem_bytes(false), 2048 / shape.threads());
     const int64_t slots = per_sm * in.sm_count;
     const int64_t blocks = active * ((in.hidden + bn - 1) / bn);  // one row tile per expert
     const int64_t k_steps = (in.inter + TileShape::kBk - 1) / TileShape::kBk;

@@ -68,11 +68,11 @@ CudaEngineOptions::DownPrefetch g_prefetch_down = CudaEngineOptions().decode_pre
 int g_fused_cluster_size = CudaEngineOptions().decode_fused_cluster_size;
 int g_fused_clusters = 0;
 bool g_down_h_smem = CudaEngineOptions().decode_down_h_smem;
-int g_prefetch_units = 0;    // --prefetch-units=N
-bool g_front_cluster = CudaEngineOptions().decode_front_cluster;  // --front-cluster / --no-front-cluster
+int g_prefetch_units = 0;                                         // --prefetch-units=N
+bool g_front_cluster = CudaEngineOptions().decode_front_cluster;  // --[no-]front-cluster
 bool g_wave_split = CudaEngineOptions().wave_split_down;          // --no-wave-split
-bool g_down_tma = false;     // --down-tma
-bool g_gate_up_tma = false;  // --gate-up-tma
+bool g_down_tma = false;                                          // --down-tma
+bool g_gate_up_tma = false;                                       // --gate-up-tma
 
 struct Shape {
   std::string name;

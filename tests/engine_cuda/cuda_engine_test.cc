@@ -305,10 +305,14 @@ TEST(CudaEngine, ClusterTile) {
 TEST(CudaEngine, WaveFillingDownSplits) {
   MOE_REQUIRE_GPU();
   const std::vector<Case> cases = {
-      {"mixtral, hidden 4096, inter 512", Opts(Family::kMixtral, 8, 2, 4096, 512, DType::kBF16, 75),
-       DType::kBF16, {8, 64}},
+      {"mixtral, hidden 4096, inter 512",
+       Opts(Family::kMixtral, 8, 2, 4096, 512, DType::kBF16, 75),
+       DType::kBF16,
+       {8, 64}},
       {"deepseek_v2 shared experts, inter 1024, f32 act",
-       Opts(Family::kDeepseekV2, 16, 4, 128, 1024, DType::kF16, 76), DType::kF32, {3, 31}},
+       Opts(Family::kDeepseekV2, 16, 4, 128, 1024, DType::kF16, 76),
+       DType::kF32,
+       {3, 31}},
   };
   CudaEngineOptions o = DefaultOptions();
   o.decode_gemv = CudaEngineOptions::DecodeGemv::kNever;  // the decode tile, also at 1-4 tokens

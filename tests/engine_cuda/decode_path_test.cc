@@ -201,9 +201,9 @@ TEST(DecodePath, PastFusedLimits) {
 }
 
 // The front as one thread-block cluster (router rows meet in block 0's shared memory) gives the
-// same routing and the same outputs, bit for bit, as the ticket front (same sums in the same order),
-// at every token count of the front (1 to 32 tokens) and with graphs. Cases past 128 router rows
-// (129 experts, 256 experts) keep the ticket front and are compared all the same.
+// same routing and the same outputs, bit for bit, as the ticket front (same sums in the same
+// order), at every token count of the front (1 to 32 tokens) and with graphs. Cases past 128 router
+// rows (129 experts, 256 experts) keep the ticket front and are compared all the same.
 TEST(DecodePath, FrontClusterMatchesTicketFront) {
   MOE_REQUIRE_GPU();
   for (const Case& tc : Cases()) {
@@ -233,7 +233,8 @@ TEST(DecodePath, FrontClusterMatchesTicketFront) {
         EXPECT_EQ(a.ids, b.ids);
         EXPECT_EQ(a.weights, b.weights);
         EXPECT_EQ(a.out, b.out) << "cluster front output differs from the ticket front's";
-        const testing::ReferenceOutput ref = testing::ReferenceForward(*model, layer, act.values, n);
+        const testing::ReferenceOutput ref =
+            testing::ReferenceForward(*model, layer, act.values, n);
         const std::vector<bool> keep = UnambiguousTokens(ref, n);
         for (int64_t t = 0; t < n; ++t) {
           for (int j = 0; keep[t] && j < k; ++j) {

@@ -91,9 +91,9 @@ class CudaEngine::Impl {
   // Its grid per launch capacity (cuda::DecodeFusedGridBlocks; 0: the capacity does not fit).
   std::array<int, cuda::kDecodeFusedMaxTokens + 1> fused_grid{};
   bool front_cluster = false;  // options.decode_front_cluster on a device and build that run it
-  bool down_tma = false;     // options.decode_down_tma on a device and build that run it
-  bool gate_up_tma = false;  // options.decode_gate_up_tma likewise
-  int64_t l2_bytes = 0;      // the device's L2 size
+  bool down_tma = false;       // options.decode_down_tma on a device and build that run it
+  bool gate_up_tma = false;    // options.decode_gate_up_tma likewise
+  int64_t l2_bytes = 0;        // the device's L2 size
   int64_t workspace_bytes = 0;
   // Set with an expert cache budget (CudaEngineOptions::expert_cache.budget_bytes > 0).
   std::unique_ptr<cuda::ExpertCacheRuntime> cache;
