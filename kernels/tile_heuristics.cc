@@ -73,7 +73,7 @@ MoePlan PlanMoe(const MoePlanInput& in) {
   plan.dense_tiles = (in.tokens + shape.bm - 1) / shape.bm;
   const int bn = shape.bn_plain;
   plan.router_tile =
-      IsHopperTile(plan.tile) && !in.deterministic && in.tokens <= kRouterMmaMaxTokens
+      IsHopperTile(plan.tile) && !in.deterministic && in.tokens <= in.router_mma_max_tokens
           ? GemmTile::kMedium
           : plan.tile;
   const TileShape& rshape = ShapeOf(plan.router_tile);

@@ -136,6 +136,9 @@ struct MoePlanInput {
   int sm_count = 132;
   // Shared memory per SM (0: unknown), for the resident blocks of a wave (down GEMM splits).
   int64_t smem_per_sm = 0;
+  // Batches of up to this many tokens run the router GEMM of a Hopper plan on the mma.sync tile
+  // (0: never; the engine passes kRouterMmaMaxTokens unless told otherwise).
+  int64_t router_mma_max_tokens = 0;
   bool deterministic = false;
   bool wgmma = false;                // Hopper tiles allowed (ignored when deterministic, unless:)
   bool deterministic_wgmma = false;  // deterministic mode may use them too (see CudaEngineOptions)

@@ -71,6 +71,7 @@ bool g_down_h_smem = CudaEngineOptions().decode_down_h_smem;
 int g_prefetch_units = 0;                                         // --prefetch-units=N
 bool g_front_cluster = CudaEngineOptions().decode_front_cluster;  // --[no-]front-cluster
 bool g_wave_split = CudaEngineOptions().wave_split_down;          // --no-wave-split
+bool g_router_mma = CudaEngineOptions().small_batch_router_mma;   // --no-router-mma
 bool g_down_tma = false;                                          // --down-tma
 bool g_gate_up_tma = false;                                       // --gate-up-tma
 
@@ -258,6 +259,7 @@ class Runner {
     o.decode_prefetch_units = g_prefetch_units;
     o.decode_front_cluster = g_front_cluster;
     o.wave_split_down = g_wave_split;
+    o.small_batch_router_mma = g_router_mma;
     o.decode_down_tma = g_down_tma;
     o.decode_gate_up_tma = g_gate_up_tma;
     engine_ = OrDie(CudaEngine::CreateRandom(SpecOf(shape), 1234, o));
@@ -534,6 +536,8 @@ int main(int argc, char** argv) {
       moe::g_down_h_smem = true;
     } else if (a.rfind("--prefetch-units=", 0) == 0) {
       moe::g_prefetch_units = std::atoi(a.c_str() + 17);
+    } else if (a == "--no-router-mma") {
+      moe::g_router_mma = false;
     } else if (a == "--no-wave-split") {
       moe::g_wave_split = false;
     } else if (a == "--front-cluster") {

@@ -145,20 +145,29 @@ TEST(PlanMoe, DecodeAndPrefillShapes) {
   {
     MoePlanInput r = in;  // 8 row tiles: 8 splits of 4 k-steps, if the workspace holds them
     r.tokens = 512;
+    r.wgmma_min_rows = 16;  // 32 rows per expert: a Hopper plan
+    EXPECT_EQ(PlanMoe(r).tile, GemmTile::kWgmma);
+    EXPECT_EQ(PlanMoe(r).router_tile, GemmTile::kWgmma);  // not asked for
+    EXPECT_EQ(PlanMoe(r).router_tiles, 4);
+    r.router_mma_max_tokens = kRouterMmaMaxTokens;
     EXPECT_EQ(PlanMoe(r).router_tile, GemmTile::kMedium);  // a small batch of Hopper tiles
     EXPECT_EQ(PlanMoe(r).router_tiles, 8);
     EXPECT_EQ(PlanMoe(r).router_splits, 4);  // default workspace: 4 rows per token
     r.router_partial_rows = kRouterPartialRowsPerToken * 16384;
     EXPECT_EQ(PlanMoe(r).router_splits, kMaxLargeRouterSplits);
   }
+  in.router_mma_max_tokens = kRouterMmaMaxTokens;
   EXPECT_EQ(PlanMoe(in).router_tile, GemmTile::kWgmma);  // 4096 tokens: the Hopper tile
   in.deterministic = true;
   EXPECT_EQ(PlanMoe(in).router_splits, 1);
   {
     MoePlanInput r = in;  // deterministic: the router tile never depends on the batch size
     r.tokens = 512;
+    r.wgmma_min_rows = 16;
+    r.router_mma_max_tokens = kRouterMmaMaxTokens;
     r.deterministic_wgmma = true;
-    EXPECT_EQ(PlanMoe(r).router_tile, PlanMoe(r).tile);
+    EXPECT_EQ(PlanMoe(r).tile, GemmTile::kWgmma);
+    EXPECT_EQ(PlanMoe(r).router_tile, GemmTile::kWgmma);
   }
   in.deterministic = false;
   in.tokens = 16384;

@@ -198,6 +198,9 @@ struct CudaEngineOptions {
   // Split the K of a weight-streaming (decode tile) down GEMM that has few waves of blocks
   // (kernels/tile_heuristics.h kWaveSplitMinWaves; never in deterministic mode).
   bool wave_split_down = true;
+  // Batches of up to kRouterMmaMaxTokens tokens run the router GEMM of a Hopper plan on the
+  // mma.sync 64 x 128 tile (kernels/tile_heuristics.h; never in deterministic mode).
+  bool small_batch_router_mma = true;
   int decode_prefetch_units = 0;
   bool decode_down_tma = false;
   bool decode_gate_up_tma = false;
