@@ -181,8 +181,8 @@ inline constexpr int64_t kWaveSplitMinWaves = 4;
 // with the batch size would change a token's logits).
 // NOTES (H200, session 5, RESULTS.md): at 512 tokens 6.9 / 5.3 us faster a layer at the Qwen3 /
 // DeepSeek-V2-Lite shapes (the 128 x 256 warp-specialised tile computes 256 columns for 128
-// experts and cost ~12 us in the graph); at 4096 tokens within the spread, so larger batches keep
-// the Hopper tile. 1024 is between the two measured points.
+// experts and cost ~12 us in the graph); at 1024 tokens 6 / 9 us faster; at 2048 and 4096 tokens
+// within the spread, so larger batches keep the Hopper tile.
 inline constexpr int64_t kRouterMmaMaxTokens = 1024;
 // Rows per activated expert up to which the routed gate/up GEMM uses kDecodeNarrow: there the
 // weights dominate (the narrow tile re-reads A 4x more often than kDecode, cheap for a few rows).
