@@ -79,6 +79,7 @@ StatusOr<ExpertCacheOptions> ExpertCacheFromFlags(const config::ExpertOptions& x
   MOE_ASSIGN_OR_RETURN(c.eviction, experts::ParseEvictionKind(x.eviction));
   c.prefetch = x.prefetch;
   c.prefetch_depth = x.prefetch_depth;
+  c.prefetch_min_precision = x.prefetch_min_precision;
   c.trace_path = x.trace;
   return c;
 }

@@ -95,6 +95,14 @@ Status Assign(const std::string& origin, const Setting& s, const toml::node& nod
             if (v < INT32_MIN || v > INT32_MAX) return TypeError(origin, s.key, "a 32-bit integer");
           }
           *ptr = static_cast<T>(v);
+        } else if constexpr (std::is_same_v<T, double>) {
+          if (node.is_integer()) {
+            *ptr = static_cast<double>(*node.value<int64_t>());
+          } else if (node.is_floating_point()) {
+            *ptr = *node.value<double>();
+          } else {
+            return TypeError(origin, s.key, "a number");
+          }
         } else if constexpr (std::is_same_v<T, std::vector<int64_t>>) {
           const toml::array* arr = node.as_array();
           if (arr == nullptr) return TypeError(origin, s.key, "an array of integers");
@@ -269,6 +277,10 @@ Status Validate(const DaemonOptions& o) {
   if (o.experts.prefetch_depth < 1 || o.experts.prefetch_depth > 4) {
     return OutOfRange("experts.prefetch_depth", "a layer count in [1, 4]",
                       absl::StrCat(o.experts.prefetch_depth));
+  }
+  if (!(o.experts.prefetch_min_precision >= 0 && o.experts.prefetch_min_precision <= 1)) {
+    return OutOfRange("experts.prefetch_min_precision", "a fraction in [0, 1]",
+                      absl::StrCat(o.experts.prefetch_min_precision));
   }
   if (!experts::ParseEvictionKind(o.experts.eviction).ok()) {
     return OutOfRange("experts.eviction", "a policy: layer-lru, layer-lrfu, lru, lfu, lru2, reuse",

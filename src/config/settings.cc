@@ -67,6 +67,10 @@ std::vector<Setting> AllSettings(DaemonOptions* o) {
        "expert cache: how many upcoming MoE layers the gate-lookahead predicts and prefetches "
        "(1-4; nearest first)",
        &o->experts.prefetch_depth},
+      {"experts.prefetch_min_precision", "--expert-prefetch-min-precision",
+       "expert cache: predictions two or more layers ahead are loaded only while their measured "
+       "precision is at least this (0-1; depth 1 is never gated)",
+       &o->experts.prefetch_min_precision},
       {"experts.trace", "--expert-trace",
        "expert cache: write a routing trace (layer, experts per batch) to this file",
        &o->experts.trace},

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <CLI/CLI.hpp>
+#include <cmath>
 
 #include "moe/config/flags.h"
 #include "moe/config/options.h"
@@ -56,6 +57,19 @@ TEST(ExpertCacheConfig, ValidateNamesTheKey) {
   }
   o.experts.prefetch_depth = 4;
   EXPECT_TRUE(Validate(o).ok());
+  EXPECT_EQ(o.experts.prefetch_min_precision, 0.5);
+  for (const double p : {-0.1, 1.5, std::nan("")}) {
+    o.experts.prefetch_min_precision = p;
+    s = Validate(o);
+    EXPECT_FALSE(s.ok()) << p;
+    EXPECT_NE(std::string(s.message()).find("experts.prefetch_min_precision: expected a fraction"),
+              std::string::npos)
+        << s;
+  }
+  for (const double p : {0.0, 0.8, 1.0}) {
+    o.experts.prefetch_min_precision = p;
+    EXPECT_TRUE(Validate(o).ok()) << p;
+  }
 }
 
 TEST(ExpertCacheConfig, TomlAndFlags) {
@@ -66,6 +80,7 @@ cache_bytes = "40%"
 eviction = "lru"
 prefetch = false
 prefetch_depth = 3
+prefetch_min_precision = 0.75
 trace = "/tmp/trace.txt"
 warm_trace = "/tmp/warm.txt"
 )",
@@ -75,22 +90,29 @@ warm_trace = "/tmp/warm.txt"
   EXPECT_EQ(o.experts.eviction, "lru");
   EXPECT_FALSE(o.experts.prefetch);
   EXPECT_EQ(o.experts.prefetch_depth, 3);
+  EXPECT_EQ(o.experts.prefetch_min_precision, 0.75);
   EXPECT_EQ(o.experts.trace, "/tmp/trace.txt");
   EXPECT_EQ(o.experts.warm_trace, "/tmp/warm.txt");
   CLI::App app;
   AddServeFlags(&app, &o);
-  const char* argv[] = {"serve", "--expert-cache-bytes", "24G",   "--expert-eviction",
-                        "lfu",   "--expert-prefetch",    "true",  "--expert-trace",
-                        "t.txt", "--expert-warm-trace",  "w.txt", "--expert-prefetch-depth",
-                        "2"};
-  ASSERT_NO_THROW(app.parse(13, argv));
+  const char* argv[] = {"serve", "--expert-cache-bytes",
+                        "24G",   "--expert-eviction",
+                        "lfu",   "--expert-prefetch",
+                        "true",  "--expert-trace",
+                        "t.txt", "--expert-warm-trace",
+                        "w.txt", "--expert-prefetch-depth",
+                        "2",     "--expert-prefetch-min-precision",
+                        "0.25"};
+  ASSERT_NO_THROW(app.parse(15, argv));
   EXPECT_EQ(o.experts.cache_bytes, "24G");
   EXPECT_EQ(o.experts.eviction, "lfu");
   EXPECT_TRUE(o.experts.prefetch);
   EXPECT_EQ(o.experts.trace, "t.txt");
   EXPECT_EQ(o.experts.warm_trace, "w.txt");
   EXPECT_EQ(o.experts.prefetch_depth, 2);
+  EXPECT_EQ(o.experts.prefetch_min_precision, 0.25);
   EXPECT_TRUE(Validate(o).ok());
+  EXPECT_NE(ToToml(o).find("prefetch_min_precision = 0.25"), std::string::npos) << ToToml(o);
   EXPECT_NE(ToToml(o).find("cache_bytes = '24G'"), std::string::npos) << ToToml(o);
 }
 

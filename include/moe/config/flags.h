@@ -19,7 +19,8 @@ struct Setting {
   std::string key;   // "server.port"
   std::string flag;  // "--port"
   std::string help;
-  std::variant<std::string*, int*, int64_t*, bool*, std::vector<int64_t>*, EngineKind*> value;
+  std::variant<std::string*, int*, int64_t*, double*, bool*, std::vector<int64_t>*, EngineKind*>
+      value;
 };
 
 // Every setting of `options`, pointing into it. The single table both the TOML loader and the

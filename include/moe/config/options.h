@@ -60,7 +60,10 @@ struct ExpertOptions {
   std::string eviction = "reuse";  // experts.eviction: experts::ParseEvictionKind names
   bool prefetch = true;            // experts.prefetch: gate-lookahead prefetch
   int prefetch_depth = 1;          // experts.prefetch_depth: upcoming MoE layers predicted, 1..4
-  std::string trace;               // experts.trace: routing trace file ("" = none)
+  // experts.prefetch_min_precision: predictions of depth >= 2 are loaded only while their measured
+  // precision is at least this, in [0, 1] (CudaEngineOptions::ExpertCacheOptions).
+  double prefetch_min_precision = 0.5;
+  std::string trace;  // experts.trace: routing trace file ("" = none)
   // experts.warm_trace: a routing trace whose most used experts are loaded at start-up ("" = none).
   std::string warm_trace;
 };
