@@ -10,4 +10,14 @@ Status CudaErrorToStatus(cudaError_t err, const char* expr, const char* file, in
   return absl::InternalError(message);
 }
 
+StatusOr<bool> RunsSm90Image(const void* kernel) {
+  int device = 0, major = 0;
+  CUDA_RETURN_IF_ERROR(cudaGetDevice(&device));
+  CUDA_RETURN_IF_ERROR(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+  if (major < 9) return false;
+  cudaFuncAttributes attr{};
+  CUDA_RETURN_IF_ERROR(cudaFuncGetAttributes(&attr, kernel));
+  return attr.ptxVersion >= 90 && attr.binaryVersion >= 90;
+}
+
 }  // namespace moe::cuda

@@ -427,13 +427,9 @@ Status LaunchDecodeDownCombine(const DecodeExpertsArgs& a, cudaStream_t stream) 
 }
 
 StatusOr<bool> InitDecodeTma() {
-  int device = 0, major = 0;
-  CUDA_RETURN_IF_ERROR(cudaGetDevice(&device));
-  CUDA_RETURN_IF_ERROR(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
-  if (major < 9) return false;
-  cudaFuncAttributes attr{};
-  CUDA_RETURN_IF_ERROR(cudaFuncGetAttributes(&attr, kDownKernels[0].fn_tma));
-  if (attr.ptxVersion < 90 || attr.binaryVersion < 90) return false;  // no sm_90 image
+  MOE_ASSIGN_OR_RETURN(const bool sm90,
+                       RunsSm90Image(reinterpret_cast<const void*>(kDownKernels[0].fn_tma)));
+  if (!sm90) return false;
   for (const DownEntry& e : kDownKernels) {
     CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(e.fn_tma, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                               kWarps * kTmaWarpBytes));

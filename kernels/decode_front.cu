@@ -211,13 +211,7 @@ const FrontEntry kFrontKernels[] = {MOE_FRONT_TYPES_(MOE_FRONT_ENTRY_)};
 
 // True when the front kernels have an sm_90 image on an sm_90 device (cluster code compiled in).
 StatusOr<bool> FrontClustersCompiled() {
-  int device = 0, major = 0;
-  CUDA_RETURN_IF_ERROR(cudaGetDevice(&device));
-  CUDA_RETURN_IF_ERROR(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
-  if (major < 9) return false;
-  cudaFuncAttributes attr{};
-  CUDA_RETURN_IF_ERROR(cudaFuncGetAttributes(&attr, kFrontKernels[0].fn));
-  return attr.ptxVersion >= 90 && attr.binaryVersion >= 90;
+  return RunsSm90Image(reinterpret_cast<const void*>(kFrontKernels[0].fn));
 }
 
 cudaLaunchConfig_t FrontConfig(int blocks, size_t smem, cudaStream_t stream, bool cluster, bool pdl,

@@ -390,14 +390,9 @@ Status DecodeFusedArgs::Validate() const {
 }
 
 StatusOr<bool> InitDecodeFused() {
-  int device = 0, major = 0;
-  CUDA_RETURN_IF_ERROR(cudaGetDevice(&device));
-  CUDA_RETURN_IF_ERROR(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
-  if (major < 9) return false;
-  // An sm_80 image (or compute_80 PTX JIT-compiled for this device) has an empty kernel body.
-  cudaFuncAttributes attr{};
-  CUDA_RETURN_IF_ERROR(cudaFuncGetAttributes(&attr, kFusedKernels[0].fn));
-  if (attr.ptxVersion < 90 || attr.binaryVersion < 90) return false;
+  MOE_ASSIGN_OR_RETURN(const bool sm90,
+                       RunsSm90Image(reinterpret_cast<const void*>(kFusedKernels[0].fn)));
+  if (!sm90) return false;
   for (const FusedEntry& e : kFusedKernels) {
     CUDA_RETURN_IF_ERROR(
         cudaFuncSetAttribute(e.fn, cudaFuncAttributeMaxDynamicSharedMemorySize, kMaxDynamicSmem));

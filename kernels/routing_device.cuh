@@ -114,16 +114,26 @@ __device__ __forceinline__ unsigned SelKey(float v) {
   return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
 }
 
-// sum_s p[s * stride] in ascending s; all loads are issued before the first add (a loop with a
-// run-time trip count would wait for each load in turn).
-__device__ __forceinline__ float SumSplits(const float* p, int splits, int64_t stride) {
-  float v[kMaxSplits];
+// The split partials p[s * stride], s < splits (0 past them, and everywhere when !valid): a fixed
+// number of loads, so all are issued before the first add (a loop with a run-time trip count would
+// wait for each load in turn).
+__device__ __forceinline__ void LoadSplits(const float* p, int splits, int64_t stride, bool valid,
+                                           float (&v)[kMaxSplits]) {
 #pragma unroll
-  for (int s = 0; s < kMaxSplits; ++s) v[s] = s < splits ? p[s * stride] : 0.0f;
+  for (int s = 0; s < kMaxSplits; ++s) v[s] = valid && s < splits ? p[s * stride] : 0.0f;
+}
+// Their sum in ascending s: the one summation order of every split-K reader of the logits.
+__device__ __forceinline__ float SumLoadedSplits(const float (&v)[kMaxSplits]) {
   float sum = v[0];
 #pragma unroll
   for (int s = 1; s < kMaxSplits; ++s) sum += v[s];
   return sum;
+}
+// sum_s p[s * stride] in ascending s.
+__device__ __forceinline__ float SumSplits(const float* p, int splits, int64_t stride) {
+  float v[kMaxSplits];
+  LoadSplits(p, splits, stride, true, v);
+  return SumLoadedSplits(v);
 }
 
 // What RouteToken hands lane k < top_k: its pair's expert and rank (from `counts`).
@@ -146,25 +156,20 @@ __device__ RoutedPair RouteToken(const RouteArgs& a, const float* logits, int sp
   const int n_experts = rp.n_experts;
   const int lane = threadIdx.x & 31;
 
-  // Logits (split partials summed in ascending order, as SumSplits) -> scores.
+  // Logits (split partials summed in ascending order) -> scores.
   float local_max = -FLT_MAX;
   for (int e0 = lane; e0 < n_experts; e0 += 32 * kBatch) {
     float v[kBatch][kMaxSplits];
 #pragma unroll
     for (int b = 0; b < kBatch; ++b) {
       const int e = e0 + 32 * b;
-#pragma unroll
-      for (int s = 0; s < kMaxSplits; ++s) {
-        v[b][s] = e < n_experts && s < splits ? logits[e + s * split_stride] : 0.0f;
-      }
+      LoadSplits(logits + e, splits, split_stride, e < n_experts, v[b]);
     }
 #pragma unroll
     for (int b = 0; b < kBatch; ++b) {
       const int e = e0 + 32 * b;
       if (e < n_experts) {
-        float sum = v[b][0];
-#pragma unroll
-        for (int s = 1; s < kMaxSplits; ++s) sum += v[b][s];
+        const float sum = SumLoadedSplits(v[b]);
         score[e] = sum;
         local_max = fmaxf(local_max, sum);
       }

@@ -91,9 +91,9 @@ StatusOr<std::unique_ptr<CudaEngine::Impl>> CudaEngine::Impl::Prepare(const MoeS
     MOE_ASSIGN_OR_RETURN(impl->resident_clusters, cuda::ClusterGemmResidentClusters());
   }
   MOE_RETURN_IF_ERROR(cuda::InitRoutingKernels());
+  const int router_rows = spec.n_experts() + (spec.shared_expert_gate ? 1 : 0);
   if (o.decode_front_cluster) {
-    const int nr = spec.n_experts() + (spec.shared_expert_gate ? 1 : 0);
-    MOE_ASSIGN_OR_RETURN(const int blocks, cuda::FrontClusterBlocks(nr));
+    MOE_ASSIGN_OR_RETURN(const int blocks, cuda::FrontClusterBlocks(router_rows));
     impl->front_cluster = blocks > 0;
   }
   MOE_ASSIGN_OR_RETURN(impl->decode_fused, cuda::InitDecodeFused());
@@ -104,13 +104,12 @@ StatusOr<std::unique_ptr<CudaEngine::Impl>> CudaEngine::Impl::Prepare(const MoeS
   impl->gate_up_tma = tma && o.decode_gate_up_tma;
   if (impl->decode_fused) {
     // The fused grid of each launch capacity it takes (its shared memory grows with the capacity).
-    const int e = spec.n_experts(), nr = e + (spec.shared_expert_gate ? 1 : 0);
     for (int64_t cap = 1; cap <= cuda::kDecodeFusedMaxTokens; ++cap) {
-      MOE_ASSIGN_OR_RETURN(
-          impl->fused_grid[cap],
-          cuda::DecodeFusedGridBlocks(cuda::WType::kBF16, AType::kBF16, cap, spec.top_k(),
-                                      spec.hidden, e, nr, o.decode_fused_cluster_size,
-                                      o.decode_fused_max_clusters, impl->gate_up_tma));
+      MOE_ASSIGN_OR_RETURN(impl->fused_grid[cap],
+                           cuda::DecodeFusedGridBlocks(
+                               cuda::WType::kBF16, AType::kBF16, cap, spec.top_k(), spec.hidden,
+                               spec.n_experts(), router_rows, o.decode_fused_cluster_size,
+                               o.decode_fused_max_clusters, impl->gate_up_tma));
     }
     impl->decode_fused = impl->fused_grid[1] > 0;
   }
