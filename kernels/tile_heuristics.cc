@@ -117,6 +117,20 @@ MoePlan PlanMoe(const MoePlanInput& in) {
     }
     plan.down_splits = splits;
   }
+  if (!in.deterministic && IsHopperTile(plan.tile) && in.smem_per_sm > 0 && plan.down_splits == 1 &&
+      pairs > kMaxSplitRows) {
+    const int64_t col_blocks = (in.hidden + bn - 1) / bn;
+    const int64_t blocks = (pairs / shape.bm + active / 2) * col_blocks;
+    const int64_t partial_rows =
+        in.down_partial_rows > 0 ? in.down_partial_rows : int64_t{kMaxSplits} * kMaxSplitRows;
+    const int64_t k_steps = (in.inter + TileShape::kBk - 1) / TileShape::kBk;
+    int splits = 1;
+    while (splits < kMaxSplits && blocks * splits < kWaveSplitBelowWaves * in.sm_count &&
+           k_steps / (2 * splits) >= 4 && 2 * splits * pairs <= partial_rows) {
+      splits *= 2;
+    }
+    plan.down_splits = splits;
+  }
   if (in.shared_inter > 0) {
     const int64_t shared_blocks = plan.dense_tiles * ((in.hidden + bn - 1) / bn);
     plan.shared_down_splits =

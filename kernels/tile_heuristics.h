@@ -130,6 +130,9 @@ struct MoePlanInput {
   int shared_inter = 0;  // 0 = no shared expert
   int router_rows = 0;   // n_experts (+1 with a shared-expert gate)
   int router_k = 0;      // hidden, or 2 * hidden when activations are split into hi + lo parts
+  // f32 rows (of hidden) of the down GEMM's split partials workspace (0: kMaxSplits x
+  // kMaxSplitRows); a split of a down GEMM over more than kMaxSplitRows pairs needs splits x pairs.
+  int64_t down_partial_rows = 0;
   // Rows of the router partials workspace past kMaxSplitRows tokens (0: kRouterPartialRowsPerToken
   // x tokens); a split of the router's K needs splits x tokens of them.
   int64_t router_partial_rows = 0;
@@ -176,6 +179,12 @@ struct MoePlan {
 // (1536 blocks, 3.9 waves, 2 splits) +1.4%; hence the row and wave bounds.
 inline constexpr int64_t kWaveSplitBelowWaves = 2;
 inline constexpr int64_t kWaveSplitMinWaves = 4;
+// The same for a Hopper-tile down GEMM (one block per SM) of more than kMaxSplitRows rows: under
+// kWaveSplitBelowWaves waves of blocks (expected row tiles: pairs / bm plus half a partial tile
+// per activated expert), its K is split until it has that many, when the down partials workspace
+// (MoePlanInput::down_partial_rows) holds splits x pairs f32 rows.
+// NOTES (H200): Mixtral at 512 tokens has ~12 row tiles x 16 column blocks = 192 blocks for 132
+// SMs: 1.45 waves, the second one 45% full.
 // Up to this many tokens a plan of Hopper tiles runs the router GEMM (N = experts, at most 257)
 // on the mma.sync kMedium tile (64 x 128) instead, outside deterministic mode (a tile that changes
 // with the batch size would change a token's logits).

@@ -301,7 +301,9 @@ TEST(CudaEngine, ClusterTile) {
 // (CudaEngineOptions::wave_split_down: Mixtral-like hidden 4096 = 64 column blocks x 8 experts, 8
 // k-steps: 2 splits at 8 tokens, none at 64) and still match the CPU engine, with and without
 // graphs, and the unsplit engine to rounding; also the small-grid split of a narrow down GEMM (16
-// k-steps, 4 splits) with shared experts and f32 activations.
+// k-steps, 4 splits) with shared experts and f32 activations, and on Hopper the split of a
+// wgmma-tile down GEMM (300 tokens, 75 rows per expert: 8 row tiles x 4 column blocks, 2 splits
+// as the workspace of 640 tokens allows).
 TEST(CudaEngine, WaveFillingDownSplits) {
   MOE_REQUIRE_GPU();
   const std::vector<Case> cases = {
@@ -313,6 +315,10 @@ TEST(CudaEngine, WaveFillingDownSplits) {
        Opts(Family::kDeepseekV2, 16, 4, 128, 1024, DType::kF16, 76),
        DType::kF32,
        {3, 31}},
+      {"mixtral, hidden 1024, inter 1024, wgmma tile",
+       Opts(Family::kMixtral, 8, 2, 1024, 1024, DType::kBF16, 78),
+       DType::kBF16,
+       {300}},
   };
   CudaEngineOptions o = DefaultOptions();
   o.decode_gemv = CudaEngineOptions::DecodeGemv::kNever;  // the decode tile, also at 1-4 tokens

@@ -246,5 +246,42 @@ TEST(PlanMoe, WaveFillingDownSplits) {
   EXPECT_EQ(PlanMoe(in).down_splits, 1);
 }
 
+TEST(PlanMoe, HopperDownSplitsUnderTwoWaves) {
+  MoePlanInput in;  // Mixtral-8x7B at 512 tokens: 1024 pairs, 128 rows per expert
+  in.tokens = 512;
+  in.top_k = 2;
+  in.n_experts = 8;
+  in.hidden = 4096;
+  in.inter = 14336;
+  in.router_rows = 8;
+  in.router_k = 4096;
+  in.sm_count = 132;
+  in.wgmma = true;
+  in.wgmma_tile = GemmTile::kWgmmaWsMc;
+  in.wgmma_min_rows = 16;
+  in.down_partial_rows = 16 * 1024;       // 16384 tokens: 32768 bf16 pair rows = 16384 f32 rows
+  EXPECT_EQ(PlanMoe(in).down_splits, 1);  // the option off (no shared memory size): no split
+  in.smem_per_sm = 233472;
+  MoePlan p = PlanMoe(in);
+  EXPECT_EQ(p.tile, GemmTile::kWgmmaWsMc);
+  EXPECT_EQ(p.down_splits, 2);  // (8 + 4) row tiles x 16 column blocks = 192 < 264 blocks
+  in.deterministic = true;
+  EXPECT_EQ(PlanMoe(in).down_splits, 1);
+  in.deterministic = false;
+  in.down_partial_rows = 2047;  // 2 x 1024 f32 rows do not fit
+  EXPECT_EQ(PlanMoe(in).down_splits, 1);
+  in.down_partial_rows = 0;  // the default workspace: kMaxSplits x kMaxSplitRows = 2048 rows
+  EXPECT_EQ(PlanMoe(in).down_splits, 2);
+  in.down_partial_rows = 16 * 1024;
+  in.tokens = 4096;  // 64 + 4 row tiles x 16: over 2 waves
+  EXPECT_EQ(PlanMoe(in).down_splits, 1);
+  in.tokens = 512;
+  in.top_k = 8;  // Qwen3-30B-A3B at 512 tokens: (32 + 64) x 8 column blocks = 768 blocks
+  in.n_experts = 128;
+  in.hidden = 2048;
+  in.inter = 768;
+  EXPECT_EQ(PlanMoe(in).down_splits, 1);
+}
+
 }  // namespace
 }  // namespace moe::cuda

@@ -195,8 +195,9 @@ struct CudaEngineOptions {
   // round trip of the logits through global memory (H200: 0.5-1.3% faster at 1-8 tokens, RESULTS.md
   // session 5).
   bool decode_front_cluster = true;
-  // Split the K of a weight-streaming (decode tile) down GEMM that has few waves of blocks
-  // (kernels/tile_heuristics.h kWaveSplitMinWaves; never in deterministic mode).
+  // Split the K of a down GEMM that has few waves of blocks: a weight-streaming (decode tile) one,
+  // or a Hopper-tile one of under 2 waves (kernels/tile_heuristics.h kWaveSplitMinWaves,
+  // kWaveSplitBelowWaves; never in deterministic mode).
   bool wave_split_down = true;
   // Batches of up to kRouterMmaMaxTokens tokens run the router GEMM of a Hopper plan on the
   // mma.sync 64 x 128 tile (kernels/tile_heuristics.h; never in deterministic mode).

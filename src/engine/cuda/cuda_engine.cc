@@ -124,6 +124,14 @@ Status CudaEngine::Impl::PrepareTensorMaps() {
   return weights.BuildTensorMaps(/*stream=*/nullptr);
 }
 
+int64_t CudaEngine::Impl::DownPartialRows() const {
+  // The down output y: the bf16 / f16 rows of the largest batch's pairs, or f32 split partials
+  // (kMaxSplits x up to kMaxSplitRows pairs, or splits x pairs of a smaller batch: PlanMoe).
+  const int64_t pairs = options.max_batch_tokens * spec.top_k();
+  return std::max((pairs * wsize() + 3) / 4,
+                  cuda::kMaxSplits * std::min<int64_t>(pairs, cuda::kMaxSplitRows));
+}
+
 Status CudaEngine::Impl::AllocateSlots() {
   const int64_t tm = options.max_batch_tokens;
   const int64_t k = spec.top_k(), e = spec.n_experts(), hd = spec.hidden;
@@ -131,7 +139,6 @@ Status CudaEngine::Impl::AllocateSlots() {
   const int64_t nr = weights.router_rows;
   const int64_t pairs = tm * k;
   const int64_t split_rows = std::min<int64_t>(tm, cuda::kMaxSplitRows);
-  const int64_t split_pairs = std::min<int64_t>(pairs, cuda::kMaxSplitRows);
   const int64_t max_tiles =
       cuda::MaxGroupedTiles(pairs, static_cast<int>(e), cuda::kTileShapes[0].bm);
   for (int n = 0; n < options.num_slots; ++n) {
@@ -164,8 +171,7 @@ Status CudaEngine::Impl::AllocateSlots() {
     MOE_RETURN_IF_ERROR(alloc(s->pair_row, pairs * 4));
     MOE_RETURN_IF_ERROR(alloc(s->shared_gate, tm * 4));
     MOE_RETURN_IF_ERROR(alloc(s->h, pairs * i * wsize()));
-    MOE_RETURN_IF_ERROR(
-        alloc(s->y, std::max(pairs * hd * wsize(), cuda::kMaxSplits * split_pairs * hd * 4)));
+    MOE_RETURN_IF_ERROR(alloc(s->y, DownPartialRows() * hd * 4));
     if (is > 0) {
       MOE_RETURN_IF_ERROR(alloc(s->hs, tm * is * wsize()));
       MOE_RETURN_IF_ERROR(
@@ -208,6 +214,7 @@ Status CudaEngine::Impl::BuildLayerLaunch(Slot& s, int64_t capacity, AType atype
   in.router_rows = nr;
   in.router_k = split_lo ? 2 * hd : hd;
   in.router_partial_rows = cuda::kRouterPartialRowsPerToken * options.max_batch_tokens;
+  in.down_partial_rows = DownPartialRows();
   in.sm_count = sms;
   in.smem_per_sm = options.wave_split_down ? smem_per_sm : 0;
   in.router_mma_max_tokens = options.small_batch_router_mma ? cuda::kRouterMmaMaxTokens : 0;

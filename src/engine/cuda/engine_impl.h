@@ -102,6 +102,8 @@ class CudaEngine::Impl {
   // With the kWideCluster Hopper tile and resident weights: the weights' TMA descriptors.
   Status PrepareTensorMaps();
   Status AllocateSlots();
+  // f32 rows of hidden that each slot's down output buffer y holds (MoePlanInput).
+  int64_t DownPartialRows() const;
   // Every kernel argument of a forward of up to `capacity` tokens on slot `s`.
   Status BuildLayerLaunch(Slot& s, int64_t capacity, cuda::AType atype, LayerLaunch* l) const;
   // Phases of a forward (on s.stream).
