@@ -74,6 +74,7 @@ struct GemmParams {
   const void* const* b1_tmaps;
   int n_groups;
   int tma_multicast;
+  const void* a_tmap;
 };
 
 // The kernel parameters of a validated GemmArgs (host side).
@@ -100,7 +101,8 @@ inline GemmParams MakeGemmParams(const GemmArgs& args) {
                     args.b0_tmaps,
                     args.b1_tmaps,
                     args.n_groups,
-                    args.tma_multicast ? 1 : 0};
+                    args.tma_multicast ? 1 : 0,
+                    args.a_tmap};
 }
 
 // Copy descriptors of the A rows one thread gathers into a stage: its i-th 16-byte chunk is chunk

@@ -91,6 +91,16 @@ __device__ __forceinline__ void TmaLoadMulticast(uint32_t dst, const void* tmap,
       "l"(reinterpret_cast<uint64_t>(tmap)), "r"(col), "r"(row), "r"(SmemAddr(bar)), "h"(mask)
       : "memory");
 }
+// TMA: the box at (col, row) of `tmap` into shared offset `dst` of the cluster blocks in `mask`,
+// signalling each one's barrier at offset `bar`.
+__device__ __forceinline__ void TmaLoadMulticastTo(uint32_t dst, const void* tmap, int col, int row,
+                                                   uint64_t* bar, uint16_t mask) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::"
+      "cluster [%0], [%1, {%2, %3}], [%4], %5;\n" ::"r"(dst),
+      "l"(reinterpret_cast<uint64_t>(tmap)), "r"(col), "r"(row), "r"(SmemAddr(bar)), "h"(mask)
+      : "memory");
+}
 // TMA: the box at (col, row) of `tmap` into this block's shared offset `dst`.
 __device__ __forceinline__ void TmaLoad(uint32_t dst, const void* tmap, int col, int row,
                                         uint64_t* bar) {
@@ -389,6 +399,151 @@ __global__ void __launch_bounds__(384, 1) WgmmaWsMcGemmKernel(const GemmParams p
 #endif
 }
 
+// The 2 x 2 cluster kernel (GemmArgs::a_tmap): plain GEMMs whose A rows are contiguous (the routed
+// down GEMM reads h in the permuted order). Cluster rank r is row tile rm = r & 1 of a unit (as
+// rank r of the pair kernel) and column block 2 c + rn, rn = r >> 1, of column pair c. Per stage,
+// each block loads by TMA one 64-row half of its row tile's A (64 rn ..), multicast to the block
+// of the other column (same rm), and, for a multicast unit, one 128-row half of its column
+// block's B (128 rm ..), multicast to the block of the other row tile (same rn); a solo tile loads
+// both halves of its B itself; a tile of <= 64 rows loads one A box. A block of full tiles reads
+// 24 KiB a stage from L2 instead of the pair kernel's 32 KiB. One producer thread issues every load
+// (no cp.async: the `full` barrier counts its one expect_tx arrival); every consumer warp releases
+// a stage in all four blocks. Same wgmma sequence and f32 accumulation as the pair kernel: the same
+// bits.
+constexpr int kQuadBlocks = 4;
+constexpr int kActBoxBytes = kActTensorMapBoxRows * kTensorMapBoxCols * 2;
+static_assert(2 * kActTensorMapBoxRows == 128, "two A boxes make a 128-row tile");
+
+template <typename T>
+__global__ void __launch_bounds__(384, 1) WgmmaMcQuadPlainKernel(const GemmParams p) {
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  constexpr int BM = 128, BN = 256, STAGES = kMcStages;
+  constexpr int kStageBytes = WgStageBytes(BM, BN);
+  __shared__ __align__(8) uint64_t full_bar[STAGES];
+  __shared__ __align__(8) uint64_t empty_bar[STAGES];
+  __shared__ int unit_start[kMaxClusterGemmGroups + 1];
+  __shared__ int solo_start[kMaxClusterGemmGroups + 1];
+  extern __shared__ uint8_t mc_smem_raw[];
+  uint8_t* smem = AlignedStageSmem(mc_smem_raw);
+
+  InitStageBarriers<STAGES>(full_bar, empty_bar, 1, 8 * kQuadBlocks);
+  const bool multicast = p.tma_multicast != 0;
+  auto rows_of = [&](int g) { return p.group_offsets[g + 1] - p.group_offsets[g]; };
+  GroupPrefix(p.n_groups, solo_start, [&](int g) { return SoloTiles(rows_of(g), multicast); });
+  const int solos = solo_start[p.n_groups];
+  GroupPrefix(p.n_groups, unit_start, [&](int g) {
+    return McPairs(rows_of(g), multicast) + OwnedSoloPairs(solo_start[g], solo_start[g + 1], solos);
+  });
+  ClusterSync();
+  const uint32_t rank = ClusterRank();
+  const uint32_t rm = rank & 1, rn = rank >> 1;
+  const int pairs = unit_start[p.n_groups];
+  const int col_blocks = (p.n + BN - 1) / BN;
+  const int col_pairs = (col_blocks + 1) / 2;
+  const int64_t work = static_cast<int64_t>(pairs) * col_pairs * p.splits;
+  const int k_steps = (p.k + kBk - 1) / kBk;
+  const int64_t layer_base = (p.layer_dev ? *p.layer_dev : 0) * p.b_layer_stride;
+  const int wg = threadIdx.x / 128;
+  const int64_t first_item = ClusterId(), item_stride = ClusterCount();
+
+  if (wg == 0) {
+    SetMaxNRegDec<80>();
+    if (threadIdx.x == 0) {
+      // Phase 1: producer (one thread).
+      const uint16_t m_peers = static_cast<uint16_t>(0x3u << (2 * rn));               // share B
+      const uint16_t n_peers = static_cast<uint16_t>((1u << rm) | (1u << (rm + 2)));  // share A
+      PrefetchTensorMap(p.a_tmap);
+      uint32_t it = 0;
+      for (int64_t w = first_item; w < work; w += item_stride) {
+        const ClusterItem item =
+            ResolveClusterItem(p, unit_start, solo_start, w, pairs, col_pairs, k_steps, rm);
+        const PairWork& pw = item.pw;
+        const int nb = 2 * item.nb + static_cast<int>(rn);
+        const void* tmap = pw.group >= 0 ? p.b0_tmaps[layer_base + pw.group] : nullptr;
+        if (tmap != nullptr) PrefetchTensorMap(tmap);
+        // A rows of this block's half, loaded only when the tile has rows there (a tile of <= 64
+        // rows reads one box; both blocks of a row tile agree, as they resolve the same rows).
+        const int a_row = pw.row_begin + kActTensorMapBoxRows * static_cast<int>(rn);
+        const int a_boxes =
+            (max(pw.row_end - pw.row_begin, 0) + kActTensorMapBoxRows - 1) / kActTensorMapBoxRows;
+        const bool load_a = static_cast<int>(rn) < a_boxes;
+        const int n0 = nb * BN;
+        for (int kt = item.kt_begin; kt < item.kt_end; ++kt, ++it) {
+          const int stage = static_cast<int>(it % STAGES);
+          MbarWaitCluster(&empty_bar[stage], ((it / STAGES) & 1) ^ 1);
+          const int k0 = kt * kBk;
+          const uint32_t a_dst = SmemAddr(smem + stage * kStageBytes);
+          const uint32_t b_dst = a_dst + BM * kBk * 2;
+          MbarArriveExpectTx(&full_bar[stage],
+                             a_boxes * kActBoxBytes + (tmap != nullptr ? 2 * kBoxBytes : 0));
+          if (load_a) {
+            TmaLoadMulticastTo(a_dst + rn * kActBoxBytes, p.a_tmap, k0, a_row, &full_bar[stage],
+                               n_peers);
+          }
+          if (pw.multicast) {
+            TmaLoadMulticastTo(b_dst + rm * kBoxBytes, tmap, k0, n0 + 128 * static_cast<int>(rm),
+                               &full_bar[stage], m_peers);
+          } else if (tmap != nullptr) {
+            TmaLoad(b_dst, tmap, k0, n0, &full_bar[stage]);
+            TmaLoad(b_dst + kBoxBytes, tmap, k0, n0 + 128, &full_bar[stage]);
+          }
+        }
+      }
+      // Tail: leave only once all four blocks' consumers have released every stage.
+      for (int s = 0; s < STAGES; ++s, ++it) {
+        MbarWaitCluster(&empty_bar[it % STAGES], ((it / STAGES) & 1) ^ 1);
+      }
+    }
+    __syncwarp();
+  } else {
+    // Phase 2: consumers.
+    SetMaxNRegInc<208>();
+    const int cw = wg - 1;
+    const int lane = threadIdx.x & 31, warp_in_wg = (threadIdx.x >> 5) & 3;
+    const bool out_f32 = p.out_f32 != 0;
+    const bool staged = CanStoreStaged(p, out_f32);
+    uint8_t* epilogue_buf = StagedEpilogueBuf(smem + STAGES * kStageBytes);
+    auto release = [&](int stage) {
+      __syncwarp();
+      if (lane == 0) {
+#pragma unroll
+        for (uint32_t r = 0; r < kQuadBlocks; ++r) MbarArriveCluster(&empty_bar[stage], r);
+      }
+    };
+    uint32_t it = 0;
+    for (int64_t w = first_item; w < work; w += item_stride) {
+      const ClusterItem item =
+          ResolveClusterItem(p, unit_start, solo_start, w, pairs, col_pairs, k_steps, rm);
+      const PairWork& pw = item.pw;
+      const int nb = 2 * item.nb + static_cast<int>(rn);
+      const bool compute = pw.row_begin + cw * 64 < pw.row_end && nb < col_blocks;
+      float acc[1][BN / 2];
+#pragma unroll
+      for (int i = 0; i < BN / 2; ++i) acc[0][i] = 0.0f;
+      int prev_stage = -1;
+      for (int kt = item.kt_begin; kt < item.kt_end; ++kt, ++it) {
+        const int stage = static_cast<int>(it % STAGES);
+        MbarWait(&full_bar[stage], (it / STAGES) & 1);
+        if (compute) {
+          const uint32_t st = SmemAddr(smem + stage * kStageBytes);
+          WgmmaStage<T, BN, 1>(acc, Desc(st + cw * 64 * kBk * 2), Desc(st + BM * kBk * 2));
+        }
+        if (prev_stage >= 0) release(prev_stage);
+        prev_stage = stage;
+      }
+      WgmmaWait<0>();
+      if (prev_stage >= 0) release(prev_stage);
+      if (compute) {
+        StoreWarpTile<T, false, BN, 1>(p, acc, out_f32, staged, item.split, pw.row_begin,
+                                       pw.row_begin + cw * 64 + warp_in_wg * 16, pw.row_end,
+                                       nb * BN, lane, epilogue_buf);
+      }
+    }
+  }
+  ClusterSync();
+#endif
+}
+
 using KernelFn = void (*)(GemmParams);
 
 KernelFn Find(bool gated, WType wtype) {
@@ -399,22 +554,30 @@ KernelFn Find(bool gated, WType wtype) {
   return gated ? &WgmmaWsMcGemmKernel<__half, true> : &WgmmaWsMcGemmKernel<__half, false>;
 }
 
+KernelFn FindQuad(WType wtype) {
+  return wtype == WType::kBF16 ? &WgmmaMcQuadPlainKernel<__nv_bfloat16>
+                               : &WgmmaMcQuadPlainKernel<__half>;
+}
+
 }  // namespace
 
 Status InitGemmKernelsSm90Cluster() {
-  for (const bool gated : {false, true}) {
-    for (const WType wtype : {WType::kBF16, WType::kF16}) {
+  for (const WType wtype : {WType::kBF16, WType::kF16}) {
+    for (const bool gated : {false, true}) {
       CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(
           Find(gated, wtype), cudaFuncAttributeMaxDynamicSharedMemorySize, kMcSmem));
     }
+    CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(
+        FindQuad(wtype), cudaFuncAttributeMaxDynamicSharedMemorySize, kMcSmem));
   }
   return absl::OkStatus();
 }
 
 namespace {
-cudaLaunchConfig_t ClusterConfig(cudaLaunchAttribute* attr, unsigned blocks, cudaStream_t stream) {
+cudaLaunchConfig_t ClusterConfig(cudaLaunchAttribute* attr, unsigned blocks, cudaStream_t stream,
+                                 int cluster_blocks = kClusterBlocks) {
   attr[0].id = cudaLaunchAttributeClusterDimension;
-  attr[0].val.clusterDim.x = kClusterBlocks;
+  attr[0].val.clusterDim.x = cluster_blocks;
   attr[0].val.clusterDim.y = 1;
   attr[0].val.clusterDim.z = 1;
   cudaLaunchConfig_t config = {};
@@ -428,31 +591,38 @@ cudaLaunchConfig_t ClusterConfig(cudaLaunchAttribute* attr, unsigned blocks, cud
 }
 }  // namespace
 
-StatusOr<int> ClusterGemmResidentClusters() {
+StatusOr<int> ClusterGemmResidentClusters(int cluster_blocks) {
+  if (cluster_blocks != kClusterBlocks && cluster_blocks != kQuadBlocks) {
+    return absl::InvalidArgumentError("ClusterGemmResidentClusters: clusters of 2 or 4 blocks");
+  }
   int device = 0, sms = 0;
   CUDA_RETURN_IF_ERROR(cudaGetDevice(&device));
   CUDA_RETURN_IF_ERROR(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
   cudaLaunchAttribute attr[1];
-  const cudaLaunchConfig_t config =
-      ClusterConfig(attr, static_cast<unsigned>(sms / kClusterBlocks * kClusterBlocks), nullptr);
+  const cudaLaunchConfig_t config = ClusterConfig(
+      attr, static_cast<unsigned>(sms / cluster_blocks * cluster_blocks), nullptr, cluster_blocks);
   int clusters = 0;
-  CUDA_RETURN_IF_ERROR(
-      cudaOccupancyMaxActiveClusters(&clusters, Find(true, WType::kBF16), &config));
+  CUDA_RETURN_IF_ERROR(cudaOccupancyMaxActiveClusters(
+      &clusters, cluster_blocks == kQuadBlocks ? FindQuad(WType::kBF16) : Find(true, WType::kBF16),
+      &config));
   return clusters;
 }
 
 Status LaunchGemmSm90Cluster(const GemmParams& p, bool gated, WType wtype, int64_t max_items,
                              int resident_clusters, cudaStream_t stream) {
   // As many clusters as can be resident at once (the kernel loops over its items).
+  const bool quad = p.a_tmap != nullptr && !gated && p.a_rows == nullptr;
+  const int cluster_blocks = quad ? kQuadBlocks : kClusterBlocks;
   int clusters = resident_clusters;
   if (clusters <= 0) {
-    MOE_ASSIGN_OR_RETURN(clusters, ClusterGemmResidentClusters());
+    MOE_ASSIGN_OR_RETURN(clusters, ClusterGemmResidentClusters(cluster_blocks));
   }
+  if (clusters <= 0) return absl::InternalError("no cluster of the GEMM kernel fits on the device");
   clusters = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(clusters, max_items)));
   cudaLaunchAttribute attr[1];
   const cudaLaunchConfig_t config =
-      ClusterConfig(attr, static_cast<unsigned>(clusters * kClusterBlocks), stream);
-  CUDA_RETURN_IF_ERROR(cudaLaunchKernelEx(&config, Find(gated, wtype), p));
+      ClusterConfig(attr, static_cast<unsigned>(clusters * cluster_blocks), stream, cluster_blocks);
+  CUDA_RETURN_IF_ERROR(cudaLaunchKernelEx(&config, quad ? FindQuad(wtype) : Find(gated, wtype), p));
   return absl::OkStatus();
 }
 

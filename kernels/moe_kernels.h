@@ -63,6 +63,12 @@ struct GemmArgs {
   // kWgmmaWsMc only: clusters of the kernel resident at once on the device (its persistent grid),
   // from ClusterGemmResidentClusters() at start-up; 0 asks the device at each launch.
   int resident_clusters = 0;
+  // kWgmmaWsMc, plain GEMMs with TMA descriptors and contiguous A (a_rows null) only: the TMA
+  // descriptor of A (device memory, kActTensorMapBoxRows-row boxes, like B's). With it the GEMM
+  // runs on 2 x 2 clusters: two row tiles x two column blocks, A multicast along the column
+  // blocks and B along the row tiles (resident_clusters then counts those clusters:
+  // ClusterGemmResidentClusters(4)).
+  const void* a_tmap = nullptr;
   const int32_t* layer_dev = nullptr;
   int64_t b_layer_stride = 0;
   int64_t ldb = 0;
@@ -92,7 +98,7 @@ StatusOr<bool> ProbeWgmmaKernels();
 Status LaunchGemm(const GemmArgs& args, cudaStream_t stream);
 // Clusters of the kWgmmaWsMc kernel (2 blocks each) resident at once on the current device; its
 // persistent grid has this many (call after InitGemmKernels(true)).
-StatusOr<int> ClusterGemmResidentClusters();
+StatusOr<int> ClusterGemmResidentClusters(int cluster_blocks = 2);
 // The same grouped (or dense) problem on CUDA cores for decode batches (decode_gemv.cu): one warp
 // per output column streams the weights once with 16-byte loads. Needs the decode tile's row list
 // (args.tile == kDecode) and splits == 1; not batch invariant against the mma.sync tiles.

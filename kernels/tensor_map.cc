@@ -28,14 +28,15 @@ StatusOr<PFN_cuTensorMapEncodeTiled_v12000> EncodeFn() {
 
 }  // namespace
 
-Status EncodeWeightTensorMap(const void* base, WType wtype, int64_t rows, int64_t cols, int64_t ld,
-                             void* out) {
-  if (base == nullptr || out == nullptr || rows <= 0 || cols <= 0 || ld < cols) {
-    return absl::InvalidArgumentError("EncodeWeightTensorMap: bad matrix");
+Status EncodeTensorMap(const void* base, WType wtype, int64_t rows, int64_t cols, int64_t ld,
+                       int box_rows, void* out) {
+  if (base == nullptr || out == nullptr || rows <= 0 || cols <= 0 || ld < cols || box_rows <= 0 ||
+      box_rows > 256) {
+    return absl::InvalidArgumentError("EncodeTensorMap: bad matrix or box");
   }
   if (reinterpret_cast<uintptr_t>(base) % 16 != 0 || (ld * 2) % 16 != 0) {
     return absl::InvalidArgumentError(
-        "EncodeWeightTensorMap: base and row stride must be multiples of 16 bytes");
+        "EncodeTensorMap: base and row stride must be multiples of 16 bytes");
   }
   MOE_ASSIGN_OR_RETURN(PFN_cuTensorMapEncodeTiled_v12000 encode, EncodeFn());
   CUtensorMap map;
@@ -43,7 +44,7 @@ Status EncodeWeightTensorMap(const void* base, WType wtype, int64_t rows, int64_
   const cuuint64_t dims[2] = {static_cast<cuuint64_t>(cols), static_cast<cuuint64_t>(rows)};
   const cuuint64_t strides[1] = {static_cast<cuuint64_t>(ld * 2)};
   const cuuint32_t box[2] = {static_cast<cuuint32_t>(kTensorMapBoxCols),
-                             static_cast<cuuint32_t>(kTensorMapBoxRows)};
+                             static_cast<cuuint32_t>(box_rows)};
   const cuuint32_t elem_strides[2] = {1, 1};
   const CUresult r = encode(
       &map,

@@ -1,7 +1,7 @@
-// TMA descriptors (CUtensorMap) of weight matrices, for the GEMM kernels that load B with the
-// bulk tensor copy engine (grouped_gemm_sm90_cluster.cu). Host code: encodes on the host, the
-// caller copies the 128-byte descriptors to device memory (64-byte aligned) before any launch
-// that reads them.
+// TMA descriptors (CUtensorMap) of weight matrices and activations, for the GEMM kernels that load
+// B (and, on 2 x 2 clusters, A) with the bulk tensor copy engine (grouped_gemm_sm90_cluster.cu).
+// Host code: encodes on the host, the caller copies the 128-byte descriptors to device memory
+// (64-byte aligned) before any launch that reads them.
 #pragma once
 
 #include <cstdint>
@@ -17,9 +17,18 @@ inline constexpr int kTensorMapBytes = 128;
 inline constexpr int kTensorMapBoxRows = 128;
 inline constexpr int kTensorMapBoxCols = 64;
 
+// Boxes of activations (A) for the 2 x 2 cluster kernel: 64 rows, half of a 128-row tile.
+inline constexpr int kActTensorMapBoxRows = 64;
+
 // Encodes into `out` (kTensorMapBytes) the descriptor of the row-major [rows, cols] matrix at
-// `base` with row stride `ld` elements of `wtype`. Rows and columns past the matrix read as zero.
-Status EncodeWeightTensorMap(const void* base, WType wtype, int64_t rows, int64_t cols, int64_t ld,
-                             void* out);
+// `base` with row stride `ld` elements of `wtype`, in boxes of `box_rows` x kTensorMapBoxCols.
+// Rows and columns past the matrix read as zero.
+Status EncodeTensorMap(const void* base, WType wtype, int64_t rows, int64_t cols, int64_t ld,
+                       int box_rows, void* out);
+// EncodeTensorMap with kTensorMapBoxRows-row boxes (weights, B).
+inline Status EncodeWeightTensorMap(const void* base, WType wtype, int64_t rows, int64_t cols,
+                                    int64_t ld, void* out) {
+  return EncodeTensorMap(base, wtype, rows, cols, ld, kTensorMapBoxRows, out);
+}
 
 }  // namespace moe::cuda

@@ -131,6 +131,12 @@ MoePlan PlanMoe(const MoePlanInput& in) {
     }
     plan.down_splits = splits;
   }
+  if (in.quad_down != QuadDownPolicy::kNever && plan.tile == GemmTile::kWgmmaWsMc) {
+    const int64_t blocks =
+        (pairs / shape.bm + active / 2) * ((in.hidden + bn - 1) / bn) * plan.down_splits;
+    plan.quad_down =
+        in.quad_down == QuadDownPolicy::kAlways || blocks >= kQuadDownMinWaves * in.sm_count;
+  }
   if (in.shared_inter > 0) {
     const int64_t shared_blocks = plan.dense_tiles * ((in.hidden + bn - 1) / bn);
     plan.shared_down_splits =

@@ -121,6 +121,10 @@ int64_t MaxGroupedTiles(int64_t pairs, int n_experts, int bm);
 // at most kDecodeGemvAutoTokens tokens); or wherever it fits (kAlways: tests, comparisons).
 enum class GemvPolicy : uint8_t { kNever, kAuto, kAlways };
 
+// When a kWgmmaWsMc plan runs its routed down GEMM on 2 x 2 clusters: never (the kernel is not
+// available), from kQuadDownMinWaves waves of blocks, or always (tests, comparisons).
+enum class QuadDownPolicy : uint8_t { kNever, kAuto, kAlways };
+
 struct MoePlanInput {
   int64_t tokens = 0;  // capacity of the launch (rows of the batch)
   int top_k = 0;
@@ -151,6 +155,7 @@ struct MoePlanInput {
   double wgmma_min_rows = 64.0;
   GemvPolicy decode_gemv = GemvPolicy::kNever;  // when the CUDA-core decode experts path takes
                                                 // the routed experts (never when deterministic)
+  QuadDownPolicy quad_down = QuadDownPolicy::kNever;  // the 2 x 2 cluster down GEMM (MoePlan)
 };
 
 struct MoePlan {
@@ -168,6 +173,8 @@ struct MoePlan {
   // and at <= kDecodeGemvMaxRows tokens the shared expert as the decode GEMV (LaunchDecodeGemv).
   bool decode_gemv = false;
   bool shared_gemv = false;
+  // The routed down GEMM runs on 2 x 2 clusters (kWgmmaWsMc plans; MoePlanInput::quad_down).
+  bool quad_down = false;
 };
 
 // A weight-streaming down GEMM (the decode tile, at most kDecodeGemvMaxRows rows per expert) of
@@ -185,6 +192,14 @@ inline constexpr int64_t kWaveSplitMinWaves = 4;
 // (MoePlanInput::down_partial_rows) holds splits x pairs f32 rows.
 // NOTES (H200): Mixtral at 512 tokens has ~12 row tiles x 16 column blocks = 192 blocks for 132
 // SMs: 1.45 waves, the second one 45% full.
+// A kWgmmaWsMc plan runs its routed down GEMM on 2 x 2 clusters (GemmArgs::a_tmap; A multicast
+// along column blocks too) when that GEMM has at least this many waves of blocks (expected row
+// tiles x column blocks x splits over the SMs).
+// NOTES (H200, session 6, against 2-block clusters in one call): 16384 tokens 1-3% faster
+// (Mixtral 20274/20335 -> 19713/20110 us), Qwen3 / DSv2-Lite 4096 (19 / 14 waves) 0.6-0.9% faster,
+// Mixtral 4096 (8 waves) within +-0.8%; at 512-1024 tokens (2.4-8 waves) 1-4% slower (DSv2-Lite 512
+// 350 -> 360 us): a cluster of 4 blocks leaves more SMs idle in a short GEMM.
+inline constexpr int64_t kQuadDownMinWaves = 12;
 // Up to this many tokens a plan of Hopper tiles runs the router GEMM (N = experts, at most 257)
 // on the mma.sync kMedium tile (64 x 128) instead, outside deterministic mode (a tile that changes
 // with the batch size would change a token's logits).

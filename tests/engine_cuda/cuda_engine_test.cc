@@ -256,8 +256,10 @@ TEST(CudaEngine, WithoutGraphsAndDeterministic) {
 // cp.async warp-specialised tile it must equal: K tails (hidden 200 or 136: the last TMA box and
 // cp.async chunk read past K as zeros), N tails (inter 88 or 48: gated boxes past the expert's
 // rows), experts of 150 rows (the pair's second block gets 22 rows, one consumer none), 31
-// experts, f16 with f32 partials (down split-K at 130 tokens), and a down GEMM of 16 column blocks
-// (hidden 4096: more work items than clusters, the rings wrap).
+// experts, f16 with f32 partials (down split-K at 130 tokens), a down GEMM of 16 column blocks
+// (hidden 4096: more work items than clusters, the rings wrap) and one of 3 (hidden 520: the 2 x 2
+// cluster's last column pair has one block past N); the down GEMM on 2 x 2 clusters (forced here)
+// equals it on 2-block clusters bit for bit.
 TEST(CudaEngine, ClusterTile) {
   MOE_REQUIRE_GPU();
   using Tile = CudaEngineOptions::HopperTile;
@@ -274,16 +276,22 @@ TEST(CudaEngine, ClusterTile) {
        Opts(Family::kMixtral, 8, 2, 4096, 128, DType::kF16, 73),
        DType::kF32,
        {600}},
+      {"cluster tile, 3 column blocks",
+       Opts(Family::kQwen3Moe, 16, 4, 520, 136, DType::kBF16, 79),
+       DType::kBF16,
+       {600}},
   };
-  CheckCases(cases, WithHopperTile(Tile::kWideCluster));
-  CudaEngineOptions solo = WithHopperTile(Tile::kWideCluster);
+  CudaEngineOptions quad = WithHopperTile(Tile::kWideCluster);
+  quad.cluster_quad_down = CudaEngineOptions::QuadDown::kAlways;
+  CheckCases(cases, quad);
+  CudaEngineOptions solo = quad;
   solo.cluster_multicast = false;  // every tile solo: each block loads its own weights by TMA
   CheckCases(cases, solo);
   for (const Case& c : cases) {
     SCOPED_TRACE(c.name);
     const auto model = RandomModel(c.model);
     auto ws = CudaEngine::Create(model, WithHopperTile(Tile::kWideWarpSpecialized));
-    auto mc = CudaEngine::Create(model, WithHopperTile(Tile::kWideCluster));
+    auto mc = CudaEngine::Create(model, quad);
     ASSERT_TRUE(ws.ok()) << ws.status();
     ASSERT_TRUE(mc.ok()) << mc.status();
     const int64_t n = c.tokens.back();
@@ -294,6 +302,14 @@ TEST(CudaEngine, ClusterTile) {
     ASSERT_TRUE(b.status.ok()) << b.status;
     EXPECT_EQ(a.ids, b.ids);
     EXPECT_TRUE(a.out == b.out) << "outputs differ from the cp.async warp-specialised tile";
+    // The down GEMM on 2-block clusters instead of 2 x 2 ones: the same bits.
+    CudaEngineOptions pair_down = quad;
+    pair_down.cluster_quad_down = CudaEngineOptions::QuadDown::kNever;
+    auto pd = CudaEngine::Create(model, pair_down);
+    ASSERT_TRUE(pd.ok()) << pd.status();
+    const RunResult d = RunForward(**pd, 0, c.act, x.bytes, n);
+    ASSERT_TRUE(d.status.ok()) << d.status;
+    EXPECT_TRUE(d.out == b.out) << "the 2 x 2 cluster down GEMM changed the outputs";
   }
 }
 

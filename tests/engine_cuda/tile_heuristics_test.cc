@@ -283,5 +283,34 @@ TEST(PlanMoe, HopperDownSplitsUnderTwoWaves) {
   EXPECT_EQ(PlanMoe(in).down_splits, 1);
 }
 
+TEST(PlanMoe, QuadDownFromTwelveWaves) {
+  MoePlanInput in;  // Qwen3-30B-A3B
+  in.top_k = 8;
+  in.n_experts = 128;
+  in.hidden = 2048;
+  in.inter = 768;
+  in.router_rows = 128;
+  in.router_k = 2048;
+  in.sm_count = 132;
+  in.wgmma = true;
+  in.wgmma_tile = GemmTile::kWgmmaWsMc;
+  in.wgmma_min_rows = 16;
+  in.quad_down = QuadDownPolicy::kAuto;
+  in.tokens = 4096;  // (256 + 64) row tiles x 8 column blocks = 2560 blocks: 19 waves
+  EXPECT_TRUE(PlanMoe(in).quad_down);
+  in.tokens = 1024;  // (64 + 64) x 8 = 1024 blocks: 7.8 waves
+  EXPECT_FALSE(PlanMoe(in).quad_down);
+  in.quad_down = QuadDownPolicy::kAlways;
+  EXPECT_TRUE(PlanMoe(in).quad_down);
+  in.tokens = 8;  // the decode tile: never
+  EXPECT_FALSE(PlanMoe(in).quad_down);
+  in.tokens = 4096;
+  in.quad_down = QuadDownPolicy::kNever;
+  EXPECT_FALSE(PlanMoe(in).quad_down);
+  in.quad_down = QuadDownPolicy::kAuto;
+  in.wgmma_tile = GemmTile::kWgmmaWs;  // not the cluster tile
+  EXPECT_FALSE(PlanMoe(in).quad_down);
+}
+
 }  // namespace
 }  // namespace moe::cuda

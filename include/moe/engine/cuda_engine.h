@@ -150,6 +150,12 @@ struct CudaEngineOptions {
   // kWideCluster only: false makes each block of a cluster load its own weights by TMA (no
   // multicast; for comparisons).
   bool cluster_multicast = true;
+  // kWideCluster only: the routed down GEMM (contiguous A) on 2 x 2 clusters, A multicast along
+  // the column blocks as well as B along the row tiles (kernels/grouped_gemm_sm90_cluster.cu):
+  // never, where it has kQuadDownMinWaves waves of blocks (kernels/tile_heuristics.h; 1-3% faster
+  // there on an H200, slower at fewer), or always (tests, comparisons).
+  enum class QuadDown : uint8_t { kNever, kAuto, kAlways };
+  QuadDown cluster_quad_down = QuadDown::kAuto;
   // Expected rows per activated expert past which the Hopper tile runs the routed GEMMs (and the
   // layer's dense ones); from 17 rows up to it the mma.sync 64-row tile does. 16: the Hopper tile
   // from 17 rows (H200, RESULTS.md "session 3": 4-28% faster than the mma.sync tile at 24-64 rows

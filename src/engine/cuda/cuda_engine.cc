@@ -13,6 +13,7 @@
 #include "engine/cuda/engine_impl.h"
 #include "engine/cuda/expert_cache_runtime.h"
 #include "kernels/moe_kernels.h"
+#include "kernels/tensor_map.h"
 #include "kernels/tile_heuristics.h"
 
 namespace moe {
@@ -89,6 +90,10 @@ StatusOr<std::unique_ptr<CudaEngine::Impl>> CudaEngine::Impl::Prepare(const MoeS
   MOE_RETURN_IF_ERROR(cuda::InitGemmKernels(impl->wgmma));
   if (impl->wgmma) {
     MOE_ASSIGN_OR_RETURN(impl->resident_clusters, cuda::ClusterGemmResidentClusters());
+    if (o.hopper_tile == CudaEngineOptions::HopperTile::kWideCluster &&
+        o.cluster_quad_down != CudaEngineOptions::QuadDown::kNever) {
+      MOE_ASSIGN_OR_RETURN(impl->resident_quad_clusters, cuda::ClusterGemmResidentClusters(4));
+    }
   }
   MOE_RETURN_IF_ERROR(cuda::InitRoutingKernels());
   const int router_rows = spec.n_experts() + (spec.shared_expert_gate ? 1 : 0);
@@ -171,6 +176,14 @@ Status CudaEngine::Impl::AllocateSlots() {
     MOE_RETURN_IF_ERROR(alloc(s->pair_row, pairs * 4));
     MOE_RETURN_IF_ERROR(alloc(s->shared_gate, tm * 4));
     MOE_RETURN_IF_ERROR(alloc(s->h, pairs * i * wsize()));
+    if (resident_quad_clusters > 0) {
+      std::array<uint8_t, cuda::kTensorMapBytes> map{};
+      MOE_RETURN_IF_ERROR(cuda::EncodeTensorMap(s->h.get(), weights.wtype, pairs, i, i,
+                                                cuda::kActTensorMapBoxRows, map.data()));
+      MOE_RETURN_IF_ERROR(alloc(s->h_tmap, cuda::kTensorMapBytes));
+      CUDA_RETURN_IF_ERROR(
+          cudaMemcpy(s->h_tmap.get(), map.data(), map.size(), cudaMemcpyHostToDevice));
+    }
     MOE_RETURN_IF_ERROR(alloc(s->y, DownPartialRows() * hd * 4));
     if (is > 0) {
       MOE_RETURN_IF_ERROR(alloc(s->hs, tm * is * wsize()));
@@ -234,6 +247,10 @@ Status CudaEngine::Impl::BuildLayerLaunch(Slot& s, int64_t capacity, AType atype
           ? cuda::GemmTile::kWgmmaWsMc
           : cuda::GemmTile::kWgmmaTall;
   in.wgmma_min_rows = options.wgmma_min_rows_per_expert;
+  in.quad_down = resident_quad_clusters <= 0 ? cuda::QuadDownPolicy::kNever
+                 : options.cluster_quad_down == CudaEngineOptions::QuadDown::kAlways
+                     ? cuda::QuadDownPolicy::kAlways
+                     : cuda::QuadDownPolicy::kAuto;
   l->capacity = capacity;
   l->plan = cuda::PlanMoe(in);
   const cuda::MoePlan& plan = l->plan;
@@ -406,6 +423,11 @@ Status CudaEngine::Impl::BuildLayerLaunch(Slot& s, int64_t capacity, AType atype
   down.k = inter;
   down.c = s.y.get();
   down.ldc = hd;
+  down.a_tmap = nullptr;
+  if (plan.quad_down && down.b0_tmaps != nullptr && s.h_tmap.get() != nullptr) {
+    down.a_tmap = s.h_tmap.get();
+    down.resident_clusters = resident_quad_clusters;
+  }
   down.splits = plan.down_splits;
   down.out_f32 = plan.down_splits > 1;
   down.split_stride = capacity * k * hd;

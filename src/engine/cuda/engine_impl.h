@@ -67,6 +67,7 @@ class CudaEngine::Impl {
     cuda::DeviceBuffer x_in, x, logits, topk_ids, topk_weights, ranks, counts, group_offsets, tiles,
         n_tiles, perm_token, pair_row, shared_gate, h, y, hs, ys, out;
     cuda::DeviceBuffer front_ticket;  // int32 ticket counter of the fused decode front
+    cuda::DeviceBuffer h_tmap;        // TMA descriptor of h for the 2 x 2 cluster down GEMM
     cuda::PinnedBuffer in_stage, out_stage, ids_stage, weights_stage, meta_ring;
     std::array<cuda::Event, kMetaRing> meta_events;
     int meta_next = 0;
@@ -84,8 +85,9 @@ class CudaEngine::Impl {
   std::string device_name;
   int sms = 0;
   int64_t smem_per_sm = 0;
-  bool wgmma = false;         // Hopper tiles in use
-  int resident_clusters = 0;  // of the cluster GEMM (wgmma only), asked once at start-up
+  bool wgmma = false;              // Hopper tiles in use
+  int resident_clusters = 0;       // of the cluster GEMM (wgmma only), asked once at start-up
+  int resident_quad_clusters = 0;  // of its 2 x 2 cluster kernel (0: not used)
   bool pdl = false;           // programmatic dependent launch between the layer's kernels (sm_90+)
   bool decode_fused = false;  // the fused decode kernel runs here (options.decode_fused_route)
   // Its grid per launch capacity (cuda::DecodeFusedGridBlocks; 0: the capacity does not fit).
