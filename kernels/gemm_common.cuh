@@ -75,6 +75,7 @@ struct GemmParams {
   int n_groups;
   int tma_multicast;
   const void* a_tmap;
+  int a_cluster_cols;
 };
 
 // The kernel parameters of a validated GemmArgs (host side).
@@ -102,7 +103,8 @@ inline GemmParams MakeGemmParams(const GemmArgs& args) {
                     args.b1_tmaps,
                     args.n_groups,
                     args.tma_multicast ? 1 : 0,
-                    args.a_tmap};
+                    args.a_tmap,
+                    args.a_cluster_cols};
 }
 
 // Copy descriptors of the A rows one thread gathers into a stage: its i-th 16-byte chunk is chunk

@@ -414,8 +414,11 @@ constexpr int kQuadBlocks = 4;
 constexpr int kActBoxBytes = kActTensorMapBoxRows * kTensorMapBoxCols * 2;
 static_assert(2 * kActTensorMapBoxRows == 128, "two A boxes make a 128-row tile");
 
-template <typename T>
+// CN = 1 (GemmArgs::a_cluster_cols): the same on 2-block clusters (rn = 0; a block loads both A
+// halves itself), for short GEMMs where clusters of 4 leave SMs idle.
+template <typename T, int CN>
 __global__ void __launch_bounds__(384, 1) WgmmaMcQuadPlainKernel(const GemmParams p) {
+  constexpr int kBlocks = 2 * CN;
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
   constexpr int BM = 128, BN = 256, STAGES = kMcStages;
   constexpr int kStageBytes = WgStageBytes(BM, BN);
@@ -426,7 +429,7 @@ __global__ void __launch_bounds__(384, 1) WgmmaMcQuadPlainKernel(const GemmParam
   extern __shared__ uint8_t mc_smem_raw[];
   uint8_t* smem = AlignedStageSmem(mc_smem_raw);
 
-  InitStageBarriers<STAGES>(full_bar, empty_bar, 1, 8 * kQuadBlocks);
+  InitStageBarriers<STAGES>(full_bar, empty_bar, 1, 8 * kBlocks);
   const bool multicast = p.tma_multicast != 0;
   auto rows_of = [&](int g) { return p.group_offsets[g + 1] - p.group_offsets[g]; };
   GroupPrefix(p.n_groups, solo_start, [&](int g) { return SoloTiles(rows_of(g), multicast); });
@@ -439,7 +442,7 @@ __global__ void __launch_bounds__(384, 1) WgmmaMcQuadPlainKernel(const GemmParam
   const uint32_t rm = rank & 1, rn = rank >> 1;
   const int pairs = unit_start[p.n_groups];
   const int col_blocks = (p.n + BN - 1) / BN;
-  const int col_pairs = (col_blocks + 1) / 2;
+  const int col_pairs = (col_blocks + CN - 1) / CN;
   const int64_t work = static_cast<int64_t>(pairs) * col_pairs * p.splits;
   const int k_steps = (p.k + kBk - 1) / kBk;
   const int64_t layer_base = (p.layer_dev ? *p.layer_dev : 0) * p.b_layer_stride;
@@ -450,15 +453,16 @@ __global__ void __launch_bounds__(384, 1) WgmmaMcQuadPlainKernel(const GemmParam
     SetMaxNRegDec<80>();
     if (threadIdx.x == 0) {
       // Phase 1: producer (one thread).
-      const uint16_t m_peers = static_cast<uint16_t>(0x3u << (2 * rn));               // share B
-      const uint16_t n_peers = static_cast<uint16_t>((1u << rm) | (1u << (rm + 2)));  // share A
+      const uint16_t m_peers = static_cast<uint16_t>(0x3u << (2 * rn));  // share B
+      const uint16_t n_peers =
+          static_cast<uint16_t>((1u << rm) | (CN == 2 ? 1u << (rm + 2) : 0u));  // share A
       PrefetchTensorMap(p.a_tmap);
       uint32_t it = 0;
       for (int64_t w = first_item; w < work; w += item_stride) {
         const ClusterItem item =
             ResolveClusterItem(p, unit_start, solo_start, w, pairs, col_pairs, k_steps, rm);
         const PairWork& pw = item.pw;
-        const int nb = 2 * item.nb + static_cast<int>(rn);
+        const int nb = CN * item.nb + static_cast<int>(rn);
         const void* tmap = pw.group >= 0 ? p.b0_tmaps[layer_base + pw.group] : nullptr;
         if (tmap != nullptr) PrefetchTensorMap(tmap);
         // A rows of this block's half, loaded only when the tile has rows there (a tile of <= 64
@@ -476,9 +480,16 @@ __global__ void __launch_bounds__(384, 1) WgmmaMcQuadPlainKernel(const GemmParam
           const uint32_t b_dst = a_dst + BM * kBk * 2;
           MbarArriveExpectTx(&full_bar[stage],
                              a_boxes * kActBoxBytes + (tmap != nullptr ? 2 * kBoxBytes : 0));
-          if (load_a) {
-            TmaLoadMulticastTo(a_dst + rn * kActBoxBytes, p.a_tmap, k0, a_row, &full_bar[stage],
-                               n_peers);
+          if (CN == 2) {
+            if (load_a) {
+              TmaLoadMulticastTo(a_dst + rn * kActBoxBytes, p.a_tmap, k0, a_row, &full_bar[stage],
+                                 n_peers);
+            }
+          } else {
+            for (int b = 0; b < a_boxes; ++b) {
+              TmaLoad(a_dst + b * kActBoxBytes, p.a_tmap, k0, a_row + b * kActTensorMapBoxRows,
+                      &full_bar[stage]);
+            }
           }
           if (pw.multicast) {
             TmaLoadMulticastTo(b_dst + rm * kBoxBytes, tmap, k0, n0 + 128 * static_cast<int>(rm),
@@ -507,7 +518,7 @@ __global__ void __launch_bounds__(384, 1) WgmmaMcQuadPlainKernel(const GemmParam
       __syncwarp();
       if (lane == 0) {
 #pragma unroll
-        for (uint32_t r = 0; r < kQuadBlocks; ++r) MbarArriveCluster(&empty_bar[stage], r);
+        for (uint32_t r = 0; r < kBlocks; ++r) MbarArriveCluster(&empty_bar[stage], r);
       }
     };
     uint32_t it = 0;
@@ -515,7 +526,7 @@ __global__ void __launch_bounds__(384, 1) WgmmaMcQuadPlainKernel(const GemmParam
       const ClusterItem item =
           ResolveClusterItem(p, unit_start, solo_start, w, pairs, col_pairs, k_steps, rm);
       const PairWork& pw = item.pw;
-      const int nb = 2 * item.nb + static_cast<int>(rn);
+      const int nb = CN * item.nb + static_cast<int>(rn);
       const bool compute = pw.row_begin + cw * 64 < pw.row_end && nb < col_blocks;
       float acc[1][BN / 2];
 #pragma unroll
@@ -554,9 +565,13 @@ KernelFn Find(bool gated, WType wtype) {
   return gated ? &WgmmaWsMcGemmKernel<__half, true> : &WgmmaWsMcGemmKernel<__half, false>;
 }
 
-KernelFn FindQuad(WType wtype) {
-  return wtype == WType::kBF16 ? &WgmmaMcQuadPlainKernel<__nv_bfloat16>
-                               : &WgmmaMcQuadPlainKernel<__half>;
+KernelFn FindQuad(WType wtype, int cn = 2) {
+  if (cn == 1) {
+    return wtype == WType::kBF16 ? &WgmmaMcQuadPlainKernel<__nv_bfloat16, 1>
+                                 : &WgmmaMcQuadPlainKernel<__half, 1>;
+  }
+  return wtype == WType::kBF16 ? &WgmmaMcQuadPlainKernel<__nv_bfloat16, 2>
+                               : &WgmmaMcQuadPlainKernel<__half, 2>;
 }
 
 }  // namespace
@@ -567,8 +582,10 @@ Status InitGemmKernelsSm90Cluster() {
       CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(
           Find(gated, wtype), cudaFuncAttributeMaxDynamicSharedMemorySize, kMcSmem));
     }
-    CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(
-        FindQuad(wtype), cudaFuncAttributeMaxDynamicSharedMemorySize, kMcSmem));
+    for (const int cn : {1, 2}) {
+      CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(
+          FindQuad(wtype, cn), cudaFuncAttributeMaxDynamicSharedMemorySize, kMcSmem));
+    }
   }
   return absl::OkStatus();
 }
@@ -611,8 +628,9 @@ StatusOr<int> ClusterGemmResidentClusters(int cluster_blocks) {
 Status LaunchGemmSm90Cluster(const GemmParams& p, bool gated, WType wtype, int64_t max_items,
                              int resident_clusters, cudaStream_t stream) {
   // As many clusters as can be resident at once (the kernel loops over its items).
-  const bool quad = p.a_tmap != nullptr && !gated && p.a_rows == nullptr;
-  const int cluster_blocks = quad ? kQuadBlocks : kClusterBlocks;
+  const bool tma_a = p.a_tmap != nullptr && !gated && p.a_rows == nullptr;
+  const int cn = tma_a && p.a_cluster_cols == 2 ? 2 : 1;
+  const int cluster_blocks = tma_a ? 2 * cn : kClusterBlocks;
   int clusters = resident_clusters;
   if (clusters <= 0) {
     MOE_ASSIGN_OR_RETURN(clusters, ClusterGemmResidentClusters(cluster_blocks));
@@ -622,7 +640,8 @@ Status LaunchGemmSm90Cluster(const GemmParams& p, bool gated, WType wtype, int64
   cudaLaunchAttribute attr[1];
   const cudaLaunchConfig_t config =
       ClusterConfig(attr, static_cast<unsigned>(clusters * cluster_blocks), stream, cluster_blocks);
-  CUDA_RETURN_IF_ERROR(cudaLaunchKernelEx(&config, quad ? FindQuad(wtype) : Find(gated, wtype), p));
+  CUDA_RETURN_IF_ERROR(
+      cudaLaunchKernelEx(&config, tma_a ? FindQuad(wtype, cn) : Find(gated, wtype), p));
   return absl::OkStatus();
 }
 

@@ -69,6 +69,9 @@ struct GemmArgs {
   // blocks and B along the row tiles (resident_clusters then counts those clusters:
   // ClusterGemmResidentClusters(4)).
   const void* a_tmap = nullptr;
+  // With a_tmap: 2 (the 2 x 2 clusters above) or 1 (2-block clusters that load A by TMA too, each
+  // block its own; resident_clusters as ClusterGemmResidentClusters()).
+  int a_cluster_cols = 2;
   const int32_t* layer_dev = nullptr;
   int64_t b_layer_stride = 0;
   int64_t ldb = 0;

@@ -72,10 +72,12 @@ int g_prefetch_units = 0;                                         // --prefetch-
 bool g_front_cluster = CudaEngineOptions().decode_front_cluster;  // --[no-]front-cluster
 bool g_wave_split = CudaEngineOptions().wave_split_down;          // --no-wave-split
 bool g_router_mma = CudaEngineOptions().small_batch_router_mma;   // --no-router-mma
-// --no-quad-down / --quad-down-always: the 2 x 2 cluster down GEMM never / always.
+// --no-quad-down / --quad-down / --quad-down-always: the 2 x 2 cluster down GEMM never / from
+// kQuadDownMinWaves waves / always.
 CudaEngineOptions::QuadDown g_quad_down = CudaEngineOptions().cluster_quad_down;
-bool g_down_tma = false;     // --down-tma
-bool g_gate_up_tma = false;  // --gate-up-tma
+bool g_tma_a_down = CudaEngineOptions().cluster_tma_a_down;  // --[no-]tma-a-down
+bool g_down_tma = false;                                     // --down-tma
+bool g_gate_up_tma = false;                                  // --gate-up-tma
 
 struct Shape {
   std::string name;
@@ -262,6 +264,7 @@ class Runner {
     o.decode_front_cluster = g_front_cluster;
     o.wave_split_down = g_wave_split;
     o.cluster_quad_down = g_quad_down;
+    o.cluster_tma_a_down = g_tma_a_down;
     o.small_batch_router_mma = g_router_mma;
     o.decode_down_tma = g_down_tma;
     o.decode_gate_up_tma = g_gate_up_tma;
@@ -541,6 +544,12 @@ int main(int argc, char** argv) {
       moe::g_prefetch_units = std::atoi(a.c_str() + 17);
     } else if (a == "--no-quad-down") {
       moe::g_quad_down = moe::CudaEngineOptions::QuadDown::kNever;
+    } else if (a == "--tma-a-down") {
+      moe::g_tma_a_down = true;
+    } else if (a == "--no-tma-a-down") {
+      moe::g_tma_a_down = false;
+    } else if (a == "--quad-down") {
+      moe::g_quad_down = moe::CudaEngineOptions::QuadDown::kAuto;
     } else if (a == "--quad-down-always") {
       moe::g_quad_down = moe::CudaEngineOptions::QuadDown::kAlways;
     } else if (a == "--no-router-mma") {

@@ -305,11 +305,20 @@ TEST(CudaEngine, ClusterTile) {
     // The down GEMM on 2-block clusters instead of 2 x 2 ones: the same bits.
     CudaEngineOptions pair_down = quad;
     pair_down.cluster_quad_down = CudaEngineOptions::QuadDown::kNever;
+    pair_down.cluster_tma_a_down = false;  // A by cp.async
     auto pd = CudaEngine::Create(model, pair_down);
     ASSERT_TRUE(pd.ok()) << pd.status();
     const RunResult d = RunForward(**pd, 0, c.act, x.bytes, n);
     ASSERT_TRUE(d.status.ok()) << d.status;
     EXPECT_TRUE(d.out == b.out) << "the 2 x 2 cluster down GEMM changed the outputs";
+    // ... and on 2-block clusters that load A by TMA.
+    CudaEngineOptions tma_a = pair_down;
+    tma_a.cluster_tma_a_down = true;
+    auto ta = CudaEngine::Create(model, tma_a);
+    ASSERT_TRUE(ta.ok()) << ta.status();
+    const RunResult e = RunForward(**ta, 0, c.act, x.bytes, n);
+    ASSERT_TRUE(e.status.ok()) << e.status;
+    EXPECT_TRUE(e.out == b.out) << "the TMA-A down GEMM changed the outputs";
   }
 }
 

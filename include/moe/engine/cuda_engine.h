@@ -152,10 +152,16 @@ struct CudaEngineOptions {
   bool cluster_multicast = true;
   // kWideCluster only: the routed down GEMM (contiguous A) on 2 x 2 clusters, A multicast along
   // the column blocks as well as B along the row tiles (kernels/grouped_gemm_sm90_cluster.cu):
-  // never, where it has kQuadDownMinWaves waves of blocks (kernels/tile_heuristics.h; 1-3% faster
-  // there on an H200, slower at fewer), or always (tests, comparisons).
+  // never, where it has kQuadDownMinWaves waves of blocks (kernels/tile_heuristics.h), or always
+  // (tests, comparisons). Off: on an H200 it was 1-3% faster than the cp.async 2-block kernel at
+  // 16384 tokens but 0-2% slower than the 2-block kernel with A by TMA (cluster_tma_a_down) at
+  // 4096-16384 and 1-4% slower at 512-1024 tokens (RESULTS.md session 6).
   enum class QuadDown : uint8_t { kNever, kAuto, kAlways };
-  QuadDown cluster_quad_down = QuadDown::kAuto;
+  QuadDown cluster_quad_down = QuadDown::kNever;
+  // kWideCluster only: a routed down GEMM not on 2 x 2 clusters loads its A by TMA too (one
+  // producer thread instead of 128 issuing cp.async; H200: 0.7-3% faster at Mixtral 512-4096 and
+  // Qwen3 512 tokens, RESULTS.md session 6).
+  bool cluster_tma_a_down = true;
   // Expected rows per activated expert past which the Hopper tile runs the routed GEMMs (and the
   // layer's dense ones); from 17 rows up to it the mma.sync 64-row tile does. 16: the Hopper tile
   // from 17 rows (H200, RESULTS.md "session 3": 4-28% faster than the mma.sync tile at 24-64 rows

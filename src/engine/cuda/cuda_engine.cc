@@ -176,7 +176,9 @@ Status CudaEngine::Impl::AllocateSlots() {
     MOE_RETURN_IF_ERROR(alloc(s->pair_row, pairs * 4));
     MOE_RETURN_IF_ERROR(alloc(s->shared_gate, tm * 4));
     MOE_RETURN_IF_ERROR(alloc(s->h, pairs * i * wsize()));
-    if (resident_quad_clusters > 0) {
+    if (resident_quad_clusters > 0 ||
+        (wgmma && options.hopper_tile == CudaEngineOptions::HopperTile::kWideCluster &&
+         options.cluster_tma_a_down)) {
       std::array<uint8_t, cuda::kTensorMapBytes> map{};
       MOE_RETURN_IF_ERROR(cuda::EncodeTensorMap(s->h.get(), weights.wtype, pairs, i, i,
                                                 cuda::kActTensorMapBoxRows, map.data()));
@@ -426,7 +428,11 @@ Status CudaEngine::Impl::BuildLayerLaunch(Slot& s, int64_t capacity, AType atype
   down.a_tmap = nullptr;
   if (plan.quad_down && down.b0_tmaps != nullptr && s.h_tmap.get() != nullptr) {
     down.a_tmap = s.h_tmap.get();
+    down.a_cluster_cols = 2;
     down.resident_clusters = resident_quad_clusters;
+  } else if (options.cluster_tma_a_down && down.b0_tmaps != nullptr && s.h_tmap.get() != nullptr) {
+    down.a_tmap = s.h_tmap.get();
+    down.a_cluster_cols = 1;
   }
   down.splits = plan.down_splits;
   down.out_f32 = plan.down_splits > 1;
