@@ -283,11 +283,11 @@ Status GemmArgs::Validate() const {
     return absl::InvalidArgumentError(
         "GemmArgs: TMA descriptor tables need a tile list, n_groups > 0 and (gated) b1_tmaps");
   }
-  if (a_tmap != nullptr && (gated || a_rows != nullptr || b0_tmaps == nullptr ||
-                            (a_cluster_cols != 1 && a_cluster_cols != 2))) {
+  if (a_tmap != nullptr &&
+      (a_rows != nullptr || b0_tmaps == nullptr || (a_cluster_cols != 1 && a_cluster_cols != 2))) {
     return absl::InvalidArgumentError(
-        "GemmArgs: an A descriptor needs a plain GEMM of contiguous A rows with B descriptors and "
-        "a_cluster_cols 1 or 2");
+        "GemmArgs: an A descriptor needs contiguous A rows, B descriptors and a_cluster_cols 1 or "
+        "2");
   }
   if (grid_tiles <= 0 || grid_tiles > (1LL << 31) - 1) {
     return absl::InvalidArgumentError("GemmArgs: grid_tiles out of range");

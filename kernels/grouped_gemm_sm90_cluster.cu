@@ -399,29 +399,34 @@ __global__ void __launch_bounds__(384, 1) WgmmaWsMcGemmKernel(const GemmParams p
 #endif
 }
 
-// The 2 x 2 cluster kernel (GemmArgs::a_tmap): plain GEMMs whose A rows are contiguous (the routed
-// down GEMM reads h in the permuted order). Cluster rank r is row tile rm = r & 1 of a unit (as
-// rank r of the pair kernel) and column block 2 c + rn, rn = r >> 1, of column pair c. Per stage,
-// each block loads by TMA one 64-row half of its row tile's A (64 rn ..), multicast to the block
-// of the other column (same rm), and, for a multicast unit, one 128-row half of its column
-// block's B (128 rm ..), multicast to the block of the other row tile (same rn); a solo tile loads
-// both halves of its B itself; a tile of <= 64 rows loads one A box. A block of full tiles reads
-// 24 KiB a stage from L2 instead of the pair kernel's 32 KiB. One producer thread issues every load
-// (no cp.async: the `full` barrier counts its one expect_tx arrival); every consumer warp releases
-// a stage in all four blocks. Same wgmma sequence and f32 accumulation as the pair kernel: the same
+// The TMA-A kernel (GemmArgs::a_tmap): GEMMs whose A rows are contiguous (the routed down GEMM
+// reads h in the permuted order; the gate/up GEMM a permuted copy of x, ScanArgs::x_perm), on
+// clusters of 2 x CN blocks. Cluster rank r is row tile rm = r & 1 of a unit (as rank r of the
+// pair kernel) and column block CN c + rn, rn = r >> 1, of column group c. Per stage a block
+// loads by TMA the 64-row halves of its row tile's A: with CN = 2 one half (64 rn ..), multicast
+// to the block of the other column (same rm), with CN = 1 both; for a multicast unit one 128-row
+// half of its column block's B (plain: rows 128 rm ..; gated: rank rm = 0 the gate rows, 1 the up
+// rows), multicast to the block of the other row tile (same rn); a solo tile loads both halves of
+// its B itself; a tile of <= 64 rows loads one A box. With CN = 2 a block of full tiles reads
+// 24 KiB a stage from L2 instead of 32. One producer thread issues every load (no cp.async: the
+// `full` barrier counts its one expect_tx arrival); every consumer warp releases a stage in all
+// blocks of the cluster. Same wgmma sequence and f32 accumulation as the pair kernel: the same
 // bits.
+// NOTES (H200, session 6): CN = 1 is the default for the down GEMM (0.7-3% faster than the
+// cp.async pair kernel at Mixtral 512-4096 and Qwen3 512 tokens); CN = 2 was 0-2% slower than CN
+// = 1 at 4096-16384 tokens and 1-4% slower at 512-1024.
 constexpr int kQuadBlocks = 4;
 constexpr int kActBoxBytes = kActTensorMapBoxRows * kTensorMapBoxCols * 2;
 static_assert(2 * kActTensorMapBoxRows == 128, "two A boxes make a 128-row tile");
 
-// CN = 1 (GemmArgs::a_cluster_cols): the same on 2-block clusters (rn = 0; a block loads both A
-// halves itself), for short GEMMs where clusters of 4 leave SMs idle.
-template <typename T, int CN>
-__global__ void __launch_bounds__(384, 1) WgmmaMcQuadPlainKernel(const GemmParams p) {
-  constexpr int kBlocks = 2 * CN;
+template <typename T, bool GATED, int CN>
+__global__ void __launch_bounds__(384, 1) WgmmaMcTmaAKernel(const GemmParams p) {
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  constexpr int BM = 128, BN = 256, STAGES = kMcStages;
-  constexpr int kStageBytes = WgStageBytes(BM, BN);
+  constexpr int kBlocks = 2 * CN;
+  constexpr int BM = 128, B_ROWS = 256, STAGES = kMcStages;
+  constexpr int BN = GATED ? B_ROWS / 2 : B_ROWS;
+  constexpr int kG = GATED ? 2 : 1;
+  constexpr int kStageBytes = WgStageBytes(BM, B_ROWS);
   __shared__ __align__(8) uint64_t full_bar[STAGES];
   __shared__ __align__(8) uint64_t empty_bar[STAGES];
   __shared__ int unit_start[kMaxClusterGemmGroups + 1];
@@ -442,8 +447,8 @@ __global__ void __launch_bounds__(384, 1) WgmmaMcQuadPlainKernel(const GemmParam
   const uint32_t rm = rank & 1, rn = rank >> 1;
   const int pairs = unit_start[p.n_groups];
   const int col_blocks = (p.n + BN - 1) / BN;
-  const int col_pairs = (col_blocks + CN - 1) / CN;
-  const int64_t work = static_cast<int64_t>(pairs) * col_pairs * p.splits;
+  const int col_groups = (col_blocks + CN - 1) / CN;
+  const int64_t work = static_cast<int64_t>(pairs) * col_groups * p.splits;
   const int k_steps = (p.k + kBk - 1) / kBk;
   const int64_t layer_base = (p.layer_dev ? *p.layer_dev : 0) * p.b_layer_stride;
   const int wg = threadIdx.x / 128;
@@ -460,17 +465,22 @@ __global__ void __launch_bounds__(384, 1) WgmmaMcQuadPlainKernel(const GemmParam
       uint32_t it = 0;
       for (int64_t w = first_item; w < work; w += item_stride) {
         const ClusterItem item =
-            ResolveClusterItem(p, unit_start, solo_start, w, pairs, col_pairs, k_steps, rm);
+            ResolveClusterItem(p, unit_start, solo_start, w, pairs, col_groups, k_steps, rm);
         const PairWork& pw = item.pw;
         const int nb = CN * item.nb + static_cast<int>(rn);
-        const void* tmap = pw.group >= 0 ? p.b0_tmaps[layer_base + pw.group] : nullptr;
-        if (tmap != nullptr) PrefetchTensorMap(tmap);
-        // A rows of this block's half, loaded only when the tile has rows there (a tile of <= 64
-        // rows reads one box; both blocks of a row tile agree, as they resolve the same rows).
+        const void* tmap0 = nullptr;
+        const void* tmap1 = nullptr;
+        if (pw.group >= 0) {
+          tmap0 = p.b0_tmaps[layer_base + pw.group];
+          tmap1 = GATED ? p.b1_tmaps[layer_base + pw.group] : tmap0;
+          PrefetchTensorMap(tmap0);
+          if (GATED) PrefetchTensorMap(tmap1);
+        }
+        // A rows of this block's half (CN = 2) or of the tile (CN = 1), loaded only where the
+        // tile has rows (both blocks of a row tile agree: they resolve the same rows).
         const int a_row = pw.row_begin + kActTensorMapBoxRows * static_cast<int>(rn);
         const int a_boxes =
             (max(pw.row_end - pw.row_begin, 0) + kActTensorMapBoxRows - 1) / kActTensorMapBoxRows;
-        const bool load_a = static_cast<int>(rn) < a_boxes;
         const int n0 = nb * BN;
         for (int kt = item.kt_begin; kt < item.kt_end; ++kt, ++it) {
           const int stage = static_cast<int>(it % STAGES);
@@ -479,9 +489,9 @@ __global__ void __launch_bounds__(384, 1) WgmmaMcQuadPlainKernel(const GemmParam
           const uint32_t a_dst = SmemAddr(smem + stage * kStageBytes);
           const uint32_t b_dst = a_dst + BM * kBk * 2;
           MbarArriveExpectTx(&full_bar[stage],
-                             a_boxes * kActBoxBytes + (tmap != nullptr ? 2 * kBoxBytes : 0));
+                             a_boxes * kActBoxBytes + (tmap0 != nullptr ? 2 * kBoxBytes : 0));
           if (CN == 2) {
-            if (load_a) {
+            if (static_cast<int>(rn) < a_boxes) {
               TmaLoadMulticastTo(a_dst + rn * kActBoxBytes, p.a_tmap, k0, a_row, &full_bar[stage],
                                  n_peers);
             }
@@ -492,15 +502,16 @@ __global__ void __launch_bounds__(384, 1) WgmmaMcQuadPlainKernel(const GemmParam
             }
           }
           if (pw.multicast) {
-            TmaLoadMulticastTo(b_dst + rm * kBoxBytes, tmap, k0, n0 + 128 * static_cast<int>(rm),
-                               &full_bar[stage], m_peers);
-          } else if (tmap != nullptr) {
-            TmaLoad(b_dst, tmap, k0, n0, &full_bar[stage]);
-            TmaLoad(b_dst + kBoxBytes, tmap, k0, n0 + 128, &full_bar[stage]);
+            TmaLoadMulticastTo(b_dst + rm * kBoxBytes, rm == 1 ? tmap1 : tmap0, k0,
+                               GATED ? n0 : n0 + 128 * static_cast<int>(rm), &full_bar[stage],
+                               m_peers);
+          } else if (tmap0 != nullptr) {
+            TmaLoad(b_dst, tmap0, k0, n0, &full_bar[stage]);
+            TmaLoad(b_dst + kBoxBytes, tmap1, k0, GATED ? n0 : n0 + 128, &full_bar[stage]);
           }
         }
       }
-      // Tail: leave only once all four blocks' consumers have released every stage.
+      // Tail: leave only once every block's consumers have released every stage.
       for (int s = 0; s < STAGES; ++s, ++it) {
         MbarWaitCluster(&empty_bar[it % STAGES], ((it / STAGES) & 1) ^ 1);
       }
@@ -511,7 +522,7 @@ __global__ void __launch_bounds__(384, 1) WgmmaMcQuadPlainKernel(const GemmParam
     SetMaxNRegInc<208>();
     const int cw = wg - 1;
     const int lane = threadIdx.x & 31, warp_in_wg = (threadIdx.x >> 5) & 3;
-    const bool out_f32 = p.out_f32 != 0;
+    const bool out_f32 = !GATED && p.out_f32 != 0;
     const bool staged = CanStoreStaged(p, out_f32);
     uint8_t* epilogue_buf = StagedEpilogueBuf(smem + STAGES * kStageBytes);
     auto release = [&](int stage) {
@@ -524,20 +535,22 @@ __global__ void __launch_bounds__(384, 1) WgmmaMcQuadPlainKernel(const GemmParam
     uint32_t it = 0;
     for (int64_t w = first_item; w < work; w += item_stride) {
       const ClusterItem item =
-          ResolveClusterItem(p, unit_start, solo_start, w, pairs, col_pairs, k_steps, rm);
+          ResolveClusterItem(p, unit_start, solo_start, w, pairs, col_groups, k_steps, rm);
       const PairWork& pw = item.pw;
       const int nb = CN * item.nb + static_cast<int>(rn);
       const bool compute = pw.row_begin + cw * 64 < pw.row_end && nb < col_blocks;
-      float acc[1][BN / 2];
+      float acc[kG][BN / 2];
 #pragma unroll
-      for (int i = 0; i < BN / 2; ++i) acc[0][i] = 0.0f;
+      for (int g = 0; g < kG; ++g)
+#pragma unroll
+        for (int i = 0; i < BN / 2; ++i) acc[g][i] = 0.0f;
       int prev_stage = -1;
       for (int kt = item.kt_begin; kt < item.kt_end; ++kt, ++it) {
         const int stage = static_cast<int>(it % STAGES);
         MbarWait(&full_bar[stage], (it / STAGES) & 1);
         if (compute) {
           const uint32_t st = SmemAddr(smem + stage * kStageBytes);
-          WgmmaStage<T, BN, 1>(acc, Desc(st + cw * 64 * kBk * 2), Desc(st + BM * kBk * 2));
+          WgmmaStage<T, BN, kG>(acc, Desc(st + cw * 64 * kBk * 2), Desc(st + BM * kBk * 2));
         }
         if (prev_stage >= 0) release(prev_stage);
         prev_stage = stage;
@@ -545,9 +558,9 @@ __global__ void __launch_bounds__(384, 1) WgmmaMcQuadPlainKernel(const GemmParam
       WgmmaWait<0>();
       if (prev_stage >= 0) release(prev_stage);
       if (compute) {
-        StoreWarpTile<T, false, BN, 1>(p, acc, out_f32, staged, item.split, pw.row_begin,
-                                       pw.row_begin + cw * 64 + warp_in_wg * 16, pw.row_end,
-                                       nb * BN, lane, epilogue_buf);
+        StoreWarpTile<T, GATED, BN, kG>(p, acc, out_f32, staged, item.split, pw.row_begin,
+                                        pw.row_begin + cw * 64 + warp_in_wg * 16, pw.row_end,
+                                        nb * BN, lane, epilogue_buf);
       }
     }
   }
@@ -565,13 +578,15 @@ KernelFn Find(bool gated, WType wtype) {
   return gated ? &WgmmaWsMcGemmKernel<__half, true> : &WgmmaWsMcGemmKernel<__half, false>;
 }
 
-KernelFn FindQuad(WType wtype, int cn = 2) {
-  if (cn == 1) {
-    return wtype == WType::kBF16 ? &WgmmaMcQuadPlainKernel<__nv_bfloat16, 1>
-                                 : &WgmmaMcQuadPlainKernel<__half, 1>;
+template <typename T, bool GATED>
+KernelFn FindTmaA(int cn) {
+  return cn == 2 ? &WgmmaMcTmaAKernel<T, GATED, 2> : &WgmmaMcTmaAKernel<T, GATED, 1>;
+}
+KernelFn FindTmaA(bool gated, WType wtype, int cn) {
+  if (wtype == WType::kBF16) {
+    return gated ? FindTmaA<__nv_bfloat16, true>(cn) : FindTmaA<__nv_bfloat16, false>(cn);
   }
-  return wtype == WType::kBF16 ? &WgmmaMcQuadPlainKernel<__nv_bfloat16, 2>
-                               : &WgmmaMcQuadPlainKernel<__half, 2>;
+  return gated ? FindTmaA<__half, true>(cn) : FindTmaA<__half, false>(cn);
 }
 
 }  // namespace
@@ -582,9 +597,11 @@ Status InitGemmKernelsSm90Cluster() {
       CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(
           Find(gated, wtype), cudaFuncAttributeMaxDynamicSharedMemorySize, kMcSmem));
     }
-    for (const int cn : {1, 2}) {
-      CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(
-          FindQuad(wtype, cn), cudaFuncAttributeMaxDynamicSharedMemorySize, kMcSmem));
+    for (const bool gated : {false, true}) {
+      for (const int cn : {1, 2}) {
+        CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(
+            FindTmaA(gated, wtype, cn), cudaFuncAttributeMaxDynamicSharedMemorySize, kMcSmem));
+      }
     }
   }
   return absl::OkStatus();
@@ -620,7 +637,8 @@ StatusOr<int> ClusterGemmResidentClusters(int cluster_blocks) {
       attr, static_cast<unsigned>(sms / cluster_blocks * cluster_blocks), nullptr, cluster_blocks);
   int clusters = 0;
   CUDA_RETURN_IF_ERROR(cudaOccupancyMaxActiveClusters(
-      &clusters, cluster_blocks == kQuadBlocks ? FindQuad(WType::kBF16) : Find(true, WType::kBF16),
+      &clusters,
+      cluster_blocks == kQuadBlocks ? FindTmaA(false, WType::kBF16, 2) : Find(true, WType::kBF16),
       &config));
   return clusters;
 }
@@ -628,7 +646,7 @@ StatusOr<int> ClusterGemmResidentClusters(int cluster_blocks) {
 Status LaunchGemmSm90Cluster(const GemmParams& p, bool gated, WType wtype, int64_t max_items,
                              int resident_clusters, cudaStream_t stream) {
   // As many clusters as can be resident at once (the kernel loops over its items).
-  const bool tma_a = p.a_tmap != nullptr && !gated && p.a_rows == nullptr;
+  const bool tma_a = p.a_tmap != nullptr && p.a_rows == nullptr;
   const int cn = tma_a && p.a_cluster_cols == 2 ? 2 : 1;
   const int cluster_blocks = tma_a ? 2 * cn : kClusterBlocks;
   int clusters = resident_clusters;
@@ -641,7 +659,7 @@ Status LaunchGemmSm90Cluster(const GemmParams& p, bool gated, WType wtype, int64
   const cudaLaunchConfig_t config =
       ClusterConfig(attr, static_cast<unsigned>(clusters * cluster_blocks), stream, cluster_blocks);
   CUDA_RETURN_IF_ERROR(
-      cudaLaunchKernelEx(&config, tma_a ? FindQuad(wtype, cn) : Find(gated, wtype), p));
+      cudaLaunchKernelEx(&config, tma_a ? FindTmaA(gated, wtype, cn) : Find(gated, wtype), p));
   return absl::OkStatus();
 }
 

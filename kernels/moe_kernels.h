@@ -63,15 +63,13 @@ struct GemmArgs {
   // kWgmmaWsMc only: clusters of the kernel resident at once on the device (its persistent grid),
   // from ClusterGemmResidentClusters() at start-up; 0 asks the device at each launch.
   int resident_clusters = 0;
-  // kWgmmaWsMc, plain GEMMs with TMA descriptors and contiguous A (a_rows null) only: the TMA
-  // descriptor of A (device memory, kActTensorMapBoxRows-row boxes, like B's). With it the GEMM
-  // runs on 2 x 2 clusters: two row tiles x two column blocks, A multicast along the column
-  // blocks and B along the row tiles (resident_clusters then counts those clusters:
-  // ClusterGemmResidentClusters(4)).
+  // kWgmmaWsMc GEMMs with TMA descriptors and contiguous A (a_rows null) only: the TMA descriptor
+  // of A (device memory, kActTensorMapBoxRows-row boxes); the kernel then loads A by TMA too, on
+  // clusters of 2 x a_cluster_cols blocks: 2 = two row tiles x two column blocks, A multicast
+  // along the column blocks and B along the row tiles (resident_clusters then counts those:
+  // ClusterGemmResidentClusters(4)); 1 = the pair clusters, each block loading its own A.
   const void* a_tmap = nullptr;
-  // With a_tmap: 2 (the 2 x 2 clusters above) or 1 (2-block clusters that load A by TMA too, each
-  // block its own; resident_clusters as ClusterGemmResidentClusters()).
-  int a_cluster_cols = 2;
+  int a_cluster_cols = 1;
   const int32_t* layer_dev = nullptr;
   int64_t b_layer_stride = 0;
   int64_t ldb = 0;
@@ -221,7 +219,14 @@ struct ScanArgs {
   int32_t* n_tiles = nullptr;
   int32_t* perm_token = nullptr;  // [capacity * top_k]
   int32_t* pair_row = nullptr;    // [capacity * top_k]
-  bool pdl = false;               // programmatic dependent launch (kernels/pdl.cuh)
+  // Optional: the permutation also copies the activations into the permuted order, x_perm row r =
+  // x row perm_token[r] (2-byte elements, `hidden` of them; x rows ld_x apart), for a gate/up GEMM
+  // that loads A by TMA (GemmArgs::a_tmap). Always on the grid-wide scatter kernel.
+  const void* x = nullptr;
+  int64_t ld_x = 0;
+  void* x_perm = nullptr;  // [capacity * top_k, hidden]
+  int hidden = 0;
+  bool pdl = false;  // programmatic dependent launch (kernels/pdl.cuh)
   Status Validate() const;
 };
 Status LaunchScan(const ScanArgs& args, cudaStream_t stream);

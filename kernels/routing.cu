@@ -118,6 +118,30 @@ __global__ void ScatterKernel(const ScanArgs a) {
   }
 }
 
+// The same with the activation rows copied into the permuted order: one warp per pair.
+__global__ void ScatterRowsKernel(const ScanArgs a) {
+  GridDepWait();
+  GridDepTrigger();
+  const int pairs = a.meta->n_tokens * a.top_k;
+  const int lane = threadIdx.x & 31;
+  const int chunks = a.hidden / 8;
+  const int warps = static_cast<int>(gridDim.x * blockDim.x / 32);
+  for (int p = static_cast<int>((blockIdx.x * blockDim.x + threadIdx.x) / 32); p < pairs;
+       p += warps) {
+    const int r = a.group_offsets[a.topk_ids[p]] + a.ranks[p];
+    const int t = p / a.top_k;
+    if (lane == 0) {
+      a.perm_token[r] = t;
+      a.pair_row[p] = r;
+    }
+    const uint4* src =
+        reinterpret_cast<const uint4*>(static_cast<const uint16_t*>(a.x) + t * a.ld_x);
+    uint4* dst = reinterpret_cast<uint4*>(static_cast<uint16_t*>(a.x_perm) +
+                                          static_cast<int64_t>(r) * a.hidden);
+    for (int c = lane; c < chunks; c += 32) dst[c] = src[c];
+  }
+}
+
 }  // namespace
 
 Status ConvertArgs::Validate() const {
@@ -229,6 +253,11 @@ Status ScanArgs::Validate() const {
   if (n_experts <= 0 || n_experts > kScanThreads || top_k <= 0 || bm <= 0 || capacity <= 0) {
     return absl::InvalidArgumentError("ScanArgs: bad sizes");
   }
+  if (x_perm != nullptr &&
+      (x == nullptr || hidden <= 0 || hidden % 8 != 0 || ld_x < hidden || ld_x % 8 != 0)) {
+    return absl::InvalidArgumentError(
+        "ScanArgs: x_perm needs x, hidden a multiple of 8 and ld_x >= hidden, a multiple of 8");
+  }
   return absl::OkStatus();
 }
 
@@ -238,10 +267,13 @@ Status LaunchScan(const ScanArgs& a, cudaStream_t stream) {
   // for 32768 pairs on an H200; at 4096 pairs (Qwen3 512 tokens) the layer was 3 us faster with
   // it (session 5).
   const int64_t pairs = a.capacity * a.top_k;
-  const bool inline_scatter = pairs <= kScanThreads;
+  const bool inline_scatter = pairs <= kScanThreads && a.x_perm == nullptr;
   CUDA_RETURN_IF_ERROR(
       LaunchMaybePdl(ScanKernel, dim3(1), dim3(kScanThreads), 0, stream, a.pdl, a, inline_scatter));
-  if (!inline_scatter) {
+  if (a.x_perm != nullptr) {
+    CUDA_RETURN_IF_ERROR(LaunchMaybePdl(ScatterRowsKernel, dim3(GridFor(pairs * 32, 256)),
+                                        dim3(256), 0, stream, a.pdl, a));
+  } else if (!inline_scatter) {
     CUDA_RETURN_IF_ERROR(
         LaunchMaybePdl(ScatterKernel, dim3(GridFor(pairs, 256)), dim3(256), 0, stream, a.pdl, a));
   }

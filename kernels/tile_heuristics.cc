@@ -131,12 +131,14 @@ MoePlan PlanMoe(const MoePlanInput& in) {
     }
     plan.down_splits = splits;
   }
-  if (in.quad_down != QuadDownPolicy::kNever && plan.tile == GemmTile::kWgmmaWsMc) {
+  if (in.quad_down != PathPolicy::kNever && plan.tile == GemmTile::kWgmmaWsMc) {
     const int64_t blocks =
         (pairs / shape.bm + active / 2) * ((in.hidden + bn - 1) / bn) * plan.down_splits;
     plan.quad_down =
-        in.quad_down == QuadDownPolicy::kAlways || blocks >= kQuadDownMinWaves * in.sm_count;
+        in.quad_down == PathPolicy::kAlways || blocks >= kQuadDownMinWaves * in.sm_count;
   }
+  plan.permute_x = in.permute_x != PathPolicy::kNever && plan.tile == GemmTile::kWgmmaWsMc &&
+                   (in.permute_x == PathPolicy::kAlways || in.inter >= kPermuteXMinInter);
   if (in.shared_inter > 0) {
     const int64_t shared_blocks = plan.dense_tiles * ((in.hidden + bn - 1) / bn);
     plan.shared_down_splits =

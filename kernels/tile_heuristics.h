@@ -123,7 +123,7 @@ enum class GemvPolicy : uint8_t { kNever, kAuto, kAlways };
 
 // When a kWgmmaWsMc plan runs its routed down GEMM on 2 x 2 clusters: never (the kernel is not
 // available), from kQuadDownMinWaves waves of blocks, or always (tests, comparisons).
-enum class QuadDownPolicy : uint8_t { kNever, kAuto, kAlways };
+enum class PathPolicy : uint8_t { kNever, kAuto, kAlways };
 
 struct MoePlanInput {
   int64_t tokens = 0;  // capacity of the launch (rows of the batch)
@@ -155,7 +155,8 @@ struct MoePlanInput {
   double wgmma_min_rows = 64.0;
   GemvPolicy decode_gemv = GemvPolicy::kNever;  // when the CUDA-core decode experts path takes
                                                 // the routed experts (never when deterministic)
-  QuadDownPolicy quad_down = QuadDownPolicy::kNever;  // the 2 x 2 cluster down GEMM (MoePlan)
+  PathPolicy quad_down = PathPolicy::kNever;    // the 2 x 2 cluster down GEMM (MoePlan)
+  PathPolicy permute_x = PathPolicy::kNever;    // gate/up from a permuted copy of x (MoePlan)
 };
 
 struct MoePlan {
@@ -175,6 +176,9 @@ struct MoePlan {
   bool shared_gemv = false;
   // The routed down GEMM runs on 2 x 2 clusters (kWgmmaWsMc plans; MoePlanInput::quad_down).
   bool quad_down = false;
+  // The permutation copies x into the permuted order and the routed gate/up GEMM loads it by TMA
+  // (kWgmmaWsMc plans, MoePlanInput::permute_x, kPermuteXMinInter).
+  bool permute_x = false;
 };
 
 // A weight-streaming down GEMM (the decode tile, at most kDecodeGemvMaxRows rows per expert) of
@@ -200,6 +204,11 @@ inline constexpr int64_t kWaveSplitMinWaves = 4;
 // Mixtral 4096 (8 waves) within +-0.8%; at 512-1024 tokens (2.4-8 waves) 1-4% slower (DSv2-Lite 512
 // 350 -> 360 us): a cluster of 4 blocks leaves more SMs idle in a short GEMM.
 inline constexpr int64_t kQuadDownMinWaves = 12;
+// A kWgmmaWsMc plan whose experts are at least this wide (inter) copies x into the permuted order
+// (pairs x hidden, one more write and read of the activations) so that the routed gate/up GEMM
+// loads A by TMA (one producer thread) instead of gathering it with cp.async (128 threads): the
+// GEMM's work grows with inter, the copy does not.
+inline constexpr int kPermuteXMinInter = 4096;
 // Up to this many tokens a plan of Hopper tiles runs the router GEMM (N = experts, at most 257)
 // on the mma.sync kMedium tile (64 x 128) instead, outside deterministic mode (a tile that changes
 // with the batch size would change a token's logits).

@@ -74,10 +74,12 @@ bool g_wave_split = CudaEngineOptions().wave_split_down;          // --no-wave-s
 bool g_router_mma = CudaEngineOptions().small_batch_router_mma;   // --no-router-mma
 // --no-quad-down / --quad-down / --quad-down-always: the 2 x 2 cluster down GEMM never / from
 // kQuadDownMinWaves waves / always.
-CudaEngineOptions::QuadDown g_quad_down = CudaEngineOptions().cluster_quad_down;
+CudaEngineOptions::Use g_quad_down = CudaEngineOptions().cluster_quad_down;
 bool g_tma_a_down = CudaEngineOptions().cluster_tma_a_down;  // --[no-]tma-a-down
-bool g_down_tma = false;                                     // --down-tma
-bool g_gate_up_tma = false;                                  // --gate-up-tma
+// --no-permute-x / --permute-x-always: gate/up from a permuted copy of x never / always.
+CudaEngineOptions::Use g_permute_x = CudaEngineOptions().cluster_permute_x;
+bool g_down_tma = false;     // --down-tma
+bool g_gate_up_tma = false;  // --gate-up-tma
 
 struct Shape {
   std::string name;
@@ -265,6 +267,7 @@ class Runner {
     o.wave_split_down = g_wave_split;
     o.cluster_quad_down = g_quad_down;
     o.cluster_tma_a_down = g_tma_a_down;
+    o.cluster_permute_x = g_permute_x;
     o.small_batch_router_mma = g_router_mma;
     o.decode_down_tma = g_down_tma;
     o.decode_gate_up_tma = g_gate_up_tma;
@@ -543,15 +546,19 @@ int main(int argc, char** argv) {
     } else if (a.rfind("--prefetch-units=", 0) == 0) {
       moe::g_prefetch_units = std::atoi(a.c_str() + 17);
     } else if (a == "--no-quad-down") {
-      moe::g_quad_down = moe::CudaEngineOptions::QuadDown::kNever;
+      moe::g_quad_down = moe::CudaEngineOptions::Use::kNever;
+    } else if (a == "--no-permute-x") {
+      moe::g_permute_x = moe::CudaEngineOptions::Use::kNever;
+    } else if (a == "--permute-x-always") {
+      moe::g_permute_x = moe::CudaEngineOptions::Use::kAlways;
     } else if (a == "--tma-a-down") {
       moe::g_tma_a_down = true;
     } else if (a == "--no-tma-a-down") {
       moe::g_tma_a_down = false;
     } else if (a == "--quad-down") {
-      moe::g_quad_down = moe::CudaEngineOptions::QuadDown::kAuto;
+      moe::g_quad_down = moe::CudaEngineOptions::Use::kAuto;
     } else if (a == "--quad-down-always") {
-      moe::g_quad_down = moe::CudaEngineOptions::QuadDown::kAlways;
+      moe::g_quad_down = moe::CudaEngineOptions::Use::kAlways;
     } else if (a == "--no-router-mma") {
       moe::g_router_mma = false;
     } else if (a == "--no-wave-split") {

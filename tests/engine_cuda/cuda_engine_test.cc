@@ -259,7 +259,8 @@ TEST(CudaEngine, WithoutGraphsAndDeterministic) {
 // experts, f16 with f32 partials (down split-K at 130 tokens), a down GEMM of 16 column blocks
 // (hidden 4096: more work items than clusters, the rings wrap) and one of 3 (hidden 520: the 2 x 2
 // cluster's last column pair has one block past N); the down GEMM on 2 x 2 clusters (forced here)
-// equals it on 2-block clusters bit for bit.
+// equals it on 2-block clusters bit for bit, with A by cp.async or by TMA, and so does the gate/up
+// GEMM reading a permuted copy of x by TMA (also checked against the CPU, with graphs).
 TEST(CudaEngine, ClusterTile) {
   MOE_REQUIRE_GPU();
   using Tile = CudaEngineOptions::HopperTile;
@@ -282,11 +283,15 @@ TEST(CudaEngine, ClusterTile) {
        {600}},
   };
   CudaEngineOptions quad = WithHopperTile(Tile::kWideCluster);
-  quad.cluster_quad_down = CudaEngineOptions::QuadDown::kAlways;
+  quad.cluster_quad_down = CudaEngineOptions::Use::kAlways;
   CheckCases(cases, quad);
   CudaEngineOptions solo = quad;
   solo.cluster_multicast = false;  // every tile solo: each block loads its own weights by TMA
   CheckCases(cases, solo);
+  CudaEngineOptions permuted = DefaultOptions();
+  permuted.hopper_tile = Tile::kWideCluster;
+  permuted.cluster_permute_x = CudaEngineOptions::Use::kAlways;
+  CheckCases(cases, permuted);
   for (const Case& c : cases) {
     SCOPED_TRACE(c.name);
     const auto model = RandomModel(c.model);
@@ -304,7 +309,7 @@ TEST(CudaEngine, ClusterTile) {
     EXPECT_TRUE(a.out == b.out) << "outputs differ from the cp.async warp-specialised tile";
     // The down GEMM on 2-block clusters instead of 2 x 2 ones: the same bits.
     CudaEngineOptions pair_down = quad;
-    pair_down.cluster_quad_down = CudaEngineOptions::QuadDown::kNever;
+    pair_down.cluster_quad_down = CudaEngineOptions::Use::kNever;
     pair_down.cluster_tma_a_down = false;  // A by cp.async
     auto pd = CudaEngine::Create(model, pair_down);
     ASSERT_TRUE(pd.ok()) << pd.status();
@@ -319,6 +324,14 @@ TEST(CudaEngine, ClusterTile) {
     const RunResult e = RunForward(**ta, 0, c.act, x.bytes, n);
     ASSERT_TRUE(e.status.ok()) << e.status;
     EXPECT_TRUE(e.out == b.out) << "the TMA-A down GEMM changed the outputs";
+    // ... and with the gate/up GEMM reading a permuted copy of x by TMA.
+    CudaEngineOptions permuted = tma_a;
+    permuted.cluster_permute_x = CudaEngineOptions::Use::kAlways;
+    auto px = CudaEngine::Create(model, permuted);
+    ASSERT_TRUE(px.ok()) << px.status();
+    const RunResult f = RunForward(**px, 0, c.act, x.bytes, n);
+    ASSERT_TRUE(f.status.ok()) << f.status;
+    EXPECT_TRUE(f.out == b.out) << "the permuted-x gate/up GEMM changed the outputs";
   }
 }
 

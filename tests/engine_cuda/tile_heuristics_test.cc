@@ -295,21 +295,48 @@ TEST(PlanMoe, QuadDownFromTwelveWaves) {
   in.wgmma = true;
   in.wgmma_tile = GemmTile::kWgmmaWsMc;
   in.wgmma_min_rows = 16;
-  in.quad_down = QuadDownPolicy::kAuto;
+  in.quad_down = PathPolicy::kAuto;
   in.tokens = 4096;  // (256 + 64) row tiles x 8 column blocks = 2560 blocks: 19 waves
   EXPECT_TRUE(PlanMoe(in).quad_down);
   in.tokens = 1024;  // (64 + 64) x 8 = 1024 blocks: 7.8 waves
   EXPECT_FALSE(PlanMoe(in).quad_down);
-  in.quad_down = QuadDownPolicy::kAlways;
+  in.quad_down = PathPolicy::kAlways;
   EXPECT_TRUE(PlanMoe(in).quad_down);
   in.tokens = 8;  // the decode tile: never
   EXPECT_FALSE(PlanMoe(in).quad_down);
   in.tokens = 4096;
-  in.quad_down = QuadDownPolicy::kNever;
+  in.quad_down = PathPolicy::kNever;
   EXPECT_FALSE(PlanMoe(in).quad_down);
-  in.quad_down = QuadDownPolicy::kAuto;
+  in.quad_down = PathPolicy::kAuto;
   in.wgmma_tile = GemmTile::kWgmmaWs;  // not the cluster tile
   EXPECT_FALSE(PlanMoe(in).quad_down);
+}
+
+TEST(PlanMoe, PermuteXForWideExperts) {
+  MoePlanInput in;  // Mixtral-8x7B at 4096 tokens
+  in.tokens = 4096;
+  in.top_k = 2;
+  in.n_experts = 8;
+  in.hidden = 4096;
+  in.inter = 14336;
+  in.router_rows = 8;
+  in.router_k = 4096;
+  in.sm_count = 132;
+  in.wgmma = true;
+  in.wgmma_tile = GemmTile::kWgmmaWsMc;
+  in.wgmma_min_rows = 16;
+  EXPECT_FALSE(PlanMoe(in).permute_x);  // kNever
+  in.permute_x = PathPolicy::kAuto;
+  EXPECT_TRUE(PlanMoe(in).permute_x);
+  in.tokens = 8;  // the decode tile: never
+  EXPECT_FALSE(PlanMoe(in).permute_x);
+  in.tokens = 4096;
+  in.inter = 2048;  // narrow experts: the copy would cost more than it saves
+  EXPECT_FALSE(PlanMoe(in).permute_x);
+  in.permute_x = PathPolicy::kAlways;
+  EXPECT_TRUE(PlanMoe(in).permute_x);
+  in.wgmma_tile = GemmTile::kWgmmaWs;  // not the cluster tile
+  EXPECT_FALSE(PlanMoe(in).permute_x);
 }
 
 }  // namespace

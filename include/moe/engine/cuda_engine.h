@@ -156,8 +156,13 @@ struct CudaEngineOptions {
   // (tests, comparisons). Off: on an H200 it was 1-3% faster than the cp.async 2-block kernel at
   // 16384 tokens but 0-2% slower than the 2-block kernel with A by TMA (cluster_tma_a_down) at
   // 4096-16384 and 1-4% slower at 512-1024 tokens (RESULTS.md session 6).
-  enum class QuadDown : uint8_t { kNever, kAuto, kAlways };
-  QuadDown cluster_quad_down = QuadDown::kNever;
+  enum class Use : uint8_t { kNever, kAuto, kAlways };
+  Use cluster_quad_down = Use::kNever;
+  // kWideCluster only: the scan copies x into the permuted order (into the down output buffer,
+  // free until the down GEMM) and the routed gate/up GEMM loads it by TMA instead of gathering its
+  // rows with cp.async: never, for experts of >= kPermuteXMinInter columns
+  // (kernels/tile_heuristics.h), or always (tests, comparisons).
+  Use cluster_permute_x = Use::kAuto;
   // kWideCluster only: a routed down GEMM not on 2 x 2 clusters loads its A by TMA too (one
   // producer thread instead of 128 issuing cp.async; H200: 0.7-3% faster at Mixtral 512-4096 and
   // Qwen3 512 tokens, RESULTS.md session 6).

@@ -91,7 +91,7 @@ StatusOr<std::unique_ptr<CudaEngine::Impl>> CudaEngine::Impl::Prepare(const MoeS
   if (impl->wgmma) {
     MOE_ASSIGN_OR_RETURN(impl->resident_clusters, cuda::ClusterGemmResidentClusters());
     if (o.hopper_tile == CudaEngineOptions::HopperTile::kWideCluster &&
-        o.cluster_quad_down != CudaEngineOptions::QuadDown::kNever) {
+        o.cluster_quad_down != CudaEngineOptions::Use::kNever) {
       MOE_ASSIGN_OR_RETURN(impl->resident_quad_clusters, cuda::ClusterGemmResidentClusters(4));
     }
   }
@@ -146,6 +146,8 @@ Status CudaEngine::Impl::AllocateSlots() {
   const int64_t split_rows = std::min<int64_t>(tm, cuda::kMaxSplitRows);
   const int64_t max_tiles =
       cuda::MaxGroupedTiles(pairs, static_cast<int>(e), cuda::kTileShapes[0].bm);
+  const bool cluster_tile =
+      wgmma && options.hopper_tile == CudaEngineOptions::HopperTile::kWideCluster;
   for (int n = 0; n < options.num_slots; ++n) {
     auto s = std::make_unique<Slot>();
     s->index = n;
@@ -176,17 +178,24 @@ Status CudaEngine::Impl::AllocateSlots() {
     MOE_RETURN_IF_ERROR(alloc(s->pair_row, pairs * 4));
     MOE_RETURN_IF_ERROR(alloc(s->shared_gate, tm * 4));
     MOE_RETURN_IF_ERROR(alloc(s->h, pairs * i * wsize()));
-    if (resident_quad_clusters > 0 ||
-        (wgmma && options.hopper_tile == CudaEngineOptions::HopperTile::kWideCluster &&
-         options.cluster_tma_a_down)) {
+    // TMA descriptor (device memory) of the [pairs, cols] activation rows at `base`, in A boxes.
+    auto act_map = [&](DeviceBuffer& map_buf, const void* base, int64_t cols) -> Status {
       std::array<uint8_t, cuda::kTensorMapBytes> map{};
-      MOE_RETURN_IF_ERROR(cuda::EncodeTensorMap(s->h.get(), weights.wtype, pairs, i, i,
+      MOE_RETURN_IF_ERROR(cuda::EncodeTensorMap(base, weights.wtype, pairs, cols, cols,
                                                 cuda::kActTensorMapBoxRows, map.data()));
-      MOE_RETURN_IF_ERROR(alloc(s->h_tmap, cuda::kTensorMapBytes));
+      MOE_RETURN_IF_ERROR(alloc(map_buf, cuda::kTensorMapBytes));
       CUDA_RETURN_IF_ERROR(
-          cudaMemcpy(s->h_tmap.get(), map.data(), map.size(), cudaMemcpyHostToDevice));
+          cudaMemcpy(map_buf.get(), map.data(), map.size(), cudaMemcpyHostToDevice));
+      return absl::OkStatus();
+    };
+    if (resident_quad_clusters > 0 || (cluster_tile && options.cluster_tma_a_down)) {
+      MOE_RETURN_IF_ERROR(act_map(s->h_tmap, s->h.get(), i));
     }
     MOE_RETURN_IF_ERROR(alloc(s->y, DownPartialRows() * hd * 4));
+    if (cluster_tile && options.cluster_permute_x != CudaEngineOptions::Use::kNever) {
+      // The permuted x lives in y (pairs x hidden 2-byte rows fit in its DownPartialRows f32 rows).
+      MOE_RETURN_IF_ERROR(act_map(s->x_perm_tmap, s->y.get(), hd));
+    }
     if (is > 0) {
       MOE_RETURN_IF_ERROR(alloc(s->hs, tm * is * wsize()));
       MOE_RETURN_IF_ERROR(
@@ -249,10 +258,14 @@ Status CudaEngine::Impl::BuildLayerLaunch(Slot& s, int64_t capacity, AType atype
           ? cuda::GemmTile::kWgmmaWsMc
           : cuda::GemmTile::kWgmmaTall;
   in.wgmma_min_rows = options.wgmma_min_rows_per_expert;
-  in.quad_down = resident_quad_clusters <= 0 ? cuda::QuadDownPolicy::kNever
-                 : options.cluster_quad_down == CudaEngineOptions::QuadDown::kAlways
-                     ? cuda::QuadDownPolicy::kAlways
-                     : cuda::QuadDownPolicy::kAuto;
+  in.permute_x =
+      options.cluster_permute_x == CudaEngineOptions::Use::kNever    ? cuda::PathPolicy::kNever
+      : options.cluster_permute_x == CudaEngineOptions::Use::kAlways ? cuda::PathPolicy::kAlways
+                                                                     : cuda::PathPolicy::kAuto;
+  in.quad_down = resident_quad_clusters <= 0 ? cuda::PathPolicy::kNever
+                 : options.cluster_quad_down == CudaEngineOptions::Use::kAlways
+                     ? cuda::PathPolicy::kAlways
+                     : cuda::PathPolicy::kAuto;
   l->capacity = capacity;
   l->plan = cuda::PlanMoe(in);
   const cuda::MoePlan& plan = l->plan;
@@ -396,6 +409,20 @@ Status CudaEngine::Impl::BuildLayerLaunch(Slot& s, int64_t capacity, AType atype
     gu.n_groups = static_cast<int>(e);
     gu.tma_multicast = options.cluster_multicast;
     gu.resident_clusters = resident_clusters;
+  }
+  // The permuted copy of x (made by the scan's scatter into y) read by TMA instead of gathering.
+  l->permute_x = plan.permute_x && gu.b0_tmaps != nullptr && s.x_perm_tmap.get() != nullptr &&
+                 !l->fused_front && !l->route_scan && !plan.decode_gemv;
+  if (l->permute_x) {
+    l->scan.x = s.x.get();
+    l->scan.ld_x = 2 * hd;
+    l->scan.x_perm = s.y.get();
+    l->scan.hidden = hd;
+    gu.a = s.y.get();
+    gu.lda = hd;
+    gu.a_rows = nullptr;
+    gu.a_tmap = s.x_perm_tmap.get();
+    gu.a_cluster_cols = 1;
   }
   gu.layer_dev = layer_dev(s);
   gu.b_layer_stride = e;

@@ -39,6 +39,7 @@ struct LayerLaunch {
   cuda::MoePlan plan;
   bool fused_front = false;  // convert + router + routing + scan in one kernel
   bool route_scan = false;   // routing + scan in one kernel (counts need no memset)
+  bool permute_x = false;    // the scan copies x into the permuted order (in y) for gate/up
   bool has_shared = false;
   cuda::ConvertArgs conv;
   cuda::GemmArgs router;
@@ -67,7 +68,8 @@ class CudaEngine::Impl {
     cuda::DeviceBuffer x_in, x, logits, topk_ids, topk_weights, ranks, counts, group_offsets, tiles,
         n_tiles, perm_token, pair_row, shared_gate, h, y, hs, ys, out;
     cuda::DeviceBuffer front_ticket;  // int32 ticket counter of the fused decode front
-    cuda::DeviceBuffer h_tmap;        // TMA descriptor of h for the 2 x 2 cluster down GEMM
+    cuda::DeviceBuffer h_tmap;        // TMA descriptor of h for the TMA-A down GEMM
+    cuda::DeviceBuffer x_perm_tmap;   // TMA descriptor of the permuted x (in y) for gate/up
     cuda::PinnedBuffer in_stage, out_stage, ids_stage, weights_stage, meta_ring;
     std::array<cuda::Event, kMetaRing> meta_events;
     int meta_next = 0;
