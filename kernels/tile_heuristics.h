@@ -121,8 +121,8 @@ int64_t MaxGroupedTiles(int64_t pairs, int n_experts, int bm);
 // at most kDecodeGemvAutoTokens tokens); or wherever it fits (kAlways: tests, comparisons).
 enum class GemvPolicy : uint8_t { kNever, kAuto, kAlways };
 
-// When a kWgmmaWsMc plan runs its routed down GEMM on 2 x 2 clusters: never (the kernel is not
-// available), from kQuadDownMinWaves waves of blocks, or always (tests, comparisons).
+// When a plan takes an optional path (MoePlanInput::quad_down, permute_x): never (not available
+// or switched off), where its rule says (kAuto), or always (tests, comparisons).
 enum class PathPolicy : uint8_t { kNever, kAuto, kAlways };
 
 struct MoePlanInput {
@@ -199,10 +199,12 @@ inline constexpr int64_t kWaveSplitMinWaves = 4;
 // A kWgmmaWsMc plan runs its routed down GEMM on 2 x 2 clusters (GemmArgs::a_tmap; A multicast
 // along column blocks too) when that GEMM has at least this many waves of blocks (expected row
 // tiles x column blocks x splits over the SMs).
-// NOTES (H200, session 6, against 2-block clusters in one call): 16384 tokens 1-3% faster
-// (Mixtral 20274/20335 -> 19713/20110 us), Qwen3 / DSv2-Lite 4096 (19 / 14 waves) 0.6-0.9% faster,
-// Mixtral 4096 (8 waves) within +-0.8%; at 512-1024 tokens (2.4-8 waves) 1-4% slower (DSv2-Lite 512
-// 350 -> 360 us): a cluster of 4 blocks leaves more SMs idle in a short GEMM.
+// NOTES (H200, session 6, against the cp.async 2-block kernel in one call): 16384 tokens 0-3%
+// faster (Mixtral 20274/20335 -> 19713/20110 us), Qwen3 / DSv2-Lite 4096 (19 / 14 waves) 0.6-0.9%
+// faster, Mixtral 4096 (8 waves) within +-0.8%; at 512-1024 tokens (2.4-8 waves) 1-4% slower
+// (DSv2-Lite 512 350 -> 360 us): a cluster of 4 blocks leaves more SMs idle in a short GEMM. But
+// the 2-block kernel with A by TMA too was 0-2% faster than it at 4096-16384, so the engine's
+// option (CudaEngineOptions::cluster_quad_down) is off by default.
 inline constexpr int64_t kQuadDownMinWaves = 12;
 // A kWgmmaWsMc plan whose experts are at least this wide (inter) copies x into the permuted order
 // (pairs x hidden, one more write and read of the activations) so that the routed gate/up GEMM
