@@ -15,6 +15,11 @@
 //       [--fused-clusters=N] [--down-h-smem] [--prefetch-units=N] [--down-tma] [--gate-up-tma]
 //                             (decode experts path variants, CudaEngineOptions::decode_*; the
 //                             --no-* / --down-h-global forms restore the defaults)
+//       [--no-front-cluster] [--no-wave-split] [--no-router-mma]   (session 5 paths off)
+//       [--no-tma-a-down] [--no-permute-x | --permute-x-always] [--quad-down |
+//       --quad-down-always]   (cluster tile: the down GEMM's A by cp.async; gate/up never / always
+//                             from the permuted copy of x; the down GEMM on 2 x 2 clusters from
+//                             kQuadDownMinWaves waves / always)
 //   cuda_engine_bench --check-invariance    deterministic mode: wgmma vs mma.sync bits
 //
 // Per point: median of many timed forwards (CUDA events around each forward, rotating inputs),
