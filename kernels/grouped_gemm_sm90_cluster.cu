@@ -22,10 +22,12 @@
 //    (arriving on `full` when they land), and thread 0 announces the stage's 32 KiB of B on `full`
 //    (expect_tx) and issues one TMA box of 128 weight rows x 64 columns, multicast to both blocks:
 //    gated tiles: rank 0 the gate rows, rank 1 the up rows; plain tiles: rank r rows 128 r...
-//    For a solo tile it loads both boxes into its own block only.
-// 3. Consumers: wait on `full`, fence the async proxy, issue the wgmmas (skipped for a consumer
-//    with no rows), and release the previous stage: lane 0 of each warp arrives on that stage's
-//    `empty` barrier in both blocks.
+//    For a solo tile it loads both boxes into its own block only. With A by TMA (GemmArgs::a_tmap,
+//    contiguous A rows) thread 0 alone loads A's 64-row boxes as well (WgmmaMcGemmKernel's
+//    TMA_A; on 2 x 2 clusters A is multicast too, see there).
+// 3. Consumers: wait on `full`, fence the async proxy (A by cp.async), issue the wgmmas (skipped
+//    for a consumer with no rows), and release the previous stage: lane 0 of each warp arrives on
+//    that stage's `empty` barrier in every block of the cluster.
 // 4. Epilogue: each consumer warp stages its rows through 2 KiB of shared memory past the stages
 //    and stores whole 128-byte row segments (StoreWarpRowsStaged; f32 split partials are stored
 //    from registers). Same k16 order and f32 accumulation from zero as the other wgmma tiles:
@@ -79,17 +81,6 @@ __device__ __forceinline__ void MbarArriveExpectTx(uint64_t* bar, uint32_t bytes
   asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(SmemAddr(bar)),
                "r"(bytes)
                : "memory");
-}
-// TMA: the box at (col, row) of `tmap` into shared offset `dst` of both cluster blocks, signalling
-// each block's barrier at offset `bar`.
-__device__ __forceinline__ void TmaLoadMulticast(uint32_t dst, const void* tmap, int col, int row,
-                                                 uint64_t* bar) {
-  const uint16_t mask = (1u << kClusterBlocks) - 1;
-  asm volatile(
-      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::"
-      "cluster [%0], [%1, {%2, %3}], [%4], %5;\n" ::"r"(dst),
-      "l"(reinterpret_cast<uint64_t>(tmap)), "r"(col), "r"(row), "r"(SmemAddr(bar)), "h"(mask)
-      : "memory");
 }
 // TMA: the box at (col, row) of `tmap` into shared offset `dst` of the cluster blocks in `mask`,
 // signalling each one's barrier at offset `bar`.
@@ -237,192 +228,26 @@ __device__ __forceinline__ ClusterItem ResolveClusterItem(const GemmParams& p,
 }
 #endif
 
-template <typename T, bool GATED>
-__global__ void __launch_bounds__(384, 1) WgmmaWsMcGemmKernel(const GemmParams p) {
-#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  constexpr int BM = 128, B_ROWS = 256, STAGES = kMcStages;
-  constexpr int BN = GATED ? B_ROWS / 2 : B_ROWS;
-  constexpr int kG = GATED ? 2 : 1;
-  constexpr int kStageBytes = WgStageBytes(BM, B_ROWS);
-  __shared__ __align__(8) uint64_t full_bar[STAGES];
-  __shared__ __align__(8) uint64_t empty_bar[STAGES];
-  __shared__ int unit_start[kMaxClusterGemmGroups + 1];
-  __shared__ int solo_start[kMaxClusterGemmGroups + 1];
-  extern __shared__ uint8_t mc_smem_raw[];
-  uint8_t* smem = AlignedStageSmem(mc_smem_raw);
-
-  // Phase 0: barriers (full: 128 producer threads' cp.async + 1 expect_tx arrival; empty: the 8
-  // consumer warps of each cluster block), pair starts, then a cluster barrier so that the peer's
-  // barriers exist before anything arrives on them.
-  InitStageBarriers<STAGES>(full_bar, empty_bar, 128 + 1, 8 * kClusterBlocks);
-  const bool multicast = p.tma_multicast != 0;
-  auto rows_of = [&](int g) { return p.group_offsets[g + 1] - p.group_offsets[g]; };
-  GroupPrefix(p.n_groups, solo_start, [&](int g) { return SoloTiles(rows_of(g), multicast); });
-  const int solos = solo_start[p.n_groups];
-  GroupPrefix(p.n_groups, unit_start, [&](int g) {
-    return McPairs(rows_of(g), multicast) + OwnedSoloPairs(solo_start[g], solo_start[g + 1], solos);
-  });
-  ClusterSync();
-  const uint32_t rank = ClusterRank();
-  const int pairs = unit_start[p.n_groups];
-  const int col_blocks = (p.n + BN - 1) / BN;
-  const int64_t work = static_cast<int64_t>(pairs) * col_blocks * p.splits;
-  const int k_steps = (p.k + kBk - 1) / kBk;
-  const int64_t layer_base = (p.layer_dev ? *p.layer_dev : 0) * p.b_layer_stride;
-  const int wg = threadIdx.x / 128;
-  const int64_t first_item = ClusterId(), item_stride = ClusterCount();
-
-  if (wg == 0) {
-    // Phase 1: producer.
-    SetMaxNRegDec<80>();
-    const int tid = threadIdx.x;
-    const int r0 = tid >> 3, chunk = tid & 7;
-    const int dst0 = r0 * kBk + ((chunk ^ (r0 & 7)) << 3);  // element offset of row r0's chunk
-    const T* a_base = static_cast<const T*>(p.a);
-    // This block's box: gated, the gate (rank 0) or up (rank 1) rows n0..n0+127 into B rows
-    // 128 rank..; plain, rows n0 + 128 rank.. into the same place.
-    uint32_t it = 0;
-    for (int64_t w = first_item; w < work; w += item_stride) {
-      const ClusterItem item =
-          ResolveClusterItem(p, unit_start, solo_start, w, pairs, col_blocks, k_steps, rank);
-      const PairWork& pw = item.pw;
-      const int nb = item.nb, kt_begin = item.kt_begin, kt_end = item.kt_end;
-      // B boxes. Multicast: this block's half (gated: gate rows n0.. for rank 0, up rows n0.. for
-      // rank 1; plain: rows n0 + 128 rank..) into both blocks. Solo: both halves, this block only.
-      const void* tmap0 = nullptr;
-      const void* tmap1 = nullptr;
-      if (pw.group >= 0) {
-        tmap0 = p.b0_tmaps[layer_base + pw.group];
-        tmap1 = GATED ? p.b1_tmaps[layer_base + pw.group] : tmap0;
-        if (tid == 0) {
-          PrefetchTensorMap(tmap0);
-          if (GATED) PrefetchTensorMap(tmap1);
-        }
-      }
-      const int n0 = nb * BN;
-      // A rows of this thread's chunks (-1: past the tile), as 32-bit row numbers (the producer
-      // runs on 40 registers).
-      int a_row[BM / 16];
-#pragma unroll
-      for (int i = 0; i < BM / 16; ++i) {
-        const int r = pw.row_begin + r0 + 16 * i;
-        a_row[i] = r < pw.row_end ? (p.a_rows ? p.a_rows[r] : r) : -1;
-      }
-      const bool any_rows = pw.row_end > pw.row_begin;
-      for (int kt = kt_begin; kt < kt_end; ++kt, ++it) {
-        const int stage = static_cast<int>(it % STAGES);
-        MbarWaitCluster(&empty_bar[stage], ((it / STAGES) & 1) ^ 1);
-        const int k0 = kt * kBk;
-        T* st = reinterpret_cast<T*>(smem + stage * kStageBytes);
-        if (any_rows) {
-          const bool k_ok = k0 + chunk * 8 < p.k;
-#pragma unroll
-          for (int i = 0; i < BM / 16; ++i) {
-            const bool ok = k_ok && a_row[i] >= 0;
-            const T* src = a_base + static_cast<int64_t>(a_row[i]) * p.lda + chunk * 8 + k0;
-            CpAsync16(SmemAddr(st + dst0 + 16 * i * kBk), ok ? src : a_base, ok);
-          }
-        }
-        CpAsyncMbarArrive(&full_bar[stage]);
-        if (tid == 0) {
-          const uint32_t b_dst = SmemAddr(st + BM * kBk);
-          if (pw.multicast) {
-            MbarArriveExpectTx(&full_bar[stage], 2 * kBoxBytes);
-            TmaLoadMulticast(b_dst + rank * kBoxBytes, rank == 1 ? tmap1 : tmap0, k0,
-                             GATED ? n0 : n0 + 128 * static_cast<int>(rank), &full_bar[stage]);
-          } else if (pw.group >= 0) {
-            MbarArriveExpectTx(&full_bar[stage], 2 * kBoxBytes);
-            TmaLoad(b_dst, tmap0, k0, n0, &full_bar[stage]);
-            TmaLoad(b_dst + kBoxBytes, tmap1, k0, GATED ? n0 : n0 + 128, &full_bar[stage]);
-          } else {
-            MbarArrive(&full_bar[stage]);  // an idle block: nothing to load
-          }
-        }
-      }
-    }
-    // Tail: leave only once both blocks' consumers have released every stage.
-    for (int s = 0; s < STAGES; ++s, ++it) {
-      MbarWaitCluster(&empty_bar[it % STAGES], ((it / STAGES) & 1) ^ 1);
-    }
-  } else {
-    // Phase 2: consumers.
-    SetMaxNRegInc<208>();
-    const int cw = wg - 1;  // rows 64 cw .. 64 cw + 63 of the block's 128
-    const int lane = threadIdx.x & 31, warp_in_wg = (threadIdx.x >> 5) & 3;
-    const bool out_f32 = !GATED && p.out_f32;
-    const bool staged = CanStoreStaged(p, out_f32);
-    uint8_t* epilogue_buf = StagedEpilogueBuf(smem + STAGES * kStageBytes);
-    auto release = [&](int stage) {
-      __syncwarp();
-      if (lane == 0) {
-#pragma unroll
-        for (uint32_t r = 0; r < kClusterBlocks; ++r) MbarArriveCluster(&empty_bar[stage], r);
-      }
-    };
-    uint32_t it = 0;
-    for (int64_t w = first_item; w < work; w += item_stride) {
-      const ClusterItem item =
-          ResolveClusterItem(p, unit_start, solo_start, w, pairs, col_blocks, k_steps, rank);
-      const PairWork& pw = item.pw;
-      const int nb = item.nb, split = item.split, kt_begin = item.kt_begin, kt_end = item.kt_end;
-      const bool compute = pw.row_begin + cw * 64 < pw.row_end;
-      float acc[kG][BN / 2];
-#pragma unroll
-      for (int g = 0; g < kG; ++g)
-#pragma unroll
-        for (int i = 0; i < BN / 2; ++i) acc[g][i] = 0.0f;
-      int prev_stage = -1;
-      for (int kt = kt_begin; kt < kt_end; ++kt, ++it) {
-        const int stage = static_cast<int>(it % STAGES);
-        MbarWait(&full_bar[stage], (it / STAGES) & 1);
-        if (compute) {
-          FenceProxyAsync();
-          const uint32_t st = SmemAddr(smem + stage * kStageBytes);
-          WgmmaStage<T, BN, kG>(acc, Desc(st + cw * 64 * kBk * 2), Desc(st + BM * kBk * 2));
-        }
-        if (prev_stage >= 0) release(prev_stage);
-        prev_stage = stage;
-      }
-      WgmmaWait<0>();
-      if (prev_stage >= 0) release(prev_stage);
-
-      // Phase 3: epilogue (warp w of the consumer warpgroup owns rows 16w..16w+15 of its 64).
-      if (compute) {
-        StoreWarpTile<T, GATED, BN, kG>(p, acc, out_f32, staged, split, pw.row_begin,
-                                        pw.row_begin + cw * 64 + warp_in_wg * 16, pw.row_end,
-                                        nb * BN, lane, epilogue_buf);
-      }
-    }
-  }
-  // Phase 4: no block leaves while its peer may still touch its shared memory.
-  ClusterSync();
-#endif
-}
-
-// The TMA-A kernel (GemmArgs::a_tmap): GEMMs whose A rows are contiguous (the routed down GEMM
-// reads h in the permuted order; the gate/up GEMM a permuted copy of x, ScanArgs::x_perm), on
-// clusters of 2 x CN blocks. Cluster rank r is row tile rm = r & 1 of a unit (as rank r of the
-// pair kernel) and column block CN c + rn, rn = r >> 1, of column group c. Per stage a block
-// loads by TMA the 64-row halves of its row tile's A: with CN = 2 one half (64 rn ..), multicast
-// to the block of the other column (same rm), with CN = 1 both; for a multicast unit one 128-row
-// half of its column block's B (plain: rows 128 rm ..; gated: rank rm = 0 the gate rows, 1 the up
-// rows), multicast to the block of the other row tile (same rn); a solo tile loads both halves of
-// its B itself; a tile of <= 64 rows loads one A box. With CN = 2 a block of full tiles reads
-// 24 KiB a stage from L2 instead of 32. One producer thread issues every load (no cp.async: the
-// `full` barrier counts its one expect_tx arrival); every consumer warp releases a stage in all
-// blocks of the cluster. Same wgmma sequence and f32 accumulation as the pair kernel: the same
-// bits.
-// NOTES (H200, session 6): CN = 1 is the default for the down GEMM (0.7-3% faster than the
-// cp.async pair kernel at Mixtral 512-4096 and Qwen3 512 tokens); CN = 2 was 0-2% slower than CN
-// = 1 at 4096-16384 tokens and 1-4% slower at 512-1024.
+// A by TMA (GemmArgs::a_tmap: contiguous A rows, the routed down GEMM's h or the permuted copy of
+// x) on clusters of 2 x CN blocks. Cluster rank r is row tile rm = r & 1 of a unit (rank r of the
+// pair) and column block CN c + rn, rn = r >> 1, of column group c. Per stage one producer
+// thread loads the 64-row boxes of its row tile's A that hold rows: with CN = 2 only box rn,
+// multicast to the block of the other column (same rm), with CN = 1 both; B as in the pair
+// kernel, multicast to the block of the other row tile (same rn). The `full` barrier then counts
+// that one expect_tx arrival. With CN = 2 a block of full tiles reads 24 KiB a stage from L2
+// instead of 32.
+// NOTES (H200, session 6): with A by TMA the down GEMM was 0.7-3% faster at Mixtral 512-4096 and
+// Qwen3 512 tokens (one thread issues the loads instead of 128 issuing cp.async); CN = 2 was 0-2%
+// slower than CN = 1 at 4096-16384 tokens and 1-4% slower at 512-1024.
 constexpr int kQuadBlocks = 4;
 constexpr int kActBoxBytes = kActTensorMapBoxRows * kTensorMapBoxCols * 2;
 static_assert(2 * kActTensorMapBoxRows == 128, "two A boxes make a 128-row tile");
 
-template <typename T, bool GATED, int CN>
-__global__ void __launch_bounds__(384, 1) WgmmaMcTmaAKernel(const GemmParams p) {
+template <typename T, bool GATED, int CN, bool TMA_A>
+__global__ void __launch_bounds__(384, 1) WgmmaMcGemmKernel(const GemmParams p) {
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  constexpr int kBlocks = 2 * CN;
+  static_assert(CN == 1 || (CN == 2 && TMA_A), "A is multicast by TMA only");
+  constexpr int kBlocks = kClusterBlocks * CN;
   constexpr int BM = 128, B_ROWS = 256, STAGES = kMcStages;
   constexpr int BN = GATED ? B_ROWS / 2 : B_ROWS;
   constexpr int kG = GATED ? 2 : 1;
@@ -434,7 +259,10 @@ __global__ void __launch_bounds__(384, 1) WgmmaMcTmaAKernel(const GemmParams p) 
   extern __shared__ uint8_t mc_smem_raw[];
   uint8_t* smem = AlignedStageSmem(mc_smem_raw);
 
-  InitStageBarriers<STAGES>(full_bar, empty_bar, 1, 8 * kBlocks);
+  // Phase 0: barriers (full: the 128 producer threads' cp.async and one expect_tx arrival, or that
+  // arrival alone with A by TMA; empty: the 8 consumer warps of each cluster block), pair starts,
+  // then a cluster barrier so that the peers' barriers exist before anything arrives on them.
+  InitStageBarriers<STAGES>(full_bar, empty_bar, TMA_A ? 1 : 128 + 1, 8 * kBlocks);
   const bool multicast = p.tma_multicast != 0;
   auto rows_of = [&](int g) { return p.group_offsets[g + 1] - p.group_offsets[g]; };
   GroupPrefix(p.n_groups, solo_start, [&](int g) { return SoloTiles(rows_of(g), multicast); });
@@ -455,59 +283,100 @@ __global__ void __launch_bounds__(384, 1) WgmmaMcTmaAKernel(const GemmParams p) 
   const int64_t first_item = ClusterId(), item_stride = ClusterCount();
 
   if (wg == 0) {
+    // Phase 1: producer (thread 0 alone with A by TMA).
     SetMaxNRegDec<80>();
-    if (threadIdx.x == 0) {
-      // Phase 1: producer (one thread).
+    const int tid = threadIdx.x;
+    if (!TMA_A || tid == 0) {
       const uint16_t m_peers = static_cast<uint16_t>(0x3u << (2 * rn));  // share B
       const uint16_t n_peers =
           static_cast<uint16_t>((1u << rm) | (CN == 2 ? 1u << (rm + 2) : 0u));  // share A
-      PrefetchTensorMap(p.a_tmap);
+      const int r0 = tid >> 3, chunk = tid & 7;
+      const int dst0 = r0 * kBk + ((chunk ^ (r0 & 7)) << 3);  // element offset of row r0's chunk
+      const T* a_base = static_cast<const T*>(p.a);
+      if constexpr (TMA_A) PrefetchTensorMap(p.a_tmap);
       uint32_t it = 0;
       for (int64_t w = first_item; w < work; w += item_stride) {
         const ClusterItem item =
             ResolveClusterItem(p, unit_start, solo_start, w, pairs, col_groups, k_steps, rm);
         const PairWork& pw = item.pw;
         const int nb = CN * item.nb + static_cast<int>(rn);
+        // B boxes. Multicast: this block's half (gated: gate rows n0.. for rm 0, up rows n0.. for
+        // rm 1; plain: rows n0 + 128 rm..) into both blocks of its column. Solo: both halves,
+        // this block only.
         const void* tmap0 = nullptr;
         const void* tmap1 = nullptr;
         if (pw.group >= 0) {
           tmap0 = p.b0_tmaps[layer_base + pw.group];
           tmap1 = GATED ? p.b1_tmaps[layer_base + pw.group] : tmap0;
-          PrefetchTensorMap(tmap0);
-          if (GATED) PrefetchTensorMap(tmap1);
+          if (tid == 0) {
+            PrefetchTensorMap(tmap0);
+            if (GATED) PrefetchTensorMap(tmap1);
+          }
         }
-        // A rows of this block's half (CN = 2) or of the tile (CN = 1), loaded only where the
-        // tile has rows (both blocks of a row tile agree: they resolve the same rows).
+        const int n0 = nb * BN;
+        // A by TMA: the 64-row boxes that hold rows of the tile (both blocks of a row tile agree).
+        // A by cp.async: this thread's rows (-1: past the tile), as 32-bit row numbers (the
+        // producer runs on 80 registers).
         const int a_row = pw.row_begin + kActTensorMapBoxRows * static_cast<int>(rn);
         const int a_boxes =
             (max(pw.row_end - pw.row_begin, 0) + kActTensorMapBoxRows - 1) / kActTensorMapBoxRows;
-        const int n0 = nb * BN;
+        int a_rows[TMA_A ? 1 : BM / 16];
+        if constexpr (!TMA_A) {
+#pragma unroll
+          for (int i = 0; i < BM / 16; ++i) {
+            const int r = pw.row_begin + r0 + 16 * i;
+            a_rows[i] = r < pw.row_end ? (p.a_rows ? p.a_rows[r] : r) : -1;
+          }
+        }
         for (int kt = item.kt_begin; kt < item.kt_end; ++kt, ++it) {
           const int stage = static_cast<int>(it % STAGES);
           MbarWaitCluster(&empty_bar[stage], ((it / STAGES) & 1) ^ 1);
           const int k0 = kt * kBk;
-          const uint32_t a_dst = SmemAddr(smem + stage * kStageBytes);
-          const uint32_t b_dst = a_dst + BM * kBk * 2;
-          MbarArriveExpectTx(&full_bar[stage],
-                             a_boxes * kActBoxBytes + (tmap0 != nullptr ? 2 * kBoxBytes : 0));
-          if (CN == 2) {
-            if (static_cast<int>(rn) < a_boxes) {
-              TmaLoadMulticastTo(a_dst + rn * kActBoxBytes, p.a_tmap, k0, a_row, &full_bar[stage],
-                                 n_peers);
+          T* st = reinterpret_cast<T*>(smem + stage * kStageBytes);
+          const uint32_t a_dst = SmemAddr(st);
+          const uint32_t b_dst = SmemAddr(st + BM * kBk);
+          const uint32_t b_bytes = tmap0 != nullptr ? 2 * kBoxBytes : 0;
+          if constexpr (TMA_A) {
+            MbarArriveExpectTx(&full_bar[stage], a_boxes * kActBoxBytes + b_bytes);
+            if constexpr (CN == 2) {
+              if (static_cast<int>(rn) < a_boxes) {
+                TmaLoadMulticastTo(a_dst + rn * kActBoxBytes, p.a_tmap, k0, a_row, &full_bar[stage],
+                                   n_peers);
+              }
+            } else {
+              for (int b = 0; b < a_boxes; ++b) {
+                TmaLoad(a_dst + b * kActBoxBytes, p.a_tmap, k0, a_row + b * kActTensorMapBoxRows,
+                        &full_bar[stage]);
+              }
             }
           } else {
-            for (int b = 0; b < a_boxes; ++b) {
-              TmaLoad(a_dst + b * kActBoxBytes, p.a_tmap, k0, a_row + b * kActTensorMapBoxRows,
-                      &full_bar[stage]);
+            if (a_boxes > 0) {
+              const bool k_ok = k0 + chunk * 8 < p.k;
+#pragma unroll
+              for (int i = 0; i < BM / 16; ++i) {
+                const bool ok = k_ok && a_rows[i] >= 0;
+                const T* src = a_base + static_cast<int64_t>(a_rows[i]) * p.lda + chunk * 8 + k0;
+                CpAsync16(SmemAddr(st + dst0 + 16 * i * kBk), ok ? src : a_base, ok);
+              }
+            }
+            CpAsyncMbarArrive(&full_bar[stage]);
+            if (tid == 0) {
+              if (b_bytes > 0) {
+                MbarArriveExpectTx(&full_bar[stage], b_bytes);
+              } else {
+                MbarArrive(&full_bar[stage]);  // an idle block: nothing to load
+              }
             }
           }
-          if (pw.multicast) {
-            TmaLoadMulticastTo(b_dst + rm * kBoxBytes, rm == 1 ? tmap1 : tmap0, k0,
-                               GATED ? n0 : n0 + 128 * static_cast<int>(rm), &full_bar[stage],
-                               m_peers);
-          } else if (tmap0 != nullptr) {
-            TmaLoad(b_dst, tmap0, k0, n0, &full_bar[stage]);
-            TmaLoad(b_dst + kBoxBytes, tmap1, k0, GATED ? n0 : n0 + 128, &full_bar[stage]);
+          if (tid == 0) {
+            if (pw.multicast) {
+              TmaLoadMulticastTo(b_dst + rm * kBoxBytes, rm == 1 ? tmap1 : tmap0, k0,
+                                 GATED ? n0 : n0 + 128 * static_cast<int>(rm), &full_bar[stage],
+                                 m_peers);
+            } else if (tmap0 != nullptr) {
+              TmaLoad(b_dst, tmap0, k0, n0, &full_bar[stage]);
+              TmaLoad(b_dst + kBoxBytes, tmap1, k0, GATED ? n0 : n0 + 128, &full_bar[stage]);
+            }
           }
         }
       }
@@ -520,9 +389,9 @@ __global__ void __launch_bounds__(384, 1) WgmmaMcTmaAKernel(const GemmParams p) 
   } else {
     // Phase 2: consumers.
     SetMaxNRegInc<208>();
-    const int cw = wg - 1;
+    const int cw = wg - 1;  // rows 64 cw .. 64 cw + 63 of the block's 128
     const int lane = threadIdx.x & 31, warp_in_wg = (threadIdx.x >> 5) & 3;
-    const bool out_f32 = !GATED && p.out_f32 != 0;
+    const bool out_f32 = !GATED && p.out_f32;
     const bool staged = CanStoreStaged(p, out_f32);
     uint8_t* epilogue_buf = StagedEpilogueBuf(smem + STAGES * kStageBytes);
     auto release = [&](int stage) {
@@ -549,6 +418,7 @@ __global__ void __launch_bounds__(384, 1) WgmmaMcTmaAKernel(const GemmParams p) 
         const int stage = static_cast<int>(it % STAGES);
         MbarWait(&full_bar[stage], (it / STAGES) & 1);
         if (compute) {
+          if constexpr (!TMA_A) FenceProxyAsync();  // cp.async wrote A through the generic proxy
           const uint32_t st = SmemAddr(smem + stage * kStageBytes);
           WgmmaStage<T, BN, kG>(acc, Desc(st + cw * 64 * kBk * 2), Desc(st + BM * kBk * 2));
         }
@@ -557,6 +427,8 @@ __global__ void __launch_bounds__(384, 1) WgmmaMcTmaAKernel(const GemmParams p) 
       }
       WgmmaWait<0>();
       if (prev_stage >= 0) release(prev_stage);
+
+      // Phase 3: epilogue (warp w of the consumer warpgroup owns rows 16w..16w+15 of its 64).
       if (compute) {
         StoreWarpTile<T, GATED, BN, kG>(p, acc, out_f32, staged, item.split, pw.row_begin,
                                         pw.row_begin + cw * 64 + warp_in_wg * 16, pw.row_end,
@@ -564,29 +436,25 @@ __global__ void __launch_bounds__(384, 1) WgmmaMcTmaAKernel(const GemmParams p) 
       }
     }
   }
+  // Phase 4: no block leaves while a peer may still touch its shared memory.
   ClusterSync();
 #endif
 }
 
 using KernelFn = void (*)(GemmParams);
 
-KernelFn Find(bool gated, WType wtype) {
-  if (wtype == WType::kBF16) {
-    return gated ? &WgmmaWsMcGemmKernel<__nv_bfloat16, true>
-                 : &WgmmaWsMcGemmKernel<__nv_bfloat16, false>;
-  }
-  return gated ? &WgmmaWsMcGemmKernel<__half, true> : &WgmmaWsMcGemmKernel<__half, false>;
-}
-
 template <typename T, bool GATED>
-KernelFn FindTmaA(int cn) {
-  return cn == 2 ? &WgmmaMcTmaAKernel<T, GATED, 2> : &WgmmaMcTmaAKernel<T, GATED, 1>;
+KernelFn FindFor(bool tma_a, int cn) {
+  if (!tma_a) return &WgmmaMcGemmKernel<T, GATED, 1, false>;
+  return cn == 2 ? &WgmmaMcGemmKernel<T, GATED, 2, true> : &WgmmaMcGemmKernel<T, GATED, 1, true>;
 }
-KernelFn FindTmaA(bool gated, WType wtype, int cn) {
+// The kernel for A by cp.async (tma_a false) or by TMA on clusters of 2 x cn blocks.
+KernelFn Find(bool gated, WType wtype, bool tma_a = false, int cn = 1) {
   if (wtype == WType::kBF16) {
-    return gated ? FindTmaA<__nv_bfloat16, true>(cn) : FindTmaA<__nv_bfloat16, false>(cn);
+    return gated ? FindFor<__nv_bfloat16, true>(tma_a, cn)
+                 : FindFor<__nv_bfloat16, false>(tma_a, cn);
   }
-  return gated ? FindTmaA<__half, true>(cn) : FindTmaA<__half, false>(cn);
+  return gated ? FindFor<__half, true>(tma_a, cn) : FindFor<__half, false>(tma_a, cn);
 }
 
 }  // namespace
@@ -600,7 +468,7 @@ Status InitGemmKernelsSm90Cluster() {
     for (const bool gated : {false, true}) {
       for (const int cn : {1, 2}) {
         CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(
-            FindTmaA(gated, wtype, cn), cudaFuncAttributeMaxDynamicSharedMemorySize, kMcSmem));
+            Find(gated, wtype, true, cn), cudaFuncAttributeMaxDynamicSharedMemorySize, kMcSmem));
       }
     }
   }
@@ -638,7 +506,7 @@ StatusOr<int> ClusterGemmResidentClusters(int cluster_blocks) {
   int clusters = 0;
   CUDA_RETURN_IF_ERROR(cudaOccupancyMaxActiveClusters(
       &clusters,
-      cluster_blocks == kQuadBlocks ? FindTmaA(false, WType::kBF16, 2) : Find(true, WType::kBF16),
+      cluster_blocks == kQuadBlocks ? Find(false, WType::kBF16, true, 2) : Find(true, WType::kBF16),
       &config));
   return clusters;
 }
@@ -658,8 +526,7 @@ Status LaunchGemmSm90Cluster(const GemmParams& p, bool gated, WType wtype, int64
   cudaLaunchAttribute attr[1];
   const cudaLaunchConfig_t config =
       ClusterConfig(attr, static_cast<unsigned>(clusters * cluster_blocks), stream, cluster_blocks);
-  CUDA_RETURN_IF_ERROR(
-      cudaLaunchKernelEx(&config, tma_a ? FindTmaA(gated, wtype, cn) : Find(gated, wtype), p));
+  CUDA_RETURN_IF_ERROR(cudaLaunchKernelEx(&config, Find(gated, wtype, tma_a, cn), p));
   return absl::OkStatus();
 }
 

@@ -292,46 +292,40 @@ TEST(CudaEngine, ClusterTile) {
   permuted.hopper_tile = Tile::kWideCluster;
   permuted.cluster_permute_x = CudaEngineOptions::Use::kAlways;
   CheckCases(cases, permuted);
+  // Variants of the cluster kernels that must give the same bits as the 2 x 2 down GEMM:
+  CudaEngineOptions pair_down = quad;  // the down GEMM on 2-block clusters, A by cp.async
+  pair_down.cluster_quad_down = CudaEngineOptions::Use::kNever;
+  pair_down.cluster_tma_a_down = false;
+  CudaEngineOptions tma_a = pair_down;  // ... A by TMA
+  tma_a.cluster_tma_a_down = true;
+  CudaEngineOptions permuted_tma_a = tma_a;  // ... and gate/up from the permuted copy of x by TMA
+  permuted_tma_a.cluster_permute_x = CudaEngineOptions::Use::kAlways;
+  const std::vector<std::pair<const char*, CudaEngineOptions>> variants = {
+      {"the cp.async warp-specialised tile", WithHopperTile(Tile::kWideWarpSpecialized)},
+      {"the down GEMM on 2-block clusters", pair_down},
+      {"the TMA-A down GEMM", tma_a},
+      {"the permuted-x gate/up GEMM", permuted_tma_a},
+  };
   for (const Case& c : cases) {
     SCOPED_TRACE(c.name);
     const auto model = RandomModel(c.model);
-    auto ws = CudaEngine::Create(model, WithHopperTile(Tile::kWideWarpSpecialized));
-    auto mc = CudaEngine::Create(model, quad);
-    ASSERT_TRUE(ws.ok()) << ws.status();
-    ASSERT_TRUE(mc.ok()) << mc.status();
     const int64_t n = c.tokens.back();
     const auto x = MakeActivations(c.act, n * model->spec().hidden, 74);
-    const RunResult a = RunForward(**ws, 0, c.act, x.bytes, n);
-    const RunResult b = RunForward(**mc, 0, c.act, x.bytes, n);
-    ASSERT_TRUE(a.status.ok()) << a.status;
-    ASSERT_TRUE(b.status.ok()) << b.status;
-    EXPECT_EQ(a.ids, b.ids);
-    EXPECT_TRUE(a.out == b.out) << "outputs differ from the cp.async warp-specialised tile";
-    // The down GEMM on 2-block clusters instead of 2 x 2 ones: the same bits.
-    CudaEngineOptions pair_down = quad;
-    pair_down.cluster_quad_down = CudaEngineOptions::Use::kNever;
-    pair_down.cluster_tma_a_down = false;  // A by cp.async
-    auto pd = CudaEngine::Create(model, pair_down);
-    ASSERT_TRUE(pd.ok()) << pd.status();
-    const RunResult d = RunForward(**pd, 0, c.act, x.bytes, n);
-    ASSERT_TRUE(d.status.ok()) << d.status;
-    EXPECT_TRUE(d.out == b.out) << "the 2 x 2 cluster down GEMM changed the outputs";
-    // ... and on 2-block clusters that load A by TMA.
-    CudaEngineOptions tma_a = pair_down;
-    tma_a.cluster_tma_a_down = true;
-    auto ta = CudaEngine::Create(model, tma_a);
-    ASSERT_TRUE(ta.ok()) << ta.status();
-    const RunResult e = RunForward(**ta, 0, c.act, x.bytes, n);
-    ASSERT_TRUE(e.status.ok()) << e.status;
-    EXPECT_TRUE(e.out == b.out) << "the TMA-A down GEMM changed the outputs";
-    // ... and with the gate/up GEMM reading a permuted copy of x by TMA.
-    CudaEngineOptions permuted = tma_a;
-    permuted.cluster_permute_x = CudaEngineOptions::Use::kAlways;
-    auto px = CudaEngine::Create(model, permuted);
-    ASSERT_TRUE(px.ok()) << px.status();
-    const RunResult f = RunForward(**px, 0, c.act, x.bytes, n);
-    ASSERT_TRUE(f.status.ok()) << f.status;
-    EXPECT_TRUE(f.out == b.out) << "the permuted-x gate/up GEMM changed the outputs";
+    auto run = [&](const CudaEngineOptions& o) {
+      auto engine = CudaEngine::Create(model, o);
+      if (engine.ok()) return RunForward(**engine, 0, c.act, x.bytes, n);
+      RunResult failed;
+      failed.status = engine.status();
+      return failed;
+    };
+    const RunResult ref = run(quad);
+    ASSERT_TRUE(ref.status.ok()) << ref.status;
+    for (const auto& [name, o] : variants) {
+      const RunResult v = run(o);
+      ASSERT_TRUE(v.status.ok()) << name << ": " << v.status;
+      EXPECT_EQ(v.ids, ref.ids) << name;
+      EXPECT_TRUE(v.out == ref.out) << name << " gives other bits than the 2 x 2 down GEMM";
+    }
   }
 }
 

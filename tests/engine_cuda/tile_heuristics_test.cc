@@ -210,18 +210,30 @@ TEST(PlanMoe, DecodeAndPrefillShapes) {
   EXPECT_EQ(p.shared_down_splits, 1);
 }
 
-// The down GEMM of a decode-tile plan with few waves of blocks splits its K (kWaveSplitMinWaves).
-TEST(PlanMoe, WaveFillingDownSplits) {
-  MoePlanInput in;  // Mixtral-8x7B at 8 tokens: 8 experts x 64 column blocks, 3 blocks per SM
-  in.tokens = 8;
-  in.top_k = 2;
-  in.n_experts = 8;
-  in.hidden = 4096;
-  in.inter = 14336;
-  in.router_rows = 8;
-  in.router_k = 4096;
+// A Hopper plan input of `tokens` tokens for a Mixtral-8x7B (hidden 4096, inter 14336, 8
+// experts, top-2) or Qwen3-30B-A3B (2048, 768, 128, top-8) layer on 132 SMs; the cluster tile
+// unless `tile` says otherwise.
+MoePlanInput HopperInput(bool mixtral, int64_t tokens, GemmTile tile = GemmTile::kWgmmaWsMc) {
+  MoePlanInput in;
+  in.tokens = tokens;
+  in.top_k = mixtral ? 2 : 8;
+  in.n_experts = mixtral ? 8 : 128;
+  in.hidden = mixtral ? 4096 : 2048;
+  in.inter = mixtral ? 14336 : 768;
+  in.router_rows = in.n_experts;
+  in.router_k = in.hidden;
   in.sm_count = 132;
   in.wgmma = true;
+  in.wgmma_tile = tile;
+  in.wgmma_min_rows = 16;
+  return in;
+}
+
+// The down GEMM of a decode-tile plan with few waves of blocks splits its K (kWaveSplitMinWaves).
+TEST(PlanMoe, WaveFillingDownSplits) {
+  // Mixtral-8x7B at 8 tokens: 8 experts x 64 column blocks, 3 blocks per SM
+  MoePlanInput in = HopperInput(/*mixtral=*/true, 8, GemmTile::kWgmma);
+  in.wgmma_min_rows = 64.0;
   EXPECT_EQ(PlanMoe(in).down_splits, 1);  // the SM's shared memory unknown: no split
   in.smem_per_sm = 233472;
   MoePlan p = PlanMoe(in);
@@ -247,18 +259,8 @@ TEST(PlanMoe, WaveFillingDownSplits) {
 }
 
 TEST(PlanMoe, HopperDownSplitsUnderTwoWaves) {
-  MoePlanInput in;  // Mixtral-8x7B at 512 tokens: 1024 pairs, 128 rows per expert
-  in.tokens = 512;
-  in.top_k = 2;
-  in.n_experts = 8;
-  in.hidden = 4096;
-  in.inter = 14336;
-  in.router_rows = 8;
-  in.router_k = 4096;
-  in.sm_count = 132;
-  in.wgmma = true;
-  in.wgmma_tile = GemmTile::kWgmmaWsMc;
-  in.wgmma_min_rows = 16;
+  // Mixtral-8x7B at 512 tokens: 1024 pairs, 128 rows per expert
+  MoePlanInput in = HopperInput(/*mixtral=*/true, 512);
   in.down_partial_rows = 16 * 1024;       // 16384 tokens: 32768 bf16 pair rows = 16384 f32 rows
   EXPECT_EQ(PlanMoe(in).down_splits, 1);  // the option off (no shared memory size): no split
   in.smem_per_sm = 233472;
@@ -284,19 +286,9 @@ TEST(PlanMoe, HopperDownSplitsUnderTwoWaves) {
 }
 
 TEST(PlanMoe, QuadDownFromTwelveWaves) {
-  MoePlanInput in;  // Qwen3-30B-A3B
-  in.top_k = 8;
-  in.n_experts = 128;
-  in.hidden = 2048;
-  in.inter = 768;
-  in.router_rows = 128;
-  in.router_k = 2048;
-  in.sm_count = 132;
-  in.wgmma = true;
-  in.wgmma_tile = GemmTile::kWgmmaWsMc;
-  in.wgmma_min_rows = 16;
+  // Qwen3-30B-A3B at 4096 tokens: (256 + 64) row tiles x 8 column blocks = 2560 blocks: 19 waves
+  MoePlanInput in = HopperInput(/*mixtral=*/false, 4096);
   in.quad_down = PathPolicy::kAuto;
-  in.tokens = 4096;  // (256 + 64) row tiles x 8 column blocks = 2560 blocks: 19 waves
   EXPECT_TRUE(PlanMoe(in).quad_down);
   in.tokens = 1024;  // (64 + 64) x 8 = 1024 blocks: 7.8 waves
   EXPECT_FALSE(PlanMoe(in).quad_down);
@@ -313,18 +305,7 @@ TEST(PlanMoe, QuadDownFromTwelveWaves) {
 }
 
 TEST(PlanMoe, PermuteXForWideExperts) {
-  MoePlanInput in;  // Mixtral-8x7B at 4096 tokens
-  in.tokens = 4096;
-  in.top_k = 2;
-  in.n_experts = 8;
-  in.hidden = 4096;
-  in.inter = 14336;
-  in.router_rows = 8;
-  in.router_k = 4096;
-  in.sm_count = 132;
-  in.wgmma = true;
-  in.wgmma_tile = GemmTile::kWgmmaWsMc;
-  in.wgmma_min_rows = 16;
+  MoePlanInput in = HopperInput(/*mixtral=*/true, 4096);
   EXPECT_FALSE(PlanMoe(in).permute_x);  // kNever
   in.permute_x = PathPolicy::kAuto;
   EXPECT_TRUE(PlanMoe(in).permute_x);
