@@ -97,8 +97,9 @@ Status InitGemmKernels(bool sm90);
 // device): probed with a one-thread kernel, so call it at start-up only.
 StatusOr<bool> ProbeWgmmaKernels();
 Status LaunchGemm(const GemmArgs& args, cudaStream_t stream);
-// Clusters of the kWgmmaWsMc kernel (2 blocks each) resident at once on the current device; its
-// persistent grid has this many (call after InitGemmKernels(true)).
+// Clusters of the kWgmmaWsMc kernel (of 2 blocks, or 4 for the 2 x 2 kernel: GemmArgs::a_tmap)
+// resident at once on the current device; its persistent grid has this many (call after
+// InitGemmKernels(true)).
 StatusOr<int> ClusterGemmResidentClusters(int cluster_blocks = 2);
 // The same grouped (or dense) problem on CUDA cores for decode batches (decode_gemv.cu): one warp
 // per output column streams the weights once with 16-byte loads. Needs the decode tile's row list

@@ -39,6 +39,18 @@ StatusOr<AType> ToAType(DType d) {
       absl::StrCat("activation dtype ", std::string(DTypeName(d)), " is not F32, F16 or BF16"));
 }
 
+cuda::PathPolicy ToPathPolicy(CudaEngineOptions::Use use) {
+  switch (use) {
+    case CudaEngineOptions::Use::kNever:
+      return cuda::PathPolicy::kNever;
+    case CudaEngineOptions::Use::kAlways:
+      return cuda::PathPolicy::kAlways;
+    case CudaEngineOptions::Use::kAuto:
+      break;
+  }
+  return cuda::PathPolicy::kAuto;
+}
+
 }  // namespace
 
 CudaEngine::Impl::Impl() = default;
@@ -258,14 +270,9 @@ Status CudaEngine::Impl::BuildLayerLaunch(Slot& s, int64_t capacity, AType atype
           ? cuda::GemmTile::kWgmmaWsMc
           : cuda::GemmTile::kWgmmaTall;
   in.wgmma_min_rows = options.wgmma_min_rows_per_expert;
-  in.permute_x =
-      options.cluster_permute_x == CudaEngineOptions::Use::kNever    ? cuda::PathPolicy::kNever
-      : options.cluster_permute_x == CudaEngineOptions::Use::kAlways ? cuda::PathPolicy::kAlways
-                                                                     : cuda::PathPolicy::kAuto;
-  in.quad_down = resident_quad_clusters <= 0 ? cuda::PathPolicy::kNever
-                 : options.cluster_quad_down == CudaEngineOptions::Use::kAlways
-                     ? cuda::PathPolicy::kAlways
-                     : cuda::PathPolicy::kAuto;
+  in.permute_x = ToPathPolicy(options.cluster_permute_x);
+  in.quad_down = resident_quad_clusters > 0 ? ToPathPolicy(options.cluster_quad_down)
+                                            : cuda::PathPolicy::kNever;
   l->capacity = capacity;
   l->plan = cuda::PlanMoe(in);
   const cuda::MoePlan& plan = l->plan;
