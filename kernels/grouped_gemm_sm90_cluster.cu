@@ -207,8 +207,9 @@ __device__ __forceinline__ PairWork ResolvePair(const GemmParams& p, const int* 
   return w;
 }
 
-// Work item w of a cluster (DecodeWorkItem's order over `pairs` pairs): this block's rows, the
-// column block, the split and its k-steps [kt_begin, kt_end).
+// Work item w of a cluster (DecodeWorkItem's order over `pairs` pairs and `col_groups` groups of
+// cn column blocks): this block's rows (row tile rm of the pair), its column block (number rn of
+// the group), the split and its k-steps [kt_begin, kt_end).
 struct ClusterItem {
   PairWork pw;
   int nb, split, kt_begin, kt_end;
@@ -216,12 +217,13 @@ struct ClusterItem {
 __device__ __forceinline__ ClusterItem ResolveClusterItem(const GemmParams& p,
                                                           const int* unit_start,
                                                           const int* solo_start, int64_t w,
-                                                          int pairs, int col_blocks, int k_steps,
-                                                          uint32_t rank) {
+                                                          int pairs, int col_groups, int cn,
+                                                          int k_steps, uint32_t rm, uint32_t rn) {
   ClusterItem c;
-  int t;
-  DecodeWorkItem(w, pairs, col_blocks, t, c.nb, c.split);
-  c.pw = ResolvePair(p, unit_start, solo_start, t, rank);
+  int t, group;
+  DecodeWorkItem(w, pairs, col_groups, t, group, c.split);
+  c.nb = cn * group + static_cast<int>(rn);
+  c.pw = ResolvePair(p, unit_start, solo_start, t, rm);
   c.kt_begin = static_cast<int>(static_cast<int64_t>(c.split) * k_steps / p.splits);
   c.kt_end = static_cast<int>(static_cast<int64_t>(c.split + 1) * k_steps / p.splits);
   return c;
@@ -296,10 +298,10 @@ __global__ void __launch_bounds__(384, 1) WgmmaMcGemmKernel(const GemmParams p) 
       if constexpr (TMA_A) PrefetchTensorMap(p.a_tmap);
       uint32_t it = 0;
       for (int64_t w = first_item; w < work; w += item_stride) {
-        const ClusterItem item =
-            ResolveClusterItem(p, unit_start, solo_start, w, pairs, col_groups, k_steps, rm);
+        const ClusterItem item = ResolveClusterItem(p, unit_start, solo_start, w, pairs, col_groups,
+                                                    CN, k_steps, rm, rn);
         const PairWork& pw = item.pw;
-        const int nb = CN * item.nb + static_cast<int>(rn);
+        const int nb = item.nb;
         // B boxes. Multicast: this block's half (gated: gate rows n0.. for rm 0, up rows n0.. for
         // rm 1; plain: rows n0 + 128 rm..) into both blocks of its column. Solo: both halves,
         // this block only.
@@ -404,9 +406,9 @@ __global__ void __launch_bounds__(384, 1) WgmmaMcGemmKernel(const GemmParams p) 
     uint32_t it = 0;
     for (int64_t w = first_item; w < work; w += item_stride) {
       const ClusterItem item =
-          ResolveClusterItem(p, unit_start, solo_start, w, pairs, col_groups, k_steps, rm);
+          ResolveClusterItem(p, unit_start, solo_start, w, pairs, col_groups, CN, k_steps, rm, rn);
       const PairWork& pw = item.pw;
-      const int nb = CN * item.nb + static_cast<int>(rn);
+      const int nb = item.nb;
       const bool compute = pw.row_begin + cw * 64 < pw.row_end && nb < col_blocks;
       float acc[kG][BN / 2];
 #pragma unroll

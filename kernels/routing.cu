@@ -112,9 +112,7 @@ __global__ void ScatterKernel(const ScanArgs a) {
   GridDepTrigger();
   const int pairs = a.meta->n_tokens * a.top_k;
   for (int p = blockIdx.x * blockDim.x + threadIdx.x; p < pairs; p += gridDim.x * blockDim.x) {
-    const int r = a.group_offsets[a.topk_ids[p]] + a.ranks[p];
-    a.perm_token[r] = p / a.top_k;
-    a.pair_row[p] = r;
+    RecordPairRow(a, p, a.group_offsets[a.topk_ids[p]] + a.ranks[p]);
   }
 }
 
@@ -130,10 +128,7 @@ __global__ void ScatterRowsKernel(const ScanArgs a) {
        p += warps) {
     const int r = a.group_offsets[a.topk_ids[p]] + a.ranks[p];
     const int t = p / a.top_k;
-    if (lane == 0) {
-      a.perm_token[r] = t;
-      a.pair_row[p] = r;
-    }
+    if (lane == 0) RecordPairRow(a, p, r);
     const uint4* src =
         reinterpret_cast<const uint4*>(static_cast<const uint16_t*>(a.x) + t * a.ld_x);
     uint4* dst = reinterpret_cast<uint4*>(static_cast<uint16_t*>(a.x_perm) +

@@ -285,6 +285,12 @@ __device__ RoutedPair RouteToken(const RouteArgs& a, const float* logits, int sp
 }
 
 // ---- Scan ----
+// Pair p (token p / top_k) is row r of the permuted order: the permutation's two index maps.
+__device__ __forceinline__ void RecordPairRow(const ScanArgs& a, int p, int r) {
+  a.perm_token[r] = p / a.top_k;
+  a.pair_row[p] = r;
+}
+
 // Block-wide (kScanThreads threads): offsets, tile list and (with `scatter`) the permutation from
 // per-expert `counts`; s_count / s_tiles: [kScanThreads] shared scratch.
 // Both inclusive scans run in warps (shuffles) and then over the 32 warp totals: three barriers
@@ -345,9 +351,7 @@ inline __device__ void ScanBody(const ScanArgs& a, const int32_t* counts, bool s
   __syncthreads();
   const int pairs = a.meta->n_tokens * a.top_k;
   for (int p = e; p < pairs; p += kScanThreads) {
-    const int r = s_count[a.topk_ids[p]] + a.ranks[p];
-    a.perm_token[r] = p / a.top_k;
-    a.pair_row[p] = r;
+    RecordPairRow(a, p, s_count[a.topk_ids[p]] + a.ranks[p]);
   }
 }
 

@@ -94,53 +94,53 @@ MoePlan PlanMoe(const MoePlanInput& in) {
     }
     plan.router_splits = splits;
   }
-  const int64_t down_blocks =
-      (pairs + shape.bm - 1) / shape.bm * ((in.hidden + bn - 1) / bn) +
-      (active - 1) * ((in.hidden + bn - 1) / bn);  // ~ one extra partial tile per active expert
-  plan.down_splits =
-      ChooseSplitK(std::min(down_blocks, plan.grouped_tiles * ((in.hidden + bn - 1) / bn)),
-                   in.inter, pairs, in.sm_count, in.deterministic);
-  if (!in.deterministic && plan.tile == GemmTile::kDecode && !plan.decode_gemv &&
-      plan.down_splits == 1 && in.smem_per_sm > 0 && pairs <= kMaxSplitRows &&
-      rows_per_group <= kDecodeGemvMaxRows) {
+  // The down GEMM: N = hidden, K = inter.
+  const int64_t down_col_blocks = (in.hidden + bn - 1) / bn;
+  const int64_t down_k_steps = (in.inter + TileShape::kBk - 1) / TileShape::kBk;
+  const int64_t down_blocks = ((pairs + shape.bm - 1) / shape.bm + active - 1) *
+                              down_col_blocks;  // ~ one extra partial tile per active expert
+  plan.down_splits = ChooseSplitK(std::min(down_blocks, plan.grouped_tiles * down_col_blocks),
+                                  in.inter, pairs, in.sm_count, in.deterministic);
+  // Expected blocks of a Hopper-tile down GEMM: pairs / bm full row tiles plus half a partial
+  // one per activated expert.
+  const int64_t hopper_down_blocks = (pairs / shape.bm + active / 2) * down_col_blocks;
+  // Splits of the down K (powers of two up to kMaxSplits, >= 4 k-steps a part, `fits(splits)`)
+  // until `blocks` x splits reaches `target` blocks.
+  auto down_splits_until = [&](int64_t blocks, int64_t target, auto fits) {
+    int splits = 1;
+    while (splits < kMaxSplits && blocks * splits < target && down_k_steps / (2 * splits) >= 4 &&
+           fits(2 * splits)) {
+      splits *= 2;
+    }
+    return splits;
+  };
+  const bool wave_split = in.wave_split_down && !in.deterministic && plan.down_splits == 1;
+  if (wave_split && plan.tile == GemmTile::kDecode && !plan.decode_gemv && in.smem_per_sm > 0 &&
+      pairs <= kMaxSplitRows && rows_per_group <= kDecodeGemvMaxRows) {
     const int64_t per_sm =
         std::min<int64_t>(in.smem_per_sm / shape.smem_bytes(false), 2048 / shape.threads());
     const int64_t slots = per_sm * in.sm_count;
-    const int64_t blocks = active * ((in.hidden + bn - 1) / bn);  // one row tile per expert
-    const int64_t k_steps = (in.inter + TileShape::kBk - 1) / TileShape::kBk;
-    int splits = 1;
+    const int64_t blocks = active * down_col_blocks;  // one row tile per expert
     if (blocks < kWaveSplitBelowWaves * slots) {
-      while (splits < kMaxSplits && blocks * splits < kWaveSplitMinWaves * slots &&
-             k_steps / (2 * splits) >= 4) {
-        splits *= 2;
-      }
+      plan.down_splits =
+          down_splits_until(blocks, kWaveSplitMinWaves * slots, [](int) { return true; });
     }
-    plan.down_splits = splits;
   }
-  if (!in.deterministic && IsHopperTile(plan.tile) && in.smem_per_sm > 0 && plan.down_splits == 1 &&
-      pairs > kMaxSplitRows) {
-    const int64_t col_blocks = (in.hidden + bn - 1) / bn;
-    const int64_t blocks = (pairs / shape.bm + active / 2) * col_blocks;
+  if (wave_split && IsHopperTile(plan.tile) && pairs > kMaxSplitRows) {
     const int64_t partial_rows =
         in.down_partial_rows > 0 ? in.down_partial_rows : int64_t{kMaxSplits} * kMaxSplitRows;
-    const int64_t k_steps = (in.inter + TileShape::kBk - 1) / TileShape::kBk;
-    int splits = 1;
-    while (splits < kMaxSplits && blocks * splits < kWaveSplitBelowWaves * in.sm_count &&
-           k_steps / (2 * splits) >= 4 && 2 * splits * pairs <= partial_rows) {
-      splits *= 2;
-    }
-    plan.down_splits = splits;
+    plan.down_splits =
+        down_splits_until(hopper_down_blocks, kWaveSplitBelowWaves * in.sm_count,
+                          [&](int splits) { return splits * pairs <= partial_rows; });
   }
   if (in.quad_down != PathPolicy::kNever && plan.tile == GemmTile::kWgmmaWsMc) {
-    const int64_t blocks =
-        (pairs / shape.bm + active / 2) * ((in.hidden + bn - 1) / bn) * plan.down_splits;
-    plan.quad_down =
-        in.quad_down == PathPolicy::kAlways || blocks >= kQuadDownMinWaves * in.sm_count;
+    plan.quad_down = in.quad_down == PathPolicy::kAlways ||
+                     hopper_down_blocks * plan.down_splits >= kQuadDownMinWaves * in.sm_count;
   }
   plan.permute_x = in.permute_x != PathPolicy::kNever && plan.tile == GemmTile::kWgmmaWsMc &&
                    (in.permute_x == PathPolicy::kAlways || in.inter >= kPermuteXMinInter);
   if (in.shared_inter > 0) {
-    const int64_t shared_blocks = plan.dense_tiles * ((in.hidden + bn - 1) / bn);
+    const int64_t shared_blocks = plan.dense_tiles * down_col_blocks;
     plan.shared_down_splits =
         ChooseSplitK(shared_blocks, in.shared_inter, in.tokens, in.sm_count, in.deterministic);
   }

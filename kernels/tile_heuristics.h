@@ -143,6 +143,8 @@ struct MoePlanInput {
   int sm_count = 132;
   // Shared memory per SM (0: unknown), for the resident blocks of a wave (down GEMM splits).
   int64_t smem_per_sm = 0;
+  // The wave-filling down splits (kWaveSplitMinWaves; the decode-tile one needs smem_per_sm).
+  bool wave_split_down = false;
   // Batches of up to this many tokens run the router GEMM of a Hopper plan on the mma.sync tile
   // (0: never; the engine passes kRouterMmaMaxTokens unless told otherwise).
   int64_t router_mma_max_tokens = 0;

@@ -234,6 +234,10 @@ TEST(PlanMoe, WaveFillingDownSplits) {
   // Mixtral-8x7B at 8 tokens: 8 experts x 64 column blocks, 3 blocks per SM
   MoePlanInput in = HopperInput(/*mixtral=*/true, 8, GemmTile::kWgmma);
   in.wgmma_min_rows = 64.0;
+  in.smem_per_sm = 233472;
+  EXPECT_EQ(PlanMoe(in).down_splits, 1);  // the option off: no split
+  in.wave_split_down = true;
+  in.smem_per_sm = 0;
   EXPECT_EQ(PlanMoe(in).down_splits, 1);  // the SM's shared memory unknown: no split
   in.smem_per_sm = 233472;
   MoePlan p = PlanMoe(in);
@@ -262,8 +266,8 @@ TEST(PlanMoe, HopperDownSplitsUnderTwoWaves) {
   // Mixtral-8x7B at 512 tokens: 1024 pairs, 128 rows per expert
   MoePlanInput in = HopperInput(/*mixtral=*/true, 512);
   in.down_partial_rows = 16 * 1024;       // 16384 tokens: 32768 bf16 pair rows = 16384 f32 rows
-  EXPECT_EQ(PlanMoe(in).down_splits, 1);  // the option off (no shared memory size): no split
-  in.smem_per_sm = 233472;
+  EXPECT_EQ(PlanMoe(in).down_splits, 1);  // the option off: no split
+  in.wave_split_down = true;
   MoePlan p = PlanMoe(in);
   EXPECT_EQ(p.tile, GemmTile::kWgmmaWsMc);
   EXPECT_EQ(p.down_splits, 2);  // (8 + 4) row tiles x 16 column blocks = 192 < 264 blocks

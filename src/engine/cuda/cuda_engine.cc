@@ -252,7 +252,8 @@ Status CudaEngine::Impl::BuildLayerLaunch(Slot& s, int64_t capacity, AType atype
   in.router_partial_rows = cuda::kRouterPartialRowsPerToken * options.max_batch_tokens;
   in.down_partial_rows = DownPartialRows();
   in.sm_count = sms;
-  in.smem_per_sm = options.wave_split_down ? smem_per_sm : 0;
+  in.smem_per_sm = smem_per_sm;
+  in.wave_split_down = options.wave_split_down;
   in.router_mma_max_tokens = options.small_batch_router_mma ? cuda::kRouterMmaMaxTokens : 0;
   in.deterministic = options.deterministic;
   in.wgmma = wgmma;
