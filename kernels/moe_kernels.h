@@ -183,6 +183,32 @@ struct ConvertArgs {
 };
 Status LaunchConvert(const ConvertArgs& args, cudaStream_t stream);
 
+// ---- Router GEMM fused with the conversion (router_gemm.cu) ----
+// For activations in the weights' dtype: copies the input rows into x ([capacity, ldx], the hi
+// part ConvertKernel writes) and computes logits[t, r] = sum_k input[t, k] * router[r, k] for every
+// router row in f32 on the tensor cores (mma.sync, k ascending, no split: batch invariant).
+struct RouterConvertArgs {
+  const ForwardMeta* meta = nullptr;
+  WType wtype = WType::kBF16;  // also the input's dtype
+  int hidden = 0;
+  int64_t capacity = 0;
+  void* x = nullptr;
+  int64_t ldx = 0;
+  const void* const* router_table = nullptr;  // [layers] -> [router_rows, ld_router] wtype
+  const int32_t* layer_dev = nullptr;         // index into router_table (null: entry 0)
+  int router_rows = 0;
+  int64_t ld_router = 0;
+  float* logits = nullptr;  // [capacity, ld_logits]
+  int64_t ld_logits = 0;
+  int tiles_per_block = 1;  // router rows per block / 8 (RouterConvertTilesPerBlock)
+  bool pdl = false;
+  Status Validate() const;
+};
+bool CanRouterConvert(int hidden, int router_rows);
+// Row tiles per block for a launch of `capacity` tokens on `sm_count` SMs.
+int RouterConvertTilesPerBlock(int64_t capacity, int router_rows, int sm_count);
+Status LaunchRouterConvert(const RouterConvertArgs& args, cudaStream_t stream);
+
 // One warp per token: scores, group-limited selection, top-k (ties -> lower index), weights; counts
 // tokens per expert (counts must be zero on entry) and records each pair's rank within its expert.
 struct RouteArgs {

@@ -221,6 +221,9 @@ inline constexpr int kPermuteXMinInter = 4096;
 // experts and cost ~12 us in the graph); at 1024 tokens 6 / 9 us faster; at 2048 and 4096 tokens
 // within the spread, so larger batches keep the Hopper tile.
 inline constexpr int64_t kRouterMmaMaxTokens = 1024;
+// Batches of at least this many tokens run the router fused with the input copy
+// (CudaEngineOptions::fused_router_convert, kernels/router_gemm.cu).
+inline constexpr int64_t kRouterConvertMinTokens = 256;
 // Rows per activated expert up to which the routed gate/up GEMM uses kDecodeNarrow: there the
 // weights dominate (the narrow tile re-reads A 4x more often than kDecode, cheap for a few rows).
 inline constexpr double kNarrowGatedMaxRows = 4.0;

@@ -83,6 +83,9 @@ CudaEngineOptions::Use g_quad_down = CudaEngineOptions().cluster_quad_down;
 bool g_tma_a_down = CudaEngineOptions().cluster_tma_a_down;  // --[no-]tma-a-down
 // --no-permute-x / --permute-x-always: gate/up from a permuted copy of x never / always.
 CudaEngineOptions::Use g_permute_x = CudaEngineOptions().cluster_permute_x;
+// --no-router-convert / --router-convert-always: the router fused with the input copy never /
+// always.
+CudaEngineOptions::Use g_router_convert = CudaEngineOptions().fused_router_convert;
 bool g_down_tma = false;     // --down-tma
 bool g_gate_up_tma = false;  // --gate-up-tma
 
@@ -273,6 +276,7 @@ class Runner {
     o.cluster_quad_down = g_quad_down;
     o.cluster_tma_a_down = g_tma_a_down;
     o.cluster_permute_x = g_permute_x;
+    o.fused_router_convert = g_router_convert;
     o.small_batch_router_mma = g_router_mma;
     o.decode_down_tma = g_down_tma;
     o.decode_gate_up_tma = g_gate_up_tma;
@@ -564,6 +568,10 @@ int main(int argc, char** argv) {
       moe::g_quad_down = moe::CudaEngineOptions::Use::kAuto;
     } else if (a == "--quad-down-always") {
       moe::g_quad_down = moe::CudaEngineOptions::Use::kAlways;
+    } else if (a == "--no-router-convert") {
+      moe::g_router_convert = moe::CudaEngineOptions::Use::kNever;
+    } else if (a == "--router-convert-always") {
+      moe::g_router_convert = moe::CudaEngineOptions::Use::kAlways;
     } else if (a == "--no-router-mma") {
       moe::g_router_mma = false;
     } else if (a == "--no-wave-split") {

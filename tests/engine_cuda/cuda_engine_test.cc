@@ -329,6 +329,38 @@ TEST(CudaEngine, ClusterTile) {
   }
 }
 
+// The router fused with the input copy (kernels/router_gemm.cu; batches past the decode front,
+// activations in the weights' dtype): router rows that fill no 8-row tile (257 = 33 tiles: one a
+// block at 40 tokens, 4 at 600), 8 rows, a shared-expert gate row, f16, token counts no multiple
+// of its 32-token blocks, K split over 8 warps unevenly (192 = 6 steps of 32); against the CPU
+// engine with it on and off.
+TEST(CudaEngine, RouterWithConversion) {
+  MOE_REQUIRE_GPU();
+  std::vector<Case> cases = {
+      {"257 experts",
+       Opts(Family::kQwen3Moe, 257, 8, 192, 32, DType::kBF16, 81),
+       DType::kBF16,
+       {33, 40, 95, 600}},
+      {"mixtral, hidden 1024",
+       Opts(Family::kMixtral, 8, 2, 1024, 64, DType::kBF16, 82),
+       DType::kBF16,
+       {40, 130}},
+      {"qwen2 shared gate, f16",
+       Opts(Family::kQwen2Moe, 60, 4, 256, 64, DType::kF16, 83),
+       DType::kF16,
+       {64, 300}},
+  };
+  CudaEngineOptions on = DefaultOptions();
+  on.fused_router_convert = CudaEngineOptions::Use::kAlways;
+  CheckCases(cases, on);
+  CudaEngineOptions eager = on;
+  eager.graph_batch_sizes.clear();
+  CheckCases(cases, eager);
+  CudaEngineOptions off = on;
+  off.fused_router_convert = CudaEngineOptions::Use::kNever;
+  CheckCases(cases, off);
+}
+
 // Decode-tile batches whose down GEMM has under 2 waves of blocks split its K to fill them
 // (CudaEngineOptions::wave_split_down: Mixtral-like hidden 4096 = 64 column blocks x 8 experts, 8
 // k-steps: 2 splits at 8 tokens, none at 64) and still match the CPU engine, with and without

@@ -163,6 +163,10 @@ struct CudaEngineOptions {
   // rows with cp.async: never, for experts of >= kPermuteXMinInter columns
   // (kernels/tile_heuristics.h), or always (tests, comparisons).
   Use cluster_permute_x = Use::kAuto;
+  // Past the fused decode front, with activations in the weights' dtype and outside deterministic
+  // mode: the input copy and the router GEMM run as one kernel (kernels/router_gemm.cu) never,
+  // from kRouterConvertMinTokens tokens (kernels/tile_heuristics.h), or always.
+  Use fused_router_convert = Use::kAuto;
   // kWideCluster only: a routed down GEMM not on 2 x 2 clusters loads its A by TMA too (one
   // producer thread instead of 128 issuing cp.async; H200: 0.7-3% faster at Mixtral 512-4096 and
   // Qwen3 512 tokens, RESULTS.md session 6).

@@ -332,6 +332,30 @@ Status CudaEngine::Impl::BuildLayerLaunch(Slot& s, int64_t capacity, AType atype
     router.pdl = pdl_next();
     router.prefetch_weights = true;  // rows from the meta (copied before the graph), weights fixed
   }
+  // The same router with the conversion, in one kernel (deterministic mode keeps the GEMM tile of
+  // its batch size's plan, f32 activations the hi + lo split).
+  const cuda::PathPolicy rc_policy = ToPathPolicy(options.fused_router_convert);
+  l->router_convert =
+      !fused_front && !split_lo && !options.deterministic && cuda::CanRouterConvert(hd, nr) &&
+      (rc_policy == cuda::PathPolicy::kAlways ||
+       (rc_policy == cuda::PathPolicy::kAuto && capacity >= cuda::kRouterConvertMinTokens));
+  if (l->router_convert) {
+    cuda::RouterConvertArgs& rc = l->router_conv;
+    rc.meta = meta;
+    rc.wtype = wtype;
+    rc.hidden = hd;
+    rc.capacity = capacity;
+    rc.x = s.x.get();
+    rc.ldx = 2 * hd;
+    rc.router_table = weights.table(weights.router_table);
+    rc.layer_dev = layer_dev(s);
+    rc.router_rows = nr;
+    rc.ld_router = 2 * hd;
+    rc.logits = s.logits.as<float>();
+    rc.ld_logits = nr;
+    rc.tiles_per_block = cuda::RouterConvertTilesPerBlock(capacity, nr, sms);
+    rc.pdl = conv.pdl;
+  }
 
   // 3. Routing, 4. offsets + tiles + permutation.
   cuda::RouteArgs& route = l->route;
@@ -351,8 +375,8 @@ Status CudaEngine::Impl::BuildLayerLaunch(Slot& s, int64_t capacity, AType atype
   route.routing.has_shared_gate = spec.shared_expert_gate;
   route.logits = s.logits.as<float>();
   route.ld_logits = nr;
-  route.splits = plan.router_splits;
-  route.split_stride = capacity * nr;
+  route.splits = l->router_convert ? 1 : plan.router_splits;
+  route.split_stride = l->router_convert ? 0 : capacity * nr;
   route.bias = weights.bias.as<float>();
   route.capacity = capacity;
   route.topk_ids = s.topk_ids.as<int32_t>();
@@ -598,8 +622,12 @@ Status CudaEngine::Impl::LaunchFrontPhase(Slot& s, const LayerLaunch& l) const {
     CUDA_RETURN_IF_ERROR(cudaMemsetAsync(s.counts.get(), 0, s.counts.bytes(), st));
   }
   if (l.fused_front) return cuda::LaunchFront(l.front, st);
-  MOE_RETURN_IF_ERROR(cuda::LaunchConvert(l.conv, st));
-  MOE_RETURN_IF_ERROR(cuda::LaunchGemm(l.router, st));
+  if (l.router_convert) {
+    MOE_RETURN_IF_ERROR(cuda::LaunchRouterConvert(l.router_conv, st));
+  } else {
+    MOE_RETURN_IF_ERROR(cuda::LaunchConvert(l.conv, st));
+    MOE_RETURN_IF_ERROR(cuda::LaunchGemm(l.router, st));
+  }
   if (l.route_scan) return cuda::LaunchRouteScan(l.route, l.scan, st);
   MOE_RETURN_IF_ERROR(cuda::LaunchRoute(l.route, st));
   return cuda::LaunchScan(l.scan, st);

@@ -37,12 +37,14 @@ inline constexpr int kMetaRing = 64;
 struct LayerLaunch {
   int64_t capacity = 0;
   cuda::MoePlan plan;
-  bool fused_front = false;  // convert + router + routing + scan in one kernel
-  bool route_scan = false;   // routing + scan in one kernel (counts need no memset)
-  bool permute_x = false;    // the scan copies x into the permuted order (in y) for gate/up
+  bool fused_front = false;     // convert + router + routing + scan in one kernel
+  bool router_convert = false;  // convert + router in one kernel (router_conv replaces both)
+  bool route_scan = false;      // routing + scan in one kernel (counts need no memset)
+  bool permute_x = false;       // the scan copies x into the permuted order (in y) for gate/up
   bool has_shared = false;
   cuda::ConvertArgs conv;
   cuda::GemmArgs router;
+  cuda::RouterConvertArgs router_conv;
   cuda::RouteArgs route;
   cuda::ScanArgs scan;
   cuda::FrontArgs front;
