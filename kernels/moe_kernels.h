@@ -207,6 +207,8 @@ struct RouterConvertArgs {
 bool CanRouterConvert(int hidden, int router_rows);
 // Row tiles per block for a launch of `capacity` tokens on `sm_count` SMs.
 int RouterConvertTilesPerBlock(int64_t capacity, int router_rows, int sm_count);
+// Blocks of that launch.
+int64_t RouterConvertBlocks(int64_t capacity, int router_rows, int sm_count);
 Status LaunchRouterConvert(const RouterConvertArgs& args, cudaStream_t stream);
 
 // One warp per token: scores, group-limited selection, top-k (ties -> lower index), weights; counts

@@ -199,6 +199,12 @@ int RouterConvertTilesPerBlock(int64_t capacity, int router_rows, int sm_count) 
   return static_cast<int>((row_tiles + splits - 1) / splits);
 }
 
+int64_t RouterConvertBlocks(int64_t capacity, int router_rows, int sm_count) {
+  const int row_tiles = (router_rows + 7) / 8;
+  const int tiles = RouterConvertTilesPerBlock(capacity, router_rows, sm_count);
+  return (capacity + kRcTokens - 1) / kRcTokens * ((row_tiles + tiles - 1) / tiles);
+}
+
 Status RouterConvertArgs::Validate() const {
   if (meta == nullptr || router_table == nullptr || x == nullptr || logits == nullptr) {
     return absl::InvalidArgumentError("RouterConvertArgs: null pointer");

@@ -221,9 +221,16 @@ inline constexpr int kPermuteXMinInter = 4096;
 // experts and cost ~12 us in the graph); at 1024 tokens 6 / 9 us faster; at 2048 and 4096 tokens
 // within the spread, so larger batches keep the Hopper tile.
 inline constexpr int64_t kRouterMmaMaxTokens = 1024;
-// Batches of at least this many tokens run the router fused with the input copy
-// (CudaEngineOptions::fused_router_convert, kernels/router_gemm.cu).
+// Batches of at least kRouterConvertMinTokens tokens whose fused router has at most
+// kRouterConvertMaxWaves waves of blocks run the router fused with the input copy
+// (CudaEngineOptions::fused_router_convert, kernels/router_gemm.cu). NOTES (H200, session 7): at
+// 64 tokens it was 1-1.7% slower than the copy + router GEMM (the mma.sync router then overlaps
+// the copy by PDL), at 128-512 0.3-0.6% faster (the embedded model 8-10%); each of its blocks
+// walks all of K for 32 tokens, so its time grows with its waves: at 16384 tokens Qwen3's 2048
+// blocks (15.5 waves) took 168 us against 77 for the two kernels (layer +2.8%), Mixtral's 512
+// blocks 104 against 130.
 inline constexpr int64_t kRouterConvertMinTokens = 256;
+inline constexpr int64_t kRouterConvertMaxWaves = 4;
 // Rows per activated expert up to which the routed gate/up GEMM uses kDecodeNarrow: there the
 // weights dominate (the narrow tile re-reads A 4x more often than kDecode, cheap for a few rows).
 inline constexpr double kNarrowGatedMaxRows = 4.0;

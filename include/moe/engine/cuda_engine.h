@@ -165,7 +165,8 @@ struct CudaEngineOptions {
   Use cluster_permute_x = Use::kAuto;
   // Past the fused decode front, with activations in the weights' dtype and outside deterministic
   // mode: the input copy and the router GEMM run as one kernel (kernels/router_gemm.cu) never,
-  // from kRouterConvertMinTokens tokens (kernels/tile_heuristics.h), or always.
+  // from kRouterConvertMinTokens tokens up to kRouterConvertMaxWaves waves of its blocks
+  // (kernels/tile_heuristics.h), or always.
   Use fused_router_convert = Use::kAuto;
   // kWideCluster only: a routed down GEMM not on 2 x 2 clusters loads its A by TMA too (one
   // producer thread instead of 128 issuing cp.async; H200: 0.7-3% faster at Mixtral 512-4096 and

@@ -338,7 +338,8 @@ Status CudaEngine::Impl::BuildLayerLaunch(Slot& s, int64_t capacity, AType atype
   l->router_convert =
       !fused_front && !split_lo && !options.deterministic && cuda::CanRouterConvert(hd, nr) &&
       (rc_policy == cuda::PathPolicy::kAlways ||
-       (rc_policy == cuda::PathPolicy::kAuto && capacity >= cuda::kRouterConvertMinTokens));
+       (rc_policy == cuda::PathPolicy::kAuto && capacity >= cuda::kRouterConvertMinTokens &&
+        cuda::RouterConvertBlocks(capacity, nr, sms) <= cuda::kRouterConvertMaxWaves * sms));
   if (l->router_convert) {
     cuda::RouterConvertArgs& rc = l->router_conv;
     rc.meta = meta;
