@@ -30,6 +30,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "kernels/cuda_status.h"
+#include "kernels/decode_common.cuh"
 #include "kernels/gemm_common.cuh"
 #include "kernels/moe_kernels.h"
 #include "kernels/pdl.cuh"
@@ -43,14 +44,6 @@ constexpr int kRcThreads = kRcWarps * 32;
 constexpr int kRcMaxTiles = 4;  // router row tiles (8 rows) per block
 constexpr int kRcStepCols = 32;
 constexpr int kRcDepth = 4;  // steps of loads in flight per thread
-
-__device__ __forceinline__ uint4 LoadNc(const void* p) {
-  uint4 v;
-  asm volatile("ld.global.nc.v4.u32 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-               : "l"(p));
-  return v;
-}
 
 // One 32-column step's operands of a thread: its 4 token rows (16-row half m, + 8 h) and its
 // router row of each tile.
@@ -103,10 +96,10 @@ __global__ void __launch_bounds__(kRcThreads) RouterConvertKernel(const RouterCo
 #pragma unroll
     for (int m = 0; m < 2; ++m)
 #pragma unroll
-      for (int h = 0; h < 2; ++h) st.a[m][h] = LoadNc(a_row[m][h] + k);
+      for (int h = 0; h < 2; ++h) st.a[m][h] = LoadKept(a_row[m][h] + k);
 #pragma unroll
     for (int j = 0; j < kRcMaxTiles; ++j) {
-      if (j < tiles) st.b[j] = LoadNc(b_row[j] + k);
+      if (j < tiles) st.b[j] = LoadKept(b_row[j] + k);
     }
   };
 
