@@ -200,15 +200,10 @@ struct RouterConvertArgs {
   int64_t ld_router = 0;
   float* logits = nullptr;  // [capacity, ld_logits]
   int64_t ld_logits = 0;
-  int tiles_per_block = 1;  // router rows per block / 8 (RouterConvertTilesPerBlock)
+  int tiles_per_block = 1;  // router rows per block / 8 (PlanRouterConvert)
   bool pdl = false;
   Status Validate() const;
 };
-bool CanRouterConvert(int hidden, int router_rows);
-// Row tiles per block for a launch of `capacity` tokens on `sm_count` SMs.
-int RouterConvertTilesPerBlock(int64_t capacity, int router_rows, int sm_count);
-// Blocks of that launch.
-int64_t RouterConvertBlocks(int64_t capacity, int router_rows, int sm_count);
 Status LaunchRouterConvert(const RouterConvertArgs& args, cudaStream_t stream);
 
 // One warp per token: scores, group-limited selection, top-k (ties -> lower index), weights; counts

@@ -7,7 +7,8 @@
 // are empty; at Mixtral's 8 rows 31 of 32 are), 20 + 24 us at Mixtral-8x7B.
 //
 // 1. Block (i, j) owns tokens [32 i, 32 i + 32) and router row tiles (8 rows each)
-//    [j * tiles, (j + 1) * tiles), tiles = RouterConvertArgs::tiles_per_block <= 4.
+//    [j * tiles, (j + 1) * tiles), tiles = RouterConvertArgs::tiles_per_block <= 4
+//    (PlanRouterConvert in kernels/tile_heuristics.cc chooses the grid).
 // 2. Its 8 warps split K: warp w takes the w-th eighth of the 32-column steps. Per step a thread
 //    loads 16 bytes (8 columns) of each of its 4 token rows and of its router row in each tile
 //    straight from global memory into registers, and feeds them to mma.sync m16n8k16 as fragments
@@ -38,11 +39,11 @@
 namespace moe::cuda {
 namespace {
 
-constexpr int kRcTokens = 32;
+constexpr int kRcTokens = kRouterConvertBlockTokens;
 constexpr int kRcWarps = 8;
 constexpr int kRcThreads = kRcWarps * 32;
-constexpr int kRcMaxTiles = 4;  // router row tiles (8 rows) per block
-constexpr int kRcStepCols = 32;
+constexpr int kRcMaxTiles = kRouterConvertMaxTiles;
+constexpr int kRcStepCols = kRouterConvertStepCols;
 constexpr int kRcDepth = 4;  // steps of loads in flight per thread
 
 // One 32-column step's operands of a thread: its 4 token rows (16-row half m, + 8 h) and its
@@ -177,26 +178,6 @@ __global__ void __launch_bounds__(kRcThreads) RouterConvertKernel(const RouterCo
 }
 
 }  // namespace
-
-bool CanRouterConvert(int hidden, int router_rows) {
-  return hidden > 0 && hidden % kRcStepCols == 0 && router_rows > 0;
-}
-
-int RouterConvertTilesPerBlock(int64_t capacity, int router_rows, int sm_count) {
-  const int row_tiles = (router_rows + 7) / 8;
-  const int64_t token_blocks = std::max<int64_t>(1, (capacity + kRcTokens - 1) / kRcTokens);
-  // Split the router rows over enough blocks to give every SM one, within the tiles a block holds.
-  const int64_t splits =
-      std::clamp<int64_t>((sm_count + token_blocks - 1) / token_blocks,
-                          (row_tiles + kRcMaxTiles - 1) / kRcMaxTiles, row_tiles);
-  return static_cast<int>((row_tiles + splits - 1) / splits);
-}
-
-int64_t RouterConvertBlocks(int64_t capacity, int router_rows, int sm_count) {
-  const int row_tiles = (router_rows + 7) / 8;
-  const int tiles = RouterConvertTilesPerBlock(capacity, router_rows, sm_count);
-  return (capacity + kRcTokens - 1) / kRcTokens * ((row_tiles + tiles - 1) / tiles);
-}
 
 Status RouterConvertArgs::Validate() const {
   if (meta == nullptr || router_table == nullptr || x == nullptr || logits == nullptr) {

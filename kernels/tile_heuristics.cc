@@ -150,4 +150,31 @@ MoePlan PlanMoe(const MoePlanInput& in) {
   return plan;
 }
 
+RouterConvertGrid PlanRouterConvert(int64_t capacity, int router_rows, int sm_count) {
+  RouterConvertGrid g;
+  const int64_t row_tiles = (router_rows + 7) / 8;
+  g.token_blocks =
+      std::max<int64_t>(1, (capacity + kRouterConvertBlockTokens - 1) / kRouterConvertBlockTokens);
+  const int64_t splits =
+      std::clamp<int64_t>((sm_count + g.token_blocks - 1) / g.token_blocks,
+                          (row_tiles + kRouterConvertMaxTiles - 1) / kRouterConvertMaxTiles,
+                          std::max<int64_t>(1, row_tiles));
+  g.tiles_per_block = static_cast<int>((row_tiles + splits - 1) / splits);
+  g.row_splits = (row_tiles + g.tiles_per_block - 1) / g.tiles_per_block;
+  return g;
+}
+
+bool CanRouterConvert(int hidden, int router_rows) {
+  return hidden > 0 && hidden % kRouterConvertStepCols == 0 && router_rows > 0;
+}
+
+bool UseRouterConvert(PathPolicy policy, int64_t capacity, int hidden, int router_rows,
+                      int sm_count) {
+  if (policy == PathPolicy::kNever || !CanRouterConvert(hidden, router_rows)) return false;
+  if (policy == PathPolicy::kAlways) return true;
+  return capacity >= kRouterConvertMinTokens &&
+         PlanRouterConvert(capacity, router_rows, sm_count).blocks() <=
+             kRouterConvertMaxWaves * sm_count;
+}
+
 }  // namespace moe::cuda

@@ -231,6 +231,28 @@ inline constexpr int64_t kRouterMmaMaxTokens = 1024;
 // blocks 104 against 130.
 inline constexpr int64_t kRouterConvertMinTokens = 256;
 inline constexpr int64_t kRouterConvertMaxWaves = 4;
+// Its blocks: kRouterConvertBlockTokens tokens x at most kRouterConvertMaxTiles router row tiles
+// of 8 rows; K in steps of kRouterConvertStepCols columns.
+inline constexpr int kRouterConvertBlockTokens = 32;
+inline constexpr int kRouterConvertMaxTiles = 4;
+inline constexpr int kRouterConvertStepCols = 32;
+
+// The grid of a fused-router launch of `capacity` tokens: token blocks x row splits, each split
+// `tiles_per_block` row tiles. The rows are split over enough blocks to give every SM one (each
+// block streams its router rows once per 32 tokens), within the tiles a block holds.
+struct RouterConvertGrid {
+  int tiles_per_block = 1;
+  int64_t token_blocks = 1;
+  int64_t row_splits = 1;
+  int64_t blocks() const { return token_blocks * row_splits; }
+};
+RouterConvertGrid PlanRouterConvert(int64_t capacity, int router_rows, int sm_count);
+// Whether the kernel can run this router (hidden a multiple of its K step).
+bool CanRouterConvert(int hidden, int router_rows);
+// Whether a forward of `capacity` tokens runs the fused router under `policy`; the caller checks
+// the rest (activations in the weights' dtype, not deterministic, not the fused decode front).
+bool UseRouterConvert(PathPolicy policy, int64_t capacity, int hidden, int router_rows,
+                      int sm_count);
 // Rows per activated expert up to which the routed gate/up GEMM uses kDecodeNarrow: there the
 // weights dominate (the narrow tile re-reads A 4x more often than kDecode, cheap for a few rows).
 inline constexpr double kNarrowGatedMaxRows = 4.0;

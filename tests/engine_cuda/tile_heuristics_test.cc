@@ -3,6 +3,8 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+
 namespace moe::cuda {
 namespace {
 
@@ -322,6 +324,49 @@ TEST(PlanMoe, PermuteXForWideExperts) {
   EXPECT_TRUE(PlanMoe(in).permute_x);
   in.wgmma_tile = GemmTile::kWgmmaWs;  // not the cluster tile
   EXPECT_FALSE(PlanMoe(in).permute_x);
+}
+
+// The fused router's grid: every router row tile in exactly one split of at most
+// kRouterConvertMaxTiles tiles, and enough blocks to spread over the SMs where the rows allow.
+TEST(RouterConvert, GridCoversTheRowsAndFillsTheChip) {
+  for (const int rows : {1, 8, 9, 61, 64, 128, 129, 257}) {
+    for (const int64_t capacity : {1, 31, 33, 64, 256, 512, 600, 4096, 16384}) {
+      SCOPED_TRACE(::testing::Message() << "rows " << rows << " capacity " << capacity);
+      const RouterConvertGrid g = PlanRouterConvert(capacity, rows, 132);
+      const int64_t row_tiles = (rows + 7) / 8;
+      EXPECT_GE(g.tiles_per_block, 1);
+      EXPECT_LE(g.tiles_per_block, kRouterConvertMaxTiles);
+      EXPECT_GE(g.row_splits * g.tiles_per_block, row_tiles);
+      EXPECT_LT((g.row_splits - 1) * g.tiles_per_block, row_tiles);  // no empty split
+      EXPECT_EQ(g.token_blocks, (capacity + 31) / 32);
+      // At least half a block per SM where there are that many (token block, row tile) pairs.
+      EXPECT_GE(2 * g.blocks(), std::min<int64_t>(132, g.token_blocks * row_tiles));
+    }
+  }
+  // The shapes of the GPU test and the bench (H200: 132 SMs).
+  EXPECT_EQ(PlanRouterConvert(40, 257, 132).tiles_per_block, 1);   // 33 splits of 1 tile
+  EXPECT_EQ(PlanRouterConvert(600, 257, 132).tiles_per_block, 4);  // 9 splits of <= 4
+  EXPECT_EQ(PlanRouterConvert(512, 128, 132).blocks(), 16 * 8);    // Qwen3: 2 tiles a block
+  EXPECT_EQ(PlanRouterConvert(4096, 128, 132).blocks(), 128 * 4);
+  EXPECT_EQ(PlanRouterConvert(16384, 8, 132).blocks(), 512);  // Mixtral: one tile
+}
+
+TEST(RouterConvert, FromMinTokensUpToMaxWaves) {
+  const int sms = 132;
+  // kAuto: from 256 tokens, while the grid has at most 4 waves of blocks.
+  EXPECT_FALSE(UseRouterConvert(PathPolicy::kAuto, 128, 2048, 128, sms));
+  EXPECT_TRUE(UseRouterConvert(PathPolicy::kAuto, 256, 2048, 128, sms));
+  EXPECT_TRUE(UseRouterConvert(PathPolicy::kAuto, 4096, 2048, 128, sms));    // 512 blocks
+  EXPECT_FALSE(UseRouterConvert(PathPolicy::kAuto, 16384, 2048, 128, sms));  // 2048 blocks
+  EXPECT_TRUE(UseRouterConvert(PathPolicy::kAuto, 16384, 4096, 8, sms));     // Mixtral: 512
+  EXPECT_FALSE(UseRouterConvert(PathPolicy::kAuto, 16384, 2048, 64, sms));   // DSv2-Lite: 1024
+  // kAlways and kNever ignore the size; no policy runs a hidden size off the kernel's K step.
+  EXPECT_TRUE(UseRouterConvert(PathPolicy::kAlways, 33, 2048, 128, sms));
+  EXPECT_TRUE(UseRouterConvert(PathPolicy::kAlways, 16384, 2048, 128, sms));
+  EXPECT_FALSE(UseRouterConvert(PathPolicy::kNever, 4096, 2048, 128, sms));
+  EXPECT_FALSE(UseRouterConvert(PathPolicy::kAlways, 4096, 200, 128, sms));
+  EXPECT_FALSE(CanRouterConvert(136, 128));
+  EXPECT_TRUE(CanRouterConvert(192, 257));
 }
 
 }  // namespace

@@ -334,12 +334,9 @@ Status CudaEngine::Impl::BuildLayerLaunch(Slot& s, int64_t capacity, AType atype
   }
   // The same router with the conversion, in one kernel (deterministic mode keeps the GEMM tile of
   // its batch size's plan, f32 activations the hi + lo split).
-  const cuda::PathPolicy rc_policy = ToPathPolicy(options.fused_router_convert);
   l->router_convert =
-      !fused_front && !split_lo && !options.deterministic && cuda::CanRouterConvert(hd, nr) &&
-      (rc_policy == cuda::PathPolicy::kAlways ||
-       (rc_policy == cuda::PathPolicy::kAuto && capacity >= cuda::kRouterConvertMinTokens &&
-        cuda::RouterConvertBlocks(capacity, nr, sms) <= cuda::kRouterConvertMaxWaves * sms));
+      !fused_front && !split_lo && !options.deterministic &&
+      cuda::UseRouterConvert(ToPathPolicy(options.fused_router_convert), capacity, hd, nr, sms);
   if (l->router_convert) {
     cuda::RouterConvertArgs& rc = l->router_conv;
     rc.meta = meta;
@@ -354,7 +351,7 @@ Status CudaEngine::Impl::BuildLayerLaunch(Slot& s, int64_t capacity, AType atype
     rc.ld_router = 2 * hd;
     rc.logits = s.logits.as<float>();
     rc.ld_logits = nr;
-    rc.tiles_per_block = cuda::RouterConvertTilesPerBlock(capacity, nr, sms);
+    rc.tiles_per_block = cuda::PlanRouterConvert(capacity, nr, sms).tiles_per_block;
     rc.pdl = conv.pdl;
   }
 
