@@ -16,7 +16,8 @@ const char* TileName(GemmTile tile) {
   return "?";
 }
 
-GemmTile ChooseTile(double rows_per_group, bool wgmma, GemmTile wgmma_tile, double wgmma_min_rows) {
+GemmTile ChooseTile(double rows_per_group, bool wgmma, GemmTile wgmma_tile, double wgmma_min_rows,
+                    double decode_max_rows) {
   // NOTES: the weights dominate below ~64 rows per expert, so the smallest tile that covers the
   // rows streams each expert once; past that, bigger tiles re-read A and B less. On Hopper the
   // wgmma tile takes over past `wgmma_min_rows` (the engine's default: 16). Measured on an H200:
@@ -24,7 +25,7 @@ GemmTile ChooseTile(double rows_per_group, bool wgmma, GemmTile wgmma_tile, doub
   // than the cp.async wgmma tile of then; in session 3 the warp-specialised TMA cluster tile beat
   // the mma.sync tile by 4-6% at 24-48 rows (Qwen3, DSv2-Lite 256/512 tokens) and 28% at 64 (Qwen3
   // 1024 tokens), and tied it at Mixtral's 32-64.
-  if (rows_per_group <= 16.0) return GemmTile::kDecode;
+  if (rows_per_group <= decode_max_rows) return GemmTile::kDecode;
   if (wgmma && rows_per_group > wgmma_min_rows) return wgmma_tile;
   if (rows_per_group <= 64.0) return GemmTile::kMedium;
   if (wgmma) return wgmma_tile;
@@ -50,11 +51,20 @@ MoePlan PlanMoe(const MoePlanInput& in) {
   MoePlan plan;
   const int64_t pairs = in.tokens * in.top_k;
   const int64_t active = std::max<int64_t>(1, std::min<int64_t>(pairs, in.n_experts));
-  plan.tile = ChooseTile(static_cast<double>(pairs) / static_cast<double>(active),
-                         in.wgmma && (!in.deterministic || in.deterministic_wgmma), in.wgmma_tile,
-                         static_cast<int64_t>(in.hidden) * in.inter >= kWgmmaSmallExpertElems
-                             ? in.wgmma_min_rows
-                             : std::max(in.wgmma_min_rows, 64.0));
+  const int64_t expert_elems = static_cast<int64_t>(in.hidden) * in.inter;
+  const bool wgmma = in.wgmma && (!in.deterministic || in.deterministic_wgmma);
+  // Large experts leave the decode tile early for the Hopper tile (not for mma.sync tiles).
+  const bool large_rule =
+      wgmma && in.decode_max_rows < 0.0 && expert_elems >= kWgmmaLargeExpertElems;
+  const double decode_max_rows = in.decode_max_rows >= 0.0 ? in.decode_max_rows
+                                 : large_rule              ? kLargeExpertDecodeMaxRows
+                                                           : 16.0;
+  const double wgmma_min_rows = expert_elems < kWgmmaSmallExpertElems
+                                    ? std::max(in.wgmma_min_rows, 64.0)
+                                : large_rule ? std::min(in.wgmma_min_rows, decode_max_rows)
+                                             : in.wgmma_min_rows;
+  plan.tile = ChooseTile(static_cast<double>(pairs) / static_cast<double>(active), wgmma,
+                         in.wgmma_tile, wgmma_min_rows, decode_max_rows);
   // NOTES: at 1 token Qwen3's gate/up is 8 experts x 12 blocks of 64 columns = 96 blocks for 132
   // SMs (73% of them busy); 16 columns give 384 blocks, 2.9 per SM (97% balance).
   const double rows_per_group = static_cast<double>(pairs) / static_cast<double>(active);
@@ -73,9 +83,10 @@ MoePlan PlanMoe(const MoePlanInput& in) {
   plan.dense_tiles = (in.tokens + shape.bm - 1) / shape.bm;
   const int bn = shape.bn_plain;
   plan.router_tile =
-      IsHopperTile(plan.tile) && !in.deterministic && in.tokens <= in.router_mma_max_tokens
-          ? GemmTile::kMedium
-          : plan.tile;
+      !IsHopperTile(plan.tile) || in.deterministic || in.tokens > in.router_mma_max_tokens
+          ? plan.tile
+      : in.tokens <= kRouterDecodeTileMaxTokens ? GemmTile::kDecode
+                                                : GemmTile::kMedium;
   const TileShape& rshape = ShapeOf(plan.router_tile);
   plan.router_tiles = (in.tokens + rshape.bm - 1) / rshape.bm;
   const int64_t router_blocks =

@@ -99,13 +99,25 @@ inline constexpr int kRouterPartialRowsPerToken = 4;
 
 // The tile for grouped GEMMs whose groups hold `rows_per_group` rows on average; `wgmma`: the
 // device runs the Hopper tiles (sm_90a build on an sm_90 device, not deterministic mode).
-// Past 16 rows per group, the Hopper tile takes groups of more than `wgmma_min_rows` rows.
+// Up to `decode_max_rows` rows per group (16 by default) the decode tile runs; past them the Hopper
+// tile takes groups of more than `wgmma_min_rows` rows.
 // NOTES (H200): for small experts the mma.sync 64-row tile stays faster up to 64 rows: the embedded
 // model (hidden 512, inter 256) at 512 tokens (64 rows per expert) took 67.7 us with it and 89.3 us
 // with the cluster tile; Qwen3 (2048 x 768) and DSv2-Lite (2048 x 1408) gained 4-28% there.
 inline constexpr int64_t kWgmmaSmallExpertElems = int64_t{1} << 20;  // hidden x inter
+// Experts of at least kWgmmaLargeExpertElems (hidden x inter) take the Hopper tile past
+// kLargeExpertDecodeMaxRows rows per expert (whatever wgmma_min_rows says), unless the plan input
+// names its own decode bound.
+// NOTES (H200, session 8, two rounds per call): Mixtral (4096 x 14336) at 64 tokens (16 rows per
+// expert) 748 / 749 -> 721 / 722 us with the cluster tile (ncu: gate/up 491 -> 448 us, 81 -> 88%
+// of DRAM peak; down 238 -> 240), on another H200 809 / 816 -> 749 / 774, and at 32 tokens 788 ->
+// 753; the 64-row mma.sync tile at 64 tokens 745 / 746. DeepSeek-V2-Lite (2048 x 1408) at 64
+// tokens (6 rows) was 9% slower with the cluster tile, Mixtral at 8 tokens (~2 rows) 6%.
+inline constexpr int64_t kWgmmaLargeExpertElems = int64_t{1} << 24;
+inline constexpr double kLargeExpertDecodeMaxRows = 4.0;
 GemmTile ChooseTile(double rows_per_group, bool wgmma = false,
-                    GemmTile wgmma_tile = GemmTile::kWgmma, double wgmma_min_rows = 64.0);
+                    GemmTile wgmma_tile = GemmTile::kWgmma, double wgmma_min_rows = 64.0,
+                    double decode_max_rows = 16.0);
 
 // Splits of K for a plain GEMM of `rows` rows launched as `blocks` blocks (before splitting) over K
 // `k`: the smallest power of two (<= kMaxSplits) giving at least 2 blocks per SM while each split
@@ -155,6 +167,9 @@ struct MoePlanInput {
   // Rows per expert past which the Hopper tile runs (ChooseTile); experts smaller than
   // kWgmmaSmallExpertElems keep at least 64.
   double wgmma_min_rows = 64.0;
+  // Rows per expert up to which the decode tile runs (ChooseTile); negative: the default rule
+  // (kLargeExpertDecodeMaxRows for experts of at least kWgmmaLargeExpertElems, else 16).
+  double decode_max_rows = -1.0;
   GemvPolicy decode_gemv = GemvPolicy::kNever;  // when the CUDA-core decode experts path takes
                                                 // the routed experts (never when deterministic)
   PathPolicy quad_down = PathPolicy::kNever;    // the 2 x 2 cluster down GEMM (MoePlan)
@@ -221,6 +236,10 @@ inline constexpr int kPermuteXMinInter = 4096;
 // experts and cost ~12 us in the graph); at 1024 tokens 6 / 9 us faster; at 2048 and 4096 tokens
 // within the spread, so larger batches keep the Hopper tile.
 inline constexpr int64_t kRouterMmaMaxTokens = 1024;
+// Up to this many tokens that router runs on the decode tile (16 x 64) instead of kMedium.
+// NOTES (H200, session 8, ncu, Mixtral 64 tokens): kMedium (one 64-row tile, K split in 8) took
+// 10.9 us, the decode tile of a decode plan (4 row tiles, K split in 8) 6.0 us.
+inline constexpr int64_t kRouterDecodeTileMaxTokens = 64;
 // Batches of at least kRouterConvertMinTokens tokens whose fused router has at most
 // kRouterConvertMaxWaves waves of blocks run the router fused with the input copy
 // (CudaEngineOptions::fused_router_convert, kernels/router_gemm.cu). NOTES (H200, session 7): at

@@ -8,6 +8,7 @@
 //       256x128, the cp.async 128x256 kernel, the warp-specialised persistent 128x256 one, or that
 //       one with TMA-multicast weights over 2-block clusters, the default)
 //       [--wgmma-from=N]   (rows per expert past which the Hopper tile runs)
+//       [--decode-to=N]   (rows per expert up to which the decode tile runs)
 //       [--no-decode-paths]   (small-batch paths off: the v6 engine, for comparisons)
 //       [--no-gemv | --gemv-always] [--narrow-gate-up]   (decode GEMV never / wherever it fits;
 //                             the narrow gate/up tile)
@@ -38,6 +39,7 @@
 #include <fstream>
 #include <map>
 #include <memory>
+#include <set>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -57,6 +59,10 @@ CudaEngineOptions::HopperTile g_hopper_tile = CudaEngineOptions().hopper_tile;
 bool g_cluster_multicast = true;
 // --wgmma-from=N: rows per expert past which the Hopper tile runs (engine default otherwise).
 int g_wgmma_min_rows = CudaEngineOptions().wgmma_min_rows_per_expert;
+// --decode-to=N: rows per expert up to which the decode tile runs (engine default otherwise).
+int g_decode_max_rows = CudaEngineOptions().decode_tile_max_rows_per_expert;
+// --tokens=...: the token counts measured (each gets a graph of its own).
+std::vector<int64_t> g_tokens;
 // --no-decode-paths: the engine's small-batch paths off (overlap_launches, fused_decode_front,
 // decode_gemv), for before/after comparisons on one card.
 bool g_decode_paths = true;
@@ -257,10 +263,16 @@ class Runner {
     CudaEngineOptions o;
     o.max_batch_tokens = max_tokens;
     o.deterministic = deterministic;
-    o.graph_batch_sizes = {1, 8, 64, 512, 4096, 16384};
+    // The table's sizes and every size asked for (each runs its own plan).
+    std::set<int64_t> sizes = {1, 8, 64, 512, 4096, 16384};
+    for (int64_t t : g_tokens) {
+      if (t <= max_tokens) sizes.insert(t);
+    }
+    o.graph_batch_sizes.assign(sizes.begin(), sizes.end());
     o.hopper_tile = g_hopper_tile;
     o.cluster_multicast = g_cluster_multicast;
     o.wgmma_min_rows_per_expert = g_wgmma_min_rows;
+    o.decode_tile_max_rows_per_expert = g_decode_max_rows;
     if (!g_decode_paths) o.overlap_launches = o.fused_decode_front = false;
     if (!g_decode_paths || !g_decode_gemv) o.decode_gemv = CudaEngineOptions::DecodeGemv::kNever;
     if (g_decode_gemv_always) o.decode_gemv = CudaEngineOptions::DecodeGemv::kAlways;
@@ -509,6 +521,7 @@ int main(int argc, char** argv) {
     } else if (a.rfind("--tokens=", 0) == 0) {
       tokens.clear();
       for (const auto& t : moe::Split(a.substr(9))) tokens.push_back(std::stoll(t));
+      moe::g_tokens = tokens;
     } else if (a == "--check-invariance") {
       return moe::CheckInvariance();
     } else if (a == "--narrow") {
@@ -523,6 +536,8 @@ int main(int argc, char** argv) {
       moe::g_hopper_tile = moe::CudaEngineOptions::HopperTile::kWideCluster;
     } else if (a.rfind("--wgmma-from=", 0) == 0) {
       moe::g_wgmma_min_rows = std::atoi(a.c_str() + 13);
+    } else if (a.rfind("--decode-to=", 0) == 0) {
+      moe::g_decode_max_rows = std::atoi(a.c_str() + 12);
     } else if (a == "--cluster-solo") {
       moe::g_hopper_tile = moe::CudaEngineOptions::HopperTile::kWideCluster;
       moe::g_cluster_multicast = false;

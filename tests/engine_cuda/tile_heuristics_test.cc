@@ -248,8 +248,9 @@ TEST(PlanMoe, WaveFillingDownSplits) {
   in.deterministic = true;
   EXPECT_EQ(PlanMoe(in).down_splits, 1);
   in.deterministic = false;
-  in.tokens = 64;  // 16 rows per expert: not a pure weight stream (measured slower split)
-  EXPECT_EQ(PlanMoe(in).down_splits, 1);
+  in.tokens = 64;  // 16 rows per expert: a Hopper plan; ChooseSplitK splits its 128 down blocks
+  EXPECT_EQ(PlanMoe(in).tile, GemmTile::kWgmma);
+  EXPECT_EQ(PlanMoe(in).down_splits, 4);
   in.tokens = 8;
   in.inter = 256;  // 4 k-steps: never below 4 a part
   EXPECT_EQ(PlanMoe(in).down_splits, 1);
@@ -262,6 +263,46 @@ TEST(PlanMoe, WaveFillingDownSplits) {
   in.n_experts = 64;
   in.inter = 1408;
   EXPECT_EQ(PlanMoe(in).down_splits, 1);
+}
+
+// Experts of >= 2^24 weights take the Hopper tile past 4 rows per expert; smaller ones keep the
+// decode tile up to 16; an explicit decode bound overrides the rule.
+TEST(PlanMoe, LargeExpertsLeaveTheDecodeTileEarly) {
+  MoePlanInput in = HopperInput(/*mixtral=*/true, 8);  // 16 pairs over 8 experts: 2 rows
+  EXPECT_EQ(PlanMoe(in).tile, GemmTile::kDecode);
+  in.tokens = 32;  // 8 rows
+  EXPECT_EQ(PlanMoe(in).tile, GemmTile::kWgmmaWsMc);
+  in.tokens = 64;  // 16 rows: the router on the decode tile, the experts on the cluster tile
+  MoePlan p = PlanMoe(in);
+  EXPECT_EQ(p.tile, GemmTile::kWgmmaWsMc);
+  EXPECT_EQ(p.router_tile, GemmTile::kWgmmaWsMc);  // router_mma_max_tokens not set
+  in.router_mma_max_tokens = kRouterMmaMaxTokens;
+  p = PlanMoe(in);
+  EXPECT_EQ(p.router_tile, GemmTile::kDecode);
+  EXPECT_EQ(p.router_tiles, 4);
+  in.tokens = 128;
+  EXPECT_EQ(PlanMoe(in).router_tile, GemmTile::kMedium);
+  in.tokens = 64;
+  in.decode_max_rows = 16;  // asked for: the old bound
+  EXPECT_EQ(PlanMoe(in).tile, GemmTile::kDecode);
+  in.tokens = 128;  // 32 rows: past it wgmma_min_rows (16) applies as given
+  EXPECT_EQ(PlanMoe(in).tile, GemmTile::kWgmmaWsMc);
+  in.wgmma_min_rows = 32;
+  EXPECT_EQ(PlanMoe(in).tile, GemmTile::kMedium);
+  in.tokens = 64;
+  in.deterministic = true;  // no Hopper tile in deterministic mode: the decode tile up to 16
+  in.decode_max_rows = -1;
+  EXPECT_EQ(PlanMoe(in).tile, GemmTile::kDecode);
+  in.deterministic_wgmma = true;  // unless asked for
+  EXPECT_EQ(PlanMoe(in).tile, GemmTile::kWgmmaWsMc);
+  in = HopperInput(/*mixtral=*/false, 64);  // Qwen3: 4 rows, decode tile either way
+  EXPECT_EQ(PlanMoe(in).tile, GemmTile::kDecode);
+  in.top_k = 6;  // DeepSeek-V2-Lite at 64 tokens: 6 rows over 64 experts of 2048 x 1408
+  in.n_experts = 64;
+  in.inter = 1408;
+  EXPECT_EQ(PlanMoe(in).tile, GemmTile::kDecode);
+  in.tokens = 256;  // 24 rows
+  EXPECT_EQ(PlanMoe(in).tile, GemmTile::kWgmmaWsMc);
 }
 
 TEST(PlanMoe, HopperDownSplitsUnderTwoWaves) {

@@ -178,6 +178,11 @@ struct CudaEngineOptions {
   // per expert, equal at Mixtral's 32-64). Experts under kWgmmaSmallExpertElems (hidden x inter)
   // keep the mma.sync tile up to 64 rows whatever this says.
   int wgmma_min_rows_per_expert = 16;
+  // Expected rows per activated expert up to which the decode tile (mma.sync, 16 rows) runs the
+  // routed GEMMs; past it the rule above. Negative: 16, or 4 for experts of at least 2^24 weights
+  // (hidden x inter), which then take the Hopper tile from 5 rows whatever
+  // wgmma_min_rows_per_expert says (kernels/tile_heuristics.h, kWgmmaLargeExpertElems).
+  int decode_tile_max_rows_per_expert = -1;
   // Small-batch latency paths (benches/RESULTS.md, v7, v8). overlap_launches: programmatic
   // dependent launch between the layer's kernels (sm_90 devices). fused_decode_front: for <= 32
   // tokens the input conversion, router, routing and scan run as one kernel (never in
