@@ -412,6 +412,30 @@ TEST(CudaEngine, WaveFillingDownSplits) {
   }
 }
 
+// The cluster tile at 5-16 rows per expert, where large experts (>= 2^24 weights) take it by
+// default: the same bound asked for on experts of ~2^20 weights (8 experts, top-2: 20-64 tokens
+// are 5-16 rows per expert; 31 experts, top-4: 5-8), with graphs and eager, against the CPU
+// engine.
+TEST(CudaEngine, ClusterTileAtFewRowsPerExpert) {
+  MOE_REQUIRE_GPU();
+  const std::vector<Case> cases = {
+      {"mixtral, hidden 1024, inter 1024",
+       Opts(Family::kMixtral, 8, 2, 1024, 1024, DType::kBF16, 80),
+       DType::kBF16,
+       {20, 33, 64}},
+      {"qwen3, 31 experts, top-4, column and K tails",
+       Opts(Family::kQwen3Moe, 31, 4, 1288, 816, DType::kBF16, 81),
+       DType::kF32,
+       {40, 64}},
+  };
+  CudaEngineOptions o = DefaultOptions();
+  o.decode_tile_max_rows_per_expert = 4;
+  o.wgmma_min_rows_per_expert = 4;
+  CheckCases(cases, o);
+  o.graph_batch_sizes.clear();
+  CheckCases(cases, o);
+}
+
 // Deterministic mode: a token's output bits do not depend on the batch (size, position, tiles).
 TEST(CudaEngine, DeterministicIsBatchInvariant) {
   MOE_REQUIRE_GPU();
