@@ -110,8 +110,19 @@ MoePlan PlanMoe(const MoePlanInput& in) {
   const int64_t down_k_steps = (in.inter + TileShape::kBk - 1) / TileShape::kBk;
   const int64_t down_blocks = ((pairs + shape.bm - 1) / shape.bm + active - 1) *
                               down_col_blocks;  // ~ one extra partial tile per active expert
-  plan.down_splits = ChooseSplitK(std::min(down_blocks, plan.grouped_tiles * down_col_blocks),
-                                  in.inter, pairs, in.sm_count, in.deterministic);
+  const int64_t split_blocks = std::min(down_blocks, plan.grouped_tiles * down_col_blocks);
+  plan.down_splits = ChooseSplitK(split_blocks, in.inter, pairs, in.sm_count, in.deterministic);
+  if (IsHopperTile(plan.tile) && plan.down_splits > 1) {
+    // Resident blocks: one per SM (two for kWgmma2). Split only while the blocks fill under
+    // kHopperSplitFill of them: each split adds f32 partials that the combine reads back.
+    const int64_t slots = int64_t{in.sm_count} * (plan.tile == GemmTile::kWgmma2 ? 2 : 1);
+    int splits = 1;
+    while (splits < plan.down_splits &&
+           static_cast<double>(split_blocks * splits) < kHopperSplitFill * slots) {
+      splits *= 2;
+    }
+    plan.down_splits = splits;
+  }
   // Expected blocks of a Hopper-tile down GEMM: pairs / bm full row tiles plus half a partial
   // one per activated expert.
   const int64_t hopper_down_blocks = (pairs / shape.bm + active / 2) * down_col_blocks;
@@ -155,6 +166,7 @@ MoePlan PlanMoe(const MoePlanInput& in) {
     plan.shared_down_splits =
         ChooseSplitK(shared_blocks, in.shared_inter, in.tokens, in.sm_count, in.deterministic);
   }
+  if (in.max_down_splits > 0) plan.down_splits = std::min(plan.down_splits, in.max_down_splits);
   // The GEMV spreads its columns over every SM without splitting K.
   if (plan.decode_gemv) plan.down_splits = 1;
   if (plan.shared_gemv) plan.shared_down_splits = 1;

@@ -167,6 +167,8 @@ struct MoePlanInput {
   // Rows per expert past which the Hopper tile runs (ChooseTile); experts smaller than
   // kWgmmaSmallExpertElems keep at least 64.
   double wgmma_min_rows = 64.0;
+  // At most this many K splits of the routed down GEMM (0: kMaxSplits; comparisons).
+  int max_down_splits = 0;
   // Rows per expert up to which the decode tile runs (ChooseTile); negative: the default rule
   // (kLargeExpertDecodeMaxRows for experts of at least kWgmmaLargeExpertElems, else 16).
   double decode_max_rows = -1.0;
@@ -206,6 +208,12 @@ struct MoePlan {
 // slower: Mixtral at 64 tokens (16 rows per expert, 4 splits) +0.7%, DeepSeek-V2-Lite at 8 tokens
 // (1536 blocks, 3.9 waves, 2 splits) +1.4%; hence the row and wave bounds.
 inline constexpr int64_t kWaveSplitBelowWaves = 2;
+// A Hopper-tile down GEMM of at most kMaxSplitRows rows splits its K (as ChooseSplitK says, at
+// most) only while its blocks fill less than this fraction of the resident blocks.
+// NOTES (H200, session 8, Mixtral, 8 experts x 16 column blocks = 128 blocks for 132 SMs):
+// 4 splits (ChooseSplitK's 2 blocks per SM) -> 1 at 64 tokens 727 -> 712.5 us (ncu: down 239 ->
+// 229 us, combine 6.3 -> 4.0), at 32 tokens 753 -> 744; 2 splits 718 / 747.
+inline constexpr double kHopperSplitFill = 0.75;
 inline constexpr int64_t kWaveSplitMinWaves = 4;
 // The same for a Hopper-tile down GEMM (one block per SM) of more than kMaxSplitRows rows: under
 // kWaveSplitBelowWaves waves of blocks (expected row tiles: pairs / bm plus half a partial tile

@@ -61,6 +61,8 @@ bool g_cluster_multicast = true;
 int g_wgmma_min_rows = CudaEngineOptions().wgmma_min_rows_per_expert;
 // --decode-to=N: rows per expert up to which the decode tile runs (engine default otherwise).
 int g_decode_max_rows = CudaEngineOptions().decode_tile_max_rows_per_expert;
+// --max-down-splits=N: at most N K splits of the routed down GEMM.
+int g_max_down_splits = 0;
 // --tokens=...: the token counts measured (each gets a graph of its own).
 std::vector<int64_t> g_tokens;
 // --no-decode-paths: the engine's small-batch paths off (overlap_launches, fused_decode_front,
@@ -273,6 +275,7 @@ class Runner {
     o.cluster_multicast = g_cluster_multicast;
     o.wgmma_min_rows_per_expert = g_wgmma_min_rows;
     o.decode_tile_max_rows_per_expert = g_decode_max_rows;
+    o.max_down_splits = g_max_down_splits;
     if (!g_decode_paths) o.overlap_launches = o.fused_decode_front = false;
     if (!g_decode_paths || !g_decode_gemv) o.decode_gemv = CudaEngineOptions::DecodeGemv::kNever;
     if (g_decode_gemv_always) o.decode_gemv = CudaEngineOptions::DecodeGemv::kAlways;
@@ -536,6 +539,8 @@ int main(int argc, char** argv) {
       moe::g_hopper_tile = moe::CudaEngineOptions::HopperTile::kWideCluster;
     } else if (a.rfind("--wgmma-from=", 0) == 0) {
       moe::g_wgmma_min_rows = std::atoi(a.c_str() + 13);
+    } else if (a.rfind("--max-down-splits=", 0) == 0) {
+      moe::g_max_down_splits = std::atoi(a.c_str() + 18);
     } else if (a.rfind("--decode-to=", 0) == 0) {
       moe::g_decode_max_rows = std::atoi(a.c_str() + 12);
     } else if (a == "--cluster-solo") {

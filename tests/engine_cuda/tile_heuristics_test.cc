@@ -248,9 +248,12 @@ TEST(PlanMoe, WaveFillingDownSplits) {
   in.deterministic = true;
   EXPECT_EQ(PlanMoe(in).down_splits, 1);
   in.deterministic = false;
-  in.tokens = 64;  // 16 rows per expert: a Hopper plan; ChooseSplitK splits its 128 down blocks
+  in.tokens = 64;  // 16 rows per expert: a Hopper plan whose 128 down blocks fill the SMs
   EXPECT_EQ(PlanMoe(in).tile, GemmTile::kWgmma);
-  EXPECT_EQ(PlanMoe(in).down_splits, 4);
+  EXPECT_EQ(PlanMoe(in).down_splits, 1);
+  in.sm_count = 264;  // ... or half of them: split until 3/4 are busy
+  EXPECT_EQ(PlanMoe(in).down_splits, 2);
+  in.sm_count = 132;
   in.tokens = 8;
   in.inter = 256;  // 4 k-steps: never below 4 a part
   EXPECT_EQ(PlanMoe(in).down_splits, 1);

@@ -183,6 +183,8 @@ struct CudaEngineOptions {
   // (hidden x inter), which then take the Hopper tile from 5 rows whatever
   // wgmma_min_rows_per_expert says (kernels/tile_heuristics.h, kWgmmaLargeExpertElems).
   int decode_tile_max_rows_per_expert = -1;
+  // At most this many K splits of the routed down GEMM (0: no cap; for comparisons).
+  int max_down_splits = 0;
   // Small-batch latency paths (benches/RESULTS.md, v7, v8). overlap_launches: programmatic
   // dependent launch between the layer's kernels (sm_90 devices). fused_decode_front: for <= 32
   // tokens the input conversion, router, routing and scan run as one kernel (never in

@@ -62,8 +62,9 @@ StatusOr<std::unique_ptr<CudaEngine::Impl>> CudaEngine::Impl::Prepare(const MoeS
     return absl::InvalidArgumentError(
         "CudaEngineOptions: need num_slots >= 1 and 1 <= max_batch_tokens <= 2^30");
   }
-  if (o.wgmma_min_rows_per_expert < 0) {
-    return absl::InvalidArgumentError("CudaEngineOptions: wgmma_min_rows_per_expert must be >= 0");
+  if (o.wgmma_min_rows_per_expert < 0 || o.max_down_splits < 0) {
+    return absl::InvalidArgumentError(
+        "CudaEngineOptions: wgmma_min_rows_per_expert and max_down_splits must be >= 0");
   }
   if (o.expert_cache.budget_bytes < 0 || o.expert_cache.prefetch_max_loads < 0) {
     return absl::InvalidArgumentError(
@@ -270,6 +271,7 @@ Status CudaEngine::Impl::BuildLayerLaunch(Slot& s, int64_t capacity, AType atype
           : cuda::GemmTile::kWgmmaTall;
   in.wgmma_min_rows = options.wgmma_min_rows_per_expert;
   in.decode_max_rows = options.decode_tile_max_rows_per_expert;
+  in.max_down_splits = options.max_down_splits;
   in.permute_x = ToPathPolicy(options.cluster_permute_x);
   in.quad_down = resident_quad_clusters > 0 ? ToPathPolicy(options.cluster_quad_down)
                                             : cuda::PathPolicy::kNever;
