@@ -285,9 +285,12 @@ struct FrontArgs {
 };
 bool CanFuseFront(int64_t capacity, int n_experts, int router_rows);
 Status LaunchFront(const FrontArgs& f, cudaStream_t stream);
-// Blocks of the front kernel as one cluster for `router_rows` rows, if this device and build can
-// launch it (sm_90 image, at most 16 blocks, one such cluster fits); else 0.
+// Row blocks of the front kernel as one cluster for `router_rows` rows, if this device and build
+// can launch it (sm_90 image, at most 16 row blocks, one cluster of up to 16 blocks fits: few row
+// blocks also split K over the cluster); else 0.
 StatusOr<int> FrontClusterBlocks(int router_rows);
+// K parts per row block of the cluster front (1: each block covers K, the ticket front's sums).
+int FrontKSplits(int router_rows, int hidden);
 
 // Raises the shared-memory limit of the routing kernels; call once per device.
 Status InitRoutingKernels();

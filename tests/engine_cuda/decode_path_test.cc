@@ -16,6 +16,7 @@
 #include "engine_cpu/random_model.h"
 #include "engine_cpu/reference.h"
 #include "engine_cuda/engine_compare.h"
+#include "kernels/moe_kernels.h"
 #include "moe/engine/cpu_engine.h"
 #include "moe/engine/cuda_engine.h"
 
@@ -202,14 +203,18 @@ TEST(DecodePath, PastFusedLimits) {
 
 // The front as one thread-block cluster (router rows meet in block 0's shared memory) gives the
 // same routing and the same outputs, bit for bit, as the ticket front (same sums in the same
-// order), at every token count of the front (1 to 32 tokens) and with graphs. Cases past 128 router
-// rows (129 experts, 256 experts) keep the ticket front and are compared all the same.
+// order), at every token count of the front (1 to 32 tokens) and with graphs, unless it cuts K
+// into parts (routers of few row blocks, cuda::FrontKSplits): then both match the CPU engine and
+// the reference routing. Cases past 128 router rows (129 experts, 256 experts) keep the ticket
+// front and are compared all the same.
 TEST(DecodePath, FrontClusterMatchesTicketFront) {
   MOE_REQUIRE_GPU();
   for (const Case& tc : Cases()) {
     SCOPED_TRACE(tc.name);
     const auto model = RandomModel(tc.model);
     const int h = model->spec().hidden, k = model->spec().top_k();
+    const int router_rows = model->spec().n_experts() + (model->spec().shared_expert_gate ? 1 : 0);
+    const bool same_sums = cuda::FrontKSplits(router_rows, h) == 1;
     CudaEngineOptions o;
     o.max_batch_tokens = 32;
     o.graph_batch_sizes = {1, 4, 32};
@@ -230,9 +235,15 @@ TEST(DecodePath, FrontClusterMatchesTicketFront) {
         const testing::RunResult a = testing::ExpectForward(**ticket, layer, tc.act, act.bytes, n);
         const testing::RunResult b = testing::ExpectForward(**cluster, layer, tc.act, act.bytes, n);
         const testing::RunResult c = testing::ExpectForward(**cpu, layer, tc.act, act.bytes, n);
-        EXPECT_EQ(a.ids, b.ids);
-        EXPECT_EQ(a.weights, b.weights);
-        EXPECT_EQ(a.out, b.out) << "cluster front output differs from the ticket front's";
+        if (same_sums) {
+          EXPECT_EQ(a.ids, b.ids);
+          EXPECT_EQ(a.weights, b.weights);
+          EXPECT_EQ(a.out, b.out) << "cluster front output differs from the ticket front's";
+        }
+        EXPECT_LT(
+            RelErr(ToFloats(tc.act, a.out, n * h), ToFloats(tc.act, c.out, n * h), h,
+                   UnambiguousTokens(testing::ReferenceForward(*model, layer, act.values, n), n)),
+            1e-2);
         const testing::ReferenceOutput ref =
             testing::ReferenceForward(*model, layer, act.values, n);
         const std::vector<bool> keep = UnambiguousTokens(ref, n);
