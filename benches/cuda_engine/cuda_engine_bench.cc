@@ -4,11 +4,13 @@
 //   cuda_engine_bench                       Google Benchmark suite (manual time from CUDA events)
 //   cuda_engine_bench --report=out.jsonl    roofline table on stdout + one JSON line per point
 //       [--shapes=mixtral,qwen3,dsv2lite,embedded] [--tokens=1,8,64,512,4096,16384] [--no-det]
+//                             (every token count gets a CUDA graph, so its own plan, of its own)
 //       [--narrow | --tall | --wide | --ws | --cluster]   (Hopper tile: 128x128 two per SM,
 //       256x128, the cp.async 128x256 kernel, the warp-specialised persistent 128x256 one, or that
 //       one with TMA-multicast weights over 2-block clusters, the default)
 //       [--wgmma-from=N]   (rows per expert past which the Hopper tile runs)
 //       [--decode-to=N]   (rows per expert up to which the decode tile runs)
+//       [--max-down-splits=N]   (at most N K splits of the routed down GEMM)
 //       [--no-decode-paths]   (small-batch paths off: the v6 engine, for comparisons)
 //       [--no-gemv | --gemv-always] [--narrow-gate-up]   (decode GEMV never / wherever it fits;
 //                             the narrow gate/up tile)
