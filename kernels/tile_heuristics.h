@@ -208,12 +208,6 @@ struct MoePlan {
 // slower: Mixtral at 64 tokens (16 rows per expert, 4 splits) +0.7%, DeepSeek-V2-Lite at 8 tokens
 // (1536 blocks, 3.9 waves, 2 splits) +1.4%; hence the row and wave bounds.
 inline constexpr int64_t kWaveSplitBelowWaves = 2;
-// A Hopper-tile down GEMM of at most kMaxSplitRows rows splits its K (as ChooseSplitK says, at
-// most) only while its blocks fill less than this fraction of the resident blocks.
-// NOTES (H200, session 8, Mixtral, 8 experts x 16 column blocks = 128 blocks for 132 SMs):
-// 4 splits (ChooseSplitK's 2 blocks per SM) -> 1 at 64 tokens 727 -> 712.5 us (ncu: down 239 ->
-// 229 us, combine 6.3 -> 4.0), at 32 tokens 753 -> 744; 2 splits 718 / 747.
-inline constexpr double kHopperSplitFill = 0.75;
 inline constexpr int64_t kWaveSplitMinWaves = 4;
 // The same for a Hopper-tile down GEMM (one block per SM) of more than kMaxSplitRows rows: under
 // kWaveSplitBelowWaves waves of blocks (expected row tiles: pairs / bm plus half a partial tile
@@ -221,6 +215,12 @@ inline constexpr int64_t kWaveSplitMinWaves = 4;
 // (MoePlanInput::down_partial_rows) holds splits x pairs f32 rows.
 // NOTES (H200): Mixtral at 512 tokens has ~12 row tiles x 16 column blocks = 192 blocks for 132
 // SMs: 1.45 waves, the second one 45% full.
+// A Hopper-tile down GEMM of at most kMaxSplitRows rows splits its K (as ChooseSplitK says, at
+// most) only while its blocks fill less than this fraction of the resident blocks.
+// NOTES (H200, session 8, Mixtral, 8 experts x 16 column blocks = 128 blocks for 132 SMs):
+// 4 splits (ChooseSplitK's 2 blocks per SM) -> 1 at 64 tokens 727 -> 712.5 us (ncu: down 239 ->
+// 229 us, combine 6.3 -> 4.0), at 32 tokens 753 -> 744; 2 splits 718 / 747.
+inline constexpr double kHopperSplitFill = 0.75;
 // A kWgmmaWsMc plan runs its routed down GEMM on 2 x 2 clusters (GemmArgs::a_tmap; A multicast
 // along column blocks too) when that GEMM has at least this many waves of blocks (expected row
 // tiles x column blocks x splits over the SMs).
