@@ -102,6 +102,8 @@ struct GemmParams {
   int tma_multicast;
   const void* a_tmap;
   int a_cluster_cols;
+  int pingpong;
+  const void* c_tmap;
 };
 
 // The kernel parameters of a validated GemmArgs (host side).
@@ -130,7 +132,9 @@ inline GemmParams MakeGemmParams(const GemmArgs& args) {
                     args.n_groups,
                     args.tma_multicast ? 1 : 0,
                     args.a_tmap,
-                    args.a_cluster_cols};
+                    args.a_cluster_cols,
+                    args.pingpong ? 1 : 0,
+                    args.c_tmap};
 }
 
 // Copy descriptors of the A rows one thread gathers into a stage: its i-th 16-byte chunk is chunk

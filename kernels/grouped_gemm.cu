@@ -264,6 +264,10 @@ Status GemmArgs::Validate() const {
         "GemmArgs: an A descriptor needs contiguous A rows, B descriptors and a_cluster_cols 1 or "
         "2");
   }
+  if ((c_tmap != nullptr || pingpong) && b0_tmaps == nullptr) {
+    return absl::InvalidArgumentError(
+        "GemmArgs: a C descriptor or ping-pong mode needs B descriptors (the cluster tile)");
+  }
   if (grid_tiles <= 0 || grid_tiles > (1LL << 31) - 1) {
     return absl::InvalidArgumentError("GemmArgs: grid_tiles out of range");
   }

@@ -40,15 +40,28 @@
 // 6. Teardown: the producer waits until every stage is released in both blocks, then all threads
 //    of the cluster meet at a cluster barrier, so no block exits while its peer may still write
 //    to its shared memory or arrive on its barriers.
+// 7. Ping-pong mode (GemmParams::pingpong, plans of few rows per expert): tiles of 64 rows, never
+//    multicast; the two consumer warpgroups take alternate work items of the block, each computing
+//    the whole tile, and a stage is released by the 4 warps of one warpgroup per block. Named
+//    barriers pass the turn: a warpgroup starts its item's stage waits only after the other one
+//    has passed all of its own (so a wait never sees a phase a round behind), and its epilogue
+//    then overlaps the other's loads and wgmmas. NOTES (H200, session 9 timeline): at 12 k-steps
+//    an item the epilogue took a fifth of the down GEMM's time with one warpgroup idle.
+// 8. Full 128-row tiles of wtype output with GemmParams::c_tmap store by TMA (StoreWarpRowsTma):
+//    the warps do not wait for the global writes.
 #include <algorithm>
 
 #include "kernels/cluster.cuh"
 #include "kernels/cuda_status.h"
 #include "kernels/gemm_common.cuh"
+#include "kernels/gemm_trace.cuh"
 #include "kernels/tensor_map.h"
 #include "kernels/wgmma_common.cuh"
 
 namespace moe::cuda {
+#ifdef MOE_GEMM_TRACE
+__device__ uint64_t* g_gemm_trace = nullptr;  // SetGemmTraceBuffer
+#endif
 namespace {
 
 constexpr int kClusterBlocks = 2;
@@ -71,6 +84,15 @@ __device__ __forceinline__ void MbarArriveCluster(uint64_t* bar, uint32_t rank) 
   asm volatile(
       "mbarrier.arrive.shared::cluster.b64 _, [%0];\n" ::"r"(MapShared(SmemAddr(bar), rank))
       : "memory");
+}
+// Named barriers 1 and 2 order the two consumer warpgroups in ping-pong mode (barrier 0 is
+// __syncthreads): warpgroup c waits on kOrderBarrier + c; the other arrives on it.
+constexpr int kOrderBarrier = 1;
+__device__ __forceinline__ void NamedBarrierSync(int id, int threads) {
+  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+__device__ __forceinline__ void NamedBarrierArrive(int id, int threads) {
+  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
 }
 // Waits for phase `parity` of a barrier that blocks of the cluster arrive on.
 __device__ __forceinline__ void MbarWaitCluster(uint64_t* bar, uint32_t parity) {
@@ -101,6 +123,64 @@ __device__ __forceinline__ void TmaLoad(uint32_t dst, const void* tmap, int col,
       "l"(reinterpret_cast<uint64_t>(tmap)), "r"(col), "r"(row), "r"(SmemAddr(bar))
       : "memory");
 }
+// TMA store of the 8 x 64 box at shared `src` (1024-byte aligned, 128-byte swizzle) to (col, row)
+// of `tmap`'s matrix (clipped at its bounds), as one bulk async-group of this thread.
+__device__ __forceinline__ void TmaStoreBox(const void* tmap, const void* src, int col, int row) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.global.shared::cta.bulk_group [%0, {%1, %2}], [%3];\n"
+      "cp.async.bulk.commit_group;\n" ::"l"(reinterpret_cast<uint64_t>(tmap)),
+      "r"(col), "r"(row), "r"(SmemAddr(src))
+      : "memory");
+}
+// Waits until this thread's bulk async-groups but the newest N have read their shared memory.
+template <int N>
+__device__ __forceinline__ void BulkWaitRead() {
+  asm volatile("cp.async.bulk.wait_group.read %0;\n" ::"n"(N) : "memory");
+}
+// Waits until every bulk async-group of this thread has completed (its writes are done).
+__device__ __forceinline__ void BulkWaitAll() {
+  asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");
+}
+
+// The epilogue of one consumer warp for its 16 rows (row0..row0 + 15, all inside the tile) of a
+// full tile by TMA stores (GemmParams::c_tmap, boxes of kStoreTensorMapBoxRows = 8 rows x 64
+// columns): per 64-column pass, each 8-row half goes into its 1 KiB of the warp's buffer in the
+// 128-byte swizzled layout of StoreWarpRowsStaged (the same values and rounding), then lane 0
+// stores it by TMA and the warp moves on; a half is rewritten once its previous store (one
+// bulk group back) has read it. The warp waits for no global write.
+template <typename T, bool GATED, int N, int G>
+__device__ __forceinline__ void StoreWarpRowsTma(const GemmParams& p, const float (&acc)[G][N / 2],
+                                                 int row0, int n0, int lane, uint8_t* buf) {
+  static_assert(N % 64 == 0, "whole 64-column passes");
+  using P = typename Pair<T>::Type;
+  const int rr = lane >> 2;  // row inside the half
+#pragma unroll
+  for (int pass = 0; pass < N / 64; ++pass) {
+    const int col = n0 + pass * 64;
+    if (col >= p.n) break;  // the same for the whole warp: no store, no group
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      uint8_t* hb = buf + half * 1024;
+      if (lane == 0) BulkWaitRead<1>();  // this half's previous store has read it
+      __syncwarp();
+#pragma unroll
+      for (int jj = 0; jj < 8; ++jj) {
+        const int j = pass * 8 + jj;
+        float v0 = acc[0][j * 4 + 2 * half], v1 = acc[0][j * 4 + 2 * half + 1];
+        if constexpr (GATED) {
+          v0 = Silu(v0) * acc[G - 1][j * 4 + 2 * half];
+          v1 = Silu(v1) * acc[G - 1][j * 4 + 2 * half + 1];
+        }
+        *reinterpret_cast<P*>(hb + rr * 128 + ((jj ^ rr) << 4) + 4 * (lane & 3)) =
+            Pair<T>::Make(v0, v1);
+      }
+      FenceProxyAsync();  // the writes, before the async proxy reads them
+      __syncwarp();
+      if (lane == 0) TmaStoreBox(p.c_tmap, hb, col, row0 + 8 * half);
+    }
+  }
+}
+
 __device__ __forceinline__ void PrefetchTensorMap(const void* tmap) {
   asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(tmap)) : "memory");
 }
@@ -150,13 +230,14 @@ __device__ __forceinline__ int FindGroup(const int* start, int n, int t) {
 
 // How the rows of group g are cut (rows R, multicast on): floor(R / 256) multicast pairs, one more
 // if the remainder exceeds 128 rows (its second block gets the rest), else the remainder (1..128
-// rows) is one solo tile. Multicast off: every 128-row tile is a solo tile.
+// rows) is one solo tile. Multicast off: every tile of `tile_rows` rows (128, or 64 in ping-pong
+// mode, which never multicasts) is a solo tile.
 __device__ __forceinline__ int McPairs(int rows, bool multicast) {
   if (!multicast) return 0;
   return rows / kPairRows + (rows % kPairRows > 128 ? 1 : 0);
 }
-__device__ __forceinline__ int SoloTiles(int rows, bool multicast) {
-  if (!multicast) return (rows + 127) / 128;
+__device__ __forceinline__ int SoloTiles(int rows, bool multicast, int tile_rows) {
+  if (!multicast) return (rows + tile_rows - 1) / tile_rows;
   const int rem = rows % kPairRows;
   return rem > 0 && rem <= 128 ? 1 : 0;
 }
@@ -182,11 +263,12 @@ struct PairWork {
   int row_begin, row_end;
 };
 __device__ __forceinline__ PairWork ResolvePair(const GemmParams& p, const int* unit_start,
-                                                const int* solo_start, int t, uint32_t rank) {
+                                                const int* solo_start, int t, uint32_t rank,
+                                                int tile_rows) {
   const int n = p.n_groups;
   const int g = FindGroup(unit_start, n, t);
   const int local = t - unit_start[g];
-  const bool multicast = p.tma_multicast != 0;
+  const bool multicast = p.tma_multicast != 0 && tile_rows == 128;
   const int mc_pairs = McPairs(p.group_offsets[g + 1] - p.group_offsets[g], multicast);
   PairWork w;
   if (local < mc_pairs) {
@@ -201,9 +283,9 @@ __device__ __forceinline__ PairWork ResolvePair(const GemmParams& p, const int* 
     w.group = FindGroup(solo_start, n, s);
     const int rows = p.group_offsets[w.group + 1] - p.group_offsets[w.group];
     w.row_begin = p.group_offsets[w.group] + McPairs(rows, multicast) * kPairRows +
-                  (s - solo_start[w.group]) * 128;
+                  (s - solo_start[w.group]) * tile_rows;
   }
-  w.row_end = min(p.group_offsets[w.group + 1], w.row_begin + 128);
+  w.row_end = min(p.group_offsets[w.group + 1], w.row_begin + (w.multicast ? 128 : tile_rows));
   return w;
 }
 
@@ -214,16 +296,14 @@ struct ClusterItem {
   PairWork pw;
   int nb, split, kt_begin, kt_end;
 };
-__device__ __forceinline__ ClusterItem ResolveClusterItem(const GemmParams& p,
-                                                          const int* unit_start,
-                                                          const int* solo_start, int64_t w,
-                                                          int pairs, int col_groups, int cn,
-                                                          int k_steps, uint32_t rm, uint32_t rn) {
+__device__ __forceinline__ ClusterItem ResolveClusterItem(
+    const GemmParams& p, const int* unit_start, const int* solo_start, int64_t w, int pairs,
+    int col_groups, int cn, int k_steps, uint32_t rm, uint32_t rn, int tile_rows) {
   ClusterItem c;
   int t, group;
   DecodeWorkItem(w, pairs, col_groups, t, group, c.split);
   c.nb = cn * group + static_cast<int>(rn);
-  c.pw = ResolvePair(p, unit_start, solo_start, t, rm);
+  c.pw = ResolvePair(p, unit_start, solo_start, t, rm, tile_rows);
   c.kt_begin = static_cast<int>(static_cast<int64_t>(c.split) * k_steps / p.splits);
   c.kt_end = static_cast<int>(static_cast<int64_t>(c.split + 1) * k_steps / p.splits);
   return c;
@@ -264,15 +344,27 @@ __global__ void __launch_bounds__(384, 1) WgmmaMcGemmKernel(const GemmParams p) 
   // Phase 0: barriers (full: the 128 producer threads' cp.async and one expect_tx arrival, or that
   // arrival alone with A by TMA; empty: the 8 consumer warps of each cluster block), pair starts,
   // then a cluster barrier so that the peers' barriers exist before anything arrives on them.
-  InitStageBarriers<STAGES>(full_bar, empty_bar, TMA_A ? 1 : 128 + 1, 8 * kBlocks);
-  const bool multicast = p.tma_multicast != 0;
+  // Ping-pong (GemmParams::pingpong, pair clusters only): 64-row solo tiles, each work item taken
+  // by one consumer warpgroup (they alternate), so a stage is released by 4 warps per block.
+  const bool pingpong = CN == 1 && p.pingpong != 0;
+  const int tile_rows = pingpong ? 64 : 128;
+  InitStageBarriers<STAGES>(full_bar, empty_bar, TMA_A ? 1 : 128 + 1, (pingpong ? 4 : 8) * kBlocks);
+  const bool multicast = p.tma_multicast != 0 && !pingpong;
   auto rows_of = [&](int g) { return p.group_offsets[g + 1] - p.group_offsets[g]; };
-  GroupPrefix(p.n_groups, solo_start, [&](int g) { return SoloTiles(rows_of(g), multicast); });
+  GroupPrefix(p.n_groups, solo_start,
+              [&](int g) { return SoloTiles(rows_of(g), multicast, tile_rows); });
   const int solos = solo_start[p.n_groups];
   GroupPrefix(p.n_groups, unit_start, [&](int g) {
     return McPairs(rows_of(g), multicast) + OwnedSoloPairs(solo_start[g], solo_start[g + 1], solos);
   });
   ClusterSync();
+#ifdef MOE_GEMM_TRACE
+  uint64_t* trace = TraceBlock(g_gemm_trace, GATED ? 0 : 1);
+  if (trace != nullptr && threadIdx.x == 0) {
+    trace[0] = TraceGlobalTime();
+    trace[1] = TraceClock();
+  }
+#endif
   const uint32_t rank = ClusterRank();
   const uint32_t rm = rank & 1, rn = rank >> 1;
   const int pairs = unit_start[p.n_groups];
@@ -299,7 +391,7 @@ __global__ void __launch_bounds__(384, 1) WgmmaMcGemmKernel(const GemmParams p) 
       uint32_t it = 0;
       for (int64_t w = first_item; w < work; w += item_stride) {
         const ClusterItem item = ResolveClusterItem(p, unit_start, solo_start, w, pairs, col_groups,
-                                                    CN, k_steps, rm, rn);
+                                                    CN, k_steps, rm, rn, tile_rows);
         const PairWork& pw = item.pw;
         const int nb = item.nb;
         // B boxes. Multicast: this block's half (gated: gate rows n0.. for rm 0, up rows n0.. for
@@ -332,7 +424,13 @@ __global__ void __launch_bounds__(384, 1) WgmmaMcGemmKernel(const GemmParams p) 
         }
         for (int kt = item.kt_begin; kt < item.kt_end; ++kt, ++it) {
           const int stage = static_cast<int>(it % STAGES);
+#ifdef MOE_GEMM_TRACE
+          if (tid == 0) TraceAt(trace, GemmTraceLayout::kProdWait, GemmTraceLayout::kMaxSteps, it);
+#endif
           MbarWaitCluster(&empty_bar[stage], ((it / STAGES) & 1) ^ 1);
+#ifdef MOE_GEMM_TRACE
+          if (tid == 0) TraceAt(trace, GemmTraceLayout::kProdIssue, GemmTraceLayout::kMaxSteps, it);
+#endif
           const int k0 = kt * kBk;
           T* st = reinterpret_cast<T*>(smem + stage * kStageBytes);
           const uint32_t a_dst = SmemAddr(st);
@@ -395,6 +493,7 @@ __global__ void __launch_bounds__(384, 1) WgmmaMcGemmKernel(const GemmParams p) 
     const int lane = threadIdx.x & 31, warp_in_wg = (threadIdx.x >> 5) & 3;
     const bool out_f32 = !GATED && p.out_f32;
     const bool staged = CanStoreStaged(p, out_f32);
+    const bool tma_store = staged && p.c_tmap != nullptr;  // full tiles: StoreWarpRowsTma
     uint8_t* epilogue_buf = StagedEpilogueBuf(smem + STAGES * kStageBytes);
     auto release = [&](int stage) {
       __syncwarp();
@@ -404,12 +503,26 @@ __global__ void __launch_bounds__(384, 1) WgmmaMcGemmKernel(const GemmParams p) 
       }
     };
     uint32_t it = 0;
-    for (int64_t w = first_item; w < work; w += item_stride) {
-      const ClusterItem item =
-          ResolveClusterItem(p, unit_start, solo_start, w, pairs, col_groups, CN, k_steps, rm, rn);
+#ifdef MOE_GEMM_TRACE
+    const bool tracer = threadIdx.x == 128;
+    uint32_t items_done = 0;
+#endif
+    // Ping-pong: this warpgroup's rows of a tile start at row 0, and it takes every other item.
+    const int wg_row0 = pingpong ? 0 : cw * 64;
+    int64_t ordinal = 0;  // of the item among this cluster's
+    for (int64_t w = first_item; w < work; w += item_stride, ++ordinal) {
+      const ClusterItem item = ResolveClusterItem(p, unit_start, solo_start, w, pairs, col_groups,
+                                                  CN, k_steps, rm, rn, tile_rows);
+      if (pingpong && (ordinal & 1) != cw) {
+        it += static_cast<uint32_t>(item.kt_end - item.kt_begin);  // the other warpgroup's stages
+        continue;
+      }
+      // Ping-pong: wait until the other warpgroup has passed every stage wait of its item (so
+      // this one's waits see the phases of its own stages, never one a round behind).
+      if (pingpong && ordinal > 0) NamedBarrierSync(kOrderBarrier + cw, 256);
       const PairWork& pw = item.pw;
       const int nb = item.nb;
-      const bool compute = pw.row_begin + cw * 64 < pw.row_end && nb < col_blocks;
+      const bool compute = pw.row_begin + wg_row0 < pw.row_end && nb < col_blocks;
       float acc[kG][BN / 2];
 #pragma unroll
       for (int g = 0; g < kG; ++g)
@@ -418,28 +531,65 @@ __global__ void __launch_bounds__(384, 1) WgmmaMcGemmKernel(const GemmParams p) 
       int prev_stage = -1;
       for (int kt = item.kt_begin; kt < item.kt_end; ++kt, ++it) {
         const int stage = static_cast<int>(it % STAGES);
+#ifdef MOE_GEMM_TRACE
+        if (tracer) TraceAt(trace, GemmTraceLayout::kConsWait, GemmTraceLayout::kMaxSteps, it);
+#endif
         MbarWait(&full_bar[stage], (it / STAGES) & 1);
+#ifdef MOE_GEMM_TRACE
+        if (tracer) TraceAt(trace, GemmTraceLayout::kConsReady, GemmTraceLayout::kMaxSteps, it);
+#endif
         if (compute) {
           if constexpr (!TMA_A) FenceProxyAsync();  // cp.async wrote A through the generic proxy
           const uint32_t st = SmemAddr(smem + stage * kStageBytes);
-          WgmmaStage<T, BN, kG>(acc, Desc(st + cw * 64 * kBk * 2), Desc(st + BM * kBk * 2));
+          WgmmaStage<T, BN, kG>(acc, Desc(st + wg_row0 * kBk * 2), Desc(st + BM * kBk * 2));
         }
         if (prev_stage >= 0) release(prev_stage);
         prev_stage = stage;
       }
+      // Ping-pong: the other warpgroup may start its item's stages (its epilogue, then this one's,
+      // overlap the next item's loads and wgmmas).
+      if (pingpong && w + item_stride < work) NamedBarrierArrive(kOrderBarrier + (cw ^ 1), 256);
       WgmmaWait<0>();
       if (prev_stage >= 0) release(prev_stage);
+#ifdef MOE_GEMM_TRACE
+      if (tracer) {
+        TraceAt(trace, GemmTraceLayout::kEpiStart, GemmTraceLayout::kMaxItems, items_done);
+      }
+#endif
 
       // Phase 3: epilogue (warp w of the consumer warpgroup owns rows 16w..16w+15 of its 64).
       if (compute) {
-        StoreWarpTile<T, GATED, BN, kG>(p, acc, out_f32, staged, item.split, pw.row_begin,
-                                        pw.row_begin + cw * 64 + warp_in_wg * 16, pw.row_end,
-                                        nb * BN, lane, epilogue_buf);
+        const int row0 = pw.row_begin + wg_row0 + warp_in_wg * 16;
+        if (tma_store && pw.row_end - pw.row_begin >= 128) {
+          StoreWarpRowsTma<T, GATED, BN, kG>(p, acc, row0, nb * BN, lane, epilogue_buf);
+        } else {
+          StoreWarpTile<T, GATED, BN, kG>(p, acc, out_f32, staged, item.split, pw.row_begin, row0,
+                                          pw.row_end, nb * BN, lane, epilogue_buf);
+        }
       }
+#ifdef MOE_GEMM_TRACE
+      if (tracer) {
+        TraceAt(trace, GemmTraceLayout::kEpiEnd, GemmTraceLayout::kMaxItems, items_done++);
+      }
+#endif
     }
+    if (tma_store && lane == 0)
+      BulkWaitAll();  // the last stores are written before the kernel ends
+#ifdef MOE_GEMM_TRACE
+    if (tracer && trace != nullptr) {
+      trace[4] = it;
+      trace[5] = items_done;
+    }
+#endif
   }
   // Phase 4: no block leaves while a peer may still touch its shared memory.
   ClusterSync();
+#ifdef MOE_GEMM_TRACE
+  if (trace != nullptr && threadIdx.x == 0) {  // every role of both blocks is done
+    trace[2] = TraceGlobalTime();
+    trace[3] = TraceClock();
+  }
+#endif
 #endif
 }
 
@@ -512,6 +662,13 @@ StatusOr<int> ClusterGemmResidentClusters(int cluster_blocks) {
       &config));
   return clusters;
 }
+
+#ifdef MOE_GEMM_TRACE
+Status SetGemmTraceBuffer(uint64_t* buf) {
+  CUDA_RETURN_IF_ERROR(cudaMemcpyToSymbol(g_gemm_trace, &buf, sizeof(buf)));
+  return absl::OkStatus();
+}
+#endif
 
 Status LaunchGemmSm90Cluster(const GemmParams& p, bool gated, WType wtype, int64_t max_items,
                              int resident_clusters, cudaStream_t stream) {

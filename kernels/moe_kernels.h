@@ -70,6 +70,14 @@ struct GemmArgs {
   // ClusterGemmResidentClusters(4)); 1 = the pair clusters, each block loading its own A.
   const void* a_tmap = nullptr;
   int a_cluster_cols = 1;
+  // kWgmmaWsMc pair clusters (a_cluster_cols 1) only: ping-pong mode. Tiles of 64 rows (no
+  // multicast), each work item computed by one of the two consumer warpgroups in turn, so one
+  // item's epilogue overlaps the next item's loads and wgmmas. Same bits as the 128-row tiles.
+  bool pingpong = false;
+  // kWgmmaWsMc only: the TMA descriptor of C (device memory; [rows, n] with row stride ldc, boxes
+  // of kStoreTensorMapBoxRows rows): full 128-row tiles of wtype output are then stored by TMA,
+  // without the warps waiting for the writes. Ignored for f32 partials.
+  const void* c_tmap = nullptr;
   const int32_t* layer_dev = nullptr;
   int64_t b_layer_stride = 0;
   int64_t ldb = 0;
@@ -101,6 +109,11 @@ Status LaunchGemm(const GemmArgs& args, cudaStream_t stream);
 // resident at once on the current device; its persistent grid has this many (call after
 // InitGemmKernels(true)).
 StatusOr<int> ClusterGemmResidentClusters(int cluster_blocks = 2);
+#ifdef MOE_GEMM_TRACE
+// Diagnostic builds only (-DMOE_GEMM_TRACE=ON): where the cluster GEMM records its timeline
+// (device memory of GemmTraceLayout::kWords words, kernels/gemm_trace.cuh); null stops it.
+Status SetGemmTraceBuffer(uint64_t* buf);
+#endif
 // The same grouped (or dense) problem on CUDA cores for decode batches (decode_gemv.cu): one warp
 // per output column streams the weights once with 16-byte loads. Needs the decode tile's row list
 // (args.tile == kDecode) and splits == 1; not batch invariant against the mma.sync tiles.

@@ -19,6 +19,8 @@ inline constexpr int kTensorMapBoxCols = 64;
 
 // Boxes of activations (A) for the 2 x 2 cluster kernel: 64 rows, half of a 128-row tile.
 inline constexpr int kActTensorMapBoxRows = 64;
+// Boxes of GEMM outputs (C) stored by TMA: 8 rows, half of one consumer warp's 16.
+inline constexpr int kStoreTensorMapBoxRows = 8;
 
 // Encodes into `out` (kTensorMapBytes) the descriptor of the row-major [rows, cols] matrix at
 // `base` with row stride `ld` elements of `wtype`, in boxes of `box_rows` x kTensorMapBoxCols.

@@ -159,6 +159,8 @@ MoePlan PlanMoe(const MoePlanInput& in) {
     plan.quad_down = in.quad_down == PathPolicy::kAlways ||
                      hopper_down_blocks * plan.down_splits >= kQuadDownMinWaves * in.sm_count;
   }
+  plan.pingpong = in.pingpong != PathPolicy::kNever && plan.tile == GemmTile::kWgmmaWsMc &&
+                  (in.pingpong == PathPolicy::kAlways || rows_per_group <= kPingpongMaxRows);
   plan.permute_x = in.permute_x != PathPolicy::kNever && plan.tile == GemmTile::kWgmmaWsMc &&
                    (in.permute_x == PathPolicy::kAlways || in.inter >= kPermuteXMinInter);
   if (in.shared_inter > 0) {

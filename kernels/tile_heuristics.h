@@ -176,6 +176,7 @@ struct MoePlanInput {
                                                 // the routed experts (never when deterministic)
   PathPolicy quad_down = PathPolicy::kNever;    // the 2 x 2 cluster down GEMM (MoePlan)
   PathPolicy permute_x = PathPolicy::kNever;    // gate/up from a permuted copy of x (MoePlan)
+  PathPolicy pingpong = PathPolicy::kNever;     // ping-pong cluster GEMMs (MoePlan)
 };
 
 struct MoePlan {
@@ -198,6 +199,10 @@ struct MoePlan {
   // The permutation copies x into the permuted order and the routed gate/up GEMM loads it by TMA
   // (kWgmmaWsMc plans, MoePlanInput::permute_x, kPermuteXMinInter).
   bool permute_x = false;
+  // The routed GEMMs of a kWgmmaWsMc plan run in ping-pong mode (GemmArgs::pingpong: 64-row tiles,
+  // the consumer warpgroups take turns; MoePlanInput::pingpong, kPingpongMaxRows). Not with
+  // quad_down (the down GEMM then stays on 2 x 2 clusters).
+  bool pingpong = false;
 };
 
 // A weight-streaming down GEMM (the decode tile, at most kDecodeGemvMaxRows rows per expert) of
@@ -236,6 +241,13 @@ inline constexpr int64_t kQuadDownMinWaves = 12;
 // loads A by TMA (one producer thread) instead of gathering it with cp.async (128 threads): the
 // GEMM's work grows with inter, the copy does not.
 inline constexpr int kPermuteXMinInter = 4096;
+// A kWgmmaWsMc plan of at most this many expected rows per activated expert runs its routed GEMMs
+// in ping-pong mode (kAuto): tiles of 64 rows, one consumer warpgroup per work item, so that an
+// item's epilogue overlaps the next one's loads instead of stalling them.
+// NOTES (H200, session 9, in-kernel timeline, tools/device/gemm_trace.py): at Qwen3 512 tokens
+// (32 rows per expert, K = 768, 12 k-steps an item) the down GEMM's blocks spent 21% of their
+// time in epilogues while the second consumer warpgroup had no rows at all.
+inline constexpr double kPingpongMaxRows = 48.0;
 // Up to this many tokens a plan of Hopper tiles runs the router GEMM (N = experts, at most 257)
 // on the mma.sync kMedium tile (64 x 128) instead, outside deterministic mode (a tile that changes
 // with the batch size would change a token's logits).

@@ -4,6 +4,7 @@
 //   cuda_engine_bench                       Google Benchmark suite (manual time from CUDA events)
 //   cuda_engine_bench --report=out.jsonl    roofline table on stdout + one JSON line per point
 //       [--shapes=mixtral,qwen3,dsv2lite,embedded] [--tokens=1,8,64,512,4096,16384] [--no-det]
+//       [--shape=NAME:HIDDEN:INTER:EXPERTS:TOP_K]   (adds a routed-only shape; name it in --shapes)
 //                             (every token count gets a CUDA graph, so its own plan, of its own)
 //       [--narrow | --tall | --wide | --ws | --cluster]   (Hopper tile: 128x128 two per SM,
 //       256x128, the cp.async 128x256 kernel, the warp-specialised persistent 128x256 one, or that
@@ -23,6 +24,9 @@
 //       --quad-down-always]   (cluster tile: the down GEMM's A by cp.async; gate/up never / always
 //                             from the permuted copy of x; the down GEMM on 2 x 2 clusters from
 //                             kQuadDownMinWaves waves / always)
+//       [--no-pingpong | --pingpong-always]   (cluster tile: ping-pong GEMMs never / always)
+//       [--no-hopper-pdl]   (no programmatic dependent launch in plans of Hopper tiles)
+//       [--no-tma-store]   (cluster tile: full tiles' outputs by st.global, not TMA stores)
 //   cuda_engine_bench --check-invariance    deterministic mode: wgmma vs mma.sync bits
 //
 // Per point: median of many timed forwards (CUDA events around each forward, rotating inputs),
@@ -48,6 +52,7 @@
 
 #include "engine/cuda/cublas_handle.h"
 #include "engine/cuda/cuda_raii.h"
+#include "kernels/gemm_trace.cuh"
 #include "kernels/moe_kernels.h"
 #include "moe/engine/cuda_engine.h"
 
@@ -96,8 +101,17 @@ CudaEngineOptions::Use g_permute_x = CudaEngineOptions().cluster_permute_x;
 // --no-router-convert / --router-convert-always: the router fused with the input copy never /
 // always.
 CudaEngineOptions::Use g_router_convert = CudaEngineOptions().fused_router_convert;
-bool g_down_tma = false;     // --down-tma
-bool g_gate_up_tma = false;  // --gate-up-tma
+#ifdef MOE_GEMM_TRACE
+// --gemm-trace=PREFIX (trace builds): the cluster GEMM's timeline of each point's last forward
+// into PREFIX_<shape>_<tokens>.bin (kernels/gemm_trace.cuh; tools/device/gemm_trace.py reads it).
+std::string g_gemm_trace;
+#endif
+// --no-pingpong / --pingpong-always: the ping-pong cluster GEMMs never / always.
+CudaEngineOptions::Use g_pingpong = CudaEngineOptions().cluster_pingpong;
+bool g_hopper_pdl = CudaEngineOptions().hopper_overlap_launches;  // --[no-]hopper-pdl
+bool g_tma_store = CudaEngineOptions().cluster_tma_store;         // --[no-]tma-store
+bool g_down_tma = false;                                          // --down-tma
+bool g_gate_up_tma = false;                                       // --gate-up-tma
 
 struct Shape {
   std::string name;
@@ -107,8 +121,8 @@ struct Shape {
   std::map<int64_t, double> ref_us;
 };
 
-const std::vector<Shape>& Shapes() {
-  static const std::vector<Shape> shapes = {
+std::vector<Shape>& MutableShapes() {
+  static std::vector<Shape> shapes = {
       {"mixtral",
        4096,
        14336,
@@ -136,6 +150,31 @@ const std::vector<Shape>& Shapes() {
       {"embedded", 512, 256, 32, 4, 512, true, {}},
   };
   return shapes;
+}
+const std::vector<Shape>& Shapes() { return MutableShapes(); }
+
+// --shape=NAME:HIDDEN:INTER:EXPERTS:TOP_K adds a routed-only shape (no vLLM reference), measured
+// when --shapes names it: for experiments on GEMM shapes that no model of the table has.
+bool AddShape(const std::string& spec) {
+  std::vector<std::string> f;
+  std::stringstream ss(spec);
+  std::string item;
+  while (std::getline(ss, item, ':')) f.push_back(item);
+  if (f.size() != 5 || f[0].empty()) return false;
+  Shape s{f[0],
+          std::atoi(f[1].c_str()),
+          std::atoi(f[2].c_str()),
+          std::atoi(f[3].c_str()),
+          std::atoi(f[4].c_str()),
+          0,
+          false,
+          {}};
+  if (s.hidden <= 0 || s.hidden % 8 != 0 || s.inter <= 0 || s.inter % 8 != 0 || s.experts <= 0 ||
+      s.top_k <= 0 || s.top_k > s.experts) {
+    return false;
+  }
+  MutableShapes().push_back(s);
+  return true;
 }
 
 MoeSpec SpecOf(const Shape& s) {
@@ -293,6 +332,9 @@ class Runner {
     o.cluster_quad_down = g_quad_down;
     o.cluster_tma_a_down = g_tma_a_down;
     o.cluster_permute_x = g_permute_x;
+    o.cluster_pingpong = g_pingpong;
+    o.hopper_overlap_launches = g_hopper_pdl;
+    o.cluster_tma_store = g_tma_store;
     o.fused_router_convert = g_router_convert;
     o.small_batch_router_mma = g_router_mma;
     o.decode_down_tma = g_down_tma;
@@ -405,8 +447,32 @@ int Report(const std::string& json_path, const std::vector<std::string>& shape_n
       for (int64_t t : tokens) det_us[t] = det.MedianUs(t);
     }
     Runner run(shape, false, max_tokens);
+#ifdef MOE_GEMM_TRACE
+    cuda::DeviceBuffer trace;
+    if (!g_gemm_trace.empty()) {
+      trace = OrDie(cuda::DeviceBuffer::Create(cuda::GemmTraceLayout::kWords * 8));
+      OrDie(cuda::SetGemmTraceBuffer(trace.as<uint64_t>()));
+    }
+#endif
     for (int64_t t : tokens) {
+#ifdef MOE_GEMM_TRACE
+      if (!g_gemm_trace.empty()) {
+        BENCH_CHECK(cudaMemset(trace.get(), 0, cuda::GemmTraceLayout::kWords * 8));
+      }
+#endif
       const double us = run.MedianUs(t);
+#ifdef MOE_GEMM_TRACE
+      if (!g_gemm_trace.empty()) {
+        BENCH_CHECK(cudaDeviceSynchronize());
+        std::vector<uint64_t> words(cuda::GemmTraceLayout::kWords);
+        BENCH_CHECK(
+            cudaMemcpy(words.data(), trace.get(), words.size() * 8, cudaMemcpyDeviceToHost));
+        const std::string path = g_gemm_trace + "_" + shape.name + "_" + std::to_string(t) + ".bin";
+        std::ofstream(path, std::ios::binary)
+            .write(reinterpret_cast<const char*>(words.data()),
+                   static_cast<std::streamsize>(words.size() * 8));
+      }
+#endif
       const PointCost c = CostOf(shape, t);
       const double floor_us =
           std::max(c.bytes / (ceil.hbm_gbs * 1e3), c.flops / (ceil.matmul_tflops * 1e6));
@@ -431,6 +497,9 @@ int Report(const std::string& json_path, const std::vector<std::string>& shape_n
         shape.name.c_str(), run.engine().weight_device_bytes() / 1048576.0,
         run.engine().workspace_device_bytes_per_slot() / 1048576.0,
         static_cast<long long>(max_tokens), run.engine().fused_decode_blocks());
+#ifdef MOE_GEMM_TRACE
+    if (!g_gemm_trace.empty()) OrDie(cuda::SetGemmTraceBuffer(nullptr));
+#endif
   }
   if (g_hopper_tile == CudaEngineOptions::HopperTile::kWideCluster) {
     const StatusOr<int> clusters = cuda::ClusterGemmResidentClusters();
@@ -521,6 +590,11 @@ int main(int argc, char** argv) {
     const std::string a = argv[i];
     if (a.rfind("--report", 0) == 0) {
       report = a.size() > 9 ? a.substr(9) : "cuda_engine_bench.jsonl";
+    } else if (a.rfind("--shape=", 0) == 0) {
+      if (!moe::AddShape(a.substr(8))) {
+        std::fprintf(stderr, "bad --shape=%s (NAME:HIDDEN:INTER:EXPERTS:TOP_K)\n", a.c_str() + 8);
+        return 2;
+      }
     } else if (a.rfind("--shapes=", 0) == 0) {
       shapes = moe::Split(a.substr(9));
     } else if (a.rfind("--tokens=", 0) == 0) {
@@ -606,6 +680,22 @@ int main(int argc, char** argv) {
       moe::g_down_tma = true;
     } else if (a == "--gate-up-tma") {
       moe::g_gate_up_tma = true;
+#ifdef MOE_GEMM_TRACE
+    } else if (a.rfind("--gemm-trace=", 0) == 0) {
+      moe::g_gemm_trace = a.substr(13);
+#endif
+    } else if (a == "--tma-store") {
+      moe::g_tma_store = true;
+    } else if (a == "--no-tma-store") {
+      moe::g_tma_store = false;
+    } else if (a == "--hopper-pdl") {
+      moe::g_hopper_pdl = true;
+    } else if (a == "--no-hopper-pdl") {
+      moe::g_hopper_pdl = false;
+    } else if (a == "--no-pingpong") {
+      moe::g_pingpong = moe::CudaEngineOptions::Use::kNever;
+    } else if (a == "--pingpong-always") {
+      moe::g_pingpong = moe::CudaEngineOptions::Use::kAlways;
     } else if (a == "--no-det") {
       with_det = false;
     } else {

@@ -260,7 +260,10 @@ TEST(CudaEngine, WithoutGraphsAndDeterministic) {
 // (hidden 4096: more work items than clusters, the rings wrap) and one of 3 (hidden 520: the 2 x 2
 // cluster's last column pair has one block past N); the down GEMM on 2 x 2 clusters (forced here)
 // equals it on 2-block clusters bit for bit, with A by cp.async or by TMA, and so does the gate/up
-// GEMM reading a permuted copy of x by TMA (also checked against the CPU, with graphs).
+// GEMM reading a permuted copy of x by TMA (also checked against the CPU, with graphs), and so do
+// both GEMMs in ping-pong mode (64-row tiles, the consumer warpgroups alternating items: experts
+// of 150 rows take 3 tiles, the last of 22 rows; 31 experts leave a cluster's last pair one tile;
+// against the CPU too).
 TEST(CudaEngine, ClusterTile) {
   MOE_REQUIRE_GPU();
   using Tile = CudaEngineOptions::HopperTile;
@@ -284,6 +287,7 @@ TEST(CudaEngine, ClusterTile) {
   };
   CudaEngineOptions quad = WithHopperTile(Tile::kWideCluster);
   quad.cluster_quad_down = CudaEngineOptions::Use::kAlways;
+  quad.cluster_pingpong = CudaEngineOptions::Use::kNever;
   CheckCases(cases, quad);
   CudaEngineOptions solo = quad;
   solo.cluster_multicast = false;  // every tile solo: each block loads its own weights by TMA
@@ -300,11 +304,18 @@ TEST(CudaEngine, ClusterTile) {
   tma_a.cluster_tma_a_down = true;
   CudaEngineOptions permuted_tma_a = tma_a;  // ... and gate/up from the permuted copy of x by TMA
   permuted_tma_a.cluster_permute_x = CudaEngineOptions::Use::kAlways;
+  CudaEngineOptions pingpong = tma_a;  // both GEMMs in ping-pong mode
+  pingpong.cluster_pingpong = CudaEngineOptions::Use::kAlways;
+  CheckCases(cases, pingpong);
+  CudaEngineOptions pingpong_cp_async = pingpong;  // ... the down GEMM's A by cp.async
+  pingpong_cp_async.cluster_tma_a_down = false;
   const std::vector<std::pair<const char*, CudaEngineOptions>> variants = {
       {"the cp.async warp-specialised tile", WithHopperTile(Tile::kWideWarpSpecialized)},
       {"the down GEMM on 2-block clusters", pair_down},
       {"the TMA-A down GEMM", tma_a},
       {"the permuted-x gate/up GEMM", permuted_tma_a},
+      {"the ping-pong GEMMs", pingpong},
+      {"the ping-pong GEMMs, A by cp.async", pingpong_cp_async},
   };
   for (const Case& c : cases) {
     SCOPED_TRACE(c.name);

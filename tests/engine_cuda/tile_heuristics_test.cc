@@ -308,6 +308,32 @@ TEST(PlanMoe, LargeExpertsLeaveTheDecodeTileEarly) {
   EXPECT_EQ(PlanMoe(in).tile, GemmTile::kWgmmaWsMc);
 }
 
+// Ping-pong cluster GEMMs (64-row tiles) up to kPingpongMaxRows expected rows per expert: not
+// past it (an expert over 64 rows would stream its weights once per 64-row tile), not on other
+// tiles, never when off, at any size when forced.
+TEST(PlanMoe, PingPongForFewRowsPerExpert) {
+  MoePlanInput in = HopperInput(/*mixtral=*/false, 512);  // Qwen3: 32 rows per expert
+  EXPECT_FALSE(PlanMoe(in).pingpong);                     // policy kNever (the input's default)
+  in.pingpong = PathPolicy::kAuto;
+  EXPECT_EQ(PlanMoe(in).tile, GemmTile::kWgmmaWsMc);
+  EXPECT_TRUE(PlanMoe(in).pingpong);
+  in.tokens = 768;  // 48 rows
+  EXPECT_TRUE(PlanMoe(in).pingpong);
+  in.tokens = 1024;  // 64 rows
+  EXPECT_FALSE(PlanMoe(in).pingpong);
+  in.pingpong = PathPolicy::kAlways;
+  EXPECT_TRUE(PlanMoe(in).pingpong);
+  in.wgmma_tile = GemmTile::kWgmmaWs;  // only the cluster tile has it
+  EXPECT_FALSE(PlanMoe(in).pingpong);
+  in = HopperInput(/*mixtral=*/true, 256);  // Mixtral: 64 rows per expert
+  in.pingpong = PathPolicy::kAuto;
+  EXPECT_FALSE(PlanMoe(in).pingpong);
+  in.tokens = 64;  // 16 rows
+  EXPECT_TRUE(PlanMoe(in).pingpong);
+  in.tokens = 8;  // the decode tile
+  EXPECT_FALSE(PlanMoe(in).pingpong);
+}
+
 TEST(PlanMoe, HopperDownSplitsUnderTwoWaves) {
   // Mixtral-8x7B at 512 tokens: 1024 pairs, 128 rows per expert
   MoePlanInput in = HopperInput(/*mixtral=*/true, 512);

@@ -163,6 +163,14 @@ struct CudaEngineOptions {
   // rows with cp.async: never, for experts of >= kPermuteXMinInter columns
   // (kernels/tile_heuristics.h), or always (tests, comparisons).
   Use cluster_permute_x = Use::kAuto;
+  // kWideCluster only: the routed GEMMs in ping-pong mode (64-row tiles, the two consumer
+  // warpgroups take turns so that one's epilogue overlaps the other's loads): never, up to
+  // kPingpongMaxRows expected rows per expert (kernels/tile_heuristics.h), or always.
+  Use cluster_pingpong = Use::kAuto;
+  // kWideCluster only: full 128-row tiles of the routed GEMMs store their outputs by TMA (the
+  // warps hand each 8-row half of their 16 rows to the copy engine and move on) instead of with
+  // st.global from the staged shared memory.
+  bool cluster_tma_store = true;
   // Past the fused decode front, with activations in the weights' dtype and outside deterministic
   // mode: the input copy and the router GEMM run as one kernel (kernels/router_gemm.cu) never,
   // from kRouterConvertMinTokens tokens up to kRouterConvertMaxWaves waves of its blocks
@@ -198,6 +206,10 @@ struct CudaEngineOptions {
   // H200, see RESULTS.md; off by default).
   enum class DecodeGemv : uint8_t { kNever, kAuto, kAlways };
   bool overlap_launches = true;
+  // overlap_launches for plans of Hopper tiles too (their routing, scan and combine kernels; the
+  // wgmma GEMMs launch without it). H200 (RESULTS.md session 9): 1.5-2 us less a layer at 256-512
+  // tokens of the Qwen3 / DeepSeek-V2-Lite shapes, within the spread at Mixtral and 4096 tokens.
+  bool hopper_overlap_launches = true;
   bool fused_decode_front = true;
   DecodeGemv decode_gemv = DecodeGemv::kAuto;
   bool narrow_decode_gate_up = false;

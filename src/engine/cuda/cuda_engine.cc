@@ -190,10 +190,11 @@ Status CudaEngine::Impl::AllocateSlots() {
     MOE_RETURN_IF_ERROR(alloc(s->shared_gate, tm * 4));
     MOE_RETURN_IF_ERROR(alloc(s->h, pairs * i * wsize()));
     // TMA descriptor (device memory) of the [pairs, cols] activation rows at `base`, in A boxes.
-    auto act_map = [&](DeviceBuffer& map_buf, const void* base, int64_t cols) -> Status {
+    auto act_map = [&](DeviceBuffer& map_buf, const void* base, int64_t cols,
+                       int box_rows = cuda::kActTensorMapBoxRows) -> Status {
       std::array<uint8_t, cuda::kTensorMapBytes> map{};
-      MOE_RETURN_IF_ERROR(cuda::EncodeTensorMap(base, weights.wtype, pairs, cols, cols,
-                                                cuda::kActTensorMapBoxRows, map.data()));
+      MOE_RETURN_IF_ERROR(
+          cuda::EncodeTensorMap(base, weights.wtype, pairs, cols, cols, box_rows, map.data()));
       MOE_RETURN_IF_ERROR(alloc(map_buf, cuda::kTensorMapBytes));
       CUDA_RETURN_IF_ERROR(
           cudaMemcpy(map_buf.get(), map.data(), map.size(), cudaMemcpyHostToDevice));
@@ -206,6 +207,10 @@ Status CudaEngine::Impl::AllocateSlots() {
     if (cluster_tile && options.cluster_permute_x != CudaEngineOptions::Use::kNever) {
       // The permuted x lives in y (pairs x hidden 2-byte rows fit in its DownPartialRows f32 rows).
       MOE_RETURN_IF_ERROR(act_map(s->x_perm_tmap, s->y.get(), hd));
+    }
+    if (cluster_tile && options.cluster_tma_store) {
+      MOE_RETURN_IF_ERROR(act_map(s->h_store_tmap, s->h.get(), i, cuda::kStoreTensorMapBoxRows));
+      MOE_RETURN_IF_ERROR(act_map(s->y_store_tmap, s->y.get(), hd, cuda::kStoreTensorMapBoxRows));
     }
     if (is > 0) {
       MOE_RETURN_IF_ERROR(alloc(s->hs, tm * is * wsize()));
@@ -273,6 +278,7 @@ Status CudaEngine::Impl::BuildLayerLaunch(Slot& s, int64_t capacity, AType atype
   in.decode_max_rows = options.decode_tile_max_rows_per_expert;
   in.max_down_splits = options.max_down_splits;
   in.permute_x = ToPathPolicy(options.cluster_permute_x);
+  in.pingpong = ToPathPolicy(options.cluster_pingpong);
   in.quad_down = resident_quad_clusters > 0 ? ToPathPolicy(options.cluster_quad_down)
                                             : cuda::PathPolicy::kNever;
   l->capacity = capacity;
@@ -286,10 +292,11 @@ Status CudaEngine::Impl::BuildLayerLaunch(Slot& s, int64_t capacity, AType atype
   // hi+lo split, so it is kept out of deterministic mode.
   l->fused_front =
       options.fused_decode_front && !options.deterministic && cuda::CanFuseFront(capacity, e, nr);
-  // NOTES: PDL stays off when the GEMMs are the wgmma tiles (large batches): those kernels launch
-  // without it, so only routing and combine could overlap, and the one such point measured with it
-  // (Mixtral 512 tokens, H200) was slower (1330 -> 1461 us, one run each, not understood).
-  const bool pdl_plan = pdl && !cuda::IsHopperTile(plan.tile);
+  // NOTES: plans of wgmma tiles (large batches) take PDL only with hopper_overlap_launches: those
+  // GEMMs launch without it, so only routing and combine overlap. Session 2 measured it slower at
+  // Mixtral 512 tokens (1330 -> 1461 us, one run each, not understood); session 9 measured 1.5-2 us
+  // less at 256-512 tokens and Mixtral unchanged (H200, two rounds each).
+  const bool pdl_plan = pdl && (!cuda::IsHopperTile(plan.tile) || options.hopper_overlap_launches);
   bool first_kernel = true;
   auto pdl_next = [&]() {
     const bool p = pdl_plan && !first_kernel;
@@ -455,6 +462,8 @@ Status CudaEngine::Impl::BuildLayerLaunch(Slot& s, int64_t capacity, AType atype
     gu.a_tmap = s.x_perm_tmap.get();
     gu.a_cluster_cols = 1;
   }
+  gu.pingpong = plan.pingpong && gu.b0_tmaps != nullptr;
+  gu.c_tmap = gu.b0_tmaps != nullptr ? s.h_store_tmap.get() : nullptr;
   gu.layer_dev = layer_dev(s);
   gu.b_layer_stride = e;
   gu.ldb = hd;
@@ -492,6 +501,8 @@ Status CudaEngine::Impl::BuildLayerLaunch(Slot& s, int64_t capacity, AType atype
     down.a_tmap = s.h_tmap.get();
     down.a_cluster_cols = 1;
   }
+  down.pingpong = plan.pingpong && down.b0_tmaps != nullptr && down.a_cluster_cols == 1;
+  down.c_tmap = down.b0_tmaps != nullptr && plan.down_splits == 1 ? s.y_store_tmap.get() : nullptr;
   down.splits = plan.down_splits;
   down.out_f32 = plan.down_splits > 1;
   down.split_stride = capacity * k * hd;
