@@ -104,6 +104,8 @@ struct GemmParams {
   int a_cluster_cols;
   int pingpong;
   const void* c_tmap;
+  int pdl;           // launched with PDL (the cluster kernel; the others take it at launch)
+  int pdl_prefetch;  // pdl and prefetch_weights
 };
 
 // The kernel parameters of a validated GemmArgs (host side).
@@ -134,7 +136,9 @@ inline GemmParams MakeGemmParams(const GemmArgs& args) {
                     args.a_tmap,
                     args.a_cluster_cols,
                     args.pingpong ? 1 : 0,
-                    args.c_tmap};
+                    args.c_tmap,
+                    args.pdl ? 1 : 0,
+                    args.pdl && args.prefetch_weights ? 1 : 0};
 }
 
 // Copy descriptors of the A rows one thread gathers into a stage: its i-th 16-byte chunk is chunk

@@ -55,6 +55,7 @@
 #include "kernels/cuda_status.h"
 #include "kernels/gemm_common.cuh"
 #include "kernels/gemm_trace.cuh"
+#include "kernels/pdl.cuh"
 #include "kernels/tensor_map.h"
 #include "kernels/wgmma_common.cuh"
 
@@ -350,6 +351,11 @@ __global__ void __launch_bounds__(384, 1) WgmmaMcGemmKernel(const GemmParams p) 
   const int tile_rows = pingpong ? 64 : 128;
   InitStageBarriers<STAGES>(full_bar, empty_bar, TMA_A ? 1 : 128 + 1, (pingpong ? 4 : 8) * kBlocks);
   const bool multicast = p.tma_multicast != 0 && !pingpong;
+  // PDL: the group offsets (and A) come from earlier kernels. With pdl_prefetch (A by TMA) they
+  // are two or more launches old: only A waits, and the producer streams the first stages' B
+  // before that wait.
+  const bool prefetch_b = TMA_A && p.pdl_prefetch != 0;
+  if (!prefetch_b) GridDepWait();
   auto rows_of = [&](int g) { return p.group_offsets[g + 1] - p.group_offsets[g]; };
   GroupPrefix(p.n_groups, solo_start,
               [&](int g) { return SoloTiles(rows_of(g), multicast, tile_rows); });
@@ -358,6 +364,7 @@ __global__ void __launch_bounds__(384, 1) WgmmaMcGemmKernel(const GemmParams p) 
     return McPairs(rows_of(g), multicast) + OwnedSoloPairs(solo_start[g], solo_start[g + 1], solos);
   });
   ClusterSync();
+  GridDepTrigger();  // the next kernel may launch; it waits for free SMs, then for this one
 #ifdef MOE_GEMM_TRACE
   uint64_t* trace = TraceBlock(g_gemm_trace, GATED ? 0 : 1);
   if (trace != nullptr && threadIdx.x == 0) {
@@ -388,17 +395,9 @@ __global__ void __launch_bounds__(384, 1) WgmmaMcGemmKernel(const GemmParams p) 
       const int dst0 = r0 * kBk + ((chunk ^ (r0 & 7)) << 3);  // element offset of row r0's chunk
       const T* a_base = static_cast<const T*>(p.a);
       if constexpr (TMA_A) PrefetchTensorMap(p.a_tmap);
-      uint32_t it = 0;
-      for (int64_t w = first_item; w < work; w += item_stride) {
-        const ClusterItem item = ResolveClusterItem(p, unit_start, solo_start, w, pairs, col_groups,
-                                                    CN, k_steps, rm, rn, tile_rows);
-        const PairWork& pw = item.pw;
-        const int nb = item.nb;
-        // B boxes. Multicast: this block's half (gated: gate rows n0.. for rm 0, up rows n0.. for
-        // rm 1; plain: rows n0 + 128 rm..) into both blocks of its column. Solo: both halves,
-        // this block only.
-        const void* tmap0 = nullptr;
-        const void* tmap1 = nullptr;
+      // B descriptors of a unit's expert (null: this block has no tile in the unit).
+      auto unit_tmaps = [&](const PairWork& pw, const void*& tmap0, const void*& tmap1) {
+        tmap0 = tmap1 = nullptr;
         if (pw.group >= 0) {
           tmap0 = p.b0_tmaps[layer_base + pw.group];
           tmap1 = GATED ? p.b1_tmaps[layer_base + pw.group] : tmap0;
@@ -407,13 +406,62 @@ __global__ void __launch_bounds__(384, 1) WgmmaMcGemmKernel(const GemmParams p) 
             if (GATED) PrefetchTensorMap(tmap1);
           }
         }
+      };
+      // B boxes of one stage (thread 0). Multicast: this block's half (gated: gate rows n0.. for
+      // rm 0, up rows n0.. for rm 1; plain: rows n0 + 128 rm..) into both blocks of its column.
+      // Solo: both halves, this block only.
+      auto issue_b = [&](const PairWork& pw, const void* tmap0, const void* tmap1, int n0,
+                         int stage, int k0) {
+        const uint32_t b_dst = SmemAddr(smem + stage * kStageBytes + BM * kBk * 2);
+        if (pw.multicast) {
+          TmaLoadMulticastTo(b_dst + rm * kBoxBytes, rm == 1 ? tmap1 : tmap0, k0,
+                             GATED ? n0 : n0 + 128 * static_cast<int>(rm), &full_bar[stage],
+                             m_peers);
+        } else if (tmap0 != nullptr) {
+          TmaLoad(b_dst, tmap0, k0, n0, &full_bar[stage]);
+          TmaLoad(b_dst + kBoxBytes, tmap1, k0, GATED ? n0 : n0 + 128, &full_bar[stage]);
+        }
+      };
+      // A by TMA: the 64-row boxes that hold rows of the tile (both blocks of a row tile agree).
+      auto a_boxes_of = [](const PairWork& pw) {
+        return (max(pw.row_end - pw.row_begin, 0) + kActTensorMapBoxRows - 1) /
+               kActTensorMapBoxRows;
+      };
+      uint32_t it = 0;
+      // PDL weight prefetch: stages [0, npre) of the first item get their B (and the expected
+      // bytes of B and A) before the wait; the loop below then issues only their A.
+      uint32_t npre = 0;
+      if (prefetch_b) {
+        if (first_item < work) {
+          const ClusterItem item0 = ResolveClusterItem(p, unit_start, solo_start, first_item, pairs,
+                                                       col_groups, CN, k_steps, rm, rn, tile_rows);
+          const void* tmap0;
+          const void* tmap1;
+          unit_tmaps(item0.pw, tmap0, tmap1);
+          const uint32_t bytes =
+              a_boxes_of(item0.pw) * kActBoxBytes + (tmap0 != nullptr ? 2 * kBoxBytes : 0);
+          npre = static_cast<uint32_t>(min(STAGES, item0.kt_end - item0.kt_begin));
+          for (uint32_t st = 0; st < npre; ++st) {  // free at the start: no empty wait
+            MbarArriveExpectTx(&full_bar[st], bytes);
+            issue_b(item0.pw, tmap0, tmap1, item0.nb * BN, static_cast<int>(st),
+                    (item0.kt_begin + static_cast<int>(st)) * kBk);
+          }
+        }
+        GridDepWait();
+      }
+      for (int64_t w = first_item; w < work; w += item_stride) {
+        const ClusterItem item = ResolveClusterItem(p, unit_start, solo_start, w, pairs, col_groups,
+                                                    CN, k_steps, rm, rn, tile_rows);
+        const PairWork& pw = item.pw;
+        const int nb = item.nb;
+        const void* tmap0;
+        const void* tmap1;
+        unit_tmaps(pw, tmap0, tmap1);
         const int n0 = nb * BN;
-        // A by TMA: the 64-row boxes that hold rows of the tile (both blocks of a row tile agree).
         // A by cp.async: this thread's rows (-1: past the tile), as 32-bit row numbers (the
         // producer runs on 80 registers).
         const int a_row = pw.row_begin + kActTensorMapBoxRows * static_cast<int>(rn);
-        const int a_boxes =
-            (max(pw.row_end - pw.row_begin, 0) + kActTensorMapBoxRows - 1) / kActTensorMapBoxRows;
+        const int a_boxes = a_boxes_of(pw);
         int a_rows[TMA_A ? 1 : BM / 16];
         if constexpr (!TMA_A) {
 #pragma unroll
@@ -424,20 +472,20 @@ __global__ void __launch_bounds__(384, 1) WgmmaMcGemmKernel(const GemmParams p) 
         }
         for (int kt = item.kt_begin; kt < item.kt_end; ++kt, ++it) {
           const int stage = static_cast<int>(it % STAGES);
+          const bool pre = it < npre;  // B out before the PDL wait (prefetch_b)
 #ifdef MOE_GEMM_TRACE
           if (tid == 0) TraceAt(trace, GemmTraceLayout::kProdWait, GemmTraceLayout::kMaxSteps, it);
 #endif
-          MbarWaitCluster(&empty_bar[stage], ((it / STAGES) & 1) ^ 1);
+          if (!pre) MbarWaitCluster(&empty_bar[stage], ((it / STAGES) & 1) ^ 1);
 #ifdef MOE_GEMM_TRACE
           if (tid == 0) TraceAt(trace, GemmTraceLayout::kProdIssue, GemmTraceLayout::kMaxSteps, it);
 #endif
           const int k0 = kt * kBk;
           T* st = reinterpret_cast<T*>(smem + stage * kStageBytes);
           const uint32_t a_dst = SmemAddr(st);
-          const uint32_t b_dst = SmemAddr(st + BM * kBk);
           const uint32_t b_bytes = tmap0 != nullptr ? 2 * kBoxBytes : 0;
           if constexpr (TMA_A) {
-            MbarArriveExpectTx(&full_bar[stage], a_boxes * kActBoxBytes + b_bytes);
+            if (!pre) MbarArriveExpectTx(&full_bar[stage], a_boxes * kActBoxBytes + b_bytes);
             if constexpr (CN == 2) {
               if (static_cast<int>(rn) < a_boxes) {
                 TmaLoadMulticastTo(a_dst + rn * kActBoxBytes, p.a_tmap, k0, a_row, &full_bar[stage],
@@ -468,28 +516,22 @@ __global__ void __launch_bounds__(384, 1) WgmmaMcGemmKernel(const GemmParams p) 
               }
             }
           }
-          if (tid == 0) {
-            if (pw.multicast) {
-              TmaLoadMulticastTo(b_dst + rm * kBoxBytes, rm == 1 ? tmap1 : tmap0, k0,
-                                 GATED ? n0 : n0 + 128 * static_cast<int>(rm), &full_bar[stage],
-                                 m_peers);
-            } else if (tmap0 != nullptr) {
-              TmaLoad(b_dst, tmap0, k0, n0, &full_bar[stage]);
-              TmaLoad(b_dst + kBoxBytes, tmap1, k0, GATED ? n0 : n0 + 128, &full_bar[stage]);
-            }
-          }
+          if (tid == 0 && !pre) issue_b(pw, tmap0, tmap1, n0, stage, k0);
         }
       }
       // Tail: leave only once every block's consumers have released every stage.
       for (int s = 0; s < STAGES; ++s, ++it) {
         MbarWaitCluster(&empty_bar[it % STAGES], ((it / STAGES) & 1) ^ 1);
       }
+    } else if (prefetch_b) {
+      GridDepWait();  // every thread waits (pdl.cuh)
     }
     __syncwarp();
   } else {
     // Phase 2: consumers.
     SetMaxNRegInc<208>();
-    const int cw = wg - 1;  // rows 64 cw .. 64 cw + 63 of the block's 128
+    if (prefetch_b) GridDepWait();  // before the epilogues write what earlier kernels may read
+    const int cw = wg - 1;          // rows 64 cw .. 64 cw + 63 of the block's 128
     const int lane = threadIdx.x & 31, warp_in_wg = (threadIdx.x >> 5) & 3;
     const bool out_f32 = !GATED && p.out_f32;
     const bool staged = CanStoreStaged(p, out_f32);
@@ -628,15 +670,18 @@ Status InitGemmKernelsSm90Cluster() {
 }
 
 namespace {
+// attr: room for 2 attributes (the cluster shape, and PDL when `pdl`).
 cudaLaunchConfig_t ClusterConfig(cudaLaunchAttribute* attr, unsigned blocks, cudaStream_t stream,
-                                 int cluster_blocks = kClusterBlocks) {
+                                 int cluster_blocks = kClusterBlocks, bool pdl = false) {
   attr[0].id = cudaLaunchAttributeClusterDimension;
   attr[0].val.clusterDim.x = cluster_blocks;
   attr[0].val.clusterDim.y = 1;
   attr[0].val.clusterDim.z = 1;
+  attr[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[1].val.programmaticStreamSerializationAllowed = 1;
   cudaLaunchConfig_t config = {};
   config.attrs = attr;
-  config.numAttrs = 1;
+  config.numAttrs = pdl ? 2 : 1;
   config.blockDim = dim3(384);
   config.dynamicSmemBytes = kMcSmem;
   config.stream = stream;
@@ -652,7 +697,7 @@ StatusOr<int> ClusterGemmResidentClusters(int cluster_blocks) {
   int device = 0, sms = 0;
   CUDA_RETURN_IF_ERROR(cudaGetDevice(&device));
   CUDA_RETURN_IF_ERROR(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-  cudaLaunchAttribute attr[1];
+  cudaLaunchAttribute attr[2];
   const cudaLaunchConfig_t config = ClusterConfig(
       attr, static_cast<unsigned>(sms / cluster_blocks * cluster_blocks), nullptr, cluster_blocks);
   int clusters = 0;
@@ -682,9 +727,9 @@ Status LaunchGemmSm90Cluster(const GemmParams& p, bool gated, WType wtype, int64
   }
   if (clusters <= 0) return absl::InternalError("no cluster of the GEMM kernel fits on the device");
   clusters = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(clusters, max_items)));
-  cudaLaunchAttribute attr[1];
-  const cudaLaunchConfig_t config =
-      ClusterConfig(attr, static_cast<unsigned>(clusters * cluster_blocks), stream, cluster_blocks);
+  cudaLaunchAttribute attr[2];
+  const cudaLaunchConfig_t config = ClusterConfig(
+      attr, static_cast<unsigned>(clusters * cluster_blocks), stream, cluster_blocks, p.pdl != 0);
   CUDA_RETURN_IF_ERROR(cudaLaunchKernelEx(&config, Find(gated, wtype, tma_a, cn), p));
   return absl::OkStatus();
 }

@@ -89,9 +89,10 @@ struct GemmArgs {
   bool out_f32 = false;
   int splits = 1;
   int64_t split_stride = 0;
-  // Programmatic dependent launch (mma.sync tiles; see kernels/pdl.cuh). prefetch_weights: stream
-  // the first weight stages before waiting for the previous kernel; only when tiles / n_tiles /
-  // group_offsets / m_dev / layer_dev / a_rows were written two or more launches back.
+  // Programmatic dependent launch (mma.sync tiles and kWgmmaWsMc; see kernels/pdl.cuh; the other
+  // wgmma tiles launch without it). prefetch_weights: stream the first weight stages before
+  // waiting for the previous kernel; only when tiles / n_tiles / group_offsets / m_dev /
+  // layer_dev / a_rows were written two or more launches back (kWgmmaWsMc: with A by TMA only).
   bool pdl = false;
   bool prefetch_weights = false;
 

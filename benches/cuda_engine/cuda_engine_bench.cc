@@ -27,6 +27,7 @@
 //       [--no-pingpong | --pingpong-always]   (cluster tile: ping-pong GEMMs never / always)
 //       [--no-hopper-pdl]   (no programmatic dependent launch in plans of Hopper tiles)
 //       [--no-tma-store]   (cluster tile: full tiles' outputs by st.global, not TMA stores)
+//       [--no-gemm-pdl]   (cluster tile: its GEMMs launch without PDL)
 //   cuda_engine_bench --check-invariance    deterministic mode: wgmma vs mma.sync bits
 //
 // Per point: median of many timed forwards (CUDA events around each forward, rotating inputs),
@@ -110,6 +111,7 @@ std::string g_gemm_trace;
 CudaEngineOptions::Use g_pingpong = CudaEngineOptions().cluster_pingpong;
 bool g_hopper_pdl = CudaEngineOptions().hopper_overlap_launches;  // --[no-]hopper-pdl
 bool g_tma_store = CudaEngineOptions().cluster_tma_store;         // --[no-]tma-store
+bool g_gemm_pdl = CudaEngineOptions().cluster_gemm_overlap;       // --[no-]gemm-pdl
 bool g_down_tma = false;                                          // --down-tma
 bool g_gate_up_tma = false;                                       // --gate-up-tma
 
@@ -335,6 +337,7 @@ class Runner {
     o.cluster_pingpong = g_pingpong;
     o.hopper_overlap_launches = g_hopper_pdl;
     o.cluster_tma_store = g_tma_store;
+    o.cluster_gemm_overlap = g_gemm_pdl;
     o.fused_router_convert = g_router_convert;
     o.small_batch_router_mma = g_router_mma;
     o.decode_down_tma = g_down_tma;
@@ -684,6 +687,10 @@ int main(int argc, char** argv) {
     } else if (a.rfind("--gemm-trace=", 0) == 0) {
       moe::g_gemm_trace = a.substr(13);
 #endif
+    } else if (a == "--gemm-pdl") {
+      moe::g_gemm_pdl = true;
+    } else if (a == "--no-gemm-pdl") {
+      moe::g_gemm_pdl = false;
     } else if (a == "--tma-store") {
       moe::g_tma_store = true;
     } else if (a == "--no-tma-store") {

@@ -210,6 +210,11 @@ struct CudaEngineOptions {
   // wgmma GEMMs launch without it). H200 (RESULTS.md session 9): 1.5-2 us less a layer at 256-512
   // tokens of the Qwen3 / DeepSeek-V2-Lite shapes, within the spread at Mixtral and 4096 tokens.
   bool hopper_overlap_launches = true;
+  // With hopper_overlap_launches: the cluster-tile GEMMs launch with PDL too (their blocks take
+  // SMs as the previous kernel's leave; the down GEMM streams its first weight stages before it
+  // waits for h). Off: on an H200 it was 1-3.5 us slower at Qwen3 256-512 tokens, 1% at Mixtral
+  // 256 and 1.6% at DeepSeek-V2-Lite 4096 (0.4% faster at Mixtral 512; RESULTS.md session 9).
+  bool cluster_gemm_overlap = false;
   bool fused_decode_front = true;
   DecodeGemv decode_gemv = DecodeGemv::kAuto;
   bool narrow_decode_gate_up = false;

@@ -462,6 +462,7 @@ Status CudaEngine::Impl::BuildLayerLaunch(Slot& s, int64_t capacity, AType atype
     gu.a_tmap = s.x_perm_tmap.get();
     gu.a_cluster_cols = 1;
   }
+  if (gu.tile == cuda::GemmTile::kWgmmaWsMc && !options.cluster_gemm_overlap) gu.pdl = false;
   gu.pingpong = plan.pingpong && gu.b0_tmaps != nullptr;
   gu.c_tmap = gu.b0_tmaps != nullptr ? s.h_store_tmap.get() : nullptr;
   gu.layer_dev = layer_dev(s);
@@ -501,6 +502,7 @@ Status CudaEngine::Impl::BuildLayerLaunch(Slot& s, int64_t capacity, AType atype
     down.a_tmap = s.h_tmap.get();
     down.a_cluster_cols = 1;
   }
+  if (down.tile == cuda::GemmTile::kWgmmaWsMc && !options.cluster_gemm_overlap) down.pdl = false;
   down.pingpong = plan.pingpong && down.b0_tmaps != nullptr && down.a_cluster_cols == 1;
   down.c_tmap = down.b0_tmaps != nullptr && plan.down_splits == 1 ? s.y_store_tmap.get() : nullptr;
   down.splits = plan.down_splits;
