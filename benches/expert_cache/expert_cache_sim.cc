@@ -20,6 +20,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 #include "moe/experts/cache_sim.h"
 #include "moe/experts/synthetic_trace.h"
 #include "moe/experts/trace.h"
@@ -55,6 +56,7 @@ struct PolicySpec {
   std::string label;
   SimPolicy policy = SimPolicy::kLayerLru;
   EvictionOptions options;
+  bool step_uses = true;  // false: "<policy>/sets", the trace's token counts withheld
 };
 
 StatusOr<std::vector<PolicySpec>> ParsePolicies(const Flags& flags) {
@@ -62,6 +64,7 @@ StatusOr<std::vector<PolicySpec>> ParsePolicies(const Flags& flags) {
   for (absl::string_view item : absl::StrSplit(flags.policies, ',')) {
     PolicySpec spec;
     spec.label = std::string(item);
+    if (absl::ConsumeSuffix(&item, "/sets")) spec.step_uses = false;
     spec.options.lfu_decay_period = flags.lfu_decay;
     spec.options.lrfu_lambda = flags.lrfu_lambda;
     spec.options.reuse_half_life_visits = flags.reuse_half_life;
@@ -223,6 +226,7 @@ Status RunOne(const Flags& flags) {
       if (spec.policy == SimPolicy::kBelady) continue;
       options.policy = spec.policy;
       options.eviction_options = spec.options;
+      options.step_uses = spec.step_uses;
       MOE_ASSIGN_OR_RETURN(SimResult r, SimulateTrace(trace, options));
       const ExpertCacheCounters& c = r.counters;
       std::printf(
@@ -299,6 +303,7 @@ Status RunSuite(const Flags& flags) {
               if (spec.policy == SimPolicy::kBelady) continue;
               options.policy = spec.policy;
               options.eviction_options = spec.options;
+              options.step_uses = spec.step_uses;
               MOE_ASSIGN_OR_RETURN(SimResult r, SimulateTrace(trace, options));
               absl::StrAppend(
                   &row, absl::StrFormat(" %.3f |", belady > 0 ? r.counters.HitRate() / belady : 0));

@@ -348,8 +348,9 @@ StatusOr<SimResult> SimulateTrace(const Trace& trace, const SimOptions& options)
     if (oracle_ptr != nullptr) oracle_ptr->set_position(static_cast<int64_t>(i));
     const TraceStep& step = trace.steps[i];
     std::vector<ExpertKey> pending = StepKeys(step);
+    std::vector<int32_t> pending_uses = options.step_uses ? step.uses : std::vector<int32_t>{};
     while (!pending.empty()) {
-      MOE_ASSIGN_OR_RETURN(AcquireRound round, pool->Acquire(pending));
+      MOE_ASSIGN_OR_RETURN(AcquireRound round, pool->Acquire(pending, pending_uses));
       for (const RoundEntry& entry : round.entries) {
         if (entry.source == SlotSource::kLoad) MOE_RETURN_IF_ERROR(pool->MarkLoaded(entry.slot));
       }
@@ -368,6 +369,7 @@ StatusOr<SimResult> SimulateTrace(const Trace& trace, const SimOptions& options)
       }
       MOE_RETURN_IF_ERROR(pool->Release(round, /*release_fence=*/i + 1));
       pending = std::move(round.deferred);
+      pending_uses = std::move(round.deferred_uses);
     }
   }
   SimResult result;

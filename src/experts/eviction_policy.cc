@@ -388,7 +388,9 @@ class LruKPolicy final : public EvictionPolicy {
 // 1. State of every expert (resident or not), kept across evictions: the visit of its layer at
 //    its last demand use, and its use rate as of then (its use count decayed with a half-life of
 //    `half_life` visits of its layer, over the count of an expert used at every visit).
-// 2. A table learned online over all layers: cell (age bucket, rate bucket) -> uses / exposures,
+// 2. A table learned online over all layers: cell (age bucket, rate bucket, uses bucket) -> uses /
+//    exposures (the uses bucket: how many tokens used it at its last use, when the pool is told:
+//    EvictionPolicy::SetDemandUses; without that every use counts one token),
 //    where an expert of layer L is "exposed" once per visit of L in the cell of its state at that
 //    visit (age = visits of L since its last use), and "used" when the visit demands it.
 //    uses / exposures estimates p = P(demanded at the next visit of its layer | its state).
@@ -405,6 +407,7 @@ constexpr int kExactAges = 8;                 // ages 1..8 have a bucket each
 constexpr int kAgeBuckets = 26;               // then two per octave, the last one open-ended
 constexpr int kNeverRow = kAgeBuckets;        // row of experts never used
 constexpr int kFreqBuckets = 48;              // 0 = never used, then four per octave from rate 1
+constexpr int kUseBuckets = 4;                // tokens at the last use: 1, 2, 3-4, 5+
 constexpr int kRefreshVisits = 256;           // visits between table refreshes
 constexpr double kCellWindow = 65536.0;       // exposures after which a cell's counts halve
 constexpr double kPriorWeight = 1.0;          // pseudo-exposures of the prior
@@ -426,7 +429,12 @@ int RateBucket(double rate) {
   return std::min(b, kFreqBuckets - 1);
 }
 
-int Cell(int age_bucket, int freq_bucket) { return age_bucket * kFreqBuckets + freq_bucket; }
+int Cell(int age_bucket, int freq_bucket, int use_bucket) {
+  return (age_bucket * kFreqBuckets + freq_bucket) * kUseBuckets + use_bucket;
+}
+constexpr int kCells = (kAgeBuckets + 1) * kFreqBuckets * kUseBuckets;
+
+int UseBucket(int32_t uses) { return uses <= 1 ? 0 : uses == 2 ? 1 : uses <= 4 ? 2 : 3; }
 
 // Before any data: LRU-like (younger first), frequency breaking ties.
 double Prior(int age_bucket, int freq_bucket) {
@@ -445,12 +453,14 @@ class ReusePolicy final : public EvictionPolicy {
         last_use_(keys.size(), 0),
         freq_(keys.size(), 0.0),
         key_rate_bucket_(keys.size(), 0),
-        uses_((kAgeBuckets + 1) * kFreqBuckets, 0.0),
-        exposures_((kAgeBuckets + 1) * kFreqBuckets, 0.0),
-        estimate_((kAgeBuckets + 1) * kFreqBuckets, 0.0),
+        key_use_bucket_(keys.size(), 0),
+        uses_(kCells, 0.0),
+        exposures_(kCells, 0.0),
+        estimate_(kCells, 0.0),
         slot_key_(n_slots, -1),
         slot_touch_(n_slots, 0),
         slot_freq_bucket_(n_slots, 0),
+        slot_use_bucket_(n_slots, 0),
         slot_pos_(n_slots, -1),
         layer_slots_(keys.n_layers),
         worst_(keys.n_layers) {
@@ -494,7 +504,9 @@ class ReusePolicy final : public EvictionPolicy {
     if (demand) {
       Use(key_id);
       slot_freq_bucket_[slot] = key_rate_bucket_[key_id];
+      slot_use_bucket_[slot] = key_use_bucket_[key_id];
     } else {
+      slot_use_bucket_[slot] = 0;
       // A prefetch is ranked as if used once now (its layer's next visit is expected to use it),
       // without entering the history.
       slot_freq_bucket_[slot] = freq_[key_id] > 0
@@ -511,6 +523,7 @@ class ReusePolicy final : public EvictionPolicy {
     Unlist(layer, slot);
     Use(key);
     slot_freq_bucket_[slot] = key_rate_bucket_[key];
+    slot_use_bucket_[slot] = key_use_bucket_[key];
     slot_touch_[slot] = clock_.visits(layer);
     Reranked(layer, slot);
   }
@@ -563,10 +576,12 @@ class ReusePolicy final : public EvictionPolicy {
   // unknown, refilled by a scan of the layer's slots).
   static constexpr size_t kWorstCached = 16;
 
+  void SetDemandUses(int32_t uses) override { pending_uses_ = uses; }
+
   // Table cell of `key`'s state at visit `now` of its layer.
   int StateCell(int64_t key, uint64_t now) const {
-    if (freq_[key] <= 0) return Cell(kNeverRow, 0);
-    return Cell(AgeBucket(now - last_use_[key]), key_rate_bucket_[key]);
+    if (freq_[key] <= 0) return Cell(kNeverRow, 0, 0);
+    return Cell(AgeBucket(now - last_use_[key]), key_rate_bucket_[key], key_use_bucket_[key]);
   }
 
   // The decayed use count of an expert used at every one of `visits` visits.
@@ -581,9 +596,12 @@ class ReusePolicy final : public EvictionPolicy {
   // rate bucket: its decayed count over the largest possible one (so that a key of a young layer
   // compares with an old one's).
   void Use(int64_t key) {
+    const int use_bucket = UseBucket(pending_uses_);
+    pending_uses_ = 1;
     const uint64_t now = clock_.visits(keys_.LayerOf(key));
     if (freq_[key] > 0 && last_use_[key] == now) return;
     uses_[StateCell(key, now)] += 1.0;
+    key_use_bucket_[key] = static_cast<uint8_t>(use_bucket);
     const double elapsed = static_cast<double>(now - last_use_[key]);
     freq_[key] = 1.0 + freq_[key] * std::exp2(-decay_per_visit_ * elapsed);
     last_use_[key] = now;
@@ -593,9 +611,11 @@ class ReusePolicy final : public EvictionPolicy {
   void RefreshEstimates() {
     for (int row = 0; row <= kAgeBuckets; ++row) {
       for (int fb = 0; fb < kFreqBuckets; ++fb) {
-        const int cell = Cell(row, fb);
-        estimate_[cell] =
-            (uses_[cell] + kPriorWeight * Prior(row, fb)) / (exposures_[cell] + kPriorWeight);
+        for (int ub = 0; ub < kUseBuckets; ++ub) {
+          const int cell = Cell(row, fb, ub);
+          estimate_[cell] =
+              (uses_[cell] + kPriorWeight * Prior(row, fb)) / (exposures_[cell] + kPriorWeight);
+        }
       }
     }
   }
@@ -604,7 +624,8 @@ class ReusePolicy final : public EvictionPolicy {
     // Age at the layer's next visit: 1 for an expert used in its latest visit.
     const uint64_t age = clock_.visits(layer) + 1 - slot_touch_[slot];
     const double p =
-        std::max(estimate_[Cell(AgeBucket(age), slot_freq_bucket_[slot])], kMinEstimate);
+        std::max(estimate_[Cell(AgeBucket(age), slot_freq_bucket_[slot], slot_use_bucket_[slot])],
+                 kMinEstimate);
     // Expected next use, in visits of any layer: the layer's next visit comes one pass after its
     // latest, and with probability p per visit the expert is used about 1/p passes later.
     const double next_use = static_cast<double>(clock_.visit_seq(layer)) + cycle_ / p;
@@ -650,7 +671,9 @@ class ReusePolicy final : public EvictionPolicy {
   std::vector<uint64_t> last_use_;        // [n_keys] layer visit of the last demand use
   std::vector<double> freq_;              // [n_keys] decayed uses as of then; 0 = never used
   std::vector<uint8_t> key_rate_bucket_;  // [n_keys] RateBucket as of then
-  // The learned table, [(kAgeBuckets + 1) * kFreqBuckets].
+  std::vector<uint8_t> key_use_bucket_;   // [n_keys] UseBucket of its last demand use
+  int32_t pending_uses_ = 1;              // SetDemandUses, for the next Use
+  // The learned table, [kCells].
   std::vector<double> uses_, exposures_;
   std::vector<double> estimate_;  // frozen between refreshes
   int visits_since_refresh_ = 0;
@@ -658,6 +681,7 @@ class ReusePolicy final : public EvictionPolicy {
   std::vector<int64_t> slot_key_;              // [n_slots] resident key or -1
   std::vector<uint64_t> slot_touch_;           // [n_slots] layer visit of its last use or prefetch
   std::vector<int> slot_freq_bucket_;          // [n_slots]
+  std::vector<int> slot_use_bucket_;           // [n_slots]
   std::vector<int> slot_pos_;                  // [n_slots] index in layer_slots_ of its layer
   std::vector<std::vector<int>> layer_slots_;  // [n_layers] resident slots of each layer
   std::vector<std::vector<Rank>> worst_;       // [n_layers] see kWorstCached

@@ -194,12 +194,19 @@ int32_t ExpertSlotPool::TakeSlot(ClassState& cls, const absl::flat_hash_set<Expe
   return victim;
 }
 
-StatusOr<AcquireRound> ExpertSlotPool::Acquire(std::span<const ExpertKey> experts) {
+StatusOr<AcquireRound> ExpertSlotPool::Acquire(std::span<const ExpertKey> experts,
+                                               std::span<const int32_t> uses) {
   for (const ExpertKey& key : experts) MOE_RETURN_IF_ERROR(ValidateKey(key));
+  if (!uses.empty() &&
+      (uses.size() != experts.size() || *std::min_element(uses.begin(), uses.end()) < 1)) {
+    return absl::InvalidArgumentError(
+        "expert cache: uses must be empty or one count >= 1 per expert");
+  }
   std::lock_guard<std::mutex> lock(mu_);
   absl::flat_hash_set<ExpertKey> seen;
   std::vector<RoundEntry> resident, in_flight, loads;
   std::vector<ExpertKey> misses;
+  std::vector<int32_t> miss_uses;
   // Tell each class's policy which layers this step visits (once per layer, in order).
   absl::flat_hash_set<int32_t> layers_begun;
   for (const ExpertKey& key : experts) {
@@ -208,17 +215,21 @@ StatusOr<AcquireRound> ExpertSlotPool::Acquire(std::span<const ExpertKey> expert
     }
   }
   // Hits first: pinning them keeps the misses of this call from evicting them.
-  for (const ExpertKey& key : experts) {
+  for (size_t i = 0; i < experts.size(); ++i) {
+    const ExpertKey& key = experts[i];
     if (!seen.insert(key).second) continue;
     auto it = where_.find(key);
     if (it == where_.end()) {
       misses.push_back(key);
+      if (!uses.empty()) miss_uses.push_back(uses[i]);
       continue;
     }
     const SlotId id = it->second;
     Slot& slot = classes_[id.shape_class].slots[id.index];
     ++slot.pins;
-    classes_[id.shape_class].policy->OnHit(id.index);
+    EvictionPolicy& policy = *classes_[id.shape_class].policy;
+    if (!uses.empty()) policy.SetDemandUses(uses[i]);
+    policy.OnHit(id.index);
     if (slot.prefetched_unused) {
       ++counters_.prefetch_useful;
       slot.prefetched_unused = false;
@@ -234,7 +245,8 @@ StatusOr<AcquireRound> ExpertSlotPool::Acquire(std::span<const ExpertKey> expert
   // Misses in the caller's order; once a class has no slot left, the rest of it is deferred.
   AcquireRound round;
   std::vector<uint8_t> class_full(classes_.size(), 0);
-  for (const ExpertKey& key : misses) {
+  for (size_t i = 0; i < misses.size(); ++i) {
+    const ExpertKey& key = misses[i];
     const int32_t c = layer_class_[key.layer];
     ClassState& cls = classes_[c];
     std::optional<ExpertKey> evicted;
@@ -242,6 +254,7 @@ StatusOr<AcquireRound> ExpertSlotPool::Acquire(std::span<const ExpertKey> expert
     if (index < 0) {
       class_full[c] = 1;
       round.deferred.push_back(key);
+      if (!uses.empty()) round.deferred_uses.push_back(miss_uses[i]);
       continue;
     }
     Slot& slot = cls.slots[index];
@@ -250,6 +263,7 @@ StatusOr<AcquireRound> ExpertSlotPool::Acquire(std::span<const ExpertKey> expert
     slot.pins = 1;
     const SlotId id{c, index};
     where_[key] = id;
+    if (!uses.empty()) cls.policy->SetDemandUses(miss_uses[i]);
     cls.policy->OnInsert(index, KeyId(key), /*demand=*/true);
     ++counters_.misses;
     counters_.bytes_copied += shapes_[c].expert_bytes;

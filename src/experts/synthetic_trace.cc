@@ -127,7 +127,7 @@ void SyntheticTraceGenerator::NextBatch(Trace& trace) {
       for (auto& layer_picks : seq) layer_picks.clear();
     }
   }
-  std::vector<uint8_t> used(shape.n_experts);
+  std::vector<int32_t> used(shape.n_experts);  // tokens per expert
   std::vector<int32_t> picks;
   for (int32_t layer = 0; layer < shape.n_layers; ++layer) {
     if (st.rng.Bernoulli(st.options.drift_prob)) {
@@ -137,14 +137,17 @@ void SyntheticTraceGenerator::NextBatch(Trace& trace) {
     std::fill(used.begin(), used.end(), 0);
     for (auto& seq : st.history) {
       st.Pick(st.rng, st.perm[layer], seq[layer], picks);
-      for (int32_t e : picks) used[e] = 1;
+      for (int32_t e : picks) ++used[e];
       seq[layer] = picks;
     }
     TraceStep step;
     step.batch = st.batch;
     step.layer = layer;
     for (int32_t e = 0; e < shape.n_experts; ++e) {
-      if (used[e]) step.experts.push_back(e);
+      if (used[e] > 0) {
+        step.experts.push_back(e);
+        step.uses.push_back(used[e]);
+      }
     }
     trace.steps.push_back(std::move(step));
   }

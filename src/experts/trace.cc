@@ -1,6 +1,7 @@
 // Routing trace format: reader, writer and the server-side recorder.
 #include "moe/experts/trace.h"
 
+#include <algorithm>
 #include <istream>
 #include <ostream>
 #include <sstream>
@@ -54,6 +55,13 @@ Status Trace::Validate() const {
   for (size_t i = 0; i < steps.size(); ++i) {
     const TraceStep& step = steps[i];
     Status status = ValidateExperts(shape, step.layer, step.experts);
+    if (status.ok() && !step.uses.empty()) {
+      if (step.uses.size() != step.experts.size()) {
+        status = absl::InvalidArgumentError("uses and experts differ in length");
+      } else if (*std::min_element(step.uses.begin(), step.uses.end()) < 1) {
+        status = absl::InvalidArgumentError("an expert used by fewer than 1 token");
+      }
+    }
     if (status.ok() && step.batch < last_batch) {
       status = absl::InvalidArgumentError(
           absl::StrCat("batch ", step.batch, " after batch ", last_batch));

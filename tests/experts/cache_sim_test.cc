@@ -149,6 +149,31 @@ TEST(CacheSim, OnlinePoliciesNeverBeatBeladyOnASyntheticTrace) {
   }
 }
 
+// On sticky multi-token batches an expert used by more tokens is likelier to come back at its
+// layer's next visit (each token repeats each pick with probability `stickiness`): reuse, given
+// the tokens per expert (TraceStep::uses, as the engine gives them), keeps those and hits more
+// than from the expert sets alone.
+TEST(CacheSim, ReuseLearnsFromTokensPerExpertOnStickyBatches) {
+  SyntheticTraceOptions o = SyntheticTraceOptions::Qwen3_30B_A3B();
+  o.shape = {6, 64, 8};
+  o.n_batches = 600;
+  o.tokens_per_batch = 16;
+  o.zipf_exponent = 0.8;
+  o.stickiness = 0.5;
+  auto trace = GenerateSyntheticTrace(o);
+  ASSERT_TRUE(trace.ok());
+  SimOptions options;
+  options.policy = SimPolicy::kReuse;
+  options.n_slots = SlotsForFraction(trace->shape, 0.25);
+  auto with_uses = SimulateTrace(*trace, options);
+  options.step_uses = false;
+  auto sets_only = SimulateTrace(*trace, options);
+  ASSERT_TRUE(with_uses.ok() && sets_only.ok());
+  EXPECT_EQ(with_uses->counters.Demanded(), sets_only->counters.Demanded());
+  EXPECT_GT(with_uses->counters.HitRate(), sets_only->counters.HitRate() + 0.005)
+      << with_uses->counters.HitRate() << " vs " << sets_only->counters.HitRate();
+}
+
 TEST(CacheSim, StepsLargerThanTheCacheRunInRounds) {
   const Trace t = MakeTrace(
       {2, 8, 4}, {{0, {0, 1, 2, 3, 4, 5}}, {1, {0, 1, 2, 3, 4}}, {0, {0, 1, 2, 3, 4, 5}}});

@@ -237,6 +237,36 @@ TEST(ExpertSlotPool, RoundsCoverAnOversizeBatchExactlyOnce) {
   }
 }
 
+// Token counts per expert (Acquire's `uses`): one per expert and at least 1, else nothing is
+// pinned; the round hands back those of the deferred experts in their order.
+TEST(ExpertSlotPool, UsesGoWithTheirExpertsIntoDeferredRounds) {
+  auto pool = MakePool(2, EvictionKind::kReuse);
+  const std::vector<ExpertKey> keys = {{0, 1}, {0, 2}, {0, 3}, {0, 4}};
+  EXPECT_EQ(pool->Acquire(keys, std::vector<int32_t>{1, 2}).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(pool->Acquire(keys, std::vector<int32_t>{1, 0, 3, 4}).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(pool->Counters().misses, 0u);  // nothing pinned or loaded
+  auto round = pool->Acquire(keys, std::vector<int32_t>{5, 1, 3, 2});
+  ASSERT_TRUE(round.ok()) << round.status();
+  EXPECT_EQ(round->entries.size(), 2u);
+  EXPECT_EQ(round->deferred, (std::vector<ExpertKey>{{0, 3}, {0, 4}}));
+  EXPECT_EQ(round->deferred_uses, (std::vector<int32_t>{3, 2}));
+  MarkAllLoaded(*pool, *round);
+  ASSERT_TRUE(pool->Release(*round, 1).ok());
+  auto next = pool->Acquire(round->deferred, round->deferred_uses);
+  ASSERT_TRUE(next.ok()) << next.status();
+  EXPECT_TRUE(next->deferred.empty());
+  EXPECT_TRUE(next->deferred_uses.empty());
+  // Without uses, deferred_uses stays empty.
+  MarkAllLoaded(*pool, *next);
+  ASSERT_TRUE(pool->Release(*next, 2).ok());
+  auto plain = pool->Acquire(keys);
+  ASSERT_TRUE(plain.ok());
+  EXPECT_EQ(plain->deferred.size(), 2u);
+  EXPECT_TRUE(plain->deferred_uses.empty());
+}
+
 TEST(ExpertSlotPool, PrefetchUsesColdSlotsOnlyAndCountsUsefulAndWasted) {
   auto pool = MakePool(4);
   Use(*pool, {{1, 0}});  // ready, evictable, and predicted below

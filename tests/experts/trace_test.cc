@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <filesystem>
+#include <numeric>
 #include <sstream>
 #include <thread>
 
@@ -90,6 +91,16 @@ TEST(Trace, ValidateNamesTheBadStep) {
   EXPECT_FALSE(WriteTrace(t, out).ok());
 }
 
+TEST(Trace, ValidateChecksTheUsesOfAStep) {
+  Trace t = SmallTrace();
+  t.steps[1].uses.assign(t.steps[1].experts.size(), 2);
+  EXPECT_TRUE(t.Validate().ok());
+  t.steps[1].uses.push_back(1);  // one more than experts
+  EXPECT_EQ(t.Validate().code(), absl::StatusCode::kInvalidArgument);
+  t.steps[1].uses.assign(t.steps[1].experts.size(), 0);  // no token
+  EXPECT_EQ(t.Validate().code(), absl::StatusCode::kInvalidArgument);
+}
+
 TEST(TraceRecorder, WritesAReadableFileFromSeveralThreads) {
   const std::string path = TempPath("recorder");
   auto recorder = TraceRecorder::Create({path, {4, 8, 2}});
@@ -147,6 +158,9 @@ TEST(SyntheticTrace, HasTheModelShapeAndIsDeterministic) {
     EXPECT_LE(s.experts.size(), static_cast<size_t>(8 * o.tokens_per_batch));
     EXPECT_TRUE(std::is_sorted(s.experts.begin(), s.experts.end()));
     EXPECT_EQ(s.experts, b->steps[i].experts);
+    // Every token's top_k picks, counted per expert.
+    ASSERT_EQ(s.uses.size(), s.experts.size());
+    EXPECT_EQ(std::accumulate(s.uses.begin(), s.uses.end(), 0), 8 * o.tokens_per_batch);
   }
   o.seed = 2;
   auto c = GenerateSyntheticTrace(o);

@@ -62,6 +62,9 @@ struct SimOptions {
   int32_t n_slots = 0;  // cache capacity in experts (all layers together)
   EvictionOptions eviction_options;
   SimPrefetch prefetch;
+  // Give the pool the trace's per-expert token counts (TraceStep::uses, when it has them), as the
+  // engine does; false replays the expert sets alone.
+  bool step_uses = true;
 };
 
 struct SimResult {

@@ -93,6 +93,10 @@ class EvictionPolicy {
 
   // A batch used the expert resident in `slot` (a hit).
   virtual void OnHit(int slot) = 0;
+  // How many tokens of the step use the expert of the next OnHit or demand OnInsert, when the
+  // caller knows (ExpertSlotPool::Acquire with `uses`): called right before it. Without a call
+  // the policy takes 1.
+  virtual void SetDemandUses(int32_t uses) {}
 
   // `slot` no longer holds an expert.
   virtual void OnEvict(int slot) = 0;

@@ -124,6 +124,8 @@ struct AcquireRound {
   std::vector<RoundEntry> entries;
   // Experts that did not fit in this round, for the next Acquire (empty when the step is done).
   std::vector<ExpertKey> deferred;
+  // Their uses, when the Acquire had them (else empty).
+  std::vector<int32_t> deferred_uses;
 };
 
 struct PrefetchLoad {
@@ -202,10 +204,14 @@ class ExpertSlotPool {
   KeySpace Keys() const { return {n_layers_, max_experts_}; }
   std::string_view PolicyName() const;
 
-  // Pins the experts of one batch step. Duplicates in `experts` are ignored. See the file comment
-  // for the round protocol. Errors: InvalidArgument (unknown layer or expert; nothing pinned),
+  // Pins the experts of one batch step. Duplicates in `experts` are ignored. `uses`, empty or one
+  // per expert: how many tokens of the step use it, for the eviction policy
+  // (EvictionPolicy::SetDemandUses); the round's `deferred_uses` then carries those of the
+  // deferred experts. See the file comment for the round protocol. Errors: InvalidArgument
+  // (unknown layer or expert, `uses` of another length or under 1; nothing pinned),
   // ResourceExhausted (no expert could be pinned; nothing pinned).
-  StatusOr<AcquireRound> Acquire(std::span<const ExpertKey> experts);
+  StatusOr<AcquireRound> Acquire(std::span<const ExpertKey> experts,
+                                 std::span<const int32_t> uses = {});
 
   // Unpins every entry of `round` (each exactly once). `release_fence` is an engine-defined
   // ordering token (e.g. the sequence number of an event recorded after the compute that read the

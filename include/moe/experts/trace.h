@@ -37,6 +37,9 @@ struct TraceStep {
   int64_t batch = 0;
   int32_t layer = 0;
   std::vector<int32_t> experts;  // distinct expert ids
+  // Tokens of the step that use each expert (same order as `experts`) where the trace knows them
+  // (synthetic traces); empty otherwise. Not stored in trace files.
+  std::vector<int32_t> uses = {};
 };
 
 struct Trace {

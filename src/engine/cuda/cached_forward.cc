@@ -177,15 +177,22 @@ Status CudaEngine::Impl::EnqueueCached(Slot& s, const cuda::ForwardMeta& meta, c
              std::span<const int32_t>(es.report_la_ids() + at, static_cast<size_t>(n) * k),
              std::span<const float>(es.report_la_weights() + at, static_cast<size_t>(n) * k), e)});
   }
+  // The step's experts and their tokens (for the eviction policy), then what each round defers.
   std::vector<experts::ExpertKey> remaining;
+  std::vector<int32_t> remaining_uses;
   remaining.reserve(active.size());
-  for (const int32_t x : active) remaining.push_back({layer, x});
+  remaining_uses.reserve(active.size());
+  for (const int32_t x : active) {
+    remaining.push_back({layer, x});
+    remaining_uses.push_back(offsets[static_cast<size_t>(x) + 1] - offsets[static_cast<size_t>(x)]);
+  }
 
   if (speculate && es.report_header().misses == 0) {
     // 4, all resident: the routed kernels run already. Pin their experts while the prefetch
     // picks its victims, then release them behind a fence after those kernels.
     rt.CountDeviceHit();
-    MOE_ASSIGN_OR_RETURN(const experts::AcquireRound round, rt.AcquireAndLoad(remaining));
+    MOE_ASSIGN_OR_RETURN(const experts::AcquireRound round,
+                         rt.AcquireAndLoad(remaining, remaining_uses));
     if (rt.options().on_round) rt.options().on_round(round, rt.pool());
     if (round.deferred.empty()) {
       if (depth > 0) MOE_RETURN_IF_ERROR(rt.Predict(s.index, std::move(predictions)));
@@ -195,11 +202,14 @@ Status CudaEngine::Impl::EnqueueCached(Slot& s, const cuda::ForwardMeta& meta, c
     // kernels): keep the pool's books straight round by round.
     MOE_RETURN_IF_ERROR(rt.ReleaseRound(s.index, round, st));
     remaining = round.deferred;
+    remaining_uses = round.deferred_uses;
     while (!remaining.empty()) {
-      MOE_ASSIGN_OR_RETURN(const experts::AcquireRound more, rt.AcquireAndLoad(remaining));
+      MOE_ASSIGN_OR_RETURN(const experts::AcquireRound more,
+                           rt.AcquireAndLoad(remaining, remaining_uses));
       if (rt.options().on_round) rt.options().on_round(more, rt.pool());
       MOE_RETURN_IF_ERROR(rt.ReleaseRound(s.index, more, st));
       remaining = more.deferred;
+      remaining_uses = more.deferred_uses;
     }
     return depth > 0 ? rt.Predict(s.index, std::move(predictions)) : absl::OkStatus();
   }
@@ -215,7 +225,8 @@ Status CudaEngine::Impl::EnqueueCached(Slot& s, const cuda::ForwardMeta& meta, c
                               rt.pool().SlotCount(rt.pool().ShapeClassOfLayer(layer));
   int single_round_tries = 0;
   while (!remaining.empty()) {
-    MOE_ASSIGN_OR_RETURN(const experts::AcquireRound round, rt.AcquireAndLoad(remaining));
+    MOE_ASSIGN_OR_RETURN(const experts::AcquireRound round,
+                         rt.AcquireAndLoad(remaining, remaining_uses));
     if (rt.options().on_round) rt.options().on_round(round, rt.pool());
     if (single_round_wanted && !round.deferred.empty() && ++single_round_tries <= 50 &&
         remaining.size() == round.entries.size() + round.deferred.size()) {
@@ -308,6 +319,7 @@ Status CudaEngine::Impl::EnqueueCached(Slot& s, const cuda::ForwardMeta& meta, c
     }
     MOE_RETURN_IF_ERROR(rt.ReleaseRound(s.index, round, st));
     remaining = round.deferred;
+    remaining_uses = round.deferred_uses;
   }
 
   // Prefetch for the next layers, combine.

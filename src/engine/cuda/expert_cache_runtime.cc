@@ -442,13 +442,13 @@ Status ExpertCacheRuntime::IssueLoadsLocked(std::span<const experts::PrefetchLoa
 }
 
 StatusOr<experts::AcquireRound> ExpertCacheRuntime::AcquireAndLoad(
-    std::span<const experts::ExpertKey> keys) {
+    std::span<const experts::ExpertKey> keys, std::span<const int32_t> uses) {
   const auto deadline = std::chrono::steady_clock::now() + kAcquireDeadline;
   for (int attempt = 0;; ++attempt) {
     {
       std::lock_guard<std::mutex> lock(mu_);
       MOE_RETURN_IF_ERROR(PollLocked());
-      StatusOr<experts::AcquireRound> round = pool_->Acquire(keys);
+      StatusOr<experts::AcquireRound> round = pool_->Acquire(keys, uses);
       if (round.ok()) {
         std::vector<experts::PrefetchLoad> loads;
         for (const experts::RoundEntry& e : round->entries) {

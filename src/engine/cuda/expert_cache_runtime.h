@@ -168,7 +168,9 @@ class ExpertCacheRuntime {
                   int64_t host_wait_ns);
   // Pins `keys` (one round) and enqueues the copies of its misses. Retries while every slot is
   // pinned or loading (waiting for copies, then for other slots' releases); fails after a deadline.
-  StatusOr<experts::AcquireRound> AcquireAndLoad(std::span<const experts::ExpertKey> keys);
+  // `uses`: the tokens of the step per key, for the eviction policy (ExpertSlotPool::Acquire).
+  StatusOr<experts::AcquireRound> AcquireAndLoad(std::span<const experts::ExpertKey> keys,
+                                                 std::span<const int32_t> uses = {});
   // Makes `stream` wait for the loads of the kInFlight / kLoad entries of `round`, timing the
   // wait. No-op when all are resident.
   Status WaitLoads(int engine_slot, const experts::AcquireRound& round, cudaStream_t stream);
