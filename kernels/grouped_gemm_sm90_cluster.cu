@@ -145,16 +145,14 @@ __device__ __forceinline__ void BulkWaitAll() {
 
 // The epilogue of one consumer warp for its 16 rows (row0..row0 + 15, all inside the tile) of a
 // full tile by TMA stores (GemmParams::c_tmap, boxes of kStoreTensorMapBoxRows = 8 rows x 64
-// columns): per 64-column pass, each 8-row half goes into its 1 KiB of the warp's buffer in the
-// 128-byte swizzled layout of StoreWarpRowsStaged (the same values and rounding), then lane 0
+// columns): per 64-column pass, each 8-row half goes into its 1 KiB of the warp's buffer
+// (StageWarpHalf, as StoreWarpRowsStaged: the same values and rounding), then lane 0
 // stores it by TMA and the warp moves on; a half is rewritten once its previous store (one
 // bulk group back) has read it. The warp waits for no global write.
 template <typename T, bool GATED, int N, int G>
 __device__ __forceinline__ void StoreWarpRowsTma(const GemmParams& p, const float (&acc)[G][N / 2],
                                                  int row0, int n0, int lane, uint8_t* buf) {
   static_assert(N % 64 == 0, "whole 64-column passes");
-  using P = typename Pair<T>::Type;
-  const int rr = lane >> 2;  // row inside the half
 #pragma unroll
   for (int pass = 0; pass < N / 64; ++pass) {
     const int col = n0 + pass * 64;
@@ -164,17 +162,7 @@ __device__ __forceinline__ void StoreWarpRowsTma(const GemmParams& p, const floa
       uint8_t* hb = buf + half * 1024;
       if (lane == 0) BulkWaitRead<1>();  // this half's previous store has read it
       __syncwarp();
-#pragma unroll
-      for (int jj = 0; jj < 8; ++jj) {
-        const int j = pass * 8 + jj;
-        float v0 = acc[0][j * 4 + 2 * half], v1 = acc[0][j * 4 + 2 * half + 1];
-        if constexpr (GATED) {
-          v0 = Silu(v0) * acc[G - 1][j * 4 + 2 * half];
-          v1 = Silu(v1) * acc[G - 1][j * 4 + 2 * half + 1];
-        }
-        *reinterpret_cast<P*>(hb + rr * 128 + ((jj ^ rr) << 4) + 4 * (lane & 3)) =
-            Pair<T>::Make(v0, v1);
-      }
+      StageWarpHalf<T, GATED, N, G>(acc, pass, half, lane, hb);
       FenceProxyAsync();  // the writes, before the async proxy reads them
       __syncwarp();
       if (lane == 0) TmaStoreBox(p.c_tmap, hb, col, row0 + 8 * half);
@@ -229,16 +217,21 @@ __device__ __forceinline__ int FindGroup(const int* start, int n, int t) {
   return lo;
 }
 
+// How the rows of every group are cut, the same for the whole launch: multicast pairs or not,
+// and the rows of a solo tile (128, or 64 in ping-pong mode, which never multicasts).
+struct RowCut {
+  bool multicast;
+  int tile_rows;
+};
 // How the rows of group g are cut (rows R, multicast on): floor(R / 256) multicast pairs, one more
 // if the remainder exceeds 128 rows (its second block gets the rest), else the remainder (1..128
-// rows) is one solo tile. Multicast off: every tile of `tile_rows` rows (128, or 64 in ping-pong
-// mode, which never multicasts) is a solo tile.
-__device__ __forceinline__ int McPairs(int rows, bool multicast) {
-  if (!multicast) return 0;
+// rows) is one solo tile. Multicast off: every tile of cut.tile_rows rows is a solo tile.
+__device__ __forceinline__ int McPairs(int rows, const RowCut& cut) {
+  if (!cut.multicast) return 0;
   return rows / kPairRows + (rows % kPairRows > 128 ? 1 : 0);
 }
-__device__ __forceinline__ int SoloTiles(int rows, bool multicast, int tile_rows) {
-  if (!multicast) return (rows + tile_rows - 1) / tile_rows;
+__device__ __forceinline__ int SoloTiles(int rows, const RowCut& cut) {
+  if (!cut.multicast) return (rows + cut.tile_rows - 1) / cut.tile_rows;
   const int rem = rows % kPairRows;
   return rem > 0 && rem <= 128 ? 1 : 0;
 }
@@ -265,12 +258,11 @@ struct PairWork {
 };
 __device__ __forceinline__ PairWork ResolvePair(const GemmParams& p, const int* unit_start,
                                                 const int* solo_start, int t, uint32_t rank,
-                                                int tile_rows) {
+                                                const RowCut& cut) {
   const int n = p.n_groups;
   const int g = FindGroup(unit_start, n, t);
   const int local = t - unit_start[g];
-  const bool multicast = p.tma_multicast != 0 && tile_rows == 128;
-  const int mc_pairs = McPairs(p.group_offsets[g + 1] - p.group_offsets[g], multicast);
+  const int mc_pairs = McPairs(p.group_offsets[g + 1] - p.group_offsets[g], cut);
   PairWork w;
   if (local < mc_pairs) {
     w.multicast = true;
@@ -283,10 +275,10 @@ __device__ __forceinline__ PairWork ResolvePair(const GemmParams& p, const int* 
     if (s >= solo_start[n]) return PairWork{false, -1, 0, 0};
     w.group = FindGroup(solo_start, n, s);
     const int rows = p.group_offsets[w.group + 1] - p.group_offsets[w.group];
-    w.row_begin = p.group_offsets[w.group] + McPairs(rows, multicast) * kPairRows +
-                  (s - solo_start[w.group]) * tile_rows;
+    w.row_begin = p.group_offsets[w.group] + McPairs(rows, cut) * kPairRows +
+                  (s - solo_start[w.group]) * cut.tile_rows;
   }
-  w.row_end = min(p.group_offsets[w.group + 1], w.row_begin + (w.multicast ? 128 : tile_rows));
+  w.row_end = min(p.group_offsets[w.group + 1], w.row_begin + (w.multicast ? 128 : cut.tile_rows));
   return w;
 }
 
@@ -299,12 +291,12 @@ struct ClusterItem {
 };
 __device__ __forceinline__ ClusterItem ResolveClusterItem(
     const GemmParams& p, const int* unit_start, const int* solo_start, int64_t w, int pairs,
-    int col_groups, int cn, int k_steps, uint32_t rm, uint32_t rn, int tile_rows) {
+    int col_groups, int cn, int k_steps, uint32_t rm, uint32_t rn, const RowCut& cut) {
   ClusterItem c;
   int t, group;
   DecodeWorkItem(w, pairs, col_groups, t, group, c.split);
   c.nb = cn * group + static_cast<int>(rn);
-  c.pw = ResolvePair(p, unit_start, solo_start, t, rm, tile_rows);
+  c.pw = ResolvePair(p, unit_start, solo_start, t, rm, cut);
   c.kt_begin = static_cast<int>(static_cast<int64_t>(c.split) * k_steps / p.splits);
   c.kt_end = static_cast<int>(static_cast<int64_t>(c.split + 1) * k_steps / p.splits);
   return c;
@@ -348,20 +340,18 @@ __global__ void __launch_bounds__(384, 1) WgmmaMcGemmKernel(const GemmParams p) 
   // Ping-pong (GemmParams::pingpong, pair clusters only): 64-row solo tiles, each work item taken
   // by one consumer warpgroup (they alternate), so a stage is released by 4 warps per block.
   const bool pingpong = CN == 1 && p.pingpong != 0;
-  const int tile_rows = pingpong ? 64 : 128;
+  const RowCut cut{p.tma_multicast != 0 && !pingpong, pingpong ? 64 : 128};
   InitStageBarriers<STAGES>(full_bar, empty_bar, TMA_A ? 1 : 128 + 1, (pingpong ? 4 : 8) * kBlocks);
-  const bool multicast = p.tma_multicast != 0 && !pingpong;
   // PDL: the group offsets (and A) come from earlier kernels. With pdl_prefetch (A by TMA) they
   // are two or more launches old: only A waits, and the producer streams the first stages' B
   // before that wait.
   const bool prefetch_b = TMA_A && p.pdl_prefetch != 0;
   if (!prefetch_b) GridDepWait();
   auto rows_of = [&](int g) { return p.group_offsets[g + 1] - p.group_offsets[g]; };
-  GroupPrefix(p.n_groups, solo_start,
-              [&](int g) { return SoloTiles(rows_of(g), multicast, tile_rows); });
+  GroupPrefix(p.n_groups, solo_start, [&](int g) { return SoloTiles(rows_of(g), cut); });
   const int solos = solo_start[p.n_groups];
   GroupPrefix(p.n_groups, unit_start, [&](int g) {
-    return McPairs(rows_of(g), multicast) + OwnedSoloPairs(solo_start[g], solo_start[g + 1], solos);
+    return McPairs(rows_of(g), cut) + OwnedSoloPairs(solo_start[g], solo_start[g + 1], solos);
   });
   ClusterSync();
   GridDepTrigger();  // the next kernel may launch; it waits for free SMs, then for this one
@@ -434,7 +424,7 @@ __global__ void __launch_bounds__(384, 1) WgmmaMcGemmKernel(const GemmParams p) 
       if (prefetch_b) {
         if (first_item < work) {
           const ClusterItem item0 = ResolveClusterItem(p, unit_start, solo_start, first_item, pairs,
-                                                       col_groups, CN, k_steps, rm, rn, tile_rows);
+                                                       col_groups, CN, k_steps, rm, rn, cut);
           const void* tmap0;
           const void* tmap1;
           unit_tmaps(item0.pw, tmap0, tmap1);
@@ -451,7 +441,7 @@ __global__ void __launch_bounds__(384, 1) WgmmaMcGemmKernel(const GemmParams p) 
       }
       for (int64_t w = first_item; w < work; w += item_stride) {
         const ClusterItem item = ResolveClusterItem(p, unit_start, solo_start, w, pairs, col_groups,
-                                                    CN, k_steps, rm, rn, tile_rows);
+                                                    CN, k_steps, rm, rn, cut);
         const PairWork& pw = item.pw;
         const int nb = item.nb;
         const void* tmap0;
@@ -554,7 +544,7 @@ __global__ void __launch_bounds__(384, 1) WgmmaMcGemmKernel(const GemmParams p) 
     int64_t ordinal = 0;  // of the item among this cluster's
     for (int64_t w = first_item; w < work; w += item_stride, ++ordinal) {
       const ClusterItem item = ResolveClusterItem(p, unit_start, solo_start, w, pairs, col_groups,
-                                                  CN, k_steps, rm, rn, tile_rows);
+                                                  CN, k_steps, rm, rn, cut);
       if (pingpong && (ordinal & 1) != cw) {
         it += static_cast<uint32_t>(item.kt_end - item.kt_begin);  // the other warpgroup's stages
         continue;

@@ -147,30 +147,37 @@ __device__ __forceinline__ bool CanStoreStaged(const GemmParams& p, bool out_f32
 // tokens 19% faster, Mixtral 12%. Staged for full tiles: Qwen3 / DSv2-Lite 4096 tokens -3%,
 // embedded model 4096 / 16384 -8% / -14%, Mixtral equal; staged for every tile was 5-10% slower
 // at 512 tokens (tiles of 32-48 rows, whose row-less warps the direct stores skip).
+// Rows 8 half .. 8 half + 7 of one consumer warp's 16, columns 64 pass .. 64 pass + 63 of its
+// accumulators (SiLU(gate) * up when gated), as T into the 1 KiB at `half_buf`: row r at r * 128
+// bytes, its 16-byte chunk c at chunk c ^ r (the 128-byte swizzle; 1024-byte aligned for TMA).
+template <typename T, bool GATED, int N, int G>
+__device__ __forceinline__ void StageWarpHalf(const float (&acc)[G][N / 2], int pass, int half,
+                                              int lane, uint8_t* half_buf) {
+  using P = typename Pair<T>::Type;
+  const int r = lane >> 2;
+#pragma unroll
+  for (int jj = 0; jj < 8; ++jj) {
+    const int j = pass * 8 + jj;
+    float v0 = acc[0][j * 4 + 2 * half], v1 = acc[0][j * 4 + 2 * half + 1];
+    if constexpr (GATED) {
+      v0 = Silu(v0) * acc[G - 1][j * 4 + 2 * half];
+      v1 = Silu(v1) * acc[G - 1][j * 4 + 2 * half + 1];
+    }
+    *reinterpret_cast<P*>(half_buf + r * 128 + ((jj ^ r) << 4) + 4 * (lane & 3)) =
+        Pair<T>::Make(v0, v1);
+  }
+}
+
 template <typename T, bool GATED, int N, int G>
 __device__ __forceinline__ void StoreWarpRowsStaged(const GemmParams& p,
                                                     const float (&acc)[G][N / 2], int row0,
                                                     int row_end, int n0, int lane, uint8_t* buf) {
   static_assert(N % 64 == 0, "whole 64-column passes");
-  using P = typename Pair<T>::Type;
   T* out = static_cast<T*>(p.c);
 #pragma unroll
   for (int pass = 0; pass < N / 64; ++pass) {
-#pragma unroll
-    for (int jj = 0; jj < 8; ++jj) {
-      const int j = pass * 8 + jj;
-#pragma unroll
-      for (int half = 0; half < 2; ++half) {
-        const int r = (lane >> 2) + 8 * half;
-        float v0 = acc[0][j * 4 + 2 * half], v1 = acc[0][j * 4 + 2 * half + 1];
-        if constexpr (GATED) {
-          v0 = Silu(v0) * acc[G - 1][j * 4 + 2 * half];
-          v1 = Silu(v1) * acc[G - 1][j * 4 + 2 * half + 1];
-        }
-        *reinterpret_cast<P*>(buf + r * 128 + ((jj ^ (r & 7)) << 4) + 4 * (lane & 3)) =
-            Pair<T>::Make(v0, v1);
-      }
-    }
+    StageWarpHalf<T, GATED, N, G>(acc, pass, 0, lane, buf);
+    StageWarpHalf<T, GATED, N, G>(acc, pass, 1, lane, buf + 1024);
     __syncwarp();
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
