@@ -212,9 +212,11 @@ struct RouterConvertArgs {
   const int32_t* layer_dev = nullptr;         // index into router_table (null: entry 0)
   int router_rows = 0;
   int64_t ld_router = 0;
-  float* logits = nullptr;  // [capacity, ld_logits]
+  float* logits = nullptr;  // [k_splits][capacity, ld_logits] partial sums
   int64_t ld_logits = 0;
-  int tiles_per_block = 1;  // router rows per block / 8 (PlanRouterConvert)
+  int64_t split_stride = 0;  // floats between the K splits' partials
+  int tiles_per_block = 1;   // router rows per block / 8 (PlanRouterConvert)
+  int k_splits = 1;          // PlanRouterConvert
   bool pdl = false;
   Status Validate() const;
 };
@@ -330,8 +332,14 @@ struct CombineArgs {
   int64_t ys_split_stride = 0;
   const float* shared_gate = nullptr;  // [capacity] or null (gate 1)
   bool pdl = false;                    // programmatic dependent launch (kernels/pdl.cuh)
+  // Where CombineChunksPerThread allows: 1, 2 or 4 chunks of 8 columns a thread, all their loads
+  // in flight together (the same sums and bits as without).
+  bool unrolled = true;
   Status Validate() const;
 };
+// Chunks a thread of the unrolled combine takes (top_k <= 2: 4, <= 4: 2, <= 8: 1), or 0 where it
+// does not apply (f32 partials of the routed or shared outputs, top_k > 8).
+int CombineChunksPerThread(const CombineArgs& args);
 Status LaunchCombine(const CombineArgs& args, cudaStream_t stream);
 
 // Fills `n` elements of wtype with uniform values in [-scale, scale] from a counter-based hash.

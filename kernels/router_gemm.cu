@@ -6,20 +6,23 @@
 // the 128 x 256 wgmma tile 23 us at Qwen3-30B-A3B (128 router rows: half of the tile's columns
 // are empty; at Mixtral's 8 rows 31 of 32 are), 20 + 24 us at Mixtral-8x7B.
 //
-// 1. Block (i, j) owns tokens [32 i, 32 i + 32) and router row tiles (8 rows each)
-//    [j * tiles, (j + 1) * tiles), tiles = RouterConvertArgs::tiles_per_block <= 4
-//    (PlanRouterConvert in kernels/tile_heuristics.cc chooses the grid).
-// 2. Its 8 warps split K: warp w takes the w-th eighth of the 32-column steps. Per step a thread
+// 1. Block (i, j, z) owns tokens [32 i, 32 i + 32), router row tiles (8 rows each)
+//    [j * tiles, (j + 1) * tiles), tiles = RouterConvertArgs::tiles_per_block <= 4, and the z-th
+//    of RouterConvertArgs::k_splits parts of K (PlanRouterConvert in kernels/tile_heuristics.cc
+//    chooses the grid).
+// 2. Its 8 warps split its K: warp w takes the w-th eighth of its 32-column steps. Per step a
+// thread
 //    loads 16 bytes (8 columns) of each of its 4 token rows and of its router row in each tile
 //    straight from global memory into registers, and feeds them to mma.sync m16n8k16 as fragments
 //    of a permuted k: thread q's 8 columns 8q..8q+7 stand for the k pairs (2q, 2q+1), (2q+8, 2q+9)
 //    of two k16 steps, the same for A and B, so every product still pairs equal columns. No shared
 //    memory on the way in: 4 steps of loads are in flight per thread.
-// 3. Blocks of column 0 (j == 0) store the token rows they loaded into x, the layout ConvertKernel
-//    writes (hi part only: no split_lo here), for the expert GEMMs.
+// 3. Blocks of column 0 (j == 0) store the token rows (their part of K) they loaded into x, the
+//    layout ConvertKernel writes (hi part only: no split_lo here), for the expert GEMMs.
 // 4. The warps' partial sums meet in shared memory and are added in warp order, so a logit's
-//    rounding depends on the hidden size only: not on the batch, the grid or the block.
-// 5. Logits go to [token, router row] f32 (the route reads one split).
+//    rounding depends on the hidden size and the K splits only: not on the block.
+// 5. Partial logits go to split z of [split, token, router row] f32; the route adds the splits
+//    in order.
 // NOTES: a first version staged 64-column chunks of both operands through a cp.async ring and
 // left the warps without a tile idle: 21 us at Qwen3 512 tokens and 32 us at 4096 (H200, ncu),
 // no faster than the two kernels it replaced; this one with 2 steps in flight took 11 and 35 us
@@ -70,8 +73,9 @@ __global__ void __launch_bounds__(kRcThreads) RouterConvertKernel(const RouterCo
   const int row0 = static_cast<int>(blockIdx.y) * tiles * 8;  // first router row of the block
   const int lane = static_cast<int>(threadIdx.x) & 31, warp = static_cast<int>(threadIdx.x) >> 5;
   const int g = lane >> 2, q = lane & 3;
-  const int steps = a.hidden / kRcStepCols;
-  const int s_begin = warp * steps / kRcWarps, s_end = (warp + 1) * steps / kRcWarps;
+  const int steps = a.hidden / kRcStepCols, splits = a.k_splits, z = static_cast<int>(blockIdx.z);
+  const int s_begin = (z * kRcWarps + warp) * steps / (splits * kRcWarps);
+  const int s_end = (z * kRcWarps + warp + 1) * steps / (splits * kRcWarps);
   const bool write_x = blockIdx.y == 0;
 
   // Row pointers (column 8 q of step 0); rows past the batch or the router read a valid row and
@@ -173,7 +177,7 @@ __global__ void __launch_bounds__(kRcThreads) RouterConvertKernel(const RouterCo
     float v = red[0][r][c];
 #pragma unroll
     for (int ww = 1; ww < kRcWarps; ++ww) v += red[ww][r][c];
-    a.logits[static_cast<int64_t>(t) * a.ld_logits + col] = v;
+    a.logits[z * a.split_stride + static_cast<int64_t>(t) * a.ld_logits + col] = v;
   }
 }
 
@@ -185,12 +189,14 @@ Status RouterConvertArgs::Validate() const {
   }
   if (!CanRouterConvert(hidden, router_rows) || capacity <= 0 || ldx < hidden || ldx % 8 != 0 ||
       ld_router < hidden || ld_router % 8 != 0 || ld_logits < router_rows || tiles_per_block < 1 ||
-      tiles_per_block > kRcMaxTiles) {
+      tiles_per_block > kRcMaxTiles || k_splits < 1 || k_splits > kRouterConvertMaxKSplits ||
+      (k_splits > 1 && split_stride < capacity * ld_logits)) {
     return absl::InvalidArgumentError(absl::StrCat(
         "RouterConvertArgs: need hidden a multiple of ", kRcStepCols,
-        ", ldx and ld_router >= hidden and multiples of 8, ld_logits >= router_rows and 1..",
-        kRcMaxTiles, " row tiles a block; hidden=", hidden, " router_rows=", router_rows,
-        " tiles_per_block=", tiles_per_block));
+        ", ldx and ld_router >= hidden and multiples of 8, ld_logits >= router_rows, 1..",
+        kRcMaxTiles, " row tiles a block and 1..", kRouterConvertMaxKSplits,
+        " K splits of capacity x ld_logits each; hidden=", hidden, " router_rows=", router_rows,
+        " tiles_per_block=", tiles_per_block, " k_splits=", k_splits));
   }
   return absl::OkStatus();
 }
@@ -199,7 +205,8 @@ Status LaunchRouterConvert(const RouterConvertArgs& a, cudaStream_t stream) {
   MOE_RETURN_IF_ERROR(a.Validate());
   const int row_tiles = (a.router_rows + 7) / 8;
   const dim3 grid(static_cast<unsigned>((a.capacity + kRcTokens - 1) / kRcTokens),
-                  static_cast<unsigned>((row_tiles + a.tiles_per_block - 1) / a.tiles_per_block));
+                  static_cast<unsigned>((row_tiles + a.tiles_per_block - 1) / a.tiles_per_block),
+                  static_cast<unsigned>(a.k_splits));
   const cudaError_t err = a.wtype == WType::kBF16
                               ? LaunchMaybePdl(RouterConvertKernel<__nv_bfloat16>, grid,
                                                dim3(kRcThreads), 0, stream, a.pdl, a)

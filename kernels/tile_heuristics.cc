@@ -175,7 +175,8 @@ MoePlan PlanMoe(const MoePlanInput& in) {
   return plan;
 }
 
-RouterConvertGrid PlanRouterConvert(int64_t capacity, int router_rows, int sm_count) {
+RouterConvertGrid PlanRouterConvert(int64_t capacity, int router_rows, int hidden, int sm_count,
+                                    int max_k_splits) {
   RouterConvertGrid g;
   const int64_t row_tiles = (router_rows + 7) / 8;
   g.token_blocks =
@@ -186,6 +187,12 @@ RouterConvertGrid PlanRouterConvert(int64_t capacity, int router_rows, int sm_co
                           std::max<int64_t>(1, row_tiles));
   g.tiles_per_block = static_cast<int>((row_tiles + splits - 1) / splits);
   g.row_splits = (row_tiles + g.tiles_per_block - 1) / g.tiles_per_block;
+  const int64_t warp_steps = hidden / kRouterConvertStepCols / 8;  // 8 warps a block
+  const int limit = std::clamp(max_k_splits, 1, kRouterConvertMaxKSplits);
+  while (2 * g.k_splits <= limit && warp_steps / (2 * g.k_splits) >= kRouterConvertMinWarpSteps &&
+         2 * g.blocks() <= sm_count) {
+    g.k_splits *= 2;
+  }
   return g;
 }
 
@@ -194,11 +201,11 @@ bool CanRouterConvert(int hidden, int router_rows) {
 }
 
 bool UseRouterConvert(PathPolicy policy, int64_t capacity, int hidden, int router_rows,
-                      int sm_count) {
+                      int sm_count, int max_k_splits) {
   if (policy == PathPolicy::kNever || !CanRouterConvert(hidden, router_rows)) return false;
   if (policy == PathPolicy::kAlways) return true;
   return capacity >= kRouterConvertMinTokens &&
-         PlanRouterConvert(capacity, router_rows, sm_count).blocks() <=
+         PlanRouterConvert(capacity, router_rows, hidden, sm_count, max_k_splits).blocks() <=
              kRouterConvertMaxWaves * sm_count;
 }
 

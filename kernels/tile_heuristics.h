@@ -275,23 +275,37 @@ inline constexpr int64_t kRouterConvertMaxWaves = 4;
 inline constexpr int kRouterConvertBlockTokens = 32;
 inline constexpr int kRouterConvertMaxTiles = 4;
 inline constexpr int kRouterConvertStepCols = 32;
+// K splits of the fused router (partial logits, added in split order by the route): at most this
+// many (<= kRouterPartialRowsPerToken, the logits workspace's rows per token), each warp of a split
+// keeps at least kRouterConvertMinWarpSteps steps, and only grids of under one block per SM split.
+// NOTES (H200, session 10, ncu): Mixtral's router at 512 tokens (16 blocks, each walking 8 KiB
+// rows of 32 tokens) took 18.3 us, 8.1 with 4 splits (layer -6 us); splits that took a grid past
+// one wave were slower: Mixtral 4096 tokens 24.3 -> 28.4 us (128 -> 512 blocks), Qwen3 512 10.4 ->
+// 11.5 us (128 -> 256; layer +2 us), DSv2-Lite 512 +1.5 us.
+inline constexpr int kRouterConvertMaxKSplits = 4;
+inline constexpr int kRouterConvertMinWarpSteps = 4;
+static_assert(kRouterConvertMaxKSplits <= kRouterPartialRowsPerToken);
 
-// The grid of a fused-router launch of `capacity` tokens: token blocks x row splits, each split
-// `tiles_per_block` row tiles. The rows are split over enough blocks to give every SM one (each
-// block streams its router rows once per 32 tokens), within the tiles a block holds.
+// The grid of a fused-router launch of `capacity` tokens: token blocks x row splits x K splits,
+// each row split `tiles_per_block` row tiles. The rows are split over enough blocks to give every
+// SM one (each block streams its router rows once per 32 tokens), within the tiles a block holds;
+// then K is split (up to `max_k_splits`, a power of two) while the grid stays within one block
+// per SM and each warp keeps kRouterConvertMinWarpSteps steps of K.
 struct RouterConvertGrid {
   int tiles_per_block = 1;
   int64_t token_blocks = 1;
   int64_t row_splits = 1;
-  int64_t blocks() const { return token_blocks * row_splits; }
+  int k_splits = 1;
+  int64_t blocks() const { return token_blocks * row_splits * k_splits; }
 };
-RouterConvertGrid PlanRouterConvert(int64_t capacity, int router_rows, int sm_count);
+RouterConvertGrid PlanRouterConvert(int64_t capacity, int router_rows, int hidden, int sm_count,
+                                    int max_k_splits = kRouterConvertMaxKSplits);
 // Whether the kernel can run this router (hidden a multiple of its K step).
 bool CanRouterConvert(int hidden, int router_rows);
 // Whether a forward of `capacity` tokens runs the fused router under `policy`; the caller checks
 // the rest (activations in the weights' dtype, not deterministic, not the fused decode front).
 bool UseRouterConvert(PathPolicy policy, int64_t capacity, int hidden, int router_rows,
-                      int sm_count);
+                      int sm_count, int max_k_splits = kRouterConvertMaxKSplits);
 // Rows per activated expert up to which the routed gate/up GEMM uses kDecodeNarrow: there the
 // weights dominate (the narrow tile re-reads A 4x more often than kDecode, cheap for a few rows).
 inline constexpr double kNarrowGatedMaxRows = 4.0;

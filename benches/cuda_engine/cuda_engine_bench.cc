@@ -20,6 +20,8 @@
 //                             (decode experts path variants, CudaEngineOptions::decode_*; the
 //                             --no-* / --down-h-global forms restore the defaults)
 //       [--no-front-cluster] [--no-wave-split] [--no-router-mma]   (session 5 paths off)
+//       [--router-convert-splits=N]   (at most N K splits of the fused router; 1: none)
+//       [--no-combine-unroll]   (the combine takes one chunk of 8 columns a thread)
 //       [--no-tma-a-down] [--no-permute-x | --permute-x-always] [--quad-down |
 //       --quad-down-always]   (cluster tile: the down GEMM's A by cp.async; gate/up never / always
 //                             from the permuted copy of x; the down GEMM on 2 x 2 clusters from
@@ -30,9 +32,11 @@
 //       [--no-gemm-pdl]   (cluster tile: its GEMMs launch without PDL)
 //   cuda_engine_bench --check-invariance    deterministic mode: wgmma vs mma.sync bits
 //
-// Per point: median of many timed forwards (CUDA events around each forward, rotating inputs),
-// floor_us = max(bytes / HBM GB/s, FLOPs / matmul TFLOP/s) where bytes = activated experts' weights
-// (expected distinct experts under uniform routing) + shared expert + router + activations in/out.
+// Per point: median and mean of many timed forwards (CUDA events around each forward, rotating
+// among up to 32 slices of each input buffer), floor_us = max(bytes / HBM GB/s, FLOPs / matmul
+// TFLOP/s) where bytes = activated experts' weights (distinct experts the timed inputs activate,
+// averaged over them: the column `active`) + shared expert + router + activations in/out;
+// %floor = floor_us / mean_us.
 // Ceilings: a 2 GiB device-to-device copy (read + write) and an 8192^3 bf16 cuBLAS GEMM.
 #include <benchmark/benchmark.h>
 #include <cublas_v2.h>
@@ -102,6 +106,10 @@ CudaEngineOptions::Use g_permute_x = CudaEngineOptions().cluster_permute_x;
 // --no-router-convert / --router-convert-always: the router fused with the input copy never /
 // always.
 CudaEngineOptions::Use g_router_convert = CudaEngineOptions().fused_router_convert;
+// --router-convert-splits=N: at most N K splits of the fused router (1: none).
+int g_router_convert_splits = CudaEngineOptions().max_router_convert_splits;
+// --no-combine-unroll: the combine takes one chunk a thread.
+bool g_combine_unrolled = CudaEngineOptions().combine_unrolled;
 #ifdef MOE_GEMM_TRACE
 // --gemm-trace=PREFIX (trace builds): the cluster GEMM's timeline of each point's last forward
 // into PREFIX_<shape>_<tokens>.bin (kernels/gemm_trace.cuh; tools/device/gemm_trace.py reads it).
@@ -288,9 +296,15 @@ struct PointCost {
   double flops = 0;
 };
 
-PointCost CostOf(const Shape& s, int64_t tokens) {
+// Expected distinct experts that `tokens` tokens activate under uniform routing.
+double ExpectedActive(const Shape& s, int64_t tokens) {
+  const double e = s.experts, k = s.top_k;
+  return e * (1.0 - std::pow(1.0 - k / e, static_cast<double>(tokens)));
+}
+
+// `active`: distinct routed experts the batch activates (ExpectedActive, or measured).
+PointCost CostOf(const Shape& s, int64_t tokens, double active) {
   const double e = s.experts, k = s.top_k, t = static_cast<double>(tokens);
-  const double active = e * (1.0 - std::pow(1.0 - k / e, t));  // expected distinct experts
   const double expert_bytes = 3.0 * s.hidden * s.inter * 2;
   PointCost c;
   c.bytes = active * expert_bytes + 3.0 * s.hidden * s.shared_inter * 2 +
@@ -339,10 +353,13 @@ class Runner {
     o.cluster_tma_store = g_tma_store;
     o.cluster_gemm_overlap = g_gemm_pdl;
     o.fused_router_convert = g_router_convert;
+    o.max_router_convert_splits = g_router_convert_splits;
+    o.combine_unrolled = g_combine_unrolled;
     o.small_batch_router_mma = g_router_mma;
     o.decode_down_tma = g_down_tma;
     o.decode_gate_up_tma = g_gate_up_tma;
     engine_ = OrDie(CudaEngine::CreateRandom(SpecOf(shape), 1234, o));
+    max_tokens_ = max_tokens;
     const int64_t in_bytes = max_tokens * shape.hidden * 2;
     // Enough input sets that together they exceed the L2 several times over.
     const int n_inputs = static_cast<int>(std::clamp<int64_t>((256LL << 20) / in_bytes, 2, 8));
@@ -359,6 +376,44 @@ class Runner {
 
   CudaEngine& engine() { return *engine_; }
 
+  // Distinct inputs of `tokens` tokens: slices of the input buffers, so that small batches see
+  // many routings (the expected-experts floor is an average over routings) whatever the largest
+  // batch. NOTES: with one slice per buffer, Mixtral at 8 tokens took 590 us in an engine for 64
+  // tokens (8 buffers) and 664 us in one for 16384 (2 buffers): the two 8-token inputs of the
+  // latter happened to activate more experts than average (session 9, RESULTS.md).
+  int64_t Slices(int64_t tokens) const {
+    return std::min<int64_t>(max_tokens_ / tokens, kMaxSlices) *
+           static_cast<int64_t>(inputs_.size());
+  }
+  const void* Input(int64_t tokens, int64_t j) const {
+    const int64_t n = static_cast<int64_t>(inputs_.size());
+    const int64_t slice = (j % Slices(tokens)) / n;
+    return static_cast<const uint8_t*>(inputs_[j % n].get()) + slice * tokens * shape_.hidden * 2;
+  }
+
+  // Mean distinct routed experts over the Slices(tokens) inputs, from the engine's own routing
+  // (a host forward of each input, expert ids out).
+  double MeasuredActive(int64_t tokens) {
+    const int64_t k = shape_.top_k;
+    std::vector<uint16_t> in(tokens * shape_.hidden), out(in.size());
+    std::vector<int32_t> ids(tokens * k);
+    double sum = 0;
+    const int64_t slices = Slices(tokens);
+    for (int64_t j = 0; j < slices; ++j) {
+      BENCH_CHECK(cudaMemcpy(in.data(), Input(tokens, j), in.size() * 2, cudaMemcpyDeviceToHost));
+      ForwardArgs a;
+      a.layer = 0;
+      a.dtype = DType::kBF16;
+      a.n_tokens = tokens;
+      a.input = in.data();
+      a.output = out.data();
+      a.expert_ids = ids.data();
+      OrDie(engine_->Forward(a));
+      sum += static_cast<double>(std::set<int32_t>(ids.begin(), ids.end()).size());
+    }
+    return sum / static_cast<double>(slices);
+  }
+
   // One timed forward, in microseconds.
   double TimeOne(int64_t tokens) {
     cudaStream_t st = engine_->stream(0);
@@ -366,7 +421,7 @@ class Runner {
     a.layer = 0;
     a.dtype = DType::kBF16;
     a.n_tokens = tokens;
-    a.input = inputs_[next_++ % inputs_.size()].get();
+    a.input = Input(tokens, next_++);
     a.output = output_.get();
     BENCH_CHECK(cudaEventRecord(start_.get(), st));
     OrDie(engine_->EnqueueDevice(a));
@@ -377,10 +432,14 @@ class Runner {
     return ms * 1e3;
   }
 
-  // Median of forwards after warm-up (graph capture happens in the first one). Forwards are
-  // enqueued back to back in batches (events between them), so the host's submission time hides
-  // behind the device's work, as in a serving loop.
-  double MedianUs(int64_t tokens) {
+  // Median and mean of forwards after warm-up (graph capture happens in the first one). Forwards
+  // are enqueued back to back in batches (events between them), so the host's submission time
+  // hides behind the device's work, as in a serving loop.
+  struct Timing {
+    double median_us, mean_us;
+  };
+  double MedianUs(int64_t tokens) { return Time(tokens).median_us; }
+  Timing Time(int64_t tokens) {
     for (int i = 0; i < 5; ++i) TimeOne(tokens);
     cudaStream_t st = engine_->stream(0);
     constexpr int kBatch = 20;
@@ -395,7 +454,7 @@ class Runner {
         a.layer = 0;
         a.dtype = DType::kBF16;
         a.n_tokens = tokens;
-        a.input = inputs_[next_++ % inputs_.size()].get();
+        a.input = Input(tokens, next_++);
         a.output = output_.get();
         OrDie(engine_->EnqueueDevice(a));
         BENCH_CHECK(cudaEventRecord(ev[i + 1].get(), st));
@@ -408,16 +467,18 @@ class Runner {
         total += ms * 1e3;
       }
     }
-    return Median(us);
+    return Timing{Median(us), total / static_cast<double>(us.size())};
   }
 
  private:
+  static constexpr int64_t kMaxSlices = 32;  // per input buffer
   Shape shape_;
   std::unique_ptr<CudaEngine> engine_;
   std::vector<cuda::DeviceBuffer> inputs_;
   cuda::DeviceBuffer output_;
   cuda::Event start_, stop_;
-  size_t next_ = 0;
+  int64_t max_tokens_ = 0;
+  int64_t next_ = 0;
 };
 
 std::vector<std::string> Split(const std::string& s) {
@@ -438,8 +499,9 @@ int Report(const std::string& json_path, const std::vector<std::string>& shape_n
   std::printf("card: %s (%d SMs)  HBM copy: %.0f GB/s  bf16 cuBLAS 8192^3: %.0f TFLOP/s\n",
               prop.name, prop.multiProcessorCount, ceil.hbm_gbs, ceil.matmul_tflops);
   std::ofstream json(json_path);
-  std::printf("%-9s %6s %10s %10s %7s %8s %8s %9s %10s %8s\n", "shape", "tokens", "time_us",
-              "floor_us", "%floor", "TFLOP/s", "GB/s", "vllm_us", "det_us", "det/def");
+  std::printf("%-9s %6s %10s %10s %10s %7s %7s %8s %8s %9s %10s %8s\n", "shape", "tokens",
+              "time_us", "mean_us", "floor_us", "active", "%floor", "TFLOP/s", "GB/s", "vllm_us",
+              "det_us", "det/def");
   const int64_t max_tokens = *std::max_element(tokens.begin(), tokens.end());
   for (const Shape& shape : Shapes()) {
     if (std::find(shape_names.begin(), shape_names.end(), shape.name) == shape_names.end())
@@ -463,7 +525,8 @@ int Report(const std::string& json_path, const std::vector<std::string>& shape_n
         BENCH_CHECK(cudaMemset(trace.get(), 0, cuda::GemmTraceLayout::kWords * 8));
       }
 #endif
-      const double us = run.MedianUs(t);
+      const Runner::Timing tm = run.Time(t);
+      const double us = tm.median_us;
 #ifdef MOE_GEMM_TRACE
       if (!g_gemm_trace.empty()) {
         BENCH_CHECK(cudaDeviceSynchronize());
@@ -476,23 +539,28 @@ int Report(const std::string& json_path, const std::vector<std::string>& shape_n
                    static_cast<std::streamsize>(words.size() * 8));
       }
 #endif
-      const PointCost c = CostOf(shape, t);
+      // The floor counts the experts the timed inputs activated; it is an average over them, so
+      // %floor compares it with the mean time (at a few tokens the count varies between inputs
+      // and the median time follows the most common count).
+      const double active = run.MeasuredActive(t);
+      const PointCost c = CostOf(shape, t, active);
       const double floor_us =
           std::max(c.bytes / (ceil.hbm_gbs * 1e3), c.flops / (ceil.matmul_tflops * 1e6));
       const auto ref = shape.ref_us.find(t);
       const double ref_us = ref == shape.ref_us.end() ? 0 : ref->second;
       const double d = with_det ? det_us[t] : 0;
-      std::printf("%-9s %6lld %10.1f %10.1f %6.1f%% %8.1f %8.0f %9.0f %10.1f %8.2f\n",
-                  shape.name.c_str(), static_cast<long long>(t), us, floor_us,
-                  100.0 * floor_us / us, c.flops / us / 1e6, c.bytes / us / 1e3, ref_us, d,
+      std::printf("%-9s %6lld %10.1f %10.1f %10.1f %7.2f %6.1f%% %8.1f %8.0f %9.0f %10.1f %8.2f\n",
+                  shape.name.c_str(), static_cast<long long>(t), us, tm.mean_us, floor_us, active,
+                  100.0 * floor_us / tm.mean_us, c.flops / us / 1e6, c.bytes / us / 1e3, ref_us, d,
                   with_det ? d / us : 0.0);
       std::fflush(stdout);
       json << "{\"shape\":\"" << shape.name << "\",\"tokens\":" << t << ",\"time_us\":" << us
-           << ",\"floor_us\":" << floor_us << ",\"det_time_us\":" << d
-           << ",\"vllm_h200_us\":" << ref_us << ",\"tflops\":" << c.flops / us / 1e6
-           << ",\"gbs\":" << c.bytes / us / 1e3 << ",\"card\":\"" << prop.name
-           << "\",\"hbm_gbs\":" << ceil.hbm_gbs << ",\"matmul_tflops\":" << ceil.matmul_tflops
-           << "}\n";
+           << ",\"mean_us\":" << tm.mean_us << ",\"active_experts\":" << active
+           << ",\"expected_active\":" << ExpectedActive(shape, t) << ",\"floor_us\":" << floor_us
+           << ",\"det_time_us\":" << d << ",\"vllm_h200_us\":" << ref_us
+           << ",\"tflops\":" << c.flops / us / 1e6 << ",\"gbs\":" << c.bytes / us / 1e3
+           << ",\"card\":\"" << prop.name << "\",\"hbm_gbs\":" << ceil.hbm_gbs
+           << ",\"matmul_tflops\":" << ceil.matmul_tflops << "}\n";
     }
     std::printf(
         "  %s: weights %.1f MiB on device, workspace %.1f MiB per slot (max %lld tokens), fused "
@@ -573,7 +641,7 @@ void BM_MoeLayer(benchmark::State& state, const Shape* shape) {
   const int64_t tokens = state.range(0);
   for (int i = 0; i < 3; ++i) runner->TimeOne(tokens);
   for (auto _ : state) state.SetIterationTime(runner->TimeOne(tokens) * 1e-6);
-  const PointCost c = CostOf(*shape, tokens);
+  const PointCost c = CostOf(*shape, tokens, ExpectedActive(*shape, tokens));
   state.counters["GB/s"] =
       benchmark::Counter(c.bytes * state.iterations(), benchmark::Counter::kIsRate);
   state.counters["FLOP/s"] =
@@ -671,6 +739,10 @@ int main(int argc, char** argv) {
       moe::g_router_convert = moe::CudaEngineOptions::Use::kNever;
     } else if (a == "--router-convert-always") {
       moe::g_router_convert = moe::CudaEngineOptions::Use::kAlways;
+    } else if (a == "--no-combine-unroll") {
+      moe::g_combine_unrolled = false;
+    } else if (a.rfind("--router-convert-splits=", 0) == 0) {
+      moe::g_router_convert_splits = std::atoi(a.c_str() + 24);
     } else if (a == "--no-router-mma") {
       moe::g_router_mma = false;
     } else if (a == "--no-wave-split") {

@@ -343,8 +343,9 @@ TEST(CudaEngine, ClusterTile) {
 // The router fused with the input copy (kernels/router_gemm.cu; batches past the decode front,
 // activations in the weights' dtype): router rows that fill no 8-row tile (257 = 33 tiles: one a
 // block at 40 tokens, 4 at 600), 8 rows, a shared-expert gate row, f16, token counts no multiple
-// of its 32-token blocks, K split over 8 warps unevenly (192 = 6 steps of 32); against the CPU
-// engine with it on and off.
+// of its 32-token blocks, K split over 8 warps unevenly (192 = 6 steps of 32), K split over blocks
+// (hidden 2304: 2 splits of 36 steps; 4352: 4 splits of 34, both uneven over the warps); against
+// the CPU engine with it on (K splits allowed and not) and off.
 TEST(CudaEngine, RouterWithConversion) {
   MOE_REQUIRE_GPU();
   std::vector<Case> cases = {
@@ -360,16 +361,67 @@ TEST(CudaEngine, RouterWithConversion) {
        Opts(Family::kQwen2Moe, 60, 4, 256, 64, DType::kF16, 83),
        DType::kF16,
        {64, 300}},
+      {"qwen3, hidden 2304: 2 K splits",
+       Opts(Family::kQwen3Moe, 64, 8, 2304, 32, DType::kBF16, 84),
+       DType::kBF16,
+       {1, 33, 300}},
+      {"mixtral, hidden 4352: 4 K splits",
+       Opts(Family::kMixtral, 8, 2, 4352, 32, DType::kBF16, 85),
+       DType::kBF16,
+       {31, 257}},
   };
   CudaEngineOptions on = DefaultOptions();
   on.fused_router_convert = CudaEngineOptions::Use::kAlways;
   CheckCases(cases, on);
+  CudaEngineOptions unsplit = on;
+  unsplit.max_router_convert_splits = 1;
+  CheckCases(cases, unsplit);
   CudaEngineOptions eager = on;
   eager.graph_batch_sizes.clear();
   CheckCases(cases, eager);
   CudaEngineOptions off = on;
   off.fused_router_convert = CudaEngineOptions::Use::kNever;
   CheckCases(cases, off);
+}
+
+// The unrolled combine (4 chunks a thread at top-2, 2 at top-4 with a gated shared expert, 1 at
+// top-6 with shared experts) gives the bits of the one-chunk combine, and both the CPU engine's
+// values.
+TEST(CudaEngine, CombineUnrolledSameBits) {
+  MOE_REQUIRE_GPU();
+  const std::vector<Case> cases = {
+      {"mixtral top-2",
+       Opts(Family::kMixtral, 8, 2, 256, 64, DType::kBF16, 91),
+       DType::kBF16,
+       {2, 31, 300}},
+      {"qwen2 top-4 shared gate",
+       Opts(Family::kQwen2Moe, 31, 4, 136, 48, DType::kBF16, 92),
+       DType::kBF16,
+       {33, 129}},
+      {"deepseek_v2 top-6 shared, f32 act",
+       Opts(Family::kDeepseekV2, 16, 6, 128, 64, DType::kF16, 93),
+       DType::kF32,
+       {64, 257}},
+  };
+  CudaEngineOptions on = DefaultOptions();
+  CheckCases(cases, on);
+  CudaEngineOptions off = on;
+  off.combine_unrolled = false;
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.name);
+    const auto model = RandomModel(c.model);
+    auto a_engine = CudaEngine::Create(model, on);
+    auto b_engine = CudaEngine::Create(model, off);
+    ASSERT_TRUE(a_engine.ok()) << a_engine.status();
+    ASSERT_TRUE(b_engine.ok()) << b_engine.status();
+    for (int64_t n : c.tokens) {
+      const auto x = MakeActivations(c.act, n * model->spec().hidden, 94 + n);
+      const RunResult a = RunForward(**a_engine, 0, c.act, x.bytes, n);
+      const RunResult b = RunForward(**b_engine, 0, c.act, x.bytes, n);
+      EXPECT_EQ(a.ids, b.ids);
+      EXPECT_EQ(a.values, b.values) << n << " tokens";
+    }
+  }
 }
 
 // Decode-tile batches whose down GEMM has under 2 waves of blocks split its K to fill them

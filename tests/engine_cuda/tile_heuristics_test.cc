@@ -402,7 +402,7 @@ TEST(RouterConvert, GridCoversTheRowsAndFillsTheChip) {
   for (const int rows : {1, 8, 9, 61, 64, 128, 129, 257}) {
     for (const int64_t capacity : {1, 31, 33, 64, 256, 512, 600, 4096, 16384}) {
       SCOPED_TRACE(::testing::Message() << "rows " << rows << " capacity " << capacity);
-      const RouterConvertGrid g = PlanRouterConvert(capacity, rows, 132);
+      const RouterConvertGrid g = PlanRouterConvert(capacity, rows, 2048, 132, 1);
       const int64_t row_tiles = (rows + 7) / 8;
       EXPECT_GE(g.tiles_per_block, 1);
       EXPECT_LE(g.tiles_per_block, kRouterConvertMaxTiles);
@@ -414,11 +414,46 @@ TEST(RouterConvert, GridCoversTheRowsAndFillsTheChip) {
     }
   }
   // The shapes of the GPU test and the bench (H200: 132 SMs).
-  EXPECT_EQ(PlanRouterConvert(40, 257, 132).tiles_per_block, 1);   // 33 splits of 1 tile
-  EXPECT_EQ(PlanRouterConvert(600, 257, 132).tiles_per_block, 4);  // 9 splits of <= 4
-  EXPECT_EQ(PlanRouterConvert(512, 128, 132).blocks(), 16 * 8);    // Qwen3: 2 tiles a block
-  EXPECT_EQ(PlanRouterConvert(4096, 128, 132).blocks(), 128 * 4);
-  EXPECT_EQ(PlanRouterConvert(16384, 8, 132).blocks(), 512);  // Mixtral: one tile
+  EXPECT_EQ(PlanRouterConvert(40, 257, 2048, 132, 1).tiles_per_block, 1);   // 33 splits of 1 tile
+  EXPECT_EQ(PlanRouterConvert(600, 257, 2048, 132, 1).tiles_per_block, 4);  // 9 splits of <= 4
+  EXPECT_EQ(PlanRouterConvert(512, 128, 2048, 132, 1).blocks(), 16 * 8);  // Qwen3: 2 tiles a block
+  EXPECT_EQ(PlanRouterConvert(4096, 128, 2048, 132, 1).blocks(), 128 * 4);
+  EXPECT_EQ(PlanRouterConvert(16384, 8, 4096, 132, 1).blocks(), 512);  // Mixtral: one tile
+}
+
+// K splits: powers of two up to the limit, each warp keeps kRouterConvertMinWarpSteps steps, the
+// grid stays within one block per SM; the rows are planned as without splits.
+TEST(RouterConvert, KSplitsWithinWavesAndWarpSteps) {
+  const int sms = 132;
+  for (const int hidden : {32, 256, 1024, 2048, 4096, 7168}) {
+    for (const int rows : {8, 64, 128, 257}) {
+      for (const int64_t capacity : {1, 64, 256, 512, 4096, 16384}) {
+        for (const int limit : {1, 2, 4}) {
+          SCOPED_TRACE(::testing::Message() << "hidden " << hidden << " rows " << rows
+                                            << " capacity " << capacity << " limit " << limit);
+          const RouterConvertGrid one = PlanRouterConvert(capacity, rows, hidden, sms, 1);
+          const RouterConvertGrid g = PlanRouterConvert(capacity, rows, hidden, sms, limit);
+          EXPECT_EQ(one.k_splits, 1);
+          EXPECT_EQ(g.tiles_per_block, one.tiles_per_block);
+          EXPECT_EQ(g.row_splits, one.row_splits);
+          EXPECT_GE(g.k_splits, 1);
+          EXPECT_LE(g.k_splits, limit);
+          EXPECT_EQ(g.k_splits & (g.k_splits - 1), 0);
+          if (g.k_splits > 1) {
+            EXPECT_GE(hidden / kRouterConvertStepCols / 8 / g.k_splits, kRouterConvertMinWarpSteps);
+            EXPECT_LE(g.blocks(), sms);
+          }
+        }
+      }
+    }
+  }
+  // The table's shapes at 512 and 4096 tokens (H200: 132 SMs).
+  EXPECT_EQ(PlanRouterConvert(512, 8, 4096, sms).k_splits, 4);    // Mixtral: 16 -> 64 blocks
+  EXPECT_EQ(PlanRouterConvert(256, 8, 4096, sms).k_splits, 4);    // 8 -> 32
+  EXPECT_EQ(PlanRouterConvert(4096, 8, 4096, sms).k_splits, 1);   // 128 blocks already
+  EXPECT_EQ(PlanRouterConvert(512, 128, 2048, sms).k_splits, 1);  // Qwen3: 128
+  EXPECT_EQ(PlanRouterConvert(4096, 64, 2048, sms).k_splits, 1);  // DSv2-Lite: 256
+  EXPECT_EQ(PlanRouterConvert(256, 64, 2048, sms).k_splits, 2);   // 8 x 8 = 64 -> 128
 }
 
 TEST(RouterConvert, FromMinTokensUpToMaxWaves) {

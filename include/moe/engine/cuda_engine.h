@@ -176,6 +176,12 @@ struct CudaEngineOptions {
   // from kRouterConvertMinTokens tokens up to kRouterConvertMaxWaves waves of its blocks
   // (kernels/tile_heuristics.h), or always.
   Use fused_router_convert = Use::kAuto;
+  // The combine takes 1, 2 or 4 chunks of 8 columns a thread with all their loads in flight
+  // (top-k <= 8, 4, 2; bf16/f16 expert outputs); off: one chunk a thread (kernels/combine.cu).
+  bool combine_unrolled = true;
+  // At most this many K splits of that kernel (1..4; PlanRouterConvert in
+  // kernels/tile_heuristics.h says when it splits).
+  int max_router_convert_splits = 4;
   // kWideCluster only: a routed down GEMM not on 2 x 2 clusters loads its A by TMA too (one
   // producer thread instead of 128 issuing cp.async; H200: 0.7-3% faster at Mixtral 512-4096 and
   // Qwen3 512 tokens, RESULTS.md session 6).

@@ -66,6 +66,12 @@ StatusOr<std::unique_ptr<CudaEngine::Impl>> CudaEngine::Impl::Prepare(const MoeS
     return absl::InvalidArgumentError(
         "CudaEngineOptions: wgmma_min_rows_per_expert and max_down_splits must be >= 0");
   }
+  if (o.max_router_convert_splits < 1 ||
+      o.max_router_convert_splits > cuda::kRouterConvertMaxKSplits) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("CudaEngineOptions: max_router_convert_splits must be in [1, ",
+                     cuda::kRouterConvertMaxKSplits, "]"));
+  }
   if (o.expert_cache.budget_bytes < 0 || o.expert_cache.prefetch_max_loads < 0) {
     return absl::InvalidArgumentError(
         "CudaEngineOptions: expert_cache.budget_bytes and prefetch_max_loads must be >= 0");
@@ -342,9 +348,9 @@ Status CudaEngine::Impl::BuildLayerLaunch(Slot& s, int64_t capacity, AType atype
   }
   // The same router with the conversion, in one kernel (deterministic mode keeps the GEMM tile of
   // its batch size's plan, f32 activations the hi + lo split).
-  l->router_convert =
-      !fused_front && !split_lo && !options.deterministic &&
-      cuda::UseRouterConvert(ToPathPolicy(options.fused_router_convert), capacity, hd, nr, sms);
+  l->router_convert = !fused_front && !split_lo && !options.deterministic &&
+                      cuda::UseRouterConvert(ToPathPolicy(options.fused_router_convert), capacity,
+                                             hd, nr, sms, options.max_router_convert_splits);
   if (l->router_convert) {
     cuda::RouterConvertArgs& rc = l->router_conv;
     rc.meta = meta;
@@ -359,7 +365,11 @@ Status CudaEngine::Impl::BuildLayerLaunch(Slot& s, int64_t capacity, AType atype
     rc.ld_router = 2 * hd;
     rc.logits = s.logits.as<float>();
     rc.ld_logits = nr;
-    rc.tiles_per_block = cuda::PlanRouterConvert(capacity, nr, sms).tiles_per_block;
+    const cuda::RouterConvertGrid grid =
+        cuda::PlanRouterConvert(capacity, nr, hd, sms, options.max_router_convert_splits);
+    rc.tiles_per_block = grid.tiles_per_block;
+    rc.k_splits = grid.k_splits;
+    rc.split_stride = capacity * nr;
     rc.pdl = conv.pdl;
   }
 
@@ -381,8 +391,8 @@ Status CudaEngine::Impl::BuildLayerLaunch(Slot& s, int64_t capacity, AType atype
   route.routing.has_shared_gate = spec.shared_expert_gate;
   route.logits = s.logits.as<float>();
   route.ld_logits = nr;
-  route.splits = l->router_convert ? 1 : plan.router_splits;
-  route.split_stride = l->router_convert ? 0 : capacity * nr;
+  route.splits = l->router_convert ? l->router_conv.k_splits : plan.router_splits;
+  route.split_stride = capacity * nr;
   route.bias = weights.bias.as<float>();
   route.capacity = capacity;
   route.topk_ids = s.topk_ids.as<int32_t>();
@@ -571,6 +581,7 @@ Status CudaEngine::Impl::BuildLayerLaunch(Slot& s, int64_t capacity, AType atype
     comb.shared_gate = spec.shared_expert_gate ? s.shared_gate.as<float>() : nullptr;
   }
   comb.pdl = pdl_next();
+  comb.unrolled = options.combine_unrolled;
 
   // 5'. Decode experts (forwards of a few tokens): gate/up per (token, k) pair, then the shared
   // expert, then down + combine in one kernel; the front routes only (no scan) unless an expert
