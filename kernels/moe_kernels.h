@@ -275,6 +275,15 @@ Status LaunchScan(const ScanArgs& args, cudaStream_t stream);
 // memory (ra.counts is not used and need not be zeroed); same outputs as LaunchRoute + LaunchScan.
 bool CanRouteScan(int64_t capacity, int n_experts);
 Status LaunchRouteScan(const RouteArgs& ra, const ScanArgs& sa, cudaStream_t stream);
+// Route + Scan (+ the permutation) of any batch in one launch (CanRouteScanTail: up to
+// kRouteScanMaxExperts experts): blocks of 32 tokens route as LaunchRoute, and the block that
+// draws the last `ticket` scans; ScatterRows (sa.x_perm) or, past 8192 pairs, Scatter follows.
+// The per-expert counters (ra.counts == sa.counts) and the ticket must be zero on entry and are
+// zero again on exit, so a slot zeroes them once, not per forward. Same outputs as LaunchRoute +
+// LaunchScan.
+bool CanRouteScanTail(int n_experts);
+Status LaunchRouteScanTail(const RouteArgs& ra, const ScanArgs& sa, int32_t* ticket,
+                           cudaStream_t stream);
 // Decode front end (CanFuseFront): convert + router + route + scan in ONE launch. Each block
 // converts a slice of the input into ca.x and computes kFrontRowsPerBlock router rows (one warp
 // per row, f32 FMAs on the input activations as given, k ascending per lane then a fixed warp tree)

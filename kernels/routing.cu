@@ -16,6 +16,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include "absl/strings/str_cat.h"
 #include "kernels/cuda_status.h"
 #include "kernels/moe_kernels.h"
 #include "kernels/pdl.cuh"
@@ -47,23 +48,19 @@ __global__ void ConvertKernel(const ForwardMeta* meta, int hidden, int split_lo,
 }
 
 // ---- 2. Route ----
-// One warp per token, blockDim.x / 32 tokens per block. Ranks come from the block's counters in
-// shared memory; then one global atomic per (block, expert) reserves the block's range of each
-// expert's rows, so the global counters see a few atomics per block instead of one per pair.
-// NOTES: with one global atomic per pair (32768 on the same 4 cache lines at 4096 tokens of top-8
-// of 128 experts), the kernel took 18 us on an H200 (RESULTS.md, session 4 ncu).
-__global__ void RouteKernel(const RouteArgs a) {
-  extern __shared__ float route_smem[];  // [warps][2][n_experts] scratch, then [n_experts] counts
-  GridDepWait();
-  GridDepTrigger();
+// The tokens of one block (one warp each; blockDim.x / 32 of them from blockIdx.x on): routes
+// them, counts pairs per expert in shared memory `s_count`, then reserves the block's range of
+// each expert's rows with one global atomic per (block, expert) and leaves the block's first row
+// of expert e in s_count[e]. Returns the lane's pair (lanes < top_k of an active warp).
+__device__ __forceinline__ RoutedPair RouteBlockTokens(const RouteArgs& a, float* route_smem,
+                                                       int* s_count, bool& active, int& t) {
   const int n_experts = a.routing.n_experts;
   const int warps = static_cast<int>(blockDim.x >> 5);
-  int* s_count = reinterpret_cast<int*>(route_smem + warps * 2 * n_experts);
   for (int e = threadIdx.x; e < n_experts; e += blockDim.x) s_count[e] = 0;
   __syncthreads();
-  const int wid = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int t = blockIdx.x * warps + wid;
-  const bool active = t < a.meta->n_tokens;
+  const int wid = threadIdx.x >> 5;
+  t = blockIdx.x * warps + wid;
+  active = t < a.meta->n_tokens;
   RoutedPair pair;
   if (active) {
     float* score = route_smem + wid * 2 * n_experts;
@@ -77,8 +74,87 @@ __global__ void RouteKernel(const RouteArgs a) {
     s_count[e] = c > 0 ? atomicAdd(&a.counts[e], c) : 0;  // the block's first row of expert e
   }
   __syncthreads();
+  return pair;
+}
+
+// One warp per token, blockDim.x / 32 tokens per block. Ranks come from the block's counters in
+// shared memory; then one global atomic per (block, expert) reserves the block's range of each
+// expert's rows, so the global counters see a few atomics per block instead of one per pair.
+// NOTES: with one global atomic per pair (32768 on the same 4 cache lines at 4096 tokens of top-8
+// of 128 experts), the kernel took 18 us on an H200 (RESULTS.md, session 4 ncu).
+__global__ void RouteKernel(const RouteArgs a) {
+  extern __shared__ float route_smem[];  // [warps][2][n_experts] scratch, then [n_experts] counts
+  GridDepWait();
+  GridDepTrigger();
+  const int warps = static_cast<int>(blockDim.x >> 5);
+  int* s_count = reinterpret_cast<int*>(route_smem + warps * 2 * a.routing.n_experts);
+  bool active;
+  int t;
+  const RoutedPair pair = RouteBlockTokens(a, route_smem, s_count, active, t);
+  const int lane = threadIdx.x & 31;
   if (active && lane < a.routing.top_k) {
     a.ranks[static_cast<int64_t>(t) * a.routing.top_k + lane] = s_count[pair.expert] + pair.rank;
+  }
+}
+
+// ---- 2'. Route with the scan in its last block ----
+// RouteKernel with kScanThreads threads (32 tokens a block); then every block draws a ticket, and
+// the one that draws the last scans (offsets, tile list), writes the permutation when `scatter`
+// (batches of kTailScatterBatch pairs a thread, all their loads first), and leaves the counters
+// and the ticket at zero for the next forward (stream order): one launch instead of the counters'
+// memset, RouteKernel, ScanKernel and (for up to kTailScatterMaxPairs pairs) ScatterKernel.
+// What other blocks wrote is read through L2 (__ldcg) after the ticket.
+constexpr int kTailScatterBatch = 4;
+constexpr int64_t kTailScatterMaxPairs = 2 * kTailScatterBatch * kScanThreads;
+
+__global__ void __launch_bounds__(kScanThreads)
+    RouteScanTailKernel(const RouteArgs ra, const ScanArgs sa, int32_t* ticket, bool scatter) {
+  extern __shared__ float route_smem[];  // [32][2][n_experts] scratch, then [n_experts] counts
+  __shared__ int s_scan_count[kScanThreads];
+  __shared__ int s_scan_tiles[kScanThreads];
+  __shared__ int s_counts[kScanThreads];
+  __shared__ bool s_last;
+  GridDepWait();
+  GridDepTrigger();
+  const int n_experts = ra.routing.n_experts;
+  int* s_block = reinterpret_cast<int*>(route_smem + (kScanThreads / 32) * 2 * n_experts);
+  bool active;
+  int t;
+  const RoutedPair pair = RouteBlockTokens(ra, route_smem, s_block, active, t);
+  const int lane = threadIdx.x & 31;
+  if (active && lane < ra.routing.top_k) {
+    ra.ranks[static_cast<int64_t>(t) * ra.routing.top_k + lane] = s_block[pair.expert] + pair.rank;
+  }
+  __threadfence();  // this block's ids, ranks and counter atomics before its ticket
+  __syncthreads();
+  if (threadIdx.x == 0) s_last = atomicAdd(ticket, 1) == static_cast<int>(gridDim.x) - 1;
+  __syncthreads();
+  if (!s_last) return;
+  __threadfence();
+  const int e = threadIdx.x;
+  s_counts[e] = e < n_experts ? __ldcg(ra.counts + e) : 0;
+  if (e < n_experts) ra.counts[e] = 0;  // for the next forward
+  if (e == 0) *ticket = 0;
+  __syncthreads();
+  const int row0 = ScanOffsets(sa, s_counts, s_scan_count, s_scan_tiles);
+  if (!scatter) return;
+  __syncthreads();
+  s_scan_count[e] = row0;  // exclusive offsets
+  __syncthreads();
+  const int pairs = sa.meta->n_tokens * sa.top_k;
+  for (int p0 = e; p0 < pairs; p0 += kTailScatterBatch * kScanThreads) {
+    int id[kTailScatterBatch], rank[kTailScatterBatch];
+#pragma unroll
+    for (int b = 0; b < kTailScatterBatch; ++b) {
+      const int p = p0 + b * kScanThreads;
+      id[b] = p < pairs ? __ldcg(sa.topk_ids + p) : 0;
+      rank[b] = p < pairs ? __ldcg(sa.ranks + p) : 0;
+    }
+#pragma unroll
+    for (int b = 0; b < kTailScatterBatch; ++b) {
+      const int p = p0 + b * kScanThreads;
+      if (p < pairs) RecordPairRow(sa, p, s_scan_count[id[b]] + rank[b]);
+    }
   }
 }
 
@@ -237,10 +313,17 @@ Status LaunchRoute(const RouteArgs& a, cudaStream_t stream) {
   return absl::OkStatus();
 }
 
+size_t RouteScanTailSmemBytes(int n_experts) {
+  return RouteSmemBytes(kScanThreads / 32, n_experts);
+}
+
 Status InitRoutingKernels() {
   CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(RouteScanKernel,
                                             cudaFuncAttributeMaxDynamicSharedMemorySize,
                                             kRouteScanMaxTokens * 2 * kRouteScanMaxExperts * 4));
+  CUDA_RETURN_IF_ERROR(
+      cudaFuncSetAttribute(RouteScanTailKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                           static_cast<int>(RouteScanTailSmemBytes(kRouteScanMaxExperts))));
   return InitFrontKernels();
 }
 
@@ -257,6 +340,36 @@ Status LaunchRouteScan(const RouteArgs& ra, const ScanArgs& sa, cudaStream_t str
   const size_t smem = static_cast<size_t>(kRouteScanMaxTokens) * 2 * ra.routing.n_experts * 4;
   CUDA_RETURN_IF_ERROR(
       LaunchMaybePdl(RouteScanKernel, dim3(1), dim3(kScanThreads), smem, stream, ra.pdl, ra, sa));
+  return absl::OkStatus();
+}
+
+bool CanRouteScanTail(int n_experts) { return n_experts <= kRouteScanMaxExperts; }
+
+Status LaunchRouteScanTail(const RouteArgs& ra, const ScanArgs& sa, int32_t* ticket,
+                           cudaStream_t stream) {
+  MOE_RETURN_IF_ERROR(ra.Validate());
+  MOE_RETURN_IF_ERROR(sa.Validate());
+  if (ticket == nullptr || !CanRouteScanTail(ra.routing.n_experts) || ra.counts != sa.counts ||
+      ra.capacity != sa.capacity) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("RouteScanTail: need a ticket, at most ", kRouteScanMaxExperts,
+                     " experts and the route's counters and capacity in the scan; n_experts=",
+                     ra.routing.n_experts));
+  }
+  const int64_t pairs = sa.capacity * sa.top_k;
+  const bool inline_scatter = pairs <= kTailScatterMaxPairs && sa.x_perm == nullptr;
+  const int blocks = static_cast<int>((ra.capacity + kScanThreads / 32 - 1) / (kScanThreads / 32));
+  CUDA_RETURN_IF_ERROR(LaunchMaybePdl(RouteScanTailKernel, dim3(blocks), dim3(kScanThreads),
+                                      RouteScanTailSmemBytes(ra.routing.n_experts), stream, ra.pdl,
+                                      ra, sa, ticket, inline_scatter));
+  if (sa.x_perm != nullptr) {
+    CUDA_RETURN_IF_ERROR(LaunchMaybePdl(ScatterRowsKernel,
+                                        dim3(GridFor(pairs * ScatterSegments(sa.hidden) * 32, 256)),
+                                        dim3(256), 0, stream, sa.pdl, sa));
+  } else if (!inline_scatter) {
+    CUDA_RETURN_IF_ERROR(
+        LaunchMaybePdl(ScatterKernel, dim3(GridFor(pairs, 256)), dim3(256), 0, stream, sa.pdl, sa));
+  }
   return absl::OkStatus();
 }
 

@@ -291,13 +291,13 @@ __device__ __forceinline__ void RecordPairRow(const ScanArgs& a, int p, int r) {
   a.pair_row[p] = r;
 }
 
-// Block-wide (kScanThreads threads): offsets, tile list and (with `scatter`) the permutation from
-// per-expert `counts`; s_count / s_tiles: [kScanThreads] shared scratch.
-// Both inclusive scans run in warps (shuffles) and then over the 32 warp totals: three barriers
-// instead of a 20-barrier block-wide scan.
+// Block-wide (kScanThreads threads): offsets and tile list from per-expert `counts` (global or
+// shared); s_count / s_tiles: [kScanThreads] shared scratch. Returns the first row of thread e's
+// expert (its exclusive offset). Both inclusive scans run in warps (shuffles) and then over the
+// 32 warp totals: three barriers instead of a 20-barrier block-wide scan.
 static_assert(kScanThreads == 32 * 32, "the scan's second level is one warp of warp totals");
-inline __device__ void ScanBody(const ScanArgs& a, const int32_t* counts, bool scatter,
-                                int* s_count, int* s_tiles) {
+inline __device__ int ScanOffsets(const ScanArgs& a, const int32_t* counts, int* s_count,
+                                  int* s_tiles) {
   const int e = threadIdx.x, lane = e & 31, warp = e >> 5;
   const int count = e < a.n_experts ? counts[e] : 0;
   const int tiles = (count + a.bm - 1) / a.bm;
@@ -345,6 +345,14 @@ inline __device__ void ScanBody(const ScanArgs& a, const int32_t* counts, bool s
     a.group_offsets[a.n_experts] = incl_count;
     *a.n_tiles = incl_tiles;
   }
+  return row0;
+}
+
+// ScanOffsets, then (with `scatter`) the permutation.
+inline __device__ void ScanBody(const ScanArgs& a, const int32_t* counts, bool scatter,
+                                int* s_count, int* s_tiles) {
+  const int e = threadIdx.x;
+  const int row0 = ScanOffsets(a, counts, s_count, s_tiles);
   if (!scatter) return;
   __syncthreads();
   s_count[e] = row0;  // exclusive offsets

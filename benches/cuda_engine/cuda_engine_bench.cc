@@ -22,6 +22,8 @@
 //       [--no-front-cluster] [--no-wave-split] [--no-router-mma]   (session 5 paths off)
 //       [--router-convert-splits=N]   (at most N K splits of the fused router; 1: none)
 //       [--no-combine-unroll]   (the combine takes one chunk of 8 columns a thread)
+//       [--route-tail]   (route and scan in one grid: CudaEngineOptions::route_scan_tail)
+//       [--expected-active]   (floors from the expected distinct experts, no host forwards)
 //       [--no-tma-a-down] [--no-permute-x | --permute-x-always] [--quad-down |
 //       --quad-down-always]   (cluster tile: the down GEMM's A by cp.async; gate/up never / always
 //                             from the permuted copy of x; the down GEMM on 2 x 2 clusters from
@@ -108,6 +110,11 @@ CudaEngineOptions::Use g_permute_x = CudaEngineOptions().cluster_permute_x;
 CudaEngineOptions::Use g_router_convert = CudaEngineOptions().fused_router_convert;
 // --router-convert-splits=N: at most N K splits of the fused router (1: none).
 int g_router_convert_splits = CudaEngineOptions().max_router_convert_splits;
+// --expected-active: floors from the expected distinct experts under uniform routing instead of
+// those the timed inputs activate (no host forwards between points).
+bool g_measure_active = true;
+// --route-tail: route and scan in one grid (CudaEngineOptions::route_scan_tail).
+bool g_route_tail = CudaEngineOptions().route_scan_tail;
 // --no-combine-unroll: the combine takes one chunk a thread.
 bool g_combine_unrolled = CudaEngineOptions().combine_unrolled;
 #ifdef MOE_GEMM_TRACE
@@ -355,6 +362,7 @@ class Runner {
     o.fused_router_convert = g_router_convert;
     o.max_router_convert_splits = g_router_convert_splits;
     o.combine_unrolled = g_combine_unrolled;
+    o.route_scan_tail = g_route_tail;
     o.small_batch_router_mma = g_router_mma;
     o.decode_down_tma = g_down_tma;
     o.decode_gate_up_tma = g_gate_up_tma;
@@ -542,7 +550,7 @@ int Report(const std::string& json_path, const std::vector<std::string>& shape_n
       // The floor counts the experts the timed inputs activated; it is an average over them, so
       // %floor compares it with the mean time (at a few tokens the count varies between inputs
       // and the median time follows the most common count).
-      const double active = run.MeasuredActive(t);
+      const double active = g_measure_active ? run.MeasuredActive(t) : ExpectedActive(shape, t);
       const PointCost c = CostOf(shape, t, active);
       const double floor_us =
           std::max(c.bytes / (ceil.hbm_gbs * 1e3), c.flops / (ceil.matmul_tflops * 1e6));
@@ -739,6 +747,8 @@ int main(int argc, char** argv) {
       moe::g_router_convert = moe::CudaEngineOptions::Use::kNever;
     } else if (a == "--router-convert-always") {
       moe::g_router_convert = moe::CudaEngineOptions::Use::kAlways;
+    } else if (a == "--route-tail") {
+      moe::g_route_tail = true;
     } else if (a == "--no-combine-unroll") {
       moe::g_combine_unrolled = false;
     } else if (a.rfind("--router-convert-splits=", 0) == 0) {
@@ -775,6 +785,8 @@ int main(int argc, char** argv) {
       moe::g_pingpong = moe::CudaEngineOptions::Use::kNever;
     } else if (a == "--pingpong-always") {
       moe::g_pingpong = moe::CudaEngineOptions::Use::kAlways;
+    } else if (a == "--expected-active") {
+      moe::g_measure_active = false;
     } else if (a == "--no-det") {
       with_det = false;
     } else {

@@ -384,6 +384,102 @@ TEST(CudaEngine, RouterWithConversion) {
   CheckCases(cases, off);
 }
 
+// Routing and scan in one grid (LaunchRouteScanTail, option route_scan_tail): against
+// the CPU engine with it on (graphs and eager) and off, over token counts that scatter in the last
+// block (up to 8192 pairs) and past it (1100 x 8 pairs: ScatterKernel), 256 experts (its largest
+// shared memory), group-limited routing, a shared-expert gate, the permuted copy of x on Hopper
+// (ScatterRows after it), and 257 experts (not eligible: the separate kernels). One engine runs
+// every count of a case in turn, layers alternating, so counters or a ticket left non-zero by
+// one forward would break the next; on and off agree to rounding and choose the same experts.
+TEST(CudaEngine, RouteScanTail) {
+  MOE_REQUIRE_GPU();
+  const std::vector<Case> cases = {
+      {"qwen3 129 experts",
+       Opts(Family::kQwen3Moe, 129, 8, 136, 48, DType::kBF16, 101),
+       DType::kBF16,
+       {33, 600, 1100, 40}},
+      {"mixtral",
+       Opts(Family::kMixtral, 8, 2, 256, 64, DType::kBF16, 102),
+       DType::kBF16,
+       {40, 300, 1200}},
+      {"deepseek_v2 group-limited",
+       Opts(Family::kDeepseekV2, 64, 6, 128, 64, DType::kBF16, 103),
+       DType::kBF16,
+       {257, 64}},
+      {"qwen2 shared gate, 256 experts",
+       Opts(Family::kQwen2Moe, 256, 8, 128, 32, DType::kBF16, 104),
+       DType::kBF16,
+       {100, 513}},
+      {"257 experts",
+       Opts(Family::kQwen3Moe, 257, 8, 128, 32, DType::kBF16, 105),
+       DType::kBF16,
+       {64}},
+  };
+  CudaEngineOptions on = DefaultOptions();
+  on.max_batch_tokens = 1280;
+  on.route_scan_tail = true;
+  CheckCases(cases, on);
+  CudaEngineOptions eager = on;
+  eager.graph_batch_sizes.clear();
+  CheckCases(cases, eager);
+  CudaEngineOptions permuted = on;
+  permuted.cluster_permute_x = CudaEngineOptions::Use::kAlways;
+  CheckCases(cases, permuted);
+  CudaEngineOptions off = on;
+  off.route_scan_tail = false;
+  CheckCases(cases, off);
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.name);
+    const auto model = RandomModel(c.model);
+    auto a_engine = CudaEngine::Create(model, on);
+    auto b_engine = CudaEngine::Create(model, off);
+    ASSERT_TRUE(a_engine.ok()) << a_engine.status();
+    ASSERT_TRUE(b_engine.ok()) << b_engine.status();
+    for (int64_t n : c.tokens) {
+      const auto x = MakeActivations(c.act, n * model->spec().hidden, 106 + n);
+      const RunResult a = RunForward(**a_engine, 0, c.act, x.bytes, n);
+      const RunResult b = RunForward(**b_engine, 0, c.act, x.bytes, n);
+      EXPECT_EQ(a.ids, b.ids) << n << " tokens";
+      EXPECT_LT(testing::RelErr(a.values, b.values, model->spec().hidden,
+                                std::vector<bool>(static_cast<size_t>(n), true)),
+                1e-5)
+          << n << " tokens";
+    }
+  }
+}
+
+// LaunchRouteScanTail alone (both scatters), small enough for compute-sanitizer.
+TEST(CudaEngine, RouteScanTailSmall) {
+  MOE_REQUIRE_GPU();
+  const std::vector<Case> cases = {
+      {"qwen3 129 experts",
+       Opts(Family::kQwen3Moe, 129, 8, 136, 48, DType::kBF16, 107),
+       DType::kBF16,
+       {600, 1100}},
+  };
+  CudaEngineOptions o = DefaultOptions();
+  o.max_batch_tokens = 1100;
+  o.route_scan_tail = true;
+  o.graph_batch_sizes.clear();
+  CheckCases(cases, o);
+}
+
+// The fused router's K splits alone, small enough for compute-sanitizer racecheck: 4 splits
+// (hidden 4352) over one 32-token block and a partial one, against the CPU engine.
+TEST(CudaEngine, RouterKSplits) {
+  MOE_REQUIRE_GPU();
+  const std::vector<Case> cases = {
+      {"mixtral, hidden 4352: 4 K splits",
+       Opts(Family::kMixtral, 8, 2, 4352, 32, DType::kBF16, 86),
+       DType::kBF16,
+       {40}},
+  };
+  CudaEngineOptions o = DefaultOptions();
+  o.fused_router_convert = CudaEngineOptions::Use::kAlways;
+  o.graph_batch_sizes.clear();
+  CheckCases(cases, o);
+}
+
 // The unrolled combine (4 chunks a thread at top-2, 2 at top-4 with a gated shared expert, 1 at
 // top-6 with shared experts) gives the bits of the one-chunk combine, and both the CPU engine's
 // values.

@@ -176,6 +176,13 @@ struct CudaEngineOptions {
   // from kRouterConvertMinTokens tokens up to kRouterConvertMaxWaves waves of its blocks
   // (kernels/tile_heuristics.h), or always.
   Use fused_router_convert = Use::kAuto;
+  // Batches past the decode front route and scan in one grid whose last block scans (and, up to
+  // 8192 pairs, writes the permutation), with no memset of the counters (kernels/routing.cu,
+  // LaunchRouteScanTail; up to 256 experts); off: the route, scan and scatter kernels. NOTES (H200,
+  // session 10, two rounds): slower, so off: Qwen3 512 tokens 360.0 -> 363.8 us, DSv2-Lite 512
+  // 341.9 -> 343.6, Qwen3 64 306.3 -> 308.2; Mixtral and 4096+ tokens within the spread (the
+  // separate kernels' launches already overlap by PDL; the last block's scan and scatter do not).
+  bool route_scan_tail = false;
   // The combine takes 1, 2 or 4 chunks of 8 columns a thread with all their loads in flight
   // (top-k <= 8, 4, 2; bf16/f16 expert outputs); off: one chunk a thread (kernels/combine.cu).
   bool combine_unrolled = true;

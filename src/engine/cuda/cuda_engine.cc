@@ -226,6 +226,10 @@ Status CudaEngine::Impl::AllocateSlots() {
     MOE_RETURN_IF_ERROR(alloc(s->out, tm * hd * 4));
     MOE_RETURN_IF_ERROR(alloc(s->front_ticket, 4));
     CUDA_RETURN_IF_ERROR(cudaMemset(s->front_ticket.get(), 0, 4));
+    // LaunchRouteScanTail leaves its ticket and the counters at zero for the next forward.
+    MOE_RETURN_IF_ERROR(alloc(s->route_ticket, 4));
+    CUDA_RETURN_IF_ERROR(cudaMemset(s->route_ticket.get(), 0, 4));
+    CUDA_RETURN_IF_ERROR(cudaMemset(s->counts.get(), 0, s->counts.bytes()));
     workspace_bytes = bytes;
     MOE_ASSIGN_OR_RETURN(s->in_stage, PinnedBuffer::Create(tm * hd * 4));
     MOE_ASSIGN_OR_RETURN(s->out_stage, PinnedBuffer::Create(tm * hd * 4));
@@ -311,8 +315,11 @@ Status CudaEngine::Impl::BuildLayerLaunch(Slot& s, int64_t capacity, AType atype
   };
 
   const bool fused_front = l->fused_front;
-  // 1. Zero the per-expert counters (unless routing and scan run as one block); convert the input.
+  // 1. Zero the per-expert counters (unless routing and scan run as one block, or as one grid that
+  // leaves them at zero); convert the input.
   l->route_scan = cuda::CanRouteScan(capacity, e);
+  l->route_tail =
+      !fused_front && !l->route_scan && options.route_scan_tail && cuda::CanRouteScanTail(e);
   cuda::ConvertArgs& conv = l->conv;
   conv.meta = meta;
   conv.atype = atype;
@@ -641,7 +648,7 @@ Status CudaEngine::Impl::BuildLayerLaunch(Slot& s, int64_t capacity, AType atype
 
 Status CudaEngine::Impl::LaunchFrontPhase(Slot& s, const LayerLaunch& l) const {
   cudaStream_t st = s.stream.get();
-  if (!l.route_scan) {
+  if (!l.route_scan && !l.route_tail) {
     CUDA_RETURN_IF_ERROR(cudaMemsetAsync(s.counts.get(), 0, s.counts.bytes(), st));
   }
   if (l.fused_front) return cuda::LaunchFront(l.front, st);
@@ -652,6 +659,9 @@ Status CudaEngine::Impl::LaunchFrontPhase(Slot& s, const LayerLaunch& l) const {
     MOE_RETURN_IF_ERROR(cuda::LaunchGemm(l.router, st));
   }
   if (l.route_scan) return cuda::LaunchRouteScan(l.route, l.scan, st);
+  if (l.route_tail) {
+    return cuda::LaunchRouteScanTail(l.route, l.scan, s.route_ticket.as<int32_t>(), st);
+  }
   MOE_RETURN_IF_ERROR(cuda::LaunchRoute(l.route, st));
   return cuda::LaunchScan(l.scan, st);
 }

@@ -40,6 +40,7 @@ struct LayerLaunch {
   bool fused_front = false;     // convert + router + routing + scan in one kernel
   bool router_convert = false;  // convert + router in one kernel (router_conv replaces both)
   bool route_scan = false;      // routing + scan in one kernel (counts need no memset)
+  bool route_tail = false;      // routing + scan (+ permutation) in one grid (route_ticket)
   bool permute_x = false;       // the scan copies x into the permuted order (in y) for gate/up
   bool has_shared = false;
   cuda::ConvertArgs conv;
@@ -70,6 +71,7 @@ class CudaEngine::Impl {
     cuda::DeviceBuffer x_in, x, logits, topk_ids, topk_weights, ranks, counts, group_offsets, tiles,
         n_tiles, perm_token, pair_row, shared_gate, h, y, hs, ys, out;
     cuda::DeviceBuffer front_ticket;  // int32 ticket counter of the fused decode front
+    cuda::DeviceBuffer route_ticket;  // int32 ticket counter of LaunchRouteScanTail
     cuda::DeviceBuffer h_tmap;        // TMA descriptor of h for the TMA-A down GEMM
     cuda::DeviceBuffer x_perm_tmap;   // TMA descriptor of the permuted x (in y) for gate/up
     cuda::DeviceBuffer h_store_tmap;  // TMA descriptors of h and of y ([pairs, hidden] in wtype)
