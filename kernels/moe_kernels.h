@@ -193,6 +193,10 @@ struct ConvertArgs {
   bool split_lo = false;
   void* x = nullptr;  // [capacity, 2 * hidden]
   bool pdl = false;   // programmatic dependent launch (kernels/pdl.cuh)
+  // Optional: block 0 zeroes these `n_zero` counters after its PDL wait (the route's per-expert
+  // counters, instead of a memset node before the kernel).
+  int32_t* zero = nullptr;
+  int n_zero = 0;
   Status Validate() const;
 };
 Status LaunchConvert(const ConvertArgs& args, cudaStream_t stream);
@@ -217,6 +221,8 @@ struct RouterConvertArgs {
   int64_t split_stride = 0;  // floats between the K splits' partials
   int tiles_per_block = 1;   // router rows per block / 8 (PlanRouterConvert)
   int k_splits = 1;          // PlanRouterConvert
+  int32_t* zero = nullptr;   // as ConvertArgs::zero
+  int n_zero = 0;
   bool pdl = false;
   Status Validate() const;
 };

@@ -61,6 +61,9 @@ __global__ void __launch_bounds__(kRcThreads) RouterConvertKernel(const RouterCo
   __shared__ float red[kRcWarps][kRcTokens][kRcMaxTiles * 8 + 1];
   GridDepWait();
   GridDepTrigger();
+  if (blockIdx.x == 0 && blockIdx.y == 0 && blockIdx.z == 0) {
+    for (int i = static_cast<int>(threadIdx.x); i < a.n_zero; i += kRcThreads) a.zero[i] = 0;
+  }
   // The meta and the layer index load together: two dependent round trips before the data, not
   // three.
   const int n = a.meta->n_tokens;
@@ -184,7 +187,8 @@ __global__ void __launch_bounds__(kRcThreads) RouterConvertKernel(const RouterCo
 }  // namespace
 
 Status RouterConvertArgs::Validate() const {
-  if (meta == nullptr || router_table == nullptr || x == nullptr || logits == nullptr) {
+  if (meta == nullptr || router_table == nullptr || x == nullptr || logits == nullptr ||
+      n_zero < 0 || (n_zero > 0 && zero == nullptr)) {
     return absl::InvalidArgumentError("RouterConvertArgs: null pointer");
   }
   if (!CanRouterConvert(hidden, router_rows) || capacity <= 0 || ldx < hidden || ldx % 8 != 0 ||

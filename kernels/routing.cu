@@ -27,9 +27,13 @@ namespace {
 
 // ---- 1. Convert ----
 template <typename In, typename W>
-__global__ void ConvertKernel(const ForwardMeta* meta, int hidden, int split_lo, W* x) {
+__global__ void ConvertKernel(const ForwardMeta* meta, int hidden, int split_lo, W* x,
+                              int32_t* zero, int n_zero) {
   GridDepWait();
   GridDepTrigger();
+  if (blockIdx.x == 0) {
+    for (int i = threadIdx.x; i < n_zero; i += blockDim.x) zero[i] = 0;
+  }
   const int64_t chunks_per_row = hidden / 8;
   const int64_t total = static_cast<int64_t>(meta->n_tokens) * chunks_per_row;
   const In* in = static_cast<const In*>(meta->input);
@@ -237,8 +241,10 @@ __global__ void ScatterRowsKernel(const ScanArgs a) {
 }  // namespace
 
 Status ConvertArgs::Validate() const {
-  if (meta == nullptr || x == nullptr || hidden <= 0 || hidden % 8 != 0 || capacity <= 0) {
-    return absl::InvalidArgumentError("ConvertArgs: null pointer or hidden not a multiple of 8");
+  if (meta == nullptr || x == nullptr || hidden <= 0 || hidden % 8 != 0 || capacity <= 0 ||
+      n_zero < 0 || (n_zero > 0 && zero == nullptr)) {
+    return absl::InvalidArgumentError(
+        "ConvertArgs: null pointer, hidden not a multiple of 8 or no counters to zero");
   }
   return absl::OkStatus();
 }
@@ -251,7 +257,7 @@ Status LaunchConvert(const ConvertArgs& a, cudaStream_t stream) {
   cudaError_t err = cudaSuccess;
 #define MOE_CONVERT_(IN, W)                                                                       \
   err = LaunchMaybePdl(ConvertKernel<IN, W>, dim3(grid), dim3(threads), 0, stream, a.pdl, a.meta, \
-                       a.hidden, lo, static_cast<W*>(a.x))
+                       a.hidden, lo, static_cast<W*>(a.x), a.zero, a.n_zero)
   const bool bf = a.wtype == WType::kBF16;
   switch (a.atype) {
     case AType::kF32:

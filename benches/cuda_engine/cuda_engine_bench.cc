@@ -23,6 +23,9 @@
 //       [--router-convert-splits=N]   (at most N K splits of the fused router; 1: none)
 //       [--no-combine-unroll]   (the combine takes one chunk of 8 columns a thread)
 //       [--route-tail]   (route and scan in one grid: CudaEngineOptions::route_scan_tail)
+//       [--no-gemm-prefetch]   (with --gemm-pdl: no weight stages before the down GEMM's wait)
+//       [--zero-counts | --memset-counts]   (the first kernel zeroes the route's counters / a
+//                             memset node does)
 //       [--expected-active]   (floors from the expected distinct experts, no host forwards)
 //       [--no-tma-a-down] [--no-permute-x | --permute-x-always] [--quad-down |
 //       --quad-down-always]   (cluster tile: the down GEMM's A by cp.async; gate/up never / always
@@ -113,6 +116,10 @@ int g_router_convert_splits = CudaEngineOptions().max_router_convert_splits;
 // --expected-active: floors from the expected distinct experts under uniform routing instead of
 // those the timed inputs activate (no host forwards between points).
 bool g_measure_active = true;
+// --no-gemm-prefetch: with --gemm-pdl, the down GEMM does not stream weights before its wait.
+bool g_gemm_prefetch = CudaEngineOptions().cluster_gemm_prefetch;
+// --zero-counts: the first kernel zeroes the route's counters (no memset node); --memset-counts.
+bool g_zero_counts = CudaEngineOptions().zero_counts_in_kernel;
 // --route-tail: route and scan in one grid (CudaEngineOptions::route_scan_tail).
 bool g_route_tail = CudaEngineOptions().route_scan_tail;
 // --no-combine-unroll: the combine takes one chunk a thread.
@@ -363,6 +370,8 @@ class Runner {
     o.max_router_convert_splits = g_router_convert_splits;
     o.combine_unrolled = g_combine_unrolled;
     o.route_scan_tail = g_route_tail;
+    o.cluster_gemm_prefetch = g_gemm_prefetch;
+    o.zero_counts_in_kernel = g_zero_counts;
     o.small_batch_router_mma = g_router_mma;
     o.decode_down_tma = g_down_tma;
     o.decode_gate_up_tma = g_gate_up_tma;
@@ -747,6 +756,12 @@ int main(int argc, char** argv) {
       moe::g_router_convert = moe::CudaEngineOptions::Use::kNever;
     } else if (a == "--router-convert-always") {
       moe::g_router_convert = moe::CudaEngineOptions::Use::kAlways;
+    } else if (a == "--no-gemm-prefetch") {
+      moe::g_gemm_prefetch = false;
+    } else if (a == "--zero-counts") {
+      moe::g_zero_counts = true;
+    } else if (a == "--memset-counts") {
+      moe::g_zero_counts = false;
     } else if (a == "--route-tail") {
       moe::g_route_tail = true;
     } else if (a == "--no-combine-unroll") {

@@ -448,6 +448,30 @@ TEST(CudaEngine, RouteScanTail) {
   }
 }
 
+// The route's counters zeroed by the first kernel instead of a memset node (zero_counts_in_kernel),
+// through the input copy + router GEMM and through the fused router: every count of a case runs on
+// one engine, so a counter left non-zero would break the next forward.
+TEST(CudaEngine, ZeroCountsInKernel) {
+  MOE_REQUIRE_GPU();
+  const std::vector<Case> cases = {
+      {"qwen3",
+       Opts(Family::kQwen3Moe, 129, 8, 136, 48, DType::kBF16, 111),
+       DType::kBF16,
+       {33, 130, 600, 40}},
+      {"mixtral f32 act",
+       Opts(Family::kMixtral, 8, 2, 256, 64, DType::kBF16, 112),
+       DType::kF32,
+       {40, 300}},
+  };
+  CudaEngineOptions o = DefaultOptions();
+  o.zero_counts_in_kernel = true;
+  CheckCases(cases, o);
+  o.fused_router_convert = CudaEngineOptions::Use::kAlways;
+  CheckCases(cases, o);
+  o.fused_router_convert = CudaEngineOptions::Use::kNever;
+  CheckCases(cases, o);
+}
+
 // LaunchRouteScanTail alone (both scatters), small enough for compute-sanitizer.
 TEST(CudaEngine, RouteScanTailSmall) {
   MOE_REQUIRE_GPU();

@@ -228,6 +228,17 @@ struct CudaEngineOptions {
   // waits for h). Off: on an H200 it was 1-3.5 us slower at Qwen3 256-512 tokens, 1% at Mixtral
   // 256 and 1.6% at DeepSeek-V2-Lite 4096 (0.4% faster at Mixtral 512; RESULTS.md session 9).
   bool cluster_gemm_overlap = false;
+  // With cluster_gemm_overlap: the down GEMM streams its first weight stages before its wait.
+  // NOTES (H200, session 10, two rounds): PDL without that prefetch was slower still (Qwen3 512
+  // tokens 360.7 -> 369.0 us, Mixtral 64 707 -> 717, 4096 5050 -> 5133): the launch itself, not
+  // the weight prefetch, is what costs.
+  bool cluster_gemm_prefetch = true;
+  // Past the decode front without the fused route + scan: the first kernel (the input copy or the
+  // router fused with it) zeroes the route's per-expert counters after its PDL wait, instead of a
+  // memset node before it. NOTES (H200, session 10, five rounds over two calls): Qwen3 64 / 256 /
+  // 512 tokens -1.6 / -1.0 / -0.6 us, DeepSeek-V2-Lite 256 / 512 -1.0 / -0.7; Mixtral within its
+  // spread.
+  bool zero_counts_in_kernel = true;
   bool fused_decode_front = true;
   DecodeGemv decode_gemv = DecodeGemv::kAuto;
   bool narrow_decode_gate_up = false;

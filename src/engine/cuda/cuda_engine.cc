@@ -329,6 +329,12 @@ Status CudaEngine::Impl::BuildLayerLaunch(Slot& s, int64_t capacity, AType atype
   conv.split_lo = split_lo;
   conv.x = s.x.get();
   if (!fused_front) conv.pdl = pdl_next();
+  l->zero_counts =
+      !fused_front && !l->route_scan && !l->route_tail && options.zero_counts_in_kernel;
+  if (l->zero_counts) {
+    conv.zero = s.counts.as<int32_t>();
+    conv.n_zero = e;
+  }
 
   // 2. Router GEMM -> f32 logits (split-K partials).
   cuda::GemmArgs& router = l->router;
@@ -377,6 +383,10 @@ Status CudaEngine::Impl::BuildLayerLaunch(Slot& s, int64_t capacity, AType atype
     rc.tiles_per_block = grid.tiles_per_block;
     rc.k_splits = grid.k_splits;
     rc.split_stride = capacity * nr;
+    if (l->zero_counts) {
+      rc.zero = s.counts.as<int32_t>();
+      rc.n_zero = e;
+    }
     rc.pdl = conv.pdl;
   }
 
@@ -520,6 +530,9 @@ Status CudaEngine::Impl::BuildLayerLaunch(Slot& s, int64_t capacity, AType atype
     down.a_cluster_cols = 1;
   }
   if (down.tile == cuda::GemmTile::kWgmmaWsMc && !options.cluster_gemm_overlap) down.pdl = false;
+  if (down.tile == cuda::GemmTile::kWgmmaWsMc && !options.cluster_gemm_prefetch) {
+    down.prefetch_weights = false;
+  }
   down.pingpong = plan.pingpong && down.b0_tmaps != nullptr && down.a_cluster_cols == 1;
   down.c_tmap = down.b0_tmaps != nullptr && plan.down_splits == 1 ? s.y_store_tmap.get() : nullptr;
   down.splits = plan.down_splits;
@@ -648,7 +661,7 @@ Status CudaEngine::Impl::BuildLayerLaunch(Slot& s, int64_t capacity, AType atype
 
 Status CudaEngine::Impl::LaunchFrontPhase(Slot& s, const LayerLaunch& l) const {
   cudaStream_t st = s.stream.get();
-  if (!l.route_scan && !l.route_tail) {
+  if (!l.route_scan && !l.route_tail && !l.zero_counts) {
     CUDA_RETURN_IF_ERROR(cudaMemsetAsync(s.counts.get(), 0, s.counts.bytes(), st));
   }
   if (l.fused_front) return cuda::LaunchFront(l.front, st);

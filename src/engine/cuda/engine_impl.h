@@ -41,6 +41,7 @@ struct LayerLaunch {
   bool router_convert = false;  // convert + router in one kernel (router_conv replaces both)
   bool route_scan = false;      // routing + scan in one kernel (counts need no memset)
   bool route_tail = false;      // routing + scan (+ permutation) in one grid (route_ticket)
+  bool zero_counts = false;     // the first kernel zeroes the counters (no memset node)
   bool permute_x = false;       // the scan copies x into the permuted order (in y) for gate/up
   bool has_shared = false;
   cuda::ConvertArgs conv;
