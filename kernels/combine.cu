@@ -22,58 +22,68 @@ namespace {
 constexpr int kCombineAllK = 8;
 constexpr int kCombineThreads = 256;
 
-// The bf16/f16 outputs of up to kCombineAllK / U experts for U chunks (8 columns each) of a
-// thread, plus the shared expert's (one bf16/f16 split) when there is one: chunk u is number
-// base + u * kCombineThreads + threadIdx.x (whole coalesced rows of a block per u). Every row
-// index and weight of the U chunks, then every output, are loaded before anything is summed (two
-// dependent memory round trips with U x top_k loads in flight); the sum order is k ascending,
-// then the shared expert, the same arithmetic as CombineKernel's loop.
-// NOTES (H200, session 10, ncu): one chunk a thread moved Mixtral's 100 MB (top-2) at 4096 tokens
-// in 54 us (1.9 TB/s), Qwen3's 150 MB (top-8) in 43.
-template <typename W, typename Out, int U>
-__device__ __forceinline__ void CombineChunksAllK(const CombineArgs& a, int64_t base, int64_t total,
-                                                  int64_t chunks_per_row, Out* out) {
-  constexpr int kK = kCombineAllK / U;
-  const int hidden = a.hidden;
+// The rows and weights of U chunks (8 columns each) of a thread: chunk u is number
+// base + u * kCombineThreads + threadIdx.x (whole coalesced rows of a block per u).
+template <int U>
+struct CombineIndices {
+  static constexpr int kK = kCombineAllK / U;
   int64_t r[U][kK];
   float w[U][kK];
   int64_t t[U];
   int h[U];
+  bool live[U];
+};
+template <int U>
+__device__ __forceinline__ void LoadCombineIndices(const CombineArgs& a, int64_t base,
+                                                   int64_t total, int64_t chunks_per_row,
+                                                   CombineIndices<U>& x) {
 #pragma unroll
   for (int u = 0; u < U; ++u) {
     const int64_t c = base + u * kCombineThreads + threadIdx.x;
-    const bool live = c < total;
-    t[u] = live ? c / chunks_per_row : 0;
-    h[u] = static_cast<int>(c % chunks_per_row) * 8;
+    x.live[u] = c < total;
+    x.t[u] = x.live[u] ? c / chunks_per_row : 0;
+    x.h[u] = static_cast<int>(c % chunks_per_row) * 8;
 #pragma unroll
-    for (int j = 0; j < kK; ++j) {
-      const bool ok = live && j < a.top_k;
-      r[u][j] = ok ? a.pair_row[t[u] * a.top_k + j] : 0;
-      w[u][j] = ok ? a.topk_weights[t[u] * a.top_k + j] : 0.0f;
+    for (int j = 0; j < CombineIndices<U>::kK; ++j) {
+      const bool ok = x.live[u] && j < a.top_k;
+      x.r[u][j] = ok ? a.pair_row[x.t[u] * a.top_k + j] : 0;
+      x.w[u][j] = ok ? a.topk_weights[x.t[u] * a.top_k + j] : 0.0f;
     }
   }
+}
+
+// The bf16/f16 outputs of up to kCombineAllK / U experts for the U chunks of `x`, plus the shared
+// expert's (one bf16/f16 split) when there is one. Every output is loaded before anything is
+// summed (U x top_k loads in flight); the sum order is k ascending, then the shared expert, the
+// same arithmetic as CombineKernel's loop.
+// NOTES (H200, session 10, ncu): one chunk a thread moved Mixtral's 100 MB (top-2) at 4096 tokens
+// in 54 us (1.9 TB/s), Qwen3's 150 MB (top-8) in 43.
+template <typename W, typename Out, int U>
+__device__ __forceinline__ void CombineChunksAllK(const CombineArgs& a, const CombineIndices<U>& x,
+                                                  Out* out) {
+  constexpr int kK = CombineIndices<U>::kK;
+  const int hidden = a.hidden;
   uint4 raw[U][kK];
   uint4 shared_raw[U];
   float gate[U];
 #pragma unroll
   for (int u = 0; u < U; ++u) {
-    const bool live = base + u * kCombineThreads + threadIdx.x < total;
 #pragma unroll
     for (int j = 0; j < kK; ++j) {
-      if (j < a.top_k && live) {
-        raw[u][j] = __ldcs(
-            reinterpret_cast<const uint4*>(static_cast<const W*>(a.y) + r[u][j] * hidden + h[u]));
+      if (j < a.top_k && x.live[u]) {
+        raw[u][j] = __ldcs(reinterpret_cast<const uint4*>(static_cast<const W*>(a.y) +
+                                                          x.r[u][j] * hidden + x.h[u]));
       }
     }
-    if (a.ys != nullptr && live) {
+    if (a.ys != nullptr && x.live[u]) {
       shared_raw[u] =
-          *reinterpret_cast<const uint4*>(static_cast<const W*>(a.ys) + t[u] * hidden + h[u]);
-      gate[u] = a.shared_gate ? a.shared_gate[t[u]] : 1.0f;
+          *reinterpret_cast<const uint4*>(static_cast<const W*>(a.ys) + x.t[u] * hidden + x.h[u]);
+      gate[u] = a.shared_gate ? a.shared_gate[x.t[u]] : 1.0f;
     }
   }
 #pragma unroll
   for (int u = 0; u < U; ++u) {
-    if (base + u * kCombineThreads + threadIdx.x >= total) continue;
+    if (!x.live[u]) continue;
     float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
 #pragma unroll
     for (int j = 0; j < kK; ++j) {
@@ -81,7 +91,7 @@ __device__ __forceinline__ void CombineChunksAllK(const CombineArgs& a, int64_t 
         float v[8];
         Unpack8(raw[u][j], static_cast<const W*>(nullptr), v);
 #pragma unroll
-        for (int i = 0; i < 8; ++i) acc[i] += w[u][j] * v[i];
+        for (int i = 0; i < 8; ++i) acc[i] += x.w[u][j] * v[i];
       }
     }
     if (a.ys != nullptr) {
@@ -90,22 +100,29 @@ __device__ __forceinline__ void CombineChunksAllK(const CombineArgs& a, int64_t 
 #pragma unroll
       for (int i = 0; i < 8; ++i) acc[i] += gate[u] * v[i];
     }
-    Store8(out + t[u] * hidden + h[u], acc);
+    Store8(out + x.t[u] * hidden + x.h[u], acc);
   }
 }
 
 // Combine of U chunks a thread for top_k <= kCombineAllK / U, bf16/f16 expert outputs and at
-// most one bf16/f16 split of the shared expert (CombineChunksPerThread).
+// most one bf16/f16 split of the shared expert (CombineChunksPerThread). With
+// CombineArgs::early_indices the first tile's rows and weights load before the PDL wait: the
+// scan and the route wrote them two or more launches back (kernels/pdl.cuh), so only the
+// expert outputs wait for the kernel before.
 template <typename W, typename Out, int U>
 __global__ void __launch_bounds__(kCombineThreads) CombineUnrolledKernel(const CombineArgs a) {
-  GridDepWait();
-  GridDepTrigger();
   const int64_t chunks_per_row = a.hidden / 8;
   const int64_t total = static_cast<int64_t>(a.meta->n_tokens) * chunks_per_row;
-  Out* out = static_cast<Out*>(a.meta->output);
   constexpr int64_t kTile = static_cast<int64_t>(U) * kCombineThreads;
-  for (int64_t base = blockIdx.x * kTile; base < total; base += gridDim.x * kTile) {
-    CombineChunksAllK<W, Out, U>(a, base, total, chunks_per_row, out);
+  const int64_t first = blockIdx.x * kTile;
+  CombineIndices<U> x;
+  if (a.early_indices) LoadCombineIndices(a, first, total, chunks_per_row, x);
+  GridDepWait();
+  GridDepTrigger();
+  Out* out = static_cast<Out*>(a.meta->output);
+  for (int64_t base = first; base < total; base += gridDim.x * kTile) {
+    if (base != first || !a.early_indices) LoadCombineIndices(a, base, total, chunks_per_row, x);
+    CombineChunksAllK<W, Out, U>(a, x, out);
   }
 }
 

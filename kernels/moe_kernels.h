@@ -273,6 +273,9 @@ struct ScanArgs {
   void* x_perm = nullptr;  // [capacity * top_k, hidden]
   int hidden = 0;
   bool pdl = false;  // programmatic dependent launch (kernels/pdl.cuh)
+  // The grid-wide scatter loads its first pair's expert and rank before its PDL wait (the route
+  // must have run two or more launches before it).
+  bool early_indices = true;
   Status Validate() const;
 };
 Status LaunchScan(const ScanArgs& args, cudaStream_t stream);
@@ -350,6 +353,9 @@ struct CombineArgs {
   // Where CombineChunksPerThread allows: 1, 2 or 4 chunks of 8 columns a thread, all their loads
   // in flight together (the same sums and bits as without).
   bool unrolled = true;
+  // The unrolled combine loads its first rows and weights before its PDL wait (pair_row and
+  // topk_weights must come from two or more launches before it).
+  bool early_indices = true;
   Status Validate() const;
 };
 // Chunks a thread of the unrolled combine takes (top_k <= 2: 4, <= 4: 2, <= 8: 1), or 0 where it

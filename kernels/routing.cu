@@ -186,13 +186,25 @@ __global__ void __launch_bounds__(kScanThreads)
                 /*scan=*/true);
 }
 
-// The permutation for large batches, one thread per (token, k) pair.
+// The permutation for large batches, one thread per (token, k) pair. With
+// ScanArgs::early_indices the first pair's expert and rank load before the PDL wait (the route
+// wrote them two launches back, kernels/pdl.cuh); the offsets (the scan's) after it.
 __global__ void ScatterKernel(const ScanArgs a) {
+  const int pairs = a.meta->n_tokens * a.top_k;
+  const int first = blockIdx.x * blockDim.x + threadIdx.x;
+  int id = 0, rank = 0;
+  if (a.early_indices && first < pairs) {
+    id = a.topk_ids[first];
+    rank = a.ranks[first];
+  }
   GridDepWait();
   GridDepTrigger();
-  const int pairs = a.meta->n_tokens * a.top_k;
-  for (int p = blockIdx.x * blockDim.x + threadIdx.x; p < pairs; p += gridDim.x * blockDim.x) {
-    RecordPairRow(a, p, a.group_offsets[a.topk_ids[p]] + a.ranks[p]);
+  for (int p = first; p < pairs; p += gridDim.x * blockDim.x) {
+    if (p != first || !a.early_indices) {
+      id = a.topk_ids[p];
+      rank = a.ranks[p];
+    }
+    RecordPairRow(a, p, a.group_offsets[id] + rank);
   }
 }
 
@@ -373,8 +385,10 @@ Status LaunchRouteScanTail(const RouteArgs& ra, const ScanArgs& sa, int32_t* tic
                                         dim3(GridFor(pairs * ScatterSegments(sa.hidden) * 32, 256)),
                                         dim3(256), 0, stream, sa.pdl, sa));
   } else if (!inline_scatter) {
-    CUDA_RETURN_IF_ERROR(
-        LaunchMaybePdl(ScatterKernel, dim3(GridFor(pairs, 256)), dim3(256), 0, stream, sa.pdl, sa));
+    ScanArgs late = sa;
+    late.early_indices = false;  // the route ran in the kernel just before
+    CUDA_RETURN_IF_ERROR(LaunchMaybePdl(ScatterKernel, dim3(GridFor(pairs, 256)), dim3(256), 0,
+                                        stream, sa.pdl, late));
   }
   return absl::OkStatus();
 }

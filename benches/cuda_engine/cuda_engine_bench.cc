@@ -22,6 +22,7 @@
 //       [--no-front-cluster] [--no-wave-split] [--no-router-mma]   (session 5 paths off)
 //       [--router-convert-splits=N]   (at most N K splits of the fused router; 1: none)
 //       [--no-combine-unroll]   (the combine takes one chunk of 8 columns a thread)
+//       [--no-early-indices]   (scatter and combine load indices after their PDL wait)
 //       [--route-tail]   (route and scan in one grid: CudaEngineOptions::route_scan_tail)
 //       [--no-gemm-prefetch]   (with --gemm-pdl: no weight stages before the down GEMM's wait)
 //       [--zero-counts | --memset-counts]   (the first kernel zeroes the route's counters / a
@@ -122,6 +123,8 @@ bool g_gemm_prefetch = CudaEngineOptions().cluster_gemm_prefetch;
 bool g_zero_counts = CudaEngineOptions().zero_counts_in_kernel;
 // --route-tail: route and scan in one grid (CudaEngineOptions::route_scan_tail).
 bool g_route_tail = CudaEngineOptions().route_scan_tail;
+// --no-early-indices: the scatter and the combine load their indices after their PDL wait.
+bool g_early_indices = CudaEngineOptions().early_index_loads;
 // --no-combine-unroll: the combine takes one chunk a thread.
 bool g_combine_unrolled = CudaEngineOptions().combine_unrolled;
 #ifdef MOE_GEMM_TRACE
@@ -369,6 +372,7 @@ class Runner {
     o.fused_router_convert = g_router_convert;
     o.max_router_convert_splits = g_router_convert_splits;
     o.combine_unrolled = g_combine_unrolled;
+    o.early_index_loads = g_early_indices;
     o.route_scan_tail = g_route_tail;
     o.cluster_gemm_prefetch = g_gemm_prefetch;
     o.zero_counts_in_kernel = g_zero_counts;
@@ -764,6 +768,8 @@ int main(int argc, char** argv) {
       moe::g_zero_counts = false;
     } else if (a == "--route-tail") {
       moe::g_route_tail = true;
+    } else if (a == "--no-early-indices") {
+      moe::g_early_indices = false;
     } else if (a == "--no-combine-unroll") {
       moe::g_combine_unrolled = false;
     } else if (a.rfind("--router-convert-splits=", 0) == 0) {

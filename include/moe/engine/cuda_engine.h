@@ -186,6 +186,9 @@ struct CudaEngineOptions {
   // The combine takes 1, 2 or 4 chunks of 8 columns a thread with all their loads in flight
   // (top-k <= 8, 4, 2; bf16/f16 expert outputs); off: one chunk a thread (kernels/combine.cu).
   bool combine_unrolled = true;
+  // The grid-wide scatter and the unrolled combine load the indices that kernels two or more
+  // launches back wrote before their PDL wait (kernels/routing.cu, kernels/combine.cu).
+  bool early_index_loads = true;
   // At most this many K splits of that kernel (1..4; PlanRouterConvert in
   // kernels/tile_heuristics.h says when it splits).
   int max_router_convert_splits = 4;

@@ -433,6 +433,7 @@ Status CudaEngine::Impl::BuildLayerLaunch(Slot& s, int64_t capacity, AType atype
   scan.n_tiles = s.n_tiles.as<int32_t>();
   scan.perm_token = s.perm_token.as<int32_t>();
   scan.pair_row = s.pair_row.as<int32_t>();
+  scan.early_indices = options.early_index_loads;
   if (fused_front) {
     cuda::FrontArgs& front = l->front;
     front.convert = conv;
@@ -602,6 +603,7 @@ Status CudaEngine::Impl::BuildLayerLaunch(Slot& s, int64_t capacity, AType atype
   }
   comb.pdl = pdl_next();
   comb.unrolled = options.combine_unrolled;
+  comb.early_indices = options.early_index_loads;
 
   // 5'. Decode experts (forwards of a few tokens): gate/up per (token, k) pair, then the shared
   // expert, then down + combine in one kernel; the front routes only (no scan) unless an expert
