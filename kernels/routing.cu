@@ -53,18 +53,18 @@ __global__ void ConvertKernel(const ForwardMeta* meta, int hidden, int split_lo,
 
 // ---- 2. Route ----
 // The tokens of one block (one warp each; blockDim.x / 32 of them from blockIdx.x on): routes
-// them, counts pairs per expert in shared memory `s_count`, then reserves the block's range of
-// each expert's rows with one global atomic per (block, expert) and leaves the block's first row
-// of expert e in s_count[e]. Returns the lane's pair (lanes < top_k of an active warp).
-__device__ __forceinline__ RoutedPair RouteBlockTokens(const RouteArgs& a, float* route_smem,
-                                                       int* s_count, bool& active, int& t) {
+// them, counts pairs per expert in the shared memory past the warps' scratch, then reserves the
+// block's range of each expert's rows with one global atomic per (block, expert) and stores each
+// pair's rank (the block's first row of its expert + its rank in the block).
+__device__ __forceinline__ void RouteBlockTokens(const RouteArgs& a, float* route_smem) {
   const int n_experts = a.routing.n_experts;
   const int warps = static_cast<int>(blockDim.x >> 5);
+  int* s_count = reinterpret_cast<int*>(route_smem + warps * 2 * n_experts);
   for (int e = threadIdx.x; e < n_experts; e += blockDim.x) s_count[e] = 0;
   __syncthreads();
-  const int wid = threadIdx.x >> 5;
-  t = blockIdx.x * warps + wid;
-  active = t < a.meta->n_tokens;
+  const int wid = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int t = blockIdx.x * warps + wid;
+  const bool active = t < a.meta->n_tokens;
   RoutedPair pair;
   if (active) {
     float* score = route_smem + wid * 2 * n_experts;
@@ -78,7 +78,9 @@ __device__ __forceinline__ RoutedPair RouteBlockTokens(const RouteArgs& a, float
     s_count[e] = c > 0 ? atomicAdd(&a.counts[e], c) : 0;  // the block's first row of expert e
   }
   __syncthreads();
-  return pair;
+  if (active && lane < a.routing.top_k) {
+    a.ranks[static_cast<int64_t>(t) * a.routing.top_k + lane] = s_count[pair.expert] + pair.rank;
+  }
 }
 
 // One warp per token, blockDim.x / 32 tokens per block. Ranks come from the block's counters in
@@ -90,15 +92,7 @@ __global__ void RouteKernel(const RouteArgs a) {
   extern __shared__ float route_smem[];  // [warps][2][n_experts] scratch, then [n_experts] counts
   GridDepWait();
   GridDepTrigger();
-  const int warps = static_cast<int>(blockDim.x >> 5);
-  int* s_count = reinterpret_cast<int*>(route_smem + warps * 2 * a.routing.n_experts);
-  bool active;
-  int t;
-  const RoutedPair pair = RouteBlockTokens(a, route_smem, s_count, active, t);
-  const int lane = threadIdx.x & 31;
-  if (active && lane < a.routing.top_k) {
-    a.ranks[static_cast<int64_t>(t) * a.routing.top_k + lane] = s_count[pair.expert] + pair.rank;
-  }
+  RouteBlockTokens(a, route_smem);
 }
 
 // ---- 2'. Route with the scan in its last block ----
@@ -121,14 +115,7 @@ __global__ void __launch_bounds__(kScanThreads)
   GridDepWait();
   GridDepTrigger();
   const int n_experts = ra.routing.n_experts;
-  int* s_block = reinterpret_cast<int*>(route_smem + (kScanThreads / 32) * 2 * n_experts);
-  bool active;
-  int t;
-  const RoutedPair pair = RouteBlockTokens(ra, route_smem, s_block, active, t);
-  const int lane = threadIdx.x & 31;
-  if (active && lane < ra.routing.top_k) {
-    ra.ranks[static_cast<int64_t>(t) * ra.routing.top_k + lane] = s_block[pair.expert] + pair.rank;
-  }
+  RouteBlockTokens(ra, route_smem);
   __threadfence();  // this block's ids, ranks and counter atomics before its ticket
   __syncthreads();
   if (threadIdx.x == 0) s_last = atomicAdd(ticket, 1) == static_cast<int>(gridDim.x) - 1;

@@ -125,6 +125,34 @@ void CheckCases(const std::vector<Case>& cases, const CudaEngineOptions& gpu_opt
   for (const Case& c : cases) CheckCase(c, gpu_options);
 }
 
+// Runs each case's token counts (layer 0) on two engines of the same model: the same experts,
+// and outputs within `tol` of each other (relative error; 0: the same bits).
+void CheckEnginesAgree(const std::vector<Case>& cases, const CudaEngineOptions& a_options,
+                       const CudaEngineOptions& b_options, uint64_t seed, double tol) {
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.name);
+    const auto model = RandomModel(c.model);
+    auto a_engine = CudaEngine::Create(model, a_options);
+    auto b_engine = CudaEngine::Create(model, b_options);
+    ASSERT_TRUE(a_engine.ok()) << a_engine.status();
+    ASSERT_TRUE(b_engine.ok()) << b_engine.status();
+    for (int64_t n : c.tokens) {
+      const auto x = MakeActivations(c.act, n * model->spec().hidden, seed + n);
+      const RunResult a = RunForward(**a_engine, 0, c.act, x.bytes, n);
+      const RunResult b = RunForward(**b_engine, 0, c.act, x.bytes, n);
+      EXPECT_EQ(a.ids, b.ids) << n << " tokens";
+      if (tol == 0) {
+        EXPECT_EQ(a.values, b.values) << n << " tokens";
+      } else {
+        EXPECT_LT(testing::RelErr(a.values, b.values, model->spec().hidden,
+                                  std::vector<bool>(static_cast<size_t>(n), true)),
+                  tol)
+            << n << " tokens";
+      }
+    }
+  }
+}
+
 // Token counts that hit the decode (<= 16 rows per expert), medium and large tiles, with counts
 // that are no multiple of any tile.
 const std::vector<int64_t> kTokenCounts = {1, 5, 33, 130, 600};
@@ -428,24 +456,7 @@ TEST(CudaEngine, RouteScanTail) {
   CudaEngineOptions off = on;
   off.route_scan_tail = false;
   CheckCases(cases, off);
-  for (const Case& c : cases) {
-    SCOPED_TRACE(c.name);
-    const auto model = RandomModel(c.model);
-    auto a_engine = CudaEngine::Create(model, on);
-    auto b_engine = CudaEngine::Create(model, off);
-    ASSERT_TRUE(a_engine.ok()) << a_engine.status();
-    ASSERT_TRUE(b_engine.ok()) << b_engine.status();
-    for (int64_t n : c.tokens) {
-      const auto x = MakeActivations(c.act, n * model->spec().hidden, 106 + n);
-      const RunResult a = RunForward(**a_engine, 0, c.act, x.bytes, n);
-      const RunResult b = RunForward(**b_engine, 0, c.act, x.bytes, n);
-      EXPECT_EQ(a.ids, b.ids) << n << " tokens";
-      EXPECT_LT(testing::RelErr(a.values, b.values, model->spec().hidden,
-                                std::vector<bool>(static_cast<size_t>(n), true)),
-                1e-5)
-          << n << " tokens";
-    }
-  }
+  CheckEnginesAgree(cases, on, off, 106, 1e-5);
 }
 
 // The route's counters zeroed by the first kernel instead of a memset node (zero_counts_in_kernel),
@@ -527,21 +538,7 @@ TEST(CudaEngine, CombineUnrolledSameBits) {
   CheckCases(cases, on);
   CudaEngineOptions off = on;
   off.combine_unrolled = false;
-  for (const Case& c : cases) {
-    SCOPED_TRACE(c.name);
-    const auto model = RandomModel(c.model);
-    auto a_engine = CudaEngine::Create(model, on);
-    auto b_engine = CudaEngine::Create(model, off);
-    ASSERT_TRUE(a_engine.ok()) << a_engine.status();
-    ASSERT_TRUE(b_engine.ok()) << b_engine.status();
-    for (int64_t n : c.tokens) {
-      const auto x = MakeActivations(c.act, n * model->spec().hidden, 94 + n);
-      const RunResult a = RunForward(**a_engine, 0, c.act, x.bytes, n);
-      const RunResult b = RunForward(**b_engine, 0, c.act, x.bytes, n);
-      EXPECT_EQ(a.ids, b.ids);
-      EXPECT_EQ(a.values, b.values) << n << " tokens";
-    }
-  }
+  CheckEnginesAgree(cases, on, off, 94, 0.0);
 }
 
 // Decode-tile batches whose down GEMM has under 2 waves of blocks split its K to fill them
@@ -575,24 +572,7 @@ TEST(CudaEngine, WaveFillingDownSplits) {
   CheckCases(cases, eager);
   CudaEngineOptions unsplit = o;
   unsplit.wave_split_down = false;
-  for (const Case& c : cases) {
-    SCOPED_TRACE(c.name);
-    const auto model = RandomModel(c.model);
-    auto split = CudaEngine::Create(model, o);
-    auto plain = CudaEngine::Create(model, unsplit);
-    ASSERT_TRUE(split.ok()) << split.status();
-    ASSERT_TRUE(plain.ok()) << plain.status();
-    for (int64_t n : c.tokens) {
-      const auto x = MakeActivations(c.act, n * model->spec().hidden, 77 + n);
-      const RunResult a = RunForward(**split, 0, c.act, x.bytes, n);
-      const RunResult b = RunForward(**plain, 0, c.act, x.bytes, n);
-      EXPECT_EQ(a.ids, b.ids);
-      EXPECT_LT(testing::RelErr(a.values, b.values, model->spec().hidden,
-                                std::vector<bool>(static_cast<size_t>(n), true)),
-                1e-2)
-          << "n_tokens " << n;
-    }
-  }
+  CheckEnginesAgree(cases, o, unsplit, 77, 1e-2);
 }
 
 // The cluster tile at 5-16 rows per expert, where large experts (>= 2^24 weights) take it by
