@@ -11,12 +11,11 @@
 //    of RouterConvertArgs::k_splits parts of K (PlanRouterConvert in kernels/tile_heuristics.cc
 //    chooses the grid).
 // 2. Its 8 warps split its K: warp w takes the w-th eighth of its 32-column steps. Per step a
-// thread
-//    loads 16 bytes (8 columns) of each of its 4 token rows and of its router row in each tile
-//    straight from global memory into registers, and feeds them to mma.sync m16n8k16 as fragments
-//    of a permuted k: thread q's 8 columns 8q..8q+7 stand for the k pairs (2q, 2q+1), (2q+8, 2q+9)
-//    of two k16 steps, the same for A and B, so every product still pairs equal columns. No shared
-//    memory on the way in: 4 steps of loads are in flight per thread.
+//    thread loads 16 bytes (8 columns) of each of its 4 token rows and of its router row in each
+//    tile straight from global memory into registers, and feeds them to mma.sync m16n8k16 as
+//    fragments of a permuted k: thread q's 8 columns 8q..8q+7 stand for the k pairs (2q, 2q+1),
+//    (2q+8, 2q+9) of two k16 steps, the same for A and B, so every product still pairs equal
+//    columns. No shared memory on the way in: 4 steps of loads are in flight per thread.
 // 3. Blocks of column 0 (j == 0) store the token rows (their part of K) they loaded into x, the
 //    layout ConvertKernel writes (hi part only: no split_lo here), for the expert GEMMs.
 // 4. The warps' partial sums meet in shared memory and are added in warp order, so a logit's

@@ -201,11 +201,11 @@ bool CanRouterConvert(int hidden, int router_rows) {
 }
 
 bool UseRouterConvert(PathPolicy policy, int64_t capacity, int hidden, int router_rows,
-                      int sm_count, int max_k_splits) {
+                      int sm_count) {
   if (policy == PathPolicy::kNever || !CanRouterConvert(hidden, router_rows)) return false;
   if (policy == PathPolicy::kAlways) return true;
   return capacity >= kRouterConvertMinTokens &&
-         PlanRouterConvert(capacity, router_rows, hidden, sm_count, max_k_splits).blocks() <=
+         PlanRouterConvert(capacity, router_rows, hidden, sm_count, 1).blocks() <=
              kRouterConvertMaxWaves * sm_count;
 }
 

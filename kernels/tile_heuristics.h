@@ -304,8 +304,9 @@ RouterConvertGrid PlanRouterConvert(int64_t capacity, int router_rows, int hidde
 bool CanRouterConvert(int hidden, int router_rows);
 // Whether a forward of `capacity` tokens runs the fused router under `policy`; the caller checks
 // the rest (activations in the weights' dtype, not deterministic, not the fused decode front).
+// (K splits never take a grid past one wave, so they do not change the answer.)
 bool UseRouterConvert(PathPolicy policy, int64_t capacity, int hidden, int router_rows,
-                      int sm_count, int max_k_splits = kRouterConvertMaxKSplits);
+                      int sm_count);
 // Rows per activated expert up to which the routed gate/up GEMM uses kDecodeNarrow: there the
 // weights dominate (the narrow tile re-reads A 4x more often than kDecode, cheap for a few rows).
 inline constexpr double kNarrowGatedMaxRows = 4.0;

@@ -180,14 +180,22 @@ std::vector<Shape>& MutableShapes() {
 }
 const std::vector<Shape>& Shapes() { return MutableShapes(); }
 
+// The non-empty items of `s` between `sep`s.
+std::vector<std::string> Split(const std::string& s, char sep = ',') {
+  std::vector<std::string> out;
+  std::stringstream ss(s);
+  std::string item;
+  while (std::getline(ss, item, sep)) {
+    if (!item.empty()) out.push_back(item);
+  }
+  return out;
+}
+
 // --shape=NAME:HIDDEN:INTER:EXPERTS:TOP_K adds a routed-only shape (no vLLM reference), measured
 // when --shapes names it: for experiments on GEMM shapes that no model of the table has.
 bool AddShape(const std::string& spec) {
-  std::vector<std::string> f;
-  std::stringstream ss(spec);
-  std::string item;
-  while (std::getline(ss, item, ':')) f.push_back(item);
-  if (f.size() != 5 || f[0].empty()) return false;
+  const std::vector<std::string> f = Split(spec, ':');
+  if (f.size() != 5) return false;
   Shape s{f[0],
           std::atoi(f[1].c_str()),
           std::atoi(f[2].c_str()),
@@ -501,16 +509,6 @@ class Runner {
   int64_t max_tokens_ = 0;
   int64_t next_ = 0;
 };
-
-std::vector<std::string> Split(const std::string& s) {
-  std::vector<std::string> out;
-  std::stringstream ss(s);
-  std::string item;
-  while (std::getline(ss, item, ',')) {
-    if (!item.empty()) out.push_back(item);
-  }
-  return out;
-}
 
 int Report(const std::string& json_path, const std::vector<std::string>& shape_names,
            const std::vector<int64_t>& tokens, bool with_det) {

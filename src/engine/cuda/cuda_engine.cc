@@ -361,9 +361,9 @@ Status CudaEngine::Impl::BuildLayerLaunch(Slot& s, int64_t capacity, AType atype
   }
   // The same router with the conversion, in one kernel (deterministic mode keeps the GEMM tile of
   // its batch size's plan, f32 activations the hi + lo split).
-  l->router_convert = !fused_front && !split_lo && !options.deterministic &&
-                      cuda::UseRouterConvert(ToPathPolicy(options.fused_router_convert), capacity,
-                                             hd, nr, sms, options.max_router_convert_splits);
+  l->router_convert =
+      !fused_front && !split_lo && !options.deterministic &&
+      cuda::UseRouterConvert(ToPathPolicy(options.fused_router_convert), capacity, hd, nr, sms);
   if (l->router_convert) {
     cuda::RouterConvertArgs& rc = l->router_conv;
     rc.meta = meta;
