@@ -102,7 +102,7 @@ struct GemmParams {
   int tma_multicast;
   const void* a_tmap;
   int a_cluster_cols;
-  int pingpong;
+  int pingpong;  // 0 off; 1 on; 2 on, in the kernel of 64-row stages (GemmArgs)
   const void* c_tmap;
   int pdl;           // launched with PDL (the cluster kernel; the others take it at launch)
   int pdl_prefetch;  // pdl and prefetch_weights
@@ -135,7 +135,7 @@ inline GemmParams MakeGemmParams(const GemmArgs& args) {
                     args.tma_multicast ? 1 : 0,
                     args.a_tmap,
                     args.a_cluster_cols,
-                    args.pingpong ? 1 : 0,
+                    args.pingpong ? (args.pingpong_short_stages ? 2 : 1) : 0,
                     args.c_tmap,
                     args.pdl ? 1 : 0,
                     args.pdl && args.prefetch_weights ? 1 : 0};

@@ -47,6 +47,11 @@
 //    has passed all of its own (so a wait never sees a phase a round behind), and its epilogue
 //    then overlaps the other's loads and wgmmas. NOTES (H200, session 9 timeline): at 12 k-steps
 //    an item the epilogue took a fifth of the down GEMM's time with one warpgroup idle.
+//    By default (GemmArgs::pingpong_short_stages, kernel PP) a stage holds only the tile's 64 A
+//    rows: 40 KiB, so kPpStages = 5 stages fit where 4 of 48 KiB did, and one more stage of
+//    weights is in flight (H200, session 11: Qwen3 512 tokens 360.5 -> 354.5 us, DeepSeek-V2-Lite
+//    256 / 512 tokens 331.5 -> 320 / 347.2 -> 339 us; the weight streams were latency-bound on the
+//    ring's depth).
 // 8. Full 128-row tiles of wtype output with GemmParams::c_tmap store by TMA (StoreWarpRowsTma):
 //    the warps do not wait for the global writes.
 #include <algorithm>
@@ -69,6 +74,11 @@ constexpr int kClusterBlocks = 2;
 constexpr int kMcStages = 4;
 // The stages, then the staged epilogue's buffers of the 8 consumer warps.
 constexpr int kMcSmem = WgSmemBytes(128, 256, kMcStages) + 8 * kStagedEpilogueWarpBytes;
+// Ping-pong tiles have 64 rows, so their stages can hold 64 A rows instead of 128: 40 KiB a stage,
+// kPpStages of them in about the shared memory of the kMcStages 48 KiB ones (GemmArgs::
+// pingpong_stages).
+constexpr int kPpStages = 5;
+constexpr int kPpSmem = WgSmemBytes(64, 256, kPpStages) + 8 * kStagedEpilogueWarpBytes;
 static_assert(kTensorMapBoxRows == 128 && kTensorMapBoxCols == kBk,
               "one TMA box is half of a stage's 256 weight rows");
 
@@ -318,12 +328,15 @@ constexpr int kQuadBlocks = 4;
 constexpr int kActBoxBytes = kActTensorMapBoxRows * kTensorMapBoxCols * 2;
 static_assert(2 * kActTensorMapBoxRows == 128, "two A boxes make a 128-row tile");
 
-template <typename T, bool GATED, int CN, bool TMA_A>
+// PP: ping-pong only (p.pingpong set), with kPpStages stages of 64 A rows.
+template <typename T, bool GATED, int CN, bool TMA_A, bool PP = false>
 __global__ void __launch_bounds__(384, 1) WgmmaMcGemmKernel(const GemmParams p) {
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
   static_assert(CN == 1 || (CN == 2 && TMA_A), "A is multicast by TMA only");
   constexpr int kBlocks = kClusterBlocks * CN;
-  constexpr int BM = 128, B_ROWS = 256, STAGES = kMcStages;
+  static_assert(!PP || CN == 1, "ping-pong runs on pair clusters");
+  constexpr int B_ROWS = 256, STAGES = PP ? kPpStages : kMcStages;
+  constexpr int BM = PP ? 64 : 128;  // A rows a stage holds
   constexpr int BN = GATED ? B_ROWS / 2 : B_ROWS;
   constexpr int kG = GATED ? 2 : 1;
   constexpr int kStageBytes = WgStageBytes(BM, B_ROWS);
@@ -339,7 +352,7 @@ __global__ void __launch_bounds__(384, 1) WgmmaMcGemmKernel(const GemmParams p) 
   // then a cluster barrier so that the peers' barriers exist before anything arrives on them.
   // Ping-pong (GemmParams::pingpong, pair clusters only): 64-row solo tiles, each work item taken
   // by one consumer warpgroup (they alternate), so a stage is released by 4 warps per block.
-  const bool pingpong = CN == 1 && p.pingpong != 0;
+  const bool pingpong = PP || (CN == 1 && p.pingpong != 0);
   const RowCut cut{p.tma_multicast != 0 && !pingpong, pingpong ? 64 : 128};
   InitStageBarriers<STAGES>(full_bar, empty_bar, TMA_A ? 1 : 128 + 1, (pingpong ? 4 : 8) * kBlocks);
   // PDL: the group offsets (and A) come from earlier kernels. With pdl_prefetch (A by TMA) they
@@ -628,17 +641,22 @@ __global__ void __launch_bounds__(384, 1) WgmmaMcGemmKernel(const GemmParams p) 
 using KernelFn = void (*)(GemmParams);
 
 template <typename T, bool GATED>
-KernelFn FindFor(bool tma_a, int cn) {
+KernelFn FindFor(bool tma_a, int cn, bool pp) {
+  if (pp) {
+    return tma_a ? &WgmmaMcGemmKernel<T, GATED, 1, true, true>
+                 : &WgmmaMcGemmKernel<T, GATED, 1, false, true>;
+  }
   if (!tma_a) return &WgmmaMcGemmKernel<T, GATED, 1, false>;
   return cn == 2 ? &WgmmaMcGemmKernel<T, GATED, 2, true> : &WgmmaMcGemmKernel<T, GATED, 1, true>;
 }
-// The kernel for A by cp.async (tma_a false) or by TMA on clusters of 2 x cn blocks.
-KernelFn Find(bool gated, WType wtype, bool tma_a = false, int cn = 1) {
+// The kernel for A by cp.async (tma_a false) or by TMA on clusters of 2 x cn blocks; pp: the
+// ping-pong kernel of kPpStages 64-row stages (cn 1).
+KernelFn Find(bool gated, WType wtype, bool tma_a = false, int cn = 1, bool pp = false) {
   if (wtype == WType::kBF16) {
-    return gated ? FindFor<__nv_bfloat16, true>(tma_a, cn)
-                 : FindFor<__nv_bfloat16, false>(tma_a, cn);
+    return gated ? FindFor<__nv_bfloat16, true>(tma_a, cn, pp)
+                 : FindFor<__nv_bfloat16, false>(tma_a, cn, pp);
   }
-  return gated ? FindFor<__half, true>(tma_a, cn) : FindFor<__half, false>(tma_a, cn);
+  return gated ? FindFor<__half, true>(tma_a, cn, pp) : FindFor<__half, false>(tma_a, cn, pp);
 }
 
 }  // namespace
@@ -653,6 +671,11 @@ Status InitGemmKernelsSm90Cluster() {
       for (const int cn : {1, 2}) {
         CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(
             Find(gated, wtype, true, cn), cudaFuncAttributeMaxDynamicSharedMemorySize, kMcSmem));
+      }
+      for (const bool tma_a : {false, true}) {
+        CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(Find(gated, wtype, tma_a, 1, true),
+                                                  cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                  kPpSmem));
       }
     }
   }
@@ -718,9 +741,11 @@ Status LaunchGemmSm90Cluster(const GemmParams& p, bool gated, WType wtype, int64
   if (clusters <= 0) return absl::InternalError("no cluster of the GEMM kernel fits on the device");
   clusters = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(clusters, max_items)));
   cudaLaunchAttribute attr[2];
-  const cudaLaunchConfig_t config = ClusterConfig(
-      attr, static_cast<unsigned>(clusters * cluster_blocks), stream, cluster_blocks, p.pdl != 0);
-  CUDA_RETURN_IF_ERROR(cudaLaunchKernelEx(&config, Find(gated, wtype, tma_a, cn), p));
+  cudaLaunchConfig_t config = ClusterConfig(attr, static_cast<unsigned>(clusters * cluster_blocks),
+                                            stream, cluster_blocks, p.pdl != 0);
+  const bool pp = p.pingpong == 2 && cn == 1;
+  if (pp) config.dynamicSmemBytes = kPpSmem;
+  CUDA_RETURN_IF_ERROR(cudaLaunchKernelEx(&config, Find(gated, wtype, tma_a, cn, pp), p));
   return absl::OkStatus();
 }
 

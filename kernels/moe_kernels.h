@@ -74,6 +74,8 @@ struct GemmArgs {
   // multicast), each work item computed by one of the two consumer warpgroups in turn, so one
   // item's epilogue overlaps the next item's loads and wgmmas. Same bits as the 128-row tiles.
   bool pingpong = false;
+  // Ping-pong mode's stages hold 64 A rows (kPpStages of them) instead of 128 (kMcStages).
+  bool pingpong_short_stages = true;
   // kWgmmaWsMc only: the TMA descriptor of C (device memory; [rows, n] with row stride ldc, boxes
   // of kStoreTensorMapBoxRows rows): full 128-row tiles of wtype output are then stored by TMA,
   // without the warps waiting for the writes. Ignored for f32 partials.

@@ -33,6 +33,7 @@
 //                             from the permuted copy of x; the down GEMM on 2 x 2 clusters from
 //                             kQuadDownMinWaves waves / always)
 //       [--no-pingpong | --pingpong-always]   (cluster tile: ping-pong GEMMs never / always)
+//       [--pingpong-long-stages]   (ping-pong GEMMs in the kernel of 128-row stages)
 //       [--no-hopper-pdl]   (no programmatic dependent launch in plans of Hopper tiles)
 //       [--no-tma-store]   (cluster tile: full tiles' outputs by st.global, not TMA stores)
 //       [--no-gemm-pdl]   (cluster tile: its GEMMs launch without PDL)
@@ -134,6 +135,8 @@ std::string g_gemm_trace;
 #endif
 // --no-pingpong / --pingpong-always: the ping-pong cluster GEMMs never / always.
 CudaEngineOptions::Use g_pingpong = CudaEngineOptions().cluster_pingpong;
+// --pingpong-long-stages: ping-pong GEMMs in the kernel of 128-row stages (kMcStages of them).
+bool g_pingpong_short_stages = CudaEngineOptions().cluster_pingpong_short_stages;
 bool g_hopper_pdl = CudaEngineOptions().hopper_overlap_launches;  // --[no-]hopper-pdl
 bool g_tma_store = CudaEngineOptions().cluster_tma_store;         // --[no-]tma-store
 bool g_gemm_pdl = CudaEngineOptions().cluster_gemm_overlap;       // --[no-]gemm-pdl
@@ -374,6 +377,7 @@ class Runner {
     o.cluster_tma_a_down = g_tma_a_down;
     o.cluster_permute_x = g_permute_x;
     o.cluster_pingpong = g_pingpong;
+    o.cluster_pingpong_short_stages = g_pingpong_short_stages;
     o.hopper_overlap_launches = g_hopper_pdl;
     o.cluster_tma_store = g_tma_store;
     o.cluster_gemm_overlap = g_gemm_pdl;
@@ -800,6 +804,8 @@ int main(int argc, char** argv) {
       moe::g_hopper_pdl = true;
     } else if (a == "--no-hopper-pdl") {
       moe::g_hopper_pdl = false;
+    } else if (a == "--pingpong-long-stages") {
+      moe::g_pingpong_short_stages = false;
     } else if (a == "--no-pingpong") {
       moe::g_pingpong = moe::CudaEngineOptions::Use::kNever;
     } else if (a == "--pingpong-always") {

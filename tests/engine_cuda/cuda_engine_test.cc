@@ -291,7 +291,7 @@ TEST(CudaEngine, WithoutGraphsAndDeterministic) {
 // GEMM reading a permuted copy of x by TMA (also checked against the CPU, with graphs), and so do
 // both GEMMs in ping-pong mode (64-row tiles, the consumer warpgroups alternating items: experts
 // of 150 rows take 3 tiles, the last of 22 rows; 31 experts leave a cluster's last pair one tile;
-// against the CPU too).
+// against the CPU too; in the kernel of 64-row stages, the default, and of 128-row ones).
 TEST(CudaEngine, ClusterTile) {
   MOE_REQUIRE_GPU();
   using Tile = CudaEngineOptions::HopperTile;
@@ -337,6 +337,10 @@ TEST(CudaEngine, ClusterTile) {
   CheckCases(cases, pingpong);
   CudaEngineOptions pingpong_cp_async = pingpong;  // ... the down GEMM's A by cp.async
   pingpong_cp_async.cluster_tma_a_down = false;
+  CudaEngineOptions pingpong_long = pingpong;  // ... in the kernel of 128-row stages
+  pingpong_long.cluster_pingpong_short_stages = false;
+  CudaEngineOptions pingpong_long_cp_async = pingpong_cp_async;
+  pingpong_long_cp_async.cluster_pingpong_short_stages = false;
   const std::vector<std::pair<const char*, CudaEngineOptions>> variants = {
       {"the cp.async warp-specialised tile", WithHopperTile(Tile::kWideWarpSpecialized)},
       {"the down GEMM on 2-block clusters", pair_down},
@@ -344,6 +348,8 @@ TEST(CudaEngine, ClusterTile) {
       {"the permuted-x gate/up GEMM", permuted_tma_a},
       {"the ping-pong GEMMs", pingpong},
       {"the ping-pong GEMMs, A by cp.async", pingpong_cp_async},
+      {"the ping-pong GEMMs, 128-row stages", pingpong_long},
+      {"the ping-pong GEMMs, 128-row stages, A by cp.async", pingpong_long_cp_async},
   };
   for (const Case& c : cases) {
     SCOPED_TRACE(c.name);

@@ -167,6 +167,9 @@ struct CudaEngineOptions {
   // warpgroups take turns so that one's epilogue overlaps the other's loads): never, up to
   // kPingpongMaxRows expected rows per expert (kernels/tile_heuristics.h), or always.
   Use cluster_pingpong = Use::kAuto;
+  // Ping-pong GEMMs run in the kernel whose stages hold 64 A rows (more stages in flight) rather
+  // than 128.
+  bool cluster_pingpong_short_stages = true;
   // kWideCluster only: full 128-row tiles of the routed GEMMs store their outputs by TMA (the
   // warps hand each 8-row half of their 16 rows to the copy engine and move on) instead of with
   // st.global from the staged shared memory.

@@ -492,6 +492,7 @@ Status CudaEngine::Impl::BuildLayerLaunch(Slot& s, int64_t capacity, AType atype
   }
   if (gu.tile == cuda::GemmTile::kWgmmaWsMc && !options.cluster_gemm_overlap) gu.pdl = false;
   gu.pingpong = plan.pingpong && gu.b0_tmaps != nullptr;
+  gu.pingpong_short_stages = options.cluster_pingpong_short_stages;
   gu.c_tmap = gu.b0_tmaps != nullptr ? s.h_store_tmap.get() : nullptr;
   gu.layer_dev = layer_dev(s);
   gu.b_layer_stride = e;
