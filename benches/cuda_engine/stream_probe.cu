@@ -1,0 +1,343 @@
+// How fast one pass over a large weight buffer streams from HBM into the SMs, by the three ways the
+// engine's kernels load weights, so that a kernel design can start from the card's numbers:
+//
+//   ldg    16-byte loads (ld.global.nc.L1::no_allocate) into registers, `in_flight` per lane
+//          issued before the first use (the decode experts kernels, kernels/decode_experts.cu);
+//   bulk   1-D bulk copies (cp.async.bulk, `copy` bytes each) into a ring of shared-memory stages
+//          by one producer thread per block, consumer warps releasing stages (the bulk-copy decode
+//          variants and session 11's one-launch ring, benches/RESULTS.md);
+//   tma2d  2-D tensor copies of 128 x 64-element boxes (16 KiB, 128-byte swizzle) into such a ring
+//          (the cluster GEMM's weight loads, kernels/grouped_gemm_sm90_cluster.cu);
+//   bulk+dot  bulk, the consumer warps dotting every 16-byte chunk with an activation piece in
+//          registers (8 bf16 products, f32 accumulation), as a decode GEMV does.
+//
+// Each configuration reads a 2 GiB bf16 buffer once per pass (every block a contiguous share) and
+// prints GB/s of reads, the median of 5 passes after a warm-up; the device-to-device copy of the
+// same buffer (reads + writes, the bench's HBM ceiling) is printed first. sm_90 only for bulk and
+// tma2d (skipped elsewhere). Usage: stream_probe [--json=FILE]
+#include <cuda.h>
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+#include "kernels/tensor_map.h"
+
+namespace {
+
+#define PROBE_CHECK(x)                                                                        \
+  do {                                                                                        \
+    const cudaError_t e_ = (x);                                                               \
+    if (e_ != cudaSuccess) {                                                                  \
+      std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_)); \
+      std::exit(1);                                                                           \
+    }                                                                                         \
+  } while (0)
+
+constexpr int64_t kBufferBytes = int64_t{2} << 30;
+constexpr int kMaxStages = 32;
+
+__device__ __forceinline__ uint4 LdgStream(const uint4* p) {
+  uint4 v;
+  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+               : "l"(p));
+  return v;
+}
+
+// Every warp streams a contiguous share, IN 16-byte loads per lane in flight per batch.
+template <int IN>
+__global__ void LdgKernel(const uint4* buf, int64_t chunks, uint32_t* sink) {
+  const int64_t warps = static_cast<int64_t>(gridDim.x) * (blockDim.x / 32);
+  const int64_t w = static_cast<int64_t>(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
+  const int lane = threadIdx.x & 31;
+  const int64_t begin = w * chunks / warps, end = (w + 1) * chunks / warps;
+  uint32_t acc = 0;
+  for (int64_t c0 = begin + lane; c0 < end; c0 += 32 * IN) {
+    uint4 v[IN];
+#pragma unroll
+    for (int i = 0; i < IN; ++i) {
+      const int64_t c = c0 + 32 * i;
+      v[i] = c < end ? LdgStream(buf + c) : make_uint4(0, 0, 0, 0);
+    }
+#pragma unroll
+    for (int i = 0; i < IN; ++i) acc ^= v[i].x ^ v[i].w;
+  }
+  if (acc == 0x12345678u) sink[0] = acc;  // keeps the loads
+}
+
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+__device__ __forceinline__ uint32_t Smem32(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+__device__ __forceinline__ void BarInit(uint64_t* bar, int count) {
+  asm volatile("mbarrier.init.shared.b64 [%0], %1;\n" ::"r"(Smem32(bar)), "r"(count) : "memory");
+}
+__device__ __forceinline__ void BarExpectTx(uint64_t* bar, uint32_t bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared.b64 _, [%0], %1;\n" ::"r"(Smem32(bar)), "r"(bytes)
+               : "memory");
+}
+__device__ __forceinline__ void BarArrive(uint64_t* bar) {
+  asm volatile("mbarrier.arrive.shared.b64 _, [%0];\n" ::"r"(Smem32(bar)) : "memory");
+}
+__device__ __forceinline__ void BarWait(uint64_t* bar, uint32_t parity) {
+  uint32_t done = 0;
+  while (!done) {
+    asm volatile(
+        "{\n .reg .pred p;\n mbarrier.try_wait.parity.shared.b64 p, [%1], %2;\n"
+        " selp.u32 %0, 1, 0, p;\n}\n"
+        : "=r"(done)
+        : "r"(Smem32(bar)), "r"(parity)
+        : "memory");
+  }
+}
+__device__ __forceinline__ void Bulk(void* dst, const void* src, uint32_t bytes, uint64_t* bar) {
+  asm volatile(
+      "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::
+          "r"(Smem32(dst)),
+      "l"(src), "r"(bytes), "r"(Smem32(bar))
+      : "memory");
+}
+__device__ __forceinline__ void Tma2d(void* dst, const void* tmap, int col, int row,
+                                      uint64_t* bar) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, "
+      "%3}], [%4];\n" ::"r"(Smem32(dst)),
+      "l"(reinterpret_cast<uint64_t>(tmap)), "r"(col), "r"(row), "r"(Smem32(bar))
+      : "memory");
+}
+#endif
+
+// A ring of `stages` stages of `stage_bytes` per block: thread 0 of the last warp fills stage
+// i % stages for the block's i-th piece (bulk: stage_bytes / copy copies; tma2d: one 128 x 64 box
+// of the [rows, 4096] view at rows 128 j, columns 64 k); consumer warp (i % stages) % consumers
+// reads one word per lane and releases it. `stages` is a multiple of the consumer warps, so each
+// stage has one consumer and its waits never run a phase ahead.
+template <bool TMA, bool DOT>
+__global__ void RingKernel(const uint8_t* buf, int64_t bytes, int copy, int stage_bytes, int stages,
+                           const void* tmap, uint32_t* sink) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  extern __shared__ uint8_t raw[];
+  // 1024-byte aligned (the 128-byte swizzle of the boxes repeats every 1024 bytes).
+  uint8_t* ring = raw + ((1024u - (Smem32(raw) & 1023u)) & 1023u);
+  __shared__ uint64_t full[kMaxStages], empty[kMaxStages];
+  const int consumers = static_cast<int>(blockDim.x / 32) - 1;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x & 31;
+  if (threadIdx.x < stages) {
+    BarInit(&full[threadIdx.x], 1);
+    BarInit(&empty[threadIdx.x], 1);
+  }
+  asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+  __syncthreads();
+  const int64_t pieces = bytes / stage_bytes;
+  const int64_t begin = blockIdx.x * pieces / gridDim.x;
+  const int64_t end = (blockIdx.x + 1) * pieces / gridDim.x;
+  const int n = static_cast<int>(end - begin);
+  if (warp == consumers) {
+    if (lane == 0) {
+      for (int i = 0; i < n; ++i) {
+        const int s = i % stages;
+        if (i >= stages) BarWait(&empty[s], static_cast<uint32_t>(i / stages - 1) & 1u);
+        BarExpectTx(&full[s], static_cast<uint32_t>(stage_bytes));
+        uint8_t* dst = ring + static_cast<int64_t>(s) * stage_bytes;
+        const int64_t piece = begin + i;
+        if constexpr (TMA) {
+          // Piece p: box (row block p / 64, column block p % 64) of the [rows, 4096] view.
+          Tma2d(dst, tmap, static_cast<int>(piece % 64) * 64, static_cast<int>(piece / 64) * 128,
+                &full[s]);
+        } else {
+          for (int off = 0; off < stage_bytes; off += copy) {
+            Bulk(dst + off, buf + piece * stage_bytes + off, static_cast<uint32_t>(copy), &full[s]);
+          }
+        }
+      }
+    }
+    return;
+  }
+  uint32_t acc = 0;
+  const float2 x = make_float2(1.0f + lane, 0.5f * lane);
+  for (int i = warp; i < n; i += consumers) {
+    const int s = i % stages;
+    BarWait(&full[s], static_cast<uint32_t>(i / stages) & 1u);
+    const uint4* st = reinterpret_cast<const uint4*>(ring + static_cast<int64_t>(s) * stage_bytes);
+    if constexpr (DOT) {
+      // As a decode GEMV does: every 16-byte chunk of the stage dotted (8 bf16 products, f32
+      // accumulation) with this lane's piece of an activation row held in registers.
+      float d = 0.0f;
+      for (int c = lane; c < stage_bytes / 16; c += 32) {
+        const uint4 w = st[c];
+        const __nv_bfloat162* wp = reinterpret_cast<const __nv_bfloat162*>(&w);
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+          const float2 f = __bfloat1622float2(wp[k]);
+          d = fmaf(f.x, x.x, fmaf(f.y, x.y, d));
+        }
+      }
+      acc ^= __float_as_uint(d);
+    } else {
+      acc ^= reinterpret_cast<const uint32_t*>(st)[lane];
+    }
+    __syncwarp();
+    if (lane == 0) BarArrive(&empty[s]);
+  }
+  if (acc == 0x12345678u) sink[0] = acc;
+#endif
+}
+
+struct Timer {
+  cudaEvent_t a, b;
+  Timer() {
+    PROBE_CHECK(cudaEventCreate(&a));
+    PROBE_CHECK(cudaEventCreate(&b));
+  }
+  ~Timer() {
+    cudaEventDestroy(a);
+    cudaEventDestroy(b);
+  }
+};
+
+// Median GB/s of 5 timed passes of `launch` (after one warm-up) moving `bytes`.
+template <typename F>
+double MedianGbs(F launch, int64_t bytes) {
+  Timer t;
+  launch();
+  PROBE_CHECK(cudaGetLastError());
+  std::vector<double> v;
+  for (int r = 0; r < 5; ++r) {
+    PROBE_CHECK(cudaEventRecord(t.a));
+    launch();
+    PROBE_CHECK(cudaEventRecord(t.b));
+    PROBE_CHECK(cudaEventSynchronize(t.b));
+    float ms = 0;
+    PROBE_CHECK(cudaEventElapsedTime(&ms, t.a, t.b));
+    v.push_back(static_cast<double>(bytes) / (ms * 1e6));
+  }
+  std::sort(v.begin(), v.end());
+  return v[2];
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string json;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a.rfind("--json=", 0) == 0) json = a.substr(7);
+  }
+  cudaDeviceProp prop{};
+  PROBE_CHECK(cudaGetDeviceProperties(&prop, 0));
+  const int sms = prop.multiProcessorCount;
+  uint8_t* buf = nullptr;
+  uint8_t* dst = nullptr;
+  uint32_t* sink = nullptr;
+  PROBE_CHECK(cudaMalloc(&buf, kBufferBytes));
+  PROBE_CHECK(cudaMalloc(&dst, kBufferBytes));
+  PROBE_CHECK(cudaMalloc(&sink, 4));
+  PROBE_CHECK(cudaMemset(buf, 1, kBufferBytes));
+  FILE* out = json.empty() ? nullptr : std::fopen(json.c_str(), "w");
+  auto report = [&](const char* method, const std::string& config, double gbs) {
+    std::printf("%-6s %-44s %8.0f GB/s\n", method, config.c_str(), gbs);
+    if (out != nullptr) {
+      std::fprintf(out,
+                   "{\"card\": \"%s\", \"method\": \"%s\", \"config\": \"%s\", \"gbs\": %.1f}\n",
+                   prop.name, method, config.c_str(), gbs);
+    }
+  };
+  std::printf("card: %s (%d SMs)\n", prop.name, sms);
+  report(
+      "copy", "d2d 2 GiB, read + write",
+      MedianGbs(
+          [&] { PROBE_CHECK(cudaMemcpyAsync(dst, buf, kBufferBytes, cudaMemcpyDeviceToDevice)); },
+          2 * kBufferBytes));
+
+  const int64_t chunks = kBufferBytes / 16;
+  auto ldg = [&](auto kernel, int in, int threads, int blocks_per_sm) {
+    const int blocks = sms * blocks_per_sm;
+    const double gbs = MedianGbs(
+        [&] { kernel<<<blocks, threads>>>(reinterpret_cast<const uint4*>(buf), chunks, sink); },
+        kBufferBytes);
+    report("ldg",
+           std::to_string(in) + " in flight/lane, " + std::to_string(threads / 32) + " warps x " +
+               std::to_string(blocks_per_sm) + " blocks/SM",
+           gbs);
+  };
+  for (int bps : {1, 2, 4}) {
+    ldg(LdgKernel<4>, 4, 256, bps);
+    ldg(LdgKernel<8>, 8, 256, bps);
+    ldg(LdgKernel<16>, 16, 256, bps);
+  }
+  ldg(LdgKernel<8>, 8, 512, 1);
+
+  if (prop.major < 9) {
+    std::printf("bulk / tma2d: sm_90 only\n");
+    return 0;
+  }
+  int optin = 0;
+  PROBE_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, 0));
+  optin -= 1024;  // the ring's barriers (static shared memory)
+  for (auto* fn : {&RingKernel<false, false>, &RingKernel<true, false>, &RingKernel<false, true>}) {
+    PROBE_CHECK(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, optin));
+  }
+  // The [rows, 4096] bf16 view of the buffer for tma2d.
+  const int64_t cols = 4096, rows = kBufferBytes / 2 / cols;
+  std::vector<uint8_t> host_map(moe::cuda::kTensorMapBytes);
+  const moe::Status st = moe::cuda::EncodeTensorMap(buf, moe::cuda::WType::kBF16, rows, cols, cols,
+                                                    128, host_map.data());
+  if (!st.ok()) {
+    std::fprintf(stderr, "EncodeTensorMap: %s\n", std::string(st.message()).c_str());
+    return 1;
+  }
+  void* dev_map = nullptr;
+  PROBE_CHECK(cudaMalloc(&dev_map, moe::cuda::kTensorMapBytes));
+  PROBE_CHECK(cudaMemcpy(dev_map, host_map.data(), host_map.size(), cudaMemcpyHostToDevice));
+  auto ring = [&](bool tma, int copy, int stage_bytes, int stages, int consumers, int blocks_per_sm,
+                  bool dot = false) {
+    const int blocks = sms * blocks_per_sm;
+    const size_t smem = static_cast<size_t>(stage_bytes) * stages + 1024;
+    if (stages > kMaxStages || static_cast<int64_t>(smem) * blocks_per_sm > optin) return;
+    const double gbs = MedianGbs(
+        [&] {
+          if (tma) {
+            RingKernel<true, false><<<blocks, 32 * (consumers + 1), smem>>>(
+                buf, kBufferBytes, copy, stage_bytes, stages, dev_map, sink);
+          } else if (dot) {
+            RingKernel<false, true><<<blocks, 32 * (consumers + 1), smem>>>(
+                buf, kBufferBytes, copy, stage_bytes, stages, nullptr, sink);
+          } else {
+            RingKernel<false, false><<<blocks, 32 * (consumers + 1), smem>>>(
+                buf, kBufferBytes, copy, stage_bytes, stages, nullptr, sink);
+          }
+        },
+        kBufferBytes);
+    report(tma   ? "tma2d"
+           : dot ? "bulk+dot"
+                 : "bulk",
+           std::to_string(copy / 1024) + " KiB copies, " + std::to_string(stages) + " x " +
+               std::to_string(stage_bytes / 1024) + " KiB stages, " +
+               std::to_string(blocks_per_sm) + " block/SM",
+           gbs);
+  };
+  for (int copy : {1024, 2048, 4096, 8192, 16384}) {
+    ring(false, copy, 16384, 8, 4, 1);
+    ring(false, copy, 16384, 12, 4, 1);
+  }
+  ring(false, 2048, 32768, 6, 2, 1);
+  for (int consumers : {4, 8}) {
+    ring(false, 4096, 16384, 8, consumers, 1, true);
+    ring(false, 16384, 16384, 8, consumers, 1, true);
+    ring(false, 16384, 32768, 6, consumers == 4 ? 2 : 3, 1, true);
+  }
+  ring(false, 4096, 8192, 24, 4, 1);
+  ring(false, 16384, 32768, 6, 2, 1);
+  ring(false, 4096, 16384, 6, 2, 2);
+  ring(true, 16384, 16384, 4, 4, 1);
+  ring(true, 16384, 16384, 8, 4, 1);
+  ring(true, 16384, 16384, 12, 4, 1);
+  if (out != nullptr) std::fclose(out);
+  return 0;
+}
