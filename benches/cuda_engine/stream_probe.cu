@@ -6,8 +6,9 @@
 //   bulk   1-D bulk copies (cp.async.bulk, `copy` bytes each) into a ring of shared-memory stages
 //          by one producer thread per block, consumer warps releasing stages (the bulk-copy decode
 //          variants and session 11's one-launch ring, benches/RESULTS.md);
-//   tma2d  2-D tensor copies of 128 x 64-element boxes (16 KiB, 128-byte swizzle) into such a ring
-//          (the cluster GEMM's weight loads, kernels/grouped_gemm_sm90_cluster.cu);
+//   tma2d  2-D tensor copies of 128 x 64-element boxes (16 KiB, 128-byte swizzle; the cluster
+//          GEMM's weight loads, kernels/grouped_gemm_sm90_cluster.cu) or 256 x 64 ones into such a
+//          ring, one box a stage or 2-4 side by side along the columns (longer reads per row);
 //   bulk+dot  bulk, the consumer warps dotting every 16-byte chunk with an activation piece in
 //          registers (8 bf16 products, f32 accumulation), as a decode GEMV does.
 //
@@ -147,9 +148,15 @@ __global__ void RingKernel(const uint8_t* buf, int64_t bytes, int copy, int stag
         uint8_t* dst = ring + static_cast<int64_t>(s) * stage_bytes;
         const int64_t piece = begin + i;
         if constexpr (TMA) {
-          // Piece p: box (row block p / 64, column block p % 64) of the [rows, 4096] view.
-          Tma2d(dst, tmap, static_cast<int>(piece % 64) * 64, static_cast<int>(piece / 64) * 128,
-                &full[s]);
+          // Boxes of `copy` bytes (copy / 128 rows x 64 columns), stage_bytes / copy of them side
+          // by side along the columns: piece p is row block p / groups, column group p % groups
+          // of the [rows, 4096] view (64 column blocks in groups of nb).
+          const int box_rows = copy / 128, nb = stage_bytes / copy, col_groups = 64 / nb;
+          const int64_t rb = piece / col_groups, cg = piece % col_groups;
+          for (int b = 0; b < nb; ++b) {
+            Tma2d(dst + b * copy, tmap, static_cast<int>(cg * nb + b) * 64,
+                  static_cast<int>(rb * box_rows), &full[s]);
+          }
         } else {
           for (int off = 0; off < stage_bytes; off += copy) {
             Bulk(dst + off, buf + piece * stage_bytes + off, static_cast<uint32_t>(copy), &full[s]);
@@ -285,16 +292,20 @@ int main(int argc, char** argv) {
   }
   // The [rows, 4096] bf16 view of the buffer for tma2d.
   const int64_t cols = 4096, rows = kBufferBytes / 2 / cols;
-  std::vector<uint8_t> host_map(moe::cuda::kTensorMapBytes);
-  const moe::Status st = moe::cuda::EncodeTensorMap(buf, moe::cuda::WType::kBF16, rows, cols, cols,
-                                                    128, host_map.data());
-  if (!st.ok()) {
-    std::fprintf(stderr, "EncodeTensorMap: %s\n", std::string(st.message()).c_str());
-    return 1;
+  // Descriptors of 128-row and 256-row boxes (64 columns: the 128-byte swizzle span).
+  uint8_t* dev_maps = nullptr;
+  PROBE_CHECK(cudaMalloc(&dev_maps, 2 * moe::cuda::kTensorMapBytes));
+  for (int m = 0; m < 2; ++m) {
+    std::vector<uint8_t> host_map(moe::cuda::kTensorMapBytes);
+    const moe::Status st = moe::cuda::EncodeTensorMap(buf, moe::cuda::WType::kBF16, rows, cols,
+                                                      cols, 128 << m, host_map.data());
+    if (!st.ok()) {
+      std::fprintf(stderr, "EncodeTensorMap: %s\n", std::string(st.message()).c_str());
+      return 1;
+    }
+    PROBE_CHECK(cudaMemcpy(dev_maps + m * moe::cuda::kTensorMapBytes, host_map.data(),
+                           host_map.size(), cudaMemcpyHostToDevice));
   }
-  void* dev_map = nullptr;
-  PROBE_CHECK(cudaMalloc(&dev_map, moe::cuda::kTensorMapBytes));
-  PROBE_CHECK(cudaMemcpy(dev_map, host_map.data(), host_map.size(), cudaMemcpyHostToDevice));
   auto ring = [&](bool tma, int copy, int stage_bytes, int stages, int consumers, int blocks_per_sm,
                   bool dot = false) {
     const int blocks = sms * blocks_per_sm;
@@ -304,7 +315,8 @@ int main(int argc, char** argv) {
         [&] {
           if (tma) {
             RingKernel<true, false><<<blocks, 32 * (consumers + 1), smem>>>(
-                buf, kBufferBytes, copy, stage_bytes, stages, dev_map, sink);
+                buf, kBufferBytes, copy, stage_bytes, stages,
+                dev_maps + (copy == 32768 ? moe::cuda::kTensorMapBytes : 0), sink);
           } else if (dot) {
             RingKernel<false, true><<<blocks, 32 * (consumers + 1), smem>>>(
                 buf, kBufferBytes, copy, stage_bytes, stages, nullptr, sink);
@@ -338,6 +350,13 @@ int main(int argc, char** argv) {
   ring(true, 16384, 16384, 4, 4, 1);
   ring(true, 16384, 16384, 8, 4, 1);
   ring(true, 16384, 16384, 12, 4, 1);
+  // Wider reads per row (two or four 64-column boxes a stage) and 256-row boxes.
+  ring(true, 16384, 32768, 4, 4, 1);
+  ring(true, 16384, 32768, 6, 2, 1);
+  ring(true, 16384, 65536, 3, 3, 1);
+  ring(true, 32768, 32768, 4, 4, 1);
+  ring(true, 32768, 32768, 6, 2, 1);
+  ring(true, 32768, 65536, 3, 3, 1);
   if (out != nullptr) std::fclose(out);
   return 0;
 }
