@@ -75,8 +75,8 @@ constexpr int kMcStages = 4;
 // The stages, then the staged epilogue's buffers of the 8 consumer warps.
 constexpr int kMcSmem = WgSmemBytes(128, 256, kMcStages) + 8 * kStagedEpilogueWarpBytes;
 // Ping-pong tiles have 64 rows, so their stages can hold 64 A rows instead of 128: 40 KiB a stage,
-// kPpStages of them in about the shared memory of the kMcStages 48 KiB ones (GemmArgs::
-// pingpong_stages).
+// kPpStages of them in about the shared memory of the kMcStages 48 KiB ones
+// (GemmArgs::pingpong_short_stages).
 constexpr int kPpStages = 5;
 constexpr int kPpSmem = WgSmemBytes(64, 256, kPpStages) + 8 * kStagedEpilogueWarpBytes;
 static_assert(kTensorMapBoxRows == 128 && kTensorMapBoxCols == kBk,
