@@ -27,9 +27,13 @@
 #include <string>
 #include <vector>
 
+#include "kernels/decode_common.cuh"
 #include "kernels/tensor_map.h"
 
 namespace {
+
+using moe::cuda::LoadStreaming;
+using moe::cuda::SmemAddr32;
 
 #define PROBE_CHECK(x)                                                                        \
   do {                                                                                        \
@@ -42,14 +46,6 @@ namespace {
 
 constexpr int64_t kBufferBytes = int64_t{2} << 30;
 constexpr int kMaxStages = 32;
-
-__device__ __forceinline__ uint4 LdgStream(const uint4* p) {
-  uint4 v;
-  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-               : "l"(p));
-  return v;
-}
 
 // Every warp streams a contiguous share, IN 16-byte loads per lane in flight per batch.
 template <int IN>
@@ -64,7 +60,7 @@ __global__ void LdgKernel(const uint4* buf, int64_t chunks, uint32_t* sink) {
 #pragma unroll
     for (int i = 0; i < IN; ++i) {
       const int64_t c = c0 + 32 * i;
-      v[i] = c < end ? LdgStream(buf + c) : make_uint4(0, 0, 0, 0);
+      v[i] = c < end ? LoadStreaming(buf + c) : make_uint4(0, 0, 0, 0);
     }
 #pragma unroll
     for (int i = 0; i < IN; ++i) acc ^= v[i].x ^ v[i].w;
@@ -73,43 +69,21 @@ __global__ void LdgKernel(const uint4* buf, int64_t chunks, uint32_t* sink) {
 }
 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-__device__ __forceinline__ uint32_t Smem32(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-__device__ __forceinline__ void BarInit(uint64_t* bar, int count) {
-  asm volatile("mbarrier.init.shared.b64 [%0], %1;\n" ::"r"(Smem32(bar)), "r"(count) : "memory");
-}
-__device__ __forceinline__ void BarExpectTx(uint64_t* bar, uint32_t bytes) {
-  asm volatile("mbarrier.arrive.expect_tx.shared.b64 _, [%0], %1;\n" ::"r"(Smem32(bar)), "r"(bytes)
-               : "memory");
-}
+using moe::cuda::BulkCopy;
+using moe::cuda::MbarExpectTx;
+using moe::cuda::MbarInit;
+using moe::cuda::MbarWait;
+// One arrival on `bar` (the consumers releasing a stage; decode_common.cuh has the rest of the
+// mbarrier and bulk-copy helpers this probe uses).
 __device__ __forceinline__ void BarArrive(uint64_t* bar) {
-  asm volatile("mbarrier.arrive.shared.b64 _, [%0];\n" ::"r"(Smem32(bar)) : "memory");
-}
-__device__ __forceinline__ void BarWait(uint64_t* bar, uint32_t parity) {
-  uint32_t done = 0;
-  while (!done) {
-    asm volatile(
-        "{\n .reg .pred p;\n mbarrier.try_wait.parity.shared.b64 p, [%1], %2;\n"
-        " selp.u32 %0, 1, 0, p;\n}\n"
-        : "=r"(done)
-        : "r"(Smem32(bar)), "r"(parity)
-        : "memory");
-  }
-}
-__device__ __forceinline__ void Bulk(void* dst, const void* src, uint32_t bytes, uint64_t* bar) {
-  asm volatile(
-      "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::
-          "r"(Smem32(dst)),
-      "l"(src), "r"(bytes), "r"(Smem32(bar))
-      : "memory");
+  asm volatile("mbarrier.arrive.shared.b64 _, [%0];\n" ::"r"(SmemAddr32(bar)) : "memory");
 }
 __device__ __forceinline__ void Tma2d(void* dst, const void* tmap, int col, int row,
                                       uint64_t* bar) {
   asm volatile(
       "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, "
-      "%3}], [%4];\n" ::"r"(Smem32(dst)),
-      "l"(reinterpret_cast<uint64_t>(tmap)), "r"(col), "r"(row), "r"(Smem32(bar))
+      "%3}], [%4];\n" ::"r"(SmemAddr32(dst)),
+      "l"(reinterpret_cast<uint64_t>(tmap)), "r"(col), "r"(row), "r"(SmemAddr32(bar))
       : "memory");
 }
 #endif
@@ -125,13 +99,13 @@ __global__ void RingKernel(const uint8_t* buf, int64_t bytes, int copy, int stag
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   extern __shared__ uint8_t raw[];
   // 1024-byte aligned (the 128-byte swizzle of the boxes repeats every 1024 bytes).
-  uint8_t* ring = raw + ((1024u - (Smem32(raw) & 1023u)) & 1023u);
+  uint8_t* ring = raw + ((1024u - (SmemAddr32(raw) & 1023u)) & 1023u);
   __shared__ uint64_t full[kMaxStages], empty[kMaxStages];
   const int consumers = static_cast<int>(blockDim.x / 32) - 1;
   const int warp = threadIdx.x / 32, lane = threadIdx.x & 31;
   if (threadIdx.x < stages) {
-    BarInit(&full[threadIdx.x], 1);
-    BarInit(&empty[threadIdx.x], 1);
+    MbarInit(&full[threadIdx.x]);
+    MbarInit(&empty[threadIdx.x]);
   }
   asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   __syncthreads();
@@ -143,8 +117,8 @@ __global__ void RingKernel(const uint8_t* buf, int64_t bytes, int copy, int stag
     if (lane == 0) {
       for (int i = 0; i < n; ++i) {
         const int s = i % stages;
-        if (i >= stages) BarWait(&empty[s], static_cast<uint32_t>(i / stages - 1) & 1u);
-        BarExpectTx(&full[s], static_cast<uint32_t>(stage_bytes));
+        if (i >= stages) MbarWait(&empty[s], static_cast<uint32_t>(i / stages - 1) & 1u);
+        MbarExpectTx(&full[s], static_cast<uint32_t>(stage_bytes));
         uint8_t* dst = ring + static_cast<int64_t>(s) * stage_bytes;
         const int64_t piece = begin + i;
         if constexpr (TMA) {
@@ -159,7 +133,8 @@ __global__ void RingKernel(const uint8_t* buf, int64_t bytes, int copy, int stag
           }
         } else {
           for (int off = 0; off < stage_bytes; off += copy) {
-            Bulk(dst + off, buf + piece * stage_bytes + off, static_cast<uint32_t>(copy), &full[s]);
+            BulkCopy(dst + off, buf + piece * stage_bytes + off, static_cast<uint32_t>(copy),
+                     &full[s]);
           }
         }
       }
@@ -170,7 +145,7 @@ __global__ void RingKernel(const uint8_t* buf, int64_t bytes, int copy, int stag
   const float2 x = make_float2(1.0f + lane, 0.5f * lane);
   for (int i = warp; i < n; i += consumers) {
     const int s = i % stages;
-    BarWait(&full[s], static_cast<uint32_t>(i / stages) & 1u);
+    MbarWait(&full[s], static_cast<uint32_t>(i / stages) & 1u);
     const uint4* st = reinterpret_cast<const uint4*>(ring + static_cast<int64_t>(s) * stage_bytes);
     if constexpr (DOT) {
       // As a decode GEMV does: every 16-byte chunk of the stage dotted (8 bf16 products, f32
