@@ -23,7 +23,8 @@ constexpr int kCombineAllK = 8;
 constexpr int kCombineThreads = 256;
 
 // The rows and weights of U chunks (8 columns each) of a thread: chunk u is number
-// base + u * kCombineThreads + threadIdx.x (whole coalesced rows of a block per u).
+// c0 + u * kCombineThreads (c0 = base + threadIdx.x in the unrolled kernel: whole coalesced rows
+// of a block per u).
 template <int U>
 struct CombineIndices {
   static constexpr int kK = kCombineAllK / U;
@@ -34,12 +35,11 @@ struct CombineIndices {
   bool live[U];
 };
 template <int U>
-__device__ __forceinline__ void LoadCombineIndices(const CombineArgs& a, int64_t base,
-                                                   int64_t total, int64_t chunks_per_row,
-                                                   CombineIndices<U>& x) {
+__device__ __forceinline__ void LoadCombineIndices(const CombineArgs& a, int64_t c0, int64_t total,
+                                                   int64_t chunks_per_row, CombineIndices<U>& x) {
 #pragma unroll
   for (int u = 0; u < U; ++u) {
-    const int64_t c = base + u * kCombineThreads + threadIdx.x;
+    const int64_t c = c0 + u * kCombineThreads;
     x.live[u] = c < total;
     x.t[u] = x.live[u] ? c / chunks_per_row : 0;
     x.h[u] = static_cast<int>(c % chunks_per_row) * 8;
@@ -52,29 +52,53 @@ __device__ __forceinline__ void LoadCombineIndices(const CombineArgs& a, int64_t
   }
 }
 
-// The bf16/f16 outputs of up to kCombineAllK / U experts for the U chunks of `x`, plus the shared
-// expert's (one bf16/f16 split) when there is one. Every output is loaded before anything is
-// summed (U x top_k loads in flight); the sum order is k ascending, then the shared expert, the
-// same arithmetic as CombineKernel's loop.
+// The bf16/f16 outputs of up to kCombineAllK / U experts of each of the U chunks of `x`, every one
+// loaded before any is summed (U x top_k loads in flight).
+template <typename W, int U>
+__device__ __forceinline__ void LoadRoutedOutputs(const CombineArgs& a, const CombineIndices<U>& x,
+                                                  uint4 (&raw)[U][CombineIndices<U>::kK]) {
+#pragma unroll
+  for (int u = 0; u < U; ++u) {
+#pragma unroll
+    for (int j = 0; j < CombineIndices<U>::kK; ++j) {
+      if (j < a.top_k && x.live[u]) {
+        raw[u][j] = __ldcs(reinterpret_cast<const uint4*>(static_cast<const W*>(a.y) +
+                                                          x.r[u][j] * a.hidden + x.h[u]));
+      }
+    }
+  }
+}
+// acc += w_j * output_j over chunk u's experts, j ascending (CombineKernel's loop order).
+template <typename W, int U>
+__device__ __forceinline__ void AddRoutedOutputs(const CombineArgs& a, const CombineIndices<U>& x,
+                                                 const uint4 (&raw)[U][CombineIndices<U>::kK],
+                                                 int u, float (&acc)[8]) {
+#pragma unroll
+  for (int j = 0; j < CombineIndices<U>::kK; ++j) {
+    if (j < a.top_k) {
+      float v[8];
+      Unpack8(raw[u][j], static_cast<const W*>(nullptr), v);
+#pragma unroll
+      for (int i = 0; i < 8; ++i) acc[i] += x.w[u][j] * v[i];
+    }
+  }
+}
+
+// The U chunks of `x`: their experts' outputs (LoadRoutedOutputs), plus the shared expert's (one
+// bf16/f16 split) when there is one; the sum order is k ascending, then the shared expert, the
+// same arithmetic as CombineKernel's.
 // NOTES (H200, session 10, ncu): one chunk a thread moved Mixtral's 100 MB (top-2) at 4096 tokens
 // in 54 us (1.9 TB/s), Qwen3's 150 MB (top-8) in 43.
 template <typename W, typename Out, int U>
 __device__ __forceinline__ void CombineChunksAllK(const CombineArgs& a, const CombineIndices<U>& x,
                                                   Out* out) {
-  constexpr int kK = CombineIndices<U>::kK;
   const int hidden = a.hidden;
-  uint4 raw[U][kK];
+  uint4 raw[U][CombineIndices<U>::kK];
+  LoadRoutedOutputs<W, U>(a, x, raw);
   uint4 shared_raw[U];
   float gate[U];
 #pragma unroll
   for (int u = 0; u < U; ++u) {
-#pragma unroll
-    for (int j = 0; j < kK; ++j) {
-      if (j < a.top_k && x.live[u]) {
-        raw[u][j] = __ldcs(reinterpret_cast<const uint4*>(static_cast<const W*>(a.y) +
-                                                          x.r[u][j] * hidden + x.h[u]));
-      }
-    }
     if (a.ys != nullptr && x.live[u]) {
       shared_raw[u] =
           *reinterpret_cast<const uint4*>(static_cast<const W*>(a.ys) + x.t[u] * hidden + x.h[u]);
@@ -85,15 +109,7 @@ __device__ __forceinline__ void CombineChunksAllK(const CombineArgs& a, const Co
   for (int u = 0; u < U; ++u) {
     if (!x.live[u]) continue;
     float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-#pragma unroll
-    for (int j = 0; j < kK; ++j) {
-      if (j < a.top_k) {
-        float v[8];
-        Unpack8(raw[u][j], static_cast<const W*>(nullptr), v);
-#pragma unroll
-        for (int i = 0; i < 8; ++i) acc[i] += x.w[u][j] * v[i];
-      }
-    }
+    AddRoutedOutputs<W, U>(a, x, raw, u, acc);
     if (a.ys != nullptr) {
       float v[8];
       Unpack8(shared_raw[u], static_cast<const W*>(nullptr), v);
@@ -116,12 +132,14 @@ __global__ void __launch_bounds__(kCombineThreads) CombineUnrolledKernel(const C
   constexpr int64_t kTile = static_cast<int64_t>(U) * kCombineThreads;
   const int64_t first = blockIdx.x * kTile;
   CombineIndices<U> x;
-  if (a.early_indices) LoadCombineIndices(a, first, total, chunks_per_row, x);
+  if (a.early_indices) LoadCombineIndices(a, first + threadIdx.x, total, chunks_per_row, x);
   GridDepWait();
   GridDepTrigger();
   Out* out = static_cast<Out*>(a.meta->output);
   for (int64_t base = first; base < total; base += gridDim.x * kTile) {
-    if (base != first || !a.early_indices) LoadCombineIndices(a, base, total, chunks_per_row, x);
+    if (base != first || !a.early_indices) {
+      LoadCombineIndices(a, base + threadIdx.x, total, chunks_per_row, x);
+    }
     CombineChunksAllK<W, Out, U>(a, x, out);
   }
 }
@@ -142,35 +160,15 @@ __global__ void CombineKernel(const CombineArgs a) {
     const bool all_k = !a.y_f32 && a.top_k <= kCombineAllK;
     if (all_k) {
       // Up to kCombineAllK experts: every row index and weight, then every expert output, are
-      // loaded before anything is summed (two dependent memory round trips in all); the sum order
-      // is k ascending, the same arithmetic as the chunked loop below.
+      // loaded before anything is summed (two dependent memory round trips in all), as in the
+      // unrolled kernel with one chunk a thread.
       // NOTES: the chunked loop (4 experts a round, indices inside it: four dependent round trips
       // at top-8) moved 1.8 TB/s at Qwen3 4096 tokens (ncu: 83 us for 150 MB; H200).
-      int64_t r[kCombineAllK];
-      float w[kCombineAllK];
-#pragma unroll
-      for (int j = 0; j < kCombineAllK; ++j) {
-        const bool ok = j < a.top_k;
-        r[j] = ok ? a.pair_row[t * a.top_k + j] : 0;
-        w[j] = ok ? a.topk_weights[t * a.top_k + j] : 0.0f;
-      }
-      uint4 raw[kCombineAllK];
-#pragma unroll
-      for (int j = 0; j < kCombineAllK; ++j) {
-        if (j < a.top_k) {
-          raw[j] = __ldcs(
-              reinterpret_cast<const uint4*>(static_cast<const W*>(a.y) + r[j] * hidden + h));
-        }
-      }
-#pragma unroll
-      for (int j = 0; j < kCombineAllK; ++j) {
-        if (j < a.top_k) {
-          float v[8];
-          Unpack8(raw[j], static_cast<const W*>(nullptr), v);
-#pragma unroll
-          for (int i = 0; i < 8; ++i) acc[i] += w[j] * v[i];
-        }
-      }
+      CombineIndices<1> x;
+      LoadCombineIndices(a, c, total, chunks_per_row, x);
+      uint4 raw[1][CombineIndices<1>::kK];
+      LoadRoutedOutputs<W, 1>(a, x, raw);
+      AddRoutedOutputs<W, 1>(a, x, raw, 0, acc);
     }
     // Chunks of 4 experts: their rows, weights and outputs are loaded before any is summed, so the
     // dependent loads overlap (decode latency); the sum order stays k ascending.
