@@ -72,7 +72,21 @@ __global__ void LdgKernel(const uint4* buf, int64_t chunks, uint32_t* sink) {
 using moe::cuda::BulkCopy;
 using moe::cuda::MbarExpectTx;
 using moe::cuda::MbarInit;
-using moe::cuda::MbarWait;
+// Spins until phase `parity` of `bar` has completed, as wgmma_common.cuh's MbarWait (which this
+// file cannot include next to decode_common.cuh: both define MbarWait). NOTES: decode_common.cuh's
+// MbarWait also reads clock64 on every poll (its ~2 s trap); with it the rows of small copies or
+// stages read 7-12% lower (H200, session 11 call 18, benches/RESULTS.md), so the probe polls bare.
+__device__ __forceinline__ void BarWait(uint64_t* bar, uint32_t parity) {
+  uint32_t done = 0;
+  while (!done) {
+    asm volatile(
+        "{\n .reg .pred p;\n mbarrier.try_wait.parity.shared.b64 p, [%1], %2;\n"
+        " selp.u32 %0, 1, 0, p;\n}\n"
+        : "=r"(done)
+        : "r"(SmemAddr32(bar)), "r"(parity)
+        : "memory");
+  }
+}
 // One arrival on `bar` (the consumers releasing a stage; decode_common.cuh has the rest of the
 // mbarrier and bulk-copy helpers this probe uses).
 __device__ __forceinline__ void BarArrive(uint64_t* bar) {
@@ -117,7 +131,7 @@ __global__ void RingKernel(const uint8_t* buf, int64_t bytes, int copy, int stag
     if (lane == 0) {
       for (int i = 0; i < n; ++i) {
         const int s = i % stages;
-        if (i >= stages) MbarWait(&empty[s], static_cast<uint32_t>(i / stages - 1) & 1u);
+        if (i >= stages) BarWait(&empty[s], static_cast<uint32_t>(i / stages - 1) & 1u);
         MbarExpectTx(&full[s], static_cast<uint32_t>(stage_bytes));
         uint8_t* dst = ring + static_cast<int64_t>(s) * stage_bytes;
         const int64_t piece = begin + i;
@@ -145,7 +159,7 @@ __global__ void RingKernel(const uint8_t* buf, int64_t bytes, int copy, int stag
   const float2 x = make_float2(1.0f + lane, 0.5f * lane);
   for (int i = warp; i < n; i += consumers) {
     const int s = i % stages;
-    MbarWait(&full[s], static_cast<uint32_t>(i / stages) & 1u);
+    BarWait(&full[s], static_cast<uint32_t>(i / stages) & 1u);
     const uint4* st = reinterpret_cast<const uint4*>(ring + static_cast<int64_t>(s) * stage_bytes);
     if constexpr (DOT) {
       // As a decode GEMV does: every 16-byte chunk of the stage dotted (8 bf16 products, f32
