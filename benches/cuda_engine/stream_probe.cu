@@ -11,6 +11,10 @@
 //          ring, one box a stage or 2-4 side by side along the columns (longer reads per row);
 //   bulk+dot  bulk, the consumer warps dotting every 16-byte chunk with an activation piece in
 //          registers (8 bf16 products, f32 accumulation), as a decode GEMV does.
+//   bulk+mma  bulk, each stage taken as 8 weight rows of K = stage_bytes / 16 and multiplied by
+//          its consumer warp with 16 activation rows from a shared-memory slot by mma.sync
+//          m16n8k16, as the weight-streaming GEMM of benches/RESULTS.md session 12 does (per 32
+//          columns of K: a 16-byte load of the stage and of the slot per lane, two mmas).
 //
 // Each configuration reads a 2 GiB bf16 buffer once per pass (every block a contiguous share) and
 // prints GB/s of reads, the median of 5 passes after a warm-up; the device-to-device copy of the
@@ -106,8 +110,9 @@ __device__ __forceinline__ void Tma2d(void* dst, const void* tmap, int col, int 
 // i % stages for the block's i-th piece (bulk: stage_bytes / copy copies; tma2d: one 128 x 64 box
 // of the [rows, 4096] view at rows 128 j, columns 64 k); consumer warp (i % stages) % consumers
 // reads one word per lane and releases it. `stages` is a multiple of the consumer warps, so each
-// stage has one consumer and its waits never run a phase ahead.
-template <bool TMA, bool DOT>
+// stage has one consumer and its waits never run a phase ahead. MMA: the activation slot is one
+// more stage_bytes after the stages.
+template <bool TMA, bool DOT, bool MMA = false>
 __global__ void RingKernel(const uint8_t* buf, int64_t bytes, int copy, int stage_bytes, int stages,
                            const void* tmap, uint32_t* sink) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
@@ -161,7 +166,31 @@ __global__ void RingKernel(const uint8_t* buf, int64_t bytes, int copy, int stag
     const int s = i % stages;
     BarWait(&full[s], static_cast<uint32_t>(i / stages) & 1u);
     const uint4* st = reinterpret_cast<const uint4*>(ring + static_cast<int64_t>(s) * stage_bytes);
-    if constexpr (DOT) {
+    if constexpr (MMA) {
+      const int g = lane >> 2, t = lane & 3;
+      const int k_len = stage_bytes / 16;  // 8 rows of 2-byte elements
+      const __nv_bfloat16* b = reinterpret_cast<const __nv_bfloat16*>(st) + g * k_len;
+      const __nv_bfloat16* a = reinterpret_cast<const __nv_bfloat16*>(
+                                   ring + static_cast<int64_t>(stages) * stage_bytes) +
+                               g * k_len;
+      float c[2][2][4] = {};
+      auto step = [&](int k, float(&d)[2][4]) {
+        const uint4 bv = *reinterpret_cast<const uint4*>(b + k);
+        const uint4 av = *reinterpret_cast<const uint4*>(a + k);
+        const uint32_t a0[4] = {av.x, 0u, av.y, 0u};
+        const uint32_t a1[4] = {av.z, 0u, av.w, 0u};
+        moe::cuda::MmaOp<__nv_bfloat16>::Run(d[0], a0, bv.x, bv.y);
+        moe::cuda::MmaOp<__nv_bfloat16>::Run(d[1], a1, bv.z, bv.w);
+      };
+      for (int k = t * 8; k < k_len; k += 64) {
+        step(k, c[0]);
+        if (k + 32 < k_len) step(k + 32, c[1]);
+      }
+      float d = 0.0f;
+#pragma unroll
+      for (int e = 0; e < 4; ++e) d += c[0][0][e] + c[0][1][e] + c[1][0][e] + c[1][1][e];
+      acc ^= __float_as_uint(d);
+    } else if constexpr (DOT) {
       // As a decode GEMV does: every 16-byte chunk of the stage dotted (8 bf16 products, f32
       // accumulation) with this lane's piece of an activation row held in registers.
       float d = 0.0f;
@@ -276,7 +305,8 @@ int main(int argc, char** argv) {
   int optin = 0;
   PROBE_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, 0));
   optin -= 1024;  // the ring's barriers (static shared memory)
-  for (auto* fn : {&RingKernel<false, false>, &RingKernel<true, false>, &RingKernel<false, true>}) {
+  for (auto* fn : {&RingKernel<false, false>, &RingKernel<true, false>, &RingKernel<false, true>,
+                   &RingKernel<false, false, true>}) {
     PROBE_CHECK(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, optin));
   }
   // The [rows, 4096] bf16 view of the buffer for tma2d.
@@ -296,9 +326,9 @@ int main(int argc, char** argv) {
                            host_map.size(), cudaMemcpyHostToDevice));
   }
   auto ring = [&](bool tma, int copy, int stage_bytes, int stages, int consumers, int blocks_per_sm,
-                  bool dot = false) {
+                  bool dot = false, bool mma = false) {
     const int blocks = sms * blocks_per_sm;
-    const size_t smem = static_cast<size_t>(stage_bytes) * stages + 1024;
+    const size_t smem = static_cast<size_t>(stage_bytes) * (stages + (mma ? 1 : 0)) + 1024;
     if (stages > kMaxStages || static_cast<int64_t>(smem) * blocks_per_sm > optin) return;
     const double gbs = MedianGbs(
         [&] {
@@ -306,6 +336,9 @@ int main(int argc, char** argv) {
             RingKernel<true, false><<<blocks, 32 * (consumers + 1), smem>>>(
                 buf, kBufferBytes, copy, stage_bytes, stages,
                 dev_maps + (copy == 32768 ? moe::cuda::kTensorMapBytes : 0), sink);
+          } else if (mma) {
+            RingKernel<false, false, true><<<blocks, 32 * (consumers + 1), smem>>>(
+                buf, kBufferBytes, copy, stage_bytes, stages, nullptr, sink);
           } else if (dot) {
             RingKernel<false, true><<<blocks, 32 * (consumers + 1), smem>>>(
                 buf, kBufferBytes, copy, stage_bytes, stages, nullptr, sink);
@@ -316,6 +349,7 @@ int main(int argc, char** argv) {
         },
         kBufferBytes);
     report(tma   ? "tma2d"
+           : mma ? "bulk+mma"
            : dot ? "bulk+dot"
                  : "bulk",
            std::to_string(copy / 1024) + " KiB copies, " + std::to_string(stages) + " x " +
@@ -333,6 +367,15 @@ int main(int argc, char** argv) {
     ring(false, 16384, 16384, 8, consumers, 1, true);
     ring(false, 16384, 32768, 6, consumers == 4 ? 2 : 3, 1, true);
   }
+  // The weight-streaming GEMM's gate/up and down rings (K = 2048 and 1024), with mma consumers, and
+  // the same rings with dot or no consumer work.
+  for (int cons : {5, 1}) {
+    ring(false, 16384, 32768, 5, cons, 1, false, true);
+    ring(false, 16384, 32768, 5, cons, 1, true);
+    ring(false, 16384, 32768, 5, cons, 1);
+  }
+  ring(false, 16384, 16384, 10, 10, 1, false, true);
+  ring(false, 16384, 16384, 10, 5, 1, false, true);
   ring(false, 4096, 8192, 24, 4, 1);
   ring(false, 16384, 32768, 6, 2, 1);
   ring(false, 4096, 16384, 6, 2, 2);
