@@ -50,6 +50,7 @@ using moe::cuda::SmemAddr32;
 
 constexpr int64_t kBufferBytes = int64_t{2} << 30;
 constexpr int kMaxStages = 32;
+[[maybe_unused]] constexpr int kMaxConsumers = 16;  // bulk+mma warps a block, at most
 
 // Every warp streams a contiguous share, IN 16-byte loads per lane in flight per batch.
 template <int IN>
@@ -109,12 +110,83 @@ __device__ __forceinline__ void Tma2d(void* dst, const void* tmap, int col, int 
 // A ring of `stages` stages of `stage_bytes` per block: thread 0 of the last warp fills stage
 // i % stages for the block's i-th piece (bulk: stage_bytes / copy copies; tma2d: one 128 x 64 box
 // of the [rows, 4096] view at rows 128 j, columns 64 k); consumer warp (i % stages) % consumers
-// reads one word per lane and releases it. `stages` is a multiple of the consumer warps, so each
-// stage has one consumer and its waits never run a phase ahead. MMA: the activation slot is one
+// reads one word per lane and releases it. `stages` is a multiple of the consumer warps (of the
+// warp pairs, bulk+mma mode 2), so each stage has one consumer and its waits never run a phase
+// ahead. MMA: the activation slot is one
 // more stage_bytes after the stages.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+// The bulk+mma consumers: each stage is 8 weight rows of K = stage_bytes / 16, multiplied with 16
+// activation rows from the slot after the stages by mma.sync m16n8k16 (per 32 columns of K, a
+// 16-byte load of the stage and of the slot per lane, two mmas), as the weight-streaming GEMM of
+// benches/RESULTS.md session 12 does. `mode` adds that GEMM's other work, bit by bit: 1, only the
+// lanes of activation rows 0-1 load theirs (a 2-row tile: divergent loads); 2, warp pairs per
+// stage (each half the steps, a named barrier, the second's sums added by the first through
+// shared memory); 4, the results stored to global memory (`out`).
+__device__ void MmaConsumers(uint8_t* ring, int stages, int stage_bytes, int n, uint64_t* full,
+                             uint64_t* empty, int mode, float* out, uint32_t* sink) {
+  __shared__ float4 partial[2][kMaxConsumers][32];
+  const int consumers = static_cast<int>(blockDim.x / 32) - 1;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x & 31;
+  const int split = (mode & 2) ? 2 : 1;
+  const int groups = consumers / split, grp = warp / split, part = warp % split;
+  const int g = lane >> 2, t = lane & 3;
+  const int k_len = stage_bytes / 16;  // 8 rows of 2-byte elements
+  const __nv_bfloat16* a =
+      reinterpret_cast<const __nv_bfloat16*>(ring + static_cast<int64_t>(stages) * stage_bytes) +
+      g * k_len;
+  const bool a_row = !(mode & 1) || g < 2;
+  uint32_t acc = 0, parity = 0;
+  for (int i = grp; grp < groups && i < n; i += groups, parity ^= 1) {
+    const int s = i % stages;
+    BarWait(&full[s], static_cast<uint32_t>(i / stages) & 1u);
+    const __nv_bfloat16* b =
+        reinterpret_cast<const __nv_bfloat16*>(ring + static_cast<int64_t>(s) * stage_bytes) +
+        g * k_len;
+    float c[2][2][4] = {};
+    auto step = [&](int k, float(&d)[2][4]) {
+      const uint4 bv = *reinterpret_cast<const uint4*>(b + k);
+      const uint4 av = a_row ? *reinterpret_cast<const uint4*>(a + k) : make_uint4(0, 0, 0, 0);
+      const uint32_t a0[4] = {av.x, 0u, av.y, 0u};
+      const uint32_t a1[4] = {av.z, 0u, av.w, 0u};
+      moe::cuda::MmaOp<__nv_bfloat16>::Run(d[0], a0, bv.x, bv.y);
+      moe::cuda::MmaOp<__nv_bfloat16>::Run(d[1], a1, bv.z, bv.w);
+    };
+    const int stride = 32 * split;
+    for (int k = t * 8 + 32 * part; k < k_len; k += 2 * stride) {
+      step(k, c[0]);
+      if (k + stride < k_len) step(k + stride, c[1]);
+    }
+    float v[4];
+#pragma unroll
+    for (int e = 0; e < 4; ++e) v[e] = (c[0][0][e] + c[0][1][e]) + (c[1][0][e] + c[1][1][e]);
+    if (split > 1) {
+      if (part > 0) partial[parity][warp][lane] = make_float4(v[0], v[1], v[2], v[3]);
+      asm volatile("bar.sync %0, %1;\n" ::"r"(1 + grp), "r"(64) : "memory");
+      if (part > 0) continue;
+      const float4 o = partial[parity][warp + 1][lane];
+      v[0] += o.x;
+      v[1] += o.y;
+      v[2] += o.z;
+      v[3] += o.w;
+    }
+    if (mode & 4) {
+      if (t < 2) {
+        float* o = out + ((static_cast<int64_t>(blockIdx.x) * 256 + (i & 255)) * 32 + lane) * 2;
+        *reinterpret_cast<float2*>(o) = make_float2(v[0], v[1]);
+      }
+    } else {
+      acc ^= __float_as_uint(v[0] + v[1] + v[2] + v[3]);
+    }
+    __syncwarp();
+    if (lane == 0) BarArrive(&empty[s]);
+  }
+  if (acc == 0x12345678u) sink[0] = acc;
+}
+#endif
+
 template <bool TMA, bool DOT, bool MMA = false>
 __global__ void RingKernel(const uint8_t* buf, int64_t bytes, int copy, int stage_bytes, int stages,
-                           const void* tmap, uint32_t* sink) {
+                           const void* tmap, uint32_t* sink, int mma_mode, float* out) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   extern __shared__ uint8_t raw[];
   // 1024-byte aligned (the 128-byte swizzle of the boxes repeats every 1024 bytes).
@@ -160,37 +232,17 @@ __global__ void RingKernel(const uint8_t* buf, int64_t bytes, int copy, int stag
     }
     return;
   }
+  if constexpr (MMA) {
+    MmaConsumers(ring, stages, stage_bytes, n, full, empty, mma_mode, out, sink);
+    return;
+  }
   uint32_t acc = 0;
   const float2 x = make_float2(1.0f + lane, 0.5f * lane);
   for (int i = warp; i < n; i += consumers) {
     const int s = i % stages;
     BarWait(&full[s], static_cast<uint32_t>(i / stages) & 1u);
     const uint4* st = reinterpret_cast<const uint4*>(ring + static_cast<int64_t>(s) * stage_bytes);
-    if constexpr (MMA) {
-      const int g = lane >> 2, t = lane & 3;
-      const int k_len = stage_bytes / 16;  // 8 rows of 2-byte elements
-      const __nv_bfloat16* b = reinterpret_cast<const __nv_bfloat16*>(st) + g * k_len;
-      const __nv_bfloat16* a = reinterpret_cast<const __nv_bfloat16*>(
-                                   ring + static_cast<int64_t>(stages) * stage_bytes) +
-                               g * k_len;
-      float c[2][2][4] = {};
-      auto step = [&](int k, float(&d)[2][4]) {
-        const uint4 bv = *reinterpret_cast<const uint4*>(b + k);
-        const uint4 av = *reinterpret_cast<const uint4*>(a + k);
-        const uint32_t a0[4] = {av.x, 0u, av.y, 0u};
-        const uint32_t a1[4] = {av.z, 0u, av.w, 0u};
-        moe::cuda::MmaOp<__nv_bfloat16>::Run(d[0], a0, bv.x, bv.y);
-        moe::cuda::MmaOp<__nv_bfloat16>::Run(d[1], a1, bv.z, bv.w);
-      };
-      for (int k = t * 8; k < k_len; k += 64) {
-        step(k, c[0]);
-        if (k + 32 < k_len) step(k + 32, c[1]);
-      }
-      float d = 0.0f;
-#pragma unroll
-      for (int e = 0; e < 4; ++e) d += c[0][0][e] + c[0][1][e] + c[1][0][e] + c[1][1][e];
-      acc ^= __float_as_uint(d);
-    } else if constexpr (DOT) {
+    if constexpr (DOT) {
       // As a decode GEMV does: every 16-byte chunk of the stage dotted (8 bf16 products, f32
       // accumulation) with this lane's piece of an activation row held in registers.
       float d = 0.0f;
@@ -260,9 +312,11 @@ int main(int argc, char** argv) {
   uint8_t* buf = nullptr;
   uint8_t* dst = nullptr;
   uint32_t* sink = nullptr;
+  float* mma_out = nullptr;  // bulk+mma mode 4's results
   PROBE_CHECK(cudaMalloc(&buf, kBufferBytes));
   PROBE_CHECK(cudaMalloc(&dst, kBufferBytes));
   PROBE_CHECK(cudaMalloc(&sink, 4));
+  PROBE_CHECK(cudaMalloc(&mma_out, static_cast<size_t>(sms) * 256 * 32 * 2 * sizeof(float)));
   PROBE_CHECK(cudaMemset(buf, 1, kBufferBytes));
   FILE* out = json.empty() ? nullptr : std::fopen(json.c_str(), "w");
   auto report = [&](const char* method, const std::string& config, double gbs) {
@@ -305,10 +359,13 @@ int main(int argc, char** argv) {
   int optin = 0;
   PROBE_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, 0));
   optin -= 1024;  // the ring's barriers (static shared memory)
-  for (auto* fn : {&RingKernel<false, false>, &RingKernel<true, false>, &RingKernel<false, true>,
-                   &RingKernel<false, false, true>}) {
+  for (auto* fn : {&RingKernel<false, false>, &RingKernel<true, false>, &RingKernel<false, true>}) {
     PROBE_CHECK(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, optin));
   }
+  // bulk+mma also holds the warp pairs' partial sums in static shared memory.
+  const int optin_mma = optin - static_cast<int>(2 * kMaxConsumers * 32 * sizeof(float4));
+  PROBE_CHECK(cudaFuncSetAttribute(&RingKernel<false, false, true>,
+                                   cudaFuncAttributeMaxDynamicSharedMemorySize, optin_mma));
   // The [rows, 4096] bf16 view of the buffer for tma2d.
   const int64_t cols = 4096, rows = kBufferBytes / 2 / cols;
   // Descriptors of 128-row and 256-row boxes (64 columns: the 128-byte swizzle span).
@@ -326,36 +383,38 @@ int main(int argc, char** argv) {
                            host_map.size(), cudaMemcpyHostToDevice));
   }
   auto ring = [&](bool tma, int copy, int stage_bytes, int stages, int consumers, int blocks_per_sm,
-                  bool dot = false, bool mma = false) {
+                  bool dot = false, int mma_mode = -1) {
     const int blocks = sms * blocks_per_sm;
-    const size_t smem = static_cast<size_t>(stage_bytes) * (stages + (mma ? 1 : 0)) + 1024;
-    if (stages > kMaxStages || static_cast<int64_t>(smem) * blocks_per_sm > optin) return;
+    const size_t smem =
+        static_cast<size_t>(stage_bytes) * (stages + (mma_mode >= 0 ? 1 : 0)) + 1024;
+    if (stages > kMaxStages ||
+        static_cast<int64_t>(smem) * blocks_per_sm > (mma_mode >= 0 ? optin_mma : optin)) {
+      return;
+    }
     const double gbs = MedianGbs(
         [&] {
           if (tma) {
             RingKernel<true, false><<<blocks, 32 * (consumers + 1), smem>>>(
                 buf, kBufferBytes, copy, stage_bytes, stages,
-                dev_maps + (copy == 32768 ? moe::cuda::kTensorMapBytes : 0), sink);
-          } else if (mma) {
+                dev_maps + (copy == 32768 ? moe::cuda::kTensorMapBytes : 0), sink, 0, nullptr);
+          } else if (mma_mode >= 0) {
             RingKernel<false, false, true><<<blocks, 32 * (consumers + 1), smem>>>(
-                buf, kBufferBytes, copy, stage_bytes, stages, nullptr, sink);
+                buf, kBufferBytes, copy, stage_bytes, stages, nullptr, sink, mma_mode, mma_out);
           } else if (dot) {
             RingKernel<false, true><<<blocks, 32 * (consumers + 1), smem>>>(
-                buf, kBufferBytes, copy, stage_bytes, stages, nullptr, sink);
+                buf, kBufferBytes, copy, stage_bytes, stages, nullptr, sink, 0, nullptr);
           } else {
             RingKernel<false, false><<<blocks, 32 * (consumers + 1), smem>>>(
-                buf, kBufferBytes, copy, stage_bytes, stages, nullptr, sink);
+                buf, kBufferBytes, copy, stage_bytes, stages, nullptr, sink, 0, nullptr);
           }
         },
         kBufferBytes);
-    report(tma   ? "tma2d"
-           : mma ? "bulk+mma"
-           : dot ? "bulk+dot"
-                 : "bulk",
-           std::to_string(copy / 1024) + " KiB copies, " + std::to_string(stages) + " x " +
-               std::to_string(stage_bytes / 1024) + " KiB stages, " +
-               std::to_string(blocks_per_sm) + " block/SM",
-           gbs);
+    std::string config = std::to_string(copy / 1024) + " KiB copies, " + std::to_string(stages) +
+                         " x " + std::to_string(stage_bytes / 1024) + " KiB stages, " +
+                         std::to_string(blocks_per_sm) + " block/SM";
+    if (dot || mma_mode >= 0) config += ", " + std::to_string(consumers) + " consumer warps";
+    if (mma_mode > 0) config += ", mode " + std::to_string(mma_mode);
+    report(tma ? "tma2d" : mma_mode >= 0 ? "bulk+mma" : dot ? "bulk+dot" : "bulk", config, gbs);
   };
   for (int copy : {1024, 2048, 4096, 8192, 16384}) {
     ring(false, copy, 16384, 8, 4, 1);
@@ -370,12 +429,17 @@ int main(int argc, char** argv) {
   // The weight-streaming GEMM's gate/up and down rings (K = 2048 and 1024), with mma consumers, and
   // the same rings with dot or no consumer work.
   for (int cons : {5, 1}) {
-    ring(false, 16384, 32768, 5, cons, 1, false, true);
+    ring(false, 16384, 32768, 5, cons, 1, false, 0);
     ring(false, 16384, 32768, 5, cons, 1, true);
     ring(false, 16384, 32768, 5, cons, 1);
   }
-  ring(false, 16384, 16384, 10, 10, 1, false, true);
-  ring(false, 16384, 16384, 10, 5, 1, false, true);
+  ring(false, 16384, 16384, 10, 10, 1, false, 0);
+  ring(false, 16384, 16384, 10, 5, 1, false, 0);
+  // The GEMM's other consumer work, one kind at a time, then all (mode bits: MmaConsumers).
+  ring(false, 16384, 32768, 5, 5, 1, false, 1);
+  ring(false, 16384, 32768, 5, 10, 1, false, 2);
+  ring(false, 16384, 32768, 5, 5, 1, false, 4);
+  ring(false, 16384, 32768, 5, 10, 1, false, 7);
   ring(false, 4096, 8192, 24, 4, 1);
   ring(false, 16384, 32768, 6, 2, 1);
   ring(false, 4096, 16384, 6, 2, 2);
