@@ -107,13 +107,6 @@ __device__ __forceinline__ void Tma2d(void* dst, const void* tmap, int col, int 
 }
 #endif
 
-// A ring of `stages` stages of `stage_bytes` per block: thread 0 of the last warp fills stage
-// i % stages for the block's i-th piece (bulk: stage_bytes / copy copies; tma2d: one 128 x 64 box
-// of the [rows, 4096] view at rows 128 j, columns 64 k); consumer warp (i % stages) % consumers
-// reads one word per lane and releases it. `stages` is a multiple of the consumer warps (of the
-// warp pairs, bulk+mma mode 2), so each stage has one consumer and its waits never run a phase
-// ahead. MMA: the activation slot is one
-// more stage_bytes after the stages.
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
 // The bulk+mma consumers: each stage is 8 weight rows of K = stage_bytes / 16, multiplied with 16
 // activation rows from the slot after the stages by mma.sync m16n8k16 (per 32 columns of K, a
@@ -184,6 +177,12 @@ __device__ void MmaConsumers(uint8_t* ring, int stages, int stage_bytes, int n, 
 }
 #endif
 
+// A ring of `stages` stages of `stage_bytes` per block: thread 0 of the last warp fills stage
+// i % stages for the block's i-th piece (bulk: stage_bytes / copy copies; tma2d: one 128 x 64 box
+// of the [rows, 4096] view at rows 128 j, columns 64 k); consumer warp (i % stages) % consumers
+// reads one word per lane and releases it (MMA: MmaConsumers, whose activation slot is one more
+// stage_bytes after the stages). `stages` is a multiple of the consumer warps (of the warp pairs,
+// bulk+mma mode 2), so each stage has one consumer and its waits never run a phase ahead.
 template <bool TMA, bool DOT, bool MMA = false>
 __global__ void RingKernel(const uint8_t* buf, int64_t bytes, int copy, int stage_bytes, int stages,
                            const void* tmap, uint32_t* sink, int mma_mode, float* out) {
