@@ -114,18 +114,21 @@ __device__ __forceinline__ void MbarExpectTx(uint64_t* bar, uint32_t bytes) {
                "r"(bytes)
                : "memory");
 }
+// One poll: true once phase `parity` of `bar` has completed.
+__device__ __forceinline__ bool MbarTryWait(uint64_t* bar, uint32_t parity) {
+  uint32_t done;
+  asm volatile(
+      "{\n .reg .pred p;\n mbarrier.try_wait.parity.shared.b64 p, [%1], %2;\n"
+      " selp.u32 %0, 1, 0, p;\n}\n"
+      : "=r"(done)
+      : "r"(SmemAddr32(bar)), "r"(parity)
+      : "memory");
+  return done != 0;
+}
 // Waits for phase `parity` of `bar`; traps after ~2 s (a wrong byte count must not hang the GPU).
 __device__ __forceinline__ void MbarWait(uint64_t* bar, uint32_t parity) {
   const long long t0 = clock64();
-  uint32_t done = 0;
-  while (true) {
-    asm volatile(
-        "{\n .reg .pred p;\n mbarrier.try_wait.parity.shared.b64 p, [%1], %2;\n"
-        " selp.u32 %0, 1, 0, p;\n}\n"
-        : "=r"(done)
-        : "r"(SmemAddr32(bar)), "r"(parity)
-        : "memory");
-    if (done) return;
+  while (!MbarTryWait(bar, parity)) {
     if (clock64() - t0 > (1LL << 32)) __trap();
   }
 }

@@ -77,19 +77,12 @@ __global__ void LdgKernel(const uint4* buf, int64_t chunks, uint32_t* sink) {
 using moe::cuda::BulkCopy;
 using moe::cuda::MbarExpectTx;
 using moe::cuda::MbarInit;
-// Spins until phase `parity` of `bar` has completed, as wgmma_common.cuh's MbarWait (which this
-// file cannot include next to decode_common.cuh: both define MbarWait). NOTES: decode_common.cuh's
-// MbarWait also reads clock64 on every poll (its ~2 s trap); with it the rows of small copies or
-// stages read 7-12% lower (H200, session 11 call 18, benches/RESULTS.md), so the probe polls bare.
+// Spins on decode_common.cuh's MbarTryWait until phase `parity` of `bar` has completed. NOTES:
+// that header's MbarWait also reads clock64 (its ~2 s trap); with it the rows of small copies or
+// stages read 7-12% lower (H200, session 11 call 18), and 3-9% lower with a clock read every 1024
+// polls only (session 12 call 13; benches/RESULTS.md), so the probe polls bare.
 __device__ __forceinline__ void BarWait(uint64_t* bar, uint32_t parity) {
-  uint32_t done = 0;
-  while (!done) {
-    asm volatile(
-        "{\n .reg .pred p;\n mbarrier.try_wait.parity.shared.b64 p, [%1], %2;\n"
-        " selp.u32 %0, 1, 0, p;\n}\n"
-        : "=r"(done)
-        : "r"(SmemAddr32(bar)), "r"(parity)
-        : "memory");
+  while (!moe::cuda::MbarTryWait(bar, parity)) {
   }
 }
 // One arrival on `bar` (the consumers releasing a stage; decode_common.cuh has the rest of the
