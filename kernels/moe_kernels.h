@@ -123,6 +123,32 @@ Status SetGemmTraceBuffer(uint64_t* buf);
 bool CanDecodeGemv(const GemmArgs& args);
 Status LaunchDecodeGemv(const GemmArgs& args, cudaStream_t stream);
 
+// The same grouped problem for a few rows per expert with the weights moved by the bulk copy
+// engine (stream_gemm.cu, sm_90): a persistent grid of `blocks` blocks (one per SM), each a ring of
+// shared-memory stages of 8 whole weight rows (contiguous in memory: 4 gate + 4 up rows, or 8
+// plain) filled by a producer warp and multiplied by mma.sync in consumer warps with the tile's A
+// rows (the first 8 in two shared-memory slots filled by a second producer warp, the rest through
+// L1). Needs the decode tile's row list (<= 16 rows a tile), splits == 1, ldb == k, k % 32 == 0
+// and 8 rows of K in a stage of at most kStreamSmemBytes / (kStreamMinStages + 2); not batch
+// invariant against the mma.sync tiles.
+inline constexpr int64_t kStreamSmemBytes = 200 * 1024;
+inline constexpr int kStreamMinStages = 4;
+struct StreamGemmShape {
+  int cols = 0;          // output columns of a unit (stage): 4 gated, 8 plain
+  int stage_bytes = 0;   // 8 whole weight rows
+  int stages = 0;        // 0: K too long for a stage, or not a multiple of 32
+  int groups = 0;        // consumer groups of a block (each stage read by one): min(12, stages)
+  int split = 0;         // warps of a group, each taking every split-th step of K: 1 to 3
+  int a_slot_bytes = 0;  // one A slot: 8 rows of K (padded)
+  int b_pitch = 0;       // bytes from one weight row of a stage to the next
+  int col_units = 0;     // ceil(n / cols), set at launch
+};
+StreamGemmShape PlanStreamGemm(bool gated, int k);
+bool CanStreamGemm(const GemmArgs& args);
+// True when the current device runs the kernel (sm_90 image); raises its shared-memory limit.
+StatusOr<bool> InitStreamGemm();
+Status LaunchStreamGemm(const GemmArgs& args, int blocks, cudaStream_t stream);
+
 // ---- Decode experts (decode_experts.cu) ----
 // The routed experts of a decode batch (CanDecodeExperts) on CUDA cores, per (token, k) pair (no
 // tile list), over a persistent grid that streams each pair's weight rows once with 16-byte loads

@@ -169,6 +169,11 @@ MoePlan PlanMoe(const MoePlanInput& in) {
         ChooseSplitK(shared_blocks, in.shared_inter, in.tokens, in.sm_count, in.deterministic);
   }
   if (in.max_down_splits > 0) plan.down_splits = std::min(plan.down_splits, in.max_down_splits);
+  plan.stream_gate_up =
+      in.stream_gate_up != PathPolicy::kNever && !in.deterministic &&
+      plan.tile == GemmTile::kDecode && !plan.decode_gemv &&
+      (in.stream_gate_up == PathPolicy::kAlways ||
+       (rows_per_group <= kStreamGateUpMaxRows && expert_elems >= kStreamGateUpMinExpertElems));
   // The GEMV spreads its columns over every SM without splitting K.
   if (plan.decode_gemv) plan.down_splits = 1;
   if (plan.shared_gemv) plan.shared_down_splits = 1;

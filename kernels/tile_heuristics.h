@@ -177,6 +177,9 @@ struct MoePlanInput {
   PathPolicy quad_down = PathPolicy::kNever;    // the 2 x 2 cluster down GEMM (MoePlan)
   PathPolicy permute_x = PathPolicy::kNever;    // gate/up from a permuted copy of x (MoePlan)
   PathPolicy pingpong = PathPolicy::kNever;     // ping-pong cluster GEMMs (MoePlan)
+  // The routed gate/up GEMM of a decode-tile plan on the weight-streaming kernel (MoePlan); the
+  // caller passes kNever where the kernel does not run (no sm_90 image).
+  PathPolicy stream_gate_up = PathPolicy::kNever;
 };
 
 struct MoePlan {
@@ -203,6 +206,11 @@ struct MoePlan {
   // the consumer warpgroups take turns; MoePlanInput::pingpong, kPingpongMaxRows). Not with
   // quad_down (the down GEMM then stays on 2 x 2 clusters).
   bool pingpong = false;
+  // The routed gate/up GEMM of a decode-tile plan runs on the weight-streaming kernel
+  // (LaunchStreamGemm: bulk copies of whole weight rows, mma.sync; not batch invariant, so never
+  // when deterministic) where the engine can launch it (CanStreamGemm): MoePlanInput::
+  // stream_gate_up, kStreamGateUpMaxRows, kStreamGateUpMinExpertElems.
+  bool stream_gate_up = false;
 };
 
 // A weight-streaming down GEMM (the decode tile, at most kDecodeGemvMaxRows rows per expert) of
@@ -310,6 +318,20 @@ bool UseRouterConvert(PathPolicy policy, int64_t capacity, int hidden, int route
 // Rows per activated expert up to which the routed gate/up GEMM uses kDecodeNarrow: there the
 // weights dominate (the narrow tile re-reads A 4x more often than kDecode, cheap for a few rows).
 inline constexpr double kNarrowGatedMaxRows = 4.0;
+// The weight-streaming gate/up GEMM (MoePlan::stream_gate_up) takes decode-tile plans of at most
+// kStreamGateUpMaxRows rows per activated expert whose experts have at least
+// kStreamGateUpMinExpertElems elements per matrix (hidden x inter).
+// NOTES (H200, session 13, layer us, two rounds each, benches/RESULTS.md): decode tile ->
+// streaming gate/up, Qwen3-30B-A3B 4 / 8 / 16 / 32 / 48 tokens 97.0 / 148.0 / 215.8 / 295.3 /
+// 298.9 -> 90.0 / 140.4 / 210.5 / 287.8 / 293.4, DeepSeek-V2-Lite 4 / 8 / 16 / 32 tokens 119.7 /
+// 169.4 / 238.0 / 287.0 -> 115.9 / 165.2 / 229.8 / 279.0; but Qwen3 at 64 tokens (4 rows)
+// 304.0 -> 307.0, DeepSeek-V2-Lite at 64 (6 rows; tiles of more than 8 rows read A through L1)
+// 296.5 -> 314.0, and the embedded model (512 x 256 experts: 64 units a row tile, a short layer
+// whose neighbours the decode tile's small blocks overlap) 33.3 -> 34.8 at 8 tokens, 34.7 -> 38.7
+// at 64. With the down GEMM on the kernel too, every point was slower than with gate/up alone
+// (its 200 KiB blocks cannot start under the gate/up kernel as the decode tile's blocks do).
+inline constexpr double kStreamGateUpMaxRows = 3.0;
+inline constexpr int64_t kStreamGateUpMinExpertElems = 512 * 1024;
 // Rows per activated expert up to which the decode experts path may replace the decode tile: it
 // streams each (token, k) pair's weight rows (pairs of one expert re-read them from L2) and has no
 // tensor cores, so it is a weight stream for a few rows per expert only.

@@ -20,6 +20,10 @@
 //                             (decode experts path variants, CudaEngineOptions::decode_*; the
 //                             --no-* / --down-h-global forms restore the defaults)
 //       [--no-front-cluster] [--no-wave-split] [--no-router-mma]   (session 5 paths off)
+//       [--no-stream-gate-up | --stream-gate-up-always] [--stream-down]   (decode-tile plans'
+//                             routed gate/up GEMM on the weight-streaming kernel never / in
+//                             every such plan, and the down GEMM too:
+//                             CudaEngineOptions::stream_gate_up, stream_down)
 //       [--router-convert-splits=N]   (at most N K splits of the fused router; 1: none)
 //       [--no-combine-unroll]   (the combine takes one chunk of 8 columns a thread)
 //       [--no-early-indices]   (scatter and combine load indices after their PDL wait)
@@ -142,6 +146,8 @@ bool g_tma_store = CudaEngineOptions().cluster_tma_store;         // --[no-]tma-
 bool g_gemm_pdl = CudaEngineOptions().cluster_gemm_overlap;       // --[no-]gemm-pdl
 bool g_down_tma = false;                                          // --down-tma
 bool g_gate_up_tma = false;                                       // --gate-up-tma
+CudaEngineOptions::Use g_stream_gate_up = CudaEngineOptions().stream_gate_up;
+bool g_stream_down = CudaEngineOptions().stream_down;  // --stream-down
 
 struct Shape {
   std::string name;
@@ -391,6 +397,8 @@ class Runner {
     o.small_batch_router_mma = g_router_mma;
     o.decode_down_tma = g_down_tma;
     o.decode_gate_up_tma = g_gate_up_tma;
+    o.stream_gate_up = g_stream_gate_up;
+    o.stream_down = g_stream_down;
     engine_ = OrDie(CudaEngine::CreateRandom(SpecOf(shape), 1234, o));
     max_tokens_ = max_tokens;
     const int64_t in_bytes = max_tokens * shape.hidden * 2;
@@ -788,6 +796,12 @@ int main(int argc, char** argv) {
       moe::g_down_tma = true;
     } else if (a == "--gate-up-tma") {
       moe::g_gate_up_tma = true;
+    } else if (a == "--no-stream-gate-up") {
+      moe::g_stream_gate_up = moe::CudaEngineOptions::Use::kNever;
+    } else if (a == "--stream-gate-up-always") {
+      moe::g_stream_gate_up = moe::CudaEngineOptions::Use::kAlways;
+    } else if (a == "--stream-down") {
+      moe::g_stream_down = true;
 #ifdef MOE_GEMM_TRACE
     } else if (a.rfind("--gemm-trace=", 0) == 0) {
       moe::g_gemm_trace = a.substr(13);

@@ -605,6 +605,81 @@ TEST(CudaEngine, ClusterTileAtFewRowsPerExpert) {
   CheckCases(cases, o);
 }
 
+// The weight-streaming kernel (stream_decode_gemm; a no-op without an sm_90 image) on decode-tile
+// plans: 1-64 tokens with the decode experts path off, experts with no token (129 experts), K of
+// 3-65 steps of 32 (fewer steps than the loop unrolls, odd step counts split over two warps),
+// stages of 4-33 KiB, tiles of 1-16 rows (both halves of the mma's m16) and experts of several
+// tiles (up to 64 rows per expert on the decode tile), f16 and bf16 weights, graphs and eager;
+// against the CPU, and against the mma.sync decode tile. K not a multiple of 32 (hidden 264)
+// falls back to the decode tile.
+TEST(CudaEngine, StreamGemm) {
+  MOE_REQUIRE_GPU();
+  const std::vector<Case> cases = {
+      {"qwen3, 129 experts, top-8, hidden 256, inter 96",
+       Opts(Family::kQwen3Moe, 129, 8, 256, 96, DType::kBF16, 91),
+       DType::kF32,
+       {1, 3, 8, 33}},
+      {"mixtral, hidden 2080, inter 1056",
+       Opts(Family::kMixtral, 8, 2, 2080, 1056, DType::kBF16, 92),
+       DType::kBF16,
+       {1, 5, 20, 64}},
+      {"deepseek_v2 shared experts, f16, hidden 160, inter 224",
+       Opts(Family::kDeepseekV2, 32, 4, 160, 224, DType::kF16, 93),
+       DType::kF16,
+       {2, 9, 40}},
+      {"qwen2 shared expert, hidden 264 (no stream kernel)",
+       Opts(Family::kQwen2Moe, 16, 4, 264, 72, DType::kBF16, 95),
+       DType::kBF16,
+       {3, 17}},
+  };
+  CudaEngineOptions o = DefaultOptions();
+  o.decode_gemv = CudaEngineOptions::DecodeGemv::kNever;  // the decode tile, also at 1-4 tokens
+  o.decode_tile_max_rows_per_expert = 64;
+  o.stream_gate_up = CudaEngineOptions::Use::kAlways;
+  o.stream_down = true;
+  CheckCases(cases, o);
+  CudaEngineOptions eager = o;
+  eager.graph_batch_sizes.clear();
+  CheckCases(cases, eager);
+  CudaEngineOptions tile = o;
+  tile.stream_gate_up = CudaEngineOptions::Use::kNever;
+  CheckEnginesAgree(cases, o, tile, 94, 1e-2);
+  // Three blocks: each block's share spans dozens of row tiles (both A slots reused many times,
+  // many rounds of the ring).
+  CudaEngineOptions few = o;
+  few.stream_gemm_blocks = 3;
+  CheckCases(cases, few);
+  // Gate/up on the streaming kernel, down on the decode tile (with its K splits): the default.
+  CudaEngineOptions gate_up_only = o;
+  gate_up_only.stream_down = false;
+  CheckCases(cases, gate_up_only);
+}
+
+// A small form of StreamGemm for compute-sanitizer: contiguous and padded weight stages, tiles of
+// more than 8 rows, one block over many tiles.
+TEST(CudaEngine, StreamGemmSmall) {
+  MOE_REQUIRE_GPU();
+  const std::vector<Case> cases = {
+      {"qwen3, 129 experts, top-8, hidden 256, inter 96",
+       Opts(Family::kQwen3Moe, 129, 8, 256, 96, DType::kBF16, 96),
+       DType::kBF16,
+       {1, 8}},
+      {"mixtral, hidden 2080, inter 1056",
+       Opts(Family::kMixtral, 8, 2, 2080, 1056, DType::kBF16, 97),
+       DType::kBF16,
+       {20}},
+  };
+  CudaEngineOptions o = DefaultOptions();
+  o.decode_gemv = CudaEngineOptions::DecodeGemv::kNever;
+  o.decode_tile_max_rows_per_expert = 64;
+  o.stream_gate_up = CudaEngineOptions::Use::kAlways;
+  o.stream_down = true;
+  o.graph_batch_sizes.clear();
+  CheckCases(cases, o);
+  o.stream_gemm_blocks = 1;
+  CheckCases(cases, o);
+}
+
 // Deterministic mode: a token's output bits do not depend on the batch (size, position, tiles).
 TEST(CudaEngine, DeterministicIsBatchInvariant) {
   MOE_REQUIRE_GPU();

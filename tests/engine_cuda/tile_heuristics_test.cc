@@ -334,6 +334,42 @@ TEST(PlanMoe, PingPongForFewRowsPerExpert) {
   EXPECT_FALSE(PlanMoe(in).pingpong);
 }
 
+// The routed gate/up GEMM of decode-tile plans on the weight-streaming kernel: up to
+// kStreamGateUpMaxRows rows per expert, experts of at least kStreamGateUpMinExpertElems.
+TEST(PlanMoe, StreamGateUpForFewRowsOfLargeExperts) {
+  MoePlanInput in = HopperInput(/*mixtral=*/false, 8);  // Qwen3: 1 row per expert
+  EXPECT_EQ(PlanMoe(in).tile, GemmTile::kDecode);
+  EXPECT_FALSE(PlanMoe(in).stream_gate_up);  // policy kNever (the input's default)
+  in.stream_gate_up = PathPolicy::kAuto;
+  EXPECT_TRUE(PlanMoe(in).stream_gate_up);
+  in.tokens = 48;  // 3 rows
+  EXPECT_TRUE(PlanMoe(in).stream_gate_up);
+  in.tokens = 64;  // 4 rows, still the decode tile
+  EXPECT_EQ(PlanMoe(in).tile, GemmTile::kDecode);
+  EXPECT_FALSE(PlanMoe(in).stream_gate_up);
+  in.stream_gate_up = PathPolicy::kAlways;
+  EXPECT_TRUE(PlanMoe(in).stream_gate_up);
+  in.deterministic = true;  // not batch invariant
+  EXPECT_FALSE(PlanMoe(in).stream_gate_up);
+  in.deterministic = false;
+  in.tokens = 512;  // 32 rows: a Hopper tile
+  EXPECT_EQ(PlanMoe(in).tile, GemmTile::kWgmmaWsMc);
+  EXPECT_FALSE(PlanMoe(in).stream_gate_up);
+  in.tokens = 1;  // the decode experts path takes the routed experts
+  in.decode_gemv = GemvPolicy::kAlways;
+  EXPECT_TRUE(PlanMoe(in).decode_gemv);
+  EXPECT_FALSE(PlanMoe(in).stream_gate_up);
+  // Small experts (the embedded model's 512 x 256): the decode tile.
+  in = HopperInput(/*mixtral=*/false, 8);
+  in.stream_gate_up = PathPolicy::kAuto;
+  in.hidden = 512;
+  in.inter = 256;
+  EXPECT_EQ(PlanMoe(in).tile, GemmTile::kDecode);
+  EXPECT_FALSE(PlanMoe(in).stream_gate_up);
+  in.inter = 1024;  // 512 Ki elements
+  EXPECT_TRUE(PlanMoe(in).stream_gate_up);
+}
+
 TEST(PlanMoe, HopperDownSplitsUnderTwoWaves) {
   // Mixtral-8x7B at 512 tokens: 1024 pairs, 128 rows per expert
   MoePlanInput in = HopperInput(/*mixtral=*/true, 512);

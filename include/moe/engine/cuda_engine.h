@@ -281,6 +281,17 @@ struct CudaEngineOptions {
   int decode_prefetch_units = 0;
   bool decode_down_tma = false;
   bool decode_gate_up_tma = false;
+  // The routed gate/up GEMM of decode-tile plans (a few rows per expert, beyond the decode experts
+  // path) on the weight-streaming kernel (kernels/stream_gemm.cu, sm_90): whole weight rows moved
+  // by the bulk copy engine through a ring of shared-memory stages, multiplied by mma.sync. Never
+  // in deterministic mode (its K order differs from the mma.sync tiles'). kAuto: where its rule
+  // measured faster (kStreamGateUpMaxRows, kStreamGateUpMinExpertElems in
+  // kernels/tile_heuristics.h). stream_down: the routed down GEMM of those plans too (measured
+  // slower; comparisons). stream_gemm_blocks: its grid (0: one block per SM; tests take fewer,
+  // so that a block's share spans many row tiles).
+  Use stream_gate_up = Use::kAuto;
+  bool stream_down = false;
+  int stream_gemm_blocks = 0;
   ExpertCacheOptions expert_cache;
 };
 

@@ -124,6 +124,8 @@ StatusOr<std::unique_ptr<CudaEngine::Impl>> CudaEngine::Impl::Prepare(const MoeS
   MOE_ASSIGN_OR_RETURN(const bool tma, cuda::InitDecodeTma());
   impl->down_tma = tma && o.decode_down_tma;
   impl->gate_up_tma = tma && o.decode_gate_up_tma;
+  MOE_ASSIGN_OR_RETURN(const bool stream, cuda::InitStreamGemm());
+  impl->stream_gemm = stream;
   if (impl->decode_fused) {
     // The fused grid of each launch capacity it takes (its shared memory grows with the capacity).
     for (int64_t cap = 1; cap <= cuda::kDecodeFusedMaxTokens; ++cap) {
@@ -289,6 +291,7 @@ Status CudaEngine::Impl::BuildLayerLaunch(Slot& s, int64_t capacity, AType atype
   in.max_down_splits = options.max_down_splits;
   in.permute_x = ToPathPolicy(options.cluster_permute_x);
   in.pingpong = ToPathPolicy(options.cluster_pingpong);
+  in.stream_gate_up = stream_gemm ? ToPathPolicy(options.stream_gate_up) : cuda::PathPolicy::kNever;
   in.quad_down = resident_quad_clusters > 0 ? ToPathPolicy(options.cluster_quad_down)
                                             : cuda::PathPolicy::kNever;
   l->capacity = capacity;
@@ -540,6 +543,17 @@ Status CudaEngine::Impl::BuildLayerLaunch(Slot& s, int64_t capacity, AType atype
   down.splits = plan.down_splits;
   down.out_f32 = plan.down_splits > 1;
   down.split_stride = capacity * k * hd;
+  // The weight-streaming kernel: one K pass, so the down output is wtype (no split partials).
+  if (plan.stream_gate_up && cuda::CanStreamGemm(gu)) {
+    l->stream_gate_up = true;
+    cuda::GemmArgs one = down;
+    one.splits = 1;
+    one.out_f32 = false;
+    if (options.stream_down && cuda::CanStreamGemm(one)) {
+      l->stream_down = true;
+      down = one;
+    }
+  }
 
   // 6. Shared expert over all tokens.
   l->has_shared = is > 0;
@@ -592,8 +606,8 @@ Status CudaEngine::Impl::BuildLayerLaunch(Slot& s, int64_t capacity, AType atype
   comb.pair_row = s.pair_row.as<int32_t>();
   comb.topk_weights = s.topk_weights.as<float>();
   comb.y = s.y.get();
-  comb.y_f32 = plan.down_splits > 1;
-  comb.y_splits = plan.down_splits;
+  comb.y_f32 = down.out_f32;
+  comb.y_splits = down.splits;
   comb.y_split_stride = capacity * k * hd;
   if (is > 0) {
     comb.ys = s.ys.get();
@@ -688,8 +702,10 @@ Status CudaEngine::Impl::LaunchRoutedPhase(const LayerLaunch& l, const cuda::Gem
     MOE_RETURN_IF_ERROR(cuda::LaunchDecodeGemv(gate_up, st));
     return cuda::LaunchDecodeGemv(down, st);
   }
-  MOE_RETURN_IF_ERROR(cuda::LaunchGemm(gate_up, st));
-  return cuda::LaunchGemm(down, st);
+  const int blocks = options.stream_gemm_blocks > 0 ? options.stream_gemm_blocks : sms;
+  MOE_RETURN_IF_ERROR(l.stream_gate_up ? cuda::LaunchStreamGemm(gate_up, blocks, st)
+                                       : cuda::LaunchGemm(gate_up, st));
+  return l.stream_down ? cuda::LaunchStreamGemm(down, blocks, st) : cuda::LaunchGemm(down, st);
 }
 
 Status CudaEngine::Impl::LaunchSharedPhase(const LayerLaunch& l, cudaStream_t st) const {

@@ -44,6 +44,8 @@ struct LayerLaunch {
   bool zero_counts = false;     // the first kernel zeroes the counters (no memset node)
   bool permute_x = false;       // the scan copies x into the permuted order (in y) for gate/up
   bool has_shared = false;
+  bool stream_gate_up = false;  // gate_up on the weight-streaming kernel (LaunchStreamGemm)
+  bool stream_down = false;     // down likewise
   cuda::ConvertArgs conv;
   cuda::GemmArgs router;
   cuda::RouterConvertArgs router_conv;
@@ -104,6 +106,7 @@ class CudaEngine::Impl {
   bool front_cluster = false;  // options.decode_front_cluster on a device and build that run it
   bool down_tma = false;       // options.decode_down_tma on a device and build that run it
   bool gate_up_tma = false;    // options.decode_gate_up_tma likewise
+  bool stream_gemm = false;    // the weight-streaming GEMM runs here (sm_90 image)
   int64_t l2_bytes = 0;        // the device's L2 size
   int64_t workspace_bytes = 0;
   // Set with an expert cache budget (CudaEngineOptions::expert_cache.budget_bytes > 0).
