@@ -42,7 +42,8 @@
 // predicates, ~270 cycles a step; a ring where 12 groups shared 15-16 stages, whose waits could
 // alias a round behind once consumers ran ahead of the copies: a no-math build trapped). Then,
 // with A read through L1, leaving its loads out took 6% (Qwen3 8 tokens) to 22% (DeepSeek-V2-Lite
-// 64) off the layer, and A slots in shared memory recovered about half of that; two-way bank
+// 64) off the layer; A slots in shared memory won back a third to a half of that at Qwen3 (8 and
+// 64 tokens), little at DeepSeek-V2-Lite 64 (tiles of more than 8 rows); two-way bank
 // conflicts (rows 2K bytes apart) held the L1/shared pipe at 57% of its peak, 30% padded. The
 // down GEMM on this kernel measured slower than on the decode tile (its persistent 200 KiB
 // blocks cannot start under the gate/up kernel as the decode tile's small blocks do), so the
