@@ -106,9 +106,6 @@ __device__ __forceinline__ uint32_t SmemAddr32(const void* p) {
 
 // mbarrier and bulk copy (sm_90) for the kernels that move weights by the bulk copy engine.
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-__device__ __forceinline__ void MbarInit(uint64_t* bar) {
-  asm volatile("mbarrier.init.shared.b64 [%0], 1;\n" ::"r"(SmemAddr32(bar)) : "memory");
-}
 __device__ __forceinline__ void MbarExpectTx(uint64_t* bar, uint32_t bytes) {
   asm volatile("mbarrier.arrive.expect_tx.shared.b64 _, [%0], %1;\n" ::"r"(SmemAddr32(bar)),
                "r"(bytes)

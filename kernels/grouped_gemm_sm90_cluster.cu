@@ -99,12 +99,6 @@ __device__ __forceinline__ void MbarArriveCluster(uint64_t* bar, uint32_t rank) 
 // Named barriers 1 and 2 order the two consumer warpgroups in ping-pong mode (barrier 0 is
 // __syncthreads): warpgroup c waits on kOrderBarrier + c; the other arrives on it.
 constexpr int kOrderBarrier = 1;
-__device__ __forceinline__ void NamedBarrierSync(int id, int threads) {
-  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
-}
-__device__ __forceinline__ void NamedBarrierArrive(int id, int threads) {
-  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
-}
 // Waits for phase `parity` of a barrier that blocks of the cluster arrive on.
 __device__ __forceinline__ void MbarWaitCluster(uint64_t* bar, uint32_t parity) {
   MbarWait(bar, parity);

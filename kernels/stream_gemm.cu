@@ -82,20 +82,6 @@ constexpr int BPitch(int k) { return 2 * k >= 2048 ? 2 * k + 64 : 2 * k; }
 constexpr int UnitCols(bool gated) { return gated ? kUnitRows / 2 : kUnitRows; }
 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-__device__ __forceinline__ void MbarArriveLocal(uint64_t* bar) {
-  asm volatile("mbarrier.arrive.shared.b64 _, [%0];\n" ::"r"(SmemAddr32(bar)) : "memory");
-}
-__device__ __forceinline__ void MbarInitCount(uint64_t* bar, int count) {
-  asm volatile("mbarrier.init.shared.b64 [%0], %1;\n" ::"r"(SmemAddr32(bar)), "r"(count)
-               : "memory");
-}
-__device__ __forceinline__ void FenceProxyAsync() {
-  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-}
-__device__ __forceinline__ void GroupSync(int id, int threads) {
-  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
-}
-
 // One step of 32 columns: the unit's 8 weight rows (b: this lane's 16 bytes of row g) times the
 // tile's rows g (lo) and g + 8 (hi; zero when the tile has <= 8 rows), as two m16n8k16 mmas whose
 // k slots hold the columns in a lane-permuted order, the same for A and B.
@@ -208,7 +194,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   }
   if (threadIdx.x < kASlots) {
     MbarInit(&a_full[threadIdx.x]);
-    MbarInitCount(&a_empty[threadIdx.x], sh.groups);
+    MbarInit(&a_empty[threadIdx.x], sh.groups);
   }
   asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   __syncthreads();
@@ -309,7 +295,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   int held = -1;  // the tile (from first_tile) whose slot the group holds
   auto take = [&](int j) {
     while (held < j) {
-      if (held >= 0 && part == 0 && lane == 0) MbarArriveLocal(&a_empty[held % kASlots]);
+      if (held >= 0 && part == 0 && lane == 0) MbarArrive(&a_empty[held % kASlots]);
       ++held;
       MbarWait(&a_full[held % kASlots], (held / kASlots) & 1);
     }
@@ -349,7 +335,8 @@ __global__ void __launch_bounds__(kThreads, 1)
     FenceProxyAsync();
     if constexpr (SPLIT > 1) {
       if (part > 0) partial[parity][warp][lane] = make_float4(v[0], v[1], v[2], v[3]);
-      GroupSync(1 + grp, 32 * SPLIT);  // the group is done with the stage, its A and its sums
+      NamedBarrierSync(1 + grp,
+                       32 * SPLIT);  // the group is done with the stage, its A and its sums
       if (part > 0) continue;
 #pragma unroll
       for (int q = 1; q < SPLIT; ++q) {
@@ -362,7 +349,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
     StoreUnit<T, GATED>(p, v, lane, tile.row_begin, tile.row_end - tile.row_begin, n0);
     __syncwarp();
-    if (lane == 0) MbarArriveLocal(&empty_bar[s]);
+    if (lane == 0) MbarArrive(&empty_bar[s]);
   }
   // Release every tile of the range but the last (the A producer waits for none after it).
   take(last_tile - first_tile);

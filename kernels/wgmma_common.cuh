@@ -39,9 +39,6 @@ template <int N>
 __device__ __forceinline__ void WgmmaWait() {
   asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
 }
-__device__ __forceinline__ void FenceProxyAsync() {
-  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-}
 template <typename T, int N>
 __device__ __forceinline__ void Wgmma(float (&d)[N / 2], uint64_t a, uint64_t b) {
   constexpr bool kBf16 = std::is_same_v<T, __nv_bfloat16>;
@@ -237,19 +234,7 @@ __device__ __forceinline__ uint8_t* AlignedStageSmem(uint8_t* raw) {
 #endif
 
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
-// mbarrier helpers (shared::cta, 64-bit barriers in static shared memory).
-__device__ __forceinline__ void MbarInit(uint64_t* bar, int count) {
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(SmemAddr(bar)), "r"(count)
-               : "memory");
-}
-__device__ __forceinline__ void MbarArrive(uint64_t* bar) {
-  asm volatile(
-      "{\n"
-      ".reg .b64 state;\n"
-      "mbarrier.arrive.shared::cta.b64 state, [%0];\n"
-      "}\n" ::"r"(SmemAddr(bar))
-      : "memory");
-}
+// mbarrier helpers (MbarInit, MbarArrive: gemm_common.cuh).
 // Thread 0: the full and empty barrier of each of the STAGES stages, with their arrival counts,
 // and the fence that makes the initialisation visible (to the cluster's blocks too).
 template <int STAGES>

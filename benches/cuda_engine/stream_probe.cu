@@ -75,8 +75,10 @@ __global__ void LdgKernel(const uint4* buf, int64_t chunks, uint32_t* sink) {
 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
 using moe::cuda::BulkCopy;
+using moe::cuda::MbarArrive;
 using moe::cuda::MbarExpectTx;
 using moe::cuda::MbarInit;
+using moe::cuda::NamedBarrierSync;
 // Spins on decode_common.cuh's MbarTryWait until phase `parity` of `bar` has completed. NOTES:
 // that header's MbarWait also reads clock64 (its ~2 s trap); with it the rows of small copies or
 // stages read 7-12% lower (H200, session 11 call 18), and 3-9% lower with a clock read every 1024
@@ -84,11 +86,6 @@ using moe::cuda::MbarInit;
 __device__ __forceinline__ void BarWait(uint64_t* bar, uint32_t parity) {
   while (!moe::cuda::MbarTryWait(bar, parity)) {
   }
-}
-// One arrival on `bar` (the consumers releasing a stage; decode_common.cuh has the rest of the
-// mbarrier and bulk-copy helpers this probe uses).
-__device__ __forceinline__ void BarArrive(uint64_t* bar) {
-  asm volatile("mbarrier.arrive.shared.b64 _, [%0];\n" ::"r"(SmemAddr32(bar)) : "memory");
 }
 __device__ __forceinline__ void Tma2d(void* dst, const void* tmap, int col, int row,
                                       uint64_t* bar) {
@@ -147,7 +144,7 @@ __device__ void MmaConsumers(uint8_t* ring, int stages, int stage_bytes, int n, 
     for (int e = 0; e < 4; ++e) v[e] = (c[0][0][e] + c[0][1][e]) + (c[1][0][e] + c[1][1][e]);
     if (split > 1) {
       if (part > 0) partial[parity][warp][lane] = make_float4(v[0], v[1], v[2], v[3]);
-      asm volatile("bar.sync %0, %1;\n" ::"r"(1 + grp), "r"(64) : "memory");
+      NamedBarrierSync(1 + grp, 64);
       if (part > 0) continue;
       const float4 o = partial[parity][warp + 1][lane];
       v[0] += o.x;
@@ -164,7 +161,7 @@ __device__ void MmaConsumers(uint8_t* ring, int stages, int stage_bytes, int n, 
       acc ^= __float_as_uint(v[0] + v[1] + v[2] + v[3]);
     }
     __syncwarp();
-    if (lane == 0) BarArrive(&empty[s]);
+    if (lane == 0) MbarArrive(&empty[s]);
   }
   if (acc == 0x12345678u) sink[0] = acc;
 }
@@ -252,7 +249,7 @@ __global__ void RingKernel(const uint8_t* buf, int64_t bytes, int copy, int stag
       acc ^= reinterpret_cast<const uint32_t*>(st)[lane];
     }
     __syncwarp();
-    if (lane == 0) BarArrive(&empty[s]);
+    if (lane == 0) MbarArrive(&empty[s]);
   }
   if (acc == 0x12345678u) sink[0] = acc;
 #endif
