@@ -605,7 +605,18 @@ TEST(CudaEngine, ClusterTileAtFewRowsPerExpert) {
   CheckCases(cases, o);
 }
 
-// The weight-streaming kernel (stream_decode_gemm; a no-op without an sm_90 image) on decode-tile
+// Both routed GEMMs of every decode-tile plan on the weight-streaming kernel (a no-op without an
+// sm_90 image): the decode tile also at 1-4 tokens, up to 64 rows per expert.
+CudaEngineOptions StreamGemmOptions() {
+  CudaEngineOptions o = DefaultOptions();
+  o.decode_gemv = CudaEngineOptions::DecodeGemv::kNever;
+  o.decode_tile_max_rows_per_expert = 64;
+  o.stream_gate_up = CudaEngineOptions::Use::kAlways;
+  o.stream_down = true;
+  return o;
+}
+
+// The weight-streaming kernel (StreamGemmOptions: both routed GEMMs) on decode-tile
 // plans: 1-64 tokens with the decode experts path off, experts with no token (129 experts), K of
 // 3-65 steps of 32 (fewer steps than the loop unrolls, odd step counts split over two warps),
 // stages of 4-33 KiB, tiles of 1-16 rows (both halves of the mma's m16) and experts of several
@@ -632,11 +643,7 @@ TEST(CudaEngine, StreamGemm) {
        DType::kBF16,
        {3, 17}},
   };
-  CudaEngineOptions o = DefaultOptions();
-  o.decode_gemv = CudaEngineOptions::DecodeGemv::kNever;  // the decode tile, also at 1-4 tokens
-  o.decode_tile_max_rows_per_expert = 64;
-  o.stream_gate_up = CudaEngineOptions::Use::kAlways;
-  o.stream_down = true;
+  CudaEngineOptions o = StreamGemmOptions();
   CheckCases(cases, o);
   CudaEngineOptions eager = o;
   eager.graph_batch_sizes.clear();
@@ -669,11 +676,7 @@ TEST(CudaEngine, StreamGemmSmall) {
        DType::kBF16,
        {20}},
   };
-  CudaEngineOptions o = DefaultOptions();
-  o.decode_gemv = CudaEngineOptions::DecodeGemv::kNever;
-  o.decode_tile_max_rows_per_expert = 64;
-  o.stream_gate_up = CudaEngineOptions::Use::kAlways;
-  o.stream_down = true;
+  CudaEngineOptions o = StreamGemmOptions();
   o.graph_batch_sizes.clear();
   CheckCases(cases, o);
   o.stream_gemm_blocks = 1;

@@ -543,7 +543,8 @@ Status CudaEngine::Impl::BuildLayerLaunch(Slot& s, int64_t capacity, AType atype
   down.splits = plan.down_splits;
   down.out_f32 = plan.down_splits > 1;
   down.split_stride = capacity * k * hd;
-  // The weight-streaming kernel: one K pass, so the down output is wtype (no split partials).
+  // Gate/up on the weight-streaming kernel (MoePlan::stream_gate_up); with stream_down the down
+  // GEMM too, in one K pass (its output then wtype, no split partials).
   if (plan.stream_gate_up && cuda::CanStreamGemm(gu)) {
     l->stream_gate_up = true;
     cuda::GemmArgs one = down;
