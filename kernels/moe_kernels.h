@@ -197,6 +197,15 @@ Status LaunchDecodeGateUp(const DecodeExpertsArgs& args, cudaStream_t stream);
 Status LaunchDecodeDownCombine(const DecodeExpertsArgs& args, cudaStream_t stream);
 
 // ---- Routing and data movement (routing.cu) ----
+// One thread stores `meta` at `dst`: the first kernel of an all-resident forward, so that a
+// captured graph takes each forward's meta as a parameter of its first node (CudaEngine updates
+// the node before each replay) instead of a host-to-device copy on the copy engine before the
+// graph. Launched without PDL, after every kernel of the forward before it (they read the old
+// meta); the kernel after it may be launched with PDL and must wait before reading the meta.
+Status LaunchStoreMeta(const ForwardMeta& meta, ForwardMeta* dst, cudaStream_t stream);
+// The kernel LaunchStoreMeta launches (to find its node in a captured graph).
+const void* StoreMetaKernelFunction();
+
 struct RoutingParams {
   int n_experts = 0;
   int top_k = 0;

@@ -6,8 +6,9 @@
 // NOTES: every kernel of the fused layer waits before any global access that depends on an
 // earlier kernel, in every block (also in blocks that leave early), so the completion of a kernel
 // implies the completion of all kernels before it; code before the wait may read only data that
-// was complete before the previous kernel started (weights, the forward's meta, outputs of kernels
-// two or more launches back).
+// was complete before the previous kernel started (weights, outputs of kernels two or more launches
+// back; the forward's meta, which the forward's first kernel stores (LaunchStoreMeta), from the
+// third kernel on: every kernel that can follow the meta kernel waits before it reads the meta).
 #pragma once
 
 #include <cuda_runtime.h>

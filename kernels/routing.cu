@@ -25,6 +25,9 @@
 namespace moe::cuda {
 namespace {
 
+// ---- 0. The forward's meta ----
+__global__ void StoreMetaKernel(const ForwardMeta meta, ForwardMeta* dst) { *dst = meta; }
+
 // ---- 1. Convert ----
 template <typename In, typename W>
 __global__ void ConvertKernel(const ForwardMeta* meta, int hidden, int split_lo, W* x,
@@ -238,6 +241,15 @@ __global__ void ScatterRowsKernel(const ScanArgs a) {
 }
 
 }  // namespace
+
+Status LaunchStoreMeta(const ForwardMeta& meta, ForwardMeta* dst, cudaStream_t stream) {
+  if (dst == nullptr) return absl::InvalidArgumentError("LaunchStoreMeta: null destination");
+  StoreMetaKernel<<<1, 1, 0, stream>>>(meta, dst);
+  CUDA_RETURN_IF_ERROR(cudaGetLastError());
+  return absl::OkStatus();
+}
+
+const void* StoreMetaKernelFunction() { return reinterpret_cast<const void*>(&StoreMetaKernel); }
 
 Status ConvertArgs::Validate() const {
   if (meta == nullptr || x == nullptr || hidden <= 0 || hidden % 8 != 0 || capacity <= 0 ||

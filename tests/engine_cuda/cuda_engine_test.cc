@@ -10,6 +10,7 @@
 #include <random>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "common/forward_run.h"
@@ -23,6 +24,7 @@ namespace moe {
 namespace {
 
 using testing::MakeActivations;
+using testing::RandomActivations;
 using testing::RandomModel;
 using testing::RandomModelOptions;
 
@@ -871,6 +873,67 @@ TEST(CudaEngine, DecodeExpertsPath) {
   for (const CudaEngineOptions& o : {graphs, eager}) {
     SCOPED_TRACE(::testing::Message() << "graphs " << !o.graph_batch_sizes.empty());
     CheckCases(cases, o);
+  }
+}
+
+// Forwards enqueued back to back on device buffers (no host sync between them), each with its own
+// layer, token count and buffers, replay the graphs of a few capacities many times (and 600 tokens
+// launch directly): with the meta as the graph's first kernel (the default, its node updated
+// before each replay) and with the meta copied. Each output must match the same engine's
+// synchronous forward of that input (a stale meta would give another layer's, another input's or
+// the poison's values), on the decode experts path (1 token), the decode and mma.sync tiles and
+// the Hopper tile, with a shared expert.
+TEST(CudaEngine, MetaInGraphAndMetaCopy) {
+  MOE_REQUIRE_GPU();
+  const auto model = RandomModel(Opts(Family::kDeepseekV2, 64, 6, 256, 128, DType::kBF16, 91));
+  const int hidden = model->spec().hidden;
+  const std::vector<std::pair<int, int64_t>> calls = {
+      {0, 1},  {2, 1}, {0, 3},  {2, 8}, {0, 5},   {2, 64}, {0, 1}, {2, 40},
+      {0, 8},  {2, 3}, {2, 1},  {0, 1}, {0, 600}, {2, 7},  {0, 2}, {2, 64},
+      {0, 33}, {2, 1}, {0, 64}, {2, 8}, {0, 1},   {2, 2},  {0, 4}, {2, 600}};
+  for (const bool meta_in_graph : {true, false}) {
+    SCOPED_TRACE(::testing::Message() << "meta_in_graph " << meta_in_graph);
+    CudaEngineOptions o = DefaultOptions();
+    o.max_batch_tokens = 1024;
+    o.meta_in_graph = meta_in_graph;
+    auto gpu = CudaEngine::Create(model, o);
+    ASSERT_TRUE(gpu.ok()) << gpu.status();
+    CudaEngine& engine = **gpu;
+    std::vector<RandomActivations> inputs;
+    std::vector<void*> dev_in(calls.size()), dev_out(calls.size());
+    for (size_t i = 0; i < calls.size(); ++i) {
+      const int64_t n = calls[i].second;
+      inputs.push_back(MakeActivations(DType::kBF16, n * hidden, 300 + i));
+      const size_t bytes = inputs.back().bytes.size();
+      ASSERT_EQ(cudaMalloc(&dev_in[i], bytes), cudaSuccess);
+      ASSERT_EQ(cudaMalloc(&dev_out[i], bytes), cudaSuccess);
+      ASSERT_EQ(cudaMemcpy(dev_in[i], inputs.back().bytes.data(), bytes, cudaMemcpyHostToDevice),
+                cudaSuccess);
+      ASSERT_EQ(cudaMemset(dev_out[i], 0xff, bytes), cudaSuccess);  // NaN in bf16
+    }
+    for (size_t i = 0; i < calls.size(); ++i) {
+      DeviceForwardArgs a;
+      a.layer = calls[i].first;
+      a.n_tokens = calls[i].second;
+      a.input = dev_in[i];
+      a.output = dev_out[i];
+      ASSERT_TRUE(engine.EnqueueDevice(a).ok());
+    }
+    ASSERT_EQ(cudaStreamSynchronize(engine.stream(0)), cudaSuccess);
+    for (size_t i = 0; i < calls.size(); ++i) {
+      SCOPED_TRACE(::testing::Message() << "call " << i << ": layer " << calls[i].first << ", "
+                                        << calls[i].second << " tokens");
+      const int64_t n = calls[i].second;
+      std::vector<uint8_t> out(inputs[i].bytes.size());
+      ASSERT_EQ(cudaMemcpy(out.data(), dev_out[i], out.size(), cudaMemcpyDeviceToHost),
+                cudaSuccess);
+      const RunResult expect = RunForward(engine, calls[i].first, DType::kBF16, inputs[i].bytes, n);
+      const auto got = testing::ToFloats(DType::kBF16, out, out.size() / 2);
+      for (float v : got) ASSERT_TRUE(std::isfinite(v));
+      EXPECT_LT(testing::RelErr(got, expect.values, hidden, std::vector<bool>(n, true)), 1e-3);
+      cudaFree(dev_in[i]);
+      cudaFree(dev_out[i]);
+    }
   }
 }
 

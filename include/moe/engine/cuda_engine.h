@@ -292,6 +292,12 @@ struct CudaEngineOptions {
   Use stream_gate_up = Use::kAuto;
   bool stream_down = false;
   int stream_gemm_blocks = 0;
+  // Each all-resident forward's meta (token count, layer, input and output) reaches the device as
+  // the argument of a one-thread kernel, the first of the forward: a parameter of the captured
+  // graph's first node, updated before each replay (cudaGraphExecKernelNodeSetParams). Off: a
+  // 24-byte host-to-device copy from a pinned ring before the graph (the expert cache's forwards
+  // always copy).
+  bool meta_in_graph = true;
   ExpertCacheOptions expert_cache;
 };
 

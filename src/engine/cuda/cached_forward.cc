@@ -135,7 +135,8 @@ Status CudaEngine::Impl::EnqueueCached(Slot& s, const cuda::ForwardMeta& meta, c
 
   // 1-3: front, lookahead, residency kernel (+ the speculative routed phase, shared expert).
   LayerLaunch l;
-  MOE_RETURN_IF_ERROR(BuildLayerLaunch(s, LaunchCapacity(n), atype, &l));
+  MOE_RETURN_IF_ERROR(
+      BuildLayerLaunch(s, LaunchCapacity(n), atype, /*after_meta_kernel=*/false, &l));
   if (l.permute_x) {
     // Its gate/up reads x in the permuted order from TMA descriptors of resident weights only.
     return absl::InternalError("cached forward: the routed experts are resident (permute_x)");

@@ -247,7 +247,7 @@ Status CudaEngine::Impl::AllocateSlots() {
 }
 
 Status CudaEngine::Impl::BuildLayerLaunch(Slot& s, int64_t capacity, AType atype,
-                                          LayerLaunch* l) const {
+                                          bool after_meta_kernel, LayerLaunch* l) const {
   const cuda::WType wtype = weights.wtype;
   const bool split_lo = !((atype == AType::kBF16 && wtype == cuda::WType::kBF16) ||
                           (atype == AType::kF16 && wtype == cuda::WType::kF16));
@@ -300,7 +300,9 @@ Status CudaEngine::Impl::BuildLayerLaunch(Slot& s, int64_t capacity, AType atype
   const cuda::GemmTile gated_tile = options.narrow_decode_gate_up ? plan.gated_tile : plan.tile;
 
   // NOTES: with PDL every kernel but the first of the forward is launched with the attribute (each
-  // waits for its predecessor, see kernels/pdl.cuh); the first follows a memset or the meta copy.
+  // waits for its predecessor, see kernels/pdl.cuh); the first follows a memset or the meta copy,
+  // or, after_meta_kernel, the meta kernel (then it takes PDL too: every kernel that can come first
+  // here waits before it reads the meta).
   // The fused front (1-4 below in one kernel) leaves out the router's split-K partials and the
   // hi+lo split, so it is kept out of deterministic mode.
   l->fused_front =
@@ -310,7 +312,7 @@ Status CudaEngine::Impl::BuildLayerLaunch(Slot& s, int64_t capacity, AType atype
   // Mixtral 512 tokens (1330 -> 1461 us, one run each, not understood); session 9 measured 1.5-2 us
   // less at 256-512 tokens and Mixtral unchanged (H200, two rounds each).
   const bool pdl_plan = pdl && (!cuda::IsHopperTile(plan.tile) || options.hopper_overlap_launches);
-  bool first_kernel = true;
+  bool first_kernel = !after_meta_kernel;
   auto pdl_next = [&]() {
     const bool p = pdl_plan && !first_kernel;
     first_kernel = false;
@@ -719,10 +721,14 @@ Status CudaEngine::Impl::LaunchSharedPhase(const LayerLaunch& l, cudaStream_t st
   return cuda::LaunchGemm(l.shared_down, st);
 }
 
-Status CudaEngine::Impl::EnqueueCore(Slot& s, int64_t capacity, AType atype) {
+Status CudaEngine::Impl::EnqueueCore(Slot& s, int64_t capacity, AType atype,
+                                     const cuda::ForwardMeta* meta) {
   LayerLaunch l;
-  MOE_RETURN_IF_ERROR(BuildLayerLaunch(s, capacity, atype, &l));
+  MOE_RETURN_IF_ERROR(BuildLayerLaunch(s, capacity, atype, meta != nullptr, &l));
   cudaStream_t st = s.stream.get();
+  if (meta != nullptr) {
+    MOE_RETURN_IF_ERROR(cuda::LaunchStoreMeta(*meta, s.meta.as<cuda::ForwardMeta>(), st));
+  }
   if (l.decode_fused) {
     MOE_RETURN_IF_ERROR(cuda::LaunchDecodeFused(l.fused, st));
     MOE_RETURN_IF_ERROR(LaunchSharedPhase(l, st));
@@ -751,38 +757,70 @@ int64_t CudaEngine::Impl::LaunchCapacity(int64_t n_tokens) const {
 
 Status CudaEngine::Impl::EnqueueMeta(Slot& s, const cuda::ForwardMeta& meta, AType atype) {
   cudaStream_t st = s.stream.get();
-  // The pinned ring entry may still be read by an earlier copy: wait for that copy first.
-  const int idx = s.meta_next;
-  s.meta_next = (s.meta_next + 1) % kMetaRing;
-  CUDA_RETURN_IF_ERROR(cudaEventSynchronize(s.meta_events[idx].get()));
-  cuda::ForwardMeta* host = s.meta_ring.as<cuda::ForwardMeta>() + idx;
-  *host = meta;
-  CUDA_RETURN_IF_ERROR(
-      cudaMemcpyAsync(s.meta.get(), host, sizeof(meta), cudaMemcpyHostToDevice, st));
-  CUDA_RETURN_IF_ERROR(cudaEventRecord(s.meta_events[idx].get(), st));
+  // The expert cache's forwards (no graphs) and meta_in_graph off: copy the meta first.
+  const bool meta_kernel = options.meta_in_graph && cache == nullptr;
+  if (!meta_kernel) {
+    // The pinned ring entry may still be read by an earlier copy: wait for that copy first.
+    const int idx = s.meta_next;
+    s.meta_next = (s.meta_next + 1) % kMetaRing;
+    CUDA_RETURN_IF_ERROR(cudaEventSynchronize(s.meta_events[idx].get()));
+    cuda::ForwardMeta* host = s.meta_ring.as<cuda::ForwardMeta>() + idx;
+    *host = meta;
+    CUDA_RETURN_IF_ERROR(
+        cudaMemcpyAsync(s.meta.get(), host, sizeof(meta), cudaMemcpyHostToDevice, st));
+    CUDA_RETURN_IF_ERROR(cudaEventRecord(s.meta_events[idx].get(), st));
+  }
+  const cuda::ForwardMeta* in_kernel = meta_kernel ? &meta : nullptr;
 
   // With an expert cache budget: no graphs (the routed phase depends on what is resident).
   if (cache != nullptr) return EnqueueCached(s, meta, atype);
   const int64_t capacity = LaunchCapacity(meta.n_tokens);
   if (capacity == meta.n_tokens && !std::binary_search(options.graph_batch_sizes.begin(),
                                                        options.graph_batch_sizes.end(), capacity)) {
-    return EnqueueCore(s, meta.n_tokens, atype);
+    return EnqueueCore(s, meta.n_tokens, atype, in_kernel);
   }
   auto g = s.graphs.find({capacity, atype});
   if (g == s.graphs.end()) {
     // Capture on first use of this (size, dtype) on this slot.
     CUDA_RETURN_IF_ERROR(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
-    const Status enq = EnqueueCore(s, capacity, atype);
+    const Status enq = EnqueueCore(s, capacity, atype, in_kernel);
     cudaGraph_t raw = nullptr;
     const cudaError_t end = cudaStreamEndCapture(st, &raw);
-    cuda::Graph graph(raw);
+    Slot::CapturedGraph c;
+    c.graph = cuda::Graph(raw);
     MOE_RETURN_IF_ERROR(enq);
     CUDA_RETURN_IF_ERROR(end);
+    if (meta_kernel) {
+      // The meta kernel is the graph's one root: the node whose parameters each replay sets.
+      cudaGraphNode_t roots[2] = {};
+      size_t n_roots = 2;
+      CUDA_RETURN_IF_ERROR(cudaGraphGetRootNodes(raw, roots, &n_roots));
+      cudaGraphNodeType type = cudaGraphNodeTypeEmpty;
+      if (n_roots == 1) CUDA_RETURN_IF_ERROR(cudaGraphNodeGetType(roots[0], &type));
+      if (type == cudaGraphNodeTypeKernel) {
+        CUDA_RETURN_IF_ERROR(cudaGraphKernelNodeGetParams(roots[0], &c.meta_params));
+      }
+      if (type != cudaGraphNodeTypeKernel ||
+          c.meta_params.func != cuda::StoreMetaKernelFunction()) {
+        return absl::InternalError("captured forward: its first node is not the meta kernel");
+      }
+      c.meta_node = roots[0];
+    }
     cudaGraphExec_t exec = nullptr;
-    CUDA_RETURN_IF_ERROR(cudaGraphInstantiate(&exec, graph.get(), 0));
-    g = s.graphs.emplace(std::make_pair(capacity, atype), cuda::GraphExec(exec)).first;
+    CUDA_RETURN_IF_ERROR(cudaGraphInstantiate(&exec, raw, 0));
+    c.exec = cuda::GraphExec(exec);
+    g = s.graphs.emplace(std::make_pair(capacity, atype), std::move(c)).first;
+  } else if (meta_kernel) {
+    cudaKernelNodeParams p = g->second.meta_params;
+    cuda::ForwardMeta value = meta;
+    cuda::ForwardMeta* dst = s.meta.as<cuda::ForwardMeta>();
+    void* args[] = {&value, &dst};
+    p.kernelParams = args;
+    p.extra = nullptr;
+    CUDA_RETURN_IF_ERROR(
+        cudaGraphExecKernelNodeSetParams(g->second.exec.get(), g->second.meta_node, &p));
   }
-  CUDA_RETURN_IF_ERROR(cudaGraphLaunch(g->second.get(), st));
+  CUDA_RETURN_IF_ERROR(cudaGraphLaunch(g->second.exec.get(), st));
   return absl::OkStatus();
 }
 

@@ -82,7 +82,15 @@ class CudaEngine::Impl {
     cuda::PinnedBuffer in_stage, out_stage, ids_stage, weights_stage, meta_ring;
     std::array<cuda::Event, kMetaRing> meta_events;
     int meta_next = 0;
-    std::map<std::pair<int64_t, cuda::AType>, cuda::GraphExec> graphs;
+    // A captured forward. meta_node: the graph's first node, the meta kernel (meta_in_graph), whose
+    // parameters each replay updates; meta_params: its parameters as captured.
+    struct CapturedGraph {
+      cuda::Graph graph;
+      cuda::GraphExec exec;
+      cudaGraphNode_t meta_node = nullptr;
+      cudaKernelNodeParams meta_params = {};
+    };
+    std::map<std::pair<int64_t, cuda::AType>, CapturedGraph> graphs;
   };
 
   Impl();
@@ -118,16 +126,19 @@ class CudaEngine::Impl {
   Status AllocateSlots();
   // f32 rows of hidden that each slot's down output buffer y holds (MoePlanInput).
   int64_t DownPartialRows() const;
-  // Every kernel argument of a forward of up to `capacity` tokens on slot `s`.
-  Status BuildLayerLaunch(Slot& s, int64_t capacity, cuda::AType atype, LayerLaunch* l) const;
+  // Every kernel argument of a forward of up to `capacity` tokens on slot `s`. after_meta_kernel:
+  // the forward's first kernel follows the meta kernel (LaunchStoreMeta), so it may take PDL.
+  Status BuildLayerLaunch(Slot& s, int64_t capacity, cuda::AType atype, bool after_meta_kernel,
+                          LayerLaunch* l) const;
   // Phases of a forward (on s.stream).
   Status LaunchFrontPhase(Slot& s, const LayerLaunch& l) const;
   Status LaunchRoutedPhase(const LayerLaunch& l, const cuda::GemmArgs& gate_up,
                            const cuda::GemmArgs& down, cudaStream_t st) const;
   Status LaunchSharedPhase(const LayerLaunch& l, cudaStream_t st) const;
-  // The all-resident forward: every phase in order (graph-capturable).
-  Status EnqueueCore(Slot& s, int64_t capacity, cuda::AType atype);
-  // Copies the meta, then the graph, direct or cached forward.
+  // The all-resident forward: every phase in order (graph-capturable), first the meta kernel when
+  // `meta` is given (meta_in_graph), else the meta is already on its way to the device.
+  Status EnqueueCore(Slot& s, int64_t capacity, cuda::AType atype, const cuda::ForwardMeta* meta);
+  // Puts the meta on the device, then launches the graph, the direct or the cached forward.
   Status EnqueueMeta(Slot& s, const cuda::ForwardMeta& meta, cuda::AType atype);
   // The capacity a forward of `n_tokens` launches with: the smallest graph size >= n_tokens
   // (both paths use it, so a cached forward runs the very kernels of the all-resident one).
