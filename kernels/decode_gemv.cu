@@ -44,7 +44,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32)
   if constexpr (GATED) {
     w[kG - 1] = static_cast<const T*>(p.b1_table[table_index]) + static_cast<int64_t>(n) * p.ldb;
   }
-  const T* a_base = static_cast<const T*>(p.a);
+  const T* a_base = GemmABase<T>(p);
 
   // Phase 1: passes of kGemvRows rows over the weight row(s).
   for (int r0 = row_begin; r0 < row_end; r0 += kGemvRows) {

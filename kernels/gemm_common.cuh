@@ -135,6 +135,7 @@ struct GemmParams {
   const void* c_tmap;
   int pdl;           // launched with PDL (the cluster kernel; the others take it at launch)
   int pdl_prefetch;  // pdl and prefetch_weights
+  const void* const* a_indirect;  // GemmArgs::a_indirect (GemmABase)
 };
 
 // The kernel parameters of a validated GemmArgs (host side).
@@ -167,7 +168,14 @@ inline GemmParams MakeGemmParams(const GemmArgs& args) {
                     args.pingpong ? (args.pingpong_short_stages ? 2 : 1) : 0,
                     args.c_tmap,
                     args.pdl ? 1 : 0,
-                    args.pdl && args.prefetch_weights ? 1 : 0};
+                    args.pdl && args.prefetch_weights ? 1 : 0,
+                    args.a_indirect};
+}
+
+// A's base pointer: *p.a_indirect when set (read on the device), else p.a.
+template <typename T>
+__device__ __forceinline__ const T* GemmABase(const GemmParams& p) {
+  return static_cast<const T*>(p.a_indirect != nullptr ? *p.a_indirect : p.a);
 }
 
 // Copy descriptors of the A rows one thread gathers into a stage: its i-th 16-byte chunk is chunk

@@ -62,7 +62,7 @@ __global__ void __launch_bounds__(WM* WN * 32) GemmKernel(const GemmParams p, in
   T* smem_a = reinterpret_cast<T*>(smem_raw);
   T* smem_b = smem_a + STAGES * BM * kBk;
   const int tid = threadIdx.x;
-  const T* a_base = static_cast<const T*>(p.a);
+  const T* a_base = GemmABase<T>(p);
 
   // Phase 1: per-thread copy descriptors (fixed rows, K advances per stage).
   const T* a_src[kAChunks];
@@ -235,7 +235,8 @@ KernelFn FindKernel(GemmTile tile, bool gated, WType wtype) {
 }  // namespace
 
 Status GemmArgs::Validate() const {
-  if (a == nullptr || b0_table == nullptr || c == nullptr || (gated && b1_table == nullptr)) {
+  if ((a == nullptr && a_indirect == nullptr) || b0_table == nullptr || c == nullptr ||
+      (gated && b1_table == nullptr)) {
     return absl::InvalidArgumentError("GemmArgs: null A, B table or C");
   }
   if ((tiles == nullptr) == (m_dev == nullptr) || (tiles && (!n_tiles || !group_offsets))) {
@@ -258,11 +259,11 @@ Status GemmArgs::Validate() const {
     return absl::InvalidArgumentError(
         "GemmArgs: TMA descriptor tables need a tile list, n_groups > 0 and (gated) b1_tmaps");
   }
-  if (a_tmap != nullptr &&
-      (a_rows != nullptr || b0_tmaps == nullptr || (a_cluster_cols != 1 && a_cluster_cols != 2))) {
+  if (a_tmap != nullptr && (a_rows != nullptr || b0_tmaps == nullptr || a_indirect != nullptr ||
+                            (a_cluster_cols != 1 && a_cluster_cols != 2))) {
     return absl::InvalidArgumentError(
-        "GemmArgs: an A descriptor needs contiguous A rows, B descriptors and a_cluster_cols 1 or "
-        "2");
+        "GemmArgs: an A descriptor needs contiguous A rows, B descriptors, no a_indirect and "
+        "a_cluster_cols 1 or 2");
   }
   if ((c_tmap != nullptr || pingpong) && b0_tmaps == nullptr) {
     return absl::InvalidArgumentError(

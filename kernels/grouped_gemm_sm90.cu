@@ -51,7 +51,7 @@ __global__ void __launch_bounds__(BM * 2, MIN_BLOCKS) WgmmaGemmKernel(const Gemm
   extern __shared__ uint8_t wg_smem_raw[];
   uint8_t* smem = AlignedStageSmem(wg_smem_raw);
   const int tid = threadIdx.x;
-  const T* a_base = static_cast<const T*>(p.a);
+  const T* a_base = GemmABase<T>(p);
 
   // Phase 1: copy descriptors (stage layout: A [128 rows][64], then B [256 rows][64]).
   const T* a_src[kAChunks];
@@ -178,7 +178,7 @@ __global__ void __launch_bounds__(384, 1) WgmmaWsGemmKernel(const GemmParams p) 
     const int tid = threadIdx.x;
     const int r0 = tid >> 3, chunk = tid & 7;
     const int dst0 = r0 * kBk + ((chunk ^ (r0 & 7)) << 3);  // element offset of row r0's chunk
-    const T* a_base = static_cast<const T*>(p.a);
+    const T* a_base = GemmABase<T>(p);
     uint32_t it = 0;
     for (int64_t w = blockIdx.x; w < work; w += gridDim.x) {
       int t, nb, split;

@@ -390,7 +390,7 @@ __global__ void __launch_bounds__(384, 1) WgmmaMcGemmKernel(const GemmParams p) 
           static_cast<uint16_t>((1u << rm) | (CN == 2 ? 1u << (rm + 2) : 0u));  // share A
       const int r0 = tid >> 3, chunk = tid & 7;
       const int dst0 = r0 * kBk + ((chunk ^ (r0 & 7)) << 3);  // element offset of row r0's chunk
-      const T* a_base = static_cast<const T*>(p.a);
+      const T* a_base = GemmABase<T>(p);
       if constexpr (TMA_A) PrefetchTensorMap(p.a_tmap);
       // B descriptors of a unit's expert (null: this block has no tile in the unit).
       auto unit_tmaps = [&](const PairWork& pw, const void*& tmap0, const void*& tmap1) {

@@ -41,6 +41,11 @@ struct GemmArgs {
   const void* a = nullptr;
   int64_t lda = 0;
   const int32_t* a_rows = nullptr;
+  // When set, A's base pointer is read from here on the device instead of `a`: the forward's input
+  // (&ForwardMeta::input), so that a graph reads each forward's own input buffer in place. Not with
+  // an A descriptor (a_tmap). The kernel reads it where it reads `a`, before its PDL wait: the
+  // pointer must come from two or more launches back (kernels/pdl.cuh).
+  const void* const* a_indirect = nullptr;
   // Rows: grouped (tiles != nullptr) or dense (m_dev).
   const int2* tiles = nullptr;
   const int32_t* n_tiles = nullptr;
@@ -230,6 +235,9 @@ struct ConvertArgs {
   bool split_lo = false;
   void* x = nullptr;  // [capacity, 2 * hidden]
   bool pdl = false;   // programmatic dependent launch (kernels/pdl.cuh)
+  // False: no copy (the GEMMs read the input in place, GemmArgs::a_indirect); the kernel only
+  // zeroes the counters below (one block).
+  bool copy = true;
   // Optional: block 0 zeroes these `n_zero` counters after its PDL wait (the route's per-expert
   // counters, instead of a memset node before the kernel).
   int32_t* zero = nullptr;
@@ -247,7 +255,7 @@ struct RouterConvertArgs {
   WType wtype = WType::kBF16;  // also the input's dtype
   int hidden = 0;
   int64_t capacity = 0;
-  void* x = nullptr;
+  void* x = nullptr;  // null: no copy (the GEMMs read the input in place)
   int64_t ldx = 0;
   const void* const* router_table = nullptr;  // [layers] -> [router_rows, ld_router] wtype
   const int32_t* layer_dev = nullptr;         // index into router_table (null: entry 0)

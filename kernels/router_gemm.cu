@@ -78,7 +78,7 @@ __global__ void __launch_bounds__(kRcThreads) RouterConvertKernel(const RouterCo
   const int steps = a.hidden / kRcStepCols, splits = a.k_splits, z = static_cast<int>(blockIdx.z);
   const int s_begin = (z * kRcWarps + warp) * steps / (splits * kRcWarps);
   const int s_end = (z * kRcWarps + warp + 1) * steps / (splits * kRcWarps);
-  const bool write_x = blockIdx.y == 0;
+  const bool write_x = blockIdx.y == 0 && a.x != nullptr;
 
   // Row pointers (column 8 q of step 0); rows past the batch or the router read a valid row and
   // are never stored.
@@ -186,8 +186,8 @@ __global__ void __launch_bounds__(kRcThreads) RouterConvertKernel(const RouterCo
 }  // namespace
 
 Status RouterConvertArgs::Validate() const {
-  if (meta == nullptr || router_table == nullptr || x == nullptr || logits == nullptr ||
-      n_zero < 0 || (n_zero > 0 && zero == nullptr)) {
+  if (meta == nullptr || router_table == nullptr || logits == nullptr || n_zero < 0 ||
+      (n_zero > 0 && zero == nullptr)) {
     return absl::InvalidArgumentError("RouterConvertArgs: null pointer");
   }
   if (!CanRouterConvert(hidden, router_rows) || capacity <= 0 || ldx < hidden || ldx % 8 != 0 ||

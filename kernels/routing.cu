@@ -30,7 +30,7 @@ __global__ void StoreMetaKernel(const ForwardMeta meta, ForwardMeta* dst) { *dst
 
 // ---- 1. Convert ----
 template <typename In, typename W>
-__global__ void ConvertKernel(const ForwardMeta* meta, int hidden, int split_lo, W* x,
+__global__ void ConvertKernel(const ForwardMeta* meta, int hidden, int split_lo, int copy, W* x,
                               int32_t* zero, int n_zero) {
   GridDepWait();
   GridDepTrigger();
@@ -38,7 +38,7 @@ __global__ void ConvertKernel(const ForwardMeta* meta, int hidden, int split_lo,
     for (int i = threadIdx.x; i < n_zero; i += blockDim.x) zero[i] = 0;
   }
   const int64_t chunks_per_row = hidden / 8;
-  const int64_t total = static_cast<int64_t>(meta->n_tokens) * chunks_per_row;
+  const int64_t total = copy ? static_cast<int64_t>(meta->n_tokens) * chunks_per_row : 0;
   const In* in = static_cast<const In*>(meta->input);
   for (int64_t c = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; c < total;
        c += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -263,12 +263,12 @@ Status ConvertArgs::Validate() const {
 Status LaunchConvert(const ConvertArgs& a, cudaStream_t stream) {
   MOE_RETURN_IF_ERROR(a.Validate());
   const int threads = 256;
-  const int grid = GridFor(a.capacity * a.hidden / 8, threads);
+  const int grid = a.copy ? GridFor(a.capacity * a.hidden / 8, threads) : 1;
   const int lo = a.split_lo ? 1 : 0;
   cudaError_t err = cudaSuccess;
 #define MOE_CONVERT_(IN, W)                                                                       \
   err = LaunchMaybePdl(ConvertKernel<IN, W>, dim3(grid), dim3(threads), 0, stream, a.pdl, a.meta, \
-                       a.hidden, lo, static_cast<W*>(a.x), a.zero, a.n_zero)
+                       a.hidden, lo, a.copy ? 1 : 0, static_cast<W*>(a.x), a.zero, a.n_zero)
   const bool bf = a.wtype == WType::kBF16;
   switch (a.atype) {
     case AType::kF32:

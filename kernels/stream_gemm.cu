@@ -257,7 +257,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   if (u_begin >= u_end) return;
   const int first_tile = static_cast<int>(u_begin / sh.col_units);
   const int last_tile = static_cast<int>((u_end - 1) / sh.col_units);
-  const T* a_base = static_cast<const T*>(p.a);
+  const T* a_base = GemmABase<T>(p);
   if (warp == kConsumers + 1) {
     // A producer: the first kSmemARows rows of the block's tile j (from first_tile) into slot
     // j % kASlots, once every group has released tile j - kASlots from it.
@@ -409,7 +409,8 @@ StreamGemmShape PlanStreamGemm(bool gated, int k) {
 bool CanStreamGemm(const GemmArgs& args) {
   // A rows move by bulk copies: 16-byte aligned rows.
   return args.splits == 1 && args.tile == GemmTile::kDecode && args.ldb == args.k &&
-         args.lda % 8 == 0 && reinterpret_cast<uintptr_t>(args.a) % 16 == 0 &&
+         args.a_indirect == nullptr && args.lda % 8 == 0 &&
+         reinterpret_cast<uintptr_t>(args.a) % 16 == 0 &&
          PlanStreamGemm(args.gated, args.k).stages > 0;
 }
 

@@ -26,6 +26,8 @@
 //                             CudaEngineOptions::stream_gate_up, stream_down)
 //       [--meta-copy]   (each forward's meta by a host-to-device copy before the graph, not as
 //                       the graph's first kernel: CudaEngineOptions::meta_in_graph off)
+//       [--input-copy]   (the GEMMs read a copy of the input: CudaEngineOptions::input_in_place
+//       off)
 //       [--router-convert-splits=N]   (at most N K splits of the fused router; 1: none)
 //       [--no-combine-unroll]   (the combine takes one chunk of 8 columns a thread)
 //       [--no-early-indices]   (scatter and combine load indices after their PDL wait)
@@ -149,8 +151,9 @@ bool g_gemm_pdl = CudaEngineOptions().cluster_gemm_overlap;       // --[no-]gemm
 bool g_down_tma = false;                                          // --down-tma
 bool g_gate_up_tma = false;                                       // --gate-up-tma
 CudaEngineOptions::Use g_stream_gate_up = CudaEngineOptions().stream_gate_up;
-bool g_stream_down = CudaEngineOptions().stream_down;      // --stream-down
-bool g_meta_in_graph = CudaEngineOptions().meta_in_graph;  // --meta-copy
+bool g_stream_down = CudaEngineOptions().stream_down;        // --stream-down
+bool g_meta_in_graph = CudaEngineOptions().meta_in_graph;    // --meta-copy
+bool g_input_in_place = CudaEngineOptions().input_in_place;  // --input-copy
 
 struct Shape {
   std::string name;
@@ -403,6 +406,7 @@ class Runner {
     o.stream_gate_up = g_stream_gate_up;
     o.stream_down = g_stream_down;
     o.meta_in_graph = g_meta_in_graph;
+    o.input_in_place = g_input_in_place;
     engine_ = OrDie(CudaEngine::CreateRandom(SpecOf(shape), 1234, o));
     max_tokens_ = max_tokens;
     const int64_t in_bytes = max_tokens * shape.hidden * 2;
@@ -808,6 +812,8 @@ int main(int argc, char** argv) {
       moe::g_stream_down = true;
     } else if (a == "--meta-copy") {
       moe::g_meta_in_graph = false;
+    } else if (a == "--input-copy") {
+      moe::g_input_in_place = false;
 #ifdef MOE_GEMM_TRACE
     } else if (a.rfind("--gemm-trace=", 0) == 0) {
       moe::g_gemm_trace = a.substr(13);

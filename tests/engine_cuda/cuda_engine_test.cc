@@ -876,6 +876,43 @@ TEST(CudaEngine, DecodeExpertsPath) {
   }
 }
 
+// The router and expert GEMMs reading the forward's input in place (option input_in_place, the
+// default) against reading the first kernel's copy of it: the same bits, past the fused decode
+// front (33 tokens) up to the Hopper tiles, with the input copy kernel (100, 1100 tokens: the
+// router GEMM's A in place too) and the fused router (300), shared experts with a gate, f16, and
+// f32 activations (split into hi + lo: never in place, the same path either way).
+TEST(CudaEngine, InputInPlace) {
+  MOE_REQUIRE_GPU();
+  std::vector<Case> cases = {
+      {"qwen3",
+       Opts(Family::kQwen3Moe, 64, 8, 256, 64, DType::kBF16, 101),
+       DType::kBF16,
+       {33, 100, 300, 1100}},
+      {"qwen2 shared gate, f16",
+       Opts(Family::kQwen2Moe, 60, 4, 256, 64, DType::kF16, 102),
+       DType::kF16,
+       {40, 300, 1100}},
+      {"deepseek_v2 shared",
+       Opts(Family::kDeepseekV2, 32, 6, 512, 64, DType::kBF16, 103),
+       DType::kBF16,
+       {64, 1100}},
+      {"mixtral, f32 act",
+       Opts(Family::kMixtral, 8, 2, 256, 64, DType::kBF16, 104),
+       DType::kF32,
+       {100}},
+  };
+  CudaEngineOptions in_place = DefaultOptions();
+  in_place.max_batch_tokens = 1200;
+  in_place.graph_batch_sizes = {64, 128, 512, 1200};
+  CudaEngineOptions copy = in_place;
+  copy.input_in_place = false;
+  CheckEnginesAgree(cases, in_place, copy, 105, /*tol=*/0);
+  in_place.graph_batch_sizes.clear();
+  copy.graph_batch_sizes.clear();
+  CheckEnginesAgree(cases, in_place, copy, 106, /*tol=*/0);
+  CheckCases(cases, in_place);  // against the CPU engine too
+}
+
 // Forwards enqueued back to back on device buffers (no host sync between them), each with its own
 // layer, token count and buffers, replay the graphs of a few capacities many times (and 600 tokens
 // launch directly): with the meta as the graph's first kernel (the default, its node updated
@@ -957,6 +994,22 @@ TEST(CudaEngine, Errors) {
   a.n_tokens = 4;
   a.slot = 1;
   EXPECT_EQ((*gpu)->Forward(a).code(), absl::StatusCode::kInvalidArgument);
+  // Device buffers that are not 16-byte aligned.
+  void* dev = nullptr;
+  ASSERT_EQ(cudaMalloc(&dev, 2 * in.size() + 64), cudaSuccess);
+  DeviceForwardArgs d;
+  d.layer = 0;
+  d.n_tokens = 4;
+  d.input = static_cast<char*>(dev) + 8;
+  d.output = static_cast<char*>(dev) + in.size() + 64;
+  EXPECT_EQ((*gpu)->EnqueueDevice(d).code(), absl::StatusCode::kInvalidArgument);
+  d.input = dev;
+  d.output = static_cast<char*>(dev) + in.size() + 66;
+  EXPECT_EQ((*gpu)->EnqueueDevice(d).code(), absl::StatusCode::kInvalidArgument);
+  d.output = static_cast<char*>(dev) + in.size() + 64;
+  EXPECT_TRUE((*gpu)->EnqueueDevice(d).ok());
+  EXPECT_EQ(cudaStreamSynchronize((*gpu)->stream(0)), cudaSuccess);
+  cudaFree(dev);
   // Workspaces that cannot fit: a clear RESOURCE_EXHAUSTED, not a crash.
   CudaEngineOptions huge = DefaultOptions();
   huge.max_batch_tokens = 1LL << 30;

@@ -298,6 +298,11 @@ struct CudaEngineOptions {
   // 24-byte host-to-device copy from a pinned ring before the graph (the expert cache's forwards
   // always copy).
   bool meta_in_graph = true;
+  // With activations in the weights' dtype, past the decode paths (no fused decode front, no
+  // weight-streaming gate/up, no permuted copy of x) and without an expert cache: the router and
+  // expert GEMMs read the forward's input buffer in place (its address from the meta, on the
+  // device) instead of a copy made by the first kernel.
+  bool input_in_place = true;
   ExpertCacheOptions expert_cache;
 };
 
@@ -338,6 +343,7 @@ class CudaEngine final : public Engine {
   // Enqueues one forward on device buffers on the slot's stream and returns without waiting (with
   // an expert cache: after the layer's routing result reached the host, see the file comment).
   // The caller keeps input/output alive and unchanged until the stream reaches this point.
+  // INVALID_ARGUMENT for input or output not 16-byte aligned (the kernels move 16-byte vectors).
   Status EnqueueDevice(const DeviceForwardArgs& args);
   // The slot's stream (valid for the engine's lifetime).
   cudaStream_t stream(int slot) const;

@@ -623,6 +623,25 @@ Status CudaEngine::Impl::BuildLayerLaunch(Slot& s, int64_t capacity, AType atype
   comb.unrolled = options.combine_unrolled;
   comb.early_indices = options.early_index_loads;
 
+  // 8. The input in place: with activations in the weights' dtype (no hi + lo split) the router
+  // and the expert GEMMs can read the forward's input buffer itself, its address taken from the
+  // meta on the device, instead of a copy in x. Not where other readers of x (the decode paths,
+  // the weight-streaming kernel, the permuted copy, the expert cache's forwards) are used; the
+  // input copy kernel then only zeroes the counters, the fused router does not store x.
+  l->input_in_place = options.input_in_place && !split_lo && !fused_front && !plan.decode_gemv &&
+                      !l->stream_gate_up && !l->permute_x && l->zero_counts && cache == nullptr;
+  if (l->input_in_place) {
+    const auto* input = reinterpret_cast<const void* const*>(s.meta.as<char>() +
+                                                             offsetof(cuda::ForwardMeta, input));
+    for (cuda::GemmArgs* g : {&l->router, &l->gate_up, &l->shared_gate_up}) {
+      g->a = nullptr;
+      g->a_indirect = input;
+      g->lda = hd;
+    }
+    l->conv.copy = false;
+    l->router_conv.x = nullptr;
+  }
+
   // 5'. Decode experts (forwards of a few tokens): gate/up per (token, k) pair, then the shared
   // expert, then down + combine in one kernel; the front routes only (no scan) unless an expert
   // cache needs the scan's offsets (the cached forward repoints the tables per round).
@@ -917,6 +936,11 @@ Status CudaEngine::EnqueueDevice(const DeviceForwardArgs& args) {
   check.output = args.output;
   check.slot = args.slot;
   MOE_RETURN_IF_ERROR(ValidateForwardArgs(impl_->spec, check, num_slots(), max_batch_tokens()));
+  // The kernels move rows in 16-byte vectors (rows are multiples of 16 bytes: hidden % 8 == 0).
+  if (reinterpret_cast<uintptr_t>(args.input) % 16 != 0 ||
+      reinterpret_cast<uintptr_t>(args.output) % 16 != 0) {
+    return absl::InvalidArgumentError("EnqueueDevice: input and output must be 16-byte aligned");
+  }
   MOE_ASSIGN_OR_RETURN(const AType atype, ToAType(args.dtype));
   CUDA_RETURN_IF_ERROR(cudaSetDevice(impl_->options.device));
   Impl::Slot& s = *impl_->slots[args.slot];
