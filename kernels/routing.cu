@@ -90,8 +90,10 @@ __device__ __forceinline__ void RouteBlockTokens(const RouteArgs& a, float* rout
 // shared memory; then one global atomic per (block, expert) reserves the block's range of each
 // expert's rows, so the global counters see a few atomics per block instead of one per pair.
 // NOTES: with one global atomic per pair (32768 on the same 4 cache lines at 4096 tokens of top-8
-// of 128 experts), the kernel took 18 us on an H200 (RESULTS.md, session 4 ncu).
-__global__ void RouteKernel(const RouteArgs a) {
+// of 128 experts), the kernel took 18 us on an H200 (RESULTS.md, session 4 ncu). Two blocks of 16
+// warps per SM (<= 64 registers; InitRoutingKernels asks for the shared-memory carveout that holds
+// them): at one block per SM the route was issue-bound on 4 warps per scheduler (session 14).
+__global__ void __launch_bounds__(512, 2) RouteKernel(const RouteArgs a) {
   extern __shared__ float route_smem[];  // [warps][2][n_experts] scratch, then [n_experts] counts
   GridDepWait();
   GridDepTrigger();
@@ -335,6 +337,8 @@ size_t RouteScanTailSmemBytes(int n_experts) {
 }
 
 Status InitRoutingKernels() {
+  CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(
+      RouteKernel, cudaFuncAttributePreferredSharedMemoryCarveout, cudaSharedmemCarveoutMaxShared));
   CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(RouteScanKernel,
                                             cudaFuncAttributeMaxDynamicSharedMemorySize,
                                             kRouteScanMaxTokens * 2 * kRouteScanMaxExperts * 4));

@@ -18,6 +18,8 @@ namespace moe::cuda {
 inline constexpr int kScanThreads = 1024;
 inline constexpr int kRouteScanMaxTokens = kScanThreads / 32;  // one warp per token
 inline constexpr int kRouteScanMaxExperts = 256;               // 64 KB of scores for 32 warps
+// RouteToken's top-k keeps each lane's selection keys in registers up to 32 x this many experts.
+inline constexpr int kRouteRegKeys = 8;
 
 // ---- 8-element vector loads and stores through float ----
 __device__ __forceinline__ void Load8(const float* p, float (&v)[8]) {
@@ -236,35 +238,80 @@ __device__ RoutedPair RouteToken(const RouteArgs& a, const float* logits, int sp
   }
 
   // Top-k by selection score; weights are the unbiased scores. Selection scores become orderable
-  // keys in place (SelKey), so each round is one max and one min reduction over the warp.
-  unsigned* key = reinterpret_cast<unsigned*>(sel);
-  for (int e = lane; e < n_experts; e += 32) key[e] = SelKey(sel[e]);
-  __syncwarp();
+  // keys (SelKey), so each round is one max and one min reduction over the warp. Up to
+  // kRouteRegKeys * 32 experts a lane keeps its experts' keys (lane, lane + 32, ...) in registers;
+  // past that they stay in place in shared memory. The same choices either way.
+  // NOTES (H200, session 14): with the keys in shared memory RouteKernel issued ~1500 warp
+  // instructions per token at Qwen3 16384 tokens and was issue-bound (0.55 instructions per cycle
+  // and scheduler, one block of 16 warps per SM; ncu 44 us on that card); with them in registers
+  // and two blocks per SM it took 30.3-30.9 us (another card, where the old kernel's layer time was
+  // the same), and the decode front's shorter top-k took 1 us off the 1-token forward (Qwen3 37.8
+  // -> 36.7 us, DeepSeek-V2-Lite 45.6 -> 44.8).
   int my_id = 0;
   float my_w = 0.0f, wsum = 0.0f;
-  for (int k = 0; k < rp.top_k; ++k) {
-    unsigned best = 0u;
-    int best_e = INT_MAX;
-    for (int e = lane; e < n_experts; e += 32) {
-      if (key[e] > best) {
-        best = key[e];
-        best_e = e;
+  if (n_experts <= 32 * kRouteRegKeys) {
+    unsigned reg_key[kRouteRegKeys];
+#pragma unroll
+    for (int j = 0; j < kRouteRegKeys; ++j) {
+      const int e = lane + 32 * j;
+      reg_key[j] = e < n_experts ? SelKey(sel[e]) : 0u;
+    }
+    for (int k = 0; k < rp.top_k; ++k) {
+      unsigned best = 0u;
+      int best_j = 0;
+#pragma unroll
+      for (int j = 0; j < kRouteRegKeys; ++j) {
+        if (reg_key[j] > best) {
+          best = reg_key[j];
+          best_j = j;
+        }
       }
+      const unsigned m = __reduce_max_sync(0xffffffffu, best);
+      // Ties -> lower index; no candidate (all -inf / NaN) -> expert 0.
+      const int idx =
+          m == 0u ? 0
+                  : static_cast<int>(__reduce_min_sync(
+                        0xffffffffu, best == m ? static_cast<unsigned>(lane + 32 * best_j) : ~0u));
+      const float w = score[idx];
+#pragma unroll
+      for (int j = 0; j < kRouteRegKeys; ++j) {
+        if (lane + 32 * j == idx) reg_key[j] = 0u;
+      }
+      if (lane == k) {
+        my_id = idx;
+        my_w = w;
+      }
+      wsum += w;
     }
-    const unsigned m = __reduce_max_sync(0xffffffffu, best);
-    // Ties -> lower index; no candidate (all -inf / NaN) -> expert 0, which keeps indices in range.
-    const int idx = m == 0u ? 0
-                            : static_cast<int>(__reduce_min_sync(
-                                  0xffffffffu, best == m ? static_cast<unsigned>(best_e) : ~0u));
-    const float w = score[idx];
+  } else {
+    unsigned* key = reinterpret_cast<unsigned*>(sel);
+    for (int e = lane; e < n_experts; e += 32) key[e] = SelKey(sel[e]);
     __syncwarp();
-    if (lane == 0) key[idx] = 0u;
-    __syncwarp();
-    if (lane == k) {
-      my_id = idx;
-      my_w = w;
+    for (int k = 0; k < rp.top_k; ++k) {
+      unsigned best = 0u;
+      int best_e = INT_MAX;
+      for (int e = lane; e < n_experts; e += 32) {
+        if (key[e] > best) {
+          best = key[e];
+          best_e = e;
+        }
+      }
+      const unsigned m = __reduce_max_sync(0xffffffffu, best);
+      // Ties -> lower index; no candidate (all -inf / NaN) -> expert 0, which keeps indices in
+      // range.
+      const int idx = m == 0u ? 0
+                              : static_cast<int>(__reduce_min_sync(
+                                    0xffffffffu, best == m ? static_cast<unsigned>(best_e) : ~0u));
+      const float w = score[idx];
+      __syncwarp();
+      if (lane == 0) key[idx] = 0u;
+      __syncwarp();
+      if (lane == k) {
+        my_id = idx;
+        my_w = w;
+      }
+      wsum += w;
     }
-    wsum += w;
   }
   RoutedPair out;
   if (lane < rp.top_k) {
