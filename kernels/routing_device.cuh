@@ -249,6 +249,22 @@ __device__ RoutedPair RouteToken(const RouteArgs& a, const float* logits, int sp
   // -> 36.7 us, DeepSeek-V2-Lite 45.6 -> 44.8).
   int my_id = 0;
   float my_w = 0.0f, wsum = 0.0f;
+  // Round k: each lane's best candidate (best > 0, expert best_e) -> the warp's pick, ties to the
+  // lower index; no candidate (all -inf / NaN) -> expert 0, which keeps indices in range. Lane k
+  // keeps the pick. Returns the picked expert.
+  auto pick = [&](int k, unsigned best, int best_e) {
+    const unsigned m = __reduce_max_sync(0xffffffffu, best);
+    const int idx = m == 0u ? 0
+                            : static_cast<int>(__reduce_min_sync(
+                                  0xffffffffu, best == m ? static_cast<unsigned>(best_e) : ~0u));
+    const float w = score[idx];
+    if (lane == k) {
+      my_id = idx;
+      my_w = w;
+    }
+    wsum += w;
+    return idx;
+  };
   if (n_experts <= 32 * kRouteRegKeys) {
     unsigned reg_key[kRouteRegKeys];
 #pragma unroll
@@ -266,22 +282,11 @@ __device__ RoutedPair RouteToken(const RouteArgs& a, const float* logits, int sp
           best_j = j;
         }
       }
-      const unsigned m = __reduce_max_sync(0xffffffffu, best);
-      // Ties -> lower index; no candidate (all -inf / NaN) -> expert 0.
-      const int idx =
-          m == 0u ? 0
-                  : static_cast<int>(__reduce_min_sync(
-                        0xffffffffu, best == m ? static_cast<unsigned>(lane + 32 * best_j) : ~0u));
-      const float w = score[idx];
+      const int idx = pick(k, best, lane + 32 * best_j);
 #pragma unroll
       for (int j = 0; j < kRouteRegKeys; ++j) {
         if (lane + 32 * j == idx) reg_key[j] = 0u;
       }
-      if (lane == k) {
-        my_id = idx;
-        my_w = w;
-      }
-      wsum += w;
     }
   } else {
     unsigned* key = reinterpret_cast<unsigned*>(sel);
@@ -296,21 +301,10 @@ __device__ RoutedPair RouteToken(const RouteArgs& a, const float* logits, int sp
           best_e = e;
         }
       }
-      const unsigned m = __reduce_max_sync(0xffffffffu, best);
-      // Ties -> lower index; no candidate (all -inf / NaN) -> expert 0, which keeps indices in
-      // range.
-      const int idx = m == 0u ? 0
-                              : static_cast<int>(__reduce_min_sync(
-                                    0xffffffffu, best == m ? static_cast<unsigned>(best_e) : ~0u));
-      const float w = score[idx];
+      const int idx = pick(k, best, best_e);
       __syncwarp();
       if (lane == 0) key[idx] = 0u;
       __syncwarp();
-      if (lane == k) {
-        my_id = idx;
-        my_w = w;
-      }
-      wsum += w;
     }
   }
   RoutedPair out;
