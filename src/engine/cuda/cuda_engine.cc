@@ -628,9 +628,10 @@ Status CudaEngine::Impl::BuildLayerLaunch(Slot& s, int64_t capacity, AType atype
   // meta on the device, instead of a copy in x. Not where other readers of x (the decode paths,
   // the weight-streaming kernel, the permuted copy, the expert cache's forwards) are used; the
   // input copy kernel then only zeroes the counters, the fused router does not store x.
-  l->input_in_place = options.input_in_place && !split_lo && !fused_front && !plan.decode_gemv &&
-                      !l->stream_gate_up && !l->permute_x && l->zero_counts && cache == nullptr;
-  if (l->input_in_place) {
+  const bool input_in_place = options.input_in_place && !split_lo && !fused_front &&
+                              !plan.decode_gemv && !l->stream_gate_up && !l->permute_x &&
+                              l->zero_counts && cache == nullptr;
+  if (input_in_place) {
     const auto* input = reinterpret_cast<const void* const*>(s.meta.as<char>() +
                                                              offsetof(cuda::ForwardMeta, input));
     for (cuda::GemmArgs* g : {&l->router, &l->gate_up, &l->shared_gate_up}) {

@@ -46,7 +46,6 @@ struct LayerLaunch {
   bool has_shared = false;
   bool stream_gate_up = false;  // gate_up on the weight-streaming kernel (LaunchStreamGemm)
   bool stream_down = false;     // down likewise
-  bool input_in_place = false;  // the GEMMs read the input buffer (GemmArgs::a_indirect), no x copy
   cuda::ConvertArgs conv;
   cuda::GemmArgs router;
   cuda::RouterConvertArgs router_conv;
