@@ -9,6 +9,7 @@
 #include <cstdint>
 
 #include "kernels/gemm_common.cuh"  // Silu
+#include "kernels/gemm_trace.cuh"
 
 namespace moe::cuda {
 
@@ -180,12 +181,14 @@ __device__ __forceinline__ void PrefetchNextUnits(int64_t u, int64_t u_begin, in
 // weights carry the L2 evict_first policy. prefetch_units > 0: the warp keeps the rows of its next
 // prefetch_units units on their way into L2 (bulk prefetches, issued before the loads of the first
 // unit and then one unit per unit), so more bytes are in flight than the SM's outstanding loads
-// allow and the later units' loads hit L2.
+// allow and the later units' loads hit L2. trace (diagnostic builds): the block's decode timeline
+// record, which gets the time the warp's first unit is stored.
 template <typename T, int kChunks, bool X_SHARED, bool EVICT_FIRST>
 __device__ __forceinline__ void GateUpUnits(int64_t u_begin, int64_t u_end, int pairs, int K,
                                             int inter, const T* const* s_gate, const T* const* s_up,
                                             const int* s_token, const T* x, int64_t ldx, T* h,
-                                            int prefetch_units = 0) {
+                                            int prefetch_units = 0,
+                                            [[maybe_unused]] uint64_t* trace = nullptr) {
   const int lane = threadIdx.x & 31;
   const bool one_pass = K <= 256 * kChunks;
   const uint64_t policy = EVICT_FIRST ? L2EvictFirstPolicy() : 0;
@@ -234,6 +237,9 @@ __device__ __forceinline__ void GateUpUnits(int64_t u_begin, int64_t u_end, int 
     g = WarpSumF(g);
     up = WarpSumF(up);
     if (lane == 0) h[static_cast<int64_t>(j) * inter + col] = static_cast<T>(Silu(g) * up);
+#ifdef MOE_GEMM_TRACE
+    if (u == u_begin) DecodeTraceWarpMark(trace, DecodeTraceLayout::kFirstUnit);
+#endif
   }
 }
 

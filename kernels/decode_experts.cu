@@ -34,6 +34,9 @@
 
 namespace moe::cuda {
 namespace {
+#ifdef MOE_GEMM_TRACE
+__device__ uint64_t* g_decode_trace = nullptr;  // SetDecodeTraceBuffer
+#endif
 
 constexpr int kWarps = 8;
 constexpr int kThreads = kWarps * 32;
@@ -68,6 +71,12 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm)
   __shared__ const T* s_up[kMaxPairs];
   __shared__ int s_token[kMaxPairs];
   __shared__ const void* s_table[2][kMaxStagedExperts];
+#ifdef MOE_GEMM_TRACE
+  uint64_t* trace = DecodeTraceBlock(g_decode_trace, 2);  // the meta kernel is two launches back
+  if (threadIdx.x == 0) DecodeTraceMark(trace, DecodeTraceLayout::kEntry);
+#else
+  uint64_t* trace = nullptr;
+#endif
   // Phase 0: the layer's gate/up tables (fixed) before the wait, so that after it the experts (from
   // the previous kernel) are one dependent load away from their weights.
   const int64_t layer_base = static_cast<int64_t>(*a.layer_dev) * a.n_experts;
@@ -87,6 +96,9 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm)
   __syncthreads();
   GridDepWait();
   GridDepTrigger();
+#ifdef MOE_GEMM_TRACE
+  if (threadIdx.x == 0) DecodeTraceMark(trace, DecodeTraceLayout::kWaited);
+#endif
   const int pairs = a.meta->n_tokens * a.top_k;
   for (int p = threadIdx.x; p < pairs; p += kThreads) {
     const int e = a.topk_ids[p];
@@ -96,6 +108,9 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm)
     s_token[j] = p / a.top_k;
   }
   __syncthreads();
+#ifdef MOE_GEMM_TRACE
+  if (threadIdx.x == 0) DecodeTraceMark(trace, DecodeTraceLayout::kSetUp);
+#endif
 
   // Phase 1: units (column, h row), column-major. With sorted rows, consecutive units of one warp
   // often share (expert, column): a one-pass K keeps that weight row in registers.
@@ -112,8 +127,11 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm)
   } else {
     GateUpUnits<T, kChunks, /*X_SHARED=*/false, /*EVICT_FIRST=*/false>(
         u_begin, u_end, pairs, a.hidden, a.inter, s_gate, s_up, s_token, static_cast<const T*>(a.x),
-        a.ldx, static_cast<T*>(a.h), prefetch_units);
+        a.ldx, static_cast<T*>(a.h), prefetch_units, trace);
   }
+#ifdef MOE_GEMM_TRACE
+  DecodeTraceWarpMark(trace, DecodeTraceLayout::kWarpDone);
+#endif
 }
 
 template <typename Out>
@@ -186,6 +204,10 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm)
   __shared__ const T* s_down[kMaxPairs];
   __shared__ float s_w[kMaxPairs];
   __shared__ int s_hrow[kMaxPairs];
+#ifdef MOE_GEMM_TRACE
+  uint64_t* trace = DecodeTraceBlock(g_decode_trace, 3);  // the meta kernel is 3+ launches back
+  if (threadIdx.x == 0) DecodeTraceMark(trace, DecodeTraceLayout::kEntry);
+#endif
   // Phase 0: the routing (two or more launches back) before the wait, h (the previous kernels')
   // after it. Each warp prefetches its first unit's first batch of weights into L2 meanwhile.
   if (routing_after_wait) GridDepWait();
@@ -194,6 +216,9 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm)
   const int pairs = n_tokens * top_k;
   StageDownPairs(a, pairs, s_down, s_w, s_hrow);
   __syncthreads();
+#ifdef MOE_GEMM_TRACE
+  if (threadIdx.x == 0) DecodeTraceMark(trace, DecodeTraceLayout::kSetUp);
+#endif
   const int lane = threadIdx.x & 31;
   const int K = a.inter;
   const int chunks_per_row = K / 8;
@@ -212,6 +237,9 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm)
   }
   GridDepWait();
   GridDepTrigger();
+#ifdef MOE_GEMM_TRACE
+  if (threadIdx.x == 0) DecodeTraceMark(trace, DecodeTraceLayout::kWaited);
+#endif
   if constexpr (H_SMEM) {
     const uint4* src = static_cast<const uint4*>(a.h);
     const int n16 = pairs * chunks_per_row;
@@ -269,7 +297,13 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm)
     }
     const float v = WarpSumF(acc);
     if (lane == 0) StoreCombined<T, Out>(a, t, col, v, out);
+#ifdef MOE_GEMM_TRACE
+    if (u == u_begin) DecodeTraceWarpMark(trace, DecodeTraceLayout::kFirstUnit);
+#endif
   }
+#ifdef MOE_GEMM_TRACE
+  DecodeTraceWarpMark(trace, DecodeTraceLayout::kWarpDone);
+#endif
 }
 
 // Down + combine with the weights moved by the bulk copy engine (sm_90): each warp copies a batch
@@ -371,6 +405,14 @@ const DownEntry kDownKernels[] = {MOE_DECODE_DOWN_TYPES_(MOE_DECODE_DOWN_ENTRY_)
 dim3 PersistentGrid(int sm_count) { return dim3(static_cast<unsigned>(sm_count * kBlocksPerSm)); }
 
 }  // namespace
+
+#ifdef MOE_GEMM_TRACE
+Status SetDecodeTraceBuffer(uint64_t* buf) {
+  CUDA_RETURN_IF_ERROR(cudaMemcpyToSymbol(g_decode_trace, &buf, sizeof(buf)));
+  MOE_RETURN_IF_ERROR(SetDecodeTraceBufferMeta(buf));
+  return SetDecodeTraceBufferFront(buf);
+}
+#endif
 
 bool CanDecodeExperts(int64_t capacity, int top_k) {
   return capacity >= 1 && capacity <= kDecodeExpertsMaxTokens &&

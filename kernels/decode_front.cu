@@ -16,12 +16,16 @@
 #include "kernels/cluster.cuh"
 #include "kernels/cuda_status.h"
 #include "kernels/decode_common.cuh"
+#include "kernels/gemm_trace.cuh"
 #include "kernels/moe_kernels.h"
 #include "kernels/pdl.cuh"
 #include "kernels/routing_device.cuh"
 
 namespace moe::cuda {
 namespace {
+#ifdef MOE_GEMM_TRACE
+__device__ uint64_t* g_decode_trace = nullptr;  // SetDecodeTraceBufferFront
+#endif
 
 constexpr int kFrontRowsPerBlock = 8;                                 // router rows per front block
 constexpr int kFrontKSplit = kScanThreads / 32 / kFrontRowsPerBlock;  // warps per row (K quarters)
@@ -57,8 +61,19 @@ __global__ void __launch_bounds__(kScanThreads) FrontKernel(const FrontArgs f, f
   extern __shared__ float route_smem[];
   __shared__ float s_part[kFrontKSplit][kFrontTokenGroup][kFrontRowsPerBlock];
   __shared__ int s_last;
+#ifdef MOE_GEMM_TRACE
+  const uint64_t trace_entry = TraceGlobalTime();
+#endif
   GridDepWait();
   GridDepTrigger();
+#ifdef MOE_GEMM_TRACE
+  // The ring entry after the wait: the meta kernel is the one before this one.
+  uint64_t* trace = DecodeTraceBlock(g_decode_trace, 1);
+  if (threadIdx.x == 0 && trace != nullptr) {
+    trace[DecodeTraceLayout::kEntry] = trace_entry;
+    DecodeTraceMark(trace, DecodeTraceLayout::kWaited);
+  }
+#endif
   const ForwardMeta* meta = f.route.meta;
   const int n = meta->n_tokens;
   const int hidden = f.convert.hidden;
@@ -90,6 +105,18 @@ __global__ void __launch_bounds__(kScanThreads) FrontKernel(const FrontArgs f, f
       Store8(x + t * 2 * hidden + h, v);
     }
   }
+#ifdef MOE_GEMM_TRACE
+  // Diagnostic marks of thread 0 (DecodeTraceLayout: the front's per-warp words hold them):
+  // kFirstUnit + 0 convert done, + 1 first router pass summed, + 2 its partial sums in shared
+  // memory, + 3 cluster phase 1 passed, + 4 the pass's rows stored; + 8 .. + 12 the routing's
+  // steps.
+  const auto mark = [&](int i) {
+    if (threadIdx.x == 0) DecodeTraceMark(trace, DecodeTraceLayout::kFirstUnit + i);
+  };
+#else
+  const auto mark = [](int) {};
+#endif
+  mark(0);
 
   // Phase 2: router rows (cluster: into block 0's shared memory).
   // Block b: row block b % row_blocks, K part b / row_blocks (one part without a cluster).
@@ -142,15 +169,18 @@ __global__ void __launch_bounds__(kScanThreads) FrontKernel(const FrontArgs f, f
         }
       }
     }
+    if (t0 == 0) mark(1);
 #pragma unroll
     for (int j = 0; j < kFrontTokenGroup; ++j) {
       const float v = WarpSum(acc[j]);
       if (lane == 0) s_part[quarter][j][row_local] = v;
     }
     __syncthreads();
+    if (t0 == 0) mark(2);
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     if (cluster && t0 == 0) ClusterWait();  // every block of the cluster has started
 #endif
+    if (t0 == 0) mark(3);
     if (threadIdx.x < kFrontTokenGroup * kFrontRowsPerBlock) {
       const int j = threadIdx.x / kFrontRowsPerBlock, r = threadIdx.x % kFrontRowsPerBlock;
       const int rr = rb * kFrontRowsPerBlock + r;
@@ -168,6 +198,7 @@ __global__ void __launch_bounds__(kScanThreads) FrontKernel(const FrontArgs f, f
       }
     }
     __syncthreads();  // s_part is reused by the next pass
+    if (t0 == 0) mark(4);
   }
 
   // Phase 3: the last block (cluster: block 0, once every block's rows are in) routes and scans.
@@ -176,6 +207,10 @@ __global__ void __launch_bounds__(kScanThreads) FrontKernel(const FrontArgs f, f
     if (n == 0) ClusterWait();  // phase 1 of 2, when the router loop did not run
     ClusterArrive();            // release: this block's logits in block 0
     ClusterWait();
+#ifdef MOE_GEMM_TRACE
+    if (threadIdx.x == 0) DecodeTraceMark(trace, DecodeTraceLayout::kSetUp);
+    if (ClusterRank() != 0) DecodeTraceWarpMark(trace, DecodeTraceLayout::kWarpDone);
+#endif
     if (ClusterRank() != 0) return;
     if (k_parts > 1) {
       // The K parts' sums in part order (fixed: the same bits every time).
@@ -186,7 +221,13 @@ __global__ void __launch_bounds__(kScanThreads) FrontKernel(const FrontArgs f, f
       }
       __syncthreads();
     }
+#ifdef MOE_GEMM_TRACE
+    RouteScanBody(f.route, f.scan, s_logits, nr, 1, 0, route_smem, !f.skip_scan,
+                  trace != nullptr ? trace + DecodeTraceLayout::kFirstUnit + 8 : nullptr);
+    DecodeTraceWarpMark(trace, DecodeTraceLayout::kWarpDone);
+#else
     RouteScanBody(f.route, f.scan, s_logits, nr, 1, 0, route_smem, !f.skip_scan);
+#endif
 #endif
     return;
   }
@@ -259,6 +300,13 @@ cudaLaunchConfig_t FrontConfig(int blocks, size_t smem, cudaStream_t stream, boo
   return cfg;
 }
 }  // namespace
+
+#ifdef MOE_GEMM_TRACE
+Status SetDecodeTraceBufferFront(uint64_t* buf) {
+  CUDA_RETURN_IF_ERROR(cudaMemcpyToSymbol(g_decode_trace, &buf, sizeof(buf)));
+  return absl::OkStatus();
+}
+#endif
 
 Status InitFrontKernels() {
   const int front_smem =

@@ -121,6 +121,13 @@ StatusOr<int> ClusterGemmResidentClusters(int cluster_blocks = 2);
 // Diagnostic builds only (-DMOE_GEMM_TRACE=ON): where the cluster GEMM records its timeline
 // (device memory of GemmTraceLayout::kWords words, kernels/gemm_trace.cuh); null stops it.
 Status SetGemmTraceBuffer(uint64_t* buf);
+// Where the decode chain records its timeline (DecodeTraceLayout::kWords words, zeroed by the
+// caller; kernels/gemm_trace.cuh); null stops it. The meta kernel, the decode front and the decode
+// experts live in three translation units, each with its own copy of the pointer:
+// SetDecodeTraceBuffer sets all three.
+Status SetDecodeTraceBuffer(uint64_t* buf);
+Status SetDecodeTraceBufferMeta(uint64_t* buf);   // routing.cu
+Status SetDecodeTraceBufferFront(uint64_t* buf);  // decode_front.cu
 #endif
 // The same grouped (or dense) problem on CUDA cores for decode batches (decode_gemv.cu): one warp
 // per output column streams the weights once with 16-byte loads. Needs the decode tile's row list

@@ -18,15 +18,28 @@
 
 #include "absl/strings/str_cat.h"
 #include "kernels/cuda_status.h"
+#include "kernels/gemm_trace.cuh"
 #include "kernels/moe_kernels.h"
 #include "kernels/pdl.cuh"
 #include "kernels/routing_device.cuh"
 
 namespace moe::cuda {
 namespace {
+#ifdef MOE_GEMM_TRACE
+__device__ uint64_t* g_decode_trace = nullptr;  // SetDecodeTraceBufferMeta
+#endif
 
 // ---- 0. The forward's meta ----
-__global__ void StoreMetaKernel(const ForwardMeta meta, ForwardMeta* dst) { *dst = meta; }
+__global__ void StoreMetaKernel(const ForwardMeta meta, ForwardMeta* dst) {
+#ifdef MOE_GEMM_TRACE
+  if (g_decode_trace != nullptr) {  // counts the forward, then its start in the new ring entry
+    const uint64_t t = TraceGlobalTime();
+    g_decode_trace[0] += 1;
+    DecodeTraceBlock(g_decode_trace, 0)[DecodeTraceLayout::kEntry] = t;
+  }
+#endif
+  *dst = meta;
+}
 
 // ---- 1. Convert ----
 template <typename In, typename W>
@@ -243,6 +256,13 @@ __global__ void ScatterRowsKernel(const ScanArgs a) {
 }
 
 }  // namespace
+
+#ifdef MOE_GEMM_TRACE
+Status SetDecodeTraceBufferMeta(uint64_t* buf) {
+  CUDA_RETURN_IF_ERROR(cudaMemcpyToSymbol(g_decode_trace, &buf, sizeof(buf)));
+  return absl::OkStatus();
+}
+#endif
 
 Status LaunchStoreMeta(const ForwardMeta& meta, ForwardMeta* dst, cudaStream_t stream) {
   if (dst == nullptr) return absl::InvalidArgumentError("LaunchStoreMeta: null destination");

@@ -11,6 +11,7 @@
 #include <climits>
 #include <cstdint>
 
+#include "kernels/gemm_trace.cuh"
 #include "kernels/moe_kernels.h"
 
 namespace moe::cuda {
@@ -149,14 +150,23 @@ struct RoutedPair {
 // memory; `counts`: per-expert counters (global or shared) that hand out each pair's rank, stored
 // to a.ranks unless store_rank is false (the caller then stores it). kBatch: experts per lane whose
 // split partials are loaded before the first add (logits in global memory: one round trip for up
-// to 32 * kBatch experts instead of one per 32).
+// to 32 * kBatch experts instead of one per 32). trace (diagnostic builds): lane 0 records the
+// end of each step at words trace[0..4] (scores, selection scores, groups, top-k, stores).
 template <int kBatch = 1>
 __device__ RoutedPair RouteToken(const RouteArgs& a, const float* logits, int splits,
                                  int64_t split_stride, int t, float* score, float* sel,
-                                 int32_t* counts, bool store_rank = true) {
+                                 int32_t* counts, bool store_rank = true,
+                                 [[maybe_unused]] uint64_t* trace = nullptr) {
   const RoutingParams& rp = a.routing;
   const int n_experts = rp.n_experts;
   const int lane = threadIdx.x & 31;
+#ifdef MOE_GEMM_TRACE
+  const auto mark = [&](int i) {
+    if (trace != nullptr && lane == 0) trace[i] = TraceGlobalTime();
+  };
+#else
+  const auto mark = [](int) {};
+#endif
 
   // Logits (split partials summed in ascending order) -> scores.
   float local_max = -FLT_MAX;
@@ -190,10 +200,12 @@ __device__ RoutedPair RouteToken(const RouteArgs& a, const float* logits, int sp
   } else {
     for (int e = lane; e < n_experts; e += 32) score[e] = 1.0f / (1.0f + __expf(-score[e]));
   }
+  mark(0);
   const float* bias =
       rp.has_bias ? a.bias + static_cast<int64_t>(a.meta->layer_pos) * n_experts : nullptr;
   for (int e = lane; e < n_experts; e += 32) sel[e] = score[e] + (bias ? bias[e] : 0.0f);
   __syncwarp();
+  mark(1);
 
   // Group-limited selection: keep the best topk_group groups (ties -> lower group).
   if (rp.topk_method != 0) {
@@ -237,6 +249,7 @@ __device__ RoutedPair RouteToken(const RouteArgs& a, const float* logits, int sp
     __syncwarp();
   }
 
+  mark(2);
   // Top-k by selection score; weights are the unbiased scores. Selection scores become orderable
   // keys (SelKey), so each round is one max and one min reduction over the warp. Up to
   // kRouteRegKeys * 32 experts a lane keeps its experts' keys (lane, lane + 32, ...) in registers;
@@ -307,6 +320,7 @@ __device__ RoutedPair RouteToken(const RouteArgs& a, const float* logits, int sp
       __syncwarp();
     }
   }
+  mark(3);
   RoutedPair out;
   if (lane < rp.top_k) {
     if (rp.norm_topk_prob) my_w /= wsum + 1e-20f;
@@ -322,6 +336,7 @@ __device__ RoutedPair RouteToken(const RouteArgs& a, const float* logits, int sp
     const float v = SumSplits(logits + n_experts, splits, split_stride);
     a.shared_gate[t] = 1.0f / (1.0f + __expf(-v));
   }
+  mark(4);
   return out;
 }
 
@@ -410,7 +425,8 @@ inline __device__ void ScanBody(const ScanArgs& a, const int32_t* counts, bool s
 // logits + t * ld_logits, `splits` partials) and scans; `route_smem`: [32][2][n_experts].
 inline __device__ void RouteScanBody(const RouteArgs& ra, const ScanArgs& sa, const float* logits,
                                      int64_t ld_logits, int splits, int64_t split_stride,
-                                     float* route_smem, bool scan) {
+                                     float* route_smem, bool scan,
+                                     [[maybe_unused]] uint64_t* trace = nullptr) {
   __shared__ int s_experts[kScanThreads];
   __shared__ int s_count[kScanThreads];
   __shared__ int s_tiles[kScanThreads];
@@ -420,7 +436,7 @@ inline __device__ void RouteScanBody(const RouteArgs& ra, const ScanArgs& sa, co
   if (wid < ra.meta->n_tokens) {
     float* score = route_smem + wid * 2 * ra.routing.n_experts;
     RouteToken(ra, logits + wid * ld_logits, splits, split_stride, wid, score,
-               score + ra.routing.n_experts, s_experts);
+               score + ra.routing.n_experts, s_experts, true, wid == 0 ? trace : nullptr);
   }
   if (!scan) return;
   __syncthreads();  // ids, ranks (global) and counts (shared) are complete

@@ -140,6 +140,10 @@ bool g_combine_unrolled = CudaEngineOptions().combine_unrolled;
 // --gemm-trace=PREFIX (trace builds): the cluster GEMM's timeline of each point's last forward
 // into PREFIX_<shape>_<tokens>.bin (kernels/gemm_trace.cuh; tools/device/gemm_trace.py reads it).
 std::string g_gemm_trace;
+// --decode-trace=PREFIX (trace builds): the decode chain's timeline of each point's last
+// DecodeTraceLayout::kReplays forwards into PREFIX_<shape>_<tokens>.bin (kernels/gemm_trace.cuh;
+// tools/device/decode_trace.py reads it).
+std::string g_decode_trace;
 #endif
 // --no-pingpong / --pingpong-always: the ping-pong cluster GEMMs never / always.
 CudaEngineOptions::Use g_pingpong = CudaEngineOptions().cluster_pingpong;
@@ -530,6 +534,18 @@ class Runner {
   int64_t next_ = 0;
 };
 
+#ifdef MOE_GEMM_TRACE
+// Copies `words` uint64 words of a trace buffer to the file `path` once the device is idle.
+void WriteTrace(const cuda::DeviceBuffer& buf, int64_t words, const std::string& path) {
+  BENCH_CHECK(cudaDeviceSynchronize());
+  std::vector<uint64_t> host(static_cast<size_t>(words));
+  BENCH_CHECK(cudaMemcpy(host.data(), buf.get(), host.size() * 8, cudaMemcpyDeviceToHost));
+  std::ofstream(path, std::ios::binary)
+      .write(reinterpret_cast<const char*>(host.data()),
+             static_cast<std::streamsize>(host.size() * 8));
+}
+#endif
+
 int Report(const std::string& json_path, const std::vector<std::string>& shape_names,
            const std::vector<int64_t>& tokens, bool with_det) {
   cudaDeviceProp prop{};
@@ -557,25 +573,31 @@ int Report(const std::string& json_path, const std::vector<std::string>& shape_n
       trace = OrDie(cuda::DeviceBuffer::Create(cuda::GemmTraceLayout::kWords * 8));
       OrDie(cuda::SetGemmTraceBuffer(trace.as<uint64_t>()));
     }
+    cuda::DeviceBuffer decode_trace;
+    if (!g_decode_trace.empty()) {
+      decode_trace = OrDie(cuda::DeviceBuffer::Create(cuda::DecodeTraceLayout::kWords * 8));
+      OrDie(cuda::SetDecodeTraceBuffer(decode_trace.as<uint64_t>()));
+    }
 #endif
     for (int64_t t : tokens) {
 #ifdef MOE_GEMM_TRACE
       if (!g_gemm_trace.empty()) {
         BENCH_CHECK(cudaMemset(trace.get(), 0, cuda::GemmTraceLayout::kWords * 8));
       }
+      if (!g_decode_trace.empty()) {
+        BENCH_CHECK(cudaMemset(decode_trace.get(), 0, cuda::DecodeTraceLayout::kWords * 8));
+      }
 #endif
       const Runner::Timing tm = run.Time(t);
       const double us = tm.median_us;
 #ifdef MOE_GEMM_TRACE
       if (!g_gemm_trace.empty()) {
-        BENCH_CHECK(cudaDeviceSynchronize());
-        std::vector<uint64_t> words(cuda::GemmTraceLayout::kWords);
-        BENCH_CHECK(
-            cudaMemcpy(words.data(), trace.get(), words.size() * 8, cudaMemcpyDeviceToHost));
-        const std::string path = g_gemm_trace + "_" + shape.name + "_" + std::to_string(t) + ".bin";
-        std::ofstream(path, std::ios::binary)
-            .write(reinterpret_cast<const char*>(words.data()),
-                   static_cast<std::streamsize>(words.size() * 8));
+        WriteTrace(trace, cuda::GemmTraceLayout::kWords,
+                   g_gemm_trace + "_" + shape.name + "_" + std::to_string(t) + ".bin");
+      }
+      if (!g_decode_trace.empty()) {
+        WriteTrace(decode_trace, cuda::DecodeTraceLayout::kWords,
+                   g_decode_trace + "_" + shape.name + "_" + std::to_string(t) + ".bin");
       }
 #endif
       // The floor counts the experts the timed inputs activated; it is an average over them, so
@@ -609,6 +631,7 @@ int Report(const std::string& json_path, const std::vector<std::string>& shape_n
         static_cast<long long>(max_tokens), run.engine().fused_decode_blocks());
 #ifdef MOE_GEMM_TRACE
     if (!g_gemm_trace.empty()) OrDie(cuda::SetGemmTraceBuffer(nullptr));
+    if (!g_decode_trace.empty()) OrDie(cuda::SetDecodeTraceBuffer(nullptr));
 #endif
   }
   if (g_hopper_tile == CudaEngineOptions::HopperTile::kWideCluster) {
@@ -817,6 +840,8 @@ int main(int argc, char** argv) {
 #ifdef MOE_GEMM_TRACE
     } else if (a.rfind("--gemm-trace=", 0) == 0) {
       moe::g_gemm_trace = a.substr(13);
+    } else if (a.rfind("--decode-trace=", 0) == 0) {
+      moe::g_decode_trace = a.substr(15);
 #endif
     } else if (a == "--gemm-pdl") {
       moe::g_gemm_pdl = true;
