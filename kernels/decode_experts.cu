@@ -72,15 +72,13 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm)
   __shared__ int s_token[kMaxPairs];
   __shared__ const void* s_table[2][kMaxStagedExperts];
 #ifdef MOE_GEMM_TRACE
-  uint64_t* trace = DecodeTraceBlock(g_decode_trace, 2);  // the meta kernel is two launches back
-  if (threadIdx.x == 0) DecodeTraceMark(trace, DecodeTraceLayout::kEntry);
-#else
-  uint64_t* trace = nullptr;
+  const uint64_t trace_entry = TraceGlobalTime();
 #endif
   // Phase 0: the layer's gate/up tables (fixed) before the wait, so that after it the experts (from
-  // the previous kernel) are one dependent load away from their weights.
-  const int64_t layer_base = static_cast<int64_t>(*a.layer_dev) * a.n_experts;
-  const bool staged = a.n_experts <= kMaxStagedExperts;
+  // the previous kernel) are one dependent load away from their weights. layer_after_wait: the
+  // layer comes from the previous kernel too, so the experts' table entries load after the wait.
+  int64_t layer_base = a.layer_after_wait ? 0 : static_cast<int64_t>(*a.layer_dev) * a.n_experts;
+  const bool staged = !a.layer_after_wait && a.n_experts <= kMaxStagedExperts;
   if (staged) {
     for (int e = threadIdx.x; e < a.n_experts; e += kThreads) {
       s_table[0][e] = a.gate_table[layer_base + e];
@@ -97,8 +95,16 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm)
   GridDepWait();
   GridDepTrigger();
 #ifdef MOE_GEMM_TRACE
-  if (threadIdx.x == 0) DecodeTraceMark(trace, DecodeTraceLayout::kWaited);
+  // The ring entry after the wait (the front may count the forward: DecodeTraceBlock).
+  uint64_t* trace = DecodeTraceBlock(g_decode_trace, 2);
+  if (threadIdx.x == 0 && trace != nullptr) {
+    trace[DecodeTraceLayout::kEntry] = trace_entry;
+    DecodeTraceMark(trace, DecodeTraceLayout::kWaited);
+  }
+#else
+  uint64_t* trace = nullptr;
 #endif
+  if (a.layer_after_wait) layer_base = static_cast<int64_t>(*a.layer_dev) * a.n_experts;
   const int pairs = a.meta->n_tokens * a.top_k;
   for (int p = threadIdx.x; p < pairs; p += kThreads) {
     const int e = a.topk_ids[p];
@@ -205,7 +211,7 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm)
   __shared__ float s_w[kMaxPairs];
   __shared__ int s_hrow[kMaxPairs];
 #ifdef MOE_GEMM_TRACE
-  uint64_t* trace = DecodeTraceBlock(g_decode_trace, 3);  // the meta kernel is 3+ launches back
+  uint64_t* trace = DecodeTraceBlock(g_decode_trace, 3);  // the counting kernel: 2+ launches back
   if (threadIdx.x == 0) DecodeTraceMark(trace, DecodeTraceLayout::kEntry);
 #endif
   // Phase 0: the routing (two or more launches back) before the wait, h (the previous kernels')

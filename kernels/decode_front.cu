@@ -55,8 +55,11 @@ __device__ __forceinline__ void StoreClusterF32(float* local, unsigned rank, flo
 // 3. The block that draws the last ticket copies all logits into shared memory, resets the ticket
 //    and routes + scans (RouteScanBody; routes only with skip_scan). Cluster: the quarters' sums
 //    go straight into block 0's shared memory, and block 0 routes after the cluster barrier.
+// f.store_meta: `meta_arg` is the forward's meta (the front is the forward's first kernel): the
+// block reads it from its argument and block 0 stores it for the kernels after it.
 template <typename In, typename W>
-__global__ void __launch_bounds__(kScanThreads) FrontKernel(const FrontArgs f, float* logits) {
+__global__ void __launch_bounds__(kScanThreads)
+    FrontKernel(const FrontArgs f, float* logits, const ForwardMeta meta_arg) {
   // [32][2][n_experts] route scratch, then [32][nr] logits per K part (cluster) or in all
   extern __shared__ float route_smem[];
   __shared__ float s_part[kFrontKSplit][kFrontTokenGroup][kFrontRowsPerBlock];
@@ -66,20 +69,30 @@ __global__ void __launch_bounds__(kScanThreads) FrontKernel(const FrontArgs f, f
 #endif
   GridDepWait();
   GridDepTrigger();
+  const bool own_meta = f.store_meta != nullptr;
 #ifdef MOE_GEMM_TRACE
-  // The ring entry after the wait: the meta kernel is the one before this one.
-  uint64_t* trace = DecodeTraceBlock(g_decode_trace, 1);
+  // The ring entry after the wait: the meta kernel is the one before this one (or, own_meta, the
+  // routing block counts this forward below).
+  uint64_t* trace = DecodeTraceBlock(g_decode_trace, 1, own_meta ? 1 : 0);
   if (threadIdx.x == 0 && trace != nullptr) {
     trace[DecodeTraceLayout::kEntry] = trace_entry;
     DecodeTraceMark(trace, DecodeTraceLayout::kWaited);
   }
+  // own_meta: the routing block counts the forward once every block has read the count.
+  const auto count_forward = [&]() {
+    if (own_meta && g_decode_trace != nullptr && threadIdx.x == 0) g_decode_trace[0] += 1;
+  };
+#else
+  const auto count_forward = []() {};
 #endif
+  if (own_meta && blockIdx.x == 0 && threadIdx.x == 0) *f.store_meta = meta_arg;
   const ForwardMeta* meta = f.route.meta;
-  const int n = meta->n_tokens;
+  const int n = own_meta ? meta_arg.n_tokens : meta->n_tokens;
+  const int layer_pos = own_meta ? meta_arg.layer_pos : meta->layer_pos;
   const int hidden = f.convert.hidden;
   const int nr = f.router_rows;
   const int64_t ld = f.route.ld_logits;
-  const In* in = static_cast<const In*>(meta->input);
+  const In* in = static_cast<const In*>(own_meta ? meta_arg.input : meta->input);
   // Cluster: the logits rows in block 0's shared memory (the same offset in every block).
   float* s_logits = route_smem + kRouteScanMaxTokens * 2 * f.route.routing.n_experts;
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
@@ -131,7 +144,7 @@ __global__ void __launch_bounds__(kScanThreads) FrontKernel(const FrontArgs f, f
   const int q = part * kFrontKSplit + quarter;  // K piece of the block's warp, of k_parts x 4
   const int c_begin = q * chunks / (k_parts * kFrontKSplit);
   const int c_end = (q + 1) * chunks / (k_parts * kFrontKSplit);
-  const W* w = row < nr ? static_cast<const W*>(f.router_table[meta->layer_pos]) +
+  const W* w = row < nr ? static_cast<const W*>(f.router_table[layer_pos]) +
                               static_cast<int64_t>(row) * f.ld_router
                         : nullptr;
   for (int t0 = 0; t0 < n; t0 += kFrontTokenGroup) {
@@ -170,10 +183,13 @@ __global__ void __launch_bounds__(kScanThreads) FrontKernel(const FrontArgs f, f
       }
     }
     if (t0 == 0) mark(1);
+      // Only the pass's tokens: each sum is 5 shuffles, which every warp of the block issues.
 #pragma unroll
     for (int j = 0; j < kFrontTokenGroup; ++j) {
-      const float v = WarpSum(acc[j]);
-      if (lane == 0) s_part[quarter][j][row_local] = v;
+      if (t0 + j < n) {
+        const float v = WarpSum(acc[j]);
+        if (lane == 0) s_part[quarter][j][row_local] = v;
+      }
     }
     __syncthreads();
     if (t0 == 0) mark(2);
@@ -212,6 +228,7 @@ __global__ void __launch_bounds__(kScanThreads) FrontKernel(const FrontArgs f, f
     if (ClusterRank() != 0) DecodeTraceWarpMark(trace, DecodeTraceLayout::kWarpDone);
 #endif
     if (ClusterRank() != 0) return;
+    count_forward();
     if (k_parts > 1) {
       // The K parts' sums in part order (fixed: the same bits every time).
       for (int i = threadIdx.x; i < n * nr; i += blockDim.x) {
@@ -222,11 +239,11 @@ __global__ void __launch_bounds__(kScanThreads) FrontKernel(const FrontArgs f, f
       __syncthreads();
     }
 #ifdef MOE_GEMM_TRACE
-    RouteScanBody(f.route, f.scan, s_logits, nr, 1, 0, route_smem, !f.skip_scan,
+    RouteScanBody(f.route, f.scan, s_logits, nr, 1, 0, route_smem, !f.skip_scan, n,
                   trace != nullptr ? trace + DecodeTraceLayout::kFirstUnit + 8 : nullptr);
     DecodeTraceWarpMark(trace, DecodeTraceLayout::kWarpDone);
 #else
-    RouteScanBody(f.route, f.scan, s_logits, nr, 1, 0, route_smem, !f.skip_scan);
+    RouteScanBody(f.route, f.scan, s_logits, nr, 1, 0, route_smem, !f.skip_scan, n);
 #endif
 #endif
     return;
@@ -236,6 +253,7 @@ __global__ void __launch_bounds__(kScanThreads) FrontKernel(const FrontArgs f, f
   if (threadIdx.x == 0) s_last = atomicAdd(f.ticket, 1) == static_cast<int>(gridDim.x) - 1;
   __syncthreads();
   if (!s_last) return;
+  count_forward();
   __threadfence();
   for (int i = threadIdx.x; i < n * nr; i += blockDim.x) {
     const int t = i / nr, r = i % nr;
@@ -243,7 +261,7 @@ __global__ void __launch_bounds__(kScanThreads) FrontKernel(const FrontArgs f, f
   }
   if (threadIdx.x == 0) *f.ticket = 0;  // for the next forward (stream-ordered after this one)
   __syncthreads();
-  RouteScanBody(f.route, f.scan, s_logits, nr, 1, 0, route_smem, !f.skip_scan);
+  RouteScanBody(f.route, f.scan, s_logits, nr, 1, 0, route_smem, !f.skip_scan, n);
 }
 
 // Dynamic shared memory of the front kernel: route scratch + one logits row per token.
@@ -260,7 +278,7 @@ size_t FrontSmemBytes(int n_experts, int router_rows) {
   X(AType::kF16, __half, WType::kF16, __half)                 \
   X(AType::kBF16, __nv_bfloat16, WType::kBF16, __nv_bfloat16) \
   X(AType::kBF16, __nv_bfloat16, WType::kF16, __half)
-using FrontFn = void (*)(FrontArgs, float*);
+using FrontFn = void (*)(FrontArgs, float*, ForwardMeta);
 struct FrontEntry {
   AType atype;
   WType wtype;
@@ -369,13 +387,17 @@ Status FrontArgs::Validate() const {
   if (route.splits != 1 || route.meta != convert.meta || scan.meta != convert.meta) {
     return absl::InvalidArgumentError("FrontArgs: one meta, unsplit logits");
   }
+  if (store_meta != nullptr && (store_meta != route.meta || convert.pdl)) {
+    return absl::InvalidArgumentError(
+        "FrontArgs: a front that takes the meta stores it at route.meta and launches without PDL");
+  }
   if (!CanFuseFront(route.capacity, route.routing.n_experts, router_rows)) {
     return absl::InvalidArgumentError("FrontArgs: too many tokens, experts or router rows");
   }
   return absl::OkStatus();
 }
 
-Status LaunchFront(const FrontArgs& f, cudaStream_t stream) {
+Status LaunchFront(const FrontArgs& f, cudaStream_t stream, const ForwardMeta& meta) {
   MOE_RETURN_IF_ERROR(f.Validate());
   FrontFn fn = nullptr;
   for (const FrontEntry& e : kFrontKernels) {
@@ -392,8 +414,15 @@ Status LaunchFront(const FrontArgs& f, cudaStream_t stream) {
   const cudaLaunchConfig_t cfg = FrontConfig(
       row_blocks * parts, FrontSmemBytes(f.route.routing.n_experts, f.router_rows * parts), stream,
       f.cluster, f.convert.pdl, attr);
-  CUDA_RETURN_IF_ERROR(cudaLaunchKernelEx(&cfg, fn, f, const_cast<float*>(f.route.logits)));
+  CUDA_RETURN_IF_ERROR(cudaLaunchKernelEx(&cfg, fn, f, const_cast<float*>(f.route.logits), meta));
   return absl::OkStatus();
+}
+
+const void* FrontKernelFunction(AType atype, WType wtype) {
+  for (const FrontEntry& e : kFrontKernels) {
+    if (e.atype == atype && e.wtype == wtype) return reinterpret_cast<const void*>(e.fn);
+  }
+  return nullptr;
 }
 
 }  // namespace moe::cuda

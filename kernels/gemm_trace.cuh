@@ -80,12 +80,14 @@ __device__ __forceinline__ void TraceAt(uint64_t* rec, int array, int max, uint3
 }
 
 // This block's record of decode kernel `kernel` in the current forward's ring entry, or null past
-// kMaxBlocks / without a buffer. The count in word 0 comes from the meta kernel, which ran before
-// any kernel of the chain could start (kernels/pdl.cuh).
-__device__ __forceinline__ uint64_t* DecodeTraceBlock(uint64_t* buf, int kernel) {
+// kMaxBlocks / without a buffer. The count in word 0 comes from the meta kernel, or from the decode
+// front when it takes the meta as its argument (FrontArgs::store_meta): its routing block counts
+// the forward once every block of it has read the count (so the front itself passes ahead = 1),
+// and every later kernel reads it after the front is complete.
+__device__ __forceinline__ uint64_t* DecodeTraceBlock(uint64_t* buf, int kernel, int ahead = 0) {
   using L = DecodeTraceLayout;
   if (buf == nullptr || blockIdx.x >= L::kMaxBlocks) return nullptr;
-  const uint64_t replay = *static_cast<volatile uint64_t*>(buf) % L::kReplays;
+  const uint64_t replay = (*static_cast<volatile uint64_t*>(buf) + ahead) % L::kReplays;
   return buf + L::kHeader + static_cast<int64_t>(replay) * L::kReplayWords +
          (static_cast<int64_t>(kernel) * L::kMaxBlocks + blockIdx.x) * L::kBlockWords;
 }

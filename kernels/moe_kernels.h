@@ -202,6 +202,9 @@ struct DecodeExpertsArgs {
   // Programmatic dependent launch (kernels/pdl.cuh). Down + combine reads the routing (topk_ids,
   // topk_weights, tables) before its wait: the routing must come two or more launches earlier.
   bool pdl = false;
+  // Gate/up right after a front that stores the meta (FrontArgs::store_meta): it reads the layer
+  // after its wait (else before, staging the layer's gate/up tables in shared memory).
+  bool layer_after_wait = false;
   Status Validate() const;
 };
 bool CanDecodeExperts(int64_t capacity, int top_k);
@@ -367,10 +370,18 @@ struct FrontArgs {
   // its router rows into block 0's shared memory and block 0 routes after a cluster barrier,
   // instead of the ticket and a round trip of the logits through global memory.
   bool cluster = false;
+  // Non-null: the front is the forward's first kernel (launched without PDL) and takes the meta
+  // as its argument (LaunchFront's `meta`) instead of reading it; block 0 stores it here (route.
+  // meta) for the kernels after it, so the one after the front must read it after its PDL wait.
+  ForwardMeta* store_meta = nullptr;
   Status Validate() const;
 };
 bool CanFuseFront(int64_t capacity, int n_experts, int router_rows);
-Status LaunchFront(const FrontArgs& f, cudaStream_t stream);
+// meta: the forward's meta when f.store_meta is set (ignored otherwise).
+Status LaunchFront(const FrontArgs& f, cudaStream_t stream, const ForwardMeta& meta = {});
+// The front kernel LaunchFront launches for these dtypes (to find its node in a captured graph).
+// Its parameters: (FrontArgs f, float* logits = f.route.logits, ForwardMeta meta).
+const void* FrontKernelFunction(AType atype, WType wtype);
 // Row blocks of the front kernel as one cluster for `router_rows` rows, if this device and build
 // can launch it (sm_90 image, at most 16 row blocks, one cluster of up to 16 blocks fits: few row
 // blocks also split K over the cluster); else 0.

@@ -10,6 +10,7 @@
 #include <cfloat>
 #include <climits>
 #include <cstdint>
+#include <type_traits>
 
 #include "kernels/gemm_trace.cuh"
 #include "kernels/moe_kernels.h"
@@ -151,7 +152,8 @@ struct RoutedPair {
 // to a.ranks unless store_rank is false (the caller then stores it). kBatch: experts per lane whose
 // split partials are loaded before the first add (logits in global memory: one round trip for up
 // to 32 * kBatch experts instead of one per 32). trace (diagnostic builds): lane 0 records the
-// end of each step at words trace[0..4] (scores, selection scores, groups, top-k, stores).
+// end of each step at words trace[0..4] (scores, selection scores, groups, top-k, stores;
+// RouteScanBody adds its start at trace[5] and the SM clock at its start and end at trace[6, 7]).
 template <int kBatch = 1>
 __device__ RoutedPair RouteToken(const RouteArgs& a, const float* logits, int splits,
                                  int64_t split_stride, int t, float* score, float* sel,
@@ -278,29 +280,49 @@ __device__ RoutedPair RouteToken(const RouteArgs& a, const float* logits, int sp
     wsum += w;
     return idx;
   };
-  if (n_experts <= 32 * kRouteRegKeys) {
-    unsigned reg_key[kRouteRegKeys];
+  // Keys in registers: each lane sorts its keys once (descending, ties to the lower expert), so a
+  // round reads the lane's best at the head of its list and only the winning lane pops it. The
+  // rounds' chain is then the two warp reductions, not a scan of every key.
+  const auto top_k_sorted = [&](auto n_keys) {
+    constexpr int N = decltype(n_keys)::value;
+    unsigned key[N];
+    int e[N];
 #pragma unroll
-    for (int j = 0; j < kRouteRegKeys; ++j) {
-      const int e = lane + 32 * j;
-      reg_key[j] = e < n_experts ? SelKey(sel[e]) : 0u;
+    for (int j = 0; j < N; ++j) {
+      e[j] = lane + 32 * j;
+      key[j] = e[j] < n_experts ? SelKey(sel[e[j]]) : 0u;
     }
-    for (int k = 0; k < rp.top_k; ++k) {
-      unsigned best = 0u;
-      int best_j = 0;
+    // Odd-even transposition sort: N rounds of neighbour compare-exchanges.
 #pragma unroll
-      for (int j = 0; j < kRouteRegKeys; ++j) {
-        if (reg_key[j] > best) {
-          best = reg_key[j];
-          best_j = j;
+    for (int r = 0; r < N; ++r) {
+#pragma unroll
+      for (int j = r & 1; j + 1 < N; j += 2) {
+        if (key[j + 1] > key[j] || (key[j + 1] == key[j] && e[j + 1] < e[j])) {
+          const unsigned tk = key[j];
+          key[j] = key[j + 1];
+          key[j + 1] = tk;
+          const int te = e[j];
+          e[j] = e[j + 1];
+          e[j + 1] = te;
         }
       }
-      const int idx = pick(k, best, lane + 32 * best_j);
+    }
+    for (int k = 0; k < rp.top_k; ++k) {
+      const int idx = pick(k, key[0], e[0]);
+      if (key[0] != 0u && e[0] == idx) {
 #pragma unroll
-      for (int j = 0; j < kRouteRegKeys; ++j) {
-        if (lane + 32 * j == idx) reg_key[j] = 0u;
+        for (int j = 0; j + 1 < N; ++j) {
+          key[j] = key[j + 1];
+          e[j] = e[j + 1];
+        }
+        key[N - 1] = 0u;
       }
     }
+  };
+  if (n_experts <= 32 * 4) {
+    top_k_sorted(std::integral_constant<int, 4>{});
+  } else if (n_experts <= 32 * kRouteRegKeys) {
+    top_k_sorted(std::integral_constant<int, kRouteRegKeys>{});
   } else {
     unsigned* key = reinterpret_cast<unsigned*>(sel);
     for (int e = lane; e < n_experts; e += 32) key[e] = SelKey(sel[e]);
@@ -423,9 +445,10 @@ inline __device__ void ScanBody(const ScanArgs& a, const int32_t* counts, bool s
 // memset) and the scan in one block, one launch instead of three nodes.
 // One block (kScanThreads threads): routes tokens 0..n_tokens-1 (one warp each; logits row t at
 // logits + t * ld_logits, `splits` partials) and scans; `route_smem`: [32][2][n_experts].
+// n_tokens < 0: the meta's count (else the caller's, which it has read already).
 inline __device__ void RouteScanBody(const RouteArgs& ra, const ScanArgs& sa, const float* logits,
                                      int64_t ld_logits, int splits, int64_t split_stride,
-                                     float* route_smem, bool scan,
+                                     float* route_smem, bool scan, int n_tokens = -1,
                                      [[maybe_unused]] uint64_t* trace = nullptr) {
   __shared__ int s_experts[kScanThreads];
   __shared__ int s_count[kScanThreads];
@@ -433,10 +456,19 @@ inline __device__ void RouteScanBody(const RouteArgs& ra, const ScanArgs& sa, co
   s_experts[threadIdx.x] = 0;
   __syncthreads();
   const int wid = threadIdx.x >> 5;
-  if (wid < ra.meta->n_tokens) {
+  if (wid < (n_tokens >= 0 ? n_tokens : ra.meta->n_tokens)) {
+#ifdef MOE_GEMM_TRACE
+    if (trace != nullptr && threadIdx.x == 0) {  // routing starts (timer and SM clock)
+      trace[5] = TraceGlobalTime();
+      trace[6] = TraceClock();
+    }
+#endif
     float* score = route_smem + wid * 2 * ra.routing.n_experts;
     RouteToken(ra, logits + wid * ld_logits, splits, split_stride, wid, score,
                score + ra.routing.n_experts, s_experts, true, wid == 0 ? trace : nullptr);
+#ifdef MOE_GEMM_TRACE
+    if (trace != nullptr && threadIdx.x == 0) trace[7] = TraceClock();  // routing done
+#endif
   }
   if (!scan) return;
   __syncthreads();  // ids, ranks (global) and counts (shared) are complete

@@ -26,6 +26,8 @@
 //                             CudaEngineOptions::stream_gate_up, stream_down)
 //       [--meta-copy]   (each forward's meta by a host-to-device copy before the graph, not as
 //                       the graph's first kernel: CudaEngineOptions::meta_in_graph off)
+//       [--no-front-meta]   (at 1 token the meta kernel first, not the front taking the meta:
+//                            CudaEngineOptions::front_takes_meta off)
 //       [--input-copy]   (the GEMMs read a copy of the input: CudaEngineOptions::input_in_place
 //       off)
 //       [--router-convert-splits=N]   (at most N K splits of the fused router; 1: none)
@@ -155,9 +157,10 @@ bool g_gemm_pdl = CudaEngineOptions().cluster_gemm_overlap;       // --[no-]gemm
 bool g_down_tma = false;                                          // --down-tma
 bool g_gate_up_tma = false;                                       // --gate-up-tma
 CudaEngineOptions::Use g_stream_gate_up = CudaEngineOptions().stream_gate_up;
-bool g_stream_down = CudaEngineOptions().stream_down;        // --stream-down
-bool g_meta_in_graph = CudaEngineOptions().meta_in_graph;    // --meta-copy
-bool g_input_in_place = CudaEngineOptions().input_in_place;  // --input-copy
+bool g_stream_down = CudaEngineOptions().stream_down;            // --stream-down
+bool g_meta_in_graph = CudaEngineOptions().meta_in_graph;        // --meta-copy
+bool g_front_takes_meta = CudaEngineOptions().front_takes_meta;  // --no-front-meta
+bool g_input_in_place = CudaEngineOptions().input_in_place;      // --input-copy
 
 struct Shape {
   std::string name;
@@ -410,6 +413,7 @@ class Runner {
     o.stream_gate_up = g_stream_gate_up;
     o.stream_down = g_stream_down;
     o.meta_in_graph = g_meta_in_graph;
+    o.front_takes_meta = g_front_takes_meta;
     o.input_in_place = g_input_in_place;
     engine_ = OrDie(CudaEngine::CreateRandom(SpecOf(shape), 1234, o));
     max_tokens_ = max_tokens;
@@ -835,6 +839,8 @@ int main(int argc, char** argv) {
       moe::g_stream_down = true;
     } else if (a == "--meta-copy") {
       moe::g_meta_in_graph = false;
+    } else if (a == "--no-front-meta") {
+      moe::g_front_takes_meta = false;
     } else if (a == "--input-copy") {
       moe::g_input_in_place = false;
 #ifdef MOE_GEMM_TRACE

@@ -915,8 +915,9 @@ TEST(CudaEngine, InputInPlace) {
 
 // Forwards enqueued back to back on device buffers (no host sync between them), each with its own
 // layer, token count and buffers, replay the graphs of a few capacities many times (and 600 tokens
-// launch directly): with the meta as the graph's first kernel (the default, its node updated
-// before each replay) and with the meta copied. Each output must match the same engine's
+// launch directly): with the meta given to the decode front at 1 token and to a one-thread first
+// kernel elsewhere (the defaults: the graph's first node updated before each replay), with the
+// meta kernel at 1 token too, and with the meta copied. Each output must match the same engine's
 // synchronous forward of that input (a stale meta would give another layer's, another input's or
 // the poison's values), on the decode experts path (1 token), the decode and mma.sync tiles and
 // the Hopper tile, with a shared expert.
@@ -928,11 +929,14 @@ TEST(CudaEngine, MetaInGraphAndMetaCopy) {
       {0, 1},  {2, 1}, {0, 3},  {2, 8}, {0, 5},   {2, 64}, {0, 1}, {2, 40},
       {0, 8},  {2, 3}, {2, 1},  {0, 1}, {0, 600}, {2, 7},  {0, 2}, {2, 64},
       {0, 33}, {2, 1}, {0, 64}, {2, 8}, {0, 1},   {2, 2},  {0, 4}, {2, 600}};
-  for (const bool meta_in_graph : {true, false}) {
-    SCOPED_TRACE(::testing::Message() << "meta_in_graph " << meta_in_graph);
+  for (const int mode : {0, 1, 2}) {
+    const bool meta_in_graph = mode < 2, front_takes_meta = mode == 0;
+    SCOPED_TRACE(::testing::Message()
+                 << "meta_in_graph " << meta_in_graph << ", front_takes_meta " << front_takes_meta);
     CudaEngineOptions o = DefaultOptions();
     o.max_batch_tokens = 1024;
     o.meta_in_graph = meta_in_graph;
+    o.front_takes_meta = front_takes_meta;
     auto gpu = CudaEngine::Create(model, o);
     ASSERT_TRUE(gpu.ok()) << gpu.status();
     CudaEngine& engine = **gpu;

@@ -5,7 +5,7 @@ Usage: decode_trace.py FILE.bin [...]   (written by a -DMOE_GEMM_TRACE=ON build 
 cuda_engine_bench with --decode-trace=PREFIX)
 
 Per recorded forward (the last DecodeTraceLayout::kReplays of a point), times in us from the meta
-kernel's start: for each kernel of the chain (meta, front, gate/up, down + combine) the blocks'
+kernel's start (or the front's first block's, when the front takes the meta): for each kernel of the chain (meta, front, gate/up, down + combine) the blocks'
 entry, the end of their PDL wait and of their setup, and the warps' first unit and end (min /
 median / max over blocks or warps); the gap from the previous forward's last warp to this
 forward's meta kernel; and the smallest step seen between two timer readings (the timer's
@@ -23,7 +23,7 @@ REPLAY_WORDS = KERNELS * MAX_BLOCKS * BLOCK_WORDS
 NAMES = ("meta", "front", "gate/up", "down+combine")
 FRONT_STEPS = ("convert done", "first router pass summed", "partial sums in shared memory",
                "cluster phase 1 passed", "the pass's rows stored")
-ROUTE_STEPS = ("scores", "selection scores", "groups", "top-k", "stores")
+ROUTE_STEPS = ("scores", "selection scores", "groups", "top-k", "stores", "(its start)")
 
 
 def col_of(blocks, w):
@@ -67,8 +67,10 @@ def summarise(path):
     replays = []
     for r in range(REPLAYS):
         recs = replay_records(words, r)
-        if recs[0]:
+        if recs[0]:  # t0: the meta kernel's start, or the front's first block's (it takes the meta)
             replays.append((recs[0][0][ENTRY], recs))
+        elif recs[1]:
+            replays.append((min(rec[ENTRY] for rec in recs[1]), recs))
     replays.sort(key=lambda x: x[0])
     stamps = sorted({x for _, recs in replays for blocks in recs for rec in blocks for x in rec if x})
     steps = [b - a for a, b in zip(stamps, stamps[1:]) if b > a]
@@ -98,6 +100,11 @@ def summarise(path):
                 print(f"      front {step:34s} {spread(col_of(recs[1], FIRST_UNIT + i), t0):>20s}")
             for i, step in enumerate(ROUTE_STEPS):
                 print(f"      route {step:34s} {spread(col_of(recs[1], FIRST_UNIT + 8 + i), t0):>20s}")
+            for rec in recs[1]:
+                r = rec[FIRST_UNIT + 8:FIRST_UNIT + 16]
+                if r[4] > r[5] > 0 and r[7] > r[6] > 0:
+                    print(f"      routing block's SM clock: {(r[7] - r[6]) / (r[4] - r[5]):.2f} GHz "
+                          f"({r[7] - r[6]} cycles in {r[4] - r[5]} ns)")
         prev_end = end
 
 

@@ -298,6 +298,11 @@ struct CudaEngineOptions {
   // 24-byte host-to-device copy from a pinned ring before the graph (the expert cache's forwards
   // always copy).
   bool meta_in_graph = true;
+  // With meta_in_graph, a forward on the decode experts path (1 token) gives the meta to its fused
+  // decode front, which is then the forward's first kernel and stores the meta for the others:
+  // no one-thread meta kernel before it (the graph's first node is the front). Off: the meta
+  // kernel first, as on every other path.
+  bool front_takes_meta = true;
   // With activations in the weights' dtype, past the decode paths (no fused decode front, no
   // weight-streaming gate/up, no permuted copy of x) and without an expert cache: the router and
   // expert GEMMs read the forward's input buffer in place (its address from the meta, on the

@@ -312,7 +312,10 @@ Status CudaEngine::Impl::BuildLayerLaunch(Slot& s, int64_t capacity, AType atype
   // Mixtral 512 tokens (1330 -> 1461 us, one run each, not understood); session 9 measured 1.5-2 us
   // less at 256-512 tokens and Mixtral unchanged (H200, two rounds each).
   const bool pdl_plan = pdl && (!cuda::IsHopperTile(plan.tile) || options.hopper_overlap_launches);
-  bool first_kernel = !after_meta_kernel;
+  // At 1 token (the decode experts path) the fused front takes the meta itself and comes first.
+  l->meta_in_front = after_meta_kernel && options.front_takes_meta && l->fused_front &&
+                     plan.decode_gemv && cache == nullptr && !decode_fused;
+  bool first_kernel = !after_meta_kernel || l->meta_in_front;
   auto pdl_next = [&]() {
     const bool p = pdl_plan && !first_kernel;
     first_kernel = false;
@@ -452,6 +455,7 @@ Status CudaEngine::Impl::BuildLayerLaunch(Slot& s, int64_t capacity, AType atype
     front.ticket = s.front_ticket.as<int32_t>();
     front.cluster = front_cluster;
     front.convert.pdl = pdl_next();
+    front.store_meta = l->meta_in_front ? s.meta.as<cuda::ForwardMeta>() : nullptr;
   } else if (l->route_scan) {
     route.pdl = pdl_next();
   } else {
@@ -675,6 +679,7 @@ Status CudaEngine::Impl::BuildLayerLaunch(Slot& s, int64_t capacity, AType atype
     dx.shared_gate = comb.shared_gate;
     dx.sm_count = sms;
     dx.pdl = gu.pdl;  // not the first kernel: the same for every later launch
+    dx.layer_after_wait = l->meta_in_front;  // gate/up comes right after the front
     l->front.skip_scan = fused_front && dx.pair_row == nullptr && cache == nullptr;
     // The fused decode kernel (front + gate/up in one launch; h in pair order at any count).
     if (decode_fused && fused_front && cache == nullptr &&
@@ -699,12 +704,18 @@ Status CudaEngine::Impl::BuildLayerLaunch(Slot& s, int64_t capacity, AType atype
   return absl::OkStatus();
 }
 
-Status CudaEngine::Impl::LaunchFrontPhase(Slot& s, const LayerLaunch& l) const {
+Status CudaEngine::Impl::LaunchFrontPhase(Slot& s, const LayerLaunch& l,
+                                          const cuda::ForwardMeta* meta) const {
   cudaStream_t st = s.stream.get();
   if (!l.route_scan && !l.route_tail && !l.zero_counts) {
     CUDA_RETURN_IF_ERROR(cudaMemsetAsync(s.counts.get(), 0, s.counts.bytes(), st));
   }
-  if (l.fused_front) return cuda::LaunchFront(l.front, st);
+  if (l.fused_front) {
+    if (l.meta_in_front && meta == nullptr) {
+      return absl::InternalError("LaunchFrontPhase: the front takes the meta, but none was given");
+    }
+    return cuda::LaunchFront(l.front, st, l.meta_in_front ? *meta : cuda::ForwardMeta{});
+  }
   if (l.router_convert) {
     MOE_RETURN_IF_ERROR(cuda::LaunchRouterConvert(l.router_conv, st));
   } else {
@@ -742,11 +753,12 @@ Status CudaEngine::Impl::LaunchSharedPhase(const LayerLaunch& l, cudaStream_t st
 }
 
 Status CudaEngine::Impl::EnqueueCore(Slot& s, int64_t capacity, AType atype,
-                                     const cuda::ForwardMeta* meta) {
+                                     const cuda::ForwardMeta* meta, LayerLaunch* launched) {
   LayerLaunch l;
   MOE_RETURN_IF_ERROR(BuildLayerLaunch(s, capacity, atype, meta != nullptr, &l));
+  if (launched != nullptr) *launched = l;
   cudaStream_t st = s.stream.get();
-  if (meta != nullptr) {
+  if (meta != nullptr && !l.meta_in_front) {
     MOE_RETURN_IF_ERROR(cuda::LaunchStoreMeta(*meta, s.meta.as<cuda::ForwardMeta>(), st));
   }
   if (l.decode_fused) {
@@ -755,7 +767,7 @@ Status CudaEngine::Impl::EnqueueCore(Slot& s, int64_t capacity, AType atype,
     return cuda::LaunchDecodeDownCombineWith(l.decode, {true, options.decode_down_h_smem, down_tma},
                                              st);
   }
-  MOE_RETURN_IF_ERROR(LaunchFrontPhase(s, l));
+  MOE_RETURN_IF_ERROR(LaunchFrontPhase(s, l, meta));
   if (l.decode_experts) {
     MOE_RETURN_IF_ERROR(
         cuda::LaunchDecodeGateUpWith(l.decode, {options.decode_prefetch_units, gate_up_tma}, st));
@@ -803,7 +815,8 @@ Status CudaEngine::Impl::EnqueueMeta(Slot& s, const cuda::ForwardMeta& meta, ATy
   if (g == s.graphs.end()) {
     // Capture on first use of this (size, dtype) on this slot.
     CUDA_RETURN_IF_ERROR(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
-    const Status enq = EnqueueCore(s, capacity, atype, in_kernel);
+    LayerLaunch l;
+    const Status enq = EnqueueCore(s, capacity, atype, in_kernel, &l);
     cudaGraph_t raw = nullptr;
     const cudaError_t end = cudaStreamEndCapture(st, &raw);
     Slot::CapturedGraph c;
@@ -811,7 +824,8 @@ Status CudaEngine::Impl::EnqueueMeta(Slot& s, const cuda::ForwardMeta& meta, ATy
     MOE_RETURN_IF_ERROR(enq);
     CUDA_RETURN_IF_ERROR(end);
     if (meta_kernel) {
-      // The meta kernel is the graph's one root: the node whose parameters each replay sets.
+      // The meta kernel (or the front that takes the meta) is the graph's one root: the node whose
+      // parameters each replay sets.
       cudaGraphNode_t roots[2] = {};
       size_t n_roots = 2;
       CUDA_RETURN_IF_ERROR(cudaGraphGetRootNodes(raw, roots, &n_roots));
@@ -820,25 +834,33 @@ Status CudaEngine::Impl::EnqueueMeta(Slot& s, const cuda::ForwardMeta& meta, ATy
       if (type == cudaGraphNodeTypeKernel) {
         CUDA_RETURN_IF_ERROR(cudaGraphKernelNodeGetParams(roots[0], &c.meta_params));
       }
-      if (type != cudaGraphNodeTypeKernel ||
-          c.meta_params.func != cuda::StoreMetaKernelFunction()) {
-        return absl::InternalError("captured forward: its first node is not the meta kernel");
+      const void* first = l.meta_in_front ? cuda::FrontKernelFunction(atype, weights.wtype)
+                                          : cuda::StoreMetaKernelFunction();
+      if (type != cudaGraphNodeTypeKernel || first == nullptr || c.meta_params.func != first) {
+        return absl::InternalError(l.meta_in_front
+                                       ? "captured forward: its first node is not the front"
+                                       : "captured forward: its first node is not the meta kernel");
       }
       c.meta_node = roots[0];
+      c.meta_in_front = l.meta_in_front;
+      c.front = l.front;
     }
     cudaGraphExec_t exec = nullptr;
     CUDA_RETURN_IF_ERROR(cudaGraphInstantiate(&exec, raw, 0));
     c.exec = cuda::GraphExec(exec);
     g = s.graphs.emplace(std::make_pair(capacity, atype), std::move(c)).first;
   } else if (meta_kernel) {
-    cudaKernelNodeParams p = g->second.meta_params;
+    const Slot::CapturedGraph& c = g->second;
+    cudaKernelNodeParams p = c.meta_params;
     cuda::ForwardMeta value = meta;
     cuda::ForwardMeta* dst = s.meta.as<cuda::ForwardMeta>();
-    void* args[] = {&value, &dst};
-    p.kernelParams = args;
+    cuda::FrontArgs front = c.front;  // the front's arguments: (f, f.route.logits, meta)
+    float* logits = const_cast<float*>(front.route.logits);
+    void* meta_args[] = {&value, &dst};
+    void* front_args[] = {&front, &logits, &value};
+    p.kernelParams = c.meta_in_front ? front_args : meta_args;
     p.extra = nullptr;
-    CUDA_RETURN_IF_ERROR(
-        cudaGraphExecKernelNodeSetParams(g->second.exec.get(), g->second.meta_node, &p));
+    CUDA_RETURN_IF_ERROR(cudaGraphExecKernelNodeSetParams(c.exec.get(), c.meta_node, &p));
   }
   CUDA_RETURN_IF_ERROR(cudaGraphLaunch(g->second.exec.get(), st));
   return absl::OkStatus();

@@ -63,6 +63,9 @@ struct LayerLaunch {
   // front and the decode gate/up; `decode` then runs down + combine with h in pair order.
   bool decode_fused = false;
   cuda::DecodeFusedArgs fused;
+  // The fused front is the forward's first kernel and takes the meta as its argument
+  // (CudaEngineOptions::front_takes_meta; FrontArgs::store_meta): no meta kernel.
+  bool meta_in_front = false;
 };
 
 class CudaEngine::Impl {
@@ -82,13 +85,16 @@ class CudaEngine::Impl {
     cuda::PinnedBuffer in_stage, out_stage, ids_stage, weights_stage, meta_ring;
     std::array<cuda::Event, kMetaRing> meta_events;
     int meta_next = 0;
-    // A captured forward. meta_node: the graph's first node, the meta kernel (meta_in_graph), whose
-    // parameters each replay updates; meta_params: its parameters as captured.
+    // A captured forward. meta_node: the graph's first node, the meta kernel (meta_in_graph) or
+    // the fused front that takes the meta (front_takes_meta; its other arguments in `front`),
+    // whose parameters each replay updates; meta_params: its parameters as captured.
     struct CapturedGraph {
       cuda::Graph graph;
       cuda::GraphExec exec;
       cudaGraphNode_t meta_node = nullptr;
       cudaKernelNodeParams meta_params = {};
+      bool meta_in_front = false;
+      cuda::FrontArgs front;
     };
     std::map<std::pair<int64_t, cuda::AType>, CapturedGraph> graphs;
   };
@@ -130,14 +136,18 @@ class CudaEngine::Impl {
   // the forward's first kernel follows the meta kernel (LaunchStoreMeta), so it may take PDL.
   Status BuildLayerLaunch(Slot& s, int64_t capacity, cuda::AType atype, bool after_meta_kernel,
                           LayerLaunch* l) const;
-  // Phases of a forward (on s.stream).
-  Status LaunchFrontPhase(Slot& s, const LayerLaunch& l) const;
+  // Phases of a forward (on s.stream). meta: the forward's meta for a front that takes it.
+  Status LaunchFrontPhase(Slot& s, const LayerLaunch& l,
+                          const cuda::ForwardMeta* meta = nullptr) const;
   Status LaunchRoutedPhase(const LayerLaunch& l, const cuda::GemmArgs& gate_up,
                            const cuda::GemmArgs& down, cudaStream_t st) const;
   Status LaunchSharedPhase(const LayerLaunch& l, cudaStream_t st) const;
   // The all-resident forward: every phase in order (graph-capturable), first the meta kernel when
-  // `meta` is given (meta_in_graph), else the meta is already on its way to the device.
-  Status EnqueueCore(Slot& s, int64_t capacity, cuda::AType atype, const cuda::ForwardMeta* meta);
+  // `meta` is given (meta_in_graph; or the front that takes it, LayerLaunch::meta_in_front), else
+  // the meta is already on its way to the device. `launched`: where the forward's arguments go
+  // (for the graph's first node), if not null.
+  Status EnqueueCore(Slot& s, int64_t capacity, cuda::AType atype, const cuda::ForwardMeta* meta,
+                     LayerLaunch* launched = nullptr);
   // Puts the meta on the device, then launches the graph, the direct or the cached forward.
   Status EnqueueMeta(Slot& s, const cuda::ForwardMeta& meta, cuda::AType atype);
   // The capacity a forward of `n_tokens` launches with: the smallest graph size >= n_tokens
