@@ -7,8 +7,10 @@
 // earlier kernel, in every block (also in blocks that leave early), so the completion of a kernel
 // implies the completion of all kernels before it; code before the wait may read only data that
 // was complete before the previous kernel started (weights, outputs of kernels two or more launches
-// back; the forward's meta, which the forward's first kernel stores (LaunchStoreMeta), from the
-// third kernel on: every kernel that can follow the meta kernel waits before it reads the meta).
+// back; the forward's meta, which the forward's first kernel stores (LaunchStoreMeta, or at 1
+// token the decode front that takes it as its argument, FrontArgs::store_meta), from the third
+// kernel on: every kernel that can follow the meta kernel or that front waits before it reads the
+// meta).
 #pragma once
 
 #include <cuda_runtime.h>

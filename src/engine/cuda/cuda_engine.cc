@@ -302,7 +302,7 @@ Status CudaEngine::Impl::BuildLayerLaunch(Slot& s, int64_t capacity, AType atype
   // NOTES: with PDL every kernel but the first of the forward is launched with the attribute (each
   // waits for its predecessor, see kernels/pdl.cuh); the first follows a memset or the meta copy,
   // or, after_meta_kernel, the meta kernel (then it takes PDL too: every kernel that can come first
-  // here waits before it reads the meta).
+  // here waits before it reads the meta), unless the front takes the meta and comes first itself.
   // The fused front (1-4 below in one kernel) leaves out the router's split-K partials and the
   // hi+lo split, so it is kept out of deterministic mode.
   l->fused_front =

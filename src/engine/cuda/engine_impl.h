@@ -133,7 +133,9 @@ class CudaEngine::Impl {
   // f32 rows of hidden that each slot's down output buffer y holds (MoePlanInput).
   int64_t DownPartialRows() const;
   // Every kernel argument of a forward of up to `capacity` tokens on slot `s`. after_meta_kernel:
-  // the forward's first kernel follows the meta kernel (LaunchStoreMeta), so it may take PDL.
+  // the meta comes as a kernel argument (meta_in_graph): the forward's first kernel follows the
+  // meta kernel (LaunchStoreMeta), so it may take PDL, or, LayerLaunch::meta_in_front, the first
+  // kernel is the front that takes the meta (launched without PDL).
   Status BuildLayerLaunch(Slot& s, int64_t capacity, cuda::AType atype, bool after_meta_kernel,
                           LayerLaunch* l) const;
   // Phases of a forward (on s.stream). meta: the forward's meta for a front that takes it.
