@@ -83,6 +83,7 @@ __global__ void __launch_bounds__(kScanThreads)
     if (own_meta && g_decode_trace != nullptr && threadIdx.x == 0) g_decode_trace[0] += 1;
   };
 #else
+  [[maybe_unused]] uint64_t* trace = nullptr;
   const auto count_forward = []() {};
 #endif
   if (own_meta && blockIdx.x == 0 && threadIdx.x == 0) *f.store_meta = meta_arg;
@@ -238,12 +239,10 @@ __global__ void __launch_bounds__(kScanThreads)
       }
       __syncthreads();
     }
-#ifdef MOE_GEMM_TRACE
     RouteScanBody(f.route, f.scan, s_logits, nr, 1, 0, route_smem, !f.skip_scan, n,
                   trace != nullptr ? trace + DecodeTraceLayout::kFirstUnit + 8 : nullptr);
+#ifdef MOE_GEMM_TRACE
     DecodeTraceWarpMark(trace, DecodeTraceLayout::kWarpDone);
-#else
-    RouteScanBody(f.route, f.scan, s_logits, nr, 1, 0, route_smem, !f.skip_scan, n);
 #endif
 #endif
     return;
@@ -287,6 +286,14 @@ struct FrontEntry {
 #define MOE_FRONT_ENTRY_(AT, IN, WT, W) {AT, WT, &FrontKernel<IN, W>},
 const FrontEntry kFrontKernels[] = {MOE_FRONT_TYPES_(MOE_FRONT_ENTRY_)};
 #undef MOE_FRONT_ENTRY_
+
+// The front kernel of these dtypes, or null.
+FrontFn FindFrontKernel(AType atype, WType wtype) {
+  for (const FrontEntry& e : kFrontKernels) {
+    if (e.atype == atype && e.wtype == wtype) return e.fn;
+  }
+  return nullptr;
+}
 
 // True when the front kernels have an sm_90 image on an sm_90 device (cluster code compiled in).
 StatusOr<bool> FrontClustersCompiled() {
@@ -399,10 +406,7 @@ Status FrontArgs::Validate() const {
 
 Status LaunchFront(const FrontArgs& f, cudaStream_t stream, const ForwardMeta& meta) {
   MOE_RETURN_IF_ERROR(f.Validate());
-  FrontFn fn = nullptr;
-  for (const FrontEntry& e : kFrontKernels) {
-    if (e.atype == f.convert.atype && e.wtype == f.convert.wtype) fn = e.fn;
-  }
+  const FrontFn fn = FindFrontKernel(f.convert.atype, f.convert.wtype);
   if (fn == nullptr) return absl::InternalError("no front kernel for these dtypes");
   const int row_blocks = FrontBlocks(f.router_rows);
   if (f.cluster && row_blocks > kFrontMaxClusterBlocks) {
@@ -419,10 +423,7 @@ Status LaunchFront(const FrontArgs& f, cudaStream_t stream, const ForwardMeta& m
 }
 
 const void* FrontKernelFunction(AType atype, WType wtype) {
-  for (const FrontEntry& e : kFrontKernels) {
-    if (e.atype == atype && e.wtype == wtype) return reinterpret_cast<const void*>(e.fn);
-  }
-  return nullptr;
+  return reinterpret_cast<const void*>(FindFrontKernel(atype, wtype));
 }
 
 }  // namespace moe::cuda

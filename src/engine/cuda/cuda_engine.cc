@@ -854,10 +854,10 @@ Status CudaEngine::Impl::EnqueueMeta(Slot& s, const cuda::ForwardMeta& meta, ATy
     cudaKernelNodeParams p = c.meta_params;
     cuda::ForwardMeta value = meta;
     cuda::ForwardMeta* dst = s.meta.as<cuda::ForwardMeta>();
-    cuda::FrontArgs front = c.front;  // the front's arguments: (f, f.route.logits, meta)
-    float* logits = const_cast<float*>(front.route.logits);
+    // The front's arguments: (f, f.route.logits, meta); the call only reads them.
+    float* logits = const_cast<float*>(c.front.route.logits);
     void* meta_args[] = {&value, &dst};
-    void* front_args[] = {&front, &logits, &value};
+    void* front_args[] = {const_cast<cuda::FrontArgs*>(&c.front), &logits, &value};
     p.kernelParams = c.meta_in_front ? front_args : meta_args;
     p.extra = nullptr;
     CUDA_RETURN_IF_ERROR(cudaGraphExecKernelNodeSetParams(c.exec.get(), c.meta_node, &p));
