@@ -40,10 +40,10 @@ struct GemmTraceLayout {
 // The decode chain of a forward (the meta kernel, the decode front, the decode experts' gate/up
 // and down + combine kernels): per kernel and block, %globaltimer at the block's entry, after its
 // PDL wait, when its setup is done (the block's last barrier before its units) and, per warp,
-// when its first unit is stored and when it is done. The meta kernel counts forwards in word 0;
-// each forward writes ring entry (count % kReplays), so the last kReplays forwards (and the gaps
-// between them) stay. Layout (uint64 words): 8 header words, then per replay, kernel and block
-// kBlockWords words.
+// when its first unit is stored and when it is done. The meta kernel (or the front that takes the
+// meta) counts forwards in word 0 (DecodeTraceBlock); each forward writes ring entry (count %
+// kReplays), so the last kReplays forwards (and the gaps between them) stay. Layout (uint64
+// words): 8 header words, then per replay, kernel and block kBlockWords words.
 struct DecodeTraceLayout {
   static constexpr int kKernels = 4;  // 0 meta, 1 front, 2 gate/up, 3 down + combine
   static constexpr int kReplays = 4;
