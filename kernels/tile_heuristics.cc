@@ -82,29 +82,42 @@ MoePlan PlanMoe(const MoePlanInput& in) {
   plan.grouped_tiles = MaxGroupedTiles(pairs, in.n_experts, shape.bm);
   plan.dense_tiles = (in.tokens + shape.bm - 1) / shape.bm;
   const int bn = shape.bn_plain;
-  plan.router_tile =
-      !IsHopperTile(plan.tile) || in.deterministic || in.tokens > in.router_mma_max_tokens
-          ? plan.tile
-      : in.tokens <= kRouterDecodeTileMaxTokens ? GemmTile::kDecode
-                                                : GemmTile::kMedium;
-  const TileShape& rshape = ShapeOf(plan.router_tile);
-  plan.router_tiles = (in.tokens + rshape.bm - 1) / rshape.bm;
-  const int64_t router_blocks =
-      plan.router_tiles * ((in.router_rows + rshape.bn_plain - 1) / rshape.bn_plain);
-  plan.router_splits =
-      ChooseSplitK(router_blocks, in.router_k, in.tokens, in.sm_count, in.deterministic);
-  if (!in.deterministic && in.tokens > kMaxSplitRows) {
-    const int64_t k_steps = (in.router_k + TileShape::kBk - 1) / TileShape::kBk;
-    const int64_t partial_rows = in.router_partial_rows > 0
-                                     ? in.router_partial_rows
-                                     : kRouterPartialRowsPerToken * in.tokens;
-    int splits = 1;
-    while (splits < kMaxLargeRouterSplits && router_blocks * 2 * splits <= in.sm_count &&
-           k_steps / (2 * splits) >= 4 && 2 * splits * in.tokens <= partial_rows) {
-      splits *= 2;
+  // The router GEMM: its tile, grid and K splits with or without the large-batch mma.sync rule.
+  auto plan_router = [&](bool large) {
+    plan.large_router_mma = large;
+    const bool router_mma = IsHopperTile(plan.tile) && !in.deterministic &&
+                            (in.tokens <= in.router_mma_max_tokens || large);
+    plan.router_tile = !router_mma                               ? plan.tile
+                       : in.tokens <= kRouterDecodeTileMaxTokens ? GemmTile::kDecode
+                                                                 : GemmTile::kMedium;
+    const TileShape& rshape = ShapeOf(plan.router_tile);
+    plan.router_tiles = (in.tokens + rshape.bm - 1) / rshape.bm;
+    const int64_t router_blocks =
+        plan.router_tiles * ((in.router_rows + rshape.bn_plain - 1) / rshape.bn_plain);
+    plan.router_splits =
+        ChooseSplitK(router_blocks, in.router_k, in.tokens, in.sm_count, in.deterministic);
+    if (!in.deterministic && in.tokens > kMaxSplitRows) {
+      const int64_t k_steps = (in.router_k + TileShape::kBk - 1) / TileShape::kBk;
+      const int64_t partial_rows = in.router_partial_rows > 0
+                                       ? in.router_partial_rows
+                                       : kRouterPartialRowsPerToken * in.tokens;
+      const int64_t slots =
+          static_cast<int64_t>(large ? kLargeRouterMmaBlocksPerSm : 1) * in.sm_count;
+      int splits = 1;
+      while (splits < kMaxLargeRouterSplits && router_blocks * 2 * splits <= slots &&
+             k_steps / (2 * splits) >= 4 && 2 * splits * in.tokens <= partial_rows) {
+        splits *= 2;
+      }
+      plan.router_splits = splits;
     }
-    plan.router_splits = splits;
-  }
+  };
+  const bool large_router = in.large_router_mma && IsHopperTile(plan.tile) && !in.deterministic &&
+                            in.tokens > kRouterMmaMaxTokens &&
+                            in.router_rows >= kLargeRouterMmaMinRows;
+  plan_router(large_router);
+  // Only where its K splits: unsplit, the row tiles alone fill the SMs and kMedium re-reads the
+  // router weights once per 64 rows from L2.
+  if (large_router && plan.router_splits < 2) plan_router(false);
   // The down GEMM: N = hidden, K = inter.
   const int64_t down_col_blocks = (in.hidden + bn - 1) / bn;
   const int64_t down_k_steps = (in.inter + TileShape::kBk - 1) / TileShape::kBk;

@@ -160,6 +160,11 @@ struct MoePlanInput {
   // Batches of up to this many tokens run the router GEMM of a Hopper plan on the mma.sync tile
   // (0: never; the engine passes kRouterMmaMaxTokens unless told otherwise).
   int64_t router_mma_max_tokens = 0;
+  // Batches past kRouterMmaMaxTokens of a Hopper plan run a router of at least
+  // kLargeRouterMmaMinRows rows on the mma.sync tile too, K split to fill
+  // kLargeRouterMmaBlocksPerSm blocks per SM (MoePlan:: large_router_mma; never in deterministic
+  // mode).
+  bool large_router_mma = false;
   bool deterministic = false;
   bool wgmma = false;                // Hopper tiles allowed (ignored when deterministic, unless:)
   bool deterministic_wgmma = false;  // deterministic mode may use them too (see CudaEngineOptions)
@@ -192,6 +197,9 @@ struct MoePlan {
   int64_t dense_tiles = 0;    // grid.x of the shared-expert GEMMs
   GemmTile router_tile = GemmTile::kDecode;  // the router GEMM's tile
   int64_t router_tiles = 0;                  // and its grid.x
+  // The router of a batch past router_mma_max_tokens runs on the mma.sync tile (MoePlanInput::
+  // large_router_mma): the engine then runs it as a GEMM, not fused with the input copy.
+  bool large_router_mma = false;
   // The routed experts run as the decode experts kernels (LaunchDecodeGateUp, then
   // LaunchDecodeDownCombine, which also does the combine: no routed down GEMM, no combine launch),
   // and at <= kDecodeGemvMaxRows tokens the shared expert as the decode GEMV (LaunchDecodeGemv).
@@ -264,6 +272,19 @@ inline constexpr double kPingpongMaxRows = 48.0;
 // experts and cost ~12 us in the graph); at 1024 tokens 6 / 9 us faster; at 2048 and 4096 tokens
 // within the spread, so larger batches keep the Hopper tile.
 inline constexpr int64_t kRouterMmaMaxTokens = 1024;
+// Past kRouterMmaMaxTokens (MoePlanInput::large_router_mma) a router of at least this many rows
+// stays on kMedium (fewer rows would leave most of its 128 columns empty: Mixtral's 8 keep the
+// fused router), its K split while the blocks stay within kLargeRouterMmaBlocksPerSm per SM (two
+// 96 KiB kMedium blocks fit an SM); batches whose row tiles leave no room for a split keep the
+// plan's Hopper tile.
+// NOTES (H200, ncu, session 14): at 4096 tokens of Qwen3 the fused router (CUDA-core loads, 512
+// blocks re-reading x once per 32 router rows) took 34 us and the 128 x 256 wgmma tile (32 row
+// tiles, K split in 4: 128 blocks) 23 us, for 2.1 GFLOP and 17 MB of input. Session 17 (three
+// rounds): Qwen3 4096 tokens 835.5 -> 813.6 us with kMedium in 4 splits, DeepSeek-V2-Lite's 64 rows
+// unchanged (950.6 -> 949.4), 2048 tokens within the spread, and at 16384 (256 row tiles, unsplit)
+// Qwen3 2581 -> 2609 us: hence only where it splits.
+inline constexpr int kLargeRouterMmaMinRows = 64;
+inline constexpr int kLargeRouterMmaBlocksPerSm = 2;
 // Up to this many tokens that router runs on the decode tile (16 x 64) instead of kMedium.
 // NOTES (H200, session 8, ncu, Mixtral 64 tokens): kMedium (one 64-row tile, K split in 8) took
 // 10.9 us, the decode tile of a decode plan (4 row tiles, K split in 8) 6.0 us.

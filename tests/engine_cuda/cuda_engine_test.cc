@@ -523,6 +523,45 @@ TEST(CudaEngine, RouterKSplits) {
   CheckCases(cases, o);
 }
 
+// Past kRouterMmaMaxTokens the router on the mma.sync tile with its K split into f32 partials
+// (option large_batch_router_mma) against the CPU engine, and with it off (the fused router or the
+// Hopper tile): 128 router rows (K of 16 steps in 4 splits), 257 (three column blocks: 2 splits at
+// 2200 tokens, none at 3001, where the plan keeps the Hopper tile), 65 with a shared-expert gate in
+// f16 (K of 12 steps in 2 splits), 64 of DeepSeek-V2 at a hidden of 2048 (4 splits in the graph of
+// 2200 tokens, 8 eager); graphs and eager.
+TEST(CudaEngine, LargeBatchRouterMma) {
+  MOE_REQUIRE_GPU();
+  const std::vector<Case> cases = {
+      {"qwen3 128 experts",
+       Opts(Family::kQwen3Moe, 128, 8, 1024, 32, DType::kBF16, 121),
+       DType::kBF16,
+       {1100, 4100}},
+      {"257 experts",
+       Opts(Family::kQwen3Moe, 257, 8, 512, 32, DType::kBF16, 122),
+       DType::kBF16,
+       {2200, 3001}},
+      {"qwen2 shared gate, f16",
+       Opts(Family::kQwen2Moe, 64, 4, 768, 32, DType::kF16, 123),
+       DType::kF16,
+       {1500}},
+      {"deepseek_v2, hidden 2048",
+       Opts(Family::kDeepseekV2, 64, 6, 2048, 32, DType::kBF16, 124),
+       DType::kBF16,
+       {2048}},
+  };
+  CudaEngineOptions on = DefaultOptions();
+  on.max_batch_tokens = 4200;
+  on.graph_batch_sizes = {1100, 2200, 4200};
+  on.large_batch_router_mma = true;
+  CheckCases(cases, on);
+  CudaEngineOptions eager = on;
+  eager.graph_batch_sizes.clear();
+  CheckCases(cases, eager);
+  CudaEngineOptions off = on;
+  off.large_batch_router_mma = false;
+  CheckCases(cases, off);
+}
+
 // The unrolled combine (4 chunks a thread at top-2, 2 at top-4 with a gated shared expert, 1 at
 // top-6 with shared experts) gives the bits of the one-chunk combine, and both the CPU engine's
 // values.

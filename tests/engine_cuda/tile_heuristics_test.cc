@@ -432,6 +432,58 @@ TEST(PlanMoe, PermuteXForWideExperts) {
   EXPECT_FALSE(PlanMoe(in).permute_x);
 }
 
+// Past kRouterMmaMaxTokens a router of >= kLargeRouterMmaMinRows rows stays on the mma.sync tile
+// (MoePlanInput::large_router_mma), its K split while the blocks fit two per SM; Mixtral's 8 rows,
+// deterministic mode and the option off keep the plan's Hopper tile.
+TEST(PlanMoe, LargeBatchRouterOnTheMmaTile) {
+  MoePlanInput in = HopperInput(/*mixtral=*/false, 4096);
+  in.router_mma_max_tokens = kRouterMmaMaxTokens;
+  in.router_partial_rows = kRouterPartialRowsPerToken * 16384;
+  MoePlan p = PlanMoe(in);
+  EXPECT_FALSE(p.large_router_mma);  // the option off
+  EXPECT_EQ(p.router_tile, GemmTile::kWgmmaWsMc);
+  EXPECT_EQ(p.router_tiles, 32);
+  EXPECT_EQ(p.router_splits, 4);  // 32 x 4 blocks: one per SM at most
+  in.large_router_mma = true;
+  p = PlanMoe(in);
+  EXPECT_TRUE(p.large_router_mma);
+  EXPECT_EQ(p.router_tile, GemmTile::kMedium);
+  EXPECT_EQ(p.router_tiles, 64);
+  EXPECT_EQ(p.router_splits, 4);  // 256 blocks: two per SM
+  in.tokens = 16384;  // 256 row tiles already fill two per SM: no split, so the Hopper tile
+  p = PlanMoe(in);
+  EXPECT_FALSE(p.large_router_mma);
+  EXPECT_EQ(p.router_tile, GemmTile::kWgmmaWsMc);
+  EXPECT_EQ(p.router_splits, 1);
+  in.tokens = 8192;  // 128 row tiles: 2 splits
+  p = PlanMoe(in);
+  EXPECT_TRUE(p.large_router_mma);
+  EXPECT_EQ(p.router_splits, 2);
+  in.tokens = 2048;  // 32 row tiles, 8 splits of 4 k-steps
+  p = PlanMoe(in);
+  EXPECT_EQ(p.router_splits, 8);
+  in.router_partial_rows = 4 * 2048;  // a workspace of 4 rows per token: 4 splits
+  EXPECT_EQ(PlanMoe(in).router_splits, 4);
+  in.tokens = 1024;  // the small-batch rule's last size: as before
+  in.router_partial_rows = kRouterPartialRowsPerToken * 16384;
+  p = PlanMoe(in);
+  EXPECT_FALSE(p.large_router_mma);
+  EXPECT_EQ(p.router_tile, GemmTile::kMedium);
+  in.tokens = 4096;
+  in.router_rows = kLargeRouterMmaMinRows - 1;
+  EXPECT_FALSE(PlanMoe(in).large_router_mma);
+  MoePlanInput mixtral = HopperInput(/*mixtral=*/true, 4096);
+  mixtral.large_router_mma = true;
+  EXPECT_FALSE(PlanMoe(mixtral).large_router_mma);
+  EXPECT_EQ(PlanMoe(mixtral).router_tile, GemmTile::kWgmmaWsMc);
+  in.router_rows = 128;
+  in.deterministic = true;
+  in.deterministic_wgmma = true;
+  p = PlanMoe(in);
+  EXPECT_FALSE(p.large_router_mma);
+  EXPECT_EQ(p.router_splits, 1);
+}
+
 // The fused router's grid: every router row tile in exactly one split of at most
 // kRouterConvertMaxTiles tiles, and enough blocks to spread over the SMs where the rows allow.
 TEST(RouterConvert, GridCoversTheRowsAndFillsTheChip) {

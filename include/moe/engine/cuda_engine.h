@@ -278,6 +278,11 @@ struct CudaEngineOptions {
   // Batches of up to kRouterMmaMaxTokens tokens run the router GEMM of a Hopper plan on the
   // mma.sync 64 x 128 tile (kernels/tile_heuristics.h; never in deterministic mode).
   bool small_batch_router_mma = true;
+  // Larger batches run a router of at least kLargeRouterMmaMinRows rows on that tile too, its K
+  // split to fill two blocks per SM, instead of the fused router or the wgmma tile (kernels/
+  // tile_heuristics.h; never in deterministic mode). NOTES (H200, session 17): Qwen3 4096 tokens
+  // 835.5 -> 813.6 us (three rounds), DeepSeek-V2-Lite 8192 1732.9 -> 1708.5.
+  bool large_batch_router_mma = true;
   int decode_prefetch_units = 0;
   bool decode_down_tma = false;
   bool decode_gate_up_tma = false;

@@ -271,6 +271,7 @@ Status CudaEngine::Impl::BuildLayerLaunch(Slot& s, int64_t capacity, AType atype
   in.smem_per_sm = smem_per_sm;
   in.wave_split_down = options.wave_split_down;
   in.router_mma_max_tokens = options.small_batch_router_mma ? cuda::kRouterMmaMaxTokens : 0;
+  in.large_router_mma = options.large_batch_router_mma;
   in.deterministic = options.deterministic;
   in.wgmma = wgmma;
   in.deterministic_wgmma = options.deterministic_wgmma;
@@ -370,7 +371,7 @@ Status CudaEngine::Impl::BuildLayerLaunch(Slot& s, int64_t capacity, AType atype
   // The same router with the conversion, in one kernel (deterministic mode keeps the GEMM tile of
   // its batch size's plan, f32 activations the hi + lo split).
   l->router_convert =
-      !fused_front && !split_lo && !options.deterministic &&
+      !fused_front && !split_lo && !options.deterministic && !plan.large_router_mma &&
       cuda::UseRouterConvert(ToPathPolicy(options.fused_router_convert), capacity, hd, nr, sms);
   if (l->router_convert) {
     cuda::RouterConvertArgs& rc = l->router_conv;
