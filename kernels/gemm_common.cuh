@@ -136,6 +136,7 @@ struct GemmParams {
   int pdl;           // launched with PDL (the cluster kernel; the others take it at launch)
   int pdl_prefetch;  // pdl and prefetch_weights
   const void* const* a_indirect;  // GemmArgs::a_indirect (GemmABase)
+  int32_t* item_counter;          // GemmArgs::item_counter
 };
 
 // The kernel parameters of a validated GemmArgs (host side).
@@ -169,7 +170,8 @@ inline GemmParams MakeGemmParams(const GemmArgs& args) {
                     args.c_tmap,
                     args.pdl ? 1 : 0,
                     args.pdl && args.prefetch_weights ? 1 : 0,
-                    args.a_indirect};
+                    args.a_indirect,
+                    args.item_counter};
 }
 
 // A's base pointer: *p.a_indirect when set (read on the device), else p.a.

@@ -14,9 +14,14 @@
 //    weights for them (no multicast), so no block idles while its peer works. Units (a multicast
 //    or solo pair) are ordered by group, a solo pair next to the group of its second tile
 //    (ResolvePair). Work items (unit, column block, split) are ordered as in the cp.async
-//    persistent kernel (DecodeWorkItem);
-//    cluster c takes items c, c + clusters, ... Both blocks of a cluster walk the same items and
-//    k-steps, so their stage rings stay in step.
+//    persistent kernel (DecodeWorkItem); cluster c takes item c first, then, with
+//    GemmParams::item_counter (outside ping-pong mode), the next undrawn item each time its
+//    leader draws one from that counter (PublishItem), else items c + clusters, c + 2 clusters,
+//    ... Both blocks of a cluster walk the same items and k-steps, so their stage rings stay in
+//    step. NOTES (H200, session 9 timeline): with the static order the blocks' end times spread
+//    over 10-12% of the GEMM's span (Qwen3 4096 tokens: gate/up ends 419-476 us, down 255-305 us;
+//    Mixtral 4096 down 1486-1723 us); with the dynamic one (session 17) Qwen3 4096 tokens went
+//    822 -> 804 us, DeepSeek-V2-Lite 956 -> 947, Mixtral 16384 19607 -> 19114.
 // 2. Producer warpgroup: per k-step, waits until the stage is free in BOTH blocks (the stage's
 //    `empty` barrier counts the consumer warps of both blocks), gathers its A rows with cp.async
 //    (arriving on `full` when they land), and thread 0 announces the stage's 32 KiB of B on `full`
@@ -305,6 +310,51 @@ __device__ __forceinline__ ClusterItem ResolveClusterItem(
   c.kt_end = static_cast<int>(static_cast<int64_t>(c.split + 1) * k_steps / p.splits);
   return c;
 }
+
+// The dynamic schedule (GemmParams::item_counter, not in ping-pong mode). A cluster's first work
+// item is its ClusterId(), as in the static schedule; its leader (rank 0's producer thread 0)
+// draws each next one from the counter (ClusterCount() + ticket) while the current one streams,
+// and publishes it as the cluster's n-th item (n >= 1) in slot (n - 1) % kItemRing of every
+// block's `s_item`, arriving on that block's `item_bar[slot]`; every other role (the peers'
+// producers, the leader's own other producer threads, all consumer warps) waits there for phase
+// (n - 1) / kItemRing and reads it. No role is more than a stage ring behind the leader (the
+// `empty` barriers), so a slot is never rewritten before all have read it. An item past the work
+// ends every role's loop. When its last draw has come back, each leader counts its cluster done;
+// the last one zeroes both ints for the next launch.
+constexpr int kItemRing = 8;
+static_assert(kItemRing > kMcStages + 1 && kItemRing > kPpStages + 1,
+              "no role lags the leader by a whole ring");
+__device__ __forceinline__ void PublishItem(int* s_item, uint64_t* item_bar, uint32_t n, int w,
+                                            int blocks) {
+  const uint32_t slot = (n - 1) % kItemRing;
+  for (int r = 0; r < blocks; ++r) {
+    asm volatile("st.shared::cluster.u32 [%0], %1;\n" ::"r"(MapShared(SmemAddr(s_item + slot), r)),
+                 "r"(w)
+                 : "memory");
+    asm volatile("mbarrier.arrive.release.cluster.shared::cluster.b64 _, [%0];\n" ::"r"(
+                     MapShared(SmemAddr(item_bar + slot), r))
+                 : "memory");
+  }
+}
+__device__ __forceinline__ int ReadItem(const int* s_item, uint64_t* item_bar, uint32_t n) {
+  const uint32_t slot = (n - 1) % kItemRing;
+  const uint32_t addr = SmemAddr(item_bar + slot), parity = ((n - 1) / kItemRing) & 1;
+  uint32_t done = 0;
+  do {
+    asm volatile(
+        "{\n"
+        ".reg .pred p;\n"
+        "mbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 p, [%1], %2;\n"
+        "selp.u32 %0, 1, 0, p;\n"
+        "}\n"
+        : "=r"(done)
+        : "r"(addr), "r"(parity)
+        : "memory");
+  } while (!done);
+  int w;
+  asm volatile("ld.shared.u32 %0, [%1];\n" : "=r"(w) : "r"(SmemAddr(s_item + slot)) : "memory");
+  return w;
+}
 #endif
 
 // A by TMA (GemmArgs::a_tmap: contiguous A rows, the routed down GEMM's h or the permuted copy of
@@ -338,6 +388,8 @@ __global__ void __launch_bounds__(384, 1) WgmmaMcGemmKernel(const GemmParams p) 
   __shared__ __align__(8) uint64_t empty_bar[STAGES];
   __shared__ int unit_start[kMaxClusterGemmGroups + 1];
   __shared__ int solo_start[kMaxClusterGemmGroups + 1];
+  __shared__ int s_item[kItemRing];                      // dynamic schedule: PublishItem
+  __shared__ __align__(8) uint64_t item_bar[kItemRing];  // one arrival (the leader's) a phase
   extern __shared__ uint8_t mc_smem_raw[];
   uint8_t* smem = AlignedStageSmem(mc_smem_raw);
 
@@ -348,6 +400,10 @@ __global__ void __launch_bounds__(384, 1) WgmmaMcGemmKernel(const GemmParams p) 
   // by one consumer warpgroup (they alternate), so a stage is released by 4 warps per block.
   const bool pingpong = PP || (CN == 1 && p.pingpong != 0);
   const RowCut cut{p.tma_multicast != 0 && !pingpong, pingpong ? 64 : 128};
+  const bool dynamic = p.item_counter != nullptr && !pingpong;
+  if (dynamic && threadIdx.x == 0) {
+    for (int i = 0; i < kItemRing; ++i) MbarInit(&item_bar[i]);  // fenced by InitStageBarriers
+  }
   InitStageBarriers<STAGES>(full_bar, empty_bar, TMA_A ? 1 : 128 + 1, (pingpong ? 4 : 8) * kBlocks);
   // PDL: the group offsets (and A) come from earlier kernels. With pdl_prefetch (A by TMA) they
   // are two or more launches old: only A waits, and the producer streams the first stages' B
@@ -446,7 +502,13 @@ __global__ void __launch_bounds__(384, 1) WgmmaMcGemmKernel(const GemmParams p) 
         }
         GridDepWait();
       }
-      for (int64_t w = first_item; w < work; w += item_stride) {
+      const bool leader = dynamic && rank == 0 && tid == 0;
+      int64_t w = first_item, next = 0;
+      for (uint32_t n = 0;; ++n) {
+        if (n > 0) w = !dynamic ? w + item_stride : leader ? next : ReadItem(s_item, item_bar, n);
+        if (w >= work) break;
+        // The leader's next draw comes back while this item's stages go out.
+        if (leader) next = item_stride + atomicAdd(p.item_counter, 1);
         const ClusterItem item = ResolveClusterItem(p, unit_start, solo_start, w, pairs, col_groups,
                                                     CN, k_steps, rm, rn, cut);
         const PairWork& pw = item.pw;
@@ -515,6 +577,14 @@ __global__ void __launch_bounds__(384, 1) WgmmaMcGemmKernel(const GemmParams p) 
           }
           if (tid == 0 && !pre) issue_b(pw, tmap0, tmap1, n0, stage, k0);
         }
+        if (leader) PublishItem(s_item, item_bar, n + 1, static_cast<int>(next), kBlocks);
+      }
+      if (leader) {
+        __threadfence();  // the last draw before the count of clusters done
+        if (atomicAdd(p.item_counter + 1, 1) == static_cast<int>(item_stride) - 1) {
+          p.item_counter[0] = 0;  // every cluster has drawn its last: zero for the next launch
+          p.item_counter[1] = 0;
+        }
       }
       // Tail: leave only once every block's consumers have released every stage.
       for (int s = 0; s < STAGES; ++s, ++it) {
@@ -548,11 +618,13 @@ __global__ void __launch_bounds__(384, 1) WgmmaMcGemmKernel(const GemmParams p) 
 #endif
     // Ping-pong: this warpgroup's rows of a tile start at row 0, and it takes every other item.
     const int wg_row0 = pingpong ? 0 : cw * 64;
-    int64_t ordinal = 0;  // of the item among this cluster's
-    for (int64_t w = first_item; w < work; w += item_stride, ++ordinal) {
+    int64_t w = first_item;
+    for (uint32_t ordinal = 0;; ++ordinal) {  // of the item among this cluster's
+      if (ordinal > 0) w = dynamic ? ReadItem(s_item, item_bar, ordinal) : w + item_stride;
+      if (w >= work) break;
       const ClusterItem item = ResolveClusterItem(p, unit_start, solo_start, w, pairs, col_groups,
                                                   CN, k_steps, rm, rn, cut);
-      if (pingpong && (ordinal & 1) != cw) {
+      if (pingpong && static_cast<int>(ordinal & 1) != cw) {
         it += static_cast<uint32_t>(item.kt_end - item.kt_begin);  // the other warpgroup's stages
         continue;
       }

@@ -85,6 +85,11 @@ struct GemmArgs {
   // of kStoreTensorMapBoxRows rows): full 128-row tiles of wtype output are then stored by TMA,
   // without the warps waiting for the writes. Ignored for f32 partials.
   const void* c_tmap = nullptr;
+  // kWgmmaWsMc outside ping-pong mode only: two zeroed ints of device memory (the next work item,
+  // the clusters done) that the launch leaves at zero again; with them the clusters take their
+  // work items past the first one from a global counter as they finish (dynamic schedule) instead
+  // of every ClusterCount()-th.
+  int32_t* item_counter = nullptr;
   const int32_t* layer_dev = nullptr;
   int64_t b_layer_stride = 0;
   int64_t ldb = 0;

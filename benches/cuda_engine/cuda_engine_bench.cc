@@ -22,6 +22,8 @@
 //       [--no-front-cluster] [--no-wave-split] [--no-router-mma]   (session 5 paths off)
 //       [--no-large-router-mma]   (past kRouterMmaMaxTokens the router fused with the input copy
 //                             or on the plan's Hopper tile, not the mma.sync tile)
+//       [--static-schedule]   (cluster tile: every ClusterCount()-th work item per cluster, not
+//                             the dynamic schedule: CudaEngineOptions::cluster_dynamic_schedule)
 //       [--no-stream-gate-up | --stream-gate-up-always] [--stream-down]   (decode-tile plans'
 //                             routed gate/up GEMM on the weight-streaming kernel never / in
 //                             every such plan, and the down GEMM too:
@@ -112,11 +114,12 @@ CudaEngineOptions::DownPrefetch g_prefetch_down = CudaEngineOptions().decode_pre
 int g_fused_cluster_size = CudaEngineOptions().decode_fused_cluster_size;
 int g_fused_clusters = 0;
 bool g_down_h_smem = CudaEngineOptions().decode_down_h_smem;
-int g_prefetch_units = 0;                                              // --prefetch-units=N
-bool g_front_cluster = CudaEngineOptions().decode_front_cluster;       // --[no-]front-cluster
-bool g_wave_split = CudaEngineOptions().wave_split_down;               // --no-wave-split
-bool g_router_mma = CudaEngineOptions().small_batch_router_mma;        // --no-router-mma
-bool g_large_router_mma = CudaEngineOptions().large_batch_router_mma;  // --[no-]large-router-mma
+int g_prefetch_units = 0;                                                // --prefetch-units=N
+bool g_front_cluster = CudaEngineOptions().decode_front_cluster;         // --[no-]front-cluster
+bool g_wave_split = CudaEngineOptions().wave_split_down;                 // --no-wave-split
+bool g_router_mma = CudaEngineOptions().small_batch_router_mma;          // --no-router-mma
+bool g_large_router_mma = CudaEngineOptions().large_batch_router_mma;    // --[no-]large-router-mma
+bool g_dynamic_schedule = CudaEngineOptions().cluster_dynamic_schedule;  // --static-schedule
 // --no-quad-down / --quad-down / --quad-down-always: the 2 x 2 cluster down GEMM never / from
 // kQuadDownMinWaves waves / always.
 CudaEngineOptions::Use g_quad_down = CudaEngineOptions().cluster_quad_down;
@@ -412,6 +415,7 @@ class Runner {
     o.zero_counts_in_kernel = g_zero_counts;
     o.small_batch_router_mma = g_router_mma;
     o.large_batch_router_mma = g_large_router_mma;
+    o.cluster_dynamic_schedule = g_dynamic_schedule;
     o.decode_down_tma = g_down_tma;
     o.decode_gate_up_tma = g_gate_up_tma;
     o.stream_gate_up = g_stream_gate_up;
@@ -829,6 +833,10 @@ int main(int argc, char** argv) {
       moe::g_large_router_mma = true;
     } else if (a == "--no-large-router-mma") {
       moe::g_large_router_mma = false;
+    } else if (a == "--static-schedule") {
+      moe::g_dynamic_schedule = false;
+    } else if (a == "--dynamic-schedule") {
+      moe::g_dynamic_schedule = true;
     } else if (a == "--no-wave-split") {
       moe::g_wave_split = false;
     } else if (a == "--front-cluster") {

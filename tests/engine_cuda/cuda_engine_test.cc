@@ -293,7 +293,9 @@ TEST(CudaEngine, WithoutGraphsAndDeterministic) {
 // GEMM reading a permuted copy of x by TMA (also checked against the CPU, with graphs), and so do
 // both GEMMs in ping-pong mode (64-row tiles, the consumer warpgroups alternating items: experts
 // of 150 rows take 3 tiles, the last of 22 rows; 31 experts leave a cluster's last pair one tile;
-// against the CPU too; in the kernel of 64-row stages, the default, and of 128-row ones).
+// against the CPU too; in the kernel of 64-row stages, the default, and of 128-row ones); the
+// static schedule of work items gives the bits of the dynamic one (the default; CheckCases runs
+// several forwards on one engine, so each launch must leave the counter at zero for the next).
 TEST(CudaEngine, ClusterTile) {
   MOE_REQUIRE_GPU();
   using Tile = CudaEngineOptions::HopperTile;
@@ -343,7 +345,13 @@ TEST(CudaEngine, ClusterTile) {
   pingpong_long.cluster_pingpong_short_stages = false;
   CudaEngineOptions pingpong_long_cp_async = pingpong_cp_async;
   pingpong_long_cp_async.cluster_pingpong_short_stages = false;
+  CudaEngineOptions quad_static = quad;  // every ClusterCount()-th item, not the dynamic schedule
+  quad_static.cluster_dynamic_schedule = false;
+  CudaEngineOptions pair_down_static = pair_down;
+  pair_down_static.cluster_dynamic_schedule = false;
   const std::vector<std::pair<const char*, CudaEngineOptions>> variants = {
+      {"the static schedule", quad_static},
+      {"the down GEMM on 2-block clusters, static schedule", pair_down_static},
       {"the cp.async warp-specialised tile", WithHopperTile(Tile::kWideWarpSpecialized)},
       {"the down GEMM on 2-block clusters", pair_down},
       {"the TMA-A down GEMM", tma_a},
@@ -521,6 +529,32 @@ TEST(CudaEngine, RouterKSplits) {
   o.fused_router_convert = CudaEngineOptions::Use::kAlways;
   o.graph_batch_sizes.clear();
   CheckCases(cases, o);
+}
+
+// The cluster GEMMs' dynamic schedule over more work items a cluster than its item ring holds
+// (gate/up: 64 experts of ~187 rows x 12 column blocks, ~12 items a cluster), bit for bit against
+// the static schedule over several forwards of one engine (each launch must leave its counter at
+// zero for the next), graphs and eager, the down GEMM on 2-block and 2 x 2 clusters; and against
+// the CPU engine.
+TEST(CudaEngine, ClusterDynamicSchedule) {
+  MOE_REQUIRE_GPU();
+  const auto model = Opts(Family::kQwen3Moe, 64, 4, 512, 1536, DType::kBF16, 125);
+  const std::vector<Case> many = {
+      {"64 experts, inter 1536", model, DType::kBF16, {3000, 2500, 3000}}};
+  CudaEngineOptions dynamic = WithHopperTile(CudaEngineOptions::HopperTile::kWideCluster);
+  dynamic.max_batch_tokens = 3000;
+  dynamic.graph_batch_sizes = {3000};
+  dynamic.cluster_dynamic_schedule = true;
+  CudaEngineOptions fixed = dynamic;
+  fixed.cluster_dynamic_schedule = false;
+  CheckEnginesAgree(many, dynamic, fixed, 126, /*tol=*/0);
+  dynamic.graph_batch_sizes.clear();
+  fixed.graph_batch_sizes.clear();
+  CheckEnginesAgree(many, dynamic, fixed, 127, /*tol=*/0);
+  CudaEngineOptions quad = dynamic;
+  quad.cluster_quad_down = CudaEngineOptions::Use::kAlways;
+  CheckEnginesAgree(many, quad, fixed, 128, /*tol=*/0);
+  CheckCases({{"64 experts, inter 1536", model, DType::kBF16, {700}}}, dynamic);
 }
 
 // Past kRouterMmaMaxTokens the router on the mma.sync tile with its K split into f32 partials

@@ -174,6 +174,13 @@ struct CudaEngineOptions {
   // warps hand each 8-row half of their 16 rows to the copy engine and move on) instead of with
   // st.global from the staged shared memory.
   bool cluster_tma_store = true;
+  // kWideCluster only, outside ping-pong mode: the routed GEMMs' clusters take their work items
+  // past the first from a global counter as they finish (a dynamic schedule), not every
+  // ClusterCount()-th item, so that clusters that run faster take more and the last ones end
+  // together. NOTES (H200, session 17, against the static order): Qwen3 4096 tokens 822 -> 804 us,
+  // DeepSeek-V2-Lite 956 -> 947, Mixtral 16384 19607 -> 19114, Qwen3 16384 2633 -> 2589; the
+  // ping-pong plans (512 tokens of Qwen3 and DeepSeek-V2-Lite) keep the static order.
+  bool cluster_dynamic_schedule = true;
   // Past the fused decode front, with activations in the weights' dtype and outside deterministic
   // mode: the input copy and the router GEMM run as one kernel (kernels/router_gemm.cu) never,
   // from kRouterConvertMinTokens tokens up to kRouterConvertMaxWaves waves of its blocks

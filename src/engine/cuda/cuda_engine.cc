@@ -231,6 +231,8 @@ Status CudaEngine::Impl::AllocateSlots() {
     // LaunchRouteScanTail leaves its ticket and the counters at zero for the next forward.
     MOE_RETURN_IF_ERROR(alloc(s->route_ticket, 4));
     CUDA_RETURN_IF_ERROR(cudaMemset(s->route_ticket.get(), 0, 4));
+    MOE_RETURN_IF_ERROR(alloc(s->item_counters, 16));
+    CUDA_RETURN_IF_ERROR(cudaMemset(s->item_counters.get(), 0, 16));
     CUDA_RETURN_IF_ERROR(cudaMemset(s->counts.get(), 0, s->counts.bytes()));
     workspace_bytes = bytes;
     MOE_ASSIGN_OR_RETURN(s->in_stage, PinnedBuffer::Create(tm * hd * 4));
@@ -504,6 +506,7 @@ Status CudaEngine::Impl::BuildLayerLaunch(Slot& s, int64_t capacity, AType atype
   gu.pingpong = plan.pingpong && gu.b0_tmaps != nullptr;
   gu.pingpong_short_stages = options.cluster_pingpong_short_stages;
   gu.c_tmap = gu.b0_tmaps != nullptr ? s.h_store_tmap.get() : nullptr;
+  if (options.cluster_dynamic_schedule) gu.item_counter = s.item_counters.as<int32_t>();
   gu.layer_dev = layer_dev(s);
   gu.b_layer_stride = e;
   gu.ldb = hd;
@@ -547,6 +550,7 @@ Status CudaEngine::Impl::BuildLayerLaunch(Slot& s, int64_t capacity, AType atype
   }
   down.pingpong = plan.pingpong && down.b0_tmaps != nullptr && down.a_cluster_cols == 1;
   down.c_tmap = down.b0_tmaps != nullptr && plan.down_splits == 1 ? s.y_store_tmap.get() : nullptr;
+  if (options.cluster_dynamic_schedule) down.item_counter = s.item_counters.as<int32_t>() + 2;
   down.splits = plan.down_splits;
   down.out_f32 = plan.down_splits > 1;
   down.split_stride = capacity * k * hd;
