@@ -178,8 +178,10 @@ struct CudaEngineOptions {
   // past the first from a global counter as they finish (a dynamic schedule), not every
   // ClusterCount()-th item, so that clusters that run faster take more and the last ones end
   // together. NOTES (H200, session 17, against the static order): Qwen3 4096 tokens 822 -> 804 us,
-  // DeepSeek-V2-Lite 956 -> 947, Mixtral 16384 19607 -> 19114, Qwen3 16384 2633 -> 2589; the
-  // ping-pong plans (512 tokens of Qwen3 and DeepSeek-V2-Lite) keep the static order.
+  // DeepSeek-V2-Lite 956 -> 947, Mixtral 16384 19607 -> 19114, Qwen3 16384 2633 -> 2589. The
+  // ping-pong plans keep the static order: with the dynamic one Qwen3 512 tokens went 355 -> 369
+  // us, DeepSeek-V2-Lite 512 334 -> 341 (benches/cuda_engine/results/
+  // s17_dynamic_schedule_pingpong.patch).
   bool cluster_dynamic_schedule = true;
   // Past the fused decode front, with activations in the weights' dtype and outside deterministic
   // mode: the input copy and the router GEMM run as one kernel (kernels/router_gemm.cu) never,
