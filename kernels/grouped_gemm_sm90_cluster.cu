@@ -338,19 +338,7 @@ __device__ __forceinline__ void PublishItem(int* s_item, uint64_t* item_bar, uin
 }
 __device__ __forceinline__ int ReadItem(const int* s_item, uint64_t* item_bar, uint32_t n) {
   const uint32_t slot = (n - 1) % kItemRing;
-  const uint32_t addr = SmemAddr(item_bar + slot), parity = ((n - 1) / kItemRing) & 1;
-  uint32_t done = 0;
-  do {
-    asm volatile(
-        "{\n"
-        ".reg .pred p;\n"
-        "mbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 p, [%1], %2;\n"
-        "selp.u32 %0, 1, 0, p;\n"
-        "}\n"
-        : "=r"(done)
-        : "r"(addr), "r"(parity)
-        : "memory");
-  } while (!done);
+  MbarWait</*CLUSTER=*/true>(item_bar + slot, ((n - 1) / kItemRing) & 1);
   int w;
   asm volatile("ld.shared.u32 %0, [%1];\n" : "=r"(w) : "r"(SmemAddr(s_item + slot)) : "memory");
   return w;

@@ -254,21 +254,36 @@ __device__ __forceinline__ void CpAsyncMbarArrive(uint64_t* bar) {
   asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(SmemAddr(bar))
                : "memory");
 }
-// Waits until the phase of parity `parity` of `bar` has completed.
+// Whether the phase of parity `parity` of the barrier at shared address `addr` has completed.
+// CLUSTER: with cluster-scope acquire, for arrivals by other blocks of the cluster that release
+// their writes into this block's shared memory (the default acquire is CTA-scope).
+#define MOE_MBAR_TRY_WAIT_(SEM)     \
+  "{\n"                             \
+  ".reg .pred p;\n"                 \
+  "mbarrier.try_wait.parity" SEM    \
+  ".shared::cta.b64 p, [%1], %2;\n" \
+  "selp.u32 %0, 1, 0, p;\n"         \
+  "}\n"
+template <bool CLUSTER = false>
+__device__ __forceinline__ bool MbarTryWait(uint32_t addr, uint32_t parity) {
+  uint32_t done = 0;
+  if constexpr (CLUSTER) {
+    asm volatile(MOE_MBAR_TRY_WAIT_(".acquire.cluster")
+                 : "=r"(done)
+                 : "r"(addr), "r"(parity)
+                 : "memory");
+  } else {
+    asm volatile(MOE_MBAR_TRY_WAIT_("") : "=r"(done) : "r"(addr), "r"(parity) : "memory");
+  }
+  return done != 0;
+}
+#undef MOE_MBAR_TRY_WAIT_
+// Waits until the phase of parity `parity` of `bar` has completed (CLUSTER: see MbarTryWait).
+template <bool CLUSTER = false>
 __device__ __forceinline__ void MbarWait(uint64_t* bar, uint32_t parity) {
   const uint32_t addr = SmemAddr(bar);
-  uint32_t done = 0;
-  do {
-    asm volatile(
-        "{\n"
-        ".reg .pred p;\n"
-        "mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
-        "selp.u32 %0, 1, 0, p;\n"
-        "}\n"
-        : "=r"(done)
-        : "r"(addr), "r"(parity)
-        : "memory");
-  } while (!done);
+  while (!MbarTryWait<CLUSTER>(addr, parity)) {
+  }
 }
 template <int N>
 __device__ __forceinline__ void SetMaxNRegInc() {
