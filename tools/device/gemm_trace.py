@@ -7,7 +7,9 @@ cuda_engine_bench with --gemm-trace=PREFIX)
 Per launch slot (gate/up, down): blocks, kernel span, and per block (median over blocks) the
 share of its time that the tracing consumer warp waited for stage data, spent in epilogues, and
 that the producer waited for a free stage; the load latency (issue to data ready) of stages the
-consumer had to wait for; and the spread of block end times (the tail).
+consumer had to wait for; and the spread of block end times (the tail). When both slots hold a
+launch (the last forward's two GEMMs), also the gap from gate/up's last block end to down's first
+block start (negative: they overlap).
 """
 import array
 import statistics
@@ -34,6 +36,7 @@ def summarise(path):
         words.frombytes(f.read())
     assert len(words) == SLOTS * MAX_BLOCKS * BLOCK_WORDS, "layout differs from gemm_trace.cuh"
     print(f"== {path}")
+    spans = {}
     for slot, name in enumerate(("gate/up", "down")):
         blocks = []
         for b in range(MAX_BLOCKS):
@@ -46,6 +49,7 @@ def summarise(path):
             continue
         t0 = min(r[0] for _, r in blocks)
         t1 = max(r[2] for _, r in blocks)
+        spans[slot] = (t0, t1)
         ends = [(r[2] - t0) / 1e3 for _, r in blocks]
         starts = [(r[0] - t0) / 1e3 for _, r in blocks]
         shares = {"cons_wait": [], "epilogue": [], "prod_wait": []}
@@ -93,6 +97,10 @@ def summarise(path):
               f"p90 {pct(cadence, .9):.3f}")
         print(f"    load latency when the consumer waited (issue -> ready, us): n {len(lat)} "
               f"median {med(lat):.2f} p10 {pct(lat, .1):.2f} p90 {pct(lat, .9):.2f}")
+    if 0 in spans and 1 in spans:
+        (g0, g1), (d0, d1) = spans[0], spans[1]
+        print(f"  gate/up's last block end -> down's first block start: {(d0 - g1) / 1e3:.2f} us "
+              f"(gate/up start -> down end: {(d1 - g0) / 1e3:.1f} us)")
 
 
 if __name__ == "__main__":
