@@ -137,6 +137,7 @@ struct GemmParams {
   int pdl_prefetch;  // pdl and prefetch_weights
   const void* const* a_indirect;  // GemmArgs::a_indirect (GemmABase)
   int32_t* item_counter;          // GemmArgs::item_counter
+  int32_t* h_ready;               // GemmArgs::h_ready
 };
 
 // The kernel parameters of a validated GemmArgs (host side).
@@ -171,7 +172,8 @@ inline GemmParams MakeGemmParams(const GemmArgs& args) {
                     args.pdl ? 1 : 0,
                     args.pdl && args.prefetch_weights ? 1 : 0,
                     args.a_indirect,
-                    args.item_counter};
+                    args.item_counter,
+                    args.h_ready};
 }
 
 // A's base pointer: *p.a_indirect when set (read on the device), else p.a.
@@ -269,9 +271,8 @@ Status InitGemmKernelsSm90();
 Status LaunchGemmSm90(const GemmParams& p, GemmTile tile, bool gated, WType wtype, dim3 grid,
                       int resident_clusters, cudaStream_t stream);
 // The kWgmmaWsMc kernel (grouped_gemm_sm90_cluster.cu): a grouped GEMM (tile list, group_offsets,
-// at most kMaxClusterGemmGroups groups) with TMA descriptor tables; max_items bounds its work
-// items (the launch's row tiles x column blocks x splits).
-inline constexpr int kMaxClusterGemmGroups = 1024;
+// at most kMaxClusterGemmGroups groups: moe_kernels.h) with TMA descriptor tables; max_items bounds
+// its work items (the launch's row tiles x column blocks x splits).
 Status InitGemmKernelsSm90Cluster();
 Status LaunchGemmSm90Cluster(const GemmParams& p, bool gated, WType wtype, int64_t max_items,
                              int resident_clusters, cudaStream_t stream);

@@ -269,6 +269,11 @@ Status GemmArgs::Validate() const {
     return absl::InvalidArgumentError(
         "GemmArgs: a C descriptor or ping-pong mode needs B descriptors (the cluster tile)");
   }
+  if (h_ready != nullptr &&
+      (tile != GemmTile::kWgmmaWsMc || b0_tmaps == nullptr || n_groups > kMaxClusterGemmGroups)) {
+    return absl::InvalidArgumentError(
+        "GemmArgs: h-ready counters need the cluster tile with B descriptors");
+  }
   if (grid_tiles <= 0 || grid_tiles > (1LL << 31) - 1) {
     return absl::InvalidArgumentError("GemmArgs: grid_tiles out of range");
   }

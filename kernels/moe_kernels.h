@@ -33,6 +33,8 @@ struct ForwardMeta {
 // layout [N, K]). Gated: C[r, n] = silu(A.Gate_g[n]) * (A.Up_g[n]) with Gate/Up from two tables.
 // Rows come either from a tile list (grouped: tiles[i] = {group, first row}, group g's rows end at
 // group_offsets[g + 1]) or densely from 0 to *m_dev (one group).
+// Groups (experts) past which kWgmmaWsMc GEMMs run as kWgmmaWs (no cluster kernel).
+inline constexpr int kMaxClusterGemmGroups = 1024;
 struct GemmArgs {
   GemmTile tile = GemmTile::kDecode;
   bool gated = false;
@@ -90,6 +92,15 @@ struct GemmArgs {
   // work items past the first one from a global counter as they finish (dynamic schedule) instead
   // of every ClusterCount()-th.
   int32_t* item_counter = nullptr;
+  // kWgmmaWsMc with B descriptors only: n_groups + 1 zeroed ints of device memory that the routed
+  // down GEMM's launch leaves at zero again (the h-ready counters). The gated gate/up GEMM adds
+  // each h row of group g it stores to h_ready[g] once its stores are visible; the down GEMM
+  // (launched with PDL, `pdl`) never waits for gate/up to end, but before it loads the A (h) rows
+  // of group g waits until h_ready[g] = rows(g) x gate/up's column blocks (kClusterGatedColumns
+  // columns each), so its clusters start on the SMs that gate/up's last work items leave idle.
+  // Nothing after the down GEMM may read what gate/up wrote, and gate/up must not read what down
+  // writes.
+  int32_t* h_ready = nullptr;
   const int32_t* layer_dev = nullptr;
   int64_t b_layer_stride = 0;
   int64_t ldb = 0;

@@ -1,6 +1,7 @@
 #include "kernels/tile_heuristics.h"
 
 #include <algorithm>
+#include <cmath>
 
 namespace moe::cuda {
 
@@ -176,6 +177,14 @@ MoePlan PlanMoe(const MoePlanInput& in) {
                   (in.pingpong == PathPolicy::kAlways || rows_per_group <= kPingpongMaxRows);
   plan.permute_x = in.permute_x != PathPolicy::kNever && plan.tile == GemmTile::kWgmmaWsMc &&
                    (in.permute_x == PathPolicy::kAlways || in.inter >= kPermuteXMinInter);
+  if (in.down_overlap != PathPolicy::kNever && plan.tile == GemmTile::kWgmmaWsMc &&
+      !plan.permute_x) {
+    const double units = std::floor(rows_per_group / 256.0) + 1.0;
+    const double col_blocks = std::ceil(in.inter / static_cast<double>(kClusterGatedColumns));
+    const double items_per_cluster = active * units * col_blocks / std::max(1, in.sm_count / 2);
+    plan.down_overlap = in.down_overlap == PathPolicy::kAlways || plan.pingpong ||
+                        items_per_cluster <= kDownOverlapMaxItemsPerCluster;
+  }
   if (in.shared_inter > 0) {
     const int64_t shared_blocks = plan.dense_tiles * down_col_blocks;
     plan.shared_down_splits =

@@ -177,11 +177,12 @@ struct MoePlanInput {
   // Rows per expert up to which the decode tile runs (ChooseTile); negative: the default rule
   // (kLargeExpertDecodeMaxRows for experts of at least kWgmmaLargeExpertElems, else 16).
   double decode_max_rows = -1.0;
-  GemvPolicy decode_gemv = GemvPolicy::kNever;  // when the CUDA-core decode experts path takes
-                                                // the routed experts (never when deterministic)
-  PathPolicy quad_down = PathPolicy::kNever;    // the 2 x 2 cluster down GEMM (MoePlan)
-  PathPolicy permute_x = PathPolicy::kNever;    // gate/up from a permuted copy of x (MoePlan)
-  PathPolicy pingpong = PathPolicy::kNever;     // ping-pong cluster GEMMs (MoePlan)
+  GemvPolicy decode_gemv = GemvPolicy::kNever;   // when the CUDA-core decode experts path takes
+                                                 // the routed experts (never when deterministic)
+  PathPolicy quad_down = PathPolicy::kNever;     // the 2 x 2 cluster down GEMM (MoePlan)
+  PathPolicy permute_x = PathPolicy::kNever;     // gate/up from a permuted copy of x (MoePlan)
+  PathPolicy pingpong = PathPolicy::kNever;      // ping-pong cluster GEMMs (MoePlan)
+  PathPolicy down_overlap = PathPolicy::kNever;  // down starts under gate/up's tail (MoePlan)
   // The routed gate/up GEMM of a decode-tile plan on the weight-streaming kernel (MoePlan); the
   // caller passes kNever where the kernel does not run (no sm_90 image).
   PathPolicy stream_gate_up = PathPolicy::kNever;
@@ -214,6 +215,10 @@ struct MoePlan {
   // the consumer warpgroups take turns; MoePlanInput::pingpong, kPingpongMaxRows). Not with
   // quad_down (the down GEMM then stays on 2 x 2 clusters).
   bool pingpong = false;
+  // The routed down GEMM of a kWgmmaWsMc plan without permute_x starts on the SMs that gate/up's
+  // last work items leave idle (GemmArgs::h_ready; MoePlanInput::down_overlap): in ping-pong plans
+  // and where gate/up has at most kDownOverlapMaxItemsPerCluster work items a cluster.
+  bool down_overlap = false;
   // The routed gate/up GEMM of a decode-tile plan runs on the weight-streaming kernel
   // (LaunchStreamGemm: bulk copies of whole weight rows, mma.sync; not batch invariant, so never
   // when deterministic) where the engine can launch it (CanStreamGemm): MoePlanInput::
@@ -264,6 +269,15 @@ inline constexpr int kPermuteXMinInter = 4096;
 // (32 rows per expert, K = 768, 12 k-steps an item) the down GEMM's blocks spent 21% of their
 // time in epilogues while the second consumer warpgroup had no rows at all.
 inline constexpr double kPingpongMaxRows = 48.0;
+// Output columns of a gated work item of the kWgmmaWsMc tile (its 256 weight rows: 128 gate, 128
+// up): the width of the column blocks of h that gate/up stores (GemmArgs::h_ready).
+inline constexpr int kClusterGatedColumns = 128;
+// MoePlan::down_overlap outside ping-pong plans: up to this many gate/up work items a 2-block
+// cluster (estimated: experts x (rows / 256 + 1) units x column blocks of 128). NOTES (H200,
+// session 19, call 4, three rounds, off -> on): Qwen3 1024 / 2048 / 4096 tokens (~12 / 12 / 23
+// items) -1.2 / -1.9 / -2.4%, DeepSeek-V2-Lite 2048 / 4096 (~11 / 21) -0.4 / -0.9%, 1024 +0.2%;
+// at 16384 (~58 / 75 items, a short tail against the GEMM) Qwen3 +1.6%, DeepSeek-V2-Lite +0.5%.
+inline constexpr double kDownOverlapMaxItemsPerCluster = 32.0;
 // Up to this many tokens a plan of Hopper tiles runs the router GEMM (N = experts, at most 257)
 // on the mma.sync kMedium tile (64 x 128) instead, outside deterministic mode (a tile that changes
 // with the batch size would change a token's logits).

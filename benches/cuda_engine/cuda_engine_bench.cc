@@ -24,6 +24,10 @@
 //                             or on the plan's Hopper tile, not the mma.sync tile)
 //       [--static-schedule]   (cluster tile: every ClusterCount()-th work item per cluster, not
 //                             the dynamic schedule: CudaEngineOptions::cluster_dynamic_schedule)
+//       [--down-overlap | --no-down-overlap]   (cluster tile: the down GEMM starts on the SMs
+//                             gate/up leaves idle, per-expert h-ready counters, in every plan /
+//                             never; default ping-pong plans:
+//                             CudaEngineOptions::cluster_down_overlap)
 //       [--no-stream-gate-up | --stream-gate-up-always] [--stream-down]   (decode-tile plans'
 //                             routed gate/up GEMM on the weight-streaming kernel never / in
 //                             every such plan, and the down GEMM too:
@@ -42,8 +46,9 @@
 //       [--zero-counts | --memset-counts]   (the first kernel zeroes the route's counters / a
 //                             memset node does)
 //       [--expected-active]   (floors from the expected distinct experts, no host forwards)
-//       [--no-tma-a-down] [--no-permute-x | --permute-x-always] [--quad-down |
-//       --quad-down-always]   (cluster tile: the down GEMM's A by cp.async; gate/up never / always
+//       [--no-tma-a-down | --tma-a-down] [--no-permute-x | --permute-x-always] [--quad-down |
+//       --quad-down-always]   (cluster tile: the down GEMM's A by cp.async / by TMA in every plan,
+//                             default TMA outside ping-pong plans; gate/up never / always
 //                             from the permuted copy of x; the down GEMM on 2 x 2 clusters from
 //                             kQuadDownMinWaves waves / always)
 //       [--no-pingpong | --pingpong-always]   (cluster tile: ping-pong GEMMs never / always)
@@ -123,7 +128,7 @@ bool g_dynamic_schedule = CudaEngineOptions().cluster_dynamic_schedule;  // --st
 // --no-quad-down / --quad-down / --quad-down-always: the 2 x 2 cluster down GEMM never / from
 // kQuadDownMinWaves waves / always.
 CudaEngineOptions::Use g_quad_down = CudaEngineOptions().cluster_quad_down;
-bool g_tma_a_down = CudaEngineOptions().cluster_tma_a_down;  // --[no-]tma-a-down
+CudaEngineOptions::Use g_tma_a_down = CudaEngineOptions().cluster_tma_a_down;  // --[no-]tma-a-down
 // --no-permute-x / --permute-x-always: gate/up from a permuted copy of x never / always.
 CudaEngineOptions::Use g_permute_x = CudaEngineOptions().cluster_permute_x;
 // --no-router-convert / --router-convert-always: the router fused with the input copy never /
@@ -160,8 +165,9 @@ bool g_pingpong_short_stages = CudaEngineOptions().cluster_pingpong_short_stages
 bool g_hopper_pdl = CudaEngineOptions().hopper_overlap_launches;  // --[no-]hopper-pdl
 bool g_tma_store = CudaEngineOptions().cluster_tma_store;         // --[no-]tma-store
 bool g_gemm_pdl = CudaEngineOptions().cluster_gemm_overlap;       // --[no-]gemm-pdl
-bool g_down_tma = false;                                          // --down-tma
-bool g_gate_up_tma = false;                                       // --gate-up-tma
+CudaEngineOptions::Use g_down_overlap = CudaEngineOptions().cluster_down_overlap;
+bool g_down_tma = false;     // --down-tma
+bool g_gate_up_tma = false;  // --gate-up-tma
 CudaEngineOptions::Use g_stream_gate_up = CudaEngineOptions().stream_gate_up;
 bool g_stream_down = CudaEngineOptions().stream_down;            // --stream-down
 bool g_meta_in_graph = CudaEngineOptions().meta_in_graph;        // --meta-copy
@@ -406,6 +412,7 @@ class Runner {
     o.hopper_overlap_launches = g_hopper_pdl;
     o.cluster_tma_store = g_tma_store;
     o.cluster_gemm_overlap = g_gemm_pdl;
+    o.cluster_down_overlap = g_down_overlap;
     o.fused_router_convert = g_router_convert;
     o.max_router_convert_splits = g_router_convert_splits;
     o.combine_unrolled = g_combine_unrolled;
@@ -802,9 +809,9 @@ int main(int argc, char** argv) {
     } else if (a == "--permute-x-always") {
       moe::g_permute_x = moe::CudaEngineOptions::Use::kAlways;
     } else if (a == "--tma-a-down") {
-      moe::g_tma_a_down = true;
+      moe::g_tma_a_down = moe::CudaEngineOptions::Use::kAlways;
     } else if (a == "--no-tma-a-down") {
-      moe::g_tma_a_down = false;
+      moe::g_tma_a_down = moe::CudaEngineOptions::Use::kNever;
     } else if (a == "--quad-down") {
       moe::g_quad_down = moe::CudaEngineOptions::Use::kAuto;
     } else if (a == "--quad-down-always") {
@@ -869,6 +876,10 @@ int main(int argc, char** argv) {
       moe::g_gemm_pdl = true;
     } else if (a == "--no-gemm-pdl") {
       moe::g_gemm_pdl = false;
+    } else if (a == "--down-overlap") {
+      moe::g_down_overlap = moe::CudaEngineOptions::Use::kAlways;
+    } else if (a == "--no-down-overlap") {
+      moe::g_down_overlap = moe::CudaEngineOptions::Use::kNever;
     } else if (a == "--tma-store") {
       moe::g_tma_store = true;
     } else if (a == "--no-tma-store") {

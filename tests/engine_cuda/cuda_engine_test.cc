@@ -331,16 +331,16 @@ TEST(CudaEngine, ClusterTile) {
   // Variants of the cluster kernels that must give the same bits as the 2 x 2 down GEMM:
   CudaEngineOptions pair_down = quad;  // the down GEMM on 2-block clusters, A by cp.async
   pair_down.cluster_quad_down = CudaEngineOptions::Use::kNever;
-  pair_down.cluster_tma_a_down = false;
+  pair_down.cluster_tma_a_down = CudaEngineOptions::Use::kNever;
   CudaEngineOptions tma_a = pair_down;  // ... A by TMA
-  tma_a.cluster_tma_a_down = true;
+  tma_a.cluster_tma_a_down = CudaEngineOptions::Use::kAlways;
   CudaEngineOptions permuted_tma_a = tma_a;  // ... and gate/up from the permuted copy of x by TMA
   permuted_tma_a.cluster_permute_x = CudaEngineOptions::Use::kAlways;
   CudaEngineOptions pingpong = tma_a;  // both GEMMs in ping-pong mode
   pingpong.cluster_pingpong = CudaEngineOptions::Use::kAlways;
   CheckCases(cases, pingpong);
   CudaEngineOptions pingpong_cp_async = pingpong;  // ... the down GEMM's A by cp.async
-  pingpong_cp_async.cluster_tma_a_down = false;
+  pingpong_cp_async.cluster_tma_a_down = CudaEngineOptions::Use::kNever;
   CudaEngineOptions pingpong_long = pingpong;  // ... in the kernel of 128-row stages
   pingpong_long.cluster_pingpong_short_stages = false;
   CudaEngineOptions pingpong_long_cp_async = pingpong_cp_async;
@@ -555,6 +555,56 @@ TEST(CudaEngine, ClusterDynamicSchedule) {
   quad.cluster_quad_down = CudaEngineOptions::Use::kAlways;
   CheckEnginesAgree(many, quad, fixed, 128, /*tol=*/0);
   CheckCases({{"64 experts, inter 1536", model, DType::kBF16, {700}}}, dynamic);
+}
+
+// The down GEMM on the SMs that gate/up leaves idle (cluster_down_overlap: per-expert h-ready
+// counters instead of a PDL wait for gate/up's end) gives the bits of the default, over several
+// forwards of one engine (the last down cluster must leave the counters at zero: a count past its
+// target traps), graphs and eager, in ping-pong mode (the down GEMM's A by TMA and by cp.async),
+// on 2-block clusters (multicast pairs, TMA stores of full tiles), with the down GEMM on 2 x 2
+// clusters or split along K, 129 experts of which some get no row; and matches the CPU engine.
+TEST(CudaEngine, ClusterDownOverlap) {
+  MOE_REQUIRE_GPU();
+  using Use = CudaEngineOptions::Use;
+  const std::vector<Case> cases = {
+      {"64 experts, inter 1536",
+       Opts(Family::kQwen3Moe, 64, 4, 256, 1536, DType::kBF16, 131),
+       DType::kBF16,
+       {1500, 700, 1500}},
+      {"129 experts, tails",
+       Opts(Family::kQwen3Moe, 129, 6, 200, 88, DType::kBF16, 132),
+       DType::kBF16,
+       {600, 40, 600}},
+      {"mixtral f16",
+       Opts(Family::kMixtral, 8, 2, 1024, 512, DType::kF16, 133),
+       DType::kF32,
+       {600, 130}},
+  };
+  CudaEngineOptions overlap = WithHopperTile(CudaEngineOptions::HopperTile::kWideCluster);
+  overlap.max_batch_tokens = 1500;
+  overlap.graph_batch_sizes = {40, 130, 600, 700, 1500};
+  overlap.cluster_down_overlap = Use::kAlways;
+  CudaEngineOptions pingpong = overlap;  // ping-pong GEMMs, the down GEMM's A by TMA
+  pingpong.cluster_pingpong = Use::kAlways;
+  pingpong.cluster_tma_a_down = Use::kAlways;
+  CudaEngineOptions pingpong_cp_async = pingpong;
+  pingpong_cp_async.cluster_tma_a_down = Use::kNever;
+  CudaEngineOptions pairs = overlap;  // 2-block clusters, the dynamic schedule
+  pairs.cluster_pingpong = Use::kNever;
+  CudaEngineOptions quad = pairs;
+  quad.cluster_quad_down = Use::kAlways;
+  CudaEngineOptions unsplit = pairs;
+  unsplit.max_down_splits = 1;
+  CudaEngineOptions eager = overlap;
+  eager.graph_batch_sizes.clear();
+  uint64_t seed = 134;
+  for (const CudaEngineOptions& o :
+       {overlap, pingpong, pingpong_cp_async, pairs, quad, unsplit, eager}) {
+    CudaEngineOptions reference = o;
+    reference.cluster_down_overlap = Use::kNever;
+    CheckEnginesAgree(cases, o, reference, seed++, /*tol=*/0);
+  }
+  CheckCases(cases, overlap);
 }
 
 // Past kRouterMmaMaxTokens the router on the mma.sync tile with its K split into f32 partials

@@ -334,6 +334,32 @@ TEST(PlanMoe, PingPongForFewRowsPerExpert) {
   EXPECT_FALSE(PlanMoe(in).pingpong);
 }
 
+// The down GEMM under gate/up's tail (MoePlan::down_overlap): ping-pong plans, and cluster plans
+// of at most kDownOverlapMaxItemsPerCluster gate/up work items a cluster; never with permute_x.
+TEST(PlanMoe, DownOverlapWhereGateUpHasFewItems) {
+  MoePlanInput in = HopperInput(/*mixtral=*/false, 512);  // Qwen3: 32 rows per expert
+  in.pingpong = PathPolicy::kAuto;
+  EXPECT_FALSE(PlanMoe(in).down_overlap);  // policy kNever (the input's default)
+  in.down_overlap = PathPolicy::kAuto;
+  EXPECT_TRUE(PlanMoe(in).pingpong);
+  EXPECT_TRUE(PlanMoe(in).down_overlap);
+  in.tokens = 4096;  // 256 rows: 128 experts x 2 units x 6 column blocks / 66 clusters = 23 items
+  EXPECT_FALSE(PlanMoe(in).pingpong);
+  EXPECT_TRUE(PlanMoe(in).down_overlap);
+  in.tokens = 16384;  // 1024 rows: 58 items
+  EXPECT_FALSE(PlanMoe(in).down_overlap);
+  in.down_overlap = PathPolicy::kAlways;
+  EXPECT_TRUE(PlanMoe(in).down_overlap);
+  in.wgmma_tile = GemmTile::kWgmmaWs;  // only the cluster tile has it
+  EXPECT_FALSE(PlanMoe(in).down_overlap);
+  in = HopperInput(/*mixtral=*/true, 64);  // Mixtral: 16 rows per expert, ping-pong
+  in.pingpong = in.down_overlap = PathPolicy::kAuto;
+  EXPECT_TRUE(PlanMoe(in).down_overlap);
+  in.permute_x = PathPolicy::kAuto;  // inter 14336: gate/up reads x from y, which down writes
+  EXPECT_TRUE(PlanMoe(in).permute_x);
+  EXPECT_FALSE(PlanMoe(in).down_overlap);
+}
+
 // The routed gate/up GEMM of decode-tile plans on the weight-streaming kernel: up to
 // kStreamGateUpMaxRows rows per expert, experts of at least kStreamGateUpMinExpertElems.
 TEST(PlanMoe, StreamGateUpForFewRowsOfLargeExperts) {

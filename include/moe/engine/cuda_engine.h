@@ -205,9 +205,12 @@ struct CudaEngineOptions {
   // kernels/tile_heuristics.h says when it splits).
   int max_router_convert_splits = 4;
   // kWideCluster only: a routed down GEMM not on 2 x 2 clusters loads its A by TMA too (one
-  // producer thread instead of 128 issuing cp.async; H200: 0.7-3% faster at Mixtral 512-4096 and
-  // Qwen3 512 tokens, RESULTS.md session 6).
-  bool cluster_tma_a_down = true;
+  // producer thread instead of 128 issuing cp.async) never, outside ping-pong plans (kAuto), or
+  // always. NOTES (H200): 0.7-3% faster at Mixtral 512-4096 and Qwen3 512 tokens (RESULTS.md
+  // session 6, before the ping-pong mode); in ping-pong plans cp.async was 0.1-5.9 us faster at
+  // Qwen3 / DeepSeek-V2-Lite 256-768 and Mixtral 128 tokens, and TMA 1.4-90 us faster at most
+  // other points (session 19, call 1).
+  Use cluster_tma_a_down = Use::kAuto;
   // Expected rows per activated expert past which the Hopper tile runs the routed GEMMs (and the
   // layer's dense ones); from 17 rows up to it the mma.sync 64-row tile does. 16: the Hopper tile
   // from 17 rows (H200, RESULTS.md "session 3": 4-28% faster than the mma.sync tile at 24-64 rows
@@ -248,6 +251,20 @@ struct CudaEngineOptions {
   // tokens 360.7 -> 369.0 us, Mixtral 64 707 -> 717, 4096 5050 -> 5133): the launch itself, not
   // the weight prefetch, is what costs.
   bool cluster_gemm_prefetch = true;
+  // kWideCluster plans without the permuted copy of x: the routed down GEMM launches with PDL and
+  // never waits for gate/up to end; gate/up counts the h rows it stores per expert and down waits
+  // for an expert's count before it reads that expert's h (kernels/grouped_gemm_sm90_cluster.cu,
+  // GemmArgs::h_ready). Its clusters then take the SMs that gate/up's last work items leave idle.
+  // Never, in every such plan, or (kAuto) in ping-pong plans and where gate/up has at most
+  // kDownOverlapMaxItemsPerCluster work items a cluster (MoePlan::down_overlap). NOTES (H200,
+  // session 19, RESULTS.md): ping-pong plans (static schedule: a third of the clusters may run one
+  // item more), with their down GEMM's A by cp.async (cluster_tma_a_down), two rounds against
+  // neither: Qwen3 384 / 512 / 768 tokens 348.3 / 353.6 / 371.0 -> 337.4 / 342.5 / 359.8 us,
+  // DeepSeek-V2-Lite 256 / 384 / 512 316.5 / 325.7 / 335.2 -> 305.3 / 315.0 / 325.3, Mixtral 64 /
+  // 128 712.6 / 741.1 -> 708.5 / 733.5 (call 3); the final rule against neither (call 5): Qwen3
+  // 512 / 1024 / 4096 / 16384 -2.9 / -1.1 / +0.1 / 0.0%, DeepSeek-V2-Lite -2.6 / +0.9 / -1.4 /
+  // -0.3%, Mixtral 64 -0.4%.
+  Use cluster_down_overlap = Use::kAuto;
   // Past the decode front without the fused route + scan: the first kernel (the input copy or the
   // router fused with it) zeroes the route's per-expert counters after its PDL wait, instead of a
   // memset node before it. NOTES (H200, session 10, five rounds over two calls): Qwen3 64 / 256 /

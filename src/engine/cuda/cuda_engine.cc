@@ -51,6 +51,12 @@ cuda::PathPolicy ToPathPolicy(CudaEngineOptions::Use use) {
   return cuda::PathPolicy::kAuto;
 }
 
+// Whether an option takes its path: kAuto follows the rule `auto_rule`.
+bool UseFor(CudaEngineOptions::Use use, bool auto_rule) {
+  return use == CudaEngineOptions::Use::kAlways ||
+         (use == CudaEngineOptions::Use::kAuto && auto_rule);
+}
+
 }  // namespace
 
 CudaEngine::Impl::Impl() = default;
@@ -208,7 +214,8 @@ Status CudaEngine::Impl::AllocateSlots() {
           cudaMemcpy(map_buf.get(), map.data(), map.size(), cudaMemcpyHostToDevice));
       return absl::OkStatus();
     };
-    if (resident_quad_clusters > 0 || (cluster_tile && options.cluster_tma_a_down)) {
+    if (resident_quad_clusters > 0 ||
+        (cluster_tile && options.cluster_tma_a_down != CudaEngineOptions::Use::kNever)) {
       MOE_RETURN_IF_ERROR(act_map(s->h_tmap, s->h.get(), i));
     }
     MOE_RETURN_IF_ERROR(alloc(s->y, DownPartialRows() * hd * 4));
@@ -233,6 +240,10 @@ Status CudaEngine::Impl::AllocateSlots() {
     CUDA_RETURN_IF_ERROR(cudaMemset(s->route_ticket.get(), 0, 4));
     MOE_RETURN_IF_ERROR(alloc(s->item_counters, 16));
     CUDA_RETURN_IF_ERROR(cudaMemset(s->item_counters.get(), 0, 16));
+    if (cluster_tile) {
+      MOE_RETURN_IF_ERROR(alloc(s->h_ready, (e + 1) * 4));
+      CUDA_RETURN_IF_ERROR(cudaMemset(s->h_ready.get(), 0, (e + 1) * 4));
+    }
     CUDA_RETURN_IF_ERROR(cudaMemset(s->counts.get(), 0, s->counts.bytes()));
     workspace_bytes = bytes;
     MOE_ASSIGN_OR_RETURN(s->in_stage, PinnedBuffer::Create(tm * hd * 4));
@@ -294,6 +305,7 @@ Status CudaEngine::Impl::BuildLayerLaunch(Slot& s, int64_t capacity, AType atype
   in.max_down_splits = options.max_down_splits;
   in.permute_x = ToPathPolicy(options.cluster_permute_x);
   in.pingpong = ToPathPolicy(options.cluster_pingpong);
+  in.down_overlap = ToPathPolicy(options.cluster_down_overlap);
   in.stream_gate_up = stream_gemm ? ToPathPolicy(options.stream_gate_up) : cuda::PathPolicy::kNever;
   in.quad_down = resident_quad_clusters > 0 ? ToPathPolicy(options.cluster_quad_down)
                                             : cuda::PathPolicy::kNever;
@@ -540,7 +552,8 @@ Status CudaEngine::Impl::BuildLayerLaunch(Slot& s, int64_t capacity, AType atype
     down.a_tmap = s.h_tmap.get();
     down.a_cluster_cols = 2;
     down.resident_clusters = resident_quad_clusters;
-  } else if (options.cluster_tma_a_down && down.b0_tmaps != nullptr && s.h_tmap.get() != nullptr) {
+  } else if (UseFor(options.cluster_tma_a_down, !plan.pingpong) && down.b0_tmaps != nullptr &&
+             s.h_tmap.get() != nullptr) {
     down.a_tmap = s.h_tmap.get();
     down.a_cluster_cols = 1;
   }
@@ -554,6 +567,16 @@ Status CudaEngine::Impl::BuildLayerLaunch(Slot& s, int64_t capacity, AType atype
   down.splits = plan.down_splits;
   down.out_f32 = plan.down_splits > 1;
   down.split_stride = capacity * k * hd;
+  // The down GEMM on the SMs that gate/up's last work items leave idle (GemmArgs::h_ready): not
+  // with the permuted copy of x, which gate/up reads from y while down writes there.
+  if (plan.down_overlap && s.h_ready.get() != nullptr && gu.tile == cuda::GemmTile::kWgmmaWsMc &&
+      down.tile == cuda::GemmTile::kWgmmaWsMc && gu.b0_tmaps != nullptr &&
+      down.b0_tmaps != nullptr && !l->permute_x && e <= cuda::kMaxClusterGemmGroups) {
+    gu.h_ready = s.h_ready.as<int32_t>();
+    down.h_ready = gu.h_ready;
+    down.pdl = true;
+    down.prefetch_weights = false;
+  }
   // Gate/up on the weight-streaming kernel (MoePlan::stream_gate_up); with stream_down the down
   // GEMM too, in one K pass (its output then wtype, no split partials).
   if (plan.stream_gate_up && cuda::CanStreamGemm(gu)) {

@@ -80,6 +80,7 @@ class CudaEngine::Impl {
     cuda::DeviceBuffer route_ticket;  // int32 ticket counter of LaunchRouteScanTail
     // The cluster GEMMs' dynamic schedule (GemmArgs::item_counter): gate/up's two ints, down's two.
     cuda::DeviceBuffer item_counters;
+    cuda::DeviceBuffer h_ready;       // n_experts + 1 ints (GemmArgs::h_ready), cluster tile only
     cuda::DeviceBuffer h_tmap;        // TMA descriptor of h for the TMA-A down GEMM
     cuda::DeviceBuffer x_perm_tmap;   // TMA descriptor of the permuted x (in y) for gate/up
     cuda::DeviceBuffer h_store_tmap;  // TMA descriptors of h and of y ([pairs, hidden] in wtype)
