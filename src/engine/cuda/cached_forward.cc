@@ -113,7 +113,9 @@ Status LaunchSpeculativeRouted(const CudaEngine::Impl& impl, const LayerLaunch& 
   dn.layer_dev = zero_layer;
   dn.b_layer_stride = 0;
   dn.n_tiles = gu.n_tiles;
-  gu.h_ready = dn.h_ready = nullptr;  // down follows gate/up in stream order here
+  // Down follows gate/up in stream order here (no h-ready counters, no PDL launch for them).
+  if (dn.h_ready != nullptr) dn.pdl = false;
+  gu.h_ready = dn.h_ready = nullptr;
   MOE_RETURN_IF_ERROR(impl.LaunchRoutedPhase(l, gu, dn, st));
   MOE_RETURN_IF_ERROR(impl.LaunchSharedPhase(l, st));
   cuda::CombineArgs comb = l.combine;
@@ -296,7 +298,9 @@ Status CudaEngine::Impl::EnqueueCached(Slot& s, const cuda::ForwardMeta& meta, c
       dn.b_layer_stride = 0;
       dn.tiles = gu.tiles;
       dn.n_tiles = n_tiles;
-      gu.h_ready = dn.h_ready = nullptr;  // rounds of slots: down follows gate/up in stream order
+      // Rounds of slots: down follows gate/up in stream order (no h-ready counters).
+      if (dn.h_ready != nullptr) dn.pdl = false;
+      gu.h_ready = dn.h_ready = nullptr;
       return LaunchRoutedPhase(l, gu, dn, st);
     };
     if (decode_experts_done == false && l.decode_experts && round.deferred.empty() &&
