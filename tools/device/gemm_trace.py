@@ -7,7 +7,8 @@ cuda_engine_bench with --gemm-trace=PREFIX)
 Per launch slot (gate/up, down): blocks, kernel span, and per block (median over blocks) the
 share of its time that the tracing consumer warp waited for stage data, spent in epilogues, and
 that the producer waited for a free stage; the load latency (issue to data ready) of stages the
-consumer had to wait for; and the spread of block end times (the tail). When both slots hold a
+consumer had to wait for; the spread of block end times and the SM time idle after them (the
+tail), with the item end times of the first, median and last block to end. When both slots hold a
 launch (the last forward's two GEMMs), also the gap from gate/up's last block end to down's first
 block start (negative: they overlap).
 """
@@ -97,6 +98,19 @@ def summarise(path):
               f"p90 {pct(cadence, .9):.3f}")
         print(f"    load latency when the consumer waited (issue -> ready, us): n {len(lat)} "
               f"median {med(lat):.2f} p10 {pct(lat, .1):.2f} p90 {pct(lat, .9):.2f}")
+        # The tail: SM time after each block's end until the GEMM's last one, and when the tracing
+        # warpgroup's items ended in the blocks that end first, at the median and last.
+        idle = sum(t1 - r[2] for _, r in blocks) / (len(blocks) * max(t1 - t0, 1))
+        print(f"    tail: {100 * idle:.1f}% of the blocks' time idle after their end")
+        by_end = sorted(blocks, key=lambda br: br[1][2])
+        for label, (_, r) in (("first", by_end[0]), ("median", by_end[len(by_end) // 2]),
+                              ("last", by_end[-1])):
+            f = (r[3] - r[1]) / max(r[2] - r[0], 1)
+            off = (r[0] - t0) / 1e3
+            item_ends = [off + (r[EPI_END + i] - r[1]) / f / 1e3
+                         for i in range(min(r[5], MAX_ITEMS)) if r[EPI_END + i]]
+            print(f"    {label} block to end ({(r[2] - t0) / 1e3:.1f} us): its warpgroup's items "
+                  f"ended at " + " ".join(f"{e:.1f}" for e in item_ends))
     if 0 in spans and 1 in spans:
         (g0, g1), (d0, d1) = spans[0], spans[1]
         print(f"  gate/up's last block end -> down's first block start: {(d0 - g1) / 1e3:.2f} us "
