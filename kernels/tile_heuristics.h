@@ -183,6 +183,7 @@ struct MoePlanInput {
   PathPolicy permute_x = PathPolicy::kNever;     // gate/up from a permuted copy of x (MoePlan)
   PathPolicy pingpong = PathPolicy::kNever;      // ping-pong cluster GEMMs (MoePlan)
   PathPolicy down_overlap = PathPolicy::kNever;  // down starts under gate/up's tail (MoePlan)
+  bool down_overlap_permuted_x = false;          // ... in permute_x plans too
   // The routed gate/up GEMM of a decode-tile plan on the weight-streaming kernel (MoePlan); the
   // caller passes kNever where the kernel does not run (no sm_90 image).
   PathPolicy stream_gate_up = PathPolicy::kNever;
@@ -215,9 +216,10 @@ struct MoePlan {
   // the consumer warpgroups take turns; MoePlanInput::pingpong, kPingpongMaxRows). Not with
   // quad_down (the down GEMM then stays on 2 x 2 clusters).
   bool pingpong = false;
-  // The routed down GEMM of a kWgmmaWsMc plan without permute_x starts on the SMs that gate/up's
-  // last work items leave idle (GemmArgs::h_ready; MoePlanInput::down_overlap): in ping-pong plans
-  // and where gate/up has at most kDownOverlapMaxItemsPerCluster work items a cluster.
+  // The routed down GEMM of a kWgmmaWsMc plan without permute_x (unless
+  // MoePlanInput::down_overlap_permuted_x) starts on the SMs that gate/up's last work items leave
+  // idle (GemmArgs::h_ready; MoePlanInput::down_overlap): in ping-pong plans and where gate/up has
+  // at most kDownOverlapMaxItemsPerCluster work items a cluster.
   bool down_overlap = false;
   // The routed gate/up GEMM of a decode-tile plan runs on the weight-streaming kernel
   // (LaunchStreamGemm: bulk copies of whole weight rows, mma.sync; not batch invariant, so never

@@ -265,6 +265,11 @@ struct CudaEngineOptions {
   // 512 / 1024 / 4096 / 16384 -2.9 / -1.1 / +0.1 / 0.0%, DeepSeek-V2-Lite -2.6 / +0.9 / -1.4 /
   // -0.3%, Mixtral 64 -0.4%.
   Use cluster_down_overlap = Use::kAuto;
+  // cluster_down_overlap in plans with the permuted copy of x too: the copy then lives at the end
+  // of the down output buffer, and a plan takes the overlap only where down's outputs end before
+  // it. Prepared in session 19 for the Mixtral 256-1024 token plans (gate/up's tail was 6.2% of
+  // the SM time at 512 tokens, H200); not yet measured or run on a GPU, hence off.
+  bool cluster_down_overlap_permuted_x = false;
   // Past the decode front without the fused route + scan: the first kernel (the input copy or the
   // router fused with it) zeroes the route's per-expert counters after its PDL wait, instead of a
   // memset node before it. NOTES (H200, session 10, five rounds over two calls): Qwen3 64 / 256 /
