@@ -260,15 +260,16 @@ struct CudaEngineOptions {
   // session 19, RESULTS.md): ping-pong plans (static schedule: a third of the clusters may run one
   // item more), with their down GEMM's A by cp.async (cluster_tma_a_down), two rounds against
   // neither: Qwen3 384 / 512 / 768 tokens 348.3 / 353.6 / 371.0 -> 337.4 / 342.5 / 359.8 us,
-  // DeepSeek-V2-Lite 256 / 384 / 512 316.5 / 325.7 / 335.2 -> 305.3 / 315.0 / 325.3, Mixtral 64 /
-  // 128 712.6 / 741.1 -> 708.5 / 733.5 (call 3); the final rule against neither (call 5): Qwen3
-  // 512 / 1024 / 4096 / 16384 -2.9 / -1.1 / +0.1 / 0.0%, DeepSeek-V2-Lite -2.6 / +0.9 / -1.4 /
-  // -0.3%, Mixtral 64 -0.4%.
+  // DeepSeek-V2-Lite 256 / 384 / 512 316.5 / 325.7 / 335.2 -> 305.3 / 315.0 / 325.3 (call 3); the
+  // final rule against neither (call 5): Qwen3 512 / 1024 / 4096 / 16384 -2.9 / -1.1 / +0.1 /
+  // 0.0%, DeepSeek-V2-Lite -2.6 / +0.9 / -1.4 / -0.3%. Mixtral's cluster plans read the permuted
+  // x (experts of >= kPermuteXMinInter columns), so they never overlap; cp.async A alone took its
+  // 64 / 128 token plans from 712.6 / 741.1 to 708.5 / 733.5 us (call 3).
   Use cluster_down_overlap = Use::kAuto;
   // cluster_down_overlap in plans with the permuted copy of x too: the copy then lives at the end
   // of the down output buffer, and a plan takes the overlap only where down's outputs end before
-  // it. Prepared in session 19 for the Mixtral 256-1024 token plans (gate/up's tail was 6.2% of
-  // the SM time at 512 tokens, H200); not yet measured or run on a GPU, hence off.
+  // it. Prepared in session 19 for Mixtral's cluster plans (gate/up's tail was 6.2% of the SM
+  // time at 512 tokens, H200); not yet measured or run on a GPU, hence off.
   bool cluster_down_overlap_permuted_x = false;
   // Past the decode front without the fused route + scan: the first kernel (the input copy or the
   // router fused with it) zeroes the route's per-expert counters after its PDL wait, instead of a
