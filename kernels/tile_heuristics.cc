@@ -175,6 +175,8 @@ MoePlan PlanMoe(const MoePlanInput& in) {
   }
   plan.pingpong = in.pingpong != PathPolicy::kNever && plan.tile == GemmTile::kWgmmaWsMc &&
                   (in.pingpong == PathPolicy::kAlways || rows_per_group <= kPingpongMaxRows);
+  plan.tma_a_down = in.tma_a_down != PathPolicy::kNever && plan.tile == GemmTile::kWgmmaWsMc &&
+                    (in.tma_a_down == PathPolicy::kAlways || !plan.pingpong);
   plan.permute_x = in.permute_x != PathPolicy::kNever && plan.tile == GemmTile::kWgmmaWsMc &&
                    (in.permute_x == PathPolicy::kAlways || in.inter >= kPermuteXMinInter);
   if (in.down_overlap != PathPolicy::kNever && plan.tile == GemmTile::kWgmmaWsMc &&

@@ -182,6 +182,7 @@ struct MoePlanInput {
   PathPolicy quad_down = PathPolicy::kNever;     // the 2 x 2 cluster down GEMM (MoePlan)
   PathPolicy permute_x = PathPolicy::kNever;     // gate/up from a permuted copy of x (MoePlan)
   PathPolicy pingpong = PathPolicy::kNever;      // ping-pong cluster GEMMs (MoePlan)
+  PathPolicy tma_a_down = PathPolicy::kNever;    // the down GEMM's A by TMA (MoePlan)
   PathPolicy down_overlap = PathPolicy::kNever;  // down starts under gate/up's tail (MoePlan)
   bool down_overlap_permuted_x = false;          // ... in permute_x plans too
   // The routed gate/up GEMM of a decode-tile plan on the weight-streaming kernel (MoePlan); the
@@ -216,6 +217,10 @@ struct MoePlan {
   // the consumer warpgroups take turns; MoePlanInput::pingpong, kPingpongMaxRows). Not with
   // quad_down (the down GEMM then stays on 2 x 2 clusters).
   bool pingpong = false;
+  // The routed down GEMM of a kWgmmaWsMc plan not on 2 x 2 clusters loads its A (h) by TMA rather
+  // than by cp.async (MoePlanInput::tma_a_down): outside ping-pong plans (CudaEngineOptions::
+  // cluster_tma_a_down has the measurements).
+  bool tma_a_down = false;
   // The routed down GEMM of a kWgmmaWsMc plan without permute_x (unless
   // MoePlanInput::down_overlap_permuted_x) starts on the SMs that gate/up's last work items leave
   // idle (GemmArgs::h_ready; MoePlanInput::down_overlap): in ping-pong plans and where gate/up has

@@ -334,6 +334,24 @@ TEST(PlanMoe, PingPongForFewRowsPerExpert) {
   EXPECT_FALSE(PlanMoe(in).pingpong);
 }
 
+// The down GEMM's A by TMA (MoePlan::tma_a_down): cluster plans outside ping-pong mode.
+TEST(PlanMoe, TmaADownOutsidePingPong) {
+  MoePlanInput in = HopperInput(/*mixtral=*/false, 512);  // Qwen3: 32 rows per expert
+  in.pingpong = PathPolicy::kAuto;
+  EXPECT_FALSE(PlanMoe(in).tma_a_down);  // policy kNever (the input's default)
+  in.tma_a_down = PathPolicy::kAuto;
+  EXPECT_TRUE(PlanMoe(in).pingpong);
+  EXPECT_FALSE(PlanMoe(in).tma_a_down);
+  in.tma_a_down = PathPolicy::kAlways;
+  EXPECT_TRUE(PlanMoe(in).tma_a_down);
+  in.tma_a_down = PathPolicy::kAuto;
+  in.tokens = 1024;  // 64 rows: no ping-pong
+  EXPECT_FALSE(PlanMoe(in).pingpong);
+  EXPECT_TRUE(PlanMoe(in).tma_a_down);
+  in.wgmma_tile = GemmTile::kWgmmaWs;  // only the cluster tile has it
+  EXPECT_FALSE(PlanMoe(in).tma_a_down);
+}
+
 // The down GEMM under gate/up's tail (MoePlan::down_overlap): ping-pong plans, and cluster plans
 // of at most kDownOverlapMaxItemsPerCluster gate/up work items a cluster; never with permute_x.
 TEST(PlanMoe, DownOverlapWhereGateUpHasFewItems) {

@@ -205,11 +205,11 @@ struct CudaEngineOptions {
   // kernels/tile_heuristics.h says when it splits).
   int max_router_convert_splits = 4;
   // kWideCluster only: a routed down GEMM not on 2 x 2 clusters loads its A by TMA too (one
-  // producer thread instead of 128 issuing cp.async) never, outside ping-pong plans (kAuto), or
-  // always. NOTES (H200): 0.7-3% faster at Mixtral 512-4096 and Qwen3 512 tokens (RESULTS.md
-  // session 6, before the ping-pong mode); in ping-pong plans cp.async was 0.1-5.9 us faster at
-  // Qwen3 / DeepSeek-V2-Lite 256-768 and Mixtral 128 tokens, and TMA 1.4-90 us faster at most
-  // other points (session 19, call 1).
+  // producer thread instead of 128 issuing cp.async) never, outside ping-pong plans (kAuto,
+  // MoePlan::tma_a_down), or always. NOTES (H200): 0.7-3% faster at Mixtral 512-4096 and Qwen3 512
+  // tokens (RESULTS.md session 6, before the ping-pong mode); in ping-pong plans cp.async was
+  // 0.1-5.9 us faster at Qwen3 / DeepSeek-V2-Lite 256-768 and Mixtral 128 tokens, and TMA up to
+  // 163 us faster at most other points (Mixtral 512-4096: 21-163 us; session 19, call 1).
   Use cluster_tma_a_down = Use::kAuto;
   // Expected rows per activated expert past which the Hopper tile runs the routed GEMMs (and the
   // layer's dense ones); from 17 rows up to it the mma.sync 64-row tile does. 16: the Hopper tile

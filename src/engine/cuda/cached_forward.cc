@@ -78,6 +78,13 @@ Status LaunchLookahead(const LayerLaunch& l, const cuda::DeviceWeights& w, int n
   return cuda::LaunchRoute(route, st);
 }
 
+// The cached forwards launch down after gate/up in stream order: without the h-ready counters
+// (GemmArgs::h_ready) and without the PDL launch that only they asked for.
+void WithoutHReady(cuda::GemmArgs& gu, cuda::GemmArgs& dn) {
+  if (dn.h_ready != nullptr) dn.pdl = false;
+  gu.h_ready = dn.h_ready = nullptr;
+}
+
 // The speculative routed phase (3. above): the all-resident forward's routed kernels over the
 // residency kernel's tables, meta and tile count, with the shared expert in its all-resident
 // place. Does nothing on the device when the residency kernel found a miss.
@@ -113,9 +120,7 @@ Status LaunchSpeculativeRouted(const CudaEngine::Impl& impl, const LayerLaunch& 
   dn.layer_dev = zero_layer;
   dn.b_layer_stride = 0;
   dn.n_tiles = gu.n_tiles;
-  // Down follows gate/up in stream order here (no h-ready counters, no PDL launch for them).
-  if (dn.h_ready != nullptr) dn.pdl = false;
-  gu.h_ready = dn.h_ready = nullptr;
+  WithoutHReady(gu, dn);
   MOE_RETURN_IF_ERROR(impl.LaunchRoutedPhase(l, gu, dn, st));
   MOE_RETURN_IF_ERROR(impl.LaunchSharedPhase(l, st));
   cuda::CombineArgs comb = l.combine;
@@ -298,9 +303,7 @@ Status CudaEngine::Impl::EnqueueCached(Slot& s, const cuda::ForwardMeta& meta, c
       dn.b_layer_stride = 0;
       dn.tiles = gu.tiles;
       dn.n_tiles = n_tiles;
-      // Rounds of slots: down follows gate/up in stream order (no h-ready counters).
-      if (dn.h_ready != nullptr) dn.pdl = false;
-      gu.h_ready = dn.h_ready = nullptr;
+      WithoutHReady(gu, dn);
       return LaunchRoutedPhase(l, gu, dn, st);
     };
     if (decode_experts_done == false && l.decode_experts && round.deferred.empty() &&

@@ -51,12 +51,6 @@ cuda::PathPolicy ToPathPolicy(CudaEngineOptions::Use use) {
   return cuda::PathPolicy::kAuto;
 }
 
-// Whether an option takes its path: kAuto follows the rule `auto_rule`.
-bool UseFor(CudaEngineOptions::Use use, bool auto_rule) {
-  return use == CudaEngineOptions::Use::kAlways ||
-         (use == CudaEngineOptions::Use::kAuto && auto_rule);
-}
-
 }  // namespace
 
 CudaEngine::Impl::Impl() = default;
@@ -312,6 +306,7 @@ Status CudaEngine::Impl::BuildLayerLaunch(Slot& s, int64_t capacity, AType atype
   in.permute_x = ToPathPolicy(options.cluster_permute_x);
   in.pingpong = ToPathPolicy(options.cluster_pingpong);
   in.down_overlap = ToPathPolicy(options.cluster_down_overlap);
+  in.tma_a_down = ToPathPolicy(options.cluster_tma_a_down);
   in.down_overlap_permuted_x = options.cluster_down_overlap_permuted_x;
   in.stream_gate_up = stream_gemm ? ToPathPolicy(options.stream_gate_up) : cuda::PathPolicy::kNever;
   in.quad_down = resident_quad_clusters > 0 ? ToPathPolicy(options.cluster_quad_down)
@@ -559,8 +554,7 @@ Status CudaEngine::Impl::BuildLayerLaunch(Slot& s, int64_t capacity, AType atype
     down.a_tmap = s.h_tmap.get();
     down.a_cluster_cols = 2;
     down.resident_clusters = resident_quad_clusters;
-  } else if (UseFor(options.cluster_tma_a_down, !plan.pingpong) && down.b0_tmaps != nullptr &&
-             s.h_tmap.get() != nullptr) {
+  } else if (plan.tma_a_down && down.b0_tmaps != nullptr && s.h_tmap.get() != nullptr) {
     down.a_tmap = s.h_tmap.get();
     down.a_cluster_cols = 1;
   }
