@@ -180,7 +180,7 @@ MoePlan PlanMoe(const MoePlanInput& in) {
   plan.permute_x = in.permute_x != PathPolicy::kNever && plan.tile == GemmTile::kWgmmaWsMc &&
                    (in.permute_x == PathPolicy::kAlways || in.inter >= kPermuteXMinInter);
   if (in.down_overlap != PathPolicy::kNever && plan.tile == GemmTile::kWgmmaWsMc &&
-      (!plan.permute_x || in.down_overlap_permuted_x)) {
+      !plan.permute_x) {
     const double units = std::floor(rows_per_group / 256.0) + 1.0;
     const double col_blocks = std::ceil(in.inter / static_cast<double>(kClusterGatedColumns));
     const double items_per_cluster = active * units * col_blocks / std::max(1, in.sm_count / 2);

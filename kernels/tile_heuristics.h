@@ -184,7 +184,6 @@ struct MoePlanInput {
   PathPolicy pingpong = PathPolicy::kNever;      // ping-pong cluster GEMMs (MoePlan)
   PathPolicy tma_a_down = PathPolicy::kNever;    // the down GEMM's A by TMA (MoePlan)
   PathPolicy down_overlap = PathPolicy::kNever;  // down starts under gate/up's tail (MoePlan)
-  bool down_overlap_permuted_x = false;          // ... in permute_x plans too
   // The routed gate/up GEMM of a decode-tile plan on the weight-streaming kernel (MoePlan); the
   // caller passes kNever where the kernel does not run (no sm_90 image).
   PathPolicy stream_gate_up = PathPolicy::kNever;
@@ -221,10 +220,9 @@ struct MoePlan {
   // than by cp.async (MoePlanInput::tma_a_down): outside ping-pong plans (CudaEngineOptions::
   // cluster_tma_a_down has the measurements).
   bool tma_a_down = false;
-  // The routed down GEMM of a kWgmmaWsMc plan without permute_x (unless
-  // MoePlanInput::down_overlap_permuted_x) starts on the SMs that gate/up's last work items leave
-  // idle (GemmArgs::h_ready; MoePlanInput::down_overlap): in ping-pong plans and where gate/up has
-  // at most kDownOverlapMaxItemsPerCluster work items a cluster.
+  // The routed down GEMM of a kWgmmaWsMc plan without permute_x starts on the SMs that gate/up's
+  // last work items leave idle (GemmArgs::h_ready; MoePlanInput::down_overlap): in ping-pong plans
+  // and where gate/up has at most kDownOverlapMaxItemsPerCluster work items a cluster.
   bool down_overlap = false;
   // The routed gate/up GEMM of a decode-tile plan runs on the weight-streaming kernel
   // (LaunchStreamGemm: bulk copies of whole weight rows, mma.sync; not batch invariant, so never

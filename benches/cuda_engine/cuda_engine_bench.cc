@@ -26,10 +26,8 @@
 //                             the dynamic schedule: CudaEngineOptions::cluster_dynamic_schedule)
 //       [--down-overlap | --no-down-overlap]   (cluster tile: the down GEMM starts on the SMs
 //                             gate/up leaves idle, per-expert h-ready counters, in every plan /
-//                             never; default: ping-pong plans and those of few gate/up items,
-//                             MoePlan::down_overlap, CudaEngineOptions::cluster_down_overlap)
-//       [--down-overlap-permuted-x]   (the same in plans whose gate/up reads the permuted copy of
-//                             x, kept at the end of y: cluster_down_overlap_permuted_x)
+//                             never; default ping-pong plans:
+//                             CudaEngineOptions::cluster_down_overlap)
 //       [--no-stream-gate-up | --stream-gate-up-always] [--stream-down]   (decode-tile plans'
 //                             routed gate/up GEMM on the weight-streaming kernel never / in
 //                             every such plan, and the down GEMM too:
@@ -168,7 +166,6 @@ bool g_hopper_pdl = CudaEngineOptions().hopper_overlap_launches;  // --[no-]hopp
 bool g_tma_store = CudaEngineOptions().cluster_tma_store;         // --[no-]tma-store
 bool g_gemm_pdl = CudaEngineOptions().cluster_gemm_overlap;       // --[no-]gemm-pdl
 CudaEngineOptions::Use g_down_overlap = CudaEngineOptions().cluster_down_overlap;
-bool g_down_overlap_permuted_x = CudaEngineOptions().cluster_down_overlap_permuted_x;
 bool g_down_tma = false;     // --down-tma
 bool g_gate_up_tma = false;  // --gate-up-tma
 CudaEngineOptions::Use g_stream_gate_up = CudaEngineOptions().stream_gate_up;
@@ -416,7 +413,6 @@ class Runner {
     o.cluster_tma_store = g_tma_store;
     o.cluster_gemm_overlap = g_gemm_pdl;
     o.cluster_down_overlap = g_down_overlap;
-    o.cluster_down_overlap_permuted_x = g_down_overlap_permuted_x;
     o.fused_router_convert = g_router_convert;
     o.max_router_convert_splits = g_router_convert_splits;
     o.combine_unrolled = g_combine_unrolled;
@@ -884,8 +880,6 @@ int main(int argc, char** argv) {
       moe::g_down_overlap = moe::CudaEngineOptions::Use::kAlways;
     } else if (a == "--no-down-overlap") {
       moe::g_down_overlap = moe::CudaEngineOptions::Use::kNever;
-    } else if (a == "--down-overlap-permuted-x") {
-      moe::g_down_overlap_permuted_x = true;
     } else if (a == "--tma-store") {
       moe::g_tma_store = true;
     } else if (a == "--no-tma-store") {

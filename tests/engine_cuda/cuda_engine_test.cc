@@ -562,9 +562,7 @@ TEST(CudaEngine, ClusterDynamicSchedule) {
 // forwards of one engine (the last down cluster must leave the counters at zero: a count past its
 // target traps), graphs and eager, in ping-pong mode (the down GEMM's A by TMA and by cp.async),
 // on 2-block clusters (multicast pairs, TMA stores of full tiles), with the down GEMM on 2 x 2
-// clusters or split along K, 129 experts of which some get no row, gate/up reading the permuted
-// copy of x from the end of the down output buffer (cluster_down_overlap_permuted_x); and matches
-// the CPU engine.
+// clusters or split along K, 129 experts of which some get no row; and matches the CPU engine.
 TEST(CudaEngine, ClusterDownOverlap) {
   MOE_REQUIRE_GPU();
   using Use = CudaEngineOptions::Use;
@@ -599,21 +597,14 @@ TEST(CudaEngine, ClusterDownOverlap) {
   unsplit.max_down_splits = 1;
   CudaEngineOptions eager = overlap;
   eager.graph_batch_sizes.clear();
-  CudaEngineOptions permuted_x = overlap;  // gate/up reads the permuted x from the end of y
-  permuted_x.cluster_permute_x = Use::kAlways;
-  permuted_x.cluster_down_overlap_permuted_x = true;
-  CudaEngineOptions permuted_x_pairs = permuted_x;
-  permuted_x_pairs.cluster_pingpong = Use::kNever;
   uint64_t seed = 134;
-  for (const CudaEngineOptions& o : {overlap, pingpong, pingpong_cp_async, pairs, quad, unsplit,
-                                     eager, permuted_x, permuted_x_pairs}) {
-    CudaEngineOptions reference = o;  // no overlap, the permuted x (if any) at the start of y
+  for (const CudaEngineOptions& o :
+       {overlap, pingpong, pingpong_cp_async, pairs, quad, unsplit, eager}) {
+    CudaEngineOptions reference = o;
     reference.cluster_down_overlap = Use::kNever;
-    reference.cluster_down_overlap_permuted_x = false;
     CheckEnginesAgree(cases, o, reference, seed++, /*tol=*/0);
   }
   CheckCases(cases, overlap);
-  CheckCases(cases, permuted_x);
 }
 
 // Past kRouterMmaMaxTokens the router on the mma.sync tile with its K split into f32 partials

@@ -266,11 +266,6 @@ struct CudaEngineOptions {
   // x (experts of >= kPermuteXMinInter columns), so they never overlap; cp.async A alone took its
   // 64 / 128 token plans from 712.6 / 741.1 to 708.5 / 733.5 us (call 3).
   Use cluster_down_overlap = Use::kAuto;
-  // cluster_down_overlap in plans with the permuted copy of x too: the copy then lives at the end
-  // of the down output buffer, and a plan takes the overlap only where down's outputs end before
-  // it. Prepared in session 19 for Mixtral's cluster plans (gate/up's tail was 6.2% of the SM
-  // time at 512 tokens, H200); not yet measured or run on a GPU, hence off.
-  bool cluster_down_overlap_permuted_x = false;
   // Past the decode front without the fused route + scan: the first kernel (the input copy or the
   // router fused with it) zeroes the route's per-expert counters after its PDL wait, instead of a
   // memset node before it. NOTES (H200, session 10, five rounds over two calls): Qwen3 64 / 256 /

@@ -214,14 +214,8 @@ Status CudaEngine::Impl::AllocateSlots() {
     }
     MOE_RETURN_IF_ERROR(alloc(s->y, DownPartialRows() * hd * 4));
     if (cluster_tile && options.cluster_permute_x != CudaEngineOptions::Use::kNever) {
-      // The permuted x lives in y (pairs x hidden 2-byte rows fit in its DownPartialRows f32 rows):
-      // at its start, or at its end where the down GEMM may overlap gate/up
-      // (cluster_down_overlap_permuted_x: BuildLayerLaunch checks that down writes below it).
-      s->x_perm_offset = options.cluster_down_overlap_permuted_x
-                             ? static_cast<int64_t>(s->y.bytes()) - pairs * hd * wsize()
-                             : 0;
-      MOE_RETURN_IF_ERROR(
-          act_map(s->x_perm_tmap, static_cast<char*>(s->y.get()) + s->x_perm_offset, hd));
+      // The permuted x lives in y (pairs x hidden 2-byte rows fit in its DownPartialRows f32 rows).
+      MOE_RETURN_IF_ERROR(act_map(s->x_perm_tmap, s->y.get(), hd));
     }
     if (cluster_tile && options.cluster_tma_store) {
       MOE_RETURN_IF_ERROR(act_map(s->h_store_tmap, s->h.get(), i, cuda::kStoreTensorMapBoxRows));
@@ -307,7 +301,6 @@ Status CudaEngine::Impl::BuildLayerLaunch(Slot& s, int64_t capacity, AType atype
   in.pingpong = ToPathPolicy(options.cluster_pingpong);
   in.down_overlap = ToPathPolicy(options.cluster_down_overlap);
   in.tma_a_down = ToPathPolicy(options.cluster_tma_a_down);
-  in.down_overlap_permuted_x = options.cluster_down_overlap_permuted_x;
   in.stream_gate_up = stream_gemm ? ToPathPolicy(options.stream_gate_up) : cuda::PathPolicy::kNever;
   in.quad_down = resident_quad_clusters > 0 ? ToPathPolicy(options.cluster_quad_down)
                                             : cuda::PathPolicy::kNever;
@@ -508,9 +501,9 @@ Status CudaEngine::Impl::BuildLayerLaunch(Slot& s, int64_t capacity, AType atype
   if (l->permute_x) {
     l->scan.x = s.x.get();
     l->scan.ld_x = 2 * hd;
-    l->scan.x_perm = static_cast<char*>(s.y.get()) + s.x_perm_offset;
+    l->scan.x_perm = s.y.get();
     l->scan.hidden = hd;
-    gu.a = l->scan.x_perm;
+    gu.a = s.y.get();
     gu.lda = hd;
     gu.a_rows = nullptr;
     gu.a_tmap = s.x_perm_tmap.get();
@@ -568,16 +561,11 @@ Status CudaEngine::Impl::BuildLayerLaunch(Slot& s, int64_t capacity, AType atype
   down.splits = plan.down_splits;
   down.out_f32 = plan.down_splits > 1;
   down.split_stride = capacity * k * hd;
-  // The down GEMM on the SMs that gate/up's last work items leave idle (GemmArgs::h_ready). With
-  // the permuted copy of x, which gate/up reads from y while down writes there, only where down's
-  // outputs end before the copy (cluster_down_overlap_permuted_x).
-  const int64_t down_out_bytes =
-      down.out_f32 ? down.splits * down.split_stride * 4 : capacity * k * hd * wsize();
-  const bool x_perm_clear = !l->permute_x || (options.cluster_down_overlap_permuted_x &&
-                                              down_out_bytes <= s.x_perm_offset);
+  // The down GEMM on the SMs that gate/up's last work items leave idle (GemmArgs::h_ready): not
+  // with the permuted copy of x, which gate/up reads from y while down writes there.
   if (plan.down_overlap && s.h_ready.get() != nullptr && gu.tile == cuda::GemmTile::kWgmmaWsMc &&
       down.tile == cuda::GemmTile::kWgmmaWsMc && gu.b0_tmaps != nullptr &&
-      down.b0_tmaps != nullptr && x_perm_clear && e <= cuda::kMaxClusterGemmGroups) {
+      down.b0_tmaps != nullptr && !l->permute_x && e <= cuda::kMaxClusterGemmGroups) {
     gu.h_ready = s.h_ready.as<int32_t>();
     down.h_ready = gu.h_ready;
     down.pdl = true;

@@ -83,7 +83,6 @@ class CudaEngine::Impl {
     cuda::DeviceBuffer h_ready;       // n_experts + 1 ints (GemmArgs::h_ready), cluster tile only
     cuda::DeviceBuffer h_tmap;        // TMA descriptor of h for the TMA-A down GEMM
     cuda::DeviceBuffer x_perm_tmap;   // TMA descriptor of the permuted x (in y) for gate/up
-    int64_t x_perm_offset = 0;        // bytes into y where the permuted x starts
     cuda::DeviceBuffer h_store_tmap;  // TMA descriptors of h and of y ([pairs, hidden] in wtype)
     cuda::DeviceBuffer y_store_tmap;  // as GEMM outputs (8-row boxes, cluster_tma_store)
     cuda::PinnedBuffer in_stage, out_stage, ids_stage, weights_stage, meta_ring;
