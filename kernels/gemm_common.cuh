@@ -138,6 +138,8 @@ struct GemmParams {
   const void* const* a_indirect;  // GemmArgs::a_indirect (GemmABase)
   int32_t* item_counter;          // GemmArgs::item_counter
   int32_t* h_ready;               // GemmArgs::h_ready
+  int pair_extra_rows;            // GemmArgs::pair_extra_rows
+  const void* a_x_tmap;           // GemmArgs::a_x_tmap
 };
 
 // The kernel parameters of a validated GemmArgs (host side).
@@ -173,7 +175,9 @@ inline GemmParams MakeGemmParams(const GemmArgs& args) {
                     args.pdl && args.prefetch_weights ? 1 : 0,
                     args.a_indirect,
                     args.item_counter,
-                    args.h_ready};
+                    args.h_ready,
+                    args.pair_extra_rows ? 1 : 0,
+                    args.a_x_tmap};
 }
 
 // A's base pointer: *p.a_indirect when set (read on the device), else p.a.

@@ -71,6 +71,22 @@
 //    and the layer took 2.6-2.9% less (CudaEngineOptions::cluster_down_overlap). With every warp
 //    counting at once (waiting for its stores) outside ping-pong mode too, the layer was 1.8-2.8%
 //    slower than without counters at DeepSeek-V2-Lite 1024 / 4096 tokens.
+// 10. A pair's extra rows (GemmParams::pair_extra_rows, kernel XR: pair clusters, outside
+//    ping-pong mode): a group of R = 256 q + r rows, q >= 1, whose remainder r is 1..16
+//    (or 129..144: then a solo tile of 128 rows and r - 128 extra) computes those last rows in its
+//    last multicast pair instead of in a solo tile that streams the expert's weights once more.
+//    Each stage holds the 16 extra A rows past its A and B (A by cp.async: one 16-byte chunk per
+//    producer thread; by TMA: two 8-row boxes of GemmParams::a_x_tmap); each of the cluster's 4
+//    consumer warpgroups, q = 2 rank + warpgroup, computes them against its quarter of the stage's
+//    weight rows (gated: gate and up rows 32 q.., plain: rows 64 q..) with one more m64 wgmma per
+//    k16 in the stage's commit group (its rows past the 16 read the next stage's bytes and are
+//    dropped), and its warp 0 stores them from registers. Why: at ~256 rows per expert
+//    (Qwen3-30B-A3B at 4096 tokens) half of the experts left a solo tile of a few rows, 158 units
+//    of work for 128 pairs' worth of rows. NOTES (H200, session 20): the layer 1.7% faster there,
+//    but the kernel costs 1-3% where no expert leaves such rows (its 32 more accumulators a
+//    consumer thread), hence MoePlan::pair_extra_rows (kernels/tile_heuristics.h). Two n32
+//    wgmmas for gate and up (their rows are not adjacent) read the extra A twice: the gated
+//    extra rows add 60% to a stage's shared-memory reads, the plain ones 40%.
 #include <algorithm>
 
 #include "kernels/cluster.cuh"
@@ -91,6 +107,9 @@ constexpr int kClusterBlocks = 2;
 constexpr int kMcStages = 4;
 // The stages, then the staged epilogue's buffers of the 8 consumer warps.
 constexpr int kMcSmem = WgSmemBytes(128, 256, kMcStages) + 8 * kStagedEpilogueWarpBytes;
+// With a pair's extra rows (GemmParams::pair_extra_rows): kClusterPairExtraRows more A rows a
+// stage.
+constexpr int kMcXrSmem = kMcSmem + kMcStages * kClusterPairExtraRows * kBk * 2;
 // Ping-pong tiles have 64 rows, so their stages can hold 64 A rows instead of 128: 40 KiB a stage,
 // kPpStages of them in about the shared memory of the kMcStages 48 KiB ones
 // (GemmArgs::pingpong_short_stages).
@@ -243,17 +262,30 @@ __device__ __forceinline__ int FindGroup(const int* start, int n, int t) {
 struct RowCut {
   bool multicast;
   int tile_rows;
+  int extra;  // a pair's extra rows at most (GemmParams::pair_extra_rows), else 0
 };
-// How the rows of group g are cut (rows R, multicast on): floor(R / 256) multicast pairs, one more
-// if the remainder exceeds 128 rows (its second block gets the rest), else the remainder (1..128
-// rows) is one solo tile. Multicast off: every tile of cut.tile_rows rows is a solo tile.
+// A group's last rows that its last multicast pair computes as extra rows (10., multicast with
+// cut.extra > 0): those past floor(R / 256) >= 1 pairs when 1..extra remain, or past the pairs and
+// a solo tile of 128 when 129..128 + extra remain; else none.
+__device__ __forceinline__ int ExtraRows(int rows, const RowCut& cut) {
+  if (!cut.multicast || cut.extra == 0 || rows < kPairRows) return 0;
+  const int rem = rows % kPairRows;
+  if (rem > 0 && rem <= cut.extra) return rem;
+  if (rem > 128 && rem <= 128 + cut.extra) return rem - 128;
+  return 0;
+}
+// How the rows of group g are cut (rows R, multicast on; R less its extra rows): floor(R / 256)
+// multicast pairs, one more if the remainder exceeds 128 rows (its second block gets the rest),
+// else the remainder (1..128 rows) is one solo tile. Multicast off: every tile of cut.tile_rows
+// rows is a solo tile.
 __device__ __forceinline__ int McPairs(int rows, const RowCut& cut) {
   if (!cut.multicast) return 0;
+  rows -= ExtraRows(rows, cut);
   return rows / kPairRows + (rows % kPairRows > 128 ? 1 : 0);
 }
 __device__ __forceinline__ int SoloTiles(int rows, const RowCut& cut) {
   if (!cut.multicast) return (rows + cut.tile_rows - 1) / cut.tile_rows;
-  const int rem = rows % kPairRows;
+  const int rem = (rows - ExtraRows(rows, cut)) % kPairRows;
   return rem > 0 && rem <= 128 ? 1 : 0;
 }
 
@@ -269,13 +301,15 @@ __device__ __forceinline__ int OwnedSoloPairs(int a, int b, int solos) {
 
 // What cluster block `rank` computes for unit t. Units are ordered by group: group g's multicast
 // pairs (both blocks, one group), then the solo pairs it owns (see OwnedSoloPairs; rank r takes
-// tile 2 j + r, group -1 when it does not exist). Rows [row_begin, row_end), maybe empty.
+// tile 2 j + r, group -1 when it does not exist). Rows [row_begin, row_end), maybe empty; the
+// group's last pair also its extra rows [extra_begin, extra_end) (ExtraRows: its last rows).
 // NOTES: before, every solo pair came after all multicast pairs; a solo tile then read its
 // expert's weights from HBM a second time, long after the pair had.
 struct PairWork {
   bool multicast;
   int group;
   int row_begin, row_end;
+  int extra_begin, extra_end;
 };
 __device__ __forceinline__ PairWork ResolvePair(const GemmParams& p, const int* unit_start,
                                                 const int* solo_start, int t, uint32_t rank,
@@ -283,17 +317,23 @@ __device__ __forceinline__ PairWork ResolvePair(const GemmParams& p, const int* 
   const int n = p.n_groups;
   const int g = FindGroup(unit_start, n, t);
   const int local = t - unit_start[g];
-  const int mc_pairs = McPairs(p.group_offsets[g + 1] - p.group_offsets[g], cut);
+  const int g_rows = p.group_offsets[g + 1] - p.group_offsets[g];
+  const int mc_pairs = McPairs(g_rows, cut);
   PairWork w;
+  w.extra_begin = w.extra_end = 0;
   if (local < mc_pairs) {
     w.multicast = true;
     w.group = g;
     w.row_begin = p.group_offsets[g] + local * kPairRows + static_cast<int>(rank) * 128;
+    if (local == mc_pairs - 1) {
+      w.extra_end = p.group_offsets[g + 1];
+      w.extra_begin = w.extra_end - ExtraRows(g_rows, cut);
+    }
   } else {
     w.multicast = false;
     const int j = solo_start[g] / 2 + (local - mc_pairs);
     const int s = 2 * j + static_cast<int>(rank);
-    if (s >= solo_start[n]) return PairWork{false, -1, 0, 0};
+    if (s >= solo_start[n]) return PairWork{false, -1, 0, 0, 0, 0};
     w.group = FindGroup(solo_start, n, s);
     const int rows = p.group_offsets[w.group + 1] - p.group_offsets[w.group];
     w.row_begin = p.group_offsets[w.group] + McPairs(rows, cut) * kPairRows +
@@ -369,7 +409,8 @@ __device__ __forceinline__ int ReadItem(const int* s_item, uint64_t* item_bar, u
 
 // The h-ready counters (GemmArgs::h_ready). Gate/up: each consumer warp, once the h rows it stored
 // for a work item are visible (its st.global before a __syncwarp, or its TMA stores complete), adds
-// their count to its group's counter with release semantics (as CUTLASS's generic barrier: a
+// their count (kHReadyQuarters per row of the item's columns, 1 per extra row of its quarter of
+// them) to its group's counter with release semantics (as CUTLASS's generic barrier: a
 // block barrier, then one releasing thread). Down: a producer thread acquires the count before
 // it loads any A row of the group; the proxy fence then orders the TMA reads of A after it.
 __device__ __forceinline__ void HReadyAdd(int32_t* counter, int rows) {
@@ -377,7 +418,8 @@ __device__ __forceinline__ void HReadyAdd(int32_t* counter, int rows) {
 }
 __device__ __forceinline__ void WaitHReady(const GemmParams& p, int g) {
   const int rows = p.group_offsets[g + 1] - p.group_offsets[g];
-  const int target = rows * ((p.k + kClusterGatedColumns - 1) / kClusterGatedColumns);
+  const int target =
+      rows * ((p.k + kClusterGatedColumns - 1) / kClusterGatedColumns) * kHReadyQuarters;
   const long long t0 = clock64();
   for (;;) {
     int ready;
@@ -410,20 +452,29 @@ constexpr int kQuadBlocks = 4;
 constexpr int kActBoxBytes = kActTensorMapBoxRows * kTensorMapBoxCols * 2;
 static_assert(2 * kActTensorMapBoxRows == 128, "two A boxes make a 128-row tile");
 
-// PP: ping-pong only (p.pingpong set), with kPpStages stages of 64 A rows.
-template <typename T, bool GATED, int CN, bool TMA_A, bool PP = false>
+// PP: ping-pong only (p.pingpong set), with kPpStages stages of 64 A rows. XR: pairs with extra
+// rows (p.pair_extra_rows; pair clusters outside ping-pong mode), whose stages also hold
+// kClusterPairExtraRows A rows.
+template <typename T, bool GATED, int CN, bool TMA_A, bool PP = false, bool XR = false>
 __global__ void __launch_bounds__(384, 1) WgmmaMcGemmKernel(const GemmParams p) {
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
   static_assert(CN == 1 || (CN == 2 && TMA_A), "A is multicast by TMA only");
   constexpr int kBlocks = kClusterBlocks * CN;
   static_assert(!PP || CN == 1, "ping-pong runs on pair clusters");
+  static_assert(!XR || (CN == 1 && !PP), "extra rows: pair clusters outside ping-pong mode");
   constexpr int B_ROWS = 256, STAGES = PP ? kPpStages : kMcStages;
   constexpr int BM = PP ? 64 : 128;  // A rows a stage holds
   constexpr int BN = GATED ? B_ROWS / 2 : B_ROWS;
   constexpr int kG = GATED ? 2 : 1;
   static_assert(!GATED || BN == kClusterGatedColumns,
                 "h-ready counts: columns a gated item stores");
-  constexpr int kStageBytes = WgStageBytes(BM, B_ROWS);
+  // Extra rows: warpgroup q (of the cluster's 4) computes columns [q NX, q NX + NX) of each slice.
+  constexpr int NX = BN / 4;
+  static_assert(kClusterPairExtraRows == 16,
+                "the extra rows: one row of the 16 per producer thread");
+  constexpr int kXrBytes = kClusterPairExtraRows * kBk * 2;  // a stage's extra A rows
+  static_assert(kStoreTensorMapBoxRows * 2 == kClusterPairExtraRows, "two 8-row boxes (TMA_A)");
+  constexpr int kStageBytes = WgStageBytes(BM, B_ROWS) + (XR ? kXrBytes : 0);
   __shared__ __align__(8) uint64_t full_bar[STAGES];
   __shared__ __align__(8) uint64_t empty_bar[STAGES];
   __shared__ int unit_start[kMaxClusterGemmGroups + 1];
@@ -439,7 +490,8 @@ __global__ void __launch_bounds__(384, 1) WgmmaMcGemmKernel(const GemmParams p) 
   // Ping-pong (GemmParams::pingpong, pair clusters only): 64-row solo tiles, each work item taken
   // by one consumer warpgroup (they alternate), so a stage is released by 4 warps per block.
   const bool pingpong = PP || (CN == 1 && p.pingpong != 0);
-  const RowCut cut{p.tma_multicast != 0 && !pingpong, pingpong ? 64 : 128};
+  const RowCut cut{p.tma_multicast != 0 && !pingpong, pingpong ? 64 : 128,
+                   XR ? kClusterPairExtraRows : 0};
   const bool dynamic = p.item_counter != nullptr && !pingpong;
   if (dynamic && threadIdx.x == 0) {
     for (int i = 0; i < kItemRing; ++i) MbarInit(&item_bar[i]);  // fenced by InitStageBarriers
@@ -535,8 +587,9 @@ __global__ void __launch_bounds__(384, 1) WgmmaMcGemmKernel(const GemmParams p) 
           const void* tmap0;
           const void* tmap1;
           unit_tmaps(item0.pw, tmap0, tmap1);
-          const uint32_t bytes =
-              a_boxes_of(item0.pw) * kActBoxBytes + (tmap0 != nullptr ? 2 * kBoxBytes : 0);
+          const uint32_t bytes = a_boxes_of(item0.pw) * kActBoxBytes +
+                                 (tmap0 != nullptr ? 2 * kBoxBytes : 0) +
+                                 (XR && item0.pw.extra_end > item0.pw.extra_begin ? kXrBytes : 0);
           npre = static_cast<uint32_t>(min(STAGES, item0.kt_end - item0.kt_begin));
           for (uint32_t st = 0; st < npre; ++st) {  // free at the start: no empty wait
             MbarArriveExpectTx(&full_bar[st], bytes);
@@ -574,6 +627,16 @@ __global__ void __launch_bounds__(384, 1) WgmmaMcGemmKernel(const GemmParams p) 
             a_rows[i] = r < pw.row_end ? (p.a_rows ? p.a_rows[r] : r) : -1;
           }
         }
+        // Extra rows (XR): this thread's one (row r0 of the 16), -1 past them; -2: none this item
+        // (or A by TMA: thread 0 loads them in two 8-row boxes of p.a_x_tmap).
+        const bool has_extra = XR && pw.extra_end > pw.extra_begin;
+        int x_row = -2;
+        if constexpr (XR && !TMA_A) {
+          if (has_extra) {
+            const int r = pw.extra_begin + r0;
+            x_row = r < pw.extra_end ? (p.a_rows ? p.a_rows[r] : r) : -1;
+          }
+        }
         for (int kt = item.kt_begin; kt < item.kt_end; ++kt, ++it) {
           const int stage = static_cast<int>(it % STAGES);
           const bool pre = it < npre;  // B out before the PDL wait (prefetch_b)
@@ -589,7 +652,15 @@ __global__ void __launch_bounds__(384, 1) WgmmaMcGemmKernel(const GemmParams p) 
           const uint32_t a_dst = SmemAddr(st);
           const uint32_t b_bytes = tmap0 != nullptr ? 2 * kBoxBytes : 0;
           if constexpr (TMA_A) {
-            if (!pre) MbarArriveExpectTx(&full_bar[stage], a_boxes * kActBoxBytes + b_bytes);
+            if (!pre) {
+              MbarArriveExpectTx(&full_bar[stage],
+                                 a_boxes * kActBoxBytes + b_bytes + (has_extra ? kXrBytes : 0));
+            }
+            if (XR && has_extra) {  // past the stage's A and B; rows past the extra ones: dropped
+              const uint32_t x_dst = a_dst + (BM + B_ROWS) * kBk * 2;
+              TmaLoad(x_dst, p.a_x_tmap, k0, pw.extra_begin, &full_bar[stage]);
+              TmaLoad(x_dst + kXrBytes / 2, p.a_x_tmap, k0, pw.extra_begin + 8, &full_bar[stage]);
+            }
             if constexpr (CN == 2) {
               if (static_cast<int>(rn) < a_boxes) {
                 TmaLoadMulticastTo(a_dst + rn * kActBoxBytes, p.a_tmap, k0, a_row, &full_bar[stage],
@@ -609,6 +680,11 @@ __global__ void __launch_bounds__(384, 1) WgmmaMcGemmKernel(const GemmParams p) 
                 const bool ok = k_ok && a_rows[i] >= 0;
                 const T* src = a_base + static_cast<int64_t>(a_rows[i]) * p.lda + chunk * 8 + k0;
                 CpAsync16(SmemAddr(st + dst0 + 16 * i * kBk), ok ? src : a_base, ok);
+              }
+              if (XR && x_row != -2) {  // past the stage's A and B (zeros past the extra rows)
+                const bool ok = k_ok && x_row >= 0;
+                const T* src = a_base + static_cast<int64_t>(x_row) * p.lda + chunk * 8 + k0;
+                CpAsync16(SmemAddr(st + (BM + B_ROWS) * kBk + dst0), ok ? src : a_base, ok);
               }
             }
             CpAsyncMbarArrive(&full_bar[stage]);
@@ -667,13 +743,13 @@ __global__ void __launch_bounds__(384, 1) WgmmaMcGemmKernel(const GemmParams p) 
     // h-ready counts (GATED with p.h_ready): this warp's rows of an item once they are written (its
     // st.global before a __syncwarp, its TMA stores complete). Outside ping-pong mode an item's
     // count waits for the next item's epilogue (or the end), so no warp waits for its own stores.
-    int pending_group = -1, pending_rows = 0;
-    auto signal_rows = [&](int group, int rows) {
+    int pending_group = -1, pending_units = 0;
+    auto signal_rows = [&](int group, int units) {
       __syncwarp();
       if (lane == 0) {
         BulkWaitAll();
         asm volatile("fence.proxy.async.global;\n" ::: "memory");
-        HReadyAdd(p.h_ready + group, rows);
+        HReadyAdd(p.h_ready + group, units);
       }
     };
     uint32_t it = 0;
@@ -704,6 +780,16 @@ __global__ void __launch_bounds__(384, 1) WgmmaMcGemmKernel(const GemmParams p) 
       for (int g = 0; g < kG; ++g)
 #pragma unroll
         for (int i = 0; i < BN / 2; ++i) acc[g][i] = 0.0f;
+      // Extra rows (XR): this warpgroup's quarter xq of the item's columns, from the same stages.
+      const bool has_x = XR && compute && pw.extra_end > pw.extra_begin;
+      const int xq = 2 * static_cast<int>(rm) + cw;
+      float acc_x[kG][XR ? NX / 2 : 1];
+      if constexpr (XR) {
+#pragma unroll
+        for (int g = 0; g < kG; ++g)
+#pragma unroll
+          for (int i = 0; i < NX / 2; ++i) acc_x[g][i] = 0.0f;
+      }
       int prev_stage = -1;
       for (int kt = item.kt_begin; kt < item.kt_end; ++kt, ++it) {
         const int stage = static_cast<int>(it % STAGES);
@@ -717,7 +803,21 @@ __global__ void __launch_bounds__(384, 1) WgmmaMcGemmKernel(const GemmParams p) 
         if (compute) {
           if constexpr (!TMA_A) FenceProxyAsync();  // cp.async wrote A through the generic proxy
           const uint32_t st = SmemAddr(smem + stage * kStageBytes);
-          WgmmaStage<T, BN, kG>(acc, Desc(st + wg_row0 * kBk * 2), Desc(st + BM * kBk * 2));
+          const uint64_t a_desc = Desc(st + wg_row0 * kBk * 2), b_desc = Desc(st + BM * kBk * 2);
+          if constexpr (XR) {
+            if (has_x) {
+              uint64_t bx_desc[kG];
+#pragma unroll
+              for (int g = 0; g < kG; ++g)
+                bx_desc[g] = Desc(st + (BM + g * BN + xq * NX) * kBk * 2);
+              WgmmaStageExtra<T, BN, kG, NX>(acc, acc_x, a_desc, b_desc,
+                                             Desc(st + (BM + B_ROWS) * kBk * 2), bx_desc);
+            } else {
+              WgmmaStage<T, BN, kG>(acc, a_desc, b_desc);
+            }
+          } else {
+            WgmmaStage<T, BN, kG>(acc, a_desc, b_desc);
+          }
         }
         if (prev_stage >= 0) release(prev_stage);
         prev_stage = stage;
@@ -734,9 +834,9 @@ __global__ void __launch_bounds__(384, 1) WgmmaMcGemmKernel(const GemmParams p) 
 #endif
 
       // Phase 3: epilogue (warp w of the consumer warpgroup owns rows 16w..16w+15 of its 64).
-      if (GATED && pending_rows > 0) {
-        signal_rows(pending_group, pending_rows);  // the last item's stores are long done
-        pending_rows = 0;
+      if (GATED && pending_units > 0) {
+        signal_rows(pending_group, pending_units);  // the last item's stores are long done
+        pending_units = 0;
       }
       if (compute) {
         const int row0 = pw.row_begin + wg_row0 + warp_in_wg * 16;
@@ -746,13 +846,22 @@ __global__ void __launch_bounds__(384, 1) WgmmaMcGemmKernel(const GemmParams p) 
           StoreWarpTile<T, GATED, BN, kG>(p, acc, out_f32, staged, item.split, pw.row_begin, row0,
                                           pw.row_end, nb * BN, lane, epilogue_buf);
         }
-        const int rows = min(16, pw.row_end - row0);
-        if (GATED && p.h_ready != nullptr && rows > 0) {
+        // Extra rows: warp 0 of each warpgroup holds all of them (rows 0..15 of its m64 tile).
+        const bool store_x = has_x && warp_in_wg == 0;
+        if constexpr (XR) {
+          if (store_x) {
+            StoreWarpRows<T, GATED, NX, kG>(p, acc_x, out_f32, item.split, pw.extra_begin,
+                                            pw.extra_end, nb * BN + xq * NX, lane);
+          }
+        }
+        const int units = kHReadyQuarters * max(0, min(16, pw.row_end - row0)) +
+                          (store_x ? pw.extra_end - pw.extra_begin : 0);
+        if (GATED && p.h_ready != nullptr && units > 0) {
           if (pingpong) {
-            signal_rows(pw.group, rows);  // the other warpgroup's mainloop hides the wait
+            signal_rows(pw.group, units);  // the other warpgroup's mainloop hides the wait
           } else {
             pending_group = pw.group;
-            pending_rows = rows;
+            pending_units = units;
           }
         }
       }
@@ -764,7 +873,7 @@ __global__ void __launch_bounds__(384, 1) WgmmaMcGemmKernel(const GemmParams p) 
     }
     if (tma_store && lane == 0)
       BulkWaitAll();  // the last stores are written before the kernel ends
-    if (GATED && pending_rows > 0) signal_rows(pending_group, pending_rows);
+    if (GATED && pending_units > 0) signal_rows(pending_group, pending_units);
 #ifdef MOE_GEMM_TRACE
     if (tracer && trace != nullptr) {
       trace[4] = it;
@@ -786,22 +895,29 @@ __global__ void __launch_bounds__(384, 1) WgmmaMcGemmKernel(const GemmParams p) 
 using KernelFn = void (*)(GemmParams);
 
 template <typename T, bool GATED>
-KernelFn FindFor(bool tma_a, int cn, bool pp) {
+KernelFn FindFor(bool tma_a, int cn, bool pp, bool xr) {
   if (pp) {
     return tma_a ? &WgmmaMcGemmKernel<T, GATED, 1, true, true>
                  : &WgmmaMcGemmKernel<T, GATED, 1, false, true>;
   }
-  if (!tma_a) return &WgmmaMcGemmKernel<T, GATED, 1, false>;
-  return cn == 2 ? &WgmmaMcGemmKernel<T, GATED, 2, true> : &WgmmaMcGemmKernel<T, GATED, 1, true>;
+  if (!tma_a) {
+    return xr ? &WgmmaMcGemmKernel<T, GATED, 1, false, false, true>
+              : &WgmmaMcGemmKernel<T, GATED, 1, false>;
+  }
+  if (cn == 2) return &WgmmaMcGemmKernel<T, GATED, 2, true>;
+  return xr ? &WgmmaMcGemmKernel<T, GATED, 1, true, false, true>
+            : &WgmmaMcGemmKernel<T, GATED, 1, true>;
 }
 // The kernel for A by cp.async (tma_a false) or by TMA on clusters of 2 x cn blocks; pp: the
-// ping-pong kernel of kPpStages 64-row stages (cn 1).
-KernelFn Find(bool gated, WType wtype, bool tma_a = false, int cn = 1, bool pp = false) {
+// ping-pong kernel of kPpStages 64-row stages (cn 1); xr: the pair kernel with extra rows (cn 1).
+KernelFn Find(bool gated, WType wtype, bool tma_a = false, int cn = 1, bool pp = false,
+              bool xr = false) {
   if (wtype == WType::kBF16) {
-    return gated ? FindFor<__nv_bfloat16, true>(tma_a, cn, pp)
-                 : FindFor<__nv_bfloat16, false>(tma_a, cn, pp);
+    return gated ? FindFor<__nv_bfloat16, true>(tma_a, cn, pp, xr)
+                 : FindFor<__nv_bfloat16, false>(tma_a, cn, pp, xr);
   }
-  return gated ? FindFor<__half, true>(tma_a, cn, pp) : FindFor<__half, false>(tma_a, cn, pp);
+  return gated ? FindFor<__half, true>(tma_a, cn, pp, xr)
+               : FindFor<__half, false>(tma_a, cn, pp, xr);
 }
 
 }  // namespace
@@ -811,6 +927,11 @@ Status InitGemmKernelsSm90Cluster() {
     for (const bool gated : {false, true}) {
       CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(
           Find(gated, wtype), cudaFuncAttributeMaxDynamicSharedMemorySize, kMcSmem));
+      for (const bool tma_a : {false, true}) {
+        CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(Find(gated, wtype, tma_a, 1, false, true),
+                                                  cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                  kMcXrSmem));
+      }
     }
     for (const bool gated : {false, true}) {
       for (const int cn : {1, 2}) {
@@ -890,7 +1011,12 @@ Status LaunchGemmSm90Cluster(const GemmParams& p, bool gated, WType wtype, int64
                                             stream, cluster_blocks, p.pdl != 0);
   const bool pp = p.pingpong == 2 && cn == 1;
   if (pp) config.dynamicSmemBytes = kPpSmem;
-  CUDA_RETURN_IF_ERROR(cudaLaunchKernelEx(&config, Find(gated, wtype, tma_a, cn, pp), p));
+  // Extra rows: pair clusters with multicast, outside ping-pong mode, A by cp.async or by TMA with
+  // the descriptor of its 8-row boxes.
+  const bool xr = p.pair_extra_rows != 0 && p.tma_multicast != 0 && p.pingpong == 0 && cn == 1 &&
+                  (!tma_a || p.a_x_tmap != nullptr);
+  if (xr) config.dynamicSmemBytes = kMcXrSmem;
+  CUDA_RETURN_IF_ERROR(cudaLaunchKernelEx(&config, Find(gated, wtype, tma_a, cn, pp, xr), p));
   return absl::OkStatus();
 }
 

@@ -87,6 +87,15 @@ struct GemmArgs {
   // of kStoreTensorMapBoxRows rows): full 128-row tiles of wtype output are then stored by TMA,
   // without the warps waiting for the writes. Ignored for f32 partials.
   const void* c_tmap = nullptr;
+  // kWgmmaWsMc pair clusters, multicast, outside ping-pong mode, with A by cp.async or by TMA with
+  // a_x_tmap (ignored elsewhere): a group whose rows leave 1..kClusterPairExtraRows past its
+  // multicast pairs, or that many past its pairs and a solo tile of 128, computes them in its last
+  // pair as extra rows (each of the cluster's 4 consumer warpgroups a quarter of the columns, from
+  // the stage's weights) instead of in a tile of their own that streams the weights again.
+  bool pair_extra_rows = false;
+  // With A by TMA and pair_extra_rows: the TMA descriptor of A in kStoreTensorMapBoxRows-row boxes
+  // (two per stage load the extra rows).
+  const void* a_x_tmap = nullptr;
   // kWgmmaWsMc outside ping-pong mode only: two zeroed ints of device memory (the next work item,
   // the clusters done) that the launch leaves at zero again; with them the clusters take their
   // work items past the first one from a global counter as they finish (dynamic schedule) instead
@@ -97,7 +106,9 @@ struct GemmArgs {
   // each h row of group g it stores to h_ready[g] once its stores are visible; the down GEMM
   // (launched with PDL, `pdl`) never waits for gate/up to end, but before it loads the A (h) rows
   // of group g waits until h_ready[g] = rows(g) x gate/up's column blocks (kClusterGatedColumns
-  // columns each), so its clusters start on the SMs that gate/up's last work items leave idle.
+  // columns each) x kHReadyQuarters (a warp counts each row it stores 4 times, or once for a
+  // quarter of an item's columns: pair_extra_rows), so its clusters start on the SMs that
+  // gate/up's last work items leave idle.
   // Nothing after the down GEMM may read what gate/up wrote, and gate/up must not read what down
   // writes.
   int32_t* h_ready = nullptr;

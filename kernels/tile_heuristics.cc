@@ -187,6 +187,11 @@ MoePlan PlanMoe(const MoePlanInput& in) {
     plan.down_overlap = in.down_overlap == PathPolicy::kAlways || plan.pingpong ||
                         items_per_cluster <= kDownOverlapMaxItemsPerCluster;
   }
+  plan.pair_extra_rows =
+      in.pair_extra_rows != PathPolicy::kNever && plan.tile == GemmTile::kWgmmaWsMc &&
+      !plan.pingpong &&
+      (in.pair_extra_rows == PathPolicy::kAlways ||
+       (!plan.permute_x && PairExtraRowsSaving(pairs, in.n_experts) >= kPairExtraRowsMinSaving));
   if (in.shared_inter > 0) {
     const int64_t shared_blocks = plan.dense_tiles * down_col_blocks;
     plan.shared_down_splits =
@@ -202,6 +207,25 @@ MoePlan PlanMoe(const MoePlanInput& in) {
   if (plan.decode_gemv) plan.down_splits = 1;
   if (plan.shared_gemv) plan.shared_down_splits = 1;
   return plan;
+}
+
+double PairExtraRowsSaving(int64_t pairs, int experts) {
+  if (pairs <= 0 || experts <= 0) return 0.0;
+  const double p = 1.0 / experts;
+  const double mean = static_cast<double>(pairs) * p;
+  const double sd = std::sqrt(std::max(1e-9, static_cast<double>(pairs) * p * (1.0 - p)));
+  // Rows r of one expert, weighted by the normal approximation of the binomial around the mean.
+  const int64_t lo = std::max<int64_t>(0, static_cast<int64_t>(mean - 6 * sd));
+  const int64_t hi = static_cast<int64_t>(mean + 6 * sd) + 1;
+  double units = 0, saved = 0;
+  for (int64_t r = lo; r <= hi; ++r) {
+    const double z = (static_cast<double>(r) - mean) / sd;
+    const double w = std::exp(-0.5 * z * z);
+    const int64_t rem = r % 256;
+    units += w * (static_cast<double>(r / 256) + (rem > 128 ? 1.0 : rem > 0 ? 0.5 : 0.0));
+    if (r >= 256 && rem > 0 && rem <= kClusterPairExtraRows) saved += w * 0.5;
+  }
+  return units > 0 ? saved / units : 0.0;
 }
 
 RouterConvertGrid PlanRouterConvert(int64_t capacity, int router_rows, int hidden, int sm_count,

@@ -177,13 +177,14 @@ struct MoePlanInput {
   // Rows per expert up to which the decode tile runs (ChooseTile); negative: the default rule
   // (kLargeExpertDecodeMaxRows for experts of at least kWgmmaLargeExpertElems, else 16).
   double decode_max_rows = -1.0;
-  GemvPolicy decode_gemv = GemvPolicy::kNever;   // when the CUDA-core decode experts path takes
-                                                 // the routed experts (never when deterministic)
-  PathPolicy quad_down = PathPolicy::kNever;     // the 2 x 2 cluster down GEMM (MoePlan)
-  PathPolicy permute_x = PathPolicy::kNever;     // gate/up from a permuted copy of x (MoePlan)
-  PathPolicy pingpong = PathPolicy::kNever;      // ping-pong cluster GEMMs (MoePlan)
-  PathPolicy tma_a_down = PathPolicy::kNever;    // the down GEMM's A by TMA (MoePlan)
-  PathPolicy down_overlap = PathPolicy::kNever;  // down starts under gate/up's tail (MoePlan)
+  GemvPolicy decode_gemv = GemvPolicy::kNever;      // when the CUDA-core decode experts path takes
+                                                    // the routed experts (never when deterministic)
+  PathPolicy quad_down = PathPolicy::kNever;        // the 2 x 2 cluster down GEMM (MoePlan)
+  PathPolicy permute_x = PathPolicy::kNever;        // gate/up from a permuted copy of x (MoePlan)
+  PathPolicy pingpong = PathPolicy::kNever;         // ping-pong cluster GEMMs (MoePlan)
+  PathPolicy tma_a_down = PathPolicy::kNever;       // the down GEMM's A by TMA (MoePlan)
+  PathPolicy down_overlap = PathPolicy::kNever;     // down starts under gate/up's tail (MoePlan)
+  PathPolicy pair_extra_rows = PathPolicy::kNever;  // a pair's extra rows (MoePlan)
   // The routed gate/up GEMM of a decode-tile plan on the weight-streaming kernel (MoePlan); the
   // caller passes kNever where the kernel does not run (no sm_90 image).
   PathPolicy stream_gate_up = PathPolicy::kNever;
@@ -224,6 +225,10 @@ struct MoePlan {
   // last work items leave idle (GemmArgs::h_ready; MoePlanInput::down_overlap): in ping-pong plans
   // and where gate/up has at most kDownOverlapMaxItemsPerCluster work items a cluster.
   bool down_overlap = false;
+  // The routed GEMMs of a kWgmmaWsMc plan outside ping-pong mode compute an expert's last few rows
+  // in its last multicast pair (GemmArgs::pair_extra_rows; MoePlanInput::pair_extra_rows): where
+  // PairExtraRowsSaving is at least kPairExtraRowsMinSaving.
+  bool pair_extra_rows = false;
   // The routed gate/up GEMM of a decode-tile plan runs on the weight-streaming kernel
   // (LaunchStreamGemm: bulk copies of whole weight rows, mma.sync; not batch invariant, so never
   // when deterministic) where the engine can launch it (CanStreamGemm): MoePlanInput::
@@ -277,6 +282,26 @@ inline constexpr double kPingpongMaxRows = 48.0;
 // Output columns of a gated work item of the kWgmmaWsMc tile (its 256 weight rows: 128 gate, 128
 // up): the width of the column blocks of h that gate/up stores (GemmArgs::h_ready).
 inline constexpr int kClusterGatedColumns = 128;
+// The h-ready counters count each stored h row kHReadyQuarters times per column block: a warp adds
+// 4 per row of a whole item's columns, 1 per row of a quarter of them (GemmArgs::pair_extra_rows).
+inline constexpr int kHReadyQuarters = 4;
+// Extra rows of a multicast pair at most (GemmArgs::pair_extra_rows): one 16-row slice of A per
+// stage (2 KiB past the stage's A and B), which the 4 consumer warpgroups of the pair share.
+inline constexpr int kClusterPairExtraRows = 16;
+// The share of a cluster GEMM's work units (multicast pairs, and solo tiles counted as half a unit)
+// that a pair's extra rows remove in expectation: the solo tiles of the experts whose rows leave
+// 1..kClusterPairExtraRows past at least one pair, over the units without them. Rows per expert
+// are taken as binomial: `pairs` (token, k) pairs over `experts` equally likely experts.
+double PairExtraRowsSaving(int64_t pairs, int experts);
+// MoePlan::pair_extra_rows (kAuto) where that share is at least this, and not in permuted-x plans.
+// NOTES (H200, session 20, three rounds each, layer us, off -> on for both GEMMs): Qwen3-30B-A3B
+// 4096 tokens (256 rows per expert: the share is 14%) 823.5 -> 795.7 (call 4) and 790.1 -> 777.0
+// (call 5, the rule), DeepSeek-V2-Lite 2730 tokens (256 rows) 667.4 -> 654.1; but where no expert
+// leaves a few rows past its pairs the kernel of extra rows costs more than the plain one: Qwen3
+// 1024 / 2048 400.3 / 513.1 -> 407.2 / 525.5, DeepSeek-V2-Lite 1024 / 2048 / 4096 (384 rows) 395.7
+// / 568.5 / 963.1 -> 402.8 / 585.7 / 971.9, Qwen3 16384 (1024 rows, 2%) 2691.7 -> 2717.8; and
+// Mixtral at 1024 tokens (256 rows, permuted x, K of 64 steps) 1488.9 -> 1495.6.
+inline constexpr double kPairExtraRowsMinSaving = 0.08;
 // MoePlan::down_overlap outside ping-pong plans: up to this many gate/up work items a 2-block
 // cluster (estimated: experts x (rows / 256 + 1) units x column blocks of 128). NOTES (H200,
 // session 19, call 4, three rounds, off -> on): Qwen3 1024 / 2048 / 4096 tokens (~12 / 12 / 23

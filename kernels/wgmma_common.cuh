@@ -52,11 +52,17 @@ __device__ __forceinline__ void Wgmma(float (&d)[N / 2], uint64_t a, uint64_t b)
       Wgmma64x128Bf16(d, a, b);
     else
       Wgmma64x128F16(d, a, b);
-  } else {
+  } else if constexpr (N == 64) {
     if constexpr (kBf16)
       Wgmma64x64Bf16(d, a, b);
     else
       Wgmma64x64F16(d, a, b);
+  } else {
+    static_assert(N == 32, "m64nNk16 of 32, 64, 128 or 256 columns");
+    if constexpr (kBf16)
+      Wgmma64x32Bf16(d, a, b);
+    else
+      Wgmma64x32F16(d, a, b);
   }
 }
 
@@ -80,26 +86,51 @@ __device__ __forceinline__ void WgmmaPair(float (&d0)[N / 2], float (&d1)[N / 2]
   }
 }
 
-// One stage's k-steps: D[g] += A * B_g over the stage's kBk columns for each of the kG weight
-// slices (gate and up when gated), then commit the group and keep at most one group in flight.
-// a_desc / b_desc: descriptors of the stage's A rows (64 per warpgroup) and first B slice; the
-// gate and up slices are adjacent, so a gated k16 step is ONE wgmma over both (N = 2 x BN).
+// One k16 step of a stage for the kG weight slices: D[g] += A * B_g. a / b: descriptors of the
+// step's A rows (64 per warpgroup) and first B slice; the gate and up slices are adjacent, so a
+// gated step is ONE wgmma over both (N = 2 x BN).
 // NOTES: two wgmmas of BN columns read the A operand from shared memory twice per k16; the gated
 // 128x256 tile then moved ~147 bytes per clock through shared memory at the tensor peak (A twice
 // for each consumer, B once for each consumer, the stage fills), above the ~128 of an SM.
 template <typename T, int N, int G>
+__device__ __forceinline__ void WgmmaK16(float (&acc)[G][N / 2], uint64_t a, uint64_t b) {
+  static_assert(G == 1 || G == 2, "one slice, or gate and up");
+  if constexpr (G == 2) {
+    WgmmaPair<T, N>(acc[0], acc[1], a, b);
+  } else {
+    Wgmma<T, N>(acc[0], a, b);
+  }
+}
+
+// One stage's k-steps (WgmmaK16 over the stage's kBk columns), then commit the group and keep at
+// most one group in flight.
+template <typename T, int N, int G>
 __device__ __forceinline__ void WgmmaStage(float (&acc)[G][N / 2], uint64_t a_desc,
                                            uint64_t b_desc) {
-  static_assert(G == 1 || G == 2, "one slice, or gate and up");
   WgmmaFence();
 #pragma unroll
   for (int kk = 0; kk < kBk / 16; ++kk) {
     // +32 bytes per k16 step inside the swizzled 128-byte rows (descriptor units of 16 bytes).
-    if constexpr (G == 2) {
-      WgmmaPair<T, N>(acc[0], acc[1], a_desc + 2 * kk, b_desc + 2 * kk);
-    } else {
-      Wgmma<T, N>(acc[0], a_desc + 2 * kk, b_desc + 2 * kk);
-    }
+    WgmmaK16<T, N, G>(acc, a_desc + 2 * kk, b_desc + 2 * kk);
+  }
+  WgmmaCommit();
+  WgmmaWait<1>();
+}
+
+// WgmmaStage plus, in the same commit group, the stage's extra rows (a multicast pair's; see
+// grouped_gemm_sm90_cluster.cu): D_x[g] += A_x * B_x[g] with A_x the extra rows' 64-row operand
+// (rows past the extra ones are other data, whose output rows the epilogue drops) and B_x[g] this
+// warpgroup's slice of NX rows of weight slice g (gate and up apart: not adjacent).
+template <typename T, int N, int G, int NX>
+__device__ __forceinline__ void WgmmaStageExtra(float (&acc)[G][N / 2], float (&acc_x)[G][NX / 2],
+                                                uint64_t a_desc, uint64_t b_desc, uint64_t ax_desc,
+                                                const uint64_t (&bx_desc)[G]) {
+  WgmmaFence();
+#pragma unroll
+  for (int kk = 0; kk < kBk / 16; ++kk) {
+    WgmmaK16<T, N, G>(acc, a_desc + 2 * kk, b_desc + 2 * kk);
+#pragma unroll
+    for (int g = 0; g < G; ++g) Wgmma<T, NX>(acc_x[g], ax_desc + 2 * kk, bx_desc[g] + 2 * kk);
   }
   WgmmaCommit();
   WgmmaWait<1>();

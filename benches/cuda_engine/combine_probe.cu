@@ -29,16 +29,9 @@
 #include <string>
 #include <vector>
 
-namespace {
+#include "probe_check.h"
 
-#define PROBE_CHECK(x)                                                                        \
-  do {                                                                                        \
-    const cudaError_t e_ = (x);                                                               \
-    if (e_ != cudaSuccess) {                                                                  \
-      std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_)); \
-      std::exit(1);                                                                           \
-    }                                                                                         \
-  } while (0)
+namespace {
 
 constexpr int kThreads = 256;
 

@@ -51,6 +51,8 @@
 //                             default TMA outside ping-pong plans; gate/up never / always
 //                             from the permuted copy of x; the down GEMM on 2 x 2 clusters from
 //                             kQuadDownMinWaves waves / always)
+//       [--extra-rows | --no-extra-rows]   (cluster tile: an expert's last rows in its last
+//                             pair always / never: CudaEngineOptions::cluster_pair_extra_rows)
 //       [--no-pingpong | --pingpong-always]   (cluster tile: ping-pong GEMMs never / always)
 //       [--pingpong-long-stages]   (ping-pong GEMMs in the kernel of 128-row stages)
 //       [--no-hopper-pdl]   (no programmatic dependent launch in plans of Hopper tiles)
@@ -129,6 +131,8 @@ bool g_dynamic_schedule = CudaEngineOptions().cluster_dynamic_schedule;  // --st
 // kQuadDownMinWaves waves / always.
 CudaEngineOptions::Use g_quad_down = CudaEngineOptions().cluster_quad_down;
 CudaEngineOptions::Use g_tma_a_down = CudaEngineOptions().cluster_tma_a_down;  // --[no-]tma-a-down
+// --extra-rows / --no-extra-rows: a pair's extra rows always / never.
+CudaEngineOptions::Use g_pair_extra_rows = CudaEngineOptions().cluster_pair_extra_rows;
 // --no-permute-x / --permute-x-always: gate/up from a permuted copy of x never / always.
 CudaEngineOptions::Use g_permute_x = CudaEngineOptions().cluster_permute_x;
 // --no-router-convert / --router-convert-always: the router fused with the input copy never /
@@ -406,6 +410,7 @@ class Runner {
     o.wave_split_down = g_wave_split;
     o.cluster_quad_down = g_quad_down;
     o.cluster_tma_a_down = g_tma_a_down;
+    o.cluster_pair_extra_rows = g_pair_extra_rows;
     o.cluster_permute_x = g_permute_x;
     o.cluster_pingpong = g_pingpong;
     o.cluster_pingpong_short_stages = g_pingpong_short_stages;
@@ -812,6 +817,10 @@ int main(int argc, char** argv) {
       moe::g_tma_a_down = moe::CudaEngineOptions::Use::kAlways;
     } else if (a == "--no-tma-a-down") {
       moe::g_tma_a_down = moe::CudaEngineOptions::Use::kNever;
+    } else if (a == "--extra-rows") {
+      moe::g_pair_extra_rows = moe::CudaEngineOptions::Use::kAlways;
+    } else if (a == "--no-extra-rows") {
+      moe::g_pair_extra_rows = moe::CudaEngineOptions::Use::kNever;
     } else if (a == "--quad-down") {
       moe::g_quad_down = moe::CudaEngineOptions::Use::kAuto;
     } else if (a == "--quad-down-always") {

@@ -33,20 +33,12 @@
 
 #include "kernels/decode_common.cuh"
 #include "kernels/tensor_map.h"
+#include "probe_check.h"
 
 namespace {
 
 using moe::cuda::LoadStreaming;
 using moe::cuda::SmemAddr32;
-
-#define PROBE_CHECK(x)                                                                        \
-  do {                                                                                        \
-    const cudaError_t e_ = (x);                                                               \
-    if (e_ != cudaSuccess) {                                                                  \
-      std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_)); \
-      std::exit(1);                                                                           \
-    }                                                                                         \
-  } while (0)
 
 constexpr int64_t kBufferBytes = int64_t{2} << 30;
 constexpr int kMaxStages = 32;

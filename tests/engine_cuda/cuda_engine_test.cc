@@ -607,6 +607,61 @@ TEST(CudaEngine, ClusterDownOverlap) {
   CheckCases(cases, overlap);
 }
 
+// An expert's last rows in its last multicast pair (cluster_pair_extra_rows): experts of ~256-280
+// rows (1-16 past their pairs: extra rows; more: a solo tile) and of ~384-410 (a solo tile of 128
+// and 1-16 extra rows, or a second pair), bf16 and f16, column blocks cut by n (136, 328, 320
+// columns) and a K of 4.25 steps, the GEMMs' A by cp.async and by TMA (the down GEMM's h, gate/up's
+// permuted x: the extra rows in 8-row boxes), split down GEMMs (f32 partials) and unsplit, the
+// h-ready counters (down overlap: extra rows count a quarter each), the static schedule, graphs and
+// eager: the same bits as without them, and against the CPU engine.
+TEST(CudaEngine, ClusterPairExtraRows) {
+  MOE_REQUIRE_GPU();
+  using Use = CudaEngineOptions::Use;
+  const std::vector<Case> cases = {
+      {"16 experts, ~256-280 rows",
+       Opts(Family::kQwen3Moe, 16, 4, 256, 136, DType::kBF16, 141),
+       DType::kBF16,
+       {1040, 1100}},
+      {"deepseek_v2 shared experts, ~384-410 rows",
+       Opts(Family::kDeepseekV2, 16, 4, 192, 272, DType::kBF16, 142),
+       DType::kBF16,
+       {1560, 1620}},
+      {"mixtral f16, ~262 rows",
+       Opts(Family::kMixtral, 8, 2, 320, 328, DType::kF16, 143),
+       DType::kF32,
+       {1050}},
+  };
+  CudaEngineOptions ref = WithHopperTile(CudaEngineOptions::HopperTile::kWideCluster);
+  ref.max_batch_tokens = 1620;
+  ref.graph_batch_sizes = {1040, 1050, 1100, 1560, 1620};
+  ref.cluster_pingpong = Use::kNever;
+  ref.cluster_tma_a_down = Use::kNever;  // the down GEMM gathers A by cp.async: extra rows too
+  ref.cluster_pair_extra_rows = Use::kNever;
+  CudaEngineOptions extra = ref;
+  extra.cluster_pair_extra_rows = Use::kAlways;
+  uint64_t seed = 144;
+  auto agree = [&](void (*vary)(CudaEngineOptions&)) {
+    CudaEngineOptions a = extra, b = ref;
+    vary(a);
+    vary(b);
+    CheckEnginesAgree(cases, a, b, seed++, /*tol=*/0);
+  };
+  agree([](CudaEngineOptions&) {});
+  agree([](CudaEngineOptions& o) { o.cluster_tma_a_down = Use::kAlways; });  // down A by TMA
+  agree([](CudaEngineOptions& o) { o.cluster_down_overlap = Use::kAlways; });
+  agree([](CudaEngineOptions& o) { o.cluster_dynamic_schedule = false; });
+  agree([](CudaEngineOptions& o) { o.max_down_splits = 1; });
+  agree([](CudaEngineOptions& o) { o.graph_batch_sizes.clear(); });
+  agree([](CudaEngineOptions& o) {  // gate/up from the permuted x by TMA, down by TMA
+    o.cluster_permute_x = Use::kAlways;
+    o.cluster_tma_a_down = Use::kAlways;
+  });
+  CheckCases(cases, extra);
+  CudaEngineOptions extra_overlap = extra;
+  extra_overlap.cluster_down_overlap = Use::kAlways;
+  CheckCases(cases, extra_overlap);
+}
+
 // Past kRouterMmaMaxTokens the router on the mma.sync tile with its K split into f32 partials
 // (option large_batch_router_mma) against the CPU engine, and with it off (the fused router or the
 // Hopper tile): 128 router rows (K of 16 steps in 4 splits), 257 (three column blocks: 2 splits at

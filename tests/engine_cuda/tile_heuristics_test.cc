@@ -378,6 +378,43 @@ TEST(PlanMoe, DownOverlapWhereGateUpHasFewItems) {
   EXPECT_FALSE(PlanMoe(in).down_overlap);
 }
 
+// A pair's extra rows: the expected share of work units they remove (binomial rows per expert),
+// and the plan takes them (kAuto) where it is at least kPairExtraRowsMinSaving, outside ping-pong.
+TEST(PlanMoe, PairExtraRowsWhereTheyRemoveSoloTiles) {
+  // Qwen3 at 4096 tokens: 256 +- 16 rows per expert, a third of the experts 1-16 rows past a pair.
+  EXPECT_GT(PairExtraRowsSaving(4096 * 8, 128), 0.10);
+  EXPECT_LT(PairExtraRowsSaving(4096 * 8, 128), 0.16);
+  EXPECT_LT(PairExtraRowsSaving(2048 * 8, 128), 1e-3);   // 128 rows: no pair to ride on
+  EXPECT_LT(PairExtraRowsSaving(4096 * 6, 64), 0.01);    // DeepSeek-V2-Lite: 384 +- 19 rows
+  EXPECT_LT(PairExtraRowsSaving(16384 * 8, 128), 0.05);  // 1024 +- 32 rows: 4 pairs an expert
+  EXPECT_GT(PairExtraRowsSaving(1024 * 2, 8), kPairExtraRowsMinSaving);  // Mixtral: 256 rows
+  EXPECT_EQ(PairExtraRowsSaving(0, 128), 0.0);
+  MoePlanInput in = HopperInput(/*mixtral=*/false, 4096);
+  EXPECT_FALSE(PlanMoe(in).pair_extra_rows);  // policy kNever (the input's default)
+  in.pair_extra_rows = PathPolicy::kAuto;
+  EXPECT_TRUE(PlanMoe(in).pair_extra_rows);
+  in.tokens = 2048;
+  EXPECT_FALSE(PlanMoe(in).pair_extra_rows);
+  in.pair_extra_rows = PathPolicy::kAlways;
+  EXPECT_TRUE(PlanMoe(in).pair_extra_rows);
+  in.tokens = 512;  // 32 rows per expert: ping-pong, never
+  in.pingpong = PathPolicy::kAuto;
+  EXPECT_TRUE(PlanMoe(in).pingpong);
+  EXPECT_FALSE(PlanMoe(in).pair_extra_rows);
+  in = HopperInput(/*mixtral=*/false, 4096);
+  in.pair_extra_rows = PathPolicy::kAlways;
+  in.wgmma_tile = GemmTile::kWgmmaWs;  // only the cluster tile has them
+  EXPECT_FALSE(PlanMoe(in).pair_extra_rows);
+  in = HopperInput(/*mixtral=*/true, 1024);  // Mixtral: 256 rows per expert
+  in.pair_extra_rows = PathPolicy::kAuto;
+  EXPECT_TRUE(PlanMoe(in).pair_extra_rows);
+  in.permute_x = PathPolicy::kAuto;  // kAuto: not in permuted-x plans
+  EXPECT_TRUE(PlanMoe(in).permute_x);
+  EXPECT_FALSE(PlanMoe(in).pair_extra_rows);
+  in.pair_extra_rows = PathPolicy::kAlways;
+  EXPECT_TRUE(PlanMoe(in).pair_extra_rows);
+}
+
 // The routed gate/up GEMM of decode-tile plans on the weight-streaming kernel: up to
 // kStreamGateUpMaxRows rows per expert, experts of at least kStreamGateUpMinExpertElems.
 TEST(PlanMoe, StreamGateUpForFewRowsOfLargeExperts) {

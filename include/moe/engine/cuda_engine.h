@@ -211,6 +211,13 @@ struct CudaEngineOptions {
   // 0.1-5.9 us faster at Qwen3 / DeepSeek-V2-Lite 256-768 and Mixtral 128 tokens, and TMA up to
   // 163 us faster at most other points (Mixtral 512-4096: 21-163 us; session 19, call 1).
   Use cluster_tma_a_down = Use::kAuto;
+  // kWideCluster only, outside ping-pong plans: the routed GEMMs on pair clusters compute an
+  // expert's last 1-16 rows past its multicast pairs (or past them and a solo tile of 128) in its
+  // last pair (GemmArgs::pair_extra_rows) instead of in a solo tile of their own that streams the
+  // expert's weights again: never, where the plan expects them to remove at least 8% of the work
+  // units (kAuto, MoePlan::pair_extra_rows: kPairExtraRowsMinSaving, with the measurements), or
+  // always. A by TMA needs the 8-row descriptors of TMA stores (cluster_tma_store).
+  Use cluster_pair_extra_rows = Use::kAuto;
   // Expected rows per activated expert past which the Hopper tile runs the routed GEMMs (and the
   // layer's dense ones); from 17 rows up to it the mma.sync 64-row tile does. 16: the Hopper tile
   // from 17 rows (H200, RESULTS.md "session 3": 4-28% faster than the mma.sync tile at 24-64 rows

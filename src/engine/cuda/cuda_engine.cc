@@ -216,6 +216,7 @@ Status CudaEngine::Impl::AllocateSlots() {
     if (cluster_tile && options.cluster_permute_x != CudaEngineOptions::Use::kNever) {
       // The permuted x lives in y (pairs x hidden 2-byte rows fit in its DownPartialRows f32 rows).
       MOE_RETURN_IF_ERROR(act_map(s->x_perm_tmap, s->y.get(), hd));
+      MOE_RETURN_IF_ERROR(act_map(s->x_perm_x_tmap, s->y.get(), hd, cuda::kStoreTensorMapBoxRows));
     }
     if (cluster_tile && options.cluster_tma_store) {
       MOE_RETURN_IF_ERROR(act_map(s->h_store_tmap, s->h.get(), i, cuda::kStoreTensorMapBoxRows));
@@ -301,6 +302,7 @@ Status CudaEngine::Impl::BuildLayerLaunch(Slot& s, int64_t capacity, AType atype
   in.pingpong = ToPathPolicy(options.cluster_pingpong);
   in.down_overlap = ToPathPolicy(options.cluster_down_overlap);
   in.tma_a_down = ToPathPolicy(options.cluster_tma_a_down);
+  in.pair_extra_rows = ToPathPolicy(options.cluster_pair_extra_rows);
   in.stream_gate_up = stream_gemm ? ToPathPolicy(options.stream_gate_up) : cuda::PathPolicy::kNever;
   in.quad_down = resident_quad_clusters > 0 ? ToPathPolicy(options.cluster_quad_down)
                                             : cuda::PathPolicy::kNever;
@@ -507,6 +509,7 @@ Status CudaEngine::Impl::BuildLayerLaunch(Slot& s, int64_t capacity, AType atype
     gu.lda = hd;
     gu.a_rows = nullptr;
     gu.a_tmap = s.x_perm_tmap.get();
+    gu.a_x_tmap = s.x_perm_x_tmap.get();
     gu.a_cluster_cols = 1;
   }
   if (gu.tile == cuda::GemmTile::kWgmmaWsMc && !options.cluster_gemm_overlap) gu.pdl = false;
@@ -514,6 +517,7 @@ Status CudaEngine::Impl::BuildLayerLaunch(Slot& s, int64_t capacity, AType atype
   gu.pingpong_short_stages = options.cluster_pingpong_short_stages;
   gu.c_tmap = gu.b0_tmaps != nullptr ? s.h_store_tmap.get() : nullptr;
   if (options.cluster_dynamic_schedule) gu.item_counter = s.item_counters.as<int32_t>();
+  gu.pair_extra_rows = plan.pair_extra_rows;  // where the kernel can take them
   gu.layer_dev = layer_dev(s);
   gu.b_layer_stride = e;
   gu.ldb = hd;
@@ -551,6 +555,7 @@ Status CudaEngine::Impl::BuildLayerLaunch(Slot& s, int64_t capacity, AType atype
     down.a_tmap = s.h_tmap.get();
     down.a_cluster_cols = 1;
   }
+  down.a_x_tmap = down.a_tmap != nullptr ? s.h_store_tmap.get() : nullptr;
   if (down.tile == cuda::GemmTile::kWgmmaWsMc && !options.cluster_gemm_overlap) down.pdl = false;
   if (down.tile == cuda::GemmTile::kWgmmaWsMc && !options.cluster_gemm_prefetch) {
     down.prefetch_weights = false;
