@@ -216,7 +216,6 @@ Status CudaEngine::Impl::AllocateSlots() {
     if (cluster_tile && options.cluster_permute_x != CudaEngineOptions::Use::kNever) {
       // The permuted x lives in y (pairs x hidden 2-byte rows fit in its DownPartialRows f32 rows).
       MOE_RETURN_IF_ERROR(act_map(s->x_perm_tmap, s->y.get(), hd));
-      MOE_RETURN_IF_ERROR(act_map(s->x_perm_x_tmap, s->y.get(), hd, cuda::kStoreTensorMapBoxRows));
     }
     if (cluster_tile && options.cluster_tma_store) {
       MOE_RETURN_IF_ERROR(act_map(s->h_store_tmap, s->h.get(), i, cuda::kStoreTensorMapBoxRows));
@@ -509,7 +508,7 @@ Status CudaEngine::Impl::BuildLayerLaunch(Slot& s, int64_t capacity, AType atype
     gu.lda = hd;
     gu.a_rows = nullptr;
     gu.a_tmap = s.x_perm_tmap.get();
-    gu.a_x_tmap = s.x_perm_x_tmap.get();
+    gu.a_x_tmap = s.y_store_tmap.get();  // the same rows of y in 8-row boxes (extra rows)
     gu.a_cluster_cols = 1;
   }
   if (gu.tile == cuda::GemmTile::kWgmmaWsMc && !options.cluster_gemm_overlap) gu.pdl = false;

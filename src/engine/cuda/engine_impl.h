@@ -80,12 +80,11 @@ class CudaEngine::Impl {
     cuda::DeviceBuffer route_ticket;  // int32 ticket counter of LaunchRouteScanTail
     // The cluster GEMMs' dynamic schedule (GemmArgs::item_counter): gate/up's two ints, down's two.
     cuda::DeviceBuffer item_counters;
-    cuda::DeviceBuffer h_ready;        // n_experts + 1 ints (GemmArgs::h_ready), cluster tile only
-    cuda::DeviceBuffer h_tmap;         // TMA descriptor of h for the TMA-A down GEMM
-    cuda::DeviceBuffer x_perm_x_tmap;  // the permuted x in 8-row boxes (GemmArgs::a_x_tmap)
-    cuda::DeviceBuffer x_perm_tmap;    // TMA descriptor of the permuted x (in y) for gate/up
-    cuda::DeviceBuffer h_store_tmap;   // TMA descriptors of h and of y ([pairs, hidden] in wtype)
-    cuda::DeviceBuffer y_store_tmap;   // as GEMM outputs (8-row boxes, cluster_tma_store)
+    cuda::DeviceBuffer h_ready;       // n_experts + 1 ints (GemmArgs::h_ready), cluster tile only
+    cuda::DeviceBuffer h_tmap;        // TMA descriptor of h for the TMA-A down GEMM
+    cuda::DeviceBuffer x_perm_tmap;   // TMA descriptor of the permuted x (in y) for gate/up
+    cuda::DeviceBuffer h_store_tmap;  // TMA descriptors of h and of y ([pairs, hidden] in wtype)
+    cuda::DeviceBuffer y_store_tmap;  // as GEMM outputs (8-row boxes, cluster_tma_store)
     cuda::PinnedBuffer in_stage, out_stage, ids_stage, weights_stage, meta_ring;
     std::array<cuda::Event, kMetaRing> meta_events;
     int meta_next = 0;
