@@ -43,6 +43,9 @@ constexpr int kThreads = kWarps * 32;
 constexpr int kBlocksPerSm = 2;
 // 16-byte weight loads in flight per lane and weight row (gate/up: 2 rows, so 8 KiB per warp).
 constexpr int kChunks = 8;
+// Down + combine's batch sizes with h from global memory (16-byte weight loads per lane and batch;
+// DecodeDownChunks picks one).
+constexpr int kDownChunks[] = {8, 10, 12};
 constexpr int kMaxPairs = static_cast<int>(kDecodeExpertsMaxPairs);
 // Gate/up copies the layer's pointer tables into shared memory up to this many experts.
 constexpr int kMaxStagedExperts = 512;
@@ -202,10 +205,12 @@ __device__ __forceinline__ void StageDownPairs(const DecodeExpertsArgs& a, int p
 // weight + 8 h loads when h is read from global memory.
 // routing_after_wait: the routing comes from the previous kernel (the fused decode kernel,
 // decode_fused.cu), so everything waits for it and the L2 prefetch (done there) is skipped.
-template <typename T, typename Out, bool H_SMEM>
+// kCW: 16-byte weight loads per lane in a batch when h comes from global memory (a batch is 32 *
+// kCW chunks of the unit's run; kDownChunks lists the instantiated values, DecodeDownChunks picks).
+template <typename T, typename Out, bool H_SMEM, int kCW = kChunks>
 __global__ void __launch_bounds__(kThreads, kBlocksPerSm)
     DecodeDownCombineKernel(const DecodeExpertsArgs a, int routing_after_wait) {
-  constexpr int kC = H_SMEM ? 24 : kChunks;
+  constexpr int kC = H_SMEM ? 24 : kCW;
   extern __shared__ uint4 s_h[];  // H_SMEM: [pairs][inter] wtype (h rows)
   __shared__ const T* s_down[kMaxPairs];
   __shared__ float s_w[kMaxPairs];
@@ -398,12 +403,17 @@ using DownFn = void (*)(DecodeExpertsArgs, int);
 struct DownEntry {
   WType wtype;
   AType atype;
-  DownFn fn;         // h read from global memory
+  DownFn fn[3];      // h read from global memory, kCW = kDownChunks[i]
   DownFn fn_h_smem;  // h staged in shared memory
   DownFn fn_tma;     // weights by the bulk copy engine (sm_90)
 };
-#define MOE_DECODE_DOWN_ENTRY_(WT, W, AT, OUT)                                              \
-  {WT, AT, &DecodeDownCombineKernel<W, OUT, false>, &DecodeDownCombineKernel<W, OUT, true>, \
+#define MOE_DECODE_DOWN_ENTRY_(WT, W, AT, OUT)                \
+  {WT,                                                        \
+   AT,                                                        \
+   {&DecodeDownCombineKernel<W, OUT, false, kDownChunks[0]>,  \
+    &DecodeDownCombineKernel<W, OUT, false, kDownChunks[1]>,  \
+    &DecodeDownCombineKernel<W, OUT, false, kDownChunks[2]>}, \
+   &DecodeDownCombineKernel<W, OUT, true>,                    \
    &DecodeDownTmaKernel<W, OUT>},
 const DownEntry kDownKernels[] = {MOE_DECODE_DOWN_TYPES_(MOE_DECODE_DOWN_ENTRY_)};
 #undef MOE_DECODE_DOWN_ENTRY_
@@ -492,16 +502,43 @@ StatusOr<bool> InitDecodeTma() {
   return true;
 }
 
+int DecodeDownChunks(int top_k, int inter, int requested) {
+  for (const int c : kDownChunks) {
+    if (c == requested) return c;
+  }
+  // A unit's run is top_k * inter / 8 chunks, per_lane of them for each lane, in batches that are
+  // each a round trip to DRAM. Short runs (at most kDownShortRunBatches batches of 10) take the
+  // fewest batches, then the fewest registers; long ones take 10.
+  // NOTES (H200, session 21, three rounds, 1 token, us for 8 / 10 / 12): DeepSeek-V2-Lite (33 a
+  // lane: 5 / 4 / 3 batches) 42.6-42.8 / 42.1 / 41.9-42.0, Qwen3 (24: 3 / 3 / 2) 34.8-34.9 /
+  // 34.9-35.0 / 34.6-34.7, Mixtral (112: 14 / 12 / 10) 193.6-194.6 / 191.1-191.5 / 193.6-194.6,
+  // the embedded model (4: one batch) 21.8-22.0 / 22.2-22.3 / 22.5-22.8. So the batch count
+  // matters where it is small; past that more loads in flight did not stream faster (as session
+  // 16's 24 loads a lane).
+  constexpr int kDownShortRunBatches = 4;
+  const int per_lane = (top_k * (inter / 8) + 31) / 32;
+  const auto batches = [per_lane](int c) { return (per_lane + c - 1) / c; };
+  if (batches(10) > kDownShortRunBatches) return 10;
+  int best = kDownChunks[0];
+  for (const int c : kDownChunks) {
+    if (batches(c) < batches(best)) best = c;
+  }
+  return best;
+}
+
 Status LaunchDecodeDownCombineWith(const DecodeExpertsArgs& a, const DecodeDownOptions& o,
                                    cudaStream_t stream) {
   MOE_RETURN_IF_ERROR(a.Validate());
   // h of every pair the launch may hold (2-byte elements).
   const int64_t h_bytes = a.capacity * a.top_k * a.inter * 2;
   const bool h_smem = !o.tma && o.h_smem && h_bytes <= kHSmemMaxBytes;
+  const int chunks = DecodeDownChunks(a.top_k, a.inter, o.chunks);
+  int ci = 0;
+  while (kDownChunks[ci] != chunks) ++ci;
   DownFn fn = nullptr;
   for (const DownEntry& e : kDownKernels) {
     if (e.wtype == a.wtype && e.atype == a.atype)
-      fn = o.tma ? e.fn_tma : h_smem ? e.fn_h_smem : e.fn;
+      fn = o.tma ? e.fn_tma : h_smem ? e.fn_h_smem : e.fn[ci];
   }
   if (fn == nullptr) return absl::InternalError("no decode down kernel for these dtypes");
   const size_t smem = o.tma    ? static_cast<size_t>(kWarps) * kTmaWarpBytes

@@ -84,7 +84,14 @@ struct DecodeDownOptions {
   bool routing_after_wait = false;
   bool h_smem = false;
   bool tma = false;
+  // 16-byte weight loads per lane and batch with h from global memory: 8, 10 or 12; anything else
+  // picks by DecodeDownChunks's rule.
+  int chunks = 0;
 };
+// The batch size the down + combine kernel runs with h from global memory: `requested` when it is
+// one of the built sizes, else by the rule in decode_experts.cu (a unit's run of top_k * inter / 8
+// chunks in the fewest batches while they are few, else 10).
+int DecodeDownChunks(int top_k, int inter, int requested);
 Status LaunchDecodeDownCombineWith(const DecodeExpertsArgs& args, const DecodeDownOptions& options,
                                    cudaStream_t stream);
 // Raises the shared-memory limits of the bulk-copy gate/up and down kernels; false when this build

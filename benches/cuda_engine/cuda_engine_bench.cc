@@ -17,6 +17,7 @@
 //                             the narrow gate/up tile)
 //       [--fused-route] [--early-prefetch-down | --late-prefetch-down] [--fused-cluster-size=N]
 //       [--fused-clusters=N] [--down-h-smem] [--prefetch-units=N] [--down-tma] [--gate-up-tma]
+//       [--decode-down-chunks=N]
 //                             (decode experts path variants, CudaEngineOptions::decode_*; the
 //                             --no-* / --down-h-global forms restore the defaults)
 //       [--no-front-cluster] [--no-wave-split] [--no-router-mma]   (session 5 paths off)
@@ -115,13 +116,14 @@ bool g_narrow_gate_up = false;
 // Decode experts path tuning (CudaEngineOptions, RESULTS.md "v9"); each flag sets one option:
 // --fused-route / --no-fused-route, --early-prefetch-down / --late-prefetch-down /
 // --no-prefetch-down, --fused-cluster-size=N, --fused-clusters=N, --down-h-smem / --down-h-global,
-// --prefetch-units=N, --down-tma, --gate-up-tma.
+// --prefetch-units=N, --down-tma, --gate-up-tma, --decode-down-chunks=N (8, 10, 12; else the rule).
 bool g_fused_route = CudaEngineOptions().decode_fused_route;
 CudaEngineOptions::DownPrefetch g_prefetch_down = CudaEngineOptions().decode_prefetch_down;
 int g_fused_cluster_size = CudaEngineOptions().decode_fused_cluster_size;
 int g_fused_clusters = 0;
 bool g_down_h_smem = CudaEngineOptions().decode_down_h_smem;
 int g_prefetch_units = 0;                                                // --prefetch-units=N
+int g_down_chunks = 0;                                                   // --decode-down-chunks=N
 bool g_front_cluster = CudaEngineOptions().decode_front_cluster;         // --[no-]front-cluster
 bool g_wave_split = CudaEngineOptions().wave_split_down;                 // --no-wave-split
 bool g_router_mma = CudaEngineOptions().small_batch_router_mma;          // --no-router-mma
@@ -406,6 +408,7 @@ class Runner {
     o.decode_fused_max_clusters = g_fused_clusters;
     o.decode_down_h_smem = g_down_h_smem;
     o.decode_prefetch_units = g_prefetch_units;
+    o.decode_down_chunks = g_down_chunks;
     o.decode_front_cluster = g_front_cluster;
     o.wave_split_down = g_wave_split;
     o.cluster_quad_down = g_quad_down;
@@ -807,6 +810,8 @@ int main(int argc, char** argv) {
       moe::g_down_h_smem = true;
     } else if (a.rfind("--prefetch-units=", 0) == 0) {
       moe::g_prefetch_units = std::atoi(a.c_str() + 17);
+    } else if (a.rfind("--decode-down-chunks=", 0) == 0) {
+      moe::g_down_chunks = std::atoi(a.c_str() + 21);
     } else if (a == "--no-quad-down") {
       moe::g_quad_down = moe::CudaEngineOptions::Use::kNever;
     } else if (a == "--no-permute-x") {

@@ -1054,6 +1054,41 @@ TEST(CudaEngine, DecodeExpertsPath) {
   }
 }
 
+// The decode experts path's down + combine in batches of 8, 10 and 12 chunks a lane (option
+// decode_down_chunks): each lane adds the same chunks in the same order, so the bits agree, and
+// they match the CPU engine. Runs of 264 chunks (top-6, inter 352: 8.25 a lane, a last batch of
+// one chunk for a quarter of the lanes at 8), 48 (top-8, inter 48: rows of 6 chunks, so a batch
+// spans experts) and 50 (top-2, inter 200), with shared experts and f32 activations.
+TEST(CudaEngine, DecodeDownChunksSameBits) {
+  MOE_REQUIRE_GPU();
+  const std::vector<Case> cases = {
+      {"deepseek_v2 top-6 inter 352, shared",
+       Opts(Family::kDeepseekV2, 64, 6, 128, 352, DType::kBF16, 95),
+       DType::kBF16,
+       {1, 3}},
+      {"qwen3 129 experts top-8 inter 48",
+       Opts(Family::kQwen3Moe, 129, 8, 136, 48, DType::kBF16, 96),
+       DType::kBF16,
+       {1, 2, 5}},
+      {"mixtral hidden 2056 inter 200, f32 act",
+       Opts(Family::kMixtral, 8, 2, 2056, 200, DType::kF16, 97),
+       DType::kF32,
+       {1, 4}},
+  };
+  CudaEngineOptions base = DefaultOptions();
+  base.graph_batch_sizes = {1, 2, 4, 8};
+  base.decode_gemv = CudaEngineOptions::DecodeGemv::kAlways;
+  base.decode_down_h_smem = false;
+  base.decode_down_chunks = 8;
+  for (const int chunks : {10, 12, 0}) {
+    SCOPED_TRACE(::testing::Message() << "chunks " << chunks);
+    CudaEngineOptions o = base;
+    o.decode_down_chunks = chunks;
+    CheckCases(cases, o);
+    CheckEnginesAgree(cases, base, o, 98, 0.0);
+  }
+}
+
 // The router and expert GEMMs reading the forward's input in place (option input_in_place, the
 // default) against reading the first kernel's copy of it: the same bits, past the fused decode
 // front (33 tokens) up to the Hopper tiles, with the input copy kernel (100, 1100 tokens: the

@@ -790,16 +790,16 @@ Status CudaEngine::Impl::EnqueueCore(Slot& s, int64_t capacity, AType atype,
   if (l.decode_fused) {
     MOE_RETURN_IF_ERROR(cuda::LaunchDecodeFused(l.fused, st));
     MOE_RETURN_IF_ERROR(LaunchSharedPhase(l, st));
-    return cuda::LaunchDecodeDownCombineWith(l.decode, {true, options.decode_down_h_smem, down_tma},
-                                             st);
+    return cuda::LaunchDecodeDownCombineWith(
+        l.decode, {true, options.decode_down_h_smem, down_tma, options.decode_down_chunks}, st);
   }
   MOE_RETURN_IF_ERROR(LaunchFrontPhase(s, l, meta));
   if (l.decode_experts) {
     MOE_RETURN_IF_ERROR(
         cuda::LaunchDecodeGateUpWith(l.decode, {options.decode_prefetch_units, gate_up_tma}, st));
     MOE_RETURN_IF_ERROR(LaunchSharedPhase(l, st));
-    return cuda::LaunchDecodeDownCombineWith(l.decode,
-                                             {false, options.decode_down_h_smem, down_tma}, st);
+    return cuda::LaunchDecodeDownCombineWith(
+        l.decode, {false, options.decode_down_h_smem, down_tma, options.decode_down_chunks}, st);
   }
   MOE_RETURN_IF_ERROR(LaunchRoutedPhase(l, l.gate_up, l.down, st));
   MOE_RETURN_IF_ERROR(LaunchSharedPhase(l, st));
