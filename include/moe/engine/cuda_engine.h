@@ -295,9 +295,10 @@ struct CudaEngineOptions {
   // by bulk prefetches (not with kEarly); decode_down_tma / decode_gate_up_tma: weights moved by
   // the bulk copy engine into per-warp shared-memory buffers (sm_90).
   bool decode_down_h_smem = false;
-  // Down + combine's 16-byte weight loads per lane and batch (h from global memory): 8, 10 or 12,
-  // or 0 for kernels/decode_fused.h DecodeDownChunks's rule (H200, 1 token: DeepSeek-V2-Lite
-  // 42.7 -> 42.0 us, Mixtral 194.1 -> 191.2 against 8 everywhere; RESULTS.md session 21).
+  // Down + combine's 16-byte weight loads per lane and batch (h from global memory; the expert
+  // cache's decode launches too): 8, 10 or 12, or 0 for kernels/decode_fused.h DecodeDownChunks's
+  // rule (H200, 1 token: DeepSeek-V2-Lite 42.7 -> 42.0 us, Mixtral 194.1 -> 191.2 against 8
+  // everywhere; RESULTS.md session 21).
   int decode_down_chunks = 0;
   bool decode_fused_route = false;
   int decode_fused_cluster_size = 8;

@@ -105,7 +105,7 @@ Status LaunchSpeculativeRouted(const CudaEngine::Impl& impl, const LayerLaunch& 
     gate_up.pdl = false;  // reads the tables before its PDL wait: they come from the last kernel
     MOE_RETURN_IF_ERROR(cuda::LaunchDecodeGateUp(gate_up, st));
     MOE_RETURN_IF_ERROR(impl.LaunchSharedPhase(l, st));
-    return cuda::LaunchDecodeDownCombine(dx, st);
+    return cuda::LaunchDecodeDownCombineWith(dx, {.chunks = impl.options.decode_down_chunks}, st);
   }
   cuda::GemmArgs gu = l.gate_up;
   gu.b0_table = tables;
@@ -318,7 +318,8 @@ Status CudaEngine::Impl::EnqueueCached(Slot& s, const cuda::ForwardMeta& meta, c
       dx.pdl = false;  // follows a copy or an event wait
       MOE_RETURN_IF_ERROR(rt.WaitLoads(s.index, round, st));
       MOE_RETURN_IF_ERROR(cuda::LaunchDecodeGateUp(dx, st));
-      MOE_RETURN_IF_ERROR(cuda::LaunchDecodeDownCombine(dx, st));
+      MOE_RETURN_IF_ERROR(
+          cuda::LaunchDecodeDownCombineWith(dx, {.chunks = options.decode_down_chunks}, st));
       decode_experts_done = true;
     } else {
       if (n_resident > 0) MOE_RETURN_IF_ERROR(launch(0, dev_counts));
