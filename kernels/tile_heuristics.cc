@@ -150,6 +150,8 @@ MoePlan PlanMoe(const MoePlanInput& in) {
     }
     return splits;
   };
+  plan.pingpong = in.pingpong != PathPolicy::kNever && plan.tile == GemmTile::kWgmmaWsMc &&
+                  (in.pingpong == PathPolicy::kAlways || rows_per_group <= kPingpongMaxRows);
   const bool wave_split = in.wave_split_down && !in.deterministic && plan.down_splits == 1;
   if (wave_split && plan.tile == GemmTile::kDecode && !plan.decode_gemv && in.smem_per_sm > 0 &&
       pairs <= kMaxSplitRows && rows_per_group <= kDecodeGemvMaxRows) {
@@ -165,16 +167,24 @@ MoePlan PlanMoe(const MoePlanInput& in) {
   if (wave_split && IsHopperTile(plan.tile) && pairs > kMaxSplitRows) {
     const int64_t partial_rows =
         in.down_partial_rows > 0 ? in.down_partial_rows : int64_t{kMaxSplits} * kMaxSplitRows;
-    plan.down_splits =
-        down_splits_until(hopper_down_blocks, kWaveSplitBelowWaves * in.sm_count,
-                          [&](int splits) { return splits * pairs <= partial_rows; });
+    const auto fits = [&](int splits) { return splits * pairs <= partial_rows; };
+    if (plan.tile == GemmTile::kWgmmaWsMc) {
+      // The cluster tile: work items of 2-block clusters, in rounds over sm_count / 2 clusters.
+      const double rounds = ExpectedClusterUnits(pairs, in.n_experts) *
+                            static_cast<double>(down_col_blocks) / std::max(1, in.sm_count / 2);
+      if (!plan.pingpong && rounds > kClusterDownSplitRounds[0] &&
+          rounds < kClusterDownSplitRounds[1] && down_k_steps / 2 >= 4 && fits(2)) {
+        plan.down_splits = 2;
+      }
+    } else {
+      plan.down_splits =
+          down_splits_until(hopper_down_blocks, kWaveSplitBelowWaves * in.sm_count, fits);
+    }
   }
   if (in.quad_down != PathPolicy::kNever && plan.tile == GemmTile::kWgmmaWsMc) {
     plan.quad_down = in.quad_down == PathPolicy::kAlways ||
                      hopper_down_blocks * plan.down_splits >= kQuadDownMinWaves * in.sm_count;
   }
-  plan.pingpong = in.pingpong != PathPolicy::kNever && plan.tile == GemmTile::kWgmmaWsMc &&
-                  (in.pingpong == PathPolicy::kAlways || rows_per_group <= kPingpongMaxRows);
   plan.tma_a_down = in.tma_a_down != PathPolicy::kNever && plan.tile == GemmTile::kWgmmaWsMc &&
                     (in.tma_a_down == PathPolicy::kAlways || !plan.pingpong);
   plan.permute_x = in.permute_x != PathPolicy::kNever && plan.tile == GemmTile::kWgmmaWsMc &&
@@ -209,23 +219,49 @@ MoePlan PlanMoe(const MoePlanInput& in) {
   return plan;
 }
 
-double PairExtraRowsSaving(int64_t pairs, int experts) {
-  if (pairs <= 0 || experts <= 0) return 0.0;
+namespace {
+
+// One expert's work units on the cluster tile (a multicast pair of up to 256 rows: 1, a solo
+// tile of up to 128: 1/2; the kernel's McPairs / SoloTiles cut) and of them the units that a
+// pair's extra rows remove, expected over its rows ~ binomial(pairs, 1 / experts) (the normal
+// approximation, +-6 sd).
+struct ClusterUnits {
+  double units = 0.0;
+  double extra_rows_saved = 0.0;
+};
+ClusterUnits ExpectedUnitsPerExpert(int64_t pairs, int experts) {
+  ClusterUnits u;
+  if (pairs <= 0 || experts <= 0) return u;
   const double p = 1.0 / experts;
   const double mean = static_cast<double>(pairs) * p;
   const double sd = std::sqrt(std::max(1e-9, static_cast<double>(pairs) * p * (1.0 - p)));
-  // Rows r of one expert, weighted by the normal approximation of the binomial around the mean.
   const int64_t lo = std::max<int64_t>(0, static_cast<int64_t>(mean - 6 * sd));
   const int64_t hi = static_cast<int64_t>(mean + 6 * sd) + 1;
-  double units = 0, saved = 0;
+  double weights = 0.0;
   for (int64_t r = lo; r <= hi; ++r) {
     const double z = (static_cast<double>(r) - mean) / sd;
     const double w = std::exp(-0.5 * z * z);
     const int64_t rem = r % 256;
-    units += w * (static_cast<double>(r / 256) + (rem > 128 ? 1.0 : rem > 0 ? 0.5 : 0.0));
-    if (r >= 256 && rem > 0 && rem <= kClusterPairExtraRows) saved += w * 0.5;
+    weights += w;
+    u.units += w * (static_cast<double>(r / 256) + (rem > 128 ? 1.0 : rem > 0 ? 0.5 : 0.0));
+    if (r >= 256 && rem > 0 && rem <= kClusterPairExtraRows) u.extra_rows_saved += w * 0.5;
   }
-  return units > 0 ? saved / units : 0.0;
+  if (weights > 0.0) {
+    u.units /= weights;
+    u.extra_rows_saved /= weights;
+  }
+  return u;
+}
+
+}  // namespace
+
+double PairExtraRowsSaving(int64_t pairs, int experts) {
+  const ClusterUnits u = ExpectedUnitsPerExpert(pairs, experts);
+  return u.units > 0 ? u.extra_rows_saved / u.units : 0.0;
+}
+
+double ExpectedClusterUnits(int64_t pairs, int experts) {
+  return experts * ExpectedUnitsPerExpert(pairs, experts).units;
 }
 
 RouterConvertGrid PlanRouterConvert(int64_t capacity, int router_rows, int hidden, int sm_count,

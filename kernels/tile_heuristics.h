@@ -248,9 +248,17 @@ inline constexpr int64_t kWaveSplitMinWaves = 4;
 // The same for a Hopper-tile down GEMM (one block per SM) of more than kMaxSplitRows rows: under
 // kWaveSplitBelowWaves waves of blocks (expected row tiles: pairs / bm plus half a partial tile
 // per activated expert), its K is split until it has that many, when the down partials workspace
-// (MoePlanInput::down_partial_rows) holds splits x pairs f32 rows.
-// NOTES (H200): Mixtral at 512 tokens has ~12 row tiles x 16 column blocks = 192 blocks for 132
-// SMs: 1.45 waves, the second one 45% full.
+// (MoePlanInput::down_partial_rows) holds splits x pairs f32 rows. The cluster tile (kWgmmaWsMc)
+// instead splits in 2, outside ping-pong plans, only where its expected work items
+// (ExpectedClusterUnits x column blocks) take between kClusterDownSplitRounds[0] and [1] rounds
+// of its sm_count / 2 clusters: a second round that leaves most clusters idle.
+// NOTES (H200, session 21, Mixtral, three rounds, us, the rule of blocks (1 split at 1024+, 2
+// at 320-768, 4 at 192-256) / no split / 2 splits): 192 tokens (ping-pong) 750.6 / 733.0 / 741.7,
+// 256 793.4 / 759.9 / 779.2, 320 898.8 / 883.1 / 914.5, 384 892.3 / 874.2 / 885.0, 448 887.5 /
+// 879.9 / 886.1, 512 (0.74 units an expert: 95 items, 1.44 rounds) 1057.5 / 1075.6 / 1062.3,
+// 640 1278.8 / 1224.4 / 1269.4, 768 1266.2 / 1223.2 / 1269.2; 4 and 8 splits slower still. The
+// split's f32 partials cost 1-4% where the rounds are whole.
+inline constexpr double kClusterDownSplitRounds[2] = {1.2, 1.6};
 // A Hopper-tile down GEMM of at most kMaxSplitRows rows splits its K (as ChooseSplitK says, at
 // most) only while its blocks fill less than this fraction of the resident blocks.
 // NOTES (H200, session 8, Mixtral, 8 experts x 16 column blocks = 128 blocks for 132 SMs):
@@ -293,6 +301,9 @@ inline constexpr int kClusterPairExtraRows = 16;
 // 1..kClusterPairExtraRows past at least one pair, over the units without them. Rows per expert
 // are taken as binomial: `pairs` (token, k) pairs over `experts` equally likely experts.
 double PairExtraRowsSaving(int64_t pairs, int experts);
+// The cluster GEMM's expected work units (multicast pairs, solo tiles as half a unit) for one
+// column block: `experts` x the expectation of one expert's units, rows binomial as above.
+double ExpectedClusterUnits(int64_t pairs, int experts);
 // MoePlan::pair_extra_rows (kAuto) where that share is at least this, and not in permuted-x plans.
 // NOTES (H200, session 20, three rounds each, layer us, off -> on for both GEMMs): Qwen3-30B-A3B
 // 4096 tokens (256 rows per expert: the share is 14%) 823.5 -> 795.7 (call 4) and 790.1 -> 777.0

@@ -12,6 +12,8 @@
 //       [--wgmma-from=N]   (rows per expert past which the Hopper tile runs)
 //       [--decode-to=N]   (rows per expert up to which the decode tile runs)
 //       [--max-down-splits=N]   (at most N K splits of the routed down GEMM)
+//       [--max-batch=N]   (the engines' max_batch_tokens when above every --tokens: workspaces
+//                         and the plans that depend on them, as a server configured for N sees)
 //       [--no-decode-paths]   (small-batch paths off: the v6 engine, for comparisons)
 //       [--no-gemv | --gemv-always] [--narrow-gate-up]   (decode GEMV never / wherever it fits;
 //                             the narrow gate/up tile)
@@ -104,6 +106,7 @@ int g_wgmma_min_rows = CudaEngineOptions().wgmma_min_rows_per_expert;
 int g_decode_max_rows = CudaEngineOptions().decode_tile_max_rows_per_expert;
 // --max-down-splits=N: at most N K splits of the routed down GEMM.
 int g_max_down_splits = 0;
+int64_t g_max_batch = 0;  // --max-batch=N: the engine's max_batch_tokens (workspaces, plans)
 // --tokens=...: the token counts measured (each gets a graph of its own).
 std::vector<int64_t> g_tokens;
 // --no-decode-paths: the engine's small-batch paths off (overlap_launches, fused_decode_front,
@@ -584,7 +587,7 @@ int Report(const std::string& json_path, const std::vector<std::string>& shape_n
   std::printf("%-9s %6s %10s %10s %10s %7s %7s %8s %8s %9s %10s %8s\n", "shape", "tokens",
               "time_us", "mean_us", "floor_us", "active", "%floor", "TFLOP/s", "GB/s", "vllm_us",
               "det_us", "det/def");
-  const int64_t max_tokens = *std::max_element(tokens.begin(), tokens.end());
+  const int64_t max_tokens = std::max(g_max_batch, *std::max_element(tokens.begin(), tokens.end()));
   for (const Shape& shape : Shapes()) {
     if (std::find(shape_names.begin(), shape_names.end(), shape.name) == shape_names.end())
       continue;
@@ -777,6 +780,8 @@ int main(int argc, char** argv) {
       moe::g_wgmma_min_rows = std::atoi(a.c_str() + 13);
     } else if (a.rfind("--max-down-splits=", 0) == 0) {
       moe::g_max_down_splits = std::atoi(a.c_str() + 18);
+    } else if (a.rfind("--max-batch=", 0) == 0) {
+      moe::g_max_batch = std::atoll(a.c_str() + 12);
     } else if (a.rfind("--decode-to=", 0) == 0) {
       moe::g_decode_max_rows = std::atoi(a.c_str() + 12);
     } else if (a == "--cluster-solo") {

@@ -459,7 +459,10 @@ TEST(PlanMoe, HopperDownSplitsUnderTwoWaves) {
   in.wave_split_down = true;
   MoePlan p = PlanMoe(in);
   EXPECT_EQ(p.tile, GemmTile::kWgmmaWsMc);
-  EXPECT_EQ(p.down_splits, 2);  // (8 + 4) row tiles x 16 column blocks = 192 < 264 blocks
+  // 128 +- 11 rows per expert: a multicast pair (1 unit) or a solo tile (1/2): ~5.9 units x 16
+  // column blocks = 95 items, 1.44 rounds of 66 clusters.
+  EXPECT_NEAR(ExpectedClusterUnits(1024, 8), 5.9, 0.15);
+  EXPECT_EQ(p.down_splits, 2);
   in.deterministic = true;
   EXPECT_EQ(PlanMoe(in).down_splits, 1);
   in.deterministic = false;
@@ -470,7 +473,20 @@ TEST(PlanMoe, HopperDownSplitsUnderTwoWaves) {
   in.down_partial_rows = 16 * 1024;
   in.tokens = 4096;  // 64 + 4 row tiles x 16: over 2 waves
   EXPECT_EQ(PlanMoe(in).down_splits, 1);
+  // The cluster tile splits only for a poorly filled second round: solo tiles only (64 items, one
+  // round) up to ~448 tokens, pairs only (128 items, two full rounds) from ~640.
+  for (int64_t t : {256, 320, 384, 448, 640, 768, 1024, 2048}) {
+    in.tokens = t;
+    EXPECT_EQ(PlanMoe(in).down_splits, 1) << t << " tokens";
+  }
+  in.tokens = 256;
+  in.wgmma_tile = GemmTile::kWgmmaWs;  // other Hopper tiles: (4 + 4) x 16 = 128 blocks -> 4
+  EXPECT_EQ(PlanMoe(in).down_splits, 4);
+  in.wgmma_tile = GemmTile::kWgmmaWsMc;
   in.tokens = 512;
+  in.pingpong = PathPolicy::kAlways;  // ping-pong plans never split this way
+  EXPECT_EQ(PlanMoe(in).down_splits, 1);
+  in.pingpong = PathPolicy::kNever;
   in.top_k = 8;  // Qwen3-30B-A3B at 512 tokens: (32 + 64) x 8 column blocks = 768 blocks
   in.n_experts = 128;
   in.hidden = 2048;
