@@ -731,16 +731,18 @@ TEST(CudaEngine, CombineUnrolledSameBits) {
 // (CudaEngineOptions::wave_split_down: Mixtral-like hidden 4096 = 64 column blocks x 8 experts, 8
 // k-steps: 2 splits at 8 tokens, none at 64) and still match the CPU engine, with and without
 // graphs, and the unsplit engine to rounding; also the small-grid split of a narrow down GEMM (16
-// k-steps, 4 splits) with shared experts and f32 activations, and on Hopper the split of a
-// wgmma-tile down GEMM (300 tokens, 75 rows per expert: 8 row tiles x 4 column blocks, 2 splits
-// as the workspace of 640 tokens allows).
+// k-steps, 4 splits) with shared experts and f32 activations, and on Hopper the cluster tile's
+// split (512 tokens of the first case: ~5.9 work items of 2-block clusters per column block x 16,
+// 1.44 rounds of 66 clusters: 2 splits) and the split of the warp-specialised wgmma tile's down
+// GEMM (300 tokens, 75 rows per expert: 8 row tiles x 4 column blocks, 2 splits as the workspace
+// of 640 tokens allows; the cluster tile does not split there).
 TEST(CudaEngine, WaveFillingDownSplits) {
   MOE_REQUIRE_GPU();
   const std::vector<Case> cases = {
       {"mixtral, hidden 4096, inter 512",
        Opts(Family::kMixtral, 8, 2, 4096, 512, DType::kBF16, 75),
        DType::kBF16,
-       {8, 64}},
+       {8, 64, 512}},
       {"deepseek_v2 shared experts, inter 1024, f32 act",
        Opts(Family::kDeepseekV2, 16, 4, 128, 1024, DType::kF16, 76),
        DType::kF32,
@@ -759,6 +761,12 @@ TEST(CudaEngine, WaveFillingDownSplits) {
   CudaEngineOptions unsplit = o;
   unsplit.wave_split_down = false;
   CheckEnginesAgree(cases, o, unsplit, 77, 1e-2);
+  const std::vector<Case> ws_cases = {cases.back()};
+  const CudaEngineOptions ws = WithHopperTile(CudaEngineOptions::HopperTile::kWideWarpSpecialized);
+  CheckCases(ws_cases, ws);
+  CudaEngineOptions ws_unsplit = ws;
+  ws_unsplit.wave_split_down = false;
+  CheckEnginesAgree(ws_cases, ws, ws_unsplit, 79, 1e-2);
 }
 
 // The cluster tile at 5-16 rows per expert, where large experts (>= 2^24 weights) take it by
