@@ -25,6 +25,8 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <iterator>
+
 #include "kernels/cuda_status.h"
 #include "kernels/decode_common.cuh"
 #include "kernels/decode_fused.h"
@@ -403,7 +405,7 @@ using DownFn = void (*)(DecodeExpertsArgs, int);
 struct DownEntry {
   WType wtype;
   AType atype;
-  DownFn fn[3];      // h read from global memory, kCW = kDownChunks[i]
+  DownFn fn[3];      // h read from global memory, kCW = kDownChunks[i] (the macro below)
   DownFn fn_h_smem;  // h staged in shared memory
   DownFn fn_tma;     // weights by the bulk copy engine (sm_90)
 };
@@ -415,6 +417,8 @@ struct DownEntry {
     &DecodeDownCombineKernel<W, OUT, false, kDownChunks[2]>}, \
    &DecodeDownCombineKernel<W, OUT, true>,                    \
    &DecodeDownTmaKernel<W, OUT>},
+static_assert(std::size(kDownChunks) == std::size(DownEntry{}.fn),
+              "one down kernel per batch size of kDownChunks");
 const DownEntry kDownKernels[] = {MOE_DECODE_DOWN_TYPES_(MOE_DECODE_DOWN_ENTRY_)};
 #undef MOE_DECODE_DOWN_ENTRY_
 

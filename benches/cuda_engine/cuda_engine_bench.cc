@@ -29,8 +29,8 @@
 //                             the dynamic schedule: CudaEngineOptions::cluster_dynamic_schedule)
 //       [--down-overlap | --no-down-overlap]   (cluster tile: the down GEMM starts on the SMs
 //                             gate/up leaves idle, per-expert h-ready counters, in every plan /
-//                             never; default ping-pong plans:
-//                             CudaEngineOptions::cluster_down_overlap)
+//                             never; default: ping-pong plans and those of few gate/up items,
+//                             MoePlan::down_overlap, CudaEngineOptions::cluster_down_overlap)
 //       [--no-stream-gate-up | --stream-gate-up-always] [--stream-down]   (decode-tile plans'
 //                             routed gate/up GEMM on the weight-streaming kernel never / in
 //                             every such plan, and the down GEMM too:
