@@ -140,6 +140,7 @@ struct GemmParams {
   int32_t* h_ready;               // GemmArgs::h_ready
   int pair_extra_rows;            // GemmArgs::pair_extra_rows
   const void* a_x_tmap;           // GemmArgs::a_x_tmap
+  int raster_units;               // GemmArgs::raster_units
 };
 
 // The kernel parameters of a validated GemmArgs (host side).
@@ -177,7 +178,8 @@ inline GemmParams MakeGemmParams(const GemmArgs& args) {
                     args.item_counter,
                     args.h_ready,
                     args.pair_extra_rows ? 1 : 0,
-                    args.a_x_tmap};
+                    args.a_x_tmap,
+                    args.raster_units};
 }
 
 // A's base pointer: *p.a_indirect when set (read on the device), else p.a.

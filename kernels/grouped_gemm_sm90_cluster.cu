@@ -355,7 +355,8 @@ __device__ __forceinline__ ClusterItem ResolveClusterItem(
     int col_groups, int cn, int k_steps, uint32_t rm, uint32_t rn, const RowCut& cut) {
   ClusterItem c;
   int t, group;
-  DecodeWorkItem(w, pairs, col_groups, t, group, c.split);
+  DecodeWorkItem(w, pairs, col_groups, t, group, c.split,
+                 p.raster_units > 0 ? p.raster_units : kWsGroupRows);
   c.nb = cn * group + static_cast<int>(rn);
   c.pw = ResolvePair(p, unit_start, solo_start, t, rm, cut);
   c.kt_begin = static_cast<int>(static_cast<int64_t>(c.split) * k_steps / p.splits);

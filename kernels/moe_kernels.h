@@ -96,6 +96,9 @@ struct GemmArgs {
   // With A by TMA and pair_extra_rows: the TMA descriptor of A in kStoreTensorMapBoxRows-row boxes
   // (two per stage load the extra rows).
   const void* a_x_tmap = nullptr;
+  // kWgmmaWsMc only: units (multicast or solo pairs) per raster group of the work-item order
+  // (DecodeWorkItem); 0 = kWsGroupRows. Changes which cluster computes an output, never how.
+  int raster_units = 0;
   // kWgmmaWsMc outside ping-pong mode only: two zeroed ints of device memory (the next work item,
   // the clusters done) that the launch leaves at zero again; with them the clusters take their
   // work items past the first one from a global counter as they finish (dynamic schedule) instead

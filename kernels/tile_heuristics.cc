@@ -202,6 +202,13 @@ MoePlan PlanMoe(const MoePlanInput& in) {
       !plan.pingpong &&
       (in.pair_extra_rows == PathPolicy::kAlways ||
        (!plan.permute_x && PairExtraRowsSaving(pairs, in.n_experts) >= kPairExtraRowsMinSaving));
+  if (plan.tile == GemmTile::kWgmmaWsMc) {
+    plan.raster_units = in.raster_units > 0 ? in.raster_units
+                        : ExpectedClusterUnits(pairs, in.n_experts) >=
+                                kRasterUnits[1] * static_cast<double>(in.n_experts)
+                            ? kRasterUnits[1]
+                            : kRasterUnits[0];
+  }
   if (in.shared_inter > 0) {
     const int64_t shared_blocks = plan.dense_tiles * down_col_blocks;
     plan.shared_down_splits =

@@ -174,6 +174,8 @@ struct MoePlanInput {
   double wgmma_min_rows = 64.0;
   // At most this many K splits of the routed down GEMM (0: kMaxSplits; comparisons).
   int max_down_splits = 0;
+  // Units per raster group of the kWgmmaWsMc GEMMs (0: the rule, MoePlan::raster_units).
+  int raster_units = 0;
   // Rows per expert up to which the decode tile runs (ChooseTile); negative: the default rule
   // (kLargeExpertDecodeMaxRows for experts of at least kWgmmaLargeExpertElems, else 16).
   double decode_max_rows = -1.0;
@@ -229,6 +231,10 @@ struct MoePlan {
   // in its last multicast pair (GemmArgs::pair_extra_rows; MoePlanInput::pair_extra_rows): where
   // PairExtraRowsSaving is at least kPairExtraRowsMinSaving.
   bool pair_extra_rows = false;
+  // Work units (multicast or solo pairs) per raster group of a kWgmmaWsMc plan's routed GEMMs
+  // (GemmArgs::raster_units): kRasterUnits[1] where an expert expects at least that many units
+  // (ExpectedClusterUnits), else kRasterUnits[0]; 0 in other plans (the kernel's kWsGroupRows).
+  int raster_units = 0;
   // The routed gate/up GEMM of a decode-tile plan runs on the weight-streaming kernel
   // (LaunchStreamGemm: bulk copies of whole weight rows, mma.sync; not batch invariant, so never
   // when deterministic) where the engine can launch it (CanStreamGemm): MoePlanInput::
@@ -259,6 +265,21 @@ inline constexpr int64_t kWaveSplitMinWaves = 4;
 // 640 1278.8 / 1224.4 / 1269.4, 768 1266.2 / 1223.2 / 1269.2; 4 and 8 splits slower still. The
 // split's f32 partials cost 1-4% where the rounds are whole.
 inline constexpr double kClusterDownSplitRounds[2] = {1.2, 1.6};
+// Units per raster group of the cluster tile's work-item order (MoePlan::raster_units): the units
+// of a group walk the column blocks together, unit fastest, so the ~66 clusters at work share a
+// group's A rows and the weight panels of its experts in L2. With 16 (kWsGroupRows) a group's A
+// is 16 x 256 rows x K: 32 MiB at K = 4096, 117 MiB for Mixtral's down GEMM (K = 14336), so it
+// left L2 between the rounds of column blocks. 4 keeps it at 8 / 29 MiB; 8 where an expert has at
+// least 8 units (2048+ rows), so that each weight panel is read by 8 units, not 4.
+// NOTES (H200, session 22 call 4, two rounds, mean us, 16 -> 4 for both GEMMs; call 3 agreed):
+// Mixtral 1024 / 4096 / 16384 tokens 1582 -> 1566 / 5050 -> 4901 (-3.2%) / 18389 -> 18291; Qwen3
+// 1024 / 4096 / 16384 402.2 -> 398.1 / 795.2 -> 791.3 / 2629.6 -> 2585.9 (-1.7%); DeepSeek-V2-Lite
+// 1024 / 4096 / 16384 399.7 -> 391.7 / 969.9 -> 966.8 / 3286 -> 3224. At Mixtral 16384 tokens (16
+// units an expert) 8 for both: 18389 -> 18133 (-1.4%). ncu DRAM reads of gate/up + down (16 -> 4
+// / 8): Mixtral 4096 5.46 + 2.92 -> 3.63 + 2.29 / 3.70 + 2.29 GB, 16384 13.1 + 13.6 -> 10.4 + 8.4
+// / 7.6 + 8.3 GB; Qwen3 16384 1.77 + 0.69 -> 1.46 + 0.63 GB. 2 units was slower at Mixtral
+// 16384 (+2.5%).
+inline constexpr int kRasterUnits[2] = {4, 8};
 // A Hopper-tile down GEMM of at most kMaxSplitRows rows splits its K (as ChooseSplitK says, at
 // most) only while its blocks fill less than this fraction of the resident blocks.
 // NOTES (H200, session 8, Mixtral, 8 experts x 16 column blocks = 128 blocks for 132 SMs):

@@ -331,20 +331,21 @@ __device__ __forceinline__ void SetMaxNRegDec() {
 constexpr int kWsGroupRows = 16;
 
 // Work item w of a persistent launch -> (row tile t, column block nb, K split). Splits outermost;
-// inside a split, groups of kWsGroupRows row tiles, each walked column block by column block with
+// inside a split, groups of `group_rows` row tiles (kWsGroupRows; the cluster kernel's units:
+// GemmParams::raster_units, MoePlan::raster_units), each walked column block by column block with
 // the row tile fastest. NOTES: blocks that run together then share a few row tiles of A (16 x 128
 // rows) and a few B slices in L2, instead of every row tile of the batch for one column block (at
 // Mixtral 16384 tokens the gate/up A alone is 268 MB, re-read from HBM for each of 112 column
 // blocks in that order). The order changes which block computes an output, never how.
 __device__ __forceinline__ void DecodeWorkItem(int64_t w, int row_tiles, int col_blocks, int& t,
-                                               int& nb, int& split) {
+                                               int& nb, int& split, int group_rows = kWsGroupRows) {
   const int64_t per_split = static_cast<int64_t>(row_tiles) * col_blocks;
   split = static_cast<int>(w / per_split);
   int64_t r = w - split * per_split;
-  const int64_t group_items = static_cast<int64_t>(kWsGroupRows) * col_blocks;
+  const int64_t group_items = static_cast<int64_t>(group_rows) * col_blocks;
   const int group = static_cast<int>(r / group_items);
-  const int first = group * kWsGroupRows;
-  const int rows_in_group = min(kWsGroupRows, row_tiles - first);
+  const int first = group * group_rows;
+  const int rows_in_group = min(group_rows, row_tiles - first);
   r -= group * group_items;
   t = first + static_cast<int>(r % rows_in_group);
   nb = static_cast<int>(r / rows_in_group);

@@ -57,6 +57,8 @@
 //       [--extra-rows | --no-extra-rows]   (cluster tile: an expert's last rows in its last
 //                             pair always / never: CudaEngineOptions::cluster_pair_extra_rows)
 //       [--no-pingpong | --pingpong-always]   (cluster tile: ping-pong GEMMs never / always)
+//       [--raster-units=N]   (cluster tile: N units per raster group of the work items; default
+//                             the plan's rule, MoePlan::raster_units)
 //       [--pingpong-long-stages]   (ping-pong GEMMs in the kernel of 128-row stages)
 //       [--no-hopper-pdl]   (no programmatic dependent launch in plans of Hopper tiles)
 //       [--no-tma-store]   (cluster tile: full tiles' outputs by st.global, not TMA stores)
@@ -106,6 +108,7 @@ int g_wgmma_min_rows = CudaEngineOptions().wgmma_min_rows_per_expert;
 int g_decode_max_rows = CudaEngineOptions().decode_tile_max_rows_per_expert;
 // --max-down-splits=N: at most N K splits of the routed down GEMM.
 int g_max_down_splits = 0;
+int g_raster_units = 0;   // --raster-units=N: CudaEngineOptions::cluster_raster_units
 int64_t g_max_batch = 0;  // --max-batch=N: the engine's max_batch_tokens (workspaces, plans)
 // --tokens=...: the token counts measured (each gets a graph of its own).
 std::vector<int64_t> g_tokens;
@@ -401,6 +404,7 @@ class Runner {
     o.wgmma_min_rows_per_expert = g_wgmma_min_rows;
     o.decode_tile_max_rows_per_expert = g_decode_max_rows;
     o.max_down_splits = g_max_down_splits;
+    o.cluster_raster_units = g_raster_units;
     if (!g_decode_paths) o.overlap_launches = o.fused_decode_front = false;
     if (!g_decode_paths || !g_decode_gemv) o.decode_gemv = CudaEngineOptions::DecodeGemv::kNever;
     if (g_decode_gemv_always) o.decode_gemv = CudaEngineOptions::DecodeGemv::kAlways;
@@ -780,6 +784,8 @@ int main(int argc, char** argv) {
       moe::g_wgmma_min_rows = std::atoi(a.c_str() + 13);
     } else if (a.rfind("--max-down-splits=", 0) == 0) {
       moe::g_max_down_splits = std::atoi(a.c_str() + 18);
+    } else if (a.rfind("--raster-units=", 0) == 0) {
+      moe::g_raster_units = std::atoi(a.c_str() + 15);
     } else if (a.rfind("--max-batch=", 0) == 0) {
       moe::g_max_batch = std::atoll(a.c_str() + 12);
     } else if (a.rfind("--decode-to=", 0) == 0) {

@@ -557,6 +557,50 @@ TEST(CudaEngine, ClusterDynamicSchedule) {
   CheckCases({{"64 experts, inter 1536", model, DType::kBF16, {700}}}, dynamic);
 }
 
+// The raster groups of the cluster GEMMs' work items (cluster_raster_units: 1, 3 and 5 units a
+// group against kWsGroupRows' 16) move outputs between clusters, never change them: experts of ~3
+// multicast pairs (Mixtral-like, 24 units, so groups cut across experts), the dynamic and the
+// static schedule, the down GEMM split along K, on 2 x 2 clusters and in ping-pong mode, graphs
+// and eager: the same bits, and against the CPU engine.
+TEST(CudaEngine, ClusterRasterUnits) {
+  MOE_REQUIRE_GPU();
+  using Use = CudaEngineOptions::Use;
+  const std::vector<Case> cases = {
+      {"8 experts top-2, ~3 pairs an expert",
+       Opts(Family::kMixtral, 8, 2, 512, 640, DType::kBF16, 161),
+       DType::kBF16,
+       {3000, 1100}},
+      {"64 experts top-8",
+       Opts(Family::kQwen3Moe, 64, 8, 1024, 256, DType::kBF16, 162),
+       DType::kBF16,
+       {2000}},
+  };
+  CudaEngineOptions ref = WithHopperTile(CudaEngineOptions::HopperTile::kWideCluster);
+  ref.max_batch_tokens = 3000;
+  ref.graph_batch_sizes = {1100, 2000, 3000};
+  ref.cluster_raster_units = 16;
+  uint64_t seed = 163;
+  for (const int units : {1, 3, 5}) {
+    SCOPED_TRACE(units);
+    auto agree = [&](void (*vary)(CudaEngineOptions&)) {
+      CudaEngineOptions a = ref, b = ref;
+      a.cluster_raster_units = units;
+      vary(a);
+      vary(b);
+      CheckEnginesAgree(cases, a, b, seed++, /*tol=*/0);
+    };
+    agree([](CudaEngineOptions&) {});
+    agree([](CudaEngineOptions& o) { o.cluster_dynamic_schedule = false; });
+    agree([](CudaEngineOptions& o) { o.max_down_splits = 1; });
+    agree([](CudaEngineOptions& o) { o.cluster_quad_down = Use::kAlways; });
+    agree([](CudaEngineOptions& o) { o.cluster_pingpong = Use::kAlways; });
+    agree([](CudaEngineOptions& o) { o.graph_batch_sizes.clear(); });
+  }
+  CudaEngineOptions plan_rule = ref;
+  plan_rule.cluster_raster_units = 0;
+  CheckCases(cases, plan_rule);
+}
+
 // The down GEMM on the SMs that gate/up leaves idle (cluster_down_overlap: per-expert h-ready
 // counters instead of a PDL wait for gate/up's end) gives the bits of the default, over several
 // forwards of one engine (the last down cluster must leave the counters at zero: a count past its

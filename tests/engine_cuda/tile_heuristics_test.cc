@@ -415,6 +415,27 @@ TEST(PlanMoe, PairExtraRowsWhereTheyRemoveSoloTiles) {
   EXPECT_TRUE(PlanMoe(in).pair_extra_rows);
 }
 
+// Raster groups of the cluster tile: kRasterUnits[1] units where an expert expects at least that
+// many (Mixtral at 16384 tokens: 16), else kRasterUnits[0]; the option's value wins; 0 outside
+// the cluster tile.
+TEST(PlanMoe, RasterUnitsGrowWithUnitsPerExpert) {
+  MoePlanInput in = HopperInput(/*mixtral=*/true, 16384);
+  ASSERT_EQ(PlanMoe(in).tile, GemmTile::kWgmmaWsMc);
+  EXPECT_EQ(PlanMoe(in).raster_units, kRasterUnits[1]);
+  in.tokens = 8192;  // 2048 +- 42 rows: 8 units an expert and more (a solo tile past them)
+  EXPECT_EQ(PlanMoe(in).raster_units, kRasterUnits[1]);
+  in.tokens = 6144;  // 6 units an expert
+  EXPECT_EQ(PlanMoe(in).raster_units, kRasterUnits[0]);
+  in.tokens = 4096;  // 4 units an expert
+  EXPECT_EQ(PlanMoe(in).raster_units, kRasterUnits[0]);
+  in.raster_units = 3;
+  EXPECT_EQ(PlanMoe(in).raster_units, 3);
+  in = HopperInput(/*mixtral=*/false, 16384);  // Qwen3: 1024 rows, 4 units an expert
+  EXPECT_EQ(PlanMoe(in).raster_units, kRasterUnits[0]);
+  in.wgmma_tile = GemmTile::kWgmmaWs;
+  EXPECT_EQ(PlanMoe(in).raster_units, 0);
+}
+
 // The routed gate/up GEMM of decode-tile plans on the weight-streaming kernel: up to
 // kStreamGateUpMaxRows rows per expert, experts of at least kStreamGateUpMinExpertElems.
 TEST(PlanMoe, StreamGateUpForFewRowsOfLargeExperts) {

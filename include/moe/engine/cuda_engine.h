@@ -231,6 +231,10 @@ struct CudaEngineOptions {
   int decode_tile_max_rows_per_expert = -1;
   // At most this many K splits of the routed down GEMM (0: no cap; for comparisons).
   int max_down_splits = 0;
+  // kWideCluster only: work units (multicast or solo pairs) per raster group of the routed GEMMs'
+  // work-item order (GemmArgs::raster_units); 0: the plan's rule (MoePlan::raster_units, with the
+  // measurements). Changes which cluster computes an output, never the output.
+  int cluster_raster_units = 0;
   // Small-batch latency paths (benches/RESULTS.md, v7, v8). overlap_launches: programmatic
   // dependent launch between the layer's kernels (sm_90 devices). fused_decode_front: for <= 32
   // tokens the input conversion, router, routing and scan run as one kernel (never in

@@ -62,9 +62,10 @@ StatusOr<std::unique_ptr<CudaEngine::Impl>> CudaEngine::Impl::Prepare(const MoeS
     return absl::InvalidArgumentError(
         "CudaEngineOptions: need num_slots >= 1 and 1 <= max_batch_tokens <= 2^30");
   }
-  if (o.wgmma_min_rows_per_expert < 0 || o.max_down_splits < 0) {
+  if (o.wgmma_min_rows_per_expert < 0 || o.max_down_splits < 0 || o.cluster_raster_units < 0) {
     return absl::InvalidArgumentError(
-        "CudaEngineOptions: wgmma_min_rows_per_expert and max_down_splits must be >= 0");
+        "CudaEngineOptions: wgmma_min_rows_per_expert, max_down_splits and cluster_raster_units "
+        "must be >= 0");
   }
   if (o.max_router_convert_splits < 1 ||
       o.max_router_convert_splits > cuda::kRouterConvertMaxKSplits) {
@@ -297,6 +298,7 @@ Status CudaEngine::Impl::BuildLayerLaunch(Slot& s, int64_t capacity, AType atype
   in.wgmma_min_rows = options.wgmma_min_rows_per_expert;
   in.decode_max_rows = options.decode_tile_max_rows_per_expert;
   in.max_down_splits = options.max_down_splits;
+  in.raster_units = options.cluster_raster_units;
   in.permute_x = ToPathPolicy(options.cluster_permute_x);
   in.pingpong = ToPathPolicy(options.cluster_pingpong);
   in.down_overlap = ToPathPolicy(options.cluster_down_overlap);
@@ -517,6 +519,7 @@ Status CudaEngine::Impl::BuildLayerLaunch(Slot& s, int64_t capacity, AType atype
   gu.c_tmap = gu.b0_tmaps != nullptr ? s.h_store_tmap.get() : nullptr;
   if (options.cluster_dynamic_schedule) gu.item_counter = s.item_counters.as<int32_t>();
   gu.pair_extra_rows = plan.pair_extra_rows;  // where the kernel can take them
+  gu.raster_units = plan.raster_units;        // and the down GEMM's (a copy of gu)
   gu.layer_dev = layer_dev(s);
   gu.b_layer_stride = e;
   gu.ldb = hd;
