@@ -449,6 +449,9 @@ struct CombineArgs {
   // The unrolled combine loads its first rows and weights before its PDL wait (pair_row and
   // topk_weights must come from two or more launches before it).
   bool early_indices = true;
+  // The device's SMs: the grid is at most sm_count x kCombineBlocksPerSm blocks, which walk the
+  // tiles of chunks (0: a block per tile of the capacity).
+  int sm_count = 0;
   Status Validate() const;
 };
 // Chunks a thread of the unrolled combine takes (top_k <= 2: 4, <= 4: 2, <= 8: 1), or 0 where it

@@ -654,6 +654,7 @@ Status CudaEngine::Impl::BuildLayerLaunch(Slot& s, int64_t capacity, AType atype
   }
   comb.pdl = pdl_next();
   comb.unrolled = options.combine_unrolled;
+  comb.sm_count = sms;
   comb.early_indices = options.early_index_loads;
 
   // 8. The input in place: with activations in the weights' dtype (no hi + lo split) the router
