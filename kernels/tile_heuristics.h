@@ -272,7 +272,7 @@ inline constexpr double kClusterDownSplitRounds[2] = {1.2, 1.6};
 // left L2 between the rounds of column blocks. 4 keeps it at 8 / 29 MiB; 8 where an expert has at
 // least 8 units (2048+ rows), so that each weight panel is read by 8 units, not 4.
 // NOTES (H200, session 22 call 4, two rounds, mean us, 16 -> 4 for both GEMMs; call 3 agreed):
-// Mixtral 1024 / 4096 / 16384 tokens 1582 -> 1566 / 5050 -> 4901 (-3.2%) / 18389 -> 18291; Qwen3
+// Mixtral 1024 / 4096 / 16384 tokens 1582 -> 1566 / 5050 -> 4901 (-2.9%) / 18389 -> 18291; Qwen3
 // 1024 / 4096 / 16384 402.2 -> 398.1 / 795.2 -> 791.3 / 2629.6 -> 2585.9 (-1.7%); DeepSeek-V2-Lite
 // 1024 / 4096 / 16384 399.7 -> 391.7 / 969.9 -> 966.8 / 3286 -> 3224. At Mixtral 16384 tokens (16
 // units an expert) 8 for both: 18389 -> 18133 (-1.4%). ncu DRAM reads of gate/up + down (16 -> 4
