@@ -560,9 +560,10 @@ TEST(CudaEngine, ClusterDynamicSchedule) {
 // The raster groups of the cluster GEMMs' work items (cluster_raster_units: 1, 3 and 5 units a
 // group against kWsGroupRows' 16) move outputs between clusters, never change them: experts of ~3
 // multicast pairs (Mixtral-like, 24 units, so groups cut across experts), the dynamic and the
-// static schedule, the down GEMM split along K, on 2 x 2 clusters and in ping-pong mode, graphs
-// and eager: the same bits, and against the CPU engine. The 64-expert top-8 case has 1000 tiles
-// of combine chunks, so the combine's grid (CombineArgs::sm_count) walks several a block.
+// static schedule, a cap of one down split (the plans of these cases split none), the down GEMM
+// on 2 x 2 clusters, ping-pong mode, graphs and eager: the same bits, and against the CPU engine.
+// The 64-expert top-8 case has 1000 tiles of combine chunks, so the combine's grid
+// (CombineArgs::sm_count) walks several a block.
 TEST(CudaEngine, ClusterRasterUnits) {
   MOE_REQUIRE_GPU();
   using Use = CudaEngineOptions::Use;
