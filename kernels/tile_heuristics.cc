@@ -152,6 +152,10 @@ MoePlan PlanMoe(const MoePlanInput& in) {
   };
   plan.pingpong = in.pingpong != PathPolicy::kNever && plan.tile == GemmTile::kWgmmaWsMc &&
                   (in.pingpong == PathPolicy::kAlways || rows_per_group <= kPingpongMaxRows);
+  // The cluster tile's expected work units (pairs and solo tiles) of all experts: its down split
+  // and raster rules below.
+  const double cluster_units =
+      plan.tile == GemmTile::kWgmmaWsMc ? ExpectedClusterUnits(pairs, in.n_experts) : 0.0;
   const bool wave_split = in.wave_split_down && !in.deterministic && plan.down_splits == 1;
   if (wave_split && plan.tile == GemmTile::kDecode && !plan.decode_gemv && in.smem_per_sm > 0 &&
       pairs <= kMaxSplitRows && rows_per_group <= kDecodeGemvMaxRows) {
@@ -170,8 +174,8 @@ MoePlan PlanMoe(const MoePlanInput& in) {
     const auto fits = [&](int splits) { return splits * pairs <= partial_rows; };
     if (plan.tile == GemmTile::kWgmmaWsMc) {
       // The cluster tile: work items of 2-block clusters, in rounds over sm_count / 2 clusters.
-      const double rounds = ExpectedClusterUnits(pairs, in.n_experts) *
-                            static_cast<double>(down_col_blocks) / std::max(1, in.sm_count / 2);
+      const double rounds =
+          cluster_units * static_cast<double>(down_col_blocks) / std::max(1, in.sm_count / 2);
       if (!plan.pingpong && rounds > kClusterDownSplitRounds[0] &&
           rounds < kClusterDownSplitRounds[1] && down_k_steps / 2 >= 4 && fits(2)) {
         plan.down_splits = 2;
@@ -204,8 +208,7 @@ MoePlan PlanMoe(const MoePlanInput& in) {
        (!plan.permute_x && PairExtraRowsSaving(pairs, in.n_experts) >= kPairExtraRowsMinSaving));
   if (plan.tile == GemmTile::kWgmmaWsMc) {
     plan.raster_units = in.raster_units > 0 ? in.raster_units
-                        : ExpectedClusterUnits(pairs, in.n_experts) >=
-                                kRasterUnits[1] * static_cast<double>(in.n_experts)
+                        : cluster_units >= kRasterUnits[1] * static_cast<double>(in.n_experts)
                             ? kRasterUnits[1]
                             : kRasterUnits[0];
   }
