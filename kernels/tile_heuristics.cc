@@ -207,10 +207,11 @@ MoePlan PlanMoe(const MoePlanInput& in) {
       (in.pair_extra_rows == PathPolicy::kAlways ||
        (!plan.permute_x && PairExtraRowsSaving(pairs, in.n_experts) >= kPairExtraRowsMinSaving));
   if (plan.tile == GemmTile::kWgmmaWsMc) {
-    plan.raster_units = in.raster_units > 0 ? in.raster_units
-                        : cluster_units >= kRasterUnits[1] * static_cast<double>(in.n_experts)
-                            ? kRasterUnits[1]
-                            : kRasterUnits[0];
+    const double units_per_expert = cluster_units / std::max(1, in.n_experts);
+    plan.raster_units = in.raster_units > 0                                 ? in.raster_units
+                        : units_per_expert <= kRasterOneUnitMaxUnits + 1e-9 ? kRasterUnits[0]
+                        : units_per_expert >= kRasterUnits[2]               ? kRasterUnits[2]
+                                                                            : kRasterUnits[1];
   }
   if (in.shared_inter > 0) {
     const int64_t shared_blocks = plan.dense_tiles * down_col_blocks;

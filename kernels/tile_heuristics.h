@@ -232,8 +232,9 @@ struct MoePlan {
   // PairExtraRowsSaving is at least kPairExtraRowsMinSaving.
   bool pair_extra_rows = false;
   // Work units (multicast or solo pairs) per raster group of a kWgmmaWsMc plan's routed GEMMs
-  // (GemmArgs::raster_units): kRasterUnits[1] where an expert expects at least that many units
-  // (ExpectedClusterUnits), else kRasterUnits[0]; 0 in other plans (the kernel's kWsGroupRows).
+  // (GemmArgs::raster_units): kRasterUnits[0] (one) where an expert expects at most
+  // kRasterOneUnitMaxUnits units (ExpectedClusterUnits), kRasterUnits[2] where it expects at least
+  // that many, else kRasterUnits[1]; 0 in other plans (the kernel's kWsGroupRows).
   int raster_units = 0;
   // The routed gate/up GEMM of a decode-tile plan runs on the weight-streaming kernel
   // (LaunchStreamGemm: bulk copies of whole weight rows, mma.sync; not batch invariant, so never
@@ -279,7 +280,17 @@ inline constexpr double kClusterDownSplitRounds[2] = {1.2, 1.6};
 // / 8): Mixtral 4096 5.46 + 2.92 -> 3.63 + 2.29 / 3.70 + 2.29 GB, 16384 13.1 + 13.6 -> 10.4 + 8.4
 // / 7.6 + 8.3 GB; Qwen3 16384 1.77 + 0.69 -> 1.46 + 0.63 GB. 2 units was slower at Mixtral
 // 16384 (+2.5%).
-inline constexpr int kRasterUnits[2] = {4, 8};
+// Where an expert expects at most one unit (its rows fit one multicast pair, or a solo tile),
+// groups of one unit instead: the clusters at work then stream the adjacent weight panels of one
+// expert, not of 4 experts at once, and a unit's A is read by all of its column blocks anyway.
+// NOTES (H200, session 23, three A/B calls of two rounds, best of rounds, groups of 4 -> 1):
+// Mixtral 64 tokens (0.5 units an expert) -1.2 / -1.0 / -1.3%, 256 (0.5) -0.9 / -1.3%, 768 (1.0)
+// -0.6 / -1.1 / -0.1%, 512 (0.75) -1.0 / +0.8 / +0.9% (this point spreads ~2% between runs);
+// DeepSeek-V2-Lite 256 / 512 / 1024 / 2048 (0.5-1.0) -0.4 / -0.8 and -0.9 / -1.1 / -0.9 and
+// -0.7%; Qwen3 256-2048 -0.4 to +0.1%. Past one unit an expert 4 wins: it was 1.3 / 3.1 / 4.1%
+// faster than 1 at Mixtral 1024 (1.25) / 2048 / 4096, equal at DeepSeek-V2-Lite 4096 (1.5).
+inline constexpr int kRasterUnits[3] = {1, 4, 8};
+inline constexpr double kRasterOneUnitMaxUnits = 1.0;
 // A Hopper-tile down GEMM of at most kMaxSplitRows rows splits its K (as ChooseSplitK says, at
 // most) only while its blocks fill less than this fraction of the resident blocks.
 // NOTES (H200, session 8, Mixtral, 8 experts x 16 column blocks = 128 blocks for 132 SMs):

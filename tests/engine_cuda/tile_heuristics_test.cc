@@ -415,22 +415,36 @@ TEST(PlanMoe, PairExtraRowsWhereTheyRemoveSoloTiles) {
   EXPECT_TRUE(PlanMoe(in).pair_extra_rows);
 }
 
-// Raster groups of the cluster tile: kRasterUnits[1] units where an expert expects at least that
-// many (Mixtral at 16384 tokens: 16), else kRasterUnits[0]; the option's value wins; 0 outside
-// the cluster tile.
+// Raster groups of the cluster tile: kRasterUnits[2] units where an expert expects at least that
+// many (Mixtral at 16384 tokens: 16), kRasterUnits[0] (one) where it expects at most one, else
+// kRasterUnits[1]; the option's value wins; 0 outside the cluster tile.
 TEST(PlanMoe, RasterUnitsGrowWithUnitsPerExpert) {
   MoePlanInput in = HopperInput(/*mixtral=*/true, 16384);
   ASSERT_EQ(PlanMoe(in).tile, GemmTile::kWgmmaWsMc);
-  EXPECT_EQ(PlanMoe(in).raster_units, kRasterUnits[1]);
+  EXPECT_EQ(PlanMoe(in).raster_units, kRasterUnits[2]);
   in.tokens = 8192;  // 2048 +- 42 rows: 8 units an expert and more (a solo tile past them)
-  EXPECT_EQ(PlanMoe(in).raster_units, kRasterUnits[1]);
+  EXPECT_EQ(PlanMoe(in).raster_units, kRasterUnits[2]);
   in.tokens = 6144;  // 6 units an expert
-  EXPECT_EQ(PlanMoe(in).raster_units, kRasterUnits[0]);
+  EXPECT_EQ(PlanMoe(in).raster_units, kRasterUnits[1]);
   in.tokens = 4096;  // 4 units an expert
+  EXPECT_EQ(PlanMoe(in).raster_units, kRasterUnits[1]);
+  in.tokens = 1024;  // 256 +- 15 rows: one unit or one and a half
+  EXPECT_EQ(PlanMoe(in).raster_units, kRasterUnits[1]);
+  in.tokens = 768;  // 192 +- 13 rows: one multicast pair
   EXPECT_EQ(PlanMoe(in).raster_units, kRasterUnits[0]);
+  in.tokens = 512;  // 128 +- 11: a solo tile or a pair
+  EXPECT_EQ(PlanMoe(in).raster_units, kRasterUnits[0]);
+  in.tokens = 64;  // 16 rows (a ping-pong plan)
+  ASSERT_EQ(PlanMoe(in).tile, GemmTile::kWgmmaWsMc);
+  EXPECT_EQ(PlanMoe(in).raster_units, kRasterUnits[0]);
+  in.tokens = 4096;
   in.raster_units = 3;
   EXPECT_EQ(PlanMoe(in).raster_units, 3);
   in = HopperInput(/*mixtral=*/false, 16384);  // Qwen3: 1024 rows, 4 units an expert
+  EXPECT_EQ(PlanMoe(in).raster_units, kRasterUnits[1]);
+  in.tokens = 4096;  // 256 +- 16 rows
+  EXPECT_EQ(PlanMoe(in).raster_units, kRasterUnits[1]);
+  in.tokens = 2048;  // 128 +- 11 rows
   EXPECT_EQ(PlanMoe(in).raster_units, kRasterUnits[0]);
   in.wgmma_tile = GemmTile::kWgmmaWs;
   EXPECT_EQ(PlanMoe(in).raster_units, 0);
