@@ -8,8 +8,9 @@
 #     /lib/x86_64-linux-gnu/{libelf.so.1,liblzma.so.5,libbz2.so.1.0} LIBDIR
 # Per point: nsys profile --cuda-graph-trace=node of `cuda_engine_bench --no-det` at that shape
 # and token count, imported and exported to SQLite, summarised by nsys_timeline.py into
-# OUTDIR/timeline_SHAPE_TOKENS.txt; the trace files (~0.5 GB a point with GPU metrics, tens of MB
-# without) are deleted. cuda_engine_bench must be on PATH (source .device/env.sh first).
+# OUTDIR/timeline_SHAPE_TOKENS.txt; the trace files are deleted (with --gpu-metrics-devices added
+# they grew to ~0.5 GB a point, too large to come back). cuda_engine_bench must be on PATH
+# (source .device/env.sh first); NSYS overrides the nsys found under /opt/nvidia.
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 libdir=$(cd "$1" && pwd)
@@ -19,8 +20,7 @@ points=()
 while [ $# -gt 0 ] && [ "$1" != "--" ]; do points+=("$1"); shift; done
 [ $# -gt 0 ] && shift
 mkdir -p "$out"
-host=$(dirname "$(find /opt/nvidia -path '*target-linux-x64/nsys' -type f 2>/dev/null | head -1)")
-nsys=${NSYS:-$host/nsys}
+nsys=${NSYS:-$(find /opt/nvidia -path '*target-linux-x64/nsys' -type f 2>/dev/null | head -1)}
 importer=$(find /opt/nvidia -name QdstrmImporter -type f 2>/dev/null | head -1)
 for p in "${points[@]}"; do
   shape=${p%:*}
