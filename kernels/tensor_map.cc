@@ -60,4 +60,49 @@ Status EncodeTensorMap(const void* base, WType wtype, int64_t rows, int64_t cols
   return absl::OkStatus();
 }
 
+Status EncodeTensorMapNd(const void* base, WType wtype, int rank, const int64_t* dims,
+                         const int64_t* strides_bytes, const int* box, bool swizzle, void* out) {
+  if (base == nullptr || out == nullptr || rank < 2 || rank > 5 || dims[0] != kTensorMapBoxCols ||
+      box[0] != kTensorMapBoxCols) {
+    return absl::InvalidArgumentError("EncodeTensorMapNd: bad tensor or box");
+  }
+  cuuint64_t d[5];
+  cuuint64_t st[4];
+  cuuint32_t b[5];
+  cuuint32_t es[5];
+  for (int i = 0; i < rank; ++i) {
+    if (dims[i] <= 0 || box[i] <= 0 || box[i] > 256 || box[i] > dims[i]) {
+      return absl::InvalidArgumentError("EncodeTensorMapNd: bad tensor or box");
+    }
+    d[i] = static_cast<cuuint64_t>(dims[i]);
+    b[i] = static_cast<cuuint32_t>(box[i]);
+    es[i] = 1;
+    if (i + 1 < rank) {
+      if (strides_bytes[i] <= 0 || strides_bytes[i] % 16 != 0) {
+        return absl::InvalidArgumentError("EncodeTensorMapNd: strides must be multiples of 16");
+      }
+      st[i] = static_cast<cuuint64_t>(strides_bytes[i]);
+    }
+  }
+  if (reinterpret_cast<uintptr_t>(base) % 16 != 0) {
+    return absl::InvalidArgumentError("EncodeTensorMapNd: base must be 16-byte aligned");
+  }
+  MOE_ASSIGN_OR_RETURN(PFN_cuTensorMapEncodeTiled_v12000 encode, EncodeFn());
+  CUtensorMap map;
+  std::memset(&map, 0, sizeof(map));
+  const CUresult r = encode(
+      &map,
+      wtype == WType::kBF16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16,
+      static_cast<cuuint32_t>(rank), const_cast<void*>(base), d, st, b, es,
+      CU_TENSOR_MAP_INTERLEAVE_NONE,
+      swizzle ? CU_TENSOR_MAP_SWIZZLE_128B : CU_TENSOR_MAP_SWIZZLE_NONE,
+      CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  if (r != CUDA_SUCCESS) {
+    return absl::InternalError(
+        absl::StrCat("cuTensorMapEncodeTiled failed with CUresult ", static_cast<int>(r)));
+  }
+  std::memcpy(out, &map, sizeof(map));
+  return absl::OkStatus();
+}
+
 }  // namespace moe::cuda

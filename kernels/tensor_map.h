@@ -27,6 +27,13 @@ inline constexpr int kStoreTensorMapBoxRows = 8;
 // Rows and columns past the matrix read as zero.
 Status EncodeTensorMap(const void* base, WType wtype, int64_t rows, int64_t cols, int64_t ld,
                        int box_rows, void* out);
+// Encodes into `out` the descriptor of a `rank`-dimensional tensor (2..5) at `base`: dims[0] is
+// the innermost (kTensorMapBoxCols elements, 128 bytes, in every box), strides_bytes[i] the stride
+// of dimension i + 1, box[i] the box's extent in dimension i; with `swizzle` the 128-byte swizzle
+// of EncodeTensorMap, else boxes land as they lie (data already in that order, such as the packed
+// weights of kernels/weight_layout.h).
+Status EncodeTensorMapNd(const void* base, WType wtype, int rank, const int64_t* dims,
+                         const int64_t* strides_bytes, const int* box, bool swizzle, void* out);
 // EncodeTensorMap with kTensorMapBoxRows-row boxes (weights, B).
 inline Status EncodeWeightTensorMap(const void* base, WType wtype, int64_t rows, int64_t cols,
                                     int64_t ld, void* out) {

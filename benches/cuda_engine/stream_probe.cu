@@ -9,6 +9,10 @@
 //   tma2d  2-D tensor copies of 128 x 64-element boxes (16 KiB, 128-byte swizzle; the cluster
 //          GEMM's weight loads, kernels/grouped_gemm_sm90_cluster.cu) or 256 x 64 ones into such a
 //          ring, one box a stage or 2-4 side by side along the columns (longer reads per row);
+//   tma3d / tma4d  tma2d's 128 x 64 boxes over a weight layout whose boxes are contiguous
+//          16 KiB blocks, walked in the same order (a block's row block across K): K-blocked
+//          (3-D: 64-column blocks of all rows, one after another) or tile-major (4-D: row blocks
+//          of 64-column tiles, kernels/weight_layout.h's order).
 //   bulk+dot  bulk, the consumer warps dotting every 16-byte chunk with an activation piece in
 //          registers (8 bf16 products, f32 accumulation), as a decode GEMV does.
 //   bulk+mma  bulk, each stage taken as 8 weight rows of K = stage_bytes / 16 and multiplied by
@@ -78,6 +82,23 @@ using moe::cuda::NamedBarrierSync;
 __device__ __forceinline__ void BarWait(uint64_t* bar, uint32_t parity) {
   while (!moe::cuda::MbarTryWait(bar, parity)) {
   }
+}
+__device__ __forceinline__ void Tma3d(void* dst, const void* tmap, int c0, int c1, int c2,
+                                      uint64_t* bar) {
+  asm volatile(
+      "cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, "
+      "%3, %4}], [%5];\n" ::"r"(SmemAddr32(dst)),
+      "l"(reinterpret_cast<uint64_t>(tmap)), "r"(c0), "r"(c1), "r"(c2), "r"(SmemAddr32(bar))
+      : "memory");
+}
+__device__ __forceinline__ void Tma4d(void* dst, const void* tmap, int c0, int c1, int c2, int c3,
+                                      uint64_t* bar) {
+  asm volatile(
+      "cp.async.bulk.tensor.4d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, "
+      "%3, %4, %5}], [%6];\n" ::"r"(SmemAddr32(dst)),
+      "l"(reinterpret_cast<uint64_t>(tmap)), "r"(c0), "r"(c1), "r"(c2), "r"(c3),
+      "r"(SmemAddr32(bar))
+      : "memory");
 }
 __device__ __forceinline__ void Tma2d(void* dst, const void* tmap, int col, int row,
                                       uint64_t* bar) {
@@ -167,7 +188,8 @@ __device__ void MmaConsumers(uint8_t* ring, int stages, int stage_bytes, int n, 
 // bulk+mma mode 2), so each stage has one consumer and its waits never run a phase ahead.
 template <bool TMA, bool DOT, bool MMA = false>
 __global__ void RingKernel(const uint8_t* buf, int64_t bytes, int copy, int stage_bytes, int stages,
-                           const void* tmap, uint32_t* sink, int mma_mode, float* out) {
+                           const void* tmap, uint32_t* sink, int mma_mode, float* out,
+                           int layout = 0) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   extern __shared__ uint8_t raw[];
   // 1024-byte aligned (the 128-byte swizzle of the boxes repeats every 1024 bytes).
@@ -200,8 +222,14 @@ __global__ void RingKernel(const uint8_t* buf, int64_t bytes, int copy, int stag
           const int box_rows = copy / 128, nb = stage_bytes / copy, col_groups = 64 / nb;
           const int64_t rb = piece / col_groups, cg = piece % col_groups;
           for (int b = 0; b < nb; ++b) {
-            Tma2d(dst + b * copy, tmap, static_cast<int>(cg * nb + b) * 64,
-                  static_cast<int>(rb * box_rows), &full[s]);
+            const int kb = static_cast<int>(cg * nb + b);
+            if (layout == 1) {
+              Tma3d(dst + b * copy, tmap, 0, static_cast<int>(rb * box_rows), kb, &full[s]);
+            } else if (layout == 2) {
+              Tma4d(dst + b * copy, tmap, 0, 0, kb, static_cast<int>(rb), &full[s]);
+            } else {
+              Tma2d(dst + b * copy, tmap, kb * 64, static_cast<int>(rb * box_rows), &full[s]);
+            }
           }
         } else {
           for (int off = 0; off < stage_bytes; off += copy) {
@@ -351,7 +379,7 @@ int main(int argc, char** argv) {
   const int64_t cols = 4096, rows = kBufferBytes / 2 / cols;
   // Descriptors of 128-row and 256-row boxes (64 columns: the 128-byte swizzle span).
   uint8_t* dev_maps = nullptr;
-  PROBE_CHECK(cudaMalloc(&dev_maps, 2 * moe::cuda::kTensorMapBytes));
+  PROBE_CHECK(cudaMalloc(&dev_maps, 4 * moe::cuda::kTensorMapBytes));
   for (int m = 0; m < 2; ++m) {
     std::vector<uint8_t> host_map(moe::cuda::kTensorMapBytes);
     const moe::Status st = moe::cuda::EncodeTensorMap(buf, moe::cuda::WType::kBF16, rows, cols,
@@ -363,8 +391,32 @@ int main(int argc, char** argv) {
     PROBE_CHECK(cudaMemcpy(dev_maps + m * moe::cuda::kTensorMapBytes, host_map.data(),
                            host_map.size(), cudaMemcpyHostToDevice));
   }
+  // Maps 2 and 3: the same bytes as a K-blocked [64][rows][64] and a tile-major
+  // [rows / 128][64][128][64] weight layout (128 x 64 boxes that are contiguous 16 KiB blocks).
+  {
+    const int64_t kb_dims[3] = {64, rows, cols / 64};
+    const int64_t kb_strides[2] = {128, rows * 128};
+    const int kb_box[3] = {64, 128, 1};
+    const int64_t tm_dims[4] = {64, 128, cols / 64, rows / 128};
+    const int64_t tm_strides[3] = {128, 128 * 128, 128 * 128 * (cols / 64)};
+    const int tm_box[4] = {64, 128, 1, 1};
+    for (int m = 2; m < 4; ++m) {
+      std::vector<uint8_t> host_map(moe::cuda::kTensorMapBytes);
+      const moe::Status st =
+          m == 2 ? moe::cuda::EncodeTensorMapNd(buf, moe::cuda::WType::kBF16, 3, kb_dims,
+                                                kb_strides, kb_box, true, host_map.data())
+                 : moe::cuda::EncodeTensorMapNd(buf, moe::cuda::WType::kBF16, 4, tm_dims,
+                                                tm_strides, tm_box, true, host_map.data());
+      if (!st.ok()) {
+        std::fprintf(stderr, "EncodeTensorMapNd: %s\n", std::string(st.message()).c_str());
+        return 1;
+      }
+      PROBE_CHECK(cudaMemcpy(dev_maps + m * moe::cuda::kTensorMapBytes, host_map.data(),
+                             host_map.size(), cudaMemcpyHostToDevice));
+    }
+  }
   auto ring = [&](bool tma, int copy, int stage_bytes, int stages, int consumers, int blocks_per_sm,
-                  bool dot = false, int mma_mode = -1) {
+                  bool dot = false, int mma_mode = -1, int layout = 0) {
     const int blocks = sms * blocks_per_sm;
     const size_t smem =
         static_cast<size_t>(stage_bytes) * (stages + (mma_mode >= 0 ? 1 : 0)) + 1024;
@@ -375,9 +427,10 @@ int main(int argc, char** argv) {
     const double gbs = MedianGbs(
         [&] {
           if (tma) {
+            const int map = layout > 0 ? layout + 1 : copy == 32768 ? 1 : 0;
             RingKernel<true, false><<<blocks, 32 * (consumers + 1), smem>>>(
                 buf, kBufferBytes, copy, stage_bytes, stages,
-                dev_maps + (copy == 32768 ? moe::cuda::kTensorMapBytes : 0), sink, 0, nullptr);
+                dev_maps + map * moe::cuda::kTensorMapBytes, sink, 0, nullptr, layout);
           } else if (mma_mode >= 0) {
             RingKernel<false, false, true><<<blocks, 32 * (consumers + 1), smem>>>(
                 buf, kBufferBytes, copy, stage_bytes, stages, nullptr, sink, mma_mode, mma_out);
@@ -395,7 +448,13 @@ int main(int argc, char** argv) {
                          std::to_string(blocks_per_sm) + " block/SM";
     if (dot || mma_mode >= 0) config += ", " + std::to_string(consumers) + " consumer warps";
     if (mma_mode > 0) config += ", mode " + std::to_string(mma_mode);
-    report(tma ? "tma2d" : mma_mode >= 0 ? "bulk+mma" : dot ? "bulk+dot" : "bulk", config, gbs);
+    report(tma             ? (layout == 1   ? "tma3d"
+                              : layout == 2 ? "tma4d"
+                                            : "tma2d")
+           : mma_mode >= 0 ? "bulk+mma"
+           : dot           ? "bulk+dot"
+                           : "bulk",
+           config, gbs);
   };
   for (int copy : {1024, 2048, 4096, 8192, 16384}) {
     ring(false, copy, 16384, 8, 4, 1);
@@ -427,6 +486,16 @@ int main(int argc, char** argv) {
   ring(true, 16384, 16384, 4, 4, 1);
   ring(true, 16384, 16384, 8, 4, 1);
   ring(true, 16384, 16384, 12, 4, 1);
+  // The same boxes from the blocked layouts (contiguous 16 KiB each), then natural again.
+  for (int layout : {1, 2, 0}) {
+    for (int stages : {4, 8}) {
+      for (int bps : {1, 2}) {
+        if (bps == 2 && stages == 8) continue;
+        ring(true, 16384, 16384, stages, 4, bps, false, -1, layout);
+      }
+    }
+    ring(true, 16384, 32768, 4, 4, 1, false, -1, layout);
+  }
   // Wider reads per row (two or four 64-column boxes a stage) and 256-row boxes.
   ring(true, 16384, 32768, 4, 4, 1);
   ring(true, 16384, 32768, 6, 2, 1);
