@@ -20,6 +20,10 @@
 //    token's output element in the activation dtype.
 // 5. PDL: gate/up waits before reading the routing; down + combine stages the routing (two or more
 //    launches back) and prefetches its first weights into L2 before it waits for h.
+// 6. Packed weights (DecodeExpertsArgs::packed, kernels/weight_layout.h): gate/up in units of
+//    four columns whose warp loads are 512 contiguous bytes of a tile (GateUpQuadUnits); down +
+//    combine reads the same chunks in the same order as on row-major weights, each from its tile
+//    (a row's 64 columns of a tile are 128 contiguous bytes), so its sums are the same bits.
 // NOTES: rounds differently from the tensor-core tiles + combine (no bf16 rounding of the down
 // outputs), so deterministic (batch-invariant) mode never uses it (PlanMoe).
 #include <cuda_bf16.h>
@@ -125,8 +129,8 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm)
 
   // Phase 1: units (column, h row), column-major. With sorted rows, consecutive units of one warp
   // often share (expert, column): a one-pass K keeps that weight row in registers.
-  int64_t u_begin, u_end;
-  WarpUnits<kWarps>(static_cast<int64_t>(a.inter) * pairs, u_begin, u_end);
+  int64_t u_begin, u_end;  // packed: units of four columns (GateUpQuadUnits)
+  WarpUnits<kWarps>(static_cast<int64_t>(a.packed ? a.inter / 4 : a.inter) * pairs, u_begin, u_end);
   if constexpr (TMA) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     uint32_t parity = 0;
@@ -135,6 +139,9 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm)
         a.ldx, static_cast<T*>(a.h), prefetch_units, s_gbuf + warp * (kGateUpTmaWarpBytes / 16),
         &s_bar[warp], parity);
 #endif
+  } else if (a.packed) {
+    GateUpQuadUnits<T, kChunks>(u_begin, u_end, pairs, a.hidden, a.inter, s_gate, s_up, s_token,
+                                static_cast<const T*>(a.x), a.ldx, static_cast<T*>(a.h), trace);
   } else {
     GateUpUnits<T, kChunks, /*X_SHARED=*/false, /*EVICT_FIRST=*/false>(
         u_begin, u_end, pairs, a.hidden, a.inter, s_gate, s_up, s_token, static_cast<const T*>(a.x),
@@ -243,9 +250,16 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm)
     const int t = static_cast<int>(u_begin - static_cast<int64_t>(col) * n_tokens);
     const int first = lane * chunks_per_row;
     const int last = min(first + chunks_per_row, 32 * kC);  // chunks of the first batch
-    if (first < last) {
-      PrefetchL2(s_down[t * top_k + lane] + static_cast<int64_t>(col) * K,
-                 static_cast<uint32_t>(last - first) * 16u);
+    const T* w = s_down[t * top_k + lane];
+    if (first < last && !a.packed) {
+      PrefetchL2(w + static_cast<int64_t>(col) * K, static_cast<uint32_t>(last - first) * 16u);
+    } else if (first < last) {
+      // Packed: the same chunks, 128 bytes in each tile. NOTES (H200, session 24): prefetching
+      // the 1 KiB of rows col & ~7 .. + 7 in each tile instead made Qwen3's 1-token layer 20%
+      // slower (35.1 -> 41.0 us; eight times the prefetches, 8 warps asking for each block).
+      for (int kb = 0; kb * 8 < last - first; ++kb) {
+        PrefetchL2(w + PackedOffset(col, kb * kPackedCols, K) - (col & 7) * 8, 128u);
+      }
     }
   }
   GridDepWait();
@@ -267,6 +281,14 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm)
     const int col = static_cast<int>(u / n_tokens);
     const int t = static_cast<int>(u - static_cast<int64_t>(col) * n_tokens);
     const int p0 = t * top_k;
+    // Row col's chunk r of a down matrix lies at w_row + chunk_off(r).
+    const int64_t w_row =
+        a.packed ? PackedOffset(col, 0, K) - (col & 7) * 8 : static_cast<int64_t>(col) * K;
+    const int x7 = col & 7;
+    const auto chunk_off = [&](int r) -> int64_t {
+      return a.packed ? static_cast<int64_t>(r >> 3) * kPackedTileElems + (((r & 7) ^ x7) << 3)
+                      : r * 8;
+    };
     float acc = 0.0f;
     for (int q0 = lane; q0 < chunks; q0 += 32 * kC) {
       // Chunk q0 + 32c is chunk r of expert kk's row; (kk, r) advance without dividing.
@@ -280,7 +302,7 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm)
           if (c > 0) Advance32(chunks_per_row, kk, r);
           if (q0 + 32 * c < chunks) {
             const int p = p0 + kk;
-            wv[c] = LoadStreaming(s_down[p] + static_cast<int64_t>(col) * K + r * 8);
+            wv[c] = LoadStreaming(s_down[p] + w_row + chunk_off(r));
             if constexpr (!H_SMEM) {
               hv[c] = LoadCached(h + static_cast<int64_t>(s_hrow[p]) * K + r * 8);
             }
@@ -456,6 +478,10 @@ Status DecodeExpertsArgs::Validate() const {
   if (!CanDecodeExperts(capacity, top_k)) {
     return absl::InvalidArgumentError("DecodeExpertsArgs: too many tokens or pairs");
   }
+  if (packed && (!PackableShape(inter, hidden) || !PackableShape(hidden, inter))) {
+    return absl::InvalidArgumentError(
+        "DecodeExpertsArgs: packed weights need hidden and inter multiples of 128");
+  }
   return absl::OkStatus();
 }
 
@@ -477,6 +503,10 @@ Status LaunchDecodeGateUpWith(const DecodeExpertsArgs& a, const DecodeGateUpOpti
   MOE_RETURN_IF_ERROR(a.Validate());
   if (o.prefetch_units < 0 || o.prefetch_units > 16) {
     return absl::InvalidArgumentError("LaunchDecodeGateUpWith: prefetch_units in [0, 16]");
+  }
+  if (a.packed && (o.tma || o.prefetch_units > 0)) {
+    return absl::InvalidArgumentError(
+        "LaunchDecodeGateUpWith: packed weights take neither bulk copies nor unit prefetches");
   }
   const size_t smem = o.tma ? static_cast<size_t>(kWarps) * kGateUpTmaWarpBytes : 0;
   CUDA_RETURN_IF_ERROR(LaunchMaybePdl(GateUpKernel(a.wtype, o.tma), PersistentGrid(a.sm_count),
@@ -533,6 +563,11 @@ int DecodeDownChunks(int top_k, int inter, int requested) {
 Status LaunchDecodeDownCombineWith(const DecodeExpertsArgs& a, const DecodeDownOptions& o,
                                    cudaStream_t stream) {
   MOE_RETURN_IF_ERROR(a.Validate());
+  if (a.packed && (o.tma || o.routing_after_wait)) {
+    return absl::InvalidArgumentError(
+        "LaunchDecodeDownCombineWith: packed weights take neither bulk copies nor the fused "
+        "decode kernel");
+  }
   // h of every pair the launch may hold (2-byte elements).
   const int64_t h_bytes = a.capacity * a.top_k * a.inter * 2;
   const bool h_smem = !o.tma && o.h_smem && h_bytes <= kHSmemMaxBytes;

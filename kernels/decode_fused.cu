@@ -366,6 +366,9 @@ bool CanDecodeFused(int64_t capacity, int top_k, int hidden, int n_experts, int 
 Status DecodeFusedArgs::Validate() const {
   MOE_RETURN_IF_ERROR(front.Validate());
   MOE_RETURN_IF_ERROR(experts.Validate());
+  if (experts.packed) {
+    return absl::InvalidArgumentError("DecodeFusedArgs: packed weights are not supported");
+  }
   if (experts.pair_row != nullptr || front.route.meta != experts.meta ||
       front.convert.wtype != experts.wtype || front.convert.atype != experts.atype ||
       front.convert.hidden != experts.hidden ||

@@ -115,6 +115,10 @@ Status LaunchDecodeGemv(const GemmArgs& args, cudaStream_t stream) {
   if (!CanDecodeGemv(args)) {
     return absl::InvalidArgumentError("DecodeGemv: needs the decode tile list and no K split");
   }
+  if (args.b_packed) {
+    return absl::InvalidArgumentError(
+        "DecodeGemv: packed weights are not supported (the decode experts path reads them)");
+  }
   const GemmParams p = MakeGemmParams(args);
   const dim3 grid(static_cast<unsigned>(args.grid_tiles),
                   static_cast<unsigned>((args.n + kGemvWarps - 1) / kGemvWarps));

@@ -8,6 +8,7 @@
 #include <cstdint>
 
 #include "kernels/moe_kernels.h"
+#include "kernels/weight_layout.h"
 
 namespace moe::cuda {
 
@@ -141,6 +142,7 @@ struct GemmParams {
   int pair_extra_rows;            // GemmArgs::pair_extra_rows
   const void* a_x_tmap;           // GemmArgs::a_x_tmap
   int raster_units;               // GemmArgs::raster_units
+  int b_packed;  // 0 row-major B; packed (GemmArgs::b_packed): 1 by bulk copies, 2 by tensor copies
 };
 
 // The kernel parameters of a validated GemmArgs (host side).
@@ -179,7 +181,17 @@ inline GemmParams MakeGemmParams(const GemmArgs& args) {
                     args.h_ready,
                     args.pair_extra_rows ? 1 : 0,
                     args.a_x_tmap,
-                    args.raster_units};
+                    args.raster_units,
+                    args.b_packed ? (args.b_packed_tensor ? 2 : 1) : 0};
+}
+
+// Element offset in a B matrix of 16-byte chunk (row, col..col + 7), col % 8 == 0, in the
+// layout p.b_packed says; the same chunk of the next k-step of kBk lies BKStep(p) further.
+__device__ __forceinline__ int64_t BChunkOffset(const GemmParams& p, int64_t row, int col) {
+  return p.b_packed ? PackedOffset(row, col, p.k) : row * p.ldb + col;
+}
+__device__ __forceinline__ int BKStep(const GemmParams& p) {
+  return p.b_packed ? kPackedTileElems : kBk;
 }
 
 // A's base pointer: *p.a_indirect when set (read on the device), else p.a.

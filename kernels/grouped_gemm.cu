@@ -82,10 +82,11 @@ __global__ void __launch_bounds__(WM* WN * 32) GemmKernel(const GemmParams p, in
     const bool second = GATED && row >= BN;
     const int n = n0 + (second ? row - BN : row);
     b_ok[i] = n < p.n;
-    b_src[i] = (second ? b1 : b0) + (b_ok[i] ? static_cast<int64_t>(n) * p.ldb : 0) + chunk * 8;
+    b_src[i] = (second ? b1 : b0) + (b_ok[i] ? BChunkOffset(p, n, chunk * 8) : 0);
     b_dst[i] = Swizzle(row, chunk);
     b_col[i] = chunk * 8;
   }
+  const int b_kstep = BKStep(p);
   auto load_a = [&](int kt, int stage) {
     const int k0 = kt * kBk;
     T* sa = smem_a + stage * BM * kBk;
@@ -101,7 +102,8 @@ __global__ void __launch_bounds__(WM* WN * 32) GemmKernel(const GemmParams p, in
 #pragma unroll
     for (int i = 0; i < kBChunks; ++i) {
       const bool ok = b_ok[i] && k0 + b_col[i] < p.k;
-      CpAsync16(SmemAddr(sb + b_dst[i]), ok ? b_src[i] + k0 : b0, ok);
+      CpAsync16(SmemAddr(sb + b_dst[i]), ok ? b_src[i] + static_cast<int64_t>(kt) * b_kstep : b0,
+                ok);
     }
   };
   auto load_stage = [&](int kt, int stage) {
@@ -273,6 +275,11 @@ Status GemmArgs::Validate() const {
       (tile != GemmTile::kWgmmaWsMc || b0_tmaps == nullptr || n_groups > kMaxClusterGemmGroups)) {
     return absl::InvalidArgumentError(
         "GemmArgs: h-ready counters need the cluster tile with B descriptors");
+  }
+  if (b_packed && (ldb != k || !PackableShape(n, k) || (b_packed_tensor && b0_tmaps == nullptr))) {
+    return absl::InvalidArgumentError(
+        "GemmArgs: packed B needs ldb == k, n % 128 == 0, k % 64 == 0 (and descriptors for "
+        "tensor copies)");
   }
   if (grid_tiles <= 0 || grid_tiles > (1LL << 31) - 1) {
     return absl::InvalidArgumentError("GemmArgs: grid_tiles out of range");

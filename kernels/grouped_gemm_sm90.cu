@@ -69,10 +69,11 @@ __global__ void __launch_bounds__(BM * 2, MIN_BLOCKS) WgmmaGemmKernel(const Gemm
     const bool second = GATED && row >= BN;
     const int n = n0 + (second ? row - BN : row);
     b_ok[i] = n < p.n;
-    b_src[i] = (second ? b1 : b0) + (b_ok[i] ? static_cast<int64_t>(n) * p.ldb : 0) + chunk * 8;
+    b_src[i] = (second ? b1 : b0) + (b_ok[i] ? BChunkOffset(p, n, chunk * 8) : 0);
     b_dst[i] = kWgBm * kBk + Swizzle(row, chunk);
     b_col[i] = chunk * 8;
   }
+  const int b_kstep = BKStep(p);
   auto load_stage = [&](int kt, int stage) {
     const int k0 = kt * kBk;
     T* st = reinterpret_cast<T*>(smem + stage * kWgStageBytes);
@@ -84,7 +85,8 @@ __global__ void __launch_bounds__(BM * 2, MIN_BLOCKS) WgmmaGemmKernel(const Gemm
 #pragma unroll
     for (int i = 0; i < kBChunks; ++i) {
       const bool ok = b_ok[i] && k0 + b_col[i] < p.k;
-      CpAsync16(SmemAddr(st + b_dst[i]), ok ? b_src[i] + k0 : b0, ok);
+      CpAsync16(SmemAddr(st + b_dst[i]), ok ? b_src[i] + static_cast<int64_t>(kt) * b_kstep : b0,
+                ok);
     }
   };
 
@@ -201,8 +203,7 @@ __global__ void __launch_bounds__(384, 1) WgmmaWsGemmKernel(const GemmParams p) 
       }
       // B row j of the stage: weight row n0 + r0 + 16 j (gated: of gate for j < 8, of up past).
       const int n_first = nb * BN + r0;
-      const T* b_src0 = b0 + static_cast<int64_t>(n_first) * p.ldb + chunk * 8;
-      const T* b_src1 = b1 + static_cast<int64_t>(n_first) * p.ldb + chunk * 8;
+      const int b_kstep = BKStep(p);
       for (int kt = kt_begin; kt < kt_end; ++kt, ++it) {
         const int stage = static_cast<int>(it % STAGES);
         MbarWait(&empty_bar[stage], ((it / STAGES) & 1) ^ 1);
@@ -219,7 +220,8 @@ __global__ void __launch_bounds__(384, 1) WgmmaWsGemmKernel(const GemmParams p) 
           const bool second = GATED && j >= B_ROWS / 32;
           const int jj = second ? j - B_ROWS / 32 : j;
           const bool ok = k_ok && n_first + 16 * jj < p.n;
-          const T* src = (second ? b_src1 : b_src0) + static_cast<int64_t>(16 * jj) * p.ldb + k0;
+          const T* src = (second ? b1 : b0) + BChunkOffset(p, n_first + 16 * jj, chunk * 8) +
+                         static_cast<int64_t>(kt) * b_kstep;
           CpAsync16(SmemAddr(st + (BM + 16 * j) * kBk + dst0), ok ? src : b0, ok);
         }
         CpAsyncMbarArrive(&full_bar[stage]);

@@ -87,6 +87,14 @@
 //    consumer thread), hence MoePlan::pair_extra_rows (kernels/tile_heuristics.h). Two n32
 //    wgmmas for gate and up (their rows are not adjacent) read the extra A twice: the gated
 //    extra rows add 60% to a stage's shared-memory reads, the plain ones 40%.
+// 11. Packed weights (GemmParams::b_packed, kernels/weight_layout.h): each 128 x 64 box of B is
+//    one contiguous 16 KiB block already in the stage's swizzled order, so thread 0 moves it by a
+//    1-D bulk copy (cp.async.bulk, multicast like the boxes) from the matrix's pointer
+//    (b0_table / b1_table) instead of a tensor copy through its descriptor. NOTES (H200, session
+//    24): a stream probe read 4.60-4.63 TB/s by bulk copies against 4.34-4.40 by 2-D tensor copies
+//    of row-major weights and 4.30-4.41 by 4-D tensor copies of packed ones (b_packed 2, kept for
+//    comparisons); the layer: Mixtral 64 / 256 tokens 691 -> 659 / 740 -> 703 us, Qwen3 512
+//    354 -> 334, DeepSeek-V2-Lite 512 316 -> 305.
 #include <algorithm>
 
 #include "kernels/cluster.cuh"
@@ -153,6 +161,44 @@ __device__ __forceinline__ void TmaLoadMulticastTo(uint32_t dst, const void* tma
       "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::"
       "cluster [%0], [%1, {%2, %3}], [%4], %5;\n" ::"r"(dst),
       "l"(reinterpret_cast<uint64_t>(tmap)), "r"(col), "r"(row), "r"(SmemAddr(bar)), "h"(mask)
+      : "memory");
+}
+// The same for the 4-D descriptor of a packed matrix (kernels/weight_layout.h; GemmParams::b_packed
+// 2): the box of rows row.. (a multiple of 128), columns col.. (a multiple of 64).
+__device__ __forceinline__ void TmaLoadMulticastTo4d(uint32_t dst, const void* tmap, int col,
+                                                     int row, uint64_t* bar, uint16_t mask) {
+  asm volatile(
+      "cp.async.bulk.tensor.4d.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::"
+      "cluster [%0], [%1, {%2, %2, %3, %4}], [%5], %6;\n" ::"r"(dst),
+      "l"(reinterpret_cast<uint64_t>(tmap)), "r"(0), "r"(col / kBk), "r"(row / 128),
+      "r"(SmemAddr(bar)), "h"(mask)
+      : "memory");
+}
+__device__ __forceinline__ void TmaLoad4d(uint32_t dst, const void* tmap, int col, int row,
+                                          uint64_t* bar) {
+  asm volatile(
+      "cp.async.bulk.tensor.4d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, "
+      "%2, %3, %4}], [%5];\n" ::"r"(dst),
+      "l"(reinterpret_cast<uint64_t>(tmap)), "r"(0), "r"(col / kBk), "r"(row / 128),
+      "r"(SmemAddr(bar))
+      : "memory");
+}
+// 1-D bulk copies of `bytes` at `src` (packed B, GemmParams::b_packed 1), multicast to the cluster
+// blocks in `mask` or into this block.
+__device__ __forceinline__ void BulkLoadMulticastTo(uint32_t dst, const void* src, uint32_t bytes,
+                                                    uint64_t* bar, uint16_t mask) {
+  asm volatile(
+      "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster [%0], "
+      "[%1], %2, [%3], %4;\n" ::"r"(dst),
+      "l"(src), "r"(bytes), "r"(SmemAddr(bar)), "h"(mask)
+      : "memory");
+}
+__device__ __forceinline__ void BulkLoad(uint32_t dst, const void* src, uint32_t bytes,
+                                         uint64_t* bar) {
+  asm volatile(
+      "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::
+          "r"(dst),
+      "l"(src), "r"(bytes), "r"(SmemAddr(bar))
       : "memory");
 }
 // TMA: the box at (col, row) of `tmap` into this block's shared offset `dst`.
@@ -545,10 +591,14 @@ __global__ void __launch_bounds__(384, 1) WgmmaMcGemmKernel(const GemmParams p) 
       const int dst0 = r0 * kBk + ((chunk ^ (r0 & 7)) << 3);  // element offset of row r0's chunk
       const T* a_base = GemmABase<T>(p);
       if constexpr (TMA_A) PrefetchTensorMap(p.a_tmap);
-      // B descriptors of a unit's expert (null: this block has no tile in the unit).
+      // B descriptors of a unit's expert, or with packed weights loaded by bulk copies the
+      // matrices themselves (null: this block has no tile in the unit).
       auto unit_tmaps = [&](const PairWork& pw, const void*& tmap0, const void*& tmap1) {
         tmap0 = tmap1 = nullptr;
-        if (pw.group >= 0) {
+        if (pw.group >= 0 && p.b_packed == 1) {  // the matrices themselves, not descriptors
+          tmap0 = p.b0_table[layer_base + pw.group];
+          tmap1 = GATED ? p.b1_table[layer_base + pw.group] : tmap0;
+        } else if (pw.group >= 0) {
           tmap0 = p.b0_tmaps[layer_base + pw.group];
           tmap1 = GATED ? p.b1_tmaps[layer_base + pw.group] : tmap0;
           if (tid == 0) {
@@ -563,7 +613,34 @@ __global__ void __launch_bounds__(384, 1) WgmmaMcGemmKernel(const GemmParams p) 
       auto issue_b = [&](const PairWork& pw, const void* tmap0, const void* tmap1, int n0,
                          int stage, int k0) {
         const uint32_t b_dst = SmemAddr(smem + stage * kStageBytes + BM * kBk * 2);
-        if (pw.multicast) {
+        if (p.b_packed == 1) {
+          // The box at (k0, row) of a packed matrix: one contiguous kBoxBytes tile. A box past
+          // the matrix's rows (a plain GEMM's last column block when n % 256 != 0) reads the
+          // first row block instead: its columns are never stored, and nothing past the matrix
+          // is read.
+          auto tile = [&](const void* base, int row) {
+            return static_cast<const char*>(base) + PackedOffset(row < p.n ? row : 0, k0, p.k) * 2;
+          };
+          if (pw.multicast) {
+            BulkLoadMulticastTo(
+                b_dst + rm * kBoxBytes,
+                tile(rm == 1 ? tmap1 : tmap0, GATED ? n0 : n0 + 128 * static_cast<int>(rm)),
+                kBoxBytes, &full_bar[stage], m_peers);
+          } else if (tmap0 != nullptr) {
+            BulkLoad(b_dst, tile(tmap0, n0), kBoxBytes, &full_bar[stage]);
+            BulkLoad(b_dst + kBoxBytes, tile(tmap1, GATED ? n0 : n0 + 128), kBoxBytes,
+                     &full_bar[stage]);
+          }
+        } else if (p.b_packed == 2) {
+          if (pw.multicast) {
+            TmaLoadMulticastTo4d(b_dst + rm * kBoxBytes, rm == 1 ? tmap1 : tmap0, k0,
+                                 GATED ? n0 : n0 + 128 * static_cast<int>(rm), &full_bar[stage],
+                                 m_peers);
+          } else if (tmap0 != nullptr) {
+            TmaLoad4d(b_dst, tmap0, k0, n0, &full_bar[stage]);
+            TmaLoad4d(b_dst + kBoxBytes, tmap1, k0, GATED ? n0 : n0 + 128, &full_bar[stage]);
+          }
+        } else if (pw.multicast) {
           TmaLoadMulticastTo(b_dst + rm * kBoxBytes, rm == 1 ? tmap1 : tmap0, k0,
                              GATED ? n0 : n0 + 128 * static_cast<int>(rm), &full_bar[stage],
                              m_peers);

@@ -64,6 +64,12 @@ struct GemmArgs {
   const void* const* b0_tmaps = nullptr;
   const void* const* b1_tmaps = nullptr;
   int n_groups = 0;
+  // B matrices (b0_table / b1_table) in kernels/weight_layout.h's kPacked layout (ldb == k, n a
+  // multiple of 128; every tile reads it, LaunchStreamGemm does not). The cluster tile then loads
+  // each 128 x 64 box by a 1-D bulk copy, or with b_packed_tensor (comparisons) by a 4-D tensor
+  // copy through b0_tmaps (descriptors of the packed layout, DeviceWeights::BuildTensorMaps).
+  bool b_packed = false;
+  bool b_packed_tensor = false;
   // kWgmmaWsMc only: false makes each block of the cluster load all of its B itself (for
   // comparisons; no multicast).
   bool tma_multicast = true;
@@ -198,7 +204,8 @@ Status LaunchStreamGemm(const GemmArgs& args, int blocks, cudaStream_t stream);
 // h[row(pair)] = silu(x[token] . gate[e]) * (x[token] . up[e]); down + combine writes
 // out[token] = sum_k w[token, k] * (h[row(pair)] . down[e]) + gate(token) * sum_s ys[s][token]
 // (k ascending, then splits ascending) in AType to meta->output: the combine needs no launch.
-// Weight matrices are dense, row stride = K ([inter, hidden] gate/up, [hidden, inter] down).
+// Weight matrices are dense, row stride = K ([inter, hidden] gate/up, [hidden, inter] down), or
+// packed (DecodeExpertsArgs::packed).
 // NOTES: rounds unlike the tiles + combine, so deterministic (batch-invariant) mode never uses it.
 struct DecodeExpertsArgs {
   const ForwardMeta* meta = nullptr;
@@ -235,6 +242,9 @@ struct DecodeExpertsArgs {
   // Gate/up right after a front that stores the meta (FrontArgs::store_meta): it reads the layer
   // after its wait (else before, staging the layer's gate/up tables in shared memory).
   bool layer_after_wait = false;
+  // The gate/up/down matrices are in kernels/weight_layout.h's kPacked layout (hidden and inter
+  // multiples of 128; not with the bulk-copy variants or the fused decode kernel).
+  bool packed = false;
   Status Validate() const;
 };
 bool CanDecodeExperts(int64_t capacity, int top_k);
@@ -459,6 +469,10 @@ struct CombineArgs {
 int CombineChunksPerThread(const CombineArgs& args);
 Status LaunchCombine(const CombineArgs& args, cudaStream_t stream);
 
+// Writes the row-major [rows, cols] 2-byte matrix `src` into `dst` (another buffer of the same
+// size) in kernels/weight_layout.h's kPacked layout (PackableShape(rows, cols)).
+Status LaunchPackWeights(const void* src, void* dst, int64_t rows, int64_t cols,
+                         cudaStream_t stream);
 // Fills `n` elements of wtype with uniform values in [-scale, scale] from a counter-based hash.
 Status LaunchFillRandom(void* dst, int64_t n, WType wtype, float scale, uint64_t seed,
                         cudaStream_t stream);

@@ -407,9 +407,9 @@ StreamGemmShape PlanStreamGemm(bool gated, int k) {
 }
 
 bool CanStreamGemm(const GemmArgs& args) {
-  // A rows move by bulk copies: 16-byte aligned rows.
+  // A rows move by bulk copies: 16-byte aligned rows; weight rows too (not packed).
   return args.splits == 1 && args.tile == GemmTile::kDecode && args.ldb == args.k &&
-         args.a_indirect == nullptr && args.lda % 8 == 0 &&
+         !args.b_packed && args.a_indirect == nullptr && args.lda % 8 == 0 &&
          reinterpret_cast<uintptr_t>(args.a) % 16 == 0 &&
          PlanStreamGemm(args.gated, args.k).stages > 0;
 }
@@ -428,10 +428,10 @@ StatusOr<bool> InitStreamGemm() {
 Status LaunchStreamGemm(const GemmArgs& args, int blocks, cudaStream_t stream) {
   MOE_RETURN_IF_ERROR(args.Validate());
   if (!CanStreamGemm(args)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("StreamGemm: needs the decode tile list, no K split, ldb == k and a K whose "
-                     "unit fits a stage; k=",
-                     args.k, " ldb=", args.ldb));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "StreamGemm: needs the decode tile list, no K split, row-major B with ldb == k "
+        "and a K whose unit fits a stage; k=",
+        args.k, " ldb=", args.ldb));
   }
   if (blocks <= 0) return absl::InvalidArgumentError("StreamGemm: blocks must be > 0");
   StreamGemmShape sh = PlanStreamGemm(args.gated, args.k);

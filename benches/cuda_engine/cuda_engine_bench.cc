@@ -35,6 +35,10 @@
 //                             routed gate/up GEMM on the weight-streaming kernel never / in
 //                             every such plan, and the down GEMM too:
 //                             CudaEngineOptions::stream_gate_up, stream_down)
+//       [--packed | --no-packed] [--packed-tensor]   (routed experts in the packed layout in
+//                             every engine whose shapes allow / never; the cluster GEMMs' packed
+//                             boxes by tensor copies: CudaEngineOptions::packed_expert_weights,
+//                             packed_tensor_copies)
 //       [--meta-copy]   (each forward's meta by a host-to-device copy before the graph, not as
 //                       the graph's first kernel: CudaEngineOptions::meta_in_graph off)
 //       [--no-front-meta]   (at 1 token the meta kernel first, not the front taking the meta:
@@ -181,10 +185,12 @@ CudaEngineOptions::Use g_down_overlap = CudaEngineOptions().cluster_down_overlap
 bool g_down_tma = false;     // --down-tma
 bool g_gate_up_tma = false;  // --gate-up-tma
 CudaEngineOptions::Use g_stream_gate_up = CudaEngineOptions().stream_gate_up;
-bool g_stream_down = CudaEngineOptions().stream_down;            // --stream-down
-bool g_meta_in_graph = CudaEngineOptions().meta_in_graph;        // --meta-copy
-bool g_front_takes_meta = CudaEngineOptions().front_takes_meta;  // --no-front-meta
-bool g_input_in_place = CudaEngineOptions().input_in_place;      // --input-copy
+bool g_stream_down = CudaEngineOptions().stream_down;                         // --stream-down
+CudaEngineOptions::Use g_packed = CudaEngineOptions().packed_expert_weights;  // --[no-]packed
+bool g_packed_tensor = false;                                                 // --packed-tensor
+bool g_meta_in_graph = CudaEngineOptions().meta_in_graph;                     // --meta-copy
+bool g_front_takes_meta = CudaEngineOptions().front_takes_meta;               // --no-front-meta
+bool g_input_in_place = CudaEngineOptions().input_in_place;                   // --input-copy
 
 struct Shape {
   std::string name;
@@ -442,6 +448,8 @@ class Runner {
     o.decode_gate_up_tma = g_gate_up_tma;
     o.stream_gate_up = g_stream_gate_up;
     o.stream_down = g_stream_down;
+    o.packed_expert_weights = g_packed;
+    o.packed_tensor_copies = g_packed_tensor;
     o.meta_in_graph = g_meta_in_graph;
     o.front_takes_meta = g_front_takes_meta;
     o.input_in_place = g_input_in_place;
@@ -658,9 +666,10 @@ int Report(const std::string& json_path, const std::vector<std::string>& shape_n
            << ",\"matmul_tflops\":" << ceil.matmul_tflops << "}\n";
     }
     std::printf(
-        "  %s: weights %.1f MiB on device, workspace %.1f MiB per slot (max %lld tokens), fused "
-        "decode grid %d blocks\n",
+        "  %s: weights %.1f MiB on device (%s), workspace %.1f MiB per slot (max %lld tokens), "
+        "fused decode grid %d blocks\n",
         shape.name.c_str(), run.engine().weight_device_bytes() / 1048576.0,
+        run.engine().packed_expert_weights() ? "routed experts packed" : "row-major",
         run.engine().workspace_device_bytes_per_slot() / 1048576.0,
         static_cast<long long>(max_tokens), run.engine().fused_decode_blocks());
 #ifdef MOE_GEMM_TRACE
@@ -885,6 +894,12 @@ int main(int argc, char** argv) {
       moe::g_stream_gate_up = moe::CudaEngineOptions::Use::kAlways;
     } else if (a == "--stream-down") {
       moe::g_stream_down = true;
+    } else if (a == "--packed") {
+      moe::g_packed = moe::CudaEngineOptions::Use::kAlways;
+    } else if (a == "--no-packed") {
+      moe::g_packed = moe::CudaEngineOptions::Use::kNever;
+    } else if (a == "--packed-tensor") {
+      moe::g_packed_tensor = true;
     } else if (a == "--meta-copy") {
       moe::g_meta_in_graph = false;
     } else if (a == "--no-front-meta") {

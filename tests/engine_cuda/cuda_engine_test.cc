@@ -155,6 +155,20 @@ void CheckEnginesAgree(const std::vector<Case>& cases, const CudaEngineOptions& 
   }
 }
 
+// CheckEnginesAgree (the same bits) of `a` against `b`, each changed the same way by every one of
+// `variants` in turn (engines of the same options apart from what the test compares).
+using Vary = void (*)(CudaEngineOptions&);
+void CheckEnginesAgreeVaried(const std::vector<Case>& cases, const CudaEngineOptions& a,
+                             const CudaEngineOptions& b, const std::vector<Vary>& variants,
+                             uint64_t& seed) {
+  for (Vary vary : variants) {
+    CudaEngineOptions va = a, vb = b;
+    vary(va);
+    vary(vb);
+    CheckEnginesAgree(cases, va, vb, seed++, /*tol=*/0);
+  }
+}
+
 // Token counts that hit the decode (<= 16 rows per expert), medium and large tiles, with counts
 // that are no multiple of any tile.
 const std::vector<int64_t> kTokenCounts = {1, 5, 33, 130, 600};
@@ -584,19 +598,16 @@ TEST(CudaEngine, ClusterRasterUnits) {
   uint64_t seed = 163;
   for (const int units : {1, 3, 5}) {
     SCOPED_TRACE(units);
-    auto agree = [&](void (*vary)(CudaEngineOptions&)) {
-      CudaEngineOptions a = ref, b = ref;
-      a.cluster_raster_units = units;
-      vary(a);
-      vary(b);
-      CheckEnginesAgree(cases, a, b, seed++, /*tol=*/0);
-    };
-    agree([](CudaEngineOptions&) {});
-    agree([](CudaEngineOptions& o) { o.cluster_dynamic_schedule = false; });
-    agree([](CudaEngineOptions& o) { o.max_down_splits = 1; });
-    agree([](CudaEngineOptions& o) { o.cluster_quad_down = Use::kAlways; });
-    agree([](CudaEngineOptions& o) { o.cluster_pingpong = Use::kAlways; });
-    agree([](CudaEngineOptions& o) { o.graph_batch_sizes.clear(); });
+    CudaEngineOptions grouped = ref;
+    grouped.cluster_raster_units = units;
+    CheckEnginesAgreeVaried(cases, grouped, ref,
+                            {[](CudaEngineOptions&) {},
+                             [](CudaEngineOptions& o) { o.cluster_dynamic_schedule = false; },
+                             [](CudaEngineOptions& o) { o.max_down_splits = 1; },
+                             [](CudaEngineOptions& o) { o.cluster_quad_down = Use::kAlways; },
+                             [](CudaEngineOptions& o) { o.cluster_pingpong = Use::kAlways; },
+                             [](CudaEngineOptions& o) { o.graph_batch_sizes.clear(); }},
+                            seed);
   }
   CudaEngineOptions plan_rule = ref;
   plan_rule.cluster_raster_units = 0;
@@ -686,22 +697,19 @@ TEST(CudaEngine, ClusterPairExtraRows) {
   CudaEngineOptions extra = ref;
   extra.cluster_pair_extra_rows = Use::kAlways;
   uint64_t seed = 144;
-  auto agree = [&](void (*vary)(CudaEngineOptions&)) {
-    CudaEngineOptions a = extra, b = ref;
-    vary(a);
-    vary(b);
-    CheckEnginesAgree(cases, a, b, seed++, /*tol=*/0);
-  };
-  agree([](CudaEngineOptions&) {});
-  agree([](CudaEngineOptions& o) { o.cluster_tma_a_down = Use::kAlways; });  // down A by TMA
-  agree([](CudaEngineOptions& o) { o.cluster_down_overlap = Use::kAlways; });
-  agree([](CudaEngineOptions& o) { o.cluster_dynamic_schedule = false; });
-  agree([](CudaEngineOptions& o) { o.max_down_splits = 1; });
-  agree([](CudaEngineOptions& o) { o.graph_batch_sizes.clear(); });
-  agree([](CudaEngineOptions& o) {  // gate/up from the permuted x by TMA, down by TMA
-    o.cluster_permute_x = Use::kAlways;
-    o.cluster_tma_a_down = Use::kAlways;
-  });
+  CheckEnginesAgreeVaried(
+      cases, extra, ref,
+      {[](CudaEngineOptions&) {},
+       [](CudaEngineOptions& o) { o.cluster_tma_a_down = Use::kAlways; },  // down A by TMA
+       [](CudaEngineOptions& o) { o.cluster_down_overlap = Use::kAlways; },
+       [](CudaEngineOptions& o) { o.cluster_dynamic_schedule = false; },
+       [](CudaEngineOptions& o) { o.max_down_splits = 1; },
+       [](CudaEngineOptions& o) { o.graph_batch_sizes.clear(); },
+       [](CudaEngineOptions& o) {  // gate/up from the permuted x by TMA, down by TMA
+         o.cluster_permute_x = Use::kAlways;
+         o.cluster_tma_a_down = Use::kAlways;
+       }},
+      seed);
   CheckCases(cases, extra);
   CudaEngineOptions extra_overlap = extra;
   extra_overlap.cluster_down_overlap = Use::kAlways;
@@ -1243,6 +1251,89 @@ TEST(CudaEngine, MetaInGraphAndMetaCopy) {
       cudaFree(dev_out[i]);
     }
   }
+}
+
+// Routed experts in the packed layout (kernels/weight_layout.h, packed_expert_weights) give the
+// bits of the row-major engine past 1 token on every path that reads them: the mma.sync tiles, the
+// cluster GEMMs (multicast pairs, ping-pong, the 2 x 2 down GEMM, boxes by bulk and by tensor
+// copies), the cp.async wgmma tile, deterministic mode and an mma.sync-only engine (the A100 path),
+// graphs and eager; over 31 and 129 experts (some with no row at few tokens), f16 weights with f32
+// activations and shared experts; and match the CPU engine, at 1 token too (the decode experts
+// path, whose gate/up sums packed weights in another order) and with the weight-streaming gate/up's
+// plans (it does not read packed weights: the decode tile). Shapes that cannot be packed stay
+// row-major; kAlways with a kernel that cannot read packed weights is refused.
+TEST(CudaEngine, PackedExpertWeights) {
+  MOE_REQUIRE_GPU();
+  using Use = CudaEngineOptions::Use;
+  const std::vector<Case> cases = {
+      {"mixtral, 8 experts top-2",
+       Opts(Family::kMixtral, 8, 2, 512, 1024, DType::kBF16, 181),
+       DType::kBF16,
+       {1, 3, 8, 64, 600}},
+      {"qwen3, 31 experts top-4",
+       Opts(Family::kQwen3Moe, 31, 4, 256, 128, DType::kBF16, 182),
+       DType::kBF16,
+       {1, 5, 40, 600}},
+      {"qwen3, 129 experts top-8",
+       Opts(Family::kQwen3Moe, 129, 8, 256, 128, DType::kBF16, 187),
+       DType::kBF16,
+       {1, 3, 50, 600}},
+      {"deepseek-v2 f16, 64 experts top-6",
+       Opts(Family::kDeepseekV2, 64, 6, 384, 256, DType::kF16, 183),
+       DType::kF32,
+       {1, 2, 33, 600}},
+      {"qwen2 shared gate",
+       Opts(Family::kQwen2Moe, 16, 4, 256, 384, DType::kBF16, 184),
+       DType::kBF16,
+       {1, 7, 130, 600}},
+  };
+  CudaEngineOptions row_major = DefaultOptions();
+  row_major.packed_expert_weights = Use::kNever;
+  row_major.stream_gate_up = Use::kNever;
+  CudaEngineOptions packed = row_major;
+  packed.packed_expert_weights = Use::kAlways;
+  {
+    const auto model = RandomModel(cases[0].model);
+    auto a = CudaEngine::Create(model, row_major);
+    auto b = CudaEngine::Create(model, packed);
+    ASSERT_TRUE(a.ok() && b.ok());
+    EXPECT_FALSE((*a)->packed_expert_weights());
+    EXPECT_TRUE((*b)->packed_expert_weights());
+    auto odd = CudaEngine::Create(
+        RandomModel(Opts(Family::kMixtral, 8, 2, 512, 88, DType::kBF16, 185)), packed);
+    ASSERT_TRUE(odd.ok()) << odd.status();
+    EXPECT_FALSE((*odd)->packed_expert_weights()) << "inter 88 cannot be packed";
+    CudaEngineOptions fused = packed;
+    fused.decode_fused_route = true;
+    auto refused = CudaEngine::Create(model, fused);
+    if ((*b)->uses_wgmma()) {  // the fused decode kernel exists on sm_90 only
+      EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument) << refused.status();
+    }
+  }
+  std::vector<Case> past_one = cases;
+  for (Case& c : past_one) std::erase(c.tokens, 1);
+  uint64_t seed = 188;
+  CheckEnginesAgreeVaried(
+      past_one, row_major, packed,
+      {[](CudaEngineOptions&) {}, [](CudaEngineOptions& o) { o.cluster_pingpong = Use::kAlways; },
+       [](CudaEngineOptions& o) {
+         o.cluster_pingpong = Use::kNever;
+         o.cluster_quad_down = Use::kAlways;
+       },
+       [](CudaEngineOptions& o) { o.packed_tensor_copies = true; },
+       [](CudaEngineOptions& o) {
+         o.hopper_tile = CudaEngineOptions::HopperTile::kWideWarpSpecialized;
+       },
+       [](CudaEngineOptions& o) { o.deterministic = true; },
+       [](CudaEngineOptions& o) { o.use_wgmma = false; },
+       [](CudaEngineOptions& o) { o.graph_batch_sizes.clear(); }},
+      seed);
+  CudaEngineOptions packed_default = DefaultOptions();
+  packed_default.packed_expert_weights = Use::kAlways;
+  CheckCases(cases, packed_default);
+  // The decode experts path at every count it takes (2-8 tokens: sorted h rows, shared weights).
+  packed_default.decode_gemv = CudaEngineOptions::DecodeGemv::kAlways;
+  CheckCases(cases, packed_default);
 }
 
 TEST(CudaEngine, Errors) {

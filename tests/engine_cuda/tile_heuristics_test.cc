@@ -4,6 +4,9 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <vector>
+
+#include "kernels/weight_layout.h"
 
 namespace moe::cuda {
 namespace {
@@ -692,6 +695,35 @@ TEST(RouterConvert, FromMinTokensUpToMaxWaves) {
   EXPECT_FALSE(UseRouterConvert(PathPolicy::kAlways, 4096, 200, 128, sms));
   EXPECT_FALSE(CanRouterConvert(136, 128));
   EXPECT_TRUE(CanRouterConvert(192, 257));
+}
+
+// The packed weight layout (kernels/weight_layout.h): a bijection onto [0, rows x cols); each
+// 128 x 64 box one contiguous 16 KiB block, its rows 128 bytes apart in order, each row's 16-byte
+// chunk c at position c ^ (row % 8) (TMA's 128-byte swizzle); tiles ordered by row block, then
+// column block.
+TEST(WeightLayout, PackedOffsetsAreTheSwizzledTiles) {
+  EXPECT_TRUE(PackableShape(256, 192));
+  EXPECT_FALSE(PackableShape(200, 192));
+  EXPECT_FALSE(PackableShape(256, 100));
+  EXPECT_FALSE(PackableShape(0, 64));
+  const int64_t rows = 384, cols = 192;
+  std::vector<int> hits(rows * cols, 0);
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t c = 0; c < cols; ++c) {
+      const int64_t off = PackedOffset(r, c, cols);
+      ASSERT_GE(off, 0);
+      ASSERT_LT(off, rows * cols);
+      ++hits[off];
+      const int64_t tile = (r / 128) * (cols / 64) + c / 64;
+      const int64_t in_tile = (r % 128) * 64 + (((c / 8) ^ (r % 8)) % 8) * 8 + c % 8;
+      ASSERT_EQ(off, tile * kPackedTileElems + in_tile) << r << ", " << c;
+    }
+  }
+  EXPECT_EQ(std::count(hits.begin(), hits.end(), 1), rows * cols);
+  // A chunk's 8 elements are adjacent, so 16-byte loads stay whole.
+  EXPECT_EQ(PackedOffset(5, 16 + 7, cols), PackedOffset(5, 16, cols) + 7);
+  // The next column block of a row lies one tile further.
+  EXPECT_EQ(PackedOffset(9, 64 + 24, cols), PackedOffset(9, 24, cols) + kPackedTileElems);
 }
 
 }  // namespace

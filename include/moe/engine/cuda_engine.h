@@ -338,6 +338,22 @@ struct CudaEngineOptions {
   // slower; comparisons). stream_gemm_blocks: its grid (0: one block per SM; tests take fewer,
   // so that a block's share spans many row tiles).
   Use stream_gate_up = Use::kAuto;
+  // The routed experts of an all-resident engine in kernels/weight_layout.h's packed layout
+  // (rewritten on the device at load): tiles of 128 weight rows x 64 columns, each one contiguous
+  // 16 KiB block in the 128-byte swizzle of shared memory, so the cluster GEMMs move every weight
+  // box by a 1-D bulk copy. Every routed-expert kernel reads it except the weight-streaming GEMM
+  // (its plans then run gate/up on the decode tile), the fused decode kernel and the decode bulk-
+  // copy variants. Never; kAuto: on engines of the kWideCluster tile on an sm_90 device whose
+  // options pick none of those kernels; kAlways: wherever the shapes allow (INVALID_ARGUMENT with
+  // those options). Shapes: hidden and inter multiples of 128, else row-major whatever this says.
+  // NOTES (H200, session 24, RESULTS.md): Mixtral 64 tokens 691 -> 659 us, 256 740 -> 703,
+  // DeepSeek-V2-Lite 256 / 512 -3.3 / -3.5%, Qwen3 512 -5.9%; at 1 token Qwen3 / DeepSeek-V2-Lite
+  // -1.2 / -2.2%, Mixtral +0.6%; the weight-streaming gate/up's plans (Qwen3 8 / 32, DeepSeek-V2-
+  // Lite 32 tokens) 0.7-1.2% slower.
+  Use packed_expert_weights = Use::kAuto;
+  // With packed weights, the cluster GEMMs load the boxes by 4-D tensor copies instead of 1-D bulk
+  // copies (comparisons: the layout alone did not speed them up).
+  bool packed_tensor_copies = false;
   bool stream_down = false;
   int stream_gemm_blocks = 0;
   // Each all-resident forward's meta (token count, layer, input and output) reaches the device as
@@ -410,6 +426,8 @@ class CudaEngine final : public Engine {
   int sm_count() const;
   // Whether the Hopper (wgmma) tiles are in use.
   bool uses_wgmma() const;
+  // Whether the routed experts are stored packed (CudaEngineOptions::packed_expert_weights).
+  bool packed_expert_weights() const;
   // Blocks of the fused decode kernel's grid at 1 token when decode forwards that fit it run it
   // (decode_fused_route on an sm_90 device with this build's sm_90 image of it), else 0.
   int fused_decode_blocks() const;

@@ -138,10 +138,26 @@ StatusOr<std::unique_ptr<CudaEngine::Impl>> CudaEngine::Impl::Prepare(const MoeS
     }
     impl->decode_fused = impl->fused_grid[1] > 0;
   }
+  // Packed routed experts (kernels/weight_layout.h): not with the kernels that cannot read them.
+  using Use = CudaEngineOptions::Use;
+  const bool unpackable_kernels = impl->decode_fused || impl->down_tma || impl->gate_up_tma ||
+                                  o.decode_prefetch_units > 0 || o.stream_down ||
+                                  (impl->stream_gemm && o.stream_gate_up == Use::kAlways);
+  if (o.packed_expert_weights == Use::kAlways && unpackable_kernels) {
+    return absl::InvalidArgumentError(
+        "CudaEngineOptions: packed_expert_weights kAlways cannot go with decode_fused_route, "
+        "decode_down_tma, decode_gate_up_tma, decode_prefetch_units, stream_down or "
+        "stream_gate_up kAlways");
+  }
+  impl->pack_experts = o.expert_cache.budget_bytes == 0 && !unpackable_kernels &&
+                       (o.packed_expert_weights == Use::kAlways ||
+                        (o.packed_expert_weights == Use::kAuto && impl->wgmma &&
+                         o.hopper_tile == CudaEngineOptions::HopperTile::kWideCluster));
   return impl;
 }
 
-Status CudaEngine::Impl::PrepareTensorMaps() {
+Status CudaEngine::Impl::PrepareRoutedWeights() {
+  if (pack_experts && weights.CanPack()) MOE_RETURN_IF_ERROR(weights.Pack(/*stream=*/nullptr));
   if (!wgmma || options.hopper_tile != CudaEngineOptions::HopperTile::kWideCluster ||
       !weights.routed_resident) {
     return absl::OkStatus();
@@ -304,7 +320,8 @@ Status CudaEngine::Impl::BuildLayerLaunch(Slot& s, int64_t capacity, AType atype
   in.down_overlap = ToPathPolicy(options.cluster_down_overlap);
   in.tma_a_down = ToPathPolicy(options.cluster_tma_a_down);
   in.pair_extra_rows = ToPathPolicy(options.cluster_pair_extra_rows);
-  in.stream_gate_up = stream_gemm ? ToPathPolicy(options.stream_gate_up) : cuda::PathPolicy::kNever;
+  in.stream_gate_up = stream_gemm && !weights.packed ? ToPathPolicy(options.stream_gate_up)
+                                                     : cuda::PathPolicy::kNever;
   in.quad_down = resident_quad_clusters > 0 ? ToPathPolicy(options.cluster_quad_down)
                                             : cuda::PathPolicy::kNever;
   l->capacity = capacity;
@@ -491,11 +508,13 @@ Status CudaEngine::Impl::BuildLayerLaunch(Slot& s, int64_t capacity, AType atype
   gu.grid_tiles = plan.grouped_tiles;
   gu.b0_table = weights.table(weights.gate_table);
   gu.b1_table = weights.table(weights.up_table);
+  gu.b_packed = weights.packed;
   if (weights.gate_tmap_table.get() != nullptr) {
     gu.b0_tmaps = weights.table(weights.gate_tmap_table);
     gu.b1_tmaps = weights.table(weights.up_tmap_table);
     gu.n_groups = static_cast<int>(e);
     gu.tma_multicast = options.cluster_multicast;
+    gu.b_packed_tensor = weights.packed && options.packed_tensor_copies;
     gu.resident_clusters = resident_clusters;
   }
   // The permuted copy of x (made by the scan's scatter into y) read by TMA instead of gathering.
@@ -540,8 +559,11 @@ Status CudaEngine::Impl::BuildLayerLaunch(Slot& s, int64_t capacity, AType atype
   down.a_rows = nullptr;
   down.b0_table = weights.table(weights.down_table);
   down.b1_table = nullptr;
-  if (weights.down_tmap_table.get() != nullptr)
+  down.b_packed = weights.packed;
+  if (weights.down_tmap_table.get() != nullptr) {
     down.b0_tmaps = weights.table(weights.down_tmap_table);
+    down.b_packed_tensor = weights.packed && options.packed_tensor_copies;
+  }
   down.b1_tmaps = nullptr;
   down.ldb = inter;
   down.n = hd;
@@ -698,6 +720,7 @@ Status CudaEngine::Impl::BuildLayerLaunch(Slot& s, int64_t capacity, AType atype
     dx.gate_table = weights.table(weights.gate_table);
     dx.up_table = weights.table(weights.up_table);
     dx.down_table = weights.table(weights.down_table);
+    dx.packed = weights.packed;
     dx.layer_dev = layer_dev(s);
     // At 1 token every pair has its own expert: h in pair order, and the front skips the scan.
     dx.pair_row = capacity > 1 ? s.pair_row.as<int32_t>() : nullptr;
@@ -913,7 +936,7 @@ StatusOr<std::unique_ptr<CudaEngine>> CudaEngine::Create(std::shared_ptr<const M
   const bool cached = options.expert_cache.budget_bytes > 0;
   MOE_ASSIGN_OR_RETURN(impl->weights, cuda::DeviceWeights::Upload(*impl->model, /*stream=*/nullptr,
                                                                   /*routed_experts=*/!cached));
-  MOE_RETURN_IF_ERROR(impl->PrepareTensorMaps());
+  MOE_RETURN_IF_ERROR(impl->PrepareRoutedWeights());
   MOE_RETURN_IF_ERROR(impl->AllocateSlots());
   if (cached) {
     cuda::ExpertCacheRuntime::Options ro;
@@ -934,7 +957,7 @@ StatusOr<std::unique_ptr<CudaEngine>> CudaEngine::CreateRandom(const MoeSpec& sp
   }
   MOE_ASSIGN_OR_RETURN(std::unique_ptr<Impl> impl, Impl::Prepare(spec, options));
   MOE_ASSIGN_OR_RETURN(impl->weights, cuda::DeviceWeights::Random(spec, seed, /*stream=*/nullptr));
-  MOE_RETURN_IF_ERROR(impl->PrepareTensorMaps());
+  MOE_RETURN_IF_ERROR(impl->PrepareRoutedWeights());
   MOE_RETURN_IF_ERROR(impl->AllocateSlots());
   return std::unique_ptr<CudaEngine>(new CudaEngine(std::move(impl)));
 }
@@ -950,6 +973,7 @@ int64_t CudaEngine::workspace_device_bytes_per_slot() const { return impl_->work
 const std::string& CudaEngine::device_name() const { return impl_->device_name; }
 int CudaEngine::sm_count() const { return impl_->sms; }
 bool CudaEngine::uses_wgmma() const { return impl_->wgmma; }
+bool CudaEngine::packed_expert_weights() const { return impl_->weights.packed; }
 int CudaEngine::fused_decode_blocks() const {
   return impl_->decode_fused ? impl_->fused_grid[1] : 0;
 }

@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "kernels/tensor_map.h"
+#include "kernels/weight_layout.h"
 
 namespace moe::cuda {
 namespace {
@@ -260,6 +261,37 @@ StatusOr<DeviceWeights> DeviceWeights::Random(const MoeSpec& spec, uint64_t seed
   return w;
 }
 
+bool DeviceWeights::CanPack() const {
+  return routed_resident && PackableShape(inter, hidden) && PackableShape(hidden, inter);
+}
+
+Status DeviceWeights::Pack(cudaStream_t stream) {
+  if (packed) return absl::OkStatus();
+  if (!CanPack()) {
+    return absl::FailedPreconditionError(
+        "DeviceWeights::Pack: needs resident routed experts and hidden, inter multiples of 128");
+  }
+  const int64_t le = static_cast<int64_t>(n_layers) * n_experts;
+  const int64_t elems = static_cast<int64_t>(inter) * hidden;
+  MOE_ASSIGN_OR_RETURN(DeviceBuffer scratch, DeviceBuffer::Create(elems * 2));
+  const DeviceBuffer* tables[3] = {&gate_table, &up_table, &down_table};
+  for (int m = 0; m < 3; ++m) {
+    std::vector<void*> ptrs(le);
+    CUDA_RETURN_IF_ERROR(
+        cudaMemcpy(ptrs.data(), tables[m]->get(), le * sizeof(void*), cudaMemcpyDeviceToHost));
+    const int64_t rows = m < 2 ? inter : hidden, cols = m < 2 ? hidden : inter;
+    for (void* w : ptrs) {
+      MOE_RETURN_IF_ERROR(LaunchPackWeights(w, scratch.get(), rows, cols, stream));
+      CUDA_RETURN_IF_ERROR(
+          cudaMemcpyAsync(w, scratch.get(), elems * 2, cudaMemcpyDeviceToDevice, stream));
+    }
+  }
+  // The scratch buffer dies here: wait for the copies out of it.
+  CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream));
+  packed = true;
+  return absl::OkStatus();
+}
+
 Status DeviceWeights::BuildTensorMaps(cudaStream_t stream) {
   if (!routed_resident) {
     return absl::FailedPreconditionError("BuildTensorMaps: the routed experts are not resident");
@@ -277,8 +309,17 @@ Status DeviceWeights::BuildTensorMaps(cudaStream_t stream) {
   for (int m = 0; m < 3; ++m) {
     const int64_t rows = m < 2 ? inter : hidden, cols = m < 2 ? hidden : inter;
     for (int64_t i = 0; i < le; ++i) {
-      MOE_RETURN_IF_ERROR(EncodeWeightTensorMap(ptrs[m][i], wtype, rows, cols, cols,
-                                                maps.data() + (m * le + i) * kTensorMapBytes));
+      uint8_t* out = maps.data() + (m * le + i) * kTensorMapBytes;
+      if (packed) {  // [rows / 128][cols / 64][128][64], 128 x 64 boxes
+        const int64_t dims[4] = {kPackedCols, kPackedRows, cols / kPackedCols, rows / kPackedRows};
+        const int64_t strides[3] = {kPackedCols * 2, kPackedTileElems * 2,
+                                    kPackedTileElems * 2 * (cols / kPackedCols)};
+        const int box[4] = {kPackedCols, kPackedRows, 1, 1};
+        MOE_RETURN_IF_ERROR(EncodeTensorMapNd(ptrs[m][i], wtype, 4, dims, strides, box,
+                                              /*swizzle=*/false, out));
+      } else {
+        MOE_RETURN_IF_ERROR(EncodeWeightTensorMap(ptrs[m][i], wtype, rows, cols, cols, out));
+      }
     }
   }
   MOE_ASSIGN_OR_RETURN(tensor_maps, DeviceBuffer::Create(static_cast<int64_t>(maps.size())));

@@ -29,6 +29,8 @@ struct DeviceWeights {
   // False with an expert cache: the routed experts are not uploaded and the gate/up/down tables
   // hold null pointers (the cache builds per-round tables instead).
   bool routed_resident = true;
+  // The routed experts' matrices are in kernels/weight_layout.h's kPacked layout (Pack).
+  bool packed = false;
   std::map<int, int> layer_pos;  // decoder layer index -> position in the tables
 
   std::vector<DeviceBuffer> blobs;  // one per layer
@@ -60,8 +62,14 @@ struct DeviceWeights {
   // only when `routed_experts` is false (the routed experts' shapes are still checked).
   static StatusOr<DeviceWeights> Upload(const Model& model, cudaStream_t stream,
                                         bool routed_experts = true);
-  // Encodes the TMA descriptors of the routed experts (resident weights only) and fills the
-  // *_tmap_table tables; returns when they are on the device.
+  // Whether Pack can pack the routed experts (resident, hidden and inter multiples of 128).
+  bool CanPack() const;
+  // Rewrites every routed expert matrix in place in the kPacked layout (through one matrix of
+  // scratch device memory) and sets `packed`; returns when done. Call before BuildTensorMaps.
+  Status Pack(cudaStream_t stream);
+  // Encodes the TMA descriptors of the routed experts (resident weights only; 4-D descriptors of
+  // the packed layout when packed) and fills the *_tmap_table tables; returns when they are on the
+  // device.
   Status BuildTensorMaps(cudaStream_t stream);
   // Generates weights for the layers in spec.moe_layers on the current device.
   static StatusOr<DeviceWeights> Random(const MoeSpec& spec, uint64_t seed, cudaStream_t stream);

@@ -124,6 +124,7 @@ class CudaEngine::Impl {
   bool down_tma = false;       // options.decode_down_tma on a device and build that run it
   bool gate_up_tma = false;    // options.decode_gate_up_tma likewise
   bool stream_gemm = false;    // the weight-streaming GEMM runs here (sm_90 image)
+  bool pack_experts = false;   // options.packed_expert_weights applies (PrepareRoutedWeights)
   int64_t l2_bytes = 0;        // the device's L2 size
   int64_t workspace_bytes = 0;
   // Set with an expert cache budget (CudaEngineOptions::expert_cache.budget_bytes > 0).
@@ -131,7 +132,7 @@ class CudaEngine::Impl {
 
   static StatusOr<std::unique_ptr<Impl>> Prepare(const MoeSpec& spec, const CudaEngineOptions& o);
   // With the kWideCluster Hopper tile and resident weights: the weights' TMA descriptors.
-  Status PrepareTensorMaps();
+  Status PrepareRoutedWeights();
   Status AllocateSlots();
   // f32 rows of hidden that each slot's down output buffer y holds (MoePlanInput).
   int64_t DownPartialRows() const;
