@@ -251,6 +251,17 @@ int RunServe(const config::DaemonOptions& o) {
   std::unique_ptr<metrics::ExpertCacheMetrics> cache_metrics;
 #ifdef MOE_WITH_CUDA
   if (auto* cuda_engine = dynamic_cast<CudaEngine*>(engine->get());
+      cuda_engine != nullptr && cuda_engine->expert_cache_pool() == nullptr) {
+    spdlog::info(
+        "cuda engine: {} ({} SMs), {} tiles, routed experts resident and {}; {} MiB of weights, {} "
+        "MiB of workspace per slot",
+        cuda_engine->device_name(), cuda_engine->sm_count(),
+        cuda_engine->uses_wgmma() ? "Hopper (wgmma)" : "mma.sync",
+        cuda_engine->packed_expert_weights() ? "packed" : "row-major",
+        cuda_engine->weight_device_bytes() >> 20,
+        cuda_engine->workspace_device_bytes_per_slot() >> 20);
+  }
+  if (auto* cuda_engine = dynamic_cast<CudaEngine*>(engine->get());
       cuda_engine != nullptr && cuda_engine->expert_cache_pool() != nullptr) {
     const experts::ExpertSlotPool* pool = cuda_engine->expert_cache_pool();
     // Lookahead precision / recall per depth, layer forwards, device hits, host wait, rounds
