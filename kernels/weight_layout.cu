@@ -3,6 +3,7 @@
 
 #include "kernels/cuda_status.h"
 #include "kernels/moe_kernels.h"
+#include "kernels/routing_device.cuh"  // GridFor
 #include "kernels/weight_layout.h"
 
 namespace moe::cuda {
@@ -31,8 +32,7 @@ Status LaunchPackWeights(const void* src, void* dst, int64_t rows, int64_t cols,
         "PackWeights: needs distinct buffers, rows % 128 == 0 and cols % 64 == 0");
   }
   const int64_t chunks = rows * cols / 8;
-  const int64_t blocks = std::min<int64_t>((chunks + 255) / 256, int64_t{1} << 16);
-  PackWeightsKernel<<<static_cast<unsigned>(blocks), 256, 0, stream>>>(
+  PackWeightsKernel<<<GridFor(chunks, 256), 256, 0, stream>>>(
       static_cast<const uint4*>(src), static_cast<uint4*>(dst), chunks, cols);
   CUDA_RETURN_IF_ERROR(cudaGetLastError());
   return absl::OkStatus();

@@ -250,8 +250,8 @@ int RunServe(const config::DaemonOptions& o) {
   // GPU expert cache: its counters on /metrics (destroyed before the engine: declared after it).
   std::unique_ptr<metrics::ExpertCacheMetrics> cache_metrics;
 #ifdef MOE_WITH_CUDA
-  if (auto* cuda_engine = dynamic_cast<CudaEngine*>(engine->get());
-      cuda_engine != nullptr && cuda_engine->expert_cache_pool() == nullptr) {
+  auto* cuda_engine = dynamic_cast<CudaEngine*>(engine->get());
+  if (cuda_engine != nullptr && cuda_engine->expert_cache_pool() == nullptr) {
     spdlog::info(
         "cuda engine: {} ({} SMs), {} tiles, routed experts resident and {}; {} MiB of weights, {} "
         "MiB of workspace per slot",
@@ -261,8 +261,7 @@ int RunServe(const config::DaemonOptions& o) {
         cuda_engine->weight_device_bytes() >> 20,
         cuda_engine->workspace_device_bytes_per_slot() >> 20);
   }
-  if (auto* cuda_engine = dynamic_cast<CudaEngine*>(engine->get());
-      cuda_engine != nullptr && cuda_engine->expert_cache_pool() != nullptr) {
+  if (cuda_engine != nullptr && cuda_engine->expert_cache_pool() != nullptr) {
     const experts::ExpertSlotPool* pool = cuda_engine->expert_cache_pool();
     // Lookahead precision / recall per depth, layer forwards, device hits, host wait, rounds
     // (expert_cache_stats() is thread-safe).

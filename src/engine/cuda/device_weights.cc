@@ -261,6 +261,27 @@ StatusOr<DeviceWeights> DeviceWeights::Random(const MoeSpec& spec, uint64_t seed
   return w;
 }
 
+namespace {
+
+// Routed matrix m of every (layer, expert) (0 gate, 1 up: [inter, hidden]; 2 down: [hidden,
+// inter]): its device pointers, read back from the device table, and its shape.
+struct RoutedMatrices {
+  std::vector<const void*> ptrs;
+  int64_t rows = 0, cols = 0;
+};
+StatusOr<RoutedMatrices> ReadRoutedMatrices(const DeviceWeights& w, int m) {
+  const DeviceBuffer* tables[3] = {&w.gate_table, &w.up_table, &w.down_table};
+  RoutedMatrices r;
+  r.ptrs.resize(static_cast<size_t>(w.n_layers) * w.n_experts);
+  CUDA_RETURN_IF_ERROR(cudaMemcpy(r.ptrs.data(), tables[m]->get(), r.ptrs.size() * sizeof(void*),
+                                  cudaMemcpyDeviceToHost));
+  r.rows = m < 2 ? w.inter : w.hidden;
+  r.cols = m < 2 ? w.hidden : w.inter;
+  return r;
+}
+
+}  // namespace
+
 bool DeviceWeights::CanPack() const {
   return routed_resident && PackableShape(inter, hidden) && PackableShape(hidden, inter);
 }
@@ -271,17 +292,13 @@ Status DeviceWeights::Pack(cudaStream_t stream) {
     return absl::FailedPreconditionError(
         "DeviceWeights::Pack: needs resident routed experts and hidden, inter multiples of 128");
   }
-  const int64_t le = static_cast<int64_t>(n_layers) * n_experts;
   const int64_t elems = static_cast<int64_t>(inter) * hidden;
   MOE_ASSIGN_OR_RETURN(DeviceBuffer scratch, DeviceBuffer::Create(elems * 2));
-  const DeviceBuffer* tables[3] = {&gate_table, &up_table, &down_table};
   for (int m = 0; m < 3; ++m) {
-    std::vector<void*> ptrs(le);
-    CUDA_RETURN_IF_ERROR(
-        cudaMemcpy(ptrs.data(), tables[m]->get(), le * sizeof(void*), cudaMemcpyDeviceToHost));
-    const int64_t rows = m < 2 ? inter : hidden, cols = m < 2 ? hidden : inter;
-    for (void* w : ptrs) {
-      MOE_RETURN_IF_ERROR(LaunchPackWeights(w, scratch.get(), rows, cols, stream));
+    MOE_ASSIGN_OR_RETURN(const RoutedMatrices mats, ReadRoutedMatrices(*this, m));
+    for (const void* p : mats.ptrs) {
+      void* w = const_cast<void*>(p);  // the weights' own device memory
+      MOE_RETURN_IF_ERROR(LaunchPackWeights(w, scratch.get(), mats.rows, mats.cols, stream));
       CUDA_RETURN_IF_ERROR(
           cudaMemcpyAsync(w, scratch.get(), elems * 2, cudaMemcpyDeviceToDevice, stream));
     }
@@ -297,17 +314,11 @@ Status DeviceWeights::BuildTensorMaps(cudaStream_t stream) {
     return absl::FailedPreconditionError("BuildTensorMaps: the routed experts are not resident");
   }
   const int64_t le = static_cast<int64_t>(n_layers) * n_experts;
-  std::vector<const void*> ptrs[3];
-  const DeviceBuffer* tables[3] = {&gate_table, &up_table, &down_table};
-  for (int m = 0; m < 3; ++m) {
-    ptrs[m].resize(le);
-    CUDA_RETURN_IF_ERROR(
-        cudaMemcpy(ptrs[m].data(), tables[m]->get(), le * sizeof(void*), cudaMemcpyDeviceToHost));
-  }
-  // Matrix m of each expert: gate and up [inter, hidden], down [hidden, inter].
   std::vector<uint8_t> maps(static_cast<size_t>(3 * le) * kTensorMapBytes);
   for (int m = 0; m < 3; ++m) {
-    const int64_t rows = m < 2 ? inter : hidden, cols = m < 2 ? hidden : inter;
+    MOE_ASSIGN_OR_RETURN(const RoutedMatrices mats, ReadRoutedMatrices(*this, m));
+    const int64_t rows = mats.rows, cols = mats.cols;
+    const std::vector<const void*>& ptrs = mats.ptrs;
     for (int64_t i = 0; i < le; ++i) {
       uint8_t* out = maps.data() + (m * le + i) * kTensorMapBytes;
       if (packed) {  // [rows / 128][cols / 64][128][64], 128 x 64 boxes
@@ -315,10 +326,10 @@ Status DeviceWeights::BuildTensorMaps(cudaStream_t stream) {
         const int64_t strides[3] = {kPackedCols * 2, kPackedTileElems * 2,
                                     kPackedTileElems * 2 * (cols / kPackedCols)};
         const int box[4] = {kPackedCols, kPackedRows, 1, 1};
-        MOE_RETURN_IF_ERROR(EncodeTensorMapNd(ptrs[m][i], wtype, 4, dims, strides, box,
+        MOE_RETURN_IF_ERROR(EncodeTensorMapNd(ptrs[i], wtype, 4, dims, strides, box,
                                               /*swizzle=*/false, out));
       } else {
-        MOE_RETURN_IF_ERROR(EncodeWeightTensorMap(ptrs[m][i], wtype, rows, cols, cols, out));
+        MOE_RETURN_IF_ERROR(EncodeWeightTensorMap(ptrs[i], wtype, rows, cols, cols, out));
       }
     }
   }
