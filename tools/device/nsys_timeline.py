@@ -12,7 +12,14 @@ last 40 forwards whose kernels match the last one's: the median span (first star
 and per kernel the median start and end relative to the forward's start, its duration and its
 grid; then the median gap from a forward's last end to the next forward's first start. With PDL a
 kernel starts before the one it waits for ends: its end, not its start, says what it costs.
+
+When the trace holds GPU metrics (`nsys profile --gpu-metrics-devices=...`, tables GPU_METRICS and
+TARGET_INFO_GPU_METRICS), it also prints per kernel of the pattern the mean of each sampled metric
+over the samples that fall inside that kernel's runs in those forwards (clock, activity, DRAM
+bandwidth: whatever the device's metric set has), and the samples' count. Kernels overlap under
+PDL, so a sample inside two kernels counts for both.
 """
+import bisect
 import sqlite3
 import statistics
 import sys
@@ -50,7 +57,61 @@ def main():
     if gaps:
         print(f"gap from a forward's last end to the next one's first start (median): "
               f"{med(gaps):.2f} us")
+    print_metrics(con, same, pattern)
     return 0
+
+
+def print_metrics(con, forwards, pattern):
+    """Mean of each GPU metric over the samples inside each kernel of the pattern (see above)."""
+    tables = {r[0] for r in con.execute("select name from sqlite_master where type='table'")}
+    if not {"GPU_METRICS", "TARGET_INFO_GPU_METRICS"} <= tables:
+        return
+    metric_names = {}
+    for type_id, metric_id, name in con.execute(
+            "select typeId, metricId, metricName from TARGET_INFO_GPU_METRICS"):
+        metric_names[(type_id, metric_id)] = name
+    lo = min(f[0][0] for f in forwards)
+    hi = max(f[-1][1] for f in forwards)
+    samples = con.execute(
+        "select timestamp, typeId, metricId, value from GPU_METRICS "
+        "where timestamp >= ? and timestamp <= ? order by timestamp", (lo, hi)).fetchall()
+    if not samples:
+        print("GPU metrics: no samples inside the forwards")
+        return
+    # Graphics metrics and the raw "[Avg]" counters say nothing here.
+    metrics = sorted(m for m in {metric_names.get((t, i), f"{t}:{i}") for _, t, i, _ in samples}
+                     if not any(w in m for w in ("Pixel", "Vertex")) and not m.endswith("[Avg]"))
+    # Per kernel index of the pattern: metric -> [sum, count].
+    sums = [dict() for _ in pattern]
+    for f in forwards:
+        for j, k in enumerate(f):
+            start, end = k[0], k[1]
+            acc = sums[j]
+            for ts, t, m, v in samples_in(samples, start, end):
+                cell = acc.setdefault(metric_names.get((t, m), f"{t}:{m}"), [0.0, 0])
+                cell[0] += v
+                cell[1] += 1
+    print(f"GPU metrics, mean over the samples inside each kernel ({len(samples)} samples):")
+    for j, name in enumerate(pattern):
+        cells = [(m, sums[j][m]) for m in metrics if m in sums[j]]
+        if not cells:
+            print(f"  {name[:44]:<44} (no sample)")
+            continue
+        n = max(c[1] for _, c in cells)
+        print(f"  {name[:44]:<44} {n} samples")
+        for m, (total, count) in cells:
+            mean = total / count
+            if "Frequency" in m and mean > 1e5:
+                mean /= 1e6  # stored in Hz whatever the name says
+            print(f"      {m[:60]:<60} {mean:10.1f}")
+
+
+def samples_in(samples, start, end):
+    """The samples (sorted by timestamp) with start <= timestamp <= end."""
+    i = bisect.bisect_left(samples, (start,))
+    while i < len(samples) and samples[i][0] <= end:
+        yield samples[i]
+        i += 1
 
 
 if __name__ == "__main__":

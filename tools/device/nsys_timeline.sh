@@ -11,6 +11,8 @@
 # OUTDIR/timeline_SHAPE_TOKENS.txt; the trace files are deleted (with --gpu-metrics-devices added
 # they grew to ~0.5 GB a point, too large to come back). cuda_engine_bench must be on PATH
 # (source .device/env.sh first); NSYS overrides the nsys found under /opt/nvidia.
+# NSYS_GPU_METRICS=HZ also samples the GPU's metrics (clock, activity, DRAM bandwidth) at HZ
+# samples a second; nsys_timeline.py then adds their means per kernel of the forward.
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 libdir=$(cd "$1" && pwd)
@@ -26,7 +28,10 @@ for p in "${points[@]}"; do
   shape=${p%:*}
   tokens=${p#*:}
   base="$out/trace_${shape}_$tokens"
-  timeout 120 "$nsys" profile --cuda-graph-trace=node -o "$base" cuda_engine_bench --no-det \
+  metrics=()
+  [ -n "${NSYS_GPU_METRICS:-}" ] &&
+    metrics=(--gpu-metrics-devices=0 "--gpu-metrics-frequency=$NSYS_GPU_METRICS")
+  timeout 120 "$nsys" profile --cuda-graph-trace=node "${metrics[@]}" -o "$base" cuda_engine_bench --no-det \
     --shapes="$shape" --tokens="$tokens" --report="$base.jsonl" "$@" > "$base.log" 2>&1
   LD_LIBRARY_PATH="$libdir:${LD_LIBRARY_PATH:-}" timeout 60 "$importer" -i "$base.qdstrm" \
     >> "$base.log" 2>&1
