@@ -66,29 +66,28 @@ def print_metrics(con, forwards, pattern):
     tables = {r[0] for r in con.execute("select name from sqlite_master where type='table'")}
     if not {"GPU_METRICS", "TARGET_INFO_GPU_METRICS"} <= tables:
         return
-    metric_names = {}
-    for type_id, metric_id, name in con.execute(
-            "select typeId, metricId, metricName from TARGET_INFO_GPU_METRICS"):
-        metric_names[(type_id, metric_id)] = name
+    names = {(t, i): name for t, i, name in con.execute(
+        "select typeId, metricId, metricName from TARGET_INFO_GPU_METRICS")}
     lo = min(f[0][0] for f in forwards)
     hi = max(f[-1][1] for f in forwards)
-    samples = con.execute(
+    rows = con.execute(
         "select timestamp, typeId, metricId, value from GPU_METRICS "
-        "where timestamp >= ? and timestamp <= ? order by timestamp", (lo, hi)).fetchall()
+        "where timestamp >= ? and timestamp <= ? order by timestamp", (lo, hi))
+    # (timestamp, metric name, value); graphics metrics and the raw "[Avg]" counters say nothing
+    # here.
+    samples = [(ts, names.get((t, i), f"{t}:{i}"), v) for ts, t, i, v in rows]
+    samples = [s for s in samples
+               if not any(w in s[1] for w in ("Pixel", "Vertex")) and not s[1].endswith("[Avg]")]
     if not samples:
         print("GPU metrics: no samples inside the forwards")
         return
-    # Graphics metrics and the raw "[Avg]" counters say nothing here.
-    metrics = sorted(m for m in {metric_names.get((t, i), f"{t}:{i}") for _, t, i, _ in samples}
-                     if not any(w in m for w in ("Pixel", "Vertex")) and not m.endswith("[Avg]"))
+    metrics = sorted({s[1] for s in samples})
     # Per kernel index of the pattern: metric -> [sum, count].
     sums = [dict() for _ in pattern]
     for f in forwards:
         for j, k in enumerate(f):
-            start, end = k[0], k[1]
-            acc = sums[j]
-            for ts, t, m, v in samples_in(samples, start, end):
-                cell = acc.setdefault(metric_names.get((t, m), f"{t}:{m}"), [0.0, 0])
+            for _, m, v in samples_in(samples, k[0], k[1]):
+                cell = sums[j].setdefault(m, [0.0, 0])
                 cell[0] += v
                 cell[1] += 1
     print(f"GPU metrics, mean over the samples inside each kernel ({len(samples)} samples):")
