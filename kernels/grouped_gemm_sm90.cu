@@ -152,7 +152,7 @@ __global__ void __launch_bounds__(BM * 2, MIN_BLOCKS) WgmmaGemmKernel(const Gemm
 // NOTES: setmaxnreg gives the consumers 232 registers (128 accumulators each) and the producer 40:
 // 128 x 40 + 256 x 232 = 64512, the block's 384 x 168 registers (the launch bound's allocation,
 // inside which setmaxnreg moves them).
-template <typename T, bool GATED, int STAGES>
+template <typename T, bool GATED, int STAGES, bool PACKED>
 __global__ void __launch_bounds__(384, 1) WgmmaWsGemmKernel(const GemmParams p) {
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
   constexpr int BM = 128, B_ROWS = 256;
@@ -201,9 +201,25 @@ __global__ void __launch_bounds__(384, 1) WgmmaWsGemmKernel(const GemmParams p) 
           a_src[i] = a_base + src_row * p.lda + chunk * 8;
         }
       }
-      // B row j of the stage: weight row n0 + r0 + 16 j (gated: of gate for j < 8, of up past).
+      // B row j of the stage: weight row n0 + r0 + 16 j (gated: of gate for j < 8, of up past),
+      // row n_first + 16 jj of its matrix; its chunk lies b_row_offset(jj, kt) past row
+      // n_first's chunk of k-step 0. The layout is a template parameter, so that the producer (40
+      // registers) adds offsets of kernel parameters as the row-major kernel always did. NOTES
+      // (H200, session 26): the layout chosen at run time for every chunk inside the k-step loop
+      // (BChunkOffset) spilled the producer and made the router of 16384 tokens ~4x slower
+      // (43-46 -> 182-183 us).
       const int n_first = nb * BN + r0;
-      const int b_kstep = BKStep(p);
+      const int64_t b_first = PACKED ? PackedOffset(n_first, chunk * 8, p.k)
+                                     : static_cast<int64_t>(n_first) * p.ldb + chunk * 8;
+      const T* b_src0 = b0 + b_first;
+      const T* b_src1 = b1 + b_first;
+      const auto b_row_offset = [&](int jj, int kt) -> int64_t {
+        // Packed: n_first % 128 < 16, so rows n_first + 16 jj change row block at jj = 8.
+        return PACKED
+                   ? (jj / 8) * (static_cast<int64_t>(kPackedRows) * p.k) +
+                         (jj % 8) * (16 * kPackedCols) + static_cast<int64_t>(kt) * kPackedTileElems
+                   : 16 * jj * p.ldb + kt * kBk;
+      };
       for (int kt = kt_begin; kt < kt_end; ++kt, ++it) {
         const int stage = static_cast<int>(it % STAGES);
         MbarWait(&empty_bar[stage], ((it / STAGES) & 1) ^ 1);
@@ -220,8 +236,7 @@ __global__ void __launch_bounds__(384, 1) WgmmaWsGemmKernel(const GemmParams p) 
           const bool second = GATED && j >= B_ROWS / 32;
           const int jj = second ? j - B_ROWS / 32 : j;
           const bool ok = k_ok && n_first + 16 * jj < p.n;
-          const T* src = (second ? b1 : b0) + BChunkOffset(p, n_first + 16 * jj, chunk * 8) +
-                         static_cast<int64_t>(kt) * b_kstep;
+          const T* src = (second ? b_src1 : b_src0) + b_row_offset(jj, kt);
           CpAsync16(SmemAddr(st + (BM + 16 * j) * kBk + dst0), ok ? src : b0, ok);
         }
         CpAsyncMbarArrive(&full_bar[stage]);
@@ -296,6 +311,7 @@ struct WgEntry {
   int smem;
   int threads;
   bool persistent;  // grid of at most one block per SM looping over the work items
+  int packed;       // the B layout the kernel reads: 0 row-major, 1 packed, -1 either
 };
 #define MOE_WG_ENTRY_(TILE, T, WT, GATED, BM, B_ROWS, STAGES, MINB) \
   {&WgmmaGemmKernel<T, GATED, BM, B_ROWS, STAGES, MINB>,            \
@@ -304,15 +320,21 @@ struct WgEntry {
    WType::WT,                                                       \
    WgSmemBytes(BM, B_ROWS, STAGES),                                 \
    BM * 2,                                                          \
-   false},
-#define MOE_WG_WS_ENTRY_(T, WT, GATED, STAGES)                   \
-  {&WgmmaWsGemmKernel<T, GATED, STAGES>,                         \
+   false,                                                           \
+   -1},
+#define MOE_WG_WS_ENTRY_(T, WT, GATED, STAGES, PACKED)           \
+  {&WgmmaWsGemmKernel<T, GATED, STAGES, PACKED>,                 \
    GemmTile::kWgmmaWs,                                           \
    GATED,                                                        \
    WType::WT,                                                    \
    WgSmemBytes(128, 256, STAGES) + 8 * kStagedEpilogueWarpBytes, \
    384,                                                          \
-   true},
+   true,                                                         \
+   PACKED ? 1 : 0},
+#define MOE_WG_WS_ENTRIES_(T, WT)          \
+  MOE_WG_WS_ENTRY_(T, WT, false, 4, false) \
+  MOE_WG_WS_ENTRY_(T, WT, true, 4, false)  \
+  MOE_WG_WS_ENTRY_(T, WT, false, 4, true) MOE_WG_WS_ENTRY_(T, WT, true, 4, true)
 #define MOE_WG_ENTRIES_(TILE, BM, B_ROWS, STAGES, MINB)                      \
   MOE_WG_ENTRY_(TILE, __nv_bfloat16, kBF16, false, BM, B_ROWS, STAGES, MINB) \
   MOE_WG_ENTRY_(TILE, __nv_bfloat16, kBF16, true, BM, B_ROWS, STAGES, MINB)  \
@@ -325,16 +347,19 @@ struct WgEntry {
 // (WgmmaWsGemmKernel), 4 stages (5 would need 240 KiB). Must match MOE_GEMM_SM90_TILE_TABLE.
 const WgEntry kWgKernels[] = {
     MOE_WG_ENTRIES_(kWgmma, 128, 256, 4, 1) MOE_WG_ENTRIES_(kWgmma2, 128, 128, 3, 2)
-        MOE_WG_ENTRIES_(kWgmmaTall, 256, 128, 4, 1) MOE_WG_WS_ENTRY_(__nv_bfloat16, kBF16, false, 4)
-            MOE_WG_WS_ENTRY_(__nv_bfloat16, kBF16, true, 4) MOE_WG_WS_ENTRY_(__half, kF16, false, 4)
-                MOE_WG_WS_ENTRY_(__half, kF16, true, 4)};
+        MOE_WG_ENTRIES_(kWgmmaTall, 256, 128, 4, 1) MOE_WG_WS_ENTRIES_(__nv_bfloat16, kBF16)
+            MOE_WG_WS_ENTRIES_(__half, kF16)};
 #undef MOE_WG_ENTRY_
 #undef MOE_WG_ENTRIES_
 #undef MOE_WG_WS_ENTRY_
+#undef MOE_WG_WS_ENTRIES_
 
-const WgEntry* Find(GemmTile tile, bool gated, WType wtype) {
+const WgEntry* Find(GemmTile tile, bool gated, WType wtype, bool packed) {
   for (const WgEntry& e : kWgKernels) {
-    if (e.tile == tile && e.gated == gated && e.wtype == wtype) return &e;
+    if (e.tile == tile && e.gated == gated && e.wtype == wtype &&
+        (e.packed < 0 || e.packed == (packed ? 1 : 0))) {
+      return &e;
+    }
   }
   return nullptr;
 }
@@ -376,7 +401,7 @@ Status LaunchGemmSm90(const GemmParams& p, GemmTile tile, bool gated, WType wtyp
     }
     tile = GemmTile::kWgmmaWs;  // no descriptors (e.g. expert-cache slots): the cp.async kernel
   }
-  const WgEntry* e = Find(tile, gated, wtype);
+  const WgEntry* e = Find(tile, gated, wtype, p.b_packed != 0);
   if (e == nullptr) return absl::InternalError("no wgmma kernel for this tile");
   if (e->persistent) {
     // One block per SM at most (the kernel reads the real tile count on the device).
