@@ -87,14 +87,14 @@
 //    consumer thread), hence MoePlan::pair_extra_rows (kernels/tile_heuristics.h). Two n32
 //    wgmmas for gate and up (their rows are not adjacent) read the extra A twice: the gated
 //    extra rows add 60% to a stage's shared-memory reads, the plain ones 40%.
-// 11. Packed weights (GemmParams::b_packed, kernels/weight_layout.h): each 128 x 64 box of B is
-//    one contiguous 16 KiB block already in the stage's swizzled order, so thread 0 moves it by a
-//    1-D bulk copy (cp.async.bulk, multicast like the boxes) from the matrix's pointer
-//    (b0_table / b1_table) instead of a tensor copy through its descriptor. NOTES (H200, session
-//    24): a stream probe read 4.60-4.63 TB/s by bulk copies against 4.34-4.40 by 2-D tensor copies
-//    of row-major weights and 4.30-4.41 by 4-D tensor copies of packed ones (b_packed 2, kept for
-//    comparisons); the layer: Mixtral 64 / 256 tokens 691 -> 659 / 740 -> 703 us, Qwen3 512
-//    354 -> 334, DeepSeek-V2-Lite 512 316 -> 305.
+// 11. Packed weights (GemmParams::b_packed, the kernel's BL; kernels/weight_layout.h): each
+//    128 x 64 box of B is one contiguous 16 KiB block already in the stage's swizzled order, so
+//    thread 0 moves it by a 1-D bulk copy (cp.async.bulk, multicast like the boxes) from the
+//    matrix's pointer (b0_table / b1_table) instead of a tensor copy through its descriptor.
+//    NOTES (H200, session 24): a stream probe read 4.60-4.63 TB/s by bulk copies against
+//    4.34-4.40 by 2-D tensor copies of row-major weights and 4.30-4.41 by 4-D tensor copies of
+//    packed ones (b_packed 2, kept for comparisons); the layer: Mixtral 64 / 256 tokens 691 -> 659
+//    / 740 -> 703 us, Qwen3 512 354 -> 334, DeepSeek-V2-Lite 512 316 -> 305.
 #include <algorithm>
 
 #include "kernels/cluster.cuh"
@@ -501,8 +501,8 @@ static_assert(2 * kActTensorMapBoxRows == 128, "two A boxes make a 128-row tile"
 
 // PP: ping-pong only (p.pingpong set), with kPpStages stages of 64 A rows. XR: pairs with extra
 // rows (p.pair_extra_rows; pair clusters outside ping-pong mode), whose stages also hold
-// kClusterPairExtraRows A rows.
-template <typename T, bool GATED, int CN, bool TMA_A, bool PP = false, bool XR = false>
+// kClusterPairExtraRows A rows. BL: how B moves, p.b_packed (see Find).
+template <typename T, bool GATED, int CN, bool TMA_A, bool PP = false, bool XR = false, int BL = 0>
 __global__ void __launch_bounds__(384, 1) WgmmaMcGemmKernel(const GemmParams p) {
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
   static_assert(CN == 1 || (CN == 2 && TMA_A), "A is multicast by TMA only");
@@ -595,7 +595,7 @@ __global__ void __launch_bounds__(384, 1) WgmmaMcGemmKernel(const GemmParams p) 
       // matrices themselves (null: this block has no tile in the unit).
       auto unit_tmaps = [&](const PairWork& pw, const void*& tmap0, const void*& tmap1) {
         tmap0 = tmap1 = nullptr;
-        if (pw.group >= 0 && p.b_packed == 1) {  // the matrices themselves, not descriptors
+        if (pw.group >= 0 && BL == 1) {  // the matrices themselves, not descriptors
           tmap0 = p.b0_table[layer_base + pw.group];
           tmap1 = GATED ? p.b1_table[layer_base + pw.group] : tmap0;
         } else if (pw.group >= 0) {
@@ -613,7 +613,7 @@ __global__ void __launch_bounds__(384, 1) WgmmaMcGemmKernel(const GemmParams p) 
       auto issue_b = [&](const PairWork& pw, const void* tmap0, const void* tmap1, int n0,
                          int stage, int k0) {
         const uint32_t b_dst = SmemAddr(smem + stage * kStageBytes + BM * kBk * 2);
-        if (p.b_packed == 1) {
+        if constexpr (BL == 1) {
           // The box at (k0, row) of a packed matrix: one contiguous kBoxBytes tile. A box past
           // the matrix's rows (a plain GEMM's last column block when n % 256 != 0) reads the
           // first row block instead: its columns are never stored, and nothing past the matrix
@@ -631,7 +631,7 @@ __global__ void __launch_bounds__(384, 1) WgmmaMcGemmKernel(const GemmParams p) 
             BulkLoad(b_dst + kBoxBytes, tile(tmap1, GATED ? n0 : n0 + 128), kBoxBytes,
                      &full_bar[stage]);
           }
-        } else if (p.b_packed == 2) {
+        } else if constexpr (BL == 2) {
           if (pw.multicast) {
             TmaLoadMulticastTo4d(b_dst + rm * kBoxBytes, rm == 1 ? tmap1 : tmap0, k0,
                                  GATED ? n0 : n0 + 128 * static_cast<int>(rm), &full_bar[stage],
@@ -972,54 +972,63 @@ __global__ void __launch_bounds__(384, 1) WgmmaMcGemmKernel(const GemmParams p) 
 
 using KernelFn = void (*)(GemmParams);
 
-template <typename T, bool GATED>
+template <typename T, bool GATED, int BL>
 KernelFn FindFor(bool tma_a, int cn, bool pp, bool xr) {
   if (pp) {
-    return tma_a ? &WgmmaMcGemmKernel<T, GATED, 1, true, true>
-                 : &WgmmaMcGemmKernel<T, GATED, 1, false, true>;
+    return tma_a ? &WgmmaMcGemmKernel<T, GATED, 1, true, true, false, BL>
+                 : &WgmmaMcGemmKernel<T, GATED, 1, false, true, false, BL>;
   }
   if (!tma_a) {
-    return xr ? &WgmmaMcGemmKernel<T, GATED, 1, false, false, true>
-              : &WgmmaMcGemmKernel<T, GATED, 1, false>;
+    return xr ? &WgmmaMcGemmKernel<T, GATED, 1, false, false, true, BL>
+              : &WgmmaMcGemmKernel<T, GATED, 1, false, false, false, BL>;
   }
-  if (cn == 2) return &WgmmaMcGemmKernel<T, GATED, 2, true>;
-  return xr ? &WgmmaMcGemmKernel<T, GATED, 1, true, false, true>
-            : &WgmmaMcGemmKernel<T, GATED, 1, true>;
+  if (cn == 2) return &WgmmaMcGemmKernel<T, GATED, 2, true, false, false, BL>;
+  return xr ? &WgmmaMcGemmKernel<T, GATED, 1, true, false, true, BL>
+            : &WgmmaMcGemmKernel<T, GATED, 1, true, false, false, BL>;
+}
+template <typename T, bool GATED>
+KernelFn FindFor(int bl, bool tma_a, int cn, bool pp, bool xr) {
+  return bl == 1   ? FindFor<T, GATED, 1>(tma_a, cn, pp, xr)
+         : bl == 2 ? FindFor<T, GATED, 2>(tma_a, cn, pp, xr)
+                   : FindFor<T, GATED, 0>(tma_a, cn, pp, xr);
 }
 // The kernel for A by cp.async (tma_a false) or by TMA on clusters of 2 x cn blocks; pp: the
-// ping-pong kernel of kPpStages 64-row stages (cn 1); xr: the pair kernel with extra rows (cn 1).
-KernelFn Find(bool gated, WType wtype, bool tma_a = false, int cn = 1, bool pp = false,
+// ping-pong kernel of kPpStages 64-row stages (cn 1); xr: the pair kernel with extra rows (cn 1);
+// bl: how B moves (GemmParams::b_packed: 0 row-major boxes by tensor copies, 1 packed tiles by
+// bulk copies, 2 packed tiles by 4-D tensor copies).
+// NOTES (H200, session 26): with b_packed a run-time switch inside one kernel, the layer ran
+// 0.2-2.5% slower at 4096-16384 tokens than builds with the layout fixed at compile time.
+KernelFn Find(bool gated, WType wtype, int bl = 0, bool tma_a = false, int cn = 1, bool pp = false,
               bool xr = false) {
   if (wtype == WType::kBF16) {
-    return gated ? FindFor<__nv_bfloat16, true>(tma_a, cn, pp, xr)
-                 : FindFor<__nv_bfloat16, false>(tma_a, cn, pp, xr);
+    return gated ? FindFor<__nv_bfloat16, true>(bl, tma_a, cn, pp, xr)
+                 : FindFor<__nv_bfloat16, false>(bl, tma_a, cn, pp, xr);
   }
-  return gated ? FindFor<__half, true>(tma_a, cn, pp, xr)
-               : FindFor<__half, false>(tma_a, cn, pp, xr);
+  return gated ? FindFor<__half, true>(bl, tma_a, cn, pp, xr)
+               : FindFor<__half, false>(bl, tma_a, cn, pp, xr);
 }
 
 }  // namespace
 
 Status InitGemmKernelsSm90Cluster() {
   for (const WType wtype : {WType::kBF16, WType::kF16}) {
-    for (const bool gated : {false, true}) {
-      CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(
-          Find(gated, wtype), cudaFuncAttributeMaxDynamicSharedMemorySize, kMcSmem));
-      for (const bool tma_a : {false, true}) {
-        CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(Find(gated, wtype, tma_a, 1, false, true),
-                                                  cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                                  kMcXrSmem));
-      }
-    }
-    for (const bool gated : {false, true}) {
-      for (const int cn : {1, 2}) {
+    for (const int bl : {0, 1, 2}) {
+      for (const bool gated : {false, true}) {
         CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(
-            Find(gated, wtype, true, cn), cudaFuncAttributeMaxDynamicSharedMemorySize, kMcSmem));
-      }
-      for (const bool tma_a : {false, true}) {
-        CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(Find(gated, wtype, tma_a, 1, true),
-                                                  cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                                  kPpSmem));
+            Find(gated, wtype, bl), cudaFuncAttributeMaxDynamicSharedMemorySize, kMcSmem));
+        for (const bool tma_a : {false, true}) {
+          CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(Find(gated, wtype, bl, tma_a, 1, false, true),
+                                                    cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                    kMcXrSmem));
+          CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(Find(gated, wtype, bl, tma_a, 1, true),
+                                                    cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                    kPpSmem));
+        }
+        for (const int cn : {1, 2}) {
+          CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(Find(gated, wtype, bl, true, cn),
+                                                    cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                    kMcSmem));
+        }
       }
     }
   }
@@ -1058,10 +1067,11 @@ StatusOr<int> ClusterGemmResidentClusters(int cluster_blocks) {
   const cudaLaunchConfig_t config = ClusterConfig(
       attr, static_cast<unsigned>(sms / cluster_blocks * cluster_blocks), nullptr, cluster_blocks);
   int clusters = 0;
-  CUDA_RETURN_IF_ERROR(cudaOccupancyMaxActiveClusters(
-      &clusters,
-      cluster_blocks == kQuadBlocks ? Find(false, WType::kBF16, true, 2) : Find(true, WType::kBF16),
-      &config));
+  CUDA_RETURN_IF_ERROR(cudaOccupancyMaxActiveClusters(&clusters,
+                                                      cluster_blocks == kQuadBlocks
+                                                          ? Find(false, WType::kBF16, 0, true, 2)
+                                                          : Find(true, WType::kBF16),
+                                                      &config));
   return clusters;
 }
 
@@ -1094,7 +1104,8 @@ Status LaunchGemmSm90Cluster(const GemmParams& p, bool gated, WType wtype, int64
   const bool xr = p.pair_extra_rows != 0 && p.tma_multicast != 0 && p.pingpong == 0 && cn == 1 &&
                   (!tma_a || p.a_x_tmap != nullptr);
   if (xr) config.dynamicSmemBytes = kMcXrSmem;
-  CUDA_RETURN_IF_ERROR(cudaLaunchKernelEx(&config, Find(gated, wtype, tma_a, cn, pp, xr), p));
+  CUDA_RETURN_IF_ERROR(
+      cudaLaunchKernelEx(&config, Find(gated, wtype, p.b_packed, tma_a, cn, pp, xr), p));
   return absl::OkStatus();
 }
 
