@@ -202,24 +202,17 @@ __global__ void __launch_bounds__(384, 1) WgmmaWsGemmKernel(const GemmParams p) 
         }
       }
       // B row j of the stage: weight row n0 + r0 + 16 j (gated: of gate for j < 8, of up past),
-      // row n_first + 16 jj of its matrix; its chunk lies b_row_offset(jj, kt) past row
-      // n_first's chunk of k-step 0. The layout is a template parameter, so that the producer (40
-      // registers) adds offsets of kernel parameters as the row-major kernel always did. NOTES
-      // (H200, session 26): the layout chosen at run time for every chunk inside the k-step loop
-      // (BChunkOffset) spilled the producer and made the router of 16384 tokens ~4x slower
-      // (43-46 -> 182-183 us).
+      // row n_first + 16 jj of its matrix, whose chunk the loop finds from row n_first's chunk of
+      // k-step 0. The layout is a template parameter, so that the producer (40 registers) adds
+      // offsets of kernel parameters as the row-major kernel always did (ptxas: the spills of
+      // session 22's kernel). NOTES (H200, session 26): the layout chosen at run time for every
+      // chunk inside the k-step loop (BChunkOffset) spilled the producer and made the router of
+      // 16384 tokens ~4x slower (43-46 -> 182-183 us).
       const int n_first = nb * BN + r0;
-      const int64_t b_first = PACKED ? PackedOffset(n_first, chunk * 8, p.k)
-                                     : static_cast<int64_t>(n_first) * p.ldb + chunk * 8;
-      const T* b_src0 = b0 + b_first;
-      const T* b_src1 = b1 + b_first;
-      const auto b_row_offset = [&](int jj, int kt) -> int64_t {
-        // Packed: n_first % 128 < 16, so rows n_first + 16 jj change row block at jj = 8.
-        return PACKED
-                   ? (jj / 8) * (static_cast<int64_t>(kPackedRows) * p.k) +
-                         (jj % 8) * (16 * kPackedCols) + static_cast<int64_t>(kt) * kPackedTileElems
-                   : 16 * jj * p.ldb + kt * kBk;
-      };
+      const T* b_src0 = b0 + (PACKED ? PackedOffset(n_first, chunk * 8, p.k)
+                                     : static_cast<int64_t>(n_first) * p.ldb + chunk * 8);
+      const T* b_src1 = b1 + (PACKED ? PackedOffset(n_first, chunk * 8, p.k)
+                                     : static_cast<int64_t>(n_first) * p.ldb + chunk * 8);
       for (int kt = kt_begin; kt < kt_end; ++kt, ++it) {
         const int stage = static_cast<int>(it % STAGES);
         MbarWait(&empty_bar[stage], ((it / STAGES) & 1) ^ 1);
@@ -236,7 +229,12 @@ __global__ void __launch_bounds__(384, 1) WgmmaWsGemmKernel(const GemmParams p) 
           const bool second = GATED && j >= B_ROWS / 32;
           const int jj = second ? j - B_ROWS / 32 : j;
           const bool ok = k_ok && n_first + 16 * jj < p.n;
-          const T* src = (second ? b_src1 : b_src0) + b_row_offset(jj, kt);
+          // Packed: n_first % 128 < 16, so rows n_first + 16 jj change row block at jj = 8.
+          const T* src = (second ? b_src1 : b_src0) +
+                         (PACKED ? (jj / 8) * (static_cast<int64_t>(kPackedRows) * p.k) +
+                                       (jj % 8) * (16 * kPackedCols) +
+                                       static_cast<int64_t>(kt) * kPackedTileElems
+                                 : static_cast<int64_t>(16 * jj) * p.ldb + k0);
           CpAsync16(SmemAddr(st + (BM + 16 * j) * kBk + dst0), ok ? src : b0, ok);
         }
         CpAsyncMbarArrive(&full_bar[stage]);
