@@ -209,6 +209,9 @@ __global__ void __launch_bounds__(384, 1) WgmmaWsGemmKernel(const GemmParams p) 
       // chunk inside the k-step loop (BChunkOffset) spilled the producer and made the router of
       // 16384 tokens ~4x slower (43-46 -> 182-183 us).
       const int n_first = nb * BN + r0;
+      // The offset is written out for each matrix on purpose: held once in a 64-bit variable it
+      // makes ptxas spill 28 bytes of the gated row-major producer instead of 4
+      // (kernel_spills_test).
       const T* b_src0 = b0 + (PACKED ? PackedOffset(n_first, chunk * 8, p.k)
                                      : static_cast<int64_t>(n_first) * p.ldb + chunk * 8);
       const T* b_src1 = b1 + (PACKED ? PackedOffset(n_first, chunk * 8, p.k)
