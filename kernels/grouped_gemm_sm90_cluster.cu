@@ -93,8 +93,10 @@
 //    matrix's pointer (b0_table / b1_table) instead of a tensor copy through its descriptor.
 //    NOTES (H200, session 24): a stream probe read 4.60-4.63 TB/s by bulk copies against
 //    4.34-4.40 by 2-D tensor copies of row-major weights and 4.30-4.41 by 4-D tensor copies of
-//    packed ones (b_packed 2, kept for comparisons); the layer: Mixtral 64 / 256 tokens 691 -> 659
-//    / 740 -> 703 us, Qwen3 512 354 -> 334, DeepSeek-V2-Lite 512 316 -> 305.
+//    packed ones (b_packed 2); the layer: Mixtral 64 / 256 tokens 691 -> 659 / 740 -> 703 us,
+//    Qwen3 512 354 -> 334, DeepSeek-V2-Lite 512 316 -> 305. But at 1024+ rows per expert the 4-D
+//    tensor copies made the layer 0.3-1.3% faster (session 27), so plans of that many rows take
+//    them (MoePlan::packed_tensor_copies).
 #include <algorithm>
 
 #include "kernels/cluster.cuh"

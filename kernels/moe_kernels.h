@@ -66,8 +66,9 @@ struct GemmArgs {
   int n_groups = 0;
   // B matrices (b0_table / b1_table) in kernels/weight_layout.h's kPacked layout (ldb == k, n a
   // multiple of 128; every tile reads it, LaunchStreamGemm does not). The cluster tile then loads
-  // each 128 x 64 box by a 1-D bulk copy, or with b_packed_tensor (comparisons) by a 4-D tensor
-  // copy through b0_tmaps (descriptors of the packed layout, DeviceWeights::BuildTensorMaps).
+  // each 128 x 64 box by a 1-D bulk copy, or with b_packed_tensor (MoePlan::packed_tensor_copies:
+  // plans of many rows per expert) by a 4-D tensor copy through b0_tmaps (descriptors of the
+  // packed layout, DeviceWeights::BuildTensorMaps).
   bool b_packed = false;
   bool b_packed_tensor = false;
   // kWgmmaWsMc only: false makes each block of the cluster load all of its B itself (for

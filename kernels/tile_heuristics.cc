@@ -206,6 +206,10 @@ MoePlan PlanMoe(const MoePlanInput& in) {
       !plan.pingpong &&
       (in.pair_extra_rows == PathPolicy::kAlways ||
        (!plan.permute_x && PairExtraRowsSaving(pairs, in.n_experts) >= kPairExtraRowsMinSaving));
+  plan.packed_tensor_copies = in.packed_tensor_copies != PathPolicy::kNever &&
+                              plan.tile == GemmTile::kWgmmaWsMc &&
+                              (in.packed_tensor_copies == PathPolicy::kAlways ||
+                               (!plan.pingpong && rows_per_group >= kPackedTensorCopiesMinRows));
   if (plan.tile == GemmTile::kWgmmaWsMc) {
     const double units_per_expert = cluster_units / std::max(1, in.n_experts);
     plan.raster_units = in.raster_units > 0                                 ? in.raster_units

@@ -187,6 +187,9 @@ struct MoePlanInput {
   PathPolicy tma_a_down = PathPolicy::kNever;       // the down GEMM's A by TMA (MoePlan)
   PathPolicy down_overlap = PathPolicy::kNever;     // down starts under gate/up's tail (MoePlan)
   PathPolicy pair_extra_rows = PathPolicy::kNever;  // a pair's extra rows (MoePlan)
+  // Packed weights moved by 4-D tensor copies rather than 1-D bulk copies (MoePlan); the caller
+  // passes kNever where the weights are not packed or have no tensor maps.
+  PathPolicy packed_tensor_copies = PathPolicy::kNever;
   // The routed gate/up GEMM of a decode-tile plan on the weight-streaming kernel (MoePlan); the
   // caller passes kNever where the kernel does not run (no sm_90 image).
   PathPolicy stream_gate_up = PathPolicy::kNever;
@@ -231,6 +234,10 @@ struct MoePlan {
   // in its last multicast pair (GemmArgs::pair_extra_rows; MoePlanInput::pair_extra_rows): where
   // PairExtraRowsSaving is at least kPairExtraRowsMinSaving.
   bool pair_extra_rows = false;
+  // The routed GEMMs of a kWgmmaWsMc plan outside ping-pong mode load the packed weights' boxes by
+  // 4-D tensor copies (GemmArgs::b_packed_tensor) rather than 1-D bulk copies: where an expert
+  // expects at least kPackedTensorCopiesMinRows rows (MoePlanInput::packed_tensor_copies).
+  bool packed_tensor_copies = false;
   // Work units (multicast or solo pairs) per raster group of a kWgmmaWsMc plan's routed GEMMs
   // (GemmArgs::raster_units): kRasterUnits[0] (one) where an expert expects at most
   // kRasterOneUnitMaxUnits units (ExpectedClusterUnits), kRasterUnits[2] where it expects at least
@@ -312,6 +319,17 @@ inline constexpr int64_t kQuadDownMinWaves = 12;
 // loads A by TMA (one producer thread) instead of gathering it with cp.async (128 threads): the
 // GEMM's work grows with inter, the copy does not.
 inline constexpr int kPermuteXMinInter = 4096;
+// A kWgmmaWsMc plan of at least this many expected rows per activated expert loads packed weights
+// by 4-D tensor copies (MoePlan::packed_tensor_copies, kAuto), fewer by 1-D bulk copies.
+// NOTES (H200, session 27, two calls of two rounds, layer us, bulk -> tensor copies; the
+// second call's card ran every point 2-10% slower): at 1024+ rows per expert Mixtral 4096 tokens
+// 4909 / 4889 -> 4842 / 4834 and 4949 / 4947 -> 4920 / 4911, 16384 18783 / 18811 -> 18720 /
+// 18726 and 18767 / 18840 -> 18676 / 18618, Qwen3 16384 2564 / 2565 -> 2539 / 2552 and 2836 /
+// 2849 -> 2823 / 2817; at 128-768 rows within the spread (Qwen3 4096 766 / 767 -> 768 / 772
+// and 799 / 790 -> 786 / 790, Mixtral 2048, Qwen3 and DeepSeek-V2-Lite 2048 / 8192); at 512
+// tokens (ping-pong) the bulk copies faster: Qwen3 326 -> 335, DeepSeek-V2-Lite 305 -> 313,
+// Mixtral 957 -> 971.
+inline constexpr double kPackedTensorCopiesMinRows = 1024.0;
 // A kWgmmaWsMc plan of at most this many expected rows per activated expert runs its routed GEMMs
 // in ping-pong mode (kAuto): tiles of 64 rows, one consumer warpgroup per work item, so that an
 // item's epilogue overlaps the next one's loads instead of stalling them.

@@ -35,10 +35,10 @@
 //                             routed gate/up GEMM on the weight-streaming kernel never / in
 //                             every such plan, and the down GEMM too:
 //                             CudaEngineOptions::stream_gate_up, stream_down)
-//       [--packed | --no-packed] [--packed-tensor]   (routed experts in the packed layout in
-//                             every engine whose shapes allow / never; the cluster GEMMs' packed
-//                             boxes by tensor copies: CudaEngineOptions::packed_expert_weights,
-//                             packed_tensor_copies)
+//       [--packed | --no-packed] [--packed-tensor | --no-packed-tensor]   (routed experts in the
+//                             packed layout in every engine whose shapes allow / never; the
+//                             cluster GEMMs' packed boxes by tensor copies in every plan / never:
+//                             CudaEngineOptions::packed_expert_weights, packed_tensor_copies)
 //       [--meta-copy]   (each forward's meta by a host-to-device copy before the graph, not as
 //                       the graph's first kernel: CudaEngineOptions::meta_in_graph off)
 //       [--no-front-meta]   (at 1 token the meta kernel first, not the front taking the meta:
@@ -187,10 +187,10 @@ bool g_gate_up_tma = false;  // --gate-up-tma
 CudaEngineOptions::Use g_stream_gate_up = CudaEngineOptions().stream_gate_up;
 bool g_stream_down = CudaEngineOptions().stream_down;                         // --stream-down
 CudaEngineOptions::Use g_packed = CudaEngineOptions().packed_expert_weights;  // --[no-]packed
-bool g_packed_tensor = false;                                                 // --packed-tensor
-bool g_meta_in_graph = CudaEngineOptions().meta_in_graph;                     // --meta-copy
-bool g_front_takes_meta = CudaEngineOptions().front_takes_meta;               // --no-front-meta
-bool g_input_in_place = CudaEngineOptions().input_in_place;                   // --input-copy
+auto g_packed_tensor = CudaEngineOptions().packed_tensor_copies;  // --[no-]packed-tensor
+bool g_meta_in_graph = CudaEngineOptions().meta_in_graph;         // --meta-copy
+bool g_front_takes_meta = CudaEngineOptions().front_takes_meta;   // --no-front-meta
+bool g_input_in_place = CudaEngineOptions().input_in_place;       // --input-copy
 
 struct Shape {
   std::string name;
@@ -899,7 +899,9 @@ int main(int argc, char** argv) {
     } else if (a == "--no-packed") {
       moe::g_packed = moe::CudaEngineOptions::Use::kNever;
     } else if (a == "--packed-tensor") {
-      moe::g_packed_tensor = true;
+      moe::g_packed_tensor = moe::CudaEngineOptions::Use::kAlways;
+    } else if (a == "--no-packed-tensor") {
+      moe::g_packed_tensor = moe::CudaEngineOptions::Use::kNever;
     } else if (a == "--meta-copy") {
       moe::g_meta_in_graph = false;
     } else if (a == "--no-front-meta") {

@@ -1256,12 +1256,13 @@ TEST(CudaEngine, MetaInGraphAndMetaCopy) {
 // Routed experts in the packed layout (kernels/weight_layout.h, packed_expert_weights) give the
 // bits of the row-major engine past 1 token on every path that reads them: the mma.sync tiles, the
 // cluster GEMMs (multicast pairs, ping-pong, the 2 x 2 down GEMM, boxes by bulk and by tensor
-// copies), the cp.async wgmma tile, deterministic mode and an mma.sync-only engine (the A100 path),
-// graphs and eager; over 31 and 129 experts (some with no row at few tokens), f16 weights with f32
-// activations and shared experts; and match the CPU engine, at 1 token too (the decode experts
-// path, whose gate/up sums packed weights in another order) and with the weight-streaming gate/up's
-// plans (it does not read packed weights: the decode tile). Shapes that cannot be packed stay
-// row-major; kAlways with a kernel that cannot read packed weights is refused.
+// copies, the latter by default past kPackedTensorCopiesMinRows rows an expert), the cp.async wgmma
+// tile, deterministic mode and an mma.sync-only engine (the A100 path), graphs and eager; over 31
+// and 129 experts (some with no row at few tokens), f16 weights with f32 activations and shared
+// experts; and match the CPU engine, at 1 token too (the decode experts path, whose gate/up sums
+// packed weights in another order) and with the weight-streaming gate/up's plans (it does not read
+// packed weights: the decode tile). Shapes that cannot be packed stay row-major; kAlways with a
+// kernel that cannot read packed weights is refused.
 TEST(CudaEngine, PackedExpertWeights) {
   MOE_REQUIRE_GPU();
   using Use = CudaEngineOptions::Use;
@@ -1269,7 +1270,7 @@ TEST(CudaEngine, PackedExpertWeights) {
       {"mixtral, 8 experts top-2",
        Opts(Family::kMixtral, 8, 2, 512, 1024, DType::kBF16, 181),
        DType::kBF16,
-       {1, 3, 8, 64, 600}},
+       {1, 3, 8, 64, 600, 4200}},  // 4200: 1050 rows an expert, boxes by tensor copies (kAuto)
       {"qwen3, 31 experts top-4",
        Opts(Family::kQwen3Moe, 31, 4, 256, 128, DType::kBF16, 182),
        DType::kBF16,
@@ -1288,6 +1289,7 @@ TEST(CudaEngine, PackedExpertWeights) {
        {1, 7, 130, 600}},
   };
   CudaEngineOptions row_major = DefaultOptions();
+  row_major.max_batch_tokens = 4224;  // the 4200-token case
   row_major.packed_expert_weights = Use::kNever;
   row_major.stream_gate_up = Use::kNever;
   CudaEngineOptions packed = row_major;
@@ -1320,7 +1322,7 @@ TEST(CudaEngine, PackedExpertWeights) {
          o.cluster_pingpong = Use::kNever;
          o.cluster_quad_down = Use::kAlways;
        },
-       [](CudaEngineOptions& o) { o.packed_tensor_copies = true; },
+       [](CudaEngineOptions& o) { o.packed_tensor_copies = Use::kAlways; },
        [](CudaEngineOptions& o) {
          o.hopper_tile = CudaEngineOptions::HopperTile::kWideWarpSpecialized;
        },
@@ -1329,6 +1331,7 @@ TEST(CudaEngine, PackedExpertWeights) {
        [](CudaEngineOptions& o) { o.graph_batch_sizes.clear(); }},
       seed);
   CudaEngineOptions packed_default = DefaultOptions();
+  packed_default.max_batch_tokens = 4224;
   packed_default.packed_expert_weights = Use::kAlways;
   CheckCases(cases, packed_default);
   // The decode experts path at every count it takes (2-8 tokens: sorted h rows, shared weights).

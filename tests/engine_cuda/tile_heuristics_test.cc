@@ -381,6 +381,33 @@ TEST(PlanMoe, DownOverlapWhereGateUpHasFewItems) {
   EXPECT_FALSE(PlanMoe(in).down_overlap);
 }
 
+// Packed weights by 4-D tensor copies (kAuto): cluster plans of at least kPackedTensorCopiesMinRows
+// rows per expert, never in ping-pong mode; kAlways in every cluster plan, kNever never.
+TEST(PlanMoe, PackedTensorCopiesForManyRowsPerExpert) {
+  MoePlanInput in = HopperInput(/*mixtral=*/false, 16384);  // Qwen3: 1024 rows per expert
+  EXPECT_FALSE(PlanMoe(in).packed_tensor_copies);           // policy kNever (the input's default)
+  in.packed_tensor_copies = PathPolicy::kAuto;
+  EXPECT_TRUE(PlanMoe(in).packed_tensor_copies);
+  in.tokens = 4096;  // 256 rows: bulk copies
+  EXPECT_FALSE(PlanMoe(in).packed_tensor_copies);
+  in.packed_tensor_copies = PathPolicy::kAlways;
+  EXPECT_TRUE(PlanMoe(in).packed_tensor_copies);
+  in.tokens = 512;  // ping-pong: kAlways still applies
+  in.pingpong = PathPolicy::kAuto;
+  EXPECT_TRUE(PlanMoe(in).pingpong);
+  EXPECT_TRUE(PlanMoe(in).packed_tensor_copies);
+  in.packed_tensor_copies = PathPolicy::kAuto;
+  EXPECT_FALSE(PlanMoe(in).packed_tensor_copies);
+  in = HopperInput(/*mixtral=*/true, 4096);  // Mixtral: 1024 rows per expert
+  in.packed_tensor_copies = PathPolicy::kAuto;
+  EXPECT_TRUE(PlanMoe(in).packed_tensor_copies);
+  in.tokens = 2048;
+  EXPECT_FALSE(PlanMoe(in).packed_tensor_copies);
+  in.tokens = 16384;
+  in.wgmma_tile = GemmTile::kWgmmaWs;  // only the cluster tile loads boxes by tensor copies
+  EXPECT_FALSE(PlanMoe(in).packed_tensor_copies);
+}
+
 // A pair's extra rows: the expected share of work units they remove (binomial rows per expert),
 // and the plan takes them (kAuto) where it is at least kPairExtraRowsMinSaving, outside ping-pong.
 TEST(PlanMoe, PairExtraRowsWhereTheyRemoveSoloTiles) {

@@ -352,8 +352,10 @@ struct CudaEngineOptions {
   // Lite 32 tokens) 0.7-1.2% slower.
   Use packed_expert_weights = Use::kAuto;
   // With packed weights, the cluster GEMMs load the boxes by 4-D tensor copies instead of 1-D bulk
-  // copies (comparisons: the layout alone did not speed them up).
-  bool packed_tensor_copies = false;
+  // copies: never; kAuto where an expert expects many rows (kPackedTensorCopiesMinRows in
+  // kernels/tile_heuristics.h: 1-D bulk copies are faster at a few hundred rows an expert, tensor
+  // copies at 1024+); kAlways in every cluster plan (tests, comparisons).
+  Use packed_tensor_copies = Use::kAuto;
   bool stream_down = false;
   int stream_gemm_blocks = 0;
   // Each all-resident forward's meta (token count, layer, input and output) reaches the device as

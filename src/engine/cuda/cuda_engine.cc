@@ -320,6 +320,9 @@ Status CudaEngine::Impl::BuildLayerLaunch(Slot& s, int64_t capacity, AType atype
   in.down_overlap = ToPathPolicy(options.cluster_down_overlap);
   in.tma_a_down = ToPathPolicy(options.cluster_tma_a_down);
   in.pair_extra_rows = ToPathPolicy(options.cluster_pair_extra_rows);
+  in.packed_tensor_copies = weights.packed && weights.gate_tmap_table.get() != nullptr
+                                ? ToPathPolicy(options.packed_tensor_copies)
+                                : cuda::PathPolicy::kNever;
   in.stream_gate_up = stream_gemm && !weights.packed ? ToPathPolicy(options.stream_gate_up)
                                                      : cuda::PathPolicy::kNever;
   in.quad_down = resident_quad_clusters > 0 ? ToPathPolicy(options.cluster_quad_down)
@@ -514,7 +517,7 @@ Status CudaEngine::Impl::BuildLayerLaunch(Slot& s, int64_t capacity, AType atype
     gu.b1_tmaps = weights.table(weights.up_tmap_table);
     gu.n_groups = static_cast<int>(e);
     gu.tma_multicast = options.cluster_multicast;
-    gu.b_packed_tensor = weights.packed && options.packed_tensor_copies;
+    gu.b_packed_tensor = plan.packed_tensor_copies;
     gu.resident_clusters = resident_clusters;
   }
   // The permuted copy of x (made by the scan's scatter into y) read by TMA instead of gathering.
@@ -562,7 +565,7 @@ Status CudaEngine::Impl::BuildLayerLaunch(Slot& s, int64_t capacity, AType atype
   down.b_packed = weights.packed;
   if (weights.down_tmap_table.get() != nullptr) {
     down.b0_tmaps = weights.table(weights.down_tmap_table);
-    down.b_packed_tensor = weights.packed && options.packed_tensor_copies;
+    down.b_packed_tensor = plan.packed_tensor_copies;
   }
   down.b1_tmaps = nullptr;
   down.ldb = inter;
