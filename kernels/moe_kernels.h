@@ -364,8 +364,11 @@ struct ScanArgs {
   // Optional: the permutation also copies the activations into the permuted order, x_perm row r =
   // x row perm_token[r] (2-byte elements, `hidden` of them; x rows ld_x apart), for a gate/up GEMM
   // that loads A by TMA (GemmArgs::a_tmap). Always on the grid-wide scatter kernel.
+  // With x_from_meta the rows come from the forward's input itself (meta->input, rows `hidden`
+  // apart): x and ld_x are not used.
   const void* x = nullptr;
   int64_t ld_x = 0;
+  bool x_from_meta = false;
   void* x_perm = nullptr;  // [capacity * top_k, hidden]
   int hidden = 0;
   bool pdl = false;  // programmatic dependent launch (kernels/pdl.cuh)

@@ -22,6 +22,9 @@
 //    rounding depends on the hidden size and the K splits only: not on the block.
 // 5. Partial logits go to split z of [split, token, router row] f32; the route adds the splits
 //    in order.
+// 6. The kernel is compiled for 1, 2 and 4 row tiles a block (TILES): registers for 4 tiles
+//    (224) leave one block of 8 warps an SM, latency-bound (ncu, Mixtral 4096 tokens: 40% of DRAM
+//    bandwidth, warps stalled on their loads 66% of the time); 1 tile takes 128, two blocks.
 // NOTES: a first version staged 64-column chunks of both operands through a cp.async ring and
 // left the warps without a tile idle: 21 us at Qwen3 512 tokens and 32 us at 4096 (H200, ncu),
 // no faster than the two kernels it replaced; this one with 2 steps in flight took 11 and 35 us
@@ -49,15 +52,19 @@ constexpr int kRcStepCols = kRouterConvertStepCols;
 constexpr int kRcDepth = 4;  // steps of loads in flight per thread
 
 // One 32-column step's operands of a thread: its 4 token rows (16-row half m, + 8 h) and its
-// router row of each tile.
+// router row of each of TILES tiles.
+template <int TILES>
 struct RcStep {
   uint4 a[2][2];
-  uint4 b[kRcMaxTiles];
+  uint4 b[TILES];
 };
 
-template <typename T>
-__global__ void __launch_bounds__(kRcThreads) RouterConvertKernel(const RouterConvertArgs a) {
-  __shared__ float red[kRcWarps][kRcTokens][kRcMaxTiles * 8 + 1];
+// TILES: the row tiles a block holds at most (RouterConvertBlocksPerSm: one tile's registers let
+// two blocks share an SM).
+template <typename T, int TILES>
+__global__ void __launch_bounds__(kRcThreads, RouterConvertBlocksPerSm(TILES))
+    RouterConvertKernel(const RouterConvertArgs a) {
+  __shared__ float red[kRcWarps][kRcTokens][TILES * 8 + 1];
   GridDepWait();
   GridDepTrigger();
   if (blockIdx.x == 0 && blockIdx.y == 0 && blockIdx.z == 0) {
@@ -92,32 +99,32 @@ __global__ void __launch_bounds__(kRcThreads) RouterConvertKernel(const RouterCo
       a_ok[m][h] = t < n;
       a_row[m][h] = in + static_cast<int64_t>(a_ok[m][h] ? t : t0) * a.hidden + 8 * q;
     }
-  const T* b_row[kRcMaxTiles];
+  const T* b_row[TILES];
 #pragma unroll
-  for (int j = 0; j < kRcMaxTiles; ++j) {
+  for (int j = 0; j < TILES; ++j) {
     const int r = min(row0 + 8 * j + g, a.router_rows - 1);
     b_row[j] = w + static_cast<int64_t>(r) * a.ld_router + 8 * q;
   }
-  auto load = [&](int s, RcStep& st) {
+  auto load = [&](int s, RcStep<TILES>& st) {
     const int k = s * kRcStepCols;
 #pragma unroll
     for (int m = 0; m < 2; ++m)
 #pragma unroll
       for (int h = 0; h < 2; ++h) st.a[m][h] = LoadKept(a_row[m][h] + k);
 #pragma unroll
-    for (int j = 0; j < kRcMaxTiles; ++j) {
+    for (int j = 0; j < TILES; ++j) {
       if (j < tiles) st.b[j] = LoadKept(b_row[j] + k);
     }
   };
 
-  float acc[2][kRcMaxTiles][4];
+  float acc[2][TILES][4];
 #pragma unroll
   for (int m = 0; m < 2; ++m)
 #pragma unroll
-    for (int j = 0; j < kRcMaxTiles; ++j)
+    for (int j = 0; j < TILES; ++j)
 #pragma unroll
       for (int i = 0; i < 4; ++i) acc[m][j][i] = 0.0f;
-  auto compute = [&](int s, const RcStep& st) {
+  auto compute = [&](int s, const RcStep<TILES>& st) {
     if (write_x) {
       T* x = static_cast<T*>(a.x) + s * kRcStepCols + 8 * q;
 #pragma unroll
@@ -135,7 +142,7 @@ __global__ void __launch_bounds__(kRcThreads) RouterConvertKernel(const RouterCo
       const uint32_t f0[4] = {st.a[m][0].x, st.a[m][1].x, st.a[m][0].y, st.a[m][1].y};
       const uint32_t f1[4] = {st.a[m][0].z, st.a[m][1].z, st.a[m][0].w, st.a[m][1].w};
 #pragma unroll
-      for (int j = 0; j < kRcMaxTiles; ++j) {
+      for (int j = 0; j < TILES; ++j) {
         if (j < tiles) {
           MmaOp<T>::Run(acc[m][j], f0, st.b[j].x, st.b[j].y);
           MmaOp<T>::Run(acc[m][j], f1, st.b[j].z, st.b[j].w);
@@ -145,7 +152,7 @@ __global__ void __launch_bounds__(kRcThreads) RouterConvertKernel(const RouterCo
   };
 
   // kRcDepth steps of loads in flight: buffer i holds steps s_begin + i, + kRcDepth, ...
-  RcStep buf[kRcDepth];
+  RcStep<TILES> buf[kRcDepth];
 #pragma unroll
   for (int i = 0; i < kRcDepth; ++i) {
     if (s_begin + i < s_end) load(s_begin + i, buf[i]);
@@ -165,7 +172,7 @@ __global__ void __launch_bounds__(kRcThreads) RouterConvertKernel(const RouterCo
 #pragma unroll
   for (int m = 0; m < 2; ++m)
 #pragma unroll
-    for (int j = 0; j < kRcMaxTiles; ++j)
+    for (int j = 0; j < TILES; ++j)
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
         if (j < tiles) red[warp][16 * m + g + 8 * (i >> 1)][8 * j + 2 * q + (i & 1)] = acc[m][j][i];
@@ -210,11 +217,15 @@ Status LaunchRouterConvert(const RouterConvertArgs& a, cudaStream_t stream) {
   const dim3 grid(static_cast<unsigned>((a.capacity + kRcTokens - 1) / kRcTokens),
                   static_cast<unsigned>((row_tiles + a.tiles_per_block - 1) / a.tiles_per_block),
                   static_cast<unsigned>(a.k_splits));
-  const cudaError_t err = a.wtype == WType::kBF16
-                              ? LaunchMaybePdl(RouterConvertKernel<__nv_bfloat16>, grid,
-                                               dim3(kRcThreads), 0, stream, a.pdl, a)
-                              : LaunchMaybePdl(RouterConvertKernel<__half>, grid, dim3(kRcThreads),
-                                               0, stream, a.pdl, a);
+  const bool bf16 = a.wtype == WType::kBF16;
+  auto kernel =
+      a.tiles_per_block == 1
+          ? (bf16 ? RouterConvertKernel<__nv_bfloat16, 1> : RouterConvertKernel<__half, 1>)
+      : a.tiles_per_block == 2
+          ? (bf16 ? RouterConvertKernel<__nv_bfloat16, 2> : RouterConvertKernel<__half, 2>)
+          : (bf16 ? RouterConvertKernel<__nv_bfloat16, kRcMaxTiles>
+                  : RouterConvertKernel<__half, kRcMaxTiles>);
+  const cudaError_t err = LaunchMaybePdl(kernel, grid, dim3(kRcThreads), 0, stream, a.pdl, a);
   CUDA_RETURN_IF_ERROR(err);
   return absl::OkStatus();
 }

@@ -227,6 +227,8 @@ __global__ void ScatterRowsKernel(const ScanArgs a) {
   GridDepWait();
   GridDepTrigger();
   const int pairs = a.meta->n_tokens * a.top_k;
+  const void* x = a.x_from_meta ? a.meta->input : a.x;
+  const int64_t ld_x = a.x_from_meta ? a.hidden : a.ld_x;
   const int lane = threadIdx.x & 31;
   const int chunks = a.hidden / 8;
   const int segs = ScatterSegments(a.hidden);
@@ -238,8 +240,7 @@ __global__ void ScatterRowsKernel(const ScanArgs a) {
     const int r = a.group_offsets[a.topk_ids[p]] + a.ranks[p];
     const int t = p / a.top_k;
     if (seg == 0 && lane == 0) RecordPairRow(a, p, r);
-    const uint4* src =
-        reinterpret_cast<const uint4*>(static_cast<const uint16_t*>(a.x) + t * a.ld_x);
+    const uint4* src = reinterpret_cast<const uint4*>(static_cast<const uint16_t*>(x) + t * ld_x);
     uint4* dst = reinterpret_cast<uint4*>(static_cast<uint16_t*>(a.x_perm) +
                                           static_cast<int64_t>(r) * a.hidden);
     const int c0 = seg * kScatterSegChunks + lane;
@@ -425,10 +426,11 @@ Status ScanArgs::Validate() const {
   if (n_experts <= 0 || n_experts > kScanThreads || top_k <= 0 || bm <= 0 || capacity <= 0) {
     return absl::InvalidArgumentError("ScanArgs: bad sizes");
   }
-  if (x_perm != nullptr &&
-      (x == nullptr || hidden <= 0 || hidden % 8 != 0 || ld_x < hidden || ld_x % 8 != 0)) {
+  if (x_perm != nullptr && (hidden <= 0 || hidden % 8 != 0 ||
+                            (!x_from_meta && (x == nullptr || ld_x < hidden || ld_x % 8 != 0)))) {
     return absl::InvalidArgumentError(
-        "ScanArgs: x_perm needs x, hidden a multiple of 8 and ld_x >= hidden, a multiple of 8");
+        "ScanArgs: x_perm needs hidden a multiple of 8 and x (or x_from_meta) with ld_x >= hidden, "
+        "a multiple of 8");
   }
   return absl::OkStatus();
 }

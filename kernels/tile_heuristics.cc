@@ -294,7 +294,8 @@ RouterConvertGrid PlanRouterConvert(int64_t capacity, int router_rows, int hidde
   const int64_t warp_steps = hidden / kRouterConvertStepCols / 8;  // 8 warps a block
   const int limit = std::clamp(max_k_splits, 1, kRouterConvertMaxKSplits);
   while (2 * g.k_splits <= limit && warp_steps / (2 * g.k_splits) >= kRouterConvertMinWarpSteps &&
-         2 * g.blocks() <= sm_count) {
+         2 * g.blocks() <=
+             static_cast<int64_t>(sm_count) * RouterConvertBlocksPerSm(g.tiles_per_block)) {
     g.k_splits *= 2;
   }
   return g;

@@ -417,6 +417,13 @@ inline constexpr int kRouterConvertStepCols = 32;
 // one wave were slower: Mixtral 4096 tokens 24.3 -> 28.4 us (128 -> 512 blocks), Qwen3 512 10.4 ->
 // 11.5 us (128 -> 256; layer +2 us), DSv2-Lite 512 +1.5 us.
 inline constexpr int kRouterConvertMaxKSplits = 4;
+// Blocks of the fused router an SM holds: two of one row tile (128 registers a thread), one of
+// more (174 and 224). The K splits fill up to that many blocks per SM.
+// NOTES (H200, session 27, nsys, kernel us, one block of 224 registers an SM -> these): Mixtral
+// 4096 tokens 31.8 -> 18.6 (K split in 2: 256 blocks), 16384 114.9 -> 57.4 (512 blocks, no
+// split), DeepSeek-V2-Lite 512 8.7 -> 5.6 (128 -> 256 blocks); layer, four rounds alternating
+// binaries: DeepSeek-V2-Lite 256 / 512 -0.8 / -1.1%, Qwen3 256 -1.0%.
+constexpr int RouterConvertBlocksPerSm(int tiles_per_block) { return tiles_per_block == 1 ? 2 : 1; }
 inline constexpr int kRouterConvertMinWarpSteps = 4;
 static_assert(kRouterConvertMaxKSplits <= kRouterPartialRowsPerToken);
 

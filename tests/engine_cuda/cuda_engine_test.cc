@@ -1155,7 +1155,8 @@ TEST(CudaEngine, DecodeDownChunksSameBits) {
 // default) against reading the first kernel's copy of it: the same bits, past the fused decode
 // front (33 tokens) up to the Hopper tiles, with the input copy kernel (100, 1100 tokens: the
 // router GEMM's A in place too) and the fused router (300), shared experts with a gate, f16, and
-// f32 activations (split into hi + lo: never in place, the same path either way).
+// f32 activations (split into hi + lo: never in place, the same path either way); and with the
+// permuted copy of x, which the permutation then makes from the input itself.
 TEST(CudaEngine, InputInPlace) {
   MOE_REQUIRE_GPU();
   std::vector<Case> cases = {
@@ -1186,6 +1187,11 @@ TEST(CudaEngine, InputInPlace) {
   copy.graph_batch_sizes.clear();
   CheckEnginesAgree(cases, in_place, copy, 106, /*tol=*/0);
   CheckCases(cases, in_place);  // against the CPU engine too
+  // Gate/up reading the permuted copy of x (cluster plans): in place, the permutation copies the
+  // input's rows and the fused router stores no copy of x.
+  in_place.cluster_permute_x = copy.cluster_permute_x = CudaEngineOptions::Use::kAlways;
+  CheckEnginesAgree(cases, in_place, copy, 107, /*tol=*/0);
+  CheckCases(cases, in_place);
 }
 
 // Forwards enqueued back to back on device buffers (no host sync between them), each with its own

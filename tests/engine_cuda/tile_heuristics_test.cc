@@ -691,7 +691,7 @@ TEST(RouterConvert, KSplitsWithinWavesAndWarpSteps) {
           EXPECT_EQ(g.k_splits & (g.k_splits - 1), 0);
           if (g.k_splits > 1) {
             EXPECT_GE(hidden / kRouterConvertStepCols / 8 / g.k_splits, kRouterConvertMinWarpSteps);
-            EXPECT_LE(g.blocks(), sms);
+            EXPECT_LE(g.blocks(), sms * RouterConvertBlocksPerSm(g.tiles_per_block));
           }
         }
       }
@@ -700,10 +700,12 @@ TEST(RouterConvert, KSplitsWithinWavesAndWarpSteps) {
   // The table's shapes at 512 and 4096 tokens (H200: 132 SMs).
   EXPECT_EQ(PlanRouterConvert(512, 8, 4096, sms).k_splits, 4);    // Mixtral: 16 -> 64 blocks
   EXPECT_EQ(PlanRouterConvert(256, 8, 4096, sms).k_splits, 4);    // 8 -> 32
-  EXPECT_EQ(PlanRouterConvert(4096, 8, 4096, sms).k_splits, 1);   // 128 blocks already
+  EXPECT_EQ(PlanRouterConvert(4096, 8, 4096, sms).k_splits, 2);   // 128 -> 256, two an SM
+  EXPECT_EQ(PlanRouterConvert(8192, 8, 4096, sms).k_splits, 1);   // 256 blocks already
   EXPECT_EQ(PlanRouterConvert(512, 128, 2048, sms).k_splits, 1);  // Qwen3: 128
   EXPECT_EQ(PlanRouterConvert(4096, 64, 2048, sms).k_splits, 1);  // DSv2-Lite: 256
-  EXPECT_EQ(PlanRouterConvert(256, 64, 2048, sms).k_splits, 2);   // 8 x 8 = 64 -> 128
+  EXPECT_EQ(PlanRouterConvert(256, 64, 2048, sms).k_splits, 2);   // 64 -> 128: 8 K steps a warp
+  EXPECT_EQ(PlanRouterConvert(512, 64, 2048, sms).k_splits, 2);   // 16 x 8 = 128 -> 256
 }
 
 TEST(RouterConvert, FromMinTokensUpToMaxWaves) {

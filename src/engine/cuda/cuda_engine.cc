@@ -685,21 +685,30 @@ Status CudaEngine::Impl::BuildLayerLaunch(Slot& s, int64_t capacity, AType atype
   // 8. The input in place: with activations in the weights' dtype (no hi + lo split) the router
   // and the expert GEMMs can read the forward's input buffer itself, its address taken from the
   // meta on the device, instead of a copy in x. Not where other readers of x (the decode paths,
-  // the weight-streaming kernel, the permuted copy, the expert cache's forwards) are used; the
-  // input copy kernel then only zeroes the counters, the fused router does not store x.
+  // the weight-streaming kernel, the expert cache's forwards) are used; the input copy kernel then
+  // only zeroes the counters, the fused router does not store x. With the permuted copy the
+  // permutation copies the input's rows itself (ScanArgs::x_from_meta) and gate/up reads that
+  // copy. NOTES (H200, session 27): Mixtral's fused router had stored 32 MiB of x at 4096 tokens,
+  // 128 MiB at 16384, only for the permutation to read them back.
   const bool input_in_place = options.input_in_place && !split_lo && !fused_front &&
-                              !plan.decode_gemv && !l->stream_gate_up && !l->permute_x &&
-                              l->zero_counts && cache == nullptr;
+                              !plan.decode_gemv && !l->stream_gate_up && l->zero_counts &&
+                              cache == nullptr;
   if (input_in_place) {
     const auto* input = reinterpret_cast<const void* const*>(s.meta.as<char>() +
                                                              offsetof(cuda::ForwardMeta, input));
     for (cuda::GemmArgs* g : {&l->router, &l->gate_up, &l->shared_gate_up}) {
+      if (g == &l->gate_up && l->permute_x) continue;  // it reads the permuted copy by TMA
       g->a = nullptr;
       g->a_indirect = input;
       g->lda = hd;
     }
     l->conv.copy = false;
     l->router_conv.x = nullptr;
+    if (l->permute_x) {
+      l->scan.x = nullptr;
+      l->scan.ld_x = 0;
+      l->scan.x_from_meta = true;
+    }
   }
 
   // 5'. Decode experts (forwards of a few tokens): gate/up per (token, k) pair, then the shared
