@@ -6,7 +6,8 @@
 # bench (full roofline report), quickbench (no deterministic column), wsbench (warp-specialised
 # wgmma kernel vs the cp.async one at 512-16384 tokens), wsinvariance, abbench (a baseline binary
 # bundled as cuda_engine_bench_base vs this tree's cuda_engine_bench at 512-16384 tokens,
-# alternating, AB_ROUNDS rounds), decodeab (small-batch paths A/B at 1/8/64 tokens), decodencu
+# alternating, AB_ROUNDS rounds), abpoints (the same, alternating per point: AB_POINTS; summary by
+# tools/device/ab_compare.py), decodeab (small-batch paths A/B at 1/8/64 tokens), decodencu
 # (per-kernel ncu times of those paths). Outputs go to $OUT.
 set -uo pipefail
 out=${OUT:-/tmp/out}
@@ -59,6 +60,23 @@ for step in $steps; do
           echo "$v round $r rc=$?"; grep -v "^$" "$out/${v}_$r.txt" | tail -14
         done
       done ;;
+    abpoints)  # baseline binary vs this tree alternating per point, so that a card's drift within
+      # the call lands on both (session 27: all points of one binary, then the other's, drifted
+      # 2-5% at 4096+ tokens). AB_POINTS: shape:tokens[,tokens] ...; AB_FLAGS: for both binaries.
+      for r in $(seq 1 ${AB_ROUNDS:-3}); do
+        for p in ${AB_POINTS:-qwen3:512,4096 dsv2lite:512,4096 mixtral:512,4096}; do
+          for v in base new; do
+            b=cuda_engine_bench; [ $v = base ] && b=cuda_engine_bench_base
+            rm -f "$out/point.jsonl"
+            timeout ${AB_BENCH_TIMEOUT:-60} $b --report="$out/point.jsonl" --no-det --expected-active \
+              --shapes="${p%%:*}" --tokens="${p#*:}" ${AB_FLAGS:-} > /dev/null 2>&1
+            cat "$out/point.jsonl" >> "$out/${v}_$r.jsonl"
+          done
+        done
+        echo "round $r done"
+      done
+      rm -f "$out/point.jsonl"
+      python3 "$(dirname "$0")/ab_compare.py" "$out" base new ;;
     wsinvariance)
       timeout 60 cuda_engine_bench --ws --check-invariance 2>&1 | tee "$out/ws_invariance.txt" ;;
     decodeab)  # small batches: decode experts path at 1 token (default), everywhere it fits, never
