@@ -63,20 +63,24 @@ for step in $steps; do
     abpoints)  # baseline binary vs this tree alternating per point, so that a card's drift within
       # the call lands on both (session 27: all points of one binary, then the other's, drifted
       # 2-5% at 4096+ tokens). AB_POINTS: shape:tokens[,tokens] ...; AB_FLAGS: for both binaries.
+      # Its own folder: abbench writes files of the same names.
+      ab="$out/abpoints"
+      mkdir -p "$ab"
       for r in $(seq 1 ${AB_ROUNDS:-3}); do
         for p in ${AB_POINTS:-qwen3:512,4096 dsv2lite:512,4096 mixtral:512,4096}; do
           for v in base new; do
             b=cuda_engine_bench; [ $v = base ] && b=cuda_engine_bench_base
-            rm -f "$out/point.jsonl"
-            timeout ${AB_BENCH_TIMEOUT:-60} $b --report="$out/point.jsonl" --no-det --expected-active \
-              --shapes="${p%%:*}" --tokens="${p#*:}" ${AB_FLAGS:-} > /dev/null 2>&1
-            cat "$out/point.jsonl" >> "$out/${v}_$r.jsonl"
+            rm -f "$ab/point.jsonl"
+            timeout ${AB_BENCH_TIMEOUT:-60} $b --report="$ab/point.jsonl" --no-det --expected-active \
+              --shapes="${p%%:*}" --tokens="${p#*:}" ${AB_FLAGS:-} > /dev/null 2>&1 ||
+              echo "$v $p round $r failed"
+            [ -f "$ab/point.jsonl" ] && cat "$ab/point.jsonl" >> "$ab/${v}_$r.jsonl"
           done
         done
         echo "round $r done"
       done
-      rm -f "$out/point.jsonl"
-      python3 "$(dirname "$0")/ab_compare.py" "$out" base new ;;
+      rm -f "$ab/point.jsonl"
+      python3 "$(dirname "$0")/ab_compare.py" "$ab" base new ;;
     wsinvariance)
       timeout 60 cuda_engine_bench --ws --check-invariance 2>&1 | tee "$out/ws_invariance.txt" ;;
     decodeab)  # small batches: decode experts path at 1 token (default), everywhere it fits, never
