@@ -305,9 +305,7 @@ Status LaunchGemm(const GemmArgs& args, cudaStream_t stream) {
   const dim3 grid(static_cast<unsigned>(args.grid_tiles),
                   static_cast<unsigned>((args.n + bn - 1) / bn),
                   static_cast<unsigned>(args.splits));
-  if (args.tile == GemmTile::kWgmma || args.tile == GemmTile::kWgmma2 ||
-      args.tile == GemmTile::kWgmmaTall || args.tile == GemmTile::kWgmmaWs ||
-      args.tile == GemmTile::kWgmmaWsMc) {
+  if (IsHopperTile(args.tile)) {
     return LaunchGemmSm90(p, args.tile, args.gated, args.wtype, grid, args.resident_clusters,
                           stream);
   }

@@ -44,6 +44,26 @@ int ChooseSplitK(int64_t blocks, int64_t k, int64_t rows, int sm_count, bool det
   return splits;
 }
 
+namespace {
+
+// The K splits of a large batch's router GEMM of `blocks` blocks: doubled while twice the split
+// blocks fit in `slots`, each split keeps kLargeRouterMinSplitSteps k-steps, and the partials
+// workspace (MoePlanInput::router_partial_rows) holds them.
+int LargeRouterSplits(const MoePlanInput& in, int64_t blocks, int64_t slots) {
+  const int64_t k_steps = (in.router_k + TileShape::kBk - 1) / TileShape::kBk;
+  const int64_t partial_rows =
+      in.router_partial_rows > 0 ? in.router_partial_rows : kRouterPartialRowsPerToken * in.tokens;
+  int splits = 1;
+  while (splits < kMaxLargeRouterSplits && blocks * 2 * splits <= slots &&
+         k_steps / (2 * splits) >= kLargeRouterMinSplitSteps &&
+         2 * splits * in.tokens <= partial_rows) {
+    splits *= 2;
+  }
+  return splits;
+}
+
+}  // namespace
+
 int64_t MaxGroupedTiles(int64_t pairs, int n_experts, int bm) {
   return pairs / bm + std::min<int64_t>(pairs, n_experts);
 }
@@ -98,27 +118,30 @@ MoePlan PlanMoe(const MoePlanInput& in) {
     plan.router_splits =
         ChooseSplitK(router_blocks, in.router_k, in.tokens, in.sm_count, in.deterministic);
     if (!in.deterministic && in.tokens > kMaxSplitRows) {
-      const int64_t k_steps = (in.router_k + TileShape::kBk - 1) / TileShape::kBk;
-      const int64_t partial_rows = in.router_partial_rows > 0
-                                       ? in.router_partial_rows
-                                       : kRouterPartialRowsPerToken * in.tokens;
-      const int64_t slots =
-          static_cast<int64_t>(large ? kLargeRouterMmaBlocksPerSm : 1) * in.sm_count;
-      int splits = 1;
-      while (splits < kMaxLargeRouterSplits && router_blocks * 2 * splits <= slots &&
-             k_steps / (2 * splits) >= 4 && 2 * splits * in.tokens <= partial_rows) {
-        splits *= 2;
-      }
-      plan.router_splits = splits;
+      plan.router_splits = LargeRouterSplits(
+          in, router_blocks,
+          static_cast<int64_t>(large ? kLargeRouterMmaBlocksPerSm : 1) * in.sm_count);
     }
   };
   const bool large_router = in.large_router_mma && IsHopperTile(plan.tile) && !in.deterministic &&
                             in.tokens > kRouterMmaMaxTokens &&
                             in.router_rows >= kLargeRouterMmaMinRows;
-  plan_router(large_router);
-  // Only where its K splits: unsplit, the row tiles alone fill the SMs and kMedium re-reads the
-  // router weights once per 64 rows from L2.
-  if (large_router && plan.router_splits < 2) plan_router(false);
+  const bool narrow_router = in.narrow_router && IsHopperTile(plan.tile) && !in.deterministic &&
+                             in.tokens > kRouterMmaMaxTokens &&
+                             in.router_rows >= kLargeRouterMmaMinRows &&
+                             in.router_rows <= kNarrowRouterMaxRows;
+  if (narrow_router) {
+    plan.narrow_router = true;
+    plan.router_tile = GemmTile::kWgmmaWsNarrow;
+    plan.router_tiles =
+        (in.tokens + ShapeOf(plan.router_tile).bm - 1) / ShapeOf(plan.router_tile).bm;
+    plan.router_splits = LargeRouterSplits(in, plan.router_tiles, in.sm_count);
+  } else {
+    plan_router(large_router);
+    // Only where its K splits: unsplit, the row tiles alone fill the SMs and kMedium re-reads the
+    // router weights once per 64 rows from L2.
+    if (large_router && plan.router_splits < 2) plan_router(false);
+  }
   // The down GEMM: N = hidden, K = inter.
   const int64_t down_col_blocks = (in.hidden + bn - 1) / bn;
   const int64_t down_k_steps = (in.inter + TileShape::kBk - 1) / TileShape::kBk;

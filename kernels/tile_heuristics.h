@@ -34,13 +34,15 @@ namespace moe::cuda {
 // warpgroup than warps_m says, 384 threads, at most one block per SM. kWgmmaWsMc is kWgmmaWs with
 // the weights (B) loaded by TMA and multicast to both blocks of a 2-block cluster, which compute
 // two 128-row tiles of one expert (grouped GEMMs with TMA descriptors; otherwise it runs as
-// kWgmmaWs).
-#define MOE_GEMM_SM90_TILE_TABLE(X)    \
-  X(kWgmma, 128, 256, 128, 2, 4, 4)    \
-  X(kWgmma2, 128, 128, 64, 2, 4, 3)    \
-  X(kWgmmaTall, 256, 128, 64, 4, 4, 4) \
-  X(kWgmmaWs, 128, 256, 128, 2, 4, 4)  \
-  X(kWgmmaWsMc, 128, 256, 128, 2, 4, 4)
+// kWgmmaWs). kWgmmaWsNarrow is kWgmmaWs at 128 columns (6 stages; plain row-major GEMMs only):
+// the large-batch router of at most 128 rows (MoePlanInput::narrow_router).
+#define MOE_GEMM_SM90_TILE_TABLE(X)     \
+  X(kWgmma, 128, 256, 128, 2, 4, 4)     \
+  X(kWgmma2, 128, 128, 64, 2, 4, 3)     \
+  X(kWgmmaTall, 256, 128, 64, 4, 4, 4)  \
+  X(kWgmmaWs, 128, 256, 128, 2, 4, 4)   \
+  X(kWgmmaWsMc, 128, 256, 128, 2, 4, 4) \
+  X(kWgmmaWsNarrow, 128, 128, 64, 2, 4, 6)
 
 enum class GemmTile : uint8_t {
 #define MOE_TILE_ENUM_(id, ...) id,
@@ -165,6 +167,10 @@ struct MoePlanInput {
   // kLargeRouterMmaBlocksPerSm blocks per SM (MoePlan:: large_router_mma; never in deterministic
   // mode).
   bool large_router_mma = false;
+  // Batches past kRouterMmaMaxTokens of a Hopper plan run a router of kLargeRouterMmaMinRows to
+  // 128 rows on kWgmmaWsNarrow, K split to fill the SMs (MoePlan::narrow_router; never in
+  // deterministic mode). Takes precedence over large_router_mma.
+  bool narrow_router = false;
   bool deterministic = false;
   bool wgmma = false;                // Hopper tiles allowed (ignored when deterministic, unless:)
   bool deterministic_wgmma = false;  // deterministic mode may use them too (see CudaEngineOptions)
@@ -208,6 +214,9 @@ struct MoePlan {
   // The router of a batch past router_mma_max_tokens runs on the mma.sync tile (MoePlanInput::
   // large_router_mma): the engine then runs it as a GEMM, not fused with the input copy.
   bool large_router_mma = false;
+  // The router runs on kWgmmaWsNarrow (MoePlanInput::narrow_router): also as a GEMM, not fused
+  // with the input copy.
+  bool narrow_router = false;
   // The routed experts run as the decode experts kernels (LaunchDecodeGateUp, then
   // LaunchDecodeDownCombine, which also does the combine: no routed down GEMM, no combine launch),
   // and at <= kDecodeGemvMaxRows tokens the shared expert as the decode GEMV (LaunchDecodeGemv).
@@ -389,6 +398,16 @@ inline constexpr int64_t kRouterMmaMaxTokens = 1024;
 // unchanged (950.6 -> 949.4), 2048 tokens within the spread, and at 16384 (256 row tiles, unsplit)
 // Qwen3 2581 -> 2609 us: hence only where it splits.
 inline constexpr int kLargeRouterMmaMinRows = 64;
+// MoePlanInput::narrow_router: kWgmmaWsNarrow takes the large-batch routers of
+// kLargeRouterMmaMinRows to this many rows (its columns), K split while the items stay within one
+// per SM (its persistent grid).
+// NOTES (H200, nsys, session 28, kernel us, the mma.sync / 128 x 256 rule -> this): Qwen3 4096
+// tokens 19.8 -> 18.2-18.9 (4 splits), 16384 46.2 -> 33.7-35.0; DeepSeek-V2-Lite 4096 14.8 ->
+// 11.8-12.5, 16384 42.4 -> 27.6-28.8: the expert GEMMs start 12-15 us sooner at 16384 tokens.
+// The layer (two calls, three rounds each) moved by -0.7 to +0.3%, within the spread of a point.
+inline constexpr int kNarrowRouterMaxRows = 128;
+// Each K split of a large batch's router keeps at least this many k-steps (both rules).
+inline constexpr int kLargeRouterMinSplitSteps = 4;
 inline constexpr int kLargeRouterMmaBlocksPerSm = 2;
 // Up to this many tokens that router runs on the decode tile (16 x 64) instead of kMedium.
 // NOTES (H200, session 8, ncu, Mixtral 64 tokens): kMedium (one 64-row tile, K split in 8) took

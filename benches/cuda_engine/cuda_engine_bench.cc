@@ -25,6 +25,8 @@
 //       [--no-front-cluster] [--no-wave-split] [--no-router-mma]   (session 5 paths off)
 //       [--no-large-router-mma]   (past kRouterMmaMaxTokens the router fused with the input copy
 //                             or on the plan's Hopper tile, not the mma.sync tile)
+//       [--no-narrow-router]   (past kRouterMmaMaxTokens routers of 64-128 rows not on the
+//                             128 x 128 wgmma tile: CudaEngineOptions::large_batch_router_narrow)
 //       [--static-schedule]   (cluster tile: every ClusterCount()-th work item per cluster, not
 //                             the dynamic schedule: CudaEngineOptions::cluster_dynamic_schedule)
 //       [--down-overlap | --no-down-overlap]   (cluster tile: the down GEMM starts on the SMs
@@ -138,6 +140,7 @@ bool g_front_cluster = CudaEngineOptions().decode_front_cluster;         // --[n
 bool g_wave_split = CudaEngineOptions().wave_split_down;                 // --no-wave-split
 bool g_router_mma = CudaEngineOptions().small_batch_router_mma;          // --no-router-mma
 bool g_large_router_mma = CudaEngineOptions().large_batch_router_mma;    // --[no-]large-router-mma
+bool g_narrow_router = CudaEngineOptions().large_batch_router_narrow;    // --[no-]narrow-router
 bool g_dynamic_schedule = CudaEngineOptions().cluster_dynamic_schedule;  // --static-schedule
 // --no-quad-down / --quad-down / --quad-down-always: the 2 x 2 cluster down GEMM never / from
 // kQuadDownMinWaves waves / always.
@@ -443,6 +446,7 @@ class Runner {
     o.zero_counts_in_kernel = g_zero_counts;
     o.small_batch_router_mma = g_router_mma;
     o.large_batch_router_mma = g_large_router_mma;
+    o.large_batch_router_narrow = g_narrow_router;
     o.cluster_dynamic_schedule = g_dynamic_schedule;
     o.decode_down_tma = g_down_tma;
     o.decode_gate_up_tma = g_gate_up_tma;
@@ -874,6 +878,10 @@ int main(int argc, char** argv) {
       moe::g_large_router_mma = true;
     } else if (a == "--no-large-router-mma") {
       moe::g_large_router_mma = false;
+    } else if (a == "--narrow-router") {
+      moe::g_narrow_router = true;
+    } else if (a == "--no-narrow-router") {
+      moe::g_narrow_router = false;
     } else if (a == "--static-schedule") {
       moe::g_dynamic_schedule = false;
     } else if (a == "--dynamic-schedule") {

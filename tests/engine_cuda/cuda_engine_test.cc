@@ -721,7 +721,9 @@ TEST(CudaEngine, ClusterPairExtraRows) {
 // Hopper tile): 128 router rows (K of 16 steps in 4 splits), 257 (three column blocks: 2 splits at
 // 2200 tokens, none at 3001, where the plan keeps the Hopper tile), 65 with a shared-expert gate in
 // f16 (K of 12 steps in 2 splits), 64 of DeepSeek-V2 at a hidden of 2048 (4 splits in the graph of
-// 2200 tokens, 8 eager); graphs and eager.
+// 2200 tokens, 8 eager); graphs and eager. By default the routers of 64-128 rows run on the
+// 128 x 128 wgmma tile instead (option large_batch_router_narrow; K splits to fill the SMs, 8 at
+// 1100 tokens: 4 k-steps an item), 257 rows on the mma.sync tile; then each rule alone.
 TEST(CudaEngine, LargeBatchRouterMma) {
   MOE_REQUIRE_GPU();
   const std::vector<Case> cases = {
@@ -750,7 +752,10 @@ TEST(CudaEngine, LargeBatchRouterMma) {
   CudaEngineOptions eager = on;
   eager.graph_batch_sizes.clear();
   CheckCases(cases, eager);
-  CudaEngineOptions off = on;
+  CudaEngineOptions mma = on;
+  mma.large_batch_router_narrow = false;
+  CheckCases(cases, mma);
+  CudaEngineOptions off = mma;
   off.large_batch_router_mma = false;
   CheckCases(cases, off);
 }

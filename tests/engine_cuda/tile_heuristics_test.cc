@@ -35,6 +35,7 @@ TEST(TileTable, HopperTiles) {
   EXPECT_TRUE(IsHopperTile(GemmTile::kWgmma));
   EXPECT_TRUE(IsHopperTile(GemmTile::kWgmmaTall));
   EXPECT_TRUE(IsHopperTile(GemmTile::kWgmmaWs));
+  EXPECT_TRUE(IsHopperTile(GemmTile::kWgmmaWsNarrow));
   // The warp-specialised kernel computes kWgmma's tile: same rows (tile list), columns and stages.
   const TileShape& wide = ShapeOf(GemmTile::kWgmma);
   const TileShape& ws = ShapeOf(GemmTile::kWgmmaWs);
@@ -644,6 +645,69 @@ TEST(PlanMoe, LargeBatchRouterOnTheMmaTile) {
   p = PlanMoe(in);
   EXPECT_FALSE(p.large_router_mma);
   EXPECT_EQ(p.router_splits, 1);
+}
+
+// Past kRouterMmaMaxTokens a router of kLargeRouterMmaMinRows..kNarrowRouterMaxRows rows runs on
+// kWgmmaWsNarrow (MoePlanInput::narrow_router, before large_router_mma), its K split while the
+// items fit one per SM and keep kLargeRouterMinSplitSteps k-steps; Mixtral's 8 rows, 129+ rows,
+// deterministic mode, the small-batch sizes and the option off keep the other rules.
+TEST(PlanMoe, LargeBatchRouterOnTheNarrowWgmmaTile) {
+  MoePlanInput in = HopperInput(/*mixtral=*/false, 4096);
+  in.router_mma_max_tokens = kRouterMmaMaxTokens;
+  in.router_partial_rows = kRouterPartialRowsPerToken * 16384;
+  in.large_router_mma = true;
+  in.narrow_router = true;
+  MoePlan p = PlanMoe(in);
+  EXPECT_TRUE(p.narrow_router);
+  EXPECT_FALSE(p.large_router_mma);
+  EXPECT_EQ(p.router_tile, GemmTile::kWgmmaWsNarrow);
+  EXPECT_EQ(p.router_tiles, 32);
+  EXPECT_EQ(p.router_splits, 4);  // 128 items of 8 k-steps: one per SM at most
+  in.tokens = 16384;              // 128 row tiles fill the SMs: no split
+  p = PlanMoe(in);
+  EXPECT_TRUE(p.narrow_router);
+  EXPECT_EQ(p.router_tiles, 128);
+  EXPECT_EQ(p.router_splits, 1);
+  in.tokens = 8192;
+  EXPECT_EQ(PlanMoe(in).router_splits, 2);
+  in.tokens = 1100;  // 9 row tiles: 8 splits of 4 k-steps
+  p = PlanMoe(in);
+  EXPECT_TRUE(p.narrow_router);
+  EXPECT_EQ(p.router_splits, 8);
+  in.router_partial_rows = 4 * 1100;  // a workspace of 4 rows per token: 4 splits
+  EXPECT_EQ(PlanMoe(in).router_splits, 4);
+  in.router_partial_rows = kRouterPartialRowsPerToken * 16384;
+  in.router_k = 512;  // 8 k-steps: 2 splits of 4
+  EXPECT_EQ(PlanMoe(in).router_splits, 2);
+  in.router_k = 2048;
+  in.tokens = 1024;  // the small-batch rule's last size: as before
+  p = PlanMoe(in);
+  EXPECT_FALSE(p.narrow_router);
+  EXPECT_EQ(p.router_tile, GemmTile::kMedium);
+  in.tokens = 4096;
+  in.router_rows = 65;  // 64 experts and a shared-expert gate
+  EXPECT_TRUE(PlanMoe(in).narrow_router);
+  in.router_rows = kNarrowRouterMaxRows + 1;  // the mma.sync rule
+  p = PlanMoe(in);
+  EXPECT_FALSE(p.narrow_router);
+  EXPECT_TRUE(p.large_router_mma);
+  in.router_rows = kLargeRouterMmaMinRows - 1;
+  EXPECT_FALSE(PlanMoe(in).narrow_router);
+  MoePlanInput mixtral = HopperInput(/*mixtral=*/true, 4096);
+  mixtral.narrow_router = true;
+  EXPECT_FALSE(PlanMoe(mixtral).narrow_router);
+  in.router_rows = 128;
+  in.narrow_router = false;  // the option off: the mma.sync rule
+  EXPECT_EQ(PlanMoe(in).router_tile, GemmTile::kMedium);
+  in.narrow_router = true;
+  in.deterministic = true;
+  in.deterministic_wgmma = true;
+  p = PlanMoe(in);
+  EXPECT_FALSE(p.narrow_router);
+  EXPECT_EQ(p.router_splits, 1);
+  in.deterministic = false;
+  in.wgmma = false;  // no Hopper plan
+  EXPECT_FALSE(PlanMoe(in).narrow_router);
 }
 
 // The fused router's grid: every router row tile in exactly one split of at most

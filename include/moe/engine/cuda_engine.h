@@ -326,6 +326,11 @@ struct CudaEngineOptions {
   // tile_heuristics.h; never in deterministic mode). NOTES (H200, session 17): Qwen3 4096 tokens
   // 835.5 -> 813.6 us (three rounds), DeepSeek-V2-Lite 8192 1732.9 -> 1708.5.
   bool large_batch_router_mma = true;
+  // Larger batches run a router of kLargeRouterMmaMinRows to 128 rows (Qwen3, DeepSeek-V2-Lite,
+  // Qwen2-MoE with its shared gate) on the warp-specialised 128 x 128 wgmma tile instead, K split
+  // to fill the SMs (kWgmmaWsNarrow; takes precedence over large_batch_router_mma; never in
+  // deterministic mode).
+  bool large_batch_router_narrow = true;
   int decode_prefetch_units = 0;
   bool decode_down_tma = false;
   bool decode_gate_up_tma = false;

@@ -296,6 +296,7 @@ Status CudaEngine::Impl::BuildLayerLaunch(Slot& s, int64_t capacity, AType atype
   in.wave_split_down = options.wave_split_down;
   in.router_mma_max_tokens = options.small_batch_router_mma ? cuda::kRouterMmaMaxTokens : 0;
   in.large_router_mma = options.large_batch_router_mma;
+  in.narrow_router = options.large_batch_router_narrow;
   in.deterministic = options.deterministic;
   in.wgmma = wgmma;
   in.deterministic_wgmma = options.deterministic_wgmma;
@@ -404,6 +405,7 @@ Status CudaEngine::Impl::BuildLayerLaunch(Slot& s, int64_t capacity, AType atype
   // its batch size's plan, f32 activations the hi + lo split).
   l->router_convert =
       !fused_front && !split_lo && !options.deterministic && !plan.large_router_mma &&
+      !plan.narrow_router &&
       cuda::UseRouterConvert(ToPathPolicy(options.fused_router_convert), capacity, hd, nr, sms);
   if (l->router_convert) {
     cuda::RouterConvertArgs& rc = l->router_conv;
