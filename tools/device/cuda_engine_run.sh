@@ -8,7 +8,8 @@
 # bundled as cuda_engine_bench_base vs this tree's cuda_engine_bench at 512-16384 tokens,
 # alternating, AB_ROUNDS rounds), abpoints (the same, alternating per point: AB_POINTS; summary by
 # tools/device/ab_compare.py), decodeab (small-batch paths A/B at 1/8/64 tokens), decodencu
-# (per-kernel ncu times of those paths). Outputs go to $OUT.
+# (per-kernel ncu times of those paths), routerncu (the large-batch router kernel's ncu sections).
+# Outputs go to $OUT.
 set -uo pipefail
 out=${OUT:-/tmp/out}
 mkdir -p "$out"
@@ -100,6 +101,20 @@ for step in $steps; do
           --shapes=$sh --tokens=$t --no-det $flag > "$f" 2>&1
         echo "ncu $c rc=$?"
         grep gpu__time_duration "$f" | awk -F'","' '{print $5, $(NF)}' | sed 's/"//g' | cut -c1-90 | head -12
+      done ;;
+    routerncu)  # the large-batch router kernel (kWgmmaWsNarrow) under ncu: ROUTER_NCU shape:tokens
+      # (session 28: 18.9 us at Qwen3 4096 tokens, ~2.3 us a k-step against ~1.1 at 16384; the
+      # cause not found). Its instance is the only WgmmaWsGemmKernel of these plans.
+      for c in ${ROUTER_NCU:-qwen3:4096 qwen3:16384 dsv2lite:4096}; do
+        sh=${c%%:*}; t=${c#*:}
+        timeout 120 ncu --clock-control none --graph-profiling node -k regex:WgmmaWsGemmKernel \
+          --launch-skip 5 --launch-count 1 --section SpeedOfLight --section MemoryWorkloadAnalysis \
+          --section WarpStateStats --section SchedulerStats --section LaunchStats \
+          cuda_engine_bench --report=/tmp/ncu.jsonl --shapes=$sh --tokens=$t --no-det \
+          > "$out/ncu_router_${sh}_$t.txt" 2>&1
+        echo "ncu router $c rc=$?"
+        grep -E "Duration|DRAM Throughput|L2 Cache Throughput|Memory Throughput|Stall|Issued Warp" \
+          "$out/ncu_router_${sh}_$t.txt" | head -20
       done ;;
     decodebench)
       cuda_engine_bench --report="$out/decode.jsonl" --no-det --tokens=1,8,64 2>&1 | tee "$out/decode.txt" ;;
