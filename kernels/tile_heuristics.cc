@@ -123,18 +123,17 @@ MoePlan PlanMoe(const MoePlanInput& in) {
           static_cast<int64_t>(large ? kLargeRouterMmaBlocksPerSm : 1) * in.sm_count);
     }
   };
-  const bool large_router = in.large_router_mma && IsHopperTile(plan.tile) && !in.deterministic &&
-                            in.tokens > kRouterMmaMaxTokens &&
-                            in.router_rows >= kLargeRouterMmaMinRows;
-  const bool narrow_router = in.narrow_router && IsHopperTile(plan.tile) && !in.deterministic &&
-                             in.tokens > kRouterMmaMaxTokens &&
-                             in.router_rows >= kLargeRouterMmaMinRows &&
-                             in.router_rows <= kNarrowRouterMaxRows;
-  if (narrow_router) {
+  // Past the small-batch sizes, outside deterministic mode, a router of enough rows may take one
+  // of the large-batch rules: the narrow wgmma tile (up to its columns) before the mma.sync tile.
+  const bool large_batch_router = IsHopperTile(plan.tile) && !in.deterministic &&
+                                  in.tokens > kRouterMmaMaxTokens &&
+                                  in.router_rows >= kLargeRouterMmaMinRows;
+  const bool large_router = in.large_router_mma && large_batch_router;
+  if (in.narrow_router && large_batch_router && in.router_rows <= kNarrowRouterMaxRows) {
     plan.narrow_router = true;
     plan.router_tile = GemmTile::kWgmmaWsNarrow;
-    plan.router_tiles =
-        (in.tokens + ShapeOf(plan.router_tile).bm - 1) / ShapeOf(plan.router_tile).bm;
+    const int bm = ShapeOf(plan.router_tile).bm;
+    plan.router_tiles = (in.tokens + bm - 1) / bm;
     plan.router_splits = LargeRouterSplits(in, plan.router_tiles, in.sm_count);
   } else {
     plan_router(large_router);

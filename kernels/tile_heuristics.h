@@ -404,7 +404,7 @@ inline constexpr int kLargeRouterMmaMinRows = 64;
 // NOTES (H200, nsys, session 28, kernel us, the mma.sync / 128 x 256 rule -> this): Qwen3 4096
 // tokens 19.8 -> 18.2-18.9 (4 splits), 16384 46.2 -> 33.7-35.0; DeepSeek-V2-Lite 4096 14.8 ->
 // 11.8-12.5, 16384 42.4 -> 27.6-28.8: the expert GEMMs start 12-15 us sooner at 16384 tokens.
-// The layer (two calls, three rounds each) moved by -0.7 to +0.3%, within the spread of a point.
+// The layer (two calls, three rounds each) moved by -0.9 to +0.6%, within the spread of a point.
 inline constexpr int kNarrowRouterMaxRows = 128;
 // Each K split of a large batch's router keeps at least this many k-steps (both rules).
 inline constexpr int kLargeRouterMinSplitSteps = 4;
