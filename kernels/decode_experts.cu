@@ -18,8 +18,11 @@
 //    from shared memory when it fits), adds w_k * (h[row(pair)] . down[e][column]) per chunk
 //    (k ascending per lane), sums the lanes, adds the gated shared-expert output and stores the
 //    token's output element in the activation dtype.
+//    At 1 token DecodeDownGroupsKernel (DecodeDownOptions::groups, the engine's default) takes
+//    its place: a block per 8 output columns, its warps splitting those rows' contiguous pieces.
 // 5. PDL: gate/up waits before reading the routing; down + combine stages the routing (two or more
-//    launches back) and prefetches its first weights into L2 before it waits for h.
+//    launches back) and prefetches its first weights into L2 (the groups kernel: loads its first
+//    register buffer) before it waits for h.
 // 6. Packed weights (DecodeExpertsArgs::packed, kernels/weight_layout.h): gate/up in units of
 //    four columns whose warp loads are 512 contiguous bytes of a tile (GateUpQuadUnits); down +
 //    combine reads the same chunks in the same order as on row-major weights, each from its tile
@@ -52,6 +55,11 @@ constexpr int kChunks = 8;
 // Down + combine's batch sizes with h from global memory (16-byte weight loads per lane and batch;
 // DecodeDownChunks picks one).
 constexpr int kDownChunks[] = {8, 10, 12};
+// DecodeDownGroupsKernel's items per register buffer (DecodeDownOptions::groups_batch), and its
+// largest h in shared memory (two blocks an SM fit on sm_80 and sm_90; Mixtral's top-2 of inter
+// 14336 take 56 KiB).
+constexpr int kDownGroupsBatch[] = {4, 6};
+constexpr int kDownGroupsMaxHBytes = 96 * 1024;
 constexpr int kMaxPairs = static_cast<int>(kDecodeExpertsMaxPairs);
 // Gate/up copies the layer's pointer tables into shared memory up to this many experts.
 constexpr int kMaxStagedExperts = 512;
@@ -341,6 +349,175 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm)
 #endif
 }
 
+// Down + combine at one token by groups of 8 output columns (DecodeDownOptions::groups). Block g
+// owns columns [8g, 8g + 8) (a persistent loop over groups); its 8 warps split the (pair, 64-column
+// tile of K) items of those rows, pair-major, in contiguous ranges. An item is 8 rows x 64 columns
+// of one expert's down matrix: 1 KiB contiguous in the packed layout (two 512-byte warp loads,
+// lane l at bytes 16l and 512 + 16l: rows l / 8 and l / 8 + 4 of the group), or 8 row pieces of
+// 128 bytes row-major. Each lane keeps two sums (its two rows) of w_k * (chunk . h chunk); h of
+// every pair sits in shared memory (staged after the wait while the first weights are on their
+// way), the weights run through two register buffers of kB items (the next batch's loads are
+// issued before the current one's dots). At the end of a group the warp sums its lanes by xor
+// over the 8 lanes of a row, and the block adds the warps' row sums in warp order (a fixed order:
+// the same bits from run to run, not those of DecodeDownCombineKernel).
+// Why: DecodeDownCombineKernel's unit is one output column across all top_k experts (96-176
+// chunks of 128 bytes at 1 token, a shared-memory pointer and index lookup per chunk); this one
+// reads whole contiguous pieces with one address step per item.
+// preload (0-2): the first group's first `preload` batches of weight loads go out before the PDL
+// wait (the routing comes two launches back), so blocks that start during gate/up's tail use it.
+template <typename T, typename Out, bool PACKED, int kB>
+__global__ void __launch_bounds__(kThreads, kBlocksPerSm)
+    DecodeDownGroupsKernel(const DecodeExpertsArgs a, int preload) {
+  extern __shared__ uint4 s_h4[];  // [top_k][inter / 8] chunks of h
+  __shared__ const T* s_down[kMaxPairs];
+  __shared__ float s_w[kMaxPairs];
+  __shared__ int s_hrow[kMaxPairs];
+  __shared__ float s_part[kWarps][8];
+#ifdef MOE_GEMM_TRACE
+  uint64_t* trace = DecodeTraceBlock(g_decode_trace, 3);  // as DecodeDownCombineKernel's marks
+  if (threadIdx.x == 0) DecodeTraceMark(trace, DecodeTraceLayout::kEntry);
+#endif
+  const int top_k = a.top_k;  // the pairs of the one token
+  StageDownPairs(a, top_k, s_down, s_w, s_hrow);
+  __syncthreads();
+#ifdef MOE_GEMM_TRACE
+  if (threadIdx.x == 0) DecodeTraceMark(trace, DecodeTraceLayout::kSetUp);
+#endif
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int K = a.inter, kbs = K / kPackedCols, cpr = K / 8;
+  const int items = top_k * kbs;
+  const int i_begin = warp * items / kWarps, i_end = (warp + 1) * items / kWarps;
+  const int groups = a.hidden / 8;
+  const int lr = lane >> 3;  // this lane's rows of a group: lr and lr + 4
+  const int c0 = PACKED ? (lane & 7) ^ lr : lane & 7;
+  const int c1 = PACKED ? c0 ^ 4 : c0;  // row lr + 4's chunk (swizzled by 4 more when packed)
+  // The two chunks of item (p, kb) for this lane in group col0.
+  const auto load_item = [&](int p, int kb, int col0, uint4& w0, uint4& w1) {
+    const T* base = s_down[p];
+    if constexpr (PACKED) {
+      const T* q = base + (static_cast<int64_t>(col0 >> 7) * kbs + kb) * kPackedTileElems +
+                   ((col0 & 127) << 6) + lane * 8;
+      w0 = LoadStreaming(q);
+      w1 = LoadStreaming(q + 256);
+    } else {
+      const T* q = base + static_cast<int64_t>(col0 + lr) * K + kb * kPackedCols + (lane & 7) * 8;
+      w0 = LoadStreaming(q);
+      w1 = LoadStreaming(q + static_cast<int64_t>(4) * K);
+    }
+  };
+  // Items i .. i + kB - 1 (those before i_end) into buf; (p, kb) is item i's.
+  const auto load_batch = [&](int i, int p, int kb, int col0, uint4(&buf)[2 * kB]) {
+#pragma unroll
+    for (int j = 0; j < kB; ++j) {
+      if (i + j < i_end) load_item(p, kb, col0, buf[2 * j], buf[2 * j + 1]);
+      if (++kb == kbs) {
+        kb = 0;
+        ++p;
+      }
+    }
+  };
+  const auto dot_batch = [&](int i, int p, int kb, const uint4(&buf)[2 * kB], float& acc0,
+                             float& acc1) {
+#pragma unroll
+    for (int j = 0; j < kB; ++j) {
+      if (i + j < i_end) {
+        const uint4* hp = s_h4 + p * cpr + kb * (kPackedCols / 8);
+        float d0 = 0.0f, d1 = 0.0f;
+        Dot8<T>(buf[2 * j], hp[c0], d0);
+        Dot8<T>(buf[2 * j + 1], hp[c1], d1);
+        acc0 = fmaf(s_w[p], d0, acc0);
+        acc1 = fmaf(s_w[p], d1, acc1);
+      }
+      if (++kb == kbs) {
+        kb = 0;
+        ++p;
+      }
+    }
+  };
+  // Steps (p, kb) forward by n items.
+  const auto advance = [kbs](int n, int& p, int& kb) {
+    kb += n;
+    while (kb >= kbs) {
+      kb -= kbs;
+      ++p;
+    }
+  };
+  const int p_begin = i_begin / kbs, kb_begin = i_begin - p_begin * kbs;
+  uint4 buf0[2 * kB], buf1[2 * kB];
+  int g = blockIdx.x;
+  // Batches of the first group loaded before the wait: 0, 1 (buf0) or 2 (buf0, buf1).
+  int preloaded = 0;
+  if (preload > 0 && g < groups && i_begin < i_end) {
+    load_batch(i_begin, p_begin, kb_begin, 8 * g, buf0);
+    preloaded = 1;
+    if (preload > 1 && i_begin + kB < i_end) {
+      int p1 = p_begin, kb1 = kb_begin;
+      advance(kB, p1, kb1);
+      load_batch(i_begin + kB, p1, kb1, 8 * g, buf1);
+      preloaded = 2;
+    }
+  }
+  GridDepWait();
+  GridDepTrigger();
+#ifdef MOE_GEMM_TRACE
+  if (threadIdx.x == 0) DecodeTraceMark(trace, DecodeTraceLayout::kWaited);
+#endif
+  // h of the pairs (the previous kernel's) into shared memory.
+  {
+    const uint4* h = static_cast<const uint4*>(a.h);
+    for (int c = threadIdx.x; c < top_k * cpr; c += kThreads) {
+      const int p = c / cpr;
+      s_h4[c] = LoadCached(h + static_cast<int64_t>(s_hrow[p]) * cpr + (c - p * cpr));
+    }
+  }
+  __syncthreads();
+  Out* out = static_cast<Out*>(a.meta->output);
+  for (; g < groups; g += gridDim.x, preloaded = 0) {
+    const int col0 = 8 * g;
+    float acc0 = 0.0f, acc1 = 0.0f;
+    if (preloaded == 0 && i_begin < i_end) load_batch(i_begin, p_begin, kb_begin, col0, buf0);
+    int p = p_begin, kb = kb_begin;
+    for (int i = i_begin; i < i_end; i += 2 * kB) {
+      int p1 = p, kb1 = kb;
+      advance(kB, p1, kb1);
+      if (i + kB < i_end && !(i == i_begin && preloaded == 2)) {
+        load_batch(i + kB, p1, kb1, col0, buf1);
+      }
+      dot_batch(i, p, kb, buf0, acc0, acc1);
+      int p2 = p1, kb2 = kb1;
+      advance(kB, p2, kb2);
+      if (i + 2 * kB < i_end) load_batch(i + 2 * kB, p2, kb2, col0, buf0);
+      if (i + kB < i_end) dot_batch(i + kB, p1, kb1, buf1, acc0, acc1);
+      p = p2;
+      kb = kb2;
+    }
+#pragma unroll
+    for (int m = 1; m < 8; m <<= 1) {
+      acc0 += __shfl_xor_sync(0xffffffffu, acc0, m);
+      acc1 += __shfl_xor_sync(0xffffffffu, acc1, m);
+    }
+    if ((lane & 7) == 0) {
+      s_part[warp][lr] = acc0;
+      s_part[warp][lr + 4] = acc1;
+    }
+    __syncthreads();
+    if (threadIdx.x < 8) {
+      float v = 0.0f;
+#pragma unroll
+      for (int w = 0; w < kWarps; ++w) v += s_part[w][threadIdx.x];
+      StoreCombined<T, Out>(a, 0, col0 + threadIdx.x, v, out);
+    }
+#ifdef MOE_GEMM_TRACE
+    if (g == static_cast<int>(blockIdx.x))
+      DecodeTraceWarpMark(trace, DecodeTraceLayout::kFirstUnit);
+#endif
+    __syncthreads();  // s_part is free for the next group
+  }
+#ifdef MOE_GEMM_TRACE
+  DecodeTraceWarpMark(trace, DecodeTraceLayout::kWarpDone);
+#endif
+}
+
 // Down + combine with the weights moved by the bulk copy engine (sm_90): each warp copies a batch
 // of its unit's run of chunks (kTmaWarpBytes) into its own shared-memory buffer (one copy per
 // expert row segment, completion on the warp's mbarrier), then dots it with h (global memory,
@@ -430,15 +607,20 @@ struct DownEntry {
   DownFn fn[3];      // h read from global memory, kCW = kDownChunks[i] (the macro below)
   DownFn fn_h_smem;  // h staged in shared memory
   DownFn fn_tma;     // weights by the bulk copy engine (sm_90)
+  DownFn fn_groups[2][std::size(kDownGroupsBatch)];  // by column groups: [packed][batch size]
 };
-#define MOE_DECODE_DOWN_ENTRY_(WT, W, AT, OUT)                \
-  {WT,                                                        \
-   AT,                                                        \
-   {&DecodeDownCombineKernel<W, OUT, false, kDownChunks[0]>,  \
-    &DecodeDownCombineKernel<W, OUT, false, kDownChunks[1]>,  \
-    &DecodeDownCombineKernel<W, OUT, false, kDownChunks[2]>}, \
-   &DecodeDownCombineKernel<W, OUT, true>,                    \
-   &DecodeDownTmaKernel<W, OUT>},
+#define MOE_DECODE_DOWN_ENTRY_(WT, W, AT, OUT)                     \
+  {WT,                                                             \
+   AT,                                                             \
+   {&DecodeDownCombineKernel<W, OUT, false, kDownChunks[0]>,       \
+    &DecodeDownCombineKernel<W, OUT, false, kDownChunks[1]>,       \
+    &DecodeDownCombineKernel<W, OUT, false, kDownChunks[2]>},      \
+   &DecodeDownCombineKernel<W, OUT, true>,                         \
+   &DecodeDownTmaKernel<W, OUT>,                                   \
+   {{&DecodeDownGroupsKernel<W, OUT, false, kDownGroupsBatch[0]>,  \
+     &DecodeDownGroupsKernel<W, OUT, false, kDownGroupsBatch[1]>}, \
+    {&DecodeDownGroupsKernel<W, OUT, true, kDownGroupsBatch[0]>,   \
+     &DecodeDownGroupsKernel<W, OUT, true, kDownGroupsBatch[1]>}}},
 static_assert(std::size(kDownChunks) == std::size(DownEntry{}.fn),
               "one down kernel per batch size of kDownChunks");
 const DownEntry kDownKernels[] = {MOE_DECODE_DOWN_TYPES_(MOE_DECODE_DOWN_ENTRY_)};
@@ -536,6 +718,23 @@ StatusOr<bool> InitDecodeTma() {
   return true;
 }
 
+bool DecodeDownGroupsApply(const DecodeExpertsArgs& a) {
+  return a.capacity == 1 && a.inter % kPackedCols == 0 &&
+         static_cast<int64_t>(a.top_k) * a.inter * 2 <= kDownGroupsMaxHBytes;
+}
+
+Status InitDecodeDownGroups() {
+  for (const DownEntry& e : kDownKernels) {
+    for (const auto& by_batch : e.fn_groups) {
+      for (DownFn fn : by_batch) {
+        CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                  kDownGroupsMaxHBytes));
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
 int DecodeDownChunks(int top_k, int inter, int requested) {
   for (const int c : kDownChunks) {
     if (c == requested) return c;
@@ -570,6 +769,24 @@ Status LaunchDecodeDownCombineWith(const DecodeExpertsArgs& a, const DecodeDownO
   }
   // h of every pair the launch may hold (2-byte elements).
   const int64_t h_bytes = a.capacity * a.top_k * a.inter * 2;
+  if (o.groups && DecodeDownGroupsApply(a) && !o.tma && !o.routing_after_wait) {
+    int bi = -1;
+    for (int i = 0; i < static_cast<int>(std::size(kDownGroupsBatch)); ++i) {
+      if (kDownGroupsBatch[i] == o.groups_batch) bi = i;
+    }
+    if (bi < 0) {
+      return absl::InvalidArgumentError("LaunchDecodeDownCombineWith: groups_batch is 4 or 6");
+    }
+    DownFn fn = nullptr;
+    for (const DownEntry& e : kDownKernels) {
+      if (e.wtype == a.wtype && e.atype == a.atype) fn = e.fn_groups[a.packed ? 1 : 0][bi];
+    }
+    if (fn == nullptr) return absl::InternalError("no decode down kernel for these dtypes");
+    CUDA_RETURN_IF_ERROR(LaunchMaybePdl(fn, PersistentGrid(a.sm_count), dim3(kThreads),
+                                        static_cast<size_t>(h_bytes), stream, a.pdl, a,
+                                        o.groups_preload));
+    return absl::OkStatus();
+  }
   const bool h_smem = !o.tma && o.h_smem && h_bytes <= kHSmemMaxBytes;
   const int chunks = DecodeDownChunks(a.top_k, a.inter, o.chunks);
   int ci = 0;

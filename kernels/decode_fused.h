@@ -87,7 +87,19 @@ struct DecodeDownOptions {
   // 16-byte weight loads per lane and batch with h from global memory: 8, 10 or 12; anything else
   // picks by DecodeDownChunks's rule.
   int chunks = 0;
+  // At one token (DecodeDownGroupsApply), DecodeDownGroupsKernel: blocks of 8 output columns whose
+  // warps split the (pair, 64-column) pieces of those rows; groups_batch pieces (4 or 6) a
+  // register buffer; groups_preload: that many buffers (0-2) loaded before the PDL wait. Not with
+  // tma or routing_after_wait (the old kernel runs then).
+  bool groups = false;
+  int groups_batch = 4;
+  int groups_preload = 0;
 };
+// Whether DecodeDownOptions::groups applies: one token, inter a multiple of 64, h of the top_k
+// pairs within 96 KiB.
+bool DecodeDownGroupsApply(const DecodeExpertsArgs& args);
+// Raises the groups kernels' shared-memory limit to that size. Call once per device.
+Status InitDecodeDownGroups();
 // The batch size the down + combine kernel runs with h from global memory: `requested` when it is
 // one of the built sizes, else by the rule in decode_experts.cu (a unit's run of top_k * inter / 8
 // chunks in the fewest batches while they are few, else 10).

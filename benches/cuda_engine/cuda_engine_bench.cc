@@ -19,7 +19,8 @@
 //                             the narrow gate/up tile)
 //       [--fused-route] [--early-prefetch-down | --late-prefetch-down] [--fused-cluster-size=N]
 //       [--fused-clusters=N] [--down-h-smem] [--prefetch-units=N] [--down-tma] [--gate-up-tma]
-//       [--decode-down-chunks=N]
+//       [--decode-down-chunks=N] [--[no-]down-groups] [--down-groups-batch=N]
+//       [--down-groups-preload=N]
 //                             (decode experts path variants, CudaEngineOptions::decode_*; the
 //                             --no-* / --down-h-global forms restore the defaults)
 //       [--no-front-cluster] [--no-wave-split] [--no-router-mma]   (session 5 paths off)
@@ -136,6 +137,10 @@ int g_fused_clusters = 0;
 bool g_down_h_smem = CudaEngineOptions().decode_down_h_smem;
 int g_prefetch_units = 0;                                                // --prefetch-units=N
 int g_down_chunks = 0;                                                   // --decode-down-chunks=N
+bool g_down_groups = CudaEngineOptions().decode_down_groups;             // --[no-]down-groups
+int g_down_groups_batch = CudaEngineOptions().decode_down_groups_batch;  // --down-groups-batch=N
+int g_down_groups_preload =
+    CudaEngineOptions().decode_down_groups_preload;                      // --down-groups-preload=N
 bool g_front_cluster = CudaEngineOptions().decode_front_cluster;         // --[no-]front-cluster
 bool g_wave_split = CudaEngineOptions().wave_split_down;                 // --no-wave-split
 bool g_router_mma = CudaEngineOptions().small_batch_router_mma;          // --no-router-mma
@@ -425,6 +430,9 @@ class Runner {
     o.decode_down_h_smem = g_down_h_smem;
     o.decode_prefetch_units = g_prefetch_units;
     o.decode_down_chunks = g_down_chunks;
+    o.decode_down_groups = g_down_groups;
+    o.decode_down_groups_batch = g_down_groups_batch;
+    o.decode_down_groups_preload = g_down_groups_preload;
     o.decode_front_cluster = g_front_cluster;
     o.wave_split_down = g_wave_split;
     o.cluster_quad_down = g_quad_down;
@@ -836,6 +844,14 @@ int main(int argc, char** argv) {
       moe::g_prefetch_units = std::atoi(a.c_str() + 17);
     } else if (a.rfind("--decode-down-chunks=", 0) == 0) {
       moe::g_down_chunks = std::atoi(a.c_str() + 21);
+    } else if (a == "--down-groups") {
+      moe::g_down_groups = true;
+    } else if (a == "--no-down-groups") {
+      moe::g_down_groups = false;
+    } else if (a.rfind("--down-groups-batch=", 0) == 0) {
+      moe::g_down_groups_batch = std::atoi(a.c_str() + 20);
+    } else if (a.rfind("--down-groups-preload=", 0) == 0) {
+      moe::g_down_groups_preload = std::atoi(a.c_str() + 22);
     } else if (a == "--no-quad-down") {
       moe::g_quad_down = moe::CudaEngineOptions::Use::kNever;
     } else if (a == "--no-permute-x") {

@@ -1147,12 +1147,100 @@ TEST(CudaEngine, DecodeDownChunksSameBits) {
   base.decode_gemv = CudaEngineOptions::DecodeGemv::kAlways;
   base.decode_down_h_smem = false;
   base.decode_down_chunks = 8;
+  base.decode_down_groups = false;  // the kernel whose batches these are, at 1 token too
   for (const int chunks : {10, 12, 0}) {
     SCOPED_TRACE(::testing::Message() << "chunks " << chunks);
     CudaEngineOptions o = base;
     o.decode_down_chunks = chunks;
     CheckCases(cases, o);
     CheckEnginesAgree(cases, base, o, 98, 0.0);
+  }
+}
+
+// Down + combine by groups of 8 output columns at one token (option decode_down_groups), with
+// batches of 4 and 6 pieces and the first batch loaded before the PDL wait, graphs and eager,
+// against the CPU engine: packed weights (hidden, inter multiples of 128) and row-major ones
+// (inter 192, 320, 64: pieces of 128-byte row parts), 129 / 31 experts, a warp range that ends
+// inside a pair (top-6, 5 pieces a pair), groups past the grid (hidden 2056: 257 groups; hidden
+// 4224: 528, two a block), 64 KiB of h (the opt-in shared memory), shared experts with and without
+// a gate, f16 / f32 activations and f16 weights. The kernel ran where it applies: its sums go in
+// another order than the default kernel's, so f32 outputs differ from the default engine's at 1
+// token, and are the same bits where it does not apply (2-3 tokens; h over 96 KiB at inter 6144
+// top-8).
+TEST(CudaEngine, DecodeDownGroups) {
+  MOE_REQUIRE_GPU();
+  std::vector<Case> cases = {
+      {"qwen3 129 experts top-8, packed",
+       Opts(Family::kQwen3Moe, 129, 8, 256, 128, DType::kBF16, 111),
+       DType::kBF16,
+       {1, 3}},
+      {"qwen2_moe 31 experts, shared + gate, inter 192, f16 act",
+       Opts(Family::kQwen2Moe, 31, 4, 128, 192, DType::kBF16, 112),
+       DType::kF16,
+       {1}},
+      {"deepseek_v2 top-6 inter 320, shared, f16 weights",
+       Opts(Family::kDeepseekV2, 32, 6, 384, 320, DType::kF16, 113),
+       DType::kBF16,
+       {1, 2}},
+      {"mixtral hidden 2056 inter 64, f32 act",
+       Opts(Family::kMixtral, 8, 2, 2056, 64, DType::kF16, 114),
+       DType::kF32,
+       {1}},
+      {"deepseek_v3 hidden 4224 packed, f32 act",
+       Opts(Family::kDeepseekV3, 64, 8, 4224, 256, DType::kBF16, 115),
+       DType::kF32,
+       {1}},
+      {"olmoe inter 6144 top-8: h past 96 KiB",
+       Opts(Family::kOlmoe, 16, 8, 64, 6144, DType::kBF16, 116),
+       DType::kF32,
+       {1}},
+      {"qwen3 inter 4096 top-8: 64 KiB of h (past the default limit)",
+       Opts(Family::kQwen3Moe, 16, 8, 128, 4096, DType::kBF16, 118),
+       DType::kF32,
+       {1}},
+  };
+  cases[1].model.norm_topk_prob = false;
+  CudaEngineOptions base = DefaultOptions();
+  base.graph_batch_sizes = {1, 2, 4};
+  base.decode_gemv = CudaEngineOptions::DecodeGemv::kAlways;
+  base.decode_down_groups = false;
+  struct Variant {
+    int batch, preload;
+    bool graphs;
+  };
+  for (const Variant v :
+       {Variant{4, 0, true}, Variant{4, 2, true}, Variant{6, 1, false}, Variant{4, 1, false}}) {
+    SCOPED_TRACE(::testing::Message()
+                 << "batch " << v.batch << " preload " << v.preload << " graphs " << v.graphs);
+    CudaEngineOptions o = base;
+    o.decode_down_groups = true;
+    o.decode_down_groups_batch = v.batch;
+    o.decode_down_groups_preload = v.preload;
+    if (!v.graphs) o.graph_batch_sizes.clear();
+    CheckCases(cases, o);
+  }
+  // Where it runs (f32 outputs at 1 token) and where it does not.
+  CudaEngineOptions groups = base;
+  groups.decode_down_groups = true;
+  for (const Case& c : {cases[3], cases[4], cases[5], cases[6]}) {
+    SCOPED_TRACE(c.name);
+    const auto model = RandomModel(c.model);
+    auto a = CudaEngine::Create(model, base);
+    auto b = CudaEngine::Create(model, groups);
+    ASSERT_TRUE(a.ok()) << a.status();
+    ASSERT_TRUE(b.ok()) << b.status();
+    for (const int64_t n : {1, 3}) {
+      const auto x = MakeActivations(c.act, n * model->spec().hidden, 117 + n);
+      const RunResult ra = RunForward(**a, 0, c.act, x.bytes, n);
+      const RunResult rb = RunForward(**b, 0, c.act, x.bytes, n);
+      EXPECT_EQ(ra.ids, rb.ids) << n << " tokens";
+      const bool applies = n == 1 && c.model.moe_intermediate * c.model.top_k * 2 <= 96 * 1024;
+      if (applies) {
+        EXPECT_NE(ra.values, rb.values) << n << " tokens: the groups kernel did not run";
+      } else {
+        EXPECT_EQ(ra.values, rb.values) << n << " tokens: the groups kernel ran";
+      }
+    }
   }
 }
 

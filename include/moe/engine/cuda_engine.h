@@ -304,6 +304,16 @@ struct CudaEngineOptions {
   // rule (H200, 1 token: DeepSeek-V2-Lite 42.7 -> 42.0 us, Mixtral 194.1 -> 191.2 against 8
   // everywhere; RESULTS.md session 21).
   int decode_down_chunks = 0;
+  // At one token, down + combine by groups of 8 output columns (kernels/decode_fused.h
+  // DecodeDownOptions::groups, where DecodeDownGroupsApply holds): pieces of 8 rows x 64 columns a
+  // warp item, h in shared memory, decode_down_groups_batch (4 or 6) pieces a register buffer,
+  // decode_down_groups_preload: that many buffers (0-2) loaded before the PDL wait. NOTES (H200,
+  // session 29, three rounds, 1 token, us, the old kernel -> batch 4 / preload 1): Qwen3 34.5 ->
+  // 32.8, DeepSeek-V2-Lite 41.3 -> 39.1, Mixtral 195.1 -> 179.8, the embedded model 21.6 -> 19.7;
+  // preload 0 or 2 and batch 6 were 0.4-1.3 us slower (RESULTS.md "Session 29").
+  bool decode_down_groups = true;
+  int decode_down_groups_batch = 4;
+  int decode_down_groups_preload = 1;
   bool decode_fused_route = false;
   int decode_fused_cluster_size = 8;
   int decode_fused_max_clusters = 0;

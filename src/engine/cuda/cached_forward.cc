@@ -47,6 +47,17 @@ using cuda::ExpertCacheRuntime;
 
 namespace {
 
+// The down + combine options of the cached forward's decode launches (h through L1, no bulk
+// copies).
+cuda::DecodeDownOptions DecodeDownOptionsOf(const CudaEngineOptions& o) {
+  cuda::DecodeDownOptions d;
+  d.chunks = o.decode_down_chunks;
+  d.groups = o.decode_down_groups;
+  d.groups_batch = o.decode_down_groups_batch;
+  d.groups_preload = o.decode_down_groups_preload;
+  return d;
+}
+
 // Launches the gate-lookahead of the MoE layer at `next_pos` (2. above) on `st` into depth slot
 // `d` of the lookahead buffers; results stay on the device.
 Status LaunchLookahead(const LayerLaunch& l, const cuda::DeviceWeights& w, int next_pos, int d,
@@ -105,7 +116,7 @@ Status LaunchSpeculativeRouted(const CudaEngine::Impl& impl, const LayerLaunch& 
     gate_up.pdl = false;  // reads the tables before its PDL wait: they come from the last kernel
     MOE_RETURN_IF_ERROR(cuda::LaunchDecodeGateUp(gate_up, st));
     MOE_RETURN_IF_ERROR(impl.LaunchSharedPhase(l, st));
-    return cuda::LaunchDecodeDownCombineWith(dx, {.chunks = impl.options.decode_down_chunks}, st);
+    return cuda::LaunchDecodeDownCombineWith(dx, DecodeDownOptionsOf(impl.options), st);
   }
   cuda::GemmArgs gu = l.gate_up;
   gu.b0_table = tables;
@@ -318,8 +329,7 @@ Status CudaEngine::Impl::EnqueueCached(Slot& s, const cuda::ForwardMeta& meta, c
       dx.pdl = false;  // follows a copy or an event wait
       MOE_RETURN_IF_ERROR(rt.WaitLoads(s.index, round, st));
       MOE_RETURN_IF_ERROR(cuda::LaunchDecodeGateUp(dx, st));
-      MOE_RETURN_IF_ERROR(
-          cuda::LaunchDecodeDownCombineWith(dx, {.chunks = options.decode_down_chunks}, st));
+      MOE_RETURN_IF_ERROR(cuda::LaunchDecodeDownCombineWith(dx, DecodeDownOptionsOf(options), st));
       decode_experts_done = true;
     } else {
       if (n_resident > 0) MOE_RETURN_IF_ERROR(launch(0, dev_counts));

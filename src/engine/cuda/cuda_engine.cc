@@ -95,6 +95,12 @@ StatusOr<std::unique_ptr<CudaEngine::Impl>> CudaEngine::Impl::Prepare(const MoeS
         absl::StrCat("the CUDA engine needs compute capability >= 8.0; device ", o.device, " is ",
                      prop.major, ".", prop.minor));
   }
+  if (o.decode_down_groups_batch != 4 && o.decode_down_groups_batch != 6) {
+    return absl::InvalidArgumentError("CudaEngineOptions: decode_down_groups_batch is 4 or 6");
+  }
+  if (o.decode_down_groups_preload < 0 || o.decode_down_groups_preload > 2) {
+    return absl::InvalidArgumentError("CudaEngineOptions: decode_down_groups_preload is 0 to 2");
+  }
   auto impl = std::make_unique<Impl>();
   impl->spec = spec;
   impl->options = o;
@@ -123,6 +129,7 @@ StatusOr<std::unique_ptr<CudaEngine::Impl>> CudaEngine::Impl::Prepare(const MoeS
   impl->decode_fused = impl->decode_fused && o.decode_fused_route;
   impl->l2_bytes = prop.l2CacheSize;
   MOE_ASSIGN_OR_RETURN(const bool tma, cuda::InitDecodeTma());
+  MOE_RETURN_IF_ERROR(cuda::InitDecodeDownGroups());
   impl->down_tma = tma && o.decode_down_tma;
   impl->gate_up_tma = tma && o.decode_gate_up_tma;
   MOE_ASSIGN_OR_RETURN(const bool stream, cuda::InitStreamGemm());
@@ -840,7 +847,11 @@ Status CudaEngine::Impl::EnqueueCore(Slot& s, int64_t capacity, AType atype,
         cuda::LaunchDecodeGateUpWith(l.decode, {options.decode_prefetch_units, gate_up_tma}, st));
     MOE_RETURN_IF_ERROR(LaunchSharedPhase(l, st));
     return cuda::LaunchDecodeDownCombineWith(
-        l.decode, {false, options.decode_down_h_smem, down_tma, options.decode_down_chunks}, st);
+        l.decode,
+        {false, options.decode_down_h_smem, down_tma, options.decode_down_chunks,
+         options.decode_down_groups, options.decode_down_groups_batch,
+         options.decode_down_groups_preload},
+        st);
   }
   MOE_RETURN_IF_ERROR(LaunchRoutedPhase(l, l.gate_up, l.down, st));
   MOE_RETURN_IF_ERROR(LaunchSharedPhase(l, st));
