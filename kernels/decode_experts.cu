@@ -377,7 +377,15 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm)
   uint64_t* trace = DecodeTraceBlock(g_decode_trace, 3);  // as DecodeDownCombineKernel's marks
   if (threadIdx.x == 0) DecodeTraceMark(trace, DecodeTraceLayout::kEntry);
 #endif
-  const int top_k = a.top_k;  // the pairs of the one token
+  // The pairs of the one token; none where the forward has no token (the expert cache's
+  // speculative launches carry an empty meta when an expert is missing: their tables may then
+  // point nowhere, so nothing is read through them).
+  const int top_k = a.meta->n_tokens > 0 ? a.top_k : 0;
+  if (top_k == 0) {
+    GridDepWait();  // as every block of the layer's kernels (kernels/pdl.cuh)
+    GridDepTrigger();
+    return;
+  }
   StageDownPairs(a, top_k, s_down, s_w, s_hrow);
   __syncthreads();
 #ifdef MOE_GEMM_TRACE
