@@ -1158,15 +1158,14 @@ TEST(CudaEngine, DecodeDownChunksSameBits) {
 }
 
 // Down + combine by groups of 8 output columns at one token (option decode_down_groups), with
-// batches of 4 and 6 pieces and the first batch loaded before the PDL wait, graphs and eager,
-// against the CPU engine: packed weights (hidden, inter multiples of 128) and row-major ones
-// (inter 192, 320, 64: pieces of 128-byte row parts), 129 / 31 experts, a warp range that ends
-// inside a pair (top-6, 5 pieces a pair), groups past the grid (hidden 2056: 257 groups; hidden
-// 4224: 528, two a block), 64 KiB of h (the opt-in shared memory), shared experts with and without
-// a gate, f16 / f32 activations and f16 weights. The kernel ran where it applies: its sums go in
-// another order than the default kernel's, so f32 outputs differ from the default engine's at 1
-// token, and are the same bits where it does not apply (2-3 tokens; h over 96 KiB at inter 6144
-// top-8).
+// batches of 4 and 6 pieces and 0-2 buffers loaded before the PDL wait, graphs and eager, against
+// the CPU engine: packed weights (hidden, inter multiples of 128) and row-major ones (inter 192,
+// 320, 64: pieces of 128-byte row parts), 129 / 31 experts, a warp range that ends inside a pair
+// (top-6, 5 pieces a pair), groups past the grid (hidden 2056: 257 groups; hidden 4224: 528, two
+// a block), 64 KiB and 96 KiB (the limit) of h in the opt-in shared memory, shared experts with
+// and without a gate, f16 / f32 activations and f16 weights. The kernel ran where it applies: its
+// sums go in another order than the old kernel's, so f32 outputs differ from an engine without
+// the option at 1 token, and are the same bits where it does not apply (3 tokens).
 TEST(CudaEngine, DecodeDownGroups) {
   MOE_REQUIRE_GPU();
   std::vector<Case> cases = {
@@ -1190,7 +1189,7 @@ TEST(CudaEngine, DecodeDownGroups) {
        Opts(Family::kQwen3Moe, 16, 8, 4224, 128, DType::kBF16, 115),
        DType::kF32,
        {1}},
-      {"olmoe inter 6144 top-8: h past 96 KiB",
+      {"olmoe inter 6144 top-8: 96 KiB of h, the limit",
        Opts(Family::kOlmoe, 16, 8, 64, 6144, DType::kBF16, 116),
        DType::kF32,
        {1}},

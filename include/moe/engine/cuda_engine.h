@@ -310,7 +310,7 @@ struct CudaEngineOptions {
   // decode_down_groups_preload: that many buffers (0-2) loaded before the PDL wait. NOTES (H200,
   // session 29, three rounds, 1 token, us, the old kernel -> batch 4 / preload 1): Qwen3 34.5 ->
   // 32.8, DeepSeek-V2-Lite 41.3 -> 39.1, Mixtral 195.1 -> 179.8, the embedded model 21.6 -> 19.7;
-  // preload 0 or 2 and batch 6 were 0.4-1.3 us slower (RESULTS.md "Session 29").
+  // preload 0 or 2 and batch 6 were 0.3-1.6 us slower (RESULTS.md "Session 29").
   bool decode_down_groups = true;
   int decode_down_groups_batch = 4;
   int decode_down_groups_preload = 1;
