@@ -775,6 +775,11 @@ Status LaunchDecodeDownCombineWith(const DecodeExpertsArgs& a, const DecodeDownO
         "LaunchDecodeDownCombineWith: packed weights take neither bulk copies nor the fused "
         "decode kernel");
   }
+  const DownEntry* entry = nullptr;
+  for (const DownEntry& e : kDownKernels) {
+    if (e.wtype == a.wtype && e.atype == a.atype) entry = &e;
+  }
+  if (entry == nullptr) return absl::InternalError("no decode down kernel for these dtypes");
   // h of every pair the launch may hold (2-byte elements).
   const int64_t h_bytes = a.capacity * a.top_k * a.inter * 2;
   if (o.groups && DecodeDownGroupsApply(a) && !o.tma && !o.routing_after_wait) {
@@ -785,26 +790,16 @@ Status LaunchDecodeDownCombineWith(const DecodeExpertsArgs& a, const DecodeDownO
     if (bi < 0) {
       return absl::InvalidArgumentError("LaunchDecodeDownCombineWith: groups_batch is 4 or 6");
     }
-    DownFn fn = nullptr;
-    for (const DownEntry& e : kDownKernels) {
-      if (e.wtype == a.wtype && e.atype == a.atype) fn = e.fn_groups[a.packed ? 1 : 0][bi];
-    }
-    if (fn == nullptr) return absl::InternalError("no decode down kernel for these dtypes");
-    CUDA_RETURN_IF_ERROR(LaunchMaybePdl(fn, PersistentGrid(a.sm_count), dim3(kThreads),
-                                        static_cast<size_t>(h_bytes), stream, a.pdl, a,
-                                        o.groups_preload));
+    CUDA_RETURN_IF_ERROR(LaunchMaybePdl(
+        entry->fn_groups[a.packed ? 1 : 0][bi], PersistentGrid(a.sm_count), dim3(kThreads),
+        static_cast<size_t>(h_bytes), stream, a.pdl, a, o.groups_preload));
     return absl::OkStatus();
   }
   const bool h_smem = !o.tma && o.h_smem && h_bytes <= kHSmemMaxBytes;
   const int chunks = DecodeDownChunks(a.top_k, a.inter, o.chunks);
   int ci = 0;
   while (kDownChunks[ci] != chunks) ++ci;
-  DownFn fn = nullptr;
-  for (const DownEntry& e : kDownKernels) {
-    if (e.wtype == a.wtype && e.atype == a.atype)
-      fn = o.tma ? e.fn_tma : h_smem ? e.fn_h_smem : e.fn[ci];
-  }
-  if (fn == nullptr) return absl::InternalError("no decode down kernel for these dtypes");
+  const DownFn fn = o.tma ? entry->fn_tma : h_smem ? entry->fn_h_smem : entry->fn[ci];
   const size_t smem = o.tma    ? static_cast<size_t>(kWarps) * kTmaWarpBytes
                       : h_smem ? static_cast<size_t>(h_bytes)
                                : 0;

@@ -846,12 +846,14 @@ Status CudaEngine::Impl::EnqueueCore(Slot& s, int64_t capacity, AType atype,
     MOE_RETURN_IF_ERROR(
         cuda::LaunchDecodeGateUpWith(l.decode, {options.decode_prefetch_units, gate_up_tma}, st));
     MOE_RETURN_IF_ERROR(LaunchSharedPhase(l, st));
-    return cuda::LaunchDecodeDownCombineWith(
-        l.decode,
-        {false, options.decode_down_h_smem, down_tma, options.decode_down_chunks,
-         options.decode_down_groups, options.decode_down_groups_batch,
-         options.decode_down_groups_preload},
-        st);
+    return cuda::LaunchDecodeDownCombineWith(l.decode,
+                                             {.h_smem = options.decode_down_h_smem,
+                                              .tma = down_tma,
+                                              .chunks = options.decode_down_chunks,
+                                              .groups = options.decode_down_groups,
+                                              .groups_batch = options.decode_down_groups_batch,
+                                              .groups_preload = options.decode_down_groups_preload},
+                                             st);
   }
   MOE_RETURN_IF_ERROR(LaunchRoutedPhase(l, l.gate_up, l.down, st));
   MOE_RETURN_IF_ERROR(LaunchSharedPhase(l, st));
