@@ -1243,6 +1243,74 @@ TEST(CudaEngine, DecodeDownGroups) {
   }
 }
 
+// Exact ties in the routing pick the lower expert, as the CPU engine does (the other tests skip
+// near ties): tokens whose input is zero (every logit 0, so every score ties; DeepSeek-V2's groups
+// tie too, DeepSeek-V3's bias breaks them) between random ones, at 1 and 3 tokens (the decode
+// front's routing) and 40 tokens (the routing kernel's), top-1 to top-8 of 8 to 256 experts,
+// graphs and eager: their experts and weights against the CPU engine's.
+TEST(CudaEngine, RoutingTiesPickTheLowerExpert) {
+  MOE_REQUIRE_GPU();
+  const std::vector<Case> cases = {
+      {"qwen3 129 experts top-8",
+       Opts(Family::kQwen3Moe, 129, 8, 136, 48, DType::kBF16, 131),
+       DType::kBF16,
+       {1, 3, 40}},
+      {"qwen3 256 experts top-1",
+       Opts(Family::kQwen3Moe, 256, 1, 64, 32, DType::kBF16, 132),
+       DType::kBF16,
+       {1, 3, 40}},
+      {"mixtral top-2",
+       Opts(Family::kMixtral, 8, 2, 128, 64, DType::kBF16, 133),
+       DType::kF32,
+       {1, 3, 40}},
+      {"qwen2_moe 60 experts top-4, shared gate",
+       Opts(Family::kQwen2Moe, 60, 4, 128, 64, DType::kBF16, 134),
+       DType::kBF16,
+       {1, 3, 40}},
+      {"deepseek_v2 64 experts top-6, group-limited",
+       Opts(Family::kDeepseekV2, 64, 6, 128, 64, DType::kBF16, 135),
+       DType::kBF16,
+       {1, 3, 40}},
+      {"deepseek_v3 256 experts top-8, bias",
+       Opts(Family::kDeepseekV3, 256, 8, 128, 64, DType::kBF16, 136),
+       DType::kBF16,
+       {1, 3, 40}},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.name);
+    const auto model = RandomModel(c.model);
+    const MoeSpec& spec = model->spec();
+    auto cpu = testing::ReferenceCpuEngine(model, 64);
+    ASSERT_TRUE(cpu.ok()) << cpu.status();
+    for (const bool graphs : {true, false}) {
+      CudaEngineOptions o = DefaultOptions();
+      if (!graphs) o.graph_batch_sizes.clear();
+      auto gpu = CudaEngine::Create(model, o);
+      ASSERT_TRUE(gpu.ok()) << gpu.status();
+      for (const int64_t n : c.tokens) {
+        SCOPED_TRACE(::testing::Message() << n << " tokens, graphs " << graphs);
+        // Tokens 0, 2, 4, ... zero; the others random.
+        auto x = MakeActivations(c.act, n * spec.hidden, 137 + n);
+        const size_t row_bytes = static_cast<size_t>(spec.hidden) * DTypeSize(c.act);
+        for (int64_t t = 0; t < n; t += 2) {
+          std::memset(x.bytes.data() + t * row_bytes, 0, row_bytes);
+        }
+        const RunResult want = RunForward(**cpu, 0, c.act, x.bytes, n);
+        const RunResult got = RunForward(**gpu, 0, c.act, x.bytes, n);
+        const int k = spec.top_k();
+        for (int64_t t = 0; t < n; t += 2) {
+          for (int j = 0; j < k; ++j) {
+            EXPECT_EQ(got.ids[t * k + j], want.ids[t * k + j]) << "token " << t << " slot " << j;
+            EXPECT_NEAR(got.weights[t * k + j], want.weights[t * k + j],
+                        1e-5 * std::max(1.0f, std::fabs(want.weights[t * k + j])))
+                << "token " << t << " slot " << j;
+          }
+        }
+      }
+    }
+  }
+}
+
 // The router and expert GEMMs reading the forward's input in place (option input_in_place, the
 // default) against reading the first kernel's copy of it: the same bits, past the fused decode
 // front (33 tokens) up to the Hopper tiles, with the input copy kernel (100, 1100 tokens: the
