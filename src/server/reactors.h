@@ -62,8 +62,10 @@ class UnaryCall : public grpc::ServerUnaryReactor {
   const std::string request_id_;
 };
 
-// Thread safety: the gRPC reactions are serialised by gRPC; Emit (the completion of each request)
-// may come from any thread; `mu_` guards the write queue and the counters.
+// Thread safety: gRPC may run OnReadDone and OnWriteDone at once, on different threads, and Emit
+// (the completion of each request) comes from any thread; `mu_` guards the write queue and the
+// counters. Each decision to finish is taken in the same critical section as the state change
+// that allows it, so exactly one thread finishes and none touches the reactor afterwards.
 template <class Request, class Response>
 class StreamCall : public grpc::ServerBidiReactor<Request, Response> {
  public:
@@ -79,7 +81,13 @@ class StreamCall : public grpc::ServerBidiReactor<Request, Response> {
 
   void OnReadDone(bool ok) override {
     if (!ok) {
-      Release([this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { reads_done_ = true; });
+      bool finish;
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        reads_done_ = true;
+        finish = TakeFinishLocked();
+      }
+      if (finish) this->Finish(grpc::Status::OK);
       return;
     }
     Clock::time_point arrival = Clock::now();
@@ -100,6 +108,7 @@ class StreamCall : public grpc::ServerBidiReactor<Request, Response> {
   void OnWriteDone(bool ok) override {
     Response* next = nullptr;
     bool resume_read = false;
+    bool finish = false;
     {
       std::lock_guard<std::mutex> lock(mu_);
       queue_.pop_front();  // the one just written
@@ -120,10 +129,11 @@ class StreamCall : public grpc::ServerBidiReactor<Request, Response> {
         read_paused_ = false;
         resume_read = true;
       }
+      finish = TakeFinishLocked();
     }
     if (next != nullptr) this->StartWrite(next);
     if (resume_read) this->StartRead(&incoming_);
-    if (next == nullptr) Release([]() {});
+    if (finish) this->Finish(grpc::Status::OK);
   }
 
   void OnCancel() override { cancel_->Cancel(); }
@@ -133,12 +143,18 @@ class StreamCall : public grpc::ServerBidiReactor<Request, Response> {
   // At most this many requests of one stream in flight; reading pauses beyond it.
   static constexpr int64_t kMaxOutstanding = 4096;
 
+  // After the lock is released, `this` is touched only by the thread that holds a reason to keep
+  // the RPC open: the writer it just started (`writing_` blocks the finish), or the one thread that
+  // finishes. Any other access races the finish: another thread's OnWriteDone may finish the RPC
+  // and gRPC then deletes the reactor (OnDone).
   void Enqueue(Response&& response) {
     Response* start = nullptr;
+    bool finish = false;
     {
       std::lock_guard<std::mutex> lock(mu_);
       if (broken_) {
         --outstanding_;
+        finish = TakeFinishLocked();
       } else {
         queue_.push_back(std::move(response));
         if (!writing_) {
@@ -148,26 +164,17 @@ class StreamCall : public grpc::ServerBidiReactor<Request, Response> {
       }
     }
     // std::deque keeps element addresses stable under push_back/pop_front.
-    if (start != nullptr) {
-      this->StartWrite(start);
-    } else {
-      Release([]() {});
-    }
+    if (start != nullptr) this->StartWrite(start);
+    if (finish) this->Finish(grpc::Status::OK);
   }
 
-  // Applies `update` under the lock, then finishes the RPC if nothing is left to do.
-  template <class F>
-  void Release(F update) {
-    bool finish = false;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      update();
-      if (reads_done_ && outstanding_ == 0 && !writing_ && !finished_) {
-        finished_ = true;
-        finish = true;
-      }
+  // True once (then `finished_`) when nothing is left to read, answer or write.
+  bool TakeFinishLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (reads_done_ && outstanding_ == 0 && !writing_ && !finished_) {
+      finished_ = true;
+      return true;
     }
-    if (finish) this->Finish(grpc::Status::OK);
+    return false;
   }
 
   const Handle handle_;

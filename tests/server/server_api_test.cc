@@ -1,9 +1,11 @@
 // The front end's RPCs against the real scheduler and CPU engine: results equal the engine's own
 // (bit for bit), and every malformed request gets the documented code and a message naming the
 // field and the expected value.
+#include <atomic>
 #include <cstring>
 #include <functional>
 #include <map>
+#include <thread>
 
 #include "server_fixture.h"
 
@@ -341,6 +343,42 @@ TEST_F(ServerApiTest, ForwardStreamAnswersEveryRequestAndReportsErrorsInBand) {
   EXPECT_TRUE(stream->Finish().ok());
   EXPECT_EQ(answered.size(), sent.size());
   for (const auto& [id, n] : answered) EXPECT_EQ(n, 1) << id << " answered " << n << " times";
+}
+
+// Many short streams at once, each mixing answers from the scheduler's thread with refusals made
+// inline on gRPC's thread, so the last answers of a stream race its writes and its end. A stream
+// that touched its reactor after the RPC finished failed here under ASan (heap-use-after-free).
+TEST_F(ServerApiTest, ShortConcurrentStreamsEndCleanly) {
+  constexpr int kThreads = 4;
+  constexpr int kStreamsPerThread = 60;
+  std::vector<std::thread> threads;
+  std::atomic<int> answered{0};
+  std::atomic<int> bad{0};
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t]() {
+      for (int s = 0; s < kStreamsPerThread; ++s) {
+        grpc::ClientContext ctx;
+        auto stream = d_.native->ForwardStream(&ctx);
+        for (int i = 0; i < 4; ++i) {
+          moe::v1::ForwardRequest req = NativeRequest(std::to_string(i), i % 3, DType::kBF16, 1,
+                                                      hidden(), 1000 * t + 10 * s + i);
+          if (i % 2 == 1) req.set_layer(42);  // refused inline
+          if (!stream->Write(req)) break;
+        }
+        stream->WritesDone();
+        moe::v1::ForwardStreamResponse resp;
+        while (stream->Read(&resp)) {
+          ++answered;
+          bool refused = resp.request_id() == "1" || resp.request_id() == "3";
+          if (refused != (resp.code() == static_cast<int>(grpc::StatusCode::NOT_FOUND))) ++bad;
+        }
+        if (!stream->Finish().ok()) ++bad;
+      }
+    });
+  }
+  for (std::thread& th : threads) th.join();
+  EXPECT_EQ(bad.load(), 0);
+  EXPECT_EQ(answered.load(), kThreads * kStreamsPerThread * 4);
 }
 
 TEST_F(ServerApiTest, ModelStreamInferReportsErrorsInBand) {
