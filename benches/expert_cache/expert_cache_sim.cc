@@ -45,7 +45,7 @@ struct Flags {
   double prefetch_recall = 0;
   double prefetch_precision = 1;
   int64_t lfu_decay = 0;
-  double reuse_half_life = 128;
+  double reuse_half_life = moe::experts::EvictionOptions{}.reuse_half_life_visits;
   bool suite = false;
   int32_t bound_samples = 1024;
   int32_t bound_stride = 32;
