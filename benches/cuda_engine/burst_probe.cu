@@ -26,6 +26,7 @@
 
 #include "kernels/decode_common.cuh"
 #include "probe_check.h"
+#include "probe_reads.cuh"
 
 namespace {
 
@@ -69,17 +70,7 @@ __global__ void BurstKernel(const uint8_t* buf, int64_t bytes, int piece, uint64
   uint32_t acc = 0;
   if (piece == 0) {
     const int64_t chunks = bytes / 16;
-    const int64_t begin = w * chunks / warps, end = (w + 1) * chunks / warps;
-    for (int64_t c0 = begin + lane; c0 < end; c0 += 32 * IN) {
-      uint4 v[IN];
-#pragma unroll
-      for (int i = 0; i < IN; ++i) {
-        const int64_t c = c0 + 32 * i;
-        v[i] = c < end ? LoadStreaming(b + c) : make_uint4(0, 0, 0, 0);
-      }
-#pragma unroll
-      for (int i = 0; i < IN; ++i) acc ^= v[i].x ^ v[i].w;
-    }
+    acc = ReadChunks<IN>(b, w * chunks / warps, (w + 1) * chunks / warps, lane);
   } else {
     // Piece p to warp p % warps; IN chunks per lane in flight, across the warp's pieces in order.
     const int64_t per_piece = piece / 16;

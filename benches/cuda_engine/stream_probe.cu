@@ -38,10 +38,10 @@
 #include "kernels/decode_common.cuh"
 #include "kernels/tensor_map.h"
 #include "probe_check.h"
+#include "probe_reads.cuh"
 
 namespace {
 
-using moe::cuda::LoadStreaming;
 using moe::cuda::SmemAddr32;
 
 constexpr int64_t kBufferBytes = int64_t{2} << 30;
@@ -55,17 +55,7 @@ __global__ void LdgKernel(const uint4* buf, int64_t chunks, uint32_t* sink) {
   const int64_t w = static_cast<int64_t>(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
   const int lane = threadIdx.x & 31;
   const int64_t begin = w * chunks / warps, end = (w + 1) * chunks / warps;
-  uint32_t acc = 0;
-  for (int64_t c0 = begin + lane; c0 < end; c0 += 32 * IN) {
-    uint4 v[IN];
-#pragma unroll
-    for (int i = 0; i < IN; ++i) {
-      const int64_t c = c0 + 32 * i;
-      v[i] = c < end ? LoadStreaming(buf + c) : make_uint4(0, 0, 0, 0);
-    }
-#pragma unroll
-    for (int i = 0; i < IN; ++i) acc ^= v[i].x ^ v[i].w;
-  }
+  const uint32_t acc = ReadChunks<IN>(buf, begin, end, lane);
   if (acc == 0x12345678u) sink[0] = acc;  // keeps the loads
 }
 
