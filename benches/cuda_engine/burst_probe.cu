@@ -72,23 +72,14 @@ __global__ void BurstKernel(const uint8_t* buf, int64_t bytes, int piece, uint64
     const int64_t chunks = bytes / 16;
     acc = ReadChunks<IN>(b, w * chunks / warps, (w + 1) * chunks / warps, lane);
   } else {
-    // Piece p to warp p % warps; IN chunks per lane in flight, across the warp's pieces in order.
+    // Piece p to warp p % warps; IN chunks per lane in flight, across the warp's pieces.
     const int64_t per_piece = piece / 16;
     const int64_t pieces = bytes / piece;
     const int64_t mine = pieces > w ? (pieces - w + warps - 1) / warps : 0;
-    const int64_t total = mine * per_piece;  // this warp's chunks, in its pieces' order
-    for (int64_t j0 = lane; j0 < total; j0 += 32 * IN) {
-      uint4 v[IN];
-#pragma unroll
-      for (int i = 0; i < IN; ++i) {
-        const int64_t j = j0 + 32 * i;
-        const int64_t p = w + (j / per_piece) * warps;
-        v[i] =
-            j < total ? LoadStreaming(b + p * per_piece + j % per_piece) : make_uint4(0, 0, 0, 0);
-      }
-#pragma unroll
-      for (int i = 0; i < IN; ++i) acc ^= v[i].x ^ v[i].w;
-    }
+    // This warp's chunks in its pieces' order: chunk j is in its piece j / per_piece.
+    acc = ReadMappedChunks<IN>(b, mine * per_piece, lane, [=](int64_t j) {
+      return (w + (j / per_piece) * warps) * per_piece + j % per_piece;
+    });
   }
   if (acc == 0x12345678u) sink[0] = acc;
   __syncthreads();
