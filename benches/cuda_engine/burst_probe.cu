@@ -222,8 +222,9 @@ int main(int argc, char** argv) {
     if (out != nullptr) {
       std::fprintf(out,
                    "{\"card\": \"%s\", \"config\": \"%s\", \"fit_ramp_us\": %.3f, "
-                   "\"fit_gbs\": %.1f, \"idle_us\": %.1f}\n",
-                   prop.name, name.c_str(), ramp, 1e3 / slope, idle_us);
+                   "\"fit_gbs\": %.1f, \"idle_us\": %.1f, \"buffer_mib\": %lld}\n",
+                   prop.name, name.c_str(), ramp, 1e3 / slope, idle_us,
+                   static_cast<long long>(buffer_bytes >> 20));
     }
   }
   if (out != nullptr) std::fclose(out);
