@@ -459,17 +459,21 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm)
   const int p_begin = i_begin / kbs, kb_begin = i_begin - p_begin * kbs;
   uint4 buf0[2 * kB], buf1[2 * kB];
   int g = blockIdx.x;
-  // Batches of the first group loaded before the wait: 0, 1 (buf0) or 2 (buf0, buf1).
+  // Batches of the first group loaded ahead of the loop: 0, 1 (buf0) or 2 (buf0, buf1).
   int preloaded = 0;
-  if (preload > 0 && g < groups && i_begin < i_end) {
-    load_batch(i_begin, p_begin, kb_begin, 8 * g, buf0);
-    preloaded = 1;
-    if (preload > 1 && i_begin + kB < i_end) {
+  // The first group's second batch into buf1 (when it has one): preloaded 1 -> 2.
+  const auto load_second = [&]() {
+    if (i_begin + kB < i_end) {
       int p1 = p_begin, kb1 = kb_begin;
       advance(kB, p1, kb1);
       load_batch(i_begin + kB, p1, kb1, 8 * g, buf1);
       preloaded = 2;
     }
+  };
+  if (preload > 0 && g < groups && i_begin < i_end) {
+    load_batch(i_begin, p_begin, kb_begin, 8 * g, buf0);
+    preloaded = 1;
+    if (preload > 1) load_second();
   }
   GridDepWait();
   GridDepTrigger();
@@ -488,12 +492,7 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm)
     }
     CpAsyncCommit();
   }
-  if (preloaded == 1 && g < groups && i_begin + kB < i_end) {
-    int p1 = p_begin, kb1 = kb_begin;
-    advance(kB, p1, kb1);
-    load_batch(i_begin + kB, p1, kb1, 8 * g, buf1);
-    preloaded = 2;
-  }
+  if (preloaded == 1) load_second();  // preloaded 1 implies g < groups
   CpAsyncWait<0>();
   __syncthreads();
   Out* out = static_cast<Out*>(a.meta->output);

@@ -13,10 +13,9 @@
 // (probe_reads.cuh Use: one f32 sum, a sum a chunk, or a sum a chunk with the next batch's loads
 // issued first); `bulk` rows move each warp's share by cp.async.bulk through a ring of
 // shared-memory stages. The burst's time is the span from the first block's start to the last
-// block's end
-// (%globaltimer, atomicMin / atomicMax), so launch latency is not in it. Bursts walk fresh
-// regions of a buffer of `--buffer_gib` GiB (2 by default; never within 64 MiB of the last), except
-// the `again` rows, which reread the region of the burst just before (L2 holds what fits of it).
+// block's end (%globaltimer, atomicMin / atomicMax), so launch latency is not in it. Bursts walk
+// fresh regions of a buffer of `--buffer_gib` GiB (2 by default; never within 64 MiB of the last),
+// except the `again` rows, which reread the region of the burst just before (L2 holds what fits).
 //
 // Prints, per configuration and size, the median burst time and its GB/s, then the line fit over
 // the sizes (ramp us, rate GB/s). Usage: burst_probe [--json=FILE] [--idle_us=8] [--buffer_gib=2]
@@ -38,12 +37,6 @@ namespace {
 using moe::cuda::LoadStreaming;
 
 constexpr int kBursts = 15;  // timed bursts per point (after 2 untimed)
-
-__device__ __forceinline__ uint64_t GlobalTimeNs() {
-  uint64_t t;
-  asm volatile("mov.u64 %0, %globaltimer;" : "=l"(t));
-  return t;
-}
 
 // Spins one thread for `ns` nanoseconds (HBM idle).
 __global__ void SpinKernel(uint64_t ns) {

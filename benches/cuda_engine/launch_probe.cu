@@ -31,20 +31,14 @@ using moe::cuda::GridDepTrigger;
 using moe::cuda::GridDepWait;
 using moe::cuda::LaunchMaybePdl;
 
-__device__ __forceinline__ uint64_t GlobalTimer() {
-  uint64_t t;
-  asm volatile("mov.u64 %0, %globaltimer;" : "=l"(t));
-  return t;
-}
-
 // Waits for the kernel before it (a no-op without PDL), lets the next one launch, then spins for
 // `ns` nanoseconds of the global timer. `arg` stands for the meta that the engine passes by value.
 __global__ void SpinKernel(int64_t ns, int64_t arg, int* sink) {
   GridDepWait();
   GridDepTrigger();
-  const uint64_t t0 = GlobalTimer();
+  const uint64_t t0 = GlobalTimeNs();
   if (ns > 0) {
-    while (GlobalTimer() - t0 < static_cast<uint64_t>(ns)) {
+    while (GlobalTimeNs() - t0 < static_cast<uint64_t>(ns)) {
     }
   }
   if (arg == -12345 && threadIdx.x == 0) sink[blockIdx.x] = 1;  // never true: keeps the argument
