@@ -9,13 +9,17 @@
 //   root     1 block of 32 threads; 16 blocks of 1024 in one non-portable cluster of 16 (the
 //            decode front); the same 16 blocks without a cluster; 132 blocks of 256;
 //   launch   a CUDA graph replayed per forward, with or without the root's parameters set before
-//            each replay (the engine sets the meta there); plain stream launches; a graph of two
-//            forwards whose second root waits for the first forward by PDL (what a forward costs
-//            when the hand-over between forwards is programmatic);
-//   spins    the kernels' spin times (0 = empty kernels).
-// Usage: launch_probe [--replays=N]
+//            each replay (the engine sets the meta there); plain stream launches, the root without
+//            or with PDL (then it waits for the previous forward's last kernel programmatically);
+//            a graph of two forwards whose second root waits for the first forward by PDL;
+//   spins    the kernels' spin times (0 = empty kernels);
+//   full     --full: the two 264-block kernels take 110 KiB of shared memory a block and the root
+//            16 KiB, so (as the engine's register-heavy expert kernels do) the root's blocks fit
+//            on an SM only once the previous forward's blocks there have left.
+// Usage: launch_probe [--replays=N] [--full]
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -34,6 +38,7 @@ using moe::cuda::LaunchMaybePdl;
 // Waits for the kernel before it (a no-op without PDL), lets the next one launch, then spins for
 // `ns` nanoseconds of the global timer. `arg` stands for the meta that the engine passes by value.
 __global__ void SpinKernel(int64_t ns, int64_t arg, int* sink) {
+  extern __shared__ int probe_smem[];  // only occupies the SM (--full)
   GridDepWait();
   GridDepTrigger();
   const uint64_t t0 = GlobalTimeNs();
@@ -51,6 +56,9 @@ struct Root {
   int cluster;  // 0: no cluster attribute
 };
 
+// Dynamic shared memory of the root and of the two 264-block kernels (--full: set in main).
+int g_root_smem = 0, g_kernel_smem = 0;
+
 struct Spins {
   int64_t root_ns, k2_ns, k3_ns;
   double us() const { return (root_ns + k2_ns + k3_ns) / 1000.0; }
@@ -61,6 +69,7 @@ cudaError_t LaunchRoot(const Root& r, cudaStream_t st, bool pdl, int64_t ns, int
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = dim3(r.blocks);
   cfg.blockDim = dim3(r.threads);
+  cfg.dynamicSmemBytes = static_cast<size_t>(g_root_smem);
   cfg.stream = st;
   cudaLaunchAttribute attr[2];
   int n = 0;
@@ -85,11 +94,12 @@ cudaError_t LaunchRoot(const Root& r, cudaStream_t st, bool pdl, int64_t ns, int
 void LaunchForward(const Root& r, const Spins& s, cudaStream_t st, bool root_pdl, int64_t arg,
                    int* sink) {
   PROBE_CHECK(LaunchRoot(r, st, root_pdl, s.root_ns, arg, sink));
-  PROBE_CHECK(LaunchMaybePdl(SpinKernel, dim3(264), dim3(256), 0, st, true, s.k2_ns, arg, sink));
-  PROBE_CHECK(LaunchMaybePdl(SpinKernel, dim3(264), dim3(256), 0, st, true, s.k3_ns, arg, sink));
+  const size_t smem = static_cast<size_t>(g_kernel_smem);
+  PROBE_CHECK(LaunchMaybePdl(SpinKernel, dim3(264), dim3(256), smem, st, true, s.k2_ns, arg, sink));
+  PROBE_CHECK(LaunchMaybePdl(SpinKernel, dim3(264), dim3(256), smem, st, true, s.k3_ns, arg, sink));
 }
 
-enum class Mode { kGraph, kGraphSetParams, kStream, kGraphTwoPdl };
+enum class Mode { kGraph, kGraphSetParams, kStream, kStreamPdl, kGraphTwoPdl };
 
 const char* ModeName(Mode m) {
   switch (m) {
@@ -99,6 +109,8 @@ const char* ModeName(Mode m) {
       return "graph+setparams";
     case Mode::kStream:
       return "stream";
+    case Mode::kStreamPdl:
+      return "stream, pdl root";
     case Mode::kGraphTwoPdl:
       return "graph of 2, pdl";
   }
@@ -113,7 +125,8 @@ double TimeForwards(const Root& r, const Spins& s, Mode mode, int replays, cudaS
   cudaGraphExec_t exec = nullptr;
   cudaGraphNode_t root_node = nullptr;
   cudaKernelNodeParams root_params = {};
-  if (mode != Mode::kStream) {
+  const bool stream = mode == Mode::kStream || mode == Mode::kStreamPdl;
+  if (!stream) {
     PROBE_CHECK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
     LaunchForward(r, s, st, false, 0, sink);
     if (mode == Mode::kGraphTwoPdl) LaunchForward(r, s, st, true, 0, sink);
@@ -135,8 +148,8 @@ double TimeForwards(const Root& r, const Spins& s, Mode mode, int replays, cudaS
   const int launches = replays / per_launch;
   auto run = [&](int count) {
     for (int i = 0; i < count; ++i) {
-      if (mode == Mode::kStream) {
-        LaunchForward(r, s, st, false, i, sink);
+      if (stream) {
+        LaunchForward(r, s, st, mode == Mode::kStreamPdl, i, sink);
         continue;
       }
       if (mode == Mode::kGraphSetParams) {
@@ -173,8 +186,11 @@ int main(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {
     if (std::strncmp(argv[i], "--replays=", 10) == 0) {
       replays = std::atoi(argv[i] + 10);
+    } else if (std::strcmp(argv[i], "--full") == 0) {
+      g_root_smem = 16 << 10;
+      g_kernel_smem = 110 << 10;
     } else {
-      std::fprintf(stderr, "usage: launch_probe [--replays=N]\n");
+      std::fprintf(stderr, "usage: launch_probe [--replays=N] [--full]\n");
       return 2;
     }
   }
@@ -182,6 +198,9 @@ int main(int argc, char** argv) {
   PROBE_CHECK(cudaGetDeviceProperties(&prop, 0));
   std::printf("card: %s, %d SMs\n", prop.name, prop.multiProcessorCount);
   PROBE_CHECK(cudaFuncSetAttribute(SpinKernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
+  PROBE_CHECK(cudaFuncSetAttribute(SpinKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                   std::max(g_root_smem, g_kernel_smem)));
+  std::printf("shared memory a block: root %d, kernels %d bytes\n", g_root_smem, g_kernel_smem);
   int* sink = nullptr;
   PROBE_CHECK(cudaMalloc(&sink, 4096 * sizeof(int)));
   cudaStream_t st;
@@ -193,7 +212,8 @@ int main(int argc, char** argv) {
                         {"16x1024 no cluster", 16, 1024, 0},
                         {"132x256", 132, 256, 0}};
   const Spins spins[] = {{0, 0, 0}, {7000, 14000, 10000}};
-  const Mode modes[] = {Mode::kGraph, Mode::kGraphSetParams, Mode::kStream, Mode::kGraphTwoPdl};
+  const Mode modes[] = {Mode::kGraph, Mode::kGraphSetParams, Mode::kStream, Mode::kStreamPdl,
+                        Mode::kGraphTwoPdl};
   std::printf("%-20s %-16s %8s %10s %10s\n", "root", "launch", "spins_us", "us/forward",
               "overhead");
   for (const Spins& s : spins) {
