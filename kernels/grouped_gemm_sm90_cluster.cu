@@ -923,6 +923,10 @@ __global__ void __launch_bounds__(384, 1) WgmmaMcGemmKernel(const GemmParams p) 
         if (tma_store && pw.row_end - pw.row_begin >= 128) {
           StoreWarpRowsTma<T, GATED, BN, kG>(p, acc, row0, nb * BN, lane, epilogue_buf);
         } else {
+          // A partial tile stages through the buffers that full tiles' TMA stores read: this
+          // warp's earlier stores must have read them (cp.async.bulk.wait_group.read).
+          if (tma_store && lane == 0) BulkWaitRead<0>();
+          __syncwarp();
           StoreWarpTile<T, GATED, BN, kG>(p, acc, out_f32, staged, item.split, pw.row_begin, row0,
                                           pw.row_end, nb * BN, lane, epilogue_buf);
         }
