@@ -17,7 +17,13 @@ __device__ __forceinline__ int32_t LoadVolatile(const int32_t* p) {
 
 __global__ void __launch_bounds__(kResolveThreads) ResolveResidencyKernel(const ResolveArgs a) {
   __shared__ int s_misses;
-  if (threadIdx.x == 0) s_misses = 0;
+  // The sequence number (set by the host before the launch): read now, so that its round trip over
+  // PCIe overlaps the table's.
+  uint64_t seq = 0;
+  if (threadIdx.x == 0) {
+    s_misses = 0;
+    seq = *static_cast<const volatile uint64_t*>(a.seq);
+  }
   __syncthreads();
   // 1. Slots of the routed experts -> pointer tables; misses counted.
   const int e_count = a.n_experts;
@@ -63,7 +69,7 @@ __global__ void __launch_bounds__(kResolveThreads) ResolveResidencyKernel(const 
   r->misses = s_misses;
   r->n_tokens = meta.n_tokens;
   __threadfence_system();
-  r->seq = a.seq;
+  r->seq = seq;
 }
 
 }  // namespace
@@ -71,7 +77,7 @@ __global__ void __launch_bounds__(kResolveThreads) ResolveResidencyKernel(const 
 Status ResolveArgs::Validate() const {
   if (meta == nullptr || group_offsets == nullptr || slot_of == nullptr || slot_base == nullptr ||
       tables == nullptr || spec_meta == nullptr || host_offsets == nullptr || report == nullptr ||
-      (n_tiles != nullptr && spec_n_tiles == nullptr)) {
+      seq == nullptr || (n_tiles != nullptr && spec_n_tiles == nullptr)) {
     return absl::InvalidArgumentError("ResolveArgs: null pointer");
   }
   if (n_experts <= 0 || top_k <= 0 || slot_bytes <= 0 || n_slots < 0 || la_depth < 0) {

@@ -11,8 +11,8 @@
 //      (the routed kernels then do nothing; the host computes the layer through cache rounds).
 //   3. Copy the routing result the host needs (per-expert row offsets, the gate-lookahead
 //      predictions) into mapped pinned memory, then, after a system-scope fence, the number of
-//      experts not resident and the sequence number `seq`: the host spins on `seq` (a few us)
-//      instead of a stream synchronisation plus copies.
+//      experts not resident and the sequence number the host set in `*seq`: the host spins on
+//      it (a few us) instead of a stream synchronisation plus copies.
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -60,7 +60,9 @@ struct ResolveArgs {
   int32_t* host_la_ids = nullptr;   // [la_depth * la_stride]
   float* host_la_weights = nullptr;
   ResidencyReport* report = nullptr;
-  uint64_t seq = 0;
+  // The sequence number to report: a mapped host word the host sets before each launch (so that
+  // a CUDA graph of the forward replays with new numbers).
+  const uint64_t* seq = nullptr;
 
   Status Validate() const;
 };

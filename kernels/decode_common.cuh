@@ -247,7 +247,13 @@ __device__ __forceinline__ void GateUpUnits(int64_t u_begin, int64_t u_end, int 
 // u is (columns 4 (u / pairs) .. + 3, h row u % pairs). Lane l takes row 4 (u / pairs) + l / 8 and
 // the 16-byte chunk at position l % 8 of each of that row's 128-byte pieces (in ascending k), so
 // one load of the warp is 512 contiguous bytes of a tile (four rows) and its kChunks loads in
-// flight span kChunks tiles; the 8 lanes of a row sum in a fixed xor tree.
+// flight span kChunks tiles.
+// Its sums are GateUpUnits's bits on row-major weights (an expert cache's slots hold those): there
+// lane v sums chunks v, v + 32, ... of the row in ascending order, then a xor tree over offsets
+// 16, 8, 4, 2, 1. Here the lane holding logical chunk c of each piece keeps one sum per piece
+// index mod 4 (GateUpUnits's lanes c, c + 8, c + 16, c + 24), adds them as offsets 16 and 8 would,
+// then shuffles over offsets 4, 2, 1 within the row's 8 lanes (a xor of the position is a xor of
+// the chunk: both lanes swizzle by the same row).
 // NOTES (H200, session 24, 1 token): reading packed weights row by row as GateUpUnits does (each
 // warp load four 128-byte pieces of four tiles) made gate/up 4% slower than on row-major weights
 // (Mixtral 118.3 -> 122.8 us); with these units the 1-token layer is 1.2 / 2.2 / 0.7% faster than
@@ -258,6 +264,7 @@ __device__ __forceinline__ void GateUpQuadUnits(int64_t u_begin, int64_t u_end, 
                                                 const T* const* s_up, const int* s_token,
                                                 const T* x, int64_t ldx, T* h,
                                                 [[maybe_unused]] uint64_t* trace = nullptr) {
+  static_assert(kChunks % 4 == 0, "each batch of pieces starts at a piece index of 0 mod 4");
   const int lane = threadIdx.x & 31;
   const int rr = lane >> 3, pc = lane & 7;
   const int kbs = K / kPackedCols;
@@ -270,7 +277,7 @@ __device__ __forceinline__ void GateUpQuadUnits(int64_t u_begin, int64_t u_end, 
     const T* wg = s_gate[j] + w_off;
     const T* wu = s_up[j] + w_off;
     const T* xr = x + static_cast<int64_t>(s_token[j]) * ldx + c * 8;
-    float g = 0.0f, up = 0.0f;
+    float g[4] = {0.0f, 0.0f, 0.0f, 0.0f}, up[4] = {0.0f, 0.0f, 0.0f, 0.0f};
     for (int kb0 = 0; kb0 < kbs; kb0 += kChunks) {
       uint4 vg[kChunks], vu[kChunks], vx[kChunks];
 #pragma unroll
@@ -283,17 +290,19 @@ __device__ __forceinline__ void GateUpQuadUnits(int64_t u_begin, int64_t u_end, 
         vx[i] = ok ? LoadCached(xr + kb * kPackedCols) : make_uint4(0, 0, 0, 0);
       }
 #pragma unroll
-      for (int i = 0; i < kChunks; ++i) {
-        Dot8<T>(vg[i], vx[i], g);
-        Dot8<T>(vu[i], vx[i], up);
+      for (int i = 0; i < kChunks; ++i) {  // kb0 % 4 == 0: piece kb's sum is i % 4
+        Dot8<T>(vg[i], vx[i], g[i % 4]);
+        Dot8<T>(vu[i], vx[i], up[i % 4]);
       }
     }
+    float gs = (g[0] + g[2]) + (g[1] + g[3]);  // offsets 16, then 8
+    float us = (up[0] + up[2]) + (up[1] + up[3]);
 #pragma unroll
-    for (int o = 1; o < 8; o <<= 1) {
-      g += __shfl_xor_sync(0xffffffffu, g, o);
-      up += __shfl_xor_sync(0xffffffffu, up, o);
+    for (int o = 4; o > 0; o >>= 1) {
+      gs += __shfl_xor_sync(0xffffffffu, gs, o);
+      us += __shfl_xor_sync(0xffffffffu, us, o);
     }
-    if (pc == 0) h[static_cast<int64_t>(j) * inter + row] = static_cast<T>(Silu(g) * up);
+    if (pc == 0) h[static_cast<int64_t>(j) * inter + row] = static_cast<T>(Silu(gs) * us);
 #ifdef MOE_GEMM_TRACE
     if (u == u_begin) DecodeTraceWarpMark(trace, DecodeTraceLayout::kFirstUnit);
 #endif

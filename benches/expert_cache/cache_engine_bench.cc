@@ -20,13 +20,14 @@
 //    per layer, not chained.
 // 3. For each configuration, --warmup then --tokens decode steps, each step = one EnqueueDevice
 //    per layer on device-resident inputs (the all-resident engine replays its CUDA graph; the
-//    cached one spins on its residency report per layer). Reports tokens/s and the ratio to all
-//    resident (same inputs), hit rate, layers whose experts were all resident at the device check,
-//    demand misses, copy-wait time / copy time (copy time = copy-stream busy time of the timed
-//    batches of copies), miss-path GB/s (bytes copied / copy time), prefetch precision / recall
-//    per depth, host time blocked per layer (waiting for the routing) and host time per
-//    EnqueueDevice, and whether the outputs are bitwise those of the all-resident engine.
-//    Also the time-to-ready of each engine (Create).
+//    cached one replays its graph of the phase before the host's decision, or launches it
+//    directly in the "direct launches" rows, and spins on its residency report per layer). Reports
+//    tokens/s and the ratio to all resident (same inputs), hit rate, layers whose experts were all
+//    resident at the device check, demand misses, copy-wait time / copy time (copy time =
+//    copy-stream busy time of the timed batches of copies), miss-path GB/s (bytes copied / copy
+//    time), prefetch precision / recall per depth, host time blocked per layer (waiting for the
+//    routing) and host time per EnqueueDevice, and whether the outputs are bitwise those of the
+//    all-resident engine. Also the time-to-ready of each engine (Create).
 // Prints a table and one JSON line per configuration (also to --json FILE).
 //
 // Usage: cache_engine_bench [--dir /tmp/moe-cache-engine-bench] [--layers 8] [--tokens 300]
@@ -92,6 +93,7 @@ struct Config {
   bool device_check = true;
   bool warm_all = false;  // load every expert before timing (a budget of 100%)
   Inputs inputs;
+  bool graphs = true;  // ExpertCacheOptions::graphs
 };
 
 struct Result {
@@ -196,6 +198,7 @@ Result RunConfig(std::shared_ptr<const Model> model, const Config& c, const Args
     o.expert_cache.prefetch = c.prefetch;
     o.expert_cache.prefetch_depth = c.depth;
     o.expert_cache.device_residency_check = c.device_check;
+    o.expert_cache.graphs = c.graphs;
   }
   const auto t0 = Clock::now();
   auto engine = CudaEngine::Create(model, o);
@@ -347,6 +350,7 @@ int Main(int argc, char** argv) {
   configs.push_back({"100% budget, prefetch off", 1.0, false, 1, true, false, next_only});
   configs.push_back({"100% warmed, check off", 1.0, false, 1, false, true, next_only});
   configs.push_back({"100% warmed", 1.0, false, 1, true, true, next_only});
+  configs.push_back({"100% warmed, direct launches", 1.0, false, 1, true, true, next_only, false});
   for (const int d : args.depths) {
     configs.push_back(
         {"100% budget, depth " + std::to_string(d), 1.0, true, d, true, false, next_only});
@@ -356,6 +360,8 @@ int Main(int argc, char** argv) {
     configs.push_back({pct(b) + " budget, prefetch off", b, false, 1, true, false, next_only});
     configs.push_back(
         {pct(b) + " budget, depth 1, check off", b, true, 1, false, false, next_only});
+    configs.push_back(
+        {pct(b) + " budget, depth 1, direct launches", b, true, 1, true, false, next_only, false});
     for (const int d : args.depths) {
       configs.push_back(
           {pct(b) + " budget, depth " + std::to_string(d), b, true, d, true, false, next_only});
@@ -444,8 +450,8 @@ int Main(int argc, char** argv) {
            << "\",\"layers\":" << nl << ",\"tokens\":" << args.tokens
            << ",\"budget\":" << c.budget_fraction << ",\"prefetch\":" << c.prefetch
            << ",\"depth\":" << c.depth << ",\"device_check\":" << c.device_check
-           << ",\"beta\":" << c.inputs.beta << ",\"decay\":" << c.inputs.decay
-           << ",\"tokens_per_s\":" << r.tokens_per_s
+           << ",\"graphs\":" << c.graphs << ",\"beta\":" << c.inputs.beta
+           << ",\"decay\":" << c.inputs.decay << ",\"tokens_per_s\":" << r.tokens_per_s
            << ",\"ratio_to_resident\":" << r.tokens_per_s / resident_tps
            << ",\"hit_rate\":" << d.HitRate() << ",\"device_hit_layers\":" << dev_hit
            << ",\"misses\":" << d.misses << ",\"prefetch_issued\":" << d.prefetch_issued

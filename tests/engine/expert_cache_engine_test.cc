@@ -58,6 +58,7 @@ struct Budget {
   bool prefetch = true;
   int depth = 1;             // lookahead depth
   bool device_check = true;  // device residency check
+  bool graphs = true;        // the device phase from CUDA graphs (ExpertCacheOptions::graphs)
 };
 
 RandomModelOptions ModelOptions(Family f, int experts, int top_k, int hidden, int inter,
@@ -73,14 +74,19 @@ int64_t SlotBytes(const MoeSpec& spec) {
 
 // Runs the same random sequence of (layer, tokens) through an all-resident engine and engines
 // with each budget; requires identical bytes.
+// expect_packed: the all-resident engine packs its routed experts on Hopper devices (the cached
+// engines' slots stay row-major).
 void CheckBudgets(const RandomModelOptions& mo, DType act, const std::vector<Budget>& budgets,
-                  const std::vector<int64_t>& token_counts, int steps) {
+                  const std::vector<int64_t>& token_counts, int steps, bool expect_packed = false) {
   const auto model = RandomModel(mo);
   const MoeSpec& spec = model->spec();
   CudaEngineOptions base;
   base.max_batch_tokens = 640;
   auto resident = CudaEngine::Create(model, base);
   ASSERT_TRUE(resident.ok()) << resident.status();
+  if (expect_packed && (*resident)->uses_wgmma()) {
+    ASSERT_TRUE((*resident)->packed_expert_weights());
+  }
 
   // The step sequence: random layer order (repeats allowed), random token counts.
   std::mt19937 rng(static_cast<uint32_t>(mo.seed));
@@ -109,6 +115,7 @@ void CheckBudgets(const RandomModelOptions& mo, DType act, const std::vector<Bud
     o.expert_cache.prefetch = b.prefetch;
     o.expert_cache.prefetch_depth = b.depth;
     o.expert_cache.device_residency_check = b.device_check;
+    o.expert_cache.graphs = b.graphs;
     o.expert_cache.on_round = [&checker](const experts::AcquireRound& r,
                                          const experts::ExpertSlotPool& p) { checker(r, p); };
     auto cached = CudaEngine::Create(model, o);
@@ -165,8 +172,11 @@ TEST(ExpertCacheEngine, MixtralBf16BitwiseUnderBudgets) {
                 {"50%", 32, true},
                 {"50%, depth 3", 32, true, 3},
                 {"50%, check off", 32, true, 1, false},
+                {"50%, direct launches", 32, true, 1, true, false},
+                {"50%, check off, direct launches", 32, true, 1, false, false},
                 {"full", 0, true},
-                {"full, depth 2", 0, true, 2}},
+                {"full, depth 2", 0, true, 2},
+                {"full, direct launches", 0, true, 1, true, false}},
                {1, 2, 5, 33, 130, 600}, 40);
 }
 
@@ -188,6 +198,22 @@ TEST(ExpertCacheEngine, F32ActivationsQwen3) {
   CheckBudgets(mo, DType::kF32,
                {{"9 slots", 9, true}, {"50%", 128, true}, {"50%, depth 3", 128, true, 3}},
                {1, 4, 40}, 24);
+}
+
+// A shape whose all-resident engine packs its experts on Hopper (hidden and inter multiples of
+// 128) and runs the decode experts path and, row-major, would take the weight-streaming gate/up
+// at a few rows per expert (experts of >= 512 Ki elements): the cached engines must plan and sum
+// as the packed one does.
+TEST(ExpertCacheEngine, PackedResidentExpertsBitwiseAtFewTokens) {
+  MOE_REQUIRE_GPU();
+  const auto mo = ModelOptions(Family::kQwen3Moe, 32, 4, 1024, 512, 35);
+  CheckBudgets(
+      mo, DType::kBF16,
+      {{"40 slots (churn; a step's experts fit, as the decode experts path needs)", 40, true},
+       {"50%", 64, true},
+       {"full", 0, true},
+       {"full, direct launches", 0, false, 1, true, false}},
+      {1, 2, 3, 8, 16, 24}, 30, /*expect_packed=*/true);
 }
 
 TEST(ExpertCacheEngine, TwoSlotsShareOneCacheConcurrently) {

@@ -73,6 +73,11 @@ struct ExpertCacheOptions {
   // (no host round trip before them; the host learns the routing through mapped memory while
   // they run). false: the host decides every layer (the routed kernels wait for it).
   bool device_residency_check = true;
+  // The cached forward's device phase (front, lookahead, residency kernel, speculative routed
+  // kernels) replays a CUDA graph captured on first use per launch size (graph_batch_sizes),
+  // activation dtype and MoE layer, instead of launching each kernel from the host. false:
+  // direct launches (larger sizes always launch directly).
+  bool graphs = true;
   // Routing trace (experts::TraceRecorder text format); "" = none.
   std::string trace_path;
   // Host tier: register the mmap'd checkpoint for DMA (pinned-speed copies) when possible.

@@ -13,6 +13,10 @@
 //    all-resident forward (decode experts path or tile GEMMs + combine) over those tables and the
 //    speculative meta, and the shared expert: with every expert resident they compute the layer
 //    with no host involvement; with a miss they do nothing (no rows, no tiles).
+//    Steps 1-3 replay one CUDA graph per (launch size, dtype, MoE layer), captured on first use
+//    (ExpertCacheOptions::graphs): their arguments depend on nothing else, since the meta is
+//    copied to the device before them and the report's sequence number is a mapped word that
+//    the host sets before each launch (ExpertCacheRuntime::ArmReport).
 // 4. The host spins on the report's sequence number (mapped memory, a few us once the kernel
 //    ran) instead of a stream synchronisation, then:
 //    - all resident: pins the experts (bookkeeping, the policy's view; the kernels already run),
@@ -35,6 +39,7 @@
 // so the outputs are bitwise identical.
 #include <chrono>
 #include <cstring>
+#include <tuple>
 #include <vector>
 
 #include "engine/cuda/cache_rounds.h"
@@ -153,27 +158,28 @@ Status CudaEngine::Impl::EnqueueCached(Slot& s, const cuda::ForwardMeta& meta, c
   const bool speculate = rt.options().device_residency_check;
 
   // 1-3: front, lookahead, residency kernel (+ the speculative routed phase, shared expert).
+  const int64_t capacity = LaunchCapacity(n);
   LayerLaunch l;
-  MOE_RETURN_IF_ERROR(
-      BuildLayerLaunch(s, LaunchCapacity(n), atype, /*after_meta_kernel=*/false, &l));
+  MOE_RETURN_IF_ERROR(BuildLayerLaunch(s, capacity, atype, /*after_meta_kernel=*/false, &l));
   if (l.permute_x) {
     // Its gate/up reads x in the permuted order from TMA descriptors of resident weights only.
     return absl::InternalError("cached forward: the routed experts are resident (permute_x)");
   }
-  MOE_RETURN_IF_ERROR(LaunchFrontPhase(s, l));
-  for (int d = 0; d < depth; ++d) {
-    MOE_RETURN_IF_ERROR(LaunchLookahead(l, weights, pos + 1 + d, d, rt.lookahead_stride(), es, st));
-  }
-  MOE_RETURN_IF_ERROR(rt.PublishCompletedLoads());
   cuda::ResolveArgs ra = rt.ResolveArgsFor(s.index, pos);
   ra.meta = s.meta.as<cuda::ForwardMeta>();
   ra.group_offsets = s.group_offsets.as<int32_t>();
   ra.n_tiles = l.decode_experts ? nullptr : s.n_tiles.as<int32_t>();
   ra.la_depth = depth;
   if (!speculate) ra.n_slots = 0;  // every expert a miss: the host decides (A/B of the check)
-  MOE_RETURN_IF_ERROR(rt.Speculate(s.index, pos, st, speculate, [&]() -> Status {
+  // Everything here depends only on (capacity, dtype, layer position) and the slot's buffers: the
+  // meta is on the device, the sequence number in a mapped word.
+  const auto enqueue_device = [&]() -> Status {
+    MOE_RETURN_IF_ERROR(LaunchFrontPhase(s, l));
+    for (int d = 0; d < depth; ++d) {
+      MOE_RETURN_IF_ERROR(
+          LaunchLookahead(l, weights, pos + 1 + d, d, rt.lookahead_stride(), es, st));
+    }
     MOE_RETURN_IF_ERROR(cuda::LaunchResolveResidency(ra, st));
-    CUDA_RETURN_IF_ERROR(cudaEventRecord(es.resolved.get(), st));
     if (speculate) return LaunchSpeculativeRouted(*this, l, es, st);
     if (!l.has_shared) return absl::OkStatus();
     // The shared expert overlaps the host's wait; out of its all-resident place (after the routed
@@ -182,6 +188,27 @@ Status CudaEngine::Impl::EnqueueCached(Slot& s, const cuda::ForwardMeta& meta, c
     shared.shared_gate_up.pdl = false;
     shared.shared_gate_up.prefetch_weights = false;
     return LaunchSharedPhase(shared, st);
+  };
+  cudaGraphExec_t exec = nullptr;
+  if (rt.options().graphs && IsGraphSize(capacity)) {
+    const auto key = std::make_tuple(capacity, atype, pos);
+    auto g = s.cached_graphs.find(key);
+    if (g == s.cached_graphs.end()) {
+      MOE_ASSIGN_OR_RETURN(Slot::CapturedGraph c, Capture(st, enqueue_device));
+      g = s.cached_graphs.emplace(key, std::move(c)).first;
+    }
+    exec = g->second.exec.get();
+  }
+  MOE_RETURN_IF_ERROR(rt.PublishCompletedLoads());
+  rt.ArmReport(s.index);
+  MOE_RETURN_IF_ERROR(rt.Speculate(s.index, pos, st, speculate, [&]() -> Status {
+    if (exec != nullptr) {
+      CUDA_RETURN_IF_ERROR(cudaGraphLaunch(exec, st));
+    } else {
+      MOE_RETURN_IF_ERROR(enqueue_device());
+    }
+    CUDA_RETURN_IF_ERROR(cudaEventRecord(es.resolved.get(), st));
+    return absl::OkStatus();
   }));
   MOE_ASSIGN_OR_RETURN(const int64_t wait_ns, rt.WaitReport(s.index));
   const std::span<const int32_t> offsets(es.report_offsets(), static_cast<size_t>(e) + 1);

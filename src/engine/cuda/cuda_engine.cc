@@ -15,6 +15,7 @@
 #include "kernels/moe_kernels.h"
 #include "kernels/tensor_map.h"
 #include "kernels/tile_heuristics.h"
+#include "kernels/weight_layout.h"
 
 namespace moe {
 
@@ -156,10 +157,13 @@ StatusOr<std::unique_ptr<CudaEngine::Impl>> CudaEngine::Impl::Prepare(const MoeS
         "decode_down_tma, decode_gate_up_tma, decode_prefetch_units, stream_down or "
         "stream_gate_up kAlways");
   }
-  impl->pack_experts = o.expert_cache.budget_bytes == 0 && !unpackable_kernels &&
-                       (o.packed_expert_weights == Use::kAlways ||
-                        (o.packed_expert_weights == Use::kAuto && impl->wgmma &&
-                         o.hopper_tile == CudaEngineOptions::HopperTile::kWideCluster));
+  const bool pack =
+      !unpackable_kernels && (o.packed_expert_weights == Use::kAlways ||
+                              (o.packed_expert_weights == Use::kAuto && impl->wgmma &&
+                               o.hopper_tile == CudaEngineOptions::HopperTile::kWideCluster));
+  impl->pack_experts = o.expert_cache.budget_bytes == 0 && pack;
+  impl->plan_as_packed = pack && cuda::PackableShape(spec.moe_intermediate, spec.hidden) &&
+                         cuda::PackableShape(spec.hidden, spec.moe_intermediate);
   return impl;
 }
 
@@ -331,7 +335,7 @@ Status CudaEngine::Impl::BuildLayerLaunch(Slot& s, int64_t capacity, AType atype
   in.packed_tensor_copies = weights.packed && weights.gate_tmap_table.get() != nullptr
                                 ? ToPathPolicy(options.packed_tensor_copies)
                                 : cuda::PathPolicy::kNever;
-  in.stream_gate_up = stream_gemm && !weights.packed ? ToPathPolicy(options.stream_gate_up)
+  in.stream_gate_up = stream_gemm && !plan_as_packed ? ToPathPolicy(options.stream_gate_up)
                                                      : cuda::PathPolicy::kNever;
   in.quad_down = resident_quad_clusters > 0 ? ToPathPolicy(options.cluster_quad_down)
                                             : cuda::PathPolicy::kNever;
@@ -860,6 +864,27 @@ Status CudaEngine::Impl::EnqueueCore(Slot& s, int64_t capacity, AType atype,
   return cuda::LaunchCombine(l.combine, st);
 }
 
+bool CudaEngine::Impl::IsGraphSize(int64_t capacity) const {
+  return std::binary_search(options.graph_batch_sizes.begin(), options.graph_batch_sizes.end(),
+                            capacity);
+}
+
+StatusOr<CudaEngine::Impl::Slot::CapturedGraph> CudaEngine::Impl::Capture(
+    cudaStream_t st, const std::function<Status()>& enqueue) {
+  CUDA_RETURN_IF_ERROR(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
+  const Status enq = enqueue();
+  cudaGraph_t raw = nullptr;
+  const cudaError_t end = cudaStreamEndCapture(st, &raw);  // ends the capture whatever happened
+  Slot::CapturedGraph c;
+  c.graph = cuda::Graph(raw);
+  MOE_RETURN_IF_ERROR(enq);
+  CUDA_RETURN_IF_ERROR(end);
+  cudaGraphExec_t exec = nullptr;
+  CUDA_RETURN_IF_ERROR(cudaGraphInstantiate(&exec, raw, 0));
+  c.exec = cuda::GraphExec(exec);
+  return c;
+}
+
 int64_t CudaEngine::Impl::LaunchCapacity(int64_t n_tokens) const {
   const auto& sizes = options.graph_batch_sizes;
   const auto it = std::lower_bound(sizes.begin(), sizes.end(), n_tokens);
@@ -884,31 +909,24 @@ Status CudaEngine::Impl::EnqueueMeta(Slot& s, const cuda::ForwardMeta& meta, ATy
   }
   const cuda::ForwardMeta* in_kernel = meta_kernel ? &meta : nullptr;
 
-  // With an expert cache budget: no graphs (the routed phase depends on what is resident).
+  // With an expert cache budget: the host decides between the device phase and the routed one
+  // (cached_forward.cc; the device phase has graphs of its own).
   if (cache != nullptr) return EnqueueCached(s, meta, atype);
   const int64_t capacity = LaunchCapacity(meta.n_tokens);
-  if (capacity == meta.n_tokens && !std::binary_search(options.graph_batch_sizes.begin(),
-                                                       options.graph_batch_sizes.end(), capacity)) {
-    return EnqueueCore(s, meta.n_tokens, atype, in_kernel);
-  }
+  if (!IsGraphSize(capacity)) return EnqueueCore(s, meta.n_tokens, atype, in_kernel);
   auto g = s.graphs.find({capacity, atype});
   if (g == s.graphs.end()) {
     // Capture on first use of this (size, dtype) on this slot.
-    CUDA_RETURN_IF_ERROR(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
     LayerLaunch l;
-    const Status enq = EnqueueCore(s, capacity, atype, in_kernel, &l);
-    cudaGraph_t raw = nullptr;
-    const cudaError_t end = cudaStreamEndCapture(st, &raw);
-    Slot::CapturedGraph c;
-    c.graph = cuda::Graph(raw);
-    MOE_RETURN_IF_ERROR(enq);
-    CUDA_RETURN_IF_ERROR(end);
+    MOE_ASSIGN_OR_RETURN(Slot::CapturedGraph c, Capture(st, [&]() -> Status {
+                           return EnqueueCore(s, capacity, atype, in_kernel, &l);
+                         }));
     if (meta_kernel) {
       // The meta kernel (or the front that takes the meta) is the graph's one root: the node whose
       // parameters each replay sets.
       cudaGraphNode_t roots[2] = {};
       size_t n_roots = 2;
-      CUDA_RETURN_IF_ERROR(cudaGraphGetRootNodes(raw, roots, &n_roots));
+      CUDA_RETURN_IF_ERROR(cudaGraphGetRootNodes(c.graph.get(), roots, &n_roots));
       cudaGraphNodeType type = cudaGraphNodeTypeEmpty;
       if (n_roots == 1) CUDA_RETURN_IF_ERROR(cudaGraphNodeGetType(roots[0], &type));
       if (type == cudaGraphNodeTypeKernel) {
@@ -925,9 +943,6 @@ Status CudaEngine::Impl::EnqueueMeta(Slot& s, const cuda::ForwardMeta& meta, ATy
       c.meta_in_front = l.meta_in_front;
       c.front = l.front;
     }
-    cudaGraphExec_t exec = nullptr;
-    CUDA_RETURN_IF_ERROR(cudaGraphInstantiate(&exec, raw, 0));
-    c.exec = cuda::GraphExec(exec);
     g = s.graphs.emplace(std::make_pair(capacity, atype), std::move(c)).first;
   } else if (meta_kernel) {
     const Slot::CapturedGraph& c = g->second;

@@ -12,9 +12,11 @@
 
 #include <array>
 #include <cstddef>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -100,6 +102,9 @@ class CudaEngine::Impl {
       cuda::FrontArgs front;
     };
     std::map<std::pair<int64_t, cuda::AType>, CapturedGraph> graphs;
+    // The expert cache's forwards: the device phase before the host's decision (cached_forward.cc)
+    // per (launch capacity, dtype, MoE layer position).
+    std::map<std::tuple<int64_t, cuda::AType, int>, CapturedGraph> cached_graphs;
   };
 
   Impl();
@@ -125,7 +130,11 @@ class CudaEngine::Impl {
   bool gate_up_tma = false;    // options.decode_gate_up_tma likewise
   bool stream_gemm = false;    // the weight-streaming GEMM runs here (sm_90 image)
   bool pack_experts = false;   // options.packed_expert_weights applies (PrepareRoutedWeights)
-  int64_t l2_bytes = 0;        // the device's L2 size
+  // The plans are those of packed routed experts: the all-resident engine of these options packs
+  // them, so an expert cache's forwards (row-major slots) pick its kernels too, whose sums do not
+  // depend on the layout (no weight-streaming gate/up, whose K order differs).
+  bool plan_as_packed = false;
+  int64_t l2_bytes = 0;  // the device's L2 size
   int64_t workspace_bytes = 0;
   // Set with an expert cache budget (CudaEngineOptions::expert_cache.budget_bytes > 0).
   std::unique_ptr<cuda::ExpertCacheRuntime> cache;
@@ -156,6 +165,12 @@ class CudaEngine::Impl {
                      LayerLaunch* launched = nullptr);
   // Puts the meta on the device, then launches the graph, the direct or the cached forward.
   Status EnqueueMeta(Slot& s, const cuda::ForwardMeta& meta, cuda::AType atype);
+  // Whether a forward of launch capacity `capacity` replays a captured graph (one of
+  // graph_batch_sizes).
+  bool IsGraphSize(int64_t capacity) const;
+  // Captures what `enqueue` launches on `st` into a graph and instantiates it.
+  static StatusOr<Slot::CapturedGraph> Capture(cudaStream_t st,
+                                               const std::function<Status()>& enqueue);
   // The capacity a forward of `n_tokens` launches with: the smallest graph size >= n_tokens
   // (both paths use it, so a cached forward runs the very kernels of the all-resident one).
   int64_t LaunchCapacity(int64_t n_tokens) const;

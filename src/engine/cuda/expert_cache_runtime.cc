@@ -134,6 +134,8 @@ StatusOr<std::unique_ptr<ExpertCacheRuntime>> ExpertCacheRuntime::Create(
     MOE_ASSIGN_OR_RETURN(es->report,
                          PinnedBuffer::Create(es->report_la_weights_at + depth * tm * k * 4));
     std::memset(es->report.get(), 0, static_cast<size_t>(es->report.bytes()));
+    MOE_ASSIGN_OR_RETURN(es->seq_in, PinnedBuffer::Create(64));
+    std::memset(es->seq_in.get(), 0, 64);
     MOE_ASSIGN_OR_RETURN(es->la_logits, DeviceBuffer::Create(tm * nr * 4));
     MOE_ASSIGN_OR_RETURN(es->la_ids_dev, DeviceBuffer::Create(depth * tm * k * 4));
     MOE_ASSIGN_OR_RETURN(es->la_weights_dev, DeviceBuffer::Create(depth * tm * k * 4));
@@ -309,8 +311,8 @@ int ExpertCacheRuntime::LookaheadDepth(int layer_pos) const {
   return std::clamp(n_pos_ - 1 - layer_pos, 0, options_.cache.prefetch_depth);
 }
 
-ResolveArgs ExpertCacheRuntime::ResolveArgsFor(int engine_slot, int layer_pos) {
-  EngineSlot& es = this->engine_slot(engine_slot);
+ResolveArgs ExpertCacheRuntime::ResolveArgsFor(int engine_slot, int layer_pos) const {
+  const EngineSlot& es = *slots_[static_cast<size_t>(engine_slot)];
   const ExpertSlotLayout& lay = layout();
   ResolveArgs a;
   a.n_experts = spec_.n_experts();
@@ -334,8 +336,15 @@ ResolveArgs ExpertCacheRuntime::ResolveArgsFor(int engine_slot, int layer_pos) {
   a.host_la_ids = reinterpret_cast<int32_t*>(host + es.report_la_ids_at);
   a.host_la_weights = reinterpret_cast<float*>(host + es.report_la_weights_at);
   a.report = reinterpret_cast<ResidencyReport*>(host);
-  a.seq = ++es.seq;
+  a.seq = es.seq_in.as<uint64_t>();
   return a;
+}
+
+void ExpertCacheRuntime::ArmReport(int engine_slot) {
+  EngineSlot& es = this->engine_slot(engine_slot);
+  // The launch that follows orders this store before the kernel's read (mapped memory is coherent
+  // with the host's caches).
+  std::atomic_ref<uint64_t>(*es.seq_in.as<uint64_t>()).store(++es.seq, std::memory_order_release);
 }
 
 Status ExpertCacheRuntime::Speculate(int engine_slot, int layer_pos, cudaStream_t stream,

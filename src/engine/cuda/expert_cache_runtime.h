@@ -84,6 +84,9 @@ class ExpertCacheRuntime {
     PinnedBuffer report;
     int64_t report_offsets_at = 0, report_la_ids_at = 0, report_la_weights_at = 0;
     uint64_t seq = 0;  // of the last residency kernel launched
+    // Mapped pinned word the residency kernel reports as its sequence number (ArmReport sets it
+    // before each launch; the kernel's argument is its address, so graphs replay unchanged).
+    PinnedBuffer seq_in;
     // Lookahead: logits of one upcoming layer at a time, routing per depth on the device.
     DeviceBuffer la_logits, la_ids_dev, la_weights_dev, la_ranks, la_counts;
     // Speculative routed phase: [3 * n_experts] pointer tables, a meta, a tile count, a zero
@@ -143,15 +146,20 @@ class ExpertCacheRuntime {
   char* SlotAddress(experts::SlotId slot) const;
 
   // The residency kernel's arguments for engine slot `engine_slot` at MoE layer position
-  // `layer_pos` (tables, slots, report; a new sequence number). The caller sets the forward's
-  // meta, offsets, tile count, top_k and lookahead depth.
-  ResolveArgs ResolveArgsFor(int engine_slot, int layer_pos);
+  // `layer_pos` (tables, slots, report, the sequence word). The caller sets the forward's meta,
+  // offsets, tile count, top_k and lookahead depth. The same for every forward of that engine
+  // slot and layer (a captured graph keeps them).
+  ResolveArgs ResolveArgsFor(int engine_slot, int layer_pos) const;
+  // A new sequence number for the engine slot's next residency kernel, in its sequence word
+  // (WaitReport waits for it). Call before launching that kernel, after the WaitReport of the
+  // slot's previous one (which has then read the word).
+  void ArmReport(int engine_slot);
   // Runs `enqueue` (the residency kernel and the speculative kernels after it, on `stream`)
   // under the speculation lock and records the (engine slot, layer) event after them; with
   // `speculative` false only runs it.
   Status Speculate(int engine_slot, int layer_pos, cudaStream_t stream, bool speculative,
                    const std::function<Status()>& enqueue);
-  // Spins until the residency kernel of the engine slot's last ResolveArgsFor has reported;
+  // Spins until the residency kernel of the engine slot's last ArmReport has reported;
   // returns the host time waited (ns). Fails if the kernel failed.
   StatusOr<int64_t> WaitReport(int engine_slot);
   // Marks completed loads loaded and publishes them in the residency table (call right before
