@@ -55,21 +55,24 @@ __global__ void __launch_bounds__(kResolveThreads) ResolveResidencyKernel(const 
       a.host_la_weights[base + i] = a.la_weights[base + i];
     }
   }
+  __syncthreads();  // s_misses is final
+  if (threadIdx.x == 0) {
+    // 2. The speculative meta and tile count: everything, or nothing on a miss.
+    const bool all_resident = s_misses == 0;
+    ForwardMeta spec = meta;
+    if (!all_resident) spec.n_tokens = 0;
+    *a.spec_meta = spec;
+    if (a.n_tiles != nullptr) *a.spec_n_tiles = all_resident ? *a.n_tiles : 0;
+    // 3. (second half) The verdict.
+    volatile ResidencyReport* r = a.report;
+    r->misses = s_misses;
+    r->n_tokens = meta.n_tokens;
+  }
+  // Every thread's writes to the host before the sequence number the host spins on (one round of
+  // system fences).
   __threadfence_system();
   __syncthreads();
-  if (threadIdx.x != 0) return;
-  // 2. The speculative meta and tile count: everything, or nothing on a miss.
-  const bool all_resident = s_misses == 0;
-  ForwardMeta spec = meta;
-  if (!all_resident) spec.n_tokens = 0;
-  *a.spec_meta = spec;
-  if (a.n_tiles != nullptr) *a.spec_n_tiles = all_resident ? *a.n_tiles : 0;
-  // 3. (second half) The verdict, then the sequence number the host spins on.
-  volatile ResidencyReport* r = a.report;
-  r->misses = s_misses;
-  r->n_tokens = meta.n_tokens;
-  __threadfence_system();
-  r->seq = seq;
+  if (threadIdx.x == 0) static_cast<volatile ResidencyReport*>(a.report)->seq = seq;
 }
 
 }  // namespace

@@ -32,9 +32,11 @@
 //
 // Usage: cache_engine_bench [--dir /tmp/moe-cache-engine-bench] [--layers 8] [--tokens 300]
 //                           [--warmup 100] [--beta 0.3] [--decay 0.5] [--budgets 1,0.75,0.5]
-//                           [--depths 1,2,3] [--json FILE] [--small]
+//                           [--depths 1,2,3] [--json FILE] [--small] [--only TEXT]
 //   --decay: a second group of configurations on inputs with that deeper signal (0: none).
 //   --small: a tiny model (a smoke run of the code paths, not a measurement).
+//   --only: only the configuration named TEXT (the all-resident ones always run), e.g. for a
+//     timeline of one configuration (tools/device/cache_timeline.py).
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
@@ -75,6 +77,7 @@ struct Args {
   std::vector<double> budgets = {1.0, 0.75, 0.5};
   std::vector<int> depths = {1, 2, 3};
   bool small = false;
+  std::string only;  // run only the configuration of this name (and the all-resident ones)
 };
 
 // The inputs: routing signal of the next layers (see 2. in the file comment).
@@ -280,11 +283,14 @@ int Main(int argc, char** argv) {
       }
     } else if (a == "--small") {
       args.small = true;
+    } else if (a == "--only") {
+      args.only = next();
     } else {
-      std::fprintf(stderr,
-                   "usage: %s [--dir DIR] [--layers N] [--tokens N] [--warmup N] [--beta B] "
-                   "[--decay D] [--budgets F,F] [--depths N,N] [--json FILE] [--small]\n",
-                   argv[0]);
+      std::fprintf(
+          stderr,
+          "usage: %s [--dir DIR] [--layers N] [--tokens N] [--warmup N] [--beta B] "
+          "[--decay D] [--budgets F,F] [--depths N,N] [--json FILE] [--small] [--only TEXT]\n",
+          argv[0]);
       return 2;
     }
   }
@@ -393,6 +399,7 @@ int Main(int argc, char** argv) {
               "tok/s", "ratio", "hit%", "dev%", "mis/tok", "wait/cp", "GB/s", "rt_us", "enq_us",
               "prec/rec d1", "prec/rec d2", "prec/rec d3", "bitwise", "rnds");
   for (const Config& c : configs) {
+    if (!args.only.empty() && c.budget_fraction > 0 && c.name != args.only) continue;
     std::vector<uint16_t> inputs;
     if (!(c.inputs == current)) {
       inputs = CraftInputs(*model, *trace, steps, c.inputs, 11);

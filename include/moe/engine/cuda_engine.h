@@ -380,9 +380,9 @@ struct CudaEngineOptions {
   int stream_gemm_blocks = 0;
   // Each all-resident forward's meta (token count, layer, input and output) reaches the device as
   // the argument of a one-thread kernel, the first of the forward: a parameter of the captured
-  // graph's first node, updated before each replay (cudaGraphExecKernelNodeSetParams). Off: a
-  // 24-byte host-to-device copy from a pinned ring before the graph (the expert cache's forwards
-  // always copy).
+  // graph's first node, updated before each replay (cudaGraphExecKernelNodeSetParams); the expert
+  // cache's forwards likewise. Off: a 24-byte host-to-device copy from a pinned ring before the
+  // graph.
   bool meta_in_graph = true;
   // With meta_in_graph, a forward on the decode experts path (1 token) gives the meta to its fused
   // decode front, which is then the forward's first kernel and stores the meta for the others:

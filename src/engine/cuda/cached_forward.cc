@@ -14,9 +14,10 @@
 //    speculative meta, and the shared expert: with every expert resident they compute the layer
 //    with no host involvement; with a miss they do nothing (no rows, no tiles).
 //    Steps 1-3 replay one CUDA graph per (launch size, dtype, MoE layer), captured on first use
-//    (ExpertCacheOptions::graphs): their arguments depend on nothing else, since the meta is
-//    copied to the device before them and the report's sequence number is a mapped word that
-//    the host sets before each launch (ExpertCacheRuntime::ArmReport).
+//    (ExpertCacheOptions::graphs): their arguments depend on nothing else but the meta, which is
+//    the parameter of the graph's first node as in the all-resident graphs, and the report's
+//    sequence number, a mapped word that the host sets before each launch
+//    (ExpertCacheRuntime::ArmReport).
 // 4. The host spins on the report's sequence number (mapped memory, a few us once the kernel
 //    ran) instead of a stream synchronisation, then:
 //    - all resident: pins the experts (bookkeeping, the policy's view; the kernels already run),
@@ -146,7 +147,8 @@ Status LaunchSpeculativeRouted(const CudaEngine::Impl& impl, const LayerLaunch& 
 
 }  // namespace
 
-Status CudaEngine::Impl::EnqueueCached(Slot& s, const cuda::ForwardMeta& meta, cuda::AType atype) {
+Status CudaEngine::Impl::EnqueueCached(Slot& s, const cuda::ForwardMeta& meta, cuda::AType atype,
+                                       const cuda::ForwardMeta* in_kernel) {
   ExpertCacheRuntime& rt = *cache;
   ExpertCacheRuntime::EngineSlot& es = rt.engine_slot(s.index);
   cudaStream_t st = s.stream.get();
@@ -160,7 +162,7 @@ Status CudaEngine::Impl::EnqueueCached(Slot& s, const cuda::ForwardMeta& meta, c
   // 1-3: front, lookahead, residency kernel (+ the speculative routed phase, shared expert).
   const int64_t capacity = LaunchCapacity(n);
   LayerLaunch l;
-  MOE_RETURN_IF_ERROR(BuildLayerLaunch(s, capacity, atype, /*after_meta_kernel=*/false, &l));
+  MOE_RETURN_IF_ERROR(BuildLayerLaunch(s, capacity, atype, in_kernel != nullptr, &l));
   if (l.permute_x) {
     // Its gate/up reads x in the permuted order from TMA descriptors of resident weights only.
     return absl::InternalError("cached forward: the routed experts are resident (permute_x)");
@@ -171,10 +173,15 @@ Status CudaEngine::Impl::EnqueueCached(Slot& s, const cuda::ForwardMeta& meta, c
   ra.n_tiles = l.decode_experts ? nullptr : s.n_tiles.as<int32_t>();
   ra.la_depth = depth;
   if (!speculate) ra.n_slots = 0;  // every expert a miss: the host decides (A/B of the check)
-  // Everything here depends only on (capacity, dtype, layer position) and the slot's buffers: the
-  // meta is on the device, the sequence number in a mapped word.
+  // Everything here depends only on (capacity, dtype, layer position) and the slot's buffers, but
+  // the meta: the first kernel stores it (the meta kernel, or at one token the front that takes
+  // it; a replay sets that node's parameters), or it was copied before. The sequence number is in
+  // a mapped word.
   const auto enqueue_device = [&]() -> Status {
-    MOE_RETURN_IF_ERROR(LaunchFrontPhase(s, l));
+    if (in_kernel != nullptr && !l.meta_in_front) {
+      MOE_RETURN_IF_ERROR(cuda::LaunchStoreMeta(*in_kernel, s.meta.as<cuda::ForwardMeta>(), st));
+    }
+    MOE_RETURN_IF_ERROR(LaunchFrontPhase(s, l, in_kernel));
     for (int d = 0; d < depth; ++d) {
       MOE_RETURN_IF_ERROR(
           LaunchLookahead(l, weights, pos + 1 + d, d, rt.lookahead_stride(), es, st));
@@ -195,7 +202,10 @@ Status CudaEngine::Impl::EnqueueCached(Slot& s, const cuda::ForwardMeta& meta, c
     auto g = s.cached_graphs.find(key);
     if (g == s.cached_graphs.end()) {
       MOE_ASSIGN_OR_RETURN(Slot::CapturedGraph c, Capture(st, enqueue_device));
+      if (in_kernel != nullptr) MOE_RETURN_IF_ERROR(FindMetaNode(l, atype, &c));
       g = s.cached_graphs.emplace(key, std::move(c)).first;
+    } else if (in_kernel != nullptr) {
+      MOE_RETURN_IF_ERROR(SetGraphMeta(s, g->second, *in_kernel));
     }
     exec = g->second.exec.get();
   }

@@ -359,7 +359,7 @@ Status CudaEngine::Impl::BuildLayerLaunch(Slot& s, int64_t capacity, AType atype
   const bool pdl_plan = pdl && (!cuda::IsHopperTile(plan.tile) || options.hopper_overlap_launches);
   // At 1 token (the decode experts path) the fused front takes the meta itself and comes first.
   l->meta_in_front = after_meta_kernel && options.front_takes_meta && l->fused_front &&
-                     plan.decode_gemv && cache == nullptr && !decode_fused;
+                     plan.decode_gemv && !decode_fused;
   bool first_kernel = !after_meta_kernel || l->meta_in_front;
   auto pdl_next = [&]() {
     const bool p = pdl_plan && !first_kernel;
@@ -892,10 +892,48 @@ int64_t CudaEngine::Impl::LaunchCapacity(int64_t n_tokens) const {
   return *it;
 }
 
+Status CudaEngine::Impl::FindMetaNode(const LayerLaunch& l, AType atype,
+                                      Slot::CapturedGraph* c) const {
+  cudaGraphNode_t roots[2] = {};
+  size_t n_roots = 2;
+  CUDA_RETURN_IF_ERROR(cudaGraphGetRootNodes(c->graph.get(), roots, &n_roots));
+  cudaGraphNodeType type = cudaGraphNodeTypeEmpty;
+  if (n_roots == 1) CUDA_RETURN_IF_ERROR(cudaGraphNodeGetType(roots[0], &type));
+  if (type == cudaGraphNodeTypeKernel) {
+    CUDA_RETURN_IF_ERROR(cudaGraphKernelNodeGetParams(roots[0], &c->meta_params));
+  }
+  const void* first = l.meta_in_front ? cuda::FrontKernelFunction(atype, weights.wtype)
+                                      : cuda::StoreMetaKernelFunction();
+  if (type != cudaGraphNodeTypeKernel || first == nullptr || c->meta_params.func != first) {
+    return absl::InternalError(l.meta_in_front
+                                   ? "captured forward: its first node is not the front"
+                                   : "captured forward: its first node is not the meta kernel");
+  }
+  c->meta_node = roots[0];
+  c->meta_in_front = l.meta_in_front;
+  c->front = l.front;
+  return absl::OkStatus();
+}
+
+Status CudaEngine::Impl::SetGraphMeta(const Slot& s, const Slot::CapturedGraph& c,
+                                      const cuda::ForwardMeta& meta) const {
+  cudaKernelNodeParams p = c.meta_params;
+  cuda::ForwardMeta value = meta;
+  cuda::ForwardMeta* dst = s.meta.as<cuda::ForwardMeta>();
+  // The front's arguments: (f, f.route.logits, meta); the call only reads them.
+  float* logits = const_cast<float*>(c.front.route.logits);
+  void* meta_args[] = {&value, &dst};
+  void* front_args[] = {const_cast<cuda::FrontArgs*>(&c.front), &logits, &value};
+  p.kernelParams = c.meta_in_front ? front_args : meta_args;
+  p.extra = nullptr;
+  CUDA_RETURN_IF_ERROR(cudaGraphExecKernelNodeSetParams(c.exec.get(), c.meta_node, &p));
+  return absl::OkStatus();
+}
+
 Status CudaEngine::Impl::EnqueueMeta(Slot& s, const cuda::ForwardMeta& meta, AType atype) {
   cudaStream_t st = s.stream.get();
-  // The expert cache's forwards (no graphs) and meta_in_graph off: copy the meta first.
-  const bool meta_kernel = options.meta_in_graph && cache == nullptr;
+  // meta_in_graph off: copy the meta first.
+  const bool meta_kernel = options.meta_in_graph;
   if (!meta_kernel) {
     // The pinned ring entry may still be read by an earlier copy: wait for that copy first.
     const int idx = s.meta_next;
@@ -911,7 +949,7 @@ Status CudaEngine::Impl::EnqueueMeta(Slot& s, const cuda::ForwardMeta& meta, ATy
 
   // With an expert cache budget: the host decides between the device phase and the routed one
   // (cached_forward.cc; the device phase has graphs of its own).
-  if (cache != nullptr) return EnqueueCached(s, meta, atype);
+  if (cache != nullptr) return EnqueueCached(s, meta, atype, in_kernel);
   const int64_t capacity = LaunchCapacity(meta.n_tokens);
   if (!IsGraphSize(capacity)) return EnqueueCore(s, meta.n_tokens, atype, in_kernel);
   auto g = s.graphs.find({capacity, atype});
@@ -921,41 +959,12 @@ Status CudaEngine::Impl::EnqueueMeta(Slot& s, const cuda::ForwardMeta& meta, ATy
     MOE_ASSIGN_OR_RETURN(Slot::CapturedGraph c, Capture(st, [&]() -> Status {
                            return EnqueueCore(s, capacity, atype, in_kernel, &l);
                          }));
-    if (meta_kernel) {
-      // The meta kernel (or the front that takes the meta) is the graph's one root: the node whose
-      // parameters each replay sets.
-      cudaGraphNode_t roots[2] = {};
-      size_t n_roots = 2;
-      CUDA_RETURN_IF_ERROR(cudaGraphGetRootNodes(c.graph.get(), roots, &n_roots));
-      cudaGraphNodeType type = cudaGraphNodeTypeEmpty;
-      if (n_roots == 1) CUDA_RETURN_IF_ERROR(cudaGraphNodeGetType(roots[0], &type));
-      if (type == cudaGraphNodeTypeKernel) {
-        CUDA_RETURN_IF_ERROR(cudaGraphKernelNodeGetParams(roots[0], &c.meta_params));
-      }
-      const void* first = l.meta_in_front ? cuda::FrontKernelFunction(atype, weights.wtype)
-                                          : cuda::StoreMetaKernelFunction();
-      if (type != cudaGraphNodeTypeKernel || first == nullptr || c.meta_params.func != first) {
-        return absl::InternalError(l.meta_in_front
-                                       ? "captured forward: its first node is not the front"
-                                       : "captured forward: its first node is not the meta kernel");
-      }
-      c.meta_node = roots[0];
-      c.meta_in_front = l.meta_in_front;
-      c.front = l.front;
-    }
+    // The meta kernel (or the front that takes the meta) is the graph's one root: the node whose
+    // parameters each replay sets.
+    if (meta_kernel) MOE_RETURN_IF_ERROR(FindMetaNode(l, atype, &c));
     g = s.graphs.emplace(std::make_pair(capacity, atype), std::move(c)).first;
   } else if (meta_kernel) {
-    const Slot::CapturedGraph& c = g->second;
-    cudaKernelNodeParams p = c.meta_params;
-    cuda::ForwardMeta value = meta;
-    cuda::ForwardMeta* dst = s.meta.as<cuda::ForwardMeta>();
-    // The front's arguments: (f, f.route.logits, meta); the call only reads them.
-    float* logits = const_cast<float*>(c.front.route.logits);
-    void* meta_args[] = {&value, &dst};
-    void* front_args[] = {const_cast<cuda::FrontArgs*>(&c.front), &logits, &value};
-    p.kernelParams = c.meta_in_front ? front_args : meta_args;
-    p.extra = nullptr;
-    CUDA_RETURN_IF_ERROR(cudaGraphExecKernelNodeSetParams(c.exec.get(), c.meta_node, &p));
+    MOE_RETURN_IF_ERROR(SetGraphMeta(s, g->second, meta));
   }
   CUDA_RETURN_IF_ERROR(cudaGraphLaunch(g->second.exec.get(), st));
   return absl::OkStatus();

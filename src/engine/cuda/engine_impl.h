@@ -174,8 +174,16 @@ class CudaEngine::Impl {
   // The capacity a forward of `n_tokens` launches with: the smallest graph size >= n_tokens
   // (both paths use it, so a cached forward runs the very kernels of the all-resident one).
   int64_t LaunchCapacity(int64_t n_tokens) const;
-  // The forward with an expert cache (cached_forward.cc). The meta is already on the device.
-  Status EnqueueCached(Slot& s, const cuda::ForwardMeta& meta, cuda::AType atype);
+  // The forward with an expert cache (cached_forward.cc). `in_kernel`: the meta, for the forward's
+  // first kernel to store (meta_in_graph), or null when it is already on its way to the device.
+  Status EnqueueCached(Slot& s, const cuda::ForwardMeta& meta, cuda::AType atype,
+                       const cuda::ForwardMeta* in_kernel);
+  // A captured forward's root (the meta kernel, or the front that takes the meta) and its
+  // parameters as captured, into `c`; fails if the root is neither.
+  Status FindMetaNode(const LayerLaunch& l, cuda::AType atype, Slot::CapturedGraph* c) const;
+  // Sets the root's parameters of a captured forward for `meta` (before a replay).
+  Status SetGraphMeta(const Slot& s, const Slot::CapturedGraph& c,
+                      const cuda::ForwardMeta& meta) const;
 
   const int32_t* n_tokens_dev(const Slot& s) const {
     return reinterpret_cast<const int32_t*>(s.meta.as<char>() +
