@@ -56,9 +56,10 @@ struct Budget {
   std::string name;
   int64_t slots = 0;  // expert slots in the budget (0 = every expert)
   bool prefetch = true;
-  int depth = 1;             // lookahead depth
-  bool device_check = true;  // device residency check
-  bool graphs = true;        // the device phase from CUDA graphs (ExpertCacheOptions::graphs)
+  int depth = 1;              // lookahead depth
+  bool device_check = true;   // device residency check
+  bool graphs = true;         // the device phase from CUDA graphs (ExpertCacheOptions::graphs)
+  bool meta_in_graph = true;  // CudaEngineOptions::meta_in_graph (off: the meta is copied)
 };
 
 RandomModelOptions ModelOptions(Family f, int experts, int top_k, int hidden, int inter,
@@ -116,6 +117,7 @@ void CheckBudgets(const RandomModelOptions& mo, DType act, const std::vector<Bud
     o.expert_cache.prefetch_depth = b.depth;
     o.expert_cache.device_residency_check = b.device_check;
     o.expert_cache.graphs = b.graphs;
+    o.meta_in_graph = b.meta_in_graph;
     o.expert_cache.on_round = [&checker](const experts::AcquireRound& r,
                                          const experts::ExpertSlotPool& p) { checker(r, p); };
     auto cached = CudaEngine::Create(model, o);
@@ -174,6 +176,8 @@ TEST(ExpertCacheEngine, MixtralBf16BitwiseUnderBudgets) {
                 {"50%, check off", 32, true, 1, false},
                 {"50%, direct launches", 32, true, 1, true, false},
                 {"50%, check off, direct launches", 32, true, 1, false, false},
+                {"50%, meta copied", 32, true, 1, true, true, false},
+                {"50%, meta copied, direct launches", 32, true, 1, true, false, false},
                 {"full", 0, true},
                 {"full, depth 2", 0, true, 2},
                 {"full, direct launches", 0, true, 1, true, false}},
