@@ -92,7 +92,7 @@ class ExpertCacheRuntime {
     // Speculative routed phase: [3 * n_experts] pointer tables, a meta, a tile count, a zero
     // layer index (the tables hold one layer).
     DeviceBuffer spec_tables, spec_meta, spec_n_tiles, zero_layer;
-    Event resolved;  // recorded after the residency kernel (error detection while spinning)
+    Event resolved;  // recorded after the device phase (error detection while spinning)
     // Round tables ring: pinned + device entries, an event after each entry's upload.
     struct RoundEntry {
       PinnedBuffer host;
