@@ -4,6 +4,7 @@
 // the kernel is latency bound (one round of reads of the mapped residency table over PCIe).
 #include "kernels/cache_residency.h"
 #include "kernels/cuda_status.h"
+#include "kernels/pdl.cuh"
 
 namespace moe::cuda {
 namespace {
@@ -16,6 +17,9 @@ __device__ __forceinline__ int32_t LoadVolatile(const int32_t* p) {
 }
 
 __global__ void __launch_bounds__(kResolveThreads) ResolveResidencyKernel(const ResolveArgs a) {
+  // The speculative gate/up after it may launch now (with PDL); it reads what this kernel writes
+  // only after its wait, i.e. after this grid has finished.
+  GridDepTrigger();
   __shared__ int s_misses;
   // The sequence number (set by the host before the launch): read now, so that its round trip over
   // PCIe overlaps the table's.

@@ -118,8 +118,10 @@ Status LaunchSpeculativeRouted(const CudaEngine::Impl& impl, const LayerLaunch& 
     dx.up_table = tables + e;
     dx.down_table = tables + 2 * e;
     dx.layer_dev = zero_layer;
+    // Gate/up reads the tables the residency kernel writes only after its PDL wait
+    // (layer_after_wait), so its blocks may start under that kernel (which triggers at once).
     cuda::DecodeExpertsArgs gate_up = dx;
-    gate_up.pdl = false;  // reads the tables before its PDL wait: they come from the last kernel
+    gate_up.layer_after_wait = true;
     MOE_RETURN_IF_ERROR(cuda::LaunchDecodeGateUp(gate_up, st));
     MOE_RETURN_IF_ERROR(impl.LaunchSharedPhase(l, st));
     return cuda::LaunchDecodeDownCombineWith(dx, DecodeDownOptionsOf(impl.options), st);
