@@ -40,7 +40,6 @@
 // so the outputs are bitwise identical.
 #include <chrono>
 #include <cstring>
-#include <tuple>
 #include <vector>
 
 #include "engine/cuda/cache_rounds.h"
@@ -200,16 +199,11 @@ Status CudaEngine::Impl::EnqueueCached(Slot& s, const cuda::ForwardMeta& meta, c
   };
   cudaGraphExec_t exec = nullptr;
   if (rt.options().graphs && IsGraphSize(capacity)) {
-    const auto key = std::make_tuple(capacity, atype, pos);
-    auto g = s.cached_graphs.find(key);
-    if (g == s.cached_graphs.end()) {
-      MOE_ASSIGN_OR_RETURN(Slot::CapturedGraph c, Capture(st, enqueue_device));
-      if (in_kernel != nullptr) MOE_RETURN_IF_ERROR(FindMetaNode(l, atype, &c));
-      g = s.cached_graphs.emplace(key, std::move(c)).first;
-    } else if (in_kernel != nullptr) {
-      MOE_RETURN_IF_ERROR(SetGraphMeta(s, g->second, *in_kernel));
-    }
-    exec = g->second.exec.get();
+    MOE_ASSIGN_OR_RETURN(exec, ReadyGraph(s, {capacity, atype, pos}, atype, in_kernel,
+                                          [&](LayerLaunch* launched) -> Status {
+                                            *launched = l;
+                                            return enqueue_device();
+                                          }));
   }
   MOE_RETURN_IF_ERROR(rt.PublishCompletedLoads());
   rt.ArmReport(s.index);

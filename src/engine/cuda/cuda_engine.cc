@@ -892,6 +892,24 @@ int64_t CudaEngine::Impl::LaunchCapacity(int64_t n_tokens) const {
   return *it;
 }
 
+StatusOr<cudaGraphExec_t> CudaEngine::Impl::ReadyGraph(
+    Slot& s, const Slot::GraphKey& key, AType atype, const cuda::ForwardMeta* meta,
+    const std::function<Status(LayerLaunch*)>& enqueue) {
+  auto g = s.graphs.find(key);
+  if (g == s.graphs.end()) {
+    LayerLaunch l;
+    MOE_ASSIGN_OR_RETURN(Slot::CapturedGraph c,
+                         Capture(s.stream.get(), [&]() -> Status { return enqueue(&l); }));
+    // The meta kernel (or the front that takes the meta) is the graph's one root: the node whose
+    // parameters each replay sets.
+    if (meta != nullptr) MOE_RETURN_IF_ERROR(FindMetaNode(l, atype, &c));
+    g = s.graphs.emplace(key, std::move(c)).first;
+  } else if (meta != nullptr) {
+    MOE_RETURN_IF_ERROR(SetGraphMeta(s, g->second, *meta));
+  }
+  return g->second.exec.get();
+}
+
 Status CudaEngine::Impl::FindMetaNode(const LayerLaunch& l, AType atype,
                                       Slot::CapturedGraph* c) const {
   cudaGraphNode_t roots[2] = {};
@@ -952,21 +970,13 @@ Status CudaEngine::Impl::EnqueueMeta(Slot& s, const cuda::ForwardMeta& meta, ATy
   if (cache != nullptr) return EnqueueCached(s, meta, atype, in_kernel);
   const int64_t capacity = LaunchCapacity(meta.n_tokens);
   if (!IsGraphSize(capacity)) return EnqueueCore(s, meta.n_tokens, atype, in_kernel);
-  auto g = s.graphs.find({capacity, atype});
-  if (g == s.graphs.end()) {
-    // Capture on first use of this (size, dtype) on this slot.
-    LayerLaunch l;
-    MOE_ASSIGN_OR_RETURN(Slot::CapturedGraph c, Capture(st, [&]() -> Status {
-                           return EnqueueCore(s, capacity, atype, in_kernel, &l);
-                         }));
-    // The meta kernel (or the front that takes the meta) is the graph's one root: the node whose
-    // parameters each replay sets.
-    if (meta_kernel) MOE_RETURN_IF_ERROR(FindMetaNode(l, atype, &c));
-    g = s.graphs.emplace(std::make_pair(capacity, atype), std::move(c)).first;
-  } else if (meta_kernel) {
-    MOE_RETURN_IF_ERROR(SetGraphMeta(s, g->second, meta));
-  }
-  CUDA_RETURN_IF_ERROR(cudaGraphLaunch(g->second.exec.get(), st));
+  // Captured on first use of this (size, dtype) on this slot.
+  MOE_ASSIGN_OR_RETURN(cudaGraphExec_t exec,
+                       ReadyGraph(s, {capacity, atype, Slot::kAnyLayer}, atype, in_kernel,
+                                  [&](LayerLaunch* l) -> Status {
+                                    return EnqueueCore(s, capacity, atype, in_kernel, l);
+                                  }));
+  CUDA_RETURN_IF_ERROR(cudaGraphLaunch(exec, st));
   return absl::OkStatus();
 }
 

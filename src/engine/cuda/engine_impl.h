@@ -101,10 +101,12 @@ class CudaEngine::Impl {
       bool meta_in_front = false;
       cuda::FrontArgs front;
     };
-    std::map<std::pair<int64_t, cuda::AType>, CapturedGraph> graphs;
-    // The expert cache's forwards: the device phase before the host's decision (cached_forward.cc)
-    // per (launch capacity, dtype, MoE layer position).
-    std::map<std::tuple<int64_t, cuda::AType, int>, CapturedGraph> cached_graphs;
+    // Per (launch capacity, dtype, MoE layer position): the all-resident forward at position
+    // kAnyLayer (it reads its layer from the meta); the expert cache's forwards the device phase
+    // before the host's decision (cached_forward.cc), one per position.
+    using GraphKey = std::tuple<int64_t, cuda::AType, int>;
+    static constexpr int kAnyLayer = -1;
+    std::map<GraphKey, CapturedGraph> graphs;
   };
 
   Impl();
@@ -178,6 +180,13 @@ class CudaEngine::Impl {
   // first kernel to store (meta_in_graph), or null when it is already on its way to the device.
   Status EnqueueCached(Slot& s, const cuda::ForwardMeta& meta, cuda::AType atype,
                        const cuda::ForwardMeta* in_kernel);
+  // The slot's graph for `key`, ready to launch: captured from what `enqueue` launches on first
+  // use (it also gives the forward's arguments, whose first kernel is the graph's root: the meta
+  // kernel, or the front that takes the meta), else, with `meta` (meta_in_graph), its root's
+  // parameters set for `meta`.
+  StatusOr<cudaGraphExec_t> ReadyGraph(Slot& s, const Slot::GraphKey& key, cuda::AType atype,
+                                       const cuda::ForwardMeta* meta,
+                                       const std::function<Status(LayerLaunch*)>& enqueue);
   // A captured forward's root (the meta kernel, or the front that takes the meta) and its
   // parameters as captured, into `c`; fails if the root is neither.
   Status FindMetaNode(const LayerLaunch& l, cuda::AType atype, Slot::CapturedGraph* c) const;
