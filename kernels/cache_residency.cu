@@ -21,6 +21,7 @@ __global__ void __launch_bounds__(kResolveThreads) ResolveResidencyKernel(const 
   // only after its wait, i.e. after this grid has finished.
   GridDepTrigger();
   __shared__ int s_misses;
+  __shared__ int32_t s_ids[kResolveMaxPairs];
   // The sequence number (set by the host before the launch): read now, so that its round trip over
   // PCIe overlaps the table's.
   uint64_t seq = 0;
@@ -28,13 +29,29 @@ __global__ void __launch_bounds__(kResolveThreads) ResolveResidencyKernel(const 
     s_misses = 0;
     seq = *static_cast<const volatile uint64_t*>(a.seq);
   }
+  const ForwardMeta meta = *a.meta;
+  const int64_t pairs = static_cast<int64_t>(meta.n_tokens) * a.top_k;
+  // Without a scan: the routed ids, to count each expert's offsets from (pairs <=
+  // kResolveMaxPairs, checked below).
+  const int n_ids = a.topk_ids != nullptr ? static_cast<int>(pairs) : 0;
+  if (a.topk_ids != nullptr && pairs > kResolveMaxPairs) __trap();
+  for (int i = threadIdx.x; i < n_ids; i += blockDim.x) s_ids[i] = a.topk_ids[i];
   __syncthreads();
   // 1. Slots of the routed experts -> pointer tables; misses counted.
   const int e_count = a.n_experts;
   int misses = 0;
   for (int e = threadIdx.x; e < e_count; e += blockDim.x) {
-    const int32_t o0 = a.group_offsets[e];
-    const int32_t o1 = a.group_offsets[e + 1];
+    int32_t o0 = 0, o1 = 0;
+    if (a.topk_ids != nullptr) {
+      // Rows of the experts below e, and of e itself (the scan's order: by expert).
+      for (int i = 0; i < n_ids; ++i) {
+        o0 += s_ids[i] < e;
+        o1 += s_ids[i] <= e;
+      }
+    } else {
+      o0 = a.group_offsets[e];
+      o1 = a.group_offsets[e + 1];
+    }
     a.host_offsets[e] = o0;
     if (e == e_count - 1) a.host_offsets[e_count] = o1;
     if (o1 <= o0) continue;
@@ -50,8 +67,6 @@ __global__ void __launch_bounds__(kResolveThreads) ResolveResidencyKernel(const 
   }
   if (misses > 0) atomicAdd(&s_misses, misses);
   // 3. (first half) The lookahead predictions to the host.
-  const ForwardMeta meta = *a.meta;
-  const int64_t pairs = static_cast<int64_t>(meta.n_tokens) * a.top_k;
   for (int d = 0; d < a.la_depth; ++d) {
     const int64_t base = d * a.la_stride;
     for (int64_t i = threadIdx.x; i < pairs; i += blockDim.x) {
@@ -82,9 +97,12 @@ __global__ void __launch_bounds__(kResolveThreads) ResolveResidencyKernel(const 
 }  // namespace
 
 Status ResolveArgs::Validate() const {
-  if (meta == nullptr || group_offsets == nullptr || slot_of == nullptr || slot_base == nullptr ||
-      tables == nullptr || spec_meta == nullptr || host_offsets == nullptr || report == nullptr ||
-      seq == nullptr || (n_tiles != nullptr && spec_n_tiles == nullptr)) {
+  if ((group_offsets == nullptr) == (topk_ids == nullptr)) {
+    return absl::InvalidArgumentError("ResolveArgs: set exactly one of group_offsets and topk_ids");
+  }
+  if (meta == nullptr || slot_of == nullptr || slot_base == nullptr || tables == nullptr ||
+      spec_meta == nullptr || host_offsets == nullptr || report == nullptr || seq == nullptr ||
+      (n_tiles != nullptr && spec_n_tiles == nullptr)) {
     return absl::InvalidArgumentError("ResolveArgs: null pointer");
   }
   if (n_experts <= 0 || top_k <= 0 || slot_bytes <= 0 || n_slots < 0 || la_depth < 0) {

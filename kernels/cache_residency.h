@@ -3,7 +3,8 @@
 // The cached forward launches this kernel right after the layer's front (routing + scan) and
 // before the routed experts, so that a layer whose experts are all resident needs no host round
 // trip before its expert kernels start:
-//   1. For every expert with rows (group_offsets), look up its slot in the residency table
+//   1. For every expert with rows (group_offsets, or counted from the top-k ids), look up its slot
+//   in the residency table
 //      (host-written, mapped pinned memory: slot index, or -1 while absent or loading) and write
 //      the per-expert gate / up / down pointer tables of the layer ([n_experts] each).
 //   2. Write the speculative meta and tile count the routed kernels read: the forward's meta and
@@ -31,10 +32,19 @@ struct ResidencyReport {
   int32_t n_tokens = 0;  // of that forward
 };
 
+// The most (token, k) pairs whose offsets the kernel counts from the top-k ids.
+inline constexpr int kResolveMaxPairs = 64;
+
 struct ResolveArgs {
-  const ForwardMeta* meta = nullptr;       // the forward's meta (device)
-  const int32_t* group_offsets = nullptr;  // [n_experts + 1] from the scan
-  const int32_t* n_tiles = nullptr;        // the scan's tile count, or null (decode experts path)
+  const ForwardMeta* meta = nullptr;  // the forward's meta (device)
+  // The per-expert row offsets come from one of two places:
+  //  - group_offsets: [n_experts + 1] from the scan;
+  //  - topk_ids: [n_tokens * top_k] from the routing, when the front routed only (one token: the
+  //    decode experts path needs no scan); the kernel then counts the offsets itself (at most
+  //    kResolveMaxPairs pairs). Exactly one of the two is set.
+  const int32_t* group_offsets = nullptr;
+  const int32_t* topk_ids = nullptr;
+  const int32_t* n_tiles = nullptr;  // the scan's tile count, or null (decode experts path)
   int n_experts = 0;
   int top_k = 0;
   // Residency table row of this layer: [n_experts] slot index or -1 (mapped host memory, read

@@ -96,7 +96,8 @@ struct Config {
   bool device_check = true;
   bool warm_all = false;  // load every expert before timing (a budget of 100%)
   Inputs inputs;
-  bool graphs = true;  // ExpertCacheOptions::graphs
+  bool graphs = true;            // ExpertCacheOptions::graphs
+  bool front_skips_scan = true;  // ExpertCacheOptions::front_skips_scan
 };
 
 struct Result {
@@ -202,6 +203,7 @@ Result RunConfig(std::shared_ptr<const Model> model, const Config& c, const Args
     o.expert_cache.prefetch_depth = c.depth;
     o.expert_cache.device_residency_check = c.device_check;
     o.expert_cache.graphs = c.graphs;
+    o.expert_cache.front_skips_scan = c.front_skips_scan;
   }
   const auto t0 = Clock::now();
   auto engine = CudaEngine::Create(model, o);
@@ -357,6 +359,8 @@ int Main(int argc, char** argv) {
   configs.push_back({"100% warmed, check off", 1.0, false, 1, false, true, next_only});
   configs.push_back({"100% warmed", 1.0, false, 1, true, true, next_only});
   configs.push_back({"100% warmed, direct launches", 1.0, false, 1, true, true, next_only, false});
+  configs.push_back(
+      {"100% warmed, the front scans", 1.0, false, 1, true, true, next_only, true, false});
   for (const int d : args.depths) {
     configs.push_back(
         {"100% budget, depth " + std::to_string(d), 1.0, true, d, true, false, next_only});

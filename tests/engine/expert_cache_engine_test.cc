@@ -11,6 +11,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <random>
 #include <string>
@@ -20,6 +21,7 @@
 #include "common/forward_run.h"
 #include "common/gpu_test_util.h"
 #include "engine_cpu/random_model.h"
+#include "moe/common/dtype.h"
 #include "moe/engine/cuda_engine.h"
 #include "moe/experts/slot_pool.h"
 #include "moe/experts/trace.h"
@@ -60,6 +62,8 @@ struct Budget {
   bool device_check = true;   // device residency check
   bool graphs = true;         // the device phase from CUDA graphs (ExpertCacheOptions::graphs)
   bool meta_in_graph = true;  // CudaEngineOptions::meta_in_graph (off: the meta is copied)
+  // ExpertCacheOptions::front_skips_scan (at one token the residency kernel counts the offsets)
+  bool front_skips_scan = true;
 };
 
 RandomModelOptions ModelOptions(Family f, int experts, int top_k, int hidden, int inter,
@@ -118,6 +122,7 @@ void CheckBudgets(const RandomModelOptions& mo, DType act, const std::vector<Bud
     o.expert_cache.device_residency_check = b.device_check;
     o.expert_cache.graphs = b.graphs;
     o.meta_in_graph = b.meta_in_graph;
+    o.expert_cache.front_skips_scan = b.front_skips_scan;
     o.expert_cache.on_round = [&checker](const experts::AcquireRound& r,
                                          const experts::ExpertSlotPool& p) { checker(r, p); };
     auto cached = CudaEngine::Create(model, o);
@@ -178,6 +183,7 @@ TEST(ExpertCacheEngine, MixtralBf16BitwiseUnderBudgets) {
                 {"50%, check off, direct launches", 32, true, 1, false, false},
                 {"50%, meta copied", 32, true, 1, true, true, false},
                 {"50%, meta copied, direct launches", 32, true, 1, true, false, false},
+                {"50%, the front scans at 1 token", 32, true, 1, true, true, true, false},
                 {"full", 0, true},
                 {"full, depth 2", 0, true, 2},
                 {"full, direct launches", 0, true, 1, true, false}},
@@ -200,7 +206,11 @@ TEST(ExpertCacheEngine, F32ActivationsQwen3) {
   MOE_REQUIRE_GPU();
   const auto mo = ModelOptions(Family::kQwen3Moe, 64, 8, 128, 64, 33);
   CheckBudgets(mo, DType::kF32,
-               {{"9 slots", 9, true}, {"50%", 128, true}, {"50%, depth 3", 128, true, 3}},
+               {{"9 slots", 9, true},
+                {"8 slots (one token's experts)", 8, true},
+                {"8 slots, the front scans at 1 token", 8, true, 1, true, true, true, false},
+                {"50%", 128, true},
+                {"50%, depth 3", 128, true, 3}},
                {1, 4, 40}, 24);
 }
 
@@ -317,6 +327,75 @@ TEST(ExpertCacheEngine, TwoSlotsSpeculateWhileTheOtherEvicts) {
   EXPECT_LT(stats->device_hits, stats->host_round_trips);
 }
 
+// A one-token step whose round comes back partial (some slots are loading prefetched experts)
+// and that may not retry (decode_round_retries 0) runs in several rounds of tile kernels, after
+// the front again with the scan it skipped: the same routing, outputs within bf16 rounding of the
+// all-resident ones (the decode experts kernels sum differently), no expert in use evicted.
+TEST(ExpertCacheEngine, DecodeStepInRoundsWhenItsSlotsStayBusy) {
+  MOE_REQUIRE_GPU();
+  // Experts of 12 MiB, so that a layer's prefetches are still loading when the next step routes.
+  const auto mo = ModelOptions(Family::kQwen3Moe, 8, 4, 2048, 1024, 41);
+  const auto model = RandomModel(mo);
+  const MoeSpec& spec = model->spec();
+  CudaEngineOptions base;
+  base.max_batch_tokens = 16;
+  auto resident = CudaEngine::Create(model, base);
+  ASSERT_TRUE(resident.ok()) << resident.status();
+  // The steps and their all-resident outputs first, so that the cached steps run back to back.
+  std::mt19937 rng(7);
+  std::vector<int> layers;
+  std::vector<std::vector<uint8_t>> inputs;
+  std::vector<Output> wants;
+  for (int i = 0; i < 40; ++i) {
+    layers.push_back(spec.moe_layers[rng() % spec.moe_layers.size()]);
+    inputs.push_back(MakeActivations(DType::kBF16, spec.hidden, 500 + i).bytes);
+    wants.push_back(ExpectForward(**resident, layers.back(), DType::kBF16, inputs.back(), 1));
+  }
+  for (const bool skips_scan : {true, false}) {
+    SCOPED_TRACE(skips_scan ? "the front skips the scan" : "the front scans");
+    CudaEngineOptions o = base;
+    o.expert_cache.budget_bytes = spec.top_k() * SlotBytes(spec);  // the least allowed
+    o.expert_cache.decode_round_retries = 0;
+    o.expert_cache.front_skips_scan = skips_scan;
+    // Half the slots prefetch (slowly: the staging ring, not registered memory), so the next
+    // step finds two slots free and two loading: a partial round.
+    o.expert_cache.prefetch_max_loads = spec.top_k() / 2;
+    o.expert_cache.register_host_memory = false;
+    RoundChecker checker;
+    o.expert_cache.on_round = [&checker](const experts::AcquireRound& r,
+                                         const experts::ExpertSlotPool& p) { checker(r, p); };
+    auto cached = CudaEngine::Create(model, o);
+    ASSERT_TRUE(cached.ok()) << cached.status();
+    std::vector<Output> gots;
+    for (size_t i = 0; i < layers.size(); ++i) {
+      gots.push_back(ExpectForward(**cached, layers[i], DType::kBF16, inputs[i], 1));
+    }
+    double worst = 0;
+    for (size_t i = 0; i < layers.size(); ++i) {
+      const Output& got = gots[i];
+      const Output& want = wants[i];
+      ASSERT_EQ(got.ids, want.ids) << "step " << i;
+      ASSERT_EQ(got.weights, want.weights) << "step " << i;
+      std::vector<float> g(static_cast<size_t>(spec.hidden)), w(g.size());
+      ConvertToF32(DType::kBF16, got.out.data(), g.data(), g.size());
+      ConvertToF32(DType::kBF16, want.out.data(), w.data(), w.size());
+      double num = 0, den = 0;
+      for (size_t j = 0; j < g.size(); ++j) {
+        ASSERT_TRUE(std::isfinite(g[j])) << "step " << i << " element " << j;
+        num += (static_cast<double>(g[j]) - w[j]) * (static_cast<double>(g[j]) - w[j]);
+        den += static_cast<double>(w[j]) * w[j];
+      }
+      worst = std::max(worst, std::sqrt(num / std::max(den, 1e-30)));
+    }
+    EXPECT_LT(worst, 1e-2);
+    ASSERT_TRUE((*cached)->QuiesceExpertCache().ok());
+    auto stats = (*cached)->expert_cache_stats();
+    ASSERT_TRUE(stats.ok()) << stats.status();
+    EXPECT_EQ(checker.violations.load(), 0) << "an expert in use was not in its slot";
+    EXPECT_GT(stats->rounds, stats->host_round_trips) << "no step ran in several rounds";
+  }
+}
+
 // With every expert loaded, every layer forward passes the device check: no host round trip
 // stands before its routed kernels.
 TEST(ExpertCacheEngine, WarmedCacheRunsEveryLayerWithoutARoundTrip) {
@@ -364,6 +443,23 @@ TEST(ExpertCacheEngine, RejectsBadBudgets) {
   o.max_batch_tokens = 16;
   o.expert_cache.budget_bytes = 100;  // smaller than one expert
   EXPECT_FALSE(CudaEngine::Create(model, o).ok());
+  // One slot: a token's two experts would not be resident together for the decode kernels.
+  const int64_t slot = SlotBytes(model->spec());
+  o.expert_cache.budget_bytes = slot;
+  const auto one_slot = CudaEngine::Create(model, o);
+  ASSERT_FALSE(one_slot.ok());
+  EXPECT_EQ(one_slot.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(std::string(one_slot.status().message())
+                .find("the budget must be at least " + std::to_string(2 * slot) + " bytes"),
+            std::string::npos)
+      << one_slot.status();
+  o.expert_cache.budget_bytes = 2 * slot;
+  EXPECT_TRUE(CudaEngine::Create(model, o).ok());
+  // Without the decode experts path a slot is enough (large batches run in rounds).
+  o.expert_cache.budget_bytes = slot;
+  o.decode_gemv = CudaEngineOptions::DecodeGemv::kNever;
+  EXPECT_TRUE(CudaEngine::Create(model, o).ok());
+  o.decode_gemv = CudaEngineOptions::DecodeGemv::kAuto;
   o.expert_cache.budget_bytes = -1;
   EXPECT_FALSE(CudaEngine::Create(model, o).ok());
   o.expert_cache.budget_bytes = 1 << 20;

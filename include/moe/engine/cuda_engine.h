@@ -78,6 +78,16 @@ struct ExpertCacheOptions {
   // activation dtype and MoE layer, instead of launching each kernel from the host. false:
   // direct launches (larger sizes always launch directly).
   bool graphs = true;
+  // At one token the cached forward's front routes only, as the all-resident one does, and the
+  // residency kernel counts the per-expert offsets from the top-k ids; a layer that has to run
+  // in several cache rounds (tile kernels over the permutation) runs the front again with the
+  // scan first. false: the front always scans.
+  bool front_skips_scan = true;
+  // A decode experts step (its kernels need every routed expert at once; the budget holds them)
+  // whose round came back partial (slots loading, or pinned by other engine slots) hands it back
+  // and tries again up to this many times; then it runs in several rounds of tile kernels, which
+  // round differently from the all-resident engine.
+  int decode_round_retries = 50;
   // Routing trace (experts::TraceRecorder text format); "" = none.
   std::string trace_path;
   // Host tier: register the mmap'd checkpoint for DMA (pinned-speed copies) when possible.

@@ -1,7 +1,10 @@
 // The layer forward with an expert cache budget (CudaEngine::Impl::EnqueueCached).
 //
 // 1. Front kernels as in the all-resident forward (convert, router, routing, scan), at the same
-//    launch capacity, so routing, permutation and tile heights are the same.
+//    launch capacity, so routing, permutation and tile heights are the same. At one token the
+//    front routes only, as there (ExpertCacheOptions::front_skips_scan): the residency kernel
+//    counts the offsets from the top-k ids, and a layer that needs tile kernels (several cache
+//    rounds) runs the front again with the scan first.
 // 2. Gate-lookahead (prefetch on, next MoE layers exist): for each of the next `depth` layers,
 //    its router GEMM on this layer's converted input and the routing kernel (plain top-k, no
 //    bias) -> predicted ids and weights per depth.
@@ -33,8 +36,12 @@
 //      stream), and the combine.
 // Decode batches (plan.decode_gemv): when all the step's experts fit in one round, the routed
 // experts and the combine run as the all-resident forward's decode experts kernels over that
-// round's tables (bitwise equal); a step that needs several rounds falls back to the tile GEMV
-// per round + combine, which rounds differently (only with budgets below a step's experts).
+// round's tables (bitwise equal). The budget holds every expert of such a step
+// (ExpertCacheRuntime::Options::min_slots), so a round that misses some of them is handed back
+// and acquired again once loads finish; only after ExpertCacheOptions::decode_round_retries
+// such tries (other engine slots keeping slots pinned) does the step run in several rounds of the
+// tile GEMV + combine (after the front again with the scan, where it skipped it), which round
+// differently.
 // Every row of every expert is computed by the same kernel and tile as in the all-resident
 // forward (same plan, same tile entries), and split-K partials and the combine are unchanged,
 // so the outputs are bitwise identical.
@@ -170,7 +177,14 @@ Status CudaEngine::Impl::EnqueueCached(Slot& s, const cuda::ForwardMeta& meta, c
   }
   cuda::ResolveArgs ra = rt.ResolveArgsFor(s.index, pos);
   ra.meta = s.meta.as<cuda::ForwardMeta>();
-  ra.group_offsets = s.group_offsets.as<int32_t>();
+  // At one token the front routes only (front_skips_scan): the residency kernel counts the
+  // offsets from the top-k ids.
+  const bool front_scanned = !(l.fused_front && l.front.skip_scan);
+  if (front_scanned) {
+    ra.group_offsets = s.group_offsets.as<int32_t>();
+  } else {
+    ra.topk_ids = s.topk_ids.as<int32_t>();
+  }
   ra.n_tiles = l.decode_experts ? nullptr : s.n_tiles.as<int32_t>();
   ra.la_depth = depth;
   if (!speculate) ra.n_slots = 0;  // every expert a miss: the host decides (A/B of the check)
@@ -277,11 +291,13 @@ Status CudaEngine::Impl::EnqueueCached(Slot& s, const cuda::ForwardMeta& meta, c
       l.decode_experts && static_cast<int64_t>(remaining.size()) <=
                               rt.pool().SlotCount(rt.pool().ShapeClassOfLayer(layer));
   int single_round_tries = 0;
+  bool scanned = front_scanned;
   while (!remaining.empty()) {
     MOE_ASSIGN_OR_RETURN(const experts::AcquireRound round,
                          rt.AcquireAndLoad(remaining, remaining_uses));
     if (rt.options().on_round) rt.options().on_round(round, rt.pool());
-    if (single_round_wanted && !round.deferred.empty() && ++single_round_tries <= 50 &&
+    if (single_round_wanted && !round.deferred.empty() &&
+        ++single_round_tries <= rt.options().decode_round_retries &&
         remaining.size() == round.entries.size() + round.deferred.size()) {
       // The decode experts kernels need the whole step in one round and the budget holds it:
       // hand this partial round back unused (its loads go on), wait for the copies in flight
@@ -332,6 +348,14 @@ Status CudaEngine::Impl::EnqueueCached(Slot& s, const cuda::ForwardMeta& meta, c
     const int32_t* dev_counts = reinterpret_cast<const int32_t*>(dev + int64_t{3} * e * 8);
     const int2* dev_tiles = reinterpret_cast<const int2*>(dev + table_bytes);
     auto launch = [&](int32_t first_tile, const int32_t* n_tiles) -> Status {
+      if (!scanned) {
+        // The tile kernels and the combine read the permutation: the front again, with the scan
+        // (the same routing, bit for bit).
+        LayerLaunch with_scan = l;
+        with_scan.front.skip_scan = false;
+        MOE_RETURN_IF_ERROR(LaunchFrontPhase(s, with_scan, in_kernel));
+        scanned = true;
+      }
       cuda::GemmArgs gu = l.gate_up;
       gu.b0_table = dev_gate;
       gu.b1_table = dev_gate + e;
@@ -350,8 +374,7 @@ Status CudaEngine::Impl::EnqueueCached(Slot& s, const cuda::ForwardMeta& meta, c
       WithoutHReady(gu, dn);
       return LaunchRoutedPhase(l, gu, dn, st);
     };
-    if (decode_experts_done == false && l.decode_experts && round.deferred.empty() &&
-        remaining.size() == round.entries.size()) {
+    if (l.decode_experts && round.deferred.empty() && round.entries.size() == active.size()) {
       // The whole step in one round: the all-resident forward's decode experts kernels (every
       // pair in one launch, down fused with the combine), after every load.
       cuda::DecodeExpertsArgs dx = l.decode;

@@ -74,9 +74,11 @@ StatusOr<std::unique_ptr<CudaEngine::Impl>> CudaEngine::Impl::Prepare(const MoeS
         absl::StrCat("CudaEngineOptions: max_router_convert_splits must be in [1, ",
                      cuda::kRouterConvertMaxKSplits, "]"));
   }
-  if (o.expert_cache.budget_bytes < 0 || o.expert_cache.prefetch_max_loads < 0) {
+  if (o.expert_cache.budget_bytes < 0 || o.expert_cache.prefetch_max_loads < 0 ||
+      o.expert_cache.decode_round_retries < 0) {
     return absl::InvalidArgumentError(
-        "CudaEngineOptions: expert_cache.budget_bytes and prefetch_max_loads must be >= 0");
+        "CudaEngineOptions: expert_cache.budget_bytes, prefetch_max_loads and "
+        "decode_round_retries must be >= 0");
   }
   MOE_RETURN_IF_ERROR(cuda::DeviceWeights::CheckSpec(spec));
   int n_devices = 0;
@@ -725,8 +727,7 @@ Status CudaEngine::Impl::BuildLayerLaunch(Slot& s, int64_t capacity, AType atype
   }
 
   // 5'. Decode experts (forwards of a few tokens): gate/up per (token, k) pair, then the shared
-  // expert, then down + combine in one kernel; the front routes only (no scan) unless an expert
-  // cache needs the scan's offsets (the cached forward repoints the tables per round).
+  // expert, then down + combine in one kernel; at one token the front routes only (no scan).
   l->decode_experts = plan.decode_gemv;
   if (l->decode_experts) {
     cuda::DecodeExpertsArgs& dx = l->decode;
@@ -758,7 +759,11 @@ Status CudaEngine::Impl::BuildLayerLaunch(Slot& s, int64_t capacity, AType atype
     dx.sm_count = sms;
     dx.pdl = gu.pdl;  // not the first kernel: the same for every later launch
     dx.layer_after_wait = l->meta_in_front;  // gate/up comes right after the front
-    l->front.skip_scan = fused_front && dx.pair_row == nullptr && cache == nullptr;
+    // An expert cache's forward skips it too where its residency kernel counts the offsets from
+    // the top-k ids instead (ExpertCacheOptions::front_skips_scan).
+    l->front.skip_scan = fused_front && dx.pair_row == nullptr &&
+                         (cache == nullptr || (options.expert_cache.front_skips_scan &&
+                                               capacity * k <= int64_t{cuda::kResolveMaxPairs}));
     // The fused decode kernel (front + gate/up in one launch; h in pair order at any count).
     if (decode_fused && fused_front && cache == nullptr &&
         cuda::CanDecodeFused(capacity, k, hd, e, nr) && fused_grid[capacity] > 0) {
@@ -885,6 +890,15 @@ StatusOr<CudaEngine::Impl::Slot::CapturedGraph> CudaEngine::Impl::Capture(
   return c;
 }
 
+int64_t CudaEngine::Impl::DecodeStepMaxExperts() const {
+  using G = CudaEngineOptions::DecodeGemv;
+  const int64_t tokens = options.deterministic || options.decode_gemv == G::kNever ? 0
+                         : options.decode_gemv == G::kAlways
+                             ? std::min(options.max_batch_tokens, cuda::kDecodeExpertsMaxTokens)
+                             : std::min(options.max_batch_tokens, cuda::kDecodeGemvAutoTokens);
+  return std::max<int64_t>(1, std::min<int64_t>(spec.n_experts(), tokens * spec.top_k()));
+}
+
 int64_t CudaEngine::Impl::LaunchCapacity(int64_t n_tokens) const {
   const auto& sizes = options.graph_batch_sizes;
   const auto it = std::lower_bound(sizes.begin(), sizes.end(), n_tokens);
@@ -1005,6 +1019,7 @@ StatusOr<std::unique_ptr<CudaEngine>> CudaEngine::Create(std::shared_ptr<const M
     ro.num_engine_slots = options.num_slots;
     ro.max_batch_tokens = options.max_batch_tokens;
     ro.cache = options.expert_cache;
+    ro.min_slots = impl->DecodeStepMaxExperts();
     MOE_ASSIGN_OR_RETURN(impl->cache, cuda::ExpertCacheRuntime::Create(impl->model, ro));
   }
   return std::unique_ptr<CudaEngine>(new CudaEngine(std::move(impl)));

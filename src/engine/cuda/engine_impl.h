@@ -176,6 +176,9 @@ class CudaEngine::Impl {
   // The capacity a forward of `n_tokens` launches with: the smallest graph size >= n_tokens
   // (both paths use it, so a cached forward runs the very kernels of the all-resident one).
   int64_t LaunchCapacity(int64_t n_tokens) const;
+  // The most routed experts of one forward on the decode experts path (an upper bound from the
+  // options: the path's token limit times top_k), or 1 where it is never taken.
+  int64_t DecodeStepMaxExperts() const;
   // The forward with an expert cache (cached_forward.cc). `in_kernel`: the meta, for the forward's
   // first kernel to store (meta_in_graph), or null when it is already on its way to the device.
   Status EnqueueCached(Slot& s, const cuda::ForwardMeta& meta, cuda::AType atype,

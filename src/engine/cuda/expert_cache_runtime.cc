@@ -72,6 +72,15 @@ StatusOr<std::unique_ptr<ExpertCacheRuntime>> ExpertCacheRuntime::Create(
   if (rt->pool_->ShapeClassCount() != 1) {
     return absl::InternalError("expert cache: the residency table expects one shape class");
   }
+  if (rt->pool_->SlotCount(0) < options.min_slots) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "expert cache: a budget of ", options.cache.budget_bytes, " bytes holds ",
+        rt->pool_->SlotCount(0), " expert slots of ", rt->pool_->SlotBytes(0),
+        " bytes, but a decode step routes up to ", options.min_slots,
+        " experts, which must be resident together (for outputs identical to the all-resident "
+        "engine): the budget must be at least ",
+        options.min_slots * rt->pool_->SlotBytes(0), " bytes"));
+  }
   // The residency table: every (MoE layer position, expert) absent.
   rt->layer_pos_.assign(static_cast<size_t>(std::max(spec.n_layers, 0)), -1);
   for (size_t p = 0; p < spec.moe_layers.size(); ++p) {

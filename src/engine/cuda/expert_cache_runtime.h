@@ -68,6 +68,10 @@ class ExpertCacheRuntime {
     int num_engine_slots = 1;
     int64_t max_batch_tokens = 1;
     ExpertCacheOptions cache;
+    // Slots the budget must hold at least: the most experts of one forward on the decode experts
+    // path, whose kernels run every routed expert of the step in one launch (in rounds they would
+    // sum differently from the all-resident engine). Budgets below it are rejected.
+    int64_t min_slots = 1;
   };
 
   // A gate-lookahead prediction of one upcoming layer, made `depth` MoE layers ahead.
