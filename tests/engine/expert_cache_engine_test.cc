@@ -327,26 +327,25 @@ TEST(ExpertCacheEngine, TwoSlotsSpeculateWhileTheOtherEvicts) {
   EXPECT_LT(stats->device_hits, stats->host_round_trips);
 }
 
-// A one-token step whose round comes back partial (some slots are loading prefetched experts)
-// and that may not retry (decode_round_retries 0) runs in several rounds of tile kernels, after
-// the front again with the scan it skipped: the same routing, outputs within bf16 rounding of the
-// all-resident ones (the decode experts kernels sum differently), no expert in use evicted.
+// A one-token step whose round comes back partial and that may not retry (decode_round_retries
+// 0; the test hook max_round_experts caps every round at half the step, as slots pinned by other
+// engine slots would) runs in several rounds of tile kernels, after the front again with the scan
+// it skipped: the same routing, outputs within bf16 rounding of the all-resident ones (the decode
+// experts kernels sum differently), no expert in use evicted.
 TEST(ExpertCacheEngine, DecodeStepInRoundsWhenItsSlotsStayBusy) {
   MOE_REQUIRE_GPU();
-  // Experts of 12 MiB, so that a layer's prefetches are still loading when the next step routes.
-  const auto mo = ModelOptions(Family::kQwen3Moe, 8, 4, 2048, 1024, 41);
+  const auto mo = ModelOptions(Family::kQwen3Moe, 16, 4, 256, 128, 41);
   const auto model = RandomModel(mo);
   const MoeSpec& spec = model->spec();
   CudaEngineOptions base;
   base.max_batch_tokens = 16;
   auto resident = CudaEngine::Create(model, base);
   ASSERT_TRUE(resident.ok()) << resident.status();
-  // The steps and their all-resident outputs first, so that the cached steps run back to back.
   std::mt19937 rng(7);
   std::vector<int> layers;
   std::vector<std::vector<uint8_t>> inputs;
   std::vector<Output> wants;
-  for (int i = 0; i < 40; ++i) {
+  for (int i = 0; i < 24; ++i) {
     layers.push_back(spec.moe_layers[rng() % spec.moe_layers.size()]);
     inputs.push_back(MakeActivations(DType::kBF16, spec.hidden, 500 + i).bytes);
     wants.push_back(ExpectForward(**resident, layers.back(), DType::kBF16, inputs.back(), 1));
@@ -356,23 +355,16 @@ TEST(ExpertCacheEngine, DecodeStepInRoundsWhenItsSlotsStayBusy) {
     CudaEngineOptions o = base;
     o.expert_cache.budget_bytes = spec.top_k() * SlotBytes(spec);  // the least allowed
     o.expert_cache.decode_round_retries = 0;
+    o.expert_cache.max_round_experts = spec.top_k() / 2;
     o.expert_cache.front_skips_scan = skips_scan;
-    // Half the slots prefetch (slowly: the staging ring, not registered memory), so the next
-    // step finds two slots free and two loading: a partial round.
-    o.expert_cache.prefetch_max_loads = spec.top_k() / 2;
-    o.expert_cache.register_host_memory = false;
     RoundChecker checker;
     o.expert_cache.on_round = [&checker](const experts::AcquireRound& r,
                                          const experts::ExpertSlotPool& p) { checker(r, p); };
     auto cached = CudaEngine::Create(model, o);
     ASSERT_TRUE(cached.ok()) << cached.status();
-    std::vector<Output> gots;
-    for (size_t i = 0; i < layers.size(); ++i) {
-      gots.push_back(ExpectForward(**cached, layers[i], DType::kBF16, inputs[i], 1));
-    }
     double worst = 0;
     for (size_t i = 0; i < layers.size(); ++i) {
-      const Output& got = gots[i];
+      const Output got = ExpectForward(**cached, layers[i], DType::kBF16, inputs[i], 1);
       const Output& want = wants[i];
       ASSERT_EQ(got.ids, want.ids) << "step " << i;
       ASSERT_EQ(got.weights, want.weights) << "step " << i;
@@ -392,7 +384,7 @@ TEST(ExpertCacheEngine, DecodeStepInRoundsWhenItsSlotsStayBusy) {
     auto stats = (*cached)->expert_cache_stats();
     ASSERT_TRUE(stats.ok()) << stats.status();
     EXPECT_EQ(checker.violations.load(), 0) << "an expert in use was not in its slot";
-    EXPECT_GT(stats->rounds, stats->host_round_trips) << "no step ran in several rounds";
+    EXPECT_GE(stats->rounds, 2 * stats->host_round_trips) << "every step takes two rounds or more";
   }
 }
 

@@ -88,6 +88,9 @@ struct ExpertCacheOptions {
   // and tries again up to this many times; then it runs in several rounds of tile kernels, which
   // round differently from the all-resident engine.
   int decode_round_retries = 50;
+  // Test hook: a cache round pins at most this many experts and defers the rest, as a full budget
+  // would (0: no cap).
+  int max_round_experts = 0;
   // Routing trace (experts::TraceRecorder text format); "" = none.
   std::string trace_path;
   // Host tier: register the mmap'd checkpoint for DMA (pinned-speed copies) when possible.

@@ -75,10 +75,10 @@ StatusOr<std::unique_ptr<CudaEngine::Impl>> CudaEngine::Impl::Prepare(const MoeS
                      cuda::kRouterConvertMaxKSplits, "]"));
   }
   if (o.expert_cache.budget_bytes < 0 || o.expert_cache.prefetch_max_loads < 0 ||
-      o.expert_cache.decode_round_retries < 0) {
+      o.expert_cache.decode_round_retries < 0 || o.expert_cache.max_round_experts < 0) {
     return absl::InvalidArgumentError(
-        "CudaEngineOptions: expert_cache.budget_bytes, prefetch_max_loads and "
-        "decode_round_retries must be >= 0");
+        "CudaEngineOptions: expert_cache.budget_bytes, prefetch_max_loads, decode_round_retries "
+        "and max_round_experts must be >= 0");
   }
   MOE_RETURN_IF_ERROR(cuda::DeviceWeights::CheckSpec(spec));
   int n_devices = 0;

@@ -462,12 +462,20 @@ Status ExpertCacheRuntime::IssueLoadsLocked(std::span<const experts::PrefetchLoa
 StatusOr<experts::AcquireRound> ExpertCacheRuntime::AcquireAndLoad(
     std::span<const experts::ExpertKey> keys, std::span<const int32_t> uses) {
   const auto deadline = std::chrono::steady_clock::now() + kAcquireDeadline;
+  // The test hook's cap: the keys past it are deferred as if the budget were full.
+  const int cap = options_.cache.max_round_experts;
+  const size_t now = cap > 0 ? std::min(keys.size(), static_cast<size_t>(cap)) : keys.size();
   for (int attempt = 0;; ++attempt) {
     {
       std::lock_guard<std::mutex> lock(mu_);
       MOE_RETURN_IF_ERROR(PollLocked());
-      StatusOr<experts::AcquireRound> round = pool_->Acquire(keys, uses);
+      StatusOr<experts::AcquireRound> round =
+          pool_->Acquire(keys.first(now), uses.empty() ? uses : uses.first(now));
       if (round.ok()) {
+        round->deferred.insert(round->deferred.end(), keys.begin() + now, keys.end());
+        if (!uses.empty()) {
+          round->deferred_uses.insert(round->deferred_uses.end(), uses.begin() + now, uses.end());
+        }
         std::vector<experts::PrefetchLoad> loads;
         for (const experts::RoundEntry& e : round->entries) {
           if (e.source == experts::SlotSource::kLoad) {
