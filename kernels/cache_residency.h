@@ -3,10 +3,10 @@
 // The cached forward launches this kernel right after the layer's front (routing + scan) and
 // before the routed experts, so that a layer whose experts are all resident needs no host round
 // trip before its expert kernels start:
-//   1. For every expert with rows (group_offsets, or counted from the top-k ids), look up its slot
-//   in the residency table
-//      (host-written, mapped pinned memory: slot index, or -1 while absent or loading) and write
-//      the per-expert gate / up / down pointer tables of the layer ([n_experts] each).
+//   1. For every expert with rows (group_offsets, or counted from the top-k ids), look up its
+//      slot in the residency table (host-written, mapped pinned memory: slot index, or -1 while
+//      absent or loading) and write the per-expert gate / up / down pointer tables of the layer
+//      ([n_experts] each).
 //   2. Write the speculative meta and tile count the routed kernels read: the forward's meta and
 //      the scan's tile count when every routed expert is resident, else n_tokens = 0 and 0 tiles
 //      (the routed kernels then do nothing; the host computes the layer through cache rounds).
