@@ -2,6 +2,12 @@
 //
 // One block: n_experts is at most a few hundred and a decode step routes a few dozen experts, so
 // the kernel is latency bound (one round of reads of the mapped residency table over PCIe).
+//
+// Launched with PDL: the table row of the layer (every expert, routed or not) and the sequence
+// number are read before the wait, so their round trip over PCIe overlaps the kernels before it
+// (the front) instead of following them. That is as safe as reading after the wait: both words
+// were set by the host before the launch, and the speculation protocol
+// (engine/cuda/expert_cache_runtime.h, 6.) covers any read made after the launch.
 #include "kernels/cache_residency.h"
 #include "kernels/cuda_status.h"
 #include "kernels/pdl.cuh"
@@ -10,6 +16,9 @@ namespace moe::cuda {
 namespace {
 
 constexpr int kResolveThreads = 256;
+// Table entries a thread reads before the PDL wait: experts threadIdx.x + j * kResolveThreads,
+// every expert of a model (the engine takes at most 1024; Validate checks).
+constexpr int kResolveEarlyEntries = 4;
 
 // The host rewrites the table while kernels run: read it uncached.
 __device__ __forceinline__ int32_t LoadVolatile(const int32_t* p) {
@@ -22,13 +31,21 @@ __global__ void __launch_bounds__(kResolveThreads) ResolveResidencyKernel(const 
   GridDepTrigger();
   __shared__ int s_misses;
   __shared__ int32_t s_ids[kResolveMaxPairs];
-  // The sequence number (set by the host before the launch): read now, so that its round trip over
-  // PCIe overlaps the table's.
+  // Before the wait, what the host set before the launch: the sequence number and this layer's
+  // table row, one round trip over PCIe under the kernels before this one.
   uint64_t seq = 0;
   if (threadIdx.x == 0) {
     s_misses = 0;
     seq = *static_cast<const volatile uint64_t*>(a.seq);
   }
+  const int e_count = a.n_experts;
+  int32_t early[kResolveEarlyEntries];
+#pragma unroll
+  for (int j = 0; j < kResolveEarlyEntries; ++j) {
+    const int e = threadIdx.x + j * kResolveThreads;
+    early[j] = e < e_count ? LoadVolatile(a.slot_of + e) : -1;
+  }
+  GridDepWait();
   const ForwardMeta meta = *a.meta;
   const int64_t pairs = static_cast<int64_t>(meta.n_tokens) * a.top_k;
   // Without a scan: the routed ids, to count each expert's offsets from (pairs <=
@@ -38,9 +55,9 @@ __global__ void __launch_bounds__(kResolveThreads) ResolveResidencyKernel(const 
   for (int i = threadIdx.x; i < n_ids; i += blockDim.x) s_ids[i] = a.topk_ids[i];
   __syncthreads();
   // 1. Slots of the routed experts -> pointer tables; misses counted.
-  const int e_count = a.n_experts;
   int misses = 0;
-  for (int e = threadIdx.x; e < e_count; e += blockDim.x) {
+#pragma unroll 1
+  for (int j = 0, e = threadIdx.x; e < e_count; ++j, e += kResolveThreads) {
     int32_t o0 = 0, o1 = 0;
     if (a.topk_ids != nullptr) {
       // Rows of the experts below e, and of e itself (the scan's order: by expert).
@@ -55,7 +72,9 @@ __global__ void __launch_bounds__(kResolveThreads) ResolveResidencyKernel(const 
     a.host_offsets[e] = o0;
     if (e == e_count - 1) a.host_offsets[e_count] = o1;
     if (o1 <= o0) continue;
-    const int32_t slot = LoadVolatile(a.slot_of + e);
+    int32_t slot = early[0];
+#pragma unroll
+    for (int i = 1; i < kResolveEarlyEntries; ++i) slot = j == i ? early[i] : slot;
     if (slot < 0 || slot >= a.n_slots) {
       ++misses;
       continue;
@@ -105,7 +124,8 @@ Status ResolveArgs::Validate() const {
       (n_tiles != nullptr && spec_n_tiles == nullptr)) {
     return absl::InvalidArgumentError("ResolveArgs: null pointer");
   }
-  if (n_experts <= 0 || top_k <= 0 || slot_bytes <= 0 || n_slots < 0 || la_depth < 0) {
+  if (n_experts <= 0 || n_experts > kResolveThreads * kResolveEarlyEntries || top_k <= 0 ||
+      slot_bytes <= 0 || n_slots < 0 || la_depth < 0) {
     return absl::InvalidArgumentError("ResolveArgs: bad sizes");
   }
   if (la_depth > 0 && (la_ids == nullptr || la_weights == nullptr || host_la_ids == nullptr ||
@@ -117,8 +137,8 @@ Status ResolveArgs::Validate() const {
 
 Status LaunchResolveResidency(const ResolveArgs& args, cudaStream_t stream) {
   MOE_RETURN_IF_ERROR(args.Validate());
-  ResolveResidencyKernel<<<1, kResolveThreads, 0, stream>>>(args);
-  CUDA_RETURN_IF_ERROR(cudaGetLastError());
+  CUDA_RETURN_IF_ERROR(LaunchMaybePdl(ResolveResidencyKernel, dim3(1), dim3(kResolveThreads), 0,
+                                      stream, args.pdl, args));
   return absl::OkStatus();
 }
 

@@ -5,7 +5,8 @@
 // trip before its expert kernels start:
 //   1. For every expert with rows (group_offsets, or counted from the top-k ids), look up its
 //      slot in the residency table (host-written, mapped pinned memory: slot index, or -1 while
-//      absent or loading) and write the per-expert gate / up / down pointer tables of the layer
+//      absent or loading; with PDL the layer's whole row is read before the wait, while the
+//      front runs) and write the per-expert gate / up / down pointer tables of the layer
 //      ([n_experts] each).
 //   2. Write the speculative meta and tile count the routed kernels read: the forward's meta and
 //      the scan's tile count when every routed expert is resident, else n_tokens = 0 and 0 tiles
@@ -73,6 +74,9 @@ struct ResolveArgs {
   // The sequence number to report: a mapped host word the host sets before each launch (so that
   // a CUDA graph of the forward replays with new numbers).
   const uint64_t* seq = nullptr;
+  // Launch with PDL: the table row (every expert's entry) and `seq` are read before the wait for
+  // the kernels before it (ExpertCacheOptions::residency_pdl).
+  bool pdl = true;
 
   Status Validate() const;
 };

@@ -98,6 +98,7 @@ struct Config {
   Inputs inputs;
   bool graphs = true;            // ExpertCacheOptions::graphs
   bool front_skips_scan = true;  // ExpertCacheOptions::front_skips_scan
+  bool residency_pdl = true;     // ExpertCacheOptions::residency_pdl
 };
 
 struct Result {
@@ -204,6 +205,7 @@ Result RunConfig(std::shared_ptr<const Model> model, const Config& c, const Args
     o.expert_cache.device_residency_check = c.device_check;
     o.expert_cache.graphs = c.graphs;
     o.expert_cache.front_skips_scan = c.front_skips_scan;
+    o.expert_cache.residency_pdl = c.residency_pdl;
   }
   const auto t0 = Clock::now();
   auto engine = CudaEngine::Create(model, o);
@@ -361,6 +363,8 @@ int Main(int argc, char** argv) {
   configs.push_back({"100% warmed, direct launches", 1.0, false, 1, true, true, next_only, false});
   configs.push_back(
       {"100% warmed, the front scans", 1.0, false, 1, true, true, next_only, true, false});
+  configs.push_back({"100% warmed, residency kernel without PDL", 1.0, false, 1, true, true,
+                     next_only, true, true, false});
   for (const int d : args.depths) {
     configs.push_back(
         {"100% budget, depth " + std::to_string(d), 1.0, true, d, true, false, next_only});

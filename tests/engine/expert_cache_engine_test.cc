@@ -63,6 +63,7 @@ struct Budget {
   bool meta_in_graph = true;  // CudaEngineOptions::meta_in_graph (off: the meta is copied)
   // ExpertCacheOptions::front_skips_scan (at one token the residency kernel counts the offsets)
   bool front_skips_scan = true;
+  bool residency_pdl = true;  // ExpertCacheOptions::residency_pdl
 };
 
 RandomModelOptions ModelOptions(Family f, int experts, int top_k, int hidden, int inter,
@@ -122,6 +123,7 @@ void CheckBudgets(const RandomModelOptions& mo, DType act, const std::vector<Bud
     o.expert_cache.graphs = b.graphs;
     o.meta_in_graph = b.meta_in_graph;
     o.expert_cache.front_skips_scan = b.front_skips_scan;
+    o.expert_cache.residency_pdl = b.residency_pdl;
     o.expert_cache.on_round = [&checker](const experts::AcquireRound& r,
                                          const experts::ExpertSlotPool& p) { checker(r, p); };
     auto cached = CudaEngine::Create(model, o);
@@ -183,6 +185,9 @@ TEST(ExpertCacheEngine, MixtralBf16BitwiseUnderBudgets) {
                 {"50%, meta copied", 32, true, 1, true, true, false},
                 {"50%, meta copied, direct launches", 32, true, 1, true, false, false},
                 {"50%, the front scans at 1 token", 32, true, 1, true, true, true, false},
+                {"50%, residency kernel without PDL", 32, true, 1, true, true, true, true, false},
+                {"50%, residency kernel without PDL, direct launches", 32, true, 1, true, false,
+                 true, true, false},
                 {"full", 0, true},
                 {"full, depth 2", 0, true, 2},
                 {"full, direct launches", 0, true, 1, true, false}},
@@ -204,13 +209,15 @@ TEST(ExpertCacheEngine, Qwen2MoeSharedExpertBitwiseUnderBudgets) {
 TEST(ExpertCacheEngine, F32ActivationsQwen3) {
   MOE_REQUIRE_GPU();
   const auto mo = ModelOptions(Family::kQwen3Moe, 64, 8, 128, 64, 33);
-  CheckBudgets(mo, DType::kF32,
-               {{"9 slots", 9, true},
-                {"8 slots (one token's experts)", 8, true},
-                {"8 slots, the front scans at 1 token", 8, true, 1, true, true, true, false},
-                {"50%", 128, true},
-                {"50%, depth 3", 128, true, 3}},
-               {1, 4, 40}, 24);
+  CheckBudgets(
+      mo, DType::kF32,
+      {{"9 slots", 9, true},
+       {"8 slots (one token's experts)", 8, true},
+       {"8 slots, the front scans at 1 token", 8, true, 1, true, true, true, false},
+       {"8 slots, residency kernel without PDL", 8, true, 1, true, true, true, true, false},
+       {"50%", 128, true},
+       {"50%, depth 3", 128, true, 3}},
+      {1, 4, 40}, 24);
 }
 
 // A shape whose all-resident engine packs its experts on Hopper (hidden and inter multiples of

@@ -83,6 +83,10 @@ struct ExpertCacheOptions {
   // in several cache rounds (tile kernels over the permutation) runs the front again with the
   // scan first. false: the front always scans.
   bool front_skips_scan = true;
+  // The residency kernel launches with PDL under the front and reads the layer's residency table
+  // row over PCIe before its wait (the round trip overlaps the front). false: it starts after the
+  // kernel before it and reads the routed experts' entries then.
+  bool residency_pdl = true;
   // A decode experts step (its kernels need every routed expert at once; the budget holds them)
   // whose round came back partial (slots loading, or pinned by other engine slots) hands it back
   // and tries again up to this many times; then it runs in several rounds of tile kernels, which

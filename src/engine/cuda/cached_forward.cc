@@ -9,9 +9,11 @@
 //    its router GEMM on this layer's converted input and the routing kernel (plain top-k, no
 //    bias) -> predicted ids and weights per depth.
 // 3. The residency kernel (kernels/cache_residency.h): looks the routed experts up in the
-//    device-visible residency table, writes this layer's pointer tables from their slots, and a
-//    speculative meta / tile count that are the forward's own when every routed expert is
-//    resident, else empty; reports offsets, predictions and misses to mapped pinned memory.
+//    device-visible residency table (launched with PDL, it reads the layer's table row before its
+//    wait, under the front: ExpertCacheOptions::residency_pdl), writes this layer's pointer
+//    tables from their slots, and a speculative meta / tile count that are the forward's own
+//    when every routed expert is resident, else empty; reports offsets, predictions and misses
+//    to mapped pinned memory.
 //    Right behind it, under the runtime's speculation lock, the routed kernels of the
 //    all-resident forward (decode experts path or tile GEMMs + combine) over those tables and the
 //    speculative meta, and the shared expert: with every expert resident they compute the layer

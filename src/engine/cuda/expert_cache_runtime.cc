@@ -333,6 +333,7 @@ ResolveArgs ExpertCacheRuntime::ResolveArgsFor(int engine_slot, int layer_pos) c
   a.up_offset = lay.up_offset;
   a.down_offset = lay.down_offset;
   a.n_slots = pool_->SlotCount(0);
+  a.pdl = options_.cache.residency_pdl;
   a.tables = es.spec_tables.as<const void*>();
   a.spec_meta = es.spec_meta.as<ForwardMeta>();
   a.spec_n_tiles = es.spec_n_tiles.as<int32_t>();
