@@ -8,6 +8,10 @@
 // 3. The tile's rows are taken kGemvRows at a time (A rows from L1/L2, gathered through a_rows);
 //    each lane accumulates its K slice in ascending order, then a fixed xor tree sums the lanes.
 // 4. Gated: silu(gate) * up; stored in wtype (or f32 at split 0 for a plain f32 output).
+// 5. Packed weights (GemmArgs::b_packed, kernels/weight_layout.h): each 16-byte chunk of 8
+//    elements stays contiguous in that layout, so lane l reads the same chunks from their packed
+//    addresses and sums them in the same order: the same bits as on row-major weights. The expert
+//    cache's rounds take this kernel on packed slots (ExpertCacheOptions::pack_slots).
 // NOTES: rounds differently from the mma.sync tiles, so deterministic (batch-invariant) mode must
 // not use it (PlanMoe never picks it there).
 #include <cuda_bf16.h>
@@ -26,7 +30,7 @@ constexpr int kGemvWarps = 8;   // output columns per block
 constexpr int kGemvRows = 4;    // A rows per pass over the weights
 constexpr int kGemvUnroll = 4;  // 16-byte weight loads in flight per lane and weight row
 
-template <typename T, bool GATED>
+template <typename T, bool GATED, bool PACKED>
 __global__ void __launch_bounds__(kGemvWarps * 32)
     DecodeGemvKernel(const GemmParams p, int tile_bm) {
   constexpr int kG = GATED ? 2 : 1;
@@ -39,11 +43,11 @@ __global__ void __launch_bounds__(kGemvWarps * 32)
   const int n = blockIdx.y * kGemvWarps + (threadIdx.x >> 5);
   if (n >= p.n) return;  // no block-wide synchronisation below
   const int64_t table_index = (p.layer_dev ? *p.layer_dev : 0) * p.b_layer_stride + group;
+  // Row n's start (row-major), or the matrix's (packed: chunks at PackedOffset(n, k, K)).
+  const int64_t row_offset = PACKED ? 0 : static_cast<int64_t>(n) * p.ldb;
   const T* w[kG];
-  w[0] = static_cast<const T*>(p.b0_table[table_index]) + static_cast<int64_t>(n) * p.ldb;
-  if constexpr (GATED) {
-    w[kG - 1] = static_cast<const T*>(p.b1_table[table_index]) + static_cast<int64_t>(n) * p.ldb;
-  }
+  w[0] = static_cast<const T*>(p.b0_table[table_index]) + row_offset;
+  if constexpr (GATED) w[kG - 1] = static_cast<const T*>(p.b1_table[table_index]) + row_offset;
   const T* a_base = GemmABase<T>(p);
 
   // Phase 1: passes of kGemvRows rows over the weight row(s).
@@ -68,7 +72,8 @@ __global__ void __launch_bounds__(kGemvWarps * 32)
         const int k = k0 + 256 * u;
 #pragma unroll
         for (int g = 0; g < kG; ++g) {
-          wv[g][u] = k < p.k ? LoadStreaming(w[g] + k) : make_uint4(0, 0, 0, 0);
+          const int64_t at = PACKED ? PackedOffset(n, k, p.k) : k;
+          wv[g][u] = k < p.k ? LoadStreaming(w[g] + at) : make_uint4(0, 0, 0, 0);
         }
       }
 #pragma unroll
@@ -115,20 +120,26 @@ Status LaunchDecodeGemv(const GemmArgs& args, cudaStream_t stream) {
   if (!CanDecodeGemv(args)) {
     return absl::InvalidArgumentError("DecodeGemv: needs the decode tile list and no K split");
   }
-  if (args.b_packed) {
-    return absl::InvalidArgumentError(
-        "DecodeGemv: packed weights are not supported (the decode experts path reads them)");
-  }
   const GemmParams p = MakeGemmParams(args);
   const dim3 grid(static_cast<unsigned>(args.grid_tiles),
                   static_cast<unsigned>((args.n + kGemvWarps - 1) / kGemvWarps));
   const int bm = ShapeOf(args.tile).bm;
   void (*fn)(GemmParams, int) = nullptr;
-  if (args.wtype == WType::kBF16) {
-    fn = args.gated ? &DecodeGemvKernel<__nv_bfloat16, true>
-                    : &DecodeGemvKernel<__nv_bfloat16, false>;
+  const bool bf16 = args.wtype == WType::kBF16;
+  if (args.b_packed) {
+    if (bf16) {
+      fn = args.gated ? &DecodeGemvKernel<__nv_bfloat16, true, true>
+                      : &DecodeGemvKernel<__nv_bfloat16, false, true>;
+    } else {
+      fn = args.gated ? &DecodeGemvKernel<__half, true, true>
+                      : &DecodeGemvKernel<__half, false, true>;
+    }
+  } else if (bf16) {
+    fn = args.gated ? &DecodeGemvKernel<__nv_bfloat16, true, false>
+                    : &DecodeGemvKernel<__nv_bfloat16, false, false>;
   } else {
-    fn = args.gated ? &DecodeGemvKernel<__half, true> : &DecodeGemvKernel<__half, false>;
+    fn = args.gated ? &DecodeGemvKernel<__half, true, false>
+                    : &DecodeGemvKernel<__half, false, false>;
   }
   CUDA_RETURN_IF_ERROR(LaunchMaybePdl(fn, grid, dim3(kGemvWarps * 32), 0, stream, args.pdl, p, bm));
   return absl::OkStatus();
