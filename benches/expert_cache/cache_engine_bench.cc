@@ -33,10 +33,12 @@
 // Usage: cache_engine_bench [--dir /tmp/moe-cache-engine-bench] [--layers 8] [--tokens 300]
 //                           [--warmup 100] [--beta 0.3] [--decay 0.5] [--budgets 1,0.75,0.5]
 //                           [--depths 1,2,3] [--json FILE] [--small] [--only TEXT]
+//                           [--packed-slots]
 //   --decay: a second group of configurations on inputs with that deeper signal (0: none).
 //   --small: a tiny model (a smoke run of the code paths, not a measurement).
 //   --only: only the configuration named TEXT (the all-resident ones always run), e.g. for a
 //     timeline of one configuration (tools/device/cache_timeline.py).
+//   --packed-slots: every cached configuration with ExpertCacheOptions::pack_slots on (A/B).
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
@@ -77,7 +79,8 @@ struct Args {
   std::vector<double> budgets = {1.0, 0.75, 0.5};
   std::vector<int> depths = {1, 2, 3};
   bool small = false;
-  std::string only;  // run only the configuration of this name (and the all-resident ones)
+  std::string only;           // run only the configuration of this name (and the all-resident ones)
+  bool packed_slots = false;  // pack_slots on in every configuration
 };
 
 // The inputs: routing signal of the next layers (see 2. in the file comment).
@@ -99,6 +102,7 @@ struct Config {
   bool graphs = true;            // ExpertCacheOptions::graphs
   bool front_skips_scan = true;  // ExpertCacheOptions::front_skips_scan
   bool residency_pdl = true;     // ExpertCacheOptions::residency_pdl
+  bool pack_slots = false;       // ExpertCacheOptions::pack_slots
 };
 
 struct Result {
@@ -206,6 +210,7 @@ Result RunConfig(std::shared_ptr<const Model> model, const Config& c, const Args
     o.expert_cache.graphs = c.graphs;
     o.expert_cache.front_skips_scan = c.front_skips_scan;
     o.expert_cache.residency_pdl = c.residency_pdl;
+    o.expert_cache.pack_slots = c.pack_slots;
   }
   const auto t0 = Clock::now();
   auto engine = CudaEngine::Create(model, o);
@@ -289,11 +294,14 @@ int Main(int argc, char** argv) {
       args.small = true;
     } else if (a == "--only") {
       args.only = next();
+    } else if (a == "--packed-slots") {
+      args.packed_slots = true;
     } else {
       std::fprintf(
           stderr,
           "usage: %s [--dir DIR] [--layers N] [--tokens N] [--warmup N] [--beta B] "
-          "[--decay D] [--budgets F,F] [--depths N,N] [--json FILE] [--small] [--only TEXT]\n",
+          "[--decay D] [--budgets F,F] [--depths N,N] [--json FILE] [--small] [--only TEXT] "
+          "[--packed-slots]\n",
           argv[0]);
       return 2;
     }
@@ -365,6 +373,8 @@ int Main(int argc, char** argv) {
       {"100% warmed, the front scans", 1.0, false, 1, true, true, next_only, true, false});
   configs.push_back({"100% warmed, residency kernel without PDL", 1.0, false, 1, true, true,
                      next_only, true, true, false});
+  configs.push_back(
+      {"100% warmed, packed slots", 1.0, false, 1, true, true, next_only, true, true, true, true});
   for (const int d : args.depths) {
     configs.push_back(
         {"100% budget, depth " + std::to_string(d), 1.0, true, d, true, false, next_only});
@@ -406,8 +416,9 @@ int Main(int argc, char** argv) {
   std::printf("\n%-44s %8s %6s %6s %6s %7s %7s %7s %7s %7s %17s %17s %17s %7s %4s\n", "config",
               "tok/s", "ratio", "hit%", "dev%", "mis/tok", "wait/cp", "GB/s", "rt_us", "enq_us",
               "prec/rec d1", "prec/rec d2", "prec/rec d3", "bitwise", "rnds");
-  for (const Config& c : configs) {
+  for (Config c : configs) {
     if (!args.only.empty() && c.budget_fraction > 0 && c.name != args.only) continue;
+    if (args.packed_slots) c.pack_slots = true;
     std::vector<uint16_t> inputs;
     if (!(c.inputs == current)) {
       inputs = CraftInputs(*model, *trace, steps, c.inputs, 11);

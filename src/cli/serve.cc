@@ -286,14 +286,16 @@ int RunServe(const config::DaemonOptions& o) {
     auto stats = cuda_engine->expert_cache_stats();
     spdlog::info(
         "expert cache: {} slots x {} KiB ({} MiB for {} MiB of routed experts), eviction {}, "
-        "prefetch {}, host tier {}; {} MiB of device memory for resident weights (routers, "
-        "shared experts) and slots; routed experts load on demand",
+        "prefetch {}, host tier {}, {} slots; {} MiB of device memory for resident weights "
+        "(routers, shared experts) and slots; routed experts load on demand",
         pool->SlotCount(0), pool->SlotBytes(0) >> 10,
         (int64_t{pool->SlotCount(0)} * pool->SlotBytes(0)) >> 20,
         (pool->SlotBytes(0) * spec.n_experts() * static_cast<int64_t>(spec.moe_layers.size())) >>
             20,
         std::string(pool->PolicyName()), o.experts.prefetch ? "on" : "off",
-        stats.ok() ? stats->host_tier : std::string("?"), cuda_engine->weight_device_bytes() >> 20);
+        stats.ok() ? stats->host_tier : std::string("?"),
+        stats.ok() && stats->packed_slots ? "packed" : "row-major",
+        cuda_engine->weight_device_bytes() >> 20);
   }
 #endif
   // Expert load per layer (moe_expert_routed_tokens_total, moe_expert_load_imbalance_ratio).

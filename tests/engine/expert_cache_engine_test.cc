@@ -64,6 +64,7 @@ struct Budget {
   // ExpertCacheOptions::front_skips_scan (at one token the residency kernel counts the offsets)
   bool front_skips_scan = true;
   bool residency_pdl = true;  // ExpertCacheOptions::residency_pdl
+  bool pack_slots = false;    // ExpertCacheOptions::pack_slots
 };
 
 RandomModelOptions ModelOptions(Family f, int experts, int top_k, int hidden, int inter,
@@ -124,12 +125,17 @@ void CheckBudgets(const RandomModelOptions& mo, DType act, const std::vector<Bud
     o.meta_in_graph = b.meta_in_graph;
     o.expert_cache.front_skips_scan = b.front_skips_scan;
     o.expert_cache.residency_pdl = b.residency_pdl;
+    o.expert_cache.pack_slots = b.pack_slots;
     o.expert_cache.on_round = [&checker](const experts::AcquireRound& r,
                                          const experts::ExpertSlotPool& p) { checker(r, p); };
     auto cached = CudaEngine::Create(model, o);
     ASSERT_TRUE(cached.ok()) << cached.status();
     ASSERT_NE((*cached)->expert_cache_pool(), nullptr);
     EXPECT_EQ((*cached)->expert_cache_pool()->SlotCount(0), b.slots > 0 ? b.slots : all_experts);
+    // Packed slots exactly where the all-resident engine packs (and the budget asks for them).
+    const auto cache_stats = (*cached)->expert_cache_stats();
+    ASSERT_TRUE(cache_stats.ok()) << cache_stats.status();
+    EXPECT_EQ(cache_stats->packed_slots, b.pack_slots && (*resident)->packed_expert_weights());
     for (size_t i = 0; i < seq.size(); ++i) {
       const Step& st = seq[i];
       SCOPED_TRACE(::testing::Message() << "step " << i << " layer " << st.layer << " n " << st.n);
@@ -188,6 +194,9 @@ TEST(ExpertCacheEngine, MixtralBf16BitwiseUnderBudgets) {
                 {"50%, residency kernel without PDL", 32, true, 1, true, true, true, true, false},
                 {"50%, residency kernel without PDL, direct launches", 32, true, 1, true, false,
                  true, true, false},
+                {"3 slots (churn, multi-round), packed slots", 3, true, 1, true, true, true, true,
+                 true, true},
+                {"50%, packed slots", 32, true, 1, true, true, true, true, true, true},
                 {"full", 0, true},
                 {"full, depth 2", 0, true, 2},
                 {"full, direct launches", 0, true, 1, true, false}},
@@ -232,7 +241,9 @@ TEST(ExpertCacheEngine, PackedResidentExpertsBitwiseAtFewTokens) {
       {{"40 slots (churn; a step's experts fit, as the decode experts path needs)", 40, true},
        {"50%", 64, true},
        {"full", 0, true},
-       {"full, direct launches", 0, false, 1, true, false}},
+       {"full, direct launches", 0, false, 1, true, false},
+       {"40 slots, packed slots", 40, true, 1, true, true, true, true, true, true},
+       {"full, packed slots", 0, true, 1, true, true, true, true, true, true}},
       {1, 2, 3, 8, 16, 24}, 30, /*expect_packed=*/true);
 }
 
@@ -337,7 +348,9 @@ TEST(ExpertCacheEngine, TwoSlotsSpeculateWhileTheOtherEvicts) {
 // 0; the test hook max_round_experts caps every round at half the step, as slots pinned by other
 // engine slots would) runs in several rounds of tile kernels, after the front again with the scan
 // it skipped: the same routing, outputs within bf16 rounding of the all-resident ones (the decode
-// experts kernels sum differently), no expert in use evicted.
+// experts kernels sum differently), no expert in use evicted; on packed slots (where the
+// all-resident engine packs) the same bits as on row-major ones (the tile GEMV reads the same
+// chunks in the same order).
 TEST(ExpertCacheEngine, DecodeStepInRoundsWhenItsSlotsStayBusy) {
   MOE_REQUIRE_GPU();
   const auto mo = ModelOptions(Family::kQwen3Moe, 16, 4, 256, 128, 41);
@@ -357,34 +370,47 @@ TEST(ExpertCacheEngine, DecodeStepInRoundsWhenItsSlotsStayBusy) {
     wants.push_back(ExpectForward(**resident, layers.back(), DType::kBF16, inputs.back(), 1));
   }
   for (const bool skips_scan : {true, false}) {
-    SCOPED_TRACE(skips_scan ? "the front skips the scan" : "the front scans");
-    CudaEngineOptions o = base;
-    o.expert_cache.budget_bytes = spec.top_k() * SlotBytes(spec);  // the least allowed
-    o.expert_cache.decode_round_retries = 0;
-    o.expert_cache.max_round_experts = spec.top_k() / 2;
-    o.expert_cache.front_skips_scan = skips_scan;
-    RoundChecker checker;
-    o.expert_cache.on_round = [&checker](const experts::AcquireRound& r,
-                                         const experts::ExpertSlotPool& p) { checker(r, p); };
-    auto cached = CudaEngine::Create(model, o);
-    ASSERT_TRUE(cached.ok()) << cached.status();
-    const size_t h = static_cast<size_t>(spec.hidden);
-    for (size_t i = 0; i < layers.size(); ++i) {
-      const Output got = ExpectForward(**cached, layers[i], DType::kBF16, inputs[i], 1);
-      const Output& want = wants[i];
-      ASSERT_EQ(got.ids, want.ids) << "step " << i;
-      ASSERT_EQ(got.weights, want.weights) << "step " << i;
-      // A NaN or inf output (the poison left unwritten) makes the error NaN or inf: a failure.
-      ASSERT_LT(testing::RelErr(testing::ToFloats(DType::kBF16, got.out, h),
-                                testing::ToFloats(DType::kBF16, want.out, h), spec.hidden, {true}),
-                1e-2)
-          << "step " << i;
+    std::vector<std::vector<uint8_t>> row_major_outs;
+    for (const bool pack_slots : {false, true}) {
+      SCOPED_TRACE(skips_scan ? "the front skips the scan" : "the front scans");
+      SCOPED_TRACE(pack_slots ? "packed slots" : "row-major slots");
+      CudaEngineOptions o = base;
+      o.expert_cache.budget_bytes = spec.top_k() * SlotBytes(spec);  // the least allowed
+      o.expert_cache.decode_round_retries = 0;
+      o.expert_cache.max_round_experts = spec.top_k() / 2;
+      o.expert_cache.front_skips_scan = skips_scan;
+      o.expert_cache.pack_slots = pack_slots;
+      RoundChecker checker;
+      o.expert_cache.on_round = [&checker](const experts::AcquireRound& r,
+                                           const experts::ExpertSlotPool& p) { checker(r, p); };
+      auto cached = CudaEngine::Create(model, o);
+      ASSERT_TRUE(cached.ok()) << cached.status();
+      const size_t h = static_cast<size_t>(spec.hidden);
+      for (size_t i = 0; i < layers.size(); ++i) {
+        const Output got = ExpectForward(**cached, layers[i], DType::kBF16, inputs[i], 1);
+        const Output& want = wants[i];
+        ASSERT_EQ(got.ids, want.ids) << "step " << i;
+        ASSERT_EQ(got.weights, want.weights) << "step " << i;
+        // A NaN or inf output (the poison left unwritten) makes the error NaN or inf: a failure.
+        ASSERT_LT(
+            testing::RelErr(testing::ToFloats(DType::kBF16, got.out, h),
+                            testing::ToFloats(DType::kBF16, want.out, h), spec.hidden, {true}),
+            1e-2)
+            << "step " << i;
+        if (!pack_slots) {
+          row_major_outs.push_back(got.out);
+        } else {
+          ASSERT_EQ(got.out, row_major_outs[i]) << "step " << i << ": packed against row-major";
+        }
+      }
+      ASSERT_TRUE((*cached)->QuiesceExpertCache().ok());
+      auto stats = (*cached)->expert_cache_stats();
+      ASSERT_TRUE(stats.ok()) << stats.status();
+      EXPECT_EQ(stats->packed_slots, pack_slots && (*resident)->packed_expert_weights());
+      EXPECT_EQ(checker.violations.load(), 0) << "an expert in use was not in its slot";
+      EXPECT_GE(stats->rounds, 2 * stats->host_round_trips)
+          << "every step takes two rounds or more";
     }
-    ASSERT_TRUE((*cached)->QuiesceExpertCache().ok());
-    auto stats = (*cached)->expert_cache_stats();
-    ASSERT_TRUE(stats.ok()) << stats.status();
-    EXPECT_EQ(checker.violations.load(), 0) << "an expert in use was not in its slot";
-    EXPECT_GE(stats->rounds, 2 * stats->host_round_trips) << "every step takes two rounds or more";
   }
 }
 

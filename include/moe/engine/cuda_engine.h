@@ -87,6 +87,16 @@ struct ExpertCacheOptions {
   // row over PCIe before its wait (the round trip overlaps the front). false: it starts after the
   // kernel before it and reads the routed experts' entries then.
   bool residency_pdl = true;
+  // Expert slots hold their matrices in the packed layout wherever the all-resident engine of
+  // the same options packs its routed experts (Hopper, hidden and inter multiples of 128): each
+  // load is copied into one of two staging buffers of one slot (device memory beyond the budget)
+  // and packed from there into its slot on a pack stream while the next copy runs, and the cached
+  // forwards run the all-resident kernels on the same layout. Off (the default): slots stay
+  // row-major as the checkpoint stores them, and the kernels that read them sum in the same
+  // order (the same bits either way). NOTES (H200, session 38, benches/RESULTS.md): on, 100%
+  // warmed ran 2.1-2.5% faster (gate/up on packed rows), but copy-bound budgets 3-6% slower
+  // (50% at batch 1: 560-574 against 600 tokens/s): the pack adds its time to every miss.
+  bool pack_slots = false;
   // A decode experts step (its kernels need every routed expert at once; the budget holds them)
   // whose round came back partial (slots loading, or pinned by other engine slots) hands it back
   // and tries again up to this many times; then it runs in several rounds of tile kernels, which
@@ -109,7 +119,8 @@ struct ExpertCacheStats {
   experts::ExpertCacheCounters counters;  // hits, misses, evictions, prefetch, copy wait, ...
   int32_t slots = 0;                      // slots of the (single) shape class
   int64_t slot_bytes = 0;
-  std::string host_tier;  // how copies are sourced (e.g. "registered-mmap", "pageable")
+  std::string host_tier;      // how copies are sourced (e.g. "registered-mmap", "pageable")
+  bool packed_slots = false;  // slots hold packed matrices (ExpertCacheOptions::pack_slots)
   // Gate-lookahead prediction against the experts really routed (micro-averaged).
   uint64_t predicted = 0, actual = 0, correct = 0;
   double precision = 0, recall = 0;

@@ -169,6 +169,10 @@ StatusOr<std::unique_ptr<CudaEngine::Impl>> CudaEngine::Impl::Prepare(const MoeS
   return impl;
 }
 
+bool CudaEngine::Impl::RoutedPacked() const {
+  return weights.packed || (cache != nullptr && cache->slots_packed());
+}
+
 Status CudaEngine::Impl::PrepareRoutedWeights() {
   if (pack_experts && weights.CanPack()) MOE_RETURN_IF_ERROR(weights.Pack(/*stream=*/nullptr));
   if (!wgmma || options.hopper_tile != CudaEngineOptions::HopperTile::kWideCluster ||
@@ -526,7 +530,7 @@ Status CudaEngine::Impl::BuildLayerLaunch(Slot& s, int64_t capacity, AType atype
   gu.grid_tiles = plan.grouped_tiles;
   gu.b0_table = weights.table(weights.gate_table);
   gu.b1_table = weights.table(weights.up_table);
-  gu.b_packed = weights.packed;
+  gu.b_packed = RoutedPacked();
   if (weights.gate_tmap_table.get() != nullptr) {
     gu.b0_tmaps = weights.table(weights.gate_tmap_table);
     gu.b1_tmaps = weights.table(weights.up_tmap_table);
@@ -577,7 +581,7 @@ Status CudaEngine::Impl::BuildLayerLaunch(Slot& s, int64_t capacity, AType atype
   down.a_rows = nullptr;
   down.b0_table = weights.table(weights.down_table);
   down.b1_table = nullptr;
-  down.b_packed = weights.packed;
+  down.b_packed = RoutedPacked();
   if (weights.down_tmap_table.get() != nullptr) {
     down.b0_tmaps = weights.table(weights.down_tmap_table);
     down.b_packed_tensor = plan.packed_tensor_copies;
@@ -746,7 +750,7 @@ Status CudaEngine::Impl::BuildLayerLaunch(Slot& s, int64_t capacity, AType atype
     dx.gate_table = weights.table(weights.gate_table);
     dx.up_table = weights.table(weights.up_table);
     dx.down_table = weights.table(weights.down_table);
-    dx.packed = weights.packed;
+    dx.packed = RoutedPacked();
     dx.layer_dev = layer_dev(s);
     // At 1 token every pair has its own expert: h in pair order, and the front skips the scan.
     dx.pair_row = capacity > 1 ? s.pair_row.as<int32_t>() : nullptr;
@@ -1020,6 +1024,8 @@ StatusOr<std::unique_ptr<CudaEngine>> CudaEngine::Create(std::shared_ptr<const M
     ro.max_batch_tokens = options.max_batch_tokens;
     ro.cache = options.expert_cache;
     ro.min_slots = impl->DecodeStepMaxExperts();
+    // Slots in the layout the all-resident engine of these options packs its experts into.
+    ro.pack_slots = options.expert_cache.pack_slots && impl->plan_as_packed;
     MOE_ASSIGN_OR_RETURN(impl->cache, cuda::ExpertCacheRuntime::Create(impl->model, ro));
   }
   return std::unique_ptr<CudaEngine>(new CudaEngine(std::move(impl)));

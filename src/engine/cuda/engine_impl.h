@@ -133,8 +133,9 @@ class CudaEngine::Impl {
   bool stream_gemm = false;    // the weight-streaming GEMM runs here (sm_90 image)
   bool pack_experts = false;   // options.packed_expert_weights applies (PrepareRoutedWeights)
   // The plans are those of packed routed experts: the all-resident engine of these options packs
-  // them, so an expert cache's forwards (row-major slots) pick its kernels too, whose sums do not
-  // depend on the layout (no weight-streaming gate/up, whose K order differs).
+  // them, so an expert cache's forwards pick its kernels too: on row-major slots (the default)
+  // kernels whose sums do not depend on the layout (no weight-streaming gate/up, whose K order
+  // differs), on packed slots (ExpertCacheOptions::pack_slots) the same kernels.
   bool plan_as_packed = false;
   int64_t l2_bytes = 0;  // the device's L2 size
   int64_t workspace_bytes = 0;
@@ -142,6 +143,8 @@ class CudaEngine::Impl {
   std::unique_ptr<cuda::ExpertCacheRuntime> cache;
 
   static StatusOr<std::unique_ptr<Impl>> Prepare(const MoeSpec& spec, const CudaEngineOptions& o);
+  // The routed kernels' weight layout: the resident weights are packed, or the cache's slots.
+  bool RoutedPacked() const;
   // With the kWideCluster Hopper tile and resident weights: the weights' TMA descriptors.
   Status PrepareRoutedWeights();
   Status AllocateSlots();

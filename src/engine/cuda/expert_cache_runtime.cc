@@ -7,7 +7,9 @@
 #include <thread>
 #include <utility>
 
+#include "kernels/moe_kernels.h"
 #include "kernels/tile_heuristics.h"
+#include "kernels/weight_layout.h"
 
 namespace moe::cuda {
 namespace {
@@ -112,6 +114,20 @@ StatusOr<std::unique_ptr<ExpertCacheRuntime>> ExpertCacheRuntime::Create(
     rt->class_first_slot_.push_back(flat);
     flat += rt->pool_->SlotCount(c);
   }
+  if (options.pack_slots) {
+    if (!PackableShape(spec.moe_intermediate, spec.hidden) ||
+        !PackableShape(spec.hidden, spec.moe_intermediate)) {
+      return absl::InvalidArgumentError(
+          "expert cache: packed slots need hidden and moe_intermediate multiples of 128");
+    }
+    for (int b = 0; b < 2; ++b) {
+      MOE_ASSIGN_OR_RETURN(rt->pack_staging_[b], DeviceBuffer::Create(rt->pool_->SlotBytes(0)));
+      rt->device_bytes_ += rt->pool_->SlotBytes(0);
+      MOE_ASSIGN_OR_RETURN(rt->staged_[b], CreateEvent());
+      MOE_ASSIGN_OR_RETURN(rt->unstaged_[b], CreateEvent());
+    }
+    MOE_ASSIGN_OR_RETURN(rt->pack_stream_, CreateStream());
+  }
   rt->load_events_.reserve(static_cast<size_t>(flat));
   for (int64_t i = 0; i < flat; ++i) {
     MOE_ASSIGN_OR_RETURN(Event ev, CreateEvent());
@@ -193,7 +209,7 @@ StatusOr<std::unique_ptr<ExpertCacheRuntime>> ExpertCacheRuntime::Create(
 }
 
 ExpertCacheRuntime::~ExpertCacheRuntime() {
-  if (copy_stream_) cudaStreamSynchronize(copy_stream_.get());
+  SyncCopies().IgnoreError();
   if (trace_) trace_->Flush().IgnoreError();
 }
 
@@ -430,20 +446,29 @@ Status ExpertCacheRuntime::IssueLoadsLocked(std::span<const experts::PrefetchLoa
   }
   CUDA_RETURN_IF_ERROR(cudaEventRecord(copy_timers_[t].first.get(), cs));
   for (const experts::PrefetchLoad& l : loads) {
-    Status s = copier_->CopyAsync(l.key, SlotAddress(l.slot), cs);
+    // The stream that writes the slot last (publish and load event go after it).
+    cudaStream_t ws = cs;
+    Status s;
+    if (options_.pack_slots) {
+      StatusOr<cudaStream_t> packed = CopyPackedAsync(l.key, SlotAddress(l.slot));
+      s = packed.status();
+      if (packed.ok()) ws = *packed;
+    } else {
+      s = copier_->CopyAsync(l.key, SlotAddress(l.slot), cs);
+    }
     if (s.ok() && write_value32_ != nullptr) {
       // Publish on the device timeline (see 6. in the header comment). CUresult 0 = success;
       // on failure the host publishes at MarkLoaded instead.
       const uint64_t entry =
           reinterpret_cast<uint64_t>(residency_dev_) +
           4 * static_cast<uint64_t>(ResidencyEntry(l.key) - residency_.as<int32_t>());
-      if (write_value32_(cs, entry, static_cast<uint32_t>(l.slot.index), 0) != 0) {
+      if (write_value32_(ws, entry, static_cast<uint32_t>(l.slot.index), 0) != 0) {
         write_value32_ = nullptr;
       }
     }
     if (s.ok()) {
       const cudaError_t r =
-          cudaEventRecord(load_events_[static_cast<size_t>(SlotIndexFlat(l.slot))].get(), cs);
+          cudaEventRecord(load_events_[static_cast<size_t>(SlotIndexFlat(l.slot))].get(), ws);
       if (r != cudaSuccess) s = absl::InternalError(cudaGetErrorString(r));
     }
     if (!s.ok()) {
@@ -457,6 +482,35 @@ Status ExpertCacheRuntime::IssueLoadsLocked(std::span<const experts::PrefetchLoa
   CUDA_RETURN_IF_ERROR(cudaEventRecord(copy_timers_[t].second.get(), cs));
   copy_timer_pending_[t] = 1;
   copy_batches_ += 1;
+  return absl::OkStatus();
+}
+
+StatusOr<cudaStream_t> ExpertCacheRuntime::CopyPackedAsync(const experts::ExpertKey& key,
+                                                           char* slot) {
+  cudaStream_t cs = copy_stream_.get(), ps = pack_stream_.get();
+  const int b = pack_next_;
+  pack_next_ ^= 1;
+  char* staging = pack_staging_[b].as<char>();
+  // The copy into buffer b after the pack that last read it (a no-op before its first record).
+  CUDA_RETURN_IF_ERROR(cudaStreamWaitEvent(cs, unstaged_[b].get(), 0));
+  MOE_RETURN_IF_ERROR(copier_->CopyAsync(key, staging, cs));
+  CUDA_RETURN_IF_ERROR(cudaEventRecord(staged_[b].get(), cs));
+  CUDA_RETURN_IF_ERROR(cudaStreamWaitEvent(ps, staged_[b].get(), 0));
+  const ExpertSlotLayout& lay = layout();
+  const int64_t hidden = spec_.hidden, inter = spec_.moe_intermediate;
+  MOE_RETURN_IF_ERROR(
+      LaunchPackWeights(staging + lay.gate_offset, slot + lay.gate_offset, inter, hidden, ps));
+  MOE_RETURN_IF_ERROR(
+      LaunchPackWeights(staging + lay.up_offset, slot + lay.up_offset, inter, hidden, ps));
+  MOE_RETURN_IF_ERROR(
+      LaunchPackWeights(staging + lay.down_offset, slot + lay.down_offset, hidden, inter, ps));
+  CUDA_RETURN_IF_ERROR(cudaEventRecord(unstaged_[b].get(), ps));
+  return ps;
+}
+
+Status ExpertCacheRuntime::SyncCopies() {
+  if (copy_stream_) CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(copy_stream_.get()));
+  if (pack_stream_) CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(pack_stream_.get()));
   return absl::OkStatus();
 }
 
@@ -500,7 +554,7 @@ StatusOr<experts::AcquireRound> ExpertCacheRuntime::AcquireAndLoad(
           "expert cache: no slot became free within 30 s (every slot pinned by running batches; "
           "raise --expert-cache-bytes or lower the engine slots)");
     }
-    CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(copy_stream_.get()));
+    MOE_RETURN_IF_ERROR(SyncCopies());
     if (attempt > 0) std::this_thread::sleep_for(std::chrono::microseconds(50));
   }
 }
@@ -557,7 +611,7 @@ StatusOr<int64_t> ExpertCacheRuntime::Warm(std::span<const experts::ExpertKey> k
     MOE_RETURN_IF_ERROR(IssueLoadsLocked(loads));
     loaded = static_cast<int64_t>(loads.size());
   }
-  CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(copy_stream_.get()));
+  MOE_RETURN_IF_ERROR(SyncCopies());
   std::lock_guard<std::mutex> lock(mu_);
   MOE_RETURN_IF_ERROR(PollLocked());
   return loaded;
@@ -565,7 +619,7 @@ StatusOr<int64_t> ExpertCacheRuntime::Warm(std::span<const experts::ExpertKey> k
 
 Status ExpertCacheRuntime::ReleaseUnused(const experts::AcquireRound& round) {
   MOE_RETURN_IF_ERROR(pool_->Release(round, 0));
-  CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(copy_stream_.get()));
+  MOE_RETURN_IF_ERROR(SyncCopies());
   std::this_thread::sleep_for(std::chrono::microseconds(20));
   return absl::OkStatus();
 }
@@ -604,6 +658,7 @@ ExpertCacheStats ExpertCacheRuntime::Stats() const {
   s.slots = pool_->SlotCount(0);
   s.slot_bytes = pool_->SlotBytes(0);
   s.host_tier = copier_->mode();
+  s.packed_slots = options_.pack_slots;
   {
     std::lock_guard<std::mutex> lock(mu_);
     s.predicted = accuracy_.predicted();
@@ -629,7 +684,7 @@ ExpertCacheStats ExpertCacheRuntime::Stats() const {
 }
 
 Status ExpertCacheRuntime::Quiesce() {
-  CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(copy_stream_.get()));
+  MOE_RETURN_IF_ERROR(SyncCopies());
   for (auto& es : slots_) {
     for (int i = 0; i < kTimerRing; ++i) {
       if (es->wait_pending[i]) {

@@ -3,7 +3,8 @@
 // experts::ExpertSlotPool decides which expert sits in which slot and when; this class owns what
 // the pool never touches:
 //   1. the slot memory: one device buffer per shape class of SlotCount * SlotBytes bytes (slot i
-//      at i * SlotBytes; inside it the layout of ExpertSlotLayout),
+//      at i * SlotBytes; inside it the layout of ExpertSlotLayout, each matrix row-major or, with
+//      Options::pack_slots, packed through two staging buffers of one slot on a pack stream),
 //   2. one copy stream per device, fed by the host tier (ExpertCopier), with one load event per
 //      slot; loads are marked loaded in the pool once their event has completed (polled with
 //      cudaEventQuery at each layer forward, never waited on in the common case),
@@ -72,6 +73,13 @@ class ExpertCacheRuntime {
     // path, whose kernels run every routed expert of the step in one launch (in rounds they would
     // sum differently from the all-resident engine). Budgets below it are rejected.
     int64_t min_slots = 1;
+    // Slots hold the routed experts packed (kernels/weight_layout.h), as the all-resident engine
+    // of the same options holds its own, so a budgeted engine runs the all-resident engine's
+    // kernels on the same layout. Each load is copied into one of two staging buffers of a slot
+    // on the copy stream and packed from there into its slot on the pack stream, so the copy
+    // engine moves the next expert while the last one is packed. Needs packable shapes (hidden
+    // and inter multiples of 128).
+    bool pack_slots = false;
   };
 
   // A gate-lookahead prediction of one upcoming layer, made `depth` MoE layers ahead.
@@ -146,6 +154,7 @@ class ExpertCacheRuntime {
   int LookaheadDepth(int layer_pos) const;
   int64_t max_round_tiles() const { return max_tiles_; }
   int64_t device_bytes() const { return device_bytes_; }
+  bool slots_packed() const { return options_.pack_slots; }
   // Device address of a slot's first byte.
   char* SlotAddress(experts::SlotId slot) const;
 
@@ -226,6 +235,15 @@ class ExpertCacheRuntime {
   // evicted experts from the residency table (see 6. in the file comment). Caller holds mu_.
   Status IssueLoadsLocked(std::span<const experts::PrefetchLoad> loads)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Options::pack_slots: copies `key` into the next staging buffer on the copy stream (after the
+  // pack that last read that buffer) and packs its three matrices from there into `slot` on the
+  // pack stream (after the copy, hence after every fence the copy stream waited for). Returns the
+  // stream that wrote the slot last: the one to publish and record the load event on. Caller
+  // holds mu_ (the staging buffers' owner).
+  StatusOr<cudaStream_t> CopyPackedAsync(const experts::ExpertKey& key, char* slot)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Waits for every copy (and pack) issued so far.
+  Status SyncCopies();
   // Withdraws `key` from the residency table and orders the copy stream after every speculative
   // read of its layer that may have seen it.
   Status WithdrawLocked(const experts::ExpertKey& key) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -256,6 +274,12 @@ class ExpertCacheRuntime {
   std::vector<DeviceBuffer> class_buffers_;  // [shape classes]
   std::vector<int64_t> class_first_slot_;    // flat index of each class's slot 0
   std::vector<Event> load_events_;           // [all slots], recorded on the copy stream
+  // Options::pack_slots: two staging buffers of one slot, the pack stream, and per buffer the
+  // events "copied into it" (copy stream) and "packed out of it" (pack stream).
+  DeviceBuffer pack_staging_[2];
+  Stream pack_stream_;
+  Event staged_[2], unstaged_[2];
+  int pack_next_ ABSL_GUARDED_BY(mu_) = 0;
   Stream copy_stream_;
   std::vector<std::unique_ptr<EngineSlot>> slots_;
   int64_t round_entry_bytes_ = 0;
