@@ -84,8 +84,8 @@ struct ExpertCacheOptions {
   // scan first. false: the front always scans.
   bool front_skips_scan = true;
   // The residency kernel launches with PDL under the front and reads the layer's residency table
-  // row over PCIe before its wait (the round trip overlaps the front). false: it starts after the
-  // kernel before it and reads the routed experts' entries then.
+  // row over PCIe before its wait (the round trip overlaps the front). false: it launches without
+  // PDL, so it starts after the kernel before it has finished, and reads the row then.
   bool residency_pdl = true;
   // Expert slots hold their matrices in the packed layout wherever the all-resident engine of
   // the same options packs its routed experts (Hopper, hidden and inter multiples of 128): each

@@ -273,7 +273,9 @@ class ExpertCacheRuntime {
   std::unique_ptr<experts::TraceRecorder> trace_;
   std::vector<DeviceBuffer> class_buffers_;  // [shape classes]
   std::vector<int64_t> class_first_slot_;    // flat index of each class's slot 0
-  std::vector<Event> load_events_;           // [all slots], recorded on the copy stream
+  // [all slots], recorded on the stream that writes the slot last: the copy stream, or the pack
+  // stream (Options::pack_slots).
+  std::vector<Event> load_events_;
   // Options::pack_slots: two staging buffers of one slot, the pack stream, and per buffer the
   // events "copied into it" (copy stream) and "packed out of it" (pack stream).
   DeviceBuffer pack_staging_[2];
