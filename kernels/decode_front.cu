@@ -8,6 +8,9 @@
 // 3. The block that draws the last ticket routes (and, unless skip_scan, scans) like RouteScan.
 //    With FrontArgs::cluster the grid is one cluster: blocks write their logits into block 0's
 //    shared memory and block 0 routes after a cluster barrier.
+// Launches of a one-token capacity take the kernel compiled for one token slot per router pass
+// (FrontArgs::one_token_kernel; the same sums in less code, which is what the front's cold
+// instruction fetches cost: RESULTS.md "Session 39").
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -57,9 +60,12 @@ __device__ __forceinline__ void StoreClusterF32(float* local, unsigned rank, flo
 //    go straight into block 0's shared memory, and block 0 routes after the cluster barrier.
 // f.store_meta: `meta_arg` is the forward's meta (the front is the forward's first kernel): the
 // block reads it from its argument and block 0 stores it for the kernels after it.
-template <typename In, typename W>
+// kOne: the launches of a one-token capacity (n_tokens <= 1): one token slot per router pass, so
+// the pass's code is an eighth of the general one's (the same sums).
+template <typename In, typename W, bool kOne>
 __global__ void __launch_bounds__(kScanThreads)
     FrontKernel(const FrontArgs f, float* logits, const ForwardMeta meta_arg) {
+  constexpr int kGroup = kOne ? 1 : kFrontTokenGroup;  // token slots per router pass
   // [32][2][n_experts] route scratch, then [32][nr] logits per K part (cluster) or in all
   extern __shared__ float route_smem[];
   __shared__ float s_part[kFrontKSplit][kFrontTokenGroup][kFrontRowsPerBlock];
@@ -148,10 +154,10 @@ __global__ void __launch_bounds__(kScanThreads)
   const W* w = row < nr ? static_cast<const W*>(f.router_table[layer_pos]) +
                               static_cast<int64_t>(row) * f.ld_router
                         : nullptr;
-  for (int t0 = 0; t0 < n; t0 += kFrontTokenGroup) {
-    float acc[kFrontTokenGroup];
+  for (int t0 = 0; t0 < n; t0 += kGroup) {
+    float acc[kGroup];
 #pragma unroll
-    for (int j = 0; j < kFrontTokenGroup; ++j) acc[j] = 0.0f;
+    for (int j = 0; j < kGroup; ++j) acc[j] = 0.0f;
     if (w != nullptr) {
       // Two 16-byte weight loads in flight per lane before the first use.
       for (int c0 = c_begin + lane; c0 < c_end; c0 += 64) {
@@ -167,7 +173,7 @@ __global__ void __launch_bounds__(kScanThreads)
           }
         }
 #pragma unroll
-        for (int j = 0; j < kFrontTokenGroup; ++j) {
+        for (int j = 0; j < kGroup; ++j) {
           if (t0 + j < n) {
 #pragma unroll
             for (int u = 0; u < 2; ++u) {
@@ -186,7 +192,7 @@ __global__ void __launch_bounds__(kScanThreads)
     if (t0 == 0) mark(1);
       // Only the pass's tokens: each sum is 5 shuffles, which every warp of the block issues.
 #pragma unroll
-    for (int j = 0; j < kFrontTokenGroup; ++j) {
+    for (int j = 0; j < kGroup; ++j) {
       if (t0 + j < n) {
         const float v = WarpSum(acc[j]);
         if (lane == 0) s_part[quarter][j][row_local] = v;
@@ -198,7 +204,7 @@ __global__ void __launch_bounds__(kScanThreads)
     if (cluster && t0 == 0) ClusterWait();  // every block of the cluster has started
 #endif
     if (t0 == 0) mark(3);
-    if (threadIdx.x < kFrontTokenGroup * kFrontRowsPerBlock) {
+    if (threadIdx.x < kGroup * kFrontRowsPerBlock) {
       const int j = threadIdx.x / kFrontRowsPerBlock, r = threadIdx.x % kFrontRowsPerBlock;
       const int rr = rb * kFrontRowsPerBlock + r;
       if (t0 + j < n && rr < nr) {
@@ -281,16 +287,18 @@ using FrontFn = void (*)(FrontArgs, float*, ForwardMeta);
 struct FrontEntry {
   AType atype;
   WType wtype;
+  bool one;
   FrontFn fn;
 };
-#define MOE_FRONT_ENTRY_(AT, IN, WT, W) {AT, WT, &FrontKernel<IN, W>},
+#define MOE_FRONT_ENTRY_(AT, IN, WT, W) \
+  {AT, WT, false, &FrontKernel<IN, W, false>}, {AT, WT, true, &FrontKernel<IN, W, true>},
 const FrontEntry kFrontKernels[] = {MOE_FRONT_TYPES_(MOE_FRONT_ENTRY_)};
 #undef MOE_FRONT_ENTRY_
 
-// The front kernel of these dtypes, or null.
-FrontFn FindFrontKernel(AType atype, WType wtype) {
+// The front kernel of these dtypes (`one`: of a one-token capacity), or null.
+FrontFn FindFrontKernel(AType atype, WType wtype, bool one) {
   for (const FrontEntry& e : kFrontKernels) {
-    if (e.atype == atype && e.wtype == wtype) return e.fn;
+    if (e.atype == atype && e.wtype == wtype && e.one == one) return e.fn;
   }
   return nullptr;
 }
@@ -406,7 +414,8 @@ Status FrontArgs::Validate() const {
 
 Status LaunchFront(const FrontArgs& f, cudaStream_t stream, const ForwardMeta& meta) {
   MOE_RETURN_IF_ERROR(f.Validate());
-  const FrontFn fn = FindFrontKernel(f.convert.atype, f.convert.wtype);
+  const FrontFn fn = FindFrontKernel(f.convert.atype, f.convert.wtype,
+                                     f.one_token_kernel && f.route.capacity == 1);
   if (fn == nullptr) return absl::InternalError("no front kernel for these dtypes");
   const int row_blocks = FrontBlocks(f.router_rows);
   if (f.cluster && row_blocks > kFrontMaxClusterBlocks) {
@@ -422,8 +431,9 @@ Status LaunchFront(const FrontArgs& f, cudaStream_t stream, const ForwardMeta& m
   return absl::OkStatus();
 }
 
-const void* FrontKernelFunction(AType atype, WType wtype) {
-  return reinterpret_cast<const void*>(FindFrontKernel(atype, wtype));
+const void* FrontKernelFunction(const FrontArgs& f) {
+  return reinterpret_cast<const void*>(FindFrontKernel(
+      f.convert.atype, f.convert.wtype, f.one_token_kernel && f.route.capacity == 1));
 }
 
 }  // namespace moe::cuda

@@ -418,14 +418,17 @@ struct FrontArgs {
   // as its argument (LaunchFront's `meta`) instead of reading it; block 0 stores it here (route.
   // meta) for the kernels after it, so the one after the front must read it after its PDL wait.
   ForwardMeta* store_meta = nullptr;
+  // Launches of a one-token capacity (route.capacity == 1) take the front kernel compiled for one
+  // token slot per router pass (the same sums in less code).
+  bool one_token_kernel = false;
   Status Validate() const;
 };
 bool CanFuseFront(int64_t capacity, int n_experts, int router_rows);
 // meta: the forward's meta when f.store_meta is set (ignored otherwise).
 Status LaunchFront(const FrontArgs& f, cudaStream_t stream, const ForwardMeta& meta = {});
-// The front kernel LaunchFront launches for these dtypes (to find its node in a captured graph).
+// The front kernel LaunchFront launches for `f` (to find its node in a captured graph).
 // Its parameters: (FrontArgs f, float* logits = f.route.logits, ForwardMeta meta).
-const void* FrontKernelFunction(AType atype, WType wtype);
+const void* FrontKernelFunction(const FrontArgs& f);
 // Row blocks of the front kernel as one cluster for `router_rows` rows, if this device and build
 // can launch it (sm_90 image, at most 16 row blocks, one cluster of up to 16 blocks fits: few row
 // blocks also split K over the cluster); else 0.

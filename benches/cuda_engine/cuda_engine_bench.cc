@@ -19,7 +19,7 @@
 //                             the narrow gate/up tile)
 //       [--fused-route] [--early-prefetch-down | --late-prefetch-down] [--fused-cluster-size=N]
 //       [--fused-clusters=N] [--down-h-smem] [--prefetch-units=N] [--down-tma] [--gate-up-tma]
-//       [--decode-down-chunks=N] [--[no-]down-groups] [--down-groups-batch=N]
+//       [--[no-]one-front] [--decode-down-chunks=N] [--[no-]down-groups] [--down-groups-batch=N]
 //       [--down-groups-preload=N]
 //                             (decode experts path variants, CudaEngineOptions::decode_*; the
 //                             --no-* / --down-h-global forms restore the defaults)
@@ -135,7 +135,8 @@ CudaEngineOptions::DownPrefetch g_prefetch_down = CudaEngineOptions().decode_pre
 int g_fused_cluster_size = CudaEngineOptions().decode_fused_cluster_size;
 int g_fused_clusters = 0;
 bool g_down_h_smem = CudaEngineOptions().decode_down_h_smem;
-int g_prefetch_units = 0;                                                // --prefetch-units=N
+int g_prefetch_units = 0;                                                    // --prefetch-units=N
+bool g_one_token_front = CudaEngineOptions().decode_front_one_token_kernel;  // --[no-]one-front
 int g_down_chunks = 0;                                                   // --decode-down-chunks=N
 bool g_down_groups = CudaEngineOptions().decode_down_groups;             // --[no-]down-groups
 int g_down_groups_batch = CudaEngineOptions().decode_down_groups_batch;  // --down-groups-batch=N
@@ -429,6 +430,7 @@ class Runner {
     o.decode_fused_max_clusters = g_fused_clusters;
     o.decode_down_h_smem = g_down_h_smem;
     o.decode_prefetch_units = g_prefetch_units;
+    o.decode_front_one_token_kernel = g_one_token_front;
     o.decode_down_chunks = g_down_chunks;
     o.decode_down_groups = g_down_groups;
     o.decode_down_groups_batch = g_down_groups_batch;
@@ -842,6 +844,10 @@ int main(int argc, char** argv) {
       moe::g_down_h_smem = true;
     } else if (a.rfind("--prefetch-units=", 0) == 0) {
       moe::g_prefetch_units = std::atoi(a.c_str() + 17);
+    } else if (a == "--one-front") {
+      moe::g_one_token_front = true;
+    } else if (a == "--no-one-front") {
+      moe::g_one_token_front = false;
     } else if (a.rfind("--decode-down-chunks=", 0) == 0) {
       moe::g_down_chunks = std::atoi(a.c_str() + 21);
     } else if (a == "--down-groups") {

@@ -1311,6 +1311,69 @@ TEST(CudaEngine, RoutingTiesPickTheLowerExpert) {
   }
 }
 
+// The fused decode front compiled for one token slot (decode_front_one_token_kernel, graphs and
+// launches of a one-token capacity) gives the bits of the general kernel: every family's scoring
+// (softmax, sigmoid with a selection bias, group-limited selection, a shared gate), 8 to 256
+// experts (the cluster front with K split over it, the ticket front past 128 router rows), top-1
+// to top-8, graphs (1 token: the front takes the meta) and eager, an engine of one token's
+// capacity; and matches the CPU engine.
+TEST(CudaEngine, FrontOneTokenKernelSameBits) {
+  MOE_REQUIRE_GPU();
+  const std::vector<Case> cases = {
+      {"qwen3 128 experts top-8",
+       Opts(Family::kQwen3Moe, 128, 8, 256, 128, DType::kBF16, 151),
+       DType::kBF16,
+       {1, 3, 1, 1}},
+      {"qwen3 31 experts top-1, K split",
+       Opts(Family::kQwen3Moe, 31, 1, 2048, 64, DType::kBF16, 152),
+       DType::kBF16,
+       {1, 2, 1}},
+      {"qwen3 129 experts top-8",
+       Opts(Family::kQwen3Moe, 129, 8, 136, 48, DType::kBF16, 153),
+       DType::kBF16,
+       {1, 1}},
+      {"mixtral top-2, K split",
+       Opts(Family::kMixtral, 8, 2, 4096, 128, DType::kBF16, 154),
+       DType::kF32,
+       {1, 5, 1}},
+      {"qwen2_moe 61 experts top-4, shared gate",
+       Opts(Family::kQwen2Moe, 61, 4, 128, 64, DType::kBF16, 155),
+       DType::kBF16,
+       {1, 2, 1}},
+      {"deepseek_v2 64 experts top-6, group-limited, K split",
+       Opts(Family::kDeepseekV2, 64, 6, 2048, 128, DType::kF16, 156),
+       DType::kF32,
+       {1, 4, 1}},
+      {"deepseek_v3 256 experts top-8, bias",
+       Opts(Family::kDeepseekV3, 256, 8, 128, 64, DType::kBF16, 157),
+       DType::kBF16,
+       {1, 3, 1}},
+  };
+  CudaEngineOptions general = DefaultOptions();
+  general.decode_front_one_token_kernel = false;
+  CudaEngineOptions one = general;
+  one.decode_front_one_token_kernel = true;
+  uint64_t seed = 158;
+  CheckEnginesAgreeVaried(
+      cases, general, one,
+      {[](CudaEngineOptions&) {}, [](CudaEngineOptions& o) { o.graph_batch_sizes.clear(); },
+       [](CudaEngineOptions& o) { o.decode_front_cluster = false; }},
+      seed);
+  CheckCases(cases, one);
+  std::vector<Case> lone;
+  for (Case c : cases) {
+    c.tokens = {1, 1};
+    lone.push_back(c);
+  }
+  CheckEnginesAgreeVaried(lone, general, one,
+                          {[](CudaEngineOptions& o) { o.max_batch_tokens = 1; },
+                           [](CudaEngineOptions& o) {
+                             o.max_batch_tokens = 1;
+                             o.graph_batch_sizes.clear();
+                           }},
+                          seed);
+}
+
 // The router and expert GEMMs reading the forward's input in place (option input_in_place, the
 // default) against reading the first kernel's copy of it: the same bits, past the fused decode
 // front (33 tokens) up to the Hopper tiles, with the input copy kernel (100, 1100 tokens: the

@@ -357,6 +357,12 @@ struct CudaEngineOptions {
   // round trip of the logits through global memory (H200: 0.5-1.3% faster at 1-8 tokens, RESULTS.md
   // session 5).
   bool decode_front_cluster = true;
+  // Graphs and launches of a one-token capacity run the fused decode front compiled for one token
+  // slot per router pass (FrontArgs::one_token_kernel; the same sums, 7% less code). NOTES (H200,
+  // session 39, three rounds against the general kernel, 1 token, us): Qwen3 32.4-32.7 ->
+  // 31.9-32.1, DeepSeek-V2-Lite 38.2-38.6 -> 37.7-37.8, the embedded model 19.8-20.0 -> 19.3-19.5,
+  // Mixtral within its spread; nsys: the Qwen3 front 6.8 -> 6.4 us.
+  bool decode_front_one_token_kernel = true;
   // Split the K of a down GEMM that has few waves of blocks: a weight-streaming (decode tile) one,
   // or a Hopper-tile one of under 2 waves (kernels/tile_heuristics.h kWaveSplitMinWaves,
   // kWaveSplitBelowWaves; never in deterministic mode).

@@ -508,6 +508,7 @@ Status CudaEngine::Impl::BuildLayerLaunch(Slot& s, int64_t capacity, AType atype
     front.cluster = front_cluster;
     front.convert.pdl = pdl_next();
     front.store_meta = l->meta_in_front ? s.meta.as<cuda::ForwardMeta>() : nullptr;
+    front.one_token_kernel = options.decode_front_one_token_kernel;
   } else if (l->route_scan) {
     route.pdl = pdl_next();
   } else {
@@ -938,8 +939,8 @@ Status CudaEngine::Impl::FindMetaNode(const LayerLaunch& l, AType atype,
   if (type == cudaGraphNodeTypeKernel) {
     CUDA_RETURN_IF_ERROR(cudaGraphKernelNodeGetParams(roots[0], &c->meta_params));
   }
-  const void* first = l.meta_in_front ? cuda::FrontKernelFunction(atype, weights.wtype)
-                                      : cuda::StoreMetaKernelFunction();
+  const void* first =
+      l.meta_in_front ? cuda::FrontKernelFunction(l.front) : cuda::StoreMetaKernelFunction();
   if (type != cudaGraphNodeTypeKernel || first == nullptr || c->meta_params.func != first) {
     return absl::InternalError(l.meta_in_front
                                    ? "captured forward: its first node is not the front"
