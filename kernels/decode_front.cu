@@ -302,6 +302,11 @@ FrontFn FindFrontKernel(AType atype, WType wtype, bool one) {
   }
   return nullptr;
 }
+// The front kernel that launches of `f` run (LaunchFront, FrontKernelFunction), or null.
+FrontFn FrontKernelFor(const FrontArgs& f) {
+  return FindFrontKernel(f.convert.atype, f.convert.wtype,
+                         f.one_token_kernel && f.route.capacity == 1);
+}
 
 // True when the front kernels have an sm_90 image on an sm_90 device (cluster code compiled in).
 StatusOr<bool> FrontClustersCompiled() {
@@ -414,8 +419,7 @@ Status FrontArgs::Validate() const {
 
 Status LaunchFront(const FrontArgs& f, cudaStream_t stream, const ForwardMeta& meta) {
   MOE_RETURN_IF_ERROR(f.Validate());
-  const FrontFn fn = FindFrontKernel(f.convert.atype, f.convert.wtype,
-                                     f.one_token_kernel && f.route.capacity == 1);
+  const FrontFn fn = FrontKernelFor(f);
   if (fn == nullptr) return absl::InternalError("no front kernel for these dtypes");
   const int row_blocks = FrontBlocks(f.router_rows);
   if (f.cluster && row_blocks > kFrontMaxClusterBlocks) {
@@ -432,8 +436,7 @@ Status LaunchFront(const FrontArgs& f, cudaStream_t stream, const ForwardMeta& m
 }
 
 const void* FrontKernelFunction(const FrontArgs& f) {
-  return reinterpret_cast<const void*>(FindFrontKernel(
-      f.convert.atype, f.convert.wtype, f.one_token_kernel && f.route.capacity == 1));
+  return reinterpret_cast<const void*>(FrontKernelFor(f));
 }
 
 }  // namespace moe::cuda

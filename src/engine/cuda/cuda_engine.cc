@@ -912,7 +912,7 @@ int64_t CudaEngine::Impl::LaunchCapacity(int64_t n_tokens) const {
 }
 
 StatusOr<cudaGraphExec_t> CudaEngine::Impl::ReadyGraph(
-    Slot& s, const Slot::GraphKey& key, AType atype, const cuda::ForwardMeta* meta,
+    Slot& s, const Slot::GraphKey& key, const cuda::ForwardMeta* meta,
     const std::function<Status(LayerLaunch*)>& enqueue) {
   auto g = s.graphs.find(key);
   if (g == s.graphs.end()) {
@@ -921,7 +921,7 @@ StatusOr<cudaGraphExec_t> CudaEngine::Impl::ReadyGraph(
                          Capture(s.stream.get(), [&]() -> Status { return enqueue(&l); }));
     // The meta kernel (or the front that takes the meta) is the graph's one root: the node whose
     // parameters each replay sets.
-    if (meta != nullptr) MOE_RETURN_IF_ERROR(FindMetaNode(l, atype, &c));
+    if (meta != nullptr) MOE_RETURN_IF_ERROR(FindMetaNode(l, &c));
     g = s.graphs.emplace(key, std::move(c)).first;
   } else if (meta != nullptr) {
     MOE_RETURN_IF_ERROR(SetGraphMeta(s, g->second, *meta));
@@ -929,8 +929,7 @@ StatusOr<cudaGraphExec_t> CudaEngine::Impl::ReadyGraph(
   return g->second.exec.get();
 }
 
-Status CudaEngine::Impl::FindMetaNode(const LayerLaunch& l, AType atype,
-                                      Slot::CapturedGraph* c) const {
+Status CudaEngine::Impl::FindMetaNode(const LayerLaunch& l, Slot::CapturedGraph* c) const {
   cudaGraphNode_t roots[2] = {};
   size_t n_roots = 2;
   CUDA_RETURN_IF_ERROR(cudaGraphGetRootNodes(c->graph.get(), roots, &n_roots));
@@ -990,11 +989,11 @@ Status CudaEngine::Impl::EnqueueMeta(Slot& s, const cuda::ForwardMeta& meta, ATy
   const int64_t capacity = LaunchCapacity(meta.n_tokens);
   if (!IsGraphSize(capacity)) return EnqueueCore(s, meta.n_tokens, atype, in_kernel);
   // Captured on first use of this (size, dtype) on this slot.
-  MOE_ASSIGN_OR_RETURN(cudaGraphExec_t exec,
-                       ReadyGraph(s, {capacity, atype, Slot::kAnyLayer}, atype, in_kernel,
-                                  [&](LayerLaunch* l) -> Status {
-                                    return EnqueueCore(s, capacity, atype, in_kernel, l);
-                                  }));
+  MOE_ASSIGN_OR_RETURN(
+      cudaGraphExec_t exec,
+      ReadyGraph(s, {capacity, atype, Slot::kAnyLayer}, in_kernel, [&](LayerLaunch* l) -> Status {
+        return EnqueueCore(s, capacity, atype, in_kernel, l);
+      }));
   CUDA_RETURN_IF_ERROR(cudaGraphLaunch(exec, st));
   return absl::OkStatus();
 }

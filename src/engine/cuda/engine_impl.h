@@ -190,12 +190,12 @@ class CudaEngine::Impl {
   // use (it also gives the forward's arguments, whose first kernel is the graph's root: the meta
   // kernel, or the front that takes the meta), else, with `meta` (meta_in_graph), its root's
   // parameters set for `meta`.
-  StatusOr<cudaGraphExec_t> ReadyGraph(Slot& s, const Slot::GraphKey& key, cuda::AType atype,
+  StatusOr<cudaGraphExec_t> ReadyGraph(Slot& s, const Slot::GraphKey& key,
                                        const cuda::ForwardMeta* meta,
                                        const std::function<Status(LayerLaunch*)>& enqueue);
   // A captured forward's root (the meta kernel, or the front that takes the meta) and its
   // parameters as captured, into `c`; fails if the root is neither.
-  Status FindMetaNode(const LayerLaunch& l, cuda::AType atype, Slot::CapturedGraph* c) const;
+  Status FindMetaNode(const LayerLaunch& l, Slot::CapturedGraph* c) const;
   // Sets the root's parameters of a captured forward for `meta` (before a replay).
   Status SetGraphMeta(const Slot& s, const Slot::CapturedGraph& c,
                       const cuda::ForwardMeta& meta) const;
