@@ -10,7 +10,9 @@
 //    shared memory and block 0 routes after a cluster barrier.
 // Launches of a one-token capacity take the kernel compiled for one token slot per router pass
 // (FrontArgs::one_token_kernel; the same sums in less code, which is what the front's cold
-// instruction fetches cost: RESULTS.md "Session 39").
+// instruction fetches cost: RESULTS.md "Session 39"). For the same reason the front routes with
+// one logits load per expert (its logits are never split) and rolled loops (RouteScanBody<1,
+// true>: 23% less code, 0.1-0.5 us at 1 token; "Session 40").
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -245,8 +247,9 @@ __global__ void __launch_bounds__(kScanThreads)
       }
       __syncthreads();
     }
-    RouteScanBody(f.route, f.scan, s_logits, nr, 1, 0, route_smem, !f.skip_scan, n,
-                  trace != nullptr ? trace + DecodeTraceLayout::kFirstUnit + 8 : nullptr);
+    RouteScanBody</*kSplits=*/1, /*kRolled=*/true>(
+        f.route, f.scan, s_logits, nr, 1, 0, route_smem, !f.skip_scan, n,
+        trace != nullptr ? trace + DecodeTraceLayout::kFirstUnit + 8 : nullptr);
 #ifdef MOE_GEMM_TRACE
     DecodeTraceWarpMark(trace, DecodeTraceLayout::kWarpDone);
 #endif
@@ -266,7 +269,8 @@ __global__ void __launch_bounds__(kScanThreads)
   }
   if (threadIdx.x == 0) *f.ticket = 0;  // for the next forward (stream-ordered after this one)
   __syncthreads();
-  RouteScanBody(f.route, f.scan, s_logits, nr, 1, 0, route_smem, !f.skip_scan, n);
+  RouteScanBody</*kSplits=*/1, /*kRolled=*/true>(f.route, f.scan, s_logits, nr, 1, 0, route_smem,
+                                                 !f.skip_scan, n);
 }
 
 // Dynamic shared memory of the front kernel: route scratch + one logits row per token.

@@ -118,26 +118,44 @@ __device__ __forceinline__ unsigned SelKey(float v) {
   return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
 }
 
-// The split partials p[s * stride], s < splits (0 past them, and everywhere when !valid): a fixed
-// number of loads, so all are issued before the first add (a loop with a run-time trip count would
-// wait for each load in turn).
+// The split partials p[s * stride], s < splits <= N (0 past them, and everywhere when !valid): a
+// fixed number of loads, so all are issued before the first add (a loop with a run-time trip count
+// would wait for each load in turn). N = 1 for callers whose logits are never split (the decode
+// front): one load instead of kMaxSplits predicated ones.
+template <int N>
 __device__ __forceinline__ void LoadSplits(const float* p, int splits, int64_t stride, bool valid,
-                                           float (&v)[kMaxSplits]) {
+                                           float (&v)[N]) {
 #pragma unroll
-  for (int s = 0; s < kMaxSplits; ++s) v[s] = valid && s < splits ? p[s * stride] : 0.0f;
+  for (int s = 0; s < N; ++s) v[s] = valid && s < splits ? p[s * stride] : 0.0f;
 }
-// Their sum in ascending s: the one summation order of every split-K reader of the logits.
-__device__ __forceinline__ float SumLoadedSplits(const float (&v)[kMaxSplits]) {
+// Their sum in ascending s: the one summation order of every split-K reader of the logits (the
+// zeros past `splits` change no value but a -0 to +0, which scores and keys treat alike).
+template <int N>
+__device__ __forceinline__ float SumLoadedSplits(const float (&v)[N]) {
   float sum = v[0];
 #pragma unroll
-  for (int s = 1; s < kMaxSplits; ++s) sum += v[s];
+  for (int s = 1; s < N; ++s) sum += v[s];
   return sum;
 }
 // sum_s p[s * stride] in ascending s.
+template <int N = kMaxSplits>
 __device__ __forceinline__ float SumSplits(const float* p, int splits, int64_t stride) {
-  float v[kMaxSplits];
+  float v[N];
   LoadSplits(p, splits, stride, true, v);
   return SumLoadedSplits(v);
+}
+
+// f(e) for e = lane, lane + 32, ... < n. kRolled: a loop the compiler may not unroll (the decode
+// front's routing runs once per forward from a cold instruction cache, where code bytes cost more
+// than the overlap of unrolled iterations: RESULTS.md "Session 39").
+template <bool kRolled, typename F>
+__device__ __forceinline__ void ForLaneStrided(int lane, int n, F&& f) {
+  if constexpr (kRolled) {
+#pragma unroll 1
+    for (int e = lane; e < n; e += 32) f(e);
+  } else {
+    for (int e = lane; e < n; e += 32) f(e);
+  }
 }
 
 // What RouteToken hands lane k < top_k: its pair's expert and rank (from `counts`).
@@ -154,7 +172,8 @@ struct RoutedPair {
 // to 32 * kBatch experts instead of one per 32). trace (diagnostic builds): lane 0 records the
 // end of each step at words trace[0..4] (scores, selection scores, groups, top-k, stores;
 // RouteScanBody adds its start at trace[5] and the SM clock at its start and end at trace[6, 7]).
-template <int kBatch = 1>
+// kRolled (kBatch 1): the loops over experts and the top-k rounds stay loops (ForLaneStrided).
+template <int kBatch = 1, int kSplits = kMaxSplits, bool kRolled = false>
 __device__ RoutedPair RouteToken(const RouteArgs& a, const float* logits, int splits,
                                  int64_t split_stride, int t, float* score, float* sel,
                                  int32_t* counts, bool store_rank = true,
@@ -170,42 +189,55 @@ __device__ RoutedPair RouteToken(const RouteArgs& a, const float* logits, int sp
   const auto mark = [](int) {};
 #endif
 
+  static_assert(!kRolled || kBatch == 1, "rolled loops take one expert a lane at a time");
   // Logits (split partials summed in ascending order) -> scores.
   float local_max = -FLT_MAX;
-  for (int e0 = lane; e0 < n_experts; e0 += 32 * kBatch) {
-    float v[kBatch][kMaxSplits];
+  if constexpr (kRolled) {
+    ForLaneStrided<true>(lane, n_experts, [&](int e) {
+      float v[kSplits];
+      LoadSplits(logits + e, splits, split_stride, true, v);
+      const float sum = SumLoadedSplits(v);
+      score[e] = sum;
+      local_max = fmaxf(local_max, sum);
+    });
+  } else {
+    for (int e0 = lane; e0 < n_experts; e0 += 32 * kBatch) {
+      float v[kBatch][kSplits];
 #pragma unroll
-    for (int b = 0; b < kBatch; ++b) {
-      const int e = e0 + 32 * b;
-      LoadSplits(logits + e, splits, split_stride, e < n_experts, v[b]);
-    }
+      for (int b = 0; b < kBatch; ++b) {
+        const int e = e0 + 32 * b;
+        LoadSplits(logits + e, splits, split_stride, e < n_experts, v[b]);
+      }
 #pragma unroll
-    for (int b = 0; b < kBatch; ++b) {
-      const int e = e0 + 32 * b;
-      if (e < n_experts) {
-        const float sum = SumLoadedSplits(v[b]);
-        score[e] = sum;
-        local_max = fmaxf(local_max, sum);
+      for (int b = 0; b < kBatch; ++b) {
+        const int e = e0 + 32 * b;
+        if (e < n_experts) {
+          const float sum = SumLoadedSplits(v[b]);
+          score[e] = sum;
+          local_max = fmaxf(local_max, sum);
+        }
       }
     }
-  }
+  }  // !kRolled
   if (!rp.sigmoid) {
     const float m = WarpMax(local_max);
     float local_sum = 0.0f;
-    for (int e = lane; e < n_experts; e += 32) {
+    ForLaneStrided<kRolled>(lane, n_experts, [&](int e) {
       const float ex = __expf(score[e] - m);
       score[e] = ex;
       local_sum += ex;
-    }
+    });
     const float inv = 1.0f / WarpSum(local_sum);
-    for (int e = lane; e < n_experts; e += 32) score[e] *= inv;
+    ForLaneStrided<kRolled>(lane, n_experts, [&](int e) { score[e] *= inv; });
   } else {
-    for (int e = lane; e < n_experts; e += 32) score[e] = 1.0f / (1.0f + __expf(-score[e]));
+    ForLaneStrided<kRolled>(lane, n_experts,
+                            [&](int e) { score[e] = 1.0f / (1.0f + __expf(-score[e])); });
   }
   mark(0);
   const float* bias =
       rp.has_bias ? a.bias + static_cast<int64_t>(a.meta->layer_pos) * n_experts : nullptr;
-  for (int e = lane; e < n_experts; e += 32) sel[e] = score[e] + (bias ? bias[e] : 0.0f);
+  ForLaneStrided<kRolled>(lane, n_experts,
+                          [&](int e) { sel[e] = score[e] + (bias ? bias[e] : 0.0f); });
   __syncwarp();
   mark(1);
 
@@ -238,7 +270,7 @@ __device__ RoutedPair RouteToken(const RouteArgs& a, const float* logits, int sp
     __syncwarp();  // every lane has read its group before any lane masks
     // NOTES: DeepSeek-V2 (transformers) masks dropped experts with 0.0 and takes the weights from
     // the masked scores; DeepSeek-V3 (transformers 5.x) masks with -inf (see moe/engine/routing.h).
-    for (int e = lane; e < n_experts; e += 32) {
+    ForLaneStrided<kRolled>(lane, n_experts, [&](int e) {
       if (!((keep >> (e / group_size)) & 1u)) {
         if (rp.topk_method == 1) {
           sel[e] = 0.0f;
@@ -247,7 +279,7 @@ __device__ RoutedPair RouteToken(const RouteArgs& a, const float* logits, int sp
           sel[e] = -INFINITY;
         }
       }
-    }
+    });
     __syncwarp();
   }
 
@@ -307,7 +339,7 @@ __device__ RoutedPair RouteToken(const RouteArgs& a, const float* logits, int sp
         }
       }
     }
-    for (int k = 0; k < rp.top_k; ++k) {
+    const auto round = [&](int k) {
       const int idx = pick(k, key[0], e[0]);
       if (key[0] != 0u && e[0] == idx) {
 #pragma unroll
@@ -317,6 +349,12 @@ __device__ RoutedPair RouteToken(const RouteArgs& a, const float* logits, int sp
         }
         key[N - 1] = 0u;
       }
+    };
+    if constexpr (kRolled) {
+#pragma unroll 1
+      for (int k = 0; k < rp.top_k; ++k) round(k);
+    } else {
+      for (int k = 0; k < rp.top_k; ++k) round(k);
     }
   };
   if (n_experts <= 32 * 4) {
@@ -355,7 +393,7 @@ __device__ RoutedPair RouteToken(const RouteArgs& a, const float* logits, int sp
     if (store_rank) a.ranks[p] = out.rank;
   }
   if (rp.has_shared_gate && lane == 0) {
-    const float v = SumSplits(logits + n_experts, splits, split_stride);
+    const float v = SumSplits<kSplits>(logits + n_experts, splits, split_stride);
     a.shared_gate[t] = 1.0f / (1.0f + __expf(-v));
   }
   mark(4);
@@ -445,7 +483,9 @@ inline __device__ void ScanBody(const ScanArgs& a, const int32_t* counts, bool s
 // memset) and the scan in one block, one launch instead of three nodes.
 // One block (kScanThreads threads): routes tokens 0..n_tokens-1 (one warp each; logits row t at
 // logits + t * ld_logits, `splits` partials) and scans; `route_smem`: [32][2][n_experts].
-// n_tokens < 0: the meta's count (else the caller's, which it has read already).
+// n_tokens < 0: the meta's count (else the caller's, which it has read already). kSplits: the
+// most logits splits (1: never split, the decode front); kRolled: RouteToken's.
+template <int kSplits = kMaxSplits, bool kRolled = false>
 inline __device__ void RouteScanBody(const RouteArgs& ra, const ScanArgs& sa, const float* logits,
                                      int64_t ld_logits, int splits, int64_t split_stride,
                                      float* route_smem, bool scan, int n_tokens = -1,
@@ -464,8 +504,9 @@ inline __device__ void RouteScanBody(const RouteArgs& ra, const ScanArgs& sa, co
     }
 #endif
     float* score = route_smem + wid * 2 * ra.routing.n_experts;
-    RouteToken(ra, logits + wid * ld_logits, splits, split_stride, wid, score,
-               score + ra.routing.n_experts, s_experts, true, wid == 0 ? trace : nullptr);
+    RouteToken<1, kSplits, kRolled>(ra, logits + wid * ld_logits, splits, split_stride, wid, score,
+                                    score + ra.routing.n_experts, s_experts, true,
+                                    wid == 0 ? trace : nullptr);
 #ifdef MOE_GEMM_TRACE
     if (trace != nullptr && threadIdx.x == 0) trace[7] = TraceClock();  // routing done
 #endif
