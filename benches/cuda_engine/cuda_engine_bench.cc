@@ -56,6 +56,9 @@
 //       [--zero-counts | --memset-counts]   (the first kernel zeroes the route's counters / a
 //                             memset node does)
 //       [--expected-active]   (floors from the expected distinct experts, no host forwards)
+//       [--warmup-ms=N]   (forwards for N ms before each point is timed, so that the card's
+//                         power-capped clock settles: without it a point's clock depends on the
+//                         points before it; RESULTS.md "Session 40")
 //       [--no-tma-a-down | --tma-a-down] [--no-permute-x | --permute-x-always] [--quad-down |
 //       --quad-down-always]   (cluster tile: the down GEMM's A by cp.async / by TMA in every plan,
 //                             default TMA outside ping-pong plans; gate/up never / always
@@ -117,6 +120,7 @@ int g_decode_max_rows = CudaEngineOptions().decode_tile_max_rows_per_expert;
 int g_max_down_splits = 0;
 int g_raster_units = 0;   // --raster-units=N: CudaEngineOptions::cluster_raster_units
 int64_t g_max_batch = 0;  // --max-batch=N: the engine's max_batch_tokens (workspaces, plans)
+double g_warmup_ms = 0;   // --warmup-ms=N: forwards for N ms before each point's timed ones
 // --tokens=...: the token counts measured (each gets a graph of its own).
 std::vector<int64_t> g_tokens;
 // --no-decode-paths: the engine's small-batch paths off (overlap_launches, fused_decode_front,
@@ -523,17 +527,22 @@ class Runner {
     return sum / static_cast<double>(slices);
   }
 
-  // One timed forward, in microseconds.
-  double TimeOne(int64_t tokens) {
-    cudaStream_t st = engine_->stream(0);
+  // One forward of `tokens` on the next input, enqueued on stream 0.
+  void Enqueue(int64_t tokens) {
     DeviceForwardArgs a;
     a.layer = 0;
     a.dtype = DType::kBF16;
     a.n_tokens = tokens;
     a.input = Input(tokens, next_++);
     a.output = output_.get();
-    BENCH_CHECK(cudaEventRecord(start_.get(), st));
     OrDie(engine_->EnqueueDevice(a));
+  }
+
+  // One timed forward, in microseconds.
+  double TimeOne(int64_t tokens) {
+    cudaStream_t st = engine_->stream(0);
+    BENCH_CHECK(cudaEventRecord(start_.get(), st));
+    Enqueue(tokens);
     BENCH_CHECK(cudaEventRecord(stop_.get(), st));
     BENCH_CHECK(cudaEventSynchronize(stop_.get()));
     float ms = 0;
@@ -551,6 +560,20 @@ class Runner {
   Timing Time(int64_t tokens) {
     for (int i = 0; i < 5; ++i) TimeOne(tokens);
     cudaStream_t st = engine_->stream(0);
+    // --warmup-ms: the same forwards, untimed, until the card has run them that long (at least 5
+    // ms of device time each round, so the host's waits stay a small share).
+    for (double ran_ms = 0; ran_ms < g_warmup_ms;) {
+      BENCH_CHECK(cudaEventRecord(start_.get(), st));
+      for (double enqueued_us = 0; enqueued_us < 5e3;) {
+        Enqueue(tokens);
+        enqueued_us += 20.0 + 0.05 * static_cast<double>(tokens);  // a lower bound per forward
+      }
+      BENCH_CHECK(cudaEventRecord(stop_.get(), st));
+      BENCH_CHECK(cudaEventSynchronize(stop_.get()));
+      float ms = 0;
+      BENCH_CHECK(cudaEventElapsedTime(&ms, start_.get(), stop_.get()));
+      ran_ms += ms;
+    }
     constexpr int kBatch = 20;
     std::vector<cuda::Event> ev;
     for (int i = 0; i <= kBatch; ++i) ev.push_back(OrDie(cuda::CreateEvent(true)));
@@ -559,13 +582,7 @@ class Runner {
     while (us.size() < 40 || (total < 3e5 && us.size() < 400)) {
       BENCH_CHECK(cudaEventRecord(ev[0].get(), st));
       for (int i = 0; i < kBatch; ++i) {
-        DeviceForwardArgs a;
-        a.layer = 0;
-        a.dtype = DType::kBF16;
-        a.n_tokens = tokens;
-        a.input = Input(tokens, next_++);
-        a.output = output_.get();
-        OrDie(engine_->EnqueueDevice(a));
+        Enqueue(tokens);
         BENCH_CHECK(cudaEventRecord(ev[i + 1].get(), st));
       }
       BENCH_CHECK(cudaEventSynchronize(ev[kBatch].get()));
@@ -677,7 +694,8 @@ int Report(const std::string& json_path, const std::vector<std::string>& shape_n
            << ",\"det_time_us\":" << d << ",\"vllm_h200_us\":" << ref_us
            << ",\"tflops\":" << c.flops / us / 1e6 << ",\"gbs\":" << c.bytes / us / 1e3
            << ",\"card\":\"" << prop.name << "\",\"hbm_gbs\":" << ceil.hbm_gbs
-           << ",\"matmul_tflops\":" << ceil.matmul_tflops << "}\n";
+           << ",\"matmul_tflops\":" << ceil.matmul_tflops << ",\"warmup_ms\":" << g_warmup_ms
+           << "}\n";
     }
     std::printf(
         "  %s: weights %.1f MiB on device (%s), workspace %.1f MiB per slot (max %lld tokens), "
@@ -811,6 +829,8 @@ int main(int argc, char** argv) {
       moe::g_raster_units = std::atoi(a.c_str() + 15);
     } else if (a.rfind("--max-batch=", 0) == 0) {
       moe::g_max_batch = std::atoll(a.c_str() + 12);
+    } else if (a.rfind("--warmup-ms=", 0) == 0) {
+      moe::g_warmup_ms = std::atof(a.c_str() + 12);
     } else if (a.rfind("--decode-to=", 0) == 0) {
       moe::g_decode_max_rows = std::atoi(a.c_str() + 12);
     } else if (a == "--cluster-solo") {
