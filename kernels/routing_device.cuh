@@ -158,11 +158,166 @@ __device__ __forceinline__ void ForLaneStrided(int lane, int n, F&& f) {
   }
 }
 
+// Top-k rounds over keys held in registers: lane l holds the keys of experts e[j] (l, l + 32, ...;
+// key 0: none). Each lane sorts its keys once (descending, ties to the lower expert), so a round
+// reads the lane's best at the head of its list and only the winning lane pops it: the rounds'
+// chain is the two warp reductions in pick(k, key, expert) -> the picked expert, not a scan of
+// every key. kRolled: the rounds stay a loop (ForLaneStrided's reason).
+template <int N, bool kRolled, typename Pick>
+__device__ __forceinline__ void SortedKeyRounds(unsigned (&key)[N], int (&e)[N], int top_k,
+                                                Pick&& pick) {
+  // Odd-even transposition sort: N rounds of neighbour compare-exchanges.
+#pragma unroll
+  for (int r = 0; r < N; ++r) {
+#pragma unroll
+    for (int j = r & 1; j + 1 < N; j += 2) {
+      if (key[j + 1] > key[j] || (key[j + 1] == key[j] && e[j + 1] < e[j])) {
+        const unsigned tk = key[j];
+        key[j] = key[j + 1];
+        key[j + 1] = tk;
+        const int te = e[j];
+        e[j] = e[j + 1];
+        e[j + 1] = te;
+      }
+    }
+  }
+  const auto round = [&](int k) {
+    const int idx = pick(k, key[0], e[0]);
+    if (key[0] != 0u && e[0] == idx) {
+#pragma unroll
+      for (int j = 0; j + 1 < N; ++j) {
+        key[j] = key[j + 1];
+        e[j] = e[j + 1];
+      }
+      key[N - 1] = 0u;
+    }
+  };
+  if constexpr (kRolled) {
+#pragma unroll 1
+    for (int k = 0; k < top_k; ++k) round(k);
+  } else {
+    for (int k = 0; k < top_k; ++k) round(k);
+  }
+}
+
 // What RouteToken hands lane k < top_k: its pair's expert and rank (from `counts`).
 struct RoutedPair {
   int expert = 0;
   int rank = 0;
 };
+
+// Diagnostic builds: lane 0 records the time at trace[i] (RouteToken's steps).
+__device__ __forceinline__ void RouteMark([[maybe_unused]] uint64_t* trace,
+                                          [[maybe_unused]] int i) {
+#ifdef MOE_GEMM_TRACE
+  if (trace != nullptr && (threadIdx.x & 31) == 0) trace[i] = TraceGlobalTime();
+#endif
+}
+
+// RouteToken's last step: lane k < top_k holds pick k (my_id, its score my_w; wsum: the picks'
+// sum in pick order) and stores it, weighted as the family asks, with its rank from `counts`; lane
+// 0 stores the shared expert's gate.
+template <int kSplits>
+__device__ __forceinline__ RoutedPair FinishToken(const RouteArgs& a, int my_id, float my_w,
+                                                  float wsum, const float* logits, int splits,
+                                                  int64_t split_stride, int t, int32_t* counts,
+                                                  bool store_rank, uint64_t* trace) {
+  const RoutingParams& rp = a.routing;
+  const int lane = threadIdx.x & 31;
+  RoutedPair out;
+  if (lane < rp.top_k) {
+    if (rp.norm_topk_prob) my_w /= wsum + 1e-20f;
+    my_w *= rp.routed_scaling_factor;
+    const int64_t p = static_cast<int64_t>(t) * rp.top_k + lane;
+    a.topk_ids[p] = my_id;
+    a.topk_weights[p] = my_w;
+    out.expert = my_id;
+    out.rank = atomicAdd(&counts[my_id], 1);
+    if (store_rank) a.ranks[p] = out.rank;
+  }
+  if (rp.has_shared_gate && lane == 0) {
+    const float v = SumSplits<kSplits>(logits + rp.n_experts, splits, split_stride);
+    a.shared_gate[t] = 1.0f / (1.0f + __expf(-v));
+  }
+  RouteMark(trace, 4);
+  return out;
+}
+
+// RouteToken of at most 128 experts without groups, with every score in registers (lane l: experts
+// l, l + 32, l + 64, l + 96): the same operations in the same order per expert as RouteToken's
+// shared-memory steps, so the same picks and bits, without a shared-memory round trip per expert
+// and step (the decode front: kRolled).
+template <int kSplits>
+__device__ __forceinline__ RoutedPair RouteTokenInRegisters(const RouteArgs& a, const float* logits,
+                                                            int splits, int64_t split_stride, int t,
+                                                            int32_t* counts, bool store_rank,
+                                                            uint64_t* trace) {
+  constexpr int N = 4;
+  const RoutingParams& rp = a.routing;
+  const int n_experts = rp.n_experts;
+  const int lane = threadIdx.x & 31;
+  float s[N];
+  float local_max = -FLT_MAX;
+#pragma unroll
+  for (int j = 0; j < N; ++j) {
+    const int e = lane + 32 * j;
+    float v[kSplits];
+    LoadSplits(logits + e, splits, split_stride, e < n_experts, v);
+    s[j] = SumLoadedSplits(v);
+    if (e < n_experts) local_max = fmaxf(local_max, s[j]);
+  }
+  if (!rp.sigmoid) {
+    const float m = WarpMax(local_max);
+    float local_sum = 0.0f;
+#pragma unroll
+    for (int j = 0; j < N; ++j) {
+      if (lane + 32 * j < n_experts) {
+        s[j] = __expf(s[j] - m);
+        local_sum += s[j];
+      }
+    }
+    const float inv = 1.0f / WarpSum(local_sum);
+#pragma unroll
+    for (int j = 0; j < N; ++j) s[j] *= inv;
+  } else {
+#pragma unroll
+    for (int j = 0; j < N; ++j) s[j] = 1.0f / (1.0f + __expf(-s[j]));
+  }
+  RouteMark(trace, 0);
+  const float* bias =
+      rp.has_bias ? a.bias + static_cast<int64_t>(a.meta->layer_pos) * n_experts : nullptr;
+  unsigned key[N];
+  int e[N];
+#pragma unroll
+  for (int j = 0; j < N; ++j) {
+    e[j] = lane + 32 * j;
+    key[j] = e[j] < n_experts ? SelKey(s[j] + (bias ? bias[e[j]] : 0.0f)) : 0u;
+  }
+  RouteMark(trace, 1);
+  RouteMark(trace, 2);
+  int my_id = 0;
+  float my_w = 0.0f, wsum = 0.0f;
+  // RouteToken's pick, the weight shuffled from the lane that holds it.
+  const auto pick = [&](int k, unsigned best, int best_e) {
+    const unsigned m = __reduce_max_sync(0xffffffffu, best);
+    const int idx = m == 0u ? 0
+                            : static_cast<int>(__reduce_min_sync(
+                                  0xffffffffu, best == m ? static_cast<unsigned>(best_e) : ~0u));
+    const int jj = idx >> 5;
+    const float held = jj == 0 ? s[0] : jj == 1 ? s[1] : jj == 2 ? s[2] : s[3];
+    const float w = __shfl_sync(0xffffffffu, held, idx & 31);
+    if (lane == k) {
+      my_id = idx;
+      my_w = w;
+    }
+    wsum += w;
+    return idx;
+  };
+  SortedKeyRounds<N, /*kRolled=*/true>(key, e, rp.top_k, pick);
+  RouteMark(trace, 3);
+  return FinishToken<kSplits>(a, my_id, my_w, wsum, logits, splits, split_stride, t, counts,
+                              store_rank, trace);
+}
 
 // Routes token t with one warp; `logits`: token t's row of split partials (`splits` of them,
 // `split_stride` apart; global or shared memory); `score`, `sel`: [n_experts] warp-private shared
@@ -181,15 +336,14 @@ __device__ RoutedPair RouteToken(const RouteArgs& a, const float* logits, int sp
   const RoutingParams& rp = a.routing;
   const int n_experts = rp.n_experts;
   const int lane = threadIdx.x & 31;
-#ifdef MOE_GEMM_TRACE
-  const auto mark = [&](int i) {
-    if (trace != nullptr && lane == 0) trace[i] = TraceGlobalTime();
-  };
-#else
-  const auto mark = [](int) {};
-#endif
-
+  const auto mark = [trace](int i) { RouteMark(trace, i); };
   static_assert(!kRolled || kBatch == 1, "rolled loops take one expert a lane at a time");
+  if constexpr (kRolled) {
+    if (n_experts <= 32 * 4 && rp.topk_method == 0) {
+      return RouteTokenInRegisters<kSplits>(a, logits, splits, split_stride, t, counts, store_rank,
+                                            trace);
+    }
+  }
   // Logits (split partials summed in ascending order) -> scores.
   float local_max = -FLT_MAX;
   if constexpr (kRolled) {
@@ -312,9 +466,7 @@ __device__ RoutedPair RouteToken(const RouteArgs& a, const float* logits, int sp
     wsum += w;
     return idx;
   };
-  // Keys in registers: each lane sorts its keys once (descending, ties to the lower expert), so a
-  // round reads the lane's best at the head of its list and only the winning lane pops it. The
-  // rounds' chain is then the two warp reductions, not a scan of every key.
+  // Keys in registers (SortedKeyRounds).
   const auto top_k_sorted = [&](auto n_keys) {
     constexpr int N = decltype(n_keys)::value;
     unsigned key[N];
@@ -324,38 +476,7 @@ __device__ RoutedPair RouteToken(const RouteArgs& a, const float* logits, int sp
       e[j] = lane + 32 * j;
       key[j] = e[j] < n_experts ? SelKey(sel[e[j]]) : 0u;
     }
-    // Odd-even transposition sort: N rounds of neighbour compare-exchanges.
-#pragma unroll
-    for (int r = 0; r < N; ++r) {
-#pragma unroll
-      for (int j = r & 1; j + 1 < N; j += 2) {
-        if (key[j + 1] > key[j] || (key[j + 1] == key[j] && e[j + 1] < e[j])) {
-          const unsigned tk = key[j];
-          key[j] = key[j + 1];
-          key[j + 1] = tk;
-          const int te = e[j];
-          e[j] = e[j + 1];
-          e[j + 1] = te;
-        }
-      }
-    }
-    const auto round = [&](int k) {
-      const int idx = pick(k, key[0], e[0]);
-      if (key[0] != 0u && e[0] == idx) {
-#pragma unroll
-        for (int j = 0; j + 1 < N; ++j) {
-          key[j] = key[j + 1];
-          e[j] = e[j + 1];
-        }
-        key[N - 1] = 0u;
-      }
-    };
-    if constexpr (kRolled) {
-#pragma unroll 1
-      for (int k = 0; k < rp.top_k; ++k) round(k);
-    } else {
-      for (int k = 0; k < rp.top_k; ++k) round(k);
-    }
+    SortedKeyRounds<N, kRolled>(key, e, rp.top_k, pick);
   };
   if (n_experts <= 32 * 4) {
     top_k_sorted(std::integral_constant<int, 4>{});
@@ -381,23 +502,8 @@ __device__ RoutedPair RouteToken(const RouteArgs& a, const float* logits, int sp
     }
   }
   mark(3);
-  RoutedPair out;
-  if (lane < rp.top_k) {
-    if (rp.norm_topk_prob) my_w /= wsum + 1e-20f;
-    my_w *= rp.routed_scaling_factor;
-    const int64_t p = static_cast<int64_t>(t) * rp.top_k + lane;
-    a.topk_ids[p] = my_id;
-    a.topk_weights[p] = my_w;
-    out.expert = my_id;
-    out.rank = atomicAdd(&counts[my_id], 1);
-    if (store_rank) a.ranks[p] = out.rank;
-  }
-  if (rp.has_shared_gate && lane == 0) {
-    const float v = SumSplits<kSplits>(logits + n_experts, splits, split_stride);
-    a.shared_gate[t] = 1.0f / (1.0f + __expf(-v));
-  }
-  mark(4);
-  return out;
+  return FinishToken<kSplits>(a, my_id, my_w, wsum, logits, splits, split_stride, t, counts,
+                              store_rank, trace);
 }
 
 // ---- Scan ----
