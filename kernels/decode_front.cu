@@ -399,6 +399,8 @@ bool CanFuseFront(int64_t capacity, int n_experts, int router_rows) {
   return CanRouteScan(capacity, n_experts) && router_rows <= kFrontMaxRouterRows;
 }
 
+int64_t FrontMaxTokens() { return kRouteScanMaxTokens; }
+
 Status FrontArgs::Validate() const {
   MOE_RETURN_IF_ERROR(convert.Validate());
   MOE_RETURN_IF_ERROR(route.Validate());

@@ -424,6 +424,8 @@ struct FrontArgs {
   Status Validate() const;
 };
 bool CanFuseFront(int64_t capacity, int n_experts, int router_rows);
+// The most tokens a front launch takes (CanFuseFront's capacity bound).
+int64_t FrontMaxTokens();
 // meta: the forward's meta when f.store_meta is set (ignored otherwise).
 Status LaunchFront(const FrontArgs& f, cudaStream_t stream, const ForwardMeta& meta = {});
 // The front kernel LaunchFront launches for `f` (to find its node in a captured graph).

@@ -33,12 +33,14 @@
 // Usage: cache_engine_bench [--dir /tmp/moe-cache-engine-bench] [--layers 8] [--tokens 300]
 //                           [--warmup 100] [--beta 0.3] [--decay 0.5] [--budgets 1,0.75,0.5]
 //                           [--depths 1,2,3] [--json FILE] [--small] [--only TEXT]
-//                           [--packed-slots]
+//                           [--packed-slots] [--lookahead-gemm]
 //   --decay: a second group of configurations on inputs with that deeper signal (0: none).
 //   --small: a tiny model (a smoke run of the code paths, not a measurement).
 //   --only: only the configuration named TEXT (the all-resident ones always run), e.g. for a
 //     timeline of one configuration (tools/device/cache_timeline.py).
 //   --packed-slots: every cached configuration with ExpertCacheOptions::pack_slots on (A/B).
+//   --lookahead-gemm: every cached configuration with ExpertCacheOptions::lookahead_front off
+//     (the lookahead by the router GEMM and the routing kernel; A/B).
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
@@ -81,6 +83,7 @@ struct Args {
   bool small = false;
   std::string only;           // run only the configuration of this name (and the all-resident ones)
   bool packed_slots = false;  // pack_slots on in every configuration
+  bool lookahead_gemm = false;  // lookahead_front off in every configuration
 };
 
 // The inputs: routing signal of the next layers (see 2. in the file comment).
@@ -103,6 +106,7 @@ struct Config {
   bool front_skips_scan = true;  // ExpertCacheOptions::front_skips_scan
   bool residency_pdl = true;     // ExpertCacheOptions::residency_pdl
   bool pack_slots = false;       // ExpertCacheOptions::pack_slots
+  bool lookahead_front = true;   // ExpertCacheOptions::lookahead_front
 };
 
 struct Result {
@@ -211,6 +215,7 @@ Result RunConfig(std::shared_ptr<const Model> model, const Config& c, const Args
     o.expert_cache.front_skips_scan = c.front_skips_scan;
     o.expert_cache.residency_pdl = c.residency_pdl;
     o.expert_cache.pack_slots = c.pack_slots;
+    o.expert_cache.lookahead_front = c.lookahead_front;
   }
   const auto t0 = Clock::now();
   auto engine = CudaEngine::Create(model, o);
@@ -296,12 +301,14 @@ int Main(int argc, char** argv) {
       args.only = next();
     } else if (a == "--packed-slots") {
       args.packed_slots = true;
+    } else if (a == "--lookahead-gemm") {
+      args.lookahead_gemm = true;
     } else {
       std::fprintf(
           stderr,
           "usage: %s [--dir DIR] [--layers N] [--tokens N] [--warmup N] [--beta B] "
           "[--decay D] [--budgets F,F] [--depths N,N] [--json FILE] [--small] [--only TEXT] "
-          "[--packed-slots]\n",
+          "[--packed-slots] [--lookahead-gemm]\n",
           argv[0]);
       return 2;
     }
@@ -419,6 +426,7 @@ int Main(int argc, char** argv) {
   for (Config c : configs) {
     if (!args.only.empty() && c.budget_fraction > 0 && c.name != args.only) continue;
     if (args.packed_slots) c.pack_slots = true;
+    if (args.lookahead_gemm) c.lookahead_front = false;
     std::vector<uint16_t> inputs;
     if (!(c.inputs == current)) {
       inputs = CraftInputs(*model, *trace, steps, c.inputs, 11);
@@ -489,7 +497,8 @@ int Main(int argc, char** argv) {
            << ",\"recall_d2\":" << pr[1].second << ",\"precision_d3\":" << pr[2].first
            << ",\"recall_d3\":" << pr[2].second
            << ",\"gated_predictions\":" << r.after.gated_predictions - r.before.gated_predictions
-           << ",\"create_s\":" << r.create_s << ",\"bitwise\":\"" << bw << "\"}\n";
+           << ",\"create_s\":" << r.create_s << ",\"lookahead_front\":" << c.lookahead_front
+           << ",\"packed_slots\":" << c.pack_slots << ",\"bitwise\":\"" << bw << "\"}\n";
       json.flush();
     }
   }

@@ -454,6 +454,64 @@ TEST(ExpertCacheEngine, WarmedCacheRunsEveryLayerWithoutARoundTrip) {
   EXPECT_EQ(stats->counters.misses, 0u);
 }
 
+// The lookahead applies the next layer's router and routing function (plain scores) to this
+// layer's input; fed that same input, the next layer must route as predicted (families without a
+// selection bias). Where the layer runs the decode front (<= 32 tokens) the lookahead is one more
+// front kernel (ExpertCacheOptions::lookahead_front) with the same sums as the next layer's own
+// front: exactly. The router GEMM's logits (more tokens, or the option off) are summed in another
+// order, so they may differ at near-ties: at least 95% there.
+TEST(ExpertCacheEngine, LookaheadPredictsTheNextLayersRouting) {
+  MOE_REQUIRE_GPU();
+  struct Case {
+    const char* name;
+    RandomModelOptions mo;
+  };
+  auto v2 = ModelOptions(Family::kDeepseekV2, 64, 6, 128, 64, 41);
+  v2.n_group = 8;
+  v2.topk_group = 3;  // group-limited greedy
+  const std::vector<Case> cases = {
+      {"qwen3 64/8", ModelOptions(Family::kQwen3Moe, 64, 8, 256, 64, 42)},
+      {"mixtral 8/2", ModelOptions(Family::kMixtral, 8, 2, 256, 64, 43)},
+      {"qwen2-moe 31/4 (shared gate row)", ModelOptions(Family::kQwen2Moe, 31, 4, 128, 64, 44)},
+      {"deepseek-v2 64/6, groups", v2}};
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.name);
+    const auto model = RandomModel(c.mo);
+    const MoeSpec& spec = model->spec();
+    const int64_t all = int64_t{spec.n_experts()} * static_cast<int64_t>(spec.moe_layers.size());
+    for (const bool by_front : {true, false}) {
+      for (const int64_t n : {1, 3, 32, 40}) {
+        SCOPED_TRACE(::testing::Message() << "lookahead_front " << by_front << " n " << n);
+        CudaEngineOptions o;
+        o.max_batch_tokens = 64;
+        o.expert_cache.budget_bytes = all * SlotBytes(spec);
+        o.expert_cache.prefetch_depth = 1;
+        o.expert_cache.lookahead_front = by_front;
+        auto cached = CudaEngine::Create(model, o);
+        ASSERT_TRUE(cached.ok()) << cached.status();
+        for (int pass = 0; pass < 4; ++pass) {
+          const auto in = MakeActivations(DType::kBF16, n * spec.hidden, 500 + pass).bytes;
+          for (const int layer : spec.moe_layers) {
+            ExpectForward(**cached, layer, DType::kBF16, in, n);
+          }
+        }
+        auto stats = (*cached)->expert_cache_stats();
+        ASSERT_TRUE(stats.ok()) << stats.status();
+        ASSERT_EQ(stats->by_depth.size(), 1u);
+        const auto& d = stats->by_depth[0];
+        ASSERT_GT(d.predicted, 0u);
+        if (by_front && n <= 32) {
+          EXPECT_EQ(d.correct, d.predicted);
+          EXPECT_EQ(d.actual, d.predicted);
+        } else {
+          EXPECT_GE(d.precision, 0.95);
+          EXPECT_GE(d.recall, 0.95);
+        }
+      }
+    }
+  }
+}
+
 TEST(ExpertCacheEngine, RejectsBadBudgets) {
   MOE_REQUIRE_GPU();
   const auto model = RandomModel(ModelOptions(Family::kMixtral, 8, 2, 64, 32, 35));

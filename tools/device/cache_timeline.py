@@ -5,12 +5,13 @@ Usage: cache_timeline.py TRACE.sqlite [LAYERS]
 
 The trace: `nsys profile --cuda-graph-trace=node cache_engine_bench --only NAME ...` (one cached
 configuration after the all-resident reference), exported with `nsys export --type sqlite`. A
-layer forward of one token starts with the decode front kernel (FrontKernel) on the compute
-stream (the stream of the trace's last front: the cached engine, which runs after the
-all-resident one). Over the last LAYERS (default 200) layer windows whose operations (kernels, copies and
-memsets of that stream) match the last window's: the median window span (front start to next
-front start), and per operation its median start and end relative to the window's start, its
-duration, and the median idle time of the stream before it.
+layer forward of one token starts with the decode front kernel (FrontKernel; the lookahead's
+fronts right after it are labelled "(lookahead)") on the compute stream (the stream of the trace's
+last front: the cached engine, which runs after the all-resident one). Over the last LAYERS
+(default 200) layer windows whose operations (kernels, copies and memsets of that stream) match
+the last window's: the median window span (front start to next front start), and per operation
+its median start and end relative to the window's start, its duration, and the median idle time
+of the stream before it.
 """
 import sqlite3
 import statistics
@@ -43,7 +44,13 @@ def main():
         sys.exit("no FrontKernel in the trace")
     stream = max(fronts)[2]  # the stream of the last front: the engine that ran last
     mine = sorted(o for o in ops if o[2] == stream)
-    starts = [i for i, o in enumerate(mine) if "FrontKernel" in o[3]]
+    # A layer starts at its own front; the lookahead's fronts (ExpertCacheOptions::lookahead_front,
+    # one per depth) follow it at once and are labelled as such.
+    is_front = ["FrontKernel" in o[3] for o in mine]
+    starts = [i for i, f in enumerate(is_front) if f and (i == 0 or not is_front[i - 1])]
+    for i in range(1, len(mine)):
+        if is_front[i] and is_front[i - 1]:
+            mine[i] = mine[i][:3] + (mine[i][3] + " (lookahead)",)
     windows = []
     for a, b in zip(starts, starts[1:]):
         windows.append((mine[a:b], mine[a - 1][1] if a > 0 else None, mine[b][0]))

@@ -68,6 +68,13 @@ struct ExpertCacheOptions {
   // over the last few hundred predicted experts of that depth) is at least this: a wrong
   // prefetch costs a whole copy of PCIe time. They are always scored. Depth 1 is never gated.
   double prefetch_min_precision = 0.5;
+  // Launches the lookahead can take the decode front (<= 32 tokens outside deterministic mode)
+  // run it as one more front kernel on the next layer's router (route only, plain scores, after
+  // the layer's own front, with PDL) instead of the router GEMM, a memset and the routing kernel.
+  // NOTES (H200, session 41, benches/RESULTS.md): the three launches took ~18 us of a 56 us layer
+  // at one token (Qwen3 shape, 100% budget, depth 1), all before the residency kernel; with the
+  // front, batch-1 decode ran 11-12% faster there (depth 2: 19%, 50% budget: 3-4%).
+  bool lookahead_front = true;
   // Device residency check: a kernel after the routing looks the routed experts up in a
   // device-visible residency table and, when all are resident, the routed kernels run at once
   // (no host round trip before them; the host learns the routing through mapped memory while

@@ -6,8 +6,10 @@
 //    counts the offsets from the top-k ids, and a layer that needs tile kernels (several cache
 //    rounds) runs the front again with the scan first.
 // 2. Gate-lookahead (prefetch on, next MoE layers exist): for each of the next `depth` layers,
-//    its router GEMM on this layer's converted input and the routing kernel (plain top-k, no
-//    bias) -> predicted ids and weights per depth.
+//    its router on this layer's input and its routing function with plain scores (no bias, no
+//    shared gate) -> predicted ids and weights per depth. Where the layer runs the decode front
+//    (ExpertCacheOptions::lookahead_front), one more front kernel per depth on that layer's
+//    router, route only; else the router GEMM on the converted input and the routing kernel.
 // 3. The residency kernel (kernels/cache_residency.h): looks the routed experts up in the
 //    device-visible residency table (launched with PDL, it reads the layer's table row before its
 //    wait, under the front: ExpertCacheOptions::residency_pdl), writes this layer's pointer
@@ -72,10 +74,32 @@ cuda::DecodeDownOptions DecodeDownOptionsOf(const CudaEngineOptions& o) {
   return d;
 }
 
-// Launches the gate-lookahead of the MoE layer at `next_pos` (2. above) on `st` into depth slot
-// `d` of the lookahead buffers; results stay on the device.
-Status LaunchLookahead(const LayerLaunch& l, const cuda::DeviceWeights& w, int next_pos, int d,
-                       int64_t stride, ExpertCacheRuntime::EngineSlot& es, cudaStream_t st) {
+// Launches the gate-lookahead of the MoE layer at `next_pos` (2. above) from the layer at `pos`
+// on `st` into depth slot `d` of the lookahead buffers; results stay on the device.
+// by_front (l.fused_front): one more decode front on that layer's router, route only, after the
+// layer's own front (so it reads the meta that front stored), with PDL when `pdl`.
+Status LaunchLookahead(const LayerLaunch& l, const cuda::DeviceWeights& w, int pos, int next_pos,
+                       int d, int64_t stride, ExpertCacheRuntime::EngineSlot& es, bool by_front,
+                       bool pdl, cudaStream_t st) {
+  if (by_front) {
+    cuda::FrontArgs f = l.front;
+    // The front reads router_table[meta->layer_pos]; a graph replays one layer position.
+    f.router_table = w.table(w.router_table) + (next_pos - pos);
+    f.convert.x = es.la_x.get();
+    f.convert.pdl = pdl;
+    f.store_meta = nullptr;
+    f.skip_scan = true;
+    f.route.logits = es.la_logits.as<float>();
+    f.route.routing.has_bias = false;  // a prediction: plain scores
+    f.route.routing.has_shared_gate = false;
+    f.route.bias = nullptr;
+    f.route.shared_gate = nullptr;
+    f.route.topk_ids = es.la_ids_dev.as<int32_t>() + d * stride;
+    f.route.topk_weights = es.la_weights_dev.as<float>() + d * stride;
+    f.route.ranks = es.la_ranks.as<int32_t>();
+    f.route.counts = es.la_counts.as<int32_t>();
+    return cuda::LaunchFront(f, st);
+  }
   cuda::GemmArgs router = l.router;
   router.b0_table = w.table(w.router_table) + next_pos;  // entry 0 = that layer's router
   router.layer_dev = nullptr;
@@ -199,9 +223,11 @@ Status CudaEngine::Impl::EnqueueCached(Slot& s, const cuda::ForwardMeta& meta, c
       MOE_RETURN_IF_ERROR(cuda::LaunchStoreMeta(*in_kernel, s.meta.as<cuda::ForwardMeta>(), st));
     }
     MOE_RETURN_IF_ERROR(LaunchFrontPhase(s, l, in_kernel));
+    const bool la_front = l.fused_front && rt.options().lookahead_front &&
+                          capacity <= es.la_x.bytes() / (int64_t{4} * spec.hidden);
     for (int d = 0; d < depth; ++d) {
-      MOE_RETURN_IF_ERROR(
-          LaunchLookahead(l, weights, pos + 1 + d, d, rt.lookahead_stride(), es, st));
+      MOE_RETURN_IF_ERROR(LaunchLookahead(l, weights, pos, pos + 1 + d, d, rt.lookahead_stride(),
+                                          es, la_front, pdl, st));
     }
     MOE_RETURN_IF_ERROR(cuda::LaunchResolveResidency(ra, st));
     if (speculate) return LaunchSpeculativeRouted(*this, l, es, st);

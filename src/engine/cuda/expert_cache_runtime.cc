@@ -166,14 +166,18 @@ StatusOr<std::unique_ptr<ExpertCacheRuntime>> ExpertCacheRuntime::Create(
     MOE_ASSIGN_OR_RETURN(es->la_weights_dev, DeviceBuffer::Create(depth * tm * k * 4));
     MOE_ASSIGN_OR_RETURN(es->la_ranks, DeviceBuffer::Create(tm * k * 4));
     MOE_ASSIGN_OR_RETURN(es->la_counts, DeviceBuffer::Create(e * 4));
+    const int64_t la_x_bytes = std::min(tm, FrontMaxTokens()) * 2 * spec.hidden * 2;
+    if (options.cache.lookahead_front && depth > 0) {
+      MOE_ASSIGN_OR_RETURN(es->la_x, DeviceBuffer::Create(la_x_bytes));
+    }
     MOE_ASSIGN_OR_RETURN(es->spec_tables, DeviceBuffer::Create(3 * e * 8));
     MOE_ASSIGN_OR_RETURN(es->spec_meta, DeviceBuffer::Create(sizeof(ForwardMeta)));
     MOE_ASSIGN_OR_RETURN(es->spec_n_tiles, DeviceBuffer::Create(4));
     MOE_ASSIGN_OR_RETURN(es->zero_layer, DeviceBuffer::Create(4));
     CUDA_RETURN_IF_ERROR(cudaMemset(es->spec_tables.get(), 0, es->spec_tables.bytes()));
     CUDA_RETURN_IF_ERROR(cudaMemset(es->zero_layer.get(), 0, 4));
-    rt->device_bytes_ += es->la_logits.bytes() + (2 * depth + 1) * tm * k * 4 + e * 4 +
-                         es->spec_tables.bytes() + sizeof(ForwardMeta) + 8;
+    rt->device_bytes_ += es->la_logits.bytes() + es->la_x.bytes() + (2 * depth + 1) * tm * k * 4 +
+                         e * 4 + es->spec_tables.bytes() + sizeof(ForwardMeta) + 8;
     MOE_ASSIGN_OR_RETURN(es->resolved, CreateEvent());
     es->rounds.resize(kRoundRing);
     for (auto& r : es->rounds) {

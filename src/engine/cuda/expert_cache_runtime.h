@@ -101,6 +101,10 @@ class ExpertCacheRuntime {
     PinnedBuffer seq_in;
     // Lookahead: logits of one upcoming layer at a time, routing per depth on the device.
     DeviceBuffer la_logits, la_ids_dev, la_weights_dev, la_ranks, la_counts;
+    // The lookahead by the decode front (ExpertCacheOptions::lookahead_front): the input copy its
+    // convert phase writes, which nothing reads ([front tokens, 2 * hidden] 2-byte elements; the
+    // forward's own copy stays untouched).
+    DeviceBuffer la_x;
     // Speculative routed phase: [3 * n_experts] pointer tables, a meta, a tile count, a zero
     // layer index (the tables hold one layer).
     DeviceBuffer spec_tables, spec_meta, spec_n_tiles, zero_layer;
