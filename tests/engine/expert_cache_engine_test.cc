@@ -454,12 +454,13 @@ TEST(ExpertCacheEngine, WarmedCacheRunsEveryLayerWithoutARoundTrip) {
   EXPECT_EQ(stats->counters.misses, 0u);
 }
 
-// The lookahead applies the next layer's router and routing function (plain scores) to this
-// layer's input; fed that same input, the next layer must route as predicted (families without a
+// The lookahead applies the next layers' routers and routing function (plain scores) to this
+// layer's input; fed that same input, those layers must route as predicted (families without a
 // selection bias). Where the layer runs the decode front (<= 32 tokens) the lookahead is one more
-// front kernel (ExpertCacheOptions::lookahead_front) with the same sums as the next layer's own
-// front: exactly. The router GEMM's logits (more tokens, or the option off) are summed in another
-// order, so they may differ at near-ties: at least 95% there.
+// front kernel per depth (ExpertCacheOptions::lookahead_front) with the same sums as the next
+// layers' own fronts: exactly, from graphs and from direct launches. The router GEMM's logits
+// (more tokens, or the option off) are summed in another order, so they may differ at near-ties:
+// at least 95% there.
 TEST(ExpertCacheEngine, LookaheadPredictsTheNextLayersRouting) {
   MOE_REQUIRE_GPU();
   struct Case {
@@ -479,14 +480,21 @@ TEST(ExpertCacheEngine, LookaheadPredictsTheNextLayersRouting) {
     const auto model = RandomModel(c.mo);
     const MoeSpec& spec = model->spec();
     const int64_t all = int64_t{spec.n_experts()} * static_cast<int64_t>(spec.moe_layers.size());
-    for (const bool by_front : {true, false}) {
+    struct Variant {
+      bool by_front, graphs;
+      int depth;
+    };
+    for (const Variant v : {Variant{true, true, 1}, Variant{true, true, 2}, Variant{true, false, 1},
+                            Variant{false, true, 1}}) {
       for (const int64_t n : {1, 3, 32, 40}) {
-        SCOPED_TRACE(::testing::Message() << "lookahead_front " << by_front << " n " << n);
+        SCOPED_TRACE(::testing::Message() << "lookahead_front " << v.by_front << " graphs "
+                                          << v.graphs << " depth " << v.depth << " n " << n);
         CudaEngineOptions o;
         o.max_batch_tokens = 64;
         o.expert_cache.budget_bytes = all * SlotBytes(spec);
-        o.expert_cache.prefetch_depth = 1;
-        o.expert_cache.lookahead_front = by_front;
+        o.expert_cache.prefetch_depth = v.depth;
+        o.expert_cache.lookahead_front = v.by_front;
+        o.expert_cache.graphs = v.graphs;
         auto cached = CudaEngine::Create(model, o);
         ASSERT_TRUE(cached.ok()) << cached.status();
         for (int pass = 0; pass < 4; ++pass) {
@@ -497,15 +505,16 @@ TEST(ExpertCacheEngine, LookaheadPredictsTheNextLayersRouting) {
         }
         auto stats = (*cached)->expert_cache_stats();
         ASSERT_TRUE(stats.ok()) << stats.status();
-        ASSERT_EQ(stats->by_depth.size(), 1u);
-        const auto& d = stats->by_depth[0];
-        ASSERT_GT(d.predicted, 0u);
-        if (by_front && n <= 32) {
-          EXPECT_EQ(d.correct, d.predicted);
-          EXPECT_EQ(d.actual, d.predicted);
-        } else {
-          EXPECT_GE(d.precision, 0.95);
-          EXPECT_GE(d.recall, 0.95);
+        ASSERT_EQ(stats->by_depth.size(), static_cast<size_t>(v.depth));
+        for (const auto& d : stats->by_depth) {
+          ASSERT_GT(d.predicted, 0u);
+          if (v.by_front && n <= 32) {
+            EXPECT_EQ(d.correct, d.predicted);
+            EXPECT_EQ(d.actual, d.predicted);
+          } else {
+            EXPECT_GE(d.precision, 0.95);
+            EXPECT_GE(d.recall, 0.95);
+          }
         }
       }
     }

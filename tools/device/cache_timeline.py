@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Per-layer GPU timeline of the expert cache's forwards, from an nsys trace exported to SQLite.
 
-Usage: cache_timeline.py TRACE.sqlite [LAYERS]
+Usage: cache_timeline.py TRACE.sqlite [LAYERS] [--all-streams]
 
 The trace: `nsys profile --cuda-graph-trace=node cache_engine_bench --only NAME ...` (one cached
 configuration after the all-resident reference), exported with `nsys export --type sqlite`. A
@@ -11,7 +11,8 @@ last front: the cached engine, which runs after the all-resident one). Over the 
 (default 200) layer windows whose operations (kernels, copies and memsets of that stream) match
 the last window's: the median window span (front start to next front start), and per operation
 its median start and end relative to the window's start, its duration, and the median idle time
-of the stream before it.
+of the stream before it. --all-streams: a window also holds the kernels of the engine's other
+streams that start inside it (a graph's branches run on streams of their own), marked "[s N]".
 """
 import sqlite3
 import statistics
@@ -26,8 +27,10 @@ def rows(db, query):
 
 
 def main():
-    db = sqlite3.connect(sys.argv[1])
-    last = int(sys.argv[2]) if len(sys.argv) > 2 else 200
+    all_streams = "--all-streams" in sys.argv
+    argv = [a for a in sys.argv if a != "--all-streams"]
+    db = sqlite3.connect(argv[1])
+    last = int(argv[2]) if len(argv) > 2 else 200
     names = dict(rows(db, "SELECT id, value FROM StringIds"))
     ops = []  # (start, end, stream, name)
     for start, end, stream, short in rows(
@@ -51,9 +54,22 @@ def main():
     for i in range(1, len(mine)):
         if is_front[i] and is_front[i - 1]:
             mine[i] = mine[i][:3] + (mine[i][3] + " (lookahead)",)
+    others = sorted(o for o in ops if o[2] != stream) if all_streams else []
     windows = []
+    j = 0
     for a, b in zip(starts, starts[1:]):
-        windows.append((mine[a:b], mine[a - 1][1] if a > 0 else None, mine[b][0]))
+        ops_in = list(mine[a:b])
+        if others:
+            t0, t1 = mine[a][0], mine[b][0]
+            while j < len(others) and others[j][0] < t0:
+                j += 1
+            k = j
+            while k < len(others) and others[k][0] < t1:
+                o = others[k]
+                ops_in.append(o[:3] + (f"{o[3]} [s {o[2]}]",))
+                k += 1
+            ops_in.sort()
+        windows.append((ops_in, mine[a - 1][1] if a > 0 else None, mine[b][0]))
     if not windows:
         sys.exit("fewer than two layer windows")
     pattern = [o[3] for o in windows[-1][0]]
