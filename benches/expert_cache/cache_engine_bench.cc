@@ -33,7 +33,7 @@
 // Usage: cache_engine_bench [--dir /tmp/moe-cache-engine-bench] [--layers 8] [--tokens 300]
 //                           [--warmup 100] [--beta 0.3] [--decay 0.5] [--budgets 1,0.75,0.5]
 //                           [--depths 1,2,3] [--json FILE] [--small] [--only TEXT]
-//                           [--packed-slots] [--lookahead-gemm]
+//                           [--packed-slots] [--lookahead-gemm] [--lookahead-always]
 //   --decay: a second group of configurations on inputs with that deeper signal (0: none).
 //   --small: a tiny model (a smoke run of the code paths, not a measurement).
 //   --only: only the configuration named TEXT (the all-resident ones always run), e.g. for a
@@ -41,6 +41,8 @@
 //   --packed-slots: every cached configuration with ExpertCacheOptions::pack_slots on (A/B).
 //   --lookahead-gemm: every cached configuration with ExpertCacheOptions::lookahead_front off
 //     (the lookahead by the router GEMM and the routing kernel; A/B).
+//   --lookahead-always: ExpertCacheOptions::lookahead_skips_resident off (the lookahead runs also
+//     when every layer it would predict is resident; A/B).
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
@@ -83,7 +85,8 @@ struct Args {
   bool small = false;
   std::string only;           // run only the configuration of this name (and the all-resident ones)
   bool packed_slots = false;  // pack_slots on in every configuration
-  bool lookahead_gemm = false;  // lookahead_front off in every configuration
+  bool lookahead_gemm = false;    // lookahead_front off in every configuration
+  bool lookahead_always = false;  // lookahead_skips_resident off in every configuration
 };
 
 // The inputs: routing signal of the next layers (see 2. in the file comment).
@@ -107,6 +110,7 @@ struct Config {
   bool residency_pdl = true;     // ExpertCacheOptions::residency_pdl
   bool pack_slots = false;       // ExpertCacheOptions::pack_slots
   bool lookahead_front = true;   // ExpertCacheOptions::lookahead_front
+  bool lookahead_skips = true;   // ExpertCacheOptions::lookahead_skips_resident
 };
 
 struct Result {
@@ -216,6 +220,7 @@ Result RunConfig(std::shared_ptr<const Model> model, const Config& c, const Args
     o.expert_cache.residency_pdl = c.residency_pdl;
     o.expert_cache.pack_slots = c.pack_slots;
     o.expert_cache.lookahead_front = c.lookahead_front;
+    o.expert_cache.lookahead_skips_resident = c.lookahead_skips;
   }
   const auto t0 = Clock::now();
   auto engine = CudaEngine::Create(model, o);
@@ -303,12 +308,14 @@ int Main(int argc, char** argv) {
       args.packed_slots = true;
     } else if (a == "--lookahead-gemm") {
       args.lookahead_gemm = true;
+    } else if (a == "--lookahead-always") {
+      args.lookahead_always = true;
     } else {
       std::fprintf(
           stderr,
           "usage: %s [--dir DIR] [--layers N] [--tokens N] [--warmup N] [--beta B] "
           "[--decay D] [--budgets F,F] [--depths N,N] [--json FILE] [--small] [--only TEXT] "
-          "[--packed-slots] [--lookahead-gemm]\n",
+          "[--packed-slots] [--lookahead-gemm] [--lookahead-always]\n",
           argv[0]);
       return 2;
     }
@@ -382,6 +389,7 @@ int Main(int argc, char** argv) {
                      next_only, true, true, false});
   configs.push_back(
       {"100% warmed, packed slots", 1.0, false, 1, true, true, next_only, true, true, true, true});
+  configs.push_back({"100% warmed, depth 1", 1.0, true, 1, true, true, next_only});
   for (const int d : args.depths) {
     configs.push_back(
         {"100% budget, depth " + std::to_string(d), 1.0, true, d, true, false, next_only});
@@ -427,6 +435,7 @@ int Main(int argc, char** argv) {
     if (!args.only.empty() && c.budget_fraction > 0 && c.name != args.only) continue;
     if (args.packed_slots) c.pack_slots = true;
     if (args.lookahead_gemm) c.lookahead_front = false;
+    if (args.lookahead_always) c.lookahead_skips = false;
     std::vector<uint16_t> inputs;
     if (!(c.inputs == current)) {
       inputs = CraftInputs(*model, *trace, steps, c.inputs, 11);
@@ -498,6 +507,7 @@ int Main(int argc, char** argv) {
            << ",\"recall_d3\":" << pr[2].second
            << ",\"gated_predictions\":" << r.after.gated_predictions - r.before.gated_predictions
            << ",\"create_s\":" << r.create_s << ",\"lookahead_front\":" << c.lookahead_front
+           << ",\"lookahead_skips_resident\":" << c.lookahead_skips
            << ",\"packed_slots\":" << c.pack_slots << ",\"bitwise\":\"" << bw << "\"}\n";
       json.flush();
     }

@@ -406,4 +406,10 @@ ExpertCacheCounters ExpertSlotPool::Counters() const {
   return counters_;
 }
 
+int32_t ExpertSlotPool::ResidentExperts(int32_t layer) const {
+  if (layer < 0 || layer >= n_layers_) return 0;
+  std::lock_guard<std::mutex> lock(mu_);
+  return counters_.resident_per_layer[static_cast<size_t>(layer)];
+}
+
 }  // namespace moe::experts

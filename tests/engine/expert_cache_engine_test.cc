@@ -126,6 +126,9 @@ void CheckBudgets(const RandomModelOptions& mo, DType act, const std::vector<Bud
     o.expert_cache.front_skips_scan = b.front_skips_scan;
     o.expert_cache.residency_pdl = b.residency_pdl;
     o.expert_cache.pack_slots = b.pack_slots;
+    // A full budget soon holds every layer, and the lookahead is then skipped (covered by
+    // WarmCacheSkipsTheLookahead): these cases keep it running to check the predicting forwards.
+    o.expert_cache.lookahead_skips_resident = b.slots > 0;
     o.expert_cache.on_round = [&checker](const experts::AcquireRound& r,
                                          const experts::ExpertSlotPool& p) { checker(r, p); };
     auto cached = CudaEngine::Create(model, o);
@@ -495,6 +498,7 @@ TEST(ExpertCacheEngine, LookaheadPredictsTheNextLayersRouting) {
         o.expert_cache.prefetch_depth = v.depth;
         o.expert_cache.lookahead_front = v.by_front;
         o.expert_cache.graphs = v.graphs;
+        o.expert_cache.lookahead_skips_resident = false;  // predict every layer, also when warm
         auto cached = CudaEngine::Create(model, o);
         ASSERT_TRUE(cached.ok()) << cached.status();
         for (int pass = 0; pass < 4; ++pass) {
@@ -516,6 +520,56 @@ TEST(ExpertCacheEngine, LookaheadPredictsTheNextLayersRouting) {
             EXPECT_GE(d.recall, 0.95);
           }
         }
+      }
+    }
+  }
+}
+
+// A budget that holds the whole model: once every expert of the layers a lookahead would predict
+// is resident, the forwards skip it (ExpertCacheOptions::lookahead_skips_resident) and still
+// match the all-resident engine bit for bit; with the option off, or while a predicted layer is
+// missing experts, they predict.
+TEST(ExpertCacheEngine, WarmCacheSkipsTheLookahead) {
+  MOE_REQUIRE_GPU();
+  const auto model = RandomModel(ModelOptions(Family::kQwen3Moe, 32, 4, 256, 64, 45));
+  const MoeSpec& spec = model->spec();
+  CudaEngineOptions base;
+  base.max_batch_tokens = 64;
+  auto resident = CudaEngine::Create(model, base);
+  ASSERT_TRUE(resident.ok()) << resident.status();
+  const int64_t all = int64_t{spec.n_experts()} * static_cast<int64_t>(spec.moe_layers.size());
+  std::vector<experts::ExpertKey> keys;
+  for (const int layer : spec.moe_layers) {
+    for (int e = 0; e < spec.n_experts(); ++e) keys.push_back({layer, e});
+  }
+  for (const bool skip : {true, false}) {
+    for (const bool warm : {true, false}) {
+      SCOPED_TRACE(::testing::Message() << "skip " << skip << " warm " << warm);
+      CudaEngineOptions o = base;
+      o.expert_cache.budget_bytes = all * SlotBytes(spec);
+      o.expert_cache.prefetch_depth = 2;
+      o.expert_cache.lookahead_skips_resident = skip;
+      auto cached = CudaEngine::Create(model, o);
+      ASSERT_TRUE(cached.ok()) << cached.status();
+      if (warm) {
+        ASSERT_TRUE((*cached)->WarmExpertCache(keys).ok());
+      }
+      for (const int64_t n : {1, 3, 20}) {
+        for (const int layer : spec.moe_layers) {
+          const auto in =
+              MakeActivations(DType::kBF16, n * spec.hidden, 700 + 10 * n + layer).bytes;
+          const Output want = ExpectForward(**resident, layer, DType::kBF16, in, n);
+          const Output got = ExpectForward(**cached, layer, DType::kBF16, in, n);
+          EXPECT_EQ(got.out, want.out) << "layer " << layer << " n " << n;
+          EXPECT_EQ(got.ids, want.ids);
+        }
+      }
+      auto stats = (*cached)->expert_cache_stats();
+      ASSERT_TRUE(stats.ok()) << stats.status();
+      if (skip && warm) {
+        EXPECT_EQ(stats->predicted, 0u) << "every predicted layer was resident";
+      } else {
+        EXPECT_GT(stats->predicted, 0u);  // the cold cache's first layers miss experts
       }
     }
   }

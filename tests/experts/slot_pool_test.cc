@@ -130,6 +130,10 @@ TEST(ExpertSlotPool, MissesThenHitsWithResidentFirstOrder) {
   EXPECT_EQ(c.bytes_copied, 3u);
   EXPECT_DOUBLE_EQ(c.HitRate(), 2.0 / 5.0);
   EXPECT_EQ(c.resident_per_layer, (std::vector<int32_t>{2, 1}));
+  EXPECT_EQ(pool->ResidentExperts(0), 2);
+  EXPECT_EQ(pool->ResidentExperts(1), 1);
+  EXPECT_EQ(pool->ResidentExperts(2), 0);  // not a layer of the pool
+  EXPECT_EQ(pool->ResidentExperts(-1), 0);
 }
 
 TEST(ExpertSlotPool, EvictsByPolicyAndReturnsTheReuseFence) {
@@ -150,6 +154,8 @@ TEST(ExpertSlotPool, EvictsByPolicyAndReturnsTheReuseFence) {
   const ExpertCacheCounters c = pool->Counters();
   EXPECT_EQ(c.evictions, 1u);
   EXPECT_EQ(c.resident_per_layer, (std::vector<int32_t>{1, 1}));
+  EXPECT_EQ(pool->ResidentExperts(0), 1);  // loading counts
+  EXPECT_EQ(pool->ResidentExperts(1), 1);
 }
 
 TEST(ExpertSlotPool, NeverEvictsPinnedSlotsAndRefusesWhenAllArePinned) {

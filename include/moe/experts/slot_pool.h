@@ -240,6 +240,9 @@ class ExpertSlotPool {
   std::optional<SlotId> Find(const ExpertKey& key) const;
   SlotInfo Inspect(SlotId slot) const;
   ExpertCacheCounters Counters() const;
+  // Experts of `layer` resident or loading (Counters().resident_per_layer's entry; 0 for a layer
+  // the pool does not hold).
+  int32_t ResidentExperts(int32_t layer) const;
 
  private:
   struct Slot {

@@ -241,7 +241,7 @@ Status CudaEngine::Impl::EnqueueCached(Slot& s, const cuda::ForwardMeta& meta, c
   };
   cudaGraphExec_t exec = nullptr;
   if (rt.options().graphs && IsGraphSize(capacity)) {
-    MOE_ASSIGN_OR_RETURN(exec, ReadyGraph(s, {capacity, atype, pos}, in_kernel,
+    MOE_ASSIGN_OR_RETURN(exec, ReadyGraph(s, {capacity, atype, pos, depth}, in_kernel,
                                           [&](LayerLaunch* launched) -> Status {
                                             *launched = l;
                                             return enqueue_device();

@@ -989,11 +989,11 @@ Status CudaEngine::Impl::EnqueueMeta(Slot& s, const cuda::ForwardMeta& meta, ATy
   const int64_t capacity = LaunchCapacity(meta.n_tokens);
   if (!IsGraphSize(capacity)) return EnqueueCore(s, meta.n_tokens, atype, in_kernel);
   // Captured on first use of this (size, dtype) on this slot.
-  MOE_ASSIGN_OR_RETURN(
-      cudaGraphExec_t exec,
-      ReadyGraph(s, {capacity, atype, Slot::kAnyLayer}, in_kernel, [&](LayerLaunch* l) -> Status {
-        return EnqueueCore(s, capacity, atype, in_kernel, l);
-      }));
+  MOE_ASSIGN_OR_RETURN(cudaGraphExec_t exec, ReadyGraph(s, {capacity, atype, Slot::kAnyLayer, 0},
+                                                        in_kernel, [&](LayerLaunch* l) -> Status {
+                                                          return EnqueueCore(s, capacity, atype,
+                                                                             in_kernel, l);
+                                                        }));
   CUDA_RETURN_IF_ERROR(cudaGraphLaunch(exec, st));
   return absl::OkStatus();
 }

@@ -101,10 +101,11 @@ class CudaEngine::Impl {
       bool meta_in_front = false;
       cuda::FrontArgs front;
     };
-    // Per (launch capacity, dtype, MoE layer position): the all-resident forward at position
-    // kAnyLayer (it reads its layer from the meta); the expert cache's forwards the device phase
-    // before the host's decision (cached_forward.cc), one per position.
-    using GraphKey = std::tuple<int64_t, cuda::AType, int>;
+    // Per (launch capacity, dtype, MoE layer position, lookahead depth): the all-resident forward
+    // at position kAnyLayer and depth 0 (it reads its layer from the meta); the expert cache's
+    // forwards the device phase before the host's decision (cached_forward.cc), one per position
+    // and depth (ExpertCacheOptions::lookahead_skips_resident drops the lookahead at run time).
+    using GraphKey = std::tuple<int64_t, cuda::AType, int, int>;
     static constexpr int kAnyLayer = -1;
     std::map<GraphKey, CapturedGraph> graphs;
   };

@@ -337,7 +337,13 @@ Status ExpertCacheRuntime::PublishCompletedLoads() {
 
 int ExpertCacheRuntime::LookaheadDepth(int layer_pos) const {
   if (!options_.cache.prefetch) return 0;
-  return std::clamp(n_pos_ - 1 - layer_pos, 0, options_.cache.prefetch_depth);
+  const int depth = std::clamp(n_pos_ - 1 - layer_pos, 0, options_.cache.prefetch_depth);
+  if (!options_.cache.lookahead_skips_resident) return depth;
+  for (int d = 1; d <= depth; ++d) {
+    const int32_t layer = spec_.moe_layers[static_cast<size_t>(layer_pos + d)];
+    if (pool_->ResidentExperts(layer) < spec_.n_experts()) return depth;
+  }
+  return 0;
 }
 
 ResolveArgs ExpertCacheRuntime::ResolveArgsFor(int engine_slot, int layer_pos) const {

@@ -154,7 +154,9 @@ class ExpertCacheRuntime {
   int64_t round_entry_bytes() const { return round_entry_bytes_; }
   // Lookahead entries per depth in la_ids_dev / la_weights_dev (max tokens * top_k).
   int64_t lookahead_stride() const { return la_stride_; }
-  // Upcoming MoE layers predicted after the layer at position `layer_pos` (0 without prefetch).
+  // Upcoming MoE layers predicted after the layer at position `layer_pos` (0 without prefetch,
+  // and, with ExpertCacheOptions::lookahead_skips_resident, while every one of those layers has
+  // all its experts resident or loading).
   int LookaheadDepth(int layer_pos) const;
   int64_t max_round_tiles() const { return max_tiles_; }
   int64_t device_bytes() const { return device_bytes_; }
