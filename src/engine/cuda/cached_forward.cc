@@ -74,6 +74,22 @@ cuda::DecodeDownOptions DecodeDownOptionsOf(const CudaEngineOptions& o) {
   return d;
 }
 
+// `r` routing the prediction of depth slot `d`: plain scores (no selection bias, no shared gate)
+// from the lookahead's logits into its buffers.
+cuda::RouteArgs PredictionRoute(cuda::RouteArgs r, ExpertCacheRuntime::EngineSlot& es, int d,
+                                int64_t stride) {
+  r.logits = es.la_logits.as<float>();
+  r.routing.has_bias = false;
+  r.routing.has_shared_gate = false;
+  r.bias = nullptr;
+  r.shared_gate = nullptr;
+  r.topk_ids = es.la_ids_dev.as<int32_t>() + d * stride;
+  r.topk_weights = es.la_weights_dev.as<float>() + d * stride;
+  r.ranks = es.la_ranks.as<int32_t>();
+  r.counts = es.la_counts.as<int32_t>();
+  return r;
+}
+
 // Launches the gate-lookahead of the MoE layer at `next_pos` (2. above) from the layer at `pos`
 // on `st` into depth slot `d` of the lookahead buffers; results stay on the device.
 // by_front (l.fused_front): one more decode front on that layer's router, route only, after the
@@ -89,15 +105,7 @@ Status LaunchLookahead(const LayerLaunch& l, const cuda::DeviceWeights& w, int p
     f.convert.pdl = pdl;
     f.store_meta = nullptr;
     f.skip_scan = true;
-    f.route.logits = es.la_logits.as<float>();
-    f.route.routing.has_bias = false;  // a prediction: plain scores
-    f.route.routing.has_shared_gate = false;
-    f.route.bias = nullptr;
-    f.route.shared_gate = nullptr;
-    f.route.topk_ids = es.la_ids_dev.as<int32_t>() + d * stride;
-    f.route.topk_weights = es.la_weights_dev.as<float>() + d * stride;
-    f.route.ranks = es.la_ranks.as<int32_t>();
-    f.route.counts = es.la_counts.as<int32_t>();
+    f.route = PredictionRoute(f.route, es, d, stride);
     return cuda::LaunchFront(f, st);
   }
   cuda::GemmArgs router = l.router;
@@ -111,18 +119,9 @@ Status LaunchLookahead(const LayerLaunch& l, const cuda::DeviceWeights& w, int p
   router.prefetch_weights = false;
   MOE_RETURN_IF_ERROR(cuda::LaunchGemm(router, st));
   CUDA_RETURN_IF_ERROR(cudaMemsetAsync(es.la_counts.get(), 0, es.la_counts.bytes(), st));
-  cuda::RouteArgs route = l.route;
-  route.logits = es.la_logits.as<float>();
+  cuda::RouteArgs route = PredictionRoute(l.route, es, d, stride);
   route.splits = 1;
   route.split_stride = 0;
-  route.routing.has_bias = false;  // a prediction: plain scores
-  route.routing.has_shared_gate = false;
-  route.bias = nullptr;
-  route.shared_gate = nullptr;
-  route.topk_ids = es.la_ids_dev.as<int32_t>() + d * stride;
-  route.topk_weights = es.la_weights_dev.as<float>() + d * stride;
-  route.ranks = es.la_ranks.as<int32_t>();
-  route.counts = es.la_counts.as<int32_t>();
   route.pdl = false;
   return cuda::LaunchRoute(route, st);
 }
@@ -223,8 +222,8 @@ Status CudaEngine::Impl::EnqueueCached(Slot& s, const cuda::ForwardMeta& meta, c
       MOE_RETURN_IF_ERROR(cuda::LaunchStoreMeta(*in_kernel, s.meta.as<cuda::ForwardMeta>(), st));
     }
     MOE_RETURN_IF_ERROR(LaunchFrontPhase(s, l, in_kernel));
-    const bool la_front = l.fused_front && rt.options().lookahead_front &&
-                          capacity <= es.la_x.bytes() / (int64_t{4} * spec.hidden);
+    // A fused front takes at most FrontMaxTokens() tokens, which la_x holds.
+    const bool la_front = l.fused_front && rt.options().lookahead_front;
     for (int d = 0; d < depth; ++d) {
       MOE_RETURN_IF_ERROR(LaunchLookahead(l, weights, pos, pos + 1 + d, d, rt.lookahead_stride(),
                                           es, la_front, pdl, st));

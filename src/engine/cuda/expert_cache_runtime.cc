@@ -166,9 +166,9 @@ StatusOr<std::unique_ptr<ExpertCacheRuntime>> ExpertCacheRuntime::Create(
     MOE_ASSIGN_OR_RETURN(es->la_weights_dev, DeviceBuffer::Create(depth * tm * k * 4));
     MOE_ASSIGN_OR_RETURN(es->la_ranks, DeviceBuffer::Create(tm * k * 4));
     MOE_ASSIGN_OR_RETURN(es->la_counts, DeviceBuffer::Create(e * 4));
-    const int64_t la_x_bytes = std::min(tm, FrontMaxTokens()) * 2 * spec.hidden * 2;
     if (options.cache.lookahead_front && depth > 0) {
-      MOE_ASSIGN_OR_RETURN(es->la_x, DeviceBuffer::Create(la_x_bytes));
+      MOE_ASSIGN_OR_RETURN(
+          es->la_x, DeviceBuffer::Create(std::min(tm, FrontMaxTokens()) * 2 * spec.hidden * 2));
     }
     MOE_ASSIGN_OR_RETURN(es->spec_tables, DeviceBuffer::Create(3 * e * 8));
     MOE_ASSIGN_OR_RETURN(es->spec_meta, DeviceBuffer::Create(sizeof(ForwardMeta)));
