@@ -3,13 +3,10 @@
 
 #include <unistd.h>
 
-#include <charconv>
 #include <chrono>
-#include <fstream>
 #include <map>
 #include <mutex>
 #include <span>
-#include <sstream>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -44,39 +41,6 @@ class DeviceGuard {
   int previous_ = 0;
   bool restore_ = false;
 };
-
-// Whole small file (/proc, /sys), or "" when unreadable.
-std::string ReadProcFile(const char* path) {
-  std::ifstream in(path);
-  if (!in) return "";
-  std::ostringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
-
-// A decimal integer followed by optional whitespace ("max" and garbage fail).
-bool ParseInt(const std::string& text, int64_t* out) {
-  const char* end = text.data() + text.size();
-  const auto [ptr, ec] = std::from_chars(text.data(), end, *out);
-  if (ec != std::errc() || ptr == text.data()) return false;
-  for (const char* p = ptr; p < end; ++p) {
-    if (*p != '\n' && *p != ' ') return false;
-  }
-  return true;
-}
-
-StatusOr<host_tier_internal::HostMemory> ReadHostMemory() {
-  MOE_ASSIGN_OR_RETURN(host_tier_internal::HostMemory mem,
-                       host_tier_internal::ParseMemInfo(ReadProcFile("/proc/meminfo")));
-  // cgroup v2 limit of this process's cgroup, when the usual mount shows one.
-  const std::string max = ReadProcFile("/sys/fs/cgroup/memory.max");
-  const std::string current = ReadProcFile("/sys/fs/cgroup/memory.current");
-  int64_t limit = 0, used = 0;
-  if (ParseInt(max, &limit) && ParseInt(current, &used)) {
-    mem.cgroup_free_bytes = std::max<int64_t>(0, limit - used);
-  }
-  return mem;
-}
 
 }  // namespace
 
@@ -228,15 +192,16 @@ Status HostExpertSource::TryRegister() {
     return absl::FailedPreconditionError(
         absl::StrCat("host tier: device ", device_, " does not support cudaHostRegisterReadOnly"));
   }
-  MOE_ASSIGN_OR_RETURN(std::vector<host_tier_internal::Mapping> mappings,
-                       host_tier_internal::ParseProcMaps(ReadProcFile("/proc/self/maps")));
+  MOE_ASSIGN_OR_RETURN(
+      std::vector<host_tier_internal::Mapping> mappings,
+      host_tier_internal::ParseProcMaps(host_tier_internal::ReadProcFile("/proc/self/maps")));
   mappings = host_tier_internal::MergeMappings(std::move(mappings));
   MOE_ASSIGN_OR_RETURN(
       std::vector<RegisterRange> ranges,
       host_tier_internal::RangesToRegister(plan_, mappings, sysconf(_SC_PAGESIZE)));
   int64_t bytes = 0;
   for (const RegisterRange& r : ranges) bytes += r.bytes;
-  MOE_ASSIGN_OR_RETURN(host_tier_internal::HostMemory memory, ReadHostMemory());
+  MOE_ASSIGN_OR_RETURN(host_tier_internal::HostMemory memory, host_tier_internal::ReadHostMemory());
   const std::string no_room = host_tier_internal::CheckFitsInHostMemory(bytes, memory);
   if (!no_room.empty()) {
     return absl::FailedPreconditionError(absl::StrCat("host tier: ", no_room));

@@ -3,7 +3,9 @@
 
 #include <algorithm>
 #include <charconv>
+#include <fstream>
 #include <map>
+#include <sstream>
 
 #include "absl/strings/str_cat.h"
 
@@ -42,6 +44,17 @@ const Mapping* Containing(std::span<const Mapping> mappings, uintptr_t p) {
   if (it == mappings.begin()) return nullptr;
   --it;
   return p < it->end ? &*it : nullptr;
+}
+
+// A decimal integer followed by optional whitespace ("max" and garbage fail).
+bool ParseInt(const std::string& text, int64_t* out) {
+  const char* end = text.data() + text.size();
+  const auto [ptr, ec] = std::from_chars(text.data(), end, *out);
+  if (ec != std::errc() || ptr == text.data()) return false;
+  for (const char* p = ptr; p < end; ++p) {
+    if (*p != '\n' && *p != ' ') return false;
+  }
+  return true;
 }
 
 }  // namespace
@@ -191,6 +204,26 @@ std::string CheckFitsInHostMemory(int64_t bytes, const HostMemory& memory) {
                         " exceed the cgroup's free memory (", memory.cgroup_free_bytes, " bytes)");
   }
   return "";
+}
+
+std::string ReadProcFile(const char* path) {
+  std::ifstream in(path);
+  if (!in) return "";
+  std::ostringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+StatusOr<HostMemory> ReadHostMemory() {
+  MOE_ASSIGN_OR_RETURN(HostMemory mem, ParseMemInfo(ReadProcFile("/proc/meminfo")));
+  // cgroup v2 limit of this process's cgroup, when the usual mount shows one.
+  const std::string max = ReadProcFile("/sys/fs/cgroup/memory.max");
+  const std::string current = ReadProcFile("/sys/fs/cgroup/memory.current");
+  int64_t limit = 0, used = 0;
+  if (ParseInt(max, &limit) && ParseInt(current, &used)) {
+    mem.cgroup_free_bytes = std::max<int64_t>(0, limit - used);
+  }
+  return mem;
 }
 
 }  // namespace moe::experts::host_tier_internal

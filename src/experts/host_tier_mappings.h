@@ -63,6 +63,12 @@ struct HostMemory {
 // MemTotal and MemAvailable from the text of /proc/meminfo. InvalidArgument when missing.
 StatusOr<HostMemory> ParseMemInfo(std::string_view text);
 
+// Whole small file (/proc, /sys), or "" when unreadable.
+std::string ReadProcFile(const char* path);
+
+// This host's memory: /proc/meminfo, and the cgroup v2 limit where the usual mount shows one.
+StatusOr<HostMemory> ReadHostMemory();
+
 // Whether page-locking `bytes` of mapped file leaves the host a reserve: bytes + reserve <=
 // available (and <= the cgroup's free bytes), reserve = max(1 GiB, total / 16). Empty when it
 // fits, else the reason.

@@ -51,7 +51,24 @@ struct ExpertCheckpointOptions {
   int n_shards = 1;      // > 1: layer l goes to shard l % n_shards, with an index file
   int fill_threads = 1;  // threads generating each tensor's bytes
   uint64_t seed = 1;
+  // BF16 only: the random bits become values like trained weights' (exponents within 8 binades
+  // under 2^-2, one in 256 of them zero or subnormal and one in 2048 tiny, 2^-77: a patch of the
+  // host tier's codec, moe/experts/weight_codec.h, which compresses them); false: random bit
+  // patterns (NaNs, infinities, every exponent), which it leaves raw.
+  bool weight_like_bf16 = false;
 };
+
+// Rewrites random bf16 bit patterns as ExpertCheckpointOptions::weight_like_bf16 describes.
+inline void MakeWeightLikeBf16(uint8_t* bytes, size_t n) {
+  for (size_t i = 0; i + 1 < n; i += 2) {
+    uint16_t u;
+    std::memcpy(&u, bytes + i, 2);
+    const uint32_t field = (u >> 7) & 0xff;
+    const uint32_t e = field == 0 ? 0u : field == 1 && (u & 7) == 0 ? 50u : 118u + (field & 7u);
+    u = static_cast<uint16_t>((u & 0x807f) | (e << 7));
+    std::memcpy(bytes + i, &u, 2);
+  }
+}
 
 // Bytes of tensor `name`: a splitmix64 stream keyed by (seed, name), 8 bytes per step.
 inline void FillExpertBytes(uint64_t seed, const std::string& name, uint8_t* dst, size_t n,
@@ -148,6 +165,9 @@ inline Status WriteExpertCheckpoint(const std::string& dir, const ExpertCheckpoi
       MOE_RETURN_IF_ERROR(writers[static_cast<size_t>(shard)].AddGenerated(
           x.name, o.dtype, x.shape, [&o, name = x.name](void* dst, size_t n) {
             FillExpertBytes(o.seed, name, static_cast<uint8_t*>(dst), n, o.fill_threads);
+            if (o.weight_like_bf16 && o.dtype == DType::kBF16) {
+              MakeWeightLikeBf16(static_cast<uint8_t*>(dst), n);
+            }
           }));
       index["weight_map"][x.name] = shard_name(shard);
     }
