@@ -34,15 +34,19 @@
 //                           [--warmup 100] [--beta 0.3] [--decay 0.5] [--budgets 1,0.75,0.5]
 //                           [--depths 1,2,3] [--json FILE] [--small] [--only TEXT]
 //                           [--packed-slots] [--lookahead-gemm] [--lookahead-always]
+//                           [--uncompressed]
 //   --decay: a second group of configurations on inputs with that deeper signal (0: none).
 //   --small: a tiny model (a smoke run of the code paths, not a measurement).
-//   --only: only the configuration named TEXT (the all-resident ones always run), e.g. for a
-//     timeline of one configuration (tools/device/cache_timeline.py).
+//   --only: only the configuration named TEXT, or those of a list "A|B|C" (the all-resident ones
+//     always run), e.g. for a timeline of one configuration (tools/device/cache_timeline.py).
 //   --packed-slots: every cached configuration with ExpertCacheOptions::pack_slots on (A/B).
 //   --lookahead-gemm: every cached configuration with ExpertCacheOptions::lookahead_front off
 //     (the lookahead by the router GEMM and the routing kernel; A/B).
 //   --lookahead-always: ExpertCacheOptions::lookahead_skips_resident off (the lookahead runs also
 //     when every layer it would predict is resident; A/B).
+//   --uncompressed: ExpertCacheOptions::compress_host_tier off in every cached configuration
+//     (misses copy raw bytes; A/B). With it on (the default), each configuration waits for the
+//     background encoder before its warm-up.
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
@@ -55,6 +59,7 @@
 #include <random>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "expert_cache/bench_check.h"
@@ -83,10 +88,12 @@ struct Args {
   std::vector<double> budgets = {1.0, 0.75, 0.5};
   std::vector<int> depths = {1, 2, 3};
   bool small = false;
-  std::string only;           // run only the configuration of this name (and the all-resident ones)
-  bool packed_slots = false;  // pack_slots on in every configuration
+  // Run only the configurations of these names (and the all-resident ones).
+  std::vector<std::string> only;
+  bool packed_slots = false;      // pack_slots on in every configuration
   bool lookahead_gemm = false;    // lookahead_front off in every configuration
   bool lookahead_always = false;  // lookahead_skips_resident off in every configuration
+  bool uncompressed = false;      // compress_host_tier off in every configuration
 };
 
 // The inputs: routing signal of the next layers (see 2. in the file comment).
@@ -111,6 +118,7 @@ struct Config {
   bool pack_slots = false;       // ExpertCacheOptions::pack_slots
   bool lookahead_front = true;   // ExpertCacheOptions::lookahead_front
   bool lookahead_skips = true;   // ExpertCacheOptions::lookahead_skips_resident
+  bool compress = true;          // ExpertCacheOptions::compress_host_tier
 };
 
 struct Result {
@@ -221,12 +229,35 @@ Result RunConfig(std::shared_ptr<const Model> model, const Config& c, const Args
     o.expert_cache.pack_slots = c.pack_slots;
     o.expert_cache.lookahead_front = c.lookahead_front;
     o.expert_cache.lookahead_skips_resident = c.lookahead_skips;
+    o.expert_cache.compress_host_tier = c.compress;
   }
   const auto t0 = Clock::now();
   auto engine = CudaEngine::Create(model, o);
   CHECK_OK(engine.status());
   r.create_s = Seconds(t0, Clock::now());
   r.cached = c.budget_fraction > 0;
+  if (r.cached && c.compress) {
+    // Measure the compressed tier as it is once its background encoder is done.
+    for (;;) {
+      auto s = (*engine)->expert_cache_stats();
+      CHECK_OK(s.status());
+      if (s->compression_done) {
+        std::printf(
+            "compressed host tier: %lld of %lld experts encoded in %.2f s (blobs %.4f of "
+            "the raw bytes)%s%s\n",
+            static_cast<long long>(s->compressed_experts),
+            static_cast<long long>(s->compressible_experts), s->compression_seconds,
+            s->compression_ratio,
+            s->compression_error.empty() ? "" : "; stopped: ", s->compression_error.c_str());
+        break;
+      }
+      if (s->compressible_experts == 0) {
+        std::printf("compressed host tier: not used (the codec does not take this model)\n");
+        break;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+  }
   if (c.warm_all) {
     std::vector<experts::ExpertKey> all;
     for (const int layer : spec.moe_layers) {
@@ -303,19 +334,23 @@ int Main(int argc, char** argv) {
     } else if (a == "--small") {
       args.small = true;
     } else if (a == "--only") {
-      args.only = next();
+      std::stringstream list(next());
+      std::string item;
+      while (std::getline(list, item, '|')) args.only.push_back(item);
     } else if (a == "--packed-slots") {
       args.packed_slots = true;
     } else if (a == "--lookahead-gemm") {
       args.lookahead_gemm = true;
     } else if (a == "--lookahead-always") {
       args.lookahead_always = true;
+    } else if (a == "--uncompressed") {
+      args.uncompressed = true;
     } else {
       std::fprintf(
           stderr,
           "usage: %s [--dir DIR] [--layers N] [--tokens N] [--warmup N] [--beta B] "
           "[--decay D] [--budgets F,F] [--depths N,N] [--json FILE] [--small] [--only TEXT] "
-          "[--packed-slots] [--lookahead-gemm] [--lookahead-always]\n",
+          "[--packed-slots] [--lookahead-gemm] [--lookahead-always] [--uncompressed]\n",
           argv[0]);
       return 2;
     }
@@ -432,10 +467,14 @@ int Main(int argc, char** argv) {
               "tok/s", "ratio", "hit%", "dev%", "mis/tok", "wait/cp", "GB/s", "rt_us", "enq_us",
               "prec/rec d1", "prec/rec d2", "prec/rec d3", "bitwise", "rnds");
   for (Config c : configs) {
-    if (!args.only.empty() && c.budget_fraction > 0 && c.name != args.only) continue;
+    if (!args.only.empty() && c.budget_fraction > 0 &&
+        std::find(args.only.begin(), args.only.end(), c.name) == args.only.end()) {
+      continue;
+    }
     if (args.packed_slots) c.pack_slots = true;
     if (args.lookahead_gemm) c.lookahead_front = false;
     if (args.lookahead_always) c.lookahead_skips = false;
+    if (args.uncompressed) c.compress = false;
     std::vector<uint16_t> inputs;
     if (!(c.inputs == current)) {
       inputs = CraftInputs(*model, *trace, steps, c.inputs, 11);
@@ -480,6 +519,11 @@ int Main(int argc, char** argv) {
       return std::string(buf);
     };
     const double miss_gbs = copy_s > 0 ? d.bytes_copied / copy_s / 1e9 : 0;
+    // What crossed PCIe (compressed blobs are smaller than the slot bytes that bytes_copied
+    // counts).
+    const double wire_gbs =
+        copy_s > 0 ? static_cast<double>(r.after.wire_bytes - r.before.wire_bytes) / copy_s / 1e9
+                   : 0;
     const std::string bw = c.budget_fraction == 0 ? "ref" : (bitwise ? "yes" : "NO");
     std::printf(
         "%-44s %8.1f %5.1f%% %5.1f%% %5.1f%% %7.2f %6.1f%% %7.1f %7.1f %7.1f %17s %17s %17s %7s "
@@ -508,7 +552,9 @@ int Main(int argc, char** argv) {
            << ",\"gated_predictions\":" << r.after.gated_predictions - r.before.gated_predictions
            << ",\"create_s\":" << r.create_s << ",\"lookahead_front\":" << c.lookahead_front
            << ",\"lookahead_skips_resident\":" << c.lookahead_skips
-           << ",\"packed_slots\":" << c.pack_slots << ",\"bitwise\":\"" << bw << "\"}\n";
+           << ",\"packed_slots\":" << c.pack_slots << ",\"compressed\":" << c.compress
+           << ",\"compressed_loads\":" << r.after.compressed_loads - r.before.compressed_loads
+           << ",\"wire_gb_s\":" << wire_gbs << ",\"bitwise\":\"" << bw << "\"}\n";
       json.flush();
     }
   }

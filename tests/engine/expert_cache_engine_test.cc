@@ -11,6 +11,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstring>
 #include <random>
 #include <string>
@@ -65,6 +66,7 @@ struct Budget {
   bool front_skips_scan = true;
   bool residency_pdl = true;  // ExpertCacheOptions::residency_pdl
   bool pack_slots = false;    // ExpertCacheOptions::pack_slots
+  bool compress = false;      // ExpertCacheOptions::compress_host_tier (runs once it is encoded)
 };
 
 RandomModelOptions ModelOptions(Family f, int experts, int top_k, int hidden, int inter,
@@ -126,6 +128,8 @@ void CheckBudgets(const RandomModelOptions& mo, DType act, const std::vector<Bud
     o.expert_cache.front_skips_scan = b.front_skips_scan;
     o.expert_cache.residency_pdl = b.residency_pdl;
     o.expert_cache.pack_slots = b.pack_slots;
+    o.expert_cache.compress_host_tier = b.compress;
+    o.expert_cache.compress_threads = 2;
     // A full budget soon holds every layer, and the lookahead is then skipped (covered by
     // WarmCacheSkipsTheLookahead): these cases keep it running to check the predicting forwards.
     o.expert_cache.lookahead_skips_resident = b.slots > 0;
@@ -139,6 +143,22 @@ void CheckBudgets(const RandomModelOptions& mo, DType act, const std::vector<Bud
     const auto cache_stats = (*cached)->expert_cache_stats();
     ASSERT_TRUE(cache_stats.ok()) << cache_stats.status();
     EXPECT_EQ(cache_stats->packed_slots, b.pack_slots && (*resident)->packed_expert_weights());
+    if (b.compress) {
+      // Every miss below then moves a compressed blob (the random weights are normal values).
+      for (;;) {
+        auto s = (*cached)->expert_cache_stats();
+        ASSERT_TRUE(s.ok()) << s.status();
+        if (s->compression_done) {
+          EXPECT_EQ(s->compression_error, "");
+          EXPECT_EQ(s->compressed_experts, all_experts);
+          EXPECT_EQ(s->compressible_experts, all_experts);
+          EXPECT_GT(s->compression_ratio, 0.7);
+          EXPECT_LT(s->compression_ratio, 0.8);
+          break;
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      }
+    }
     for (size_t i = 0; i < seq.size(); ++i) {
       const Step& st = seq[i];
       SCOPED_TRACE(::testing::Message() << "step " << i << " layer " << st.layer << " n " << st.n);
@@ -153,6 +173,14 @@ void CheckBudgets(const RandomModelOptions& mo, DType act, const std::vector<Bud
     auto stats = (*cached)->expert_cache_stats();
     ASSERT_TRUE(stats.ok()) << stats.status();
     EXPECT_EQ(checker.violations.load(), 0) << "an expert in use was not in its slot";
+    if (b.compress) {
+      const uint64_t loads = stats->counters.misses + stats->counters.prefetch_issued;
+      EXPECT_EQ(stats->compressed_loads, loads) << "every load should move a blob";
+      EXPECT_LT(stats->wire_bytes, stats->counters.bytes_copied);
+    } else {
+      EXPECT_EQ(stats->compressed_loads, 0u);
+      EXPECT_EQ(stats->wire_bytes, stats->counters.bytes_copied);
+    }
     EXPECT_GT(stats->counters.misses, 0u);
     EXPECT_EQ(stats->host_round_trips, static_cast<uint64_t>(seq.size()));
     EXPECT_GE(stats->rounds, stats->host_round_trips);
@@ -183,27 +211,33 @@ void CheckBudgets(const RandomModelOptions& mo, DType act, const std::vector<Bud
 TEST(ExpertCacheEngine, MixtralBf16BitwiseUnderBudgets) {
   MOE_REQUIRE_GPU();
   const auto mo = ModelOptions(Family::kMixtral, 16, 2, 256, 128, 31);
-  CheckBudgets(mo, DType::kBF16,
-               {{"3 slots (churn, multi-round)", 3, true},
-                {"3 slots, no prefetch", 3, false},
-                {"50%", 32, true},
-                {"50%, depth 3", 32, true, 3},
-                {"50%, check off", 32, true, 1, false},
-                {"50%, direct launches", 32, true, 1, true, false},
-                {"50%, check off, direct launches", 32, true, 1, false, false},
-                {"50%, meta copied", 32, true, 1, true, true, false},
-                {"50%, meta copied, direct launches", 32, true, 1, true, false, false},
-                {"50%, the front scans at 1 token", 32, true, 1, true, true, true, false},
-                {"50%, residency kernel without PDL", 32, true, 1, true, true, true, true, false},
-                {"50%, residency kernel without PDL, direct launches", 32, true, 1, true, false,
-                 true, true, false},
-                {"3 slots (churn, multi-round), packed slots", 3, true, 1, true, true, true, true,
-                 true, true},
-                {"50%, packed slots", 32, true, 1, true, true, true, true, true, true},
-                {"full", 0, true},
-                {"full, depth 2", 0, true, 2},
-                {"full, direct launches", 0, true, 1, true, false}},
-               {1, 2, 5, 33, 130, 600}, 40);
+  CheckBudgets(
+      mo, DType::kBF16,
+      {{"3 slots (churn, multi-round)", 3, true},
+       {"3 slots, no prefetch", 3, false},
+       {"50%", 32, true},
+       {"50%, depth 3", 32, true, 3},
+       {"50%, check off", 32, true, 1, false},
+       {"50%, direct launches", 32, true, 1, true, false},
+       {"50%, check off, direct launches", 32, true, 1, false, false},
+       {"50%, meta copied", 32, true, 1, true, true, false},
+       {"50%, meta copied, direct launches", 32, true, 1, true, false, false},
+       {"50%, the front scans at 1 token", 32, true, 1, true, true, true, false},
+       {"50%, residency kernel without PDL", 32, true, 1, true, true, true, true, false},
+       {"50%, residency kernel without PDL, direct launches", 32, true, 1, true, false, true, true,
+        false},
+       {"3 slots (churn, multi-round), packed slots", 3, true, 1, true, true, true, true, true,
+        true},
+       {"50%, packed slots", 32, true, 1, true, true, true, true, true, true},
+       {"3 slots (churn, multi-round), compressed host tier", 3, true, 1, true, true, true, true,
+        true, false, true},
+       {"50%, compressed host tier", 32, true, 1, true, true, true, true, true, false, true},
+       {"50%, compressed host tier, direct launches", 32, true, 1, true, false, true, true, true,
+        false, true},
+       {"full", 0, true},
+       {"full, depth 2", 0, true, 2},
+       {"full, direct launches", 0, true, 1, true, false}},
+      {1, 2, 5, 33, 130, 600}, 40);
 }
 
 TEST(ExpertCacheEngine, Qwen2MoeSharedExpertBitwiseUnderBudgets) {
@@ -228,7 +262,8 @@ TEST(ExpertCacheEngine, F32ActivationsQwen3) {
        {"8 slots, the front scans at 1 token", 8, true, 1, true, true, true, false},
        {"8 slots, residency kernel without PDL", 8, true, 1, true, true, true, true, false},
        {"50%", 128, true},
-       {"50%, depth 3", 128, true, 3}},
+       {"50%, depth 3", 128, true, 3},
+       {"9 slots, compressed host tier", 9, true, 1, true, true, true, true, true, false, true}},
       {1, 4, 40}, 24);
 }
 
@@ -246,7 +281,8 @@ TEST(ExpertCacheEngine, PackedResidentExpertsBitwiseAtFewTokens) {
        {"full", 0, true},
        {"full, direct launches", 0, false, 1, true, false},
        {"40 slots, packed slots", 40, true, 1, true, true, true, true, true, true},
-       {"full, packed slots", 0, true, 1, true, true, true, true, true, true}},
+       {"full, packed slots", 0, true, 1, true, true, true, true, true, true},
+       {"40 slots, compressed host tier", 40, true, 1, true, true, true, true, true, false, true}},
       {1, 2, 3, 8, 16, 24}, 30, /*expect_packed=*/true);
 }
 

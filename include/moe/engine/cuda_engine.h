@@ -111,6 +111,16 @@ struct ExpertCacheOptions {
   // warmed ran 2.1-2.5% faster (gate/up on packed rows), but copy-bound budgets 3-6% slower
   // (50% at batch 1: 560-574 against 600 tokens/s): the pack adds its time to every miss.
   bool pack_slots = false;
+  // Host tier: also keep every routed expert losslessly compressed in pinned host memory
+  // (experts::CompressedHostTier: sign and mantissa bytes, exponents as 4-bit offsets from their
+  // group's largest, ~0.76 of the bytes for bf16 weights), encoded by compress_threads background
+  // threads after start-up. A miss of an encoded expert copies its blob into a device staging
+  // buffer and a decode kernel writes the slot: the same bits, ~24% less PCIe time. Experts not
+  // yet encoded, and models with weights other than bf16, copy raw bytes. Ignored with
+  // pack_slots. NOTES (H200, session 42, benches/RESULTS.md): batch-1 decode on the Qwen3 shape
+  // ran 12-18% faster at 50-100% budgets (50%, depth 1: 613 -> 723 tokens/s).
+  bool compress_host_tier = true;
+  int compress_threads = 8;
   // A decode experts step (its kernels need every routed expert at once; the budget holds them)
   // whose round came back partial (slots loading, or pinned by other engine slots) hands it back
   // and tries again up to this many times; then it runs in several rounds of tile kernels, which
@@ -154,6 +164,17 @@ struct ExpertCacheStats {
   std::vector<DepthAccuracy> by_depth;
   // Layer predictions (depth >= 2) not loaded because their depth's precision was too low.
   uint64_t gated_predictions = 0;
+  // Compressed host tier (ExpertCacheOptions::compress_host_tier): experts encoded so far of
+  // all, whether the encoder has finished (and in how many seconds, or why it stopped early),
+  // blob bytes / raw bytes of the encoded experts; loads that moved a blob, and the bytes every
+  // load moved over PCIe (blobs, or slot bytes: counters.bytes_copied counts slot bytes).
+  int64_t compressed_experts = 0, compressible_experts = 0;
+  bool compression_done = false;
+  double compression_seconds = 0;
+  double compression_ratio = 0;
+  std::string compression_error;
+  uint64_t compressed_loads = 0;
+  uint64_t wire_bytes = 0;
 };
 
 struct CudaEngineOptions {

@@ -9,6 +9,7 @@
 
 #include "kernels/moe_kernels.h"
 #include "kernels/tile_heuristics.h"
+#include "kernels/weight_codec.h"
 #include "kernels/weight_layout.h"
 
 namespace moe::cuda {
@@ -60,7 +61,14 @@ StatusOr<std::unique_ptr<ExpertCacheRuntime>> ExpertCacheRuntime::Create(
   ExpertCopierOptions co;
   co.device = options.device;
   co.register_host_memory = options.cache.register_host_memory;
+  if (options.cache.compress_threads < 1 || options.cache.compress_threads > 256) {
+    return absl::InvalidArgumentError("expert cache: compress_threads must be in [1, 256]");
+  }
+  // Packed slots load through their own staging step (the pack), so they take raw copies.
+  co.compress = options.cache.compress_host_tier && !options.pack_slots;
+  co.compress_threads = options.cache.compress_threads;
   MOE_ASSIGN_OR_RETURN(rt->copier_, MakeExpertCopier(model, co));
+  rt->compressed_ = rt->copier_->compressed();
 
   // The pool: one shape class (every MoE layer), slots of the copier's slot size.
   experts::ExpertSlotPool::Options po;
@@ -120,13 +128,23 @@ StatusOr<std::unique_ptr<ExpertCacheRuntime>> ExpertCacheRuntime::Create(
       return absl::InvalidArgumentError(
           "expert cache: packed slots need hidden and moe_intermediate multiples of 128");
     }
+  }
+  if (options.pack_slots || rt->compressed_ != nullptr) {
+    const int64_t staging_bytes =
+        options.pack_slots ? rt->pool_->SlotBytes(0) : rt->compressed_->layout().max_blob_bytes;
     for (int b = 0; b < 2; ++b) {
-      MOE_ASSIGN_OR_RETURN(rt->pack_staging_[b], DeviceBuffer::Create(rt->pool_->SlotBytes(0)));
-      rt->device_bytes_ += rt->pool_->SlotBytes(0);
+      MOE_ASSIGN_OR_RETURN(rt->staging_[b], DeviceBuffer::Create(staging_bytes));
+      rt->device_bytes_ += staging_bytes;
       MOE_ASSIGN_OR_RETURN(rt->staged_[b], CreateEvent());
       MOE_ASSIGN_OR_RETURN(rt->unstaged_[b], CreateEvent());
     }
-    MOE_ASSIGN_OR_RETURN(rt->pack_stream_, CreateStream());
+    // Highest priority: a decode finishes a load that a forward may be waiting for, so its
+    // blocks go first when the forward's kernels free an SM.
+    int least = 0, greatest = 0;
+    CUDA_RETURN_IF_ERROR(cudaDeviceGetStreamPriorityRange(&least, &greatest));
+    cudaStream_t ts = nullptr;
+    CUDA_RETURN_IF_ERROR(cudaStreamCreateWithPriority(&ts, cudaStreamNonBlocking, greatest));
+    rt->transform_stream_ = Stream(ts);
   }
   rt->load_events_.reserve(static_cast<size_t>(flat));
   for (int64_t i = 0; i < flat; ++i) {
@@ -459,12 +477,22 @@ Status ExpertCacheRuntime::IssueLoadsLocked(std::span<const experts::PrefetchLoa
     // The stream that writes the slot last (publish and load event go after it).
     cudaStream_t ws = cs;
     Status s;
+    std::optional<experts::CompressedHostTier::Blob> blob;
+    if (compressed_ != nullptr) blob = compressed_->Find(l.key);
     if (options_.pack_slots) {
       StatusOr<cudaStream_t> packed = CopyPackedAsync(l.key, SlotAddress(l.slot));
       s = packed.status();
       if (packed.ok()) ws = *packed;
+      wire_bytes_ += static_cast<uint64_t>(layout().slot_bytes);
+    } else if (blob.has_value()) {
+      StatusOr<cudaStream_t> decoded = CopyCompressedAsync(*blob, SlotAddress(l.slot));
+      s = decoded.status();
+      if (decoded.ok()) ws = *decoded;
+      compressed_loads_ += 1;
+      wire_bytes_ += static_cast<uint64_t>(blob->info.bytes);
     } else {
       s = copier_->CopyAsync(l.key, SlotAddress(l.slot), cs);
+      wire_bytes_ += static_cast<uint64_t>(layout().slot_bytes);
     }
     if (s.ok() && write_value32_ != nullptr) {
       // Publish on the device timeline (see 6. in the header comment). CUresult 0 = success;
@@ -497,10 +525,10 @@ Status ExpertCacheRuntime::IssueLoadsLocked(std::span<const experts::PrefetchLoa
 
 StatusOr<cudaStream_t> ExpertCacheRuntime::CopyPackedAsync(const experts::ExpertKey& key,
                                                            char* slot) {
-  cudaStream_t cs = copy_stream_.get(), ps = pack_stream_.get();
-  const int b = pack_next_;
-  pack_next_ ^= 1;
-  char* staging = pack_staging_[b].as<char>();
+  cudaStream_t cs = copy_stream_.get(), ps = transform_stream_.get();
+  const int b = staging_next_;
+  staging_next_ ^= 1;
+  char* staging = staging_[b].as<char>();
   // The copy into buffer b after the pack that last read it (a no-op before its first record).
   CUDA_RETURN_IF_ERROR(cudaStreamWaitEvent(cs, unstaged_[b].get(), 0));
   MOE_RETURN_IF_ERROR(copier_->CopyAsync(key, staging, cs));
@@ -518,9 +546,32 @@ StatusOr<cudaStream_t> ExpertCacheRuntime::CopyPackedAsync(const experts::Expert
   return ps;
 }
 
+StatusOr<cudaStream_t> ExpertCacheRuntime::CopyCompressedAsync(
+    const experts::CompressedHostTier::Blob& blob, char* slot) {
+  cudaStream_t cs = copy_stream_.get(), ds = transform_stream_.get();
+  const int b = staging_next_;
+  staging_next_ ^= 1;
+  char* staging = staging_[b].as<char>();
+  // The copy into buffer b after the decode that last read it (a no-op before its first record).
+  CUDA_RETURN_IF_ERROR(cudaStreamWaitEvent(cs, unstaged_[b].get(), 0));
+  CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(staging, blob.data, static_cast<size_t>(blob.info.bytes),
+                                       cudaMemcpyHostToDevice, cs));
+  CUDA_RETURN_IF_ERROR(cudaEventRecord(staged_[b].get(), cs));
+  CUDA_RETURN_IF_ERROR(cudaStreamWaitEvent(ds, staged_[b].get(), 0));
+  DecodeExpertArgs d;
+  d.blob = reinterpret_cast<const uint8_t*>(staging);
+  d.slot = slot;
+  d.dst_offset = compressed_->slot_offsets();
+  d.layout = compressed_->layout();
+  d.info = blob.info;
+  MOE_RETURN_IF_ERROR(LaunchDecodeExpert(d, ds));
+  CUDA_RETURN_IF_ERROR(cudaEventRecord(unstaged_[b].get(), ds));
+  return ds;
+}
+
 Status ExpertCacheRuntime::SyncCopies() {
   if (copy_stream_) CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(copy_stream_.get()));
-  if (pack_stream_) CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(pack_stream_.get()));
+  if (transform_stream_) CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(transform_stream_.get()));
   return absl::OkStatus();
 }
 
@@ -669,6 +720,21 @@ ExpertCacheStats ExpertCacheRuntime::Stats() const {
   s.slot_bytes = pool_->SlotBytes(0);
   s.host_tier = copier_->mode();
   s.packed_slots = options_.pack_slots;
+  if (compressed_ != nullptr) {
+    s.compressed_experts = compressed_->encoded();
+    s.compressible_experts = compressed_->total();
+    s.compression_done = compressed_->done();
+    s.compression_seconds = compressed_->seconds();
+    s.compression_ratio = s.compressed_experts > 0
+                              ? static_cast<double>(compressed_->blob_bytes()) /
+                                    (static_cast<double>(s.compressed_experts) *
+                                     static_cast<double>(layout().slot_bytes))
+                              : 0;
+    const Status cs = compressed_->status();
+    if (!cs.ok()) s.compression_error = std::string(cs.message());
+  }
+  s.compressed_loads = compressed_loads_.load();
+  s.wire_bytes = wire_bytes_.load();
   {
     std::lock_guard<std::mutex> lock(mu_);
     s.predicted = accuracy_.predicted();

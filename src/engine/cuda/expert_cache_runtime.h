@@ -5,6 +5,10 @@
 //   1. the slot memory: one device buffer per shape class of SlotCount * SlotBytes bytes (slot i
 //      at i * SlotBytes; inside it the layout of ExpertSlotLayout, each matrix row-major or, with
 //      Options::pack_slots, packed through two staging buffers of one slot on a pack stream),
+//   1b. with ExpertCacheOptions::compress_host_tier, the misses of experts the host tier has
+//      encoded (experts::CompressedHostTier) copy the compressed blob into one of two staging
+//      buffers on the copy stream and a decode kernel (kernels/weight_codec.h) expands it into
+//      the slot on a high-priority decode stream, while the copy engine moves the next blob,
 //   2. one copy stream per device, fed by the host tier (ExpertCopier), with one load event per
 //      slot; loads are marked loaded in the pool once their event has completed (polled with
 //      cudaEventQuery at each layer forward, never waited on in the common case),
@@ -248,7 +252,12 @@ class ExpertCacheRuntime {
   // holds mu_ (the staging buffers' owner).
   StatusOr<cudaStream_t> CopyPackedAsync(const experts::ExpertKey& key, char* slot)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Waits for every copy (and pack) issued so far.
+  // The compressed host tier's blob of `key`: copied into the next staging buffer on the copy
+  // stream (after the decode that last read that buffer), then decoded into `slot` on the decode
+  // stream. Returns the stream that wrote the slot last, as CopyPackedAsync. Caller holds mu_.
+  StatusOr<cudaStream_t> CopyCompressedAsync(const experts::CompressedHostTier::Blob& blob,
+                                             char* slot) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Waits for every copy (and pack or decode) issued so far.
   Status SyncCopies();
   // Withdraws `key` from the residency table and orders the copy stream after every speculative
   // read of its layer that may have seen it.
@@ -279,15 +288,18 @@ class ExpertCacheRuntime {
   std::unique_ptr<experts::TraceRecorder> trace_;
   std::vector<DeviceBuffer> class_buffers_;  // [shape classes]
   std::vector<int64_t> class_first_slot_;    // flat index of each class's slot 0
-  // [all slots], recorded on the stream that writes the slot last: the copy stream, or the pack
-  // stream (Options::pack_slots).
+  // [all slots], recorded on the stream that writes the slot last: the copy stream, or the
+  // transform stream (Options::pack_slots, compressed loads).
   std::vector<Event> load_events_;
-  // Options::pack_slots: two staging buffers of one slot, the pack stream, and per buffer the
-  // events "copied into it" (copy stream) and "packed out of it" (pack stream).
-  DeviceBuffer pack_staging_[2];
-  Stream pack_stream_;
+  // Options::pack_slots or a compressed host tier (never both): two staging buffers (a slot, or
+  // the codec's largest blob), the stream that packs or decodes out of them, and per buffer the
+  // events "copied into it" (copy stream) and "read out of it" (transform stream).
+  DeviceBuffer staging_[2];
+  Stream transform_stream_;
   Event staged_[2], unstaged_[2];
-  int pack_next_ ABSL_GUARDED_BY(mu_) = 0;
+  int staging_next_ ABSL_GUARDED_BY(mu_) = 0;
+  const experts::CompressedHostTier* compressed_ = nullptr;  // owned by copier_, or null
+  std::atomic<uint64_t> compressed_loads_{0}, wire_bytes_{0};
   Stream copy_stream_;
   std::vector<std::unique_ptr<EngineSlot>> slots_;
   int64_t round_entry_bytes_ = 0;

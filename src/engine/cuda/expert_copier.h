@@ -9,9 +9,11 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "moe/common/status.h"
+#include "moe/experts/compressed_tier.h"
 #include "moe/experts/slot_pool.h"
 #include "moe/model/model.h"
 
@@ -36,6 +38,8 @@ class ExpertCopier {
   // Enqueues the copy of expert `key` into `dst` (device memory of layout().slot_bytes) on
   // `stream` and returns once it is enqueued.
   virtual Status CopyAsync(const experts::ExpertKey& key, void* dst, cudaStream_t stream) = 0;
+  // The host tier's compressed copies (ExpertCopierOptions::compress), or null without them.
+  virtual const experts::CompressedHostTier* compressed() const { return nullptr; }
 };
 
 struct ExpertCopierOptions {
@@ -43,6 +47,11 @@ struct ExpertCopierOptions {
   // Register the checkpoint's read-only mmaps for DMA where possible (HostExpertSource kAuto);
   // false: always the pinned staging ring.
   bool register_host_memory = true;
+  // Also keep a losslessly compressed copy of every routed expert in pinned host memory, encoded
+  // in the background (experts::CompressedHostTier), for misses to move fewer bytes. Models the
+  // codec cannot take (weights other than bf16) run without it (compressed() is null).
+  bool compress = false;
+  int compress_threads = 8;
 };
 
 // The host tier of `model` (experts::HostExpertSource, which keeps the model alive).
