@@ -80,6 +80,7 @@ StatusOr<ExpertCacheOptions> ExpertCacheFromFlags(const config::ExpertOptions& x
   c.prefetch = x.prefetch;
   c.prefetch_depth = x.prefetch_depth;
   c.prefetch_min_precision = x.prefetch_min_precision;
+  c.compress_host_tier = x.compress;
   c.trace_path = x.trace;
   return c;
 }
@@ -286,7 +287,7 @@ int RunServe(const config::DaemonOptions& o) {
     auto stats = cuda_engine->expert_cache_stats();
     spdlog::info(
         "expert cache: {} slots x {} KiB ({} MiB for {} MiB of routed experts), eviction {}, "
-        "prefetch {}, host tier {}, {} slots; {} MiB of device memory for resident weights "
+        "prefetch {}, host tier {}{}, {} slots; {} MiB of device memory for resident weights "
         "(routers, shared experts) and slots; routed experts load on demand",
         pool->SlotCount(0), pool->SlotBytes(0) >> 10,
         (int64_t{pool->SlotCount(0)} * pool->SlotBytes(0)) >> 20,
@@ -294,6 +295,7 @@ int RunServe(const config::DaemonOptions& o) {
             20,
         std::string(pool->PolicyName()), o.experts.prefetch ? "on" : "off",
         stats.ok() ? stats->host_tier : std::string("?"),
+        stats.ok() && stats->compressible_experts > 0 ? " + compressed copies (encoding)" : "",
         stats.ok() && stats->packed_slots ? "packed" : "row-major",
         cuda_engine->weight_device_bytes() >> 20);
   }

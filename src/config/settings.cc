@@ -71,6 +71,11 @@ std::vector<Setting> AllSettings(DaemonOptions* o) {
        "expert cache: predictions two or more layers ahead are loaded only while their measured "
        "precision is at least this (0-1; depth 1 is never gated)",
        &o->experts.prefetch_min_precision},
+      {"experts.compress", "--expert-compress",
+       "expert cache: also keep the routed experts losslessly compressed in pinned host memory "
+       "(bf16 weights; ~0.76 of their bytes, encoded in the background), so that misses copy "
+       "fewer bytes over PCIe",
+       &o->experts.compress},
       {"experts.trace", "--expert-trace",
        "expert cache: write a routing trace (layer, experts per batch) to this file",
        &o->experts.trace},

@@ -47,6 +47,7 @@ Metrics::ExpertCacheTotals ExpertCacheMetrics::ToTotals(const experts::ExpertCac
   t.host_wait_seconds = static_cast<double>(e.host_wait_ns) * 1e-9;
   t.rounds = static_cast<int64_t>(e.rounds);
   t.gated_predictions = static_cast<int64_t>(e.gated_predictions);
+  t.pcie_bytes = static_cast<int64_t>(e.pcie_bytes);
   return t;
 }
 
@@ -65,6 +66,7 @@ ExpertCacheMetrics::EngineCounts ExpertCacheMetrics::FromEngineStats(const Exper
   e.host_wait_ns = s.host_wait_ns;
   e.rounds = s.rounds;
   e.gated_predictions = s.gated_predictions;
+  e.pcie_bytes = s.wire_bytes;
   return e;
 }
 

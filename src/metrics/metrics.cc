@@ -112,6 +112,7 @@ struct DeviceSeries {
   Counter* cache_host_wait;
   Counter* cache_rounds;
   Counter* cache_gated_predictions;
+  Counter* cache_pcie_bytes;
   Gauge* memory_used;
   Gauge* memory_total;
   Gauge* busy;
@@ -192,6 +193,7 @@ struct Metrics::Families {
   Family<Counter>* cache_host_wait = nullptr;
   Family<Counter>* cache_rounds = nullptr;
   Family<Counter>* cache_gated_predictions = nullptr;
+  Family<Counter>* cache_pcie_bytes = nullptr;
   Family<Gauge>* gpu_memory_used = nullptr;
   Family<Gauge>* gpu_memory_total = nullptr;
   Family<Gauge>* gpu_busy = nullptr;
@@ -365,6 +367,10 @@ absl::Status Metrics::Init() {
         &Build<Counter>(r, "moe_expert_cache_gated_predictions_total",
                         "Layer predictions two or more layers ahead not prefetched because "
                         "their depth's measured precision was too low.");
+    f.cache_pcie_bytes =
+        &Build<Counter>(r, "moe_expert_cache_pcie_bytes_total",
+                        "Bytes the GPU expert cache's loads moved host to device (compressed "
+                        "copies at their compressed size; copied_bytes counts expert bytes).");
     f.gpu_memory_used =
         &Build<Gauge>(r, "moe_gpu_memory_used_bytes", "GPU memory in use on the device, in bytes.");
     f.gpu_memory_total =
@@ -405,6 +411,7 @@ absl::Status Metrics::Init() {
     s->cache_host_wait = &f.cache_host_wait->Add(l);
     s->cache_rounds = &f.cache_rounds->Add(l);
     s->cache_gated_predictions = &f.cache_gated_predictions->Add(l);
+    s->cache_pcie_bytes = &f.cache_pcie_bytes->Add(l);
     {
       std::lock_guard lock(s->mu);
       s->lookahead[0] = f.cache_lookahead.Add(device, /*depth=*/1);
@@ -668,6 +675,7 @@ void Metrics::SetExpertCacheTotals(int device, const ExpertCacheTotals& totals) 
   AdvanceCounter(*s->cache_host_wait, last.host_wait_seconds, totals.host_wait_seconds);
   AdvanceCounter(*s->cache_rounds, last.rounds, totals.rounds);
   AdvanceCounter(*s->cache_gated_predictions, last.gated_predictions, totals.gated_predictions);
+  AdvanceCounter(*s->cache_pcie_bytes, last.pcie_bytes, totals.pcie_bytes);
   for (size_t d = 0; d < totals.lookahead.size(); ++d) {
     if (d >= s->lookahead.size()) {
       f_->dropped->Increment();  // deeper than kMaxLookaheadDepth: no new series

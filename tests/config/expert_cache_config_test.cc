@@ -34,6 +34,7 @@ TEST(ExpertCacheConfig, ValidateNamesTheKey) {
   DaemonOptions o;
   EXPECT_EQ(o.experts.cache_bytes, "0");
   EXPECT_TRUE(o.experts.prefetch);
+  EXPECT_TRUE(o.experts.compress);
   EXPECT_TRUE(Validate(o).ok());
   o.experts.cache_bytes = "lots";
   Status s = Validate(o);
@@ -81,6 +82,7 @@ eviction = "lru"
 prefetch = false
 prefetch_depth = 3
 prefetch_min_precision = 0.75
+compress = false
 trace = "/tmp/trace.txt"
 warm_trace = "/tmp/warm.txt"
 )",
@@ -91,6 +93,7 @@ warm_trace = "/tmp/warm.txt"
   EXPECT_FALSE(o.experts.prefetch);
   EXPECT_EQ(o.experts.prefetch_depth, 3);
   EXPECT_EQ(o.experts.prefetch_min_precision, 0.75);
+  EXPECT_FALSE(o.experts.compress);
   EXPECT_EQ(o.experts.trace, "/tmp/trace.txt");
   EXPECT_EQ(o.experts.warm_trace, "/tmp/warm.txt");
   CLI::App app;
@@ -102,8 +105,9 @@ warm_trace = "/tmp/warm.txt"
                         "t.txt", "--expert-warm-trace",
                         "w.txt", "--expert-prefetch-depth",
                         "2",     "--expert-prefetch-min-precision",
-                        "0.25"};
-  ASSERT_NO_THROW(app.parse(15, argv));
+                        "0.25",  "--expert-compress",
+                        "true"};
+  ASSERT_NO_THROW(app.parse(17, argv));
   EXPECT_EQ(o.experts.cache_bytes, "24G");
   EXPECT_EQ(o.experts.eviction, "lfu");
   EXPECT_TRUE(o.experts.prefetch);
@@ -111,6 +115,7 @@ warm_trace = "/tmp/warm.txt"
   EXPECT_EQ(o.experts.warm_trace, "w.txt");
   EXPECT_EQ(o.experts.prefetch_depth, 2);
   EXPECT_EQ(o.experts.prefetch_min_precision, 0.25);
+  EXPECT_TRUE(o.experts.compress);
   EXPECT_TRUE(Validate(o).ok());
   EXPECT_NE(ToToml(o).find("prefetch_min_precision = 0.25"), std::string::npos) << ToToml(o);
   EXPECT_NE(ToToml(o).find("cache_bytes = '24G'"), std::string::npos) << ToToml(o);

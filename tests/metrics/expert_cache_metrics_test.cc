@@ -80,7 +80,8 @@ TEST(ExpertCacheMetricsTest, EngineCountsReachTheSeriesAtEachScrape) {
                                        .device_hit_layers = 25,
                                        .host_wait_ns = 3'000'000,
                                        .rounds = 55,
-                                       .gated_predictions = 2};
+                                       .gated_predictions = 2,
+                                       .pcie_bytes = 4096};
   int calls = 0;
   auto cache_metrics = std::make_unique<ExpertCacheMetrics>(
       metrics.get(), 0, pool->get(), [&]() -> std::optional<ExpertCacheMetrics::EngineCounts> {
@@ -112,6 +113,7 @@ TEST(ExpertCacheMetricsTest, EngineCountsReachTheSeriesAtEachScrape) {
                      static_cast<double>(want.host_wait_ns) * 1e-9);
     EXPECT_EQ(c.Counter("moe_expert_cache_rounds_total", d0), want.rounds);
     EXPECT_EQ(c.Counter("moe_expert_cache_gated_predictions_total", d0), want.gated_predictions);
+    EXPECT_EQ(c.Counter("moe_expert_cache_pcie_bytes_total", d0), want.pcie_bytes);
   };
   expect_counts(*source);
   EXPECT_EQ(calls, 1);
@@ -123,7 +125,8 @@ TEST(ExpertCacheMetricsTest, EngineCountsReachTheSeriesAtEachScrape) {
                                        .device_hit_layers = 61,
                                        .host_wait_ns = 7'500'000,
                                        .rounds = 120,
-                                       .gated_predictions = 5};
+                                       .gated_predictions = 5,
+                                       .pcie_bytes = 9000};
   const ExpertCacheMetrics::EngineCounts second = *source;
   expect_counts(second);
   source.reset();  // unreadable now: the counters hold their values
@@ -211,6 +214,7 @@ TEST(ExpertCacheMetricsTest, FromEngineStatsMapsEveryField) {
   s.host_wait_ns = 123'456;
   s.rounds = 530;
   s.gated_predictions = 7;
+  s.wire_bytes = 12345;
   s.copy_busy_ns = 999;  // not exported here
   const ExpertCacheMetrics::EngineCounts e = ExpertCacheMetrics::FromEngineStats(s);
   ASSERT_EQ(e.lookahead.size(), 3u);
@@ -224,6 +228,7 @@ TEST(ExpertCacheMetricsTest, FromEngineStatsMapsEveryField) {
   EXPECT_EQ(e.host_wait_ns, 123'456u);
   EXPECT_EQ(e.rounds, 530u);
   EXPECT_EQ(e.gated_predictions, 7u);
+  EXPECT_EQ(e.pcie_bytes, 12345u);
 
   s.by_depth.clear();
   const ExpertCacheMetrics::EngineCounts flat = ExpertCacheMetrics::FromEngineStats(s);

@@ -114,6 +114,7 @@ TEST(MetricsTest, FamiliesFollowPrometheusNaming) {
            "moe_expert_cache_host_wait_seconds_total",
            "moe_expert_cache_rounds_total",
            "moe_expert_cache_gated_predictions_total",
+           "moe_expert_cache_pcie_bytes_total",
            "moe_gpu_memory_used_bytes",
            "moe_gpu_memory_total_bytes",
            "moe_gpu_busy_ratio",
@@ -415,6 +416,7 @@ TEST(MetricsTest, ExpertCacheEngineCountersAdvancePerDepth) {
   t.host_wait_seconds = 0.25;
   t.rounds = 130;
   t.gated_predictions = 6;
+  t.pcie_bytes = 1000;
   metrics->SetExpertCacheTotals(0, t);
   t.lookahead[0] = {
       .predicted_experts = 48, .routed_experts = 60, .correctly_predicted_experts = 35};
@@ -425,6 +427,7 @@ TEST(MetricsTest, ExpertCacheEngineCountersAdvancePerDepth) {
   t.host_wait_seconds = 0.375;
   t.rounds = 150;
   t.gated_predictions = 8;
+  t.pcie_bytes = 1500;
   metrics->SetExpertCacheTotals(0, t);
   const std::map<std::string, std::string> d0 = {{"device", "0"}};
   const std::map<std::string, std::string> depth1 = {{"device", "0"}, {"depth", "1"}};
@@ -436,6 +439,7 @@ TEST(MetricsTest, ExpertCacheEngineCountersAdvancePerDepth) {
     EXPECT_DOUBLE_EQ(c.Counter("moe_expert_cache_host_wait_seconds_total", d0), 0.375);
     EXPECT_EQ(c.Counter("moe_expert_cache_rounds_total", d0), 150.0);
     EXPECT_EQ(c.Counter("moe_expert_cache_gated_predictions_total", d0), 8.0);
+    EXPECT_EQ(c.Counter("moe_expert_cache_pcie_bytes_total", d0), 1500.0);
     EXPECT_EQ(c.Counter("moe_expert_cache_predicted_experts_total", depth1), 48.0);
     EXPECT_EQ(c.Counter("moe_expert_cache_prediction_routed_experts_total", depth1), 60.0);
     EXPECT_EQ(c.Counter("moe_expert_cache_correctly_predicted_experts_total", depth1), 35.0);
@@ -455,6 +459,7 @@ TEST(MetricsTest, ExpertCacheEngineCountersAdvancePerDepth) {
   restarted.host_wait_seconds = 0.125;
   restarted.rounds = 11;
   restarted.gated_predictions = 1;
+  restarted.pcie_bytes = 100;
   metrics->SetExpertCacheTotals(0, restarted);
   {
     Collected c(*metrics);
@@ -463,6 +468,7 @@ TEST(MetricsTest, ExpertCacheEngineCountersAdvancePerDepth) {
     EXPECT_DOUBLE_EQ(c.Counter("moe_expert_cache_host_wait_seconds_total", d0), 0.5);
     EXPECT_EQ(c.Counter("moe_expert_cache_rounds_total", d0), 161.0);
     EXPECT_EQ(c.Counter("moe_expert_cache_gated_predictions_total", d0), 9.0);
+    EXPECT_EQ(c.Counter("moe_expert_cache_pcie_bytes_total", d0), 1600.0);
     EXPECT_EQ(c.Counter("moe_expert_cache_predicted_experts_total", depth1), 52.0);
     EXPECT_EQ(c.Counter("moe_expert_cache_prediction_routed_experts_total", depth1), 65.0);
     EXPECT_EQ(c.Counter("moe_expert_cache_correctly_predicted_experts_total", depth1), 38.0);

@@ -60,7 +60,8 @@ void Populate(Metrics& m) {
                                    .device_hit_layers = 30 * i,
                                    .host_wait_seconds = 1e-4 * i,
                                    .rounds = 50 * i,
-                                   .gated_predictions = i / 4});
+                                   .gated_predictions = i / 4,
+                                   .pcie_bytes = int64_t{1000} * i});
     m.SetWorkerTotals(i % 4, {.received = i, .sent = i, .busy_seconds = 0.01 * i});
     m.RecordRefused(i % 2 ? "queue_full" : "invalid");
   }

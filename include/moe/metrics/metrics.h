@@ -146,6 +146,7 @@ class Metrics {
     double host_wait_seconds = 0;   // host time waiting for those forwards' routing results
     int64_t rounds = 0;             // expert acquisition rounds (>= layer forwards)
     int64_t gated_predictions = 0;  // layer predictions not loaded: their depth's precision low
+    int64_t pcie_bytes = 0;         // bytes moved host -> device (compressed blobs at their size)
   };
   void SetExpertCacheTotals(int device, const ExpertCacheTotals& totals);
 
