@@ -7,12 +7,14 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "moe/common/dtype.h"
 #include "moe/common/status.h"
+#include "moe/model/model.h"
 #include "moe/store/checkpoint.h"
 #include "moe/store/safetensors_writer.h"
 #include "nlohmann/json.hpp"
@@ -177,6 +179,14 @@ inline Status WriteExpertCheckpoint(const std::string& dir, const ExpertCheckpoi
     MOE_RETURN_IF_ERROR(writers[s].Write(store::JoinPath(dir, shard_name(static_cast<int>(s)))));
   }
   return WriteTextFile(store::JoinPath(dir, store::kIndexFile), index.dump(2));
+}
+
+// Writes the checkpoint into the existing directory `dir` and opens it.
+inline StatusOr<std::shared_ptr<const Model>> WriteAndOpenExpertCheckpoint(
+    const std::string& dir, const ExpertCheckpointOptions& o) {
+  MOE_RETURN_IF_ERROR(WriteExpertCheckpoint(dir, o));
+  MOE_ASSIGN_OR_RETURN(std::unique_ptr<Model> model, Model::Open(dir));
+  return std::shared_ptr<const Model>(std::move(model));
 }
 
 }  // namespace moe::testing

@@ -72,12 +72,9 @@ void ExpectSlotHoldsExpert(const HostExpertSource& source, const ExpertKey& key,
 
 std::shared_ptr<const Model> WriteAndOpen(const testing::TempDir& tmp, const std::string& name,
                                           const ExpertCheckpointOptions& o) {
-  const std::string dir = tmp.Sub(name);
-  const Status written = testing::WriteExpertCheckpoint(dir, o);
-  EXPECT_TRUE(written.ok()) << written;
-  auto model = Model::Open(dir);
+  auto model = testing::WriteAndOpenExpertCheckpoint(tmp.Sub(name), o);
   EXPECT_TRUE(model.ok()) << model.status();
-  return model.ok() ? std::shared_ptr<const Model>(std::move(*model)) : nullptr;
+  return model.ok() ? *model : nullptr;
 }
 
 struct CopyCase {
