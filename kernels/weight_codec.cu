@@ -46,7 +46,9 @@ __device__ __forceinline__ uint32_t PatchExponent(const DecodeMatrix& m, uint32_
 }
 
 __global__ void __launch_bounds__(kDecodeThreads) DecodeExpertKernel(const DecodeKernelArgs a) {
-#pragma unroll 1
+  // Unrolled: a.m indexed by a constant stays in the parameter space (a runtime index copies it to
+  // local memory: kernel_spills_test).
+#pragma unroll
   for (int k = 0; k < 3; ++k) {
     const DecodeMatrix& m = a.m[k];
     for (int64_t j = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; j < a.chunks;
