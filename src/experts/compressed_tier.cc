@@ -89,15 +89,10 @@ CompressedHostTier::~CompressedHostTier() {
 }
 
 std::optional<CompressedHostTier::Blob> CompressedHostTier::Find(const ExpertKey& key) const {
-  const std::vector<int32_t>& layers = plan_.layers();
-  const auto it = std::lower_bound(layers.begin(), layers.end(), key.layer);
-  if (it == layers.end() || *it != key.layer || key.expert < 0 || key.expert >= plan_.n_experts()) {
-    return std::nullopt;
-  }
-  const int64_t pos = it - layers.begin();
-  const int64_t i = pos * plan_.n_experts() + key.expert;
+  if (!plan_.ValidateKey(key).ok()) return std::nullopt;
+  const int64_t i = plan_.Index(key);
   if (state_[i].load(std::memory_order_acquire) != kEncoded) return std::nullopt;
-  return Blob{arenas_[pos] + key.expert * layout_.max_blob_bytes, info_[i]};
+  return Blob{arenas_[i / plan_.n_experts()] + key.expert * layout_.max_blob_bytes, info_[i]};
 }
 
 Status CompressedHostTier::status() const {
@@ -161,7 +156,7 @@ Status CompressedHostTier::EncodeLayer(int pos) {
       for (int m = 0; m < 3; ++m) {
         src[m] = SlotRange(*copies, slot_offsets_[m], plan_.layout().matrix_bytes, scratch[m]);
       }
-      const int64_t i = int64_t{pos} * plan_.n_experts() + e;
+      const int64_t i = plan_.Index(key);
       CodecExpertInfo info;
       uint8_t* blob = arenas_[pos] + e * layout_.max_blob_bytes;
       if (EncodeExpert(layout_, src, blob, &info)) {

@@ -15,6 +15,7 @@
 #include "experts/expert_checkpoint.h"
 #include "kernels/weight_codec.h"
 #include "model/tiny_checkpoint.h"
+#include "moe/common/dtype.h"
 #include "moe/experts/host_tier.h"
 
 namespace moe::experts {
@@ -57,12 +58,6 @@ std::vector<uint8_t> DecodeOnDevice(const CodecExpertLayout& l, const uint8_t* b
   return out;
 }
 
-uint16_t Bf16Bits(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  return static_cast<uint16_t>((u + 0x7fff + ((u >> 16) & 1)) >> 16);
-}
-
 TEST(WeightCodecDevice, DecodeKernelMatchesTheSource) {
   MOE_REQUIRE_GPU();
   std::mt19937 rng(5);
@@ -78,7 +73,7 @@ TEST(WeightCodecDevice, DecodeKernelMatchesTheSource) {
         const int r = bits(rng);
         v[i] = r % 997 == 0   ? static_cast<uint16_t>((r & 0x807f) | (small_exp(rng) << 7))
                : r % 991 == 0 ? static_cast<uint16_t>(r & 0x807f)  // zero or subnormal
-                              : Bf16Bits(gauss(rng));
+                              : F32ToBf16(gauss(rng));
       }
     }
     // NaN: its group's base is 255, so the group's other 63 elements are patches (more than the

@@ -9,14 +9,10 @@
 #include <random>
 #include <vector>
 
+#include "moe/common/dtype.h"
+
 namespace moe::experts {
 namespace {
-
-uint16_t Bf16Bits(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  return static_cast<uint16_t>((u + 0x7fff + ((u >> 16) & 1)) >> 16);  // round to nearest even
-}
 
 struct Expert {
   std::array<std::vector<uint16_t>, 3> m;
@@ -71,7 +67,7 @@ TEST(WeightCodec, UniformAndGaussianWeightsRoundTripAndShrink) {
     Expert x;
     for (auto& m : x.m) {
       m.resize(static_cast<size_t>(n));
-      for (auto& v : m) v = Bf16Bits(kind == 0 ? uni(rng) : gauss(rng));
+      for (auto& v : m) v = F32ToBf16(kind == 0 ? uni(rng) : gauss(rng));
     }
     const CodecExpertInfo info = RoundTrip(*l, x);
     const double ratio = static_cast<double>(info.bytes) / (3.0 * n * 2);
@@ -113,7 +109,7 @@ TEST(WeightCodec, EveryBitPatternRoundTrips) {
     for (int64_t i = 0; i < n; ++i) {
       x.m[m][i] = (i % 1024 == 7)
                       ? static_cast<uint16_t>((bits(rng) & 0x807f) | (small_exp(rng) << 7))
-                      : Bf16Bits(gauss(rng));
+                      : F32ToBf16(gauss(rng));
     }
     x.m[m][100] = 0x0000;  // +0
     x.m[m][101] = 0x8000;  // -0
@@ -132,7 +128,7 @@ TEST(WeightCodec, AllZeroAndConstantGroups) {
   ASSERT_TRUE(l.ok());
   Expert x;
   x.m[0].assign(n, 0);
-  x.m[1].assign(n, Bf16Bits(-1.5f));
+  x.m[1].assign(n, F32ToBf16(-1.5f));
   x.m[2].assign(n, 0x8000);
   const CodecExpertInfo info = RoundTrip(*l, x);
   EXPECT_EQ(info.total_patches(), 0);
@@ -144,7 +140,7 @@ TEST(WeightCodec, TooManyPatchesRefusedAndMissingPatchIsDataLoss) {
   ASSERT_TRUE(l.ok());
   Expert x;
   for (auto& m : x.m) {
-    m.assign(n, Bf16Bits(1.0f));
+    m.assign(n, F32ToBf16(1.0f));
     for (int64_t i = 0; i < n; i += 2) m[i] = 0x0080;  // tiny normals: a patch each
   }
   std::vector<uint8_t> blob(static_cast<size_t>(l->max_blob_bytes));
@@ -152,7 +148,7 @@ TEST(WeightCodec, TooManyPatchesRefusedAndMissingPatchIsDataLoss) {
   EXPECT_FALSE(EncodeExpert(*l, x.src(), blob.data(), &info));
 
   // Exactly one patch, then a blob whose patch list claims none: DataLoss.
-  for (auto& m : x.m) m.assign(n, Bf16Bits(1.0f));
+  for (auto& m : x.m) m.assign(n, F32ToBf16(1.0f));
   x.m[1][77] = 0x0080;
   ASSERT_TRUE(EncodeExpert(*l, x.src(), blob.data(), &info));
   EXPECT_EQ(info.patches[0], 0);

@@ -73,6 +73,9 @@ class HostCopyPlan {
   // range.
   StatusOr<std::span<const HostCopy>> Copies(const ExpertKey& key) const;
   Status ValidateKey(const ExpertKey& key) const;
+  // Position of a valid key (ValidateKey) among all experts, layer-major: the position of its
+  // layer in layers() times n_experts() plus its expert.
+  int64_t Index(const ExpertKey& key) const;
 
   // Decoder layer indices served (spec.moe_layers) and routed experts per layer.
   const std::vector<int32_t>& layers() const { return layers_; }
@@ -83,8 +86,6 @@ class HostCopyPlan {
   std::string OrderName() const;
 
  private:
-  int64_t Index(const ExpertKey& key) const;
-
   SlotLayout layout_;
   std::array<int, 3> order_ = {0, 1, 2};  // slot order of the matrices (0 gate, 1 up, 2 down)
   std::vector<int32_t> layers_;           // decoder layers served, ascending

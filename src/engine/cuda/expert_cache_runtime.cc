@@ -523,50 +523,57 @@ Status ExpertCacheRuntime::IssueLoadsLocked(std::span<const experts::PrefetchLoa
   return absl::OkStatus();
 }
 
-StatusOr<cudaStream_t> ExpertCacheRuntime::CopyPackedAsync(const experts::ExpertKey& key,
-                                                           char* slot) {
-  cudaStream_t cs = copy_stream_.get(), ps = transform_stream_.get();
+StatusOr<cudaStream_t> ExpertCacheRuntime::CopyThroughStaging(
+    const std::function<Status(char* staging, cudaStream_t cs)>& copy,
+    const std::function<Status(const char* staging, cudaStream_t ts)>& transform) {
+  cudaStream_t cs = copy_stream_.get(), ts = transform_stream_.get();
   const int b = staging_next_;
   staging_next_ ^= 1;
   char* staging = staging_[b].as<char>();
-  // The copy into buffer b after the pack that last read it (a no-op before its first record).
+  // The copy into buffer b after the transform that last read it (a no-op before its first
+  // record).
   CUDA_RETURN_IF_ERROR(cudaStreamWaitEvent(cs, unstaged_[b].get(), 0));
-  MOE_RETURN_IF_ERROR(copier_->CopyAsync(key, staging, cs));
+  MOE_RETURN_IF_ERROR(copy(staging, cs));
   CUDA_RETURN_IF_ERROR(cudaEventRecord(staged_[b].get(), cs));
-  CUDA_RETURN_IF_ERROR(cudaStreamWaitEvent(ps, staged_[b].get(), 0));
-  const ExpertSlotLayout& lay = layout();
-  const int64_t hidden = spec_.hidden, inter = spec_.moe_intermediate;
-  MOE_RETURN_IF_ERROR(
-      LaunchPackWeights(staging + lay.gate_offset, slot + lay.gate_offset, inter, hidden, ps));
-  MOE_RETURN_IF_ERROR(
-      LaunchPackWeights(staging + lay.up_offset, slot + lay.up_offset, inter, hidden, ps));
-  MOE_RETURN_IF_ERROR(
-      LaunchPackWeights(staging + lay.down_offset, slot + lay.down_offset, hidden, inter, ps));
-  CUDA_RETURN_IF_ERROR(cudaEventRecord(unstaged_[b].get(), ps));
-  return ps;
+  CUDA_RETURN_IF_ERROR(cudaStreamWaitEvent(ts, staged_[b].get(), 0));
+  MOE_RETURN_IF_ERROR(transform(staging, ts));
+  CUDA_RETURN_IF_ERROR(cudaEventRecord(unstaged_[b].get(), ts));
+  return ts;
+}
+
+StatusOr<cudaStream_t> ExpertCacheRuntime::CopyPackedAsync(const experts::ExpertKey& key,
+                                                           char* slot) {
+  return CopyThroughStaging(
+      [&](char* staging, cudaStream_t cs) { return copier_->CopyAsync(key, staging, cs); },
+      [&](const char* staging, cudaStream_t ps) -> Status {
+        const ExpertSlotLayout& lay = layout();
+        const int64_t hidden = spec_.hidden, inter = spec_.moe_intermediate;
+        MOE_RETURN_IF_ERROR(LaunchPackWeights(staging + lay.gate_offset, slot + lay.gate_offset,
+                                              inter, hidden, ps));
+        MOE_RETURN_IF_ERROR(
+            LaunchPackWeights(staging + lay.up_offset, slot + lay.up_offset, inter, hidden, ps));
+        return LaunchPackWeights(staging + lay.down_offset, slot + lay.down_offset, hidden, inter,
+                                 ps);
+      });
 }
 
 StatusOr<cudaStream_t> ExpertCacheRuntime::CopyCompressedAsync(
     const experts::CompressedHostTier::Blob& blob, char* slot) {
-  cudaStream_t cs = copy_stream_.get(), ds = transform_stream_.get();
-  const int b = staging_next_;
-  staging_next_ ^= 1;
-  char* staging = staging_[b].as<char>();
-  // The copy into buffer b after the decode that last read it (a no-op before its first record).
-  CUDA_RETURN_IF_ERROR(cudaStreamWaitEvent(cs, unstaged_[b].get(), 0));
-  CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(staging, blob.data, static_cast<size_t>(blob.info.bytes),
-                                       cudaMemcpyHostToDevice, cs));
-  CUDA_RETURN_IF_ERROR(cudaEventRecord(staged_[b].get(), cs));
-  CUDA_RETURN_IF_ERROR(cudaStreamWaitEvent(ds, staged_[b].get(), 0));
-  DecodeExpertArgs d;
-  d.blob = reinterpret_cast<const uint8_t*>(staging);
-  d.slot = slot;
-  d.dst_offset = compressed_->slot_offsets();
-  d.layout = compressed_->layout();
-  d.info = blob.info;
-  MOE_RETURN_IF_ERROR(LaunchDecodeExpert(d, ds));
-  CUDA_RETURN_IF_ERROR(cudaEventRecord(unstaged_[b].get(), ds));
-  return ds;
+  return CopyThroughStaging(
+      [&](char* staging, cudaStream_t cs) -> Status {
+        CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(
+            staging, blob.data, static_cast<size_t>(blob.info.bytes), cudaMemcpyHostToDevice, cs));
+        return absl::OkStatus();
+      },
+      [&](const char* staging, cudaStream_t ds) {
+        DecodeExpertArgs d;
+        d.blob = reinterpret_cast<const uint8_t*>(staging);
+        d.slot = slot;
+        d.dst_offset = compressed_->slot_offsets();
+        d.layout = compressed_->layout();
+        d.info = blob.info;
+        return LaunchDecodeExpert(d, ds);
+      });
 }
 
 Status ExpertCacheRuntime::SyncCopies() {

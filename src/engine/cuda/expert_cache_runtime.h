@@ -245,16 +245,21 @@ class ExpertCacheRuntime {
   // evicted experts from the residency table (see 6. in the file comment). Caller holds mu_.
   Status IssueLoadsLocked(std::span<const experts::PrefetchLoad> loads)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Options::pack_slots: copies `key` into the next staging buffer on the copy stream (after the
-  // pack that last read that buffer) and packs its three matrices from there into `slot` on the
-  // pack stream (after the copy, hence after every fence the copy stream waited for). Returns the
-  // stream that wrote the slot last: the one to publish and record the load event on. Caller
-  // holds mu_ (the staging buffers' owner).
+  // The staging step of packed slots and compressed loads: `copy` fills the next staging buffer
+  // on the copy stream (after the transform that last read that buffer, hence after every fence
+  // the copy stream waited for), then `transform` writes the slot from it on the transform
+  // stream. Returns the transform stream: the one that wrote the slot last, to publish and record
+  // the load event on. Caller holds mu_ (the staging buffers' owner).
+  StatusOr<cudaStream_t> CopyThroughStaging(
+      const std::function<Status(char* staging, cudaStream_t cs)>& copy,
+      const std::function<Status(const char* staging, cudaStream_t ts)>& transform)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Options::pack_slots: copies `key` raw into a staging buffer and packs its three matrices from
+  // there into `slot` (CopyThroughStaging).
   StatusOr<cudaStream_t> CopyPackedAsync(const experts::ExpertKey& key, char* slot)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // The compressed host tier's blob of `key`: copied into the next staging buffer on the copy
-  // stream (after the decode that last read that buffer), then decoded into `slot` on the decode
-  // stream. Returns the stream that wrote the slot last, as CopyPackedAsync. Caller holds mu_.
+  // The compressed host tier's blob of an expert: copied into a staging buffer, then decoded into
+  // `slot` (CopyThroughStaging).
   StatusOr<cudaStream_t> CopyCompressedAsync(const experts::CompressedHostTier::Blob& blob,
                                              char* slot) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Waits for every copy (and pack or decode) issued so far.
