@@ -252,7 +252,8 @@ Result RunConfig(std::shared_ptr<const Model> model, const Config& c, const Args
         break;
       }
       if (s->compressible_experts == 0) {
-        std::printf("compressed host tier: not used (the codec does not take this model)\n");
+        std::printf(
+            "compressed host tier: not used (packed slots, or weights the codec does not take)\n");
         break;
       }
       std::this_thread::sleep_for(std::chrono::milliseconds(5));
