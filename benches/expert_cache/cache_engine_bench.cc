@@ -28,6 +28,12 @@
 //    time), prefetch precision / recall per depth, host time blocked per layer (waiting for the
 //    routing) and host time per EnqueueDevice, and whether the outputs are bitwise those of the
 //    all-resident engine. Also the time-to-ready of each engine (Create).
+// 4. What any cache could do on this trace: for each budget, Belady's MIN (demand paging, it
+//    knows the whole trace) and the default policy (reuse, no prefetch) replayed by the offline
+//    simulator, counted over the timed steps after the same warm-up. Each row reports its loads
+//    (demand + prefetch) per token beside MIN's, and "cap": the ratio to all resident that MIN's
+//    loads allow at the row's own loads per copy-busy second (every load a full expert over
+//    PCIe, perfect overlap; outputs bitwise the all-resident ones rule out anything smaller).
 // Prints a table and one JSON line per configuration (also to --json FILE).
 //
 // Usage: cache_engine_bench [--dir /tmp/moe-cache-engine-bench] [--layers 8] [--tokens 300]
@@ -64,6 +70,7 @@
 
 #include "expert_cache/bench_check.h"
 #include "moe/engine/cuda_engine.h"
+#include "moe/experts/cache_sim.h"
 #include "moe/experts/synthetic_trace.h"
 #include "moe/model/embedded.h"
 #include "moe/model/model.h"
@@ -304,6 +311,19 @@ Result RunConfig(std::shared_ptr<const Model> model, const Config& c, const Args
   return r;
 }
 
+// Loads per timed token of the offline simulator's replay of `trace` at `fraction` of the experts
+// (no prefetch), counted after `warmup` tokens of `nl` layer steps each.
+double SimLoadsPerToken(const experts::Trace& trace, double fraction, experts::SimPolicy policy,
+                        int warmup, int tokens, int nl) {
+  experts::SimOptions so;
+  so.policy = policy;
+  so.n_slots = experts::SlotsForFraction(trace.shape, fraction);
+  so.count_from_step = int64_t{warmup} * nl;
+  auto r = experts::SimulateTrace(trace, so);
+  CHECK_OK(r.status());
+  return static_cast<double>(r->counters.misses) / tokens;
+}
+
 int Main(int argc, char** argv) {
   Args args;
   for (int i = 1; i < argc; ++i) {
@@ -406,6 +426,32 @@ int Main(int argc, char** argv) {
   std::printf("trace: Zipf s=%.2f, stickiness %.2f, %d steps x %d layers\n", so.zipf_exponent,
               so.stickiness, steps, nl);
 
+  // 4. What MIN and the default policy load on this trace, per budget.
+  std::vector<std::pair<double, double>> min_loads;  // (budget fraction, MIN's loads a token)
+  {
+    std::vector<double> fractions = args.budgets;
+    fractions.push_back(1.0);
+    std::sort(fractions.begin(), fractions.end());
+    fractions.erase(std::unique(fractions.begin(), fractions.end()), fractions.end());
+    for (const double f : fractions) {
+      const double belady =
+          SimLoadsPerToken(*trace, f, experts::SimPolicy::kBelady, args.warmup, args.tokens, nl);
+      const double reuse =
+          SimLoadsPerToken(*trace, f, experts::SimPolicy::kReuse, args.warmup, args.tokens, nl);
+      min_loads.push_back({f, belady});
+      std::printf(
+          "timed steps at %3.0f%%: Belady's MIN loads %.2f experts a token, reuse (simulated, no "
+          "prefetch) %.2f\n",
+          100 * f, belady, reuse);
+    }
+  }
+  auto min_loads_at = [&](double f) {
+    for (const auto& [fraction, loads] : min_loads) {
+      if (fraction == f) return loads;
+    }
+    return -1.0;
+  };
+
   // Configurations: groups of one input model each, led by the all-resident reference.
   const int max_depth = *std::max_element(args.depths.begin(), args.depths.end());
   const Inputs next_only{args.beta, 0.0, 1};
@@ -464,9 +510,10 @@ int Main(int argc, char** argv) {
   Inputs current{-1, -1, -1};
   std::ofstream json;
   if (!args.json.empty()) json.open(args.json);
-  std::printf("\n%-44s %8s %6s %6s %6s %7s %7s %7s %7s %7s %17s %17s %17s %7s %4s\n", "config",
-              "tok/s", "ratio", "hit%", "dev%", "mis/tok", "wait/cp", "GB/s", "rt_us", "enq_us",
-              "prec/rec d1", "prec/rec d2", "prec/rec d3", "bitwise", "rnds");
+  std::printf("\n%-44s %8s %6s %6s %6s %7s %6s %6s %6s %7s %7s %7s %7s %17s %17s %17s %7s %4s\n",
+              "config", "tok/s", "ratio", "hit%", "dev%", "mis/tok", "ld/tok", "MIN", "cap",
+              "wait/cp", "GB/s", "rt_us", "enq_us", "prec/rec d1", "prec/rec d2", "prec/rec d3",
+              "bitwise", "rnds");
   for (Config c : configs) {
     if (!args.only.empty() && c.budget_fraction > 0 &&
         std::find(args.only.begin(), args.only.end(), c.name) == args.only.end()) {
@@ -526,12 +573,27 @@ int Main(int argc, char** argv) {
         copy_s > 0 ? static_cast<double>(r.after.wire_bytes - r.before.wire_bytes) / copy_s / 1e9
                    : 0;
     const std::string bw = c.budget_fraction == 0 ? "ref" : (bitwise ? "yes" : "NO");
+    // Loads a token, MIN's, and the ratio to all resident that MIN's loads allow at this row's
+    // loads per copy-busy second (4. in the file comment; -1 where the row made no loads).
+    const uint64_t loads = d.misses + d.prefetch_issued;
+    const double loads_per_token = double(loads) / args.tokens;
+    const double min_per_token = c.warm_all ? 0.0 : min_loads_at(c.budget_fraction);
+    double cap = -1;
+    if (c.budget_fraction > 0 && loads > 0 && copy_s > 0 && min_per_token >= 0) {
+      const double ceiling_tps =
+          min_per_token > 0 ? double(loads) / copy_s / min_per_token : resident_tps;
+      cap = std::min(1.0, ceiling_tps / resident_tps);
+    }
+    char cap_text[16] = "-";
+    if (cap >= 0) std::snprintf(cap_text, sizeof(cap_text), "%.1f%%", 100 * cap);
     std::printf(
-        "%-44s %8.1f %5.1f%% %5.1f%% %5.1f%% %7.2f %6.1f%% %7.1f %7.1f %7.1f %17s %17s %17s %7s "
-        "%4llu\n",
+        "%-44s %8.1f %5.1f%% %5.1f%% %5.1f%% %7.2f %6.2f %6.2f %6s %6.1f%% %7.1f %7.1f %7.1f %17s "
+        "%17s %17s %7s %4llu\n",
         c.name.c_str(), r.tokens_per_s, 100.0 * r.tokens_per_s / resident_tps, 100.0 * d.HitRate(),
-        100.0 * dev_hit, double(d.misses) / args.tokens, copy_s > 0 ? 100.0 * wait_s / copy_s : 0.0,
-        miss_gbs, rt_us, r.enqueue_us, prs(0).c_str(), prs(1).c_str(), prs(2).c_str(), bw.c_str(),
+        100.0 * dev_hit, double(d.misses) / args.tokens, loads_per_token,
+        c.budget_fraction > 0 ? min_per_token : 0.0, cap_text,
+        copy_s > 0 ? 100.0 * wait_s / copy_s : 0.0, miss_gbs, rt_us, r.enqueue_us, prs(0).c_str(),
+        prs(1).c_str(), prs(2).c_str(), bw.c_str(),
         static_cast<unsigned long long>(r.after.rounds - r.before.rounds));
     if (json.is_open()) {
       json << "{\"bench\":\"cache_engine\",\"card\":\"" << prop.name << "\",\"config\":\"" << c.name
@@ -542,7 +604,10 @@ int Main(int argc, char** argv) {
            << ",\"decay\":" << c.inputs.decay << ",\"tokens_per_s\":" << r.tokens_per_s
            << ",\"ratio_to_resident\":" << r.tokens_per_s / resident_tps
            << ",\"hit_rate\":" << d.HitRate() << ",\"device_hit_layers\":" << dev_hit
-           << ",\"misses\":" << d.misses << ",\"prefetch_issued\":" << d.prefetch_issued
+           << ",\"misses\":" << d.misses << ",\"warmup\":" << args.warmup
+           << ",\"loads_per_token\":" << loads_per_token
+           << ",\"belady_loads_per_token\":" << (c.budget_fraction > 0 ? min_per_token : 0.0)
+           << ",\"copy_ceiling_ratio\":" << cap << ",\"prefetch_issued\":" << d.prefetch_issued
            << ",\"prefetch_useful\":" << d.prefetch_useful << ",\"bytes_copied\":" << d.bytes_copied
            << ",\"copy_s\":" << copy_s << ",\"copy_wait_s\":" << wait_s
            << ",\"miss_path_gb_s\":" << miss_gbs << ",\"round_trip_us\":" << rt_us
@@ -565,7 +630,10 @@ int Main(int argc, char** argv) {
       "the compute stream waited on copies / copy-stream busy time; GB/s: bytes copied (demand "
       "+ prefetch) / copy busy time; dev%%: layers whose experts were all resident at the device "
       "check; rt_us: host time blocked per layer waiting for the routing; enq_us: host time per "
-      "EnqueueDevice; prec/rec dN: lookahead N layers ahead vs the experts really routed.\n");
+      "EnqueueDevice; prec/rec dN: lookahead N layers ahead vs the experts really routed; "
+      "ld/tok: loads (demand + prefetch) a token; MIN: Belady's loads a token at the budget "
+      "(offline, demand paging); cap: the ratio to all resident that MIN's loads allow at the "
+      "row's loads per copy-busy second.\n");
   cudaFree(in_dev);
   cudaFree(out_dev);
   return 0;

@@ -275,10 +275,11 @@ StatusOr<SimResult> SimulateTrace(const Trace& trace, const SimOptions& options)
   MOE_RETURN_IF_ERROR(trace.Validate());
   const SimPrefetch& pf = options.prefetch;
   if (options.n_slots <= 0 || pf.recall < 0 || pf.recall > 1 || pf.precision <= 0 ||
-      pf.precision > 1) {
+      pf.precision > 1 || options.count_from_step < 0 ||
+      options.count_from_step > static_cast<int64_t>(trace.steps.size())) {
     return absl::InvalidArgumentError(
         "simulator: n_slots must be positive, recall in [0, 1], "
-        "precision in (0, 1]");
+        "precision in (0, 1], count_from_step in [0, trace steps]");
   }
   ExpertSlotPool::Options pool_options;
   pool_options.budget_bytes = options.n_slots;
@@ -344,7 +345,12 @@ StatusOr<SimResult> SimulateTrace(const Trace& trace, const SimOptions& options)
 
   LookaheadModel lookahead(pf, trace.shape.n_experts);
   PredictionAccuracy accuracy;
+  ExpertCacheCounters uncounted;  // the counters before step count_from_step
   for (size_t i = 0; i < trace.steps.size(); ++i) {
+    if (static_cast<int64_t>(i) == options.count_from_step) {
+      uncounted = pool->Counters();
+      accuracy = PredictionAccuracy();
+    }
     if (oracle_ptr != nullptr) oracle_ptr->set_position(static_cast<int64_t>(i));
     const TraceStep& step = trace.steps[i];
     std::vector<ExpertKey> pending = StepKeys(step);
@@ -376,6 +382,13 @@ StatusOr<SimResult> SimulateTrace(const Trace& trace, const SimOptions& options)
   result.policy = options.policy;
   result.n_slots = options.n_slots;
   result.counters = pool->Counters();
+  if (options.count_from_step > 0) {
+    if (options.count_from_step == static_cast<int64_t>(trace.steps.size())) {
+      uncounted = result.counters;
+      accuracy = PredictionAccuracy();
+    }
+    result.counters = CountersDelta(result.counters, uncounted);
+  }
   result.prediction_precision = accuracy.Precision();
   result.prediction_recall = accuracy.Recall();
   return result;

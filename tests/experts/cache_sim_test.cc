@@ -213,6 +213,56 @@ TEST(CacheSim, PerfectLookaheadTurnsMissesIntoHits) {
   EXPECT_EQ(SimulateTrace(*trace, options).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
+// count_from_step counts a suffix of the trace: for a policy that does not look ahead, the
+// counters of the whole trace minus those of its prefix alone; for Belady, at most the misses of
+// a cold cache on the suffix alone; out-of-range values are refused.
+TEST(CacheSim, CountFromStepCountsTheSuffixOnAWarmCache) {
+  SyntheticTraceOptions o = SyntheticTraceOptions::Qwen3_30B_A3B();
+  o.shape = {4, 32, 4};
+  o.n_batches = 120;
+  o.tokens_per_batch = 1;
+  auto trace = GenerateSyntheticTrace(o);
+  ASSERT_TRUE(trace.ok());
+  const int64_t from = 60 * 4;  // batch 60's first step
+  Trace prefix = *trace;
+  prefix.steps.resize(static_cast<size_t>(from));
+  Trace suffix = *trace;
+  suffix.steps.erase(suffix.steps.begin(), suffix.steps.begin() + from);
+  for (SimPolicy policy : {SimPolicy::kLayerLru, SimPolicy::kReuse, SimPolicy::kBelady}) {
+    SimOptions options;
+    options.policy = policy;
+    options.n_slots = SlotsForFraction(trace->shape, 0.5);
+    auto all = SimulateTrace(*trace, options);
+    options.count_from_step = from;
+    auto tail = SimulateTrace(*trace, options);
+    ASSERT_TRUE(all.ok() && tail.ok()) << SimPolicyName(policy);
+    EXPECT_EQ(tail->counters.Demanded(),
+              static_cast<uint64_t>(trace->Accesses() - prefix.Accesses()));
+    if (policy != SimPolicy::kBelady) {
+      options.count_from_step = 0;
+      auto head = SimulateTrace(prefix, options);
+      ASSERT_TRUE(head.ok());
+      EXPECT_EQ(tail->counters.misses, all->counters.misses - head->counters.misses)
+          << SimPolicyName(policy);
+      EXPECT_EQ(tail->counters.hits, all->counters.hits - head->counters.hits);
+    } else {
+      options.count_from_step = 0;
+      auto cold = SimulateTrace(suffix, options);
+      ASSERT_TRUE(cold.ok());
+      EXPECT_GT(tail->counters.misses, 0u);
+      EXPECT_LT(tail->counters.misses, cold->counters.misses);
+    }
+    options.count_from_step = static_cast<int64_t>(trace->steps.size());
+    auto none = SimulateTrace(*trace, options);
+    ASSERT_TRUE(none.ok());
+    EXPECT_EQ(none->counters.Demanded(), 0u);
+    options.count_from_step = static_cast<int64_t>(trace->steps.size()) + 1;
+    EXPECT_EQ(SimulateTrace(*trace, options).status().code(), absl::StatusCode::kInvalidArgument);
+    options.count_from_step = -1;
+    EXPECT_EQ(SimulateTrace(*trace, options).status().code(), absl::StatusCode::kInvalidArgument);
+  }
+}
+
 TEST(CacheSim, StaticOptimumIsTheMostUsedSetInHindsight) {
   // Uses: L0/E0 x3, L0/E1 x1, L1/E0 x2, L1/E1 x2 (8 accesses).
   const Trace t = MakeTrace({2, 2, 1}, {{0, {0}}, {1, {0, 1}}, {0, {0, 1}}, {1, {0, 1}}, {0, {0}}});

@@ -65,6 +65,10 @@ struct SimOptions {
   // Give the pool the trace's per-expert token counts (TraceStep::uses, when it has them), as the
   // engine does; false replays the expert sets alone.
   bool step_uses = true;
+  // Count only from this trace step on (0: all): the counters are those of steps
+  // count_from_step.. after the earlier ones have warmed the cache (e.g. a benchmark's timed
+  // steps after its warm-up). In [0, trace steps].
+  int64_t count_from_step = 0;
 };
 
 struct SimResult {
