@@ -73,7 +73,7 @@ std::vector<Setting> AllSettings(DaemonOptions* o) {
        &o->experts.prefetch_min_precision},
       {"experts.compress", "--expert-compress",
        "expert cache: also keep the routed experts losslessly compressed in pinned host memory "
-       "(bf16 weights; ~0.76 of their bytes, encoded in the background), so that misses copy "
+       "(bf16 weights; ~0.67 of their bytes, encoded in the background), so that misses copy "
        "fewer bytes over PCIe",
        &o->experts.compress},
       {"experts.trace", "--expert-trace",

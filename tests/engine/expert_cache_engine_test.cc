@@ -152,8 +152,8 @@ void CheckBudgets(const RandomModelOptions& mo, DType act, const std::vector<Bud
           EXPECT_EQ(s->compression_error, "");
           EXPECT_EQ(s->compressed_experts, all_experts);
           EXPECT_EQ(s->compressible_experts, all_experts);
-          EXPECT_GT(s->compression_ratio, 0.7);
-          EXPECT_LT(s->compression_ratio, 0.8);
+          EXPECT_GT(s->compression_ratio, 0.6);  // ~0.66 for the uniform test weights
+          EXPECT_LT(s->compression_ratio, 0.72);
           break;
         }
         std::this_thread::sleep_for(std::chrono::milliseconds(1));

@@ -111,14 +111,28 @@ TEST(WeightCodecDevice, BadArgumentsAreInvalidArgument) {
   MOE_REQUIRE_GPU();
   auto l = MakeCodecLayout(64);
   ASSERT_TRUE(l.ok());
+  std::array<std::vector<uint16_t>, 3> m;
+  for (auto& v : m) v.assign(64, F32ToBf16(0.5f));
+  std::vector<uint8_t> blob(static_cast<size_t>(l->max_blob_bytes));
+  CodecExpertInfo info;
+  ASSERT_TRUE(EncodeExpert(*l, {m[0].data(), m[1].data(), m[2].data()}, blob.data(), &info));
   cuda::DecodeExpertArgs a;
   a.layout = *l;
+  a.info = info;
   EXPECT_EQ(cuda::LaunchDecodeExpert(a, nullptr).code(), absl::StatusCode::kInvalidArgument);
   a.blob = reinterpret_cast<const uint8_t*>(uintptr_t{256});
   a.slot = reinterpret_cast<char*>(uintptr_t{512});
+  EXPECT_TRUE(a.Validate().ok()) << a.Validate();
   a.info.patches = {static_cast<int32_t>(l->max_patches), 1, 0};
   EXPECT_EQ(cuda::LaunchDecodeExpert(a, nullptr).code(), absl::StatusCode::kInvalidArgument);
-  a.info.patches = {0, 0, 0};
+  a.info = info;
+  a.info.code_bits[1] = 1;  // two 1-bit codes besides the used one: not a prefix code
+  a.info.code_bits[2] = 1;
+  EXPECT_EQ(cuda::LaunchDecodeExpert(a, nullptr).code(), absl::StatusCode::kInvalidArgument);
+  a.info = info;
+  a.info.stream_offset[2] += 16;  // stream 2 past the patches
+  EXPECT_EQ(cuda::LaunchDecodeExpert(a, nullptr).code(), absl::StatusCode::kInvalidArgument);
+  a.info = info;
   a.dst_offset = {0, 8, 16};
   EXPECT_EQ(cuda::LaunchDecodeExpert(a, nullptr).code(), absl::StatusCode::kInvalidArgument);
 }

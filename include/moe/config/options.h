@@ -64,7 +64,7 @@ struct ExpertOptions {
   // precision is at least this, in [0, 1] (CudaEngineOptions::ExpertCacheOptions).
   double prefetch_min_precision = 0.5;
   // experts.compress: keep a lossless compressed copy of the routed experts in pinned host memory
-  // (encoded in the background after start-up), so that misses move ~0.76 of the bytes
+  // (encoded in the background after start-up), so that misses move ~0.67 of the bytes
   // (ExpertCacheOptions::compress_host_tier).
   bool compress = true;
   std::string trace;  // experts.trace: routing trace file ("" = none)

@@ -112,13 +112,16 @@ struct ExpertCacheOptions {
   // (50% at batch 1: 560-574 against 600 tokens/s): the pack adds its time to every miss.
   bool pack_slots = false;
   // Host tier: also keep every routed expert losslessly compressed in pinned host memory
-  // (experts::CompressedHostTier: sign and mantissa bytes, exponents as 4-bit offsets from their
-  // group's largest, ~0.76 of the bytes for bf16 weights), encoded by compress_threads background
-  // threads after start-up. A miss of an encoded expert copies its blob into a device staging
-  // buffer and a decode kernel writes the slot: the same bits, ~24% less PCIe time. Experts not
-  // yet encoded, and models with weights other than bf16, copy raw bytes. Ignored with
-  // pack_slots. NOTES (H200, session 42, benches/RESULTS.md): batch-1 decode on the Qwen3 shape
-  // ran 12-18% faster at 50-100% budgets (50%, depth 1: 613 -> 723 tokens/s).
+  // (experts::CompressedHostTier: sign and mantissa bytes, exponents as Huffman-coded offsets
+  // from their group's largest, ~0.67 of the bytes for bf16 weights), encoded by compress_threads
+  // background threads after start-up. A miss of an encoded expert copies its blob into a device
+  // staging buffer and a decode kernel writes the slot: the same bits, ~1/3 less PCIe time. Experts
+  // not yet encoded, and models with weights other than bf16, copy raw bytes. Ignored with
+  // pack_slots. NOTES (H200, benches/RESULTS.md): batch-1 decode on the Qwen3 shape ran 12-18%
+  // faster at 50-100% budgets with exponent nibbles (session 42; 50%, depth 1: 613 -> 723
+  // tokens/s); the Huffman-coded exponents (session 43: 0.666 instead of 0.758 of the bytes) add
+  // 2.6-3.7% at 50% in steady state and nothing at 75%: their decoder takes ~37 us an expert
+  // under the cache's kernels against ~9 for the nibbles', which eats most of the copy saved.
   bool compress_host_tier = true;
   int compress_threads = 8;
   // A decode experts step (its kernels need every routed expert at once; the budget holds them)

@@ -1,15 +1,15 @@
 // CompressedHostTier: the routed experts of a checkpoint, losslessly compressed
 // (moe/experts/weight_codec.h) into pinned host memory, so that a miss of the GPU expert cache
-// moves ~0.76 of the expert's bytes over PCIe and a kernel expands them into the slot
+// moves ~0.67 of the expert's bytes over PCIe and a kernel expands them into the slot
 // (kernels/weight_codec.h).
 //
 // Start() returns at once: a background thread allocates the pinned arena one MoE layer at a time
 // (cudaHostAlloc, portable) and encodes that layer's experts on `threads` workers, reading the
 // mmap'd checkpoint through the host tier's copy plan. Until an expert is encoded, Find() returns
 // nothing and the cache copies that expert's raw bytes as before, so serving starts without waiting
-// for the encoder. An expert that needs more patches than the codec allows stays raw. If the arena
-// does not fit in host memory (CheckFitsInHostMemory's reserve) or an allocation fails, encoding
-// stops there and status() says why; the experts already encoded stay usable.
+// for the encoder. An expert that needs more patches, or longer codes, than the codec allows stays
+// raw. If the arena does not fit in host memory (CheckFitsInHostMemory's reserve) or an allocation
+// fails, encoding stops there and status() says why; the experts already encoded stay usable.
 //
 // Ownership: the tier keeps the model alive (the copy plan points into its mapped files). Destroy
 // it after every copy that reads its arena has completed.
