@@ -107,6 +107,39 @@ TEST(WeightCodecDevice, DecodeKernelMatchesTheSource) {
   }
 }
 
+// Codes of one symbol (a 1-bit code: every lookup of the pair table takes two) and of two
+// symbols, where the table is not all pairs, over a partial last chunk.
+TEST(WeightCodecDevice, DecodesCodesOfOneAndTwoSymbols) {
+  MOE_REQUIRE_GPU();
+  const int64_t n = 4096 + 64;
+  auto l = MakeCodecLayout(n);
+  ASSERT_TRUE(l.ok());
+  for (const int kind : {0, 1, 2}) {
+    std::array<std::vector<uint16_t>, 3> m;
+    for (auto& v : m) {
+      v.resize(static_cast<size_t>(n));
+      for (int64_t i = 0; i < n; ++i) {
+        v[i] = kind == 0   ? uint16_t{0}                                        // all zero
+               : kind == 1 ? F32ToBf16(-0.75f)                                  // one exponent
+                           : (i % 3 == 0 ? F32ToBf16(0.5f) : F32ToBf16(1.0f));  // two
+      }
+    }
+    std::vector<uint8_t> blob(static_cast<size_t>(l->max_blob_bytes));
+    CodecExpertInfo info;
+    ASSERT_TRUE(EncodeExpert(*l, {m[0].data(), m[1].data(), m[2].data()}, blob.data(), &info));
+    int used = 0;
+    for (const uint8_t b : info.code_bits) used += b > 0;
+    EXPECT_EQ(used, kind == 2 ? 2 : 1) << "kind " << kind;
+    const int64_t mb = 2 * n;
+    const std::array<int64_t, 3> offsets = {0, mb, 2 * mb};
+    const std::vector<uint8_t> slot = DecodeOnDevice(*l, blob.data(), info, offsets, 3 * mb, 0);
+    for (int k = 0; k < 3; ++k) {
+      ASSERT_EQ(0, std::memcmp(slot.data() + offsets[k], m[k].data(), static_cast<size_t>(mb)))
+          << "kind " << kind << " matrix " << k;
+    }
+  }
+}
+
 TEST(WeightCodecDevice, BadArgumentsAreInvalidArgument) {
   MOE_REQUIRE_GPU();
   auto l = MakeCodecLayout(64);
