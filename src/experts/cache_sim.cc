@@ -347,10 +347,6 @@ StatusOr<SimResult> SimulateTrace(const Trace& trace, const SimOptions& options)
   PredictionAccuracy accuracy;
   ExpertCacheCounters uncounted;  // the counters before step count_from_step
   for (size_t i = 0; i < trace.steps.size(); ++i) {
-    if (static_cast<int64_t>(i) == options.count_from_step) {
-      uncounted = pool->Counters();
-      accuracy = PredictionAccuracy();
-    }
     if (oracle_ptr != nullptr) oracle_ptr->set_position(static_cast<int64_t>(i));
     const TraceStep& step = trace.steps[i];
     std::vector<ExpertKey> pending = StepKeys(step);
@@ -377,18 +373,16 @@ StatusOr<SimResult> SimulateTrace(const Trace& trace, const SimOptions& options)
       pending = std::move(round.deferred);
       pending_uses = std::move(round.deferred_uses);
     }
+    if (static_cast<int64_t>(i) + 1 == options.count_from_step) {
+      uncounted = pool->Counters();
+      accuracy = PredictionAccuracy();
+    }
   }
   SimResult result;
   result.policy = options.policy;
   result.n_slots = options.n_slots;
   result.counters = pool->Counters();
-  if (options.count_from_step > 0) {
-    if (options.count_from_step == static_cast<int64_t>(trace.steps.size())) {
-      uncounted = result.counters;
-      accuracy = PredictionAccuracy();
-    }
-    result.counters = CountersDelta(result.counters, uncounted);
-  }
+  if (options.count_from_step > 0) result.counters = CountersDelta(result.counters, uncounted);
   result.prediction_precision = accuracy.Precision();
   result.prediction_recall = accuracy.Recall();
   return result;
