@@ -1,27 +1,32 @@
 // Device decoder of the host tier's lossless bf16 codec (kernels/weight_codec.h).
 //
-// A block takes kDecodeThreads consecutive chunks of one matrix (a work item):
-// 1. At its start it fills a 2^12-entry decoding table in shared memory from the code's ranges
-//    (symbol | bits << 4 at every index whose leading bits are the symbol's code), then from it a
-//    table of pairs: the first symbol of 12 bits and, where it fits, the one after it.
-// 2. Thread t expands chunk t of the item: from the chunk's entry point it peeks 12 bits of a
-//    64-bit window, looks up one or two symbols, shifts by their lengths and refills the window a
-//    word at a time, storing the symbols, eight to a word, in a shared-memory row of its own
-//    (rows of an odd number of words: few bank conflicts).
-// 3. The block then turns symbols into exponents (base - symbol, 0, or a patch found by a binary
-//    search of the matrix's sorted patch list) and merges them with the sign/mantissa bytes in
-//    element order: 16 elements a thread a step, one 16-byte load and two 16-byte stores,
-//    coalesced.
-// Words past a stream's end read as zero, so a corrupt blob decodes to wrong values, never out of
-// bounds.
-// NOTES (H200, session 43, benches/expert_cache/codec_bench.cc): a Qwen3-30B-A3B expert (9 MiB)
-// takes 45 us alone on the GPU, 37 us median beside the cache's kernels, against 15 / 9 us for
-// the exponent nibbles this replaced (one 16-element chunk a thread, no table). Variants measured:
-// exponents in step 2 instead of step 3 with one symbol a lookup 38 us; one or two 39.9 us; with
-// 64-element chunks (1.2% more bytes) 31.6 us. Halving the chunks saved only 8 us, so most of the
-// time is not the decoding chain: with one thread a chunk there are ~9 warps an SM, and step 3's
-// loads, two a thread in flight, stream far below the bandwidth. Not yet tried: more threads
-// (and loads in flight) for step 3 than for step 2.
+// A block takes kDecodeChunks consecutive chunks of one matrix (a work item), one a thread:
+// 1. Once per block it fills a 2^12-entry table in shared memory from the code's ranges (symbol |
+//    bits << 4 at every index whose leading bits are the symbol's code), then from it a table of
+//    quads: the symbols whose codes lie wholly within the 12 bits that index it (one to four),
+//    their count and their total length. Each thread fetches its chunk's entry point and first
+//    stream words meanwhile.
+// 2. Thread t expands chunk t of the item: it peeks 12 bits of a 64-bit window, looks up one to
+//    four symbols, shifts by their length and refills the window a word at a time, storing the
+//    symbols, eight to a word, in a shared-memory row of its own (rows of an odd number of words:
+//    few bank conflicts).
+// 3. The block then turns symbols into exponents (base - symbol, or 0) and merges them with the
+//    sign/mantissa bytes in element order: 16 elements a thread a step, one 16-byte load and two
+//    16-byte stores, coalesced. A group of 16 with a patch symbol then stores its patched
+//    elements again, each found by a binary search of the matrix's sorted patch list (out of
+//    line: patches are rare, and inlined per element they made the loop too large for the
+//    instruction cache).
+// Words past a stream's end read as its last word, so a corrupt blob decodes to wrong values,
+// never out of bounds.
+// NOTES (H200, session 44, benches/RESULTS.md "Expert cache (GPU)"): a Qwen3-30B-A3B expert
+// (9 MiB) decodes in 27-32 us alone (codec_bench) and 23 us median beside the cache's kernels
+// (nsys), against 44 / 37 us for session 43's decoder (128 chunks a block, a table of pairs built
+// per block, the patch search inlined per element). ncu of that one (base clocks): half its stall
+// samples in step 3, mostly instruction fetch; a third in step 2 (57 instructions a lookup, ~2
+// symbols each, ~8 cycles an instruction at 2 warps a scheduler: a latency chain); a sixth in the
+// table. Now (ncu, 32 us at base clocks): the tables ~35% of the samples, step 2 ~23%, step 3 ~25%.
+// 128 chunks a block measured 31-34 us alone (Mixtral 361-409 us against 290-316). Not yet
+// tried: the table built once per expert (by the host, or a small kernel under the copy).
 #include <cuda_runtime.h>
 
 #include "absl/strings/str_cat.h"
@@ -31,9 +36,11 @@
 namespace moe::cuda {
 namespace {
 
-constexpr int kDecodeThreads = 128;                      // chunks of a work item (one a thread)
+constexpr int kDecodeChunks = 256;                       // chunks of a work item (one a thread)
 constexpr int kRowWords = experts::kCodecChunk / 8 + 1;  // a chunk's symbols, 8 a word
-constexpr int kTableSize = 1 << experts::kCodecMaxCodeBits;
+constexpr int kTableBits = experts::kCodecMaxCodeBits;
+constexpr int kTableSize = 1 << kTableBits;
+constexpr int kQuadsPerChunk = experts::kCodecChunk / 16;
 static_assert(experts::kCodecChunk % 16 == 0 && experts::kCodecGroup % 16 == 0 &&
               (experts::kCodecChunk / 8) % 2 == 0);
 
@@ -43,7 +50,7 @@ struct DecodeMatrix {
   const uint16_t* chunk_start;
   const uint32_t* super_start;
   const uint32_t* stream;
-  uint32_t stream_words;
+  uint32_t last_word;  // the stream's last word (one of its zero words)
   uint4* dst;
   const uint32_t* patch_idx;  // this matrix's patches
   const uint8_t* patch_exp;
@@ -60,141 +67,183 @@ struct DecodeKernelArgs {
   uint8_t bits[experts::kCodecSymbols];  // CodecExpertInfo::code_bits
 };
 
-__device__ __forceinline__ uint32_t PatchExponent(const DecodeMatrix& m, uint32_t element) {
-  int lo = 0, hi = m.patches;  // the first patch index >= element
-  while (lo < hi) {
-    const int mid = (lo + hi) >> 1;
-    if (m.patch_idx[mid] < element) {
-      lo = mid + 1;
-    } else {
-      hi = mid;
-    }
-  }
-  // EncodeExpert always writes the patch; a corrupt blob gets exponent 0 rather than a fault.
-  return lo < m.patches && m.patch_idx[lo] == element ? m.patch_exp[lo] : 0u;
-}
+// A quad table entry: symbols (4 bits each, the first lowest) in bits 0-15, their total length in
+// bits 16-19, their count in bits 20-22.
+constexpr int kQuadLengthShift = 16;
+constexpr int kQuadCountShift = 20;
 
 __device__ __forceinline__ uint32_t StreamWord(const DecodeMatrix& m, uint32_t w) {
-  return w < m.stream_words ? __ldg(m.stream + w) : 0u;
+  return __ldg(m.stream + min(w, m.last_word));
 }
 
-// Steps 2 and 3 of the file comment for work item `item` of matrix `m`.
-__device__ __forceinline__ void DecodeItem(const DecodeMatrix& m, const DecodeKernelArgs& a,
-                                           int32_t item, const uint16_t* pairs, uint32_t* rows) {
-  const int64_t first_chunk = int64_t{item} * kDecodeThreads;
-  const int64_t c = first_chunk + threadIdx.x;
-  if (c < a.chunks) {
-    // Symbols only, eight to a word: the loop carries nothing but the window, so that its steps
-    // (a lookup, two shifts) follow each other closely; the refill's load is issued a word ahead.
-    uint32_t* row = rows + threadIdx.x * kRowWords;
-    const int count =
-        static_cast<int>(min(int64_t{experts::kCodecChunk}, a.n - c * experts::kCodecChunk));
-    const uint32_t pos =
-        __ldg(m.super_start + c / experts::kCodecSuperChunks) + __ldg(m.chunk_start + c);
-    uint32_t w = pos >> 5;
-    uint64_t window = ((uint64_t{StreamWord(m, w)} << 32) | StreamWord(m, w + 1)) << (pos & 31);
-    int valid = 64 - static_cast<int>(pos & 31);  // bits of `window` that are codes
-    w += 2;
-    uint32_t next = StreamWord(m, w);
-    uint64_t symbols = 0;  // nibbles not yet stored, the earliest lowest
-    int held = 0;
-    int word = 0;
-    for (int i = 0; i < count;) {
-      const bool refill = valid < 32;
-      const int shift = refill ? 32 - valid : 0;
-      window |= refill ? uint64_t{next} << shift : 0;
-      valid += refill ? 32 : 0;
-      if (refill) next = StreamWord(m, ++w);
-      // One or two symbols a lookup (the pair table).
-      const uint32_t entry = pairs[window >> (64 - experts::kCodecMaxCodeBits)];
-      const int len0 = static_cast<int>((entry >> 8) & 15u);
-      const int both = static_cast<int>(entry >> 12);
-      const bool two = both > len0 && i + 1 < count;
-      const int used = two ? both : len0;
-      window <<= used;
-      valid -= used;
-      symbols |= uint64_t{entry & (two ? 0xffu : 0xfu)} << (4 * held);
-      held += two ? 2 : 1;
-      i += two ? 2 : 1;
-      if (held >= 8) {
-        row[word++] = static_cast<uint32_t>(symbols);
-        symbols >>= 32;
-        held -= 8;
-      }
-    }
-  }
-  __syncthreads();
-  // Step 3: 16 elements (one group's share) a thread a step.
-  const int64_t first = first_chunk * experts::kCodecChunk;  // element
-  const int64_t quads = (min(a.n - first, int64_t{kDecodeThreads} * experts::kCodecChunk)) / 16;
-#pragma unroll 2
-  for (int64_t q = threadIdx.x; q < quads; q += kDecodeThreads) {
-    const uint32_t* r = rows + (q / (experts::kCodecChunk / 16)) * kRowWords +
-                        (q % (experts::kCodecChunk / 16)) * 2;
-    const uint32_t sym[2] = {r[0], r[1]};
-    const int64_t element = first + 16 * q;
-    const uint4 s = __ldg(m.sm + element / 16);
-    const uint32_t base = __ldg(m.base + element / experts::kCodecGroup);
-    const uint32_t sw[4] = {s.x, s.y, s.z, s.w};
-    uint32_t out[8];
-#pragma unroll
-    for (int i = 0; i < 16; ++i) {
-      const uint32_t byte = (sw[i / 4] >> (8 * (i % 4))) & 0xffu;
-      const uint32_t code = (sym[i / 8] >> (4 * (i % 8))) & 15u;
-      uint32_t e = code == experts::kCodecZeroCode ? 0u : base - code;
-      if (code == experts::kCodecPatchCode) {
-        e = PatchExponent(m, static_cast<uint32_t>(element + i));
-      }
-      const uint32_t v = ((byte & 0x80u) << 8) | ((e & 0xffu) << 7) | (byte & 0x7fu);
-      if (i % 2 == 0) {
-        out[i / 2] = v;
+// The bit where chunk c's codes start in its matrix's stream.
+__device__ __forceinline__ uint32_t ChunkBit(const DecodeMatrix& m, int64_t c) {
+  return __ldg(m.super_start + c / experts::kCodecSuperChunks) + __ldg(m.chunk_start + c);
+}
+
+// A chunk's first three stream words (the window and the word after it).
+struct ChunkWords {
+  uint32_t w0 = 0, w1 = 0, w2 = 0;
+};
+
+__device__ __forceinline__ ChunkWords FirstWords(const DecodeMatrix& m, uint32_t pos) {
+  return {StreamWord(m, pos >> 5), StreamWord(m, (pos >> 5) + 1), StreamWord(m, (pos >> 5) + 2)};
+}
+
+// Writes the patched elements of the 16 starting at `element` (their symbols `sym`, sign/mantissa
+// bytes `s`) again with their exponents from the patch list. Out of line: it runs for ~1 group in
+// 1000.
+__device__ __noinline__ void StorePatches(const DecodeMatrix& m, uint32_t element, uint32_t sym0,
+                                          uint32_t sym1, uint4 s) {
+  auto* dst = reinterpret_cast<uint16_t*>(m.dst);
+  for (int i = 0; i < 16; ++i) {
+    const uint32_t code = ((i < 8 ? sym0 : sym1) >> (4 * (i % 8))) & 15u;
+    if (code != experts::kCodecPatchCode) continue;
+    int lo = 0, hi = m.patches;  // the first patch index >= element + i
+    while (lo < hi) {
+      const int mid = (lo + hi) >> 1;
+      if (m.patch_idx[mid] < element + i) {
+        lo = mid + 1;
       } else {
-        out[i / 2] |= v << 16;
+        hi = mid;
       }
     }
-    m.dst[2 * (element / 16)] = make_uint4(out[0], out[1], out[2], out[3]);
-    m.dst[2 * (element / 16) + 1] = make_uint4(out[4], out[5], out[6], out[7]);
+    // EncodeExpert always writes the patch; a corrupt blob gets exponent 0 rather than a fault.
+    const uint32_t e = lo < m.patches && m.patch_idx[lo] == element + i ? m.patch_exp[lo] : 0u;
+    const uint32_t word = i < 4 ? s.x : i < 8 ? s.y : i < 12 ? s.z : s.w;
+    const uint32_t byte = (word >> (8 * (i % 4))) & 0xffu;
+    dst[element + i] = static_cast<uint16_t>(((byte & 0x80u) << 8) | (e << 7) | (byte & 0x7fu));
   }
-  __syncthreads();  // the rows are free for the next item
 }
 
-__global__ void __launch_bounds__(kDecodeThreads) DecodeExpertKernel(const DecodeKernelArgs a) {
-  __shared__ uint8_t single[kTableSize];
-  __shared__ uint16_t pairs[kTableSize];
-  __shared__ uint32_t rows[kDecodeThreads * kRowWords];
-  for (int j = threadIdx.x; j < kTableSize; j += kDecodeThreads) single[j] = 0;
+// True when one of the eight symbols of `w` is the patch symbol (15).
+__device__ __forceinline__ bool HasPatch(uint32_t w) {
+  return ((w & (w >> 1) & (w >> 2) & (w >> 3)) & 0x11111111u) != 0;
+}
+
+// Two elements from their sign/mantissa bytes (`bytes`: the first in bits 0-7, the second in
+// 8-15) and symbols (`codes`: the first in bits 0-3, the second in 4-7) against their group's
+// `base`: bf16 (sign, exponent, mantissa) = byte & 0x80, exponent, byte & 0x7f, so the pair is
+// the bytes spread to 16-bit lanes, masked, with exponent << 7 added to each lane. Symbol 14 and
+// the patch symbol give exponent 0 (patches are stored again after).
+__device__ __forceinline__ uint32_t MergePair(uint32_t bytes, uint32_t codes, uint32_t base) {
+  const uint32_t spread = __byte_perm(bytes, 0, 0x1100) & 0x807f807fu;
+  const uint32_t c0 = codes & 15u, c1 = (codes >> 4) & 15u;
+  const uint32_t e0 = c0 <= experts::kCodecMaxOffset ? base - c0 : 0u;
+  const uint32_t e1 = c1 <= experts::kCodecMaxOffset ? base - c1 : 0u;
+  return spread | (e0 << 7) | (e1 << 23);
+}
+
+__global__ void __launch_bounds__(kDecodeChunks)
+    DecodeExpertKernel(const __grid_constant__ DecodeKernelArgs a) {
+  __shared__ uint32_t quads[kTableSize];
+  __shared__ uint32_t rows[kDecodeChunks * kRowWords];
+  // The table of single symbols lives in the rows until step 2 first writes them.
+  static_assert(sizeof(rows) >= kTableSize);
+  uint8_t* single = reinterpret_cast<uint8_t*>(rows);
+  const int32_t total = 3 * a.items;
+  int32_t item = blockIdx.x;
+  if (item >= total) return;
+  // The first item's entry point and first words are fetched while the table is built.
+  int64_t c = int64_t{item % a.items} * kDecodeChunks + threadIdx.x;
+  uint32_t pos = c < a.chunks ? ChunkBit(a.m[item / a.items], c) : 0u;
+  ChunkWords first_words;
+
+  for (int j = threadIdx.x; j < kTableSize / 4; j += kDecodeChunks) {
+    reinterpret_cast<uint32_t*>(single)[j] = 0;
+  }
   __syncthreads();
 #pragma unroll
   for (int s = 0; s < experts::kCodecSymbols; ++s) {
-    for (int j = a.starts[s] + threadIdx.x; j < a.ends[s]; j += kDecodeThreads) {
+    for (int j = a.starts[s] + threadIdx.x; j < a.ends[s]; j += kDecodeChunks) {
       single[j] = static_cast<uint8_t>(s | (a.bits[s] << 4));
     }
   }
+  if (c < a.chunks) first_words = FirstWords(a.m[item / a.items], pos);
   __syncthreads();
-  // pairs[j]: the symbol that the 12 bits j start with (bits 0-3), its code length (8-11), and
-  // when the next symbol's code also ends within the 12 bits, that symbol (4-7) and both lengths
-  // (12-15; else 12-15 repeat the first length). 0: no code starts so (a corrupt stream).
-  for (int j = threadIdx.x; j < kTableSize; j += kDecodeThreads) {
-    const uint32_t first = single[j];
-    const uint32_t len0 = first >> 4;
-    uint32_t entry = (first & 15u) | (len0 << 8) | (len0 << 12);
-    if (len0 > 0) {
-      const uint32_t next = single[(j << len0) & (kTableSize - 1)];
-      const uint32_t len1 = next >> 4;
-      if (len1 > 0 && len0 + len1 <= experts::kCodecMaxCodeBits) {
-        entry = (first & 15u) | ((next & 15u) << 4) | (len0 << 8) | ((len0 + len1) << 12);
-      }
+  // quads[j]: the symbols whose codes follow each other from the first bit of the 12 bits j and
+  // end within them. An index that starts no code (a corrupt stream) gives symbol 0 of length 12,
+  // so the decoder still moves on.
+  for (int j = threadIdx.x; j < kTableSize; j += kDecodeChunks) {
+    uint32_t used = 0, count = 0, symbols = 0;
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      const uint32_t e = single[(j << used) & (kTableSize - 1)];
+      const uint32_t len = e >> 4;
+      if (len == 0 || used + len > kTableBits) break;
+      symbols |= (e & 15u) << (4 * count);
+      used += len;
+      count += 1;
     }
-    pairs[j] = static_cast<uint16_t>(entry);
+    if (count == 0) used = kTableBits, count = 1;
+    quads[j] = symbols | (used << kQuadLengthShift) | (count << kQuadCountShift);
   }
   __syncthreads();
-  // Unrolled: a.m indexed by a constant stays in the parameter space (a runtime index copies it to
-  // local memory: kernel_spills_test).
-#pragma unroll
-  for (int k = 0; k < 3; ++k) {
-    for (int32_t w = blockIdx.x; w < 3 * a.items; w += gridDim.x) {
-      if (w / a.items == k) DecodeItem(a.m[k], a, w % a.items, pairs, rows);
+
+  for (; item < total; item += gridDim.x) {
+    const DecodeMatrix& m = a.m[item / a.items];
+    const int64_t first_chunk = int64_t{item % a.items} * kDecodeChunks;
+    c = first_chunk + threadIdx.x;
+    if (item != blockIdx.x && c < a.chunks) {
+      pos = ChunkBit(m, c);
+      first_words = FirstWords(m, pos);
     }
+    // Step 2: symbols only, eight to a word. The loop carries the window, the symbols not yet
+    // stored and the word after the window (its load issued a word ahead).
+    if (c < a.chunks) {
+      uint32_t* row = rows + threadIdx.x * kRowWords;
+      const int words =
+          static_cast<int>(min(int64_t{experts::kCodecChunk}, a.n - c * experts::kCodecChunk)) / 8;
+      uint32_t w = (pos >> 5) + 2;  // the word in `next`
+      uint64_t window = ((uint64_t{first_words.w0} << 32) | first_words.w1) << (pos & 31);
+      int valid = 64 - static_cast<int>(pos & 31);  // bits of `window` that are codes
+      uint32_t next = first_words.w2;
+      uint64_t symbols = 0;  // symbols not yet stored, the earliest lowest
+      int held = 0;
+      for (int word = 0; word < words;) {
+        if (valid < 32) {
+          window |= uint64_t{next} << (32 - valid);
+          valid += 32;
+          next = StreamWord(m, ++w);
+        }
+        const uint32_t entry = quads[window >> (64 - kTableBits)];
+        const int used = (entry >> kQuadLengthShift) & 15u;
+        window <<= used;
+        valid -= used;
+        symbols |= uint64_t{entry & 0xffffu} << (4 * held);
+        held += entry >> kQuadCountShift;
+        if (held >= 8) {
+          row[word++] = static_cast<uint32_t>(symbols);
+          symbols >>= 32;
+          held -= 8;
+        }
+      }
+    }
+    __syncthreads();
+    // Step 3: 16 elements (one group's share) a thread a step.
+    const int64_t first = first_chunk * experts::kCodecChunk;  // element
+    const int quads16 =
+        static_cast<int>(min(a.n - first, int64_t{kDecodeChunks} * experts::kCodecChunk) / 16);
+#pragma unroll 4
+    for (int q = threadIdx.x; q < quads16; q += kDecodeChunks) {
+      const uint32_t* r = rows + (q / kQuadsPerChunk) * kRowWords + (q % kQuadsPerChunk) * 2;
+      const uint32_t sym0 = r[0], sym1 = r[1];
+      const int64_t element = first + 16 * q;
+      const uint4 s = __ldg(m.sm + element / 16);
+      const uint32_t base = __ldg(m.base + element / experts::kCodecGroup);
+      const uint4 lo =
+          make_uint4(MergePair(s.x, sym0, base), MergePair(s.x >> 16, sym0 >> 8, base),
+                     MergePair(s.y, sym0 >> 16, base), MergePair(s.y >> 16, sym0 >> 24, base));
+      const uint4 hi =
+          make_uint4(MergePair(s.z, sym1, base), MergePair(s.z >> 16, sym1 >> 8, base),
+                     MergePair(s.w, sym1 >> 16, base), MergePair(s.w >> 16, sym1 >> 24, base));
+      m.dst[2 * (element / 16)] = lo;
+      m.dst[2 * (element / 16) + 1] = hi;
+      if (HasPatch(sym0) || HasPatch(sym1)) {
+        StorePatches(m, static_cast<uint32_t>(element), sym0, sym1, s);
+      }
+    }
+    __syncthreads();  // the rows are free for the next item
   }
 }
 
@@ -232,7 +281,7 @@ Status LaunchDecodeExpert(const DecodeExpertArgs& args, cudaStream_t stream) {
   DecodeKernelArgs k;
   k.n = l.n;
   k.chunks = l.chunks;
-  k.items = static_cast<int32_t>((l.chunks + kDecodeThreads - 1) / kDecodeThreads);
+  k.items = static_cast<int32_t>((l.chunks + kDecodeChunks - 1) / kDecodeChunks);
   std::array<uint32_t, experts::kCodecSymbols> starts, ends;
   MOE_RETURN_IF_ERROR(experts::CodecTableRanges(info.code_bits, &starts, &ends));
   for (int s = 0; s < experts::kCodecSymbols; ++s) {
@@ -250,7 +299,7 @@ Status LaunchDecodeExpert(const DecodeExpertArgs& args, cudaStream_t stream) {
     k.m[m].chunk_start = reinterpret_cast<const uint16_t*>(block + l.chunk_start_offset);
     k.m[m].super_start = reinterpret_cast<const uint32_t*>(block + l.super_start_offset);
     k.m[m].stream = reinterpret_cast<const uint32_t*>(args.blob + info.stream_offset[m]);
-    k.m[m].stream_words = static_cast<uint32_t>(info.stream_bytes(m) / 4);
+    k.m[m].last_word = static_cast<uint32_t>(info.stream_bytes(m) / 4 - 1);
     k.m[m].dst = reinterpret_cast<uint4*>(args.slot + args.dst_offset[m]);
     k.m[m].patch_idx = idx + first;
     k.m[m].patch_exp = exp + first;
@@ -259,7 +308,7 @@ Status LaunchDecodeExpert(const DecodeExpertArgs& args, cudaStream_t stream) {
   }
   const int64_t want = 3 * int64_t{k.items};
   const int blocks = args.blocks > 0 ? args.blocks : static_cast<int>(want);
-  DecodeExpertKernel<<<blocks, kDecodeThreads, 0, stream>>>(k);
+  DecodeExpertKernel<<<blocks, kDecodeChunks, 0, stream>>>(k);
   CUDA_RETURN_IF_ERROR(cudaGetLastError());
   return absl::OkStatus();
 }

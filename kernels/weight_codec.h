@@ -19,7 +19,7 @@ struct DecodeExpertArgs {
   std::array<int64_t, 3> dst_offset = {0, 0, 0};  // 16-byte multiples
   experts::CodecExpertLayout layout;
   experts::CodecExpertInfo info;
-  int blocks = 0;  // grid size (0: one block per 128 chunks of each matrix)
+  int blocks = 0;  // grid size (0: one block per 256 chunks of each matrix)
 
   // InvalidArgument on null or misaligned pointers, a bad layout, or an `info` that does not fit
   // it (experts::ValidateCodecInfo).
