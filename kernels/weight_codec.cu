@@ -90,9 +90,9 @@ __device__ __forceinline__ ChunkWords FirstWords(const DecodeMatrix& m, uint32_t
   return {StreamWord(m, pos >> 5), StreamWord(m, (pos >> 5) + 1), StreamWord(m, (pos >> 5) + 2)};
 }
 
-// Writes the patched elements of the 16 starting at `element` (their symbols `sym`, sign/mantissa
-// bytes `s`) again with their exponents from the patch list. Out of line: it runs for ~1 group in
-// 1000.
+// Writes the patched elements of the 16 starting at `element` (their symbols `sym0` and `sym1`,
+// sign/mantissa bytes `s`) again with their exponents from the patch list. Out of line: it runs
+// for ~1 group in 1000.
 __device__ __noinline__ void StorePatches(const DecodeMatrix& m, uint32_t element, uint32_t sym0,
                                           uint32_t sym1, uint4 s) {
   auto* dst = reinterpret_cast<uint16_t*>(m.dst);
