@@ -167,22 +167,24 @@ __device__ __forceinline__ void PrefetchNextUnits(int64_t u, int64_t u_begin, in
   if (lane < 2 * count && pu < u_end) {
     const int pcol = static_cast<int>(pu / pairs);
     const int pj = static_cast<int>(pu - static_cast<int64_t>(pcol) * pairs);
-    const T* row = (lane & 1 ? s_up[pj] : s_gate[pj]) + static_cast<int64_t>(pcol) * K;
-    PrefetchL2(row, static_cast<uint32_t>(K) * 2u);
+    const T* base = lane & 1 ? s_up[pj] : s_gate[pj];
+    if (base != nullptr)
+      PrefetchL2(base + static_cast<int64_t>(pcol) * K, static_cast<uint32_t>(K) * 2u);
   }
 }
 
 // The gate/up units [u_begin, u_end) of one warp (decode_experts.cu, decode_fused.cu). Unit u is
 // (output column u / pairs, h row j = u % pairs): h[j, column] = silu(x[token(j)] . gate_j[column])
-// * (x[token(j)] . up_j[column]) in T. Lane l reads 16 bytes at elements 8l + 256c, kChunks per
-// row in flight, dots them with the token's row of x (global memory through L1, or shared memory
-// with X_SHARED) in ascending k per lane, then a fixed xor tree sums the lanes. When K fits one
-// pass, consecutive units of one weight row (sorted h rows) keep it in registers. EVICT_FIRST:
-// weights carry the L2 evict_first policy. prefetch_units > 0: the warp keeps the rows of its next
-// prefetch_units units on their way into L2 (bulk prefetches, issued before the loads of the first
-// unit and then one unit per unit), so more bytes are in flight than the SM's outstanding loads
-// allow and the later units' loads hit L2. trace (diagnostic builds): the block's decode timeline
-// record, which gets the time the warp's first unit is stored.
+// * (x[token(j)] . up_j[column]) in T; a unit whose gate_j is null is skipped (so are those of
+// GateUpQuadUnits and GateUpUnitsTma: DecodeExpertsArgs::gate_table). Lane l reads 16 bytes at
+// elements 8l + 256c, kChunks per row in flight, dots them with the token's row of x (global memory
+// through L1, or shared memory with X_SHARED) in ascending k per lane, then a fixed xor tree sums
+// the lanes. When K fits one pass, consecutive units of one weight row (sorted h rows) keep it in
+// registers. EVICT_FIRST: weights carry the L2 evict_first policy. prefetch_units > 0: the warp
+// keeps the rows of its next prefetch_units units on their way into L2 (bulk prefetches, issued
+// before the loads of the first unit and then one unit per unit), so more bytes are in flight than
+// the SM's outstanding loads allow and the later units' loads hit L2. trace (diagnostic builds):
+// the block's decode timeline record, which gets the time the warp's first unit is stored.
 template <typename T, int kChunks, bool X_SHARED, bool EVICT_FIRST>
 __device__ __forceinline__ void GateUpUnits(int64_t u_begin, int64_t u_end, int pairs, int K,
                                             int inter, const T* const* s_gate, const T* const* s_up,
@@ -197,6 +199,7 @@ __device__ __forceinline__ void GateUpUnits(int64_t u_begin, int64_t u_end, int 
   for (int64_t u = u_begin; u < u_end; ++u) {
     const int col = static_cast<int>(u / pairs);
     const int j = static_cast<int>(u - static_cast<int64_t>(col) * pairs);
+    if (s_gate[j] == nullptr) continue;  // a pair left for another launch
     const T* wg = s_gate[j] + static_cast<int64_t>(col) * K;
     const T* wu = s_up[j] + static_cast<int64_t>(col) * K;
     const T* xr = x + static_cast<int64_t>(s_token[j]) * ldx;
@@ -271,6 +274,7 @@ __device__ __forceinline__ void GateUpQuadUnits(int64_t u_begin, int64_t u_end, 
   for (int64_t u = u_begin; u < u_end; ++u) {
     const int q = static_cast<int>(u / pairs);
     const int j = static_cast<int>(u - static_cast<int64_t>(q) * pairs);
+    if (s_gate[j] == nullptr) continue;  // a pair left for another launch
     const int row = 4 * q + rr;
     const int c = pc ^ (row & 7);  // the logical chunk at position pc
     const int64_t w_off = PackedOffset(row, c * 8, K);
@@ -327,6 +331,7 @@ __device__ __forceinline__ void GateUpUnitsTma(int64_t u_begin, int64_t u_end, i
   for (int64_t u = u_begin; u < u_end; ++u) {
     const int col = static_cast<int>(u / pairs);
     const int j = static_cast<int>(u - static_cast<int64_t>(col) * pairs);
+    if (s_gate[j] == nullptr) continue;  // a pair left for another launch
     const T* wg = s_gate[j] + static_cast<int64_t>(col) * K;
     const T* wu = s_up[j] + static_cast<int64_t>(col) * K;
     const T* xr = x + static_cast<int64_t>(s_token[j]) * ldx;

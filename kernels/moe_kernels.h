@@ -224,7 +224,9 @@ struct DecodeExpertsArgs {
   const void* const* gate_table = nullptr;  // [layers * n_experts] -> [inter, hidden] wtype
   const void* const* up_table = nullptr;    // [layers * n_experts] -> [inter, hidden] wtype
   const void* const* down_table = nullptr;  // [layers * n_experts] -> [hidden, inter] wtype
-  const int32_t* layer_dev = nullptr;       // layer position (index into the tables / n_experts)
+  // Gate/up skips the pairs whose expert's gate entry is null (their h rows stay as they were):
+  // the expert cache computes the pairs of its ready experts before the loading ones arrive.
+  const int32_t* layer_dev = nullptr;  // layer position (index into the tables / n_experts)
   // h rows: pair p's row is pair_row[p] (the scan's expert-sorted order, so that pairs of one
   // expert are neighbours), or p when pair_row is null (the front may then skip the scan).
   const int32_t* pair_row = nullptr;

@@ -34,13 +34,19 @@
 //    (demand + prefetch) per token beside MIN's, and "cap": the ratio to all resident that MIN's
 //    loads allow at the row's own loads per copy-busy second (every load a full expert over
 //    PCIe, perfect overlap; outputs bitwise the all-resident ones rule out anything smaller).
+// 5. --gap-us N emulates the attention side of a disaggregated deployment: after each MoE layer
+//    the host waits for its output, then N us more (the attention's compute and the network's
+//    two hops) before it enqueues the next layer, in every configuration (the all-resident one
+//    too). The cache's copies and decodes go on meanwhile, so the lookahead's lead over the next
+//    layer grows by N. Without it (0, the default) the layers run back to back: the strictest
+//    case for the cache, as when attention and MoE share the GPU and attention takes no time.
 // Prints a table and one JSON line per configuration (also to --json FILE).
 //
 // Usage: cache_engine_bench [--dir /tmp/moe-cache-engine-bench] [--layers 8] [--tokens 300]
 //                           [--warmup 100] [--beta 0.3] [--decay 0.5] [--budgets 1,0.75,0.5]
 //                           [--depths 1,2,3] [--json FILE] [--small] [--only TEXT]
 //                           [--packed-slots] [--lookahead-gemm] [--lookahead-always]
-//                           [--uncompressed]
+//                           [--uncompressed] [--gap-us N]
 //   --decay: a second group of configurations on inputs with that deeper signal (0: none).
 //   --small: a tiny model (a smoke run of the code paths, not a measurement).
 //   --only: only the configuration named TEXT, or those of a list "A|B|C" (the all-resident ones
@@ -101,6 +107,8 @@ struct Args {
   bool lookahead_gemm = false;    // lookahead_front off in every configuration
   bool lookahead_always = false;  // lookahead_skips_resident off in every configuration
   bool uncompressed = false;      // compress_host_tier off in every configuration
+  // Emulated time between MoE layers (5. in the file comment); 0: back to back.
+  int gap_us = 0;
 };
 
 // The inputs: routing signal of the next layers (see 2. in the file comment).
@@ -294,6 +302,13 @@ Result RunConfig(std::shared_ptr<const Model> model, const Config& c, const Args
       const auto e0 = Clock::now();
       CHECK_OK((*engine)->EnqueueDevice(a));
       if (keep) enqueue_s += Seconds(e0, Clock::now());
+      if (args.gap_us > 0) {
+        // The layer's output goes back, and the next layer's input comes gap_us later.
+        CHECK_CUDA(cudaStreamSynchronize(st));
+        const auto until = Clock::now() + std::chrono::microseconds(args.gap_us);
+        while (Clock::now() < until) {
+        }
+      }
     }
   };
   for (int t = 0; t < args.warmup; ++t) step(t, false);
@@ -366,12 +381,15 @@ int Main(int argc, char** argv) {
       args.lookahead_always = true;
     } else if (a == "--uncompressed") {
       args.uncompressed = true;
+    } else if (a == "--gap-us") {
+      args.gap_us = std::stoi(next());
     } else {
       std::fprintf(
           stderr,
           "usage: %s [--dir DIR] [--layers N] [--tokens N] [--warmup N] [--beta B] "
           "[--decay D] [--budgets F,F] [--depths N,N] [--json FILE] [--small] [--only TEXT] "
-          "[--packed-slots] [--lookahead-gemm] [--lookahead-always] [--uncompressed]\n",
+          "[--packed-slots] [--lookahead-gemm] [--lookahead-always] [--uncompressed] "
+          "[--gap-us N]\n",
           argv[0]);
       return 2;
     }
@@ -413,6 +431,10 @@ int Main(int argc, char** argv) {
   }
   CHECK_CUDA(cudaGetDeviceProperties(&prop, 0));
   std::printf("card: %s (%d SMs)\n", prop.name, prop.multiProcessorCount);
+  if (args.gap_us > 0) {
+    std::printf("gap between layers: each waits for the one before, then %d us more\n",
+                args.gap_us);
+  }
 
   // 2. Trace and inputs.
   const int steps = args.warmup + args.tokens;
@@ -605,6 +627,8 @@ int Main(int argc, char** argv) {
            << ",\"ratio_to_resident\":" << r.tokens_per_s / resident_tps
            << ",\"hit_rate\":" << d.HitRate() << ",\"device_hit_layers\":" << dev_hit
            << ",\"misses\":" << d.misses << ",\"warmup\":" << args.warmup
+           << ",\"gap_us\":" << args.gap_us
+           << ",\"ready_first_rounds\":" << r.after.ready_first_rounds - r.before.ready_first_rounds
            << ",\"loads_per_token\":" << loads_per_token
            << ",\"belady_loads_per_token\":" << (c.budget_fraction > 0 ? min_per_token : 0.0)
            << ",\"copy_ceiling_ratio\":" << cap << ",\"prefetch_issued\":" << d.prefetch_issued

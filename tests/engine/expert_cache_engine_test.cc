@@ -14,6 +14,7 @@
 #include <chrono>
 #include <cstring>
 #include <random>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -449,6 +450,63 @@ TEST(ExpertCacheEngine, DecodeStepInRoundsWhenItsSlotsStayBusy) {
       EXPECT_EQ(checker.violations.load(), 0) << "an expert in use was not in its slot";
       EXPECT_GE(stats->rounds, 2 * stats->host_round_trips)
           << "every step takes two rounds or more";
+    }
+  }
+}
+
+// A step with some of its experts ready and the others loading computes the ready experts before
+// it waits for the loads, then the rest: bitwise the all-resident outputs. At one token (the
+// decode experts path) that is the ready experts' gate/up (the other pairs skipped by null table
+// entries); at 3 tokens (tile GEMVs) their tiles. Step A loads its experts; after the copies
+// finish, step B (same layer) routes to some of A's experts and to others: one such round.
+TEST(ExpertCacheEngine, StepComputesReadyExpertsBeforeItsLoads) {
+  MOE_REQUIRE_GPU();
+  const auto mo = ModelOptions(Family::kQwen3Moe, 32, 4, 256, 128, 43);
+  const auto model = RandomModel(mo);
+  const MoeSpec& spec = model->spec();
+  CudaEngineOptions base;
+  base.max_batch_tokens = 16;
+  auto resident = CudaEngine::Create(model, base);
+  ASSERT_TRUE(resident.ok()) << resident.status();
+  const int layer = spec.moe_layers[1];
+  for (const int64_t n : {1, 3}) {
+    // B: the first input whose experts overlap A's without being all of them.
+    const auto a_in = MakeActivations(DType::kBF16, n * spec.hidden, 700).bytes;
+    const Output a_want = ExpectForward(**resident, layer, DType::kBF16, a_in, n);
+    const std::set<int32_t> a_experts(a_want.ids.begin(), a_want.ids.end());
+    std::vector<uint8_t> b_in;
+    Output b_want;
+    for (int seed = 701; seed < 1700 && b_in.empty(); ++seed) {
+      auto in = MakeActivations(DType::kBF16, n * spec.hidden, seed).bytes;
+      Output want = ExpectForward(**resident, layer, DType::kBF16, in, n);
+      const std::set<int32_t> b_experts(want.ids.begin(), want.ids.end());
+      int shared = 0;
+      for (const int32_t x : b_experts) shared += a_experts.count(x) > 0 ? 1 : 0;
+      if (shared > 0 && shared < static_cast<int>(b_experts.size())) {
+        b_in = std::move(in);
+        b_want = std::move(want);
+      }
+    }
+    ASSERT_FALSE(b_in.empty()) << "no input routes partly to A's experts";
+    for (const bool pack_slots : {false, true}) {
+      SCOPED_TRACE(::testing::Message() << "n " << n << (pack_slots ? ", packed" : ", row-major"));
+      CudaEngineOptions o = base;
+      o.expert_cache.budget_bytes = 2 * spec.n_experts() * SlotBytes(spec);  // half of 4 layers
+      o.expert_cache.prefetch = false;  // only the demand loads move experts
+      o.expert_cache.pack_slots = pack_slots;
+      auto cached = CudaEngine::Create(model, o);
+      ASSERT_TRUE(cached.ok()) << cached.status();
+      const Output a_got = ExpectForward(**cached, layer, DType::kBF16, a_in, n);
+      ASSERT_EQ(a_got.ids, a_want.ids);
+      ASSERT_EQ(a_got.out, a_want.out) << "step A differs from the all-resident engine";
+      ASSERT_TRUE((*cached)->QuiesceExpertCache().ok());
+      const Output b_got = ExpectForward(**cached, layer, DType::kBF16, b_in, n);
+      ASSERT_EQ(b_got.ids, b_want.ids);
+      ASSERT_EQ(b_got.out, b_want.out) << "step B differs from the all-resident engine";
+      auto stats = (*cached)->expert_cache_stats();
+      ASSERT_TRUE(stats.ok()) << stats.status();
+      EXPECT_EQ(stats->ready_first_rounds, 1u) << "step B should compute its ready experts first";
+      EXPECT_EQ(stats->device_hits, 0u);
     }
   }
 }

@@ -159,6 +159,9 @@ struct ExpertCacheStats {
   // Layer forwards whose routed experts were all resident at the device check (their expert
   // kernels did not wait for the host).
   uint64_t device_hits = 0;
+  // Cache rounds with a miss that computed their ready experts (the decode experts path: their
+  // gate/up) before waiting for the loads of the others.
+  uint64_t ready_first_rounds = 0;
   // Lookahead accuracy per depth ([0] = predictions one layer ahead, ...), micro-averaged.
   struct DepthAccuracy {
     uint64_t predicted = 0, actual = 0, correct = 0;

@@ -9,6 +9,7 @@
 //      cache at start-up, --expert-warm-trace).
 //   5. LookaheadGate: whether predictions of one lookahead depth (>= 2 layers ahead) are still
 //      worth loading, from their recent measured precision.
+//   6. RoundUpload: where each piece of a round's upload (pointer tables, counters, tiles) sits.
 #pragma once
 
 #include <cstdint>
@@ -27,6 +28,20 @@ struct TileEntry {
   int32_t row = 0;
 };
 static_assert(sizeof(TileEntry) == 8, "TileEntry must match the kernels' int2");
+
+// One round's upload to the device (a ring entry of ExpertCacheRuntime::EngineSlot::rounds),
+// byte offsets from its start: pointer tables of n_experts entries each (gate, up and down of the
+// round's experts; then gate and up once more of the round's ready experts only and of its
+// loading experts only, null elsewhere, for a decode step that computes its ready experts'
+// gate/up before it waits for the loads), four int32 counters, the tile list.
+struct RoundUpload {
+  enum Table { kGate = 0, kUp, kDown, kReadyGate, kReadyUp, kLoadingGate, kLoadingUp, kTables };
+  int64_t n_experts = 0;
+  int64_t table(Table t) const { return int64_t{t} * n_experts * 8; }
+  int64_t counts() const { return table(kTables); }
+  int64_t tiles() const { return counts() + 16; }
+  int64_t bytes(int64_t n_tiles) const { return tiles() + n_tiles * 8; }
+};
 
 // `offsets` [n_experts + 1]: expert e's sorted rows are [offsets[e], offsets[e + 1]).
 // INVALID_ARGUMENT unless offsets[0] == 0, they never decrease and offsets[n_experts] == rows.

@@ -40,15 +40,16 @@
 //      stream), and the combine.
 // Decode batches (plan.decode_gemv): when all the step's experts fit in one round, the routed
 // experts and the combine run as the all-resident forward's decode experts kernels over that
-// round's tables (bitwise equal). The budget holds every expert of such a step
-// (ExpertCacheRuntime::Options::min_slots), so a round that misses some of them is handed back
-// and acquired again once loads finish; only after ExpertCacheOptions::decode_round_retries
-// such tries (other engine slots keeping slots pinned) does the step run in several rounds of the
-// tile GEMV + combine (after the front again with the scan, where it skipped it), which round
-// differently.
-// Every row of every expert is computed by the same kernel and tile as in the all-resident
-// forward (same plan, same tile entries), and split-K partials and the combine are unchanged,
-// so the outputs are bitwise identical.
+// round's tables (bitwise equal): gate/up of the pairs of the round's ready experts first, then
+// the wait for the loads, gate/up of the other pairs (each launch's tables null out the other
+// experts, whose pairs it skips), and down + combine over every pair. The budget holds every expert
+// of such a step (ExpertCacheRuntime::Options::min_slots), so a round that misses some of them is
+// handed back and acquired again once loads finish; only after
+// ExpertCacheOptions::decode_round_retries such tries (other engine slots keeping slots pinned)
+// does the step run in several rounds of the tile GEMV + combine (after the front again with the
+// scan, where it skipped it), which round differently. Every row of every expert is computed by the
+// same kernel and tile as in the all-resident forward (same plan, same tile entries), and split-K
+// partials and the combine are unchanged, so the outputs are bitwise identical.
 #include <chrono>
 #include <cstring>
 #include <vector>
@@ -311,6 +312,7 @@ Status CudaEngine::Impl::EnqueueCached(Slot& s, const cuda::ForwardMeta& meta, c
   // 4, a miss: rounds.
   const int bm = cuda::ShapeOf(l.plan.tile).bm;
   const cuda::ExpertSlotLayout& layout = rt.layout();
+  const cuda::RoundUpload upload{e};
   std::vector<cuda::TileEntry> tiles;
   std::vector<int32_t> resident, waiting;
   bool decode_experts_done = false;
@@ -338,18 +340,26 @@ Status CudaEngine::Impl::EnqueueCached(Slot& s, const cuda::ForwardMeta& meta, c
     es.next_round = (es.next_round + 1) % static_cast<int>(es.rounds.size());
     CUDA_RETURN_IF_ERROR(cudaEventSynchronize(entry.uploaded.get()));
     char* host = entry.host.as<char>();
-    const void** gate = reinterpret_cast<const void**>(host);
-    const void** up = gate + e;
-    const void** down = up + e;
-    int32_t* counts = reinterpret_cast<int32_t*>(down + e);
+    const auto host_table = [&](cuda::RoundUpload::Table t) {
+      return reinterpret_cast<const void**>(host + upload.table(t));
+    };
+    int32_t* counts = reinterpret_cast<int32_t*>(host + upload.counts());
     resident.clear();
     waiting.clear();
     for (const experts::RoundEntry& re : round.entries) {
       const char* base = rt.SlotAddress(re.slot);
-      gate[re.key.expert] = base + layout.gate_offset;
-      up[re.key.expert] = base + layout.up_offset;
-      down[re.key.expert] = base + layout.down_offset;
-      (re.source == experts::SlotSource::kResident ? resident : waiting).push_back(re.key.expert);
+      const int32_t x = re.key.expert;
+      const bool ready = re.source == experts::SlotSource::kResident;
+      const void* gate = base + layout.gate_offset;
+      const void* up = base + layout.up_offset;
+      host_table(cuda::RoundUpload::kGate)[x] = gate;
+      host_table(cuda::RoundUpload::kUp)[x] = up;
+      host_table(cuda::RoundUpload::kDown)[x] = base + layout.down_offset;
+      host_table(cuda::RoundUpload::kReadyGate)[x] = ready ? gate : nullptr;
+      host_table(cuda::RoundUpload::kReadyUp)[x] = ready ? up : nullptr;
+      host_table(cuda::RoundUpload::kLoadingGate)[x] = ready ? nullptr : gate;
+      host_table(cuda::RoundUpload::kLoadingUp)[x] = ready ? nullptr : up;
+      (ready ? resident : waiting).push_back(x);
     }
     tiles.clear();
     cuda::AppendExpertTiles(offsets, resident, bm, &tiles);
@@ -363,17 +373,19 @@ Status CudaEngine::Impl::EnqueueCached(Slot& s, const cuda::ForwardMeta& meta, c
     counts[1] = n_waiting;
     counts[2] = 0;  // layer index of the decode experts kernels (tables of one layer)
     counts[3] = 0;
-    const int64_t table_bytes = int64_t{3} * e * 8 + 16;
-    std::memcpy(host + table_bytes, tiles.data(), tiles.size() * sizeof(cuda::TileEntry));
+    std::memcpy(host + upload.tiles(), tiles.data(), tiles.size() * sizeof(cuda::TileEntry));
     CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(entry.dev.get(), host,
-                                         table_bytes + tiles.size() * sizeof(cuda::TileEntry),
+                                         upload.bytes(static_cast<int64_t>(tiles.size())),
                                          cudaMemcpyHostToDevice, st));
     CUDA_RETURN_IF_ERROR(cudaEventRecord(entry.uploaded.get(), st));
 
     char* dev = entry.dev.as<char>();
-    const void* const* dev_gate = reinterpret_cast<const void* const*>(dev);
-    const int32_t* dev_counts = reinterpret_cast<const int32_t*>(dev + int64_t{3} * e * 8);
-    const int2* dev_tiles = reinterpret_cast<const int2*>(dev + table_bytes);
+    const auto dev_table = [&](cuda::RoundUpload::Table t) {
+      return reinterpret_cast<const void* const*>(dev + upload.table(t));
+    };
+    const void* const* dev_gate = dev_table(cuda::RoundUpload::kGate);
+    const int32_t* dev_counts = reinterpret_cast<const int32_t*>(dev + upload.counts());
+    const int2* dev_tiles = reinterpret_cast<const int2*>(dev + upload.tiles());
     auto launch = [&](int32_t first_tile, const int32_t* n_tiles) -> Status {
       if (!scanned) {
         // The tile kernels and the combine read the permutation: the front again, with the scan
@@ -385,7 +397,7 @@ Status CudaEngine::Impl::EnqueueCached(Slot& s, const cuda::ForwardMeta& meta, c
       }
       cuda::GemmArgs gu = l.gate_up;
       gu.b0_table = dev_gate;
-      gu.b1_table = dev_gate + e;
+      gu.b1_table = dev_table(cuda::RoundUpload::kUp);
       gu.layer_dev = nullptr;
       gu.b_layer_stride = 0;
       gu.tiles = dev_tiles + first_tile;
@@ -393,7 +405,7 @@ Status CudaEngine::Impl::EnqueueCached(Slot& s, const cuda::ForwardMeta& meta, c
       gu.pdl = false;  // follows a copy or an event wait
       gu.prefetch_weights = false;
       cuda::GemmArgs dn = l.down;
-      dn.b0_table = dev_gate + 2 * e;
+      dn.b0_table = dev_table(cuda::RoundUpload::kDown);
       dn.layer_dev = nullptr;
       dn.b_layer_stride = 0;
       dn.tiles = gu.tiles;
@@ -402,20 +414,36 @@ Status CudaEngine::Impl::EnqueueCached(Slot& s, const cuda::ForwardMeta& meta, c
       return LaunchRoutedPhase(l, gu, dn, st);
     };
     if (l.decode_experts && round.deferred.empty() && round.entries.size() == active.size()) {
-      // The whole step in one round: the all-resident forward's decode experts kernels (every
-      // pair in one launch, down fused with the combine), after every load.
+      // The whole step in one round: the all-resident forward's decode experts kernels (down
+      // fused with the combine). Gate/up of the ready experts' pairs runs before the wait for the
+      // loads, of the loading ones' after it (null table entries skip a pair; each h row gets the
+      // same bits either way); down + combine takes every pair after both.
       cuda::DecodeExpertsArgs dx = l.decode;
       dx.gate_table = dev_gate;
-      dx.up_table = dev_gate + e;
-      dx.down_table = dev_gate + 2 * e;
+      dx.up_table = dev_table(cuda::RoundUpload::kUp);
+      dx.down_table = dev_table(cuda::RoundUpload::kDown);
       dx.layer_dev = dev_counts + 2;
       dx.pdl = false;  // follows a copy or an event wait
-      MOE_RETURN_IF_ERROR(rt.WaitLoads(s.index, round, st));
-      MOE_RETURN_IF_ERROR(cuda::LaunchDecodeGateUp(dx, st));
+      if (!resident.empty() && !waiting.empty()) {
+        cuda::DecodeExpertsArgs ready = dx;
+        ready.gate_table = dev_table(cuda::RoundUpload::kReadyGate);
+        ready.up_table = dev_table(cuda::RoundUpload::kReadyUp);
+        MOE_RETURN_IF_ERROR(cuda::LaunchDecodeGateUp(ready, st));
+        MOE_RETURN_IF_ERROR(rt.WaitLoads(s.index, round, st));
+        cuda::DecodeExpertsArgs loading = dx;
+        loading.gate_table = dev_table(cuda::RoundUpload::kLoadingGate);
+        loading.up_table = dev_table(cuda::RoundUpload::kLoadingUp);
+        MOE_RETURN_IF_ERROR(cuda::LaunchDecodeGateUp(loading, st));
+        rt.CountReadyFirst();
+      } else {
+        MOE_RETURN_IF_ERROR(rt.WaitLoads(s.index, round, st));
+        MOE_RETURN_IF_ERROR(cuda::LaunchDecodeGateUp(dx, st));
+      }
       MOE_RETURN_IF_ERROR(cuda::LaunchDecodeDownCombineWith(dx, DecodeDownOptionsOf(options), st));
       decode_experts_done = true;
     } else {
       if (n_resident > 0) MOE_RETURN_IF_ERROR(launch(0, dev_counts));
+      if (n_resident > 0 && n_waiting > 0) rt.CountReadyFirst();
       if (n_waiting > 0) {
         MOE_RETURN_IF_ERROR(rt.WaitLoads(s.index, round, st));
         MOE_RETURN_IF_ERROR(launch(n_resident, dev_counts + 1));

@@ -167,7 +167,7 @@ StatusOr<std::unique_ptr<ExpertCacheRuntime>> ExpertCacheRuntime::Create(
   rt->depth_gates_.assign(static_cast<size_t>(depth),
                           LookaheadGate(options.cache.prefetch_min_precision));
   rt->max_tiles_ = MaxGroupedTiles(tm * k, static_cast<int>(e), kTileShapes[0].bm);
-  rt->round_entry_bytes_ = AlignUp(3 * e * 8 + 16 + rt->max_tiles_ * 8, 256);
+  rt->round_entry_bytes_ = AlignUp(RoundUpload{e}.bytes(rt->max_tiles_), 256);
   rt->fence_rings_.resize(static_cast<size_t>(options.num_engine_slots));
   for (int s = 0; s < options.num_engine_slots; ++s) {
     auto es = std::make_unique<EngineSlot>();
@@ -760,6 +760,7 @@ ExpertCacheStats ExpertCacheRuntime::Stats() const {
   // the hit and the rounds follow), so that a snapshot never shows more device hits than layer
   // forwards.
   s.device_hits = device_hits_.load();
+  s.ready_first_rounds = ready_first_rounds_.load();
   s.rounds = rounds_.load();
   s.host_wait_ns = host_wait_ns_.load();
   s.host_round_trips = host_round_trips_.load();

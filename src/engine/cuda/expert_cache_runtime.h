@@ -191,6 +191,9 @@ class ExpertCacheRuntime {
   // One more layer forward whose routed experts all hit at the device check (no round trip
   // before its expert kernels).
   void CountDeviceHit() { device_hits_ += 1; }
+  // A round with a miss whose ready experts ran (decode experts path: their gate/up) before its
+  // wait for the loads.
+  void CountReadyFirst() { ready_first_rounds_ += 1; }
 
   // Called once per layer forward after its routing reached the host (`active`: its experts,
   // ascending): marks completed loads,
@@ -335,7 +338,7 @@ class ExpertCacheRuntime {
 
   std::atomic<int64_t> next_batch_{0};
   std::atomic<uint64_t> copy_busy_ns_{0}, copy_batches_{0}, host_round_trips_{0}, host_wait_ns_{0},
-      rounds_{0}, device_hits_{0};
+      rounds_{0}, device_hits_{0}, ready_first_rounds_{0};
 };
 
 }  // namespace moe::cuda
