@@ -1,11 +1,13 @@
 // Device decoder of the host tier's lossless bf16 codec (kernels/weight_codec.h).
 //
 // A block takes kDecodeChunks consecutive chunks of one matrix (a work item), one a thread:
-// 1. Once per block it fills a 2^12-entry table in shared memory from the code's ranges (symbol |
-//    bits << 4 at every index whose leading bits are the symbol's code), then from it a table of
-//    quads: the symbols whose codes lie wholly within the 12 bits that index it (one to four),
-//    their count and their total length. Each thread fetches its chunk's entry point and first
-//    stream words meanwhile.
+// 1. Once per block it puts the table of quads in shared memory (experts::CodecQuadTable: for each
+//    12-bit index the symbols whose codes lie wholly within it, one to four, their count and their
+//    total length). Blobs of large experts carry it (CodecExpertLayout::table_bytes): the block
+//    copies it, each entry checked so that a corrupt one still moves the decoder on. Else the
+//    block builds it: a 2^12-entry table of single symbols from the code's ranges (symbol |
+//    bits << 4 at every index whose leading bits are the symbol's code), then the quads from it.
+//    Each thread fetches its chunk's entry point and first stream words meanwhile.
 // 2. Thread t expands chunk t of the item: it peeks 12 bits of a 64-bit window, looks up one to
 //    four symbols, shifts by their length and refills the window a word at a time, storing the
 //    symbols, eight to a word, in a shared-memory row of its own (rows of an odd number of words:
@@ -24,9 +26,9 @@
 // per block, the patch search inlined per element). ncu of that one (base clocks): half its stall
 // samples in step 3, mostly instruction fetch; a third in step 2 (57 instructions a lookup, ~2
 // symbols each, ~8 cycles an instruction at 2 warps a scheduler: a latency chain); a sixth in the
-// table. Now (ncu, 32 us at base clocks): the tables ~35% of the samples, step 2 ~23%, step 3 ~25%.
-// 128 chunks a block measured 31-34 us alone (Mixtral 361-409 us against 290-316). Not yet
-// tried: the table built once per expert (by the host, or a small kernel under the copy).
+// table. Then (ncu, 32 us at base clocks): the tables ~35% of the samples, step 2 ~23%, step 3
+// ~25%, which is why large experts' blobs now carry the quad table (session 45).
+// 128 chunks a block measured 31-34 us alone (Mixtral 361-409 us against 290-316).
 #include <cuda_runtime.h>
 
 #include "absl/strings/str_cat.h"
@@ -65,12 +67,25 @@ struct DecodeKernelArgs {
   uint16_t starts[experts::kCodecSymbols];  // experts::CodecTableRanges
   uint16_t ends[experts::kCodecSymbols];
   uint8_t bits[experts::kCodecSymbols];  // CodecExpertInfo::code_bits
+  const uint4* quads;                    // the blob's quad table, or null: build it
 };
 
 // A quad table entry: symbols (4 bits each, the first lowest) in bits 0-15, their total length in
 // bits 16-19, their count in bits 20-22.
 constexpr int kQuadLengthShift = 16;
 constexpr int kQuadCountShift = 20;
+
+// A quad entry from a blob, or symbol 0 of length 12 where it could not come from the encoder
+// (no symbol, more than four, fewer bits than symbols, more than 12): the decoding loop then always
+// moves on. Nibbles past the count are cleared.
+__device__ __forceinline__ uint32_t CheckedQuad(uint32_t e) {
+  const uint32_t count = (e >> kQuadCountShift) & 7u, used = (e >> kQuadLengthShift) & 15u;
+  if (count == 0 || count > 4 || used < count || used > kTableBits) {
+    return (uint32_t{kTableBits} << kQuadLengthShift) | (1u << kQuadCountShift);
+  }
+  const uint32_t symbols = count == 4 ? 0xffffu : (1u << (4 * count)) - 1u;
+  return e & (symbols | (0x7fu << kQuadLengthShift));
+}
 
 __device__ __forceinline__ uint32_t StreamWord(const DecodeMatrix& m, uint32_t w) {
   return __ldg(m.stream + min(w, m.last_word));
@@ -134,9 +149,11 @@ __device__ __forceinline__ uint32_t MergePair(uint32_t bytes, uint32_t codes, ui
   return spread | (e0 << 7) | (e1 << 23);
 }
 
+// kBlobTable: a.quads is the blob's table (else null, and the block builds it).
+template <bool kBlobTable>
 __global__ void __launch_bounds__(kDecodeChunks)
     DecodeExpertKernel(const __grid_constant__ DecodeKernelArgs a) {
-  __shared__ uint32_t quads[kTableSize];
+  __shared__ __align__(16) uint32_t quads[kTableSize];
   __shared__ uint32_t rows[kDecodeChunks * kRowWords];
   // The table of single symbols lives in the rows until step 2 first writes them.
   static_assert(sizeof(rows) >= kTableSize);
@@ -149,34 +166,43 @@ __global__ void __launch_bounds__(kDecodeChunks)
   uint32_t pos = c < a.chunks ? ChunkBit(a.m[item / a.items], c) : 0u;
   ChunkWords first_words;
 
-  for (int j = threadIdx.x; j < kTableSize / 4; j += kDecodeChunks) {
-    reinterpret_cast<uint32_t*>(single)[j] = 0;
-  }
-  __syncthreads();
-#pragma unroll
-  for (int s = 0; s < experts::kCodecSymbols; ++s) {
-    for (int j = a.starts[s] + threadIdx.x; j < a.ends[s]; j += kDecodeChunks) {
-      single[j] = static_cast<uint8_t>(s | (a.bits[s] << 4));
+  if constexpr (kBlobTable) {
+    for (int j = threadIdx.x; j < kTableSize / 4; j += kDecodeChunks) {
+      const uint4 q = __ldg(a.quads + j);
+      reinterpret_cast<uint4*>(quads)[j] =
+          make_uint4(CheckedQuad(q.x), CheckedQuad(q.y), CheckedQuad(q.z), CheckedQuad(q.w));
     }
-  }
-  if (c < a.chunks) first_words = FirstWords(a.m[item / a.items], pos);
-  __syncthreads();
-  // quads[j]: the symbols whose codes follow each other from the first bit of the 12 bits j and
-  // end within them. An index that starts no code (a corrupt stream) gives symbol 0 of length 12,
-  // so the decoder still moves on.
-  for (int j = threadIdx.x; j < kTableSize; j += kDecodeChunks) {
-    uint32_t used = 0, count = 0, symbols = 0;
-#pragma unroll
-    for (int k = 0; k < 4; ++k) {
-      const uint32_t e = single[(j << used) & (kTableSize - 1)];
-      const uint32_t len = e >> 4;
-      if (len == 0 || used + len > kTableBits) break;
-      symbols |= (e & 15u) << (4 * count);
-      used += len;
-      count += 1;
+    if (c < a.chunks) first_words = FirstWords(a.m[item / a.items], pos);
+  } else {
+    for (int j = threadIdx.x; j < kTableSize / 4; j += kDecodeChunks) {
+      reinterpret_cast<uint32_t*>(single)[j] = 0;
     }
-    if (count == 0) used = kTableBits, count = 1;
-    quads[j] = symbols | (used << kQuadLengthShift) | (count << kQuadCountShift);
+    __syncthreads();
+#pragma unroll
+    for (int s = 0; s < experts::kCodecSymbols; ++s) {
+      for (int j = a.starts[s] + threadIdx.x; j < a.ends[s]; j += kDecodeChunks) {
+        single[j] = static_cast<uint8_t>(s | (a.bits[s] << 4));
+      }
+    }
+    if (c < a.chunks) first_words = FirstWords(a.m[item / a.items], pos);
+    __syncthreads();
+    // experts::CodecQuadTable's entries: the symbols whose codes follow each other from the first
+    // bit of the 12 bits j and end within them; an index that starts no code (a corrupt stream)
+    // gives symbol 0 of length 12, so the decoder still moves on.
+    for (int j = threadIdx.x; j < kTableSize; j += kDecodeChunks) {
+      uint32_t used = 0, count = 0, symbols = 0;
+#pragma unroll
+      for (int k = 0; k < 4; ++k) {
+        const uint32_t e = single[(j << used) & (kTableSize - 1)];
+        const uint32_t len = e >> 4;
+        if (len == 0 || used + len > kTableBits) break;
+        symbols |= (e & 15u) << (4 * count);
+        used += len;
+        count += 1;
+      }
+      if (count == 0) used = kTableBits, count = 1;
+      quads[j] = symbols | (used << kQuadLengthShift) | (count << kQuadCountShift);
+    }
   }
   __syncthreads();
 
@@ -258,7 +284,8 @@ Status DecodeExpertArgs::Validate() const {
   const experts::CodecExpertLayout& l = layout;
   if (l.n <= 0 || l.n % experts::kCodecGroup != 0 || l.matrix_bytes % 16 != 0 ||
       l.base_offset % 16 != 0 || l.chunk_start_offset % 16 != 0 || l.super_start_offset % 16 != 0 ||
-      l.max_blob_bytes <= 0 ||
+      l.max_blob_bytes <= 0 || l.table_offset != 3 * l.matrix_bytes ||
+      (l.table_bytes != 0 && l.table_bytes != experts::kCodecQuadTableBytes) ||
       l.chunks != (l.n + experts::kCodecChunk - 1) / experts::kCodecChunk) {
     return absl::InvalidArgumentError("DecodeExpert: bad codec layout");
   }
@@ -289,6 +316,8 @@ Status LaunchDecodeExpert(const DecodeExpertArgs& args, cudaStream_t stream) {
     k.ends[s] = static_cast<uint16_t>(ends[s]);
     k.bits[s] = info.code_bits[s];
   }
+  k.quads =
+      l.table_bytes > 0 ? reinterpret_cast<const uint4*>(args.blob + l.table_offset) : nullptr;
   const auto* idx = reinterpret_cast<const uint32_t*>(args.blob + info.patch_offset);
   const uint8_t* exp = args.blob + info.patch_exp_offset();
   int32_t first = 0;
@@ -308,7 +337,11 @@ Status LaunchDecodeExpert(const DecodeExpertArgs& args, cudaStream_t stream) {
   }
   const int64_t want = 3 * int64_t{k.items};
   const int blocks = args.blocks > 0 ? args.blocks : static_cast<int>(want);
-  DecodeExpertKernel<<<blocks, kDecodeChunks, 0, stream>>>(k);
+  if (k.quads != nullptr) {
+    DecodeExpertKernel<true><<<blocks, kDecodeChunks, 0, stream>>>(k);
+  } else {
+    DecodeExpertKernel<false><<<blocks, kDecodeChunks, 0, stream>>>(k);
+  }
   CUDA_RETURN_IF_ERROR(cudaGetLastError());
   return absl::OkStatus();
 }

@@ -130,11 +130,14 @@ StatusOr<CodecExpertLayout> MakeCodecLayout(int64_t n) {
   l.chunk_start_offset = l.base_offset + RoundUp16(n / kCodecGroup);
   l.super_start_offset = l.chunk_start_offset + RoundUp16(2 * l.chunks);
   l.matrix_bytes = l.super_start_offset + RoundUp16(4 * l.supers);
+  l.table_offset = 3 * l.matrix_bytes;
+  l.table_bytes = n >= kCodecTableMinElements ? kCodecQuadTableBytes : 0;
   // 3.5 bits an element, and the two zero words past the codes.
   l.max_stream_bytes = RoundUp16((7 * n + 15) / 16 + 8);
   // One patch in 256 elements: ~25x what Gaussian weights need; beyond it the codec saves little.
   l.max_patches = std::max<int64_t>(16, 3 * n / 256);
-  l.max_blob_bytes = RoundUp16(3 * l.matrix_bytes + 3 * l.max_stream_bytes + 5 * l.max_patches);
+  l.max_blob_bytes =
+      RoundUp16(l.table_offset + l.table_bytes + 3 * l.max_stream_bytes + 5 * l.max_patches);
   if (l.max_blob_bytes >= (int64_t{1} << 31)) {
     return absl::InvalidArgumentError(
         absl::StrCat("weight codec: matrices of ", n, " elements are too large"));
@@ -166,6 +169,32 @@ Status CodecTableRanges(const std::array<uint8_t, kCodecSymbols>& code_bits,
   return absl::OkStatus();
 }
 
+Status CodecQuadTable(const std::array<uint8_t, kCodecSymbols>& code_bits,
+                      std::array<uint32_t, kTableSize>* quads) {
+  std::array<uint32_t, kCodecSymbols> starts, ends;
+  MOE_RETURN_IF_ERROR(CodecTableRanges(code_bits, &starts, &ends));
+  std::array<uint8_t, kTableSize> single = {};  // symbol | bits << 4 (0: no code)
+  for (int s = 0; s < kCodecSymbols; ++s) {
+    for (uint32_t j = starts[s]; j < ends[s]; ++j) {
+      single[j] = static_cast<uint8_t>(s | (code_bits[s] << 4));
+    }
+  }
+  for (uint32_t j = 0; j < kTableSize; ++j) {
+    uint32_t used = 0, count = 0, symbols = 0;
+    for (int k = 0; k < 4; ++k) {
+      const uint32_t e = single[(j << used) & (kTableSize - 1)];
+      const uint32_t len = e >> 4;
+      if (len == 0 || used + len > kCodecMaxCodeBits) break;
+      symbols |= (e & 15u) << (4 * count);
+      used += len;
+      count += 1;
+    }
+    if (count == 0) used = kCodecMaxCodeBits, count = 1;
+    (*quads)[j] = symbols | (used << 16) | (count << 20);
+  }
+  return absl::OkStatus();
+}
+
 Status ValidateCodecInfo(const CodecExpertLayout& l, const CodecExpertInfo& info) {
   if (info.patches[0] < 0 || info.patches[1] < 0 || info.patches[2] < 0 ||
       info.total_patches() > l.max_patches) {
@@ -174,8 +203,9 @@ Status ValidateCodecInfo(const CodecExpertLayout& l, const CodecExpertInfo& info
   }
   std::array<uint32_t, kCodecSymbols> starts, ends;
   MOE_RETURN_IF_ERROR(CodecTableRanges(info.code_bits, &starts, &ends));
-  if (info.stream_offset[0] != 3 * l.matrix_bytes) {
-    return absl::InvalidArgumentError("weight codec: stream 0 does not follow the blocks");
+  if (info.stream_offset[0] != l.table_offset + l.table_bytes) {
+    return absl::InvalidArgumentError(
+        "weight codec: stream 0 does not follow the blocks and the table");
   }
   for (int m = 0; m < 3; ++m) {
     const int64_t bytes = info.stream_bytes(m);
@@ -239,8 +269,13 @@ bool EncodeExpert(const CodecExpertLayout& layout, const std::array<const uint16
   for (int s = 0; s < kCodecSymbols; ++s) {
     codes[s] = starts[s] >> (kCodecMaxCodeBits - info->code_bits[s]);
   }
+  if (layout.table_bytes > 0) {
+    std::array<uint32_t, kTableSize> quads;
+    if (!CodecQuadTable(info->code_bits, &quads).ok()) return false;
+    std::memcpy(blob + layout.table_offset, quads.data(), sizeof(quads));
+  }
   // Pass 2: each matrix's codes, with the chunks' entry points.
-  int64_t offset = 3 * layout.matrix_bytes;
+  int64_t offset = layout.table_offset + layout.table_bytes;
   for (int m = 0; m < 3; ++m) {
     const uint16_t* s = src[m];
     uint8_t* block = blob + m * layout.matrix_bytes;
@@ -284,7 +319,15 @@ bool EncodeExpert(const CodecExpertLayout& layout, const std::array<const uint16
 Status DecodeExpert(const CodecExpertLayout& layout, const uint8_t* blob,
                     const CodecExpertInfo& info, const std::array<uint16_t*, 3>& dst) {
   MOE_RETURN_IF_ERROR(ValidateCodecInfo(layout, info));
-  // The decoding table, as the device builds it: symbol | bits << 4 (0: no code).
+  if (layout.table_bytes > 0) {
+    // The device decodes by the blob's table: it must be the code's.
+    std::array<uint32_t, kTableSize> quads;
+    MOE_RETURN_IF_ERROR(CodecQuadTable(info.code_bits, &quads));
+    if (std::memcmp(blob + layout.table_offset, quads.data(), sizeof(quads)) != 0) {
+      return absl::DataLossError("weight codec: the blob's decoding table is not its code's");
+    }
+  }
+  // The decoding table of single symbols: symbol | bits << 4 (0: no code).
   std::array<uint32_t, kCodecSymbols> starts, ends;
   MOE_RETURN_IF_ERROR(CodecTableRanges(info.code_bits, &starts, &ends));
   std::array<uint8_t, kTableSize> table = {};

@@ -111,32 +111,76 @@ TEST(WeightCodecDevice, DecodeKernelMatchesTheSource) {
 // symbols, where the table is not all pairs, over a partial last chunk.
 TEST(WeightCodecDevice, DecodesCodesOfOneAndTwoSymbols) {
   MOE_REQUIRE_GPU();
-  const int64_t n = 4096 + 64;
-  auto l = MakeCodecLayout(n);
-  ASSERT_TRUE(l.ok());
-  for (const int kind : {0, 1, 2}) {
-    std::array<std::vector<uint16_t>, 3> m;
-    for (auto& v : m) {
-      v.resize(static_cast<size_t>(n));
-      for (int64_t i = 0; i < n; ++i) {
-        v[i] = kind == 0   ? uint16_t{0}                                        // all zero
-               : kind == 1 ? F32ToBf16(-0.75f)                                  // one exponent
-                           : (i % 3 == 0 ? F32ToBf16(0.5f) : F32ToBf16(1.0f));  // two
+  // The table built by each block, and the blob's table.
+  for (const int64_t n : {int64_t{4096 + 64}, kCodecTableMinElements + 64}) {
+    auto l = MakeCodecLayout(n);
+    ASSERT_TRUE(l.ok());
+    EXPECT_EQ(l->table_bytes, n >= kCodecTableMinElements ? kCodecQuadTableBytes : 0);
+    for (const int kind : {0, 1, 2}) {
+      std::array<std::vector<uint16_t>, 3> m;
+      for (auto& v : m) {
+        v.resize(static_cast<size_t>(n));
+        for (int64_t i = 0; i < n; ++i) {
+          v[i] = kind == 0   ? uint16_t{0}                                        // all zero
+                 : kind == 1 ? F32ToBf16(-0.75f)                                  // one exponent
+                             : (i % 3 == 0 ? F32ToBf16(0.5f) : F32ToBf16(1.0f));  // two
+        }
+      }
+      std::vector<uint8_t> blob(static_cast<size_t>(l->max_blob_bytes));
+      CodecExpertInfo info;
+      ASSERT_TRUE(EncodeExpert(*l, {m[0].data(), m[1].data(), m[2].data()}, blob.data(), &info));
+      int used = 0;
+      for (const uint8_t b : info.code_bits) used += b > 0;
+      EXPECT_EQ(used, kind == 2 ? 2 : 1) << "kind " << kind;
+      const int64_t mb = 2 * n;
+      const std::array<int64_t, 3> offsets = {0, mb, 2 * mb};
+      const std::vector<uint8_t> slot = DecodeOnDevice(*l, blob.data(), info, offsets, 3 * mb, 0);
+      for (int k = 0; k < 3; ++k) {
+        ASSERT_EQ(0, std::memcmp(slot.data() + offsets[k], m[k].data(), static_cast<size_t>(mb)))
+            << "n " << n << " kind " << kind << " matrix " << k;
       }
     }
-    std::vector<uint8_t> blob(static_cast<size_t>(l->max_blob_bytes));
-    CodecExpertInfo info;
-    ASSERT_TRUE(EncodeExpert(*l, {m[0].data(), m[1].data(), m[2].data()}, blob.data(), &info));
-    int used = 0;
-    for (const uint8_t b : info.code_bits) used += b > 0;
-    EXPECT_EQ(used, kind == 2 ? 2 : 1) << "kind " << kind;
-    const int64_t mb = 2 * n;
-    const std::array<int64_t, 3> offsets = {0, mb, 2 * mb};
-    const std::vector<uint8_t> slot = DecodeOnDevice(*l, blob.data(), info, offsets, 3 * mb, 0);
-    for (int k = 0; k < 3; ++k) {
-      ASSERT_EQ(0, std::memcmp(slot.data() + offsets[k], m[k].data(), static_cast<size_t>(mb)))
-          << "kind " << kind << " matrix " << k;
+  }
+}
+
+// A blob whose quad table is corrupt (entries of no symbol, too many, too long, random words)
+// still decodes to an end, in bounds: the decoder checks each entry it copies. The CPU reference
+// calls such a blob DataLoss.
+TEST(WeightCodecDevice, CorruptQuadTableStillEndsInBounds) {
+  MOE_REQUIRE_GPU();
+  const int64_t n = kCodecTableMinElements;
+  auto l = MakeCodecLayout(n);
+  ASSERT_TRUE(l.ok());
+  ASSERT_EQ(l->table_bytes, kCodecQuadTableBytes);
+  std::mt19937 rng(9);
+  std::normal_distribution<float> gauss(0.0f, 0.02f);
+  std::array<std::vector<uint16_t>, 3> m;
+  for (auto& v : m) {
+    v.resize(static_cast<size_t>(n));
+    for (auto& x : v) x = F32ToBf16(gauss(rng));
+  }
+  std::vector<uint8_t> blob(static_cast<size_t>(l->max_blob_bytes));
+  CodecExpertInfo info;
+  ASSERT_TRUE(EncodeExpert(*l, {m[0].data(), m[1].data(), m[2].data()}, blob.data(), &info));
+  const int64_t mb = 2 * n;
+  const std::array<int64_t, 3> offsets = {0, mb, 2 * mb};
+  std::array<std::vector<uint16_t>, 3> cpu;
+  for (auto& v : cpu) v.resize(static_cast<size_t>(n));
+  const std::array<uint16_t*, 3> dst = {cpu[0].data(), cpu[1].data(), cpu[2].data()};
+  ASSERT_TRUE(DecodeExpert(*l, blob.data(), info, dst).ok());
+  for (const int kind : {0, 1, 2, 3}) {
+    std::vector<uint8_t> bad = blob;
+    auto* table = reinterpret_cast<uint32_t*>(bad.data() + l->table_offset);
+    for (int j = 0; j < (1 << kCodecMaxCodeBits); ++j) {
+      table[j] = kind == 0   ? 0u                                 // no symbol, no length
+                 : kind == 1 ? 0xffffffffu                        // 7 symbols of 15 bits
+                 : kind == 2 ? (4u << 20) | (2u << 16) | 0x1234u  // 4 symbols in 2 bits
+                             : static_cast<uint32_t>(rng());      // anything
     }
+    EXPECT_EQ(DecodeExpert(*l, bad.data(), info, dst).code(), absl::StatusCode::kDataLoss)
+        << "kind " << kind;
+    const std::vector<uint8_t> slot = DecodeOnDevice(*l, bad.data(), info, offsets, 3 * mb, 0);
+    EXPECT_EQ(slot.size(), static_cast<size_t>(3 * mb)) << "kind " << kind;
   }
 }
 

@@ -61,10 +61,106 @@ TEST(WeightCodec, LayoutNeedsWholeGroups) {
   EXPECT_EQ(l->matrix_bytes, 112);
   EXPECT_EQ(l->max_stream_bytes, 48);  // 3.5 bits an element and two words, rounded up
   EXPECT_GE(l->max_patches, 16);
+  EXPECT_EQ(l->table_offset, 3 * 112);
+  EXPECT_EQ(l->table_bytes, 0);           // small experts: the device builds the table
   auto big = MakeCodecLayout(64 * 4097);  // a partial last chunk and super chunk
   ASSERT_TRUE(big.ok());
   EXPECT_EQ(big->chunks, 2049);
   EXPECT_EQ(big->supers, 65);
+  EXPECT_EQ(MakeCodecLayout(kCodecTableMinElements - 64)->table_bytes, 0);
+  auto tabled = MakeCodecLayout(kCodecTableMinElements);
+  ASSERT_TRUE(tabled.ok());
+  EXPECT_EQ(tabled->table_offset, 3 * tabled->matrix_bytes);
+  EXPECT_EQ(tabled->table_bytes, kCodecQuadTableBytes);
+  EXPECT_EQ(tabled->max_blob_bytes, (tabled->table_offset + kCodecQuadTableBytes +
+                                     3 * tabled->max_stream_bytes + 5 * tabled->max_patches + 15) /
+                                        16 * 16);
+}
+
+// The quad table of a small code by hand, and of random codes against a symbol-by-symbol walk of
+// the canonical ranges.
+TEST(WeightCodec, QuadTableFollowsTheCode) {
+  using Table = std::array<uint32_t, size_t{1} << kCodecMaxCodeBits>;
+  auto entry = [](std::initializer_list<uint32_t> symbols, uint32_t used) {
+    uint32_t e = 0, k = 0;
+    for (const uint32_t s : symbols) e |= s << (4 * k++);
+    return e | (used << 16) | (k << 20);
+  };
+  std::array<uint8_t, kCodecSymbols> bits = {};
+  bits[2] = 1;  // 0
+  bits[0] = 2;  // 10
+  bits[5] = 3;  // 110
+  bits[9] = 3;  // 111
+  Table q;
+  ASSERT_TRUE(CodecQuadTable(bits, &q).ok());
+  EXPECT_EQ(q[0b000000000000], entry({2, 2, 2, 2}, 4));
+  EXPECT_EQ(q[0b111111111111], entry({9, 9, 9, 9}, 12));
+  EXPECT_EQ(q[0b100110111000], entry({0, 2, 5, 9}, 9));  // 10 0 110 111
+  EXPECT_EQ(q[0b111111111011], entry({9, 9, 9, 2}, 10));  // at most four symbols
+  // An incomplete code: "0" and "10" only; 11... starts no code.
+  bits = {};
+  bits[4] = 1;
+  bits[7] = 2;
+  ASSERT_TRUE(CodecQuadTable(bits, &q).ok());
+  EXPECT_EQ(q[0b110000000000], entry({0}, 12));
+  EXPECT_EQ(q[0b010110000000], entry({4, 7}, 3));  // then 11: no code
+  bits[3] = kCodecMaxCodeBits + 1;
+  EXPECT_EQ(CodecQuadTable(bits, &q).code(), absl::StatusCode::kInvalidArgument);
+
+  std::mt19937 rng(11);
+  for (int trial = 0; trial < 50; ++trial) {
+    // Random lengths made to fit (Kraft) by lengthening codes.
+    std::array<uint8_t, kCodecSymbols> b = {};
+    for (auto& x : b) x = static_cast<uint8_t>(rng() % 3 == 0 ? 0 : 1 + rng() % kCodecMaxCodeBits);
+    std::array<uint32_t, kCodecSymbols> starts, ends;
+    while (!CodecTableRanges(b, &starts, &ends).ok()) {
+      for (auto& x : b) {
+        if (x > 0 && x < kCodecMaxCodeBits) ++x;
+      }
+    }
+    ASSERT_TRUE(CodecQuadTable(b, &q).ok());
+    for (uint32_t j = 0; j < q.size(); ++j) {
+      uint32_t used = 0, want = 0, k = 0;
+      while (k < 4) {
+        const uint32_t idx = (j << used) & (q.size() - 1);
+        int s = 0;
+        while (s < kCodecSymbols && !(idx >= starts[s] && idx < ends[s])) ++s;
+        if (s == kCodecSymbols || used + b[s] > kCodecMaxCodeBits) break;
+        want |= static_cast<uint32_t>(s) << (4 * k++);
+        used += b[s];
+      }
+      if (k == 0) used = kCodecMaxCodeBits, k = 1;
+      ASSERT_EQ(q[j], want | (used << 16) | (k << 20)) << "trial " << trial << " index " << j;
+    }
+  }
+}
+
+// Experts from kCodecTableMinElements carry the table: they round trip, the table costs ~1% of
+// the bytes, and a blob whose table is not its code's is DataLoss.
+TEST(WeightCodec, LargeExpertsCarryTheTable) {
+  const int64_t n = kCodecTableMinElements;
+  auto l = MakeCodecLayout(n);
+  ASSERT_TRUE(l.ok());
+  std::mt19937 rng(12);
+  std::normal_distribution<float> gauss(0.0f, 0.02f);
+  Expert x;
+  for (auto& m : x.m) {
+    m.resize(static_cast<size_t>(n));
+    for (auto& v : m) v = F32ToBf16(gauss(rng));
+  }
+  const CodecExpertInfo info = RoundTrip(*l, x);
+  EXPECT_EQ(info.stream_offset[0], l->table_offset + kCodecQuadTableBytes);
+  const double ratio = static_cast<double>(info.bytes) / (3.0 * n * 2);
+  EXPECT_LT(ratio, 0.70);
+  EXPECT_GT(ratio, 0.65);
+  std::vector<uint8_t> blob(static_cast<size_t>(l->max_blob_bytes));
+  CodecExpertInfo again;
+  ASSERT_TRUE(EncodeExpert(*l, x.src(), blob.data(), &again));
+  std::array<std::vector<uint16_t>, 3> out;
+  for (auto& o : out) o.assign(static_cast<size_t>(n), 0);
+  const std::array<uint16_t*, 3> dst = {out[0].data(), out[1].data(), out[2].data()};
+  blob[static_cast<size_t>(l->table_offset + 4 * 100)] ^= 1;
+  EXPECT_EQ(DecodeExpert(*l, blob.data(), again, dst).code(), absl::StatusCode::kDataLoss);
 }
 
 TEST(WeightCodec, CanonicalTableRanges) {

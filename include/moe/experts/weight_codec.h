@@ -19,13 +19,15 @@
 // codec).
 //
 // One expert is one blob:
-//   [block 0][block 1][block 2][stream 0][stream 1][stream 2][patch_idx][patch_exp]
+//   [block 0][block 1][block 2][quads][stream 0][stream 1][stream 2][patch_idx][patch_exp]
 //   block m (fixed size, CodecExpertLayout): sm | base | chunk_start | super_start
 //     sm:          n bytes, sign << 7 | mantissa
 //     base:        n / kCodecGroup bytes, each group's largest exponent
 //     chunk_start: uint16 per chunk of kCodecChunk elements: the bit where the chunk's codes start
 //                  in the stream, counted from its super chunk's start
 //     super_start: uint32 per kCodecSuperChunks chunks: the bit where that super chunk starts
+//   quads:       the decoder's table (CodecQuadTable), in experts whose matrices have at least
+//                kCodecTableMinElements elements (else absent: the device builds it per block)
 //   stream m:    the matrix's codes, most significant bit of each uint32 word first, then at
 //                least two zero words; 16-byte aligned (CodecExpertInfo::stream_offset)
 //   patch_idx:   uint32 element index within its matrix, matrix 0's patches first, each matrix's
@@ -51,6 +53,10 @@ inline constexpr int kCodecPatchCode = 15;
 inline constexpr int kCodecZeroCode = 14;
 inline constexpr int kCodecMaxOffset = 13;    // symbols 0..13: base - symbol
 inline constexpr int kCodecMaxCodeBits = 12;  // the decoder's table has 2^12 entries
+// The quad table's bytes, and the matrix size from which blobs carry it (it is then at most ~1%
+// of the raw expert; smaller experts keep their ratio and the device builds it per block).
+inline constexpr int64_t kCodecQuadTableBytes = int64_t{4} << kCodecMaxCodeBits;
+inline constexpr int64_t kCodecTableMinElements = int64_t{1} << 18;
 
 // The blob layout of every expert of a model (all matrices have n elements).
 struct CodecExpertLayout {
@@ -61,6 +67,8 @@ struct CodecExpertLayout {
   int64_t chunk_start_offset = 0;  //
   int64_t super_start_offset = 0;  //
   int64_t matrix_bytes = 0;        // one block (16-byte multiple)
+  int64_t table_offset = 0;        // the quad table (3 blocks in)
+  int64_t table_bytes = 0;         // kCodecQuadTableBytes, or 0: not in the blob
   int64_t max_stream_bytes = 0;    // one matrix's stream at most (3.5 bits an element)
   int64_t max_patches = 0;         // per expert; more: the expert is not encoded
   int64_t max_blob_bytes = 0;      // 3 blocks, 3 full streams and the most patches
@@ -103,10 +111,19 @@ Status CodecTableRanges(const std::array<uint8_t, kCodecSymbols>& code_bits,
                         std::array<uint32_t, kCodecSymbols>* starts,
                         std::array<uint32_t, kCodecSymbols>* ends);
 
+// The decoder's table for a code: entry j holds the symbols whose codes follow each other from
+// the first of the 12 bits j and end within them (up to four; the first in bits 0-3, the next in
+// 4-7, ...; unused nibbles zero), their total length in bits 16-19 and their count in bits 20-22.
+// An index that starts no code (only a corrupt stream reaches one) gives symbol 0 of length 12.
+// InvalidArgument as CodecTableRanges.
+Status CodecQuadTable(const std::array<uint8_t, kCodecSymbols>& code_bits,
+                      std::array<uint32_t, size_t{1} << kCodecMaxCodeBits>* quads);
+
 // Decodes a blob that EncodeExpert wrote with `info` into `dst` (n bf16 values each), chunk by
 // chunk from the entry points and finding each patch as the device decoder does (a binary search
 // of its matrix's patch list). DataLoss when a chunk's codes run past its stream, a code is not
-// in the table, or a patch symbol has no patch (a corrupt blob); InvalidArgument when `info`
+// in the table, a patch symbol has no patch, or the blob's quad table is not its code's (a
+// corrupt blob); InvalidArgument when `info`
 // does not fit the layout.
 Status DecodeExpert(const CodecExpertLayout& layout, const uint8_t* blob,
                     const CodecExpertInfo& info, const std::array<uint16_t*, 3>& dst);
