@@ -46,6 +46,7 @@ Metrics::ExpertCacheTotals ExpertCacheMetrics::ToTotals(const experts::ExpertCac
   t.device_hit_layers = static_cast<int64_t>(e.device_hit_layers);
   t.host_wait_seconds = static_cast<double>(e.host_wait_ns) * 1e-9;
   t.rounds = static_cast<int64_t>(e.rounds);
+  t.ready_first_rounds = static_cast<int64_t>(e.ready_first_rounds);
   t.gated_predictions = static_cast<int64_t>(e.gated_predictions);
   t.pcie_bytes = static_cast<int64_t>(e.pcie_bytes);
   return t;
@@ -65,6 +66,7 @@ ExpertCacheMetrics::EngineCounts ExpertCacheMetrics::FromEngineStats(const Exper
   e.device_hit_layers = s.device_hits;
   e.host_wait_ns = s.host_wait_ns;
   e.rounds = s.rounds;
+  e.ready_first_rounds = s.ready_first_rounds;
   e.gated_predictions = s.gated_predictions;
   e.pcie_bytes = s.wire_bytes;
   return e;

@@ -111,6 +111,7 @@ struct DeviceSeries {
   Counter* cache_device_hit_layers;
   Counter* cache_host_wait;
   Counter* cache_rounds;
+  Counter* cache_ready_first_rounds;
   Counter* cache_gated_predictions;
   Counter* cache_pcie_bytes;
   Gauge* memory_used;
@@ -192,6 +193,7 @@ struct Metrics::Families {
   Family<Counter>* cache_device_hit_layers = nullptr;
   Family<Counter>* cache_host_wait = nullptr;
   Family<Counter>* cache_rounds = nullptr;
+  Family<Counter>* cache_ready_first_rounds = nullptr;
   Family<Counter>* cache_gated_predictions = nullptr;
   Family<Counter>* cache_pcie_bytes = nullptr;
   Family<Gauge>* gpu_memory_used = nullptr;
@@ -363,6 +365,10 @@ absl::Status Metrics::Init() {
     f.cache_rounds = &Build<Counter>(r, "moe_expert_cache_rounds_total",
                                      "Expert acquisition rounds of the GPU expert cache (one per "
                                      "layer forward, more when its experts do not fit at once).");
+    f.cache_ready_first_rounds =
+        &Build<Counter>(r, "moe_expert_cache_ready_first_rounds_total",
+                        "Expert cache rounds with a miss that computed their resident experts "
+                        "before waiting for the copies of the others.");
     f.cache_gated_predictions =
         &Build<Counter>(r, "moe_expert_cache_gated_predictions_total",
                         "Layer predictions two or more layers ahead not prefetched because "
@@ -410,6 +416,7 @@ absl::Status Metrics::Init() {
     s->cache_device_hit_layers = &f.cache_device_hit_layers->Add(l);
     s->cache_host_wait = &f.cache_host_wait->Add(l);
     s->cache_rounds = &f.cache_rounds->Add(l);
+    s->cache_ready_first_rounds = &f.cache_ready_first_rounds->Add(l);
     s->cache_gated_predictions = &f.cache_gated_predictions->Add(l);
     s->cache_pcie_bytes = &f.cache_pcie_bytes->Add(l);
     {
@@ -674,6 +681,7 @@ void Metrics::SetExpertCacheTotals(int device, const ExpertCacheTotals& totals) 
   AdvanceCounter(*s->cache_device_hit_layers, last.device_hit_layers, totals.device_hit_layers);
   AdvanceCounter(*s->cache_host_wait, last.host_wait_seconds, totals.host_wait_seconds);
   AdvanceCounter(*s->cache_rounds, last.rounds, totals.rounds);
+  AdvanceCounter(*s->cache_ready_first_rounds, last.ready_first_rounds, totals.ready_first_rounds);
   AdvanceCounter(*s->cache_gated_predictions, last.gated_predictions, totals.gated_predictions);
   AdvanceCounter(*s->cache_pcie_bytes, last.pcie_bytes, totals.pcie_bytes);
   for (size_t d = 0; d < totals.lookahead.size(); ++d) {

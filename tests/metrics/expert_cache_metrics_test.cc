@@ -80,6 +80,7 @@ TEST(ExpertCacheMetricsTest, EngineCountsReachTheSeriesAtEachScrape) {
                                        .device_hit_layers = 25,
                                        .host_wait_ns = 3'000'000,
                                        .rounds = 55,
+                                       .ready_first_rounds = 6,
                                        .gated_predictions = 2,
                                        .pcie_bytes = 4096};
   int calls = 0;
@@ -112,6 +113,7 @@ TEST(ExpertCacheMetricsTest, EngineCountsReachTheSeriesAtEachScrape) {
     EXPECT_DOUBLE_EQ(c.Counter("moe_expert_cache_host_wait_seconds_total", d0),
                      static_cast<double>(want.host_wait_ns) * 1e-9);
     EXPECT_EQ(c.Counter("moe_expert_cache_rounds_total", d0), want.rounds);
+    EXPECT_EQ(c.Counter("moe_expert_cache_ready_first_rounds_total", d0), want.ready_first_rounds);
     EXPECT_EQ(c.Counter("moe_expert_cache_gated_predictions_total", d0), want.gated_predictions);
     EXPECT_EQ(c.Counter("moe_expert_cache_pcie_bytes_total", d0), want.pcie_bytes);
   };
@@ -125,6 +127,7 @@ TEST(ExpertCacheMetricsTest, EngineCountsReachTheSeriesAtEachScrape) {
                                        .device_hit_layers = 61,
                                        .host_wait_ns = 7'500'000,
                                        .rounds = 120,
+                                       .ready_first_rounds = 14,
                                        .gated_predictions = 5,
                                        .pcie_bytes = 9000};
   const ExpertCacheMetrics::EngineCounts second = *source;
@@ -159,6 +162,7 @@ TEST(ExpertCacheMetricsTest, WithoutAnEngineSourceTheEngineCountersStayZero) {
   EXPECT_EQ(c.NumSeries("moe_expert_cache_predicted_experts_total"), 1u);  // depth 1 only
   EXPECT_EQ(c.Counter("moe_expert_cache_layer_forwards_total", d0), 0.0);
   EXPECT_EQ(c.Counter("moe_expert_cache_device_hit_layers_total", d0), 0.0);
+  EXPECT_EQ(c.Counter("moe_expert_cache_ready_first_rounds_total", d0), 0.0);
   EXPECT_EQ(c.Counter("moe_expert_cache_misses_total", d0), 0.0);
 }
 
@@ -183,6 +187,7 @@ TEST(ExpertCacheMetricsTest, ToTotalsCountsInFlightHitsAsHits) {
                                        .device_hit_layers = 13,
                                        .host_wait_ns = 2'500'000'000,
                                        .rounds = 19,
+                                       .ready_first_rounds = 4,
                                        .gated_predictions = 3});
   EXPECT_EQ(p.hits, 7);
   ASSERT_EQ(p.lookahead.size(), 2u);
@@ -196,6 +201,7 @@ TEST(ExpertCacheMetricsTest, ToTotalsCountsInFlightHitsAsHits) {
   EXPECT_EQ(p.device_hit_layers, 13);
   EXPECT_DOUBLE_EQ(p.host_wait_seconds, 2.5);
   EXPECT_EQ(p.rounds, 19);
+  EXPECT_EQ(p.ready_first_rounds, 4);
   EXPECT_EQ(p.gated_predictions, 3);
 }
 
@@ -213,6 +219,7 @@ TEST(ExpertCacheMetricsTest, FromEngineStatsMapsEveryField) {
   s.device_hits = 420;
   s.host_wait_ns = 123'456;
   s.rounds = 530;
+  s.ready_first_rounds = 77;
   s.gated_predictions = 7;
   s.wire_bytes = 12345;
   s.copy_busy_ns = 999;  // not exported here
@@ -227,6 +234,7 @@ TEST(ExpertCacheMetricsTest, FromEngineStatsMapsEveryField) {
   EXPECT_EQ(e.device_hit_layers, 420u);
   EXPECT_EQ(e.host_wait_ns, 123'456u);
   EXPECT_EQ(e.rounds, 530u);
+  EXPECT_EQ(e.ready_first_rounds, 77u);
   EXPECT_EQ(e.gated_predictions, 7u);
   EXPECT_EQ(e.pcie_bytes, 12345u);
 

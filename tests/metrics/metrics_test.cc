@@ -113,6 +113,7 @@ TEST(MetricsTest, FamiliesFollowPrometheusNaming) {
            "moe_expert_cache_device_hit_layers_total",
            "moe_expert_cache_host_wait_seconds_total",
            "moe_expert_cache_rounds_total",
+           "moe_expert_cache_ready_first_rounds_total",
            "moe_expert_cache_gated_predictions_total",
            "moe_expert_cache_pcie_bytes_total",
            "moe_gpu_memory_used_bytes",

@@ -45,11 +45,12 @@ struct ExpertCachePredictionCounts {
 struct ExpertCacheEngineCounts {
   // [depth - 1]: predictions made that many MoE layers ahead (depth="1" is the next layer).
   std::vector<ExpertCachePredictionCounts> lookahead = {};
-  uint64_t layer_forwards = 0;     // layer forwards through the cache (routing read by the host)
-  uint64_t device_hit_layers = 0;  // of those, every routed expert resident at the device check
-  uint64_t host_wait_ns = 0;       // host time waiting for those forwards' routing results
-  uint64_t rounds = 0;             // expert acquisition rounds (>= layer forwards)
-  uint64_t gated_predictions = 0;  // layer predictions not loaded: their depth's precision low
+  uint64_t layer_forwards = 0;      // layer forwards through the cache (routing read by the host)
+  uint64_t device_hit_layers = 0;   // of those, every routed expert resident at the device check
+  uint64_t host_wait_ns = 0;        // host time waiting for those forwards' routing results
+  uint64_t rounds = 0;              // expert acquisition rounds (>= layer forwards)
+  uint64_t ready_first_rounds = 0;  // of those, a miss with resident experts computed first
+  uint64_t gated_predictions = 0;   // layer predictions not loaded: their depth's precision low
   uint64_t pcie_bytes = 0;  // bytes the loads moved host -> device (compressed blobs as such)
 };
 
@@ -78,8 +79,8 @@ class ExpertCacheMetrics {
 
   // CudaEngine::expert_cache_stats() as engine counts: by_depth per depth, host_round_trips (one
   // per cached layer forward) as layer forwards, device_hits as device-hit layers, host_wait_ns,
-  // rounds, gated_predictions, pcie_bytes (wire_bytes). Stats without by_depth give their
-  // micro-averaged predicted / actual / correct as depth 1.
+  // rounds, ready_first_rounds, gated_predictions, pcie_bytes (wire_bytes). Stats without by_depth
+  // give their micro-averaged predicted / actual / correct as depth 1.
   static EngineCounts FromEngineStats(const ExpertCacheStats& stats);
 
  private:

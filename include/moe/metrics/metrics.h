@@ -145,6 +145,8 @@ class Metrics {
     int64_t device_hit_layers = 0;  // of those, every routed expert resident at the device check
     double host_wait_seconds = 0;   // host time waiting for those forwards' routing results
     int64_t rounds = 0;             // expert acquisition rounds (>= layer forwards)
+    // rounds with a miss that computed their resident experts before waiting for the loads
+    int64_t ready_first_rounds = 0;
     int64_t gated_predictions = 0;  // layer predictions not loaded: their depth's precision low
     int64_t pcie_bytes = 0;         // bytes moved host -> device (compressed blobs at their size)
   };
