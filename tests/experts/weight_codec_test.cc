@@ -95,7 +95,7 @@ TEST(WeightCodec, QuadTableFollowsTheCode) {
   ASSERT_TRUE(CodecQuadTable(bits, &q).ok());
   EXPECT_EQ(q[0b000000000000], entry({2, 2, 2, 2}, 4));
   EXPECT_EQ(q[0b111111111111], entry({9, 9, 9, 9}, 12));
-  EXPECT_EQ(q[0b100110111000], entry({0, 2, 5, 9}, 9));  // 10 0 110 111
+  EXPECT_EQ(q[0b100110111000], entry({0, 2, 5, 9}, 9));   // 10 0 110 111
   EXPECT_EQ(q[0b111111111011], entry({9, 9, 9, 2}, 10));  // at most four symbols
   // An incomplete code: "0" and "10" only; 11... starts no code.
   bits = {};
