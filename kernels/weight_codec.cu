@@ -70,10 +70,10 @@ struct DecodeKernelArgs {
   const uint4* quads;                    // the blob's quad table, or null: build it
 };
 
-// A quad table entry: symbols (4 bits each, the first lowest) in bits 0-15, their total length in
-// bits 16-19, their count in bits 20-22.
-constexpr int kQuadLengthShift = 16;
-constexpr int kQuadCountShift = 20;
+// A quad table entry (experts::CodecQuadEntry): symbols (4 bits each, the first lowest) in bits
+// 0-15, their total length in bits 16-19, their count in bits 20-22.
+constexpr int kQuadLengthShift = experts::kCodecQuadLengthShift;
+constexpr int kQuadCountShift = experts::kCodecQuadCountShift;
 
 // A quad entry from a blob, or symbol 0 of length 12 where it could not come from the encoder
 // (no symbol, more than four, fewer bits than symbols, more than 12): the decoding loop then always
@@ -190,18 +190,7 @@ __global__ void __launch_bounds__(kDecodeChunks)
     // bit of the 12 bits j and end within them; an index that starts no code (a corrupt stream)
     // gives symbol 0 of length 12, so the decoder still moves on.
     for (int j = threadIdx.x; j < kTableSize; j += kDecodeChunks) {
-      uint32_t used = 0, count = 0, symbols = 0;
-#pragma unroll
-      for (int k = 0; k < 4; ++k) {
-        const uint32_t e = single[(j << used) & (kTableSize - 1)];
-        const uint32_t len = e >> 4;
-        if (len == 0 || used + len > kTableBits) break;
-        symbols |= (e & 15u) << (4 * count);
-        used += len;
-        count += 1;
-      }
-      if (count == 0) used = kTableBits, count = 1;
-      quads[j] = symbols | (used << kQuadLengthShift) | (count << kQuadCountShift);
+      quads[j] = experts::CodecQuadEntry(single, static_cast<uint32_t>(j));
     }
   }
   __syncthreads();

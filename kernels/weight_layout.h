@@ -18,11 +18,7 @@
 
 #include <cstdint>
 
-#if defined(__CUDACC__)
-#define MOE_HD __host__ __device__
-#else
-#define MOE_HD
-#endif
+#include "moe/common/host_device.h"
 
 namespace moe::cuda {
 

@@ -169,29 +169,30 @@ Status CodecTableRanges(const std::array<uint8_t, kCodecSymbols>& code_bits,
   return absl::OkStatus();
 }
 
-Status CodecQuadTable(const std::array<uint8_t, kCodecSymbols>& code_bits,
-                      std::array<uint32_t, kTableSize>* quads) {
+namespace {
+
+// The decoding table of single symbols: symbol | bits << 4 at every index whose leading bits are
+// the symbol's code (0: no code), as the device builds it.
+Status SingleSymbolTable(const std::array<uint8_t, kCodecSymbols>& code_bits,
+                         std::array<uint8_t, kTableSize>* single) {
   std::array<uint32_t, kCodecSymbols> starts, ends;
   MOE_RETURN_IF_ERROR(CodecTableRanges(code_bits, &starts, &ends));
-  std::array<uint8_t, kTableSize> single = {};  // symbol | bits << 4 (0: no code)
+  single->fill(0);
   for (int s = 0; s < kCodecSymbols; ++s) {
     for (uint32_t j = starts[s]; j < ends[s]; ++j) {
-      single[j] = static_cast<uint8_t>(s | (code_bits[s] << 4));
+      (*single)[j] = static_cast<uint8_t>(s | (code_bits[s] << 4));
     }
   }
-  for (uint32_t j = 0; j < kTableSize; ++j) {
-    uint32_t used = 0, count = 0, symbols = 0;
-    for (int k = 0; k < 4; ++k) {
-      const uint32_t e = single[(j << used) & (kTableSize - 1)];
-      const uint32_t len = e >> 4;
-      if (len == 0 || used + len > kCodecMaxCodeBits) break;
-      symbols |= (e & 15u) << (4 * count);
-      used += len;
-      count += 1;
-    }
-    if (count == 0) used = kCodecMaxCodeBits, count = 1;
-    (*quads)[j] = symbols | (used << 16) | (count << 20);
-  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+Status CodecQuadTable(const std::array<uint8_t, kCodecSymbols>& code_bits,
+                      std::array<uint32_t, kTableSize>* quads) {
+  std::array<uint8_t, kTableSize> single;
+  MOE_RETURN_IF_ERROR(SingleSymbolTable(code_bits, &single));
+  for (uint32_t j = 0; j < kTableSize; ++j) (*quads)[j] = CodecQuadEntry(single.data(), j);
   return absl::OkStatus();
 }
 
@@ -327,15 +328,8 @@ Status DecodeExpert(const CodecExpertLayout& layout, const uint8_t* blob,
       return absl::DataLossError("weight codec: the blob's decoding table is not its code's");
     }
   }
-  // The decoding table of single symbols: symbol | bits << 4 (0: no code).
-  std::array<uint32_t, kCodecSymbols> starts, ends;
-  MOE_RETURN_IF_ERROR(CodecTableRanges(info.code_bits, &starts, &ends));
-  std::array<uint8_t, kTableSize> table = {};
-  for (int s = 0; s < kCodecSymbols; ++s) {
-    for (uint32_t j = starts[s]; j < ends[s]; ++j) {
-      table[j] = static_cast<uint8_t>(s | (info.code_bits[s] << 4));
-    }
-  }
+  std::array<uint8_t, kTableSize> table;
+  MOE_RETURN_IF_ERROR(SingleSymbolTable(info.code_bits, &table));
   const int64_t n = layout.n;
   std::vector<uint32_t> patch_idx(static_cast<size_t>(info.total_patches()));
   if (!patch_idx.empty()) {

@@ -21,6 +21,18 @@ struct Expert {
   std::array<const uint16_t*, 3> src() const { return {m[0].data(), m[1].data(), m[2].data()}; }
 };
 
+// Three matrices of n weight-like values, N(0, 0.02^2) in bf16.
+Expert GaussianExpert(int64_t n, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> gauss(0.0f, 0.02f);
+  Expert x;
+  for (auto& m : x.m) {
+    m.resize(static_cast<size_t>(n));
+    for (auto& v : m) v = F32ToBf16(gauss(rng));
+  }
+  return x;
+}
+
 // Encodes, checks the blob's size, decodes into poisoned buffers and compares every bit.
 CodecExpertInfo RoundTrip(const CodecExpertLayout& l, const Expert& x) {
   std::vector<uint8_t> blob(static_cast<size_t>(l.max_blob_bytes), 0xcd);
@@ -141,13 +153,7 @@ TEST(WeightCodec, LargeExpertsCarryTheTable) {
   const int64_t n = kCodecTableMinElements;
   auto l = MakeCodecLayout(n);
   ASSERT_TRUE(l.ok());
-  std::mt19937 rng(12);
-  std::normal_distribution<float> gauss(0.0f, 0.02f);
-  Expert x;
-  for (auto& m : x.m) {
-    m.resize(static_cast<size_t>(n));
-    for (auto& v : m) v = F32ToBf16(gauss(rng));
-  }
+  const Expert x = GaussianExpert(n, 12);
   const CodecExpertInfo info = RoundTrip(*l, x);
   EXPECT_EQ(info.stream_offset[0], l->table_offset + kCodecQuadTableBytes);
   const double ratio = static_cast<double>(info.bytes) / (3.0 * n * 2);
@@ -305,13 +311,7 @@ TEST(WeightCodec, CorruptBlobsAreDataLossOrInvalid) {
   const int64_t n = 64 * 70;  // 35 chunks: two super chunks
   auto l = MakeCodecLayout(n);
   ASSERT_TRUE(l.ok());
-  std::mt19937 rng(4);
-  std::normal_distribution<float> gauss(0.0f, 0.02f);
-  Expert x;
-  for (auto& m : x.m) {
-    m.resize(static_cast<size_t>(n));
-    for (auto& v : m) v = F32ToBf16(gauss(rng));
-  }
+  const Expert x = GaussianExpert(n, 4);
   std::vector<uint8_t> blob(static_cast<size_t>(l->max_blob_bytes));
   CodecExpertInfo info;
   ASSERT_TRUE(EncodeExpert(*l, x.src(), blob.data(), &info));

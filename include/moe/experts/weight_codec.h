@@ -41,6 +41,7 @@
 #include <array>
 #include <cstdint>
 
+#include "moe/common/host_device.h"
 #include "moe/common/status.h"
 
 namespace moe::experts {
@@ -110,6 +111,32 @@ bool EncodeExpert(const CodecExpertLayout& layout, const std::array<const uint16
 Status CodecTableRanges(const std::array<uint8_t, kCodecSymbols>& code_bits,
                         std::array<uint32_t, kCodecSymbols>* starts,
                         std::array<uint32_t, kCodecSymbols>* ends);
+
+// A quad table entry (CodecQuadTable): symbols in bits 0-15, total length from bit
+// kCodecQuadLengthShift, count from bit kCodecQuadCountShift.
+inline constexpr int kCodecQuadLengthShift = 16;
+inline constexpr int kCodecQuadCountShift = 20;
+
+// Entry j of the quad table from the table of single symbols: single[i] = symbol | bits << 4 at
+// every 12-bit index i whose leading bits are that symbol's code, 0 where none is. CodecQuadTable
+// and the device decoder's own build (blobs without the table) both take their entries from here.
+MOE_HD inline uint32_t CodecQuadEntry(const uint8_t* single, uint32_t j) {
+  constexpr uint32_t kMask = (1u << kCodecMaxCodeBits) - 1;
+  uint32_t used = 0, count = 0, symbols = 0;
+#ifdef __CUDA_ARCH__
+#pragma unroll
+#endif
+  for (int k = 0; k < 4; ++k) {
+    const uint32_t e = single[(j << used) & kMask];
+    const uint32_t len = e >> 4;
+    if (len == 0 || used + len > kCodecMaxCodeBits) break;
+    symbols |= (e & 15u) << (4 * count);
+    used += len;
+    count += 1;
+  }
+  if (count == 0) used = kCodecMaxCodeBits, count = 1;
+  return symbols | (used << kCodecQuadLengthShift) | (count << kCodecQuadCountShift);
+}
 
 // The decoder's table for a code: entry j holds the symbols whose codes follow each other from
 // the first of the 12 bits j and end within them (up to four; the first in bits 0-3, the next in
