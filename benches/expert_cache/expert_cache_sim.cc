@@ -8,6 +8,7 @@
 //   expert_cache_sim --model mixtral --write-trace mixtral.trace
 //   expert_cache_sim --model qwen3 --prefetch-recall 0.85 --prefetch-precision 0.7
 //   expert_cache_sim --suite --batches 1000        # the policy table of benches/RESULTS.md
+//   expert_cache_sim --model mixtral --tokens 1 --oracle-samples 256 --policies reuse,oracle
 //
 // A policy may carry its knob after a colon: layer-lrfu:<lambda>, lfu:<decay period in events>,
 // reuse:<half-life in layer visits> (e.g. --policies layer-lrfu:0.1,lfu:100000).
@@ -49,6 +50,7 @@ struct Flags {
   bool suite = false;
   int32_t bound_samples = 1024;
   int32_t bound_stride = 32;
+  int32_t oracle_samples = 0;
 };
 
 // A policy with its options, from "name[:knob]".
@@ -106,14 +108,17 @@ StatusOr<SyntheticTraceOptions> ModelOptions(const std::string& model) {
 // over the accesses of that batch, for every stride-th batch (empty when samples is 0). The
 // probabilities are Monte Carlo estimates: the sum of the largest ones is biased upward, so the
 // bound errs on the safe side (less so with more samples).
+// With oracle_samples > 0 it also keeps, for the oracle policy, every batch's use probabilities
+// given the state before it (oracle_samples Monte Carlo samples per batch and layer).
 struct BoundedTrace {
   Trace trace;
-  std::vector<double> online_bound;  // [budgets]
+  std::vector<double> online_bound;                 // [budgets]
+  std::vector<std::vector<float>> use_probability;  // [batch][key]: see SimOptions
 };
 
 StatusOr<BoundedTrace> GenerateWithBound(const SyntheticTraceOptions& options,
                                          const std::vector<double>& budgets, int32_t samples,
-                                         int32_t stride) {
+                                         int32_t stride, int32_t oracle_samples) {
   MOE_ASSIGN_OR_RETURN(std::unique_ptr<SyntheticTraceGenerator> generator,
                        SyntheticTraceGenerator::Create(options));
   BoundedTrace out;
@@ -125,6 +130,11 @@ StatusOr<BoundedTrace> GenerateWithBound(const SyntheticTraceOptions& options,
     // Every stride-th batch (the first one, cold, excepted).
     const bool sampled = samples > 0 && batch > 0 && batch % std::max(stride, 1) == 0;
     const size_t first_step = out.trace.steps.size();
+    if (oracle_samples > 0) {
+      const std::vector<double> p = generator->NextBatchUseProbabilities(
+          oracle_samples, options.seed * 1000003 + batch + (uint64_t{1} << 40));
+      out.use_probability.emplace_back(p.begin(), p.end());
+    }
     if (sampled) {
       std::vector<double> p =
           generator->NextBatchUseProbabilities(samples, options.seed * 1000003 + batch);
@@ -144,6 +154,9 @@ StatusOr<BoundedTrace> GenerateWithBound(const SyntheticTraceOptions& options,
       }
     }
   }
+  if (oracle_samples > 0) {  // the batch after the last one (never used: no step asks for it)
+    out.use_probability.emplace_back(out.use_probability.back().size(), 0.0f);
+  }
   const double accesses = static_cast<double>(sampled_accesses);
   if (samples <= 0) return out;
   for (double hits : expected_hits) out.online_bound.push_back(accesses > 0 ? hits / accesses : 0);
@@ -154,7 +167,7 @@ StatusOr<BoundedTrace> LoadOrGenerate(const Flags& flags, std::string* descripti
   if (!flags.trace_path.empty()) {
     *description = absl::StrCat("trace ", flags.trace_path);
     MOE_ASSIGN_OR_RETURN(Trace trace, ReadTraceFile(flags.trace_path));
-    return BoundedTrace{std::move(trace), {}};
+    return BoundedTrace{std::move(trace), {}, {}};
   }
   MOE_ASSIGN_OR_RETURN(SyntheticTraceOptions o, ModelOptions(flags.model));
   if (flags.batches >= 0) o.n_batches = flags.batches;
@@ -168,7 +181,27 @@ StatusOr<BoundedTrace> LoadOrGenerate(const Flags& flags, std::string* descripti
                               o.tokens_per_batch, " tokens, zipf ", o.zipf_exponent,
                               ", stickiness ", o.stickiness, ", sequence end ", o.sequence_end_prob,
                               ", drift ", o.drift_prob, ", seed ", o.seed);
-  return GenerateWithBound(o, flags.budgets, flags.bound_samples, flags.bound_stride);
+  return GenerateWithBound(o, flags.budgets, flags.bound_samples, flags.bound_stride,
+                           flags.oracle_samples);
+}
+
+// The options of one policy row (the oracle reads the trace's use probabilities).
+StatusOr<SimOptions> PolicyOptions(SimOptions options, const PolicySpec& spec,
+                                   const BoundedTrace& bounded) {
+  options.policy = spec.policy;
+  options.eviction_options = spec.options;
+  options.step_uses = spec.step_uses;
+  if (spec.policy == SimPolicy::kOracle) {
+    if (bounded.use_probability.empty()) {
+      return absl::InvalidArgumentError(
+          "the oracle policy needs a synthetic trace and --oracle-samples");
+    }
+    const std::vector<std::vector<float>>* p = &bounded.use_probability;
+    options.use_probability = [p](int64_t batch, int64_t key) {
+      return static_cast<double>((*p)[static_cast<size_t>(batch)][static_cast<size_t>(key)]);
+    };
+  }
+  return options;
 }
 
 std::string Percent(double fraction) {
@@ -224,10 +257,8 @@ Status RunOne(const Flags& flags) {
     }
     for (const PolicySpec& spec : policies) {
       if (spec.policy == SimPolicy::kBelady) continue;
-      options.policy = spec.policy;
-      options.eviction_options = spec.options;
-      options.step_uses = spec.step_uses;
-      MOE_ASSIGN_OR_RETURN(SimResult r, SimulateTrace(trace, options));
+      MOE_ASSIGN_OR_RETURN(const SimOptions policy_options, PolicyOptions(options, spec, bounded));
+      MOE_ASSIGN_OR_RETURN(SimResult r, SimulateTrace(trace, policy_options));
       const ExpertCacheCounters& c = r.counters;
       std::printf(
           "%-7s %-6d %-14s %-9.4f %-10.3f %-10llu %-9llu %-10.2f\n", Percent(fraction).c_str(),
@@ -284,9 +315,9 @@ Status RunSuite(const Flags& flags) {
           o.sequence_end_prob = 0.01;
           o.drift_prob = local ? 0.01 : 0.0;
           o.seed = flags.seed;
-          MOE_ASSIGN_OR_RETURN(
-              BoundedTrace bounded,
-              GenerateWithBound(o, flags.budgets, flags.bound_samples, flags.bound_stride));
+          MOE_ASSIGN_OR_RETURN(BoundedTrace bounded,
+                               GenerateWithBound(o, flags.budgets, flags.bound_samples,
+                                                 flags.bound_stride, flags.oracle_samples));
           const Trace& trace = bounded.trace;
           for (size_t b = 0; b < flags.budgets.size(); ++b) {
             const double fraction = flags.budgets[b];
@@ -301,10 +332,9 @@ Status RunSuite(const Flags& flags) {
                 bounded.online_bound.empty() ? 0.0 : bounded.online_bound[b] * scale);
             for (const PolicySpec& spec : policies) {
               if (spec.policy == SimPolicy::kBelady) continue;
-              options.policy = spec.policy;
-              options.eviction_options = spec.options;
-              options.step_uses = spec.step_uses;
-              MOE_ASSIGN_OR_RETURN(SimResult r, SimulateTrace(trace, options));
+              MOE_ASSIGN_OR_RETURN(const SimOptions policy_options,
+                                   PolicyOptions(options, spec, bounded));
+              MOE_ASSIGN_OR_RETURN(SimResult r, SimulateTrace(trace, policy_options));
               absl::StrAppend(
                   &row, absl::StrFormat(" %.3f |", belady > 0 ? r.counters.HitRate() / belady : 0));
             }
@@ -340,7 +370,7 @@ int main(int argc, char** argv) {
       ->delimiter(',');
   app.add_option("--policies", flags.policies,
                  "comma-separated: layer-lru,layer-lrfu[:lambda],lru,lfu[:decay],lru2,"
-                 "reuse[:half-life],static-lru");
+                 "reuse[:half-life],static-lru,arc,oracle (with --oracle-samples)");
   app.add_option("--write-trace", flags.write_trace, "also write the trace to this file");
   app.add_option("--prefetch-recall", flags.prefetch_recall, "gate-lookahead model recall (0=off)");
   app.add_option("--prefetch-precision", flags.prefetch_precision, "gate-lookahead precision");
@@ -352,6 +382,9 @@ int main(int argc, char** argv) {
                  "synthetic: Monte Carlo samples per batch and layer of the online bound (0=off)");
   app.add_option("--bound-stride", flags.bound_stride,
                  "synthetic: the online bound samples every N-th batch");
+  app.add_option("--oracle-samples", flags.oracle_samples,
+                 "synthetic: Monte Carlo samples per batch and layer of the oracle policy's use "
+                 "probabilities (0=off; the oracle knows the generator's hidden state)");
   app.add_flag("--suite", flags.suite,
                "the policy table: qwen3 and mixtral shapes, batch 1 and 16, iid and local "
                "traces at zipf 0.8/1.0/1.2, each budget");

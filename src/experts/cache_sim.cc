@@ -3,8 +3,10 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <limits>
 #include <list>
+#include <memory>
 #include <numeric>
 #include <random>
 #include <vector>
@@ -196,6 +198,55 @@ std::vector<int64_t> MostUsed(const std::vector<int64_t>& counts, int64_t n) {
   return ids;
 }
 
+// kOracle: reuse's rank with the true probability of use at the layer's next step. `now` is the
+// replay position (the current step's batch and layer), set by SimulateTrace before each step.
+struct ReplayPosition {
+  int64_t batch = 0;
+  int32_t layer = 0;
+};
+
+class ProbabilityOraclePolicy final : public EvictionPolicy {
+ public:
+  ProbabilityOraclePolicy(int n_slots, const KeySpace& keys, const ReplayPosition* now,
+                          std::function<double(int64_t, int64_t)> use_probability)
+      : keys_(keys),
+        now_(now),
+        use_probability_(std::move(use_probability)),
+        slot_key_(n_slots, -1) {}
+
+  std::string_view Name() const override { return "oracle"; }
+  void OnInsert(int slot, int64_t key_id, bool /*demand*/) override { slot_key_[slot] = key_id; }
+  void OnHit(int /*slot*/) override {}
+  void OnEvict(int slot) override { slot_key_[slot] = -1; }
+
+  // O(n_slots) per victim: a diagnostic, not the engine's policy.
+  int PickVictim(absl::FunctionRef<bool(int)> evictable) override {
+    const double pass = keys_.n_layers;
+    int victim = -1;
+    double farthest = 0.0;
+    for (int slot = 0; slot < static_cast<int>(slot_key_.size()); ++slot) {
+      const int64_t key = slot_key_[slot];
+      if (key < 0 || !evictable(slot)) continue;
+      const int32_t layer = keys_.LayerOf(key);
+      // The layer's next step: later in this batch, else in the next one.
+      const int64_t batch = layer > now_->layer ? now_->batch : now_->batch + 1;
+      const double p = std::max(use_probability_(batch, key), 1e-9);
+      const double next_use = static_cast<double>(batch) * pass + layer + pass * (1.0 / p - 1.0);
+      if (victim < 0 || next_use > farthest) {
+        victim = slot;
+        farthest = next_use;
+      }
+    }
+    return victim;
+  }
+
+ private:
+  KeySpace keys_;
+  const ReplayPosition* now_;
+  std::function<double(int64_t, int64_t)> use_probability_;
+  std::vector<int64_t> slot_key_;  // [n_slots] resident key or -1
+};
+
 }  // namespace
 
 std::vector<int64_t> ExpertUseCounts(const Trace& trace) {
@@ -251,6 +302,8 @@ std::string_view SimPolicyName(SimPolicy policy) {
       return "static-lru";
     case SimPolicy::kArc:
       return "arc";
+    case SimPolicy::kOracle:
+      return "oracle";
   }
   return "unknown";
 }
@@ -258,12 +311,12 @@ std::string_view SimPolicyName(SimPolicy policy) {
 StatusOr<SimPolicy> ParseSimPolicy(std::string_view name) {
   for (SimPolicy p : {SimPolicy::kLayerLru, SimPolicy::kLayerLrfu, SimPolicy::kLru, SimPolicy::kLfu,
                       SimPolicy::kLruK, SimPolicy::kBelady, SimPolicy::kReuse,
-                      SimPolicy::kStaticLru, SimPolicy::kArc}) {
+                      SimPolicy::kStaticLru, SimPolicy::kArc, SimPolicy::kOracle}) {
     if (name == SimPolicyName(p)) return p;
   }
   return absl::InvalidArgumentError(absl::StrCat(
       "unknown simulator policy '", std::string(name),
-      "' (want layer-lru, layer-lrfu, lru, lfu, lru2, reuse, static-lru, arc or belady)"));
+      "' (want layer-lru, layer-lrfu, lru, lfu, lru2, reuse, static-lru, arc, belady or oracle)"));
 }
 
 int32_t SlotsForFraction(const TraceShape& shape, double fraction) {
@@ -281,6 +334,9 @@ StatusOr<SimResult> SimulateTrace(const Trace& trace, const SimOptions& options)
         "simulator: n_slots must be positive, recall in [0, 1], "
         "precision in (0, 1], count_from_step in [0, trace steps]");
   }
+  if (options.policy == SimPolicy::kOracle && !options.use_probability) {
+    return absl::InvalidArgumentError("simulator: the oracle policy needs use_probability");
+  }
   ExpertSlotPool::Options pool_options;
   pool_options.budget_bytes = options.n_slots;
   pool_options.shape_classes = {UnitShapeClass(trace.shape)};
@@ -289,6 +345,7 @@ StatusOr<SimResult> SimulateTrace(const Trace& trace, const SimOptions& options)
   // policy through this factory: the factory captures a pointer filled in just after.
   NextUseOracle* oracle_ptr = nullptr;
   std::unique_ptr<NextUseOracle> oracle;
+  ReplayPosition now;
   switch (options.policy) {
     case SimPolicy::kLayerLru:
       pool_options.eviction = EvictionKind::kLayerLru;
@@ -330,6 +387,13 @@ StatusOr<SimResult> SimulateTrace(const Trace& trace, const SimOptions& options)
       };
       break;
     }
+    case SimPolicy::kOracle:
+      pool_options.policy_factory = [&now, &options](int32_t, int32_t n_slots,
+                                                     const KeySpace& keys) {
+        return std::make_unique<ProbabilityOraclePolicy>(n_slots, keys, &now,
+                                                         options.use_probability);
+      };
+      break;
     case SimPolicy::kBelady:
       pool_options.policy_factory = [&oracle_ptr](int32_t, int32_t n_slots, const KeySpace&) {
         return MakeBeladyPolicy(n_slots,
@@ -349,6 +413,7 @@ StatusOr<SimResult> SimulateTrace(const Trace& trace, const SimOptions& options)
   for (size_t i = 0; i < trace.steps.size(); ++i) {
     if (oracle_ptr != nullptr) oracle_ptr->set_position(static_cast<int64_t>(i));
     const TraceStep& step = trace.steps[i];
+    now = {step.batch, step.layer};
     std::vector<ExpertKey> pending = StepKeys(step);
     std::vector<int32_t> pending_uses = options.step_uses ? step.uses : std::vector<int32_t>{};
     while (!pending.empty()) {

@@ -303,10 +303,40 @@ TEST(CacheSim, ArcAdaptsItsRecencyTargetOnGhostHits) {
   EXPECT_EQ(Simulate(t, SimPolicy::kLru, 2).counters.hits, 3u);  // a, c, b
 }
 
+TEST(CacheSim, OracleEvictsTheExpertWhoseNextUseIsFarthestByItsProbability) {
+  // Two layers of two experts, two slots. Batch 1's step at layer 0 loads expert 1 there and
+  // must evict layer 0's expert 0 (its next step is in batch 2) or layer 1's expert 0 (key 2,
+  // next step later in batch 1, which uses it).
+  const Trace t = MakeTrace({2, 2, 1}, {{0, {0}}, {1, {0}}, {0, {1}}, {1, {0}}});
+  for (const double p_layer1 : {0.9, 0.01}) {
+    std::vector<std::pair<int64_t, int64_t>> asked;
+    SimOptions options;
+    options.policy = SimPolicy::kOracle;
+    options.n_slots = 2;
+    options.use_probability = [&](int64_t batch, int64_t key) {
+      asked.emplace_back(batch, key);
+      return key == 2 ? p_layer1 : 0.9;
+    };
+    auto r = SimulateTrace(t, options);
+    ASSERT_TRUE(r.ok()) << r.status();
+    // Expected next uses, in steps: key 2 at step 3 + 2 x (1/p - 1), key 0 at 4 + 2 x (1/0.9 - 1).
+    EXPECT_EQ(r->counters.hits, p_layer1 > 0.5 ? 1u : 0u) << p_layer1;
+    // Then, when key 2 went, batch 1's step at layer 1 loads it back and evicts one of layer 0's
+    // two experts, whose next step is in batch 2.
+    std::vector<std::pair<int64_t, int64_t>> want = {{2, 0}, {1, 2}};
+    if (p_layer1 < 0.5) want.insert(want.end(), {{2, 0}, {2, 1}});
+    EXPECT_EQ(asked, want);
+  }
+  SimOptions no_probabilities;
+  no_probabilities.policy = SimPolicy::kOracle;
+  no_probabilities.n_slots = 2;
+  EXPECT_EQ(SimulateTrace(t, no_probabilities).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
 TEST(CacheSim, PolicyNamesRoundTrip) {
   for (SimPolicy p : {SimPolicy::kLayerLru, SimPolicy::kLayerLrfu, SimPolicy::kLru, SimPolicy::kLfu,
                       SimPolicy::kLruK, SimPolicy::kBelady, SimPolicy::kReuse,
-                      SimPolicy::kStaticLru, SimPolicy::kArc}) {
+                      SimPolicy::kStaticLru, SimPolicy::kArc, SimPolicy::kOracle}) {
     EXPECT_EQ(*ParseSimPolicy(SimPolicyName(p)), p);
   }
   EXPECT_FALSE(ParseSimPolicy("opt").ok());

@@ -8,7 +8,10 @@
 // whole trace) and static-lru, an offline-profiled hybrid: the experts most often used in the
 // whole trace, as many as fit besides room for the largest step, are never evicted while any
 // other expert can be; layer-LRU ranks the rest. And arc (ARC, Megiddo and Modha 2003, global
-// recency), simulator-only.
+// recency), simulator-only. And oracle, a probability oracle (not an online policy): reuse's rank
+// (the expert whose expected next use is farthest: its layer's next step + one pass x (1/p - 1))
+// with p the true probability that that step uses the expert, given the trace generator's hidden
+// state (SimOptions::use_probability); what reuse could reach if its estimates were exact.
 //
 // StaticOptimalHitRate: the hit rate of the best fixed set of n_slots experts in hindsight (the
 // most used ones; other experts bypass the cache). On traces whose steps are independent draws
@@ -26,6 +29,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string_view>
 #include <vector>
 
@@ -46,8 +50,9 @@ enum class SimPolicy : uint8_t {
   kReuse,
   kStaticLru,
   kArc,
+  kOracle,
 };
-// layer-lru, layer-lrfu, lru, lfu, lru2, belady, reuse, static-lru, arc
+// layer-lru, layer-lrfu, lru, lfu, lru2, belady, reuse, static-lru, arc, oracle
 std::string_view SimPolicyName(SimPolicy policy);
 StatusOr<SimPolicy> ParseSimPolicy(std::string_view name);
 
@@ -69,6 +74,10 @@ struct SimOptions {
   // count_from_step.. after the earlier ones have warmed the cache (e.g. a benchmark's timed
   // steps after its warm-up). In [0, trace steps].
   int64_t count_from_step = 0;
+  // kOracle (required there): P(the step of batch `batch` at the layer of `key_id` uses that
+  // expert), given everything before that step; key_id = layer * n_experts + expert, batch as in
+  // TraceStep::batch. Asked for the current batch and the next one.
+  std::function<double(int64_t batch, int64_t key_id)> use_probability;
 };
 
 struct SimResult {
