@@ -75,8 +75,9 @@ struct SimOptions {
   // steps after its warm-up). In [0, trace steps].
   int64_t count_from_step = 0;
   // kOracle (required there): P(the step of batch `batch` at the layer of `key_id` uses that
-  // expert), given everything before that step; key_id = layer * n_experts + expert, batch as in
-  // TraceStep::batch. Asked for the current batch and the next one.
+  // expert), given what is known before it (expert_cache_sim: the synthetic generator's state
+  // before the batch); key_id = layer * n_experts + expert, batch as in TraceStep::batch. Asked
+  // for the current batch and the next one.
   std::function<double(int64_t batch, int64_t key_id)> use_probability;
 };
 
