@@ -498,7 +498,8 @@ __device__ __forceinline__ void WaitHReady(const GemmParams& p, int g) {
 // Qwen3 512 tokens (one thread issues the loads instead of 128 issuing cp.async); CN = 2 was 0-2%
 // slower than CN = 1 at 4096-16384 tokens and 1-4% slower at 512-1024.
 constexpr int kQuadBlocks = 4;
-constexpr int kActBoxBytes = kActTensorMapBoxRows * kTensorMapBoxCols * 2;
+// [[maybe_unused]]: only the sm_90a kernel bodies use it (the sm_80 pass compiles them out).
+[[maybe_unused]] constexpr int kActBoxBytes = kActTensorMapBoxRows * kTensorMapBoxCols * 2;
 static_assert(2 * kActTensorMapBoxRows == 128, "two A boxes make a 128-row tile");
 
 // PP: ping-pong only (p.pingpong set), with kPpStages stages of 64 A rows. XR: pairs with extra
