@@ -126,15 +126,17 @@ StatusOr<BoundedTrace> GenerateWithBound(const SyntheticTraceOptions& options,
   std::vector<double> expected_hits(budgets.size(), 0.0);
   std::vector<double> prefix;
   int64_t sampled_accesses = 0;
+  // The oracle's probabilities of batch `batch` given the state before it.
+  auto keep_use_probability = [&](int64_t batch) {
+    const std::vector<double> p = generator->NextBatchUseProbabilities(
+        oracle_samples, options.seed * 1000003 + batch + (uint64_t{1} << 40));
+    out.use_probability.emplace_back(p.begin(), p.end());
+  };
   for (int32_t batch = 0; batch < options.n_batches; ++batch) {
     // Every stride-th batch (the first one, cold, excepted).
     const bool sampled = samples > 0 && batch > 0 && batch % std::max(stride, 1) == 0;
     const size_t first_step = out.trace.steps.size();
-    if (oracle_samples > 0) {
-      const std::vector<double> p = generator->NextBatchUseProbabilities(
-          oracle_samples, options.seed * 1000003 + batch + (uint64_t{1} << 40));
-      out.use_probability.emplace_back(p.begin(), p.end());
-    }
+    if (oracle_samples > 0) keep_use_probability(batch);
     if (sampled) {
       std::vector<double> p =
           generator->NextBatchUseProbabilities(samples, options.seed * 1000003 + batch);
@@ -154,9 +156,9 @@ StatusOr<BoundedTrace> GenerateWithBound(const SyntheticTraceOptions& options,
       }
     }
   }
-  if (oracle_samples > 0) {  // the batch after the last one (never used: no step asks for it)
-    out.use_probability.emplace_back(out.use_probability.back().size(), 0.0f);
-  }
+  // The batch after the last one: the last batch's evictions rank the experts of the layers it
+  // has visited by their use there.
+  if (oracle_samples > 0) keep_use_probability(options.n_batches);
   const double accesses = static_cast<double>(sampled_accesses);
   if (samples <= 0) return out;
   for (double hits : expected_hits) out.online_bound.push_back(accesses > 0 ? hits / accesses : 0);
